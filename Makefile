@@ -1,0 +1,37 @@
+# tpmauthn — run `make` for the list of targets.
+.DEFAULT_GOAL := help
+GO        ?= go
+FUZZTIME  ?= 20s
+BIN       := bin
+
+.PHONY: help build test test-short lint fuzz bench interop clean
+
+help: ## list targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+build: ## build the binaries into bin/
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+test: ## run every test (needs swtpm: see README) with the race detector
+	$(GO) test -race -count=1 ./...
+
+test-short: ## unit tests only, no swtpm
+	$(GO) test -short -count=1 ./...
+
+lint: ## go vet and a gofmt check
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+fuzz: ## fuzz every parser of untrusted bytes for FUZZTIME each
+	$(GO) test ./attestation -run '^$$' -fuzz '^FuzzUnmarshalBundle$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./attestation -run '^$$' -fuzz '^FuzzParseAuthenticatorData$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./attestation -run '^$$' -fuzz '^FuzzParseCOSEKey$$' -fuzztime $(FUZZTIME)
+
+bench: ## time each TPM operation on swtpm
+	$(GO) test ./agent/tpm -run '^$$' -bench . -benchtime 20x
+
+interop: build ## verify debug register/assert output with SimpleWebAuthn (node + npm)
+	./scripts/interop.sh
+
+clean: ## remove build output
+	rm -rf $(BIN)

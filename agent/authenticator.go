@@ -1,0 +1,306 @@
+package agent
+
+import (
+	"crypto"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/tpmauthn/tpmauthn/agent/tpm"
+	"github.com/tpmauthn/tpmauthn/attestation"
+)
+
+// credentialIDLen: 128 random bits name a credential.
+const credentialIDLen = 16
+
+const (
+	akFile     = "ak.json"
+	akCertFile = "ak-cert.der"
+	credDir    = "credentials"
+)
+
+// Credential is one TPM-resident credential as kept on disk.
+type Credential struct {
+	ID         []byte    `json:"id"`
+	Name       string    `json:"name"` // workload name
+	RPID       string    `json:"rp_id"`
+	Origin     string    `json:"origin"`
+	UserHandle []byte    `json:"user_handle"`
+	Created    time.Time `json:"created"`
+	Counter    uint32    `json:"counter"` // last value used
+	Key        tpm.Key   `json:"key"`
+}
+
+// IDString is the credential ID in base64url, as WebAuthn JSON carries it.
+func (c *Credential) IDString() string { return base64.RawURLEncoding.EncodeToString(c.ID) }
+
+// Authenticator is a TPM-backed WebAuthn platform authenticator over a data
+// directory. It is safe for concurrent use.
+type Authenticator struct {
+	tpm *tpm.TPM
+	dir string
+
+	mu     sync.Mutex
+	ak     *tpm.AK
+	akCert []byte
+	locks  map[string]*sync.Mutex // per credential, held across counter and sign
+}
+
+// NewAuthenticator opens the data directory (created 0700 if missing) and
+// loads the AK and its certificate if earlier runs made them.
+func NewAuthenticator(t *tpm.TPM, dataDir string) (*Authenticator, error) {
+	if err := os.MkdirAll(filepath.Join(dataDir, credDir), 0o700); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	a := &Authenticator{tpm: t, dir: dataDir, locks: map[string]*sync.Mutex{}}
+	blob, err := os.ReadFile(filepath.Join(dataDir, akFile))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, fmt.Errorf("read AK: %w", err)
+	default:
+		if a.ak, err = tpm.ParseAK(blob); err != nil {
+			return nil, fmt.Errorf("%s: %w", filepath.Join(dataDir, akFile), err)
+		}
+	}
+	cert, err := os.ReadFile(filepath.Join(dataDir, akCertFile))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("read AK certificate: %w", err)
+	}
+	a.akCert = cert
+	return a, nil
+}
+
+// TPM returns the authenticator's TPM.
+func (a *Authenticator) TPM() *tpm.TPM { return a.tpm }
+
+// AK returns the attestation key, creating and persisting it on first use.
+func (a *Authenticator) AK() (*tpm.AK, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ak != nil {
+		return a.ak, nil
+	}
+	ak, err := a.tpm.NewAK()
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFileAtomic(filepath.Join(a.dir, akFile), ak.Blob(), 0o600); err != nil {
+		return nil, err
+	}
+	a.ak = ak
+	return ak, nil
+}
+
+// SetAKCertificate stores the AK certificate the verifier issued. It must
+// certify this AK's public key.
+func (a *Authenticator) SetAKCertificate(der []byte) error {
+	ak, err := a.AK()
+	if err != nil {
+		return err
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return fmt.Errorf("AK certificate: %w", err)
+	}
+	if !publicKeysEqual(c.PublicKey, ak.Public()) {
+		return errors.New("AK certificate: it certifies another key than this host's AK")
+	}
+	if err := writeFileAtomic(filepath.Join(a.dir, akCertFile), der, 0o600); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.akCert = der
+	a.mu.Unlock()
+	return nil
+}
+
+// AKCertificate returns the stored AK certificate (DER), or nil.
+func (a *Authenticator) AKCertificate() []byte {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.akCert
+}
+
+func publicKeysEqual(x, y any) bool {
+	k, ok := x.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && k.Equal(y)
+}
+
+// RegisterOptions describes a credential to create (WebAuthn §5.1.3 inputs).
+type RegisterOptions struct {
+	Name       string // workload name
+	RPID       string
+	Origin     string
+	Challenge  []byte // verifier-issued, at least 16 bytes
+	UserHandle []byte // 1..64 bytes; random when empty
+}
+
+// Register creates a TPM credential key, has the AK certify it and returns a
+// standard registration response (attestation format "tpm").
+func (a *Authenticator) Register(o RegisterOptions) (*attestation.RegistrationResponse, *Credential, error) {
+	if len(o.Challenge) < 16 {
+		return nil, nil, fmt.Errorf("register: challenge is %d bytes, WebAuthn requires at least 16", len(o.Challenge))
+	}
+	ak, err := a.AK()
+	if err != nil {
+		return nil, nil, err
+	}
+	akCert := a.AKCertificate()
+	if akCert == nil {
+		return nil, nil, ErrNotEnrolled
+	}
+	cred := &Credential{Name: o.Name, RPID: o.RPID, Origin: o.Origin, UserHandle: o.UserHandle, Created: time.Now().UTC()}
+	if cred.ID, err = randomBytes(credentialIDLen); err != nil {
+		return nil, nil, err
+	}
+	if len(cred.UserHandle) == 0 {
+		if cred.UserHandle, err = randomBytes(32); err != nil {
+			return nil, nil, err
+		}
+	}
+	key, err := a.tpm.CreateKey()
+	if err != nil {
+		return nil, nil, fmt.Errorf("register: %w", err)
+	}
+	cred.Key = *key
+	authData, err := registrationAuthData(cred)
+	if err != nil {
+		return nil, nil, err
+	}
+	cdj, err := attestation.NewClientDataJSON(attestation.TypeCreate, o.Challenge, o.Origin)
+	if err != nil {
+		return nil, nil, err
+	}
+	extra := sha256.Sum256(attestation.SignedData(authData, cdj))
+	certInfo, sig, err := a.tpm.Certify(key, ak, extra[:])
+	if err != nil {
+		return nil, nil, fmt.Errorf("register: %w", err)
+	}
+	attObj, err := attestation.NewTPMAttestationObject(authData, key.Public, certInfo, sig, akCert)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := writeJSON(a.credPath(cred.ID), cred); err != nil {
+		return nil, nil, err
+	}
+	return attestation.NewRegistrationResponse(cred.ID, cdj, attObj), cred, nil
+}
+
+func registrationAuthData(c *Credential) ([]byte, error) {
+	pub, err := c.Key.PublicKey()
+	if err != nil {
+		return nil, err
+	}
+	pt, err := pub.Bytes() // 0x04 ‖ X ‖ Y, fixed width
+	if err != nil {
+		return nil, err
+	}
+	cose, err := attestation.EncodeCOSEKey(pt[1:33], pt[33:65])
+	if err != nil {
+		return nil, err
+	}
+	ad := attestation.NewAuthenticatorData(c.RPID, 0)
+	ad.Flags |= attestation.FlagAttested
+	ad.AAGUID = attestation.AAGUID
+	ad.CredentialID = c.ID
+	ad.PublicKey = cose
+	return ad.Marshal(), nil
+}
+
+// Assert signs an assertion for challenge with the credential. clientDataJSON
+// names the credential's origin; the counter is persisted before signing.
+func (a *Authenticator) Assert(credID, challenge []byte) (*attestation.Assertion, error) {
+	l := a.credLock(credID)
+	l.Lock()
+	defer l.Unlock()
+	cred, err := a.Credential(credID)
+	if err != nil {
+		return nil, err
+	}
+	if cred.Counter == math.MaxUint32 {
+		return nil, ErrCounterExhausted
+	}
+	cred.Counter++
+	if err := writeJSON(a.credPath(cred.ID), cred); err != nil {
+		return nil, fmt.Errorf("assert: persist counter: %w", err)
+	}
+	authData := attestation.NewAuthenticatorData(cred.RPID, cred.Counter).Marshal()
+	cdj, err := attestation.NewClientDataJSON(attestation.TypeGet, challenge, cred.Origin)
+	if err != nil {
+		return nil, err
+	}
+	digest := sha256.Sum256(attestation.SignedData(authData, cdj))
+	sig, err := a.tpm.Sign(&cred.Key, digest[:])
+	if err != nil {
+		return nil, fmt.Errorf("assert: %w", err)
+	}
+	return &attestation.Assertion{CredentialID: cred.ID, AuthData: authData, ClientDataJSON: cdj, Signature: sig, UserHandle: cred.UserHandle}, nil
+}
+
+func (a *Authenticator) credLock(id []byte) *sync.Mutex {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	k := string(id)
+	if l, ok := a.locks[k]; ok {
+		return l
+	}
+	l := &sync.Mutex{}
+	a.locks[k] = l
+	return l
+}
+
+func (a *Authenticator) credPath(id []byte) string {
+	return filepath.Join(a.dir, credDir, base64.RawURLEncoding.EncodeToString(id)+".json")
+}
+
+// Credential reads one credential.
+func (a *Authenticator) Credential(id []byte) (*Credential, error) {
+	if len(id) == 0 || len(id) > attestation.MaxCredentialIDLen {
+		return nil, ErrUnknownCredential
+	}
+	var c Credential
+	if err := readJSON(a.credPath(id), &c); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, ErrUnknownCredential
+		}
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Credentials lists the stored credentials, oldest first.
+func (a *Authenticator) Credentials() ([]*Credential, error) {
+	paths, err := filepath.Glob(filepath.Join(a.dir, credDir, "*.json"))
+	if err != nil {
+		return nil, err
+	}
+	var out []*Credential
+	for _, p := range paths {
+		var c Credential
+		if err := readJSON(p, &c); err != nil {
+			return nil, err
+		}
+		out = append(out, &c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
+	return out, nil
+}
+
+func randomBytes(n int) ([]byte, error) {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}

@@ -1,0 +1,157 @@
+package tpm
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/go-tpm/tpm2/transport"
+	"github.com/google/go-tpm/tpm2/transport/linuxtpm"
+)
+
+// DefaultDevice is the kernel's resource-managed TPM device.
+const DefaultDevice = "/dev/tpmrm0"
+
+// maxResponse bounds a TPM response; TPM2 responses are far smaller.
+const maxResponse = 1 << 16
+
+// commandTimeout bounds one command on a network TPM. Real TPMs take up to
+// seconds for RSA key generation; a hung connection must not block forever.
+const commandTimeout = 2 * time.Minute
+
+// openTransport turns a configuration string into a TPM transport:
+//
+//	""                    -> /dev/tpmrm0
+//	/dev/tpmrm0, /dev/tpm0 -> a character device
+//	swtpm://host:port      -> swtpm's raw TCP command port
+func openTransport(addr string) (transport.TPMCloser, error) {
+	if addr == "" {
+		addr = DefaultDevice
+	}
+	if strings.HasPrefix(addr, "/") {
+		t, err := linuxtpm.Open(addr)
+		if err != nil {
+			return nil, fmt.Errorf("open %s: %w (is the TPM present, and is this user in group tss?)", addr, err)
+		}
+		return t, nil
+	}
+	u, err := url.Parse(addr)
+	if err != nil {
+		return nil, fmt.Errorf("%w %q: %w", ErrBadURI, addr, err)
+	}
+	if u.Scheme != "swtpm" || u.Host == "" || u.Path != "" || u.Port() == "" {
+		return nil, fmt.Errorf("%w %q: want a device path such as /dev/tpmrm0 or swtpm://127.0.0.1:2321", ErrBadURI, addr)
+	}
+	c, err := net.DialTimeout("tcp", u.Host, 10*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("connect to swtpm at %s: %w (is swtpm running with --server type=tcp?)", u.Host, err)
+	}
+	return &tcpTransport{c: c, addr: u.Host}, nil
+}
+
+// tcpTransport speaks raw TPM 2.0 commands to swtpm's data port. It reads the
+// 10-byte response header, then exactly the size it announces: TCP may split a
+// response, and go-tpm's generic wrapper does a single Read.
+type tcpTransport struct {
+	c       net.Conn
+	addr    string
+	started bool
+}
+
+// firstCommandTimeout: swtpm accepts a second connection but answers it only
+// once the first closes, so a silent first response means "busy".
+const firstCommandTimeout = 15 * time.Second
+
+func (t *tcpTransport) Send(cmd []byte) ([]byte, error) {
+	timeout := commandTimeout
+	if !t.started {
+		timeout = firstCommandTimeout
+	}
+	if err := t.c.SetDeadline(time.Now().Add(timeout)); err != nil {
+		return nil, fmt.Errorf("swtpm: %w", err)
+	}
+	rsp, err := t.send(cmd)
+	var ne net.Error
+	if !t.started && errors.As(err, &ne) && ne.Timeout() {
+		return nil, fmt.Errorf("swtpm at %s did not answer within %v: it serves one client at a time; is another process (a running agent?) connected to it? %w", t.addr, timeout, err)
+	}
+	if err == nil {
+		t.started = true
+	}
+	return rsp, err
+}
+
+func (t *tcpTransport) send(cmd []byte) ([]byte, error) {
+	if _, err := t.c.Write(cmd); err != nil {
+		return nil, fmt.Errorf("swtpm: write command: %w", err)
+	}
+	var hdr [10]byte
+	if _, err := io.ReadFull(t.c, hdr[:]); err != nil {
+		return nil, fmt.Errorf("swtpm: read response header: %w", err)
+	}
+	size := binary.BigEndian.Uint32(hdr[2:6])
+	if size < uint32(len(hdr)) || size > maxResponse {
+		return nil, fmt.Errorf("swtpm: response size %d out of range", size)
+	}
+	rsp := make([]byte, size)
+	copy(rsp, hdr[:])
+	if _, err := io.ReadFull(t.c, rsp[len(hdr):]); err != nil {
+		return nil, fmt.Errorf("swtpm: read response: %w", err)
+	}
+	return rsp, nil
+}
+
+func (t *tcpTransport) Close() error { return t.c.Close() }
+
+// countingTransport counts commands by command code, so that tests and
+// benchmarks can say how many TPM commands an operation costs.
+type countingTransport struct {
+	next  transport.TPMCloser
+	total atomic.Uint64
+}
+
+func (c *countingTransport) Send(cmd []byte) ([]byte, error) {
+	c.total.Add(1)
+	return c.next.Send(cmd)
+}
+
+func (c *countingTransport) Close() error { return c.next.Close() }
+
+// attestChannel adapts a transport to go-attestation's CommandChannelTPM20,
+// which writes a command and then reads the whole response.
+type attestChannel struct {
+	t   transport.TPM
+	rsp []byte
+}
+
+func (a *attestChannel) Write(p []byte) (int, error) {
+	rsp, err := a.t.Send(p)
+	if err != nil {
+		return 0, err
+	}
+	a.rsp = rsp
+	return len(p), nil
+}
+
+func (a *attestChannel) Read(p []byte) (int, error) {
+	if len(a.rsp) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, a.rsp)
+	a.rsp = a.rsp[n:]
+	return n, nil
+}
+
+// Close is a no-op: the TPM owns the transport and closes it once.
+func (a *attestChannel) Close() error { return nil }
+
+// MeasurementLog is not offered: tpmauthn attests keys, not boot state.
+func (a *attestChannel) MeasurementLog() ([]byte, error) {
+	return nil, errors.New("tpm: no measurement log")
+}

@@ -1,0 +1,26 @@
+package attestation
+
+import "errors"
+
+// Sentinel errors. Callers branch on them with errors.Is; the wrapped message
+// carries the detail for logs and the audit trail.
+var (
+	// ErrMalformed: bytes that do not decode (CBOR, JSON, TPM structures,
+	// truncated or oversized fields).
+	ErrMalformed = errors.New("malformed")
+	// ErrEKUntrusted: the EK certificate does not chain to a trusted
+	// manufacturer root, or cannot be checked.
+	ErrEKUntrusted = errors.New("EK certificate not trusted")
+	// ErrActivationFailed: the secret returned by credential activation does
+	// not match.
+	ErrActivationFailed = errors.New("credential activation failed")
+	// ErrAttestation: a registration's attestation does not verify (format,
+	// certificate chain, certify info, key attributes).
+	ErrAttestation = errors.New("attestation rejected")
+	// ErrAssertion: an assertion does not verify (challenge, origin, RP ID,
+	// flags, signature).
+	ErrAssertion = errors.New("assertion rejected")
+	// ErrCounterRegression: the signature counter did not increase, the
+	// signal of a cloned key store or a restored snapshot.
+	ErrCounterRegression = errors.New("signature counter did not increase")
+)

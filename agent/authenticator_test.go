@@ -368,3 +368,110 @@ func flipAssertion(t *testing.T, js []byte, field string, i int) []byte {
 	}
 	return out
 }
+
+// TestSurvivesRestart: the AK, its certificate and the credentials live in
+// the data directory and the TPM's persistent state; a new process on a
+// restarted swtpm registers and asserts, and the counter continues.
+func TestSurvivesRestart(t *testing.T) {
+	r := newRig(t)
+	chal := challenge(t)
+	cred, js := r.register(t, chal)
+	reg, err := r.rp.VerifyRegistration(chal, cred.UserHandle, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := stored(cred, reg)
+	if sc.Counter, err = r.rp.VerifyAssertion(sc, chal, r.assert(t, cred, chal)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.auth.TPM().Close(); err != nil {
+		t.Fatal(err)
+	}
+	r.sw.Restart(t)
+	r.auth = r.open(t) // a new process: everything from disk
+
+	got, err := r.rp.VerifyAssertion(sc, chal, r.assert(t, cred, chal))
+	if err != nil {
+		t.Fatalf("assertion after restart: %v", err)
+	}
+	if got != 2 {
+		t.Fatalf("counter after restart = %d, want 2", got)
+	}
+	c2, js2 := r.register(t, chal)
+	if _, err := r.rp.VerifyRegistration(chal, c2.UserHandle, js2); err != nil {
+		t.Fatalf("registration with the reloaded AK: %v", err)
+	}
+	creds, err := r.auth.Credentials()
+	if err != nil || len(creds) != 2 {
+		t.Fatalf("credentials after restart = %d, %v; want 2", len(creds), err)
+	}
+}
+
+func TestAssertErrors(t *testing.T) {
+	r := newRig(t)
+	if _, err := r.auth.Assert(make([]byte, 16), challenge(t)); !errors.Is(err, agent.ErrUnknownCredential) {
+		t.Fatalf("Assert(unknown) = %v, want ErrUnknownCredential", err)
+	}
+	if _, err := r.auth.Assert([]byte("../../etc/passwd"), challenge(t)); !errors.Is(err, agent.ErrUnknownCredential) {
+		t.Fatalf("Assert(path) = %v, want ErrUnknownCredential", err)
+	}
+	if _, _, err := r.auth.Register(agent.RegisterOptions{RPID: rpID, Origin: origin, Challenge: []byte("short")}); err == nil {
+		t.Fatal("Register with a 5-byte challenge succeeded")
+	}
+}
+
+func TestRegisterNeedsEnrollment(t *testing.T) {
+	sw := swtpmtest.New(t)
+	a, err := agent.NewAuthenticator(sw.Open(t), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = a.Register(agent.RegisterOptions{RPID: rpID, Origin: origin, Challenge: challenge(t)})
+	if !errors.Is(err, agent.ErrNotEnrolled) {
+		t.Fatalf("Register before enrollment = %v, want ErrNotEnrolled", err)
+	}
+}
+
+// TestConcurrentAssertionsKeepCounterOrder: assertions for one credential
+// are serialized, so a verifier that checks them in completion order never
+// sees a counter go backwards.
+func TestConcurrentAssertions(t *testing.T) {
+	r := newRig(t)
+	chal := challenge(t)
+	cred, _ := r.register(t, chal)
+	const n = 8
+	done := make(chan uint32, n)
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			a, err := r.auth.Assert(cred.ID, chal)
+			if err != nil {
+				errs <- err
+				return
+			}
+			ad, err := attestation.ParseAuthenticatorData(a.AuthData)
+			if err != nil {
+				errs <- err
+				return
+			}
+			done <- ad.Counter
+		}()
+	}
+	seen := map[uint32]bool{}
+	for range n {
+		select {
+		case err := <-errs:
+			t.Fatal(err)
+		case c := <-done:
+			if seen[c] {
+				t.Fatalf("counter %d used twice", c)
+			}
+			seen[c] = true
+		}
+	}
+	for c := uint32(1); c <= n; c++ {
+		if !seen[c] {
+			t.Fatalf("counters %v: %d missing", seen, c)
+		}
+	}
+}

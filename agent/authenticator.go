@@ -37,8 +37,24 @@ type Credential struct {
 	Origin     string    `json:"origin"`
 	UserHandle []byte    `json:"user_handle"`
 	Created    time.Time `json:"created"`
-	Counter    uint32    `json:"counter"` // last value used
-	Key        tpm.Key   `json:"key"`
+	// CounterReserved is the highest signature counter this credential may
+	// have used. Assertions take values below it without touching the disk;
+	// reaching it reserves the next block first (fsync). After a crash the
+	// counter resumes above it, so no value is ever used twice.
+	CounterReserved uint32  `json:"counter_reserved"`
+	Key             tpm.Key `json:"key"`
+}
+
+// counterBlock is how many counter values one fsync reserves: the disk write
+// leaves the assertion path in all but 1 of counterBlock assertions, and a
+// crash skips at most counterBlock-1 values of a 32-bit space.
+const counterBlock = 256
+
+// credState is a loaded credential and the last counter value it used.
+type credState struct {
+	mu   sync.Mutex // held across counter reservation and TPM2_Sign
+	cred *Credential
+	used uint32
 }
 
 // IDString is the credential ID in base64url, as WebAuthn JSON carries it.
@@ -53,7 +69,7 @@ type Authenticator struct {
 	mu     sync.Mutex
 	ak     *tpm.AK
 	akCert []byte
-	locks  map[string]*sync.Mutex // per credential, held across counter and sign
+	creds  map[string]*credState // loaded on first assertion
 }
 
 // NewAuthenticator opens the data directory (created 0700 if missing) and
@@ -62,7 +78,7 @@ func NewAuthenticator(t *tpm.TPM, dataDir string) (*Authenticator, error) {
 	if err := os.MkdirAll(filepath.Join(dataDir, credDir), 0o700); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
-	a := &Authenticator{tpm: t, dir: dataDir, locks: map[string]*sync.Mutex{}}
+	a := &Authenticator{tpm: t, dir: dataDir, creds: map[string]*credState{}}
 	blob, err := os.ReadFile(filepath.Join(dataDir, akFile))
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -219,23 +235,21 @@ func registrationAuthData(c *Credential) ([]byte, error) {
 }
 
 // Assert signs an assertion for challenge with the credential. clientDataJSON
-// names the credential's origin; the counter is persisted before signing.
+// names the credential's origin. The counter value is covered by a persisted
+// reservation before the TPM signs.
 func (a *Authenticator) Assert(credID, challenge []byte) (*attestation.Assertion, error) {
-	l := a.credLock(credID)
-	l.Lock()
-	defer l.Unlock()
-	cred, err := a.Credential(credID)
+	st, err := a.state(credID)
 	if err != nil {
 		return nil, err
 	}
-	if cred.Counter == math.MaxUint32 {
-		return nil, ErrCounterExhausted
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	counter, err := a.nextCounter(st)
+	if err != nil {
+		return nil, err
 	}
-	cred.Counter++
-	if err := writeJSON(a.credPath(cred.ID), cred); err != nil {
-		return nil, fmt.Errorf("assert: persist counter: %w", err)
-	}
-	authData := attestation.NewAuthenticatorData(cred.RPID, cred.Counter).Marshal()
+	cred := st.cred
+	authData := attestation.NewAuthenticatorData(cred.RPID, counter).Marshal()
 	cdj, err := attestation.NewClientDataJSON(attestation.TypeGet, challenge, cred.Origin)
 	if err != nil {
 		return nil, err
@@ -248,16 +262,47 @@ func (a *Authenticator) Assert(credID, challenge []byte) (*attestation.Assertion
 	return &attestation.Assertion{CredentialID: cred.ID, AuthData: authData, ClientDataJSON: cdj, Signature: sig, UserHandle: cred.UserHandle}, nil
 }
 
-func (a *Authenticator) credLock(id []byte) *sync.Mutex {
+// nextCounter returns the next counter value, first persisting a new
+// reservation when the current one is used up. Called with st.mu held.
+func (a *Authenticator) nextCounter(st *credState) (uint32, error) {
+	if st.used == math.MaxUint32 {
+		return 0, ErrCounterExhausted
+	}
+	next := st.used + 1
+	if next > st.cred.CounterReserved {
+		c := *st.cred
+		c.CounterReserved = uint32(min(uint64(next)+counterBlock-1, math.MaxUint32))
+		if err := writeJSON(a.credPath(c.ID), &c); err != nil {
+			return 0, fmt.Errorf("assert: reserve counter values: %w", err)
+		}
+		st.cred = &c
+	}
+	st.used = next
+	return next, nil
+}
+
+// state returns the loaded credential, reading it from disk the first time.
+// Values up to the stored reservation count as used: an earlier process may
+// have spent them.
+func (a *Authenticator) state(id []byte) (*credState, error) {
+	a.mu.Lock()
+	st, ok := a.creds[string(id)]
+	a.mu.Unlock()
+	if ok {
+		return st, nil
+	}
+	cred, err := a.Credential(id)
+	if err != nil {
+		return nil, err
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	k := string(id)
-	if l, ok := a.locks[k]; ok {
-		return l
+	if st, ok := a.creds[string(id)]; ok {
+		return st, nil
 	}
-	l := &sync.Mutex{}
-	a.locks[k] = l
-	return l
+	st = &credState{cred: cred, used: cred.CounterReserved}
+	a.creds[string(id)] = st
+	return st, nil
 }
 
 func (a *Authenticator) credPath(id []byte) string {

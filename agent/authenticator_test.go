@@ -394,8 +394,8 @@ func TestSurvivesRestart(t *testing.T) {
 	if err != nil {
 		t.Fatalf("assertion after restart: %v", err)
 	}
-	if got != 2 {
-		t.Fatalf("counter after restart = %d, want 2", got)
+	if got <= sc.Counter {
+		t.Fatalf("counter after restart = %d, not above %d", got, sc.Counter)
 	}
 	c2, js2 := r.register(t, chal)
 	if _, err := r.rp.VerifyRegistration(chal, c2.UserHandle, js2); err != nil {
@@ -473,5 +473,53 @@ func TestConcurrentAssertions(t *testing.T) {
 		if !seen[c] {
 			t.Fatalf("counters %v: %d missing", seen, c)
 		}
+	}
+}
+
+// TestCounterPersistedBeforeSignature: whatever counter an assertion carries,
+// the data directory already holds a reservation covering it, so a process
+// that restarts (or crashes right after signing) never reuses it.
+func TestCounterPersistedBeforeSignature(t *testing.T) {
+	r := newRig(t)
+	cred, _ := r.register(t, challenge(t))
+	var last uint32
+	for i := range 300 { // crosses a reservation block
+		a, err := r.auth.Assert(cred.ID, challenge(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ad, err := attestation.ParseAuthenticatorData(a.AuthData)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ad.Counter <= last {
+			t.Fatalf("assertion %d: counter %d after %d", i, ad.Counter, last)
+		}
+		last = ad.Counter
+		onDisk, err := agent.NewAuthenticator(r.auth.TPM(), r.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := onDisk.Credential(cred.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.CounterReserved < ad.Counter {
+			t.Fatalf("assertion %d carries counter %d but only %d is persisted", i, ad.Counter, c.CounterReserved)
+		}
+	}
+	// A new process resumes above everything persisted.
+	fresh, err := agent.NewAuthenticator(r.auth.TPM(), r.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := fresh.Credential(cred.ID)
+	a, err := fresh.Assert(cred.ID, challenge(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ad, _ := attestation.ParseAuthenticatorData(a.AuthData)
+	if ad.Counter <= c.CounterReserved {
+		t.Fatalf("restarted agent used counter %d, not above the reservation %d", ad.Counter, c.CounterReserved)
 	}
 }

@@ -8,10 +8,13 @@
 // TPM-encrypted blobs that no other TPM can load, the AK certificate, and each
 // credential's signature counter.
 //
-// Counters: an assertion's counter is written and fsynced before the TPM
-// signs, under the credential's lock, so a crash can skip a value but never
-// lets one be used twice, and concurrent assertions reach the verifier in
-// counter order.
+// Counters: before the TPM signs, the assertion's counter value is covered by
+// a reservation written and fsynced to the credential's file; one write
+// reserves a block of values, so the disk leaves the assertion path in all
+// but one of 256 assertions. A restarted agent resumes above the reservation:
+// a crash can skip values but never lets one be used twice. The credential's
+// lock is held across reservation and signature, so concurrent assertions
+// reach the verifier in counter order.
 //
 // Trust: local callers are untrusted; the daemon (a later layer) names them
 // by their peer credentials before it asks for an assertion.

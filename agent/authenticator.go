@@ -349,3 +349,24 @@ func randomBytes(n int) ([]byte, error) {
 	}
 	return b, nil
 }
+
+// DeleteCredential removes a credential's key blob and record (for example
+// one the verifier refused, or one rotated out).
+func (a *Authenticator) DeleteCredential(id []byte) error {
+	st, err := a.state(id)
+	if err != nil {
+		return err
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if err := a.tpm.Unload(&st.cred.Key); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	delete(a.creds, string(id))
+	a.mu.Unlock()
+	if err := os.Remove(a.credPath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,164 @@
+package agent
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+
+	"github.com/google/go-attestation/attest"
+	"github.com/nats-io/nats.go"
+
+	"github.com/tpmauthn/tpmauthn/attestation"
+)
+
+const enrollmentFile = "enrollment.json"
+
+// Enrollment is what the agent keeps of its enrollment.
+type Enrollment struct {
+	HostID string `json:"host_id"`
+	Status string `json:"status"`
+	RPID   string `json:"rp_id"`
+	Origin string `json:"origin"`
+	// Proof is the activation secret: it proves to the verifier, while the
+	// host waits for approval, that the asker is the TPM that enrolled.
+	Proof []byte `json:"proof"`
+}
+
+// VerifierError is a refusal from the verifier; Code is stable.
+type VerifierError struct {
+	Subject, Code, Message string
+}
+
+func (e *VerifierError) Error() string {
+	return fmt.Sprintf("verifier refused %s: %s (%s)", e.Subject, e.Message, e.Code)
+}
+
+// call sends a JSON request to the verifier and decodes the reply.
+func call(ctx context.Context, nc *nats.Conn, subject string, req, resp any) error {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	m, err := nc.RequestWithContext(ctx, subject, body)
+	if err != nil {
+		if errors.Is(err, nats.ErrNoResponders) {
+			return fmt.Errorf("%s: no verifier is serving (is tpmauthn-verifier running?): %w", subject, err)
+		}
+		return fmt.Errorf("%s: %w", subject, err)
+	}
+	if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
+		return &VerifierError{Subject: subject, Code: code, Message: m.Header.Get("Nats-Service-Error")}
+	}
+	if err := json.Unmarshal(m.Data, resp); err != nil {
+		return fmt.Errorf("%s: reply: %w", subject, err)
+	}
+	return nil
+}
+
+// Enroll enrolls this host with the verifier over nc (an enrollment session:
+// see attestation.EKUserPrefix and join tokens). token may be empty for an
+// allow-listed EK. An active result carries the AK certificate, which is
+// stored; a pending one waits for an operator (see CheckEnrollment).
+func (a *Authenticator) Enroll(ctx context.Context, nc *nats.Conn, token, hostname string) (*Enrollment, error) {
+	ak, err := a.AK()
+	if err != nil {
+		return nil, err
+	}
+	ek, err := a.tpm.EK()
+	if err != nil {
+		return nil, err
+	}
+	ekDER, err := x509.MarshalPKIXPublicKey(ek.Public)
+	if err != nil {
+		return nil, fmt.Errorf("EK public key: %w", err)
+	}
+	p := ak.AttestationParameters()
+	info := a.tpm.Info()
+	req := attestation.EnrollBeginRequest{
+		Token: token, Hostname: hostname, EKPublic: ekDER,
+		AK:  attestation.AKParams{Public: p.Public, CreateData: p.CreateData, CreateAttestation: p.CreateAttestation, CreateSignature: p.CreateSignature},
+		TPM: attestation.TPMInfo{Manufacturer: info.Manufacturer, VendorString: info.VendorString, FirmwareVersion1: info.FirmwareVersion1},
+	}
+	if ek.Certificate != nil {
+		req.EKCert = ek.Certificate.Raw
+	}
+	var begin attestation.EnrollBeginResponse
+	if err := call(ctx, nc, attestation.SubjectEnrollBegin, &req, &begin); err != nil {
+		return nil, err
+	}
+	secret, err := a.tpm.ActivateCredential(ak, attest.EncryptedCredential{Credential: begin.Credential, Secret: begin.Secret})
+	if err != nil {
+		return nil, err
+	}
+	var res attestation.EnrollResult
+	if err := call(ctx, nc, attestation.SubjectEnrollFinish, &attestation.EnrollFinishRequest{Session: begin.Session, Secret: secret}, &res); err != nil {
+		return nil, err
+	}
+	e := &Enrollment{HostID: res.HostID, Status: res.Status, RPID: res.RPID, Origin: res.Origin, Proof: secret}
+	return e, a.saveEnrollment(e, res.AKCert)
+}
+
+// CheckEnrollment asks the verifier whether a pending host was approved and
+// stores the AK certificate once it is.
+func (a *Authenticator) CheckEnrollment(ctx context.Context, nc *nats.Conn) (*Enrollment, error) {
+	e, err := a.Enrollment()
+	if err != nil {
+		return nil, err
+	}
+	var res attestation.EnrollResult
+	if err := call(ctx, nc, attestation.SubjectEnrollStatus, &attestation.EnrollStatusRequest{HostID: e.HostID, Proof: e.Proof}, &res); err != nil {
+		return nil, err
+	}
+	e.Status = res.Status
+	return e, a.saveEnrollment(e, res.AKCert)
+}
+
+func (a *Authenticator) saveEnrollment(e *Enrollment, akCert []byte) error {
+	if len(akCert) > 0 {
+		if err := a.SetAKCertificate(akCert); err != nil {
+			return err
+		}
+	}
+	return writeJSON(filepath.Join(a.dir, enrollmentFile), e)
+}
+
+// Enrollment returns the stored enrollment, or ErrNotEnrolled.
+func (a *Authenticator) Enrollment() (*Enrollment, error) {
+	var e Enrollment
+	if err := readJSON(filepath.Join(a.dir, enrollmentFile), &e); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, ErrNotEnrolled
+		}
+		return nil, err
+	}
+	return &e, nil
+}
+
+// RegisterWithVerifier creates a credential for workload and registers it
+// with the verifier: challenge, TPM registration, verification.
+func (a *Authenticator) RegisterWithVerifier(ctx context.Context, nc *nats.Conn, workload string) (*Credential, error) {
+	e, err := a.Enrollment()
+	if err != nil {
+		return nil, err
+	}
+	var begin attestation.RegisterBeginResponse
+	if err := call(ctx, nc, attestation.SubjectRegisterBegin, &attestation.RegisterBeginRequest{HostID: e.HostID, Workload: workload}, &begin); err != nil {
+		return nil, err
+	}
+	resp, cred, err := a.Register(RegisterOptions{Name: workload, RPID: begin.RPID, Origin: begin.Origin, Challenge: begin.Challenge, UserHandle: begin.UserHandle})
+	if err != nil {
+		return nil, err
+	}
+	var fin attestation.RegisterFinishResponse
+	if err := call(ctx, nc, attestation.SubjectRegisterFinish, &attestation.RegisterFinishRequest{
+		HostID: e.HostID, Workload: workload, Challenge: begin.Challenge, Response: resp,
+	}, &fin); err != nil {
+		_ = a.DeleteCredential(cred.ID)
+		return nil, err
+	}
+	return cred, nil
+}

@@ -1,0 +1,131 @@
+package attestation
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"time"
+)
+
+// NATS subjects of the verifier's service (request-reply, JSON bodies). The
+// v1 endpoints are exported from the verifier's account to the workload
+// account; the admin endpoints are reachable only by the operator user.
+const (
+	SubjectEnrollBegin    = "tpmauthn.v1.enroll.begin"
+	SubjectEnrollFinish   = "tpmauthn.v1.enroll.finish"
+	SubjectEnrollStatus   = "tpmauthn.v1.enroll.status"
+	SubjectRegisterBegin  = "tpmauthn.v1.register.begin"
+	SubjectRegisterFinish = "tpmauthn.v1.register.finish"
+	SubjectAdminPrefix    = "tpmauthn.admin."
+)
+
+// EKUserPrefix marks a CONNECT user that asks for an enrollment session by EK
+// allow-list rather than join token: the user name is EKUserPrefix followed by
+// EKHash of the EK public key.
+const EKUserPrefix = "ek:"
+
+// EKHash names an EK: hex SHA-256 of its PKIX public key encoding.
+func EKHash(pub any) (string, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return "", fmt.Errorf("EK public key: %w", err)
+	}
+	h := sha256.Sum256(der)
+	return hex.EncodeToString(h[:]), nil
+}
+
+// AKParams are go-attestation's attest.AttestationParameters on the wire.
+type AKParams struct {
+	Public            []byte `json:"public"`
+	CreateData        []byte `json:"create_data"`
+	CreateAttestation []byte `json:"create_attestation"`
+	CreateSignature   []byte `json:"create_signature"`
+}
+
+// TPMInfo is what the agent read from the TPM's fixed properties.
+type TPMInfo struct {
+	Manufacturer     uint32 `json:"manufacturer"`
+	VendorString     string `json:"vendor_string"`
+	FirmwareVersion1 uint32 `json:"firmware_version_1"`
+}
+
+// EnrollBeginRequest opens an enrollment (DESIGN.md flow 1).
+type EnrollBeginRequest struct {
+	Token    string   `json:"token,omitempty"`   // join token, or empty for the EK allow-list
+	Hostname string   `json:"hostname"`          // a label; identity is the EK
+	EKCert   []byte   `json:"ek_cert,omitempty"` // DER, when the TPM holds one
+	EKPublic []byte   `json:"ek_public"`         // PKIX DER
+	AK       AKParams `json:"ak"`
+	TPM      TPMInfo  `json:"tpm"`
+}
+
+// EnrollBeginResponse carries the credential-activation challenge.
+type EnrollBeginResponse struct {
+	Session    string `json:"session"`
+	Credential []byte `json:"credential"` // attest.EncryptedCredential.Credential
+	Secret     []byte `json:"secret"`     // attest.EncryptedCredential.Secret
+}
+
+// EnrollFinishRequest returns the activated secret.
+type EnrollFinishRequest struct {
+	Session string `json:"session"`
+	Secret  []byte `json:"secret"`
+}
+
+// EnrollResult is the answer to enroll.finish and enroll.status.
+type EnrollResult struct {
+	HostID string `json:"host_id"`
+	Status string `json:"status"`            // HostActive or HostPending
+	AKCert []byte `json:"ak_cert,omitempty"` // DER, once active
+	RPID   string `json:"rp_id"`
+	Origin string `json:"origin"`
+}
+
+// EnrollStatusRequest asks whether a pending host was approved. The session
+// secret proves the asker is the host that enrolled.
+type EnrollStatusRequest struct {
+	HostID string `json:"host_id"`
+	Proof  []byte `json:"proof"` // the activated secret of the enrollment
+}
+
+// Host statuses.
+const (
+	HostPending = "pending"
+	HostActive  = "active"
+	HostRevoked = "revoked"
+)
+
+// RegisterBeginRequest asks for a registration challenge.
+type RegisterBeginRequest struct {
+	HostID   string `json:"host_id"`
+	Workload string `json:"workload"`
+}
+
+// RegisterBeginResponse is the challenge and the WebAuthn parameters.
+type RegisterBeginResponse struct {
+	Challenge  []byte    `json:"challenge"`
+	UserHandle []byte    `json:"user_handle"`
+	RPID       string    `json:"rp_id"`
+	Origin     string    `json:"origin"`
+	Expires    time.Time `json:"expires"`
+}
+
+// RegisterFinishRequest carries the registration response.
+type RegisterFinishRequest struct {
+	HostID    string                `json:"host_id"`
+	Workload  string                `json:"workload"`
+	Challenge []byte                `json:"challenge"`
+	Response  *RegistrationResponse `json:"response"`
+}
+
+// RegisterFinishResponse names the stored credential.
+type RegisterFinishResponse struct {
+	CredentialID string `json:"credential_id"`
+}
+
+// ErrorResponse is any endpoint's refusal. Code is stable for programs.
+type ErrorResponse struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}

@@ -1,0 +1,255 @@
+package verifier
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/tpmauthn/tpmauthn/attestation"
+)
+
+// Operator API (tpmauthnctl), on tpmauthn.admin.<op>. Requests and replies
+// are JSON; the types are exported for clients.
+
+// TokenCreateRequest asks for a join token.
+type TokenCreateRequest struct {
+	Roles []string      `json:"roles"`
+	Tags  []string      `json:"tags,omitempty"`
+	TTL   time.Duration `json:"ttl"`
+}
+
+// TokenCreateResponse carries the token; only its hash is kept.
+type TokenCreateResponse struct {
+	Token   string    `json:"token"`
+	ID      string    `json:"id"`
+	Expires time.Time `json:"expires"`
+}
+
+// IDRequest names one record.
+type IDRequest struct {
+	ID     string `json:"id"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// EKAllowRequest adds an EK to the allow-list.
+type EKAllowRequest struct {
+	EKHash string   `json:"ek_hash"`
+	Roles  []string `json:"roles"`
+	Tags   []string `json:"tags,omitempty"`
+	Note   string   `json:"note,omitempty"`
+}
+
+// CredentialListRequest filters credentials.
+type CredentialListRequest struct {
+	Host string `json:"host,omitempty"`
+}
+
+// Status summarizes the fleet.
+type Status struct {
+	Version     string         `json:"version"`
+	RPID        string         `json:"rp_id"`
+	Origin      string         `json:"origin"`
+	Approval    string         `json:"approval"`
+	EKRoots     int            `json:"ek_roots"`
+	Hosts       map[string]int `json:"hosts"`
+	Credentials map[string]int `json:"credentials"`
+	Tokens      map[string]int `json:"tokens"`
+}
+
+const (
+	maxTokenTTL = 30 * 24 * time.Hour
+	tokenPrefix = "tpmauthn-join-"
+)
+
+var roleName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+
+func (v *Verifier) adminEndpoints() map[string]func(context.Context, []byte) (any, error) {
+	return map[string]func(context.Context, []byte) (any, error){
+		"token.create":    v.adminTokenCreate,
+		"token.list":      func(ctx context.Context, _ []byte) (any, error) { return list[Token](ctx, v.st.tokens) },
+		"host.list":       func(ctx context.Context, _ []byte) (any, error) { return list[Host](ctx, v.st.hosts) },
+		"host.show":       v.adminHostShow,
+		"host.approve":    v.adminHostApprove,
+		"host.revoke":     v.adminHostRevoke,
+		"credential.list": v.adminCredentialList,
+		"credential.show": v.adminCredentialShow,
+		"ek.allow":        v.adminEKAllow,
+		"status":          v.adminStatus,
+	}
+}
+
+func checkNames(kind string, names []string) error {
+	for _, n := range names {
+		if !roleName.MatchString(n) {
+			return fmt.Errorf("%w: %s %q: use letters, digits, '.', '-' and '_'", ErrBadRequest, kind, n)
+		}
+	}
+	return nil
+}
+
+func (v *Verifier) adminTokenCreate(ctx context.Context, body []byte) (any, error) {
+	var req TokenCreateRequest
+	if err := decode(body, &req); err != nil {
+		return nil, err
+	}
+	if err := errors.Join(checkNames("role", req.Roles), checkNames("tag", req.Tags)); err != nil {
+		return nil, err
+	}
+	if req.TTL <= 0 || req.TTL > maxTokenTTL {
+		return nil, fmt.Errorf("%w: ttl %v: between 1s and %v", ErrBadRequest, req.TTL, maxTokenTTL)
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return nil, err
+	}
+	token := tokenPrefix + base64.RawURLEncoding.EncodeToString(raw)
+	h := tokenHash(token)
+	now := time.Now().UTC()
+	t := &Token{V: recordVersion, ID: h[:12], Hash: h, Roles: req.Roles, Tags: req.Tags, Created: now, Expires: now.Add(req.TTL)}
+	if err := create(ctx, v.st.tokens, h, t); err != nil {
+		return nil, err
+	}
+	v.log.Info("join token created", "token_id", t.ID, "roles", t.Roles, "expires", t.Expires)
+	return &TokenCreateResponse{Token: token, ID: t.ID, Expires: t.Expires}, nil
+}
+
+func (v *Verifier) adminHostShow(ctx context.Context, body []byte) (any, error) {
+	var req IDRequest
+	if err := decode(body, &req); err != nil {
+		return nil, err
+	}
+	h, _, err := get[Host](ctx, v.st.hosts, req.ID)
+	return h, err
+}
+
+// changeHost applies f to a host with compare-and-set, retrying on conflict.
+func (v *Verifier) changeHost(ctx context.Context, id string, f func(*Host) error) (*Host, error) {
+	for range 5 {
+		h, rev, err := get[Host](ctx, v.st.hosts, id)
+		if err != nil {
+			return nil, err
+		}
+		if err := f(h); err != nil {
+			return nil, err
+		}
+		h.Updated = time.Now().UTC()
+		if err := update(ctx, v.st.hosts, id, h, rev); errors.Is(err, ErrConflict) {
+			continue
+		} else if err != nil {
+			return nil, err
+		}
+		return h, nil
+	}
+	return nil, ErrConflict
+}
+
+func (v *Verifier) adminHostApprove(ctx context.Context, body []byte) (any, error) {
+	var req IDRequest
+	if err := decode(body, &req); err != nil {
+		return nil, err
+	}
+	h, err := v.changeHost(ctx, req.ID, func(h *Host) error {
+		if h.Status != attestation.HostPending {
+			return fmt.Errorf("%w: host %s is %s, not pending", ErrBadRequest, h.ID, h.Status)
+		}
+		return v.activate(h, "operator")
+	})
+	if err == nil {
+		v.log.Info("host approved", "host", h.ID)
+	}
+	return h, err
+}
+
+func (v *Verifier) adminHostRevoke(ctx context.Context, body []byte) (any, error) {
+	var req IDRequest
+	if err := decode(body, &req); err != nil {
+		return nil, err
+	}
+	h, err := v.changeHost(ctx, req.ID, func(h *Host) error {
+		h.Status, h.Reason = attestation.HostRevoked, req.Reason
+		return nil
+	})
+	if err == nil {
+		v.log.Info("host revoked", "host", h.ID, "reason", req.Reason)
+	}
+	return h, err
+}
+
+func (v *Verifier) adminCredentialList(ctx context.Context, body []byte) (any, error) {
+	var req CredentialListRequest
+	if len(body) > 0 {
+		if err := decode(body, &req); err != nil {
+			return nil, err
+		}
+	}
+	all, err := list[Credential](ctx, v.st.creds)
+	if err != nil || req.Host == "" {
+		return all, err
+	}
+	return slices.DeleteFunc(all, func(c *Credential) bool { return c.Host != req.Host }), nil
+}
+
+func (v *Verifier) adminCredentialShow(ctx context.Context, body []byte) (any, error) {
+	var req IDRequest
+	if err := decode(body, &req); err != nil {
+		return nil, err
+	}
+	c, _, err := get[Credential](ctx, v.st.creds, req.ID)
+	return c, err
+}
+
+func (v *Verifier) adminEKAllow(ctx context.Context, body []byte) (any, error) {
+	var req EKAllowRequest
+	if err := decode(body, &req); err != nil {
+		return nil, err
+	}
+	req.EKHash = strings.ToLower(req.EKHash)
+	if len(req.EKHash) != 64 || strings.Trim(req.EKHash, "0123456789abcdef") != "" {
+		return nil, fmt.Errorf("%w: ek_hash: 64 hex digits (SHA-256 of the EK's PKIX public key)", ErrBadRequest)
+	}
+	if err := errors.Join(checkNames("role", req.Roles), checkNames("tag", req.Tags)); err != nil {
+		return nil, err
+	}
+	a := &ekAllow{V: recordVersion, Roles: req.Roles, Tags: req.Tags, Note: req.Note, Created: time.Now().UTC()}
+	if err := create(ctx, v.st.ekAllow, req.EKHash, a); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func (v *Verifier) adminStatus(ctx context.Context, _ []byte) (any, error) {
+	s := &Status{Version: Version, RPID: v.cfg.RPID, Origin: v.cfg.Origin, Approval: v.cfg.Approval,
+		Hosts: map[string]int{}, Credentials: map[string]int{}, Tokens: map[string]int{}}
+	if v.ekTrust != nil {
+		s.EKRoots = v.ekTrust.Roots()
+	}
+	hosts, err := list[Host](ctx, v.st.hosts)
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range hosts {
+		s.Hosts[h.Status]++
+	}
+	creds, err := list[Credential](ctx, v.st.creds)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range creds {
+		s.Credentials[c.Status]++
+	}
+	tokens, err := list[Token](ctx, v.st.tokens)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	for _, t := range tokens {
+		s.Tokens[t.State(now)]++
+	}
+	return s, nil
+}

@@ -1,0 +1,143 @@
+package verifier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats.go"
+
+	"github.com/tpmauthn/tpmauthn/attestation"
+)
+
+// calloutSubject is where nats-server sends auth-callout requests (in the
+// AUTH account).
+const calloutSubject = "$SYS.REQ.USER.AUTH"
+
+// errDenied is the generic reason sent back in a callout response; the
+// client only ever sees "Authorization Violation", the specific reason goes
+// to the log (and, later, the audit trail).
+var errDenied = errors.New("authorization failed")
+
+func (v *Verifier) serveCallout() error {
+	_, err := v.nc.QueueSubscribe(calloutSubject, queueGroup, func(m *nats.Msg) {
+		v.sem <- struct{}{}
+		v.wg.Add(1)
+		go func() {
+			defer func() { <-v.sem; v.wg.Done() }()
+			v.handleCallout(m)
+		}()
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", calloutSubject, err)
+	}
+	return nil
+}
+
+// handleCallout answers one auth-callout request (NATS ADR-26): decrypt,
+// validate, decide, sign and seal the response.
+func (v *Verifier) handleCallout(m *nats.Msg) {
+	start := time.Now()
+	serverXKey := m.Header.Get("Nats-Server-Xkey")
+	data := m.Data
+	if serverXKey != "" {
+		var err error
+		if data, err = v.keys.XKey.Open(m.Data, serverXKey); err != nil {
+			v.log.Warn("callout: cannot decrypt request", "error", err)
+			return // the server times the client out
+		}
+	}
+	rc, err := jwt.DecodeAuthorizationRequestClaims(string(data))
+	if err != nil {
+		v.log.Warn("callout: malformed request", "error", err)
+		return
+	}
+	if err := checkRequest(rc); err != nil {
+		v.log.Warn("callout: invalid request", "error", err)
+		return
+	}
+	user, grantErr := v.authorize(context.Background(), rc)
+	resp := jwt.NewAuthorizationResponseClaims(rc.UserNkey)
+	resp.Audience = rc.Server.ID
+	if grantErr != nil {
+		resp.Error = errDenied.Error()
+		v.log.Info("connect denied", "client", rc.ClientInformation.ID, "host", rc.ClientInformation.Host, "reason", grantErr)
+	} else if resp.Jwt, err = user.Encode(v.keys.Issuer); err != nil {
+		resp.Error = errDenied.Error()
+		grantErr = err
+		v.log.Error("callout: sign user JWT", "error", err)
+	}
+	v.served.Add(1)
+	observe(calloutSubject, grantErr, time.Since(start))
+	tok, err := resp.Encode(v.keys.Issuer)
+	if err != nil {
+		v.log.Error("callout: sign response", "error", err)
+		return
+	}
+	out := []byte(tok)
+	if serverXKey != "" {
+		if out, err = v.keys.XKey.Seal(out, serverXKey); err != nil {
+			v.log.Error("callout: seal response", "error", err)
+			return
+		}
+	}
+	_ = m.Respond(out)
+}
+
+// checkRequest: issued by the server that asks, for us, still valid.
+func checkRequest(rc *jwt.AuthorizationRequestClaims) error {
+	if rc.Issuer != rc.Server.ID || !strings.HasPrefix(rc.Issuer, "N") {
+		return fmt.Errorf("issuer %q is not the requesting server %q", rc.Issuer, rc.Server.ID)
+	}
+	if rc.Audience != "nats-authorization-request" {
+		return fmt.Errorf("audience %q", rc.Audience)
+	}
+	var vr jwt.ValidationResults
+	rc.Validate(&vr)
+	if vr.IsBlocking(true) {
+		return fmt.Errorf("request claims: %v", vr.Errors())
+	}
+	if rc.UserNkey == "" {
+		return errors.New("no user nkey")
+	}
+	return nil
+}
+
+// authorize decides a connect. So far one kind of session exists: the
+// enrollment session of a join-token holder or an allow-listed EK.
+func (v *Verifier) authorize(ctx context.Context, rc *jwt.AuthorizationRequestClaims) (*jwt.UserClaims, error) {
+	co := rc.ConnectOptions
+	switch {
+	case co.Token != "":
+		t, _, err := v.lookupToken(ctx, co.Token)
+		if err != nil {
+			return nil, err
+		}
+		return v.enrollmentUser(rc, "enroll-token-"+t.ID), nil
+	case strings.HasPrefix(co.Username, attestation.EKUserPrefix):
+		hash := strings.TrimPrefix(co.Username, attestation.EKUserPrefix)
+		if _, _, err := get[ekAllow](ctx, v.st.ekAllow, hash); err != nil {
+			return nil, fmt.Errorf("%w: %s", ErrNotAllowed, hash)
+		}
+		return v.enrollmentUser(rc, "enroll-ek-"+hash[:12]), nil
+	default:
+		return nil, fmt.Errorf("%w: no join token, EK allow-list name or credential", ErrNotFound)
+	}
+}
+
+// enrollmentUser may call the enrollment and registration endpoints and
+// receive replies, nothing else, for EnrollSessionTTL.
+func (v *Verifier) enrollmentUser(rc *jwt.AuthorizationRequestClaims, name string) *jwt.UserClaims {
+	uc := jwt.NewUserClaims(rc.UserNkey)
+	uc.Audience = AccountApp
+	uc.Name = name
+	uc.Expires = time.Now().Add(v.cfg.EnrollSessionTTL).Unix()
+	uc.Pub.Allow.Add("tpmauthn.v1.enroll.>", "tpmauthn.v1.register.>")
+	uc.Sub.Allow.Add("_INBOX.>")
+	uc.Limits.Subs = 10
+	uc.Limits.Payload = 64 * 1024
+	return uc
+}

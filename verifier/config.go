@@ -1,0 +1,101 @@
+package verifier
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/go-webauthn/webauthn/protocol"
+)
+
+// Approval modes for new hosts.
+const (
+	ApprovalAuto   = "auto"
+	ApprovalManual = "manual"
+)
+
+// Config configures a Verifier. Zero values are documented defaults.
+type Config struct {
+	DataDir string // required: keys, fleet CA, embedded JetStream
+
+	// NATSURL of an existing cluster; empty runs an embedded nats-server.
+	NATSURL string
+	// NATSSeed is the verifier's user seed on an existing cluster; empty
+	// uses DATA_DIR/verifier.nk (the user ServerConfig declares).
+	NATSSeed string
+	// NATSListen is the embedded server's client address (127.0.0.1:4222).
+	NATSListen string
+
+	// EKCADir holds the TPM manufacturers' roots and intermediates. Empty
+	// means no EK certificate is trusted: only the EK allow-list enrolls.
+	EKCADir string
+	// Approval is "auto" (default) or "manual" (hosts wait for an operator).
+	Approval string
+
+	RPID   string // WebAuthn RP ID (tpmauthn.local)
+	Origin string // WebAuthn origin (tpmauthn://RPID)
+
+	AKCertValidity    time.Duration // 1 year
+	EnrollSessionTTL  time.Duration // lifetime of an enrollment session's NATS JWT (5m)
+	RegisterChallenge time.Duration // lifetime of a registration challenge (2m)
+	Workers           int           // concurrent requests (64)
+
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.NATSListen == "" {
+		c.NATSListen = "127.0.0.1:4222"
+	}
+	if c.Approval == "" {
+		c.Approval = ApprovalAuto
+	}
+	if c.RPID == "" {
+		c.RPID = "tpmauthn.local"
+	}
+	if c.Origin == "" {
+		c.Origin = "tpmauthn://" + c.RPID
+	}
+	if c.AKCertValidity == 0 {
+		c.AKCertValidity = 365 * 24 * time.Hour
+	}
+	if c.EnrollSessionTTL == 0 {
+		c.EnrollSessionTTL = 5 * time.Minute
+	}
+	if c.RegisterChallenge == 0 {
+		c.RegisterChallenge = 2 * time.Minute
+	}
+	if c.Workers == 0 {
+		c.Workers = 64
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Validate reports every problem at once, naming the config keys.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data_dir: required"))
+	} else if abs, err := filepath.Abs(c.DataDir); err != nil {
+		errs = append(errs, fmt.Errorf("data_dir: %w", err))
+	} else {
+		c.DataDir = abs
+	}
+	if c.Approval != ApprovalAuto && c.Approval != ApprovalManual {
+		errs = append(errs, fmt.Errorf("enrollment.approval: %q, want auto or manual", c.Approval))
+	}
+	if err := protocol.ValidateRPID(c.RPID); err != nil {
+		errs = append(errs, fmt.Errorf("webauthn.rp_id: %q: a domain name with at least two labels, or localhost", c.RPID))
+	}
+	if c.AKCertValidity < time.Hour {
+		errs = append(errs, fmt.Errorf("enrollment.ak_cert_validity: %v, want at least 1h", c.AKCertValidity))
+	}
+	if c.Workers < 1 {
+		errs = append(errs, fmt.Errorf("workers: %d, want at least 1", c.Workers))
+	}
+	return errors.Join(errs...)
+}

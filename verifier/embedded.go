@@ -1,0 +1,48 @@
+package verifier
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// StartEmbedded runs a nats-server with the tpmauthn layout (ServerConfig)
+// and JetStream in dataDir. listen is host:port; port -1 picks a free one.
+func StartEmbedded(k *Keys, dataDir, listen string, log *slog.Logger) (*server.Server, error) {
+	conf := ServerConfig(k, ServerConfigOptions{Listen: listen, StoreDir: filepath.Join(dataDir, "jetstream")})
+	path := filepath.Join(dataDir, "nats-server.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		return nil, fmt.Errorf("embedded nats-server: %w", err)
+	}
+	opts, err := server.ProcessConfigFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats-server: config: %w", err)
+	}
+	opts.NoSigs = true
+	opts.ServerName = "tpmauthn"
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats-server: %w", err)
+	}
+	s.SetLoggerV2(&natsLog{log: log.With("component", "nats-server")}, false, false, false)
+	s.Start()
+	if !s.ReadyForConnections(15 * time.Second) {
+		s.Shutdown()
+		return nil, fmt.Errorf("embedded nats-server did not start listening on %s within 15s (is the port in use? set --nats-listen)", listen)
+	}
+	return s, nil
+}
+
+// natsLog routes nats-server's logs to slog.
+type natsLog struct{ log *slog.Logger }
+
+func (l *natsLog) Noticef(f string, a ...any) { l.log.Info(fmt.Sprintf(f, a...)) }
+func (l *natsLog) Warnf(f string, a ...any)   { l.log.Warn(fmt.Sprintf(f, a...)) }
+func (l *natsLog) Fatalf(f string, a ...any)  { l.log.Error(fmt.Sprintf(f, a...)) }
+func (l *natsLog) Errorf(f string, a ...any)  { l.log.Error(fmt.Sprintf(f, a...)) }
+func (l *natsLog) Debugf(f string, a ...any)  { l.log.Debug(fmt.Sprintf(f, a...)) }
+func (l *natsLog) Tracef(f string, a ...any)  { l.log.Debug(fmt.Sprintf(f, a...)) }

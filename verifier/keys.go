@@ -1,0 +1,204 @@
+package verifier
+
+import (
+	"crypto/ecdsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nkeys"
+
+	"github.com/tpmauthn/tpmauthn/attestation"
+)
+
+// Files in the verifier's data directory. Secrets are 0600.
+const (
+	fileCA        = "fleet-ca.pem"
+	fileCAKey     = "fleet-ca-key.pem"
+	fileIssuer    = "issuer.nk"   // auth-callout issuer (account key)
+	fileXKey      = "xkey.nk"     // curve key: callout requests are sealed to it
+	fileVerifier  = "verifier.nk" // the verifier's own NATS user
+	fileSys       = "sys.nk"      // system-account user, for kicks
+	fileOperator  = "operator.nk" // tpmauthnctl's NATS user
+	fileClientURL = "client-url"  // where tpmauthnctl finds the NATS server
+	fleetCAYears  = 20
+)
+
+// Keys is the verifier's key material. It is created on first start and
+// never leaves the data directory.
+type Keys struct {
+	FleetCA    *x509.Certificate
+	FleetCAKey *ecdsa.PrivateKey
+	Issuer     nkeys.KeyPair // account key that signs callout responses and user JWTs
+	XKey       nkeys.KeyPair // curve key for sealed callout requests
+	Verifier   nkeys.KeyPair // user in AUTH
+	Sys        nkeys.KeyPair // user in SYS
+	Operator   nkeys.KeyPair // user in AUTH, admin subjects only
+}
+
+// LogValue keeps key material out of logs.
+func (k *Keys) LogValue() string { return "[REDACTED]" }
+
+// LoadOrCreateKeys reads the key material in dir, creating what is missing.
+// It returns the names of the files it created.
+func LoadOrCreateKeys(dir string) (*Keys, []string, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("data directory: %w", err)
+	}
+	var k Keys
+	var created []string
+	nk := []struct {
+		file   string
+		dst    *nkeys.KeyPair
+		create func() (nkeys.KeyPair, error)
+	}{
+		{fileIssuer, &k.Issuer, nkeys.CreateAccount},
+		{fileXKey, &k.XKey, nkeys.CreateCurveKeys},
+		{fileVerifier, &k.Verifier, nkeys.CreateUser},
+		{fileSys, &k.Sys, nkeys.CreateUser},
+		{fileOperator, &k.Operator, nkeys.CreateUser},
+	}
+	for _, n := range nk {
+		kp, made, err := loadOrCreateNKey(filepath.Join(dir, n.file), n.create)
+		if err != nil {
+			return nil, nil, err
+		}
+		*n.dst = kp
+		if made {
+			created = append(created, n.file)
+		}
+	}
+	ca, key, made, err := loadOrCreateCA(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	k.FleetCA, k.FleetCAKey = ca, key
+	if made {
+		created = append(created, fileCA, fileCAKey)
+	}
+	return &k, created, nil
+}
+
+// LoadNKey reads an nkey seed file.
+func LoadNKey(path string) (nkeys.KeyPair, error) {
+	seed, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(seed))))
+	if err != nil {
+		return nil, fmt.Errorf("%s: not an nkey seed: %w", path, err)
+	}
+	return kp, nil
+}
+
+func loadOrCreateNKey(path string, create func() (nkeys.KeyPair, error)) (nkeys.KeyPair, bool, error) {
+	seed, err := os.ReadFile(path)
+	if err == nil {
+		kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(seed))))
+		if err != nil {
+			return nil, false, fmt.Errorf("%s: not an nkey seed: %w", path, err)
+		}
+		return kp, false, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, false, err
+	}
+	kp, err := create()
+	if err != nil {
+		return nil, false, err
+	}
+	seed, err = kp.Seed()
+	if err != nil {
+		return nil, false, err
+	}
+	if err := writeSecret(path, append(seed, '\n')); err != nil {
+		return nil, false, err
+	}
+	return kp, true, nil
+}
+
+func loadOrCreateCA(dir string) (*x509.Certificate, *ecdsa.PrivateKey, bool, error) {
+	certPath, keyPath := filepath.Join(dir, fileCA), filepath.Join(dir, fileCAKey)
+	certPEM, err := os.ReadFile(certPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		ca, key, err := attestation.NewCA("tpmauthn fleet CA", fleetCAYears*365*24*time.Hour)
+		if err != nil {
+			return nil, nil, false, err
+		}
+		der, err := x509.MarshalECPrivateKey(key)
+		if err != nil {
+			return nil, nil, false, err
+		}
+		if err := writeSecret(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})); err != nil {
+			return nil, nil, false, err
+		}
+		if err := os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw}), 0o644); err != nil {
+			return nil, nil, false, err
+		}
+		return ca, key, true, nil
+	}
+	if err != nil {
+		return nil, nil, false, err
+	}
+	certs, err := attestation.ParseCertificates(certPEM)
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("%s: %w", certPath, err)
+	}
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("fleet CA key: %w", err)
+	}
+	blk, _ := pem.Decode(keyPEM)
+	if blk == nil {
+		return nil, nil, false, fmt.Errorf("%s holds no PEM block", keyPath)
+	}
+	key, err := x509.ParseECPrivateKey(blk.Bytes)
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("%s: %w", keyPath, err)
+	}
+	if !key.PublicKey.Equal(certs[0].PublicKey) {
+		return nil, nil, false, fmt.Errorf("%s does not match %s", keyPath, certPath)
+	}
+	return certs[0], key, false, nil
+}
+
+func writeSecret(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// pub returns a key pair's public key; nkeys only fails on a wiped pair.
+func pub(kp nkeys.KeyPair) string {
+	p, err := kp.PublicKey()
+	if err != nil {
+		panic(fmt.Sprintf("nkey public key: %v", err))
+	}
+	return p
+}
+
+// OperatorFiles returns where tpmauthnctl finds the operator credential and
+// the client URL in a verifier's data directory.
+func OperatorFiles(dataDir string) (seed, clientURL string) {
+	return filepath.Join(dataDir, fileOperator), filepath.Join(dataDir, fileClientURL)
+}
+
+// SysSeedFile is the system-account user seed in a data directory.
+func SysSeedFile(dataDir string) string { return filepath.Join(dataDir, fileSys) }

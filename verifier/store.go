@@ -1,0 +1,164 @@
+package verifier
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Bucket names. History 5 keeps a short trail of each record's versions.
+const (
+	bucketHosts      = "tpmauthn_hosts"
+	bucketCreds      = "tpmauthn_credentials"
+	bucketTokens     = "tpmauthn_tokens"
+	bucketEKs        = "tpmauthn_eks"
+	bucketEKAllow    = "tpmauthn_ek_allow"
+	bucketEnroll     = "tpmauthn_enroll"
+	bucketChallenges = "tpmauthn_challenges"
+	sessionTTL       = 5 * time.Minute
+)
+
+// store is the fleet state in JetStream KV.
+type store struct {
+	hosts, creds, tokens, eks, ekAllow, enroll, challenges jetstream.KeyValue
+}
+
+func openStore(ctx context.Context, nc *nats.Conn) (*store, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	var s store
+	buckets := []struct {
+		name string
+		ttl  time.Duration
+		dst  *jetstream.KeyValue
+	}{
+		{bucketHosts, 0, &s.hosts},
+		{bucketCreds, 0, &s.creds},
+		{bucketTokens, 0, &s.tokens},
+		{bucketEKs, 0, &s.eks},
+		{bucketEKAllow, 0, &s.ekAllow},
+		{bucketEnroll, sessionTTL, &s.enroll},
+		{bucketChallenges, sessionTTL, &s.challenges},
+	}
+	for _, b := range buckets {
+		history := uint8(5)
+		if b.ttl > 0 {
+			history = 1
+		}
+		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: b.name, History: history, TTL: b.ttl, Storage: jetstream.FileStorage,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("KV bucket %s: %w (is JetStream enabled for the %s account?)", b.name, err, AccountAuth)
+		}
+		*b.dst = kv
+	}
+	return &s, nil
+}
+
+// versioned is implemented by every record.
+type versioned interface{ version() int }
+
+func (h *Host) version() int          { return h.V }
+func (c *Credential) version() int    { return c.V }
+func (t *Token) version() int         { return t.V }
+func (e *enrollSession) version() int { return e.V }
+func (c *challenge) version() int     { return c.V }
+func (e *ekEnrollment) version() int  { return e.V }
+func (e *ekAllow) version() int       { return e.V }
+
+// get reads a record and its revision. A missing key is ErrNotFound.
+func get[T any, P interface {
+	*T
+	versioned
+}](ctx context.Context, kv jetstream.KeyValue, key string) (P, uint64, error) {
+	e, err := kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) || errors.Is(err, jetstream.ErrInvalidKey) {
+		return nil, 0, ErrNotFound
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("%s get %s: %w", kv.Bucket(), key, err)
+	}
+	var v T
+	p := P(&v)
+	if err := json.Unmarshal(e.Value(), p); err != nil {
+		return nil, 0, fmt.Errorf("%s/%s: %w", kv.Bucket(), key, err)
+	}
+	if p.version() != recordVersion {
+		return nil, 0, fmt.Errorf("%s/%s: record version %d, this verifier reads %d", kv.Bucket(), key, p.version(), recordVersion)
+	}
+	return p, e.Revision(), nil
+}
+
+// create stores a new record; an existing key is ErrConflict.
+func create(ctx context.Context, kv jetstream.KeyValue, key string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if _, err := kv.Create(ctx, key, b); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return ErrConflict
+		}
+		return fmt.Errorf("%s create %s: %w", kv.Bucket(), key, err)
+	}
+	return nil
+}
+
+// update replaces a record if it is still at revision rev (compare-and-set);
+// otherwise ErrConflict.
+func update(ctx context.Context, kv jetstream.KeyValue, key string, v any, rev uint64) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if _, err := kv.Update(ctx, key, b, rev); err != nil {
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+			return ErrConflict
+		}
+		return fmt.Errorf("%s update %s: %w", kv.Bucket(), key, err)
+	}
+	return nil
+}
+
+// take deletes a record if it is still at revision rev, so that exactly one
+// caller consumes a single-use record (a challenge, an enrollment session).
+func take(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64) error {
+	if err := kv.Delete(ctx, key, jetstream.LastRevision(rev)); err != nil {
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+			return ErrConflict
+		}
+		return fmt.Errorf("%s delete %s: %w", kv.Bucket(), key, err)
+	}
+	return nil
+}
+
+// list reads every record of a bucket.
+func list[T any, P interface {
+	*T
+	versioned
+}](ctx context.Context, kv jetstream.KeyValue) ([]P, error) {
+	lister, err := kv.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s list: %w", kv.Bucket(), err)
+	}
+	var out []P
+	for key := range lister.Keys() {
+		v, _, err := get[T, P](ctx, kv, key)
+		if errors.Is(err, ErrNotFound) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}

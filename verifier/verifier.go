@@ -1,0 +1,277 @@
+package verifier
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/tpmauthn/tpmauthn/attestation"
+)
+
+// Version of the verifier service (NATS micro).
+const Version = "0.1.0"
+
+// queueGroup is shared by every verifier instance: each request is served once.
+const queueGroup = "tpmauthn"
+
+// Verifier is the tpmauthn verifier service.
+type Verifier struct {
+	cfg     Config
+	keys    *Keys
+	log     *slog.Logger
+	ekTrust *attestation.EKTrust
+	rp      *attestation.RelyingParty
+
+	srv    *server.Server // embedded, or nil
+	nc     *nats.Conn
+	st     *store
+	svcs   []micro.Service
+	sem    chan struct{} // bounds concurrent requests
+	served atomic.Uint64 // requests answered (endpoints and callouts)
+	wg     sync.WaitGroup
+	close  sync.Once
+}
+
+// New loads (or creates) the key material and trust configuration.
+func New(cfg Config) (*Verifier, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	keys, created, err := LoadOrCreateKeys(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	v := &Verifier{cfg: cfg, keys: keys, log: cfg.Logger, sem: make(chan struct{}, cfg.Workers)}
+	if len(created) > 0 {
+		v.log.Info("created key material", "data_dir", cfg.DataDir, "files", created)
+	}
+	if cfg.EKCADir != "" {
+		if v.ekTrust, err = attestation.LoadEKTrustDir(cfg.EKCADir, v.log); err != nil {
+			return nil, fmt.Errorf("enrollment.ek_ca_dir: %w", err)
+		}
+	} else {
+		v.log.Warn("no EK CA directory configured: EK certificates are not trusted, only the EK allow-list can enroll hosts")
+	}
+	v.rp, err = attestation.NewRelyingParty(attestation.RPConfig{
+		RPID: cfg.RPID, Origins: []string{cfg.Origin}, FleetRoots: []*x509.Certificate{keys.FleetCA},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// Start connects (starting the embedded server first when no NATS URL is
+// set), opens the KV state and serves every endpoint. It returns once the
+// verifier is serving.
+func (v *Verifier) Start(ctx context.Context) error {
+	url := v.cfg.NATSURL
+	if url == "" {
+		srv, err := StartEmbedded(v.keys, v.cfg.DataDir, v.cfg.NATSListen, v.log)
+		if err != nil {
+			return err
+		}
+		v.srv = srv
+		url = srv.ClientURL()
+		v.log.Info("embedded nats-server ready", "url", url)
+	}
+	kp := v.keys.Verifier
+	if v.cfg.NATSSeed != "" {
+		var err error
+		if kp, err = LoadNKey(v.cfg.NATSSeed); err != nil {
+			return err
+		}
+	}
+	nc, err := nats.Connect(url, nats.Name("tpmauthn-verifier"),
+		nats.Nkey(pub(kp), kp.Sign), nats.MaxReconnects(-1), nats.Timeout(5*time.Second))
+	if err != nil {
+		v.Close()
+		return fmt.Errorf("connect to NATS at %s as the verifier user: %w", url, err)
+	}
+	v.nc = nc
+	if v.st, err = openStore(ctx, nc); err != nil {
+		v.Close()
+		return err
+	}
+	if err := v.serve(); err != nil {
+		v.Close()
+		return err
+	}
+	if err := os.WriteFile(v.clientURLFile(), []byte(url+"\n"), 0o644); err != nil {
+		v.log.Warn("cannot record the client URL for tpmauthnctl", "error", err)
+	}
+	v.log.Info("verifier serving", "nats", url, "rp_id", v.cfg.RPID, "approval", v.cfg.Approval)
+	return nil
+}
+
+func (v *Verifier) clientURLFile() string {
+	_, f := OperatorFiles(v.cfg.DataDir)
+	return f
+}
+
+// Run starts the verifier and serves until ctx is done.
+func (v *Verifier) Run(ctx context.Context) error {
+	if err := v.Start(ctx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	v.Close()
+	return nil
+}
+
+// ClientURL is where clients reach NATS.
+func (v *Verifier) ClientURL() string {
+	if v.srv != nil {
+		return v.srv.ClientURL()
+	}
+	return v.cfg.NATSURL
+}
+
+// Served returns how many requests this instance answered.
+func (v *Verifier) Served() uint64 { return v.served.Load() }
+
+// Keys returns the verifier's key material (for tests and tpmauthnctl).
+func (v *Verifier) Keys() *Keys { return v.keys }
+
+// Close stops serving, waits for requests in flight and stops the embedded
+// server.
+func (v *Verifier) Close() {
+	v.close.Do(func() {
+		for _, s := range v.svcs {
+			_ = s.Stop()
+		}
+		if v.nc != nil {
+			_ = v.nc.Drain()
+		}
+		v.wg.Wait()
+		if v.nc != nil {
+			v.nc.Close()
+		}
+		if v.srv != nil {
+			v.srv.Shutdown()
+			v.srv.WaitForShutdown()
+		}
+	})
+}
+
+// serve registers the v1 service (exported to APP), the admin service and
+// the auth-callout responder, all in one queue group.
+func (v *Verifier) serve() error {
+	svc, err := micro.AddService(v.nc, micro.Config{Name: "tpmauthn", Version: Version, QueueGroup: queueGroup,
+		Description: "tpmauthn enrollment and registration"})
+	if err != nil {
+		return fmt.Errorf("start service: %w", err)
+	}
+	v.svcs = append(v.svcs, svc)
+	endpoints := map[string]func(context.Context, []byte) (any, error){
+		attestation.SubjectEnrollBegin:    v.enrollBegin,
+		attestation.SubjectEnrollFinish:   v.enrollFinish,
+		attestation.SubjectEnrollStatus:   v.enrollStatus,
+		attestation.SubjectRegisterBegin:  v.registerBegin,
+		attestation.SubjectRegisterFinish: v.registerFinish,
+	}
+	for subj, h := range endpoints {
+		name := strings.ReplaceAll(strings.TrimPrefix(subj, "tpmauthn.v1."), ".", "-")
+		if err := svc.AddEndpoint(name, v.handler(subj, h), micro.WithEndpointSubject(subj)); err != nil {
+			return fmt.Errorf("endpoint %s: %w", subj, err)
+		}
+	}
+	admin, err := micro.AddService(v.nc, micro.Config{Name: "tpmauthn-admin", Version: Version, QueueGroup: queueGroup,
+		Description: "tpmauthn operator API"})
+	if err != nil {
+		return fmt.Errorf("start admin service: %w", err)
+	}
+	v.svcs = append(v.svcs, admin)
+	for op, h := range v.adminEndpoints() {
+		subj := attestation.SubjectAdminPrefix + op
+		if err := admin.AddEndpoint(strings.ReplaceAll(op, ".", "-"), v.handler(subj, h), micro.WithEndpointSubject(subj)); err != nil {
+			return fmt.Errorf("endpoint %s: %w", subj, err)
+		}
+	}
+	return v.serveCallout()
+}
+
+// handler runs h in its own goroutine (bounded by Workers) and answers with
+// its result as JSON, or an error reply.
+func (v *Verifier) handler(subj string, h func(context.Context, []byte) (any, error)) micro.HandlerFunc {
+	return func(req micro.Request) {
+		v.sem <- struct{}{}
+		v.wg.Add(1)
+		go func() {
+			defer func() { <-v.sem; v.wg.Done() }()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			start := time.Now()
+			resp, err := h(ctx, req.Data())
+			v.respond(req, subj, resp, err, time.Since(start))
+		}()
+	}
+}
+
+func (v *Verifier) respond(req micro.Request, subj string, resp any, err error, took time.Duration) {
+	v.served.Add(1)
+	observe(subj, err, took)
+	if err != nil {
+		code, msg := errorCode(err)
+		v.log.Info("request denied", "subject", subj, "code", code, "error", err)
+		body, _ := json.Marshal(attestation.ErrorResponse{Error: msg, Code: code})
+		_ = req.Error(code, msg, body)
+		return
+	}
+	b, merr := json.Marshal(resp)
+	if merr != nil {
+		_ = req.Error("internal", "internal error", nil)
+		return
+	}
+	_ = req.Respond(b)
+}
+
+// errorCode maps an error to the stable code and the message a client sees.
+// Unknown errors are internal and their text stays in the log.
+func errorCode(err error) (string, string) {
+	table := []struct {
+		err  error
+		code string
+	}{
+		{ErrBadRequest, "bad_request"},
+		{attestation.ErrMalformed, "bad_request"},
+		{ErrTokenInvalid, "token_invalid"},
+		{ErrNotAllowed, "not_allowed"},
+		{attestation.ErrEKUntrusted, "ek_untrusted"},
+		{attestation.ErrActivationFailed, "activation_failed"},
+		{attestation.ErrAttestation, "attestation_rejected"},
+		{ErrAlreadyEnrolled, "already_enrolled"},
+		{ErrHostNotActive, "host_not_active"},
+		{ErrChallenge, "challenge_invalid"},
+		{ErrNotFound, "not_found"},
+		{ErrConflict, "conflict"},
+	}
+	for _, e := range table {
+		if errors.Is(err, e.err) {
+			return e.code, e.err.Error()
+		}
+	}
+	return "internal", "internal error"
+}
+
+func decode(b []byte, v any) error {
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadRequest, err)
+	}
+	return nil
+}

@@ -71,7 +71,7 @@ func (v *Verifier) handleCallout(m *nats.Msg) {
 		v.log.Error("callout: sign user JWT", "error", err)
 	}
 	v.served.Add(1)
-	observe(calloutSubject, grantErr, time.Since(start))
+	v.metrics.observe(calloutSubject, grantErr, time.Since(start))
 	tok, err := resp.Encode(v.keys.Issuer)
 	if err != nil {
 		v.log.Error("callout: sign response", "error", err)

@@ -42,6 +42,10 @@ type Config struct {
 	RegisterChallenge time.Duration // lifetime of a registration challenge (2m)
 	Workers           int           // concurrent requests (64)
 
+	// MetricsListen serves Prometheus metrics at http://ADDR/metrics; empty
+	// serves none.
+	MetricsListen string
+
 	Logger *slog.Logger
 }
 

@@ -1,11 +1,92 @@
 package verifier
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tpmauthn/tpmauthn/attestation"
 )
 
-// observe records one request's outcome; Prometheus export comes with the
-// metrics listener.
-func observe(subject string, err error, took time.Duration) {
-	_, _, _ = subject, err, took
+// metrics are per Verifier (a registry of its own, not the global one).
+type metrics struct {
+	reg           *prometheus.Registry
+	requests      *prometheus.CounterVec
+	latency       *prometheus.HistogramVec
+	enrollments   *prometheus.CounterVec
+	registrations *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tpmauthn_requests_total", Help: "Requests answered, by endpoint and result (ok or an error code).",
+		}, []string{"endpoint", "result"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "tpmauthn_request_duration_seconds", Help: "Time to answer a request, by endpoint.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+		}, []string{"endpoint"}),
+		enrollments: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tpmauthn_enrollments_total", Help: "Host enrollments completed or refused, by result.",
+		}, []string{"result"}),
+		registrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tpmauthn_registrations_total", Help: "Credential registrations completed or refused, by result.",
+		}, []string{"result"}),
+	}
+	m.reg.MustRegister(m.requests, m.latency, m.enrollments, m.registrations,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+// observe records one request's outcome.
+func (m *metrics) observe(subject string, err error, took time.Duration) {
+	result := "ok"
+	if err != nil {
+		result, _ = errorCode(err)
+		if errors.Is(err, errDenied) || subject == calloutSubject {
+			result = "denied"
+		}
+	}
+	m.requests.WithLabelValues(subject, result).Inc()
+	m.latency.WithLabelValues(subject).Observe(took.Seconds())
+	switch subject {
+	case attestation.SubjectEnrollBegin:
+		if err != nil { // a refusal at begin is a refused enrollment
+			m.enrollments.WithLabelValues(result).Inc()
+		}
+	case attestation.SubjectEnrollFinish:
+		m.enrollments.WithLabelValues(result).Inc()
+	case attestation.SubjectRegisterFinish:
+		m.registrations.WithLabelValues(result).Inc()
+	}
+}
+
+// serveMetrics exposes /metrics on addr until ctx ends. It returns the
+// address it listens on (useful with port 0).
+func (v *Verifier) serveMetrics(addr string) (string, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("metrics_listen %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(v.metrics.reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	v.httpSrv = srv
+	go func() { _ = srv.Serve(ln) }()
+	return ln.Addr().String(), nil
+}
+
+func (v *Verifier) stopMetrics() {
+	if v.httpSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = v.httpSrv.Shutdown(ctx)
+	}
 }

@@ -149,7 +149,7 @@ func list[T any, P interface {
 	if err != nil {
 		return nil, fmt.Errorf("%s list: %w", kv.Bucket(), err)
 	}
-	var out []P
+	out := []P{} // JSON [] rather than null when empty
 	for key := range lister.Keys() {
 		v, _, err := get[T, P](ctx, kv, key)
 		if errors.Is(err, ErrNotFound) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -40,8 +41,12 @@ type Verifier struct {
 	svcs   []micro.Service
 	sem    chan struct{} // bounds concurrent requests
 	served atomic.Uint64 // requests answered (endpoints and callouts)
-	wg     sync.WaitGroup
-	close  sync.Once
+
+	metrics     *metrics
+	httpSrv     *http.Server
+	metricsAddr string
+	wg          sync.WaitGroup
+	close       sync.Once
 }
 
 // New loads (or creates) the key material and trust configuration.
@@ -54,7 +59,7 @@ func New(cfg Config) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &Verifier{cfg: cfg, keys: keys, log: cfg.Logger, sem: make(chan struct{}, cfg.Workers)}
+	v := &Verifier{cfg: cfg, keys: keys, log: cfg.Logger, sem: make(chan struct{}, cfg.Workers), metrics: newMetrics()}
 	if len(created) > 0 {
 		v.log.Info("created key material", "data_dir", cfg.DataDir, "files", created)
 	}
@@ -110,6 +115,15 @@ func (v *Verifier) Start(ctx context.Context) error {
 		v.Close()
 		return err
 	}
+	if v.cfg.MetricsListen != "" {
+		addr, err := v.serveMetrics(v.cfg.MetricsListen)
+		if err != nil {
+			v.Close()
+			return err
+		}
+		v.metricsAddr = addr
+		v.log.Info("metrics", "url", "http://"+addr+"/metrics")
+	}
 	if err := os.WriteFile(v.clientURLFile(), []byte(url+"\n"), 0o644); err != nil {
 		v.log.Warn("cannot record the client URL for tpmauthnctl", "error", err)
 	}
@@ -140,6 +154,9 @@ func (v *Verifier) ClientURL() string {
 	return v.cfg.NATSURL
 }
 
+// MetricsAddr is where /metrics is served, or "".
+func (v *Verifier) MetricsAddr() string { return v.metricsAddr }
+
 // Served returns how many requests this instance answered.
 func (v *Verifier) Served() uint64 { return v.served.Load() }
 
@@ -150,6 +167,7 @@ func (v *Verifier) Keys() *Keys { return v.keys }
 // server.
 func (v *Verifier) Close() {
 	v.close.Do(func() {
+		v.stopMetrics()
 		for _, s := range v.svcs {
 			_ = s.Stop()
 		}
@@ -223,7 +241,7 @@ func (v *Verifier) handler(subj string, h func(context.Context, []byte) (any, er
 
 func (v *Verifier) respond(req micro.Request, subj string, resp any, err error, took time.Duration) {
 	v.served.Add(1)
-	observe(subj, err, took)
+	v.metrics.observe(subj, err, took)
 	if err != nil {
 		code, msg := errorCode(err)
 		v.log.Info("request denied", "subject", subj, "code", code, "error", err)

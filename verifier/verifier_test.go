@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -340,3 +342,28 @@ func (w tWriter) Write(p []byte) (int, error) {
 }
 
 func attestationB64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+func TestMetrics(t *testing.T) {
+	f := newFleet(t, func(c *verifier.Config) { c.MetricsListen = "127.0.0.1:0" })
+	if _, err := f.enroll(t, newAgent(t, f.sw), f.token(t, time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sessionConn(f.v.ClientURL(), "tpmauthn-join-forged"); err == nil {
+		t.Fatal("forged token accepted")
+	}
+	resp, err := http.Get("http://" + f.v.MetricsAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`tpmauthn_enrollments_total{result="ok"} 1`,
+		`tpmauthn_requests_total{endpoint="$SYS.REQ.USER.AUTH",result="denied"} 1`,
+		`tpmauthn_request_duration_seconds_count{endpoint="tpmauthn.v1.enroll.begin"} 1`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}

@@ -1,0 +1,254 @@
+package main
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/tpmauthn/tpmauthn/internal/cliconf"
+	"github.com/tpmauthn/tpmauthn/verifier"
+)
+
+func flagsOf(keys []cliconf.Key) *pflag.FlagSet {
+	c := &cobra.Command{}
+	cliconf.Define(c, keys)
+	fs := c.Flags()
+	fs.Lookup("config").Hidden = true
+	return fs
+}
+
+func (a *app) tokenCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "token", Short: "Join tokens: one-time, expiring, carrying roles"}
+	var roles, tags []string
+	var ttl time.Duration
+	create := &cobra.Command{
+		Use:   "create",
+		Short: "Create a join token and print it (only its hash is kept)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var r verifier.TokenCreateResponse
+			if err := a.call("token.create", verifier.TokenCreateRequest{Roles: roles, Tags: tags, TTL: ttl}, &r); err != nil {
+				return err
+			}
+			if a.s.JSON {
+				return a.print(r, nil)
+			}
+			fmt.Fprintln(a.out, r.Token)
+			fmt.Fprintf(cmd.ErrOrStderr(), "token %s for roles %s, valid until %s, one use\n", r.ID, list(roles), when(r.Expires))
+			return nil
+		},
+	}
+	create.Flags().StringSliceVar(&roles, "roles", nil, "roles the enrolled host gets, comma-separated")
+	create.Flags().StringSliceVar(&tags, "tags", nil, "tags the enrolled host gets")
+	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token stays valid (at most 720h)")
+	listCmd := &cobra.Command{
+		Use: "list", Short: "List join tokens", Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			var ts []verifier.Token
+			if err := a.call("token.list", nil, &ts); err != nil {
+				return err
+			}
+			now := time.Now()
+			return a.print(ts, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "ID\tSTATE\tROLES\tEXPIRES\tUSED BY")
+				for _, t := range ts {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", t.ID, t.State(now), list(t.Roles), when(t.Expires), orDash(t.UsedBy))
+				}
+			})
+		},
+	}
+	cmd.AddCommand(create, listCmd)
+	return cmd
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func (a *app) hostCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "host", Short: "Enrolled hosts"}
+	cmd.AddCommand(&cobra.Command{
+		Use: "list", Short: "List hosts", Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			var hs []verifier.Host
+			if err := a.call("host.list", nil, &hs); err != nil {
+				return err
+			}
+			return a.print(hs, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "ID\tHOSTNAME\tSTATUS\tROLES\tTPM\tENROLLED\tVIA")
+				for _, h := range hs {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.ID, h.Hostname, h.Status, list(h.Roles), h.TPM.Manufacturer, when(h.Created), h.Via)
+				}
+			})
+		},
+	}, a.hostShowCmd(), a.hostActionCmd("approve", "Approve a pending host: its AK certificate is issued"),
+		a.hostActionCmd("revoke", "Revoke a host: it can no longer register credentials"))
+	return cmd
+}
+
+func (a *app) hostShowCmd() *cobra.Command {
+	return &cobra.Command{
+		Use: "show ID", Short: "Show one host", Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			var h verifier.Host
+			if err := a.call("host.show", verifier.IDRequest{ID: args[0]}, &h); err != nil {
+				return err
+			}
+			return a.print(h, func(w *tabwriter.Writer) {
+				for _, kv := range [][2]string{
+					{"id", h.ID}, {"hostname", h.Hostname}, {"status", h.Status}, {"reason", orDash(h.Reason)},
+					{"roles", list(h.Roles)}, {"tags", list(h.Tags)}, {"ek sha256", h.EKHash},
+					{"tpm", fmt.Sprintf("%s %s %s", h.TPM.Manufacturer, h.TPM.Model, h.TPM.Version)},
+					{"via", h.Via}, {"enrolled", when(h.Created)}, {"updated", when(h.Updated)}, {"approved by", orDash(h.ApprovedBy)},
+				} {
+					fmt.Fprintf(w, "%s:\t%s\n", kv[0], kv[1])
+				}
+			})
+		},
+	}
+}
+
+func (a *app) hostActionCmd(op, short string) *cobra.Command {
+	var reason string
+	cmd := &cobra.Command{
+		Use: op + " ID", Short: short, Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			var h verifier.Host
+			if err := a.call("host."+op, verifier.IDRequest{ID: args[0], Reason: reason}, &h); err != nil {
+				return err
+			}
+			return a.print(h, func(w *tabwriter.Writer) { fmt.Fprintf(w, "host %s is %s\n", h.ID, h.Status) })
+		},
+	}
+	if op == "revoke" {
+		cmd.Flags().StringVar(&reason, "reason", "", "why (recorded)")
+	}
+	return cmd
+}
+
+func (a *app) credentialCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "credential", Aliases: []string{"cred"}, Short: "Registered workload credentials"}
+	var host string
+	listCmd := &cobra.Command{
+		Use: "list", Short: "List credentials", Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			var cs []verifier.Credential
+			if err := a.call("credential.list", verifier.CredentialListRequest{Host: host}, &cs); err != nil {
+				return err
+			}
+			return a.print(cs, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "ID\tWORKLOAD\tHOST\tSTATUS\tCOUNTER\tCREATED")
+				for _, c := range cs {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", c.ID, c.Workload, c.Host, c.Status, c.Counter, when(c.Created))
+				}
+			})
+		},
+	}
+	listCmd.Flags().StringVar(&host, "host", "", "only this host's credentials")
+	show := &cobra.Command{
+		Use: "show ID", Short: "Show one credential", Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			var c verifier.Credential
+			if err := a.call("credential.show", verifier.IDRequest{ID: args[0]}, &c); err != nil {
+				return err
+			}
+			return a.print(c, func(w *tabwriter.Writer) {
+				for _, kv := range [][2]string{{"id", c.ID}, {"workload", c.Workload}, {"host", c.Host}, {"status", c.Status},
+					{"reason", orDash(c.Reason)}, {"counter", fmt.Sprint(c.Counter)}, {"created", when(c.Created)}, {"updated", when(c.Updated)}} {
+					fmt.Fprintf(w, "%s:\t%s\n", kv[0], kv[1])
+				}
+			})
+		},
+	}
+	cmd.AddCommand(listCmd, show)
+	return cmd
+}
+
+func (a *app) ekCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "ek", Short: "The EK allow-list: enroll TPMs without a join token or EK certificate"}
+	var roles, tags []string
+	var note string
+	allow := &cobra.Command{
+		Use: "allow EK_SHA256", Short: "Allow the TPM whose EK public key (PKIX DER) hashes to EK_SHA256", Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			if err := a.call("ek.allow", verifier.EKAllowRequest{EKHash: args[0], Roles: roles, Tags: tags, Note: note}, nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.out, "EK %s allowed with roles %s\n", args[0], list(roles))
+			return nil
+		},
+	}
+	allow.Flags().StringSliceVar(&roles, "roles", nil, "roles the host gets")
+	allow.Flags().StringSliceVar(&tags, "tags", nil, "tags the host gets")
+	allow.Flags().StringVar(&note, "note", "", "a note for operators")
+	cmd.AddCommand(allow)
+	return cmd
+}
+
+func (a *app) statusCmd() *cobra.Command {
+	return &cobra.Command{
+		Use: "status", Short: "Summarize the fleet and the verifier", Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			var s verifier.Status
+			if err := a.call("status", nil, &s); err != nil {
+				return err
+			}
+			return a.print(s, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "verifier:\t%s (rp_id %s, origin %s)\n", s.Version, s.RPID, s.Origin)
+				fmt.Fprintf(w, "approval:\t%s\n", s.Approval)
+				fmt.Fprintf(w, "EK roots:\t%d\n", s.EKRoots)
+				fmt.Fprintf(w, "hosts:\t%s\n", counts(s.Hosts))
+				fmt.Fprintf(w, "credentials:\t%s\n", counts(s.Credentials))
+				fmt.Fprintf(w, "tokens:\t%s\n", counts(s.Tokens))
+			})
+		},
+	}
+}
+
+func (a *app) natsConfigCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "nats-config",
+		Short: "Print the nats-server configuration block for an existing cluster",
+		Long: `Prints the accounts and authorization blocks to add to every nats-server of an
+existing cluster (nats-server >= 2.15.3, JetStream enabled). The keys are read
+from --data-dir (created there on first use), so start tpmauthn-verifier with
+that data directory and --nats-url pointing at the cluster.`,
+		Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			if a.s.DataDir == "" {
+				return fmt.Errorf("--data-dir is required: the verifier's keys live there")
+			}
+			k, _, err := verifier.LoadOrCreateKeys(a.s.DataDir)
+			if err != nil {
+				return err
+			}
+			fmt.Fprint(a.out, verifier.ServerConfig(k, verifier.ServerConfigOptions{}))
+			return nil
+		},
+	}
+}
+
+// counts renders {"active": 3, "pending": 1} as "3 active, 1 pending".
+func counts(m map[string]int) string {
+	if len(m) == 0 {
+		return "none"
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%d %s", m[k], k)
+	}
+	return strings.Join(parts, ", ")
+}

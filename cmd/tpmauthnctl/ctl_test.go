@@ -1,0 +1,90 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tpmauthn/tpmauthn/verifier"
+)
+
+func ctl(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	cmd := newRootCmd()
+	cmd.SetArgs(args)
+	cmd.SetOut(&out)
+	cmd.SetErr(&errOut)
+	err := cmd.Execute()
+	return out.String(), err
+}
+
+// TestAgainstLocalVerifier drives tpmauthnctl against a verifier whose data
+// directory is all it is told.
+func TestAgainstLocalVerifier(t *testing.T) {
+	dir := t.TempDir()
+	v, err := verifier.New(verifier.Config{DataDir: dir, NATSListen: "127.0.0.1:-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+
+	out, err := ctl(t, "--data-dir", dir, "token", "create", "--roles", "demo", "--ttl", "30m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := strings.TrimSpace(out)
+	if !strings.HasPrefix(token, "tpmauthn-join-") || strings.Contains(token, "\n") {
+		t.Fatalf("token create printed %q, want the token alone", out)
+	}
+	out, err = ctl(t, "--data-dir", dir, "--json", "token", "list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tokens []verifier.Token
+	if err := json.Unmarshal([]byte(out), &tokens); err != nil || len(tokens) != 1 || tokens[0].Roles[0] != "demo" {
+		t.Fatalf("token list --json = %s (%v)", out, err)
+	}
+	if strings.Contains(out, token) {
+		t.Fatal("token list shows the token itself; only its hash may be kept")
+	}
+	out, err = ctl(t, "--data-dir", dir, "token", "list")
+	if err != nil || !strings.Contains(out, "valid") || !strings.Contains(out, tokens[0].ID) {
+		t.Fatalf("token list table = %q, %v", out, err)
+	}
+	out, err = ctl(t, "--data-dir", dir, "--json", "host", "list")
+	if err != nil || strings.TrimSpace(out) != "[]" {
+		t.Fatalf("host list --json on an empty fleet = %q, %v", out, err)
+	}
+	out, err = ctl(t, "--data-dir", dir, "status")
+	if err != nil || !strings.Contains(out, "1 valid") {
+		t.Fatalf("status = %q, %v", out, err)
+	}
+	if _, err := ctl(t, "--data-dir", dir, "host", "show", "h-missing"); err == nil || !strings.Contains(err.Error(), "not_found") {
+		t.Fatalf("host show of a missing host: %v", err)
+	}
+	if _, err := ctl(t, "--data-dir", dir, "token", "create", "--roles", "bad role"); err == nil {
+		t.Fatal("a role with a space was accepted")
+	}
+	out, err = ctl(t, "--data-dir", dir, "nats-config")
+	if err != nil || !strings.Contains(out, "auth_callout") || !strings.Contains(out, "allowed_accounts: [ APP ]") {
+		t.Fatalf("nats-config = %q, %v", out, err)
+	}
+}
+
+func TestNoVerifierIsAClearError(t *testing.T) {
+	_, err := ctl(t, "token", "list")
+	if err == nil || !strings.Contains(err.Error(), "--data-dir") {
+		t.Fatalf("with nothing configured: %v", err)
+	}
+	_, err = ctl(t, "--data-dir", t.TempDir(), "--timeout", time.Second.String(), "token", "list")
+	if err == nil || !strings.Contains(err.Error(), "has tpmauthn-verifier started") {
+		t.Fatalf("with an empty data dir: %v", err)
+	}
+}

@@ -1,0 +1,158 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/spf13/cobra"
+
+	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/internal/cliconf"
+	"github.com/tpmauthn/tpmauthn/verifier"
+)
+
+var globalKeys = []cliconf.Key{
+	cliconf.K("data_dir", "data-dir", "", "a local verifier's data directory: holds its client URL and the operator credential"),
+	cliconf.K("nats.url", "nats-url", "", "NATS URL (default: the one recorded in --data-dir)"),
+	cliconf.K("nats.creds", "creds", "", "operator nkey seed file (default DATA_DIR/operator.nk)"),
+	cliconf.K("json", "json", false, "print JSON for scripts instead of tables"),
+	cliconf.K("timeout", "timeout", 5*time.Second, "how long to wait for the verifier"),
+}
+
+type settings struct {
+	DataDir string `mapstructure:"data_dir"`
+	NATS    struct {
+		URL   string `mapstructure:"url"`
+		Creds string `mapstructure:"creds"`
+	} `mapstructure:"nats"`
+	JSON    bool          `mapstructure:"json"`
+	Timeout time.Duration `mapstructure:"timeout"`
+}
+
+// app is what every subcommand shares.
+type app struct {
+	s   settings
+	out io.Writer
+	nc  *nats.Conn
+}
+
+func newRootCmd() *cobra.Command {
+	a := &app{}
+	root := &cobra.Command{
+		Use:           "tpmauthnctl",
+		Short:         "Operate a tpmauthn fleet: join tokens, hosts, credentials",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Example: `  tpmauthnctl --data-dir ./verifier token create --roles demo --ttl 1h
+  tpmauthnctl --data-dir ./verifier host list`,
+	}
+	root.PersistentFlags().AddFlagSet(flagsOf(globalKeys))
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		a.out = cmd.OutOrStdout()
+		return cliconf.LoadFlags(cmd.Flags(), globalKeys, &a.s)
+	}
+	root.PersistentPostRun = func(*cobra.Command, []string) {
+		if a.nc != nil {
+			a.nc.Close()
+		}
+	}
+	root.AddCommand(a.tokenCmd(), a.hostCmd(), a.credentialCmd(), a.ekCmd(), a.statusCmd(), a.natsConfigCmd())
+	return root
+}
+
+// connect opens the operator connection on first use.
+func (a *app) connect() (*nats.Conn, error) {
+	if a.nc != nil {
+		return a.nc, nil
+	}
+	url, creds := a.s.NATS.URL, a.s.NATS.Creds
+	if a.s.DataDir != "" {
+		seed, urlFile := verifier.OperatorFiles(a.s.DataDir)
+		if creds == "" {
+			creds = seed
+		}
+		if url == "" {
+			b, err := os.ReadFile(urlFile)
+			if err != nil {
+				return nil, fmt.Errorf("no client URL in %s (has tpmauthn-verifier started there?): %w", a.s.DataDir, err)
+			}
+			url = strings.TrimSpace(string(b))
+		}
+	}
+	if url == "" || creds == "" {
+		return nil, errors.New("say where the verifier is: --data-dir of a local verifier, or --nats-url and --creds")
+	}
+	kp, err := verifier.LoadNKey(creds)
+	if err != nil {
+		return nil, fmt.Errorf("operator credential: %w", err)
+	}
+	pk, err := kp.PublicKey()
+	if err != nil {
+		return nil, err
+	}
+	nc, err := nats.Connect(url, nats.Name("tpmauthnctl"), nats.Nkey(pk, kp.Sign), nats.Timeout(a.s.Timeout), nats.MaxReconnects(0))
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w (is tpmauthn-verifier running?)", url, err)
+	}
+	a.nc = nc
+	return nc, nil
+}
+
+// call sends an admin request and decodes the reply into resp.
+func (a *app) call(op string, req, resp any) error {
+	nc, err := a.connect()
+	if err != nil {
+		return err
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	m, err := nc.Request(attestation.SubjectAdminPrefix+op, body, a.s.Timeout)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return errors.New("no verifier is serving on this NATS server (is tpmauthn-verifier running?)")
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
+		return fmt.Errorf("%s: %s (%s)", op, m.Header.Get("Nats-Service-Error"), code)
+	}
+	if resp == nil {
+		return nil
+	}
+	return json.Unmarshal(m.Data, resp)
+}
+
+// print writes v as JSON with --json, else calls table.
+func (a *app) print(v any, table func(w *tabwriter.Writer)) error {
+	if a.s.JSON {
+		enc := json.NewEncoder(a.out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	w := tabwriter.NewWriter(a.out, 2, 4, 2, ' ', 0)
+	table(w)
+	return w.Flush()
+}
+
+func when(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format("2006-01-02 15:04:05")
+}
+
+func list(s []string) string {
+	if len(s) == 0 {
+		return "-"
+	}
+	return strings.Join(s, ",")
+}

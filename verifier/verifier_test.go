@@ -33,7 +33,7 @@ type fleet struct {
 	op      *nats.Conn
 }
 
-func ekCADir(t *testing.T, sw *swtpmtest.TPM) string {
+func ekCADir(t testing.TB, sw *swtpmtest.TPM) string {
 	t.Helper()
 	dir := t.TempDir()
 	for name, c := range map[string][]byte{"root.pem": sw.RootCert(t).Raw, "intermediate.pem": sw.IntermediateCert(t).Raw} {
@@ -70,7 +70,7 @@ func (f *fleet) start(t *testing.T) {
 	f.op = operatorConn(t, f.cfg.DataDir, v.ClientURL())
 }
 
-func operatorConn(t *testing.T, dataDir, url string) *nats.Conn {
+func operatorConn(t testing.TB, dataDir, url string) *nats.Conn {
 	t.Helper()
 	seed, _ := verifier.OperatorFiles(dataDir)
 	kp, err := verifier.LoadNKey(seed)
@@ -87,7 +87,7 @@ func operatorConn(t *testing.T, dataDir, url string) *nats.Conn {
 }
 
 // admin calls an operator endpoint; it returns the verifier's error code.
-func admin(t *testing.T, nc *nats.Conn, op string, req, resp any) string {
+func admin(t testing.TB, nc *nats.Conn, op string, req, resp any) string {
 	t.Helper()
 	b, _ := json.Marshal(req)
 	m, err := nc.Request(attestation.SubjectAdminPrefix+op, b, 5*time.Second)
@@ -191,9 +191,8 @@ func TestTokenSingleUse(t *testing.T) {
 	if _, err := f.enroll(t, newAgent(t, f.sw), token); err != nil {
 		t.Fatal(err)
 	}
-	// A second TPM (same manufacturer CA would be needed to pass the chain;
-	// the token check comes first either way).
-	other := swtpmtest.New(t)
+	// A second TPM of the same manufacturer: only the token stands in its way.
+	other := swtpmtest.New(t, swtpmtest.SameManufacturer(f.sw))
 	_, err := f.enroll(t, newAgent(t, other), token)
 	if !errors.Is(err, nats.ErrAuthorization) {
 		t.Fatalf("connect with a used token: %v, want an authorization violation", err)

@@ -54,13 +54,25 @@ type TPM struct {
 	done     chan error
 }
 
+// Option changes how New manufactures a TPM.
+type Option func(*TPM)
+
+// SameManufacturer has the new TPM's EK certificate issued by other's CA, as
+// two TPMs of one vendor are: one root trusts both.
+func SameManufacturer(other *TPM) Option {
+	return func(s *TPM) { s.CADir = other.CADir }
+}
+
 // New manufactures and starts a fresh swtpm for t.
-func New(t testing.TB) *TPM {
+func New(t testing.TB, opts ...Option) *TPM {
 	t.Helper()
 	Require(t)
 	s := &TPM{Dir: t.TempDir()}
 	s.StateDir = filepath.Join(s.Dir, "state")
 	s.CADir = filepath.Join(s.Dir, "ca")
+	for _, o := range opts {
+		o(s)
+	}
 	if err := s.manufacture(); err != nil {
 		t.Fatalf("swtpmtest: %v", err)
 	}

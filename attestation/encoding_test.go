@@ -310,3 +310,16 @@ func TestAssertionResponseDecodeRejects(t *testing.T) {
 		t.Errorf("bad signature encoding: %v", err)
 	}
 }
+
+func fixtureChallenge(t testing.TB) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", "swtpm", "challenge.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := DecodeB64URL(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}

@@ -25,6 +25,12 @@ const (
 // EKHash of the EK public key.
 const EKUserPrefix = "ek:"
 
+// HostUserPrefix marks a CONNECT user that asks for an enrollment session as
+// an enrolled host: the user name is HostUserPrefix followed by the host ID,
+// the password the base64url activation secret of its enrollment. It lets a
+// host wait for approval and register its own credential.
+const HostUserPrefix = "host:"
+
 // EKHash names an EK: hex SHA-256 of its PKIX public key encoding.
 func EKHash(pub any) (string, error) {
 	der, err := x509.MarshalPKIXPublicKey(pub)

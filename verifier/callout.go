@@ -106,8 +106,8 @@ func checkRequest(rc *jwt.AuthorizationRequestClaims) error {
 	return nil
 }
 
-// authorize decides a connect. So far one kind of session exists: the
-// enrollment session of a join-token holder or an allow-listed EK.
+// authorize decides a connect: a workload's assertion, or the enrollment
+// session of a join-token holder or an allow-listed EK.
 func (v *Verifier) authorize(ctx context.Context, rc *jwt.AuthorizationRequestClaims) (*jwt.UserClaims, error) {
 	co := rc.ConnectOptions
 	switch {
@@ -117,6 +117,14 @@ func (v *Verifier) authorize(ctx context.Context, rc *jwt.AuthorizationRequestCl
 			return nil, err
 		}
 		return v.enrollmentUser(rc, "enroll-token-"+t.ID), nil
+	case co.Nkey != "" && co.SignedNonce != "":
+		return v.authorizeAssertion(ctx, rc)
+	case strings.HasPrefix(co.Username, attestation.HostUserPrefix):
+		id := strings.TrimPrefix(co.Username, attestation.HostUserPrefix)
+		if err := v.checkHostProof(ctx, id, co.Password); err != nil {
+			return nil, err
+		}
+		return v.enrollmentUser(rc, "enroll-host-"+id), nil
 	case strings.HasPrefix(co.Username, attestation.EKUserPrefix):
 		hash := strings.TrimPrefix(co.Username, attestation.EKUserPrefix)
 		if _, _, err := get[ekAllow](ctx, v.st.ekAllow, hash); err != nil {

@@ -42,6 +42,10 @@ type Config struct {
 	RegisterChallenge time.Duration // lifetime of a registration challenge (2m)
 	Workers           int           // concurrent requests (64)
 
+	// PolicyFile is the YAML role policy (see Policy); it is re-read when
+	// it changes. Empty grants workloads nothing.
+	PolicyFile string
+
 	// MetricsListen serves Prometheus metrics at http://ADDR/metrics; empty
 	// serves none.
 	MetricsListen string

@@ -260,6 +260,27 @@ func (v *Verifier) enrollStatus(ctx context.Context, body []byte) (any, error) {
 	return v.enrollResult(h), nil
 }
 
+// checkHostProof admits an enrolled (pending or active) host by the
+// activation secret of its enrollment.
+func (v *Verifier) checkHostProof(ctx context.Context, hostID, proofB64 string) error {
+	proof, err := base64.RawURLEncoding.DecodeString(proofB64)
+	if err != nil {
+		return fmt.Errorf("%w: host proof is not base64url", ErrBadRequest)
+	}
+	h, _, err := get[Host](ctx, v.st.hosts, hostID)
+	if err != nil {
+		return fmt.Errorf("%w: host %q", ErrNotFound, hostID)
+	}
+	sum := sha256.Sum256(proof)
+	if subtle.ConstantTimeCompare(sum[:], h.ProofHash) != 1 {
+		return fmt.Errorf("%w: wrong proof for host %s", ErrNotFound, hostID)
+	}
+	if h.Status == attestation.HostRevoked {
+		return fmt.Errorf("%w: host %s", ErrRevoked, hostID)
+	}
+	return nil
+}
+
 func tokenHash(token string) string {
 	h := sha256.Sum256([]byte(token))
 	return hex.EncodeToString(h[:])

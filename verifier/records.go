@@ -56,6 +56,9 @@ type Credential struct {
 	Reason     string    `json:"reason,omitempty"`
 	Created    time.Time `json:"created"`
 	Updated    time.Time `json:"updated"`
+	// Sessions are the live NATS sessions granted to this credential, for
+	// kicks on revocation.
+	Sessions []SessionRef `json:"sessions,omitempty"`
 }
 
 // Token is a join token (bucket tokens, key = hex SHA-256 of the token; the

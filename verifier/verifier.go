@@ -2,6 +2,7 @@ package verifier
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -42,6 +43,10 @@ type Verifier struct {
 	sem    chan struct{} // bounds concurrent requests
 	served atomic.Uint64 // requests answered (endpoints and callouts)
 
+	policy   *policySource
+	pubKeys  keyCache
+	rpIDHash [32]byte
+
 	metrics     *metrics
 	httpSrv     *http.Server
 	metricsAddr string
@@ -69,6 +74,12 @@ func New(cfg Config) (*Verifier, error) {
 		}
 	} else {
 		v.log.Warn("no EK CA directory configured: EK certificates are not trusted, only the EK allow-list can enroll hosts")
+	}
+	v.rpIDHash = sha256.Sum256([]byte(cfg.RPID))
+	if v.policy, err = newPolicySource(cfg.PolicyFile, func(err error) {
+		v.log.Error("policy reload failed; keeping the last good policy", "error", err)
+	}); err != nil {
+		return nil, err
 	}
 	v.rp, err = attestation.NewRelyingParty(attestation.RPConfig{
 		RPID: cfg.RPID, Origins: []string{cfg.Origin}, FleetRoots: []*x509.Certificate{keys.FleetCA},
@@ -275,6 +286,11 @@ func errorCode(err error) (string, string) {
 		{ErrHostNotActive, "host_not_active"},
 		{ErrChallenge, "challenge_invalid"},
 		{ErrNotFound, "not_found"},
+		{ErrUnknownCredential, "unknown_credential"},
+		{ErrRevoked, "revoked"},
+		{ErrReplay, "replay"},
+		{ErrNoRoles, "no_roles"},
+		{attestation.ErrAssertion, "assertion_rejected"},
 		{ErrConflict, "conflict"},
 	}
 	for _, e := range table {

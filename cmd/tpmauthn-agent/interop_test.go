@@ -16,7 +16,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
 )
 
-func run(t *testing.T, args ...string) []byte {
+func runCmd(t *testing.T, args ...string) []byte {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	cmd := newRootCmd()
@@ -54,8 +54,8 @@ func TestInteropSimpleWebAuthn(t *testing.T) {
 	const rp, origin = "fleet.example.com", "tpmauthn://fleet.example.com"
 	common := []string{"--tpm", sw.URI(), "--data-dir", filepath.Join(dir, "data")}
 	regChal, asChal := randomB64(t), randomB64(t)
-	reg := run(t, append([]string{"debug", "register", "--rp-id", rp, "--origin", origin, "--challenge", regChal, "--ca-dir", filepath.Join(dir, "ca")}, common...)...)
-	as := run(t, append([]string{"debug", "assert", "--challenge", asChal}, common...)...)
+	reg := runCmd(t, append([]string{"debug", "register", "--rp-id", rp, "--origin", origin, "--challenge", regChal, "--ca-dir", filepath.Join(dir, "ca")}, common...)...)
+	as := runCmd(t, append([]string{"debug", "assert", "--challenge", asChal}, common...)...)
 	for name, b := range map[string][]byte{"reg.json": reg, "as.json": as} {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
 			t.Fatal(err)

@@ -14,7 +14,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDebugCmd())
+	root.AddCommand(newRunCmd(), newDebugCmd())
 	return root
 }
 

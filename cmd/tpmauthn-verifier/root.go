@@ -23,6 +23,7 @@ var keys = []cliconf.Key{
 	cliconf.K("enrollment.ak_cert_validity", "ak-cert-validity", 365*24*time.Hour, "lifetime of the AK certificates the fleet CA issues"),
 	cliconf.K("webauthn.rp_id", "rp-id", "tpmauthn.local", "WebAuthn relying party ID (a domain name)"),
 	cliconf.K("webauthn.origin", "origin", "", "WebAuthn origin (default tpmauthn://RP_ID)"),
+	cliconf.K("policy.file", "policy", "", "YAML role policy: roles, subjects and bindings; re-read when it changes"),
 	cliconf.K("metrics_listen", "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics"),
 	cliconf.K("log.format", "log-format", "text", "text or json"),
 	cliconf.K("log.level", "log-level", "info", "debug, info, warn or error"),
@@ -44,6 +45,9 @@ type settings struct {
 		RPID   string `mapstructure:"rp_id"`
 		Origin string `mapstructure:"origin"`
 	} `mapstructure:"webauthn"`
+	Policy struct {
+		File string `mapstructure:"file"`
+	} `mapstructure:"policy"`
 	MetricsListen string `mapstructure:"metrics_listen"`
 	Log           struct {
 		Format string `mapstructure:"format"`
@@ -82,7 +86,7 @@ func run(cmd *cobra.Command, _ []string) error {
 	v, err := verifier.New(verifier.Config{
 		DataDir: s.DataDir, NATSURL: s.NATS.URL, NATSSeed: s.NATS.Seed, NATSListen: s.NATS.Listen,
 		EKCADir: s.Enrollment.EKCADir, Approval: s.Enrollment.Approval, AKCertValidity: s.Enrollment.AKCertValidity,
-		RPID: s.WebAuthn.RPID, Origin: s.WebAuthn.Origin, MetricsListen: s.MetricsListen, Logger: log,
+		RPID: s.WebAuthn.RPID, Origin: s.WebAuthn.Origin, MetricsListen: s.MetricsListen, PolicyFile: s.Policy.File, Logger: log,
 	})
 	if err != nil {
 		return err

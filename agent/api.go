@@ -1,0 +1,200 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+
+	"github.com/tpmauthn/tpmauthn/attestation"
+)
+
+// The socket API: HTTP/1.1 + JSON over a Unix socket. Callers are named by
+// their peer credentials; errors are {"error", "hint"}.
+
+type ctxKey struct{}
+
+// connContext attaches the connection to each request's context, for the
+// peer lookup.
+func (a *Agent) connContext(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, ctxKey{}, c)
+}
+
+// APIError is the body of every refusal.
+type APIError struct {
+	Error string `json:"error"`
+	Hint  string `json:"hint,omitempty"`
+}
+
+// WhoAmI is GET /v1/whoami.
+type WhoAmI struct {
+	Workload     string `json:"workload"`
+	Host         string `json:"host"`
+	CredentialID string `json:"credential_id"`
+	RPID         string `json:"rp_id"`
+	Caller       *Peer  `json:"caller"`
+}
+
+// AssertionRequest is POST /v1/assertion.
+type AssertionRequest struct {
+	Challenge string `json:"challenge"` // base64url, at least 16 bytes
+}
+
+// NATSSignRequest is POST /v1/nats/sign.
+type NATSSignRequest struct {
+	Nonce string `json:"nonce"` // the server nonce as received
+}
+
+// NATSSignResponse holds exactly the two CONNECT fields.
+type NATSSignResponse struct {
+	NKey string `json:"nkey"`
+	Sig  string `json:"sig"`
+}
+
+const maxRequestBody = 4096
+
+func (a *Agent) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", a.healthz)
+	mux.HandleFunc("GET /v1/whoami", a.withCaller(a.whoami))
+	mux.HandleFunc("POST /v1/assertion", a.withCaller(a.assertion))
+	mux.HandleFunc("POST /v1/nats/sign", a.withCaller(a.natsSign))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, http.StatusNotFound, "no such endpoint", "try GET /v1/whoami, POST /v1/assertion, POST /v1/nats/sign, GET /healthz")
+	})
+	return mux
+}
+
+// caller is an identified request.
+type caller struct {
+	peer     *Peer
+	workload string
+	credID   []byte
+}
+
+func (a *Agent) withCaller(h func(http.ResponseWriter, *http.Request, *caller)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		c, ok := r.Context().Value(ctxKey{}).(*net.UnixConn)
+		if !ok {
+			writeErr(w, http.StatusForbidden, "not a Unix socket connection", "")
+			return
+		}
+		p, err := a.peers.identify(c)
+		if err != nil {
+			a.log.Warn("caller not identified", "error", err)
+			writeErr(w, http.StatusForbidden, "cannot identify the calling process", err.Error())
+			return
+		}
+		name, err := resolve(a.cfg.Workloads, p)
+		if err != nil {
+			a.log.Warn("unknown caller refused", "caller", p.String())
+			writeErr(w, http.StatusForbidden, "no workload matches this caller: "+p.String(),
+				"add a workloads entry to the agent's config whose match selects this process (uid, user, exe, systemd_unit, ...)")
+			return
+		}
+		a.mu.Lock()
+		id := a.creds[name]
+		a.mu.Unlock()
+		if id == nil {
+			writeErr(w, http.StatusServiceUnavailable, "workload "+name+" has no credential yet", "the agent registers credentials at start; see its log")
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RequestTimeout)
+		defer cancel()
+		h(w, r.WithContext(ctx), &caller{peer: p, workload: name, credID: id})
+	}
+}
+
+func (a *Agent) healthz(w http.ResponseWriter, _ *http.Request) {
+	a.mu.Lock()
+	e := a.enroll
+	a.mu.Unlock()
+	body := map[string]any{"status": "ok", "enrolled": e != nil, "tpm_queue": a.queue.Depth()}
+	if e != nil {
+		body["host"] = e.HostID
+	}
+	respondJSON(w, http.StatusOK, body)
+}
+
+func (a *Agent) whoami(w http.ResponseWriter, _ *http.Request, c *caller) {
+	a.mu.Lock()
+	e := a.enroll
+	a.mu.Unlock()
+	respondJSON(w, http.StatusOK, WhoAmI{Workload: c.workload, Host: e.HostID, CredentialID: b64url(c.credID), RPID: e.RPID, Caller: c.peer})
+}
+
+func decodeBody(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("request body: %w", err)
+	}
+	return nil
+}
+
+func (a *Agent) assertion(w http.ResponseWriter, r *http.Request, c *caller) {
+	var req AssertionRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeErr(w, http.StatusBadRequest, err.Error(), `send {"challenge": "<base64url>"}`)
+		return
+	}
+	chal, err := attestation.DecodeB64URL(req.Challenge)
+	if err != nil || len(chal) < 16 || len(chal) > 1024 {
+		writeErr(w, http.StatusBadRequest, "challenge must be base64url of 16 to 1024 bytes", "")
+		return
+	}
+	var as *attestation.Assertion
+	err = a.queue.Do(r.Context(), c.workload, func() error {
+		var err error
+		as, err = a.auth.Assert(c.credID, chal)
+		return err
+	})
+	if err != nil {
+		a.tpmErr(w, c, err)
+		return
+	}
+	respondJSON(w, http.StatusOK, as.JSON())
+}
+
+func (a *Agent) natsSign(w http.ResponseWriter, r *http.Request, c *caller) {
+	var req NATSSignRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeErr(w, http.StatusBadRequest, err.Error(), `send {"nonce": "<the nonce from the server's INFO>"}`)
+		return
+	}
+	if req.Nonce == "" || len(req.Nonce) > 256 {
+		writeErr(w, http.StatusBadRequest, "nonce must be 1 to 256 bytes", "")
+		return
+	}
+	bundle, err := a.natsSig(r.Context(), c.workload, c.credID, []byte(req.Nonce))
+	if err != nil {
+		a.tpmErr(w, c, err)
+		return
+	}
+	respondJSON(w, http.StatusOK, NATSSignResponse{NKey: b64url(c.credID), Sig: b64url(bundle)})
+}
+
+func (a *Agent) tpmErr(w http.ResponseWriter, c *caller, err error) {
+	a.log.Warn("signature refused", "workload", c.workload, "error", err)
+	switch {
+	case errors.Is(err, ErrBusy):
+		writeErr(w, http.StatusTooManyRequests, err.Error(), "back off and retry")
+	case errors.Is(err, ErrDeadline), errors.Is(err, context.DeadlineExceeded):
+		writeErr(w, http.StatusServiceUnavailable, ErrDeadline.Error(), "the TPM is busy; retry")
+	default:
+		writeErr(w, http.StatusServiceUnavailable, "the TPM could not sign: "+err.Error(), "check the agent's log and the TPM")
+	}
+}
+
+func respondJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, status int, msg, hint string) {
+	respondJSON(w, status, APIError{Error: msg, Hint: hint})
+}

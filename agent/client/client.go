@@ -1,0 +1,161 @@
+// Package client is what a workload imports to use the tpmauthn agent on
+// its host: NATS connection options whose nonce signer is the host's TPM,
+// and WebAuthn assertions for any relying party. It speaks HTTP over the
+// agent's Unix socket and holds no secret: the agent names the caller by its
+// process credentials.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// DefaultSocket is the agent's socket.
+const DefaultSocket = "/run/tpmauthn/agent.sock"
+
+// Client talks to the agent.
+type Client struct {
+	socket string
+	hc     *http.Client
+}
+
+// New returns a client for the agent at socket ("" for DefaultSocket).
+func New(socket string) *Client {
+	if socket == "" {
+		socket = DefaultSocket
+	}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		MaxIdleConns: 2,
+	}
+	return &Client{socket: socket, hc: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
+}
+
+// Error is the agent's refusal.
+type Error struct {
+	Status  int
+	Message string `json:"error"`
+	Hint    string `json:"hint"`
+}
+
+func (e *Error) Error() string {
+	if e.Hint != "" {
+		return fmt.Sprintf("tpmauthn agent: %s (%s)", e.Message, e.Hint)
+	}
+	return "tpmauthn agent: " + e.Message
+}
+
+// WhoAmI is how the agent sees the caller.
+type WhoAmI struct {
+	Workload     string `json:"workload"`
+	Host         string `json:"host"`
+	CredentialID string `json:"credential_id"`
+	RPID         string `json:"rp_id"`
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, body)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("tpmauthn agent at %s: %w (is tpmauthn-agent running?)", c.socket, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		e := &Error{Status: resp.StatusCode}
+		if json.Unmarshal(b, e) != nil || e.Message == "" {
+			e.Message = resp.Status
+		}
+		return e
+	}
+	return json.Unmarshal(b, out)
+}
+
+// WhoAmI asks the agent which workload the caller is.
+func (c *Client) WhoAmI(ctx context.Context) (*WhoAmI, error) {
+	var w WhoAmI
+	return &w, c.do(ctx, http.MethodGet, "/v1/whoami", nil, &w)
+}
+
+// Assertion returns a WebAuthn assertion (PublicKeyCredential JSON) over
+// challenge, signed by the caller's TPM credential.
+func (c *Client) Assertion(ctx context.Context, challenge []byte) (json.RawMessage, error) {
+	var out json.RawMessage
+	err := c.do(ctx, http.MethodPost, "/v1/assertion", map[string]string{"challenge": base64.RawURLEncoding.EncodeToString(challenge)}, &out)
+	return out, err
+}
+
+// NATSSign returns the CONNECT nkey and sig fields for a server nonce.
+func (c *Client) NATSSign(ctx context.Context, nonce []byte) (nkey, sig string, err error) {
+	var out struct {
+		NKey string `json:"nkey"`
+		Sig  string `json:"sig"`
+	}
+	err = c.do(ctx, http.MethodPost, "/v1/nats/sign", map[string]string{"nonce": string(nonce)}, &out)
+	return out.NKey, out.Sig, err
+}
+
+// NATSOptions returns the nats.go options that authenticate a connection
+// with the caller's TPM credential: nats.Nkey with a signer that asks the
+// agent, a 5 s handshake timeout (a real TPM signs in hundreds of
+// milliseconds), and reconnect jitter so a fleet does not reconnect in step
+// (each reconnect costs a TPM signature and an auth callout).
+func NATSOptions(socket string) ([]nats.Option, error) {
+	c := New(socket)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	who, err := c.WhoAmI(ctx)
+	if err != nil {
+		return nil, err
+	}
+	signer := func(nonce []byte) ([]byte, error) {
+		if len(nonce) == 0 {
+			return nil, errors.New("tpmauthn: the NATS server sent no nonce")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		nkey, sig, err := c.NATSSign(ctx, nonce)
+		if err != nil {
+			return nil, err
+		}
+		if nkey != who.CredentialID {
+			return nil, fmt.Errorf("tpmauthn: the agent signed with credential %s, not %s (rotated? reconnect)", nkey, who.CredentialID)
+		}
+		return base64.RawURLEncoding.DecodeString(sig)
+	}
+	return []nats.Option{
+		nats.Nkey(who.CredentialID, signer),
+		nats.Name(who.Workload + "@" + who.Host),
+		nats.Timeout(5 * time.Second),
+		nats.ReconnectWait(time.Second),
+		nats.ReconnectJitter(500*time.Millisecond, 2*time.Second),
+		nats.MaxReconnects(-1),
+	}, nil
+}

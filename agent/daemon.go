@@ -1,0 +1,382 @@
+package agent
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tpmauthn/tpmauthn/agent/tpm"
+	"github.com/tpmauthn/tpmauthn/attestation"
+)
+
+// DefaultSocket is where workloads find the agent.
+const DefaultSocket = "/run/tpmauthn/agent.sock"
+
+// Config configures the agent daemon.
+type Config struct {
+	TPM       string // TPM address: /dev/tpmrm0 (default) or swtpm://host:port
+	DataDir   string // required
+	NATSURL   string // the fleet's NATS (the verifier's)
+	TokenFile string // join token for the first start
+	Hostname  string // default os.Hostname
+	Socket    string // DefaultSocket
+	// Listener, when set, is used instead of creating Socket (systemd
+	// socket activation passes one).
+	Listener  net.Listener
+	Workloads []Workload
+	// RequestTimeout bounds a socket request, TPM queue wait included (5s).
+	RequestTimeout time.Duration
+	// ApprovalPoll is how often a pending host asks whether it was approved.
+	ApprovalPoll time.Duration
+	Logger       *slog.Logger
+	// Ready is called once the socket serves (sd_notify READY).
+	Ready func()
+}
+
+func (c *Config) setDefaults() {
+	if c.Socket == "" {
+		c.Socket = DefaultSocket
+	}
+	if c.Hostname == "" {
+		c.Hostname, _ = os.Hostname()
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = 5 * time.Second
+	}
+	if c.ApprovalPoll == 0 {
+		c.ApprovalPoll = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data_dir: required"))
+	}
+	if c.NATSURL == "" {
+		errs = append(errs, errors.New("nats_url: required (the fleet's NATS server, where tpmauthn-verifier serves)"))
+	}
+	if err := validateWorkloads(c.Workloads); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Agent is the host daemon.
+type Agent struct {
+	cfg   Config
+	log   *slog.Logger
+	auth  *Authenticator
+	tp    *tpm.TPM
+	queue *tpmQueue
+	peers *peerIdentifier
+	srv   *http.Server
+	ln    net.Listener
+
+	mu     sync.Mutex
+	enroll *Enrollment
+	creds  map[string][]byte // workload -> credential ID
+	nc     *nats.Conn        // host-credential session to the verifier
+}
+
+// New checks the configuration.
+func New(cfg Config) (*Agent, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Agent{cfg: cfg, log: cfg.Logger, queue: newTPMQueue(64), peers: newPeerIdentifier(), creds: map[string][]byte{}}, nil
+}
+
+// Run opens the TPM, enrolls if needed, makes sure every configured workload
+// has a registered credential, and serves the socket until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := a.Start(ctx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return a.Close()
+}
+
+// Start does what Run does and returns once the socket serves.
+func (a *Agent) Start(ctx context.Context) error {
+	tp, err := tpm.Open(a.cfg.TPM)
+	if err != nil {
+		return err
+	}
+	a.tp = tp
+	if n := tp.StaleTransientAtOpen(); n > 0 {
+		a.log.Warn("flushed transient TPM objects left by an earlier process", "count", n)
+	}
+	if a.auth, err = NewAuthenticator(tp, a.cfg.DataDir); err != nil {
+		_ = tp.Close()
+		return err
+	}
+	go a.queue.run(context.WithoutCancel(ctx))
+	if err := a.ensureEnrolled(ctx); err != nil {
+		_ = a.Close()
+		return err
+	}
+	if err := a.ensureCredentials(ctx); err != nil {
+		_ = a.Close()
+		return err
+	}
+	if err := a.serve(); err != nil {
+		_ = a.Close()
+		return err
+	}
+	if a.cfg.Ready != nil {
+		a.cfg.Ready()
+	}
+	return nil
+}
+
+// Close stops serving and closes the TPM.
+func (a *Agent) Close() error {
+	var errs []error
+	if a.srv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		errs = append(errs, a.srv.Shutdown(sctx))
+		cancel()
+	}
+	a.queue.shutdown()
+	a.mu.Lock()
+	if a.nc != nil {
+		a.nc.Close()
+	}
+	a.mu.Unlock()
+	if a.tp != nil {
+		errs = append(errs, a.tp.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// ensureEnrolled enrolls with the join token on first start and waits for
+// approval if the verifier holds the host pending.
+func (a *Agent) ensureEnrolled(ctx context.Context) error {
+	e, err := a.auth.Enrollment()
+	if errors.Is(err, ErrNotEnrolled) {
+		e, err = a.enrollWithToken(ctx)
+	}
+	if err != nil {
+		return err
+	}
+	for e.Status == attestation.HostPending {
+		a.log.Info("waiting for an operator to approve this host", "host", e.HostID, "hint", "tpmauthnctl host approve "+e.HostID)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(a.cfg.ApprovalPoll):
+		}
+		if e, err = a.withEnrollSession(func(nc *nats.Conn) (*Enrollment, error) { return a.auth.CheckEnrollment(ctx, nc) }); err != nil {
+			return err
+		}
+	}
+	if e.Status != attestation.HostActive {
+		return fmt.Errorf("host %s is %s at the verifier", e.HostID, e.Status)
+	}
+	a.mu.Lock()
+	a.enroll = e
+	a.mu.Unlock()
+	return nil
+}
+
+func (a *Agent) readToken() (string, error) {
+	if a.cfg.TokenFile == "" {
+		return "", errors.New("this host is not enrolled and no join token is configured: create one with 'tpmauthnctl token create --roles ...' and pass it with --token-file")
+	}
+	b, err := os.ReadFile(a.cfg.TokenFile)
+	if err != nil {
+		return "", fmt.Errorf("join token: %w", err)
+	}
+	t := strings.TrimSpace(string(b))
+	if t == "" {
+		return "", fmt.Errorf("join token file %s is empty", a.cfg.TokenFile)
+	}
+	return t, nil
+}
+
+// withEnrollSession runs f on an enrollment session: before enrollment it
+// is opened with the join token; afterwards (while the host waits for
+// approval, or has yet to register its host credential) with the host ID and
+// the activation secret, which only this TPM could have recovered.
+func (a *Agent) withEnrollSession(f func(*nats.Conn) (*Enrollment, error)) (*Enrollment, error) {
+	var opt nats.Option
+	if e, err := a.auth.Enrollment(); err == nil {
+		opt = nats.UserInfo(attestation.HostUserPrefix+e.HostID, b64url(e.Proof))
+	} else {
+		token, err := a.readToken()
+		if err != nil {
+			return nil, err
+		}
+		opt = nats.Token(token)
+	}
+	nc, err := nats.Connect(a.cfg.NATSURL, nats.Name("tpmauthn-agent enrollment"), opt, nats.Timeout(10*time.Second), nats.MaxReconnects(0))
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s for enrollment: %w (is the join token valid and unused? tpmauthnctl token list)", a.cfg.NATSURL, err)
+	}
+	defer nc.Close()
+	return f(nc)
+}
+
+func (a *Agent) enrollWithToken(ctx context.Context) (*Enrollment, error) {
+	token, err := a.readToken()
+	if err != nil {
+		return nil, err
+	}
+	a.log.Info("enrolling with the verifier", "nats", a.cfg.NATSURL, "hostname", a.cfg.Hostname)
+	return a.withEnrollSession(func(nc *nats.Conn) (*Enrollment, error) {
+		e, err := a.auth.Enroll(ctx, nc, token, a.cfg.Hostname)
+		if err != nil {
+			return nil, err
+		}
+		a.log.Info("enrolled", "host", e.HostID, "status", e.Status)
+		if e.Status == attestation.HostActive {
+			// Register the host credential while the enrollment session
+			// lasts: it is how the agent reaches the verifier afterwards.
+			if _, err := a.auth.RegisterWithVerifier(ctx, nc, agentWorkload); err != nil {
+				return nil, fmt.Errorf("register the host credential: %w", err)
+			}
+		}
+		return e, nil
+	})
+}
+
+// latest returns the newest local credential of a workload.
+func (a *Agent) latest(workload string) (*Credential, error) {
+	creds, err := a.auth.Credentials()
+	if err != nil {
+		return nil, err
+	}
+	for i := len(creds) - 1; i >= 0; i-- {
+		if creds[i].Name == workload {
+			return creds[i], nil
+		}
+	}
+	return nil, ErrUnknownCredential
+}
+
+// ensureCredentials creates and registers, at start, a credential for every
+// configured workload that lacks one. At start rather than on first use: a
+// registration costs a key creation, a certify and two verifier round trips,
+// which must not land inside a NATS handshake (about 2 s of budget).
+func (a *Agent) ensureCredentials(ctx context.Context) error {
+	if _, err := a.latest(agentWorkload); errors.Is(err, ErrUnknownCredential) {
+		// Approved after a wait: the token session registers it.
+		if _, err := a.withEnrollSession(func(nc *nats.Conn) (*Enrollment, error) {
+			_, err := a.auth.RegisterWithVerifier(ctx, nc, agentWorkload)
+			return nil, err
+		}); err != nil {
+			return fmt.Errorf("register the host credential: %w", err)
+		}
+	}
+	for _, w := range a.cfg.Workloads {
+		c, err := a.latest(w.Name)
+		if errors.Is(err, ErrUnknownCredential) {
+			nc, cerr := a.verifierConn()
+			if cerr != nil {
+				return cerr
+			}
+			if c, err = a.auth.RegisterWithVerifier(ctx, nc, w.Name); err == nil {
+				a.log.Info("credential registered", "workload", w.Name, "credential", c.IDString())
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("workload %s: %w", w.Name, err)
+		}
+		a.mu.Lock()
+		a.creds[w.Name] = c.ID
+		a.mu.Unlock()
+	}
+	return nil
+}
+
+// verifierConn returns the agent's own NATS session, authenticated like a
+// workload's: the host credential signs each connection's nonce.
+func (a *Agent) verifierConn() (*nats.Conn, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.nc != nil && !a.nc.IsClosed() {
+		return a.nc, nil
+	}
+	hc, err := a.latest(agentWorkload)
+	if err != nil {
+		return nil, fmt.Errorf("host credential: %w", err)
+	}
+	nc, err := nats.Connect(a.cfg.NATSURL, nats.Name("tpmauthn-agent"),
+		nats.Nkey(hc.IDString(), func(nonce []byte) ([]byte, error) { return a.natsSig(context.Background(), agentWorkload, hc.ID, nonce) }),
+		nats.Timeout(5*time.Second), nats.ReconnectJitter(500*time.Millisecond, 2*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s with the host credential: %w", a.cfg.NATSURL, err)
+	}
+	a.nc = nc
+	return nc, nil
+}
+
+// natsSig signs a NATS nonce through the TPM queue and returns the bundle.
+func (a *Agent) natsSig(ctx context.Context, workload string, credID, nonce []byte) ([]byte, error) {
+	if len(nonce) == 0 {
+		return nil, errors.New("the NATS server sent no nonce: it must require nonces (an nkey user or auth callout with a verifier user)")
+	}
+	var as *attestation.Assertion
+	err := a.queue.Do(ctx, workload, func() error {
+		var err error
+		as, err = a.auth.Assert(credID, attestation.NATSChallenge(nonce))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return attestation.MarshalBundle(as)
+}
+
+// serve listens on the socket (or the activated listener) and serves the API.
+func (a *Agent) serve() error {
+	ln := a.cfg.Listener
+	if ln == nil {
+		if err := os.MkdirAll(filepath.Dir(a.cfg.Socket), 0o755); err != nil {
+			return fmt.Errorf("socket directory: %w", err)
+		}
+		if err := os.Remove(a.cfg.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove stale socket: %w", err)
+		}
+		var err error
+		if ln, err = net.Listen("unix", a.cfg.Socket); err != nil {
+			return fmt.Errorf("listen on %s: %w", a.cfg.Socket, err)
+		}
+		// Every local user may ask; the peer credentials decide who gets what.
+		if err := os.Chmod(a.cfg.Socket, 0o666); err != nil {
+			return err
+		}
+	}
+	a.ln = ln
+	a.srv = &http.Server{
+		Handler:           a.routes(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ConnContext:       a.connContext,
+	}
+	go func() {
+		if err := a.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("socket server stopped", "error", err)
+		}
+	}()
+	a.log.Info("serving workloads", "socket", ln.Addr().String(), "workloads", len(a.cfg.Workloads))
+	return nil
+}
+
+func b64url(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }

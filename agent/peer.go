@@ -1,0 +1,207 @@
+package agent
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Peer is a local caller as the kernel names it: SO_PEERCRED, then /proc.
+type Peer struct {
+	PID         int    `json:"pid"`
+	UID         uint32 `json:"uid"`
+	GID         uint32 `json:"gid"`
+	User        string `json:"user,omitempty"`
+	Group       string `json:"group,omitempty"`
+	Exe         string `json:"exe,omitempty"`
+	ExeSHA256   string `json:"exe_sha256,omitempty"`
+	SystemdUnit string `json:"systemd_unit,omitempty"`
+}
+
+func (p *Peer) String() string {
+	return fmt.Sprintf("pid=%d uid=%d(%s) gid=%d(%s) exe=%s unit=%s", p.PID, p.UID, p.User, p.GID, p.Group, orDash(p.Exe), orDash(p.SystemdUnit))
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// ErrPeerGone: the caller exited (or its PID was reused) while it was being
+// identified; nothing read from /proc can be trusted then.
+var ErrPeerGone = errors.New("agent: caller exited during identification")
+
+// peerIdentifier reads /proc (procRoot in tests) and caches executable
+// hashes by (device, inode, size, mtime).
+type peerIdentifier struct {
+	procRoot string
+	mu       sync.Mutex
+	hashes   map[exeKey]string
+}
+
+type exeKey struct {
+	dev, ino   uint64
+	size, mtim int64
+}
+
+func newPeerIdentifier() *peerIdentifier {
+	return &peerIdentifier{procRoot: "/proc", hashes: map[exeKey]string{}}
+}
+
+// identify names the process at the other end of c. PID reuse is guarded
+// against with a pidfd (SO_PEERPIDFD where the kernel has it, which is
+// atomic with the connection; pidfd_open otherwise) that must still name a
+// live process after /proc was read, and with the process start time read
+// before and after.
+func (pi *peerIdentifier) identify(c *net.UnixConn) (*Peer, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	pidfd := -1
+	var cerr error
+	err = raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if cerr != nil {
+			return
+		}
+		if pfd, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD); err == nil {
+			pidfd = pfd
+		}
+	})
+	if err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("SO_PEERCRED: %w", err)
+	}
+	if pidfd < 0 {
+		if pidfd, err = unix.PidfdOpen(int(cred.Pid), 0); err != nil {
+			return nil, fmt.Errorf("%w: pidfd_open(%d): %w", ErrPeerGone, cred.Pid, err)
+		}
+	}
+	defer unix.Close(pidfd)
+	p := &Peer{PID: int(cred.Pid), UID: cred.Uid, GID: cred.Gid}
+	before, err := pi.startTime(p.PID)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrPeerGone, err)
+	}
+	pi.fill(p)
+	after, err := pi.startTime(p.PID)
+	if err != nil || after != before {
+		return nil, ErrPeerGone
+	}
+	if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrPeerGone, err)
+	}
+	return p, nil
+}
+
+// fill reads what /proc says of the process; fields it cannot read stay
+// empty, and a selector that needs them will not match (fail closed).
+func (pi *peerIdentifier) fill(p *Peer) {
+	if u, err := user.LookupId(strconv.Itoa(int(p.UID))); err == nil {
+		p.User = u.Username
+	}
+	if g, err := user.LookupGroupId(strconv.Itoa(int(p.GID))); err == nil {
+		p.Group = g.Name
+	}
+	dir := filepath.Join(pi.procRoot, strconv.Itoa(p.PID))
+	if exe, err := os.Readlink(filepath.Join(dir, "exe")); err == nil && !strings.HasSuffix(exe, " (deleted)") {
+		p.Exe = exe
+		// Hash through /proc/PID/exe: the file the process runs, even if
+		// the path was replaced since.
+		p.ExeSHA256, _ = pi.exeHash(filepath.Join(dir, "exe"))
+	}
+	p.SystemdUnit = systemdUnit(filepath.Join(dir, "cgroup"))
+}
+
+func (pi *peerIdentifier) exeHash(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return "", errors.New("no stat")
+	}
+	key := exeKey{dev: st.Dev, ino: st.Ino, size: st.Size, mtim: st.Mtim.Nano()}
+	pi.mu.Lock()
+	h, ok := pi.hashes[key]
+	pi.mu.Unlock()
+	if ok {
+		return h, nil
+	}
+	sum := sha256.New()
+	if _, err := io.Copy(sum, f); err != nil {
+		return "", err
+	}
+	h = hex.EncodeToString(sum.Sum(nil))
+	pi.mu.Lock()
+	pi.hashes[key] = h
+	pi.mu.Unlock()
+	return h, nil
+}
+
+// startTime is field 22 of /proc/PID/stat (clock ticks since boot).
+func (pi *peerIdentifier) startTime(pid int) (uint64, error) {
+	b, err := os.ReadFile(filepath.Join(pi.procRoot, strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, err
+	}
+	// comm (field 2) may hold spaces and parentheses: split after the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, errors.New("malformed stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0, errors.New("malformed stat")
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// systemdUnit returns the service or scope unit of a cgroup v2 path, e.g.
+// 0::/system.slice/billing.service -> billing.service.
+func systemdUnit(cgroupFile string) string {
+	f, err := os.Open(cgroupFile)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(io.LimitReader(f, 64<<10))
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "0::") {
+			continue
+		}
+		parts := strings.Split(strings.TrimPrefix(line, "0::"), "/")
+		for i := len(parts) - 1; i >= 0; i-- {
+			if strings.HasSuffix(parts[i], ".service") || strings.HasSuffix(parts[i], ".scope") {
+				return parts[i]
+			}
+		}
+	}
+	return ""
+}

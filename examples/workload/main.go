@@ -1,0 +1,81 @@
+// Command workload is an example tpmauthn workload: it connects to NATS with
+// its host's TPM through the agent (no secret on disk), publishes and
+// receives a message under its role, and can show a refused publish.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tpmauthn/tpmauthn/agent/client"
+)
+
+func main() {
+	socket := flag.String("socket", client.DefaultSocket, "the tpmauthn agent's socket")
+	url := flag.String("nats-url", "nats://127.0.0.1:4222", "NATS server")
+	subject := flag.String("subject", "demo.greetings", "subject to publish and subscribe on")
+	forbidden := flag.String("forbidden", "", "also publish here and report the server's refusal")
+	flag.Parse()
+	if err := run(*socket, *url, *subject, *forbidden); err != nil {
+		fmt.Fprintln(os.Stderr, "workload:", err)
+		os.Exit(1)
+	}
+}
+
+func run(socket, url, subject, forbidden string) error {
+	who, err := client.New(socket).WhoAmI(context.Background())
+	if err != nil {
+		return err
+	}
+	fmt.Printf("agent says: workload %s on host %s, credential %s\n", who.Workload, who.Host, who.CredentialID)
+	opts, err := client.NATSOptions(socket)
+	if err != nil {
+		return err
+	}
+	violations := make(chan error, 4)
+	opts = append(opts, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
+	start := time.Now()
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer nc.Close()
+	fmt.Printf("connected to NATS in %v as %s (TPM-signed nonce, verified by auth callout)\n", time.Since(start).Round(time.Millisecond), who.Workload)
+	sub, err := nc.SubscribeSync(subject)
+	if err != nil {
+		return err
+	}
+	msg := fmt.Sprintf("hello from %s@%s", who.Workload, who.Host)
+	if err := nc.Publish(subject, []byte(msg)); err != nil {
+		return err
+	}
+	m, err := sub.NextMsg(5 * time.Second)
+	if err != nil {
+		return fmt.Errorf("receive on %s: %w", subject, err)
+	}
+	fmt.Printf("published and received on %s: %q\n", subject, m.Data)
+	if forbidden == "" {
+		return nil
+	}
+	if err := nc.Publish(forbidden, []byte("should be refused")); err != nil {
+		return err
+	}
+	_ = nc.Flush()
+	select {
+	case err := <-violations:
+		if !strings.Contains(err.Error(), "Permissions Violation") {
+			return fmt.Errorf("unexpected error: %w", err)
+		}
+		fmt.Printf("publish to %s refused by the server: %v\n", forbidden, err)
+		return nil
+	case <-time.After(3 * time.Second):
+		return errors.New("publish outside the role was not refused")
+	}
+}

@@ -1,0 +1,173 @@
+package verifier
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/jwt/v2"
+
+	"github.com/tpmauthn/tpmauthn/attestation"
+)
+
+// AgentWorkload is the reserved workload name of each agent's own host
+// credential: its sessions may only register credentials with the verifier.
+const AgentWorkload = "tpmauthn-agent"
+
+// Decision errors a connect can be denied with (tamper signals among them).
+var (
+	ErrUnknownCredential = errors.New("unknown credential")
+	ErrRevoked           = errors.New("credential or host revoked")
+	ErrReplay            = errors.New("replayed or stale assertion")
+	ErrNoRoles           = errors.New("no role grants this workload any permission")
+)
+
+// SessionRef is a granted session, kept with the credential for kicks.
+type SessionRef struct {
+	Server  string    `json:"server"`
+	Client  uint64    `json:"client"`
+	UserKey string    `json:"user_key"`
+	Expires time.Time `json:"expires"`
+}
+
+// keyCache holds parsed credential public keys: a key never changes for a
+// credential ID, so it is parsed once.
+type keyCache struct {
+	mu sync.RWMutex
+	m  map[string]*ecdsa.PublicKey
+}
+
+func (c *keyCache) get(id string, cose []byte) (*ecdsa.PublicKey, error) {
+	c.mu.RLock()
+	k, ok := c.m[id]
+	c.mu.RUnlock()
+	if ok {
+		return k, nil
+	}
+	k, err := attestation.ParseCOSEKey(cose)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[string]*ecdsa.PublicKey{}
+	}
+	c.m[id] = k
+	c.mu.Unlock()
+	return k, nil
+}
+
+// authorizeAssertion decides a workload connect (DESIGN.md flow 3): the
+// CONNECT carries the credential ID as nkey and the assertion bundle as sig,
+// signed over a challenge derived from this connection's nonce.
+func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.AuthorizationRequestClaims) (*jwt.UserClaims, error) {
+	co := rc.ConnectOptions
+	raw, err := base64.RawURLEncoding.DecodeString(co.SignedNonce)
+	if err != nil {
+		return nil, fmt.Errorf("%w: sig is not base64url", attestation.ErrMalformed)
+	}
+	a, err := attestation.UnmarshalBundle(raw)
+	if err != nil {
+		return nil, err
+	}
+	if b64(a.CredentialID) != co.Nkey {
+		return nil, fmt.Errorf("%w: bundle names credential %s, CONNECT names %s", attestation.ErrMalformed, b64(a.CredentialID), co.Nkey)
+	}
+	nonce := rc.ClientInformation.Nonce
+	if nonce == "" {
+		return nil, fmt.Errorf("%w: the server sent no nonce", ErrReplay)
+	}
+	for range 5 {
+		cred, rev, err := get[Credential](ctx, v.st.creds, co.Nkey)
+		if errors.Is(err, ErrNotFound) {
+			return nil, fmt.Errorf("%w: %s", ErrUnknownCredential, co.Nkey)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if cred.Status != CredActive {
+			return nil, fmt.Errorf("%w: credential %s is %s", ErrRevoked, cred.ID, cred.Status)
+		}
+		h, _, err := get[Host](ctx, v.st.hosts, cred.Host)
+		if err != nil || h.Status != attestation.HostActive {
+			return nil, fmt.Errorf("%w: host %s is not active", ErrRevoked, cred.Host)
+		}
+		pub, err := v.pubKeys.get(cred.ID, cred.PublicKey)
+		if err != nil {
+			return nil, err
+		}
+		counter, err := attestation.VerifyAssertion(a, pub, attestation.AssertionCheck{
+			RPIDHash: v.rpIDHash, Origin: v.cfg.Origin, Challenge: attestation.NATSChallenge([]byte(nonce)), RequireUV: true,
+		})
+		if err != nil {
+			return nil, err
+		}
+		if counter <= cred.Counter {
+			return nil, fmt.Errorf("%w: %w: credential %s counter %d, last accepted %d", ErrReplay, attestation.ErrCounterRegression, cred.ID, counter, cred.Counter)
+		}
+		uc, err := v.userClaims(rc, cred, h)
+		if err != nil {
+			return nil, err
+		}
+		now := time.Now()
+		cred.Counter, cred.Updated = counter, now.UTC()
+		cred.Sessions = append(liveSessions(cred.Sessions, now), SessionRef{
+			Server: rc.Server.ID, Client: rc.ClientInformation.ID, UserKey: rc.UserNkey, Expires: time.Unix(uc.Expires, 0).UTC(),
+		})
+		// The one KV write of a connect: counter and session, compare-and-set,
+		// so two verifiers cannot both accept the same counter value.
+		if err := update(ctx, v.st.creds, cred.ID, cred, rev); errors.Is(err, ErrConflict) {
+			continue // another connect of this credential won; re-check against it
+		} else if err != nil {
+			return nil, err
+		}
+		return uc, nil
+	}
+	return nil, fmt.Errorf("%w: credential updated concurrently too often", ErrConflict)
+}
+
+// maxSessions bounds the sessions kept per credential.
+const maxSessions = 64
+
+func liveSessions(s []SessionRef, now time.Time) []SessionRef {
+	out := s[:0]
+	for _, r := range s {
+		if r.Expires.After(now) {
+			out = append(out, r)
+		}
+	}
+	if len(out) >= maxSessions {
+		out = out[len(out)-maxSessions+1:]
+	}
+	return out
+}
+
+// userClaims builds the session JWT: account APP, name workload@hostname,
+// permissions from the policy (or the agent's own, fixed ones).
+func (v *Verifier) userClaims(rc *jwt.AuthorizationRequestClaims, cred *Credential, h *Host) (*jwt.UserClaims, error) {
+	p := v.policy.current()
+	uc := jwt.NewUserClaims(rc.UserNkey)
+	uc.Audience = AccountApp
+	uc.Name = cred.Workload + "@" + h.Hostname
+	uc.Expires = time.Now().Add(p.SessionTTL).Unix()
+	uc.Tags.Add("host:"+h.ID, "workload:"+cred.Workload)
+	if cred.Workload == AgentWorkload {
+		uc.Pub.Allow.Add("tpmauthn.v1.register.>", attestation.SubjectEnrollStatus)
+		uc.Sub.Allow.Add("_INBOX.>")
+		return uc, nil
+	}
+	s := Subject{HostID: h.ID, Hostname: h.Hostname, HostRoles: h.Roles, HostTags: h.Tags, Workload: cred.Workload, CredentialID: cred.ID}
+	roles := p.RolesFor(s)
+	if len(roles) == 0 {
+		return nil, fmt.Errorf("%w: %s on host %s (roles %v)", ErrNoRoles, cred.Workload, h.ID, h.Roles)
+	}
+	for _, r := range roles {
+		uc.Tags.Add("role:" + r)
+	}
+	p.Apply(uc, roles, s)
+	return uc, nil
+}

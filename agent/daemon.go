@@ -319,7 +319,9 @@ func (a *Agent) verifierConn() (*nats.Conn, error) {
 		return nil, fmt.Errorf("host credential: %w", err)
 	}
 	nc, err := nats.Connect(a.cfg.NATSURL, nats.Name("tpmauthn-agent"),
-		nats.Nkey(hc.IDString(), func(nonce []byte) ([]byte, error) { return a.natsSig(context.Background(), agentWorkload, hc.ID, nonce) }),
+		nats.Nkey(hc.IDString(), func(nonce []byte) ([]byte, error) {
+			return a.natsSig(context.Background(), agentWorkload, hc.ID, nonce)
+		}),
 		nats.Timeout(5*time.Second), nats.ReconnectJitter(500*time.Millisecond, 2*time.Second))
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s with the host credential: %w", a.cfg.NATSURL, err)

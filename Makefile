@@ -4,13 +4,16 @@ GO        ?= go
 FUZZTIME  ?= 20s
 BIN       := bin
 
-.PHONY: help build test test-short lint fuzz bench interop clean
+.PHONY: help build demo test test-short lint fuzz bench interop clean
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 build: ## build the binaries into bin/
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -o $(BIN)/ ./cmd/... ./examples/...
+
+demo: build ## the whole chain on this machine: swtpm, verifier, agent, a workload on NATS
+	./scripts/demo.sh
 
 test: ## run every test (needs swtpm: see README) with the race detector
 	$(GO) test -race -count=1 ./...

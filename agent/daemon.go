@@ -320,7 +320,9 @@ func (a *Agent) verifierConn() (*nats.Conn, error) {
 	}
 	nc, err := nats.Connect(a.cfg.NATSURL, nats.Name("tpmauthn-agent"),
 		nats.Nkey(hc.IDString(), func(nonce []byte) ([]byte, error) {
-			return a.natsSig(context.Background(), agentWorkload, hc.ID, nonce)
+			ctx, cancel := context.WithTimeout(context.Background(), a.cfg.RequestTimeout)
+			defer cancel()
+			return a.natsSig(ctx, agentWorkload, hc.ID, nonce)
 		}),
 		nats.Timeout(5*time.Second), nats.ReconnectJitter(500*time.Millisecond, 2*time.Second))
 	if err != nil {

@@ -22,14 +22,15 @@ func main() {
 	url := flag.String("nats-url", "nats://127.0.0.1:4222", "NATS server")
 	subject := flag.String("subject", "demo.greetings", "subject to publish and subscribe on")
 	forbidden := flag.String("forbidden", "", "also publish here and report the server's refusal")
+	replay := flag.Bool("replay", false, "also replay this connection's signature on a new connection and report the refusal")
 	flag.Parse()
-	if err := run(*socket, *url, *subject, *forbidden); err != nil {
+	if err := run(*socket, *url, *subject, *forbidden, *replay); err != nil {
 		fmt.Fprintln(os.Stderr, "workload:", err)
 		os.Exit(1)
 	}
 }
 
-func run(socket, url, subject, forbidden string) error {
+func run(socket, url, subject, forbidden string, replay bool) error {
 	who, err := client.New(socket).WhoAmI(context.Background())
 	if err != nil {
 		return err
@@ -41,6 +42,10 @@ func run(socket, url, subject, forbidden string) error {
 	}
 	violations := make(chan error, 4)
 	opts = append(opts, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
+	rec := &recorder{}
+	if replay {
+		opts = append(opts, rec.wrap(opts))
+	}
 	start := time.Now()
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
@@ -61,6 +66,11 @@ func run(socket, url, subject, forbidden string) error {
 		return fmt.Errorf("receive on %s: %w", subject, err)
 	}
 	fmt.Printf("published and received on %s: %q\n", subject, m.Data)
+	if replay {
+		if err := replaySig(url, who.CredentialID, rec.sig); err != nil {
+			return err
+		}
+	}
 	if forbidden == "" {
 		return nil
 	}
@@ -78,4 +88,37 @@ func run(socket, url, subject, forbidden string) error {
 	case <-time.After(3 * time.Second):
 		return errors.New("publish outside the role was not refused")
 	}
+}
+
+// recorder keeps the signature the agent produced for this connection.
+type recorder struct{ sig []byte }
+
+// wrap returns an option that re-installs the Nkey signer of opts with one
+// that records what it returns.
+func (r *recorder) wrap(opts []nats.Option) nats.Option {
+	var o nats.Options
+	for _, opt := range opts {
+		_ = opt(&o)
+	}
+	inner, nkey := o.SignatureCB, o.Nkey
+	return nats.Nkey(nkey, func(nonce []byte) ([]byte, error) {
+		sig, err := inner(nonce)
+		r.sig = append([]byte(nil), sig...)
+		return sig, err
+	})
+}
+
+// replaySig connects again presenting the recorded signature: the new
+// connection has a new nonce, so the verifier must refuse it.
+func replaySig(url, nkey string, sig []byte) error {
+	_, err := nats.Connect(url, nats.Nkey(nkey, func([]byte) ([]byte, error) { return sig, nil }),
+		nats.MaxReconnects(0), nats.Timeout(5*time.Second))
+	if err == nil {
+		return errors.New("a replayed signature was accepted")
+	}
+	if !errors.Is(err, nats.ErrAuthorization) {
+		return fmt.Errorf("replay: unexpected error: %w", err)
+	}
+	fmt.Printf("replayed signature on a new connection refused: %v\n", err)
+	return nil
 }

@@ -100,7 +100,7 @@ func New(cfg Config) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, log: cfg.Logger, queue: newTPMQueue(64), peers: newPeerIdentifier(), creds: map[string][]byte{}}, nil
+	return &Agent{cfg: cfg, log: cfg.Logger, queue: newTPMQueue(256), peers: newPeerIdentifier(), creds: map[string][]byte{}}, nil
 }
 
 // Run opens the TPM, enrolls if needed, makes sure every configured workload
@@ -384,3 +384,6 @@ func (a *Agent) serve() error {
 }
 
 func b64url(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+// Authenticator is the agent's authenticator (for tools and tests).
+func (a *Agent) Authenticator() *Authenticator { return a.auth }

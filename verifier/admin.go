@@ -71,16 +71,17 @@ var roleName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 
 func (v *Verifier) adminEndpoints() map[string]func(context.Context, []byte) (any, error) {
 	return map[string]func(context.Context, []byte) (any, error){
-		"token.create":    v.adminTokenCreate,
-		"token.list":      func(ctx context.Context, _ []byte) (any, error) { return list[Token](ctx, v.st.tokens) },
-		"host.list":       func(ctx context.Context, _ []byte) (any, error) { return list[Host](ctx, v.st.hosts) },
-		"host.show":       v.adminHostShow,
-		"host.approve":    v.adminHostApprove,
-		"host.revoke":     v.adminHostRevoke,
-		"credential.list": v.adminCredentialList,
-		"credential.show": v.adminCredentialShow,
-		"ek.allow":        v.adminEKAllow,
-		"status":          v.adminStatus,
+		"token.create":      v.adminTokenCreate,
+		"token.list":        func(ctx context.Context, _ []byte) (any, error) { return list[Token](ctx, v.st.tokens) },
+		"host.list":         func(ctx context.Context, _ []byte) (any, error) { return list[Host](ctx, v.st.hosts) },
+		"host.show":         v.adminHostShow,
+		"host.approve":      v.adminHostApprove,
+		"host.revoke":       v.adminHostRevoke,
+		"credential.list":   v.adminCredentialList,
+		"credential.show":   v.adminCredentialShow,
+		"credential.revoke": v.adminCredentialRevoke,
+		"ek.allow":          v.adminEKAllow,
+		"status":            v.adminStatus,
 	}
 }
 
@@ -202,6 +203,28 @@ func (v *Verifier) adminCredentialShow(ctx context.Context, body []byte) (any, e
 	}
 	c, _, err := get[Credential](ctx, v.st.creds, req.ID)
 	return c, err
+}
+
+func (v *Verifier) adminCredentialRevoke(ctx context.Context, body []byte) (any, error) {
+	var req IDRequest
+	if err := decode(body, &req); err != nil {
+		return nil, err
+	}
+	for range 5 {
+		c, rev, err := get[Credential](ctx, v.st.creds, req.ID)
+		if err != nil {
+			return nil, err
+		}
+		c.Status, c.Reason, c.Updated = CredRevoked, req.Reason, time.Now().UTC()
+		if err := update(ctx, v.st.creds, c.ID, c, rev); errors.Is(err, ErrConflict) {
+			continue
+		} else if err != nil {
+			return nil, err
+		}
+		v.log.Info("credential revoked", "credential", c.ID, "reason", req.Reason)
+		return c, nil
+	}
+	return nil, ErrConflict
 }
 
 func (v *Verifier) adminEKAllow(ctx context.Context, body []byte) (any, error) {

@@ -79,8 +79,8 @@ func ParsePolicy(b []byte) (*Policy, error) {
 		p.SessionTTL = DefaultSessionTTL
 	}
 	var errs []error
-	if p.SessionTTL < 10*time.Second || p.SessionTTL > 24*time.Hour {
-		errs = append(errs, fmt.Errorf("policy: session_ttl %v: between 10s and 24h", p.SessionTTL))
+	if p.SessionTTL < time.Second || p.SessionTTL > 24*time.Hour {
+		errs = append(errs, fmt.Errorf("policy: session_ttl %v: between 1s and 24h", p.SessionTTL))
 	}
 	for i, b := range p.Bindings {
 		for _, r := range b.Roles {

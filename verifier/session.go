@@ -81,7 +81,12 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 	if nonce == "" {
 		return nil, fmt.Errorf("%w: the server sent no nonce", ErrReplay)
 	}
-	for range 5 {
+	// Connects of one credential are decided one at a time in this process
+	// (no compare-and-set conflicts among them); the compare-and-set still
+	// orders them against other verifier instances.
+	unlock := v.credLocks.lock(co.Nkey)
+	defer unlock()
+	for range 20 {
 		cred, rev, err := get[Credential](ctx, v.st.creds, co.Nkey)
 		if errors.Is(err, ErrNotFound) {
 			return nil, fmt.Errorf("%w: %s", ErrUnknownCredential, co.Nkey)
@@ -106,28 +111,97 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 		if err != nil {
 			return nil, err
 		}
-		if counter <= cred.Counter {
-			return nil, fmt.Errorf("%w: %w: credential %s counter %d, last accepted %d", ErrReplay, attestation.ErrCounterRegression, cred.ID, counter, cred.Counter)
+		if err := cred.acceptCounter(counter); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrReplay, err)
 		}
 		uc, err := v.userClaims(rc, cred, h)
 		if err != nil {
 			return nil, err
 		}
 		now := time.Now()
-		cred.Counter, cred.Updated = counter, now.UTC()
+		cred.Updated = now.UTC()
 		cred.Sessions = append(liveSessions(cred.Sessions, now), SessionRef{
 			Server: rc.Server.ID, Client: rc.ClientInformation.ID, UserKey: rc.UserNkey, Expires: time.Unix(uc.Expires, 0).UTC(),
 		})
 		// The one KV write of a connect: counter and session, compare-and-set,
 		// so two verifiers cannot both accept the same counter value.
 		if err := update(ctx, v.st.creds, cred.ID, cred, rev); errors.Is(err, ErrConflict) {
-			continue // another connect of this credential won; re-check against it
+			continue // another verifier accepted a connect of this credential; re-check against it
 		} else if err != nil {
 			return nil, err
 		}
 		return uc, nil
 	}
 	return nil, fmt.Errorf("%w: credential updated concurrently too often", ErrConflict)
+}
+
+// counterWindow is how far below the highest accepted counter a value may
+// still be accepted, once. Connections of one workload are signed in counter
+// order but their callouts may arrive out of order; the window takes them,
+// while a repeated value or one far below (a restored snapshot, a cloned key
+// store) is refused. Replay of a whole assertion is already impossible: each
+// is bound to its connection's nonce.
+const counterWindow = 64
+
+// acceptCounter records c if it is new: above the highest accepted counter,
+// or within the window below it and not seen yet (a bitmap, as IPsec's
+// anti-replay window, RFC 4303 §3.4.3).
+func (c *Credential) acceptCounter(n uint32) error {
+	switch {
+	case n > c.Counter:
+		shift := uint64(n - c.Counter)
+		if shift >= counterWindow {
+			c.Seen = 0
+		} else {
+			c.Seen = c.Seen<<shift | 1<<(shift-1) // the old maximum moves into the window
+		}
+		c.Counter = n
+		return nil
+	case n == c.Counter:
+		return fmt.Errorf("%w: counter %d equals the last accepted", attestation.ErrCounterRegression, n)
+	case c.Counter-n > counterWindow:
+		return fmt.Errorf("%w: counter %d is far below the last accepted %d", attestation.ErrCounterRegression, n, c.Counter)
+	}
+	bit := uint64(1) << (c.Counter - n - 1)
+	if c.Seen&bit != 0 {
+		return fmt.Errorf("%w: counter %d was already used", attestation.ErrCounterRegression, n)
+	}
+	c.Seen |= bit
+	return nil
+}
+
+// credLocks serializes decisions per credential within this process.
+type credLocks struct {
+	mu sync.Mutex
+	m  map[string]*lockEntry
+}
+
+type lockEntry struct {
+	mu   sync.Mutex
+	refs int
+}
+
+func (l *credLocks) lock(key string) (unlock func()) {
+	l.mu.Lock()
+	if l.m == nil {
+		l.m = map[string]*lockEntry{}
+	}
+	e := l.m[key]
+	if e == nil {
+		e = &lockEntry{}
+		l.m[key] = e
+	}
+	e.refs++
+	l.mu.Unlock()
+	e.mu.Lock()
+	return func() {
+		e.mu.Unlock()
+		l.mu.Lock()
+		if e.refs--; e.refs == 0 {
+			delete(l.m, key)
+		}
+		l.mu.Unlock()
+	}
 }
 
 // maxSessions bounds the sessions kept per credential.

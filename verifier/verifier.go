@@ -43,9 +43,10 @@ type Verifier struct {
 	sem    chan struct{} // bounds concurrent requests
 	served atomic.Uint64 // requests answered (endpoints and callouts)
 
-	policy   *policySource
-	pubKeys  keyCache
-	rpIDHash [32]byte
+	policy    *policySource
+	pubKeys   keyCache
+	credLocks credLocks
+	rpIDHash  [32]byte
 
 	metrics     *metrics
 	httpSrv     *http.Server
@@ -125,6 +126,12 @@ func (v *Verifier) Start(ctx context.Context) error {
 	if err := v.serve(); err != nil {
 		v.Close()
 		return err
+	}
+	// Subscriptions reach the server asynchronously: make sure they did
+	// before reporting ready.
+	if err := nc.FlushTimeout(5 * time.Second); err != nil {
+		v.Close()
+		return fmt.Errorf("NATS flush: %w", err)
 	}
 	if v.cfg.MetricsListen != "" {
 		addr, err := v.serveMetrics(v.cfg.MetricsListen)

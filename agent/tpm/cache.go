@@ -48,6 +48,9 @@ func (c *keyCache) forget(name tpm2.TPM2BName) {
 	}
 }
 
+// forgetAll drops every entry without flushing: the TPM lost them all.
+func (c *keyCache) forgetAll() { c.order = nil }
+
 func (c *keyCache) evict(tr transport.TPM, name tpm2.TPM2BName) error {
 	i := c.index(name)
 	if i < 0 {

@@ -22,7 +22,8 @@ type TPM struct {
 	srk    *tpm2.NamedHandle // cached once known to exist
 	keys   *keyCache
 	closed bool
-	stale  int // transient objects found (and flushed) at Open
+	stale  int    // transient objects found (and flushed) at Open
+	gen    uint64 // transport generation the key cache belongs to
 }
 
 // Info identifies the TPM, as read from its fixed properties
@@ -106,11 +107,19 @@ func (t *TPM) Close() error {
 	return errors.Join(ferr, t.tr.Close())
 }
 
+// lock takes the TPM. If the connection was remade since the last command
+// (swtpm restarted), the key cache names objects that no longer exist, and
+// their handle numbers may be reused by other objects: forget them.
 func (t *TPM) lock() error {
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
 		return ErrClosed
+	}
+	if g := t.tr.generation(); g != t.gen {
+		t.gen = g
+		t.keys.forgetAll()
+		t.srk = nil
 	}
 	return nil
 }

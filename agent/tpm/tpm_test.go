@@ -337,3 +337,37 @@ func TestParseAKRejectsGarbage(t *testing.T) {
 		}
 	}
 }
+
+// TestRecoversFromSwtpmRestart: while swtpm is down every call fails with
+// ErrUnavailable; once it is back the same TPM object signs again.
+func TestRecoversFromSwtpmRestart(t *testing.T) {
+	sw := swtpmtest.New(t)
+	tp := sw.Open(t)
+	k, err := tp.CreateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := sha256.Sum256([]byte("x"))
+	if _, err := tp.Sign(k, d[:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := sw.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := tp.Sign(k, d[:]); !errors.Is(err, tpm.ErrUnavailable) {
+			t.Fatalf("sign while swtpm is down: %v, want ErrUnavailable", err)
+		}
+	}
+	if err := sw.StartOnPort(); err != nil {
+		t.Fatal(err)
+	}
+	sig, err := tp.Sign(k, d[:])
+	if err != nil {
+		t.Fatalf("sign after swtpm came back: %v", err)
+	}
+	pub, _ := k.PublicKey()
+	if !ecdsa.VerifyASN1(pub, d[:], sig) {
+		t.Fatal("signature after recovery does not verify")
+	}
+}

@@ -55,20 +55,36 @@ func openTransport(addr string) (transport.TPMCloser, error) {
 	return &tcpTransport{c: c, addr: u.Host}, nil
 }
 
+// ErrUnavailable: the TPM connection failed. The command may not have run;
+// the next command reconnects.
+var ErrUnavailable = errors.New("tpm: unavailable")
+
 // tcpTransport speaks raw TPM 2.0 commands to swtpm's data port. It reads the
 // 10-byte response header, then exactly the size it announces: TCP may split a
 // response, and go-tpm's generic wrapper does a single Read.
 type tcpTransport struct {
-	c       net.Conn
+	c       net.Conn // nil after a failure: the next Send redials
 	addr    string
 	started bool
+	gen     atomic.Uint64 // connections lost
 }
+
+// Generation changes whenever the connection is lost: swtpm restarted or the
+// connection broke, and every transient object may be gone with it.
+func (t *tcpTransport) Generation() uint64 { return t.gen.Load() }
 
 // firstCommandTimeout: swtpm accepts a second connection but answers it only
 // once the first closes, so a silent first response means "busy".
 const firstCommandTimeout = 15 * time.Second
 
 func (t *tcpTransport) Send(cmd []byte) ([]byte, error) {
+	if t.c == nil {
+		c, err := net.DialTimeout("tcp", t.addr, 5*time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("%w: swtpm at %s: %w", ErrUnavailable, t.addr, err)
+		}
+		t.c, t.started = c, false
+	}
 	timeout := commandTimeout
 	if !t.started {
 		timeout = firstCommandTimeout
@@ -81,10 +97,17 @@ func (t *tcpTransport) Send(cmd []byte) ([]byte, error) {
 	if !t.started && errors.As(err, &ne) && ne.Timeout() {
 		return nil, fmt.Errorf("swtpm at %s did not answer within %v: it serves one client at a time; is another process (a running agent?) connected to it? %w", t.addr, timeout, err)
 	}
-	if err == nil {
-		t.started = true
+	if err != nil {
+		// A half-read response leaves the stream out of step: start over.
+		// Count the loss now, so the next command (which redials) already
+		// finds the key cache invalidated.
+		_ = t.c.Close()
+		t.c = nil
+		t.gen.Add(1)
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	return rsp, err
+	t.started = true
+	return rsp, nil
 }
 
 func (t *tcpTransport) send(cmd []byte) ([]byte, error) {
@@ -107,7 +130,12 @@ func (t *tcpTransport) send(cmd []byte) ([]byte, error) {
 	return rsp, nil
 }
 
-func (t *tcpTransport) Close() error { return t.c.Close() }
+func (t *tcpTransport) Close() error {
+	if t.c == nil {
+		return nil
+	}
+	return t.c.Close()
+}
 
 // countingTransport counts commands by command code, so that tests and
 // benchmarks can say how many TPM commands an operation costs.
@@ -122,6 +150,16 @@ func (c *countingTransport) Send(cmd []byte) ([]byte, error) {
 }
 
 func (c *countingTransport) Close() error { return c.next.Close() }
+
+// generation reports the transport's connection generation, or 0 for
+// transports that never lose their objects (a device under the kernel's
+// resource manager).
+func (c *countingTransport) generation() uint64 {
+	if g, ok := c.next.(interface{ Generation() uint64 }); ok {
+		return g.Generation()
+	}
+	return 0
+}
 
 // attestChannel adapts a transport to go-attestation's CommandChannelTPM20,
 // which writes a command and then reads the whole response.

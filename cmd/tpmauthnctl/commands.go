@@ -168,7 +168,19 @@ func (a *app) credentialCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(listCmd, show)
+	var reason string
+	revoke := &cobra.Command{
+		Use: "revoke ID", Short: "Revoke a credential: its next connect is denied", Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			var c verifier.Credential
+			if err := a.call("credential.revoke", verifier.IDRequest{ID: args[0], Reason: reason}, &c); err != nil {
+				return err
+			}
+			return a.print(c, func(w *tabwriter.Writer) { fmt.Fprintf(w, "credential %s is %s\n", c.ID, c.Status) })
+		},
+	}
+	revoke.Flags().StringVar(&reason, "reason", "", "why (recorded)")
+	cmd.AddCommand(listCmd, show, revoke)
 	return cmd
 }
 

@@ -227,6 +227,19 @@ func (s *TPM) start() error {
 	return fmt.Errorf("swtpm did not listen on 127.0.0.1:%d within 10s", s.ctrlPort)
 }
 
+// StartOnPort starts swtpm again on the ports it had (after Stop), as a TPM
+// that comes back at the same address.
+func (s *TPM) StartOnPort() error {
+	var err error
+	for range 20 { // the old socket may linger for a moment
+		if err = s.start(); err == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return err
+}
+
 // Stop shuts the TPM down cleanly (its state is saved) and waits for swtpm.
 func (s *TPM) Stop() error {
 	if s.cmd == nil {

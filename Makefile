@@ -4,7 +4,7 @@ GO        ?= go
 FUZZTIME  ?= 20s
 BIN       := bin
 
-.PHONY: help build demo test test-short lint fuzz bench interop clean
+.PHONY: help build demo install test test-short lint fuzz bench interop clean
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,12 @@ bench: ## time each TPM operation on swtpm
 
 interop: build ## verify debug register/assert output with SimpleWebAuthn (node + npm)
 	./scripts/interop.sh
+
+PREFIX ?= /usr/local
+install: build ## install the binaries and systemd units (PREFIX=/usr/local)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/systemd/system
+	install -m 0755 $(BIN)/tpmauthn-agent $(BIN)/tpmauthn-verifier $(BIN)/tpmauthnctl $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 systemd/*.service systemd/*.socket $(DESTDIR)/etc/systemd/system/
 
 clean: ## remove build output
 	rm -rf $(BIN)

@@ -68,11 +68,7 @@ func writePolicy(path string, ttl time.Duration) string {
 func newStack(t testing.TB, opts ...stackOpt) *stack {
 	t.Helper()
 	dir := t.TempDir()
-	// Other uids must reach the socket (tests run workloads as other users).
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	s := &stack{sw: swtpmtest.New(t), socket: filepath.Join(dir, "agent.sock")}
+	s := &stack{sw: swtpmtest.New(t), socket: filepath.Join(publicDir(t), "agent.sock")}
 	s.ekCADir = filepath.Join(dir, "ek-ca")
 	if err := os.Mkdir(s.ekCADir, 0o755); err != nil {
 		t.Fatal(err)
@@ -100,6 +96,21 @@ func newStack(t testing.TB, opts ...stackOpt) *stack {
 	s.acfg.NATSURL = s.v.ClientURL()
 	s.startAgent(t)
 	return s
+}
+
+// publicDir is a directory every local user can traverse: tests run
+// workloads as other users, and they must reach the agent's socket.
+func publicDir(t testing.TB) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "tpmauthn-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(d) })
+	if err := os.Chmod(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
 
 func (s *stack) startVerifier(t testing.TB) {

@@ -1,0 +1,275 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tpmauthn/tpmauthn/agent/client"
+	"github.com/tpmauthn/tpmauthn/verifier"
+)
+
+// curlAs runs curl --unix-socket as another user, as a workload would.
+func curlAs(t *testing.T, uid uint32, socket, path string) (int, map[string]any) {
+	t.Helper()
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		t.Fatal("curl is needed for this test: apt-get install -y curl")
+	}
+	cmd := exec.Command(curl, "-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket", socket, "http://agent"+path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("curl as uid %d: %v", uid, err)
+	}
+	body, code, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	if i := strings.LastIndex(string(out), "\n"); i >= 0 {
+		body, code = strings.TrimSpace(string(out[:i])), strings.TrimSpace(string(out[i+1:]))
+	}
+	status, _ := strconv.Atoi(code)
+	var m map[string]any
+	if err := json.Unmarshal([]byte(body), &m); err != nil {
+		t.Fatalf("curl as uid %d: body %q: %v", uid, body, err)
+	}
+	return status, m
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("this test runs workloads as other users and needs root")
+		}
+		t.Skip("needs root to run workloads as other users")
+	}
+}
+
+// TestWorkloadsByUID: two workloads running as different users get different
+// credentials; a user no selector names is refused, and told who it is.
+func TestWorkloadsByUID(t *testing.T) {
+	requireRoot(t)
+	s := newStack(t, withWorkloads(uidWorkload("billing", 1001), uidWorkload("copilot", 1002)))
+	st1, w1 := curlAs(t, 1001, s.socket, "/v1/whoami")
+	st2, w2 := curlAs(t, 1002, s.socket, "/v1/whoami")
+	if st1 != 200 || st2 != 200 || w1["workload"] != "billing" || w2["workload"] != "copilot" {
+		t.Fatalf("whoami: %d %v / %d %v", st1, w1, st2, w2)
+	}
+	if w1["credential_id"] == w2["credential_id"] || w1["credential_id"] == "" {
+		t.Fatalf("credentials %v and %v, want two different ones", w1["credential_id"], w2["credential_id"])
+	}
+	if caller, _ := w1["caller"].(map[string]any); caller["exe"] == nil || caller["uid"] != float64(1001) {
+		t.Fatalf("caller as the agent saw it: %v", w1["caller"])
+	}
+	st3, e := curlAs(t, 1003, s.socket, "/v1/whoami")
+	if st3 != 403 || !strings.Contains(fmt.Sprint(e["error"]), "uid=1003") || e["hint"] == "" {
+		t.Fatalf("unconfigured uid: %d %v, want 403 naming uid=1003 with a hint", st3, e)
+	}
+	var creds []verifier.Credential
+	s.admin(t, "credential.list", verifier.CredentialListRequest{}, &creds)
+	names := map[string]string{}
+	for _, c := range creds {
+		names[c.ID] = c.Workload
+	}
+	if names[fmt.Sprint(w1["credential_id"])] != "billing" || names[fmt.Sprint(w2["credential_id"])] != "copilot" {
+		t.Fatalf("verifier's credentials %v", names)
+	}
+}
+
+func unixHTTP(socket string) *http.Client {
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		MaxIdleConnsPerHost: 64,
+	}}
+}
+
+// Test200ConcurrentRequests: every request is answered, with a signature or
+// a clean refusal (busy, deadline), none hangs, and the agent still works.
+func Test200ConcurrentRequests(t *testing.T) {
+	s := newStack(t)
+	hc := unixHTTP(s.socket)
+	var wg sync.WaitGroup
+	results := make(chan int, 200)
+	for i := range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body := fmt.Sprintf(`{"nonce":"nonce-%d"}`, i)
+			resp, err := hc.Post("http://agent/v1/nats/sign", "application/json", strings.NewReader(body))
+			if err != nil {
+				results <- -1
+				return
+			}
+			defer resp.Body.Close()
+			var m map[string]any
+			if json.NewDecoder(resp.Body).Decode(&m) != nil {
+				results <- -2
+				return
+			}
+			if resp.StatusCode == 200 && (m["sig"] == nil || m["nkey"] == nil) {
+				results <- -3
+				return
+			}
+			if resp.StatusCode != 200 && m["error"] == nil {
+				results <- -4
+				return
+			}
+			results <- resp.StatusCode
+		}()
+	}
+	wg.Wait()
+	close(results)
+	count := map[int]int{}
+	for r := range results {
+		count[r]++
+	}
+	t.Logf("status counts: %v", count)
+	for code, n := range count {
+		if code != 200 && code != 429 && code != 503 {
+			t.Fatalf("%d requests ended with %d (negative: transport or body error)", n, code)
+		}
+	}
+	if count[200] == 0 {
+		t.Fatal("no request was signed")
+	}
+	if _, _, err := client.New(s.socket).NATSSign(t.Context(), []byte("after")); err != nil {
+		t.Fatalf("agent after the storm: %v", err)
+	}
+}
+
+// TestAgentRestart: credentials, their registrations and counters survive a
+// restart of the agent; the verifier accepts the next connect.
+func TestAgentRestart(t *testing.T) {
+	s := newStack(t)
+	before, err := client.New(s.socket).WhoAmI(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := s.connect(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
+	if err := s.ag.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(s.acfg.TokenFile); err != nil { // an enrolled host needs no token
+		t.Fatal(err)
+	}
+	s.startAgent(t)
+	after, err := client.New(s.socket).WhoAmI(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.CredentialID != before.CredentialID || after.Host != before.Host {
+		t.Fatalf("after restart: %+v, before: %+v", after, before)
+	}
+	nc, err = s.connect(t)
+	if err != nil {
+		t.Fatalf("connect after agent restart: %v", err)
+	}
+	nc.Close()
+	var hosts []verifier.Host
+	s.admin(t, "host.list", nil, &hosts)
+	if len(hosts) != 1 {
+		t.Fatalf("%d hosts after restart: the agent enrolled again", len(hosts))
+	}
+}
+
+// TestTPMOutage: with swtpm stopped, requests fail with a clear error, and
+// the agent recovers by itself when the TPM is back.
+func TestTPMOutage(t *testing.T) {
+	s := newStack(t)
+	c := client.New(s.socket)
+	if _, _, err := c.NATSSign(t.Context(), []byte("n1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.sw.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := c.NATSSign(t.Context(), []byte("n2"))
+	var ae *client.Error
+	if !errors.As(err, &ae) || ae.Status != 503 || !strings.Contains(ae.Message, "TPM") {
+		t.Fatalf("sign with the TPM down: %v, want a 503 naming the TPM", err)
+	}
+	if err := s.sw.StartOnPort(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.NATSSign(t.Context(), []byte("n3")); err != nil {
+		t.Fatalf("sign after the TPM came back: %v", err)
+	}
+	nc, err := s.connect(t)
+	if err != nil {
+		t.Fatalf("connect after recovery: %v", err)
+	}
+	nc.Close()
+}
+
+// TestSocketActivation runs the agent binary as systemd would: the socket is
+// fd 3, LISTEN_FDS=1, LISTEN_PID its own pid.
+func TestSocketActivation(t *testing.T) {
+	s := newStack(t)
+	// Free the TPM and the enrolled state for the binary.
+	if err := s.ag.Close(); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "tpmauthn-agent")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/tpmauthn/tpmauthn/cmd/tpmauthn-agent").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	sock := filepath.Join(publicDir(t), "activated.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ul := ln.(*net.UnixListener)
+	f, err := ul.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ul.SetUnlinkOnClose(false) // the agent serves the path now
+	ul.Close()
+	cfg := filepath.Join(t.TempDir(), "agent.yaml")
+	if err := os.WriteFile(cfg, fmt.Appendf(nil, "workloads:\n  - name: app\n    match: {uid: %d}\n", os.Getuid()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, bin, "run",
+		"--config", cfg, "--tpm", s.sw.URI(), "--data-dir", s.acfg.DataDir, "--nats-url", s.v.ClientURL(),
+		"--socket", "/nonexistent/must-not-be-used.sock")
+	cmd.ExtraFiles = []*os.File{f}
+	var logs strings.Builder
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() })
+	c := client.New(sock)
+	var who *client.WhoAmI
+	for range 100 {
+		if who, err = c.WhoAmI(t.Context()); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("whoami over the activated socket: %v\n%s", err, logs.String())
+	}
+	if who.Workload != "app" || !strings.Contains(logs.String(), "using the socket passed by systemd") {
+		t.Fatalf("whoami %+v; log:\n%s", who, logs.String())
+	}
+}
+

@@ -272,4 +272,3 @@ func TestSocketActivation(t *testing.T) {
 		t.Fatalf("whoami %+v; log:\n%s", who, logs.String())
 	}
 }
-

@@ -251,7 +251,7 @@ func TestSocketActivation(t *testing.T) {
 		"--config", cfg, "--tpm", s.sw.URI(), "--data-dir", s.acfg.DataDir, "--nats-url", s.v.ClientURL(),
 		"--socket", "/nonexistent/must-not-be-used.sock")
 	cmd.ExtraFiles = []*os.File{f}
-	var logs strings.Builder
+	var logs syncBuffer
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -271,4 +271,23 @@ func TestSocketActivation(t *testing.T) {
 	if who.Workload != "app" || !strings.Contains(logs.String(), "using the socket passed by systemd") {
 		t.Fatalf("whoami %+v; log:\n%s", who, logs.String())
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe to write from exec's copier and read
+// from the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

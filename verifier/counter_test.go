@@ -15,8 +15,9 @@ func TestAcceptCounter(t *testing.T) {
 	}{
 		{1, true}, {3, true}, {2, true}, // 2 arrives late: inside the window, new
 		{2, false}, {3, false}, {1, false}, // repeats
-		{100, true}, {36, true}, {35, false}, // 35 is 65 below: outside the window
-		{100, false}, {101, true}, {99, true}, {99, false},
+		{300, true}, {44, true}, {43, false}, // 43 is 257 below: outside the window
+		{300, false}, {301, true}, {299, true}, {299, false}, {46, true}, {46, false},
+		{1000, true}, {999, true}, {998, true}, {999, false}, {300, false},
 	}
 	for i, s := range steps {
 		err := c.acceptCounter(s.n)
@@ -27,7 +28,7 @@ func TestAcceptCounter(t *testing.T) {
 			t.Fatalf("step %d: counter %d accepted (or wrong error %v)", i, s.n, err)
 		}
 	}
-	if c.Counter != 101 {
+	if c.Counter != 1000 {
 		t.Fatalf("highest = %d", c.Counter)
 	}
 }

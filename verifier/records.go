@@ -52,7 +52,7 @@ type Credential struct {
 	PublicKey  []byte    `json:"public_key"` // COSE_Key
 	UserHandle []byte    `json:"user_handle"`
 	Counter    uint32    `json:"counter"` // highest accepted
-	Seen       uint64    `json:"seen"`    // bit i: Counter-1-i was accepted (see acceptCounter)
+	Seen       window    `json:"seen"`    // which values below Counter were accepted (see acceptCounter)
 	Status     string    `json:"status"`
 	Reason     string    `json:"reason,omitempty"`
 	Created    time.Time `json:"created"`

@@ -137,23 +137,44 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 
 // counterWindow is how far below the highest accepted counter a value may
 // still be accepted, once. Connections of one workload are signed in counter
-// order but their callouts may arrive out of order; the window takes them,
-// while a repeated value or one far below (a restored snapshot, a cloned key
-// store) is refused. Replay of a whole assertion is already impossible: each
-// is bound to its connection's nonce.
-const counterWindow = 64
+// order but their callouts arrive, and are decided, in any order (up to the
+// number in flight); the window takes them, while a repeated value or one far
+// below (a restored snapshot) is refused. Replay of a whole assertion is
+// already impossible: each is bound to its connection's nonce.
+const counterWindow = 256
 
-// acceptCounter records c if it is new: above the highest accepted counter,
-// or within the window below it and not seen yet (a bitmap, as IPsec's
-// anti-replay window, RFC 4303 §3.4.3).
+// window is a bitmap of the counterWindow values below the highest accepted
+// counter: bit i set means Counter-1-i was accepted (IPsec's anti-replay
+// window, RFC 4303 §3.4.3).
+type window [counterWindow / 64]uint64
+
+func (w *window) get(i uint32) bool { return w[i/64]&(1<<(i%64)) != 0 }
+func (w *window) set(i uint32)      { w[i/64] |= 1 << (i % 64) }
+
+// shift moves every bit n places up (older), dropping what falls off.
+func (w *window) shift(n uint32) {
+	if n >= counterWindow {
+		*w = window{}
+		return
+	}
+	var out window
+	for i := uint32(0); i+n < counterWindow; i++ {
+		if w.get(i) {
+			out.set(i + n)
+		}
+	}
+	*w = out
+}
+
+// acceptCounter records counter n if it is new: above the highest accepted,
+// or within the window below it and not seen yet.
 func (c *Credential) acceptCounter(n uint32) error {
 	switch {
 	case n > c.Counter:
-		shift := uint64(n - c.Counter)
-		if shift >= counterWindow {
-			c.Seen = 0
-		} else {
-			c.Seen = c.Seen<<shift | 1<<(shift-1) // the old maximum moves into the window
+		d := n - c.Counter
+		c.Seen.shift(d)
+		if d <= counterWindow {
+			c.Seen.set(d - 1) // the old maximum moves into the window
 		}
 		c.Counter = n
 		return nil
@@ -162,11 +183,11 @@ func (c *Credential) acceptCounter(n uint32) error {
 	case c.Counter-n > counterWindow:
 		return fmt.Errorf("%w: counter %d is far below the last accepted %d", attestation.ErrCounterRegression, n, c.Counter)
 	}
-	bit := uint64(1) << (c.Counter - n - 1)
-	if c.Seen&bit != 0 {
+	i := c.Counter - n - 1
+	if c.Seen.get(i) {
 		return fmt.Errorf("%w: counter %d was already used", attestation.ErrCounterRegression, n)
 	}
-	c.Seen |= bit
+	c.Seen.set(i)
 	return nil
 }
 

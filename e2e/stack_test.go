@@ -69,15 +69,7 @@ func newStack(t testing.TB, opts ...stackOpt) *stack {
 	t.Helper()
 	dir := t.TempDir()
 	s := &stack{sw: swtpmtest.New(t), socket: filepath.Join(publicDir(t), "agent.sock")}
-	s.ekCADir = filepath.Join(dir, "ek-ca")
-	if err := os.Mkdir(s.ekCADir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for name, c := range map[string][]byte{"root.pem": s.sw.RootCert(t).Raw, "inter.pem": s.sw.IntermediateCert(t).Raw} {
-		if err := os.WriteFile(filepath.Join(s.ekCADir, name), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c}), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s.ekCADir = ekCADirFor(t, s.sw)
 	s.vcfg = verifier.Config{DataDir: filepath.Join(dir, "verifier"), NATSListen: "127.0.0.1:-1", EKCADir: s.ekCADir,
 		RPID: "fleet.example.com", Logger: testLogger(t, "verifier")}
 	s.vcfg.PolicyFile = writePolicy(filepath.Join(dir, "policy.yaml"), time.Minute)
@@ -96,6 +88,19 @@ func newStack(t testing.TB, opts ...stackOpt) *stack {
 	s.acfg.NATSURL = s.v.ClientURL()
 	s.startAgent(t)
 	return s
+}
+
+// ekCADirFor writes the swtpm's manufacturer root and intermediate into a
+// directory, as an operator fills --ek-ca-dir.
+func ekCADirFor(t testing.TB, sw *swtpmtest.TPM) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, c := range map[string][]byte{"root.pem": sw.RootCert(t).Raw, "inter.pem": sw.IntermediateCert(t).Raw} {
+		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c}), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }
 
 // publicDir is a directory every local user can traverse: tests run

@@ -19,6 +19,8 @@ const (
 type ServerConfigOptions struct {
 	Listen   string // host:port; empty leaves it out
 	StoreDir string // JetStream store; empty leaves the jetstream block out
+	// Extra is appended verbatim (server_name, cluster, tls, ...).
+	Extra string
 }
 
 // ServerConfig returns the nats-server configuration for the tpmauthn layout.
@@ -33,6 +35,9 @@ func ServerConfig(k *Keys, o ServerConfigOptions) string {
 	}
 	if o.StoreDir != "" {
 		w("jetstream { store_dir: %q }\n", o.StoreDir)
+	}
+	if o.Extra != "" {
+		w("%s\n", o.Extra)
 	}
 	w(`accounts {
   %[1]s {

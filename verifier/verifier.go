@@ -119,9 +119,19 @@ func (v *Verifier) Start(ctx context.Context) error {
 		return fmt.Errorf("connect to NATS at %s as the verifier user: %w", url, err)
 	}
 	v.nc = nc
-	if v.st, err = openStore(ctx, nc); err != nil {
-		v.Close()
-		return err
+	// A cluster's JetStream may still be electing its leader: retry a while.
+	for attempt := 0; ; attempt++ {
+		if v.st, err = openStore(ctx, nc); err == nil {
+			break
+		}
+		if attempt == 30 || ctx.Err() != nil {
+			v.Close()
+			return err
+		}
+		if attempt == 0 {
+			v.log.Info("waiting for JetStream", "error", err)
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 	if err := v.serve(); err != nil {
 		v.Close()

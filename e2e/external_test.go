@@ -1,0 +1,220 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/tpmauthn/tpmauthn/agent"
+	"github.com/tpmauthn/tpmauthn/agent/client"
+	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
+	"github.com/tpmauthn/tpmauthn/verifier"
+)
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// externalFleet prepares a verifier data dir and its keys, as an operator
+// does before adding `tpmauthnctl nats-config` to a cluster.
+func externalFleet(t testing.TB) (dir string, keys *verifier.Keys) {
+	t.Helper()
+	dir = t.TempDir()
+	k, _, err := verifier.LoadOrCreateKeys(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, k
+}
+
+// runAgentAndWorkload enrolls an agent against url and connects a workload.
+func runAgentAndWorkload(t *testing.T, sw *swtpmtest.TPM, vdir, url string, op func(string, any, any)) {
+	t.Helper()
+	var tok verifier.TokenCreateResponse
+	op("token.create", verifier.TokenCreateRequest{Roles: []string{"demo"}, TTL: time.Hour}, &tok)
+	dir := t.TempDir()
+	tokFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokFile, []byte(tok.Token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "a.sock")
+	ag, err := agent.New(agent.Config{TPM: sw.URI(), DataDir: filepath.Join(dir, "agent"), NATSURL: url, TokenFile: tokFile,
+		Socket: sock, Workloads: []agent.Workload{uidWorkload("app", uint32(os.Getuid()))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ag.Start(context.Background()); err != nil {
+		t.Fatalf("agent: %v", err)
+	}
+	t.Cleanup(func() { _ = ag.Close() })
+	opts, err := client.NATSOptions(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range strings.Split(url, ",") {
+		nc, err := nats.Connect(u, append(opts, nats.MaxReconnects(0))...)
+		if err != nil {
+			t.Fatalf("workload connect through %s: %v", u, err)
+		}
+		sub, _ := nc.SubscribeSync("demo.x")
+		_ = nc.Publish("demo.x", []byte("ok"))
+		if _, err := sub.NextMsg(5 * time.Second); err != nil {
+			t.Fatalf("through %s: %v", u, err)
+		}
+		nc.Close()
+	}
+}
+
+func operatorFunc(t *testing.T, dir, url string) func(string, any, any) {
+	nc := operatorConnTo(t, dir, url)
+	s := &stack{op: nc}
+	return func(op string, req, resp any) { s.admin(t, op, req, resp) }
+}
+
+func operatorConnTo(t *testing.T, dir, url string) *nats.Conn {
+	t.Helper()
+	seed, _ := verifier.OperatorFiles(dir)
+	kp, err := verifier.LoadNKey(seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pk, _ := kp.PublicKey()
+	nc, err := nats.Connect(url, nats.Nkey(pk, kp.Sign))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+func startVerifierOn(t *testing.T, dir, url, ekCADir, policy string) *verifier.Verifier {
+	t.Helper()
+	v, err := verifier.New(verifier.Config{DataDir: dir, NATSURL: url, EKCADir: ekCADir, PolicyFile: policy, RPID: "fleet.example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(v.Close)
+	return v
+}
+
+// TestExternalNATSServerBinary: the nats-server binary built from the pinned
+// module, configured with what tpmauthnctl nats-config prints.
+func TestExternalNATSServerBinary(t *testing.T) {
+	s0 := &stack{sw: swtpmtest.New(t)}
+	vdir, keys := externalFleet(t)
+	bin := filepath.Join(t.TempDir(), "nats-server")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2").CombinedOutput(); err != nil {
+		t.Fatalf("build nats-server: %v\n%s", err, out)
+	}
+	port := freePort(t)
+	conf := filepath.Join(t.TempDir(), "nats.conf")
+	block := verifier.ServerConfig(keys, verifier.ServerConfigOptions{})
+	full := fmt.Sprintf("listen: 127.0.0.1:%d\njetstream { store_dir: %q }\n%s", port, filepath.Join(t.TempDir(), "js"), block)
+	if err := os.WriteFile(conf, []byte(full), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(bin, "-t", "-c", conf).CombinedOutput(); err != nil {
+		t.Fatalf("nats-server -t rejects the config: %v\n%s", err, out)
+	}
+	srv := exec.Command(bin, "-c", conf)
+	var logs syncBuffer
+	srv.Stderr = &logs
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	for range 100 {
+		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			c.Close()
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	out, _ := exec.Command(bin, "--version").Output()
+	t.Logf("%s", strings.TrimSpace(string(out)))
+	s0.ekCADir = ekCADirFor(t, s0.sw)
+	policy := writePolicy(filepath.Join(t.TempDir(), "p.yaml"), time.Minute)
+	startVerifierOn(t, vdir, url, s0.ekCADir, policy)
+	runAgentAndWorkload(t, s0.sw, vdir, url, operatorFunc(t, vdir, url))
+}
+
+// TestClusterTwoVerifiers: two nats-servers in a cluster, a verifier on
+// each, one queue group; workloads connect through both servers.
+func TestClusterTwoVerifiers(t *testing.T) {
+	sw := swtpmtest.New(t)
+	vdir, keys := externalFleet(t)
+	// Both servers start at once, each routing to the other: a clustered
+	// JetStream is ready only once its peers meet.
+	ports := []int{freePort(t), freePort(t)}
+	routes := fmt.Sprintf("routes: [\"nats-route://127.0.0.1:%d\", \"nats-route://127.0.0.1:%d\"]", ports[0], ports[1])
+	var srvs []*server.Server
+	for i, name := range []string{"a", "b"} {
+		extra := fmt.Sprintf("server_name: %s\ncluster { name: tpmauthn, listen: \"127.0.0.1:%d\", %s }", name, ports[i], routes)
+		conf := verifier.ServerConfig(keys, verifier.ServerConfigOptions{Listen: "127.0.0.1:-1", StoreDir: filepath.Join(t.TempDir(), "js"), Extra: extra})
+		path := filepath.Join(t.TempDir(), "nats.conf")
+		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		opts, err := server.ProcessConfigFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.NoSigs, opts.NoLog = true, true
+		s, err := server.NewServer(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Start()
+		t.Cleanup(s.Shutdown)
+		srvs = append(srvs, s)
+	}
+	for _, s := range srvs {
+		if !s.ReadyForConnections(20 * time.Second) {
+			t.Fatal("cluster server not ready")
+		}
+	}
+	a, b := srvs[0], srvs[1]
+	ek := ekCADirFor(t, sw)
+	policy := writePolicy(filepath.Join(t.TempDir(), "p.yaml"), time.Minute)
+	dir2 := t.TempDir()
+	copyKeys(t, vdir, dir2)
+	v1 := startVerifierOn(t, vdir, a.ClientURL(), ek, policy)
+	v2 := startVerifierOn(t, dir2, b.ClientURL(), ek, policy)
+	runAgentAndWorkload(t, sw, vdir, a.ClientURL()+","+b.ClientURL(), operatorFunc(t, vdir, a.ClientURL()))
+	if v1.Served() == 0 || v2.Served() == 0 {
+		t.Fatalf("requests served: %d and %d, want both", v1.Served(), v2.Served())
+	}
+	t.Logf("served: %d via server a, %d via server b", v1.Served(), v2.Served())
+}
+
+func copyKeys(t *testing.T, from, to string) {
+	t.Helper()
+	for _, name := range []string{"issuer.nk", "xkey.nk", "verifier.nk", "sys.nk", "operator.nk", "fleet-ca.pem", "fleet-ca-key.pem"} {
+		b, err := os.ReadFile(filepath.Join(from, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(to, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

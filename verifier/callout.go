@@ -71,7 +71,11 @@ func (v *Verifier) handleCallout(m *nats.Msg) {
 		v.log.Error("callout: sign user JWT", "error", err)
 	}
 	v.served.Add(1)
-	v.metrics.observe(calloutSubject, grantErr, time.Since(start))
+	took := time.Since(start)
+	v.metrics.observe(calloutSubject, grantErr, took)
+	if v.cfg.OnDecision != nil {
+		v.cfg.OnDecision(took, grantErr)
+	}
 	tok, err := resp.Encode(v.keys.Issuer)
 	if err != nil {
 		v.log.Error("callout: sign response", "error", err)

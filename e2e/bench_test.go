@@ -1,0 +1,115 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tpmauthn/tpmauthn/agent/client"
+	"github.com/tpmauthn/tpmauthn/attestation"
+)
+
+// percentiles returns p50 and p99 in milliseconds.
+func percentiles(d []time.Duration) (float64, float64) {
+	slices.Sort(d)
+	ms := func(x time.Duration) float64 { return float64(x) / float64(time.Millisecond) }
+	return ms(d[len(d)/2]), ms(d[(len(d)*99)/100])
+}
+
+// BenchmarkChain measures, in one run on one swtpm: TPM2_Sign alone (the
+// baseline), a signature through the agent's socket, and a whole NATS
+// connect (socket, TPM, auth callout, verifier decision); and the verifier's
+// own time per callout decision. It reports p50 and p99 of each, and the
+// socket's overhead beyond the TPM.
+func BenchmarkChain(b *testing.B) {
+	var mu sync.Mutex
+	var decisions []time.Duration
+	s := newStack(b, func(s *stack) {
+		s.vcfg.OnDecision = func(d time.Duration, err error) {
+			mu.Lock()
+			decisions = append(decisions, d)
+			mu.Unlock()
+		}
+	})
+	n := max(b.N, 200)
+	who, err := client.New(s.socket).WhoAmI(b.Context())
+	if err != nil {
+		b.Fatal(err)
+	}
+	auth := s.ag.Authenticator()
+	id, _ := attestation.DecodeB64URL(who.CredentialID)
+	cred, err := auth.Credential(id)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tp := auth.TPM()
+	digest := sha256.Sum256([]byte("x"))
+	measure := func(f func(i int)) []time.Duration {
+		out := make([]time.Duration, n)
+		for i := range n {
+			start := time.Now()
+			f(i)
+			out[i] = time.Since(start)
+		}
+		return out
+	}
+	cmdsBefore := tp.Commands()
+	sign := measure(func(int) {
+		if _, err := tp.Sign(&cred.Key, digest[:]); err != nil {
+			b.Fatal(err)
+		}
+	})
+	cmdsSign := float64(tp.Commands()-cmdsBefore) / float64(n)
+
+	hc := unixHTTP(s.socket)
+	cmdsBefore = tp.Commands()
+	socket := measure(func(i int) {
+		resp, err := hc.Post("http://agent/v1/nats/sign", "application/json", bytes.NewReader(fmt.Appendf(nil, `{"nonce":"n%d"}`, i)))
+		if err != nil || resp.StatusCode != http.StatusOK {
+			b.Fatalf("sign: %v %v", resp, err)
+		}
+		resp.Body.Close()
+	})
+	cmdsSocket := float64(tp.Commands()-cmdsBefore) / float64(n)
+
+	opts, err := client.NATSOptions(s.socket)
+	if err != nil {
+		b.Fatal(err)
+	}
+	mu.Lock()
+	decisions = decisions[:0]
+	mu.Unlock()
+	connect := measure(func(int) {
+		nc, err := nats.Connect(s.v.ClientURL(), append(opts, nats.MaxReconnects(0))...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		nc.Close()
+	})
+
+	sp50, sp99 := percentiles(sign)
+	kp50, kp99 := percentiles(socket)
+	cp50, cp99 := percentiles(connect)
+	mu.Lock()
+	dp50, dp99 := percentiles(decisions)
+	mu.Unlock()
+	b.ReportMetric(sp50, "tpm-sign-p50-ms")
+	b.ReportMetric(sp99, "tpm-sign-p99-ms")
+	b.ReportMetric(kp50-sp50, "socket-overhead-p50-ms")
+	b.ReportMetric(kp99-sp99, "socket-overhead-p99-ms")
+	b.ReportMetric(cp50, "connect-p50-ms")
+	b.ReportMetric(cp99, "connect-p99-ms")
+	b.ReportMetric(dp50*1000, "decision-p50-us")
+	b.ReportMetric(dp99*1000, "decision-p99-us")
+	b.ReportMetric(cmdsSign, "tpm-cmds/sign")
+	b.ReportMetric(cmdsSocket, "tpm-cmds/assertion")
+	b.Logf("n=%d  TPM2_Sign p50 %.2f p99 %.2f ms | socket sign p50 %.2f p99 %.2f ms | connect p50 %.2f p99 %.2f ms | decision p50 %.0f p99 %.0f us",
+		n, sp50, sp99, kp50, kp99, cp50, cp99, dp50*1000, dp99*1000)
+}

@@ -152,6 +152,7 @@ func (a *Agent) assertion(w http.ResponseWriter, r *http.Request, c *caller) {
 		as, err = a.auth.Assert(c.credID, chal)
 		return err
 	})
+	a.metrics.assertion(c.workload, "webauthn", err)
 	if err != nil {
 		a.tpmErr(w, c, err)
 		return

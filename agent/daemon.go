@@ -42,6 +42,8 @@ type Config struct {
 	Logger       *slog.Logger
 	// Ready is called once the socket serves (sd_notify READY).
 	Ready func()
+	// MetricsListen serves Prometheus metrics at http://ADDR/metrics.
+	MetricsListen string
 }
 
 func (c *Config) setDefaults() {
@@ -88,6 +90,10 @@ type Agent struct {
 	srv   *http.Server
 	ln    net.Listener
 
+	metrics     *agentMetrics
+	metricsSrv  *http.Server
+	metricsAddr string
+
 	mu     sync.Mutex
 	enroll *Enrollment
 	creds  map[string][]byte // workload -> credential ID
@@ -100,7 +106,8 @@ func New(cfg Config) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, log: cfg.Logger, queue: newTPMQueue(256), peers: newPeerIdentifier(), creds: map[string][]byte{}}, nil
+	q := newTPMQueue(256)
+	return &Agent{cfg: cfg, log: cfg.Logger, queue: q, peers: newPeerIdentifier(), creds: map[string][]byte{}, metrics: newAgentMetrics(q)}, nil
 }
 
 // Run opens the TPM, enrolls if needed, makes sure every configured workload
@@ -120,6 +127,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		return err
 	}
 	a.tp = tp
+	tp.SetObserver(a.metrics.observeTPM)
 	if n := tp.StaleTransientAtOpen(); n > 0 {
 		a.log.Warn("flushed transient TPM objects left by an earlier process", "count", n)
 	}
@@ -140,6 +148,14 @@ func (a *Agent) Start(ctx context.Context) error {
 		_ = a.Close()
 		return err
 	}
+	if a.cfg.MetricsListen != "" {
+		addr, err := a.serveMetrics(a.cfg.MetricsListen)
+		if err != nil {
+			_ = a.Close()
+			return err
+		}
+		a.metricsAddr = addr
+	}
 	if a.cfg.Ready != nil {
 		a.cfg.Ready()
 	}
@@ -149,6 +165,7 @@ func (a *Agent) Start(ctx context.Context) error {
 // Close stops serving and closes the TPM.
 func (a *Agent) Close() error {
 	var errs []error
+	a.stopMetrics()
 	if a.srv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		errs = append(errs, a.srv.Shutdown(sctx))
@@ -343,6 +360,7 @@ func (a *Agent) natsSig(ctx context.Context, workload string, credID, nonce []by
 		as, err = a.auth.Assert(credID, attestation.NATSChallenge(nonce))
 		return err
 	})
+	a.metrics.assertion(workload, "nats", err)
 	if err != nil {
 		return nil, err
 	}
@@ -384,6 +402,9 @@ func (a *Agent) serve() error {
 }
 
 func b64url(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+// MetricsAddr is where /metrics is served, or "".
+func (a *Agent) MetricsAddr() string { return a.metricsAddr }
 
 // Authenticator is the agent's authenticator (for tools and tests).
 func (a *Agent) Authenticator() *Authenticator { return a.auth }

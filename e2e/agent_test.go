@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -290,4 +291,29 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+func TestAgentMetrics(t *testing.T) {
+	s := newStack(t, func(s *stack) { s.acfg.MetricsListen = "127.0.0.1:0" })
+	nc, err := s.connect(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
+	resp, err := http.Get("http://" + s.ag.MetricsAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	_, _ = io.Copy(&b, resp.Body)
+	for _, want := range []string{
+		`tpmauthn_agent_assertions_total{kind="nats",result="ok",workload="app"} 1`,
+		`tpmauthn_agent_tpm_command_seconds_count{command="Sign",result="ok"}`,
+		`tpmauthn_agent_tpm_queue_depth 0`,
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
 }

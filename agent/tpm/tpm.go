@@ -92,6 +92,15 @@ func (t *TPM) Info() Info { return t.info }
 // loaded; Open flushed them.
 func (t *TPM) StaleTransientAtOpen() int { return t.stale }
 
+// SetObserver reports every later TPM command to o (nil stops).
+func (t *TPM) SetObserver(o Observer) {
+	if o == nil {
+		t.tr.observer.Store(nil)
+		return
+	}
+	t.tr.observer.Store(&o)
+}
+
 // Commands returns the number of TPM commands sent so far.
 func (t *TPM) Commands() uint64 { return t.tr.total.Load() }
 

@@ -140,13 +140,43 @@ func (t *tcpTransport) Close() error {
 // countingTransport counts commands by command code, so that tests and
 // benchmarks can say how many TPM commands an operation costs.
 type countingTransport struct {
-	next  transport.TPMCloser
-	total atomic.Uint64
+	next     transport.TPMCloser
+	total    atomic.Uint64
+	observer atomic.Pointer[Observer]
 }
+
+// Observer learns each TPM command's name, duration and error (metrics).
+type Observer func(command string, took time.Duration, err error)
 
 func (c *countingTransport) Send(cmd []byte) ([]byte, error) {
 	c.total.Add(1)
-	return c.next.Send(cmd)
+	o := c.observer.Load()
+	if o == nil {
+		return c.next.Send(cmd)
+	}
+	start := time.Now()
+	rsp, err := c.next.Send(cmd)
+	(*o)(commandName(cmd), time.Since(start), err)
+	return rsp, err
+}
+
+// commandName names the command code of a TPM command (Part 2 §6.5.2).
+func commandName(cmd []byte) string {
+	if len(cmd) < 10 {
+		return "malformed"
+	}
+	cc := binary.BigEndian.Uint32(cmd[6:10])
+	if n, ok := commandNames[cc]; ok {
+		return n
+	}
+	return fmt.Sprintf("0x%03x", cc)
+}
+
+var commandNames = map[uint32]string{
+	0x120: "EvictControl", 0x131: "CreatePrimary", 0x132: "NV_Read", 0x148: "Certify", 0x14A: "CertifyCreation",
+	0x147: "ActivateCredential", 0x153: "Create", 0x157: "Load", 0x15D: "Sign", 0x165: "FlushContext",
+	0x169: "NV_ReadPublic", 0x173: "ReadPublic", 0x176: "StartAuthSession", 0x17A: "GetCapability",
+	0x16B: "PolicySecret", 0x158: "Quote",
 }
 
 func (c *countingTransport) Close() error { return c.next.Close() }

@@ -25,6 +25,7 @@ var runKeys = []cliconf.Key{
 	cliconf.K("hostname", "hostname", "", "name to enroll under (default: the system hostname)"),
 	cliconf.K("socket", "socket", agent.DefaultSocket, "Unix socket for workloads (ignored under systemd socket activation)"),
 	cliconf.K("request_timeout", "request-timeout", 5*time.Second, "deadline of a socket request, TPM queue wait included"),
+	cliconf.K("metrics_listen", "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics"),
 	cliconf.K("log.format", "log-format", "text", "text or json"),
 	cliconf.K("log.level", "log-level", "info", "debug, info, warn or error"),
 }
@@ -38,6 +39,7 @@ type runSettings struct {
 	Socket         string           `mapstructure:"socket"`
 	RequestTimeout time.Duration    `mapstructure:"request_timeout"`
 	Workloads      []agent.Workload `mapstructure:"workloads"`
+	MetricsListen  string           `mapstructure:"metrics_listen"`
 	Log            struct {
 		Format string `mapstructure:"format"`
 		Level  string `mapstructure:"level"`
@@ -78,7 +80,7 @@ func run(s runSettings) error {
 	}
 	cfg := agent.Config{
 		TPM: s.TPM, DataDir: s.DataDir, NATSURL: s.NATSURL, TokenFile: s.TokenFile, Hostname: s.Hostname,
-		Socket: s.Socket, Workloads: s.Workloads, RequestTimeout: s.RequestTimeout, Logger: log,
+		Socket: s.Socket, Workloads: s.Workloads, RequestTimeout: s.RequestTimeout, Logger: log, MetricsListen: s.MetricsListen,
 		Ready: func() { _, _ = daemon.SdNotify(false, daemon.SdNotifyReady) },
 	}
 	// Under systemd socket activation the socket is passed in (LISTEN_FDS,

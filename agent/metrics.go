@@ -1,0 +1,75 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// agentMetrics: TPM command latency by command, the TPM queue's depth, and
+// assertions by workload and result.
+type agentMetrics struct {
+	reg        *prometheus.Registry
+	tpm        *prometheus.HistogramVec
+	assertions *prometheus.CounterVec
+}
+
+func newAgentMetrics(q *tpmQueue) *agentMetrics {
+	m := &agentMetrics{
+		reg: prometheus.NewRegistry(),
+		tpm: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "tpmauthn_agent_tpm_command_seconds", Help: "TPM command latency, by command and result.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}, []string{"command", "result"}),
+		assertions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tpmauthn_agent_assertions_total", Help: "Assertions and NATS signatures, by workload and result.",
+		}, []string{"workload", "kind", "result"}),
+	}
+	depth := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tpmauthn_agent_tpm_queue_depth", Help: "Requests waiting for the TPM.",
+	}, func() float64 { return float64(q.Depth()) })
+	m.reg.MustRegister(m.tpm, m.assertions, depth, prometheus.NewGoCollector())
+	return m
+}
+
+func (m *agentMetrics) observeTPM(command string, took time.Duration, err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.tpm.WithLabelValues(command, result).Observe(took.Seconds())
+}
+
+func (m *agentMetrics) assertion(workload, kind string, err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.assertions.WithLabelValues(workload, kind, result).Inc()
+}
+
+// serveMetrics serves /metrics on addr; it returns the bound address.
+func (a *Agent) serveMetrics(addr string) (string, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("metrics_listen %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
+	a.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = a.metricsSrv.Serve(ln) }()
+	return ln.Addr().String(), nil
+}
+
+func (a *Agent) stopMetrics() {
+	if a.metricsSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = a.metricsSrv.Shutdown(ctx)
+	}
+}

@@ -60,6 +60,8 @@ type Status struct {
 	Hosts       map[string]int `json:"hosts"`
 	Credentials map[string]int `json:"credentials"`
 	Tokens      map[string]int `json:"tokens"`
+	// AuditKey is the public key that signs the audit trail.
+	AuditKey string `json:"audit_key"`
 }
 
 const (
@@ -71,17 +73,20 @@ var roleName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 
 func (v *Verifier) adminEndpoints() map[string]func(context.Context, []byte) (any, error) {
 	return map[string]func(context.Context, []byte) (any, error){
-		"token.create":      v.adminTokenCreate,
-		"token.list":        func(ctx context.Context, _ []byte) (any, error) { return list[Token](ctx, v.st.tokens) },
-		"host.list":         func(ctx context.Context, _ []byte) (any, error) { return list[Host](ctx, v.st.hosts) },
-		"host.show":         v.adminHostShow,
-		"host.approve":      v.adminHostApprove,
-		"host.revoke":       v.adminHostRevoke,
-		"credential.list":   v.adminCredentialList,
-		"credential.show":   v.adminCredentialShow,
-		"credential.revoke": v.adminCredentialRevoke,
-		"ek.allow":          v.adminEKAllow,
-		"status":            v.adminStatus,
+		"token.create":       v.adminTokenCreate,
+		"token.list":         func(ctx context.Context, _ []byte) (any, error) { return list[Token](ctx, v.st.tokens) },
+		"host.list":          func(ctx context.Context, _ []byte) (any, error) { return list[Host](ctx, v.st.hosts) },
+		"host.show":          v.adminHostShow,
+		"host.approve":       v.adminHostApprove,
+		"host.revoke":        v.adminHostRevoke,
+		"credential.list":    v.adminCredentialList,
+		"credential.show":    v.adminCredentialShow,
+		"credential.revoke":  v.adminCredentialRevoke,
+		"credential.release": v.adminCredentialRelease,
+		"host.offboard":      v.adminHostOffboard,
+		"audit.read":         v.adminAuditRead,
+		"ek.allow":           v.adminEKAllow,
+		"status":             v.adminStatus,
 	}
 }
 
@@ -168,18 +173,66 @@ func (v *Verifier) adminHostApprove(ctx context.Context, body []byte) (any, erro
 }
 
 func (v *Verifier) adminHostRevoke(ctx context.Context, body []byte) (any, error) {
+	return v.adminHostRemove(ctx, body, attestation.HostRevoked, "revoke")
+}
+
+// adminHostOffboard revokes every credential of the host, forgets its EK
+// enrollment and records why.
+func (v *Verifier) adminHostOffboard(ctx context.Context, body []byte) (any, error) {
+	return v.adminHostRemove(ctx, body, HostOffboarded, "offboard")
+}
+
+func (v *Verifier) adminHostRemove(ctx context.Context, body []byte, status, kind string) (any, error) {
 	var req IDRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
-	h, err := v.changeHost(ctx, req.ID, func(h *Host) error {
-		h.Status, h.Reason = attestation.HostRevoked, req.Reason
-		return nil
-	})
-	if err == nil {
-		v.log.Info("host revoked", "host", h.ID, "reason", req.Reason)
+	h, err := v.revokeHost(ctx, req.ID, status, req.Reason)
+	ev := Event{Kind: kind, Result: "ok", Host: req.ID, Reason: req.Reason, Actor: "operator"}
+	if err != nil {
+		ev.Result, ev.Reason = "error", err.Error()
+	} else {
+		ev.EKHash = h.EKHash
+		v.log.Info("host "+status, "host", h.ID, "reason", req.Reason)
 	}
+	v.audit.record(ev)
 	return h, err
+}
+
+func (v *Verifier) adminCredentialRelease(ctx context.Context, body []byte) (any, error) {
+	var req IDRequest
+	if err := decode(body, &req); err != nil {
+		return nil, err
+	}
+	c, _, err := get[Credential](ctx, v.st.creds, req.ID)
+	if err != nil {
+		return nil, err
+	}
+	if c.Status != CredQuarantined {
+		return nil, fmt.Errorf("%w: credential %s is %s, not quarantined", ErrBadRequest, c.ID, c.Status)
+	}
+	c, err = v.setCredentialStatus(ctx, req.ID, CredActive, "released: "+req.Reason)
+	if err == nil {
+		v.audit.record(Event{Kind: "release", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
+	}
+	return c, err
+}
+
+// AuditReadRequest pages through the audit stream.
+type AuditReadRequest struct {
+	From uint64 `json:"from"`
+	Max  int    `json:"max"`
+}
+
+func (v *Verifier) adminAuditRead(ctx context.Context, body []byte) (any, error) {
+	var req AuditReadRequest
+	if err := decode(body, &req); err != nil {
+		return nil, err
+	}
+	if req.Max <= 0 || req.Max > 1000 {
+		req.Max = 1000
+	}
+	return v.audit.readRaw(ctx, req.From, req.Max)
 }
 
 func (v *Verifier) adminCredentialList(ctx context.Context, body []byte) (any, error) {
@@ -210,21 +263,13 @@ func (v *Verifier) adminCredentialRevoke(ctx context.Context, body []byte) (any,
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
-	for range 5 {
-		c, rev, err := get[Credential](ctx, v.st.creds, req.ID)
-		if err != nil {
-			return nil, err
-		}
-		c.Status, c.Reason, c.Updated = CredRevoked, req.Reason, time.Now().UTC()
-		if err := update(ctx, v.st.creds, c.ID, c, rev); errors.Is(err, ErrConflict) {
-			continue
-		} else if err != nil {
-			return nil, err
-		}
-		v.log.Info("credential revoked", "credential", c.ID, "reason", req.Reason)
-		return c, nil
+	c, err := v.setCredentialStatus(ctx, req.ID, CredRevoked, req.Reason)
+	if err != nil {
+		return nil, err
 	}
-	return nil, ErrConflict
+	v.log.Info("credential revoked", "credential", c.ID, "reason", req.Reason)
+	v.audit.record(Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
+	return c, nil
 }
 
 func (v *Verifier) adminEKAllow(ctx context.Context, body []byte) (any, error) {
@@ -248,7 +293,7 @@ func (v *Verifier) adminEKAllow(ctx context.Context, body []byte) (any, error) {
 
 func (v *Verifier) adminStatus(ctx context.Context, _ []byte) (any, error) {
 	s := &Status{Version: Version, RPID: v.cfg.RPID, Origin: v.cfg.Origin, Approval: v.cfg.Approval,
-		Hosts: map[string]int{}, Credentials: map[string]int{}, Tokens: map[string]int{}}
+		Hosts: map[string]int{}, Credentials: map[string]int{}, Tokens: map[string]int{}, AuditKey: pub(v.keys.Issuer)}
 	if v.ekTrust != nil {
 		s.EKRoots = v.ekTrust.Roots()
 	}

@@ -59,7 +59,9 @@ func (v *Verifier) handleCallout(m *nats.Msg) {
 		v.log.Warn("callout: invalid request", "error", err)
 		return
 	}
-	user, grantErr := v.authorize(context.Background(), rc)
+	ev := denyByDefault("connect")
+	ev.Server, ev.Client, ev.ClientAddr = rc.Server.ID, rc.ClientInformation.ID, rc.ClientInformation.Host
+	user, grantErr := v.authorize(context.Background(), rc, &ev)
 	resp := jwt.NewAuthorizationResponseClaims(rc.UserNkey)
 	resp.Audience = rc.Server.ID
 	if grantErr != nil {
@@ -70,6 +72,12 @@ func (v *Verifier) handleCallout(m *nats.Msg) {
 		grantErr = err
 		v.log.Error("callout: sign user JWT", "error", err)
 	}
+	if grantErr == nil {
+		ev.Result = "allow"
+	} else {
+		ev.Reason = grantErr.Error()
+	}
+	v.audit.record(ev)
 	v.served.Add(1)
 	took := time.Since(start)
 	v.metrics.observe(calloutSubject, grantErr, took)
@@ -112,25 +120,29 @@ func checkRequest(rc *jwt.AuthorizationRequestClaims) error {
 
 // authorize decides a connect: a workload's assertion, or the enrollment
 // session of a join-token holder or an allow-listed EK.
-func (v *Verifier) authorize(ctx context.Context, rc *jwt.AuthorizationRequestClaims) (*jwt.UserClaims, error) {
+func (v *Verifier) authorize(ctx context.Context, rc *jwt.AuthorizationRequestClaims, ev *Event) (*jwt.UserClaims, error) {
 	co := rc.ConnectOptions
 	switch {
 	case co.Token != "":
+		ev.Kind = "connect.enroll"
 		t, _, err := v.lookupToken(ctx, co.Token)
 		if err != nil {
 			return nil, err
 		}
+		ev.Reason = "join token " + t.ID
 		return v.enrollmentUser(rc, "enroll-token-"+t.ID), nil
 	case co.Nkey != "" && co.SignedNonce != "":
-		return v.authorizeAssertion(ctx, rc)
+		return v.authorizeAssertion(ctx, rc, ev)
 	case strings.HasPrefix(co.Username, attestation.HostUserPrefix):
 		id := strings.TrimPrefix(co.Username, attestation.HostUserPrefix)
+		ev.Kind, ev.Host = "connect.enroll", id
 		if err := v.checkHostProof(ctx, id, co.Password); err != nil {
 			return nil, err
 		}
 		return v.enrollmentUser(rc, "enroll-host-"+id), nil
 	case strings.HasPrefix(co.Username, attestation.EKUserPrefix):
 		hash := strings.TrimPrefix(co.Username, attestation.EKUserPrefix)
+		ev.Kind, ev.EKHash = "connect.enroll", hash
 		if _, _, err := get[ekAllow](ctx, v.st.ekAllow, hash); err != nil {
 			return nil, fmt.Errorf("%w: %s", ErrNotAllowed, hash)
 		}

@@ -50,6 +50,9 @@ type Config struct {
 	// serves none.
 	MetricsListen string
 
+	// Audit configures the audit stream.
+	Audit AuditConfig
+
 	// OnDecision, if set, is called after every auth-callout decision with
 	// the time it took and its error (nil: granted). For benchmarks and
 	// monitoring; it must be fast.

@@ -26,7 +26,14 @@ type grant struct {
 
 // enrollBegin checks the EK and answers with a credential-activation
 // challenge for the AK (DESIGN.md flow 1).
-func (v *Verifier) enrollBegin(ctx context.Context, body []byte) (any, error) {
+func (v *Verifier) enrollBegin(ctx context.Context, body []byte) (_ any, err error) {
+	ev := denyByDefault("enroll.begin")
+	defer func() {
+		if err != nil { // a begun enrollment is audited when it finishes
+			ev.Reason = err.Error()
+			v.audit.record(ev)
+		}
+	}()
 	var req attestation.EnrollBeginRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
@@ -39,11 +46,15 @@ func (v *Verifier) enrollBegin(ctx context.Context, body []byte) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadRequest, err)
 	}
+	ev.EKHash = ekHash
 	g, err := v.authorizeEnrollment(ctx, req.Token, ekHash)
 	if err != nil {
 		return nil, err
 	}
 	if err := v.checkEK(&req, ekPub, g); err != nil {
+		if errors.Is(err, attestation.ErrEKUntrusted) {
+			v.alert(AlertEKUntrusted, Event{EKHash: ekHash, Reason: err.Error()})
+		}
 		return nil, err
 	}
 	if _, _, err := get[ekEnrollment](ctx, v.st.eks, ekHash); err == nil {
@@ -142,7 +153,14 @@ func (v *Verifier) lookupToken(ctx context.Context, token string) (*Token, uint6
 
 // enrollFinish checks the activated secret, consumes the token and records
 // the host; with automatic approval it also issues the AK certificate.
-func (v *Verifier) enrollFinish(ctx context.Context, body []byte) (any, error) {
+func (v *Verifier) enrollFinish(ctx context.Context, body []byte) (_ any, err error) {
+	ev := denyByDefault("enroll")
+	defer func() {
+		if err != nil {
+			ev.Reason = err.Error()
+		}
+		v.audit.record(ev)
+	}()
 	var req attestation.EnrollFinishRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
@@ -157,6 +175,7 @@ func (v *Verifier) enrollFinish(ctx context.Context, body []byte) (any, error) {
 	if err := take(ctx, v.st.enroll, req.Session, rev); err != nil {
 		return nil, fmt.Errorf("enrollment session already used: %w", err)
 	}
+	ev.EKHash = sess.EKHash
 	if err := attestation.CheckActivation(sess.Secret, req.Secret); err != nil {
 		return nil, err
 	}
@@ -190,6 +209,7 @@ func (v *Verifier) enrollFinish(ctx context.Context, body []byte) (any, error) {
 	if err := create(ctx, v.st.hosts, hostID, h); err != nil {
 		return nil, err
 	}
+	ev.Result, ev.Host, ev.Roles, ev.Reason = "ok", hostID, h.Roles, "status "+h.Status+" via "+h.Via
 	v.log.Info("host enrolled", "host", hostID, "hostname", h.Hostname, "status", h.Status, "via", h.Via, "roles", h.Roles)
 	return v.enrollResult(h), nil
 }

@@ -21,6 +21,8 @@ type metrics struct {
 	latency       *prometheus.HistogramVec
 	enrollments   *prometheus.CounterVec
 	registrations *prometheus.CounterVec
+	tamper        *prometheus.CounterVec
+	auditAppend   prometheus.Histogram
 }
 
 func newMetrics() *metrics {
@@ -39,8 +41,15 @@ func newMetrics() *metrics {
 		registrations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tpmauthn_registrations_total", Help: "Credential registrations completed or refused, by result.",
 		}, []string{"result"}),
+		tamper: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tpmauthn_tamper_signals_total", Help: "Tamper signals (alerts), by kind.",
+		}, []string{"kind"}),
+		auditAppend: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "tpmauthn_audit_append_seconds", Help: "Time to chain, sign and append one audit event.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .1},
+		}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, m.enrollments, m.registrations,
+	m.reg.MustRegister(m.requests, m.latency, m.enrollments, m.registrations, m.tamper, m.auditAppend,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

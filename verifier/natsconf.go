@@ -44,7 +44,7 @@ func ServerConfig(k *Keys, o ServerConfigOptions) string {
     jetstream: enabled
     users: [
       { nkey: %[4]s }  # the verifier
-      { nkey: %[5]s, permissions: { publish: ["%[7]s>"], subscribe: ["_INBOX.>"] } }  # tpmauthnctl
+      { nkey: %[5]s, permissions: { publish: ["%[7]s>"], subscribe: ["_INBOX.>", "tpmauthn.alerts.>"] } }  # tpmauthnctl
     ]
     exports: [ { service: "tpmauthn.v1.>" } ]
   }

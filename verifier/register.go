@@ -47,11 +47,19 @@ func (v *Verifier) registerBegin(ctx context.Context, body []byte) (any, error) 
 }
 
 // registerFinish verifies the registration and stores the credential.
-func (v *Verifier) registerFinish(ctx context.Context, body []byte) (any, error) {
+func (v *Verifier) registerFinish(ctx context.Context, body []byte) (_ any, err error) {
+	ev := denyByDefault("register")
+	defer func() {
+		if err != nil {
+			ev.Reason = err.Error()
+		}
+		v.audit.record(ev)
+	}()
 	var req attestation.RegisterFinishRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
+	ev.Host, ev.Workload = req.HostID, req.Workload
 	if req.Response == nil {
 		return nil, fmt.Errorf("%w: no registration response", ErrBadRequest)
 	}
@@ -78,7 +86,9 @@ func (v *Verifier) registerFinish(ctx context.Context, body []byte) (any, error)
 	if err != nil {
 		return nil, err
 	}
+	ev.Credential = b64(reg.CredentialID)
 	if err := akBelongsTo(reg.AKCert, h); err != nil {
+		v.alert(AlertAKMismatch, Event{Host: h.ID, Workload: req.Workload, Credential: ev.Credential, Reason: err.Error()})
 		return nil, err
 	}
 	now := time.Now().UTC()
@@ -90,6 +100,7 @@ func (v *Verifier) registerFinish(ctx context.Context, body []byte) (any, error)
 	if err := create(ctx, v.st.creds, cred.ID, cred); err != nil {
 		return nil, err
 	}
+	ev.Result = "ok"
 	v.log.Info("credential registered", "credential", cred.ID, "host", h.ID, "workload", cred.Workload)
 	return &attestation.RegisterFinishResponse{CredentialID: cred.ID}, nil
 }
@@ -122,3 +133,5 @@ func (v *Verifier) activeHost(ctx context.Context, id string) (*Host, error) {
 }
 
 func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+func decodeB64(s string) ([]byte, error) { return base64.RawURLEncoding.DecodeString(s) }

@@ -64,8 +64,9 @@ func (c *keyCache) get(id string, cose []byte) (*ecdsa.PublicKey, error) {
 // authorizeAssertion decides a workload connect (DESIGN.md flow 3): the
 // CONNECT carries the credential ID as nkey and the assertion bundle as sig,
 // signed over a challenge derived from this connection's nonce.
-func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.AuthorizationRequestClaims) (*jwt.UserClaims, error) {
+func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.AuthorizationRequestClaims, ev *Event) (*jwt.UserClaims, error) {
 	co := rc.ConnectOptions
+	ev.Credential = co.Nkey
 	raw, err := base64.RawURLEncoding.DecodeString(co.SignedNonce)
 	if err != nil {
 		return nil, fmt.Errorf("%w: sig is not base64url", attestation.ErrMalformed)
@@ -94,8 +95,14 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 		if err != nil {
 			return nil, err
 		}
+		ev.Host, ev.Workload = cred.Host, cred.Workload
 		if cred.Status != CredActive {
-			return nil, fmt.Errorf("%w: credential %s is %s", ErrRevoked, cred.ID, cred.Status)
+			err := fmt.Errorf("%w: credential %s is %s", ErrRevoked, cred.ID, cred.Status)
+			if cred.Status == CredRevoked {
+				v.alert(AlertRevokedUsed, Event{Host: cred.Host, Workload: cred.Workload, Credential: cred.ID,
+					Server: ev.Server, Client: ev.Client, ClientAddr: ev.ClientAddr, Reason: err.Error()})
+			}
+			return nil, err
 		}
 		h, _, err := get[Host](ctx, v.st.hosts, cred.Host)
 		if err != nil || h.Status != attestation.HostActive {
@@ -111,13 +118,17 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 		if err != nil {
 			return nil, err
 		}
+		ev.Counter = counter
 		if err := cred.acceptCounter(counter); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrReplay, err)
+			err = fmt.Errorf("%w: %w", ErrReplay, err)
+			v.quarantine(ctx, cred.ID, ev, err)
+			return nil, err
 		}
-		uc, err := v.userClaims(rc, cred, h)
+		uc, roles, err := v.userClaims(rc, cred, h)
 		if err != nil {
 			return nil, err
 		}
+		ev.Roles = roles
 		now := time.Now()
 		cred.Updated = now.UTC()
 		cred.Sessions = append(liveSessions(cred.Sessions, now), SessionRef{
@@ -243,7 +254,7 @@ func liveSessions(s []SessionRef, now time.Time) []SessionRef {
 
 // userClaims builds the session JWT: account APP, name workload@hostname,
 // permissions from the policy (or the agent's own, fixed ones).
-func (v *Verifier) userClaims(rc *jwt.AuthorizationRequestClaims, cred *Credential, h *Host) (*jwt.UserClaims, error) {
+func (v *Verifier) userClaims(rc *jwt.AuthorizationRequestClaims, cred *Credential, h *Host) (*jwt.UserClaims, []string, error) {
 	p := v.policy.current()
 	uc := jwt.NewUserClaims(rc.UserNkey)
 	uc.Audience = AccountApp
@@ -253,16 +264,26 @@ func (v *Verifier) userClaims(rc *jwt.AuthorizationRequestClaims, cred *Credenti
 	if cred.Workload == AgentWorkload {
 		uc.Pub.Allow.Add("tpmauthn.v1.register.>", attestation.SubjectEnrollStatus)
 		uc.Sub.Allow.Add("_INBOX.>")
-		return uc, nil
+		return uc, []string{AgentWorkload}, nil
 	}
 	s := Subject{HostID: h.ID, Hostname: h.Hostname, HostRoles: h.Roles, HostTags: h.Tags, Workload: cred.Workload, CredentialID: cred.ID}
 	roles := p.RolesFor(s)
 	if len(roles) == 0 {
-		return nil, fmt.Errorf("%w: %s on host %s (roles %v)", ErrNoRoles, cred.Workload, h.ID, h.Roles)
+		return nil, nil, fmt.Errorf("%w: %s on host %s (roles %v)", ErrNoRoles, cred.Workload, h.ID, h.Roles)
 	}
 	for _, r := range roles {
 		uc.Tags.Add("role:" + r)
 	}
 	p.Apply(uc, roles, s)
-	return uc, nil
+	return uc, roles, nil
+}
+
+// quarantine takes one credential out of service after a tamper signal (not
+// its host, not its role), kicks its sessions and raises the alert.
+func (v *Verifier) quarantine(ctx context.Context, id string, ev *Event, cause error) {
+	if _, err := v.setCredentialStatus(ctx, id, CredQuarantined, cause.Error()); err != nil {
+		v.log.Error("quarantine failed", "credential", id, "error", err)
+	}
+	v.alert(AlertCounterRegression, Event{Host: ev.Host, Workload: ev.Workload, Credential: id, Counter: ev.Counter,
+		Server: ev.Server, Client: ev.Client, ClientAddr: ev.ClientAddr, Reason: cause.Error()})
 }

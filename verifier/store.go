@@ -25,6 +25,7 @@ const (
 
 // store is the fleet state in JetStream KV.
 type store struct {
+	js                                                     jetstream.JetStream
 	hosts, creds, tokens, eks, ekAllow, enroll, challenges jetstream.KeyValue
 }
 
@@ -33,7 +34,7 @@ func openStore(ctx context.Context, nc *nats.Conn) (*store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	var s store
+	s := store{js: js}
 	buckets := []struct {
 		name string
 		ttl  time.Duration

@@ -38,6 +38,8 @@ type Verifier struct {
 
 	srv    *server.Server // embedded, or nil
 	nc     *nats.Conn
+	sysNC  *nats.Conn // system account: kicks
+	audit  *auditLog
 	st     *store
 	svcs   []micro.Service
 	sem    chan struct{} // bounds concurrent requests
@@ -133,6 +135,19 @@ func (v *Verifier) Start(ctx context.Context) error {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+	if v.audit, err = openAudit(ctx, v.st.js, v.keys.Issuer, v.cfg.Audit, v.log); err != nil {
+		v.Close()
+		return err
+	}
+	v.audit.appended = func(d time.Duration) { v.metrics.auditAppend.Observe(d.Seconds()) }
+	if err := v.connectSys(url); err != nil {
+		v.Close()
+		return err
+	}
+	if err := v.watchRevocations(ctx); err != nil {
+		v.Close()
+		return err
+	}
 	if err := v.serve(); err != nil {
 		v.Close()
 		return err
@@ -185,6 +200,20 @@ func (v *Verifier) ClientURL() string {
 // MetricsAddr is where /metrics is served, or "".
 func (v *Verifier) MetricsAddr() string { return v.metricsAddr }
 
+// waitDrained waits until the connection finished draining (handlers in
+// flight have answered), at most a few seconds.
+func (v *Verifier) waitDrained() {
+	if v.nc == nil {
+		return
+	}
+	for i := 0; i < 100 && v.nc.IsDraining(); i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// FlushAudit waits until every event recorded so far is in the stream.
+func (v *Verifier) FlushAudit() { v.audit.flush() }
+
 // Served returns how many requests this instance answered.
 func (v *Verifier) Served() uint64 { return v.served.Load() }
 
@@ -202,10 +231,15 @@ func (v *Verifier) Close() {
 		if v.nc != nil {
 			_ = v.nc.Drain()
 		}
-		v.wg.Wait()
+		v.waitDrained()
+		v.audit.close()
+		if v.sysNC != nil {
+			v.sysNC.Close()
+		}
 		if v.nc != nil {
 			v.nc.Close()
 		}
+		v.wg.Wait()
 		if v.srv != nil {
 			v.srv.Shutdown()
 			v.srv.WaitForShutdown()

@@ -90,7 +90,8 @@ func (a *app) hostCmd() *cobra.Command {
 			})
 		},
 	}, a.hostShowCmd(), a.hostActionCmd("approve", "Approve a pending host: its AK certificate is issued"),
-		a.hostActionCmd("revoke", "Revoke a host: it can no longer register credentials"))
+		a.hostActionCmd("revoke", "Revoke a host and every credential of it; live connections are kicked"),
+		a.hostActionCmd("offboard", "Offboard a host: revoke its credentials (kicking live connections) and forget its EK enrollment"))
 	return cmd
 }
 
@@ -128,7 +129,7 @@ func (a *app) hostActionCmd(op, short string) *cobra.Command {
 			return a.print(h, func(w *tabwriter.Writer) { fmt.Fprintf(w, "host %s is %s\n", h.ID, h.Status) })
 		},
 	}
-	if op == "revoke" {
+	if op != "approve" {
 		cmd.Flags().StringVar(&reason, "reason", "", "why (recorded)")
 	}
 	return cmd
@@ -180,7 +181,18 @@ func (a *app) credentialCmd() *cobra.Command {
 		},
 	}
 	revoke.Flags().StringVar(&reason, "reason", "", "why (recorded)")
-	cmd.AddCommand(listCmd, show, revoke)
+	release := &cobra.Command{
+		Use: "release ID", Short: "Lift a quarantine after review", Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			var c verifier.Credential
+			if err := a.call("credential.release", verifier.IDRequest{ID: args[0], Reason: reason}, &c); err != nil {
+				return err
+			}
+			return a.print(c, func(w *tabwriter.Writer) { fmt.Fprintf(w, "credential %s is %s\n", c.ID, c.Status) })
+		},
+	}
+	release.Flags().StringVar(&reason, "reason", "", "why (recorded)")
+	cmd.AddCommand(listCmd, show, revoke, release)
 	return cmd
 }
 

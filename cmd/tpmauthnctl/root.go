@@ -63,7 +63,7 @@ func newRootCmd() *cobra.Command {
 			a.nc.Close()
 		}
 	}
-	root.AddCommand(a.tokenCmd(), a.hostCmd(), a.credentialCmd(), a.ekCmd(), a.statusCmd(), a.natsConfigCmd())
+	root.AddCommand(a.tokenCmd(), a.hostCmd(), a.credentialCmd(), a.ekCmd(), a.auditCmd(), a.statusCmd(), a.natsConfigCmd())
 	return root
 }
 

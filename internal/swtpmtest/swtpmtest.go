@@ -240,6 +240,32 @@ func (s *TPM) StartOnPort() error {
 	return err
 }
 
+// Clone copies this TPM's state (EK, SRK, persistent objects, NV) into a new
+// swtpm, as copying a VM's vTPM would: key blobs of one load in the other.
+// This TPM is stopped for the copy and started again.
+func (s *TPM) Clone(t testing.TB) *TPM {
+	t.Helper()
+	if err := s.Stop(); err != nil {
+		t.Fatalf("swtpmtest: %v", err)
+	}
+	c := &TPM{Dir: t.TempDir(), CADir: s.CADir}
+	c.StateDir = filepath.Join(c.Dir, "state")
+	if err := os.CopyFS(c.StateDir, os.DirFS(s.StateDir)); err != nil {
+		t.Fatalf("swtpmtest: copy state: %v", err)
+	}
+	if err := s.StartOnPort(); err != nil {
+		t.Fatalf("swtpmtest: %v", err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatalf("swtpmtest: %v", err)
+	}
+	t.Cleanup(func() {
+		c.checkNoTransient(t)
+		_ = c.Stop()
+	})
+	return c
+}
+
 // Stop shuts the TPM down cleanly (its state is saved) and waits for swtpm.
 func (s *TPM) Stop() error {
 	if s.cmd == nil {

@@ -1,0 +1,189 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tpmauthn/tpmauthn/verifier"
+)
+
+// readAudit pages through the audit stream from sequence from.
+func (a *app) readAudit(from uint64) ([]verifier.RawEvent, error) {
+	var all []verifier.RawEvent
+	for {
+		var page []verifier.RawEvent
+		if err := a.call("audit.read", verifier.AuditReadRequest{From: from, Max: 1000}, &page); err != nil {
+			return nil, err
+		}
+		all = append(all, page...)
+		if len(page) < 1000 {
+			return all, nil
+		}
+		from = page[len(page)-1].Seq + 1
+	}
+}
+
+func (a *app) auditCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "audit", Short: "The audit trail: every enrollment, registration, connect decision, revocation and alert"}
+	cmd.AddCommand(a.auditTailCmd(), a.auditExportCmd(), a.auditVerifyCmd())
+	return cmd
+}
+
+func (a *app) auditTailCmd() *cobra.Command {
+	var n int
+	var follow bool
+	var host string
+	var since time.Duration
+	cmd := &cobra.Command{
+		Use: "tail", Short: "Show the latest events", Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			var next uint64 = 1
+			first := true
+			for {
+				raws, err := a.readAudit(next)
+				if err != nil {
+					return err
+				}
+				var evs []verifier.Event
+				for _, r := range raws {
+					next = r.Seq + 1
+					var e verifier.Event
+					if r.Missing || json.Unmarshal(r.Data, &e) != nil {
+						continue
+					}
+					if (host == "" || e.Host == host) && (since == 0 || time.Since(e.Time) <= since) {
+						evs = append(evs, e)
+					}
+				}
+				if first && len(evs) > n {
+					evs = evs[len(evs)-n:]
+				}
+				if err := a.printEvents(evs, first); err != nil {
+					return err
+				}
+				first = false
+				if !follow {
+					return nil
+				}
+				time.Sleep(time.Second)
+			}
+		},
+	}
+	cmd.Flags().IntVarP(&n, "lines", "n", 20, "how many events")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new events")
+	cmd.Flags().StringVar(&host, "host", "", "only this host's events")
+	cmd.Flags().DurationVar(&since, "since", 0, "only events this recent (e.g. 1h)")
+	return cmd
+}
+
+func (a *app) printEvents(evs []verifier.Event, header bool) error {
+	if a.s.JSON {
+		enc := json.NewEncoder(a.out)
+		for _, e := range evs {
+			if err := enc.Encode(e); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	w := tabwriter.NewWriter(a.out, 2, 4, 2, ' ', 0)
+	if header {
+		fmt.Fprintln(w, "SEQ\tTIME\tKIND\tRESULT\tHOST\tWORKLOAD\tCREDENTIAL\tREASON")
+	}
+	for _, e := range evs {
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Local().Format("15:04:05.000"), e.Kind, e.Result,
+			orDash(e.Host), orDash(e.Workload), orDash(e.Credential), orDash(e.Reason))
+	}
+	return w.Flush()
+}
+
+func (a *app) auditExportCmd() *cobra.Command {
+	return &cobra.Command{
+		Use: "export", Short: "Print every event as JSON lines, exactly as stored (for archives and audit verify --file)", Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			raws, err := a.readAudit(1)
+			if err != nil {
+				return err
+			}
+			for _, r := range raws {
+				if r.Missing {
+					return fmt.Errorf("event %d was deleted from the stream: run audit verify", r.Seq)
+				}
+				fmt.Fprintf(a.out, "%s\n", r.Data)
+			}
+			return nil
+		},
+	}
+}
+
+func (a *app) auditVerifyCmd() *cobra.Command {
+	var file, key string
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Prove the audit chain intact, or name the first broken event",
+		Long: `Checks that every event follows the one before (hash chain), hashes to what
+it says and is signed by the verifier's key; a deleted, edited, removed or
+reordered event is named. Reads the stream, or an export with --file.`,
+		Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			if key == "" {
+				var st verifier.Status
+				if err := a.call("status", nil, &st); err != nil {
+					return fmt.Errorf("%w (or give the verifier's audit key with --key)", err)
+				}
+				key = st.AuditKey
+			}
+			var n int
+			var err error
+			if file != "" {
+				var lines [][]byte
+				if lines, err = readLines(file); err != nil {
+					return err
+				}
+				n, err = verifier.VerifyChain(lines, key, "")
+			} else {
+				var raws []verifier.RawEvent
+				if raws, err = a.readAudit(1); err != nil {
+					return err
+				}
+				n, err = verifier.VerifyRawEvents(raws, key, "")
+			}
+			if err != nil {
+				var ce *verifier.ChainError
+				if errors.As(err, &ce) {
+					return fmt.Errorf("audit chain BROKEN at event %d: %s (%d events before it verified)", ce.Seq, ce.Reason, n)
+				}
+				return err
+			}
+			fmt.Fprintf(a.out, "audit chain intact: %d events, signed by %s\n", n, key)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&file, "file", "", "verify an export (JSON lines) instead of the stream")
+	cmd.Flags().StringVar(&key, "key", "", "the verifier's audit key (default: ask the verifier)")
+	return cmd
+}
+
+func readLines(path string) ([][]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out [][]byte
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if len(sc.Bytes()) > 0 {
+			out = append(out, append([]byte(nil), sc.Bytes()...))
+		}
+	}
+	return out, sc.Err()
+}

@@ -1,0 +1,140 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+
+	"github.com/tpmauthn/tpmauthn/agent/client"
+	"github.com/tpmauthn/tpmauthn/verifier"
+)
+
+func wantBrokenAt(t *testing.T, what string, err error, seq uint64) {
+	t.Helper()
+	var ce *verifier.ChainError
+	if !errors.As(err, &ce) || ce.Seq != seq {
+		t.Fatalf("%s: verify = %v, want the chain broken at event %d", what, err, seq)
+	}
+}
+
+func TestAuditTrail(t *testing.T) {
+	s := newStack(t, func(s *stack) { s.vcfg.Audit.AllowDelete = true })
+	for range 3 {
+		nc, err := s.connect(t)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc.Close()
+	}
+	if nc, err := nats.Connect(s.v.ClientURL(), nats.Token("tpmauthn-join-forged"), nats.MaxReconnects(0)); err == nil {
+		nc.Close()
+		t.Fatal("forged token accepted")
+	}
+	who, _ := client.New(s.socket).WhoAmI(t.Context())
+	s.admin(t, "credential.revoke", verifier.IDRequest{ID: who.CredentialID, Reason: "audit test"}, nil)
+	s.v.FlushAudit()
+
+	var st verifier.Status
+	s.admin(t, "status", nil, &st)
+	var raws []verifier.RawEvent
+	s.admin(t, "audit.read", verifier.AuditReadRequest{From: 1, Max: 1000}, &raws)
+	n, err := verifier.VerifyRawEvents(raws, st.AuditKey, "")
+	if err != nil || n != len(raws) {
+		t.Fatalf("verify the real stream: %d of %d, %v", n, len(raws), err)
+	}
+	var kinds []string
+	for _, e := range readAudit(t, s) {
+		kinds = append(kinds, e.Kind+"/"+e.Result)
+	}
+	for _, want := range []string{"enroll/ok", "register/ok", "connect/allow", "connect.enroll/deny", "revoke/ok"} {
+		if !slices.Contains(kinds, want) {
+			t.Errorf("audit lacks %s: %v", want, kinds)
+		}
+	}
+	lines := make([][]byte, len(raws))
+	for i, r := range raws {
+		lines[i] = r.Data
+	}
+	k := len(lines) / 2
+	kseq := raws[k].Seq
+
+	edited := slices.Clone(lines)
+	edited[k] = bytes.Replace(lines[k], []byte(`"result":"`), []byte(`"result":"x`), 1)
+	_, err = verifier.VerifyChain(edited, st.AuditKey, "")
+	wantBrokenAt(t, "edited line", err, kseq)
+
+	removed := slices.Delete(slices.Clone(lines), k, k+1)
+	_, err = verifier.VerifyChain(removed, st.AuditKey, "")
+	wantBrokenAt(t, "removed line", err, kseq)
+
+	reordered := slices.Clone(lines)
+	reordered[k], reordered[k+1] = reordered[k+1], reordered[k]
+	_, err = verifier.VerifyChain(reordered, st.AuditKey, "")
+	wantBrokenAt(t, "reordered lines", err, kseq)
+
+	// Re-signed with another key: the signature gives it away.
+	var e verifier.Event
+	_ = json.Unmarshal(lines[0], &e)
+	other, _ := nkeys.CreateAccount()
+	otherPub, _ := other.PublicKey()
+	_, err = verifier.VerifyChain(lines, otherPub, "")
+	wantBrokenAt(t, "another key", err, e.Seq)
+
+	// A message deleted from the stream.
+	kp, err := verifier.LoadNKey(verifierSeed(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pk, _ := kp.PublicKey()
+	nc, err := nats.Connect(s.v.ClientURL(), nats.Nkey(pk, kp.Sign))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	stream, err := js.Stream(context.Background(), "TPMAUTHN_AUDIT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.DeleteMsg(context.Background(), kseq); err != nil {
+		t.Fatal(err)
+	}
+	s.admin(t, "audit.read", verifier.AuditReadRequest{From: 1, Max: 1000}, &raws)
+	_, err = verifier.VerifyRawEvents(raws, st.AuditKey, "")
+	wantBrokenAt(t, "deleted message", err, kseq)
+}
+
+func TestAuditStreamRefusesDeletion(t *testing.T) {
+	s := newStack(t)
+	s.v.FlushAudit()
+	kp, err := verifier.LoadNKey(verifierSeed(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pk, _ := kp.PublicKey()
+	nc, err := nats.Connect(s.v.ClientURL(), nats.Nkey(pk, kp.Sign))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	stream, err := js.Stream(context.Background(), "TPMAUTHN_AUDIT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.DeleteMsg(context.Background(), 1); err == nil {
+		t.Fatal("the audit stream let a message be deleted")
+	}
+}
+
+func verifierSeed(s *stack) string {
+	p := verifier.SysSeedFile(s.vcfg.DataDir)
+	return p[:len(p)-len("sys.nk")] + "verifier.nk"
+}

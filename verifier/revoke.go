@@ -1,0 +1,175 @@
+package verifier
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tpmauthn/tpmauthn/attestation"
+)
+
+// HostOffboarded is the status of a host removed from the fleet: its
+// credentials are revoked and its EK may enroll again.
+const HostOffboarded = "offboarded"
+
+// kickTimeout bounds one KICK request to a server.
+const kickTimeout = time.Second
+
+// connectSys opens the system-account connection used for kicks.
+func (v *Verifier) connectSys(url string) error {
+	kp := v.keys.Sys
+	nc, err := nats.Connect(url, nats.Name("tpmauthn-verifier-sys"), nats.Nkey(pub(kp), kp.Sign), nats.MaxReconnects(-1))
+	if err != nil {
+		return fmt.Errorf("connect to NATS as the system user (for kicks): %w", err)
+	}
+	v.sysNC = nc
+	return nil
+}
+
+// kick disconnects the live sessions of a credential, each on the server
+// that holds it ($SYS.REQ.SERVER.<id>.KICK). A session already gone is not
+// an error.
+func (v *Verifier) kick(c *Credential) int {
+	now := time.Now()
+	n := 0
+	for _, s := range c.Sessions {
+		if !s.Expires.After(now) || v.sysNC == nil {
+			continue
+		}
+		body, _ := json.Marshal(map[string]uint64{"cid": s.Client})
+		m, err := v.sysNC.Request("$SYS.REQ.SERVER."+s.Server+".KICK", body, kickTimeout)
+		if err != nil {
+			v.log.Warn("kick failed", "credential", c.ID, "server", s.Server, "client", s.Client, "error", err)
+			continue
+		}
+		var resp struct {
+			Error *struct {
+				Description string `json:"description"`
+			} `json:"error"`
+		}
+		if json.Unmarshal(m.Data, &resp) == nil && resp.Error != nil {
+			continue // no such client: it left already
+		}
+		n++
+	}
+	if n > 0 {
+		v.log.Info("live sessions kicked", "credential", c.ID, "count", n)
+	}
+	return n
+}
+
+// setCredentialStatus changes a credential's status (compare-and-set, with
+// retries) and kicks its live sessions unless it becomes active.
+func (v *Verifier) setCredentialStatus(ctx context.Context, id, status, reason string) (*Credential, error) {
+	for range 20 {
+		c, rev, err := get[Credential](ctx, v.st.creds, id)
+		if err != nil {
+			return nil, err
+		}
+		c.Status, c.Reason, c.Updated = status, reason, time.Now().UTC()
+		if err := update(ctx, v.st.creds, c.ID, c, rev); errors.Is(err, ErrConflict) {
+			continue
+		} else if err != nil {
+			return nil, err
+		}
+		if status != CredActive {
+			v.kick(c)
+		}
+		return c, nil
+	}
+	return nil, ErrConflict
+}
+
+// hostCredentials lists a host's credentials.
+func (v *Verifier) hostCredentials(ctx context.Context, host string) ([]*Credential, error) {
+	all, err := list[Credential](ctx, v.st.creds)
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(all, func(c *Credential) bool { return c.Host != host }), nil
+}
+
+// revokeHost sets the host's status and revokes every credential of it (so
+// that a connect racing with the revocation is ordered by the credential's
+// compare-and-set, and its session is kicked).
+func (v *Verifier) revokeHost(ctx context.Context, id, status, reason string) (*Host, error) {
+	h, err := v.changeHost(ctx, id, func(h *Host) error {
+		h.Status, h.Reason = status, reason
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	creds, err := v.hostCredentials(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range creds {
+		if c.Status == CredRevoked {
+			v.kick(c)
+			continue
+		}
+		if _, err := v.setCredentialStatus(ctx, c.ID, CredRevoked, "host "+status+": "+reason); err != nil {
+			return nil, err
+		}
+	}
+	if status == HostOffboarded {
+		// Forget the EK enrollment: the TPM may enroll again, as a new host.
+		if err := v.st.eks.Delete(ctx, h.EKHash); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil, fmt.Errorf("forget EK enrollment: %w", err)
+		}
+	}
+	return h, nil
+}
+
+// watchRevocations kicks sessions whenever a credential leaves the active
+// state, whichever verifier instance (or operator tool) changed it.
+func (v *Verifier) watchRevocations(ctx context.Context) error {
+	w, err := v.st.creds.WatchAll(ctx, jetstream.UpdatesOnly())
+	if err != nil {
+		return fmt.Errorf("watch credentials: %w", err)
+	}
+	v.wg.Add(1)
+	go func() {
+		defer v.wg.Done()
+		for e := range w.Updates() {
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			var c Credential
+			if json.Unmarshal(e.Value(), &c) != nil || c.Status == CredActive {
+				continue
+			}
+			v.kick(&c)
+		}
+	}()
+	return nil
+}
+
+// alert publishes a tamper signal on tpmauthn.alerts.<kind>, counts it and
+// audits it.
+func (v *Verifier) alert(kind string, e Event) {
+	e.Kind, e.Result = "alert."+kind, "alert"
+	v.metrics.tamper.WithLabelValues(kind).Inc()
+	v.log.Warn("tamper signal", "kind", kind, "host", e.Host, "credential", e.Credential, "reason", e.Reason)
+	if b, err := json.Marshal(e); err == nil && v.nc != nil {
+		_ = v.nc.Publish("tpmauthn.alerts."+kind, b)
+	}
+	v.audit.record(e)
+}
+
+// Alert kinds.
+const (
+	AlertCounterRegression = "counter_regression"
+	AlertRevokedUsed       = "revoked_credential_used"
+	AlertAKMismatch        = "ak_mismatch"
+	AlertEKUntrusted       = "ek_untrusted"
+)
+
+var _ = attestation.ErrCounterRegression

@@ -191,10 +191,18 @@ func TestCounterEqualDenied(t *testing.T) {
 	})
 	nc, err = nats.Connect(s.v.ClientURL(), signer, nats.MaxReconnects(0))
 	wantDenied(t, nc, err)
-	// The real agent still connects: its counter is above.
+	// The credential is quarantined (a tamper signal): the real agent is
+	// refused too until an operator reviews and releases it.
+	s.admin(t, "credential.show", verifier.IDRequest{ID: who.CredentialID}, &c)
+	if c.Status != verifier.CredQuarantined {
+		t.Fatalf("after a counter regression the credential is %s, want quarantined", c.Status)
+	}
+	nc, err = s.connect(t)
+	wantDenied(t, nc, err)
+	s.admin(t, "credential.release", verifier.IDRequest{ID: who.CredentialID, Reason: "reviewed"}, nil)
 	nc, err = s.connect(t)
 	if err != nil {
-		t.Fatalf("the agent after the clone's attempt: %v", err)
+		t.Fatalf("the agent after release: %v", err)
 	}
 	nc.Close()
 }

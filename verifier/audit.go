@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -70,13 +69,18 @@ type auditLog struct {
 	stream   jetstream.Stream
 	key      nkeys.KeyPair
 	log      *slog.Logger
-	ch       chan Event
+	ch       chan auditItem
 	done     chan struct{}
 	lastSeq  uint64
 	lastHash string
 	appended func(time.Duration)
-	mu       sync.Mutex // guards flush waiters
-	waiters  []chan struct{}
+}
+
+// auditItem is an event to append, or (flushed set) a marker that is
+// signalled once everything queued before it is appended.
+type auditItem struct {
+	ev      Event
+	flushed chan struct{}
 }
 
 // AuditConfig configures the stream.
@@ -96,7 +100,7 @@ func openAudit(ctx context.Context, js jetstream.JetStream, key nkeys.KeyPair, c
 	if err != nil {
 		return nil, fmt.Errorf("audit stream: %w", err)
 	}
-	a := &auditLog{js: js, stream: s, key: key, log: log, ch: make(chan Event, 1<<14), done: make(chan struct{})}
+	a := &auditLog{js: js, stream: s, key: key, log: log, ch: make(chan auditItem, 1<<14), done: make(chan struct{})}
 	if err := a.readHead(ctx); err != nil {
 		return nil, err
 	}
@@ -135,7 +139,7 @@ func (a *auditLog) record(e Event) {
 		e.Time = time.Now().UTC()
 	}
 	select {
-	case a.ch <- e:
+	case a.ch <- auditItem{ev: e}:
 	case <-a.done:
 	}
 }
@@ -147,13 +151,10 @@ func (a *auditLog) flush() {
 	}
 	w := make(chan struct{})
 	select {
-	case a.ch <- Event{Kind: "\x00flush"}:
+	case a.ch <- auditItem{flushed: w}:
 	case <-a.done:
 		return
 	}
-	a.mu.Lock()
-	a.waiters = append(a.waiters, w)
-	a.mu.Unlock()
 	select {
 	case <-w:
 	case <-a.done:
@@ -173,18 +174,13 @@ func (a *auditLog) run() {
 		select {
 		case <-a.done:
 			return
-		case e := <-a.ch:
-			if e.Kind == "\x00flush" {
-				a.mu.Lock()
-				if len(a.waiters) > 0 {
-					close(a.waiters[0])
-					a.waiters = a.waiters[1:]
-				}
-				a.mu.Unlock()
+		case it := <-a.ch:
+			if it.flushed != nil {
+				close(it.flushed)
 				continue
 			}
-			if err := a.append(e); err != nil {
-				a.log.Error("audit append failed", "kind", e.Kind, "error", err)
+			if err := a.append(it.ev); err != nil {
+				a.log.Error("audit append failed", "kind", it.ev.Kind, "error", err)
 			}
 		}
 	}

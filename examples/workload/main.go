@@ -23,14 +23,15 @@ func main() {
 	subject := flag.String("subject", "demo.greetings", "subject to publish and subscribe on")
 	forbidden := flag.String("forbidden", "", "also publish here and report the server's refusal")
 	replay := flag.Bool("replay", false, "also replay this connection's signature on a new connection and report the refusal")
+	hold := flag.Duration("hold", 0, "then keep the connection open this long, reporting if the server drops it")
 	flag.Parse()
-	if err := run(*socket, *url, *subject, *forbidden, *replay); err != nil {
+	if err := run(*socket, *url, *subject, *forbidden, *replay, *hold); err != nil {
 		fmt.Fprintln(os.Stderr, "workload:", err)
 		os.Exit(1)
 	}
 }
 
-func run(socket, url, subject, forbidden string, replay bool) error {
+func run(socket, url, subject, forbidden string, replay bool, hold time.Duration) error {
 	who, err := client.New(socket).WhoAmI(context.Background())
 	if err != nil {
 		return err
@@ -41,11 +42,24 @@ func run(socket, url, subject, forbidden string, replay bool) error {
 		return err
 	}
 	violations := make(chan error, 4)
-	opts = append(opts, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
+	opts = append(opts, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		select {
+		case violations <- err:
+		default:
+		}
+	}))
 	rec := &recorder{}
 	if replay {
 		opts = append(opts, rec.wrap(opts))
 	}
+	closed := make(chan struct{})
+	opts = append(opts,
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if hold > 0 {
+				fmt.Printf("connection dropped by the server at unix_ms=%d (%v); reconnecting...\n", time.Now().UnixMilli(), err)
+			}
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { close(closed) }))
 	start := time.Now()
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
@@ -71,9 +85,25 @@ func run(socket, url, subject, forbidden string, replay bool) error {
 			return err
 		}
 	}
-	if forbidden == "" {
-		return nil
+	if forbidden != "" {
+		if err := refused(nc, forbidden, violations); err != nil {
+			return err
+		}
 	}
+	if hold > 0 {
+		fmt.Printf("holding the connection open for %v\n", hold)
+		select {
+		case <-closed:
+			fmt.Printf("connection closed: the server refused to re-authorize this workload (%v)\n", nc.LastError())
+		case <-time.After(hold):
+			fmt.Println("held the connection to the end")
+		}
+	}
+	return nil
+}
+
+// refused publishes outside the role and waits for the server's refusal.
+func refused(nc *nats.Conn, forbidden string, violations chan error) error {
 	if err := nc.Publish(forbidden, []byte("should be refused")); err != nil {
 		return err
 	}

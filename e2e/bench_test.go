@@ -12,8 +12,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/agent/client"
 	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/verifier"
 )
 
 // percentiles returns p50 and p99 in milliseconds.
@@ -112,4 +114,52 @@ func BenchmarkChain(b *testing.B) {
 	b.ReportMetric(cmdsSocket, "tpm-cmds/assertion")
 	b.Logf("n=%d  TPM2_Sign p50 %.2f p99 %.2f ms | socket sign p50 %.2f p99 %.2f ms | connect p50 %.2f p99 %.2f ms | decision p50 %.0f p99 %.0f us",
 		n, sp50, sp99, kp50, kp99, cp50, cp99, dp50*1000, dp99*1000)
+}
+
+// BenchmarkRevokeToDisconnect revokes live credentials one at a time (at
+// least 20) and reports, for each, the time from sending the revoke to the
+// client seeing its connection closed, and that time relative to the
+// command's reply (negative: the connection was gone before the reply).
+func BenchmarkRevokeToDisconnect(b *testing.B) {
+	const n = 24
+	var ws []agent.Workload
+	for i := range n {
+		ws = append(ws, uidWorkload(fmt.Sprintf("w%02d", i), uint32(20000+i)))
+	}
+	s := newStack(b, withWorkloads(ws...))
+	auth := s.ag.Authenticator()
+	creds, err := auth.Credentials()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var fromSend, fromReply []time.Duration
+	for _, c := range creds {
+		if c.Name == "tpmauthn-agent" {
+			continue
+		}
+		closed := make(chan time.Time, 1)
+		nc, err := nats.Connect(s.v.ClientURL(), append(credentialOptions(auth, c.ID), nats.NoReconnect(),
+			nats.ClosedHandler(func(*nats.Conn) { closed <- time.Now() }))...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sent := time.Now()
+		s.admin(b, "credential.revoke", verifier.IDRequest{ID: c.IDString(), Reason: "bench"}, nil)
+		replied := time.Now()
+		select {
+		case at := <-closed:
+			fromSend = append(fromSend, at.Sub(sent))
+			fromReply = append(fromReply, at.Sub(replied))
+		case <-time.After(5 * time.Second):
+			b.Fatal("connection not dropped within 5s")
+		}
+		nc.Close()
+	}
+	p50, p99 := percentiles(fromSend)
+	r50, r99 := percentiles(fromReply)
+	b.ReportMetric(p50, "revoke-to-drop-p50-ms")
+	b.ReportMetric(p99, "revoke-to-drop-p99-ms")
+	b.ReportMetric(r50, "reply-to-drop-p50-ms")
+	b.ReportMetric(r99, "reply-to-drop-p99-ms")
+	b.Logf("%d revocations: send->drop p50 %.2f p99 %.2f ms; reply->drop p50 %.2f p99 %.2f ms", len(fromSend), p50, p99, r50, r99)
 }

@@ -53,6 +53,7 @@ func LoadOrCreateKeys(dir string) (*Keys, []string, error) {
 	}
 	var k Keys
 	var created []string
+	var err error
 	nk := []struct {
 		file   string
 		dst    *nkeys.KeyPair
@@ -73,6 +74,9 @@ func LoadOrCreateKeys(dir string) (*Keys, []string, error) {
 		if made {
 			created = append(created, n.file)
 		}
+	}
+	if k.Issuer, err = newFastKeyPair(k.Issuer); err != nil {
+		return nil, nil, fmt.Errorf("issuer key: %w", err)
 	}
 	ca, key, made, err := loadOrCreateCA(dir)
 	if err != nil {

@@ -34,8 +34,11 @@ type WhoAmI struct {
 	Workload     string `json:"workload"`
 	Host         string `json:"host"`
 	CredentialID string `json:"credential_id"`
-	RPID         string `json:"rp_id"`
-	Caller       *Peer  `json:"caller"`
+	// NKey is what to present as CONNECT nkey: the credential's lineage,
+	// which stays the same when the credential rotates.
+	NKey   string `json:"nkey"`
+	RPID   string `json:"rp_id"`
+	Caller *Peer  `json:"caller"`
 }
 
 // AssertionRequest is POST /v1/assertion.
@@ -72,7 +75,7 @@ func (a *Agent) routes() http.Handler {
 type caller struct {
 	peer     *Peer
 	workload string
-	credID   []byte
+	cred     *Credential
 }
 
 func (a *Agent) withCaller(h func(http.ResponseWriter, *http.Request, *caller)) http.HandlerFunc {
@@ -96,15 +99,15 @@ func (a *Agent) withCaller(h func(http.ResponseWriter, *http.Request, *caller)) 
 			return
 		}
 		a.mu.Lock()
-		id := a.creds[name]
+		cred := a.creds[name]
 		a.mu.Unlock()
-		if id == nil {
+		if cred == nil {
 			writeErr(w, http.StatusServiceUnavailable, "workload "+name+" has no credential yet", "the agent registers credentials at start; see its log")
 			return
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RequestTimeout)
 		defer cancel()
-		h(w, r.WithContext(ctx), &caller{peer: p, workload: name, credID: id})
+		h(w, r.WithContext(ctx), &caller{peer: p, workload: name, cred: cred})
 	}
 }
 
@@ -123,7 +126,7 @@ func (a *Agent) whoami(w http.ResponseWriter, _ *http.Request, c *caller) {
 	a.mu.Lock()
 	e := a.enroll
 	a.mu.Unlock()
-	respondJSON(w, http.StatusOK, WhoAmI{Workload: c.workload, Host: e.HostID, CredentialID: b64url(c.credID), RPID: e.RPID, Caller: c.peer})
+	respondJSON(w, http.StatusOK, WhoAmI{Workload: c.workload, Host: e.HostID, CredentialID: c.cred.IDString(), NKey: c.cred.NKey(), RPID: e.RPID, Caller: c.peer})
 }
 
 func decodeBody(r *http.Request, v any) error {
@@ -149,7 +152,7 @@ func (a *Agent) assertion(w http.ResponseWriter, r *http.Request, c *caller) {
 	var as *attestation.Assertion
 	err = a.queue.Do(r.Context(), c.workload, func() error {
 		var err error
-		as, err = a.auth.Assert(c.credID, chal)
+		as, err = a.auth.Assert(c.cred.ID, chal)
 		return err
 	})
 	a.metrics.assertion(c.workload, "webauthn", err)
@@ -170,12 +173,12 @@ func (a *Agent) natsSign(w http.ResponseWriter, r *http.Request, c *caller) {
 		writeErr(w, http.StatusBadRequest, "nonce must be 1 to 256 bytes", "")
 		return
 	}
-	bundle, err := a.natsSig(r.Context(), c.workload, c.credID, []byte(req.Nonce))
+	bundle, err := a.natsSig(r.Context(), c.workload, c.cred.ID, []byte(req.Nonce))
 	if err != nil {
 		a.tpmErr(w, c, err)
 		return
 	}
-	respondJSON(w, http.StatusOK, NATSSignResponse{NKey: b64url(c.credID), Sig: b64url(bundle)})
+	respondJSON(w, http.StatusOK, NATSSignResponse{NKey: c.cred.NKey(), Sig: b64url(bundle)})
 }
 
 func (a *Agent) tpmErr(w http.ResponseWriter, c *caller, err error) {

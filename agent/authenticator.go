@@ -43,6 +43,17 @@ type Credential struct {
 	// counter resumes above it, so no value is ever used twice.
 	CounterReserved uint32  `json:"counter_reserved"`
 	Key             tpm.Key `json:"key"`
+	// Lineage is the ID of the first credential of this workload's rotation
+	// chain: the CONNECT nkey its workload keeps across rotations.
+	Lineage []byte `json:"lineage,omitempty"`
+}
+
+// NKey is what a workload presents as CONNECT nkey for this credential.
+func (c *Credential) NKey() string {
+	if len(c.Lineage) > 0 {
+		return base64.RawURLEncoding.EncodeToString(c.Lineage)
+	}
+	return c.IDString()
 }
 
 // counterBlock is how many counter values one fsync reserves: the disk write
@@ -160,6 +171,7 @@ type RegisterOptions struct {
 	Origin     string
 	Challenge  []byte // verifier-issued, at least 16 bytes
 	UserHandle []byte // 1..64 bytes; random when empty
+	Lineage    []byte // for a rotation: the lineage of the replaced credential
 }
 
 // Register creates a TPM credential key, has the AK certify it and returns a
@@ -176,7 +188,7 @@ func (a *Authenticator) Register(o RegisterOptions) (*attestation.RegistrationRe
 	if akCert == nil {
 		return nil, nil, ErrNotEnrolled
 	}
-	cred := &Credential{Name: o.Name, RPID: o.RPID, Origin: o.Origin, UserHandle: o.UserHandle, Created: time.Now().UTC()}
+	cred := &Credential{Name: o.Name, RPID: o.RPID, Origin: o.Origin, UserHandle: o.UserHandle, Created: time.Now().UTC(), Lineage: o.Lineage}
 	if cred.ID, err = randomBytes(credentialIDLen); err != nil {
 		return nil, nil, err
 	}

@@ -44,6 +44,9 @@ type Config struct {
 	Ready func()
 	// MetricsListen serves Prometheus metrics at http://ADDR/metrics.
 	MetricsListen string
+	// RotationCheck is how often the agent asks the verifier which
+	// credentials to rotate (1m).
+	RotationCheck time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -55,6 +58,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = 5 * time.Second
+	}
+	if c.RotationCheck == 0 {
+		c.RotationCheck = time.Minute
 	}
 	if c.ApprovalPoll == 0 {
 		c.ApprovalPoll = 5 * time.Second
@@ -90,14 +96,17 @@ type Agent struct {
 	srv   *http.Server
 	ln    net.Listener
 
+	stopRotation context.CancelFunc
+
 	metrics     *agentMetrics
 	metricsSrv  *http.Server
 	metricsAddr string
 
+	ncMu   sync.Mutex // guards nc's creation
 	mu     sync.Mutex
 	enroll *Enrollment
-	creds  map[string][]byte // workload -> credential ID
-	nc     *nats.Conn        // host-credential session to the verifier
+	creds  map[string]*Credential // workload -> its current credential
+	nc     *nats.Conn             // host-credential session to the verifier
 }
 
 // New checks the configuration.
@@ -107,7 +116,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	q := newTPMQueue(256)
-	return &Agent{cfg: cfg, log: cfg.Logger, queue: q, peers: newPeerIdentifier(), creds: map[string][]byte{}, metrics: newAgentMetrics(q)}, nil
+	return &Agent{cfg: cfg, log: cfg.Logger, queue: q, peers: newPeerIdentifier(), creds: map[string]*Credential{}, metrics: newAgentMetrics(q)}, nil
 }
 
 // Run opens the TPM, enrolls if needed, makes sure every configured workload
@@ -156,6 +165,9 @@ func (a *Agent) Start(ctx context.Context) error {
 		}
 		a.metricsAddr = addr
 	}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	a.stopRotation = cancel
+	go a.rotateLoop(rctx)
 	if a.cfg.Ready != nil {
 		a.cfg.Ready()
 	}
@@ -165,6 +177,9 @@ func (a *Agent) Start(ctx context.Context) error {
 // Close stops serving and closes the TPM.
 func (a *Agent) Close() error {
 	var errs []error
+	if a.stopRotation != nil {
+		a.stopRotation()
+	}
 	a.stopMetrics()
 	if a.srv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -172,11 +187,11 @@ func (a *Agent) Close() error {
 		cancel()
 	}
 	a.queue.shutdown()
-	a.mu.Lock()
+	a.ncMu.Lock()
 	if a.nc != nil {
 		a.nc.Close()
 	}
-	a.mu.Unlock()
+	a.ncMu.Unlock()
 	if a.tp != nil {
 		errs = append(errs, a.tp.Close())
 	}
@@ -302,6 +317,13 @@ func (a *Agent) ensureCredentials(ctx context.Context) error {
 			return fmt.Errorf("register the host credential: %w", err)
 		}
 	}
+	hc, err := a.latest(agentWorkload)
+	if err != nil {
+		return fmt.Errorf("host credential: %w", err)
+	}
+	a.mu.Lock()
+	a.creds[agentWorkload] = hc
+	a.mu.Unlock()
 	for _, w := range a.cfg.Workloads {
 		c, err := a.latest(w.Name)
 		if errors.Is(err, ErrUnknownCredential) {
@@ -317,7 +339,7 @@ func (a *Agent) ensureCredentials(ctx context.Context) error {
 			return fmt.Errorf("workload %s: %w", w.Name, err)
 		}
 		a.mu.Lock()
-		a.creds[w.Name] = c.ID
+		a.creds[w.Name] = c
 		a.mu.Unlock()
 	}
 	return nil
@@ -326,20 +348,26 @@ func (a *Agent) ensureCredentials(ctx context.Context) error {
 // verifierConn returns the agent's own NATS session, authenticated like a
 // workload's: the host credential signs each connection's nonce.
 func (a *Agent) verifierConn() (*nats.Conn, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	// ncMu, not mu: nats.Connect calls the signer, which takes mu.
+	a.ncMu.Lock()
+	defer a.ncMu.Unlock()
 	if a.nc != nil && !a.nc.IsClosed() {
 		return a.nc, nil
 	}
-	hc, err := a.latest(agentWorkload)
-	if err != nil {
-		return nil, fmt.Errorf("host credential: %w", err)
+	a.mu.Lock()
+	hc := a.creds[agentWorkload]
+	a.mu.Unlock()
+	if hc == nil {
+		return nil, errors.New("host credential: not registered")
 	}
 	nc, err := nats.Connect(a.cfg.NATSURL, nats.Name("tpmauthn-agent"),
-		nats.Nkey(hc.IDString(), func(nonce []byte) ([]byte, error) {
+		nats.Nkey(hc.NKey(), func(nonce []byte) ([]byte, error) {
 			ctx, cancel := context.WithTimeout(context.Background(), a.cfg.RequestTimeout)
 			defer cancel()
-			return a.natsSig(ctx, agentWorkload, hc.ID, nonce)
+			a.mu.Lock()
+			cur := a.creds[agentWorkload] // the current one, after rotations too
+			a.mu.Unlock()
+			return a.natsSig(ctx, agentWorkload, cur.ID, nonce)
 		}),
 		nats.Timeout(5*time.Second), nats.ReconnectJitter(500*time.Millisecond, 2*time.Second))
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
+	"time"
 
 	"github.com/google/go-attestation/attest"
 	"github.com/nats-io/nats.go"
@@ -161,4 +162,44 @@ func (a *Authenticator) RegisterWithVerifier(ctx context.Context, nc *nats.Conn,
 		return nil, err
 	}
 	return cred, nil
+}
+
+// RotateWithVerifier replaces old with a new TPM credential for the same
+// workload: the AK certifies the new key as at registration, and old signs a
+// rotation proof over the verifier's challenge and the new credential's ID,
+// so only the holder of the old credential can name its successor. It
+// returns the new credential and when the verifier stops accepting old.
+func (a *Authenticator) RotateWithVerifier(ctx context.Context, nc *nats.Conn, old *Credential) (*Credential, time.Time, error) {
+	e, err := a.Enrollment()
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	var begin attestation.RegisterBeginResponse
+	if err := call(ctx, nc, attestation.SubjectRegisterBegin, &attestation.RegisterBeginRequest{
+		HostID: e.HostID, Workload: old.Name, RotateFrom: old.IDString(),
+	}, &begin); err != nil {
+		return nil, time.Time{}, err
+	}
+	lineage := old.Lineage
+	if len(lineage) == 0 {
+		lineage = old.ID
+	}
+	resp, cred, err := a.Register(RegisterOptions{Name: old.Name, RPID: begin.RPID, Origin: begin.Origin,
+		Challenge: begin.Challenge, UserHandle: begin.UserHandle, Lineage: lineage})
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	proof, err := a.Assert(old.ID, attestation.RotationChallenge(begin.Challenge, cred.ID))
+	if err != nil {
+		_ = a.DeleteCredential(cred.ID)
+		return nil, time.Time{}, err
+	}
+	var fin attestation.RegisterFinishResponse
+	if err := call(ctx, nc, attestation.SubjectRegisterFinish, &attestation.RegisterFinishRequest{
+		HostID: e.HostID, Workload: old.Name, Challenge: begin.Challenge, Response: resp, RotationProof: proof.JSON(),
+	}, &fin); err != nil {
+		_ = a.DeleteCredential(cred.ID)
+		return nil, time.Time{}, err
+	}
+	return cred, fin.Retires, nil
 }

@@ -106,6 +106,9 @@ const (
 type RegisterBeginRequest struct {
 	HostID   string `json:"host_id"`
 	Workload string `json:"workload"`
+	// RotateFrom names the credential this one replaces; the finish request
+	// must then carry a rotation proof signed by it.
+	RotateFrom string `json:"rotate_from,omitempty"`
 }
 
 // RegisterBeginResponse is the challenge and the WebAuthn parameters.
@@ -123,11 +126,49 @@ type RegisterFinishRequest struct {
 	Workload  string                `json:"workload"`
 	Challenge []byte                `json:"challenge"`
 	Response  *RegistrationResponse `json:"response"`
+	// RotationProof is an assertion by the replaced credential over
+	// RotationChallenge(challenge, new credential ID).
+	RotationProof *AssertionResponse `json:"rotation_proof,omitempty"`
+}
+
+// SubjectCredentialStatus: an agent asks which of its credentials must
+// rotate (tpmauthn.v1.credentials.status).
+const SubjectCredentialStatus = "tpmauthn.v1.credentials.status"
+
+// CredentialStatusRequest names the asking host.
+type CredentialStatusRequest struct {
+	HostID string `json:"host_id"`
+}
+
+// CredentialState is what the verifier says of one credential.
+type CredentialState struct {
+	ID       string    `json:"id"`
+	Workload string    `json:"workload"`
+	Status   string    `json:"status"`
+	Created  time.Time `json:"created"`
+	RotateBy time.Time `json:"rotate_by,omitzero"` // rotate before this (max age, or now if requested)
+	Retires  time.Time `json:"retires,omitzero"`   // replaced: refused after this
+}
+
+// rotationLabel separates rotation proofs from every other signature.
+const rotationLabel = "tpmauthn/rotate/v1\x00"
+
+// RotationChallenge is what the replaced credential signs to vouch for its
+// successor: the verifier's registration challenge and the new credential's
+// ID, so the proof cannot be moved to another registration.
+func RotationChallenge(challenge, newCredentialID []byte) []byte {
+	h := sha256.New()
+	h.Write([]byte(rotationLabel))
+	h.Write(challenge)
+	h.Write(newCredentialID)
+	return h.Sum(nil)
 }
 
 // RegisterFinishResponse names the stored credential.
 type RegisterFinishResponse struct {
 	CredentialID string `json:"credential_id"`
+	// Retires is when a replaced credential stops being accepted.
+	Retires time.Time `json:"retires,omitzero"`
 }
 
 // ErrorResponse is any endpoint's refusal. Code is stable for programs.

@@ -83,6 +83,7 @@ func (v *Verifier) adminEndpoints() map[string]func(context.Context, []byte) (an
 		"credential.show":    v.adminCredentialShow,
 		"credential.revoke":  v.adminCredentialRevoke,
 		"credential.release": v.adminCredentialRelease,
+		"credential.rotate":  v.adminCredentialRotate,
 		"host.offboard":      v.adminHostOffboard,
 		"audit.read":         v.adminAuditRead,
 		"ek.allow":           v.adminEKAllow,
@@ -216,6 +217,33 @@ func (v *Verifier) adminCredentialRelease(ctx context.Context, body []byte) (any
 		v.audit.record(Event{Kind: "release", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
 	}
 	return c, err
+}
+
+// adminCredentialRotate asks the credential's agent to rotate it now; the
+// agent learns it over its own session (credentials.status).
+func (v *Verifier) adminCredentialRotate(ctx context.Context, body []byte) (any, error) {
+	var req IDRequest
+	if err := decode(body, &req); err != nil {
+		return nil, err
+	}
+	for range 20 {
+		c, rev, err := get[Credential](ctx, v.st.creds, req.ID)
+		if err != nil {
+			return nil, err
+		}
+		if c.Status != CredActive || !c.Retires.IsZero() {
+			return nil, fmt.Errorf("%w: credential %s is %s (replaced: %v)", ErrBadRequest, c.ID, c.Status, !c.Retires.IsZero())
+		}
+		c.RotateRequested, c.Updated = true, time.Now().UTC()
+		if err := update(ctx, v.st.creds, c.ID, c, rev); errors.Is(err, ErrConflict) {
+			continue
+		} else if err != nil {
+			return nil, err
+		}
+		v.audit.record(Event{Kind: "rotate.request", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
+		return c, nil
+	}
+	return nil, ErrConflict
 }
 
 // AuditReadRequest pages through the audit stream.

@@ -38,6 +38,8 @@ type Config struct {
 	Origin string // WebAuthn origin (tpmauthn://RPID)
 
 	AKCertValidity    time.Duration // 1 year
+	CredentialMaxAge  time.Duration // agents rotate credentials before this age (30 days; negative: never)
+	RotationGrace     time.Duration // a replaced credential stays valid this long (10m)
 	EnrollSessionTTL  time.Duration // lifetime of an enrollment session's NATS JWT (5m)
 	RegisterChallenge time.Duration // lifetime of a registration challenge (2m)
 	Workers           int           // concurrent requests (64)
@@ -82,6 +84,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.RegisterChallenge == 0 {
 		c.RegisterChallenge = 2 * time.Minute
+	}
+	if c.CredentialMaxAge == 0 {
+		c.CredentialMaxAge = 30 * 24 * time.Hour
+	}
+	if c.RotationGrace == 0 {
+		c.RotationGrace = 10 * time.Minute
 	}
 	if c.Workers == 0 {
 		c.Workers = 64

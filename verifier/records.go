@@ -60,6 +60,25 @@ type Credential struct {
 	// Sessions are the live NATS sessions granted to this credential, for
 	// kicks on revocation.
 	Sessions []SessionRef `json:"sessions,omitempty"`
+	// Lineage is the ID of the first credential of a rotation chain: the
+	// CONNECT nkey a workload keeps across rotations.
+	Lineage         string    `json:"lineage,omitempty"`
+	RotateRequested bool      `json:"rotate_requested,omitempty"`
+	Retires         time.Time `json:"retires,omitzero"` // replaced: refused after this
+	ReplacedBy      string    `json:"replaced_by,omitempty"`
+}
+
+// nkey is what a workload presents as CONNECT nkey for this credential.
+func (c *Credential) nkey() string {
+	if c.Lineage != "" {
+		return c.Lineage
+	}
+	return c.ID
+}
+
+// retired reports whether a replaced credential's grace period is over.
+func (c *Credential) retired(now time.Time) bool {
+	return !c.Retires.IsZero() && now.After(c.Retires)
 }
 
 // Token is a join token (bucket tokens, key = hex SHA-256 of the token; the
@@ -109,6 +128,15 @@ type challenge struct {
 	Workload   string    `json:"workload"`
 	UserHandle []byte    `json:"user_handle"`
 	Expires    time.Time `json:"expires"`
+	RotateFrom string    `json:"rotate_from,omitempty"`
+}
+
+// workloadIndex names a host's current credential for a workload (bucket
+// workloads, key host.workload): one credential per workload, replaced only
+// by a rotation the old one vouches for.
+type workloadIndex struct {
+	V          int    `json:"v"`
+	Credential string `json:"credential"`
 }
 
 // ekEnrollment binds an EK to its host (bucket eks, key = EK hash): one host

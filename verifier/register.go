@@ -30,6 +30,9 @@ func (v *Verifier) registerBegin(ctx context.Context, body []byte) (any, error) 
 	if _, err := v.activeHost(ctx, req.HostID); err != nil {
 		return nil, err
 	}
+	if err := v.checkRotateFrom(ctx, req.HostID, req.Workload, req.RotateFrom); err != nil {
+		return nil, err
+	}
 	chal, err := randomBytes(32)
 	if err != nil {
 		return nil, err
@@ -39,7 +42,7 @@ func (v *Verifier) registerBegin(ctx context.Context, body []byte) (any, error) 
 		return nil, err
 	}
 	exp := time.Now().Add(v.cfg.RegisterChallenge).UTC()
-	rec := &challenge{V: recordVersion, Host: req.HostID, Workload: req.Workload, UserHandle: uh, Expires: exp}
+	rec := &challenge{V: recordVersion, Host: req.HostID, Workload: req.Workload, UserHandle: uh, Expires: exp, RotateFrom: req.RotateFrom}
 	if err := create(ctx, v.st.challenges, b64(chal), rec); err != nil {
 		return nil, err
 	}
@@ -97,12 +100,27 @@ func (v *Verifier) registerFinish(ctx context.Context, body []byte) (_ any, err 
 		PublicKey: reg.PublicKey, UserHandle: ch.UserHandle, Counter: reg.Counter,
 		Status: CredActive, Created: now, Updated: now,
 	}
+	var old *Credential
+	if ch.RotateFrom != "" {
+		if old, err = v.checkRotationProof(ctx, ch, req, reg.CredentialID); err != nil {
+			return nil, err
+		}
+		cred.Lineage = old.nkey()
+		ev.Kind, ev.Reason = "rotate", "replaces "+old.ID
+	}
+	if err := v.claimWorkload(ctx, h.ID, req.Workload, cred.ID, ch.RotateFrom); err != nil {
+		return nil, err
+	}
 	if err := create(ctx, v.st.creds, cred.ID, cred); err != nil {
 		return nil, err
 	}
+	var retires time.Time
+	if old != nil {
+		retires = v.retire(ctx, old.ID, cred.ID)
+	}
 	ev.Result = "ok"
 	v.log.Info("credential registered", "credential", cred.ID, "host", h.ID, "workload", cred.Workload)
-	return &attestation.RegisterFinishResponse{CredentialID: cred.ID}, nil
+	return &attestation.RegisterFinishResponse{CredentialID: cred.ID, Retires: retires}, nil
 }
 
 // akBelongsTo requires the attesting AK to be the host's own: a valid AK
@@ -135,3 +153,155 @@ func (v *Verifier) activeHost(ctx context.Context, id string) (*Host, error) {
 func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 
 func decodeB64(s string) ([]byte, error) { return base64.RawURLEncoding.DecodeString(s) }
+
+// checkRotateFrom: a workload that has a credential gets another only by a
+// rotation that names it (and, at finish, a proof it signed).
+func (v *Verifier) checkRotateFrom(ctx context.Context, host, workload, from string) error {
+	idx, _, err := get[workloadIndex](ctx, v.st.workloads, host+"."+workload)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		if from != "" {
+			return fmt.Errorf("%w: workload %s has no credential to rotate from", ErrBadRequest, workload)
+		}
+		return nil
+	case err != nil:
+		return err
+	case from == "":
+		return fmt.Errorf("%w: workload %s already has credential %s: rotate from it (its signature vouches for the new one), or revoke it first", ErrConflict, workload, idx.Credential)
+	case from != idx.Credential:
+		return fmt.Errorf("%w: rotate_from %s is not workload %s's current credential", ErrBadRequest, from, workload)
+	}
+	old, _, err := get[Credential](ctx, v.st.creds, from)
+	if err != nil {
+		return err
+	}
+	if old.Status != CredActive || old.retired(time.Now()) {
+		return fmt.Errorf("%w: credential %s is %s and cannot vouch for a successor", ErrRevoked, old.ID, old.Status)
+	}
+	return nil
+}
+
+// checkRotationProof verifies that the replaced credential signed
+// RotationChallenge(challenge, new ID), and accepts its counter.
+func (v *Verifier) checkRotationProof(ctx context.Context, ch *challenge, req attestation.RegisterFinishRequest, newID []byte) (*Credential, error) {
+	if req.RotationProof == nil {
+		return nil, fmt.Errorf("%w: a rotation needs a proof signed by the replaced credential", attestation.ErrAttestation)
+	}
+	proof, err := req.RotationProof.Decode()
+	if err != nil {
+		return nil, err
+	}
+	if b64(proof.CredentialID) != ch.RotateFrom {
+		return nil, fmt.Errorf("%w: rotation proof is by %s, not %s", attestation.ErrAttestation, b64(proof.CredentialID), ch.RotateFrom)
+	}
+	unlock := v.credLocks.lock(ch.RotateFrom)
+	defer unlock()
+	for range 20 {
+		old, rev, err := get[Credential](ctx, v.st.creds, ch.RotateFrom)
+		if err != nil {
+			return nil, err
+		}
+		if old.Status != CredActive || old.retired(time.Now()) {
+			return nil, fmt.Errorf("%w: credential %s is %s", ErrRevoked, old.ID, old.Status)
+		}
+		pub, err := v.pubKeys.get(old.ID, old.PublicKey)
+		if err != nil {
+			return nil, err
+		}
+		counter, err := attestation.VerifyAssertion(proof, pub, attestation.AssertionCheck{
+			RPIDHash: v.rpIDHash, Origin: v.cfg.Origin, Challenge: attestation.RotationChallenge(req.Challenge, newID), RequireUV: true,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("rotation proof: %w", err)
+		}
+		if err := old.acceptCounter(counter); err != nil {
+			return nil, fmt.Errorf("rotation proof: %w: %w", ErrReplay, err)
+		}
+		if err := update(ctx, v.st.creds, old.ID, old, rev); errors.Is(err, ErrConflict) {
+			continue
+		} else if err != nil {
+			return nil, err
+		}
+		return old, nil
+	}
+	return nil, ErrConflict
+}
+
+// claimWorkload points the workload index at the new credential: created
+// for a first registration, compare-and-set from the old one for a rotation.
+func (v *Verifier) claimWorkload(ctx context.Context, host, workload, cred, from string) error {
+	key := host + "." + workload
+	rec := &workloadIndex{V: recordVersion, Credential: cred}
+	if from == "" {
+		if err := create(ctx, v.st.workloads, key, rec); errors.Is(err, ErrConflict) {
+			return fmt.Errorf("%w: workload %s registered concurrently", ErrConflict, workload)
+		} else if err != nil {
+			return err
+		}
+		return nil
+	}
+	idx, rev, err := get[workloadIndex](ctx, v.st.workloads, key)
+	if err != nil {
+		return err
+	}
+	if idx.Credential != from {
+		return fmt.Errorf("%w: workload %s was rotated concurrently", ErrConflict, workload)
+	}
+	return update(ctx, v.st.workloads, key, rec, rev)
+}
+
+// retire gives a replaced credential its grace period.
+func (v *Verifier) retire(ctx context.Context, id, by string) time.Time {
+	for range 20 {
+		c, rev, err := get[Credential](ctx, v.st.creds, id)
+		if err != nil {
+			v.log.Error("retire replaced credential", "credential", id, "error", err)
+			return time.Time{}
+		}
+		c.Retires, c.ReplacedBy, c.RotateRequested, c.Updated = time.Now().Add(v.cfg.RotationGrace).UTC(), by, false, time.Now().UTC()
+		if err := update(ctx, v.st.creds, id, c, rev); errors.Is(err, ErrConflict) {
+			continue
+		} else if err != nil {
+			v.log.Error("retire replaced credential", "credential", id, "error", err)
+		}
+		v.log.Info("credential rotated", "old", id, "new", by, "retires", c.Retires)
+		return c.Retires
+	}
+	return time.Time{}
+}
+
+// credentialStatus tells an agent which credentials to rotate.
+func (v *Verifier) credentialStatus(ctx context.Context, body []byte) (any, error) {
+	var req attestation.CredentialStatusRequest
+	if err := decode(body, &req); err != nil {
+		return nil, err
+	}
+	if _, err := v.activeHost(ctx, req.HostID); err != nil {
+		return nil, err
+	}
+	lister, err := v.st.workloads.ListKeysFiltered(ctx, req.HostID+".*")
+	if err != nil {
+		return nil, err
+	}
+	out := []attestation.CredentialState{}
+	now := time.Now()
+	for key := range lister.Keys() {
+		idx, _, err := get[workloadIndex](ctx, v.st.workloads, key)
+		if err != nil {
+			continue
+		}
+		c, _, err := get[Credential](ctx, v.st.creds, idx.Credential)
+		if err != nil {
+			continue
+		}
+		st := attestation.CredentialState{ID: c.ID, Workload: c.Workload, Status: c.Status, Created: c.Created, Retires: c.Retires}
+		if v.cfg.CredentialMaxAge > 0 {
+			st.RotateBy = c.Created.Add(v.cfg.CredentialMaxAge)
+		}
+		if c.RotateRequested {
+			st.RotateBy = now.UTC()
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}

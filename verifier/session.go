@@ -75,9 +75,7 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 	if err != nil {
 		return nil, err
 	}
-	if b64(a.CredentialID) != co.Nkey {
-		return nil, fmt.Errorf("%w: bundle names credential %s, CONNECT names %s", attestation.ErrMalformed, b64(a.CredentialID), co.Nkey)
-	}
+	credID := b64(a.CredentialID)
 	nonce := rc.ClientInformation.Nonce
 	if nonce == "" {
 		return nil, fmt.Errorf("%w: the server sent no nonce", ErrReplay)
@@ -85,20 +83,29 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 	// Connects of one credential are decided one at a time in this process
 	// (no compare-and-set conflicts among them); the compare-and-set still
 	// orders them against other verifier instances.
-	unlock := v.credLocks.lock(co.Nkey)
+	ev.Credential = credID
+	unlock := v.credLocks.lock(credID)
 	defer unlock()
 	for range 20 {
-		cred, rev, err := get[Credential](ctx, v.st.creds, co.Nkey)
+		cred, rev, err := get[Credential](ctx, v.st.creds, credID)
 		if errors.Is(err, ErrNotFound) {
-			return nil, fmt.Errorf("%w: %s", ErrUnknownCredential, co.Nkey)
+			return nil, fmt.Errorf("%w: %s", ErrUnknownCredential, credID)
 		}
 		if err != nil {
 			return nil, err
 		}
+		// The CONNECT nkey is the credential ID, or across rotations the
+		// first ID of its lineage.
+		if co.Nkey != cred.ID && co.Nkey != cred.Lineage {
+			return nil, fmt.Errorf("%w: bundle names credential %s, CONNECT names %s", attestation.ErrMalformed, credID, co.Nkey)
+		}
 		ev.Host, ev.Workload = cred.Host, cred.Workload
+		if cred.Status == CredActive && cred.retired(time.Now()) {
+			cred.Status = "retired"
+		}
 		if cred.Status != CredActive {
 			err := fmt.Errorf("%w: credential %s is %s", ErrRevoked, cred.ID, cred.Status)
-			if cred.Status == CredRevoked {
+			if cred.Status == CredRevoked || cred.Status == "retired" {
 				v.alert(AlertRevokedUsed, Event{Host: cred.Host, Workload: cred.Workload, Credential: cred.ID,
 					Server: ev.Server, Client: ev.Client, ClientAddr: ev.ClientAddr, Reason: err.Error()})
 			}
@@ -262,7 +269,7 @@ func (v *Verifier) userClaims(rc *jwt.AuthorizationRequestClaims, cred *Credenti
 	uc.Expires = time.Now().Add(p.SessionTTL).Unix()
 	uc.Tags.Add("host:"+h.ID, "workload:"+cred.Workload)
 	if cred.Workload == AgentWorkload {
-		uc.Pub.Allow.Add("tpmauthn.v1.register.>", attestation.SubjectEnrollStatus)
+		uc.Pub.Allow.Add("tpmauthn.v1.register.>", "tpmauthn.v1.credentials.>", attestation.SubjectEnrollStatus)
 		uc.Sub.Allow.Add("_INBOX.>")
 		return uc, []string{AgentWorkload}, nil
 	}

@@ -20,6 +20,7 @@ const (
 	bucketEKAllow    = "tpmauthn_ek_allow"
 	bucketEnroll     = "tpmauthn_enroll"
 	bucketChallenges = "tpmauthn_challenges"
+	bucketWorkloads  = "tpmauthn_workloads"
 	sessionTTL       = 5 * time.Minute
 )
 
@@ -27,6 +28,7 @@ const (
 type store struct {
 	js                                                     jetstream.JetStream
 	hosts, creds, tokens, eks, ekAllow, enroll, challenges jetstream.KeyValue
+	workloads                                              jetstream.KeyValue
 }
 
 func openStore(ctx context.Context, nc *nats.Conn) (*store, error) {
@@ -47,6 +49,7 @@ func openStore(ctx context.Context, nc *nats.Conn) (*store, error) {
 		{bucketEKAllow, 0, &s.ekAllow},
 		{bucketEnroll, sessionTTL, &s.enroll},
 		{bucketChallenges, sessionTTL, &s.challenges},
+		{bucketWorkloads, 0, &s.workloads},
 	}
 	for _, b := range buckets {
 		history := uint8(5)
@@ -72,6 +75,7 @@ func (c *Credential) version() int    { return c.V }
 func (t *Token) version() int         { return t.V }
 func (e *enrollSession) version() int { return e.V }
 func (c *challenge) version() int     { return c.V }
+func (w *workloadIndex) version() int { return w.V }
 func (e *ekEnrollment) version() int  { return e.V }
 func (e *ekAllow) version() int       { return e.V }
 

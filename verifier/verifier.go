@@ -257,11 +257,12 @@ func (v *Verifier) serve() error {
 	}
 	v.svcs = append(v.svcs, svc)
 	endpoints := map[string]func(context.Context, []byte) (any, error){
-		attestation.SubjectEnrollBegin:    v.enrollBegin,
-		attestation.SubjectEnrollFinish:   v.enrollFinish,
-		attestation.SubjectEnrollStatus:   v.enrollStatus,
-		attestation.SubjectRegisterBegin:  v.registerBegin,
-		attestation.SubjectRegisterFinish: v.registerFinish,
+		attestation.SubjectEnrollBegin:      v.enrollBegin,
+		attestation.SubjectEnrollFinish:     v.enrollFinish,
+		attestation.SubjectEnrollStatus:     v.enrollStatus,
+		attestation.SubjectRegisterBegin:    v.registerBegin,
+		attestation.SubjectRegisterFinish:   v.registerFinish,
+		attestation.SubjectCredentialStatus: v.credentialStatus,
 	}
 	for subj, h := range endpoints {
 		name := strings.ReplaceAll(strings.TrimPrefix(subj, "tpmauthn.v1."), ".", "-")

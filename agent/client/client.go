@@ -63,6 +63,7 @@ type WhoAmI struct {
 	Workload     string `json:"workload"`
 	Host         string `json:"host"`
 	CredentialID string `json:"credential_id"`
+	NKey         string `json:"nkey"` // CONNECT nkey: stays the same across rotations
 	RPID         string `json:"rp_id"`
 }
 
@@ -135,23 +136,27 @@ func NATSOptions(socket string) ([]nats.Option, error) {
 	if err != nil {
 		return nil, err
 	}
+	nkey := who.NKey
+	if nkey == "" {
+		nkey = who.CredentialID
+	}
 	signer := func(nonce []byte) ([]byte, error) {
 		if len(nonce) == 0 {
 			return nil, errors.New("tpmauthn: the NATS server sent no nonce")
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		nkey, sig, err := c.NATSSign(ctx, nonce)
+		got, sig, err := c.NATSSign(ctx, nonce)
 		if err != nil {
 			return nil, err
 		}
-		if nkey != who.CredentialID {
-			return nil, fmt.Errorf("tpmauthn: the agent signed with credential %s, not %s (rotated? reconnect)", nkey, who.CredentialID)
+		if got != nkey {
+			return nil, fmt.Errorf("tpmauthn: the agent signed for %s, not %s: the workload's credential was replaced, not rotated; reconnect with new options", got, nkey)
 		}
 		return base64.RawURLEncoding.DecodeString(sig)
 	}
 	return []nats.Option{
-		nats.Nkey(who.CredentialID, signer),
+		nats.Nkey(nkey, signer),
 		nats.Name(who.Workload + "@" + who.Host),
 		nats.Timeout(5 * time.Second),
 		nats.ReconnectWait(time.Second),

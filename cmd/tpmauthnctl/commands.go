@@ -192,7 +192,19 @@ func (a *app) credentialCmd() *cobra.Command {
 		},
 	}
 	release.Flags().StringVar(&reason, "reason", "", "why (recorded)")
-	cmd.AddCommand(listCmd, show, revoke, release)
+	rotate := &cobra.Command{
+		Use: "rotate ID", Short: "Ask the credential's agent to rotate it now (workloads do not notice)", Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			var c verifier.Credential
+			if err := a.call("credential.rotate", verifier.IDRequest{ID: args[0], Reason: reason}, &c); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.out, "rotation of %s requested: its agent rotates at its next check\n", c.ID)
+			return nil
+		},
+	}
+	rotate.Flags().StringVar(&reason, "reason", "", "why (recorded)")
+	cmd.AddCommand(listCmd, show, revoke, release, rotate)
 	return cmd
 }
 

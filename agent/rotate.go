@@ -1,0 +1,88 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/tpmauthn/tpmauthn/attestation"
+)
+
+// rotateLoop asks the verifier, every RotationCheck, which credentials must
+// rotate (their maximum age is near, or an operator asked), and rotates them.
+// Workloads do not notice: their CONNECT nkey is the credential's lineage,
+// and the agent signs with whichever credential is current.
+func (a *Agent) rotateLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.RotationCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := a.checkRotations(ctx); err != nil {
+				a.log.Warn("rotation check failed", "error", err)
+			}
+		}
+	}
+}
+
+// rotationMargin: rotate when this fraction of a credential's life is left.
+const rotationMargin = 0.2
+
+func (a *Agent) checkRotations(ctx context.Context) error {
+	nc, err := a.verifierConn()
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	host := a.enroll.HostID
+	a.mu.Unlock()
+	var states []attestation.CredentialState
+	if err := call(ctx, nc, attestation.SubjectCredentialStatus, &attestation.CredentialStatusRequest{HostID: host}, &states); err != nil {
+		return err
+	}
+	now := time.Now()
+	for _, st := range states {
+		if st.RotateBy.IsZero() || !st.Retires.IsZero() {
+			continue
+		}
+		life := st.RotateBy.Sub(st.Created)
+		if now.Before(st.RotateBy.Add(-time.Duration(float64(life) * rotationMargin))) {
+			continue
+		}
+		if err := a.rotate(ctx, st.Workload, st.ID); err != nil {
+			a.log.Error("rotation failed", "workload", st.Workload, "credential", st.ID, "error", err)
+		}
+	}
+	return nil
+}
+
+// rotate replaces a workload's current credential, then deletes the old key
+// blob (and flushes its handle) once the verifier retires it.
+func (a *Agent) rotate(ctx context.Context, workload, id string) error {
+	a.mu.Lock()
+	old := a.creds[workload]
+	a.mu.Unlock()
+	if old == nil || old.IDString() != id {
+		return nil // not ours, or already replaced
+	}
+	nc, err := a.verifierConn()
+	if err != nil {
+		return err
+	}
+	cred, retires, err := a.auth.RotateWithVerifier(ctx, nc, old)
+	if err != nil {
+		return fmt.Errorf("rotate: %w", err)
+	}
+	a.mu.Lock()
+	a.creds[workload] = cred
+	a.mu.Unlock()
+	a.log.Info("credential rotated", "workload", workload, "old", old.IDString(), "new", cred.IDString(), "old_retires", retires)
+	time.AfterFunc(time.Until(retires)+time.Second, func() {
+		if err := a.auth.DeleteCredential(old.ID); err != nil {
+			a.log.Warn("delete retired credential", "credential", old.IDString(), "error", err)
+		}
+	})
+	return nil
+}

@@ -1,0 +1,118 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tpmauthn/tpmauthn/agent"
+	"github.com/tpmauthn/tpmauthn/agent/client"
+	"github.com/tpmauthn/tpmauthn/verifier"
+)
+
+// TestRotationUnderLoad: a workload publishes continuously while an operator
+// rotates its credential; sessions expire every 2 s, so it re-authorizes
+// with the new credential mid-stream. No publish fails.
+func TestRotationUnderLoad(t *testing.T) {
+	s := newStack(t, withSessionTTL(2*time.Second), func(s *stack) {
+		s.vcfg.RotationGrace = time.Second
+		s.acfg.RotationCheck = 200 * time.Millisecond
+	})
+	c := client.New(s.socket)
+	before, err := c.WhoAmI(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts, err := client.NATSOptions(s.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reconnects atomic.Int32
+	nc, err := nats.Connect(s.v.ClientURL(), append(opts, nats.ReconnectWait(50*time.Millisecond), nats.ReconnectJitter(0, 0),
+		nats.ReconnectHandler(func(*nats.Conn) { reconnects.Add(1) }),
+		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	var received atomic.Int64
+	if _, err := nc.Subscribe("demo.load", func(*nats.Msg) { received.Add(1) }); err != nil {
+		t.Fatal(err)
+	}
+	var sent, failed int64
+	deadline := time.Now().Add(7 * time.Second)
+	rotated := false
+	for time.Now().Before(deadline) {
+		if err := nc.Publish("demo.load", []byte("tick")); err != nil {
+			failed++
+		} else {
+			sent++
+		}
+		if !rotated && time.Until(deadline) < 6*time.Second {
+			s.admin(t, "credential.rotate", verifier.IDRequest{ID: before.CredentialID, Reason: "test"}, nil)
+			rotated = true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = nc.Flush()
+	after, err := c.WhoAmI(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("sent %d, failed %d, received %d, reconnects %d; credential %s -> %s (nkey %s)",
+		sent, failed, received.Load(), reconnects.Load(), before.CredentialID, after.CredentialID, after.NKey)
+	if failed != 0 {
+		t.Fatalf("%d publishes failed across the rotation", failed)
+	}
+	if after.CredentialID == before.CredentialID || after.NKey != before.NKey {
+		t.Fatalf("after rotation: credential %s (was %s), nkey %s (was %s): want a new credential, the same nkey",
+			after.CredentialID, before.CredentialID, after.NKey, before.NKey)
+	}
+	if reconnects.Load() < 2 {
+		t.Fatalf("only %d re-authorizations in 7 s with a 2 s session", reconnects.Load())
+	}
+	var newCred, oldCred verifier.Credential
+	s.admin(t, "credential.show", verifier.IDRequest{ID: after.CredentialID}, &newCred)
+	s.admin(t, "credential.show", verifier.IDRequest{ID: before.CredentialID}, &oldCred)
+	if newCred.Counter == 0 {
+		t.Fatal("the new credential was never used to connect")
+	}
+	if oldCred.ReplacedBy != after.CredentialID || oldCred.Retires.IsZero() || time.Now().Before(oldCred.Retires) {
+		t.Fatalf("old credential: replaced by %q, retires %v", oldCred.ReplacedBy, oldCred.Retires)
+	}
+	if received.Load() < sent*9/10 {
+		t.Errorf("received %d of %d", received.Load(), sent)
+	}
+}
+
+// TestSecondCredentialNeedsRotationProof: a workload's credential is
+// replaced only through a rotation the old one signs.
+func TestSecondCredentialNeedsRotationProof(t *testing.T) {
+	s := newStack(t)
+	auth := s.ag.Authenticator()
+	nc, err := s.connect(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	// The agent's own session would be needed; an enrollment session by
+	// host proof reaches the registration endpoints as well.
+	e, err := auth.Enrollment()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, err := nats.Connect(s.v.ClientURL(), nats.UserInfo("host:"+e.HostID, b64url(e.Proof)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	_, err = auth.RegisterWithVerifier(context.Background(), sess, "app")
+	var ve *agent.VerifierError
+	if !errors.As(err, &ve) || ve.Code != "conflict" {
+		t.Fatalf("a second registration for workload app: %v, want a conflict", err)
+	}
+}

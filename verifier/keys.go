@@ -3,7 +3,6 @@ package verifier
 import (
 	"crypto/ecdsa"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -129,48 +128,7 @@ func loadOrCreateNKey(path string, create func() (nkeys.KeyPair, error)) (nkeys.
 }
 
 func loadOrCreateCA(dir string) (*x509.Certificate, *ecdsa.PrivateKey, bool, error) {
-	certPath, keyPath := filepath.Join(dir, fileCA), filepath.Join(dir, fileCAKey)
-	certPEM, err := os.ReadFile(certPath)
-	if errors.Is(err, fs.ErrNotExist) {
-		ca, key, err := attestation.NewCA("tpmauthn fleet CA", fleetCAYears*365*24*time.Hour)
-		if err != nil {
-			return nil, nil, false, err
-		}
-		der, err := x509.MarshalECPrivateKey(key)
-		if err != nil {
-			return nil, nil, false, err
-		}
-		if err := writeSecret(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})); err != nil {
-			return nil, nil, false, err
-		}
-		if err := os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw}), 0o644); err != nil {
-			return nil, nil, false, err
-		}
-		return ca, key, true, nil
-	}
-	if err != nil {
-		return nil, nil, false, err
-	}
-	certs, err := attestation.ParseCertificates(certPEM)
-	if err != nil {
-		return nil, nil, false, fmt.Errorf("%s: %w", certPath, err)
-	}
-	keyPEM, err := os.ReadFile(keyPath)
-	if err != nil {
-		return nil, nil, false, fmt.Errorf("fleet CA key: %w", err)
-	}
-	blk, _ := pem.Decode(keyPEM)
-	if blk == nil {
-		return nil, nil, false, fmt.Errorf("%s holds no PEM block", keyPath)
-	}
-	key, err := x509.ParseECPrivateKey(blk.Bytes)
-	if err != nil {
-		return nil, nil, false, fmt.Errorf("%s: %w", keyPath, err)
-	}
-	if !key.PublicKey.Equal(certs[0].PublicKey) {
-		return nil, nil, false, fmt.Errorf("%s does not match %s", keyPath, certPath)
-	}
-	return certs[0], key, false, nil
+	return attestation.LoadOrCreateCA(filepath.Join(dir, fileCA), filepath.Join(dir, fileCAKey), "tpmauthn fleet CA", fleetCAYears*365*24*time.Hour)
 }
 
 func writeSecret(path string, b []byte) error {

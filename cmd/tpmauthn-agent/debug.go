@@ -4,11 +4,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -203,51 +201,5 @@ func certifiedBy(der []byte, ca *x509.Certificate) bool {
 
 // loadOrCreateCA reads DIR/ca.pem and DIR/ca-key.pem, or creates both.
 func loadOrCreateCA(dir string) (*x509.Certificate, *ecdsa.PrivateKey, bool, error) {
-	certPath, keyPath := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem")
-	certPEM, err := os.ReadFile(certPath)
-	if errors.Is(err, fs.ErrNotExist) {
-		ca, key, err := createCA(dir, certPath, keyPath)
-		return ca, key, err == nil, err
-	}
-	if err != nil {
-		return nil, nil, false, err
-	}
-	certs, err := attestation.ParseCertificates(certPEM)
-	if err != nil {
-		return nil, nil, false, fmt.Errorf("%s: %w", certPath, err)
-	}
-	keyPEM, err := os.ReadFile(keyPath)
-	if err != nil {
-		return nil, nil, false, fmt.Errorf("CA key: %w", err)
-	}
-	blk, _ := pem.Decode(keyPEM)
-	if blk == nil {
-		return nil, nil, false, fmt.Errorf("%s holds no PEM block", keyPath)
-	}
-	key, err := x509.ParseECPrivateKey(blk.Bytes)
-	if err != nil {
-		return nil, nil, false, fmt.Errorf("%s: %w", keyPath, err)
-	}
-	return certs[0], key, false, nil
-}
-
-func createCA(dir, certPath, keyPath string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, nil, err
-	}
-	ca, key, err := attestation.NewCA("tpmauthn debug CA", 10*365*24*time.Hour)
-	if err != nil {
-		return nil, nil, err
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
-		return nil, nil, err
-	}
-	if err := os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw}), 0o644); err != nil {
-		return nil, nil, err
-	}
-	return ca, key, nil
+	return attestation.LoadOrCreateCA(filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem"), "tpmauthn debug CA", 10*365*24*time.Hour)
 }

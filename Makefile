@@ -30,8 +30,12 @@ fuzz: ## fuzz every parser of untrusted bytes for FUZZTIME each
 	$(GO) test ./attestation -run '^$$' -fuzz '^FuzzParseAuthenticatorData$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./attestation -run '^$$' -fuzz '^FuzzParseCOSEKey$$' -fuzztime $(FUZZTIME)
 
-bench: ## time each TPM operation on swtpm
-	$(GO) test ./agent/tpm -run '^$$' -bench . -benchtime 20x
+bench: ## benchmarks: TPM operations, the whole chain, revocation, enrollment, audit (swtpm)
+	$(GO) test ./agent/tpm ./agent -run '^$$' -bench . -benchtime 20x
+	$(GO) test ./verifier -run '^$$' -bench 'AuditAppend|IssuerSign' -benchtime 2000x
+	$(GO) test ./verifier -run '^$$' -bench Enrollment -benchtime 5x
+	$(GO) test ./attestation -run '^$$' -bench . -benchtime 2000x
+	$(GO) test ./e2e -run '^$$' -bench . -benchtime 1x
 
 interop: build ## verify debug register/assert output with SimpleWebAuthn (node + npm)
 	./scripts/interop.sh

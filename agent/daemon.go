@@ -30,7 +30,10 @@ type Config struct {
 	NATSURL   string // the fleet's NATS (the verifier's)
 	TokenFile string // join token for the first start
 	Hostname  string // default os.Hostname
-	Socket    string // DefaultSocket
+	// RPID, if set, is the WebAuthn RP ID this agent expects: it refuses to
+	// register credentials for a verifier that names another.
+	RPID   string
+	Socket string // DefaultSocket
 	// Listener, when set, is used instead of creating Socket (systemd
 	// socket activation passes one).
 	Listener  net.Listener
@@ -221,6 +224,9 @@ func (a *Agent) ensureEnrolled(ctx context.Context) error {
 	}
 	if e.Status != attestation.HostActive {
 		return fmt.Errorf("host %s is %s at the verifier", e.HostID, e.Status)
+	}
+	if a.cfg.RPID != "" && e.RPID != a.cfg.RPID {
+		return fmt.Errorf("the verifier's RP ID is %q but this agent expects %q (--rp-id): is it the right verifier?", e.RPID, a.cfg.RPID)
 	}
 	a.mu.Lock()
 	a.enroll = e

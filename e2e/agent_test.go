@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/agent/client"
 	"github.com/tpmauthn/tpmauthn/verifier"
 )
@@ -315,5 +316,26 @@ func TestAgentMetrics(t *testing.T) {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("metrics lack %s", want)
 		}
+	}
+}
+
+func TestAgentRefusesAnotherRPID(t *testing.T) {
+	s := newStack(t)
+	if err := s.ag.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.acfg
+	cfg.RPID = "other.example.com"
+	ag, err := agent.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = ag.Start(context.Background())
+	if err == nil {
+		_ = ag.Close()
+		t.Fatal("the agent accepted a verifier with another RP ID")
+	}
+	if !strings.Contains(err.Error(), "fleet.example.com") {
+		t.Fatalf("error does not name the verifier's RP ID: %v", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -41,8 +42,8 @@ type Keys struct {
 	Operator   nkeys.KeyPair // user in AUTH, admin subjects only
 }
 
-// LogValue keeps key material out of logs.
-func (k *Keys) LogValue() string { return "[REDACTED]" }
+// LogValue keeps key material out of logs (slog.LogValuer).
+func (k *Keys) LogValue() slog.Value { return slog.StringValue("[REDACTED]") }
 
 // LoadOrCreateKeys reads the key material in dir, creating what is missing.
 // It returns the names of the files it created.

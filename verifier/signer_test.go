@@ -2,6 +2,8 @@ package verifier
 
 import (
 	"bytes"
+	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/nats-io/nkeys"
@@ -43,4 +45,17 @@ func BenchmarkIssuerSign(b *testing.B) {
 			_, _ = fast.Sign(msg)
 		}
 	})
+}
+
+func TestKeysNeverLogged(t *testing.T) {
+	k, _, err := LoadOrCreateKeys(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	slog.New(slog.NewJSONHandler(&buf, nil)).Info("keys", "keys", k)
+	seed, _ := k.Issuer.Seed()
+	if !strings.Contains(buf.String(), "[REDACTED]") || strings.Contains(buf.String(), string(seed)) || strings.Contains(buf.String(), "PRIVATE") {
+		t.Fatalf("logged: %s", buf.String())
+	}
 }

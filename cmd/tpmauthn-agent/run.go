@@ -23,6 +23,7 @@ var runKeys = []cliconf.Key{
 	cliconf.K("nats_url", "nats-url", "nats://127.0.0.1:4222", "the fleet's NATS server, where tpmauthn-verifier serves"),
 	cliconf.K("token_file", "token-file", "", "file holding the join token, for the first start (tpmauthnctl token create)"),
 	cliconf.K("hostname", "hostname", "", "name to enroll under (default: the system hostname)"),
+	cliconf.K("rp_id", "rp-id", "", "WebAuthn RP ID to expect from the verifier; enrollment fails if it names another (empty: accept the verifier's)"),
 	cliconf.K("socket", "socket", agent.DefaultSocket, "Unix socket for workloads (ignored under systemd socket activation)"),
 	cliconf.K("request_timeout", "request-timeout", 5*time.Second, "deadline of a socket request, TPM queue wait included"),
 	cliconf.K("metrics_listen", "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics"),
@@ -37,6 +38,7 @@ type runSettings struct {
 	TokenFile      string           `mapstructure:"token_file"`
 	Hostname       string           `mapstructure:"hostname"`
 	Socket         string           `mapstructure:"socket"`
+	RPID           string           `mapstructure:"rp_id"`
 	RequestTimeout time.Duration    `mapstructure:"request_timeout"`
 	Workloads      []agent.Workload `mapstructure:"workloads"`
 	MetricsListen  string           `mapstructure:"metrics_listen"`
@@ -79,7 +81,7 @@ func run(s runSettings) error {
 		return err
 	}
 	cfg := agent.Config{
-		TPM: s.TPM, DataDir: s.DataDir, NATSURL: s.NATSURL, TokenFile: s.TokenFile, Hostname: s.Hostname,
+		TPM: s.TPM, DataDir: s.DataDir, RPID: s.RPID, NATSURL: s.NATSURL, TokenFile: s.TokenFile, Hostname: s.Hostname,
 		Socket: s.Socket, Workloads: s.Workloads, RequestTimeout: s.RequestTimeout, Logger: log, MetricsListen: s.MetricsListen,
 		Ready: func() { _, _ = daemon.SdNotify(false, daemon.SdNotifyReady) },
 	}

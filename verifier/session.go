@@ -87,12 +87,16 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 	unlock := v.credLocks.lock(credID)
 	defer unlock()
 	for range 20 {
-		cred, rev, err := get[Credential](ctx, v.st.creds, credID)
-		if errors.Is(err, ErrNotFound) {
-			return nil, fmt.Errorf("%w: %s", ErrUnknownCredential, credID)
-		}
-		if err != nil {
-			return nil, err
+		cred, rev, cached := v.creds.get(credID)
+		if !cached {
+			var err error
+			cred, rev, err = get[Credential](ctx, v.st.creds, credID)
+			if errors.Is(err, ErrNotFound) {
+				return nil, fmt.Errorf("%w: %s", ErrUnknownCredential, credID)
+			}
+			if err != nil {
+				return nil, err
+			}
 		}
 		// The CONNECT nkey is the credential ID, or across rotations the
 		// first ID of its lineage.
@@ -111,7 +115,7 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 			}
 			return nil, err
 		}
-		h, _, err := get[Host](ctx, v.st.hosts, cred.Host)
+		h, err := v.host(ctx, cred.Host)
 		if err != nil || h.Status != attestation.HostActive {
 			return nil, fmt.Errorf("%w: host %s is not active", ErrRevoked, cred.Host)
 		}
@@ -143,11 +147,15 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 		})
 		// The one KV write of a connect: counter and session, compare-and-set,
 		// so two verifiers cannot both accept the same counter value.
-		if err := update(ctx, v.st.creds, cred.ID, cred, rev); errors.Is(err, ErrConflict) {
-			continue // another verifier accepted a connect of this credential; re-check against it
+		next, err := updateRev(ctx, v.st.creds, cred.ID, cred, rev)
+		if errors.Is(err, ErrConflict) {
+			v.creds.drop(credID) // changed elsewhere: re-read and re-check
+			continue
 		} else if err != nil {
+			v.creds.drop(credID)
 			return nil, err
 		}
+		v.creds.put(cred, next)
 		return uc, nil
 	}
 	return nil, fmt.Errorf("%w: credential updated concurrently too often", ErrConflict)

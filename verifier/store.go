@@ -120,17 +120,24 @@ func create(ctx context.Context, kv jetstream.KeyValue, key string, v any) error
 // update replaces a record if it is still at revision rev (compare-and-set);
 // otherwise ErrConflict.
 func update(ctx context.Context, kv jetstream.KeyValue, key string, v any, rev uint64) error {
+	_, err := updateRev(ctx, kv, key, v, rev)
+	return err
+}
+
+// updateRev is update returning the record's new revision.
+func updateRev(ctx context.Context, kv jetstream.KeyValue, key string, v any, rev uint64) (uint64, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if _, err := kv.Update(ctx, key, b, rev); err != nil {
+	next, err := kv.Update(ctx, key, b, rev)
+	if err != nil {
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
-			return ErrConflict
+			return 0, ErrConflict
 		}
-		return fmt.Errorf("%s update %s: %w", kv.Bucket(), key, err)
+		return 0, fmt.Errorf("%s update %s: %w", kv.Bucket(), key, err)
 	}
-	return nil
+	return next, nil
 }
 
 // take deletes a record if it is still at revision rev, so that exactly one

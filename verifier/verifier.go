@@ -47,6 +47,8 @@ type Verifier struct {
 
 	policy    *policySource
 	pubKeys   keyCache
+	creds     credCache
+	hosts     hostCache
 	credLocks credLocks
 	rpIDHash  [32]byte
 
@@ -141,6 +143,10 @@ func (v *Verifier) Start(ctx context.Context) error {
 	}
 	v.audit.appended = func(d time.Duration) { v.metrics.auditAppend.Observe(d.Seconds()) }
 	if err := v.connectSys(url); err != nil {
+		v.Close()
+		return err
+	}
+	if err := v.watchHosts(ctx); err != nil {
 		v.Close()
 		return err
 	}

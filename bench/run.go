@@ -1,0 +1,240 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Config sizes a run.
+type Config struct {
+	Concurrency []int // parallel connecting clients
+	Reps        int   // repetitions of the whole alternation
+	Connects    int   // connects per scenario, concurrency and repetition
+	Dir         string
+	Out         io.Writer
+}
+
+// QuickConfig runs everything small (CI: the harness must not rot).
+func QuickConfig(dir string, out io.Writer) Config {
+	return Config{Concurrency: []int{1, 16}, Reps: 1, Connects: 40, Dir: dir, Out: out}
+}
+
+// FullConfig is the configuration of a report.
+func FullConfig(dir string, out io.Writer) Config {
+	return Config{Concurrency: []int{1, 16, 64, 256}, Reps: 3, Connects: 1500, Dir: dir, Out: out}
+}
+
+// Result is one scenario at one concurrency: medians over repetitions.
+type Result struct {
+	Scenario      string  `json:"scenario"`
+	Concurrency   int     `json:"concurrency"`
+	ConnectsPerS  float64 `json:"connects_per_s"`
+	P50ms         float64 `json:"p50_ms"`
+	P99ms         float64 `json:"p99_ms"`
+	CPUusPerConn  float64 `json:"cpu_us_per_connect"` // whole process: clients, server, responder
+	Failures      int     `json:"failures"`
+	RatioVsNoop   float64 `json:"ratio_vs_noop_callout"` // connect rate / noop callout's
+	Repetitions   int     `json:"repetitions"`
+	ConnectsEach  int     `json:"connects_each"`
+	rates, p50s   []float64
+	p99s, cpus    []float64
+}
+
+// Report is a whole run.
+type Report struct {
+	Started time.Time          `json:"started"`
+	Go      string             `json:"go"`
+	Results []*Result          `json:"results"`
+	Summary map[string]float64 `json:"summary"`
+}
+
+// Run measures every scenario, alternating them, and prints the report.
+func Run(cfg Config) (*Report, error) {
+	raiseFDLimit()
+	maxConc := slices.Max(cfg.Concurrency)
+	var scen []*scenario
+	for _, mk := range []func() (*scenario, error){
+		noAuth,
+		func() (*scenario, error) { return staticNkeys(maxConc) },
+		func() (*scenario, error) { return noopCallout(filepath.Join(cfg.Dir, "noop")) },
+		func() (*scenario, error) { return tpmauthnScenario(filepath.Join(cfg.Dir, "tpmauthn"), maxConc) },
+	} {
+		s, err := mk()
+		if err != nil {
+			return nil, err
+		}
+		defer s.stop()
+		scen = append(scen, s)
+	}
+	results := map[string]*Result{}
+	for rep := range cfg.Reps {
+		for _, c := range cfg.Concurrency {
+			for _, s := range scen { // A B C D, then again
+				fmt.Fprintf(cfg.Out, "rep %d/%d  concurrency %-3d  %-13s ", rep+1, cfg.Reps, c, s.name)
+				r, err := measure(s, c, cfg.Connects)
+				if err != nil {
+					return nil, err
+				}
+				key := fmt.Sprintf("%s/%d", s.name, c)
+				agg := results[key]
+				if agg == nil {
+					agg = &Result{Scenario: s.name, Concurrency: c, ConnectsEach: cfg.Connects}
+					results[key] = agg
+				}
+				agg.rates, agg.p50s, agg.p99s, agg.cpus = append(agg.rates, r.rate), append(agg.p50s, r.p50), append(agg.p99s, r.p99), append(agg.cpus, r.cpu)
+				agg.Failures += r.failures
+				agg.Repetitions++
+				fmt.Fprintf(cfg.Out, "%8.0f connects/s  p50 %6.2f ms  p99 %6.2f ms  failures %d\n", r.rate, r.p50, r.p99, r.failures)
+			}
+		}
+	}
+	rep := &Report{Started: time.Now().UTC(), Go: goVersion(), Summary: map[string]float64{}}
+	for _, c := range cfg.Concurrency {
+		noop := results[fmt.Sprintf("noop-callout/%d", c)]
+		for _, s := range scen {
+			r := results[fmt.Sprintf("%s/%d", s.name, c)]
+			r.ConnectsPerS, r.P50ms, r.P99ms, r.CPUusPerConn = median(r.rates), median(r.p50s), median(r.p99s), median(r.cpus)
+			rep.Results = append(rep.Results, r)
+		}
+		for _, s := range scen {
+			r := results[fmt.Sprintf("%s/%d", s.name, c)]
+			r.RatioVsNoop = r.ConnectsPerS / median(noop.rates)
+		}
+	}
+	rep.Summary["ratio_vs_noop_callout"] = results[fmt.Sprintf("tpmauthn/%d", maxConc)].RatioVsNoop
+	return rep, nil
+}
+
+type runResult struct {
+	rate, p50, p99, cpu float64
+	failures            int
+}
+
+// measure runs n connects (connect, then close) with c workers.
+func measure(s *scenario, c, n int) (runResult, error) {
+	opts := make([][]nats.Option, c)
+	for w := range c {
+		o, err := s.options(w)
+		if err != nil {
+			return runResult{}, err
+		}
+		opts[w] = append(o, nats.MaxReconnects(0), nats.Timeout(10*time.Second), nats.NoCallbacksAfterClientClose())
+	}
+	var mu sync.Mutex
+	var lat []time.Duration
+	var failures int
+	next := make(chan struct{}, n)
+	for range n {
+		next <- struct{}{}
+	}
+	close(next)
+	cpu0 := cpuTime()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range c {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []time.Duration
+			fails := 0
+			for range next {
+				t := time.Now()
+				nc, err := nats.Connect(s.url, opts[w]...)
+				if err != nil {
+					fails++
+					continue
+				}
+				mine = append(mine, time.Since(t))
+				nc.Close()
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			failures += fails
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	cpu := cpuTime() - cpu0
+	if len(lat) == 0 {
+		return runResult{failures: failures}, fmt.Errorf("%s: every connect failed", s.name)
+	}
+	slices.Sort(lat)
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	return runResult{
+		rate: float64(len(lat)) / elapsed.Seconds(), p50: ms(lat[len(lat)/2]), p99: ms(lat[len(lat)*99/100]),
+		cpu: float64(cpu.Microseconds()) / float64(len(lat)), failures: failures,
+	}, nil
+}
+
+func median(x []float64) float64 {
+	y := slices.Clone(x)
+	sort.Float64s(y)
+	if len(y) == 0 {
+		return 0
+	}
+	return y[len(y)/2]
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// raiseFDLimit: hundreds of concurrent connections need two descriptors each.
+func raiseFDLimit() {
+	var l syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil && l.Cur < l.Max {
+		l.Cur = l.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+	}
+}
+
+func goVersion() string {
+	b, err := os.ReadFile("/proc/version")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// Write prints the table, writes Markdown and JSON next to each other and
+// ends with the machine-readable summary lines.
+func (r *Report) Write(out io.Writer, dir string) error {
+	var md strings.Builder
+	fmt.Fprintf(&md, "| scenario | concurrency | connects/s | p50 ms | p99 ms | CPU µs/connect | failures | vs noop callout |\n|---|---|---|---|---|---|---|---|\n")
+	for _, x := range r.Results {
+		fmt.Fprintf(&md, "| %s | %d | %.0f | %.2f | %.2f | %.0f | %d | %.2f |\n", x.Scenario, x.Concurrency, x.ConnectsPerS, x.P50ms, x.P99ms, x.CPUusPerConn, x.Failures, x.RatioVsNoop)
+	}
+	fmt.Fprint(out, "\n"+md.String())
+	mdPath, jsonPath := filepath.Join(dir, "bench.md"), filepath.Join(dir, "bench.json")
+	if err := os.WriteFile(mdPath, []byte(md.String()), 0o644); err != nil {
+		return err
+	}
+	js, _ := json.MarshalIndent(r, "", "  ")
+	if err := os.WriteFile(jsonPath, js, 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\nwrote %s and %s\n", mdPath, jsonPath)
+	keys := make([]string, 0, len(r.Summary))
+	for k := range r.Summary {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(out, "%s=%.3f\n", k, r.Summary[k])
+	}
+	return nil
+}

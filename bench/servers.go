@@ -1,0 +1,258 @@
+package bench
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+	callout "github.com/synadia-io/callout.go"
+
+	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/verifier"
+)
+
+// scenario is one way to authenticate: a server and how clients connect.
+type scenario struct {
+	name    string
+	url     string
+	options func(worker int) ([]nats.Option, error)
+	stop    func()
+}
+
+func quietServer(opts *server.Options) (*server.Server, error) {
+	opts.NoLog, opts.NoSigs = true, true
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, err
+	}
+	s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		return nil, fmt.Errorf("server not ready")
+	}
+	return s, nil
+}
+
+func noAuth() (*scenario, error) {
+	s, err := quietServer(&server.Options{Host: "127.0.0.1", Port: -1})
+	if err != nil {
+		return nil, err
+	}
+	return &scenario{name: "no-auth", url: s.ClientURL(), stop: s.Shutdown,
+		options: func(int) ([]nats.Option, error) { return nil, nil }}, nil
+}
+
+func staticNkeys(workers int) (*scenario, error) {
+	kps := make([]nkeys.KeyPair, workers)
+	var users []*server.NkeyUser
+	for i := range kps {
+		kp, _ := nkeys.CreateUser()
+		pk, _ := kp.PublicKey()
+		kps[i] = kp
+		users = append(users, &server.NkeyUser{Nkey: pk})
+	}
+	s, err := quietServer(&server.Options{Host: "127.0.0.1", Port: -1, Nkeys: users})
+	if err != nil {
+		return nil, err
+	}
+	return &scenario{name: "static-nkeys", url: s.ClientURL(), stop: s.Shutdown,
+		options: func(w int) ([]nats.Option, error) {
+			kp := kps[w%len(kps)]
+			pk, _ := kp.PublicKey()
+			return []nats.Option{nats.Nkey(pk, kp.Sign)}, nil
+		}}, nil
+}
+
+// noopCallout is auth callout with a responder that approves everything,
+// built on synadia-io/callout.go, with the same accounts and xkey sealing as
+// tpmauthn's layout.
+func noopCallout(dir string) (*scenario, error) {
+	k, _, err := verifier.LoadOrCreateKeys(dir)
+	if err != nil {
+		return nil, err
+	}
+	conf := verifier.ServerConfig(k, verifier.ServerConfigOptions{Listen: "127.0.0.1:-1"})
+	path := filepath.Join(dir, "noop.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		return nil, err
+	}
+	opts, err := server.ProcessConfigFile(path)
+	if err != nil {
+		return nil, err
+	}
+	s, err := quietServer(opts)
+	if err != nil {
+		return nil, err
+	}
+	vpk, _ := k.Verifier.PublicKey()
+	nc, err := nats.Connect(s.ClientURL(), nats.Nkey(vpk, k.Verifier.Sign))
+	if err != nil {
+		return nil, err
+	}
+	issuer := k.Issuer
+	svc, err := callout.NewAuthorizationService(nc,
+		callout.Authorizer(func(req *jwt.AuthorizationRequest) (string, error) {
+			uc := jwt.NewUserClaims(req.UserNkey)
+			uc.Audience = verifier.AccountApp
+			uc.Expires = time.Now().Add(10 * time.Minute).Unix()
+			uc.Pub.Allow.Add("bench.>")
+			uc.Sub.Allow.Add("bench.>", "_INBOX.>")
+			return uc.Encode(issuer)
+		}),
+		callout.ResponseSignerKey(issuer), callout.EncryptionKey(k.XKey),
+		callout.AsyncWorkers(64), callout.Logger(quiet{}))
+	if err != nil {
+		return nil, err
+	}
+	if err := nc.Flush(); err != nil {
+		return nil, err
+	}
+	return &scenario{name: "noop-callout", url: s.ClientURL(),
+		stop:    func() { _ = svc.Stop(); nc.Close(); s.Shutdown() },
+		options: func(int) ([]nats.Option, error) { return []nats.Option{nats.UserInfo("bench", "bench")}, nil }}, nil
+}
+
+type quiet struct{}
+
+func (quiet) Noticef(string, ...any) {}
+func (quiet) Warnf(string, ...any)   {}
+func (quiet) Fatalf(string, ...any)  {}
+func (quiet) Errorf(string, ...any)  {}
+func (quiet) Debugf(string, ...any)  {}
+func (quiet) Tracef(string, ...any)  {}
+
+const benchPolicy = `session_ttl: 10m
+roles:
+  bench:
+    publish: {allow: ["bench.>"]}
+    subscribe: {allow: ["bench.>"]}
+bindings:
+  - host_roles: [bench]
+    roles: [bench]
+`
+
+// softCred is a fixture credential: a software P-256 key and its counter.
+type softCred struct {
+	id      []byte
+	key     *ecdsa.PrivateKey
+	counter uint32
+}
+
+// tpmauthnScenario runs the real verifier (embedded server, full
+// verification) with one fixture credential per worker.
+func tpmauthnScenario(dir string, workers int) (*scenario, error) {
+	policy := filepath.Join(dir, "policy.yaml")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(policy, []byte(benchPolicy), 0o600); err != nil {
+		return nil, err
+	}
+	const rpID = "bench.example.com"
+	v, err := verifier.New(verifier.Config{DataDir: filepath.Join(dir, "verifier"), NATSListen: "127.0.0.1:-1", PolicyFile: policy, RPID: rpID})
+	if err != nil {
+		return nil, err
+	}
+	if err := v.Start(context.Background()); err != nil {
+		return nil, err
+	}
+	creds, err := writeFixture(v, workers)
+	if err != nil {
+		v.Close()
+		return nil, err
+	}
+	origin := "tpmauthn://" + rpID
+	return &scenario{name: "tpmauthn", url: v.ClientURL(), stop: v.Close,
+		options: func(w int) ([]nats.Option, error) {
+			c := creds[w%len(creds)]
+			return []nats.Option{nats.Nkey(base64.RawURLEncoding.EncodeToString(c.id), func(nonce []byte) ([]byte, error) {
+				c.counter++ // one worker per credential: signed in order
+				return softBundle(c, rpID, origin, nonce)
+			})}, nil
+		}}, nil
+}
+
+// softBundle signs like the agent: authenticatorData, clientDataJSON over
+// the NATS challenge, ECDSA over both, the compact bundle.
+func softBundle(c *softCred, rpID, origin string, nonce []byte) ([]byte, error) {
+	ad := attestation.NewAuthenticatorData(rpID, c.counter).Marshal()
+	cdj, err := attestation.NewClientDataJSON(attestation.TypeGet, attestation.NATSChallenge(nonce), origin)
+	if err != nil {
+		return nil, err
+	}
+	d := sha256.Sum256(attestation.SignedData(ad, cdj))
+	sig, err := ecdsa.SignASN1(rand.Reader, c.key, d[:])
+	if err != nil {
+		return nil, err
+	}
+	return attestation.MarshalBundle(&attestation.Assertion{CredentialID: c.id, AuthData: ad, ClientDataJSON: cdj, Signature: sig})
+}
+
+// writeFixture stores a host and n credentials exactly as enrollment and
+// registration store them (verifier.Host, verifier.Credential records).
+func writeFixture(v *verifier.Verifier, n int) ([]*softCred, error) {
+	kp := v.Keys().Verifier
+	pk, _ := kp.PublicKey()
+	nc, err := nats.Connect(v.ClientURL(), nats.Nkey(pk, kp.Sign))
+	if err != nil {
+		return nil, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	ctx := context.Background()
+	hosts, err := js.KeyValue(ctx, "tpmauthn_hosts")
+	if err != nil {
+		return nil, err
+	}
+	credsKV, err := js.KeyValue(ctx, "tpmauthn_credentials")
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now().UTC()
+	h := verifier.Host{V: 1, ID: "h-bench", Hostname: "bench", Roles: []string{"bench"}, Status: attestation.HostActive, Created: now, Updated: now}
+	if err := putJSON(ctx, hosts, h.ID, h); err != nil {
+		return nil, err
+	}
+	out := make([]*softCred, n)
+	for i := range out {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		pt, _ := key.PublicKey.Bytes()
+		cose, err := attestation.EncodeCOSEKey(pt[1:33], pt[33:65])
+		if err != nil {
+			return nil, err
+		}
+		id := make([]byte, 16)
+		_, _ = rand.Read(id)
+		c := verifier.Credential{V: 1, ID: base64.RawURLEncoding.EncodeToString(id), Host: h.ID, Workload: fmt.Sprintf("w%d", i),
+			PublicKey: cose, Status: verifier.CredActive, Created: now, Updated: now}
+		if err := putJSON(ctx, credsKV, c.ID, c); err != nil {
+			return nil, err
+		}
+		out[i] = &softCred{id: id, key: key}
+	}
+	return out, nil
+}
+
+func putJSON(ctx context.Context, kv jetstream.KeyValue, key string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = kv.Put(ctx, key, b)
+	return err
+}

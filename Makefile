@@ -36,7 +36,7 @@ bench: ## benchmarks: TPM operations, the whole chain, revocation, enrollment, a
 	$(GO) test ./verifier -run '^$$' -bench Enrollment -benchtime 5x
 	$(GO) test ./attestation -run '^$$' -bench . -benchtime 2000x
 	$(GO) test ./e2e -run '^$$' -bench . -benchtime 1x
-	$(GO) run ./cmd/tpmauthn-bench docs
+	$(GO) run ./cmd/tpmauthn-bench $(BIN)
 
 interop: build ## verify debug register/assert output with SimpleWebAuthn (node + npm)
 	./scripts/interop.sh

@@ -37,18 +37,18 @@ func FullConfig(dir string, out io.Writer) Config {
 
 // Result is one scenario at one concurrency: medians over repetitions.
 type Result struct {
-	Scenario      string  `json:"scenario"`
-	Concurrency   int     `json:"concurrency"`
-	ConnectsPerS  float64 `json:"connects_per_s"`
-	P50ms         float64 `json:"p50_ms"`
-	P99ms         float64 `json:"p99_ms"`
-	CPUusPerConn  float64 `json:"cpu_us_per_connect"` // whole process: clients, server, responder
-	Failures      int     `json:"failures"`
-	RatioVsNoop   float64 `json:"ratio_vs_noop_callout"` // connect rate / noop callout's
-	Repetitions   int     `json:"repetitions"`
-	ConnectsEach  int     `json:"connects_each"`
-	rates, p50s   []float64
-	p99s, cpus    []float64
+	Scenario     string  `json:"scenario"`
+	Concurrency  int     `json:"concurrency"`
+	ConnectsPerS float64 `json:"connects_per_s"`
+	P50ms        float64 `json:"p50_ms"`
+	P99ms        float64 `json:"p99_ms"`
+	CPUusPerConn float64 `json:"cpu_us_per_connect"` // whole process: clients, server, responder
+	Failures     int     `json:"failures"`
+	RatioVsNoop  float64 `json:"ratio_vs_noop_callout"` // connect rate / noop callout's
+	Repetitions  int     `json:"repetitions"`
+	ConnectsEach int     `json:"connects_each"`
+	rates, p50s  []float64
+	p99s, cpus   []float64
 }
 
 // Report is a whole run.

@@ -24,7 +24,10 @@ func TestQuick(t *testing.T) {
 			t.Errorf("%s at %d: %d failures, %.0f connects/s", x.Scenario, x.Concurrency, x.Failures, x.ConnectsPerS)
 		}
 	}
-	if !strings.Contains(out.String(), "ratio_vs_noop_callout=") {
+	if len(r.Storms) != 1 || r.Storms[0].Failures != 0 {
+		t.Errorf("storm: %+v", r.Storms)
+	}
+	if !strings.Contains(out.String(), "ratio_vs_noop_callout=") || !strings.Contains(out.String(), "storm_200_s=") {
 		t.Fatal("no summary line")
 	}
 }

@@ -21,18 +21,19 @@ type Config struct {
 	Concurrency []int // parallel connecting clients
 	Reps        int   // repetitions of the whole alternation
 	Connects    int   // connects per scenario, concurrency and repetition
+	Storms      []int // reconnect storm sizes
 	Dir         string
 	Out         io.Writer
 }
 
 // QuickConfig runs everything small (CI: the harness must not rot).
 func QuickConfig(dir string, out io.Writer) Config {
-	return Config{Concurrency: []int{1, 16}, Reps: 1, Connects: 40, Dir: dir, Out: out}
+	return Config{Concurrency: []int{1, 16}, Reps: 1, Connects: 40, Storms: []int{200}, Dir: dir, Out: out}
 }
 
 // FullConfig is the configuration of a report.
 func FullConfig(dir string, out io.Writer) Config {
-	return Config{Concurrency: []int{1, 16, 64, 256}, Reps: 3, Connects: 1500, Dir: dir, Out: out}
+	return Config{Concurrency: []int{1, 16, 64, 256}, Reps: 3, Connects: 1500, Storms: []int{1000, 5000, 10000}, Dir: dir, Out: out}
 }
 
 // Result is one scenario at one concurrency: medians over repetitions.
@@ -56,6 +57,8 @@ type Report struct {
 	Started time.Time          `json:"started"`
 	Go      string             `json:"go"`
 	Results []*Result          `json:"results"`
+	Storms  []*StormResult     `json:"storms"`
+	Notes   []string           `json:"notes,omitempty"`
 	Summary map[string]float64 `json:"summary"`
 }
 
@@ -113,6 +116,23 @@ func Run(cfg Config) (*Report, error) {
 		}
 	}
 	rep.Summary["ratio_vs_noop_callout"] = results[fmt.Sprintf("tpmauthn/%d", maxConc)].RatioVsNoop
+	for _, n := range cfg.Storms {
+		// Clients and server share this process: two descriptors each.
+		if lim := fdLimit(); uint64(2*n+2000) > lim {
+			note := fmt.Sprintf("storm of %d clients skipped: %d descriptors allowed, %d needed with clients and server in one process", n, lim, 2*n+2000)
+			rep.Notes = append(rep.Notes, note)
+			fmt.Fprintln(cfg.Out, note)
+			continue
+		}
+		fmt.Fprintf(cfg.Out, "reconnect storm: %d clients ... ", n)
+		s, err := Storm(filepath.Join(cfg.Dir, fmt.Sprintf("storm-%d", n)), n)
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(cfg.Out, "all back %.2f s after the restart, %d failures\n", s.ReauthS, s.Failures)
+		rep.Storms = append(rep.Storms, s)
+		rep.Summary[fmt.Sprintf("storm_%d_s", n)] = s.ReauthS
+	}
 	return rep, nil
 }
 
@@ -193,13 +213,27 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// raiseFDLimit: hundreds of concurrent connections need two descriptors each.
+// raiseFDLimit: every connection needs two descriptors (client and server
+// side, in this one process). As root the hard limit can rise too.
 func raiseFDLimit() {
 	var l syscall.Rlimit
-	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil && l.Cur < l.Max {
-		l.Cur = l.Max
-		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) != nil {
+		return
 	}
+	want := syscall.Rlimit{Cur: 1 << 17, Max: 1 << 17}
+	if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want) == nil {
+		return
+	}
+	l.Cur = l.Max
+	_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+}
+
+func fdLimit() uint64 {
+	var l syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) != nil {
+		return 0
+	}
+	return l.Cur
 }
 
 func goVersion() string {
@@ -217,6 +251,15 @@ func (r *Report) Write(out io.Writer, dir string) error {
 	fmt.Fprintf(&md, "| scenario | concurrency | connects/s | p50 ms | p99 ms | CPU µs/connect | failures | vs noop callout |\n|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.Results {
 		fmt.Fprintf(&md, "| %s | %d | %.0f | %.2f | %.2f | %.0f | %d | %.2f |\n", x.Scenario, x.Concurrency, x.ConnectsPerS, x.P50ms, x.P99ms, x.CPUusPerConn, x.Failures, x.RatioVsNoop)
+	}
+	if len(r.Storms) > 0 {
+		fmt.Fprintf(&md, "\n| reconnect storm: clients | initial connect s | all re-authorized s after restart | callouts/s | failures |\n|---|---|---|---|---|\n")
+		for _, s := range r.Storms {
+			fmt.Fprintf(&md, "| %d | %.2f | %.2f | %.0f | %d |\n", s.Clients, s.ConnectS, s.ReauthS, s.CalloutsPerS, s.Failures)
+		}
+	}
+	for _, n := range r.Notes {
+		fmt.Fprintf(&md, "\nNote: %s\n", n)
 	}
 	fmt.Fprint(out, "\n"+md.String())
 	mdPath, jsonPath := filepath.Join(dir, "bench.md"), filepath.Join(dir, "bench.json")

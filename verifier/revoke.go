@@ -24,7 +24,7 @@ const kickTimeout = time.Second
 // connectSys opens the system-account connection used for kicks.
 func (v *Verifier) connectSys(url string) error {
 	kp := v.keys.Sys
-	nc, err := nats.Connect(url, nats.Name("tpmauthn-verifier-sys"), nats.Nkey(pub(kp), kp.Sign), nats.MaxReconnects(-1))
+	nc, err := nats.Connect(url, append(v.connOptions("tpmauthn-verifier-sys"), nats.Nkey(pub(kp), kp.Sign))...)
 	if err != nil {
 		return fmt.Errorf("connect to NATS as the system user (for kicks): %w", err)
 	}

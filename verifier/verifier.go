@@ -116,8 +116,7 @@ func (v *Verifier) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	nc, err := nats.Connect(url, nats.Name("tpmauthn-verifier"),
-		nats.Nkey(pub(kp), kp.Sign), nats.MaxReconnects(-1), nats.Timeout(5*time.Second))
+	nc, err := nats.Connect(url, append(v.connOptions("tpmauthn-verifier"), nats.Nkey(pub(kp), kp.Sign))...)
 	if err != nil {
 		v.Close()
 		return fmt.Errorf("connect to NATS at %s as the verifier user: %w", url, err)
@@ -183,6 +182,24 @@ func (v *Verifier) Start(ctx context.Context) error {
 func (v *Verifier) clientURLFile() string {
 	_, f := OperatorFiles(v.cfg.DataDir)
 	return f
+}
+
+// connOptions: the verifier comes back quickly after a server restart (every
+// client is waiting for its callouts then), and reports connection trouble
+// in its log rather than on stderr.
+func (v *Verifier) connOptions(name string) []nats.Option {
+	return []nats.Option{
+		nats.Name(name), nats.MaxReconnects(-1), nats.Timeout(5 * time.Second),
+		nats.ReconnectWait(100 * time.Millisecond), nats.ReconnectJitter(100*time.Millisecond, 100*time.Millisecond),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			v.log.Warn("NATS", "connection", name, "error", err)
+		}),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				v.log.Warn("NATS disconnected; reconnecting", "connection", name, "error", err)
+			}
+		}),
+	}
 }
 
 // Run starts the verifier and serves until ctx is done.

@@ -1,0 +1,161 @@
+package bench
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/tpmauthn/tpmauthn/verifier"
+)
+
+// StormResult is one reconnect storm: n connected tpmauthn clients, the
+// nats-server restarted on the same port, every client re-authorized.
+type StormResult struct {
+	Clients      int     `json:"clients"`
+	ConnectS     float64 `json:"initial_connect_s"`
+	ReauthS      float64 `json:"reauthorize_all_s"` // from the server's restart to the last client back
+	Failures     int     `json:"failures"`          // clients not back within the timeout
+	CalloutsPerS float64 `json:"callouts_per_s"`
+}
+
+// stormServer runs the tpmauthn layout on a fixed port, JetStream in dir.
+type stormServer struct {
+	conf string
+	srv  *server.Server
+}
+
+func (s *stormServer) start() error {
+	opts, err := server.ProcessConfigFile(s.conf)
+	if err != nil {
+		return err
+	}
+	srv, err := quietServer(opts)
+	if err != nil {
+		return err
+	}
+	s.srv = srv
+	return nil
+}
+
+func freeTCPPort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Storm connects n clients, restarts the server and times the return.
+func Storm(dir string, n int) (*StormResult, error) {
+	raiseFDLimit()
+	k, _, err := verifier.LoadOrCreateKeys(filepath.Join(dir, "verifier"))
+	if err != nil {
+		return nil, err
+	}
+	port, err := freeTCPPort()
+	if err != nil {
+		return nil, err
+	}
+	conf := verifier.ServerConfig(k, verifier.ServerConfigOptions{Listen: "127.0.0.1:" + strconv.Itoa(port), StoreDir: filepath.Join(dir, "js")})
+	ss := &stormServer{conf: filepath.Join(dir, "storm.conf")}
+	if err := os.WriteFile(ss.conf, []byte(conf+"max_connections: 100000\n"), 0o600); err != nil {
+		return nil, err
+	}
+	if err := ss.start(); err != nil {
+		return nil, err
+	}
+	defer func() { ss.srv.Shutdown() }()
+	policy := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(policy, []byte(benchPolicy), 0o600); err != nil {
+		return nil, err
+	}
+	const rpID = "bench.example.com"
+	v, err := verifier.New(verifier.Config{DataDir: filepath.Join(dir, "verifier"), NATSURL: ss.srv.ClientURL(), PolicyFile: policy, RPID: rpID, Workers: 256})
+	if err != nil {
+		return nil, err
+	}
+	if err := v.Start(context.Background()); err != nil {
+		return nil, err
+	}
+	defer v.Close()
+	creds, err := writeFixture(v, n)
+	if err != nil {
+		return nil, err
+	}
+	origin := "tpmauthn://" + rpID
+	var back atomic.Int64
+	conns := make([]*nats.Conn, n)
+	res := &StormResult{Clients: n}
+	start := time.Now()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			c := creds[i]
+			var mu sync.Mutex
+			nc, err := nats.Connect(ss.srv.ClientURL(),
+				nats.Nkey(b64(c.id), func(nonce []byte) ([]byte, error) {
+					mu.Lock()
+					defer mu.Unlock()
+					c.counter++
+					return softBundle(c, rpID, origin, nonce)
+				}),
+				nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond), nats.ReconnectJitter(time.Second, time.Second),
+				nats.Timeout(10*time.Second), nats.IgnoreAuthErrorAbort(),
+				nats.ReconnectHandler(func(*nats.Conn) { back.Add(1) }),
+				nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+			if err != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+				return
+			}
+			conns[i] = nc
+		}()
+	}
+	wg.Wait()
+	res.ConnectS = time.Since(start).Seconds()
+	defer func() {
+		for _, nc := range conns {
+			if nc != nil {
+				nc.Close()
+			}
+		}
+	}()
+	if f := failed.Load(); f > 0 {
+		return nil, fmt.Errorf("storm: %d of %d initial connects failed; first: %v", f, n, firstErr.Load())
+	}
+	// Restart the server on the same port: every client reconnects and is
+	// authorized again through the callout.
+	ss.srv.Shutdown()
+	ss.srv.WaitForShutdown()
+	restarted := time.Now()
+	if err := ss.start(); err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for back.Load() < int64(n) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	res.ReauthS = time.Since(restarted).Seconds()
+	res.Failures = n - int(back.Load())
+	res.CalloutsPerS = float64(back.Load()) / res.ReauthS
+	return res, nil
+}
+
+func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }

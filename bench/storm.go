@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -81,7 +82,11 @@ func Storm(dir string, n int) (*StormResult, error) {
 		return nil, err
 	}
 	const rpID = "bench.example.com"
-	v, err := verifier.New(verifier.Config{DataDir: filepath.Join(dir, "verifier"), NATSURL: ss.srv.ClientURL(), PolicyFile: policy, RPID: rpID, Workers: 256})
+	log := slog.New(slog.DiscardHandler)
+	if os.Getenv("BENCH_LOG") != "" {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	v, err := verifier.New(verifier.Config{DataDir: filepath.Join(dir, "verifier"), NATSURL: ss.srv.ClientURL(), PolicyFile: policy, RPID: rpID, Workers: 256, Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -93,53 +98,18 @@ func Storm(dir string, n int) (*StormResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	origin := "tpmauthn://" + rpID
-	var back atomic.Int64
-	conns := make([]*nats.Conn, n)
 	res := &StormResult{Clients: n}
+	if uint64(2*n+2000) > fdLimit() {
+		return stormChild(ss, res, creds, rpID)
+	}
+	origin := "tpmauthn://" + rpID
 	start := time.Now()
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 64)
-	var failed atomic.Int64
-	var firstErr atomic.Value
-	for i := range n {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			c := creds[i]
-			var mu sync.Mutex
-			nc, err := nats.Connect(ss.srv.ClientURL(),
-				nats.Nkey(b64(c.id), func(nonce []byte) ([]byte, error) {
-					mu.Lock()
-					defer mu.Unlock()
-					c.counter++
-					return softBundle(c, rpID, origin, nonce)
-				}),
-				nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond), nats.ReconnectJitter(time.Second, time.Second),
-				nats.Timeout(10*time.Second), nats.IgnoreAuthErrorAbort(),
-				nats.ReconnectHandler(func(*nats.Conn) { back.Add(1) }),
-				nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
-			if err != nil {
-				failed.Add(1)
-				firstErr.CompareAndSwap(nil, err.Error())
-				return
-			}
-			conns[i] = nc
-		}()
+	cl, err := connectClients(ss.srv.ClientURL(), creds, rpID, origin)
+	if err != nil {
+		return nil, err
 	}
-	wg.Wait()
+	defer cl.close()
 	res.ConnectS = time.Since(start).Seconds()
-	defer func() {
-		for _, nc := range conns {
-			if nc != nil {
-				nc.Close()
-			}
-		}
-	}()
-	if f := failed.Load(); f > 0 {
-		return nil, fmt.Errorf("storm: %d of %d initial connects failed; first: %v", f, n, firstErr.Load())
-	}
 	// Restart the server on the same port: every client reconnects and is
 	// authorized again through the callout.
 	ss.srv.Shutdown()
@@ -149,13 +119,68 @@ func Storm(dir string, n int) (*StormResult, error) {
 		return nil, err
 	}
 	deadline := time.Now().Add(90 * time.Second)
-	for back.Load() < int64(n) && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
+	for cl.back.Load() < int64(n) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
 	}
+	back := cl.back.Load()
 	res.ReauthS = time.Since(restarted).Seconds()
-	res.Failures = n - int(back.Load())
-	res.CalloutsPerS = float64(back.Load()) / res.ReauthS
+	res.Failures = n - int(back)
+	res.CalloutsPerS = float64(back) / res.ReauthS
 	return res, nil
+}
+
+// clients are connected storm clients.
+type clients struct {
+	conns []*nats.Conn
+	back  atomic.Int64 // reconnections
+}
+
+func (c *clients) close() {
+	for _, nc := range c.conns {
+		if nc != nil {
+			nc.Close()
+		}
+	}
+}
+
+// connectClients connects one client per credential, 64 at a time.
+func connectClients(url string, creds []*softCred, rpID, origin string) (*clients, error) {
+	cl := &clients{conns: make([]*nats.Conn, len(creds))}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	for i, c := range creds {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			var mu sync.Mutex
+			nc, err := nats.Connect(url,
+				nats.Nkey(b64(c.id), func(nonce []byte) ([]byte, error) {
+					mu.Lock()
+					defer mu.Unlock()
+					c.counter++
+					return softBundle(c, rpID, origin, nonce)
+				}),
+				nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond), nats.ReconnectJitter(time.Second, time.Second),
+				nats.Timeout(10*time.Second), nats.IgnoreAuthErrorAbort(),
+				nats.ReconnectHandler(func(*nats.Conn) { cl.back.Add(1) }),
+				nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+			if err != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+				return
+			}
+			cl.conns[i] = nc
+		}()
+	}
+	wg.Wait()
+	if f := failed.Load(); f > 0 {
+		cl.close()
+		return nil, fmt.Errorf("storm: %d of %d initial connects failed; first: %v", f, len(creds), firstErr.Load())
+	}
+	return cl, nil
 }
 
 func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }

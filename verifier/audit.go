@@ -100,7 +100,7 @@ func openAudit(ctx context.Context, js jetstream.JetStream, key nkeys.KeyPair, c
 	if err != nil {
 		return nil, fmt.Errorf("audit stream: %w", err)
 	}
-	a := &auditLog{js: js, stream: s, key: key, log: log, ch: make(chan auditItem, 1<<14), done: make(chan struct{})}
+	a := &auditLog{js: js, stream: s, key: key, log: log, ch: make(chan auditItem, 1<<18), done: make(chan struct{})}
 	if err := a.readHead(ctx); err != nil {
 		return nil, err
 	}
@@ -188,10 +188,17 @@ func (a *auditLog) run() {
 
 // append chains, signs and publishes one event with expected-last-sequence;
 // when another verifier appended first it re-reads the head and retries.
+// While the server is away (a restart) it keeps retrying the same event, so
+// nothing is lost; a retry whose first attempt did land is recognized by its
+// hash at the head and not appended twice.
 func (a *auditLog) append(e Event) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for attempt := 0; attempt < 50; attempt++ {
+	conflicts := 0
+	for {
+		select {
+		case <-a.done:
+			return errors.New("audit: closed with an event unwritten")
+		default:
+		}
 		start := time.Now()
 		e.Seq, e.Prev = a.lastSeq+1, a.lastHash
 		h, err := e.digest()
@@ -207,7 +214,9 @@ func (a *auditLog) append(e Event) error {
 		if err != nil {
 			return err
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		ack, err := a.js.Publish(ctx, auditSubject, b, jetstream.WithExpectLastSequence(a.lastSeq))
+		cancel()
 		if err == nil {
 			a.lastSeq, a.lastHash = ack.Sequence, h
 			if a.appended != nil {
@@ -217,13 +226,27 @@ func (a *auditLog) append(e Event) error {
 		}
 		var apiErr *jetstream.APIError
 		if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
-			return err
+			if nc := a.js.Conn(); nc.IsClosed() || nc.IsDraining() {
+				return fmt.Errorf("audit: connection closed with an event unwritten: %w", err)
+			}
+			a.log.Warn("audit append failed; retrying", "error", err)
+			time.Sleep(100 * time.Millisecond)
+			continue
 		}
-		if err := a.readHead(ctx); err != nil {
-			return err
+		if conflicts++; conflicts > 1000 {
+			return errors.New("audit: could not append after 1000 sequence conflicts")
+		}
+		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err = a.readHead(rctx)
+		rcancel()
+		if err != nil {
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		if a.lastHash == h {
+			return nil // an earlier attempt landed after all
 		}
 	}
-	return errors.New("audit: could not append after 50 sequence conflicts")
 }
 
 // readRaw returns up to max raw events from sequence from.

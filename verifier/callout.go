@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
@@ -22,19 +23,95 @@ const calloutSubject = "$SYS.REQ.USER.AUTH"
 // to the log (and, later, the audit trail).
 var errDenied = errors.New("authorization failed")
 
+// calloutBudget is how long a client waits for its CONNECT to be answered:
+// nats.go fails the handshake on the server's first PING, about 2 s after it
+// connected, whatever authorization.timeout says. A request older than this
+// is not worth its decryption.
+const calloutBudget = 2 * time.Second
+
+// serveCallout takes requests off the subscription at once and serves the
+// newest first (adaptive LIFO): in a reconnect storm a first-in-first-out
+// queue grows until every request in it has outlived its client's patience,
+// and then nothing gets through; newest-first keeps serving requests that can
+// still succeed and sheds the stale ones cheaply.
 func (v *Verifier) serveCallout() error {
-	_, err := v.nc.QueueSubscribe(calloutSubject, queueGroup, func(m *nats.Msg) {
-		v.sem <- struct{}{}
-		v.wg.Add(1)
-		go func() {
-			defer func() { <-v.sem; v.wg.Done() }()
-			v.handleCallout(m)
-		}()
-	})
+	q := &calloutQueue{wake: make(chan struct{}, 1)}
+	_, err := v.nc.QueueSubscribe(calloutSubject, queueGroup, q.push)
 	if err != nil {
 		return fmt.Errorf("subscribe %s: %w", calloutSubject, err)
 	}
+	for range cap(v.sem) {
+		v.wg.Add(1)
+		go func() {
+			defer v.wg.Done()
+			for {
+				m, at, ok := q.pop(v.done)
+				if !ok {
+					return
+				}
+				if time.Since(at) > calloutBudget {
+					v.metrics.shed.Inc()
+					continue
+				}
+				v.handleCallout(m)
+			}
+		}()
+	}
 	return nil
+}
+
+// calloutQueue is a stack of requests with their arrival times, bounded: the
+// oldest are dropped first.
+type calloutQueue struct {
+	mu    sync.Mutex
+	items []queued
+	wake  chan struct{}
+}
+
+type queued struct {
+	m  *nats.Msg
+	at time.Time
+}
+
+const maxQueuedCallouts = 1 << 16
+
+func (q *calloutQueue) push(m *nats.Msg) {
+	q.mu.Lock()
+	if len(q.items) >= maxQueuedCallouts {
+		q.items = append(q.items[:0], q.items[len(q.items)/2:]...) // drop the older half
+	}
+	q.items = append(q.items, queued{m, time.Now()})
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// pop returns the newest request, waiting for one until done is closed.
+func (q *calloutQueue) pop(done chan struct{}) (*nats.Msg, time.Time, bool) {
+	for {
+		q.mu.Lock()
+		if n := len(q.items); n > 0 {
+			it := q.items[n-1]
+			q.items = q.items[:n-1]
+			more := n > 1
+			q.mu.Unlock()
+			if more {
+				select { // pass the wake-up on to another worker
+				case q.wake <- struct{}{}:
+				default:
+				}
+			}
+			return it.m, it.at, true
+		}
+		q.mu.Unlock()
+		select {
+		case <-q.wake:
+		case <-done:
+			return nil, time.Time{}, false
+		}
+	}
 }
 
 // handleCallout answers one auth-callout request (NATS ADR-26): decrypt,
@@ -57,6 +134,13 @@ func (v *Verifier) handleCallout(m *nats.Msg) {
 	}
 	if err := checkRequest(rc); err != nil {
 		v.log.Warn("callout: invalid request", "error", err)
+		return
+	}
+	// Shed what the server no longer waits for: in a reconnect storm
+	// requests queue up, and answering expired ones late only delays the
+	// fresh ones behind them.
+	if rc.Expires != 0 && time.Now().Unix() >= rc.Expires {
+		v.metrics.shed.Inc()
 		return
 	}
 	ev := denyByDefault("connect")

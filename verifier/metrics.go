@@ -23,6 +23,7 @@ type metrics struct {
 	registrations *prometheus.CounterVec
 	tamper        *prometheus.CounterVec
 	auditAppend   prometheus.Histogram
+	shed          prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -44,12 +45,15 @@ func newMetrics() *metrics {
 		tamper: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tpmauthn_tamper_signals_total", Help: "Tamper signals (alerts), by kind.",
 		}, []string{"kind"}),
+		shed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tpmauthn_callouts_shed_total", Help: "Callout requests dropped because the server had stopped waiting for them.",
+		}),
 		auditAppend: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "tpmauthn_audit_append_seconds", Help: "Time to chain, sign and append one audit event.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .1},
 		}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, m.enrollments, m.registrations, m.tamper, m.auditAppend,
+	m.reg.MustRegister(m.requests, m.latency, m.enrollments, m.registrations, m.tamper, m.auditAppend, m.shed,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

@@ -44,6 +44,7 @@ type Verifier struct {
 	svcs   []micro.Service
 	sem    chan struct{} // bounds concurrent requests
 	served atomic.Uint64 // requests answered (endpoints and callouts)
+	done   chan struct{} // closed by Close: stops the callout workers
 
 	policy    *policySource
 	pubKeys   keyCache
@@ -69,7 +70,7 @@ func New(cfg Config) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &Verifier{cfg: cfg, keys: keys, log: cfg.Logger, sem: make(chan struct{}, cfg.Workers), metrics: newMetrics()}
+	v := &Verifier{cfg: cfg, keys: keys, log: cfg.Logger, sem: make(chan struct{}, cfg.Workers), metrics: newMetrics(), done: make(chan struct{})}
 	if len(created) > 0 {
 		v.log.Info("created key material", "data_dir", cfg.DataDir, "files", created)
 	}
@@ -251,11 +252,13 @@ func (v *Verifier) Close() {
 		for _, s := range v.svcs {
 			_ = s.Stop()
 		}
+		close(v.done) // callout workers stop taking requests
+		// Append what is queued while the connection is still open.
+		v.audit.close()
 		if v.nc != nil {
 			_ = v.nc.Drain()
 		}
 		v.waitDrained()
-		v.audit.close()
 		if v.sysNC != nil {
 			v.sysNC.Close()
 		}

@@ -8,11 +8,19 @@ package main
 import (
 	"fmt"
 	"os"
+	"strconv"
 
 	"github.com/tpmauthn/tpmauthn/bench"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == bench.StormClientsArg {
+		if err := bench.StormClientsMain(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "tpmauthn-bench storm-clients:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	dir, err := os.MkdirTemp("", "tpmauthn-bench-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tpmauthn-bench:", err)
@@ -25,6 +33,22 @@ func main() {
 	cfg := bench.FullConfig(dir, os.Stdout)
 	if os.Getenv("BENCH_QUICK") == "1" {
 		cfg = bench.QuickConfig(dir, os.Stdout)
+	}
+	if s := os.Getenv("BENCH_ONLY_STORM"); s != "" { // e.g. 10000: just that storm
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "tpmauthn-bench: BENCH_ONLY_STORM:", err)
+			os.Exit(2)
+		}
+		r, err := bench.Storm(dir, n)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "tpmauthn-bench:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("storm: %d clients, connected in %.2f s, all re-authorized %.2f s after the restart (%.0f callouts/s), %d failures\nstorm_%d_s=%.3f\n",
+			r.Clients, r.ConnectS, r.ReauthS, r.CalloutsPerS, r.Failures, r.Clients, r.ReauthS)
+		_ = os.RemoveAll(dir)
+		return
 	}
 	r, err := bench.Run(cfg)
 	if err == nil {

@@ -88,21 +88,7 @@ func TestAuditTrail(t *testing.T) {
 	wantBrokenAt(t, "another key", err, e.Seq)
 
 	// A message deleted from the stream.
-	kp, err := verifier.LoadNKey(verifierSeed(s))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pk, _ := kp.PublicKey()
-	nc, err := nats.Connect(s.v.ClientURL(), nats.Nkey(pk, kp.Sign))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	stream, err := js.Stream(context.Background(), "TPMAUTHN_AUDIT")
-	if err != nil {
-		t.Fatal(err)
-	}
+	stream := auditStream(t, s)
 	if err := stream.DeleteMsg(context.Background(), kseq); err != nil {
 		t.Fatal(err)
 	}
@@ -114,6 +100,16 @@ func TestAuditTrail(t *testing.T) {
 func TestAuditStreamRefusesDeletion(t *testing.T) {
 	s := newStack(t)
 	s.v.FlushAudit()
+	stream := auditStream(t, s)
+	if err := stream.DeleteMsg(context.Background(), 1); err == nil {
+		t.Fatal("the audit stream let a message be deleted")
+	}
+}
+
+// auditStream opens the audit stream as the verifier's own user would (the
+// access an attacker on the verifier's host would have).
+func auditStream(t *testing.T, s *stack) jetstream.Stream {
+	t.Helper()
 	kp, err := verifier.LoadNKey(verifierSeed(s))
 	if err != nil {
 		t.Fatal(err)
@@ -123,15 +119,13 @@ func TestAuditStreamRefusesDeletion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(nc.Close)
 	js, _ := jetstream.New(nc)
 	stream, err := js.Stream(context.Background(), "TPMAUTHN_AUDIT")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := stream.DeleteMsg(context.Background(), 1); err == nil {
-		t.Fatal("the audit stream let a message be deleted")
-	}
+	return stream
 }
 
 func verifierSeed(s *stack) string {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"sync/atomic"
 	"testing"
@@ -115,4 +116,54 @@ func TestSecondCredentialNeedsRotationProof(t *testing.T) {
 	if !errors.As(err, &ve) || ve.Code != "conflict" {
 		t.Fatalf("a second registration for workload app: %v, want a conflict", err)
 	}
+}
+
+// TestCredentialStatusOnlyForOwnHost: the server-added requester identity
+// lets an agent read only its own host's credential states.
+func TestCredentialStatusOnlyForOwnHost(t *testing.T) {
+	s := newStack(t)
+	auth := s.ag.Authenticator()
+	e, err := auth.Enrollment()
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := auth.Credentials()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hostCred []byte
+	for _, c := range creds {
+		if c.Name == "tpmauthn-agent" {
+			hostCred = c.ID
+		}
+	}
+	nc, err := nats.Connect(s.v.ClientURL(), credentialOptions(auth, hostCred)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	var states []map[string]any
+	if code := request(t, nc, "tpmauthn.v1.credentials.status", map[string]string{"host_id": e.HostID}, &states); code != "" || len(states) < 2 {
+		t.Fatalf("own host: code %q, %d states", code, len(states))
+	}
+	if code := request(t, nc, "tpmauthn.v1.credentials.status", map[string]string{"host_id": "h-0123456789abcdef"}, &states); code != "not_found" {
+		t.Fatalf("another host: code %q, want not_found", code)
+	}
+}
+
+// request sends one v1 request and returns the verifier's error code, if any.
+func request(t *testing.T, nc *nats.Conn, subj string, req, resp any) string {
+	t.Helper()
+	b, _ := json.Marshal(req)
+	m, err := nc.Request(subj, b, 5*time.Second)
+	if err != nil {
+		t.Fatalf("%s: %v", subj, err)
+	}
+	if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
+		return code
+	}
+	if err := json.Unmarshal(m.Data, resp); err != nil {
+		t.Fatal(err)
+	}
+	return ""
 }

@@ -276,6 +276,9 @@ func (v *Verifier) credentialStatus(ctx context.Context, body []byte) (any, erro
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
+	if !requesterIsHost(ctx, req.HostID) {
+		return nil, fmt.Errorf("%w: only host %s's own agent may ask", ErrNotFound, req.HostID)
+	}
 	if _, err := v.activeHost(ctx, req.HostID); err != nil {
 		return nil, err
 	}

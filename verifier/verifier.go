@@ -321,6 +321,7 @@ func (v *Verifier) handler(subj string, h func(context.Context, []byte) (any, er
 			defer func() { <-v.sem; v.wg.Done() }()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
+			ctx = withRequester(ctx, req.Headers())
 			start := time.Now()
 			resp, err := h(ctx, req.Data())
 			v.respond(req, subj, resp, err, time.Since(start))

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/agent/tpm"
 	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/internal/promserve"
 )
 
 // DefaultSocket is where workloads find the agent.
@@ -101,9 +102,8 @@ type Agent struct {
 
 	stopRotation context.CancelFunc
 
-	metrics     *agentMetrics
-	metricsSrv  *http.Server
-	metricsAddr string
+	metrics    *agentMetrics
+	metricsSrv *promserve.Server
 
 	ncMu   sync.Mutex // guards nc's creation
 	mu     sync.Mutex
@@ -161,12 +161,12 @@ func (a *Agent) Start(ctx context.Context) error {
 		return err
 	}
 	if a.cfg.MetricsListen != "" {
-		addr, err := a.serveMetrics(a.cfg.MetricsListen)
+		srv, err := promserve.Start(a.cfg.MetricsListen, a.metrics.reg)
 		if err != nil {
 			_ = a.Close()
 			return err
 		}
-		a.metricsAddr = addr
+		a.metricsSrv = srv
 	}
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.stopRotation = cancel
@@ -183,7 +183,7 @@ func (a *Agent) Close() error {
 	if a.stopRotation != nil {
 		a.stopRotation()
 	}
-	a.stopMetrics()
+	a.metricsSrv.Stop()
 	if a.srv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		errs = append(errs, a.srv.Shutdown(sctx))
@@ -438,7 +438,12 @@ func (a *Agent) serve() error {
 func b64url(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 
 // MetricsAddr is where /metrics is served, or "".
-func (a *Agent) MetricsAddr() string { return a.metricsAddr }
+func (a *Agent) MetricsAddr() string {
+	if a.metricsSrv == nil {
+		return ""
+	}
+	return a.metricsSrv.Addr()
+}
 
 // Authenticator is the agent's authenticator (for tools and tests).
 func (a *Agent) Authenticator() *Authenticator { return a.auth }

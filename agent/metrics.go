@@ -1,14 +1,9 @@
 package agent
 
 import (
-	"context"
-	"fmt"
-	"net"
-	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // agentMetrics: TPM command latency by command, the TPM queue's depth, and
@@ -51,25 +46,4 @@ func (m *agentMetrics) assertion(workload, kind string, err error) {
 		result = "error"
 	}
 	m.assertions.WithLabelValues(workload, kind, result).Inc()
-}
-
-// serveMetrics serves /metrics on addr; it returns the bound address.
-func (a *Agent) serveMetrics(addr string) (string, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return "", fmt.Errorf("metrics_listen %s: %w", addr, err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
-	a.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = a.metricsSrv.Serve(ln) }()
-	return ln.Addr().String(), nil
-}
-
-func (a *Agent) stopMetrics() {
-	if a.metricsSrv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = a.metricsSrv.Shutdown(ctx)
-	}
 }

@@ -1,15 +1,10 @@
 package verifier
 
 import (
-	"context"
 	"errors"
-	"fmt"
-	"net"
-	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tpmauthn/tpmauthn/attestation"
 )
@@ -78,28 +73,5 @@ func (m *metrics) observe(subject string, err error, took time.Duration) {
 		m.enrollments.WithLabelValues(result).Inc()
 	case attestation.SubjectRegisterFinish:
 		m.registrations.WithLabelValues(result).Inc()
-	}
-}
-
-// serveMetrics exposes /metrics on addr until ctx ends. It returns the
-// address it listens on (useful with port 0).
-func (v *Verifier) serveMetrics(addr string) (string, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return "", fmt.Errorf("metrics_listen %s: %w", addr, err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(v.metrics.reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	v.httpSrv = srv
-	go func() { _ = srv.Serve(ln) }()
-	return ln.Addr().String(), nil
-}
-
-func (v *Verifier) stopMetrics() {
-	if v.httpSrv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = v.httpSrv.Shutdown(ctx)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -20,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/internal/promserve"
 )
 
 // Version of the verifier service (NATS micro).
@@ -53,11 +53,10 @@ type Verifier struct {
 	credLocks credLocks
 	rpIDHash  [32]byte
 
-	metrics     *metrics
-	httpSrv     *http.Server
-	metricsAddr string
-	wg          sync.WaitGroup
-	close       sync.Once
+	metrics    *metrics
+	metricsSrv *promserve.Server
+	wg         sync.WaitGroup
+	close      sync.Once
 }
 
 // New loads (or creates) the key material and trust configuration.
@@ -165,13 +164,13 @@ func (v *Verifier) Start(ctx context.Context) error {
 		return fmt.Errorf("NATS flush: %w", err)
 	}
 	if v.cfg.MetricsListen != "" {
-		addr, err := v.serveMetrics(v.cfg.MetricsListen)
+		srv, err := promserve.Start(v.cfg.MetricsListen, v.metrics.reg)
 		if err != nil {
 			v.Close()
 			return err
 		}
-		v.metricsAddr = addr
-		v.log.Info("metrics", "url", "http://"+addr+"/metrics")
+		v.metricsSrv = srv
+		v.log.Info("metrics", "url", "http://"+srv.Addr()+"/metrics")
 	}
 	if err := os.WriteFile(v.clientURLFile(), []byte(url+"\n"), 0o644); err != nil {
 		v.log.Warn("cannot record the client URL for tpmauthnctl", "error", err)
@@ -222,7 +221,12 @@ func (v *Verifier) ClientURL() string {
 }
 
 // MetricsAddr is where /metrics is served, or "".
-func (v *Verifier) MetricsAddr() string { return v.metricsAddr }
+func (v *Verifier) MetricsAddr() string {
+	if v.metricsSrv == nil {
+		return ""
+	}
+	return v.metricsSrv.Addr()
+}
 
 // waitDrained waits until the connection finished draining (handlers in
 // flight have answered), at most a few seconds.
@@ -248,7 +252,7 @@ func (v *Verifier) Keys() *Keys { return v.keys }
 // server.
 func (v *Verifier) Close() {
 	v.close.Do(func() {
-		v.stopMetrics()
+		v.metricsSrv.Stop()
 		for _, s := range v.svcs {
 			_ = s.Stop()
 		}

@@ -8,7 +8,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/tpmauthn/tpmauthn/agent/client"
 	"github.com/tpmauthn/tpmauthn/verifier"
 )
 
@@ -99,8 +102,11 @@ func Storm(dir string, n int) (*StormResult, error) {
 		return nil, err
 	}
 	res := &StormResult{Clients: n}
+	if exe, err := os.Executable(); err == nil && strings.Contains(filepath.Base(exe), "tpmauthn-bench") {
+		return stormChild(ss, v, res, creds, rpID, exe)
+	}
 	if uint64(2*n+2000) > fdLimit() {
-		return stormChild(ss, res, creds, rpID)
+		return nil, fmt.Errorf("storm of %d clients needs them in a second process: run it from tpmauthn-bench", n)
 	}
 	origin := "tpmauthn://" + rpID
 	start := time.Now()
@@ -118,6 +124,7 @@ func Storm(dir string, n int) (*StormResult, error) {
 	if err := ss.start(); err != nil {
 		return nil, err
 	}
+	defer watchStorm(v, restarted)()
 	deadline := time.Now().Add(90 * time.Second)
 	for cl.back.Load() < int64(n) && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
@@ -156,17 +163,16 @@ func connectClients(url string, creds []*softCred, rpID, origin string) (*client
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			var mu sync.Mutex
-			nc, err := nats.Connect(url,
+			opts := append(client.ReconnectOptions(), // as a workload reconnects
 				nats.Nkey(b64(c.id), func(nonce []byte) ([]byte, error) {
 					mu.Lock()
 					defer mu.Unlock()
 					c.counter++
 					return softBundle(c, rpID, origin, nonce)
 				}),
-				nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond), nats.ReconnectJitter(time.Second, time.Second),
-				nats.Timeout(10*time.Second), nats.IgnoreAuthErrorAbort(),
 				nats.ReconnectHandler(func(*nats.Conn) { cl.back.Add(1) }),
 				nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+			nc, err := nats.Connect(url, opts...)
 			if err != nil {
 				failed.Add(1)
 				firstErr.CompareAndSwap(nil, err.Error())
@@ -184,3 +190,44 @@ func connectClients(url string, creds []*softCred, rpID, origin string) (*client
 }
 
 func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+// watchStorm profiles the storm into $BENCH_CPUPROFILE and, with BENCH_LOG
+// set, prints the verifier's answered and shed callouts each second.
+func watchStorm(v *verifier.Verifier, since time.Time) (stop func()) {
+	done := make(chan struct{})
+	var prof *os.File
+	if f := os.Getenv("BENCH_CPUPROFILE"); f != "" {
+		var err error
+		if prof, err = os.Create(f); err == nil {
+			_ = pprof.StartCPUProfile(prof)
+		}
+		if secs, _ := strconv.Atoi(os.Getenv("BENCH_CPUPROFILE_S")); secs > 0 {
+			time.AfterFunc(time.Duration(secs)*time.Second, pprof.StopCPUProfile) // just the start
+		}
+	}
+	go func() {
+		if os.Getenv("BENCH_LOG") == "" {
+			return
+		}
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		served, shed := v.Served(), v.Shed()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				s, d := v.Served(), v.Shed()
+				fmt.Fprintf(os.Stderr, "verifier: %4.1f s: %d answered, %d shed in the last second\n", time.Since(since).Seconds(), s-served, d-shed)
+				served, shed = s, d
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		if prof != nil {
+			pprof.StopCPUProfile()
+			_ = prof.Close()
+		}
+	}
+}

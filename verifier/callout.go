@@ -50,7 +50,7 @@ func (v *Verifier) serveCallout() error {
 					return
 				}
 				if time.Since(at) > calloutBudget {
-					v.metrics.shed.Inc()
+					v.shedOne()
 					continue
 				}
 				v.handleCallout(m)
@@ -122,7 +122,7 @@ func (v *Verifier) handleCallout(m *nats.Msg) {
 	data := m.Data
 	if serverXKey != "" {
 		var err error
-		if data, err = v.keys.XKey.Open(m.Data, serverXKey); err != nil {
+		if data, err = v.xbox.Open(m.Data, serverXKey); err != nil {
 			v.log.Warn("callout: cannot decrypt request", "error", err)
 			return // the server times the client out
 		}
@@ -140,7 +140,7 @@ func (v *Verifier) handleCallout(m *nats.Msg) {
 	// requests queue up, and answering expired ones late only delays the
 	// fresh ones behind them.
 	if rc.Expires != 0 && time.Now().Unix() >= rc.Expires {
-		v.metrics.shed.Inc()
+		v.shedOne()
 		return
 	}
 	ev := denyByDefault("connect")
@@ -175,7 +175,7 @@ func (v *Verifier) handleCallout(m *nats.Msg) {
 	}
 	out := []byte(tok)
 	if serverXKey != "" {
-		if out, err = v.keys.XKey.Seal(out, serverXKey); err != nil {
+		if out, err = v.xbox.Seal(out, serverXKey); err != nil {
 			v.log.Error("callout: seal response", "error", err)
 			return
 		}
@@ -248,4 +248,9 @@ func (v *Verifier) enrollmentUser(rc *jwt.AuthorizationRequestClaims, name strin
 	uc.Limits.Subs = 10
 	uc.Limits.Payload = 64 * 1024
 	return uc
+}
+
+func (v *Verifier) shedOne() {
+	v.shed.Add(1)
+	v.metrics.shed.Inc()
 }

@@ -39,11 +39,13 @@ type Verifier struct {
 	srv    *server.Server // embedded, or nil
 	nc     *nats.Conn
 	sysNC  *nats.Conn // system account: kicks
+	xbox   *xkeyBox   // seals callout traffic to the servers' xkeys
 	audit  *auditLog
 	st     *store
 	svcs   []micro.Service
 	sem    chan struct{} // bounds concurrent requests
 	served atomic.Uint64 // requests answered (endpoints and callouts)
+	shed   atomic.Uint64 // callout requests dropped unanswered (too old)
 	done   chan struct{} // closed by Close: stops the callout workers
 
 	policy    *policySource
@@ -69,7 +71,11 @@ func New(cfg Config) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &Verifier{cfg: cfg, keys: keys, log: cfg.Logger, sem: make(chan struct{}, cfg.Workers), metrics: newMetrics(), done: make(chan struct{})}
+	xbox, err := newXKeyBox(keys.XKey)
+	if err != nil {
+		return nil, err
+	}
+	v := &Verifier{cfg: cfg, keys: keys, xbox: xbox, log: cfg.Logger, sem: make(chan struct{}, cfg.Workers), metrics: newMetrics(), done: make(chan struct{})}
 	if len(created) > 0 {
 		v.log.Info("created key material", "data_dir", cfg.DataDir, "files", created)
 	}
@@ -244,6 +250,10 @@ func (v *Verifier) FlushAudit() { v.audit.flush() }
 
 // Served returns how many requests this instance answered.
 func (v *Verifier) Served() uint64 { return v.served.Load() }
+
+// Shed is the number of callout requests dropped because the server had
+// stopped waiting for them.
+func (v *Verifier) Shed() uint64 { return v.shed.Load() }
 
 // Keys returns the verifier's key material (for tests and tpmauthnctl).
 func (v *Verifier) Keys() *Keys { return v.keys }

@@ -13,8 +13,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -155,12 +157,43 @@ func NATSOptions(socket string) ([]nats.Option, error) {
 		}
 		return base64.RawURLEncoding.DecodeString(sig)
 	}
-	return []nats.Option{
+	// Clipped: callers append their own options, from many goroutines too.
+	return slices.Clip(append([]nats.Option{
 		nats.Nkey(nkey, signer),
 		nats.Name(who.Workload + "@" + who.Host),
+	}, ReconnectOptions()...)), nil
+}
+
+// ReconnectOptions are how a tpmauthn workload reconnects; any number of
+// connections may share them. A server restart sends the
+// whole fleet back at once, through one auth callout:
+//   - retries back off exponentially with jitter (see ReconnectDelay),
+//     spreading the herd instead of aiming it;
+//   - an "Authorization Violation" does not end the retries: during a storm
+//     the callout times out and the client cannot tell that from a denial
+//     (nats.go gives up after the second by default, which would leave
+//     healthy workloads disconnected for good);
+//   - a failed handshake's socket is closed (see CloseFailedHandshakes).
+func ReconnectOptions() []nats.Option {
+	return []nats.Option{
 		nats.Timeout(5 * time.Second),
-		nats.ReconnectWait(time.Second),
-		nats.ReconnectJitter(500*time.Millisecond, 2*time.Second),
+		nats.CustomReconnectDelay(ReconnectDelay),
 		nats.MaxReconnects(-1),
-	}, nil
+		nats.IgnoreAuthErrorAbort(),
+		CloseFailedHandshakes(),
+	}
+}
+
+// ReconnectDelay is the wait before a reconnect attempt (1 for the first):
+// 1–2 s, then 2–4 s, 4–8 s, and 8–16 s from then on ("equal jitter"). Every
+// attempt the verifier cannot answer in time still costs the server a signed,
+// sealed callout request, so clients that failed once must come back more
+// slowly than they left, or a large fleet keeps the server busy with
+// requests nobody will wait for.
+func ReconnectDelay(attempt int) time.Duration {
+	d := 2 * time.Second
+	for i := 1; i < attempt && d < 16*time.Second; i++ {
+		d *= 2
+	}
+	return d/2 + rand.N(d/2)
 }

@@ -44,12 +44,18 @@ type Result struct {
 	P50ms        float64 `json:"p50_ms"`
 	P99ms        float64 `json:"p99_ms"`
 	CPUusPerConn float64 `json:"cpu_us_per_connect"` // whole process: clients, server, responder
+	// The process's CPU per connect split by part (goroutine labels).
+	CPUServer    float64 `json:"cpu_us_server"`
+	CPUResponder float64 `json:"cpu_us_responder"`
+	CPUClients   float64 `json:"cpu_us_clients"`
+	CPUOther     float64 `json:"cpu_us_other"` // GC workers, timers
 	Failures     int     `json:"failures"`
 	RatioVsNoop  float64 `json:"ratio_vs_noop_callout"` // connect rate / noop callout's
 	Repetitions  int     `json:"repetitions"`
 	ConnectsEach int     `json:"connects_each"`
 	rates, p50s  []float64
 	p99s, cpus   []float64
+	parts        map[string][]float64
 }
 
 // Report is a whole run.
@@ -96,6 +102,12 @@ func Run(cfg Config) (*Report, error) {
 					results[key] = agg
 				}
 				agg.rates, agg.p50s, agg.p99s, agg.cpus = append(agg.rates, r.rate), append(agg.p50s, r.p50), append(agg.p99s, r.p99), append(agg.cpus, r.cpu)
+				if agg.parts == nil {
+					agg.parts = map[string][]float64{}
+				}
+				for _, part := range []string{partServer, partResponder, partClients, partOther} {
+					agg.parts[part] = append(agg.parts[part], r.cpu*r.shares[part])
+				}
 				agg.Failures += r.failures
 				agg.Repetitions++
 				fmt.Fprintf(cfg.Out, "%8.0f connects/s  p50 %6.2f ms  p99 %6.2f ms  failures %d\n", r.rate, r.p50, r.p99, r.failures)
@@ -108,6 +120,8 @@ func Run(cfg Config) (*Report, error) {
 		for _, s := range scen {
 			r := results[fmt.Sprintf("%s/%d", s.name, c)]
 			r.ConnectsPerS, r.P50ms, r.P99ms, r.CPUusPerConn = median(r.rates), median(r.p50s), median(r.p99s), median(r.cpus)
+			r.CPUServer, r.CPUResponder = median(r.parts[partServer]), median(r.parts[partResponder])
+			r.CPUClients, r.CPUOther = median(r.parts[partClients]), median(r.parts[partOther])
 			rep.Results = append(rep.Results, r)
 		}
 		for _, s := range scen {
@@ -131,6 +145,7 @@ func Run(cfg Config) (*Report, error) {
 
 type runResult struct {
 	rate, p50, p99, cpu float64
+	shares              map[string]float64 // of cpu, by part
 	failures            int
 }
 
@@ -152,12 +167,16 @@ func measure(s *scenario, c, n int) (runResult, error) {
 		next <- struct{}{}
 	}
 	close(next)
+	stopProfile, err := cpuSplit()
+	if err != nil {
+		return runResult{}, err
+	}
 	cpu0 := cpuTime()
 	start := time.Now()
 	var wg sync.WaitGroup
 	for w := range c {
 		wg.Add(1)
-		go func() {
+		go inPart(partClients, func() {
 			defer wg.Done()
 			var mine []time.Duration
 			fails := 0
@@ -175,11 +194,15 @@ func measure(s *scenario, c, n int) (runResult, error) {
 			lat = append(lat, mine...)
 			failures += fails
 			mu.Unlock()
-		}()
+		})
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
 	cpu := cpuTime() - cpu0
+	shares, err := stopProfile()
+	if err != nil {
+		return runResult{}, err
+	}
 	if len(lat) == 0 {
 		return runResult{failures: failures}, fmt.Errorf("%s: every connect failed", s.name)
 	}
@@ -187,7 +210,7 @@ func measure(s *scenario, c, n int) (runResult, error) {
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	return runResult{
 		rate: float64(len(lat)) / elapsed.Seconds(), p50: ms(lat[len(lat)/2]), p99: ms(lat[len(lat)*99/100]),
-		cpu: float64(cpu.Microseconds()) / float64(len(lat)), failures: failures,
+		cpu: float64(cpu.Microseconds()) / float64(len(lat)), shares: shares, failures: failures,
 	}, nil
 }
 
@@ -241,9 +264,10 @@ func goVersion() string {
 // ends with the machine-readable summary lines.
 func (r *Report) Write(out io.Writer, dir string) error {
 	var md strings.Builder
-	fmt.Fprintf(&md, "| scenario | concurrency | connects/s | p50 ms | p99 ms | CPU µs/connect | failures | vs noop callout |\n|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&md, "| scenario | concurrency | connects/s | p50 ms | p99 ms | CPU µs/connect | server | responder | clients | other | failures | vs noop callout |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.Results {
-		fmt.Fprintf(&md, "| %s | %d | %.0f | %.2f | %.2f | %.0f | %d | %.2f |\n", x.Scenario, x.Concurrency, x.ConnectsPerS, x.P50ms, x.P99ms, x.CPUusPerConn, x.Failures, x.RatioVsNoop)
+		fmt.Fprintf(&md, "| %s | %d | %.0f | %.2f | %.2f | %.0f | %.0f | %.0f | %.0f | %.0f | %d | %.2f |\n", x.Scenario, x.Concurrency, x.ConnectsPerS, x.P50ms, x.P99ms,
+			x.CPUusPerConn, x.CPUServer, x.CPUResponder, x.CPUClients, x.CPUOther, x.Failures, x.RatioVsNoop)
 	}
 	if len(r.Storms) > 0 {
 		fmt.Fprintf(&md, "\n| reconnect storm: clients | initial connect s | all re-authorized s after restart | callouts/s | failures |\n|---|---|---|---|---|\n")

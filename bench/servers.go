@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -32,13 +33,15 @@ type scenario struct {
 	stop    func()
 }
 
+// quietServer starts a server without logs, its goroutines labelled as the
+// server's part of the process.
 func quietServer(opts *server.Options) (*server.Server, error) {
 	opts.NoLog, opts.NoSigs = true, true
 	s, err := server.NewServer(opts)
 	if err != nil {
 		return nil, err
 	}
-	s.Start()
+	inPart(partServer, s.Start)
 	if !s.ReadyForConnections(10 * time.Second) {
 		return nil, fmt.Errorf("server not ready")
 	}
@@ -96,10 +99,22 @@ func noopCallout(dir string) (*scenario, error) {
 	if err != nil {
 		return nil, err
 	}
-	vpk, _ := k.Verifier.PublicKey()
-	nc, err := nats.Connect(s.ClientURL(), nats.Nkey(vpk, k.Verifier.Sign))
+	var nc *nats.Conn
+	var svc *callout.AuthorizationService
+	inPart(partResponder, func() { nc, svc, err = noopResponder(s.ClientURL(), k) })
 	if err != nil {
 		return nil, err
+	}
+	return &scenario{name: "noop-callout", url: s.ClientURL(),
+		stop:    func() { _ = svc.Stop(); nc.Close(); s.Shutdown() },
+		options: func(int) ([]nats.Option, error) { return []nats.Option{nats.UserInfo("bench", "bench")}, nil }}, nil
+}
+
+func noopResponder(url string, k *verifier.Keys) (*nats.Conn, *callout.AuthorizationService, error) {
+	vpk, _ := k.Verifier.PublicKey()
+	nc, err := nats.Connect(url, nats.Nkey(vpk, k.Verifier.Sign))
+	if err != nil {
+		return nil, nil, err
 	}
 	issuer := k.Issuer
 	svc, err := callout.NewAuthorizationService(nc,
@@ -114,14 +129,14 @@ func noopCallout(dir string) (*scenario, error) {
 		callout.ResponseSignerKey(issuer), callout.EncryptionKey(k.XKey),
 		callout.AsyncWorkers(64), callout.Logger(quiet{}))
 	if err != nil {
-		return nil, err
+		nc.Close()
+		return nil, nil, err
 	}
 	if err := nc.Flush(); err != nil {
-		return nil, err
+		nc.Close()
+		return nil, nil, err
 	}
-	return &scenario{name: "noop-callout", url: s.ClientURL(),
-		stop:    func() { _ = svc.Stop(); nc.Close(); s.Shutdown() },
-		options: func(int) ([]nats.Option, error) { return []nats.Option{nats.UserInfo("bench", "bench")}, nil }}, nil
+	return nc, svc, nil
 }
 
 type quiet struct{}
@@ -153,33 +168,23 @@ type softCred struct {
 // tpmauthnScenario runs the real verifier (embedded server, full
 // verification) with one fixture credential per worker.
 func tpmauthnScenario(dir string, workers int) (*scenario, error) {
-	policy := filepath.Join(dir, "policy.yaml")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(policy, []byte(benchPolicy), 0o600); err != nil {
-		return nil, err
-	}
-	const rpID = "bench.example.com"
-	v, err := verifier.New(verifier.Config{DataDir: filepath.Join(dir, "verifier"), NATSListen: "127.0.0.1:-1", PolicyFile: policy, RPID: rpID})
+	srv, v, err := startTpmauthn(dir, "127.0.0.1:-1", 0)
 	if err != nil {
 		return nil, err
 	}
-	if err := v.Start(context.Background()); err != nil {
-		return nil, err
-	}
+	stop := func() { v.Close(); srv.srv.Shutdown() }
 	creds, err := writeFixture(v, workers)
 	if err != nil {
-		v.Close()
+		stop()
 		return nil, err
 	}
-	origin := "tpmauthn://" + rpID
-	return &scenario{name: "tpmauthn", url: v.ClientURL(), stop: v.Close,
+	origin := "tpmauthn://" + benchRPID
+	return &scenario{name: "tpmauthn", url: srv.srv.ClientURL(), stop: stop,
 		options: func(w int) ([]nats.Option, error) {
 			c := creds[w%len(creds)]
 			return []nats.Option{nats.Nkey(base64.RawURLEncoding.EncodeToString(c.id), func(nonce []byte) ([]byte, error) {
 				c.counter++ // one worker per credential: signed in order
-				return softBundle(c, rpID, origin, nonce)
+				return softBundle(c, benchRPID, origin, nonce)
 			})}, nil
 		}}, nil
 }
@@ -255,4 +260,47 @@ func putJSON(ctx context.Context, kv jetstream.KeyValue, key string, v any) erro
 	}
 	_, err = kv.Put(ctx, key, b)
 	return err
+}
+
+// benchRPID is the relying party of every tpmauthn scenario.
+const benchRPID = "bench.example.com"
+
+// startTpmauthn starts tpmauthn's nats-server layout on listen (the server
+// part) and a verifier against it (the responder part), as an operator
+// running both would; JetStream and keys live in dir. workers 0 is the
+// verifier's default.
+func startTpmauthn(dir, listen string, workers int) (*stormServer, *verifier.Verifier, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, err
+	}
+	k, _, err := verifier.LoadOrCreateKeys(filepath.Join(dir, "verifier"))
+	if err != nil {
+		return nil, nil, err
+	}
+	conf := verifier.ServerConfig(k, verifier.ServerConfigOptions{Listen: listen, StoreDir: filepath.Join(dir, "js")})
+	ss := &stormServer{conf: filepath.Join(dir, "server.conf")}
+	if err := os.WriteFile(ss.conf, []byte(conf+"max_connections: 100000\n"), 0o600); err != nil {
+		return nil, nil, err
+	}
+	if err := ss.start(); err != nil {
+		return nil, nil, err
+	}
+	policy := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(policy, []byte(benchPolicy), 0o600); err != nil {
+		ss.srv.Shutdown()
+		return nil, nil, err
+	}
+	log := slog.New(slog.DiscardHandler)
+	if os.Getenv("BENCH_LOG") != "" {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	v, err := verifier.New(verifier.Config{DataDir: filepath.Join(dir, "verifier"), NATSURL: ss.srv.ClientURL(), PolicyFile: policy, RPID: benchRPID, Workers: workers, Logger: log})
+	if err == nil {
+		inPart(partResponder, func() { err = v.Start(context.Background()) })
+	}
+	if err != nil {
+		ss.srv.Shutdown()
+		return nil, nil, err
+	}
+	return ss, v, nil
 }

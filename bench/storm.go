@@ -1,10 +1,8 @@
 package bench
 
 import (
-	"context"
 	"encoding/base64"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -63,44 +61,21 @@ func freeTCPPort() (int, error) {
 // Storm connects n clients, restarts the server and times the return.
 func Storm(dir string, n int) (*StormResult, error) {
 	raiseFDLimit()
-	k, _, err := verifier.LoadOrCreateKeys(filepath.Join(dir, "verifier"))
-	if err != nil {
-		return nil, err
-	}
 	port, err := freeTCPPort()
 	if err != nil {
 		return nil, err
 	}
-	conf := verifier.ServerConfig(k, verifier.ServerConfigOptions{Listen: "127.0.0.1:" + strconv.Itoa(port), StoreDir: filepath.Join(dir, "js")})
-	ss := &stormServer{conf: filepath.Join(dir, "storm.conf")}
-	if err := os.WriteFile(ss.conf, []byte(conf+"max_connections: 100000\n"), 0o600); err != nil {
-		return nil, err
-	}
-	if err := ss.start(); err != nil {
-		return nil, err
-	}
-	defer func() { ss.srv.Shutdown() }()
-	policy := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(policy, []byte(benchPolicy), 0o600); err != nil {
-		return nil, err
-	}
-	const rpID = "bench.example.com"
-	log := slog.New(slog.DiscardHandler)
-	if os.Getenv("BENCH_LOG") != "" {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	}
-	v, err := verifier.New(verifier.Config{DataDir: filepath.Join(dir, "verifier"), NATSURL: ss.srv.ClientURL(), PolicyFile: policy, RPID: rpID, Workers: 256, Logger: log})
+	ss, v, err := startTpmauthn(dir, "127.0.0.1:"+strconv.Itoa(port), 256)
 	if err != nil {
 		return nil, err
 	}
-	if err := v.Start(context.Background()); err != nil {
-		return nil, err
-	}
+	defer func() { ss.srv.Shutdown() }()
 	defer v.Close()
 	creds, err := writeFixture(v, n)
 	if err != nil {
 		return nil, err
 	}
+	rpID := benchRPID
 	res := &StormResult{Clients: n}
 	if exe, err := os.Executable(); err == nil && strings.Contains(filepath.Base(exe), "tpmauthn-bench") {
 		return stormChild(ss, v, res, creds, rpID, exe)

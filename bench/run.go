@@ -22,18 +22,19 @@ type Config struct {
 	Reps        int   // repetitions of the whole alternation
 	Connects    int   // connects per scenario, concurrency and repetition
 	Storms      []int // reconnect storm sizes
+	Scales      []int // credentials in KV for the memory and start-up runs
 	Dir         string
 	Out         io.Writer
 }
 
 // QuickConfig runs everything small (CI: the harness must not rot).
 func QuickConfig(dir string, out io.Writer) Config {
-	return Config{Concurrency: []int{1, 16}, Reps: 1, Connects: 40, Storms: []int{200}, Dir: dir, Out: out}
+	return Config{Concurrency: []int{1, 16}, Reps: 1, Connects: 40, Storms: []int{200}, Scales: []int{1000}, Dir: dir, Out: out}
 }
 
 // FullConfig is the configuration of a report.
 func FullConfig(dir string, out io.Writer) Config {
-	return Config{Concurrency: []int{1, 16, 64, 256}, Reps: 3, Connects: 1500, Storms: []int{1000, 5000, 10000}, Dir: dir, Out: out}
+	return Config{Concurrency: []int{1, 16, 64, 256}, Reps: 3, Connects: 1500, Storms: []int{1000, 5000, 10000}, Scales: []int{10000, 100000}, Dir: dir, Out: out}
 }
 
 // Result is one scenario at one concurrency: medians over repetitions.
@@ -64,6 +65,7 @@ type Report struct {
 	Go      string             `json:"go"`
 	Results []*Result          `json:"results"`
 	Storms  []*StormResult     `json:"storms"`
+	Scales  []*ScaleResult     `json:"scales"`
 	Notes   []string           `json:"notes,omitempty"`
 	Summary map[string]float64 `json:"summary"`
 }
@@ -139,6 +141,11 @@ func Run(cfg Config) (*Report, error) {
 		fmt.Fprintf(cfg.Out, "all back %.2f s after the restart, %d failures\n", s.ReauthS, s.Failures)
 		rep.Storms = append(rep.Storms, s)
 		rep.Summary[fmt.Sprintf("storm_%d_s", n)] = s.ReauthS
+	}
+	for _, n := range cfg.Scales {
+		if err := rep.scale(cfg, n); err != nil {
+			return nil, err
+		}
 	}
 	return rep, nil
 }
@@ -275,6 +282,12 @@ func (r *Report) Write(out io.Writer, dir string) error {
 			fmt.Fprintf(&md, "| %d | %.2f | %.2f | %.0f | %d |\n", s.Clients, s.ConnectS, s.ReauthS, s.CalloutsPerS, s.Failures)
 		}
 	}
+	if len(r.Scales) > 0 {
+		fmt.Fprintf(&md, "\n| credentials | hosts | verifier start-up s | RSS after start MB | RSS with all cached MB | Go heap MB | connect each once s | failures |\n|---|---|---|---|---|---|---|---|\n")
+		for _, x := range r.Scales {
+			fmt.Fprintf(&md, "| %d | %d | %.2f | %.0f | %.0f | %.0f | %.1f | %d |\n", x.Credentials, x.Hosts, x.StartS, x.RSSStartMB, x.RSSWarmMB, x.HeapWarmMB, x.WarmS, x.WarmFailed)
+		}
+	}
 	for _, n := range r.Notes {
 		fmt.Fprintf(&md, "\nNote: %s\n", n)
 	}
@@ -296,5 +309,27 @@ func (r *Report) Write(out io.Writer, dir string) error {
 	for _, k := range keys {
 		fmt.Fprintf(out, "%s=%.3f\n", k, r.Summary[k])
 	}
+	return nil
+}
+
+// scale runs Scale when this is the tpmauthn-bench binary (the verifier
+// needs a process of its own), and says so when it is not.
+func (r *Report) scale(cfg Config, n int) error {
+	if exe, _ := os.Executable(); !strings.Contains(filepath.Base(exe), "tpmauthn-bench") {
+		r.Notes = append(r.Notes, fmt.Sprintf("scale (%d credentials) not run: it needs the tpmauthn-bench binary", n))
+		return nil
+	}
+	fmt.Fprintf(cfg.Out, "scale: %d credentials ... ", n)
+	s, err := Scale(filepath.Join(cfg.Dir, fmt.Sprintf("scale-%d", n)), n)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(cfg.Out, "start-up %.2f s, RSS %.0f MB, %.0f MB with every credential cached\n", s.StartS, s.RSSStartMB, s.RSSWarmMB)
+	r.Scales = append(r.Scales, s)
+	key := fmt.Sprintf("rss_%d_mb", n)
+	if n%1000 == 0 {
+		key = fmt.Sprintf("rss_%dk_mb", n/1000)
+	}
+	r.Summary[key] = s.RSSWarmMB
 	return nil
 }

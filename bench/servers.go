@@ -208,9 +208,14 @@ func softBundle(c *softCred, rpID, origin string, nonce []byte) ([]byte, error) 
 // writeFixture stores a host and n credentials exactly as enrollment and
 // registration store them (verifier.Host, verifier.Credential records).
 func writeFixture(v *verifier.Verifier, n int) ([]*softCred, error) {
-	kp := v.Keys().Verifier
+	return writeFleet(v.ClientURL(), v.Keys(), n, n)
+}
+
+// writeFleet stores n credentials, perHost workloads on each host.
+func writeFleet(url string, k *verifier.Keys, n, perHost int) ([]*softCred, error) {
+	kp := k.Verifier
 	pk, _ := kp.PublicKey()
-	nc, err := nats.Connect(v.ClientURL(), nats.Nkey(pk, kp.Sign))
+	nc, err := nats.Connect(url, nats.Nkey(pk, kp.Sign))
 	if err != nil {
 		return nil, err
 	}
@@ -229,12 +234,16 @@ func writeFixture(v *verifier.Verifier, n int) ([]*softCred, error) {
 		return nil, err
 	}
 	now := time.Now().UTC()
-	h := verifier.Host{V: 1, ID: "h-bench", Hostname: "bench", Roles: []string{"bench"}, Status: attestation.HostActive, Created: now, Updated: now}
-	if err := putJSON(ctx, hosts, h.ID, h); err != nil {
-		return nil, err
-	}
 	out := make([]*softCred, n)
+	var h verifier.Host
 	for i := range out {
+		if i%perHost == 0 {
+			h = verifier.Host{V: 1, ID: fmt.Sprintf("h-bench-%d", i/perHost), Hostname: fmt.Sprintf("bench-%d", i/perHost),
+				Roles: []string{"bench"}, Status: attestation.HostActive, Created: now, Updated: now}
+			if err := putJSON(ctx, hosts, h.ID, h); err != nil {
+				return nil, err
+			}
+		}
 		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		pt, _ := key.PublicKey.Bytes()
 		cose, err := attestation.EncodeCOSEKey(pt[1:33], pt[33:65])
@@ -270,31 +279,11 @@ const benchRPID = "bench.example.com"
 // running both would; JetStream and keys live in dir. workers 0 is the
 // verifier's default.
 func startTpmauthn(dir, listen string, workers int) (*stormServer, *verifier.Verifier, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, nil, err
-	}
-	k, _, err := verifier.LoadOrCreateKeys(filepath.Join(dir, "verifier"))
+	ss, _, policy, err := startTpmauthnServer(dir, listen)
 	if err != nil {
 		return nil, nil, err
 	}
-	conf := verifier.ServerConfig(k, verifier.ServerConfigOptions{Listen: listen, StoreDir: filepath.Join(dir, "js")})
-	ss := &stormServer{conf: filepath.Join(dir, "server.conf")}
-	if err := os.WriteFile(ss.conf, []byte(conf+"max_connections: 100000\n"), 0o600); err != nil {
-		return nil, nil, err
-	}
-	if err := ss.start(); err != nil {
-		return nil, nil, err
-	}
-	policy := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(policy, []byte(benchPolicy), 0o600); err != nil {
-		ss.srv.Shutdown()
-		return nil, nil, err
-	}
-	log := slog.New(slog.DiscardHandler)
-	if os.Getenv("BENCH_LOG") != "" {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	}
-	v, err := verifier.New(verifier.Config{DataDir: filepath.Join(dir, "verifier"), NATSURL: ss.srv.ClientURL(), PolicyFile: policy, RPID: benchRPID, Workers: workers, Logger: log})
+	v, err := verifier.New(verifier.Config{DataDir: filepath.Join(dir, "verifier"), NATSURL: ss.srv.ClientURL(), PolicyFile: policy, RPID: benchRPID, Workers: workers, Logger: quietLog()})
 	if err == nil {
 		inPart(partResponder, func() { err = v.Start(context.Background()) })
 	}
@@ -303,4 +292,36 @@ func startTpmauthn(dir, listen string, workers int) (*stormServer, *verifier.Ver
 		return nil, nil, err
 	}
 	return ss, v, nil
+}
+
+// startTpmauthnServer starts the server of tpmauthn's layout, with the
+// verifier's keys in dir/verifier and a policy file for it.
+func startTpmauthnServer(dir, listen string) (ss *stormServer, k *verifier.Keys, policy string, err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, "", err
+	}
+	if k, _, err = verifier.LoadOrCreateKeys(filepath.Join(dir, "verifier")); err != nil {
+		return nil, nil, "", err
+	}
+	policy = filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(policy, []byte(benchPolicy), 0o600); err != nil {
+		return nil, nil, "", err
+	}
+	conf := verifier.ServerConfig(k, verifier.ServerConfigOptions{Listen: listen, StoreDir: filepath.Join(dir, "js")})
+	ss = &stormServer{conf: filepath.Join(dir, "server.conf")}
+	if err := os.WriteFile(ss.conf, []byte(conf+"max_connections: 100000\n"), 0o600); err != nil {
+		return nil, nil, "", err
+	}
+	if err := ss.start(); err != nil {
+		return nil, nil, "", err
+	}
+	return ss, k, policy, nil
+}
+
+// quietLog discards logs unless BENCH_LOG is set (then warnings to stderr).
+func quietLog() *slog.Logger {
+	if os.Getenv("BENCH_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	return slog.New(slog.DiscardHandler)
 }

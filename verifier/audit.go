@@ -69,7 +69,7 @@ type auditLog struct {
 	stream   jetstream.Stream
 	key      nkeys.KeyPair
 	log      *slog.Logger
-	ch       chan auditItem
+	ch       chan *auditItem // pointers: a queue of 2^18 values would hold 72 MB
 	done     chan struct{}
 	lastSeq  uint64
 	lastHash string
@@ -100,7 +100,7 @@ func openAudit(ctx context.Context, js jetstream.JetStream, key nkeys.KeyPair, c
 	if err != nil {
 		return nil, fmt.Errorf("audit stream: %w", err)
 	}
-	a := &auditLog{js: js, stream: s, key: key, log: log, ch: make(chan auditItem, 1<<18), done: make(chan struct{})}
+	a := &auditLog{js: js, stream: s, key: key, log: log, ch: make(chan *auditItem, 1<<18), done: make(chan struct{})}
 	if err := a.readHead(ctx); err != nil {
 		return nil, err
 	}
@@ -139,7 +139,7 @@ func (a *auditLog) record(e Event) {
 		e.Time = time.Now().UTC()
 	}
 	select {
-	case a.ch <- auditItem{ev: e}:
+	case a.ch <- &auditItem{ev: e}:
 	case <-a.done:
 	}
 }
@@ -151,7 +151,7 @@ func (a *auditLog) flush() {
 	}
 	w := make(chan struct{})
 	select {
-	case a.ch <- auditItem{flushed: w}:
+	case a.ch <- &auditItem{flushed: w}:
 	case <-a.done:
 		return
 	}

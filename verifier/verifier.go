@@ -251,6 +251,14 @@ func (v *Verifier) FlushAudit() { v.audit.flush() }
 // Served returns how many requests this instance answered.
 func (v *Verifier) Served() uint64 { return v.served.Load() }
 
+// AuditBacklog is the number of audit events recorded but not yet appended.
+func (v *Verifier) AuditBacklog() int {
+	if v.audit == nil {
+		return 0
+	}
+	return len(v.audit.ch)
+}
+
 // Shed is the number of callout requests dropped because the server had
 // stopped waiting for them.
 func (v *Verifier) Shed() uint64 { return v.shed.Load() }

@@ -14,6 +14,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == bench.VerifierChildArg {
+		if err := bench.VerifierChildMain(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "tpmauthn-bench verifier-child:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == bench.StormClientsArg {
 		if err := bench.StormClientsMain(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "tpmauthn-bench storm-clients:", err)
@@ -33,6 +40,21 @@ func main() {
 	cfg := bench.FullConfig(dir, os.Stdout)
 	if os.Getenv("BENCH_QUICK") == "1" {
 		cfg = bench.QuickConfig(dir, os.Stdout)
+	}
+	if s := os.Getenv("BENCH_ONLY_SCALE"); s != "" { // e.g. 100000: just that scale run
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "tpmauthn-bench: BENCH_ONLY_SCALE:", err)
+			os.Exit(2)
+		}
+		r, err := bench.Scale(dir, n)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "tpmauthn-bench:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("scale: %+v\n", *r)
+		_ = os.RemoveAll(dir)
+		return
 	}
 	if s := os.Getenv("BENCH_ONLY_STORM"); s != "" { // e.g. 10000: just that storm
 		n, err := strconv.Atoi(s)

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -61,11 +62,14 @@ type Result struct {
 
 // Report is a whole run.
 type Report struct {
-	Started time.Time          `json:"started"`
-	Go      string             `json:"go"`
-	Results []*Result          `json:"results"`
-	Storms  []*StormResult     `json:"storms"`
-	Scales  []*ScaleResult     `json:"scales"`
+	Started time.Time      `json:"started"`
+	Go      string         `json:"go"`
+	Results []*Result      `json:"results"`
+	Storms  []*StormResult `json:"storms"`
+	Scales  []*ScaleResult `json:"scales"`
+	// Through the real agent and swtpm (e2e benchmarks, merged by MergeE2E).
+	Chain   map[string]float64 `json:"chain,omitempty"`
+	Revoke  map[string]float64 `json:"revoke,omitempty"`
 	Notes   []string           `json:"notes,omitempty"`
 	Summary map[string]float64 `json:"summary"`
 }
@@ -288,6 +292,18 @@ func (r *Report) Write(out io.Writer, dir string) error {
 			fmt.Fprintf(&md, "| %d | %d | %.2f | %.0f | %.0f | %.0f | %.1f | %d |\n", x.Credentials, x.Hosts, x.StartS, x.RSSStartMB, x.RSSWarmMB, x.HeapWarmMB, x.WarmS, x.WarmFailed)
 		}
 	}
+	if r.Chain != nil {
+		c := r.Chain
+		fmt.Fprintf(&md, "\n| through the agent and swtpm (%.0f connects) | p50 ms | p99 ms |\n|---|---|---|\n", c["connects"])
+		fmt.Fprintf(&md, "| TPM2_Sign alone (baseline) | %.2f | %.2f |\n| whole NATS connect | %.2f | %.2f |\n| chain overhead beyond the TPM | %.2f | %.2f |\n| socket overhead beyond the TPM | %.2f | %.2f |\n| verifier decision | %.3f | %.3f |\n",
+			c["tpm_sign_p50_ms"], c["tpm_sign_p99_ms"], c["connect_p50_ms"], c["connect_p99_ms"], c["chain_overhead_p50_ms"], c["chain_overhead_p99_ms"],
+			c["socket_overhead_p50_ms"], c["socket_overhead_p99_ms"], c["decision_p50_us"]/1000, c["decision_p99_us"]/1000)
+		fmt.Fprintf(&md, "\nTPM commands per connect: %.2f (per assertion through the socket: %.2f)\n", c["tpm_commands_per_connect"], c["tpm_commands_per_assertion"])
+	}
+	if r.Revoke != nil {
+		fmt.Fprintf(&md, "\nRevoke → live connection dropped, %.0f revocations: p50 %.2f ms, p99 %.2f ms (after the command's reply: p50 %.2f, p99 %.2f ms)\n",
+			r.Revoke["revocations"], r.Revoke["kick_p50_ms"], r.Revoke["kick_p99_ms"], r.Revoke["reply_to_drop_p50_ms"], r.Revoke["reply_to_drop_p99_ms"])
+	}
 	for _, n := range r.Notes {
 		fmt.Fprintf(&md, "\nNote: %s\n", n)
 	}
@@ -331,5 +347,41 @@ func (r *Report) scale(cfg Config, n int) error {
 		key = fmt.Sprintf("rss_%dk_mb", n/1000)
 	}
 	r.Summary[key] = s.RSSWarmMB
+	return nil
+}
+
+// MergeE2E adds the e2e benchmarks' results (e2e-chain.json, e2e-revoke.json
+// in dir, written by BenchmarkChain and BenchmarkRevokeToDisconnect with
+// BENCH_RESULTS_DIR set) to the report and its summary.
+func (r *Report) MergeE2E(dir string) error {
+	read := func(name string) (map[string]float64, error) {
+		b, err := os.ReadFile(filepath.Join(dir, "e2e-"+name+".json"))
+		if errors.Is(err, os.ErrNotExist) {
+			r.Notes = append(r.Notes, fmt.Sprintf("no e2e %s results in %s: run make bench (it runs the e2e benchmarks first)", name, dir))
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		var m map[string]float64
+		if err := json.Unmarshal(b, &m); err != nil {
+			return nil, fmt.Errorf("e2e-%s.json: %w", name, err)
+		}
+		return m, nil
+	}
+	var err error
+	if r.Chain, err = read("chain"); err != nil {
+		return err
+	}
+	if r.Revoke, err = read("revoke"); err != nil {
+		return err
+	}
+	if r.Chain != nil {
+		r.Summary["chain_overhead_p99_ms"] = r.Chain["chain_overhead_p99_ms"]
+		r.Summary["tpm_commands_per_connect"] = r.Chain["tpm_commands_per_connect"]
+	}
+	if r.Revoke != nil {
+		r.Summary["kick_p99_ms"] = r.Revoke["kick_p99_ms"]
+	}
 	return nil
 }

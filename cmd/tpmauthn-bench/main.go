@@ -74,6 +74,9 @@ func main() {
 	}
 	r, err := bench.Run(cfg)
 	if err == nil {
+		err = r.MergeE2E(out)
+	}
+	if err == nil {
 		err = r.Write(os.Stdout, out)
 	}
 	_ = os.RemoveAll(dir)

@@ -297,9 +297,9 @@ func (r *Report) Write(out io.Writer, dir string) error {
 		}
 	}
 	if len(r.Scales) > 0 {
-		fmt.Fprintf(&md, "\n| credentials | hosts | verifier start-up s | RSS after start MB | RSS with all cached MB | Go heap MB | connect each once s | failures |\n|---|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(&md, "\n| credentials | hosts | verifier start-up s | RSS after start MB | RSS with all cached MB | Go heap MB | audit backlog | connect each once s | failures |\n|---|---|---|---|---|---|---|---|---|\n")
 		for _, x := range r.Scales {
-			fmt.Fprintf(&md, "| %d | %d | %.2f | %.0f | %.0f | %.0f | %.1f | %d |\n", x.Credentials, x.Hosts, x.StartS, x.RSSStartMB, x.RSSWarmMB, x.HeapWarmMB, x.WarmS, x.WarmFailed)
+			fmt.Fprintf(&md, "| %d | %d | %.2f | %.0f | %.0f | %.0f | %d | %.1f | %d |\n", x.Credentials, x.Hosts, x.StartS, x.RSSStartMB, x.RSSWarmMB, x.HeapWarmMB, x.AuditBacklog, x.WarmS, x.WarmFailed)
 		}
 	}
 	if r.Chain != nil {
@@ -341,7 +341,7 @@ func (r *Report) Write(out io.Writer, dir string) error {
 // scale runs Scale when this is the tpmauthn-bench binary (the verifier
 // needs a process of its own), and says so when it is not.
 func (r *Report) scale(cfg Config, n int) error {
-	if exe, _ := os.Executable(); !strings.Contains(filepath.Base(exe), "tpmauthn-bench") {
+	if _, ok := benchExe(); !ok {
 		r.Notes = append(r.Notes, fmt.Sprintf("scale (%d credentials) not run: it needs the tpmauthn-bench binary", n))
 		return nil
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
@@ -33,6 +32,8 @@ type ScaleResult struct {
 	HeapWarmMB  float64 `json:"heap_warm_mb"`    // Go heap in use then
 	WarmS       float64 `json:"warm_connects_s"` // time to connect every credential once
 	WarmFailed  int     `json:"warm_connects_failed"`
+	// Audit events recorded but not yet appended when RSSWarmMB was read.
+	AuditBacklog int `json:"audit_backlog"`
 }
 
 // VerifierChildArg is the subcommand that runs a verifier for Scale.
@@ -43,11 +44,8 @@ const workloadsPerHost = 10
 
 // Scale measures start-up and memory with n credentials.
 func Scale(dir string, n int) (*ScaleResult, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	if !strings.Contains(filepath.Base(exe), "tpmauthn-bench") {
+	exe, ok := benchExe()
+	if !ok {
 		return nil, errors.New("scale: the verifier runs as a process of its own: run it from tpmauthn-bench")
 	}
 	ss, k, policy, err := startTpmauthnServer(dir, "127.0.0.1:-1")
@@ -69,45 +67,35 @@ func Scale(dir string, n int) (*ScaleResult, error) {
 		return nil, err
 	}
 	res := &ScaleResult{Credentials: n, Hosts: (n + workloadsPerHost - 1) / workloadsPerHost}
-	cmd := exec.Command(exe, VerifierChildArg, ss.srv.ClientURL(), filepath.Join(dir, "verifier"), policy)
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		return nil, err
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	cmd.Stderr = os.Stderr
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
+	_, in, sc, stop, err := startChild(exe, VerifierChildArg, ss.srv.ClientURL(), filepath.Join(dir, "verifier"), policy)
+	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	sc := bufio.NewScanner(out)
-	ask := func(q string) (rss, heap float64, err error) {
+	defer stop()
+	ask := func(q string) (rss, heap float64, backlog int, err error) {
 		if _, err := io.WriteString(in, q+"\n"); err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
 		if !sc.Scan() {
-			return 0, 0, fmt.Errorf("verifier child: no answer to %q (see stderr)", q)
+			return 0, 0, 0, fmt.Errorf("verifier child: no answer to %q (see stderr)", q)
 		}
-		if _, err := fmt.Sscanf(sc.Text(), "rss %f heap %f", &rss, &heap); err != nil {
-			return 0, 0, fmt.Errorf("verifier child: %q", sc.Text())
+		if _, err := fmt.Sscanf(sc.Text(), "rss %f heap %f audit-backlog %d", &rss, &heap, &backlog); err != nil {
+			return 0, 0, 0, fmt.Errorf("verifier child: %q", sc.Text())
 		}
-		return rss / 1024, heap / (1 << 20), nil
+		return rss / 1024, heap / (1 << 20), backlog, nil
 	}
 	if !sc.Scan() || sc.Text() != "ready" {
 		return nil, fmt.Errorf("verifier child did not start: %q", sc.Text())
 	}
 	res.StartS = time.Since(start).Seconds()
-	if res.RSSStartMB, _, err = ask("rss"); err != nil {
+	if res.RSSStartMB, _, _, err = ask("rss"); err != nil {
 		return nil, err
 	}
 	warm := time.Now()
 	res.WarmFailed = connectEach(ss.srv.ClientURL(), creds, 64)
 	res.WarmS = time.Since(warm).Seconds()
-	if res.RSSWarmMB, res.HeapWarmMB, err = ask("rss"); err != nil {
+	if res.RSSWarmMB, res.HeapWarmMB, res.AuditBacklog, err = ask("rss"); err != nil {
 		return nil, err
 	}
 	return res, nil
@@ -119,17 +107,12 @@ func connectEach(url string, creds []*softCred, c int) int {
 	var failed atomic.Int64
 	var wg sync.WaitGroup
 	next := make(chan *softCred)
-	origin := "tpmauthn://" + benchRPID
 	for range c {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for cr := range next {
-				nc, err := nats.Connect(url, nats.MaxReconnects(0), nats.Timeout(10*time.Second),
-					nats.Nkey(b64(cr.id), func(nonce []byte) ([]byte, error) {
-						cr.counter++
-						return softBundle(cr, benchRPID, origin, nonce)
-					}))
+				nc, err := nats.Connect(url, nats.MaxReconnects(0), nats.Timeout(10*time.Second), cr.nkey())
 				if err != nil {
 					failed.Add(1)
 					continue
@@ -171,8 +154,7 @@ func VerifierChildMain(args []string) error {
 				_ = w.Close()
 			}
 		}
-		fmt.Printf("rss %d heap %d\n", rssKB(), ms.HeapAlloc)
-		fmt.Fprintf(os.Stderr, "verifier child: audit backlog %d\n", v.AuditBacklog())
+		fmt.Printf("rss %d heap %d audit-backlog %d\n", rssKB(), ms.HeapAlloc, v.AuditBacklog())
 	}
 	return nil
 }

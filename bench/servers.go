@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -9,9 +10,13 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
@@ -162,7 +167,45 @@ bindings:
 type softCred struct {
 	id      []byte
 	key     *ecdsa.PrivateKey
+	mu      sync.Mutex // a reconnect may sign while an old attempt still does
 	counter uint32
+}
+
+// nkey is how a client of the credential connects: its ID as the nkey, an
+// assertion bundle over the server's nonce as the signature.
+func (c *softCred) nkey() nats.Option {
+	origin := "tpmauthn://" + benchRPID
+	return nats.Nkey(b64(c.id), func(nonce []byte) ([]byte, error) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.counter++
+		return softBundle(c, benchRPID, origin, nonce)
+	})
+}
+
+// benchExe is this executable when it is tpmauthn-bench, whose subcommands
+// run the storm clients and the scale run's verifier in processes of their own.
+func benchExe() (string, bool) {
+	exe, err := os.Executable()
+	return exe, err == nil && strings.Contains(filepath.Base(exe), "tpmauthn-bench")
+}
+
+// startChild runs this executable with args, its stderr ours; the caller
+// ends it with the returned stop.
+func startChild(exe string, args ...string) (cmd *exec.Cmd, stdin io.WriteCloser, stdout *bufio.Scanner, stop func(), err error) {
+	cmd = exec.Command(exe, args...)
+	if stdin, err = cmd.StdinPipe(); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	return cmd, stdin, bufio.NewScanner(out), func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }, nil
 }
 
 // tpmauthnScenario runs the real verifier (embedded server, full
@@ -178,14 +221,9 @@ func tpmauthnScenario(dir string, workers int) (*scenario, error) {
 		stop()
 		return nil, err
 	}
-	origin := "tpmauthn://" + benchRPID
 	return &scenario{name: "tpmauthn", url: srv.srv.ClientURL(), stop: stop,
 		options: func(w int) ([]nats.Option, error) {
-			c := creds[w%len(creds)]
-			return []nats.Option{nats.Nkey(base64.RawURLEncoding.EncodeToString(c.id), func(nonce []byte) ([]byte, error) {
-				c.counter++ // one worker per credential: signed in order
-				return softBundle(c, benchRPID, origin, nonce)
-			})}, nil
+			return []nats.Option{creds[w%len(creds)].nkey()}, nil // one worker per credential
 		}}, nil
 }
 

@@ -5,10 +5,8 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"runtime/pprof"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -75,17 +73,15 @@ func Storm(dir string, n int) (*StormResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	rpID := benchRPID
 	res := &StormResult{Clients: n}
-	if exe, err := os.Executable(); err == nil && strings.Contains(filepath.Base(exe), "tpmauthn-bench") {
-		return stormChild(ss, v, res, creds, rpID, exe)
+	if exe, ok := benchExe(); ok {
+		return stormChild(ss, v, res, creds, exe)
 	}
 	if uint64(2*n+2000) > fdLimit() {
 		return nil, fmt.Errorf("storm of %d clients needs them in a second process: run it from tpmauthn-bench", n)
 	}
-	origin := "tpmauthn://" + rpID
 	start := time.Now()
-	cl, err := connectClients(ss.srv.ClientURL(), creds, rpID, origin)
+	cl, err := connectClients(ss.srv.ClientURL(), creds)
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +122,7 @@ func (c *clients) close() {
 }
 
 // connectClients connects one client per credential, 64 at a time.
-func connectClients(url string, creds []*softCred, rpID, origin string) (*clients, error) {
+func connectClients(url string, creds []*softCred) (*clients, error) {
 	cl := &clients{conns: make([]*nats.Conn, len(creds))}
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 64)
@@ -137,14 +133,8 @@ func connectClients(url string, creds []*softCred, rpID, origin string) (*client
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			var mu sync.Mutex
 			opts := append(client.ReconnectOptions(), // as a workload reconnects
-				nats.Nkey(b64(c.id), func(nonce []byte) ([]byte, error) {
-					mu.Lock()
-					defer mu.Unlock()
-					c.counter++
-					return softBundle(c, rpID, origin, nonce)
-				}),
+				c.nkey(),
 				nats.ReconnectHandler(func(*nats.Conn) { cl.back.Add(1) }),
 				nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 			nc, err := nats.Connect(url, opts...)

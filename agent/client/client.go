@@ -169,17 +169,19 @@ func NATSOptions(socket string) ([]nats.Option, error) {
 // whole fleet back at once, through one auth callout:
 //   - retries back off exponentially with jitter (see ReconnectDelay),
 //     spreading the herd instead of aiming it;
-//   - an "Authorization Violation" does not end the retries: during a storm
-//     the callout times out and the client cannot tell that from a denial
-//     (nats.go gives up after the second by default, which would leave
-//     healthy workloads disconnected for good);
 //   - a failed handshake's socket is closed (see CloseFailedHandshakes).
+//
+// Two "Authorization Violation"s in a row still end the retries (nats.go's
+// default): that is how a revoked workload stops. An overloaded verifier
+// does not produce them: it drops requests it cannot answer in time, the
+// server's first PING then ends the client's handshake after ~2 s, well
+// before the server's 5 s authorization timeout would, and that error does
+// not count (measured: 10,000 clients all back, 11.0 and 11.4 s).
 func ReconnectOptions() []nats.Option {
 	return []nats.Option{
 		nats.Timeout(5 * time.Second),
 		nats.CustomReconnectDelay(ReconnectDelay),
 		nats.MaxReconnects(-1),
-		nats.IgnoreAuthErrorAbort(),
 		CloseFailedHandshakes(),
 	}
 }

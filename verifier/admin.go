@@ -248,7 +248,7 @@ func (v *Verifier) adminCredentialRotate(ctx context.Context, body []byte) (any,
 
 // AuditReadRequest pages through the audit stream.
 type AuditReadRequest struct {
-	From uint64 `json:"from"`
+	From uint64 `json:"from"` // stream message sequence (RawEvent.Msg)
 	Max  int    `json:"max"`
 }
 

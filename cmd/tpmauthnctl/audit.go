@@ -14,7 +14,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier"
 )
 
-// readAudit pages through the audit stream from sequence from.
+// readAudit pages through the audit stream from stream message from.
 func (a *app) readAudit(from uint64) ([]verifier.RawEvent, error) {
 	var all []verifier.RawEvent
 	for {
@@ -22,11 +22,11 @@ func (a *app) readAudit(from uint64) ([]verifier.RawEvent, error) {
 		if err := a.call("audit.read", verifier.AuditReadRequest{From: from, Max: 1000}, &page); err != nil {
 			return nil, err
 		}
-		all = append(all, page...)
-		if len(page) < 1000 {
+		if len(page) == 0 {
 			return all, nil
 		}
-		from = page[len(page)-1].Seq + 1
+		all = append(all, page...)
+		from = page[len(page)-1].Msg + 1 // pages hold whole messages
 	}
 }
 
@@ -53,7 +53,7 @@ func (a *app) auditTailCmd() *cobra.Command {
 				}
 				var evs []verifier.Event
 				for _, r := range raws {
-					next = r.Seq + 1
+					next = r.Msg + 1
 					var e verifier.Event
 					if r.Missing || json.Unmarshal(r.Data, &e) != nil {
 						continue
@@ -114,7 +114,7 @@ func (a *app) auditExportCmd() *cobra.Command {
 			}
 			for _, r := range raws {
 				if r.Missing {
-					return fmt.Errorf("event %d was deleted from the stream: run audit verify", r.Seq)
+					return fmt.Errorf("stream message %d was deleted: run audit verify", r.Msg)
 				}
 				fmt.Fprintf(a.out, "%s\n", r.Data)
 			}

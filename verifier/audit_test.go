@@ -1,0 +1,135 @@
+package verifier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Two writers on one stream, each recording faster than one round trip per
+// event: events are batched into messages, and the result is still one
+// chain with every event in it, numbered 1..n.
+func TestAuditBatchesTwoWriters(t *testing.T) {
+	v, err := New(Config{DataDir: t.TempDir(), NATSListen: "127.0.0.1:-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	v.FlushAudit()
+	other, err := openAudit(context.Background(), v.st.js, v.keys.Issuer, v.cfg.Audit, v.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.close()
+	const each = 600
+	var wg sync.WaitGroup
+	for w, a := range []*auditLog{v.audit, other} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				a.record(Event{Kind: "connect", Result: "allow", Workload: fmt.Sprintf("w%d-%d", w, i)})
+			}
+			a.flush()
+		}()
+	}
+	wg.Wait()
+	raws, err := v.audit.readRaw(context.Background(), 1, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := VerifyRawEvents(raws, mustPub(t, v), "")
+	if err != nil {
+		t.Fatalf("chain of two batching writers: %v", err)
+	}
+	seen := map[string]bool{}
+	msgs := map[uint64]bool{}
+	for i, r := range raws {
+		if r.Seq != uint64(i+1) {
+			t.Fatalf("event %d has number %d", i+1, r.Seq)
+		}
+		msgs[r.Msg] = true
+		seen[string(r.Data)] = true
+	}
+	if n != len(raws) || len(seen) != len(raws) || n < 2*each {
+		t.Fatalf("%d events verified of %d read (%d distinct), want at least %d", n, len(raws), len(seen), 2*each)
+	}
+	if len(msgs) >= n {
+		t.Fatalf("%d events in %d messages: nothing was batched", n, len(msgs))
+	}
+	t.Logf("%d events in %d messages", n, len(msgs))
+
+	// Deleting a message breaks the chain at its first event.
+	var victim RawEvent
+	for _, r := range raws {
+		if r.Msg > 1 && r.Seq > 1 && raws[r.Seq-2].Msg != r.Msg {
+			victim = r
+			break
+		}
+	}
+	var cut []RawEvent
+	for _, r := range raws {
+		switch {
+		case r.Msg != victim.Msg:
+			cut = append(cut, r)
+		case r.Seq == victim.Seq:
+			cut = append(cut, RawEvent{Msg: r.Msg, Missing: true})
+		}
+	}
+	_, err = VerifyRawEvents(cut, mustPub(t, v), "")
+	var ce *ChainError
+	if !errors.As(err, &ce) || ce.Seq != victim.Seq {
+		t.Fatalf("deleted message %d: %v, want broken at event %d", victim.Msg, err, victim.Seq)
+	}
+}
+
+// A batch larger than a message may be is split, and stays one chain.
+func TestAuditOversizedBatchSplits(t *testing.T) {
+	v, err := New(Config{DataDir: t.TempDir(), NATSListen: "127.0.0.1:-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	v.FlushAudit()
+	long := strings.Repeat("x", 4000)
+	evs := make([]Event, 300) // ~300 × 4 KB: over maxAuditMsg
+	for i := range evs {
+		evs[i] = Event{Time: time.Now().UTC(), Kind: "connect", Result: "deny", Reason: long}
+	}
+	if err := v.audit.appendBatch(evs); err != nil {
+		t.Fatal(err)
+	}
+	raws, err := v.audit.readRaw(context.Background(), 1, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := VerifyRawEvents(raws, mustPub(t, v), ""); err != nil {
+		t.Fatal(err)
+	}
+	msgs := map[uint64]bool{}
+	for _, r := range raws {
+		msgs[r.Msg] = true
+	}
+	if len(msgs) < 3 {
+		t.Fatalf("%d events in %d messages: the batch was not split", len(raws), len(msgs))
+	}
+}
+
+func mustPub(t *testing.T, v *Verifier) string {
+	t.Helper()
+	pub, err := v.keys.Issuer.PublicKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub
+}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime/pprof"
 
 	"github.com/google/pprof/profile"
@@ -30,14 +32,20 @@ func inPart(part string, f func()) {
 }
 
 // cpuSplit profiles the process until stop is called, then returns each
-// part's share of the sampled CPU time (shares sum to 1).
-func cpuSplit() (stop func() (map[string]float64, error), err error) {
+// part's share of the sampled CPU time (shares sum to 1). With
+// BENCH_PROFILE_DIR set the profile is also kept there as name.pprof.
+func cpuSplit(name string) (stop func() (map[string]float64, error), err error) {
 	var buf bytes.Buffer
 	if err := pprof.StartCPUProfile(&buf); err != nil {
 		return nil, fmt.Errorf("cpu profile: %w", err)
 	}
 	return func() (map[string]float64, error) {
 		pprof.StopCPUProfile()
+		if dir := os.Getenv("BENCH_PROFILE_DIR"); dir != "" {
+			if err := os.WriteFile(filepath.Join(dir, name+".pprof"), buf.Bytes(), 0o644); err != nil {
+				return nil, err
+			}
+		}
 		p, err := profile.Parse(&buf)
 		if err != nil {
 			return nil, fmt.Errorf("cpu profile: %w", err)

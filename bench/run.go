@@ -188,7 +188,7 @@ func measure(s *scenario, c, n int) (runResult, error) {
 		next <- struct{}{}
 	}
 	close(next)
-	stopProfile, err := cpuSplit()
+	stopProfile, err := cpuSplit(fmt.Sprintf("%s-c%d", s.name, c))
 	if err != nil {
 		return runResult{}, err
 	}

@@ -75,3 +75,11 @@ func (m *metrics) observe(subject string, err error, took time.Duration) {
 		m.registrations.WithLabelValues(result).Inc()
 	}
 }
+
+// watchAuditBacklog exports the events recorded but not yet appended: a
+// backlog that keeps growing means the audit trail is falling behind.
+func (m *metrics) watchAuditBacklog(backlog func() int) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tpmauthn_audit_backlog", Help: "Audit events recorded but not yet appended to the stream.",
+	}, func() float64 { return float64(backlog()) }))
+}

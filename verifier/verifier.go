@@ -147,6 +147,7 @@ func (v *Verifier) Start(ctx context.Context) error {
 		return err
 	}
 	v.audit.appended = func(d time.Duration) { v.metrics.auditAppend.Observe(d.Seconds()) }
+	v.metrics.watchAuditBacklog(v.AuditBacklog)
 	if err := v.connectSys(url); err != nil {
 		v.Close()
 		return err

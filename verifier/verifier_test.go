@@ -360,6 +360,7 @@ func TestMetrics(t *testing.T) {
 		`tpmauthn_enrollments_total{result="ok"} 1`,
 		`tpmauthn_requests_total{endpoint="$SYS.REQ.USER.AUTH",result="denied"} 1`,
 		`tpmauthn_request_duration_seconds_count{endpoint="tpmauthn.v1.enroll.begin"} 1`,
+		"\ntpmauthn_audit_backlog ",
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %s", want)

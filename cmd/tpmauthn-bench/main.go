@@ -41,6 +41,12 @@ func main() {
 	if os.Getenv("BENCH_QUICK") == "1" {
 		cfg = bench.QuickConfig(dir, os.Stdout)
 	}
+	if n, err := strconv.Atoi(os.Getenv("BENCH_CONNECTS")); err == nil && n > 0 {
+		cfg.Connects = n // per scenario, concurrency and repetition
+	}
+	if os.Getenv("BENCH_ONLY_CONNECT") == "1" { // the connect table alone
+		cfg.Storms, cfg.Scales = nil, nil
+	}
 	if s := os.Getenv("BENCH_ONLY_SCALE"); s != "" { // e.g. 100000: just that scale run
 		n, err := strconv.Atoi(s)
 		if err != nil {

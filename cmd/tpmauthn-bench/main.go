@@ -8,6 +8,8 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"strconv"
 
 	"github.com/tpmauthn/tpmauthn/bench"
@@ -47,6 +49,14 @@ func main() {
 	if os.Getenv("BENCH_ONLY_CONNECT") == "1" { // the connect table alone
 		cfg.Storms, cfg.Scales = nil, nil
 	}
+	if s := os.Getenv("BENCH_STORMS"); s != "" { // e.g. 10000 or 1000,5000
+		cfg.Storms = nil
+		for _, f := range strings.Split(s, ",") {
+			if n, err := strconv.Atoi(f); err == nil {
+				cfg.Storms = append(cfg.Storms, n)
+			}
+		}
+	}
 	if s := os.Getenv("BENCH_ONLY_SCALE"); s != "" { // e.g. 100000: just that scale run
 		n, err := strconv.Atoi(s)
 		if err != nil {
@@ -62,19 +72,21 @@ func main() {
 		_ = os.RemoveAll(dir)
 		return
 	}
-	if s := os.Getenv("BENCH_ONLY_STORM"); s != "" { // e.g. 10000: just that storm
-		n, err := strconv.Atoi(s)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "tpmauthn-bench: BENCH_ONLY_STORM:", err)
-			os.Exit(2)
+	if s := os.Getenv("BENCH_ONLY_STORM"); s != "" { // e.g. 10000, or 5000,10000: just those storms
+		for i, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(f)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "tpmauthn-bench: BENCH_ONLY_STORM:", err)
+				os.Exit(2)
+			}
+			r, err := bench.Storm(filepath.Join(dir, strconv.Itoa(i)), n)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "tpmauthn-bench:", err)
+				os.Exit(1)
+			}
+			fmt.Printf("storm: %d clients, connected in %.2f s, all re-authorized %.2f s after the restart (%.0f callouts/s), %d failures\nstorm_%d_s=%.3f\n",
+				r.Clients, r.ConnectS, r.ReauthS, r.CalloutsPerS, r.Failures, r.Clients, r.ReauthS)
 		}
-		r, err := bench.Storm(dir, n)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "tpmauthn-bench:", err)
-			os.Exit(1)
-		}
-		fmt.Printf("storm: %d clients, connected in %.2f s, all re-authorized %.2f s after the restart (%.0f callouts/s), %d failures\nstorm_%d_s=%.3f\n",
-			r.Clients, r.ConnectS, r.ReauthS, r.CalloutsPerS, r.Failures, r.Clients, r.ReauthS)
 		_ = os.RemoveAll(dir)
 		return
 	}

@@ -38,6 +38,15 @@ func (c *credCache) get(id string) (*Credential, uint64, bool) {
 	return &cred, e.rev, true
 }
 
+// rev is the revision of the cached record, without copying it.
+func (c *credCache) rev(id string) (uint64, bool) {
+	v, ok := c.m.Load(id)
+	if !ok {
+		return 0, false
+	}
+	return v.(credEntry).rev, true
+}
+
 func (c *credCache) put(cred *Credential, rev uint64) {
 	e := credEntry{cred: *cred, rev: rev}
 	e.cred.Sessions = append([]SessionRef(nil), cred.Sessions...)

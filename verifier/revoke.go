@@ -142,8 +142,22 @@ func (v *Verifier) watchRevocations(ctx context.Context) error {
 			if e == nil || e.Operation() != jetstream.KeyValuePut {
 				continue
 			}
+			// Every connect writes its credential (counter, session), and the
+			// watch brings each write back. A revision this instance cached is
+			// its own connect's write of an active credential: skip it
+			// undecoded; others decode their status first, the rest only
+			// when it is not active.
+			if rev, ok := v.creds.rev(e.Key()); ok && rev == e.Revision() {
+				continue
+			}
+			var st struct {
+				Status string `json:"status"`
+			}
+			if json.Unmarshal(e.Value(), &st) != nil || st.Status == CredActive {
+				continue
+			}
 			var c Credential
-			if json.Unmarshal(e.Value(), &c) != nil || c.Status == CredActive {
+			if json.Unmarshal(e.Value(), &c) != nil {
 				continue
 			}
 			v.kick(&c)

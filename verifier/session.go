@@ -26,11 +26,13 @@ var (
 	ErrNoRoles           = errors.New("no role grants this workload any permission")
 )
 
-// SessionRef is a granted session, kept with the credential for kicks.
+// SessionRef is a granted session, kept with the credential for kicks:
+// a kick names the server and its client ID, unique for a server's run. It
+// is rewritten with the credential on every connect, so it holds nothing
+// else (records written with a user_key field still decode).
 type SessionRef struct {
 	Server  string    `json:"server"`
 	Client  uint64    `json:"client"`
-	UserKey string    `json:"user_key"`
 	Expires time.Time `json:"expires"`
 }
 
@@ -143,7 +145,7 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 		now := time.Now()
 		cred.Updated = now.UTC()
 		cred.Sessions = append(liveSessions(cred.Sessions, now), SessionRef{
-			Server: rc.Server.ID, Client: rc.ClientInformation.ID, UserKey: rc.UserNkey, Expires: time.Unix(uc.Expires, 0).UTC(),
+			Server: rc.Server.ID, Client: rc.ClientInformation.ID, Expires: time.Unix(uc.Expires, 0).UTC(),
 		})
 		// The one KV write of a connect: counter and session, compare-and-set,
 		// so two verifiers cannot both accept the same counter value.

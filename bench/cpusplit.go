@@ -45,6 +45,10 @@ func cpuSplit(name string) (stop func() (map[string]float64, error), err error) 
 			if err := os.WriteFile(filepath.Join(dir, name+".pprof"), buf.Bytes(), 0o644); err != nil {
 				return nil, err
 			}
+			if f, err := os.Create(filepath.Join(dir, "allocs.pprof")); err == nil { // cumulative, the process so far
+				_ = pprof.Lookup("allocs").WriteTo(f, 0)
+				_ = f.Close()
+			}
 		}
 		p, err := profile.Parse(&buf)
 		if err != nil {

@@ -29,11 +29,19 @@ var errDenied = errors.New("authorization failed")
 // is not worth its decryption.
 const calloutBudget = 2 * time.Second
 
-// serveCallout takes requests off the subscription at once and serves the
-// newest first (adaptive LIFO): in a reconnect storm a first-in-first-out
-// queue grows until every request in it has outlived its client's patience,
-// and then nothing gets through; newest-first keeps serving requests that can
-// still succeed and sheds the stale ones cheaply.
+// lifoAfter is the age of the oldest queued request beyond which the queue
+// serves the newest first.
+const lifoAfter = 500 * time.Millisecond
+
+// serveCallout takes requests off the subscription at once and serves them
+// oldest first while the oldest is younger than lifoAfter, newest first
+// beyond (adaptive LIFO): in a reconnect storm a first-in-first-out queue
+// grows until every request in it has outlived its client's patience, and
+// then nothing gets through; newest-first keeps serving requests that can
+// still succeed and sheds the stale ones cheaply. Under ordinary load
+// first-in-first-out keeps the tail short (measured at 256 concurrent
+// clients, always newest-first: p99 626 ms against the approve-all
+// responder's 271 ms).
 func (v *Verifier) serveCallout() error {
 	q := &calloutQueue{wake: make(chan struct{}, 1)}
 	_, err := v.nc.QueueSubscribe(calloutSubject, queueGroup, q.push)
@@ -88,13 +96,20 @@ func (q *calloutQueue) push(m *nats.Msg) {
 	}
 }
 
-// pop returns the newest request, waiting for one until done is closed.
+// pop returns the oldest request, or the newest once the oldest has waited
+// lifoAfter, waiting for one until done is closed.
 func (q *calloutQueue) pop(done chan struct{}) (*nats.Msg, time.Time, bool) {
 	for {
 		q.mu.Lock()
 		if n := len(q.items); n > 0 {
-			it := q.items[n-1]
-			q.items = q.items[:n-1]
+			var it queued
+			if time.Since(q.items[0].at) < lifoAfter {
+				it, q.items[0] = q.items[0], queued{}
+				q.items = q.items[1:]
+			} else {
+				it = q.items[n-1]
+				q.items = q.items[:n-1]
+			}
 			more := n > 1
 			q.mu.Unlock()
 			if more {

@@ -49,6 +49,14 @@ func main() {
 	if os.Getenv("BENCH_ONLY_CONNECT") == "1" { // the connect table alone
 		cfg.Storms, cfg.Scales = nil, nil
 	}
+	if s := os.Getenv("BENCH_CONCURRENCY"); s != "" { // e.g. 256 or 1,16
+		cfg.Concurrency = nil
+		for _, f := range strings.Split(s, ",") {
+			if n, err := strconv.Atoi(f); err == nil && n > 0 {
+				cfg.Concurrency = append(cfg.Concurrency, n)
+			}
+		}
+	}
 	if s := os.Getenv("BENCH_STORMS"); s != "" { // e.g. 10000 or 1000,5000
 		cfg.Storms = nil
 		for _, f := range strings.Split(s, ",") {

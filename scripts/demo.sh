@@ -31,8 +31,10 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 free_port() { # a free loopback port, and the one after it free too
+  # Below Linux's ephemeral range (32768+): a probe cannot see a port that an
+  # outgoing connection holds, and swtpm would then fail to bind it.
   for _ in $(seq 50); do
-    p=$(( (RANDOM % 20000) + 20000 ))
+    p=$(( (RANDOM % 12000) + 20000 ))
     if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && ! (exec 3<>/dev/tcp/127.0.0.1/$((p + 1))) 2>/dev/null; then
       echo "$p"; return
     fi
@@ -53,8 +55,14 @@ for b in tpmauthn-verifier tpmauthnctl tpmauthn-agent workload; do
 done
 
 step "1. Manufacture a software TPM (swtpm) with an EK certificate from its own manufacturer CA"
-TPM_PORT=$(free_port) || fail "no free port"
-TPM_URI=$(scripts/swtpm.sh start "$W/tpm" "$TPM_PORT") || fail "swtpm did not start"
+TPM_URI=
+for _ in 1 2 3; do # another process may take the port between probe and bind
+  TPM_PORT=$(free_port) || fail "no free port"
+  TPM_URI=$(scripts/swtpm.sh start "$W/tpm" "$TPM_PORT") && break
+  TPM_URI=
+  say "swtpm did not start on port $TPM_PORT (reason above); trying another port"
+done
+[ -n "$TPM_URI" ] || fail "swtpm did not start (see the messages above; is swtpm from Debian's swtpm package installed?)"
 mkdir -p "$W/ek-ca"
 cp "$W/tpm/ca/swtpm-localca-rootca-cert.pem" "$W/tpm/ca/issuercert.pem" "$W/ek-ca/"
 say "TPM at $TPM_URI; the verifier will trust its manufacturer root ($W/ek-ca)"

@@ -21,18 +21,29 @@ start)
     printf -- '--platform-manufacturer tpmauthn\n--platform-version 1.0\n--platform-model swtpm\n' > "$dir/swtpm-localca.options"
     printf 'create_certs_tool = swtpm_localca\ncreate_certs_tool_config = %s\ncreate_certs_tool_options = %s\nactive_pcr_banks = sha256\n' \
       "$dir/swtpm-localca.conf" "$dir/swtpm-localca.options" > "$dir/swtpm_setup.conf"
-    HOME=$dir XDG_CONFIG_HOME=$dir/xdg swtpm_setup --tpm2 --tpmstate "$dir/state" --config "$dir/swtpm_setup.conf" \
-      --create-ek-cert --create-platform-cert --lock-nvram --not-overwrite --logfile "$dir/swtpm_setup.log" >/dev/null
+    if ! HOME=$dir XDG_CONFIG_HOME=$dir/xdg swtpm_setup --tpm2 --tpmstate "$dir/state" --config "$dir/swtpm_setup.conf" \
+      --create-ek-cert --create-platform-cert --lock-nvram --not-overwrite --logfile "$dir/swtpm_setup.log" >/dev/null; then
+      echo "swtpm_setup failed; last lines of $dir/swtpm_setup.log:" >&2
+      tail -20 "$dir/swtpm_setup.log" >&2 2>/dev/null || true
+      rm -f "$dir/state/tpm2-00.permall" # half-made state must not be reused
+      exit 1
+    fi
   fi
-  swtpm socket --tpm2 --daemon --pid file="$dir/swtpm.pid" --log file="$dir/swtpm.log" \
+  if ! swtpm socket --tpm2 --daemon --pid file="$dir/swtpm.pid" --log file="$dir/swtpm.log" \
     --server type=tcp,port="$port",bindaddr=127.0.0.1 --ctrl type=tcp,port=$((port + 1)),bindaddr=127.0.0.1 \
-    --flags not-need-init,startup-clear --tpmstate dir="$dir/state"
+    --flags not-need-init,startup-clear --tpmstate dir="$dir/state"; then
+    echo "swtpm did not start on ports $port/$((port + 1)); last lines of $dir/swtpm.log:" >&2
+    tail -20 "$dir/swtpm.log" >&2 2>/dev/null || true
+    exit 1
+  fi
   echo "$port" > "$dir/port"
   echo "swtpm://127.0.0.1:$port"
   ;;
 stop)
   [ -f "$dir/port" ] && swtpm_ioctl --tcp "127.0.0.1:$(( $(cat "$dir/port") + 1 ))" -s 2>/dev/null || true
-  if [ -f "$dir/swtpm.pid" ]; then kill "$(cat "$dir/swtpm.pid")" 2>/dev/null || true; rm -f "$dir/swtpm.pid"; fi
+  pid=$(cat "$dir/swtpm.pid" 2>/dev/null || true) # gone already if the shutdown above finished
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi
+  rm -f "$dir/swtpm.pid"
   ;;
 *) echo "usage: $0 start|stop DIR [PORT]" >&2; exit 2 ;;
 esac

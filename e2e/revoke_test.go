@@ -213,3 +213,50 @@ func readAudit(t *testing.T, s *stack) []verifier.Event {
 	}
 	return out
 }
+
+// Ended connections leave the credential record at its next write (the
+// servers' disconnect events), so the record holds the live sessions — the
+// ones a revocation must kick — and not every connect of the JWT lifetime.
+func TestEndedSessionsLeaveTheRecord(t *testing.T) {
+	s := newStack(t)
+	live, closed := watchClose(t, s, mustOptions(t, s))
+	for range 5 {
+		nc, err := s.connect(t)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc.Close()
+	}
+	time.Sleep(500 * time.Millisecond) // the disconnect events reach the verifier
+	last, err := s.connect(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer last.Close()
+	who, err := client.New(s.socket).WhoAmI(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c verifier.Credential
+	s.admin(t, "credential.show", verifier.IDRequest{ID: who.CredentialID}, &c)
+	var got []uint64
+	for _, r := range c.Sessions {
+		got = append(got, r.Client)
+	}
+	liveID, _ := live.GetClientID()
+	lastID, _ := last.GetClientID()
+	if want := []uint64{liveID, lastID}; !slices.Equal(got, want) {
+		t.Fatalf("sessions in the record: clients %v, want the two live ones %v (5 ended connects in between)", got, want)
+	}
+	s.admin(t, "credential.revoke", verifier.IDRequest{ID: who.CredentialID, Reason: "test"}, nil)
+	waitClosed(t, closed, time.Now(), time.Second)
+}
+
+func mustOptions(t *testing.T, s *stack) []nats.Option {
+	t.Helper()
+	opts, err := client.NATSOptions(s.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return opts
+}

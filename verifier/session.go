@@ -99,6 +99,7 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 			if err != nil {
 				return nil, err
 			}
+			v.sessions.add(cred.Sessions) // other instances' grants too
 		}
 		// The CONNECT nkey is the credential ID, or across rotations the
 		// first ID of its lineage.
@@ -144,7 +145,7 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 		ev.Roles = roles
 		now := time.Now()
 		cred.Updated = now.UTC()
-		cred.Sessions = append(liveSessions(cred.Sessions, now), SessionRef{
+		cred.Sessions = append(v.liveSessions(cred.Sessions, now), SessionRef{
 			Server: rc.Server.ID, Client: rc.ClientInformation.ID, Expires: time.Unix(uc.Expires, 0).UTC(),
 		})
 		// The one KV write of a connect: counter and session, compare-and-set,
@@ -157,6 +158,7 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 			v.creds.drop(credID)
 			return nil, err
 		}
+		v.sessions.add(cred.Sessions[len(cred.Sessions)-1:])
 		v.creds.put(cred, next)
 		return uc, nil
 	}
@@ -251,22 +253,6 @@ func (l *credLocks) lock(key string) (unlock func()) {
 		}
 		l.mu.Unlock()
 	}
-}
-
-// maxSessions bounds the sessions kept per credential.
-const maxSessions = 64
-
-func liveSessions(s []SessionRef, now time.Time) []SessionRef {
-	out := s[:0]
-	for _, r := range s {
-		if r.Expires.After(now) {
-			out = append(out, r)
-		}
-	}
-	if len(out) >= maxSessions {
-		out = out[len(out)-maxSessions+1:]
-	}
-	return out
 }
 
 // userClaims builds the session JWT: account APP, name workload@hostname,

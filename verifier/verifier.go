@@ -53,6 +53,7 @@ type Verifier struct {
 	creds     credCache
 	hosts     hostCache
 	credLocks credLocks
+	sessions  sessionIndex // which sessions named in records have ended
 	rpIDHash  [32]byte
 
 	metrics    *metrics
@@ -149,6 +150,10 @@ func (v *Verifier) Start(ctx context.Context) error {
 	v.audit.appended = func(d time.Duration) { v.metrics.auditAppend.Observe(d.Seconds()) }
 	v.metrics.watchAuditBacklog(v.AuditBacklog)
 	if err := v.connectSys(url); err != nil {
+		v.Close()
+		return err
+	}
+	if err := v.watchSessions(); err != nil {
 		v.Close()
 		return err
 	}

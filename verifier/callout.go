@@ -160,21 +160,30 @@ func (v *Verifier) handleCallout(m *nats.Msg) {
 	}
 	ev := denyByDefault("connect")
 	ev.Server, ev.Client, ev.ClientAddr = rc.Server.ID, rc.ClientInformation.ID, rc.ClientInformation.Host
-	user, grantErr := v.authorize(context.Background(), rc, &ev)
-	resp := jwt.NewAuthorizationResponseClaims(rc.UserNkey)
-	resp.Audience = rc.Server.ID
-	if grantErr != nil {
-		resp.Error = errDenied.Error()
-		v.log.Info("connect denied", "client", rc.ClientInformation.ID, "host", rc.ClientInformation.Host, "reason", grantErr)
-	} else if resp.Jwt, err = user.Encode(v.keys.Issuer); err != nil {
-		resp.Error = errDenied.Error()
-		grantErr = err
-		v.log.Error("callout: sign user JWT", "error", err)
-	}
+	var pre *preparedGrant
+	user, grantErr := v.authorize(context.Background(), rc, &ev, func(uc *jwt.UserClaims) {
+		pre = v.prepareGrant(rc, uc, serverXKey)
+	})
+	var out []byte
 	if grantErr == nil {
-		ev.Result = "allow"
-	} else {
+		if pre != nil && pre.uc == user {
+			out, grantErr = pre.wait()
+		} else {
+			out, grantErr = v.encodeResponse(rc, user, serverXKey)
+		}
+		if grantErr != nil {
+			v.log.Error("callout: sign the grant", "error", grantErr)
+		}
+	}
+	if grantErr != nil {
+		v.log.Info("connect denied", "client", rc.ClientInformation.ID, "host", rc.ClientInformation.Host, "reason", grantErr)
 		ev.Reason = grantErr.Error()
+		var err error
+		if out, err = v.encodeResponse(rc, nil, serverXKey); err != nil {
+			v.log.Error("callout: sign the denial", "error", err)
+		}
+	} else {
+		ev.Result = "allow"
 	}
 	v.audit.record(ev)
 	v.served.Add(1)
@@ -183,19 +192,62 @@ func (v *Verifier) handleCallout(m *nats.Msg) {
 	if v.cfg.OnDecision != nil {
 		v.cfg.OnDecision(took, grantErr)
 	}
-	tok, err := resp.Encode(v.keys.Issuer)
-	if err != nil {
-		v.log.Error("callout: sign response", "error", err)
-		return
+	if out != nil {
+		_ = m.Respond(out)
 	}
-	out := []byte(tok)
-	if serverXKey != "" {
-		if out, err = v.xbox.Seal(out, serverXKey); err != nil {
-			v.log.Error("callout: seal response", "error", err)
-			return
+}
+
+// encodeResponse signs the callout response — the user JWT for a grant, the
+// generic error for a denial (user nil) — and seals it to the server's xkey.
+func (v *Verifier) encodeResponse(rc *jwt.AuthorizationRequestClaims, user *jwt.UserClaims, serverXKey string) ([]byte, error) {
+	resp := jwt.NewAuthorizationResponseClaims(rc.UserNkey)
+	resp.Audience = rc.Server.ID
+	if user == nil {
+		resp.Error = errDenied.Error()
+	} else {
+		var err error
+		if resp.Jwt, err = user.Encode(v.keys.Issuer); err != nil {
+			return nil, fmt.Errorf("user JWT: %w", err)
 		}
 	}
-	_ = m.Respond(out)
+	tok, err := resp.Encode(v.keys.Issuer)
+	if err != nil {
+		return nil, fmt.Errorf("response: %w", err)
+	}
+	if serverXKey == "" {
+		return []byte(tok), nil
+	}
+	out, err := v.xbox.Seal([]byte(tok), serverXKey)
+	if err != nil {
+		return nil, fmt.Errorf("seal: %w", err)
+	}
+	return out, nil
+}
+
+// preparedGrant is a grant's response encoded while the assertion is still
+// being checked and its counter written: signing the two JWTs takes as long
+// as the KV round trip, and with both at once a connect waits for the longer
+// only. It is sent only if the decision grants these very claims; otherwise
+// it is dropped unseen.
+type preparedGrant struct {
+	uc   *jwt.UserClaims
+	done chan struct{}
+	out  []byte
+	err  error
+}
+
+func (v *Verifier) prepareGrant(rc *jwt.AuthorizationRequestClaims, uc *jwt.UserClaims, serverXKey string) *preparedGrant {
+	p := &preparedGrant{uc: uc, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		p.out, p.err = v.encodeResponse(rc, uc, serverXKey)
+	}()
+	return p
+}
+
+func (p *preparedGrant) wait() ([]byte, error) {
+	<-p.done
+	return p.out, p.err
 }
 
 // checkRequest: issued by the server that asks, for us, still valid.
@@ -218,8 +270,10 @@ func checkRequest(rc *jwt.AuthorizationRequestClaims) error {
 }
 
 // authorize decides a connect: a workload's assertion, or the enrollment
-// session of a join-token holder or an allow-listed EK.
-func (v *Verifier) authorize(ctx context.Context, rc *jwt.AuthorizationRequestClaims, ev *Event) (*jwt.UserClaims, error) {
+// session of a join-token holder or an allow-listed EK. A workload's claims
+// are handed to prepare as soon as they are known, before the assertion is
+// checked; only the claims returned may be granted.
+func (v *Verifier) authorize(ctx context.Context, rc *jwt.AuthorizationRequestClaims, ev *Event, prepare func(*jwt.UserClaims)) (*jwt.UserClaims, error) {
 	co := rc.ConnectOptions
 	switch {
 	case co.Token != "":
@@ -231,7 +285,7 @@ func (v *Verifier) authorize(ctx context.Context, rc *jwt.AuthorizationRequestCl
 		ev.Reason = "join token " + t.ID
 		return v.enrollmentUser(rc, "enroll-token-"+t.ID), nil
 	case co.Nkey != "" && co.SignedNonce != "":
-		return v.authorizeAssertion(ctx, rc, ev)
+		return v.authorizeAssertion(ctx, rc, ev, prepare)
 	case strings.HasPrefix(co.Username, attestation.HostUserPrefix):
 		id := strings.TrimPrefix(co.Username, attestation.HostUserPrefix)
 		ev.Kind, ev.Host = "connect.enroll", id

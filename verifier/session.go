@@ -66,7 +66,7 @@ func (c *keyCache) get(id string, cose []byte) (*ecdsa.PublicKey, error) {
 // authorizeAssertion decides a workload connect (DESIGN.md flow 3): the
 // CONNECT carries the credential ID as nkey and the assertion bundle as sig,
 // signed over a challenge derived from this connection's nonce.
-func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.AuthorizationRequestClaims, ev *Event) (*jwt.UserClaims, error) {
+func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.AuthorizationRequestClaims, ev *Event, prepare func(*jwt.UserClaims)) (*jwt.UserClaims, error) {
 	co := rc.ConnectOptions
 	ev.Credential = co.Nkey
 	raw, err := base64.RawURLEncoding.DecodeString(co.SignedNonce)
@@ -126,6 +126,13 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 		if err != nil {
 			return nil, err
 		}
+		uc, roles, err := v.userClaims(rc, cred, h)
+		if err != nil {
+			return nil, err
+		}
+		if prepare != nil {
+			prepare(uc)
+		}
 		counter, err := attestation.VerifyAssertion(a, pub, attestation.AssertionCheck{
 			RPIDHash: v.rpIDHash, Origin: v.cfg.Origin, Challenge: attestation.NATSChallenge([]byte(nonce)), RequireUV: true,
 		})
@@ -136,10 +143,6 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 		if err := cred.acceptCounter(counter); err != nil {
 			err = fmt.Errorf("%w: %w", ErrReplay, err)
 			v.quarantine(ctx, cred.ID, ev, err)
-			return nil, err
-		}
-		uc, roles, err := v.userClaims(rc, cred, h)
-		if err != nil {
 			return nil, err
 		}
 		ev.Roles = roles

@@ -46,6 +46,9 @@ type Credential struct {
 	// Lineage is the ID of the first credential of this workload's rotation
 	// chain: the CONNECT nkey its workload keeps across rotations.
 	Lineage []byte `json:"lineage,omitempty"`
+	// Retires is set once a rotation replaced this credential: the verifier
+	// refuses it after then, and the agent deletes it (across restarts).
+	Retires time.Time `json:"retires,omitzero"`
 }
 
 // NKey is what a workload presents as CONNECT nkey for this credential.
@@ -291,6 +294,24 @@ func (a *Authenticator) nextCounter(st *credState) (uint32, error) {
 	}
 	st.used = next
 	return next, nil
+}
+
+// MarkRetiring records when a replaced credential retires, so that a later
+// process still deletes it.
+func (a *Authenticator) MarkRetiring(id []byte, at time.Time) error {
+	st, err := a.state(id)
+	if err != nil {
+		return err
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	c := *st.cred
+	c.Retires = at.UTC()
+	if err := writeJSON(a.credPath(c.ID), &c); err != nil {
+		return fmt.Errorf("record the retirement of %s: %w", c.IDString(), err)
+	}
+	st.cred = &c
+	return nil
 }
 
 // state returns the loaded credential, reading it from disk the first time.

@@ -170,6 +170,9 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.stopRotation = cancel
+	if err := a.retireReplaced(rctx); err != nil {
+		a.log.Warn("cannot list credentials to delete retired ones", "error", err)
+	}
 	go a.rotateLoop(rctx)
 	if a.cfg.Ready != nil {
 		a.cfg.Ready()
@@ -295,16 +298,27 @@ func (a *Agent) enrollWithToken(ctx context.Context) (*Enrollment, error) {
 	})
 }
 
-// latest returns the newest local credential of a workload.
+// latest returns the newest local credential of a workload, one a rotation
+// has not replaced if there is one.
 func (a *Agent) latest(workload string) (*Credential, error) {
 	creds, err := a.auth.Credentials()
 	if err != nil {
 		return nil, err
 	}
+	var replaced *Credential
 	for i := len(creds) - 1; i >= 0; i-- {
-		if creds[i].Name == workload {
+		if creds[i].Name != workload {
+			continue
+		}
+		if creds[i].Retires.IsZero() {
 			return creds[i], nil
 		}
+		if replaced == nil {
+			replaced = creds[i]
+		}
+	}
+	if replaced != nil {
+		return replaced, nil
 	}
 	return nil, ErrUnknownCredential
 }

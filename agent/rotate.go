@@ -79,10 +79,44 @@ func (a *Agent) rotate(ctx context.Context, workload, id string) error {
 	a.creds[workload] = cred
 	a.mu.Unlock()
 	a.log.Info("credential rotated", "workload", workload, "old", old.IDString(), "new", cred.IDString(), "old_retires", retires)
-	time.AfterFunc(time.Until(retires)+time.Second, func() {
-		if err := a.auth.DeleteCredential(old.ID); err != nil {
-			a.log.Warn("delete retired credential", "credential", old.IDString(), "error", err)
+	if err := a.auth.MarkRetiring(old.ID, retires); err != nil {
+		a.log.Warn("the replaced credential will not be deleted if the agent restarts before it retires", "error", err)
+	}
+	a.deleteWhenRetired(ctx, old.ID, retires)
+	return nil
+}
+
+// deleteWhenRetired deletes a replaced credential's key blob (and flushes its
+// handle) a second after the verifier stops accepting it, unless the agent
+// stops first: the next start picks it up again (retireReplaced).
+func (a *Agent) deleteWhenRetired(ctx context.Context, id []byte, retires time.Time) {
+	go func() {
+		t := time.NewTimer(time.Until(retires) + time.Second)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
-	})
+		if err := a.auth.DeleteCredential(id); err != nil {
+			a.log.Warn("delete retired credential", "credential", b64url(id), "error", err)
+			return
+		}
+		a.log.Info("retired credential deleted", "credential", b64url(id))
+	}()
+}
+
+// retireReplaced schedules, at start, the deletion of every credential a
+// rotation replaced (already past its retirement: now).
+func (a *Agent) retireReplaced(ctx context.Context) error {
+	creds, err := a.auth.Credentials()
+	if err != nil {
+		return err
+	}
+	for _, c := range creds {
+		if !c.Retires.IsZero() {
+			a.deleteWhenRetired(ctx, c.ID, c.Retires)
+		}
+	}
 	return nil
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -166,4 +168,54 @@ func request(t *testing.T, nc *nats.Conn, subj string, req, resp any) string {
 		t.Fatal(err)
 	}
 	return ""
+}
+
+// TestReplacedCredentialDeletedAcrossRestart: the agent stops after a
+// rotation but before the old credential retires; the next start deletes the
+// old key blob once it has.
+func TestReplacedCredentialDeletedAcrossRestart(t *testing.T) {
+	const grace = 2 * time.Second
+	s := newStack(t, func(s *stack) {
+		s.vcfg.RotationGrace = grace
+		s.acfg.RotationCheck = 100 * time.Millisecond
+	})
+	c := client.New(s.socket)
+	before, err := c.WhoAmI(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.admin(t, "credential.rotate", verifier.IDRequest{ID: before.CredentialID, Reason: "test"}, nil)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		after, err := c.WhoAmI(t.Context())
+		if err == nil && after.CredentialID != before.CredentialID {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the agent did not rotate within 10 s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := s.ag.Close(); err != nil {
+		t.Fatal(err)
+	}
+	oldFile := filepath.Join(s.acfg.DataDir, "credentials", before.CredentialID+".json")
+	if _, err := os.Stat(oldFile); err != nil {
+		t.Fatalf("the replaced credential is gone before it retired: %v", err)
+	}
+	time.Sleep(grace)
+	s.startAgent(t)
+	for deadline = time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := os.Stat(oldFile); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the replaced credential's key blob is still on disk 5 s after it retired and the agent restarted")
+		}
+	}
+	if nc, err := s.connect(t); err != nil {
+		t.Fatalf("connect with the new credential after the restart: %v", err)
+	} else {
+		nc.Close()
+	}
 }

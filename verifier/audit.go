@@ -158,18 +158,50 @@ func (a *auditLog) record(e Event) {
 
 // flush waits until every event queued before it is appended.
 func (a *auditLog) flush() {
+	a.flushWithin(0)
+}
+
+// flushWithin waits until every event queued before it is appended, at most
+// d (0: no limit), and reports whether they were.
+func (a *auditLog) flushWithin(d time.Duration) bool {
 	if a == nil {
-		return
+		return true
+	}
+	var timeout <-chan time.Time
+	if d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		timeout = t.C
 	}
 	w := make(chan struct{})
 	select {
 	case a.ch <- &auditItem{flushed: w}:
 	case <-a.done:
-		return
+		return false
+	case <-timeout:
+		return false
 	}
 	select {
 	case <-w:
+		return true
 	case <-a.done:
+	case <-timeout:
+	}
+	return false
+}
+
+// auditWait bounds how long an operator action, an enrollment or a
+// registration waits for its audit event to be appended.
+const auditWait = 2 * time.Second
+
+// recordNow queues an event and waits until it is appended (at most
+// auditWait): whoever asked for an operator action, an enrollment or a
+// registration hears "done" only once the trail holds it. They are rare;
+// connect decisions, which are not, use record and do not wait.
+func (v *Verifier) recordNow(e Event) {
+	v.audit.record(e)
+	if !v.audit.flushWithin(auditWait) {
+		v.log.Warn("audit event queued but not appended yet; it stays queued (is JetStream reachable?)", "kind", e.Kind)
 	}
 }
 

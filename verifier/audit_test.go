@@ -2,8 +2,10 @@ package verifier
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -132,4 +134,43 @@ func mustPub(t *testing.T, v *Verifier) string {
 		t.Fatal(err)
 	}
 	return pub
+}
+
+// TestOperatorActionAuditedBeforeReply: an operator action returns only once
+// its event is in the stream, even behind a long queue of connect events;
+// and creating a join token is audited.
+func TestOperatorActionAuditedBeforeReply(t *testing.T) {
+	v, err := New(Config{DataDir: t.TempDir(), NATSListen: "127.0.0.1:-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	for i := range 20000 {
+		v.audit.record(Event{Kind: "connect", Result: "allow", Workload: fmt.Sprintf("w%d", i)})
+	}
+	body, _ := json.Marshal(TokenCreateRequest{TTL: time.Hour, Roles: []string{"demo"}})
+	if _, err := v.adminTokenCreate(t.Context(), body); err != nil {
+		t.Fatal(err)
+	}
+	if n := v.AuditBacklog(); n != 0 {
+		t.Fatalf("%d events still queued when the operator's command returned", n)
+	}
+	info, err := v.audit.stream.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raws, err := v.audit.readRaw(t.Context(), info.State.LastSeq, maxAuditBatch)
+	if err != nil || len(raws) == 0 {
+		t.Fatalf("read the last message: %v", err)
+	}
+	var last Event
+	if err := json.Unmarshal(raws[len(raws)-1].Data, &last); err != nil {
+		t.Fatal(err)
+	}
+	if last.Kind != "token.create" || last.Actor != "operator" || !slices.Equal(last.Roles, []string{"demo"}) {
+		t.Fatalf("last event in the stream: %+v, want the token.create", last)
+	}
 }

@@ -115,9 +115,13 @@ func (v *Verifier) revokeHost(ctx context.Context, id, status, reason string) (*
 			v.kick(c)
 			continue
 		}
-		if _, err := v.setCredentialStatus(ctx, c.ID, CredRevoked, "host "+status+": "+reason); err != nil {
+		why := "host " + status + ": " + reason
+		if _, err := v.setCredentialStatus(ctx, c.ID, CredRevoked, why); err != nil {
 			return nil, err
 		}
+		// Each credential's own event, so that a search by credential finds
+		// it; the operator's host event follows.
+		v.audit.record(Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: why, Actor: "operator"})
 	}
 	if status == HostOffboarded {
 		// Forget the EK enrollment: the TPM may enroll again, as a new host.

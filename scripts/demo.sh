@@ -60,7 +60,7 @@ for _ in 1 2 3; do # another process may take the port between probe and bind
   TPM_PORT=$(free_port) || fail "no free port"
   TPM_URI=$(scripts/swtpm.sh start "$W/tpm" "$TPM_PORT") && break
   TPM_URI=
-  say "swtpm did not start on port $TPM_PORT (reason above); trying another port"
+  say "swtpm did not start (reason above); trying again on another port"
 done
 [ -n "$TPM_URI" ] || fail "swtpm did not start (see the messages above; is swtpm from Debian's swtpm package installed?)"
 mkdir -p "$W/ek-ca"

@@ -29,6 +29,7 @@ start)
       exit 1
     fi
   fi
+  : > "$dir/swtpm.log" # this attempt's lines only
   if ! swtpm socket --tpm2 --daemon --pid file="$dir/swtpm.pid" --log file="$dir/swtpm.log" \
     --server type=tcp,port="$port",bindaddr=127.0.0.1 --ctrl type=tcp,port=$((port + 1)),bindaddr=127.0.0.1 \
     --flags not-need-init,startup-clear --tpmstate dir="$dir/state"; then

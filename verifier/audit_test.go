@@ -148,7 +148,7 @@ func TestOperatorActionAuditedBeforeReply(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer v.Close()
-	for i := range 20000 {
+	for i := range 3000 {
 		v.audit.record(Event{Kind: "connect", Result: "allow", Workload: fmt.Sprintf("w%d", i)})
 	}
 	body, _ := json.Marshal(TokenCreateRequest{TTL: time.Hour, Roles: []string{"demo"}})

@@ -224,11 +224,11 @@ func (v *Verifier) encodeResponse(rc *jwt.AuthorizationRequestClaims, user *jwt.
 	return out, nil
 }
 
-// preparedGrant is a grant's response encoded while the assertion is still
-// being checked and its counter written: signing the two JWTs takes as long
-// as the KV round trip, and with both at once a connect waits for the longer
-// only. It is sent only if the decision grants these very claims; otherwise
-// it is dropped unseen.
+// preparedGrant is a grant's response encoded while the counter is written:
+// signing the two JWTs takes about as long as the KV round trip, and with
+// both at once a connect waits for the longer only. It is sent only if the
+// decision grants these very claims (the compare-and-set may still fail);
+// otherwise it is dropped unseen.
 type preparedGrant struct {
 	uc   *jwt.UserClaims
 	done chan struct{}
@@ -271,8 +271,8 @@ func checkRequest(rc *jwt.AuthorizationRequestClaims) error {
 
 // authorize decides a connect: a workload's assertion, or the enrollment
 // session of a join-token holder or an allow-listed EK. A workload's claims
-// are handed to prepare as soon as they are known, before the assertion is
-// checked; only the claims returned may be granted.
+// are handed to prepare once its assertion is checked, before the counter
+// is written; only the claims returned may be granted.
 func (v *Verifier) authorize(ctx context.Context, rc *jwt.AuthorizationRequestClaims, ev *Event, prepare func(*jwt.UserClaims)) (*jwt.UserClaims, error) {
 	co := rc.ConnectOptions
 	switch {

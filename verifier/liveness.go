@@ -3,6 +3,7 @@ package verifier
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,6 +17,10 @@ import (
 // (an 8 KB record, measured in the connect benchmark) and a live connection
 // beyond the cap escapes the kick. The servers' disconnect and shutdown
 // events say which have ended; the next write of the record leaves them out.
+//
+// Only an event from the server itself ends a session: a missed or
+// unreadable event, or a session this instance has not seen, leaves the
+// session in the record (kicked in vain at worst), never the other way round.
 
 const (
 	disconnectSubject = "$SYS.ACCOUNT." + AccountApp + ".DISCONNECT"
@@ -27,22 +32,19 @@ const (
 	maxSessions = 64
 )
 
-type sessionKey struct {
-	server string
-	client uint64
-}
-
 type sessionState struct {
 	expires time.Time
 	ended   bool
 }
 
 // sessionIndex holds the sessions this instance has seen in credential
-// records (granted here or read from KV) and whether each has ended. Only
-// those are tracked, so its size is bounded by the sessions the records name.
+// records (granted here or read from KV), by server and client ID, and
+// whether each has ended. An ended session is forgotten once a record write
+// has dropped it, the rest at their expiry: the index holds about the live
+// sessions of the records this instance writes.
 type sessionIndex struct {
 	mu sync.Mutex
-	m  map[sessionKey]sessionState
+	m  map[string]map[uint64]sessionState // server ID -> client ID -> state
 }
 
 // add indexes the sessions of a record; an ended mark is kept.
@@ -50,13 +52,17 @@ func (x *sessionIndex) add(refs []SessionRef) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if x.m == nil {
-		x.m = map[sessionKey]sessionState{}
+		x.m = map[string]map[uint64]sessionState{}
 	}
 	for _, r := range refs {
-		k := sessionKey{r.Server, r.Client}
-		st := x.m[k]
+		clients := x.m[r.Server]
+		if clients == nil {
+			clients = map[uint64]sessionState{}
+			x.m[r.Server] = clients
+		}
+		st := clients[r.Client]
 		st.expires = r.Expires
-		x.m[k] = st
+		clients[r.Client] = st
 	}
 }
 
@@ -64,11 +70,10 @@ func (x *sessionIndex) add(refs []SessionRef) {
 func (x *sessionIndex) end(server string, client uint64) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	k := sessionKey{server, client}
-	st, ok := x.m[k]
+	st, ok := x.m[server][client]
 	if ok {
 		st.ended = true
-		x.m[k] = st
+		x.m[server][client] = st
 	}
 	return ok
 }
@@ -78,10 +83,10 @@ func (x *sessionIndex) endServer(server string) int {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	n := 0
-	for k, st := range x.m {
-		if k.server == server && !st.ended {
+	for c, st := range x.m[server] {
+		if !st.ended {
 			st.ended = true
-			x.m[k] = st
+			x.m[server][c] = st
 			n++
 		}
 	}
@@ -91,45 +96,93 @@ func (x *sessionIndex) endServer(server string) int {
 func (x *sessionIndex) ended(r SessionRef) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	return x.m[sessionKey{r.Server, r.Client}].ended
+	return x.m[r.Server][r.Client].ended
 }
 
-// sweep forgets sessions past their expiry: no record keeps them.
-func (x *sessionIndex) sweep(now time.Time) {
+// split returns the sessions that have neither expired nor ended, and the
+// ended ones.
+func (x *sessionIndex) split(refs []SessionRef, now time.Time) (live, ended []SessionRef) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	for k, st := range x.m {
-		if !st.expires.After(now) {
-			delete(x.m, k)
+	live = refs[:0:0]
+	for _, r := range refs {
+		switch {
+		case !r.Expires.After(now):
+		case x.m[r.Server][r.Client].ended:
+			ended = append(ended, r)
+		default:
+			live = append(live, r)
 		}
+	}
+	return live, ended
+}
+
+// forget drops ended sessions a record write has left out.
+func (x *sessionIndex) forget(refs []SessionRef) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, r := range refs {
+		clients := x.m[r.Server]
+		if st, ok := clients[r.Client]; ok && st.ended {
+			delete(clients, r.Client)
+			if len(clients) == 0 {
+				delete(x.m, r.Server)
+			}
+		}
+	}
+}
+
+// sweep forgets sessions past their expiry: no record keeps them. It locks
+// one server's sessions at a time, so callouts are not held up for long.
+func (x *sessionIndex) sweep(now time.Time) {
+	x.mu.Lock()
+	servers := make([]string, 0, len(x.m))
+	for s := range x.m {
+		servers = append(servers, s)
+	}
+	x.mu.Unlock()
+	for _, s := range servers {
+		x.mu.Lock()
+		for c, st := range x.m[s] {
+			if !st.expires.After(now) {
+				delete(x.m[s], c)
+			}
+		}
+		if len(x.m[s]) == 0 {
+			delete(x.m, s)
+		}
+		x.mu.Unlock()
 	}
 }
 
 func (x *sessionIndex) len() int {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	return len(x.m)
+	n := 0
+	for _, clients := range x.m {
+		n += len(clients)
+	}
+	return n
 }
 
 // liveSessions keeps the sessions that have neither expired nor ended, the
-// newest maxSessions-1 of them (room for the one being added).
-func (v *Verifier) liveSessions(s []SessionRef, now time.Time) []SessionRef {
-	out := s[:0]
-	for _, r := range s {
-		if r.Expires.After(now) && !v.sessions.ended(r) {
-			out = append(out, r)
+// newest maxSessions-1 of them (room for the one being added), and returns
+// the ended ones it left out (to forget once the record is written).
+func (v *Verifier) liveSessions(s []SessionRef, now time.Time) (live, ended []SessionRef) {
+	live, ended = v.sessions.split(s, now)
+	if len(live) >= maxSessions {
+		if last := v.capWarned.Load(); now.Unix()-last >= 60 && v.capWarned.CompareAndSwap(last, now.Unix()) {
+			v.log.Warn("a credential has more live sessions than are kept for kicks; the oldest are dropped from its record",
+				"kept", maxSessions)
 		}
+		live = live[len(live)-maxSessions+1:]
 	}
-	if len(out) >= maxSessions {
-		v.log.Warn("credential has more live sessions than are kept for kicks; the oldest are dropped",
-			"kept", maxSessions)
-		out = out[len(out)-maxSessions+1:]
-	}
-	return out
+	return live, ended
 }
 
-// sysEvent is the part of a server's disconnect or shutdown event used here.
-type sysEvent struct {
+// disconnectEvent is the part of a server's client disconnect event used
+// here.
+type disconnectEvent struct {
 	Server struct {
 		ID string `json:"id"`
 	} `json:"server"`
@@ -141,26 +194,27 @@ type sysEvent struct {
 // watchSessions follows the servers' disconnect and shutdown events (system
 // account) and forgets old sessions periodically.
 func (v *Verifier) watchSessions() error {
-	onDisconnect := func(m *nats.Msg) {
-		var e sysEvent
-		if json.Unmarshal(m.Data, &e) != nil || e.Server.ID == "" {
+	if _, err := v.sysNC.Subscribe(disconnectSubject, func(m *nats.Msg) {
+		var e disconnectEvent
+		if json.Unmarshal(m.Data, &e) != nil || e.Server.ID == "" || e.Client.ID == 0 {
 			return
 		}
 		v.sessions.end(e.Server.ID, e.Client.ID)
+	}); err != nil {
+		return fmt.Errorf("subscribe %s: %w", disconnectSubject, err)
 	}
-	onShutdown := func(m *nats.Msg) {
-		var e sysEvent
-		if json.Unmarshal(m.Data, &e) != nil || e.Server.ID == "" {
+	// A shutting-down server sends no disconnect events for its clients,
+	// only this, its body the bare server info: the ID is in the subject.
+	if _, err := v.sysNC.Subscribe(shutdownSubject, func(m *nats.Msg) {
+		tok := strings.Split(m.Subject, ".")
+		if len(tok) != 4 || tok[2] == "" {
 			return
 		}
-		if n := v.sessions.endServer(e.Server.ID); n > 0 {
-			v.log.Info("server shut down: its sessions end", "server", e.Server.ID, "sessions", n)
+		if n := v.sessions.endServer(tok[2]); n > 0 {
+			v.log.Info("server shut down: its sessions end", "server", tok[2], "sessions", n)
 		}
-	}
-	for subj, h := range map[string]nats.MsgHandler{disconnectSubject: onDisconnect, shutdownSubject: onShutdown} {
-		if _, err := v.sysNC.Subscribe(subj, h); err != nil {
-			return fmt.Errorf("subscribe %s: %w", subj, err)
-		}
+	}); err != nil {
+		return fmt.Errorf("subscribe %s: %w", shutdownSubject, err)
 	}
 	v.wg.Add(1)
 	go func() {

@@ -1,8 +1,12 @@
 package verifier
 
 import (
+	"context"
+	"encoding/json"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
 )
 
 func TestSessionIndex(t *testing.T) {
@@ -11,6 +15,7 @@ func TestSessionIndex(t *testing.T) {
 		return SessionRef{Server: server, Client: client, Expires: now.Add(ttl)}
 	}
 	a1, a2, b1 := ref("NA", 1, time.Hour), ref("NA", 2, time.Hour), ref("NB", 1, time.Minute)
+	gone := ref("NA", 3, -time.Second)
 	var x sessionIndex
 	if x.end("NA", 1) {
 		t.Fatal("end of a session never indexed reported as known")
@@ -23,11 +28,55 @@ func TestSessionIndex(t *testing.T) {
 	if !x.ended(a1) {
 		t.Fatal("re-indexing a session lost its ended mark")
 	}
+	live, ended := x.split([]SessionRef{a1, a2, b1, gone, ref("NC", 9, time.Hour)}, now)
+	if len(live) != 3 || live[0] != a2 || live[1] != b1 || len(ended) != 1 || ended[0] != a1 {
+		t.Fatalf("split: live %v, ended %v; want a2, b1 and the unindexed NC/9 live, a1 ended", live, ended)
+	}
+	x.forget([]SessionRef{a1, a2}) // a2 is live: kept
+	if x.len() != 2 || x.ended(a1) || !x.isIndexed(a2) {
+		t.Fatalf("after forget: %d indexed, want a2 and b1", x.len())
+	}
 	if n := x.endServer("NB"); n != 1 || !x.ended(b1) || x.ended(a2) {
 		t.Fatalf("endServer(NB) ended %d sessions", n)
 	}
 	x.sweep(now.Add(2 * time.Minute))
-	if x.len() != 2 || x.ended(b1) {
-		t.Fatalf("after the sweep %d sessions indexed, want the 2 unexpired", x.len())
+	if x.len() != 1 || x.ended(b1) {
+		t.Fatalf("after the sweep %d sessions indexed, want the unexpired a2", x.len())
+	}
+}
+
+func (x *sessionIndex) isIndexed(r SessionRef) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	_, ok := x.m[r.Server][r.Client]
+	return ok
+}
+
+// TestShutdownEventEndsSessions: a server's shutdown event (its body the
+// bare server info, as nats-server sends it) ends its sessions and no
+// other server's.
+func TestShutdownEventEndsSessions(t *testing.T) {
+	v, err := New(Config{DataDir: t.TempDir(), NATSListen: "127.0.0.1:-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	exp := time.Now().Add(time.Hour)
+	gone, other := SessionRef{Server: "NGONE", Client: 7, Expires: exp}, SessionRef{Server: "NOTHER", Client: 7, Expires: exp}
+	v.sessions.add([]SessionRef{gone, other})
+	body, _ := json.Marshal(&server.ServerInfo{Name: "gone", ID: "NGONE", Seq: 9, Time: time.Now()})
+	if err := v.sysNC.Publish("$SYS.SERVER.NGONE.SHUTDOWN", body); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !v.sessions.ended(gone); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the shutdown event did not end the server's session")
+		}
+	}
+	if v.sessions.ended(other) {
+		t.Fatal("another server's session was ended")
 	}
 }

@@ -126,13 +126,6 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 		if err != nil {
 			return nil, err
 		}
-		uc, roles, err := v.userClaims(rc, cred, h)
-		if err != nil {
-			return nil, err
-		}
-		if prepare != nil {
-			prepare(uc)
-		}
 		counter, err := attestation.VerifyAssertion(a, pub, attestation.AssertionCheck{
 			RPIDHash: v.rpIDHash, Origin: v.cfg.Origin, Challenge: attestation.NATSChallenge([]byte(nonce)), RequireUV: true,
 		})
@@ -145,10 +138,20 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 			v.quarantine(ctx, cred.ID, ev, err)
 			return nil, err
 		}
+		uc, roles, err := v.userClaims(rc, cred, h)
+		if err != nil {
+			return nil, err
+		}
+		// Only now, with the assertion checked: a forged one must not cost
+		// the signing of a grant.
+		if prepare != nil {
+			prepare(uc)
+		}
 		ev.Roles = roles
 		now := time.Now()
 		cred.Updated = now.UTC()
-		cred.Sessions = append(v.liveSessions(cred.Sessions, now), SessionRef{
+		live, ended := v.liveSessions(cred.Sessions, now)
+		cred.Sessions = append(live, SessionRef{
 			Server: rc.Server.ID, Client: rc.ClientInformation.ID, Expires: time.Unix(uc.Expires, 0).UTC(),
 		})
 		// The one KV write of a connect: counter and session, compare-and-set,
@@ -162,6 +165,7 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 			return nil, err
 		}
 		v.sessions.add(cred.Sessions[len(cred.Sessions)-1:])
+		v.sessions.forget(ended)
 		v.creds.put(cred, next)
 		return uc, nil
 	}

@@ -54,6 +54,7 @@ type Verifier struct {
 	hosts     hostCache
 	credLocks credLocks
 	sessions  sessionIndex // which sessions named in records have ended
+	capWarned atomic.Int64 // unix time of the last too-many-sessions warning
 	rpIDHash  [32]byte
 
 	metrics    *metrics
@@ -171,9 +172,11 @@ func (v *Verifier) Start(ctx context.Context) error {
 	}
 	// Subscriptions reach the server asynchronously: make sure they did
 	// before reporting ready.
-	if err := nc.FlushTimeout(5 * time.Second); err != nil {
-		v.Close()
-		return fmt.Errorf("NATS flush: %w", err)
+	for _, c := range []*nats.Conn{nc, v.sysNC} {
+		if err := c.FlushTimeout(5 * time.Second); err != nil {
+			v.Close()
+			return fmt.Errorf("NATS flush: %w", err)
+		}
 	}
 	if v.cfg.MetricsListen != "" {
 		srv, err := promserve.Start(v.cfg.MetricsListen, v.metrics.reg)

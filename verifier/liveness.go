@@ -100,14 +100,16 @@ func (x *sessionIndex) ended(r SessionRef) bool {
 }
 
 // split returns the sessions that have neither expired nor ended, and the
-// ended ones.
-func (x *sessionIndex) split(refs []SessionRef, now time.Time) (live, ended []SessionRef) {
+// ended ones. With only (non-empty) there is one server and only its
+// sessions can be live: the others are from before it started.
+func (x *sessionIndex) split(refs []SessionRef, now time.Time, only string) (live, ended []SessionRef) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	live = refs[:0:0]
 	for _, r := range refs {
 		switch {
 		case !r.Expires.After(now):
+		case only != "" && r.Server != only:
 		case x.m[r.Server][r.Client].ended:
 			ended = append(ended, r)
 		default:
@@ -169,7 +171,11 @@ func (x *sessionIndex) len() int {
 // newest maxSessions-1 of them (room for the one being added), and returns
 // the ended ones it left out (to forget once the record is written).
 func (v *Verifier) liveSessions(s []SessionRef, now time.Time) (live, ended []SessionRef) {
-	live, ended = v.sessions.split(s, now)
+	only := ""
+	if v.srv != nil { // the embedded server, standalone: it restarts with this process
+		only = v.srv.ID()
+	}
+	live, ended = v.sessions.split(s, now, only)
 	if len(live) >= maxSessions {
 		if last := v.capWarned.Load(); now.Unix()-last >= 60 && v.capWarned.CompareAndSwap(last, now.Unix()) {
 			v.log.Warn("a credential has more live sessions than are kept for kicks; the oldest are dropped from its record",

@@ -28,9 +28,12 @@ func TestSessionIndex(t *testing.T) {
 	if !x.ended(a1) {
 		t.Fatal("re-indexing a session lost its ended mark")
 	}
-	live, ended := x.split([]SessionRef{a1, a2, b1, gone, ref("NC", 9, time.Hour)}, now)
+	live, ended := x.split([]SessionRef{a1, a2, b1, gone, ref("NC", 9, time.Hour)}, now, "")
 	if len(live) != 3 || live[0] != a2 || live[1] != b1 || len(ended) != 1 || ended[0] != a1 {
 		t.Fatalf("split: live %v, ended %v; want a2, b1 and the unindexed NC/9 live, a1 ended", live, ended)
+	}
+	if live, _ := x.split([]SessionRef{a2, b1}, now, "NB"); len(live) != 1 || live[0] != b1 {
+		t.Fatalf("split with one server NB: live %v, want only its session", live)
 	}
 	x.forget([]SessionRef{a1, a2}) // a2 is live: kept
 	if x.len() != 2 || x.ended(a1) || !x.isIndexed(a2) {

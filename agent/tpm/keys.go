@@ -79,6 +79,25 @@ func eccPublic(pub *tpm2.TPMTPublic) (*ecdsa.PublicKey, error) {
 	return tpm2.ECDSAPub(parms, pt)
 }
 
+// maxCachedNames bounds the name cache (one entry per key used).
+const maxCachedNames = 4096
+
+// nameOf is k's TPM name, cached. Called with t.mu held.
+func (t *TPM) nameOf(k *Key) (tpm2.TPM2BName, error) {
+	if n, ok := t.names[string(k.Public)]; ok {
+		return n, nil
+	}
+	n, err := k.name()
+	if err != nil {
+		return n, err
+	}
+	if t.names == nil || len(t.names) >= maxCachedNames {
+		t.names = map[string]tpm2.TPM2BName{}
+	}
+	t.names[string(k.Public)] = n
+	return n, nil
+}
+
 func (k *Key) name() (tpm2.TPM2BName, error) {
 	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](k.Public)
 	if err != nil {
@@ -181,7 +200,7 @@ func (t *TPM) Unload(k *Key) error {
 		return err
 	}
 	defer t.mu.Unlock()
-	name, err := k.name()
+	name, err := t.nameOf(k)
 	if err != nil {
 		return err
 	}
@@ -191,7 +210,7 @@ func (t *TPM) Unload(k *Key) error {
 // loaded returns a handle for k, loading it (and evicting the least recently
 // used key) when the cache does not hold it. Called with t.mu held.
 func (t *TPM) loaded(k *Key) (tpm2.NamedHandle, error) {
-	name, err := k.name()
+	name, err := t.nameOf(k)
 	if err != nil {
 		return tpm2.NamedHandle{}, err
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -139,4 +140,43 @@ func auditStream(t *testing.T, s *stack) jetstream.Stream {
 func verifierSeed(s *stack) string {
 	p := verifier.SysSeedFile(s.vcfg.DataDir)
 	return p[:len(p)-len("sys.nk")] + "verifier.nk"
+}
+
+// TestSessionEndAudited: the end of a granted session is audited with the
+// server's reason and what the session sent and received; a kicked one too.
+func TestSessionEndAudited(t *testing.T) {
+	s := newStack(t)
+	nc, err := s.connect(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cid, _ := nc.GetClientID()
+	for range 3 {
+		if err := nc.Publish("demo.audit", []byte("0123456789")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
+	who, _ := client.New(s.socket).WhoAmI(t.Context())
+	var end *verifier.Event
+	for deadline := time.Now().Add(5 * time.Second); end == nil; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no disconnect event in the audit trail 5 s after the session closed")
+		}
+		s.v.FlushAudit()
+		for _, e := range readAudit(t, s) {
+			if e.Kind == "disconnect" && e.Client == cid {
+				end = &e
+			}
+		}
+	}
+	if end.Credential != who.CredentialID || end.Workload != who.Workload || end.Session == nil {
+		t.Fatalf("disconnect event %+v: want credential %s, workload %s and session stats", end, who.CredentialID, who.Workload)
+	}
+	if st := end.Session; st.MsgsSent != 3 || st.BytesSent != 30 || st.Start.IsZero() || end.Reason != "Client Closed" {
+		t.Fatalf("session stats %+v, reason %q: want 3 messages, 30 bytes sent, a start time, \"Client Closed\"", st, end.Reason)
+	}
 }

@@ -120,7 +120,10 @@ wait_for 10 grep -q "holding the connection" "$W/live.log" || fail "the live wor
 HOST_ID=$("$BIN/tpmauthnctl" --data-dir "$W/verifier" --json host list | sed -n 's/.*"id": "\(h-[0-9a-f]*\)".*/\1/p' | head -1)
 T0=$(date +%s%3N)
 "$BIN/tpmauthnctl" --data-dir "$W/verifier" host revoke "$HOST_ID" --reason "demo: host decommissioned"
-wait_for 5 grep -q "connection closed" "$W/live.log" || fail "the live connection was not dropped: $(cat "$W/live.log")"
+wait_for 5 grep -q "connection dropped" "$W/live.log" || fail "the live connection was not dropped: $(cat "$W/live.log")"
+# nats.go retries after 1-2 s, then 2-4 s (agent/client.ReconnectDelay), and
+# gives up after the second refusal.
+wait_for 20 grep -q "connection closed" "$W/live.log" || fail "the reconnect was not refused: $(cat "$W/live.log")"
 sed 's/^/   workload: /' "$W/live.log"
 DROP=$(sed -n 's/.*unix_ms=\([0-9]*\).*/\1/p' "$W/live.log" | head -1)
 [ -n "$DROP" ] && say "revoke -> connection dropped in $((DROP - T0)) ms; the reconnect was denied"

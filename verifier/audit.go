@@ -52,9 +52,21 @@ type Event struct {
 	ClientAddr string    `json:"client_addr,omitempty"`
 	Roles      []string  `json:"roles,omitempty"`
 	Actor      string    `json:"actor,omitempty"` // who asked (operator, agent, verifier)
+	// Session is what a session did, in its disconnect event.
+	Session *SessionStats `json:"session,omitempty"`
 	Prev       string    `json:"prev"`            // hash of the event before; "" for the first
 	Hash       string    `json:"hash"`            // SHA-256 of this event with hash and sig empty
 	Sig        string    `json:"sig"`             // issuer key's signature over hash (nkeys, base64url)
+}
+
+// SessionStats is a NATS session's lifetime and traffic as its server
+// counted them (sent: from the client to the server).
+type SessionStats struct {
+	Start         time.Time `json:"start"`
+	MsgsSent      int64     `json:"msgs_sent"`
+	BytesSent     int64     `json:"bytes_sent"`
+	MsgsReceived  int64     `json:"msgs_received"`
+	BytesReceived int64     `json:"bytes_received"`
 }
 
 // denyByDefault makes a fresh event whose result is "deny".

@@ -35,6 +35,13 @@ const (
 type sessionState struct {
 	expires time.Time
 	ended   bool
+	grant   *grantInfo // set where this instance granted the session
+}
+
+// grantInfo names a session this instance granted, for the audit event of
+// its end.
+type grantInfo struct {
+	cred, host, workload string
 }
 
 // sessionIndex holds the sessions this instance has seen in credential
@@ -45,6 +52,16 @@ type sessionState struct {
 type sessionIndex struct {
 	mu sync.Mutex
 	m  map[string]map[uint64]sessionState // server ID -> client ID -> state
+}
+
+// granted indexes a session this instance granted.
+func (x *sessionIndex) granted(r SessionRef, g *grantInfo) {
+	x.add([]SessionRef{r})
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	st := x.m[r.Server][r.Client]
+	st.grant = g
+	x.m[r.Server][r.Client] = st
 }
 
 // add indexes the sessions of a record; an ended mark is kept.
@@ -66,16 +83,21 @@ func (x *sessionIndex) add(refs []SessionRef) {
 	}
 }
 
-// end marks a session ended if it is indexed.
-func (x *sessionIndex) end(server string, client uint64) bool {
+// end marks a session ended if it is indexed, and returns who it was
+// granted to if this instance granted it (the first time only).
+func (x *sessionIndex) end(server string, client uint64) (known bool, g *grantInfo) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	st, ok := x.m[server][client]
-	if ok {
-		st.ended = true
-		x.m[server][client] = st
+	if !ok {
+		return false, nil
 	}
-	return ok
+	if !st.ended {
+		g = st.grant
+	}
+	st.ended = true
+	x.m[server][client] = st
+	return true, g
 }
 
 // endServer marks every session on a server ended (it shut down).
@@ -186,15 +208,39 @@ func (v *Verifier) liveSessions(s []SessionRef, now time.Time) (live, ended []Se
 	return live, ended
 }
 
-// disconnectEvent is the part of a server's client disconnect event used
-// here.
+// disconnectEvent is the part of a server's client disconnect event
+// (io.nats.server.advisory.v1.client_disconnect) used here.
 type disconnectEvent struct {
 	Server struct {
 		ID string `json:"id"`
 	} `json:"server"`
 	Client struct {
-		ID uint64 `json:"id"`
+		ID    uint64    `json:"id"`
+		Host  string    `json:"host"`
+		Start time.Time `json:"start"`
 	} `json:"client"`
+	Sent     trafficCount `json:"sent"`
+	Received trafficCount `json:"received"`
+	Reason   string       `json:"reason"`
+}
+
+type trafficCount struct {
+	Msgs  int64 `json:"msgs"`
+	Bytes int64 `json:"bytes"`
+}
+
+// sessionEnded marks the session ended and audits the end of one this
+// instance granted: when, why (the server's reason) and how much it sent and
+// received.
+func (v *Verifier) sessionEnded(e *disconnectEvent) {
+	_, g := v.sessions.end(e.Server.ID, e.Client.ID)
+	if g == nil {
+		return
+	}
+	v.audit.record(Event{Kind: "disconnect", Result: "ok", Host: g.host, Workload: g.workload, Credential: g.cred,
+		Server: e.Server.ID, Client: e.Client.ID, ClientAddr: e.Client.Host, Reason: e.Reason,
+		Session: &SessionStats{Start: e.Client.Start.UTC(), MsgsSent: e.Sent.Msgs, BytesSent: e.Sent.Bytes,
+			MsgsReceived: e.Received.Msgs, BytesReceived: e.Received.Bytes}})
 }
 
 // watchSessions follows the servers' disconnect and shutdown events (system
@@ -205,7 +251,7 @@ func (v *Verifier) watchSessions() error {
 		if json.Unmarshal(m.Data, &e) != nil || e.Server.ID == "" || e.Client.ID == 0 {
 			return
 		}
-		v.sessions.end(e.Server.ID, e.Client.ID)
+		v.sessionEnded(&e)
 	}); err != nil {
 		return fmt.Errorf("subscribe %s: %w", disconnectSubject, err)
 	}

@@ -17,12 +17,12 @@ func TestSessionIndex(t *testing.T) {
 	a1, a2, b1 := ref("NA", 1, time.Hour), ref("NA", 2, time.Hour), ref("NB", 1, time.Minute)
 	gone := ref("NA", 3, -time.Second)
 	var x sessionIndex
-	if x.end("NA", 1) {
+	if known, _ := x.end("NA", 1); known {
 		t.Fatal("end of a session never indexed reported as known")
 	}
 	x.add([]SessionRef{a1, a2, b1})
-	if !x.end("NA", 1) || !x.ended(a1) || x.ended(a2) || x.ended(b1) {
-		t.Fatal("end marked the wrong sessions")
+	if known, g := x.end("NA", 1); !known || g != nil || !x.ended(a1) || x.ended(a2) || x.ended(b1) {
+		t.Fatal("end marked the wrong sessions, or named a grant not made here")
 	}
 	x.add([]SessionRef{a1}) // re-reading a record keeps the mark
 	if !x.ended(a1) {
@@ -45,6 +45,21 @@ func TestSessionIndex(t *testing.T) {
 	x.sweep(now.Add(2 * time.Minute))
 	if x.len() != 1 || x.ended(b1) {
 		t.Fatalf("after the sweep %d sessions indexed, want the unexpired a2", x.len())
+	}
+}
+
+// The end of a session granted here names its grant, once.
+func TestSessionIndexGrant(t *testing.T) {
+	r := SessionRef{Server: "NA", Client: 4, Expires: time.Now().Add(time.Hour)}
+	g := &grantInfo{cred: "c", host: "h", workload: "w"}
+	var x sessionIndex
+	x.granted(r, g)
+	x.add([]SessionRef{r}) // the record read back keeps the grant
+	if _, got := x.end("NA", 4); got != g {
+		t.Fatalf("end named grant %v, want %v", got, g)
+	}
+	if _, again := x.end("NA", 4); again != nil {
+		t.Fatal("a second end event named the grant again (it would be audited twice)")
 	}
 }
 

@@ -99,7 +99,7 @@ func (a *app) printEvents(evs []verifier.Event, header bool) error {
 	}
 	for _, e := range evs {
 		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Local().Format("15:04:05.000"), e.Kind, e.Result,
-			orDash(e.Host), orDash(e.Workload), orDash(e.Credential), orDash(e.Reason))
+			orDash(e.Host), orDash(e.Workload), orDash(e.Credential), orDash(reason(&e)))
 	}
 	return w.Flush()
 }
@@ -186,4 +186,14 @@ func readLines(path string) ([][]byte, error) {
 		}
 	}
 	return out, sc.Err()
+}
+
+// reason is an event's reason, with what a session did for the end of one.
+func reason(e *verifier.Event) string {
+	st := e.Session
+	if st == nil {
+		return e.Reason
+	}
+	return fmt.Sprintf("%s; lasted %s, sent %d msgs (%d B), received %d msgs (%d B)", e.Reason,
+		e.Time.Sub(st.Start).Round(time.Millisecond), st.MsgsSent, st.BytesSent, st.MsgsReceived, st.BytesReceived)
 }

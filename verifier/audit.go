@@ -54,9 +54,9 @@ type Event struct {
 	Actor      string    `json:"actor,omitempty"` // who asked (operator, agent, verifier)
 	// Session is what a session did, in its disconnect event.
 	Session *SessionStats `json:"session,omitempty"`
-	Prev       string    `json:"prev"`            // hash of the event before; "" for the first
-	Hash       string    `json:"hash"`            // SHA-256 of this event with hash and sig empty
-	Sig        string    `json:"sig"`             // issuer key's signature over hash (nkeys, base64url)
+	Prev    string        `json:"prev"` // hash of the event before; "" for the first
+	Hash    string        `json:"hash"` // SHA-256 of this event with hash and sig empty
+	Sig     string        `json:"sig"`  // issuer key's signature over hash (nkeys, base64url)
 }
 
 // SessionStats is a NATS session's lifetime and traffic as its server

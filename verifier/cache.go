@@ -38,6 +38,17 @@ func (c *credCache) get(id string) (*Credential, uint64, bool) {
 	return &cred, e.rev, true
 }
 
+// peek returns the cached record without copying its
+// sessions; the caller must not modify it.
+func (c *credCache) peek(id string) (*Credential, bool) {
+	v, ok := c.m.Load(id)
+	if !ok {
+		return nil, false
+	}
+	e := v.(credEntry)
+	return &e.cred, true
+}
+
 // rev is the revision of the cached record, without copying it.
 func (c *credCache) rev(id string) (uint64, bool) {
 	v, ok := c.m.Load(id)

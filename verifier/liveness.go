@@ -32,16 +32,13 @@ const (
 	maxSessions = 64
 )
 
+// sessionState is kept small (one per indexed session: 100,000 at the scale
+// benchmark): expiry in Unix seconds, and the credential only for sessions
+// this instance granted (the string is the cached record's, not a copy).
 type sessionState struct {
-	expires time.Time
+	expires int64
 	ended   bool
-	grant   *grantInfo // set where this instance granted the session
-}
-
-// grantInfo names a session this instance granted, for the audit event of
-// its end.
-type grantInfo struct {
-	cred, host, workload string
+	cred    string // set where this instance granted the session
 }
 
 // sessionIndex holds the sessions this instance has seen in credential
@@ -54,13 +51,13 @@ type sessionIndex struct {
 	m  map[string]map[uint64]sessionState // server ID -> client ID -> state
 }
 
-// granted indexes a session this instance granted.
-func (x *sessionIndex) granted(r SessionRef, g *grantInfo) {
+// granted indexes a session this instance granted to credential cred.
+func (x *sessionIndex) granted(r SessionRef, cred string) {
 	x.add([]SessionRef{r})
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	st := x.m[r.Server][r.Client]
-	st.grant = g
+	st.cred = cred
 	x.m[r.Server][r.Client] = st
 }
 
@@ -78,26 +75,26 @@ func (x *sessionIndex) add(refs []SessionRef) {
 			x.m[r.Server] = clients
 		}
 		st := clients[r.Client]
-		st.expires = r.Expires
+		st.expires = r.Expires.Unix()
 		clients[r.Client] = st
 	}
 }
 
-// end marks a session ended if it is indexed, and returns who it was
-// granted to if this instance granted it (the first time only).
-func (x *sessionIndex) end(server string, client uint64) (known bool, g *grantInfo) {
+// end marks a session ended if it is indexed, and returns the credential
+// it was granted to if this instance granted it (the first time only).
+func (x *sessionIndex) end(server string, client uint64) (known bool, cred string) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	st, ok := x.m[server][client]
 	if !ok {
-		return false, nil
+		return false, ""
 	}
 	if !st.ended {
-		g = st.grant
+		cred = st.cred
 	}
 	st.ended = true
 	x.m[server][client] = st
-	return true, g
+	return true, cred
 }
 
 // endServer marks every session on a server ended (it shut down).
@@ -168,7 +165,7 @@ func (x *sessionIndex) sweep(now time.Time) {
 	for _, s := range servers {
 		x.mu.Lock()
 		for c, st := range x.m[s] {
-			if !st.expires.After(now) {
+			if st.expires <= now.Unix() {
 				delete(x.m[s], c)
 			}
 		}
@@ -233,11 +230,15 @@ type trafficCount struct {
 // instance granted: when, why (the server's reason) and how much it sent and
 // received.
 func (v *Verifier) sessionEnded(e *disconnectEvent) {
-	_, g := v.sessions.end(e.Server.ID, e.Client.ID)
-	if g == nil {
+	_, credID := v.sessions.end(e.Server.ID, e.Client.ID)
+	if credID == "" {
 		return
 	}
-	v.audit.record(Event{Kind: "disconnect", Result: "ok", Host: g.host, Workload: g.workload, Credential: g.cred,
+	var host, workload string
+	if c, ok := v.creds.peek(credID); ok {
+		host, workload = c.Host, c.Workload
+	}
+	v.audit.record(Event{Kind: "disconnect", Result: "ok", Host: host, Workload: workload, Credential: credID,
 		Server: e.Server.ID, Client: e.Client.ID, ClientAddr: e.Client.Host, Reason: e.Reason,
 		Session: &SessionStats{Start: e.Client.Start.UTC(), MsgsSent: e.Sent.Msgs, BytesSent: e.Sent.Bytes,
 			MsgsReceived: e.Received.Msgs, BytesReceived: e.Received.Bytes}})

@@ -21,7 +21,7 @@ func TestSessionIndex(t *testing.T) {
 		t.Fatal("end of a session never indexed reported as known")
 	}
 	x.add([]SessionRef{a1, a2, b1})
-	if known, g := x.end("NA", 1); !known || g != nil || !x.ended(a1) || x.ended(a2) || x.ended(b1) {
+	if known, g := x.end("NA", 1); !known || g != "" || !x.ended(a1) || x.ended(a2) || x.ended(b1) {
 		t.Fatal("end marked the wrong sessions, or named a grant not made here")
 	}
 	x.add([]SessionRef{a1}) // re-reading a record keeps the mark
@@ -51,14 +51,14 @@ func TestSessionIndex(t *testing.T) {
 // The end of a session granted here names its grant, once.
 func TestSessionIndexGrant(t *testing.T) {
 	r := SessionRef{Server: "NA", Client: 4, Expires: time.Now().Add(time.Hour)}
-	g := &grantInfo{cred: "c", host: "h", workload: "w"}
+	g := "cred-1"
 	var x sessionIndex
 	x.granted(r, g)
 	x.add([]SessionRef{r}) // the record read back keeps the grant
 	if _, got := x.end("NA", 4); got != g {
 		t.Fatalf("end named grant %v, want %v", got, g)
 	}
-	if _, again := x.end("NA", 4); again != nil {
+	if _, again := x.end("NA", 4); again != "" {
 		t.Fatal("a second end event named the grant again (it would be audited twice)")
 	}
 }

@@ -164,7 +164,7 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 			v.creds.drop(credID)
 			return nil, err
 		}
-		v.sessions.granted(cred.Sessions[len(cred.Sessions)-1], &grantInfo{cred: cred.ID, host: cred.Host, workload: cred.Workload})
+		v.sessions.granted(cred.Sessions[len(cred.Sessions)-1], cred.ID)
 		v.sessions.forget(ended)
 		v.creds.put(cred, next)
 		return uc, nil

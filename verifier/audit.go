@@ -213,7 +213,7 @@ const auditWait = 2 * time.Second
 func (v *Verifier) recordNow(e Event) {
 	v.audit.record(e)
 	if !v.audit.flushWithin(auditWait) {
-		v.log.Warn("audit event queued but not appended yet; it stays queued (is JetStream reachable?)", "kind", e.Kind)
+		v.log.Warn("audit event not appended within "+auditWait.String()+"; it stays queued and is appended when JetStream answers", "kind", e.Kind)
 	}
 }
 

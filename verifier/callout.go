@@ -49,9 +49,9 @@ func (v *Verifier) serveCallout() error {
 		return fmt.Errorf("subscribe %s: %w", calloutSubject, err)
 	}
 	for range cap(v.sem) {
-		v.wg.Add(1)
+		v.work.Add(1)
 		go func() {
-			defer v.wg.Done()
+			defer v.work.Done()
 			for {
 				m, at, ok := q.pop(v.done)
 				if !ok {

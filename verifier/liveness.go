@@ -1,6 +1,7 @@
 package verifier
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -98,18 +99,24 @@ func (x *sessionIndex) end(server string, client uint64) (known bool, cred strin
 }
 
 // endServer marks every session on a server ended (it shut down).
-func (x *sessionIndex) endServer(server string) int {
+// It returns how many it ended, and those this instance granted (client ID
+// to credential).
+func (x *sessionIndex) endServer(server string) (int, map[uint64]string) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	n := 0
+	granted := map[uint64]string{}
 	for c, st := range x.m[server] {
 		if !st.ended {
 			st.ended = true
 			x.m[server][c] = st
 			n++
+			if st.cred != "" {
+				granted[c] = st.cred
+			}
 		}
 	}
-	return n
+	return n, granted
 }
 
 func (x *sessionIndex) ended(r SessionRef) bool {
@@ -165,7 +172,9 @@ func (x *sessionIndex) sweep(now time.Time) {
 	for _, s := range servers {
 		x.mu.Lock()
 		for c, st := range x.m[s] {
-			if st.expires <= now.Unix() {
+			// A session ends at its expiry, and its disconnect event
+			// arrives just after: keep it a sweep longer for that.
+			if st.expires+int64(sessionSweep/time.Second) <= now.Unix() {
 				delete(x.m[s], c)
 			}
 		}
@@ -234,14 +243,27 @@ func (v *Verifier) sessionEnded(e *disconnectEvent) {
 	if credID == "" {
 		return
 	}
-	var host, workload string
+	ev := v.sessionEvent(credID, e.Server.ID, e.Client.ID, e.Reason)
+	ev.ClientAddr = e.Client.Host
+	ev.Session = &SessionStats{Start: e.Client.Start.UTC(), MsgsSent: e.Sent.Msgs, BytesSent: e.Sent.Bytes,
+		MsgsReceived: e.Received.Msgs, BytesReceived: e.Received.Bytes}
+	v.audit.record(ev)
+}
+
+// sessionEvent is the audit event of a session's end, naming its host and
+// workload from the credential (cached, or read).
+func (v *Verifier) sessionEvent(credID, server string, client uint64, reason string) Event {
+	ev := Event{Kind: "disconnect", Result: "ok", Credential: credID, Server: server, Client: client, Reason: reason}
 	if c, ok := v.creds.peek(credID); ok {
-		host, workload = c.Host, c.Workload
+		ev.Host, ev.Workload = c.Host, c.Workload
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if c, _, err := get[Credential](ctx, v.st.creds, credID); err == nil {
+			ev.Host, ev.Workload = c.Host, c.Workload
+		}
 	}
-	v.audit.record(Event{Kind: "disconnect", Result: "ok", Host: host, Workload: workload, Credential: credID,
-		Server: e.Server.ID, Client: e.Client.ID, ClientAddr: e.Client.Host, Reason: e.Reason,
-		Session: &SessionStats{Start: e.Client.Start.UTC(), MsgsSent: e.Sent.Msgs, BytesSent: e.Sent.Bytes,
-			MsgsReceived: e.Received.Msgs, BytesReceived: e.Received.Bytes}})
+	return ev
 }
 
 // watchSessions follows the servers' disconnect and shutdown events (system
@@ -263,8 +285,14 @@ func (v *Verifier) watchSessions() error {
 		if len(tok) != 4 || tok[2] == "" {
 			return
 		}
-		if n := v.sessions.endServer(tok[2]); n > 0 {
+		n, granted := v.sessions.endServer(tok[2])
+		if n > 0 {
 			v.log.Info("server shut down: its sessions end", "server", tok[2], "sessions", n)
+		}
+		// The server sends no disconnect event for them: their end is
+		// audited here, without the traffic counts.
+		for client, credID := range granted {
+			v.audit.record(v.sessionEvent(credID, tok[2], client, "Server Shutdown"))
 		}
 	}); err != nil {
 		return fmt.Errorf("subscribe %s: %w", shutdownSubject, err)

@@ -39,10 +39,14 @@ func TestSessionIndex(t *testing.T) {
 	if x.len() != 2 || x.ended(a1) || !x.isIndexed(a2) {
 		t.Fatalf("after forget: %d indexed, want a2 and b1", x.len())
 	}
-	if n := x.endServer("NB"); n != 1 || !x.ended(b1) || x.ended(a2) {
+	if n, granted := x.endServer("NB"); n != 1 || len(granted) != 0 || !x.ended(b1) || x.ended(a2) {
 		t.Fatalf("endServer(NB) ended %d sessions", n)
 	}
-	x.sweep(now.Add(2 * time.Minute))
+	x.sweep(now.Add(90 * time.Second)) // b1 expired 30 s ago: its disconnect event may still come
+	if x.len() != 2 {
+		t.Fatalf("a sweep right after b1's expiry left %d sessions, want 2", x.len())
+	}
+	x.sweep(now.Add(3 * time.Minute))
 	if x.len() != 1 || x.ended(b1) {
 		t.Fatalf("after the sweep %d sessions indexed, want the unexpired a2", x.len())
 	}
@@ -85,6 +89,8 @@ func TestShutdownEventEndsSessions(t *testing.T) {
 	exp := time.Now().Add(time.Hour)
 	gone, other := SessionRef{Server: "NGONE", Client: 7, Expires: exp}, SessionRef{Server: "NOTHER", Client: 7, Expires: exp}
 	v.sessions.add([]SessionRef{gone, other})
+	mine := SessionRef{Server: "NGONE", Client: 8, Expires: exp}
+	v.sessions.granted(mine, "cred-x")
 	body, _ := json.Marshal(&server.ServerInfo{Name: "gone", ID: "NGONE", Seq: 9, Time: time.Now()})
 	if err := v.sysNC.Publish("$SYS.SERVER.NGONE.SHUTDOWN", body); err != nil {
 		t.Fatal(err)
@@ -96,5 +102,25 @@ func TestShutdownEventEndsSessions(t *testing.T) {
 	}
 	if v.sessions.ended(other) {
 		t.Fatal("another server's session was ended")
+	}
+	// The session granted here gets its end audited (the server sends no
+	// disconnect event for it).
+	var last Event
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		v.FlushAudit()
+		info, err := v.audit.stream.Info(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		raws, err := v.audit.readRaw(t.Context(), info.State.LastSeq, maxAuditBatch)
+		if err == nil && len(raws) > 0 && json.Unmarshal(raws[len(raws)-1].Data, &last) == nil && last.Kind == "disconnect" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no disconnect event audited for the granted session; last event %+v", last)
+		}
+	}
+	if last.Credential != "cred-x" || last.Client != 8 || last.Server != "NGONE" || last.Reason != "Server Shutdown" {
+		t.Fatalf("last audit event %+v: want the shutdown's end of cred-x's session 8", last)
 	}
 }

@@ -61,6 +61,12 @@ type Verifier struct {
 	metricsSrv *promserve.Server
 	wg         sync.WaitGroup
 	close      sync.Once
+	// work counts the request handlers and callout workers: Close waits for
+	// them before it closes the audit log, so that no event they record
+	// (and no "done" an operator is told) is lost.
+	work     sync.WaitGroup
+	workMu   sync.Mutex
+	stopping bool
 }
 
 // New loads (or creates) the key material and trust configuration.
@@ -283,7 +289,11 @@ func (v *Verifier) Close() {
 		for _, s := range v.svcs {
 			_ = s.Stop()
 		}
+		v.workMu.Lock()
+		v.stopping = true
+		v.workMu.Unlock()
 		close(v.done) // callout workers stop taking requests
+		v.work.Wait()
 		// Append what is queued while the connection is still open.
 		v.audit.close()
 		if v.nc != nil {
@@ -346,10 +356,17 @@ func (v *Verifier) serve() error {
 // its result as JSON, or an error reply.
 func (v *Verifier) handler(subj string, h func(context.Context, []byte) (any, error)) micro.HandlerFunc {
 	return func(req micro.Request) {
+		v.workMu.Lock()
+		if v.stopping {
+			v.workMu.Unlock()
+			_ = req.Error("unavailable", "the verifier is stopping: retry", nil)
+			return
+		}
+		v.work.Add(1)
+		v.workMu.Unlock()
 		v.sem <- struct{}{}
-		v.wg.Add(1)
 		go func() {
-			defer func() { <-v.sem; v.wg.Done() }()
+			defer func() { <-v.sem; v.work.Done() }()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			ctx = withRequester(ctx, req.Headers())

@@ -1,7 +1,10 @@
 package verifier
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nkeys"
 )
 
 // Two writers on one stream, each recording faster than one round trip per
@@ -172,5 +177,46 @@ func TestOperatorActionAuditedBeforeReply(t *testing.T) {
 	}
 	if last.Kind != "token.create" || last.Actor != "operator" || !slices.Equal(last.Roles, []string{"demo"}) {
 		t.Fatalf("last event in the stream: %+v, want the token.create", last)
+	}
+}
+
+// An event with a field this version does not know is not verified, and the
+// error says why rather than calling it edited.
+func TestVerifyChainUnknownField(t *testing.T) {
+	kp, err := nkeys.CreateAccount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubKey, _ := kp.PublicKey()
+	a := &auditLog{key: kp}
+	msg, _, err := a.chain([]Event{{Kind: "connect", Result: "allow"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What a newer verifier writes: one more field, covered by hash and sig.
+	type newer struct {
+		Event
+		Future string `json:"future"`
+	}
+	var first Event
+	if err := json.Unmarshal(msg, &first); err != nil {
+		t.Fatal(err)
+	}
+	n := newer{Event: Event{Seq: 2, Time: time.Now().UTC(), Kind: "connect", Result: "allow", Prev: first.Hash}, Future: "x"}
+	body, _ := json.Marshal(&n)
+	sum := sha256.Sum256(body)
+	n.Hash = hex.EncodeToString(sum[:])
+	sig, _ := kp.Sign([]byte(n.Hash))
+	n.Sig = b64(sig)
+	line, _ := json.Marshal(&n)
+
+	_, err = VerifyChain([][]byte{msg, line}, pubKey, "")
+	var ce *ChainError
+	if !errors.As(err, &ce) || ce.Seq != 2 || !strings.Contains(ce.Reason, "does not know") {
+		t.Fatalf("newer event: %v, want a ChainError at 2 that says the field is unknown", err)
+	}
+	edited := bytes.Replace(msg, []byte(`"allow"`), []byte(`"deny"`), 1)
+	if _, err = VerifyChain([][]byte{edited}, pubKey, ""); !errors.As(err, &ce) || !strings.Contains(ce.Reason, "edited") {
+		t.Fatalf("edited event: %v, want 'edited'", err)
 	}
 }

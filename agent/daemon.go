@@ -101,6 +101,7 @@ type Agent struct {
 	ln    net.Listener
 
 	stopRotation context.CancelFunc
+	rotationCtx  context.Context // lives until Close: rotations and scheduled deletions
 
 	metrics    *agentMetrics
 	metricsSrv *promserve.Server
@@ -169,7 +170,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		a.metricsSrv = srv
 	}
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	a.stopRotation = cancel
+	a.stopRotation, a.rotationCtx = cancel, rctx
 	if err := a.retireReplaced(rctx); err != nil {
 		a.log.Warn("cannot list credentials to delete retired ones", "error", err)
 	}

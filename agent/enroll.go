@@ -198,8 +198,31 @@ func (a *Authenticator) RotateWithVerifier(ctx context.Context, nc *nats.Conn, o
 	if err := call(ctx, nc, attestation.SubjectRegisterFinish, &attestation.RegisterFinishRequest{
 		HostID: e.HostID, Workload: old.Name, Challenge: begin.Challenge, Response: resp, RotationProof: proof.JSON(),
 	}, &fin); err != nil {
+		// The reply may be what was lost: if the verifier did register the
+		// new credential, deleting it would leave only the old one, which
+		// the verifier retires after the grace period.
+		if cur, serr := currentCredential(ctx, nc, e.HostID, old.Name); serr == nil && cur == cred.IDString() {
+			return cred, time.Now(), nil // the old one's retirement time was in the lost reply
+		}
 		_ = a.DeleteCredential(cred.ID)
 		return nil, time.Time{}, err
 	}
 	return cred, fin.Retires, nil
+}
+
+// currentCredential asks the verifier which credential is a workload's
+// current one (the one its rotations continue from).
+func currentCredential(ctx context.Context, nc *nats.Conn, host, workload string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var states []attestation.CredentialState
+	if err := call(ctx, nc, attestation.SubjectCredentialStatus, &attestation.CredentialStatusRequest{HostID: host}, &states); err != nil {
+		return "", err
+	}
+	for _, st := range states {
+		if st.Workload == workload {
+			return st.ID, nil
+		}
+	}
+	return "", fmt.Errorf("%w: the verifier has no credential for workload %s", ErrUnknownCredential, workload)
 }

@@ -30,6 +30,57 @@ func (a *Agent) rotateLoop(ctx context.Context) {
 // rotationMargin: rotate when this fraction of a credential's life is left.
 const rotationMargin = 0.2
 
+// rotateTimeout bounds one rotation (a key creation, a certify and two
+// verifier round trips): a lost reply must not stop the rotation loop.
+const rotateTimeout = 30 * time.Second
+
+// reconcile makes the agent use, for each workload, the credential the
+// verifier holds as current, and deletes the workload's other local
+// credentials. A crash or a lost reply in the middle of a rotation leaves
+// either a new credential the verifier never registered (picked as newest
+// at the next start, and refused) or an old one nobody marked for deletion.
+func (a *Agent) reconcile(states []attestation.CredentialState) {
+	local, err := a.auth.Credentials()
+	if err != nil {
+		a.log.Warn("reconcile credentials: list", "error", err)
+		return
+	}
+	for _, st := range states {
+		var cur *Credential
+		for _, c := range local {
+			if c.Name == st.Workload && c.IDString() == st.ID {
+				cur = c
+			}
+		}
+		if cur == nil {
+			a.log.Error("the verifier's current credential for this workload is not on this host: revoke it, then restart the agent to register a new one",
+				"workload", st.Workload, "credential", st.ID)
+			continue
+		}
+		a.mu.Lock()
+		using := a.creds[st.Workload]
+		if using == nil || using.IDString() != st.ID {
+			a.creds[st.Workload] = cur
+		}
+		a.mu.Unlock()
+		if using != nil && using.IDString() != st.ID {
+			a.log.Warn("switched to the credential the verifier holds as current", "workload", st.Workload,
+				"was", using.IDString(), "now", st.ID)
+		}
+		for _, c := range local {
+			if c.Name != st.Workload || c.IDString() == st.ID || !c.Retires.IsZero() {
+				continue // retiring ones are deleted on schedule
+			}
+			if err := a.auth.DeleteCredential(c.ID); err != nil {
+				a.log.Warn("delete a credential the verifier does not hold as current", "credential", c.IDString(), "error", err)
+				continue
+			}
+			a.log.Info("deleted a credential the verifier does not hold as current (left by an interrupted rotation)",
+				"workload", st.Workload, "credential", c.IDString())
+		}
+	}
+}
+
 func (a *Agent) checkRotations(ctx context.Context) error {
 	nc, err := a.verifierConn()
 	if err != nil {
@@ -42,6 +93,7 @@ func (a *Agent) checkRotations(ctx context.Context) error {
 	if err := call(ctx, nc, attestation.SubjectCredentialStatus, &attestation.CredentialStatusRequest{HostID: host}, &states); err != nil {
 		return err
 	}
+	a.reconcile(states)
 	now := time.Now()
 	for _, st := range states {
 		if st.RotateBy.IsZero() || !st.Retires.IsZero() {
@@ -51,7 +103,10 @@ func (a *Agent) checkRotations(ctx context.Context) error {
 		if now.Before(st.RotateBy.Add(-time.Duration(float64(life) * rotationMargin))) {
 			continue
 		}
-		if err := a.rotate(ctx, st.Workload, st.ID); err != nil {
+		rctx, cancel := context.WithTimeout(ctx, rotateTimeout)
+		err := a.rotate(rctx, st.Workload, st.ID)
+		cancel()
+		if err != nil {
 			a.log.Error("rotation failed", "workload", st.Workload, "credential", st.ID, "error", err)
 		}
 	}
@@ -82,21 +137,36 @@ func (a *Agent) rotate(ctx context.Context, workload, id string) error {
 	if err := a.auth.MarkRetiring(old.ID, retires); err != nil {
 		a.log.Warn("the replaced credential will not be deleted if the agent restarts before it retires", "error", err)
 	}
-	a.deleteWhenRetired(ctx, old.ID, retires)
+	a.deleteWhenRetired(a.rotationCtx, workload, old.ID, retires)
 	return nil
 }
 
 // deleteWhenRetired deletes a replaced credential's key blob (and flushes its
 // handle) a second after the verifier stops accepting it, unless the agent
 // stops first: the next start picks it up again (retireReplaced).
-func (a *Agent) deleteWhenRetired(ctx context.Context, id []byte, retires time.Time) {
+func (a *Agent) deleteWhenRetired(ctx context.Context, workload string, id []byte, retires time.Time) {
+	// Clamped: a far-future time would overflow the duration and fire at
+	// once; a daily look is enough for one that far.
+	wait := min(max(time.Until(retires)+time.Second, 0), 24*time.Hour)
 	go func() {
-		t := time.NewTimer(time.Until(retires) + time.Second)
+		t := time.NewTimer(wait)
 		defer t.Stop()
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if time.Now().Before(retires) {
+			a.deleteWhenRetired(ctx, workload, id, retires)
+			return
+		}
+		a.mu.Lock()
+		cur := a.creds[workload]
+		a.mu.Unlock()
+		if cur != nil && string(cur.ID) == string(id) {
+			a.log.Error("the credential this workload signs with has retired: it is kept, and the verifier refuses it; revoke it and restart the agent to register a new one",
+				"workload", workload, "credential", b64url(id))
+			return
 		}
 		if err := a.auth.DeleteCredential(id); err != nil {
 			a.log.Warn("delete retired credential", "credential", b64url(id), "error", err)
@@ -115,7 +185,7 @@ func (a *Agent) retireReplaced(ctx context.Context) error {
 	}
 	for _, c := range creds {
 		if !c.Retires.IsZero() {
-			a.deleteWhenRetired(ctx, c.ID, c.Retires)
+			a.deleteWhenRetired(ctx, c.Name, c.ID, c.Retires)
 		}
 	}
 	return nil

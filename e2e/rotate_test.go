@@ -219,3 +219,47 @@ func TestReplacedCredentialDeletedAcrossRestart(t *testing.T) {
 		nc.Close()
 	}
 }
+
+// TestInterruptedRotationReconciled: a rotation cut off after the new key
+// was made but before the verifier registered it leaves the newest local
+// credential unknown to the verifier. At the next start the agent picks it
+// (newest) and is refused, until it asks the verifier which credential is
+// current: then it signs with that one and deletes the stray.
+func TestInterruptedRotationReconciled(t *testing.T) {
+	s := newStack(t, func(s *stack) { s.acfg.RotationCheck = 100 * time.Millisecond })
+	c := client.New(s.socket)
+	before, err := c.WhoAmI(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := s.ag.Authenticator()
+	e, err := auth.Enrollment()
+	if err != nil {
+		t.Fatal(err)
+	}
+	challenge := make([]byte, 32)
+	_, stray, err := auth.Register(agent.RegisterOptions{Name: before.Workload, RPID: e.RPID, Origin: e.Origin, Challenge: challenge})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ag.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s.startAgent(t)
+	strayFile := filepath.Join(s.acfg.DataDir, "credentials", stray.IDString()+".json")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		who, err := c.WhoAmI(t.Context())
+		_, serr := os.Stat(strayFile)
+		if err == nil && who.CredentialID == before.CredentialID && errors.Is(serr, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("10 s after the restart: signing with %+v (want %s), stray credential file: %v", who, before.CredentialID, serr)
+		}
+	}
+	nc, err := s.connect(t)
+	if err != nil {
+		t.Fatalf("connect after the reconcile: %v", err)
+	}
+	nc.Close()
+}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/tpmauthn/tpmauthn/attestation"
 )
 
 // The sessions a credential record names are rewritten with it on every
@@ -81,21 +83,24 @@ func (x *sessionIndex) add(refs []SessionRef) {
 	}
 }
 
-// end marks a session ended if it is indexed, and returns the credential
-// it was granted to if this instance granted it (the first time only).
-func (x *sessionIndex) end(server string, client uint64) (known bool, cred string) {
+// end marks a session ended if it is indexed.
+func (x *sessionIndex) end(server string, client uint64) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	st, ok := x.m[server][client]
-	if !ok {
-		return false, ""
+	if ok {
+		st.ended = true
+		x.m[server][client] = st
 	}
-	if !st.ended {
-		cred = st.cred
-	}
-	st.ended = true
-	x.m[server][client] = st
-	return true, cred
+	return ok
+}
+
+// grantOf is the credential a session was granted to, if this instance
+// granted it and still indexes it.
+func (x *sessionIndex) grantOf(server string, client uint64) string {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.m[server][client].cred
 }
 
 // endServer marks every session on a server ended (it shut down).
@@ -224,6 +229,10 @@ type disconnectEvent struct {
 		ID    uint64    `json:"id"`
 		Host  string    `json:"host"`
 		Start time.Time `json:"start"`
+		// User is the CONNECT user: a workload's nkey (its credential's
+		// lineage), a host or EK enrollment user name, or "[REDACTED]" for
+		// a join token.
+		User string `json:"user"`
 	} `json:"client"`
 	Sent     trafficCount `json:"sent"`
 	Received trafficCount `json:"received"`
@@ -235,15 +244,27 @@ type trafficCount struct {
 	Bytes int64 `json:"bytes"`
 }
 
-// sessionEnded marks the session ended and audits the end of one this
-// instance granted: when, why (the server's reason) and how much it sent and
-// received.
-func (v *Verifier) sessionEnded(e *disconnectEvent) {
-	_, credID := v.sessions.end(e.Server.ID, e.Client.ID)
-	if credID == "" {
-		return
+// auditSessionEnd records a session's end: when, why (the server's reason)
+// and how much it sent and received. One verifier instance (queue group)
+// gets each event, whichever granted the session and across restarts. The
+// credential is the one granted where this instance did, otherwise the
+// CONNECT nkey (the first credential of the rotation lineage).
+func (v *Verifier) auditSessionEnd(e *disconnectEvent) {
+	credID := v.sessions.grantOf(e.Server.ID, e.Client.ID)
+	user := e.Client.User
+	if credID == "" && user != "" && !strings.ContainsAny(user, ":[] ") {
+		credID = user // a workload's nkey; enrollment users have a prefix
 	}
 	ev := v.sessionEvent(credID, e.Server.ID, e.Client.ID, e.Reason)
+	if ev.Host == "" { // an enrollment session, or a credential since deleted
+		ev.Credential = ""
+		switch {
+		case strings.HasPrefix(user, attestation.HostUserPrefix):
+			ev.Host = strings.TrimPrefix(user, attestation.HostUserPrefix)
+		case strings.HasPrefix(user, attestation.EKUserPrefix):
+			ev.EKHash = strings.TrimPrefix(user, attestation.EKUserPrefix)
+		}
+	}
 	ev.ClientAddr = e.Client.Host
 	ev.Session = &SessionStats{Start: e.Client.Start.UTC(), MsgsSent: e.Sent.Msgs, BytesSent: e.Sent.Bytes,
 		MsgsReceived: e.Received.Msgs, BytesReceived: e.Received.Bytes}
@@ -254,6 +275,9 @@ func (v *Verifier) sessionEnded(e *disconnectEvent) {
 // workload from the credential (cached, or read).
 func (v *Verifier) sessionEvent(credID, server string, client uint64, reason string) Event {
 	ev := Event{Kind: "disconnect", Result: "ok", Credential: credID, Server: server, Client: client, Reason: reason}
+	if credID == "" {
+		return ev
+	}
 	if c, ok := v.creds.peek(credID); ok {
 		ev.Host, ev.Workload = c.Host, c.Workload
 	} else {
@@ -274,7 +298,16 @@ func (v *Verifier) watchSessions() error {
 		if json.Unmarshal(m.Data, &e) != nil || e.Server.ID == "" || e.Client.ID == 0 {
 			return
 		}
-		v.sessionEnded(&e)
+		v.sessions.end(e.Server.ID, e.Client.ID)
+	}); err != nil {
+		return fmt.Errorf("subscribe %s: %w", disconnectSubject, err)
+	}
+	if _, err := v.sysNC.QueueSubscribe(disconnectSubject, queueGroup, func(m *nats.Msg) {
+		var e disconnectEvent
+		if json.Unmarshal(m.Data, &e) != nil || e.Server.ID == "" || e.Client.ID == 0 {
+			return
+		}
+		v.auditSessionEnd(&e)
 	}); err != nil {
 		return fmt.Errorf("subscribe %s: %w", disconnectSubject, err)
 	}

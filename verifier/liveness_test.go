@@ -3,10 +3,13 @@ package verifier
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/tpmauthn/tpmauthn/attestation"
 )
 
 func TestSessionIndex(t *testing.T) {
@@ -17,12 +20,12 @@ func TestSessionIndex(t *testing.T) {
 	a1, a2, b1 := ref("NA", 1, time.Hour), ref("NA", 2, time.Hour), ref("NB", 1, time.Minute)
 	gone := ref("NA", 3, -time.Second)
 	var x sessionIndex
-	if known, _ := x.end("NA", 1); known {
+	if x.end("NA", 1) {
 		t.Fatal("end of a session never indexed reported as known")
 	}
 	x.add([]SessionRef{a1, a2, b1})
-	if known, g := x.end("NA", 1); !known || g != "" || !x.ended(a1) || x.ended(a2) || x.ended(b1) {
-		t.Fatal("end marked the wrong sessions, or named a grant not made here")
+	if !x.end("NA", 1) || x.grantOf("NA", 1) != "" || !x.ended(a1) || x.ended(a2) || x.ended(b1) {
+		t.Fatal("end marked the wrong sessions, or a grant not made here is named")
 	}
 	x.add([]SessionRef{a1}) // re-reading a record keeps the mark
 	if !x.ended(a1) {
@@ -52,18 +55,15 @@ func TestSessionIndex(t *testing.T) {
 	}
 }
 
-// The end of a session granted here names its grant, once.
+// A session granted here names its credential, also once it has ended.
 func TestSessionIndexGrant(t *testing.T) {
 	r := SessionRef{Server: "NA", Client: 4, Expires: time.Now().Add(time.Hour)}
-	g := "cred-1"
 	var x sessionIndex
-	x.granted(r, g)
+	x.granted(r, "cred-1")
 	x.add([]SessionRef{r}) // the record read back keeps the grant
-	if _, got := x.end("NA", 4); got != g {
-		t.Fatalf("end named grant %v, want %v", got, g)
-	}
-	if _, again := x.end("NA", 4); again != "" {
-		t.Fatal("a second end event named the grant again (it would be audited twice)")
+	x.end("NA", 4)
+	if got := x.grantOf("NA", 4); got != "cred-1" {
+		t.Fatalf("grantOf = %q, want cred-1", got)
 	}
 }
 
@@ -122,5 +122,70 @@ func TestShutdownEventEndsSessions(t *testing.T) {
 	}
 	if last.Credential != "cred-x" || last.Client != 8 || last.Server != "NGONE" || last.Reason != "Server Shutdown" {
 		t.Fatalf("last audit event %+v: want the shutdown's end of cred-x's session 8", last)
+	}
+}
+
+// TestSessionEndFromAnotherInstance: the end of a session this instance did
+// not grant (another instance did, or this one before a restart) is audited
+// from the server's event alone, as nats-server writes it: the CONNECT nkey
+// names the credential; an enrollment user names the host.
+func TestSessionEndFromAnotherInstance(t *testing.T) {
+	v, err := New(Config{DataDir: t.TempDir(), NATSListen: "127.0.0.1:-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if err := create(t.Context(), v.st.creds, "CRED1", &Credential{V: recordVersion, ID: "CRED1", Host: "h-1", Workload: "billing", Status: CredActive}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now().Add(-time.Minute)
+	publish := func(cid uint64, user string) {
+		ev := server.DisconnectEventMsg{
+			Client:   server.ClientInfo{Start: &start, Host: "10.0.0.7", ID: cid, Account: AccountApp, User: user},
+			Sent:     server.DataStats{MsgBytes: server.MsgBytes{Msgs: 5, Bytes: 500}},
+			Received: server.DataStats{MsgBytes: server.MsgBytes{Msgs: 2, Bytes: 20}},
+			Reason:   "Client Closed",
+		}
+		ev.Server.ID = "NOTHER"
+		body, _ := json.Marshal(&ev)
+		if err := v.sysNC.Publish(disconnectSubject, body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish(11, "CRED1")
+	publish(12, attestation.HostUserPrefix+"h-2")
+	publish(13, "[REDACTED]")
+	var ends []Event
+	for deadline := time.Now().Add(5 * time.Second); len(ends) < 3; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 3 session ends audited", len(ends))
+		}
+		v.FlushAudit()
+		ends = ends[:0]
+		raws, err := v.audit.readRaw(t.Context(), 1, 10000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range raws {
+			var e Event
+			if json.Unmarshal(r.Data, &e) == nil && e.Kind == "disconnect" {
+				ends = append(ends, e)
+			}
+		}
+	}
+	slices.SortFunc(ends, func(a, b Event) int { return int(a.Client) - int(b.Client) })
+	w := ends[0]
+	if w.Credential != "CRED1" || w.Host != "h-1" || w.Workload != "billing" || w.ClientAddr != "10.0.0.7" ||
+		w.Session == nil || w.Session.MsgsSent != 5 || w.Session.BytesReceived != 20 || !w.Session.Start.Equal(start.UTC()) {
+		t.Fatalf("workload session end: %+v %+v", w, w.Session)
+	}
+	if h := ends[1]; h.Host != "h-2" || h.Credential != "" {
+		t.Fatalf("host enrollment session end: %+v", h)
+	}
+	if tok := ends[2]; tok.Host != "" || tok.Credential != "" || tok.Reason != "Client Closed" {
+		t.Fatalf("join token session end: %+v", tok)
 	}
 }

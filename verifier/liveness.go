@@ -261,8 +261,12 @@ func (v *Verifier) auditSessionEnd(e *disconnectEvent) {
 		switch {
 		case strings.HasPrefix(user, attestation.HostUserPrefix):
 			ev.Host = strings.TrimPrefix(user, attestation.HostUserPrefix)
+			ev.Reason += " (enrollment session, host proof)"
 		case strings.HasPrefix(user, attestation.EKUserPrefix):
 			ev.EKHash = strings.TrimPrefix(user, attestation.EKUserPrefix)
+			ev.Reason += " (enrollment session, EK allow-list)"
+		case user == "[REDACTED]": // nats-server's stand-in for a token
+			ev.Reason += " (enrollment session, join token)"
 		}
 	}
 	ev.ClientAddr = e.Client.Host

@@ -182,10 +182,10 @@ func TestSessionEndFromAnotherInstance(t *testing.T) {
 		w.Session == nil || w.Session.MsgsSent != 5 || w.Session.BytesReceived != 20 || !w.Session.Start.Equal(start.UTC()) {
 		t.Fatalf("workload session end: %+v %+v", w, w.Session)
 	}
-	if h := ends[1]; h.Host != "h-2" || h.Credential != "" {
+	if h := ends[1]; h.Host != "h-2" || h.Credential != "" || h.Reason != "Client Closed (enrollment session, host proof)" {
 		t.Fatalf("host enrollment session end: %+v", h)
 	}
-	if tok := ends[2]; tok.Host != "" || tok.Credential != "" || tok.Reason != "Client Closed" {
+	if tok := ends[2]; tok.Host != "" || tok.Credential != "" || tok.Reason != "Client Closed (enrollment session, join token)" {
 		t.Fatalf("join token session end: %+v", tok)
 	}
 }

@@ -381,7 +381,31 @@ func (a *Agent) verifierConn() (*nats.Conn, error) {
 	if hc == nil {
 		return nil, errors.New("host credential: not registered")
 	}
-	nc, err := nats.Connect(a.cfg.NATSURL, nats.Name("tpmauthn-agent"),
+	nc, err := a.connectAs(hc)
+	if errors.Is(err, nats.ErrAuthorization) {
+		// An interrupted rotation of the host credential leaves a newest
+		// one the verifier never registered: try the others, and the next
+		// rotation check reconciles.
+		if nc = a.connectWithAnother(hc); nc == nil {
+			a.mu.Lock()
+			a.creds[agentWorkload] = hc
+			a.mu.Unlock()
+		}
+	}
+	if nc == nil {
+		return nil, fmt.Errorf("connect to %s with the host credential: %w", a.cfg.NATSURL, err)
+	}
+	a.nc = nc
+	return nc, nil
+}
+
+// connectAs connects with host credential hc, which it makes current (the
+// signer reads the current one on every connect, rotations included).
+func (a *Agent) connectAs(hc *Credential) (*nats.Conn, error) {
+	a.mu.Lock()
+	a.creds[agentWorkload] = hc
+	a.mu.Unlock()
+	return nats.Connect(a.cfg.NATSURL, nats.Name("tpmauthn-agent"),
 		nats.Nkey(hc.NKey(), func(nonce []byte) ([]byte, error) {
 			ctx, cancel := context.WithTimeout(context.Background(), a.cfg.RequestTimeout)
 			defer cancel()
@@ -391,11 +415,26 @@ func (a *Agent) verifierConn() (*nats.Conn, error) {
 			return a.natsSig(ctx, agentWorkload, cur.ID, nonce)
 		}),
 		nats.Timeout(5*time.Second), nats.ReconnectJitter(500*time.Millisecond, 2*time.Second))
+}
+
+// connectWithAnother tries the other local host credentials, newest first.
+func (a *Agent) connectWithAnother(refused *Credential) *nats.Conn {
+	creds, err := a.auth.Credentials()
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s with the host credential: %w", a.cfg.NATSURL, err)
+		return nil
 	}
-	a.nc = nc
-	return nc, nil
+	for i := len(creds) - 1; i >= 0; i-- {
+		c := creds[i]
+		if c.Name != agentWorkload || c.IDString() == refused.IDString() {
+			continue
+		}
+		if nc, err := a.connectAs(c); err == nil {
+			a.log.Warn("the verifier refused the newest host credential; connected with an earlier one (an interrupted rotation?)",
+				"refused", refused.IDString(), "using", c.IDString())
+			return nc
+		}
+	}
+	return nil
 }
 
 // natsSig signs a NATS nonce through the TPM queue and returns the bundle.

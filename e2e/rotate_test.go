@@ -263,3 +263,32 @@ func TestInterruptedRotationReconciled(t *testing.T) {
 	}
 	nc.Close()
 }
+
+// TestInterruptedHostCredentialRotation: the same for the agent's own
+// credential, with which it reaches the verifier: refused with the stray,
+// it connects with the registered one and then reconciles.
+func TestInterruptedHostCredentialRotation(t *testing.T) {
+	s := newStack(t, func(s *stack) { s.acfg.RotationCheck = 100 * time.Millisecond })
+	auth := s.ag.Authenticator()
+	e, err := auth.Enrollment()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, stray, err := auth.Register(agent.RegisterOptions{Name: "tpmauthn-agent", RPID: e.RPID, Origin: e.Origin, Challenge: make([]byte, 32)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ag.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s.startAgent(t)
+	strayFile := filepath.Join(s.acfg.DataDir, "credentials", stray.IDString()+".json")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := os.Stat(strayFile); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("10 s after the restart the stray host credential is still on disk: the agent did not reach the verifier to reconcile")
+		}
+	}
+}

@@ -232,21 +232,7 @@ func TestInterruptedRotationReconciled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	auth := s.ag.Authenticator()
-	e, err := auth.Enrollment()
-	if err != nil {
-		t.Fatal(err)
-	}
-	challenge := make([]byte, 32)
-	_, stray, err := auth.Register(agent.RegisterOptions{Name: before.Workload, RPID: e.RPID, Origin: e.Origin, Challenge: challenge})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.ag.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s.startAgent(t)
-	strayFile := filepath.Join(s.acfg.DataDir, "credentials", stray.IDString()+".json")
+	strayFile := strayAndRestart(t, s, before.Workload)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		who, err := c.WhoAmI(t.Context())
 		_, serr := os.Stat(strayFile)
@@ -269,20 +255,7 @@ func TestInterruptedRotationReconciled(t *testing.T) {
 // it connects with the registered one and then reconciles.
 func TestInterruptedHostCredentialRotation(t *testing.T) {
 	s := newStack(t, func(s *stack) { s.acfg.RotationCheck = 100 * time.Millisecond })
-	auth := s.ag.Authenticator()
-	e, err := auth.Enrollment()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, stray, err := auth.Register(agent.RegisterOptions{Name: "tpmauthn-agent", RPID: e.RPID, Origin: e.Origin, Challenge: make([]byte, 32)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.ag.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s.startAgent(t)
-	strayFile := filepath.Join(s.acfg.DataDir, "credentials", stray.IDString()+".json")
+	strayFile := strayAndRestart(t, s, "tpmauthn-agent")
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		if _, err := os.Stat(strayFile); errors.Is(err, os.ErrNotExist) {
 			break
@@ -291,4 +264,25 @@ func TestInterruptedHostCredentialRotation(t *testing.T) {
 			t.Fatal("10 s after the restart the stray host credential is still on disk: the agent did not reach the verifier to reconcile")
 		}
 	}
+}
+
+// strayAndRestart leaves what an interrupted rotation leaves, a newest
+// credential of the workload the verifier never registered, restarts the
+// agent and returns the stray's file.
+func strayAndRestart(t *testing.T, s *stack, workload string) string {
+	t.Helper()
+	auth := s.ag.Authenticator()
+	e, err := auth.Enrollment()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, stray, err := auth.Register(agent.RegisterOptions{Name: workload, RPID: e.RPID, Origin: e.Origin, Challenge: make([]byte, 32)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ag.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s.startAgent(t)
+	return filepath.Join(s.acfg.DataDir, "credentials", stray.IDString()+".json")
 }

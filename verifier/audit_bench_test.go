@@ -12,14 +12,7 @@ import (
 // publish with expected-last-sequence, ack) against a plain JetStream
 // publish with ack to the same server, measured in the same run.
 func BenchmarkAuditAppend(b *testing.B) {
-	v, err := New(Config{DataDir: b.TempDir(), NATSListen: "127.0.0.1:-1"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := v.Start(context.Background()); err != nil {
-		b.Fatal(err)
-	}
-	defer v.Close()
+	v := startLocal(b)
 	ctx := context.Background()
 	if _, err := v.st.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "BASELINE", Subjects: []string{"baseline"}, Storage: jetstream.FileStorage}); err != nil {
 		b.Fatal(err)

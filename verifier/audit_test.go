@@ -21,14 +21,7 @@ import (
 // event: events are batched into messages, and the result is still one
 // chain with every event in it, numbered 1..n.
 func TestAuditBatchesTwoWriters(t *testing.T) {
-	v, err := New(Config{DataDir: t.TempDir(), NATSListen: "127.0.0.1:-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := v.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	v := startLocal(t)
 	v.FlushAudit()
 	other, err := openAudit(context.Background(), v.st.js, v.keys.Issuer, v.cfg.Audit, v.log)
 	if err != nil {
@@ -99,14 +92,7 @@ func TestAuditBatchesTwoWriters(t *testing.T) {
 
 // A batch larger than a message may be is split, and stays one chain.
 func TestAuditOversizedBatchSplits(t *testing.T) {
-	v, err := New(Config{DataDir: t.TempDir(), NATSListen: "127.0.0.1:-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := v.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	v := startLocal(t)
 	v.FlushAudit()
 	long := strings.Repeat("x", 4000)
 	evs := make([]Event, 300) // ~300 × 4 KB: over maxAuditMsg
@@ -145,14 +131,7 @@ func mustPub(t *testing.T, v *Verifier) string {
 // its event is in the stream, even behind a long queue of connect events;
 // and creating a join token is audited.
 func TestOperatorActionAuditedBeforeReply(t *testing.T) {
-	v, err := New(Config{DataDir: t.TempDir(), NATSListen: "127.0.0.1:-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := v.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	v := startLocal(t)
 	for i := range 3000 {
 		v.audit.record(Event{Kind: "connect", Result: "allow", Workload: fmt.Sprintf("w%d", i)})
 	}
@@ -163,16 +142,8 @@ func TestOperatorActionAuditedBeforeReply(t *testing.T) {
 	if n := v.AuditBacklog(); n != 0 {
 		t.Fatalf("%d events still queued when the operator's command returned", n)
 	}
-	info, err := v.audit.stream.Info(t.Context())
+	last, err := lastEvent(t, v)
 	if err != nil {
-		t.Fatal(err)
-	}
-	raws, err := v.audit.readRaw(t.Context(), info.State.LastSeq, maxAuditBatch)
-	if err != nil || len(raws) == 0 {
-		t.Fatalf("read the last message: %v", err)
-	}
-	var last Event
-	if err := json.Unmarshal(raws[len(raws)-1].Data, &last); err != nil {
 		t.Fatal(err)
 	}
 	if last.Kind != "token.create" || last.Actor != "operator" || !slices.Equal(last.Roles, []string{"demo"}) {
@@ -219,4 +190,38 @@ func TestVerifyChainUnknownField(t *testing.T) {
 	if _, err = VerifyChain([][]byte{edited}, pubKey, ""); !errors.As(err, &ce) || !strings.Contains(ce.Reason, "edited") {
 		t.Fatalf("edited event: %v, want 'edited'", err)
 	}
+}
+
+// startLocal starts a verifier with an embedded server on a free port,
+// stopped when the test ends.
+func startLocal(tb testing.TB) *Verifier {
+	tb.Helper()
+	v, err := New(Config{DataDir: tb.TempDir(), NATSListen: "127.0.0.1:-1"})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := v.Start(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(v.Close)
+	return v
+}
+
+// lastEvent is the last event in the audit stream.
+func lastEvent(t *testing.T, v *Verifier) (Event, error) {
+	t.Helper()
+	info, err := v.audit.stream.Info(t.Context())
+	if err != nil {
+		return Event{}, err
+	}
+	raws, err := v.audit.readRaw(t.Context(), info.State.LastSeq, maxAuditBatch)
+	if err != nil {
+		return Event{}, err
+	}
+	if len(raws) == 0 {
+		return Event{}, errors.New("the audit stream is empty")
+	}
+	var e Event
+	err = json.Unmarshal(raws[len(raws)-1].Data, &e)
+	return e, err
 }

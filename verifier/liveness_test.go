@@ -1,7 +1,6 @@
 package verifier
 
 import (
-	"context"
 	"encoding/json"
 	"slices"
 	"testing"
@@ -78,14 +77,7 @@ func (x *sessionIndex) isIndexed(r SessionRef) bool {
 // bare server info, as nats-server sends it) ends its sessions and no
 // other server's.
 func TestShutdownEventEndsSessions(t *testing.T) {
-	v, err := New(Config{DataDir: t.TempDir(), NATSListen: "127.0.0.1:-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := v.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	v := startLocal(t)
 	exp := time.Now().Add(time.Hour)
 	gone, other := SessionRef{Server: "NGONE", Client: 7, Expires: exp}, SessionRef{Server: "NOTHER", Client: 7, Expires: exp}
 	v.sessions.add([]SessionRef{gone, other})
@@ -108,12 +100,8 @@ func TestShutdownEventEndsSessions(t *testing.T) {
 	var last Event
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		v.FlushAudit()
-		info, err := v.audit.stream.Info(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		raws, err := v.audit.readRaw(t.Context(), info.State.LastSeq, maxAuditBatch)
-		if err == nil && len(raws) > 0 && json.Unmarshal(raws[len(raws)-1].Data, &last) == nil && last.Kind == "disconnect" {
+		var err error
+		if last, err = lastEvent(t, v); err == nil && last.Kind == "disconnect" {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -130,14 +118,7 @@ func TestShutdownEventEndsSessions(t *testing.T) {
 // from the server's event alone, as nats-server writes it: the CONNECT nkey
 // names the credential; an enrollment user names the host.
 func TestSessionEndFromAnotherInstance(t *testing.T) {
-	v, err := New(Config{DataDir: t.TempDir(), NATSListen: "127.0.0.1:-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := v.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	v := startLocal(t)
 	if err := create(t.Context(), v.st.creds, "CRED1", &Credential{V: recordVersion, ID: "CRED1", Host: "h-1", Workload: "billing", Status: CredActive}); err != nil {
 		t.Fatal(err)
 	}

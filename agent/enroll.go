@@ -194,14 +194,20 @@ func (a *Authenticator) RotateWithVerifier(ctx context.Context, nc *nats.Conn, o
 		_ = a.DeleteCredential(cred.ID)
 		return nil, time.Time{}, err
 	}
+	// Past this point the verifier may register the new credential: the
+	// outcome must be known before the new key is kept or deleted, so the
+	// wait for the reply outlasts the verifier's own bound on a request
+	// (10 s) whatever the caller's deadline.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+	defer cancel()
 	var fin attestation.RegisterFinishResponse
-	if err := call(ctx, nc, attestation.SubjectRegisterFinish, &attestation.RegisterFinishRequest{
+	if err := call(fctx, nc, attestation.SubjectRegisterFinish, &attestation.RegisterFinishRequest{
 		HostID: e.HostID, Workload: old.Name, Challenge: begin.Challenge, Response: resp, RotationProof: proof.JSON(),
 	}, &fin); err != nil {
 		// The reply may be what was lost: if the verifier did register the
 		// new credential, deleting it would leave only the old one, which
 		// the verifier retires after the grace period.
-		if cur, serr := currentCredential(ctx, nc, e.HostID, old.Name); serr == nil && cur == cred.IDString() {
+		if cur, serr := currentCredential(context.WithoutCancel(ctx), nc, e.HostID, old.Name); serr == nil && cur == cred.IDString() {
 			return cred, time.Now(), nil // the old one's retirement time was in the lost reply
 		}
 		_ = a.DeleteCredential(cred.ID)
@@ -209,6 +215,10 @@ func (a *Authenticator) RotateWithVerifier(ctx context.Context, nc *nats.Conn, o
 	}
 	return cred, fin.Retires, nil
 }
+
+// finishTimeout bounds the wait for register.finish's reply in a rotation:
+// longer than the verifier's bound on a request (10 s).
+const finishTimeout = 15 * time.Second
 
 // currentCredential asks the verifier which credential is a workload's
 // current one (the one its rotations continue from).

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/agent/client"
+	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/verifier"
 )
 
@@ -285,4 +286,68 @@ func strayAndRestart(t *testing.T, s *stack, workload string) string {
 	}
 	s.startAgent(t)
 	return filepath.Join(s.acfg.DataDir, "credentials", stray.IDString()+".json")
+}
+
+// TestRotationWithLostReplies rotates under deadlines from 0 to 24 ms, so
+// that they expire at every step of a rotation, register.finish included
+// (the verifier may then have registered the new credential without the
+// agent hearing it). Whatever happened, the credential the verifier holds
+// as current must still be on the host: an earlier version deleted the new
+// key when the deadline cut off finish's reply, and failed this within a
+// few iterations.
+func TestRotationWithLostReplies(t *testing.T) {
+	s := newStack(t)
+	auth := s.ag.Authenticator()
+	who, err := client.New(s.socket).WhoAmI(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := auth.Credentials()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hostCred, cur *agent.Credential
+	for _, c := range creds {
+		switch {
+		case c.Name == "tpmauthn-agent":
+			hostCred = c
+		case c.IDString() == who.CredentialID:
+			cur = c
+		}
+	}
+	nc, err := nats.Connect(s.v.ClientURL(), credentialOptions(auth, hostCred.ID)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	e, _ := auth.Enrollment()
+	var ok, failed int
+	for d := time.Duration(0); d <= 24*time.Millisecond; d += time.Millisecond {
+		ctx, cancel := context.WithTimeout(t.Context(), d)
+		next, _, rerr := auth.RotateWithVerifier(ctx, nc, cur)
+		cancel()
+		if rerr == nil {
+			cur, ok = next, ok+1
+		} else {
+			failed++
+		}
+		var cs []verifier.Credential
+		s.admin(t, "credential.list", verifier.CredentialListRequest{Host: e.HostID}, &cs)
+		for _, c := range cs {
+			if c.Workload != who.Workload || c.ReplacedBy != "" || c.Status != verifier.CredActive {
+				continue
+			}
+			id, _ := attestation.DecodeB64URL(c.ID)
+			if _, err := auth.Credential(id); err != nil {
+				t.Fatalf("deadline %v (rotation error: %v): the verifier's current credential %s is not on the host: %v", d, rerr, c.ID, err)
+			}
+			if c.ID != cur.IDString() {
+				t.Fatalf("deadline %v: the verifier's current credential is %s, the caller was told %s", d, c.ID, cur.IDString())
+			}
+		}
+	}
+	t.Logf("%d rotations done, %d cut off by their deadline", ok, failed)
+	if ok == 0 || failed == 0 {
+		t.Fatalf("%d done, %d cut off: the deadlines missed the window they test", ok, failed)
+	}
 }

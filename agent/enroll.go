@@ -220,13 +220,21 @@ func (a *Authenticator) RotateWithVerifier(ctx context.Context, nc *nats.Conn, o
 // longer than the verifier's bound on a request (10 s).
 const finishTimeout = 15 * time.Second
 
+// credentialStates asks the verifier for the current credential of each of
+// a host's workloads.
+func credentialStates(ctx context.Context, nc *nats.Conn, host string) ([]attestation.CredentialState, error) {
+	var states []attestation.CredentialState
+	err := call(ctx, nc, attestation.SubjectCredentialStatus, &attestation.CredentialStatusRequest{HostID: host}, &states)
+	return states, err
+}
+
 // currentCredential asks the verifier which credential is a workload's
 // current one (the one its rotations continue from).
 func currentCredential(ctx context.Context, nc *nats.Conn, host, workload string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	var states []attestation.CredentialState
-	if err := call(ctx, nc, attestation.SubjectCredentialStatus, &attestation.CredentialStatusRequest{HostID: host}, &states); err != nil {
+	states, err := credentialStates(ctx, nc, host)
+	if err != nil {
 		return "", err
 	}
 	for _, st := range states {

@@ -89,8 +89,8 @@ func (a *Agent) checkRotations(ctx context.Context) error {
 	a.mu.Lock()
 	host := a.enroll.HostID
 	a.mu.Unlock()
-	var states []attestation.CredentialState
-	if err := call(ctx, nc, attestation.SubjectCredentialStatus, &attestation.CredentialStatusRequest{HostID: host}, &states); err != nil {
+	states, err := credentialStates(ctx, nc, host)
+	if err != nil {
 		return err
 	}
 	a.reconcile(states)

@@ -54,33 +54,40 @@ type sessionIndex struct {
 	m  map[string]map[uint64]sessionState // server ID -> client ID -> state
 }
 
-// granted indexes a session this instance granted to credential cred.
+// granted indexes a session this instance granted to credential cred (on
+// every connect: one lock, nothing allocated for a known server).
 func (x *sessionIndex) granted(r SessionRef, cred string) {
-	x.add([]SessionRef{r})
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	st := x.m[r.Server][r.Client]
-	st.cred = cred
-	x.m[r.Server][r.Client] = st
+	clients := x.clients(r.Server)
+	st := clients[r.Client]
+	st.expires, st.cred = r.Expires.Unix(), cred
+	clients[r.Client] = st
 }
 
 // add indexes the sessions of a record; an ended mark is kept.
 func (x *sessionIndex) add(refs []SessionRef) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if x.m == nil {
-		x.m = map[string]map[uint64]sessionState{}
-	}
 	for _, r := range refs {
-		clients := x.m[r.Server]
-		if clients == nil {
-			clients = map[uint64]sessionState{}
-			x.m[r.Server] = clients
-		}
+		clients := x.clients(r.Server)
 		st := clients[r.Client]
 		st.expires = r.Expires.Unix()
 		clients[r.Client] = st
 	}
+}
+
+// clients is a server's sessions, made if need be. Called with x.mu held.
+func (x *sessionIndex) clients(server string) map[uint64]sessionState {
+	if x.m == nil {
+		x.m = map[string]map[uint64]sessionState{}
+	}
+	c := x.m[server]
+	if c == nil {
+		c = map[uint64]sessionState{}
+		x.m[server] = c
+	}
+	return c
 }
 
 // end marks a session ended if it is indexed.
@@ -122,12 +129,6 @@ func (x *sessionIndex) endServer(server string) (int, map[uint64]string) {
 		}
 	}
 	return n, granted
-}
-
-func (x *sessionIndex) ended(r SessionRef) bool {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	return x.m[r.Server][r.Client].ended
 }
 
 // split returns the sessions that have neither expired nor ended, and the
@@ -188,16 +189,6 @@ func (x *sessionIndex) sweep(now time.Time) {
 		}
 		x.mu.Unlock()
 	}
-}
-
-func (x *sessionIndex) len() int {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	n := 0
-	for _, clients := range x.m {
-		n += len(clients)
-	}
-	return n
 }
 
 // liveSessions keeps the sessions that have neither expired nor ended, the

@@ -66,6 +66,22 @@ func TestSessionIndexGrant(t *testing.T) {
 	}
 }
 
+func (x *sessionIndex) ended(r SessionRef) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.m[r.Server][r.Client].ended
+}
+
+func (x *sessionIndex) len() int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	n := 0
+	for _, clients := range x.m {
+		n += len(clients)
+	}
+	return n
+}
+
 func (x *sessionIndex) isIndexed(r SessionRef) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()

@@ -365,34 +365,45 @@ func (v *Verifier) handler(subj string, h func(context.Context, []byte) (any, er
 		v.work.Add(1)
 		v.workMu.Unlock()
 		v.sem <- struct{}{}
+		// Read everything from req before the handler returns: micro reads
+		// the request's state after this function returns, so the reply is
+		// published on the connection directly, never through req.
+		reply, headers, data := req.Reply(), req.Headers(), req.Data()
 		go func() {
 			defer func() { <-v.sem; v.work.Done() }()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			ctx = withRequester(ctx, req.Headers())
+			ctx = withRequester(ctx, headers)
 			start := time.Now()
-			resp, err := h(ctx, req.Data())
-			v.respond(req, subj, resp, err, time.Since(start))
+			resp, err := h(ctx, data)
+			v.respond(reply, subj, resp, err, time.Since(start))
 		}()
 	}
 }
 
-func (v *Verifier) respond(req micro.Request, subj string, resp any, err error, took time.Duration) {
+// respond answers a request the way micro's Request.Respond and Error do
+// (error code and description in the service error headers), from any
+// goroutine.
+func (v *Verifier) respond(reply, subj string, resp any, err error, took time.Duration) {
 	v.served.Add(1)
 	v.metrics.observe(subj, err, took)
+	msg := &nats.Msg{Subject: reply}
 	if err != nil {
-		code, msg := errorCode(err)
+		code, text := errorCode(err)
 		v.log.Info("request denied", "subject", subj, "code", code, "error", err)
-		body, _ := json.Marshal(attestation.ErrorResponse{Error: msg, Code: code})
-		_ = req.Error(code, msg, body)
+		msg.Data, _ = json.Marshal(attestation.ErrorResponse{Error: text, Code: code})
+		msg.Header = nats.Header{micro.ErrorHeader: {text}, micro.ErrorCodeHeader: {code}}
+	} else if b, merr := json.Marshal(resp); merr != nil {
+		msg.Header = nats.Header{micro.ErrorHeader: {"internal error"}, micro.ErrorCodeHeader: {"internal"}}
+	} else {
+		msg.Data = b
+	}
+	if reply == "" {
 		return
 	}
-	b, merr := json.Marshal(resp)
-	if merr != nil {
-		_ = req.Error("internal", "internal error", nil)
-		return
+	if perr := v.nc.PublishMsg(msg); perr != nil {
+		v.log.Warn("reply not sent", "subject", subj, "error", perr)
 	}
-	_ = req.Respond(b)
 }
 
 // errorCode maps an error to the stable code and the message a client sees.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -322,4 +323,41 @@ func TestTwoVerifierInstances(t *testing.T) {
 
 func b64url(b []byte) string {
 	return attestationB64(b)
+}
+
+// Replies are sent from the handler's goroutine, after micro's handler has
+// returned: under -race this is where a reply that touched the request
+// would race with micro's bookkeeping. Each of many concurrent requests,
+// half of them refused, must get its own answer.
+func TestConcurrentRepliesKeepTheirCodes(t *testing.T) {
+	f := newFleet(t, nil)
+	const n = 64
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			id := fmt.Sprintf("no-such-host-%d", i)
+			op, want := "host.show", "not_found"
+			if i%2 == 0 {
+				op, want = "status", ""
+			}
+			b, _ := json.Marshal(verifier.IDRequest{ID: id})
+			m, err := f.op.Request(attestation.SubjectAdminPrefix+op, b, 10*time.Second)
+			switch {
+			case err != nil:
+				errs <- fmt.Errorf("%s: %w", op, err)
+			case m.Header.Get("Nats-Service-Error-Code") != want:
+				errs <- fmt.Errorf("%s %s: code %q (%s), want %q", op, id,
+					m.Header.Get("Nats-Service-Error-Code"), m.Header.Get("Nats-Service-Error"), want)
+			case want == "" && !json.Valid(m.Data):
+				errs <- fmt.Errorf("%s: reply is not JSON: %q", op, m.Data)
+			default:
+				errs <- nil
+			}
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
 }

@@ -225,3 +225,91 @@ func lastEvent(t *testing.T, v *Verifier) (Event, error) {
 	err = json.Unmarshal(raws[len(raws)-1].Data, &e)
 	return e, err
 }
+
+// One signature a message: the last event's covers the ones before it
+// through their hashes, so cutting, editing or extending a message is caught
+// even though only its last event carries a signature.
+func TestAuditOneSignatureCoversTheMessage(t *testing.T) {
+	kp, err := nkeys.CreateAccount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := kp.PublicKey()
+	a := &auditLog{key: kp}
+	evs := make([]Event, 4)
+	for i := range evs {
+		evs[i] = Event{Time: time.Now().UTC(), Kind: "connect", Result: "allow", Workload: fmt.Sprintf("w%d", i)}
+	}
+	msg, last, err := a.chain(evs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := bytes.Split(msg, []byte{'\n'})
+	for i, l := range lines {
+		var e Event
+		if err := json.Unmarshal(l, &e); err != nil {
+			t.Fatal(err)
+		}
+		if signed := e.Sig != ""; signed != (i == len(lines)-1) {
+			t.Fatalf("event %d signed=%v: only the message's last event is signed", e.Seq, signed)
+		}
+		if i == len(lines)-1 && e.Hash != last {
+			t.Fatalf("chain returned last hash %s, the last line says %s", last, e.Hash)
+		}
+	}
+	if n, err := VerifyChain(lines, pub, ""); err != nil || n != 4 {
+		t.Fatalf("intact message: %d verified, %v", n, err)
+	}
+
+	// rechain recomputes every hash after an edit, as a forger without the
+	// key would, keeping the last signature.
+	rechain := func(ls [][]byte, edit func(*Event)) [][]byte {
+		out := make([][]byte, len(ls))
+		prev := ""
+		for i, l := range ls {
+			var e Event
+			_ = json.Unmarshal(l, &e)
+			if i == 0 {
+				edit(&e)
+			}
+			e.Prev = prev
+			e.Hash, _ = e.digest()
+			prev = e.Hash
+			out[i], _ = json.Marshal(&e)
+		}
+		return out
+	}
+	var unsigned Event
+	_ = json.Unmarshal(lines[0], &unsigned)
+	unsigned.Seq, unsigned.Prev = 5, last
+	unsigned.Hash, _ = unsigned.digest()
+	appended, _ := json.Marshal(&unsigned)
+
+	other, _ := nkeys.CreateAccount()
+	otherPub, _ := other.PublicKey()
+	for _, tc := range []struct {
+		name   string
+		lines  [][]byte
+		key    string
+		seq    uint64
+		reason string
+		valid  int // events before the break that a valid signature covers
+	}{
+		{"cut short", lines[:3], pub, 1, "not covered by a signature", 0},
+		{"unsigned event appended", append(slices.Clip(lines), appended), pub, 5, "not covered by a signature", 4},
+		{"edited and re-hashed", rechain(lines, func(e *Event) { e.Result = "deny" }), pub, 4, "signature does not verify", 0},
+		{"edited", [][]byte{bytes.Replace(lines[0], []byte(`"allow"`), []byte(`"deny"`), 1), lines[1], lines[2], lines[3]}, pub, 1, "edited", 0},
+		{"another key", lines, otherPub, 4, "signature does not verify", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n, err := VerifyChain(tc.lines, tc.key, "")
+			var ce *ChainError
+			if !errors.As(err, &ce) || ce.Seq != tc.seq || !strings.Contains(ce.Reason, tc.reason) {
+				t.Fatalf("got %v, want broken at event %d: %s", err, tc.seq, tc.reason)
+			}
+			if n != tc.valid {
+				t.Fatalf("%d events reported verified, want %d (those a valid signature covers)", n, tc.valid)
+			}
+		})
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,6 +39,20 @@ func TestAuditTrail(t *testing.T) {
 		nc.Close()
 		t.Fatal("forged token accepted")
 	}
+	// A burst of denials queues events faster than one append each, so
+	// some messages hold several events and sign only the last.
+	burst := func() {
+		var wg sync.WaitGroup
+		for range 40 {
+			wg.Go(func() {
+				if nc, err := nats.Connect(s.v.ClientURL(), nats.Token("tpmauthn-join-burst"), nats.MaxReconnects(0)); err == nil {
+					nc.Close()
+				}
+			})
+		}
+		wg.Wait()
+	}
+	burst()
 	who, _ := client.New(s.socket).WhoAmI(t.Context())
 	s.admin(t, "credential.revoke", verifier.IDRequest{ID: who.CredentialID, Reason: "audit test"}, nil)
 	s.v.FlushAudit()
@@ -60,10 +75,21 @@ func TestAuditTrail(t *testing.T) {
 		}
 	}
 	lines := make([][]byte, len(raws))
+	k, firstSigned := -1, -1 // an unsigned event in the middle; the first signed one
 	for i, r := range raws {
 		lines[i] = r.Data
+		var e verifier.Event
+		_ = json.Unmarshal(r.Data, &e)
+		if e.Sig == "" && k < 0 && i > len(raws)/4 && raws[i+1].Msg == r.Msg {
+			k = i
+		}
+		if e.Sig != "" && firstSigned < 0 {
+			firstSigned = i
+		}
 	}
-	k := len(lines) / 2
+	if k < 0 {
+		t.Fatalf("no stream message holds several events among %d: the burst was not batched", len(raws))
+	}
 	kseq := raws[k].Seq
 
 	edited := slices.Clone(lines)
@@ -80,13 +106,15 @@ func TestAuditTrail(t *testing.T) {
 	_, err = verifier.VerifyChain(reordered, st.AuditKey, "")
 	wantBrokenAt(t, "reordered lines", err, kseq)
 
+	// The tail of a message cut off: its last signed event is gone.
+	_, err = verifier.VerifyChain(lines[:k+1], st.AuditKey, "")
+	wantBrokenAt(t, "message cut short", err, kseq-uint64(k-firstUnsignedBefore(raws, lines, k)))
+
 	// Re-signed with another key: the signature gives it away.
-	var e verifier.Event
-	_ = json.Unmarshal(lines[0], &e)
 	other, _ := nkeys.CreateAccount()
 	otherPub, _ := other.PublicKey()
 	_, err = verifier.VerifyChain(lines, otherPub, "")
-	wantBrokenAt(t, "another key", err, e.Seq)
+	wantBrokenAt(t, "another key", err, raws[firstSigned].Seq)
 
 	// A message deleted from the stream: the chain breaks at its first event.
 	kmsg := raws[k].Msg
@@ -104,6 +132,21 @@ func TestAuditTrail(t *testing.T) {
 	s.admin(t, "audit.read", verifier.AuditReadRequest{From: 1, Max: 1000}, &raws)
 	_, err = verifier.VerifyRawEvents(raws, st.AuditKey, "")
 	wantBrokenAt(t, "deleted message", err, first)
+}
+
+// firstUnsignedBefore is the index of the first of the unsigned events that
+// end at index k (the events of k's message before it).
+func firstUnsignedBefore(raws []verifier.RawEvent, lines [][]byte, k int) int {
+	i := k
+	for i > 0 && raws[i-1].Msg == raws[k].Msg {
+		var e verifier.Event
+		_ = json.Unmarshal(lines[i-1], &e)
+		if e.Sig != "" {
+			break
+		}
+		i--
+	}
+	return i
 }
 
 func TestAuditStreamRefusesDeletion(t *testing.T) {

@@ -9,7 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
@@ -74,6 +77,26 @@ type SessionStats struct {
 
 // denyByDefault makes a fresh event whose result is "deny".
 func denyByDefault(kind string) Event { return Event{Kind: kind, Result: "deny"} }
+
+// validUTF8 replaces invalid UTF-8 in the event's text (an error's text may
+// quote bytes from a request): encoded, an invalid byte becomes U+FFFD, so
+// the event read back would no longer hash to what was signed.
+func (e *Event) validUTF8() {
+	for _, f := range []*string{&e.Kind, &e.Result, &e.Reason, &e.Host, &e.EKHash, &e.Workload,
+		&e.Credential, &e.Server, &e.ClientAddr, &e.Actor} {
+		*f = strings.ToValidUTF8(*f, "\uFFFD")
+	}
+	cloned := false
+	for i, r := range e.Roles {
+		if utf8.ValidString(r) {
+			continue
+		}
+		if !cloned { // the caller's slice stays as it was
+			e.Roles, cloned = slices.Clone(e.Roles), true
+		}
+		e.Roles[i] = strings.ToValidUTF8(r, "\uFFFD")
+	}
+}
 
 func (e *Event) digest() (string, error) {
 	c := *e
@@ -284,6 +307,7 @@ func (a *auditLog) chain(evs []Event) ([]byte, string, error) {
 		e := &evs[i]
 		seq++
 		e.Seq, e.Prev, e.Hash, e.Sig = seq, prev, "", ""
+		e.validUTF8()
 		b, err := json.Marshal(e)
 		if err != nil {
 			return nil, "", err
@@ -457,14 +481,18 @@ func VerifyChain(events [][]byte, issuerKey string, firstPrev string) (int, erro
 	}
 	prev := firstPrev
 	var lastSeq, unsignedFrom uint64
-	signed := 0 // events covered by a signature so far
+	pending := false // unsigned events not yet covered by a signature
+	signed := 0      // events covered by a signature so far
 	for i, raw := range events {
 		var e Event
 		if err := json.Unmarshal(raw, &e); err != nil {
 			return signed, &ChainError{Seq: lastSeq + 1, Reason: "does not decode: " + err.Error()}
 		}
-		if i > 0 && e.Seq != lastSeq+1 {
+		switch {
+		case i > 0 && e.Seq != lastSeq+1:
 			return signed, &ChainError{Seq: lastSeq + 1, Reason: fmt.Sprintf("missing: the next event present is %d", e.Seq)}
+		case i == 0 && firstPrev == "" && e.Seq != 1:
+			return signed, &ChainError{Seq: 1, Reason: fmt.Sprintf("missing: the chain starts at event %d", e.Seq)}
 		}
 		if e.Prev != prev {
 			return signed, &ChainError{Seq: e.Seq, Reason: "does not follow the event before (prev hash mismatch)"}
@@ -476,10 +504,17 @@ func VerifyChain(events [][]byte, issuerKey string, firstPrev string) (int, erro
 			}
 			return signed, &ChainError{Seq: e.Seq, Reason: "content does not match its hash (edited)"}
 		}
+		// The hash covers the decoded event, so the stored bytes must be
+		// exactly its encoding: a duplicate or re-cased key ("Result"
+		// beside "result") would otherwise show one thing to jq or a SIEM
+		// and hash as another.
+		if canon, err := json.Marshal(&e); err != nil || !bytes.Equal(canon, raw) {
+			return signed, &ChainError{Seq: e.Seq, Reason: "is not byte for byte the event its hash covers (duplicate, re-cased or re-spaced keys: edited)"}
+		}
 		prev, lastSeq = e.Hash, e.Seq
 		if e.Sig == "" {
-			if unsignedFrom == 0 {
-				unsignedFrom = e.Seq
+			if !pending {
+				pending, unsignedFrom = true, e.Seq
 			}
 			continue
 		}
@@ -487,9 +522,9 @@ func VerifyChain(events [][]byte, issuerKey string, firstPrev string) (int, erro
 		if err != nil || kp.Verify([]byte(e.Hash), sig) != nil {
 			return signed, &ChainError{Seq: e.Seq, Reason: "signature does not verify with the verifier's key"}
 		}
-		signed, unsignedFrom = i+1, 0
+		signed, pending = i+1, false
 	}
-	if unsignedFrom != 0 {
+	if pending {
 		return signed, &ChainError{Seq: unsignedFrom, Reason: fmt.Sprintf("events %d to %d are not covered by a signature (a stream message cut short, or an export that ends inside one)", unsignedFrom, lastSeq)}
 	}
 	return signed, nil

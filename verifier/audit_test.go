@@ -313,3 +313,56 @@ func TestAuditOneSignatureCoversTheMessage(t *testing.T) {
 		})
 	}
 }
+
+// What VerifyChain must refuse beyond a broken chain: a chain that does not
+// start at event 1, a line whose bytes are not the encoding its hash covers,
+// an empty input; and what chain must write so that it verifies: text with
+// invalid UTF-8.
+func TestVerifyChainStrictForm(t *testing.T) {
+	kp, err := nkeys.CreateAccount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := kp.PublicKey()
+	sealed := func(e Event) []byte { // an unsigned event with a correct hash
+		e.Hash, e.Sig = "", ""
+		e.Hash, _ = e.digest()
+		b, _ := json.Marshal(&e)
+		return b
+	}
+	now := time.Now().UTC()
+	roles := []string{"ok", "bad\xffrole"}
+	a := &auditLog{key: kp}
+	msg, _, err := a.chain([]Event{{Time: now, Kind: "connect", Result: "deny", Reason: "bad byte \xff\xfe here", Roles: roles}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if roles[1] != "bad\xffrole" {
+		t.Fatal("chain changed the caller's roles")
+	}
+	if n, err := VerifyChain([][]byte{msg}, pub, ""); err != nil || n != 1 {
+		t.Fatalf("an event whose reason had invalid UTF-8: %d verified, %v", n, err)
+	}
+	// Go takes the last of duplicate keys (so the hash matches); a reader
+	// that tells "Result" from "result" sees "allow".
+	dup := bytes.Replace(msg, []byte(`"result":"deny"`), []byte(`"Result":"allow","result":"deny"`), 1)
+	for _, tc := range []struct {
+		name   string
+		lines  [][]byte
+		seq    uint64
+		reason string
+	}{
+		{"unsigned event numbered 0", [][]byte{sealed(Event{Seq: 0, Time: now, Kind: "connect", Result: "allow"})}, 1, "starts at event 0"},
+		{"starts at event 2", [][]byte{sealed(Event{Seq: 2, Time: now, Kind: "connect", Result: "allow"})}, 1, "starts at event 2"},
+		{"duplicate key", [][]byte{dup}, 1, "byte for byte"},
+		{"re-spaced", [][]byte{bytes.Replace(msg, []byte(`,"kind"`), []byte(`, "kind"`), 1)}, 1, "byte for byte"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n, err := VerifyChain(tc.lines, pub, "")
+			var ce *ChainError
+			if !errors.As(err, &ce) || ce.Seq != tc.seq || !strings.Contains(ce.Reason, tc.reason) || n != 0 {
+				t.Fatalf("got %d verified, %v; want broken at event %d: %s", n, err, tc.seq, tc.reason)
+			}
+		})
+	}
+}

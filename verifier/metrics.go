@@ -44,7 +44,7 @@ func newMetrics() *metrics {
 			Name: "tpmauthn_callouts_shed_total", Help: "Callout requests dropped because the server had stopped waiting for them.",
 		}),
 		auditAppend: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "tpmauthn_audit_append_seconds", Help: "Time to chain, sign and append one audit event.",
+			Name: "tpmauthn_audit_append_seconds", Help: "Time to chain, sign and append one stream message of audit events (one or more).",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .1},
 		}),
 	}

@@ -383,7 +383,8 @@ func (v *Verifier) handler(subj string, h func(context.Context, []byte) (any, er
 
 // respond answers a request the way micro's Request.Respond and Error do
 // (error code and description in the service error headers), from any
-// goroutine.
+// goroutine. micro's own $SRV.STATS error counts therefore stay at zero;
+// errors are counted in the verifier's metrics (tpmauthn_requests_total).
 func (v *Verifier) respond(reply, subj string, resp any, err error, took time.Duration) {
 	v.served.Add(1)
 	v.metrics.observe(subj, err, took)

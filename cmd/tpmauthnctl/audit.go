@@ -147,6 +147,9 @@ reordered event is named. Reads the stream, or an export with --file.`,
 				if lines, err = readLines(file); err != nil {
 					return err
 				}
+				if len(lines) == 0 {
+					return fmt.Errorf("%s holds no events: export them with tpmauthnctl audit export > FILE", file)
+				}
 				n, err = verifier.VerifyChain(lines, key, "")
 			} else {
 				var raws []verifier.RawEvent

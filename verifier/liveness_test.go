@@ -2,6 +2,7 @@ package verifier
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -184,5 +185,33 @@ func TestSessionEndFromAnotherInstance(t *testing.T) {
 	}
 	if tok := ends[2]; tok.Host != "" || tok.Credential != "" || tok.Reason != "Client Closed (enrollment session, join token)" {
 		t.Fatalf("join token session end: %+v", tok)
+	}
+}
+
+// Both disconnect subscriptions get each event; it is decoded once, the
+// second gets the same decoded event, and what nobody takes is evicted.
+func TestDecodedEventsOncePerEvent(t *testing.T) {
+	var d decodedEvents
+	ev := func(client int) []byte {
+		return fmt.Appendf(nil, `{"server":{"id":"NSRV"},"client":{"id":%d,"user":"cred"},"reason":"Client Closed"}`, client)
+	}
+	a := d.get(ev(1))
+	b := d.get(slices.Clone(ev(1))) // the other subscription's copy
+	if a == nil || a != b || a.Client.ID != 1 || a.Reason != "Client Closed" {
+		t.Fatalf("first %+v, second %+v: want one decoded event", a, b)
+	}
+	if c := d.get(ev(1)); c == a {
+		t.Fatal("an event taken by both subscriptions was handed out a third time")
+	}
+	for i := range 3 * decodedKeep {
+		d.get(ev(100 + i)) // taken by one subscription only
+	}
+	if n := len(d.m); n > decodedKeep {
+		t.Fatalf("%d decoded events kept, want at most %d", n, decodedKeep)
+	}
+	for _, bad := range []string{`{`, `{"server":{"id":""},"client":{"id":3}}`, `{"server":{"id":"N"},"client":{"id":0}}`} {
+		if e := d.get([]byte(bad)); e != nil {
+			t.Fatalf("%s decoded as %+v", bad, e)
+		}
 	}
 }

@@ -258,10 +258,21 @@ const (
 	maxAuditMsg   = 512 << 10
 )
 
-// run appends what is queued, up to maxAuditBatch events a message; a flush
-// marker ends the batch and is signalled once it is appended.
+// auditLinger is how long a batch waits for more events after its first
+// before it is appended (unless a flush marker or a full batch ends it
+// sooner): one signature and one JetStream round trip then serve every
+// connect of those milliseconds, where with one client connecting at a time
+// each event was a message of its own. A verifier killed without a shutdown
+// loses at most what was queued, this window included.
+const auditLinger = 5 * time.Millisecond
+
+// run appends what is queued, up to maxAuditBatch events a message, waiting
+// auditLinger for more after a batch's first event; a flush marker ends the
+// batch at once and is signalled once it is appended.
 func (a *auditLog) run() {
 	batch := make([]Event, 0, maxAuditBatch)
+	linger := time.NewTimer(auditLinger)
+	linger.Stop()
 	for {
 		var it *auditItem
 		select {
@@ -270,16 +281,23 @@ func (a *auditLog) run() {
 		case it = <-a.ch:
 		}
 		batch = batch[:0]
+		linger.Reset(auditLinger)
+	collect:
 		for it != nil && it.flushed == nil {
 			batch = append(batch, it.ev)
 			it = nil
-			if len(batch) < maxAuditBatch {
-				select {
-				case it = <-a.ch:
-				default:
-				}
+			if len(batch) == maxAuditBatch {
+				break
+			}
+			select {
+			case it = <-a.ch:
+			case <-linger.C:
+				break collect
+			case <-a.done:
+				break collect
 			}
 		}
+		linger.Stop()
 		if len(batch) > 0 {
 			if err := a.appendBatch(batch); err != nil {
 				a.log.Error("audit append failed", "events", len(batch), "first_kind", batch[0].Kind, "error", err)

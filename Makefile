@@ -29,6 +29,7 @@ fuzz: ## fuzz every parser of untrusted bytes for FUZZTIME each
 	$(GO) test ./attestation -run '^$$' -fuzz '^FuzzUnmarshalBundle$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./attestation -run '^$$' -fuzz '^FuzzParseAuthenticatorData$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./attestation -run '^$$' -fuzz '^FuzzParseCOSEKey$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./verifier -run '^$$' -fuzz '^FuzzVerifyChain$$' -fuzztime $(FUZZTIME)
 
 bench: ## benchmarks: TPM operations, the whole chain, revocation, enrollment, audit (swtpm)
 	$(GO) test ./agent/tpm ./agent -run '^$$' -bench . -benchtime 20x

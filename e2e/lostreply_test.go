@@ -23,12 +23,18 @@ import (
 // through).
 type replyDropper struct {
 	net.Conn
+	*dropRule
+	mu  sync.Mutex
+	raw []byte // read from the server, not yet parsed
+	out []byte // parsed, for the client
+}
+
+// dropRule is shared by every connection a dropDialer makes (nats.go dials
+// again on reconnect): one reply is dropped, on whichever carries it.
+type dropRule struct {
 	match   []byte
 	armed   atomic.Bool
 	dropped atomic.Bool
-	mu      sync.Mutex
-	raw     []byte // read from the server, not yet parsed
-	out     []byte // parsed, for the client
 }
 
 func (d *replyDropper) Read(p []byte) (int, error) {
@@ -80,15 +86,14 @@ func (d *replyDropper) parse() {
 	}
 }
 
-type dropDialer struct{ d *replyDropper }
+type dropDialer struct{ rule *dropRule }
 
 func (dd *dropDialer) Dial(network, address string) (net.Conn, error) {
 	c, err := net.DialTimeout(network, address, 5*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	dd.d.Conn = c
-	return dd.d, nil
+	return &replyDropper{Conn: c, dropRule: dd.rule}, nil
 }
 
 // TestRotationReplyLost: register.finish succeeds at the verifier but its
@@ -115,7 +120,7 @@ func TestRotationReplyLost(t *testing.T) {
 			cur = c
 		}
 	}
-	drop := &replyDropper{match: []byte(`"retires":`)}
+	drop := &dropRule{match: []byte(`"retires":`)}
 	nc, err := nats.Connect(s.v.ClientURL(), append(credentialOptions(auth, hostCred.ID), nats.SetCustomDialer(&dropDialer{drop}))...)
 	if err != nil {
 		t.Fatal(err)

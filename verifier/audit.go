@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -122,6 +123,9 @@ type auditLog struct {
 	lastSeq  uint64 // Seq of the last event
 	lastHash string
 	appended func(time.Duration)
+	// collecting is how many events run has taken from ch for the batch it
+	// is collecting or appending (the backlog counts them too).
+	collecting atomic.Int64
 }
 
 // auditItem is an event to append, or (flushed set) a marker that is
@@ -129,6 +133,7 @@ type auditLog struct {
 type auditItem struct {
 	ev      Event
 	flushed chan struct{}
+	ok      bool // set before flushed is closed: everything before it was appended
 }
 
 // AuditConfig configures the stream.
@@ -211,17 +216,17 @@ func (a *auditLog) flushWithin(d time.Duration) bool {
 		defer t.Stop()
 		timeout = t.C
 	}
-	w := make(chan struct{})
+	it := &auditItem{flushed: make(chan struct{})}
 	select {
-	case a.ch <- &auditItem{flushed: w}:
+	case a.ch <- it:
 	case <-a.done:
 		return false
 	case <-timeout:
 		return false
 	}
 	select {
-	case <-w:
-		return true
+	case <-it.flushed:
+		return it.ok
 	case <-a.done:
 	case <-timeout:
 	}
@@ -239,7 +244,7 @@ const auditWait = 2 * time.Second
 func (v *Verifier) recordNow(e Event) {
 	v.audit.record(e)
 	if !v.audit.flushWithin(auditWait) {
-		v.log.Warn("audit event not appended within "+auditWait.String()+"; it stays queued and is appended when JetStream answers", "kind", e.Kind)
+		v.log.Warn("audit event not appended within "+auditWait.String()+" (if it is still queued, it is appended when JetStream answers; a failed append is logged)", "kind", e.Kind)
 	}
 }
 
@@ -285,6 +290,7 @@ func (a *auditLog) run() {
 	collect:
 		for it != nil && it.flushed == nil {
 			batch = append(batch, it.ev)
+			a.collecting.Add(1)
 			it = nil
 			if len(batch) == maxAuditBatch {
 				break
@@ -298,12 +304,16 @@ func (a *auditLog) run() {
 			}
 		}
 		linger.Stop()
+		ok := true
 		if len(batch) > 0 {
 			if err := a.appendBatch(batch); err != nil {
+				ok = false
 				a.log.Error("audit append failed", "events", len(batch), "first_kind", batch[0].Kind, "error", err)
 			}
+			a.collecting.Add(-int64(len(batch)))
 		}
 		if it != nil {
+			it.ok = ok
 			close(it.flushed)
 		}
 	}

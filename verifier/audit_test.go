@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 )
 
@@ -364,5 +366,35 @@ func TestVerifyChainStrictForm(t *testing.T) {
 				t.Fatalf("got %d verified, %v; want broken at event %d: %s", n, err, tc.seq, tc.reason)
 			}
 		})
+	}
+}
+
+// A flush reports whether the events before it were appended: when the
+// append fails (here: its connection is closed), an operator action must not
+// be told its event is in the trail.
+func TestAuditFlushReportsAFailedAppend(t *testing.T) {
+	v := startLocal(t)
+	kp := v.keys.Verifier
+	nc, err := nats.Connect(v.ClientURL(), nats.Nkey(pub(kp), kp.Sign))
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := openAudit(t.Context(), js, v.keys.Issuer, v.cfg.Audit, v.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.close()
+	a.record(Event{Kind: "token.create", Result: "ok", Actor: "operator"})
+	if !a.flushWithin(5 * time.Second) {
+		t.Fatal("flush of an appended event reported failure")
+	}
+	nc.Close()
+	a.record(Event{Kind: "token.create", Result: "ok", Actor: "operator"})
+	if a.flushWithin(5 * time.Second) {
+		t.Fatal("flush reported success for an event whose append failed")
 	}
 }

@@ -140,17 +140,10 @@ func containsAll(have, want []string) bool {
 // template value is a single subject token (IDs and workload names contain
 // no dots or wildcards), so it cannot widen a subject.
 func (p *Policy) Apply(uc *jwt.UserClaims, roles []string, s Subject) {
-	// Most subjects hold no placeholder: they are copied as they are (a
-	// strings.Replacer built per connect cost ~5 µs of the decision).
 	expand := func(in []string) []string {
 		out := make([]string, len(in))
 		for i, x := range in {
-			if strings.Contains(x, "{{") {
-				x = strings.ReplaceAll(x, "{{host}}", s.HostID)
-				x = strings.ReplaceAll(x, "{{workload}}", s.Workload)
-				x = strings.ReplaceAll(x, "{{credential}}", s.CredentialID)
-			}
-			out[i] = x
+			out[i] = expandPlaceholders(x, s)
 		}
 		return out
 	}
@@ -177,6 +170,33 @@ func (p *Policy) Apply(uc *jwt.UserClaims, roles []string, s Subject) {
 	}
 	// Replies to its own requests.
 	uc.Sub.Allow.Add("_INBOX.>")
+}
+
+// expandPlaceholders replaces {{host}}, {{workload}} and {{credential}} in
+// one pass, left to right, as a strings.Replacer would (a value is never
+// scanned again), without building one per connect (~5 µs of a decision).
+// Most subjects hold no placeholder and are returned as they are.
+func expandPlaceholders(x string, s Subject) string {
+	if !strings.Contains(x, "{{") {
+		return x
+	}
+	phs := [...]struct{ key, val string }{{"{{host}}", s.HostID}, {"{{workload}}", s.Workload}, {"{{credential}}", s.CredentialID}}
+	var b strings.Builder
+next:
+	for i := 0; i < len(x); {
+		if x[i] == '{' {
+			for _, ph := range phs {
+				if strings.HasPrefix(x[i:], ph.key) {
+					b.WriteString(ph.val)
+					i += len(ph.key)
+					continue next
+				}
+			}
+		}
+		b.WriteByte(x[i])
+		i++
+	}
+	return b.String()
 }
 
 // policySource reloads the policy file when it changes, checking at most

@@ -126,3 +126,21 @@ func TestPolicyReload(t *testing.T) {
 		t.Fatalf("a broken policy replaced the good one (ttl %v) or went unreported (%v)", got, reloadErr)
 	}
 }
+
+// expandPlaceholders must give what a strings.Replacer of the three
+// placeholders gives (one pass, left to right, values not scanned again),
+// on the awkward cases too: braces around a placeholder, a placeholder
+// completed by a value, unknown ones.
+func TestExpandPlaceholdersAsReplacer(t *testing.T) {
+	s := Subject{HostID: "h-0123abcd", Workload: "cred", CredentialID: "AbC-_9"}
+	r := strings.NewReplacer("{{host}}", s.HostID, "{{workload}}", s.Workload, "{{credential}}", s.CredentialID)
+	for _, x := range []string{
+		"", "plain.subject.>", "billing.{{host}}.{{workload}}.>", "metrics.{{credential}}",
+		"a.{{{{workload}}ential}}", "{{{host}}}", "{{", "{{host", "{{host}}{{host}}", "x.{{unknown}}.y",
+		"{{workload}}}}", "{{{{{{credential}}}}}}", "{{hos{{host}}t}}",
+	} {
+		if got, want := expandPlaceholders(x, s), r.Replace(x); got != want {
+			t.Errorf("%q: got %q, the Replacer gives %q", x, got, want)
+		}
+	}
+}

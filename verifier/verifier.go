@@ -260,6 +260,18 @@ func (v *Verifier) waitDrained() {
 	}
 }
 
+// drained drains nc (its handlers finish what they were given; no more
+// messages are delivered) and waits for that, at most 5 s. nats.go closes a
+// connection once its drain completes.
+func drained(nc *nats.Conn) {
+	if nc == nil || nc.Drain() != nil {
+		return
+	}
+	for i := 0; i < 100 && !nc.IsClosed(); i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // FlushAudit waits until every event recorded so far is in the stream.
 func (v *Verifier) FlushAudit() { v.audit.flush() }
 
@@ -271,7 +283,7 @@ func (v *Verifier) AuditBacklog() int {
 	if v.audit == nil {
 		return 0
 	}
-	return len(v.audit.ch)
+	return len(v.audit.ch) + int(v.audit.collecting.Load())
 }
 
 // Shed is the number of callout requests dropped because the server had
@@ -294,6 +306,9 @@ func (v *Verifier) Close() {
 		v.workMu.Unlock()
 		close(v.done) // callout workers stop taking requests
 		v.work.Wait()
+		// The disconnect handlers record audit events: let the ones under
+		// way finish before the log closes, and take no more.
+		drained(v.sysNC)
 		// Append what is queued while the connection is still open.
 		v.audit.close()
 		if v.nc != nil {

@@ -52,8 +52,14 @@ func openStore(ctx context.Context, nc *nats.Conn) (*store, error) {
 		{bucketWorkloads, 0, &s.workloads},
 	}
 	for _, b := range buckets {
+		// Earlier revisions help an operator on rarely written records.
+		// Credential records are rewritten on every connect (counter,
+		// sessions), so theirs would be a few connects old and would hold
+		// five records a credential on disk; the audit trail keeps what
+		// changed. An existing bucket is updated in place (JetStream drops
+		// the surplus revisions).
 		history := uint8(5)
-		if b.ttl > 0 {
+		if b.ttl > 0 || b.name == bucketCreds {
 			history = 1
 		}
 		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{

@@ -59,12 +59,12 @@ func BenchmarkAuditAppend(b *testing.B) {
 // compare-and-set of counter and sessions) costs in CPU, server and client
 // in this process together, against a core NATS request-reply of the same
 // size measured in the same run: 16 writers on distinct keys, a record-sized
-// value, a bucket like the credentials bucket (file storage, history 5).
+// value, a bucket like the credentials bucket (file storage, history 1).
 // It reports process CPU µs per operation.
 func BenchmarkCounterWrite(b *testing.B) {
 	v := startLocal(b)
 	ctx := context.Background()
-	kv, err := v.st.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "bench_cas", History: 5, Storage: jetstream.FileStorage})
+	kv, err := v.st.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "bench_cas", History: 1, Storage: jetstream.FileStorage})
 	if err != nil {
 		b.Fatal(err)
 	}

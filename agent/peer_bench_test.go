@@ -1,0 +1,57 @@
+package agent
+
+import (
+	"net"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// BenchmarkIdentify names the process at the other end of a Unix socket
+// (SO_PEERCRED, pidfd, /proc before and after, user and group names), as
+// every request to the agent's socket does; the baseline is SO_PEERCRED
+// alone on the same connection.
+func BenchmarkIdentify(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "s")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := net.Dial("unix", path)
+		if err == nil {
+			defer c.Close()
+			_, _ = c.Read(make([]byte, 1))
+		}
+	}()
+	c, err := l.Accept()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	uc := c.(*net.UnixConn)
+	pi := newPeerIdentifier()
+	b.Run("Identify", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := pi.identify(uc); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("PeerCredOnly", func(b *testing.B) {
+		raw, err := uc.SyscallConn()
+		if err != nil {
+			b.Fatal(err)
+		}
+		for b.Loop() {
+			var cerr error
+			if err := raw.Control(func(fd uintptr) {
+				_, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+			}); err != nil || cerr != nil {
+				b.Fatal(err, cerr)
+			}
+		}
+	})
+}

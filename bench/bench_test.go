@@ -31,3 +31,22 @@ func TestQuick(t *testing.T) {
 		t.Fatal("no summary line")
 	}
 }
+
+func TestSummaryKey(t *testing.T) {
+	for _, tc := range []struct {
+		what string
+		n    int
+		unit string
+		want string
+	}{
+		{"storm", 10000, "s", "storm_10k_s"},
+		{"storm", 1000, "s", "storm_1k_s"},
+		{"storm", 200, "s", "storm_200_s"},
+		{"rss", 100000, "mb", "rss_100k_mb"},
+		{"rss", 1500, "mb", "rss_1500_mb"},
+	} {
+		if got := summaryKey(tc.what, tc.n, tc.unit); got != tc.want {
+			t.Errorf("summaryKey(%q, %d, %q) = %q, want %q", tc.what, tc.n, tc.unit, got, tc.want)
+		}
+	}
+}

@@ -154,7 +154,7 @@ func Run(cfg Config) (*Report, error) {
 		}
 		fmt.Fprintf(cfg.Out, "all back %.2f s after the restart, %d failures\n", s.ReauthS, s.Failures)
 		rep.Storms = append(rep.Storms, s)
-		rep.Summary[fmt.Sprintf("storm_%d_s", n)] = s.ReauthS
+		rep.Summary[summaryKey("storm", n, "s")] = s.ReauthS
 	}
 	for _, n := range cfg.Scales {
 		if err := rep.scale(cfg, n); err != nil {
@@ -352,12 +352,17 @@ func (r *Report) scale(cfg Config, n int) error {
 	}
 	fmt.Fprintf(cfg.Out, "start-up %.2f s, RSS %.0f MB, %.0f MB with every credential cached\n", s.StartS, s.RSSStartMB, s.RSSWarmMB)
 	r.Scales = append(r.Scales, s)
-	key := fmt.Sprintf("rss_%d_mb", n)
-	if n%1000 == 0 {
-		key = fmt.Sprintf("rss_%dk_mb", n/1000)
-	}
-	r.Summary[key] = s.RSSWarmMB
+	r.Summary[summaryKey("rss", n, "mb")] = s.RSSWarmMB
 	return nil
+}
+
+// summaryKey names a summary line for a size n: rss_100k_mb, storm_10k_s
+// (the names issue 7 asks for), storm_200_s.
+func summaryKey(what string, n int, unit string) string {
+	if n >= 1000 && n%1000 == 0 {
+		return fmt.Sprintf("%s_%dk_%s", what, n/1000, unit)
+	}
+	return fmt.Sprintf("%s_%d_%s", what, n, unit)
 }
 
 // MergeE2E adds the e2e benchmarks' results (e2e-chain.json, e2e-revoke.json

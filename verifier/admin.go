@@ -123,7 +123,7 @@ func (v *Verifier) adminTokenCreate(ctx context.Context, body []byte) (any, erro
 		return nil, err
 	}
 	v.log.Info("join token created", "token_id", t.ID, "roles", t.Roles, "expires", t.Expires)
-	v.recordNow(Event{Kind: "token.create", Result: "ok", Roles: t.Roles, Actor: "operator",
+	v.recordNow(ctx, Event{Kind: "token.create", Result: "ok", Roles: t.Roles, Actor: "operator",
 		Reason: fmt.Sprintf("join token %s, expires %s", t.ID, t.Expires.Format(time.RFC3339))})
 	return &TokenCreateResponse{Token: token, ID: t.ID, Expires: t.Expires}, nil
 }
@@ -176,7 +176,7 @@ func (v *Verifier) adminHostApprove(ctx context.Context, body []byte) (any, erro
 	} else {
 		ev.Result, ev.Reason = "error", err.Error()
 	}
-	v.recordNow(ev)
+	v.recordNow(ctx, ev)
 	return h, err
 }
 
@@ -203,7 +203,7 @@ func (v *Verifier) adminHostRemove(ctx context.Context, body []byte, status, kin
 		ev.EKHash = h.EKHash
 		v.log.Info("host "+status, "host", h.ID, "reason", req.Reason)
 	}
-	v.recordNow(ev)
+	v.recordNow(ctx, ev)
 	return h, err
 }
 
@@ -221,7 +221,7 @@ func (v *Verifier) adminCredentialRelease(ctx context.Context, body []byte) (any
 	}
 	c, err = v.setCredentialStatus(ctx, req.ID, CredActive, "released: "+req.Reason)
 	if err == nil {
-		v.recordNow(Event{Kind: "release", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
+		v.recordNow(ctx, Event{Kind: "release", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
 	}
 	return c, err
 }
@@ -247,7 +247,7 @@ func (v *Verifier) adminCredentialRotate(ctx context.Context, body []byte) (any,
 		} else if err != nil {
 			return nil, err
 		}
-		v.recordNow(Event{Kind: "rotate.request", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
+		v.recordNow(ctx, Event{Kind: "rotate.request", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
 		return c, nil
 	}
 	return nil, ErrConflict
@@ -303,7 +303,7 @@ func (v *Verifier) adminCredentialRevoke(ctx context.Context, body []byte) (any,
 		return nil, err
 	}
 	v.log.Info("credential revoked", "credential", c.ID, "reason", req.Reason)
-	v.recordNow(Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
+	v.recordNow(ctx, Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
 	return c, nil
 }
 
@@ -323,7 +323,7 @@ func (v *Verifier) adminEKAllow(ctx context.Context, body []byte) (any, error) {
 	if err := create(ctx, v.st.ekAllow, req.EKHash, a); err != nil {
 		return nil, err
 	}
-	v.recordNow(Event{Kind: "ek.allow", Result: "ok", EKHash: req.EKHash, Roles: req.Roles, Reason: req.Note, Actor: "operator"})
+	v.recordNow(ctx, Event{Kind: "ek.allow", Result: "ok", EKHash: req.EKHash, Roles: req.Roles, Reason: req.Note, Actor: "operator"})
 	return a, nil
 }
 

@@ -237,14 +237,30 @@ func (a *auditLog) flushWithin(d time.Duration) bool {
 // registration waits for its audit event to be appended.
 const auditWait = 2 * time.Second
 
-// recordNow queues an event and waits until it is appended (at most
-// auditWait): whoever asked for an operator action, an enrollment or a
-// registration hears "done" only once the trail holds it. They are rare;
-// connect decisions, which are not, use record and do not wait.
-func (v *Verifier) recordNow(e Event) {
+// recordNow queues an event that whoever asked must not hear "done" before
+// it is appended: an operator action, an enrollment, a registration. They
+// are rare; connect decisions, which are not, use record and do not wait.
+// Within a request handler the wait (at most auditWait) happens after the
+// handler returns, once its worker slot is free, so a slow JetStream does
+// not hold the slots other requests need; elsewhere it happens here.
+func (v *Verifier) recordNow(ctx context.Context, e Event) {
 	v.audit.record(e)
+	if w, ok := ctx.Value(auditWaitKey{}).(*atomic.Bool); ok {
+		w.Store(true)
+		return
+	}
+	v.waitAudit(e.Kind)
+}
+
+// auditWaitKey marks a request's context: the handler waits for the audit
+// trail before it answers if recordNow was called.
+type auditWaitKey struct{}
+
+// waitAudit waits until everything recorded so far is appended, at most
+// auditWait.
+func (v *Verifier) waitAudit(kind string) {
 	if !v.audit.flushWithin(auditWait) {
-		v.log.Warn("audit event not appended within "+auditWait.String()+" (if it is still queued, it is appended when JetStream answers; a failed append is logged)", "kind", e.Kind)
+		v.log.Warn("audit event not appended within "+auditWait.String()+" (if it is still queued, it is appended when JetStream answers; a failed append is logged)", "kind", kind)
 	}
 }
 

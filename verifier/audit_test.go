@@ -16,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 	"github.com/nats-io/nkeys"
 )
 
@@ -398,3 +399,76 @@ func TestAuditFlushReportsAFailedAppend(t *testing.T) {
 		t.Fatal("flush reported success for an event whose append failed")
 	}
 }
+
+// An operator action waits for its audit event (at most auditWait) after
+// its handler returns, with its worker slot given back: while JetStream
+// refuses the append (here: the stream is full), another request still gets
+// the only slot and its answer first.
+func TestAuditWaitFreesTheWorkerSlot(t *testing.T) {
+	v, err := New(Config{DataDir: t.TempDir(), NATSListen: "127.0.0.1:-1", Workers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	type answer struct {
+		subj string
+		at   time.Time
+	}
+	answers := make(chan answer, 2)
+	// One subscription: answers are seen in the order they were sent.
+	if _, err := v.nc.Subscribe("test.>", func(m *nats.Msg) { answers <- answer{m.Subject, time.Now()} }); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	v.audit.record(Event{Kind: "connect", Result: "allow"}) // the stream holds at least one message
+	v.FlushAudit()
+	setMaxMsgs := func(full bool) {
+		info, err := v.audit.stream.Info(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := info.Config
+		cfg.MaxMsgs = -1
+		if full {
+			cfg.MaxMsgs = int64(info.State.Msgs) // and takes no more (DiscardNew)
+		}
+		if _, err := v.st.js.UpdateStream(t.Context(), cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setMaxMsgs(true)
+	defer setMaxMsgs(false) // so that Close can append what waits
+
+	action := v.handler("test.action", func(ctx context.Context, _ []byte) (any, error) {
+		v.recordNow(ctx, Event{Kind: "token.create", Result: "ok", Actor: "operator"})
+		return "done", nil
+	})
+	read := v.handler("test.read", func(context.Context, []byte) (any, error) { return "read", nil })
+	start := time.Now()
+	action(fakeRequest{reply: "test.action"})
+	read(fakeRequest{reply: "test.read"}) // takes the only slot once the action gives it back
+	first, second := <-answers, <-answers
+	if first.subj != "test.read" || first.at.Sub(start) > auditWait/2 {
+		t.Fatalf("first answer: %s after %v; the read should answer at once: the operator action held the only worker slot while it waited for the audit trail",
+			first.subj, first.at.Sub(start))
+	}
+	if second.subj != "test.action" || second.at.Sub(start) < auditWait {
+		t.Fatalf("second answer %s after %v: the action should answer once its wait (%v) is over", second.subj, second.at.Sub(start), auditWait)
+	}
+}
+
+// fakeRequest is a micro.Request for calling a handler directly.
+type fakeRequest struct{ reply string }
+
+func (fakeRequest) Respond([]byte, ...micro.RespondOpt) error               { return nil }
+func (fakeRequest) RespondJSON(any, ...micro.RespondOpt) error              { return nil }
+func (fakeRequest) Error(string, string, []byte, ...micro.RespondOpt) error { return nil }
+func (fakeRequest) Data() []byte                                            { return nil }
+func (fakeRequest) Headers() micro.Headers                                  { return nil }
+func (fakeRequest) Subject() string                                         { return "test" }
+func (r fakeRequest) Reply() string                                         { return r.reply }

@@ -31,7 +31,7 @@ func (v *Verifier) enrollBegin(ctx context.Context, body []byte) (_ any, err err
 	defer func() {
 		if err != nil { // a begun enrollment is audited when it finishes
 			ev.Reason = err.Error()
-			v.recordNow(ev)
+			v.recordNow(ctx, ev)
 		}
 	}()
 	var req attestation.EnrollBeginRequest
@@ -159,7 +159,7 @@ func (v *Verifier) enrollFinish(ctx context.Context, body []byte) (_ any, err er
 		if err != nil {
 			ev.Reason = err.Error()
 		}
-		v.recordNow(ev)
+		v.recordNow(ctx, ev)
 	}()
 	var req attestation.EnrollFinishRequest
 	if err := decode(body, &req); err != nil {

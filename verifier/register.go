@@ -56,7 +56,7 @@ func (v *Verifier) registerFinish(ctx context.Context, body []byte) (_ any, err 
 		if err != nil {
 			ev.Reason = err.Error()
 		}
-		v.recordNow(ev)
+		v.recordNow(ctx, ev)
 	}()
 	var req attestation.RegisterFinishRequest
 	if err := decode(body, &req); err != nil {

@@ -385,12 +385,17 @@ func (v *Verifier) handler(subj string, h func(context.Context, []byte) (any, er
 		// published on the connection directly, never through req.
 		reply, headers, data := req.Reply(), req.Headers(), req.Data()
 		go func() {
-			defer func() { <-v.sem; v.work.Done() }()
+			defer v.work.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			ctx = withRequester(ctx, headers)
+			var audited atomic.Bool
+			ctx = context.WithValue(withRequester(ctx, headers), auditWaitKey{}, &audited)
 			start := time.Now()
 			resp, err := h(ctx, data)
+			<-v.sem
+			if audited.Load() {
+				v.waitAudit(subj)
+			}
 			v.respond(reply, subj, resp, err, time.Since(start))
 		}()
 	}

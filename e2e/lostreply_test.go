@@ -11,8 +11,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/tpmauthn/tpmauthn/agent"
-	"github.com/tpmauthn/tpmauthn/agent/client"
 	"github.com/tpmauthn/tpmauthn/verifier"
 )
 
@@ -103,23 +101,7 @@ func (dd *dropDialer) Dial(network, address string) (net.Conn, error) {
 func TestRotationReplyLost(t *testing.T) {
 	s := newStack(t)
 	auth := s.ag.Authenticator()
-	who, err := client.New(s.socket).WhoAmI(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds, err := auth.Credentials()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var hostCred, cur *agent.Credential
-	for _, c := range creds {
-		switch {
-		case c.Name == "tpmauthn-agent":
-			hostCred = c
-		case c.IDString() == who.CredentialID:
-			cur = c
-		}
-	}
+	who, hostCred, cur := rotationSubjects(t, s)
 	drop := &dropRule{match: []byte(`"retires":`)}
 	nc, err := nats.Connect(s.v.ClientURL(), append(credentialOptions(auth, hostCred.ID), nats.SetCustomDialer(&dropDialer{drop}))...)
 	if err != nil {

@@ -298,23 +298,7 @@ func strayAndRestart(t *testing.T, s *stack, workload string) string {
 func TestRotationWithLostReplies(t *testing.T) {
 	s := newStack(t)
 	auth := s.ag.Authenticator()
-	who, err := client.New(s.socket).WhoAmI(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds, err := auth.Credentials()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var hostCred, cur *agent.Credential
-	for _, c := range creds {
-		switch {
-		case c.Name == "tpmauthn-agent":
-			hostCred = c
-		case c.IDString() == who.CredentialID:
-			cur = c
-		}
-	}
+	who, hostCred, cur := rotationSubjects(t, s)
 	nc, err := nats.Connect(s.v.ClientURL(), credentialOptions(auth, hostCred.ID)...)
 	if err != nil {
 		t.Fatal(err)
@@ -350,4 +334,32 @@ func TestRotationWithLostReplies(t *testing.T) {
 	if ok == 0 || failed == 0 {
 		t.Fatalf("%d done, %d cut off: the deadlines missed the window they test", ok, failed)
 	}
+}
+
+// rotationSubjects is the stack's workload (as the socket names it), the
+// host's own credential (the agent's connection to the verifier) and the
+// workload's current credential.
+func rotationSubjects(t *testing.T, s *stack) (*client.WhoAmI, *agent.Credential, *agent.Credential) {
+	t.Helper()
+	who, err := client.New(s.socket).WhoAmI(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := s.ag.Authenticator().Credentials()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hostCred, cur *agent.Credential
+	for _, c := range creds {
+		switch {
+		case c.Name == "tpmauthn-agent":
+			hostCred = c
+		case c.IDString() == who.CredentialID:
+			cur = c
+		}
+	}
+	if hostCred == nil || cur == nil {
+		t.Fatalf("the agent holds no host credential or none for %s", who.CredentialID)
+	}
+	return who, hostCred, cur
 }

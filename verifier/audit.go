@@ -249,7 +249,7 @@ func (v *Verifier) recordNow(ctx context.Context, e Event) {
 		w.Store(true)
 		return
 	}
-	v.waitAudit(e.Kind)
+	v.waitAudit("kind", e.Kind)
 }
 
 // auditWaitKey marks a request's context: the handler waits for the audit
@@ -257,18 +257,36 @@ func (v *Verifier) recordNow(ctx context.Context, e Event) {
 type auditWaitKey struct{}
 
 // waitAudit waits until everything recorded so far is appended, at most
-// auditWait.
-func (v *Verifier) waitAudit(kind string) {
-	if !v.audit.flushWithin(auditWait) {
-		v.log.Warn("audit event not appended within "+auditWait.String()+" (if it is still queued, it is appended when JetStream answers; a failed append is logged)", "kind", kind)
+// auditWait in all. At most Workers wait at once (each wait queues a flush
+// marker, and a wait that times out leaves it queued): while JetStream is
+// stalled, requests cannot fill the audit queue with markers.
+func (v *Verifier) waitAudit(what, name string) {
+	timer := time.NewTimer(auditWait)
+	defer timer.Stop()
+	deadline := time.Now().Add(auditWait)
+	select {
+	case v.auditWaiters <- struct{}{}:
+		defer func() { <-v.auditWaiters }()
+		if left := time.Until(deadline); left > 0 && v.audit.flushWithin(left) {
+			return
+		}
+	case <-timer.C:
 	}
+	v.log.Warn("audit event not appended within "+auditWait.String()+" (if it is still queued, it is appended when JetStream answers; a failed append is logged)", what, name)
 }
+
+// closeWait bounds how long closing waits for what is queued: a stream that
+// refuses appends (full, or JetStream away) must not hang a shutdown. (A
+// variable for tests.)
+var closeWait = 10 * time.Second
 
 func (a *auditLog) close() {
 	if a == nil {
 		return
 	}
-	a.flush()
+	if !a.flushWithin(closeWait) {
+		a.log.Error("audit: closing with events not appended", "queued", len(a.ch)+int(a.collecting.Load()))
+	}
 	close(a.done)
 }
 
@@ -294,6 +312,7 @@ func (a *auditLog) run() {
 	batch := make([]Event, 0, maxAuditBatch)
 	linger := time.NewTimer(auditLinger)
 	linger.Stop()
+	failed := false // an append failed since the last flush marker
 	for {
 		var it *auditItem
 		select {
@@ -320,16 +339,15 @@ func (a *auditLog) run() {
 			}
 		}
 		linger.Stop()
-		ok := true
 		if len(batch) > 0 {
 			if err := a.appendBatch(batch); err != nil {
-				ok = false
+				failed = true
 				a.log.Error("audit append failed", "events", len(batch), "first_kind", batch[0].Kind, "error", err)
 			}
 			a.collecting.Add(-int64(len(batch)))
 		}
 		if it != nil {
-			it.ok = ok
+			it.ok, failed = !failed, false
 			close(it.flushed)
 		}
 	}

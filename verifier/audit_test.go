@@ -398,6 +398,40 @@ func TestAuditFlushReportsAFailedAppend(t *testing.T) {
 	if a.flushWithin(5 * time.Second) {
 		t.Fatal("flush reported success for an event whose append failed")
 	}
+	// The same when the failed append was done before the flush was asked
+	// for (its marker then ends an empty batch).
+	a.record(Event{Kind: "token.create", Result: "ok", Actor: "operator"})
+	time.Sleep(50 * time.Millisecond) // > auditLinger: the batch is appended (and fails) alone
+	if a.flushWithin(5 * time.Second) {
+		t.Fatal("flush reported success after an earlier failed append")
+	}
+}
+
+// Closing does not hang on a stream that refuses appends: it waits
+// closeWait, says what is lost, and returns.
+func TestAuditCloseOnAFullStream(t *testing.T) {
+	defer func(d time.Duration) { closeWait = d }(closeWait)
+	closeWait = 300 * time.Millisecond
+	v := startLocal(t)
+	v.audit.record(Event{Kind: "connect", Result: "allow"})
+	v.FlushAudit()
+	info, err := v.audit.stream.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := info.Config
+	cfg.MaxMsgs = int64(info.State.Msgs) // full: DiscardNew refuses the next
+	if _, err := v.st.js.UpdateStream(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	v.audit.record(Event{Kind: "token.create", Result: "ok", Actor: "operator"})
+	done := make(chan struct{})
+	go func() { v.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close hangs on an audit stream that refuses appends")
+	}
 }
 
 // An operator action waits for its audit event (at most auditWait) after

@@ -36,6 +36,11 @@ func (v *Verifier) connectSys(url string) error {
 // that holds it ($SYS.REQ.SERVER.<id>.KICK). A session already gone is not
 // an error.
 func (v *Verifier) kick(c *Credential) int {
+	select {
+	case <-v.done: // shutting down: the system connection is drained; other instances kick
+		return 0
+	default:
+	}
 	now := time.Now()
 	n := 0
 	for _, s := range c.Sessions {

@@ -11,7 +11,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Bucket names. History 5 keeps a short trail of each record's versions.
+// Bucket names. Rarely written buckets keep five revisions a key, a short
+// trail of each record's versions; the credentials bucket keeps one (see
+// openStore).
 const (
 	bucketHosts      = "tpmauthn_hosts"
 	bucketCreds      = "tpmauthn_credentials"

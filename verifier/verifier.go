@@ -36,17 +36,19 @@ type Verifier struct {
 	ekTrust *attestation.EKTrust
 	rp      *attestation.RelyingParty
 
-	srv    *server.Server // embedded, or nil
-	nc     *nats.Conn
-	sysNC  *nats.Conn // system account: kicks
-	xbox   *xkeyBox   // seals callout traffic to the servers' xkeys
-	audit  *auditLog
-	st     *store
-	svcs   []micro.Service
-	sem    chan struct{} // bounds concurrent requests
-	served atomic.Uint64 // requests answered (endpoints and callouts)
-	shed   atomic.Uint64 // callout requests dropped unanswered (too old)
-	done   chan struct{} // closed by Close: stops the callout workers
+	srv   *server.Server // embedded, or nil
+	nc    *nats.Conn
+	sysNC *nats.Conn // system account: kicks
+	xbox  *xkeyBox   // seals callout traffic to the servers' xkeys
+	audit *auditLog
+	st    *store
+	svcs  []micro.Service
+	sem   chan struct{} // bounds concurrent requests
+	// auditWaiters bounds the requests waiting for the audit trail.
+	auditWaiters chan struct{}
+	served       atomic.Uint64 // requests answered (endpoints and callouts)
+	shed         atomic.Uint64 // callout requests dropped unanswered (too old)
+	done         chan struct{} // closed by Close: stops the callout workers
 
 	policy    *policySource
 	pubKeys   keyCache
@@ -83,7 +85,7 @@ func New(cfg Config) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &Verifier{cfg: cfg, keys: keys, xbox: xbox, log: cfg.Logger, sem: make(chan struct{}, cfg.Workers), metrics: newMetrics(), done: make(chan struct{})}
+	v := &Verifier{cfg: cfg, keys: keys, xbox: xbox, log: cfg.Logger, sem: make(chan struct{}, cfg.Workers), auditWaiters: make(chan struct{}, cfg.Workers), metrics: newMetrics(), done: make(chan struct{})}
 	if len(created) > 0 {
 		v.log.Info("created key material", "data_dir", cfg.DataDir, "files", created)
 	}
@@ -267,8 +269,8 @@ func drained(nc *nats.Conn) {
 	if nc == nil || nc.Drain() != nil {
 		return
 	}
-	for i := 0; i < 100 && !nc.IsClosed(); i++ {
-		time.Sleep(50 * time.Millisecond)
+	for i := 0; i < 1000 && !nc.IsClosed(); i++ {
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -394,7 +396,7 @@ func (v *Verifier) handler(subj string, h func(context.Context, []byte) (any, er
 			resp, err := h(ctx, data)
 			<-v.sem
 			if audited.Load() {
-				v.waitAudit(subj)
+				v.waitAudit("subject", subj)
 			}
 			v.respond(reply, subj, resp, err, time.Since(start))
 		}()

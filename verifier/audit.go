@@ -99,15 +99,18 @@ func (e *Event) validUTF8() {
 	}
 }
 
-func (e *Event) digest() (string, error) {
+// unsealed is the event's encoding with hash and sig empty: what its hash
+// is over.
+func (e *Event) unsealed() ([]byte, error) {
 	c := *e
 	c.Hash, c.Sig = "", ""
-	b, err := json.Marshal(&c)
-	if err != nil {
-		return "", err
-	}
-	h := sha256.Sum256(b)
-	return hex.EncodeToString(h[:]), nil
+	return json.Marshal(&c)
+}
+
+// hashOf is the hex SHA-256 of an event's unsealed encoding.
+func hashOf(unsealed []byte) string {
+	h := sha256.Sum256(unsealed)
+	return hex.EncodeToString(h[:])
 }
 
 // auditLog appends events in one goroutine so that decisions do not wait for
@@ -370,12 +373,11 @@ func (a *auditLog) chain(evs []Event) ([]byte, string, error) {
 		seq++
 		e.Seq, e.Prev, e.Hash, e.Sig = seq, prev, "", ""
 		e.validUTF8()
-		b, err := json.Marshal(e)
+		b, err := json.Marshal(e) // hash and sig are empty: the unsealed encoding
 		if err != nil {
 			return nil, "", err
 		}
-		sum := sha256.Sum256(b)
-		h := hex.EncodeToString(sum[:])
+		h := hashOf(b)
 		if i == len(evs)-1 {
 			sig, err := a.key.Sign([]byte(h))
 			if err != nil {
@@ -559,8 +561,8 @@ func VerifyChain(events [][]byte, issuerKey string, firstPrev string) (int, erro
 		if e.Prev != prev {
 			return signed, &ChainError{Seq: e.Seq, Reason: "does not follow the event before (prev hash mismatch)"}
 		}
-		h, err := e.digest()
-		if err != nil || h != e.Hash {
+		unsealed, err := e.unsealed()
+		if err != nil || hashOf(unsealed) != e.Hash {
 			if unknownFields(raw) {
 				return signed, &ChainError{Seq: e.Seq, Reason: "has fields this version does not know (written by a newer verifier?): verify it with a tpmauthnctl as new as the verifier"}
 			}
@@ -570,7 +572,7 @@ func VerifyChain(events [][]byte, issuerKey string, firstPrev string) (int, erro
 		// exactly its encoding: a duplicate or re-cased key ("Result"
 		// beside "result") would otherwise show one thing to jq or a SIEM
 		// and hash as another.
-		if canon, err := json.Marshal(&e); err != nil || !bytes.Equal(canon, raw) {
+		if !bytes.Equal(appendSealed(nil, unsealed, &e), raw) { // the writer's encoding of it
 			return signed, &ChainError{Seq: e.Seq, Reason: "is not byte for byte the event its hash covers (duplicate, re-cased or re-spaced keys: edited)"}
 		}
 		prev, lastSeq = e.Hash, e.Seq

@@ -506,3 +506,12 @@ func (fakeRequest) Data() []byte                                            { re
 func (fakeRequest) Headers() micro.Headers                                  { return nil }
 func (fakeRequest) Subject() string                                         { return "test" }
 func (r fakeRequest) Reply() string                                         { return r.reply }
+
+// digest is the hash an event should carry (what a forger recomputes).
+func (e *Event) digest() (string, error) {
+	b, err := e.unsealed()
+	if err != nil {
+		return "", err
+	}
+	return hashOf(b), nil
+}

@@ -251,17 +251,6 @@ func (v *Verifier) MetricsAddr() string {
 	return v.metricsSrv.Addr()
 }
 
-// waitDrained waits until the connection finished draining (handlers in
-// flight have answered), at most a few seconds.
-func (v *Verifier) waitDrained() {
-	if v.nc == nil {
-		return
-	}
-	for i := 0; i < 100 && v.nc.IsDraining(); i++ {
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // drained drains nc (its handlers finish what they were given; no more
 // messages are delivered) and waits for that, at most 5 s. nats.go closes a
 // connection once its drain completes.
@@ -313,10 +302,7 @@ func (v *Verifier) Close() {
 		drained(v.sysNC)
 		// Append what is queued while the connection is still open.
 		v.audit.close()
-		if v.nc != nil {
-			_ = v.nc.Drain()
-		}
-		v.waitDrained()
+		drained(v.nc)
 		if v.sysNC != nil {
 			v.sysNC.Close()
 		}

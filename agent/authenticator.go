@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/tpmauthn/tpmauthn/agent/tpm"
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
 )
 
@@ -179,7 +180,7 @@ type RegisterOptions struct {
 
 // Register creates a TPM credential key, has the AK certify it and returns a
 // standard registration response (attestation format "tpm").
-func (a *Authenticator) Register(o RegisterOptions) (*attestation.RegistrationResponse, *Credential, error) {
+func (a *Authenticator) Register(o RegisterOptions) (*api.RegistrationResponse, *Credential, error) {
 	if len(o.Challenge) < 16 {
 		return nil, nil, fmt.Errorf("register: challenge is %d bytes, WebAuthn requires at least 16", len(o.Challenge))
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/fxamacker/cbor/v2"
 	"github.com/tpmauthn/tpmauthn/agent"
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
 )
@@ -161,9 +162,9 @@ func TestRegistrationRejects(t *testing.T) {
 	}
 }
 
-func decodeRegistration(t *testing.T, js []byte) (*attestation.RegistrationResponse, map[string]any) {
+func decodeRegistration(t *testing.T, js []byte) (*api.RegistrationResponse, map[string]any) {
 	t.Helper()
-	var resp attestation.RegistrationResponse
+	var resp api.RegistrationResponse
 	if err := json.Unmarshal(js, &resp); err != nil {
 		t.Fatal(err)
 	}
@@ -323,16 +324,16 @@ func TestAssertionRejects(t *testing.T) {
 	})
 }
 
-func decodeAssertion(t *testing.T, js []byte) *attestation.AssertionResponse {
+func decodeAssertion(t *testing.T, js []byte) *api.AssertionResponse {
 	t.Helper()
-	var a attestation.AssertionResponse
+	var a api.AssertionResponse
 	if err := json.Unmarshal(js, &a); err != nil {
 		t.Fatal(err)
 	}
 	return &a
 }
 
-func assertionFieldPtr(a *attestation.AssertionResponse, field string) *string {
+func assertionFieldPtr(a *api.AssertionResponse, field string) *string {
 	switch field {
 	case "authenticatorData":
 		return &a.Response.AuthenticatorData

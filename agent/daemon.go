@@ -12,11 +12,13 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/tpmauthn/tpmauthn/agent/tpm"
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/internal/promserve"
 )
@@ -100,8 +102,18 @@ type Agent struct {
 	srv   *http.Server
 	ln    net.Listener
 
-	stopRotation context.CancelFunc
-	rotationCtx  context.Context // lives until Close: rotations and scheduled deletions
+	// ctx is the agent's own run context, from Start until Close: the
+	// rotation loop, scheduled deletions and the NATS signer live on it, not
+	// on a caller's context. Close cancels it, then waits for wg, which
+	// counts every goroutine the agent starts (the TPM queue owns its worker).
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	started atomic.Bool
+	closed  atomic.Bool
+
+	closeOnce sync.Once
+	closeErr  error
 
 	metrics    *agentMetrics
 	metricsSrv *promserve.Server
@@ -133,8 +145,22 @@ func (a *Agent) Run(ctx context.Context) error {
 	return a.Close()
 }
 
-// Start does what Run does and returns once the socket serves.
-func (a *Agent) Start(ctx context.Context) error {
+// Start does what Run does and returns once the socket serves. ctx bounds
+// the start (enrollment, registrations); what runs afterwards lives until
+// Close, whatever becomes of ctx. Start may be called once; if it fails, it
+// has closed the agent, and a further Close is harmless.
+func (a *Agent) Start(ctx context.Context) (err error) {
+	if a.closed.Load() || !a.started.CompareAndSwap(false, true) {
+		return errors.New("agent: Start may be called once, before Close")
+	}
+	// Keeps ctx's values, not its cancellation: a caller's start deadline
+	// must not stop an agent that serves.
+	a.ctx, a.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	defer func() {
+		if err != nil {
+			_ = a.Close()
+		}
+	}()
 	tp, err := tpm.Open(a.cfg.TPM)
 	if err != nil {
 		return err
@@ -145,55 +171,71 @@ func (a *Agent) Start(ctx context.Context) error {
 		a.log.Warn("flushed transient TPM objects left by an earlier process", "count", n)
 	}
 	if a.auth, err = NewAuthenticator(tp, a.cfg.DataDir); err != nil {
-		_ = tp.Close()
 		return err
 	}
-	go a.queue.run(context.WithoutCancel(ctx))
+	a.queue.start()
 	if err := a.ensureEnrolled(ctx); err != nil {
-		_ = a.Close()
 		return err
 	}
 	if err := a.ensureCredentials(ctx); err != nil {
-		_ = a.Close()
 		return err
 	}
 	if err := a.serve(); err != nil {
-		_ = a.Close()
 		return err
 	}
 	if a.cfg.MetricsListen != "" {
 		srv, err := promserve.Start(a.cfg.MetricsListen, a.metrics.reg)
 		if err != nil {
-			_ = a.Close()
 			return err
 		}
 		a.metricsSrv = srv
 	}
-	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	a.stopRotation, a.rotationCtx = cancel, rctx
-	if err := a.retireReplaced(rctx); err != nil {
+	if err := a.retireReplaced(); err != nil {
 		a.log.Warn("cannot list credentials to delete retired ones", "error", err)
 	}
-	go a.rotateLoop(rctx)
+	a.wg.Go(func() { a.rotateLoop(a.ctx) })
 	if a.cfg.Ready != nil {
 		a.cfg.Ready()
 	}
 	return nil
 }
 
-// Close stops serving and closes the TPM.
+// Close stops the agent and waits for everything it started: it stops
+// serving (requests in flight get 5 s), the rotation loop and the scheduled
+// deletions, waits for the TPM job in flight, then closes the NATS session
+// and the TPM. A rotation step that must not be cut short (a NATS connect,
+// the wait for register.finish's reply) can hold it for up to 20 s, which
+// is less harm than a half-done rotation. It is idempotent and safe after a
+// failed Start, or none;
+// every call returns the first one's result. It must not run concurrently
+// with Start.
 func (a *Agent) Close() error {
+	a.closeOnce.Do(func() { a.closeErr = a.close() })
+	return a.closeErr
+}
+
+func (a *Agent) close() error {
+	a.closed.Store(true)
 	var errs []error
-	if a.stopRotation != nil {
-		a.stopRotation()
+	if a.cancel != nil {
+		// First, so that a rotation stops early and a NATS handshake signed
+		// from now on is refused instead of queued for the TPM.
+		a.cancel()
 	}
 	a.metricsSrv.Stop()
 	if a.srv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		errs = append(errs, a.srv.Shutdown(sctx))
+		if err := a.srv.Shutdown(sctx); err != nil {
+			// Requests still running after the grace period: drop their
+			// connections. The queue's close below answers their TPM jobs.
+			errs = append(errs, fmt.Errorf("stop serving: %w", err), a.srv.Close())
+		}
 		cancel()
 	}
-	a.queue.shutdown()
+	// Before the queue closes and the TPM with it: a rotation in flight
+	// uses both.
+	a.wg.Wait()
+	a.queue.close()
 	a.ncMu.Lock()
 	if a.nc != nil {
 		a.nc.Close()
@@ -215,7 +257,7 @@ func (a *Agent) ensureEnrolled(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for e.Status == attestation.HostPending {
+	for e.Status == api.HostPending {
 		a.log.Info("waiting for an operator to approve this host", "host", e.HostID, "hint", "tpmauthnctl host approve "+e.HostID)
 		select {
 		case <-ctx.Done():
@@ -226,7 +268,7 @@ func (a *Agent) ensureEnrolled(ctx context.Context) error {
 			return err
 		}
 	}
-	if e.Status != attestation.HostActive {
+	if e.Status != api.HostActive {
 		return fmt.Errorf("host %s is %s at the verifier", e.HostID, e.Status)
 	}
 	if a.cfg.RPID != "" && e.RPID != a.cfg.RPID {
@@ -260,7 +302,7 @@ func (a *Agent) readToken() (string, error) {
 func (a *Agent) withEnrollSession(f func(*nats.Conn) (*Enrollment, error)) (*Enrollment, error) {
 	var opt nats.Option
 	if e, err := a.auth.Enrollment(); err == nil {
-		opt = nats.UserInfo(attestation.HostUserPrefix+e.HostID, b64url(e.Proof))
+		opt = nats.UserInfo(api.HostUserPrefix+e.HostID, b64url(e.Proof))
 	} else {
 		token, err := a.readToken()
 		if err != nil {
@@ -288,7 +330,7 @@ func (a *Agent) enrollWithToken(ctx context.Context) (*Enrollment, error) {
 			return nil, err
 		}
 		a.log.Info("enrolled", "host", e.HostID, "status", e.Status)
-		if e.Status == attestation.HostActive {
+		if e.Status == api.HostActive {
 			// Register the host credential while the enrollment session
 			// lasts: it is how the agent reaches the verifier afterwards.
 			if _, err := a.auth.RegisterWithVerifier(ctx, nc, agentWorkload); err != nil {
@@ -407,7 +449,10 @@ func (a *Agent) connectAs(hc *Credential) (*nats.Conn, error) {
 	a.mu.Unlock()
 	return nats.Connect(a.cfg.NATSURL, nats.Name("tpmauthn-agent"),
 		nats.Nkey(hc.NKey(), func(nonce []byte) ([]byte, error) {
-			ctx, cancel := context.WithTimeout(context.Background(), a.cfg.RequestTimeout)
+			// The agent's context: nats.go calls this from its reconnect
+			// goroutine too, and after Close begins that must not wait for
+			// the TPM.
+			ctx, cancel := context.WithTimeout(a.ctx, a.cfg.RequestTimeout)
 			defer cancel()
 			a.mu.Lock()
 			cur := a.creds[agentWorkload] // the current one, after rotations too
@@ -471,7 +516,8 @@ func (a *Agent) serve() error {
 		}
 		// Every local user may ask; the peer credentials decide who gets what.
 		if err := os.Chmod(a.cfg.Socket, 0o666); err != nil {
-			return err
+			_ = ln.Close()
+			return fmt.Errorf("socket permissions: %w", err)
 		}
 	}
 	a.ln = ln
@@ -480,11 +526,11 @@ func (a *Agent) serve() error {
 		ReadHeaderTimeout: 5 * time.Second,
 		ConnContext:       a.connContext,
 	}
-	go func() {
+	a.wg.Go(func() {
 		if err := a.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			a.log.Error("socket server stopped", "error", err)
 		}
-	}()
+	})
 	a.log.Info("serving workloads", "socket", ln.Addr().String(), "workloads", len(a.cfg.Workloads))
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-attestation/attest"
 	"github.com/nats-io/nats.go"
 
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
 )
 
@@ -20,10 +21,10 @@ const enrollmentFile = "enrollment.json"
 
 // Enrollment is what the agent keeps of its enrollment.
 type Enrollment struct {
-	HostID string `json:"host_id"`
-	Status string `json:"status"`
-	RPID   string `json:"rp_id"`
-	Origin string `json:"origin"`
+	HostID string         `json:"host_id"`
+	Status api.HostStatus `json:"status"`
+	RPID   string         `json:"rp_id"`
+	Origin string         `json:"origin"`
 	// Proof is the activation secret: it proves to the verifier, while the
 	// host waits for approval, that the asker is the TPM that enrolled.
 	Proof []byte `json:"proof"`
@@ -61,7 +62,7 @@ func call(ctx context.Context, nc *nats.Conn, subject string, req, resp any) err
 }
 
 // Enroll enrolls this host with the verifier over nc (an enrollment session:
-// see attestation.EKUserPrefix and join tokens). token may be empty for an
+// see api.EKUserPrefix and join tokens). token may be empty for an
 // allow-listed EK. An active result carries the AK certificate, which is
 // stored; a pending one waits for an operator (see CheckEnrollment).
 func (a *Authenticator) Enroll(ctx context.Context, nc *nats.Conn, token, hostname string) (*Enrollment, error) {
@@ -79,24 +80,24 @@ func (a *Authenticator) Enroll(ctx context.Context, nc *nats.Conn, token, hostna
 	}
 	p := ak.AttestationParameters()
 	info := a.tpm.Info()
-	req := attestation.EnrollBeginRequest{
+	req := api.EnrollBeginRequest{
 		Token: token, Hostname: hostname, EKPublic: ekDER,
-		AK:  attestation.AKParams{Public: p.Public, CreateData: p.CreateData, CreateAttestation: p.CreateAttestation, CreateSignature: p.CreateSignature},
-		TPM: attestation.TPMInfo{Manufacturer: info.Manufacturer, VendorString: info.VendorString, FirmwareVersion1: info.FirmwareVersion1},
+		AK:  api.AKParams{Public: p.Public, CreateData: p.CreateData, CreateAttestation: p.CreateAttestation, CreateSignature: p.CreateSignature},
+		TPM: api.TPMInfo{Manufacturer: info.Manufacturer, VendorString: info.VendorString, FirmwareVersion1: info.FirmwareVersion1},
 	}
 	if ek.Certificate != nil {
 		req.EKCert = ek.Certificate.Raw
 	}
-	var begin attestation.EnrollBeginResponse
-	if err := call(ctx, nc, attestation.SubjectEnrollBegin, &req, &begin); err != nil {
+	var begin api.EnrollBeginResponse
+	if err := call(ctx, nc, api.SubjectEnrollBegin, &req, &begin); err != nil {
 		return nil, err
 	}
 	secret, err := a.tpm.ActivateCredential(ak, attest.EncryptedCredential{Credential: begin.Credential, Secret: begin.Secret})
 	if err != nil {
 		return nil, err
 	}
-	var res attestation.EnrollResult
-	if err := call(ctx, nc, attestation.SubjectEnrollFinish, &attestation.EnrollFinishRequest{Session: begin.Session, Secret: secret}, &res); err != nil {
+	var res api.EnrollResult
+	if err := call(ctx, nc, api.SubjectEnrollFinish, &api.EnrollFinishRequest{Session: begin.Session, Secret: secret}, &res); err != nil {
 		return nil, err
 	}
 	e := &Enrollment{HostID: res.HostID, Status: res.Status, RPID: res.RPID, Origin: res.Origin, Proof: secret}
@@ -110,8 +111,8 @@ func (a *Authenticator) CheckEnrollment(ctx context.Context, nc *nats.Conn) (*En
 	if err != nil {
 		return nil, err
 	}
-	var res attestation.EnrollResult
-	if err := call(ctx, nc, attestation.SubjectEnrollStatus, &attestation.EnrollStatusRequest{HostID: e.HostID, Proof: e.Proof}, &res); err != nil {
+	var res api.EnrollResult
+	if err := call(ctx, nc, api.SubjectEnrollStatus, &api.EnrollStatusRequest{HostID: e.HostID, Proof: e.Proof}, &res); err != nil {
 		return nil, err
 	}
 	e.Status = res.Status
@@ -146,16 +147,16 @@ func (a *Authenticator) RegisterWithVerifier(ctx context.Context, nc *nats.Conn,
 	if err != nil {
 		return nil, err
 	}
-	var begin attestation.RegisterBeginResponse
-	if err := call(ctx, nc, attestation.SubjectRegisterBegin, &attestation.RegisterBeginRequest{HostID: e.HostID, Workload: workload}, &begin); err != nil {
+	var begin api.RegisterBeginResponse
+	if err := call(ctx, nc, api.SubjectRegisterBegin, &api.RegisterBeginRequest{HostID: e.HostID, Workload: workload}, &begin); err != nil {
 		return nil, err
 	}
 	resp, cred, err := a.Register(RegisterOptions{Name: workload, RPID: begin.RPID, Origin: begin.Origin, Challenge: begin.Challenge, UserHandle: begin.UserHandle})
 	if err != nil {
 		return nil, err
 	}
-	var fin attestation.RegisterFinishResponse
-	if err := call(ctx, nc, attestation.SubjectRegisterFinish, &attestation.RegisterFinishRequest{
+	var fin api.RegisterFinishResponse
+	if err := call(ctx, nc, api.SubjectRegisterFinish, &api.RegisterFinishRequest{
 		HostID: e.HostID, Workload: workload, Challenge: begin.Challenge, Response: resp,
 	}, &fin); err != nil {
 		_ = a.DeleteCredential(cred.ID)
@@ -174,8 +175,8 @@ func (a *Authenticator) RotateWithVerifier(ctx context.Context, nc *nats.Conn, o
 	if err != nil {
 		return nil, time.Time{}, err
 	}
-	var begin attestation.RegisterBeginResponse
-	if err := call(ctx, nc, attestation.SubjectRegisterBegin, &attestation.RegisterBeginRequest{
+	var begin api.RegisterBeginResponse
+	if err := call(ctx, nc, api.SubjectRegisterBegin, &api.RegisterBeginRequest{
 		HostID: e.HostID, Workload: old.Name, RotateFrom: old.IDString(),
 	}, &begin); err != nil {
 		return nil, time.Time{}, err
@@ -200,8 +201,8 @@ func (a *Authenticator) RotateWithVerifier(ctx context.Context, nc *nats.Conn, o
 	// (10 s) whatever the caller's deadline.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 	defer cancel()
-	var fin attestation.RegisterFinishResponse
-	if err := call(fctx, nc, attestation.SubjectRegisterFinish, &attestation.RegisterFinishRequest{
+	var fin api.RegisterFinishResponse
+	if err := call(fctx, nc, api.SubjectRegisterFinish, &api.RegisterFinishRequest{
 		HostID: e.HostID, Workload: old.Name, Challenge: begin.Challenge, Response: resp, RotationProof: proof.JSON(),
 	}, &fin); err != nil {
 		// The reply may be what was lost: if the verifier did register the
@@ -222,9 +223,9 @@ const finishTimeout = 15 * time.Second
 
 // credentialStates asks the verifier for the current credential of each of
 // a host's workloads.
-func credentialStates(ctx context.Context, nc *nats.Conn, host string) ([]attestation.CredentialState, error) {
-	var states []attestation.CredentialState
-	err := call(ctx, nc, attestation.SubjectCredentialStatus, &attestation.CredentialStatusRequest{HostID: host}, &states)
+func credentialStates(ctx context.Context, nc *nats.Conn, host string) ([]api.CredentialState, error) {
+	var states []api.CredentialState
+	err := call(ctx, nc, api.SubjectCredentialStatus, &api.CredentialStatusRequest{HostID: host}, &states)
 	return states, err
 }
 

@@ -16,16 +16,26 @@ var (
 	ErrDeadline = errors.New("agent: deadline passed while waiting for the TPM")
 )
 
+// errShuttingDown answers jobs the queue will not run because it is closing.
+var errShuttingDown = errors.New("agent: shutting down")
+
 // tpmQueue is the one queue in front of the TPM. Each workload has its own
 // FIFO and the worker serves the workloads round-robin, so one busy workload
 // cannot starve another. A job whose deadline passed is refused, not run.
+//
+// The queue owns its worker: start launches it and close stops it and waits
+// for it, so that nothing runs on the TPM once close returns and the TPM can
+// be closed after it.
 type tpmQueue struct {
 	mu      sync.Mutex
 	wake    chan struct{}
+	stop    chan struct{} // closed by close: the worker returns
+	done    chan struct{} // closed by the worker as it returns
 	fifos   map[string][]*job
 	ring    []string // workloads with waiting jobs, in service order
 	perLoad int
 	depth   int
+	started bool
 	closed  bool
 }
 
@@ -36,7 +46,22 @@ type job struct {
 }
 
 func newTPMQueue(perWorkload int) *tpmQueue {
-	return &tpmQueue{wake: make(chan struct{}, 1), fifos: map[string][]*job{}, perLoad: perWorkload}
+	return &tpmQueue{
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+		fifos: map[string][]*job{}, perLoad: perWorkload,
+	}
+}
+
+// start launches the worker; close stops it. It does nothing on a queue
+// already started or closed.
+func (q *tpmQueue) start() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.started || q.closed {
+		return
+	}
+	q.started = true
+	go q.run()
 }
 
 // Do runs fn on the TPM worker for workload, waiting at most until ctx ends.
@@ -45,7 +70,7 @@ func (q *tpmQueue) Do(ctx context.Context, workload string, fn func() error) err
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
-		return errors.New("agent: shutting down")
+		return errShuttingDown
 	}
 	if len(q.fifos[workload]) >= q.perLoad {
 		q.mu.Unlock()
@@ -61,7 +86,7 @@ func (q *tpmQueue) Do(ctx context.Context, workload string, fn func() error) err
 	case q.wake <- struct{}{}:
 	default:
 	}
-	return <-j.done // the worker answers every job, expired ones with ErrDeadline
+	return <-j.done // the worker or close answers every job, expired ones with ErrDeadline
 }
 
 // Depth is the number of jobs waiting.
@@ -92,14 +117,20 @@ func (q *tpmQueue) next() *job {
 	return j
 }
 
-// run serves jobs until ctx ends, then refuses what is left.
-func (q *tpmQueue) run(ctx context.Context) {
+// run serves jobs until close. It looks for the stop signal before each job,
+// so close waits for at most the job in flight, not for the whole backlog.
+func (q *tpmQueue) run() {
+	defer close(q.done)
 	for {
+		select {
+		case <-q.stop:
+			return
+		default:
+		}
 		j := q.next()
 		if j == nil {
 			select {
-			case <-ctx.Done():
-				q.shutdown()
+			case <-q.stop:
 				return
 			case <-q.wake:
 				continue
@@ -113,11 +144,22 @@ func (q *tpmQueue) run(ctx context.Context) {
 	}
 }
 
-func (q *tpmQueue) shutdown() {
+// close refuses new jobs, stops the worker, waits for the job it is running,
+// and answers every job still waiting with errShuttingDown. It is idempotent
+// and safe on a queue that was never started.
+func (q *tpmQueue) close() {
 	q.mu.Lock()
+	first := !q.closed
 	q.closed = true
+	started := q.started
 	q.mu.Unlock()
+	if first {
+		close(q.stop)
+	}
+	if started {
+		<-q.done
+	}
 	for j := q.next(); j != nil; j = q.next() {
-		j.done <- errors.New("agent: shutting down")
+		j.done <- errShuttingDown
 	}
 }

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/api"
 )
 
 // rotateLoop asks the verifier, every RotationCheck, which credentials must
@@ -20,6 +20,11 @@ func (a *Agent) rotateLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			if ctx.Err() != nil {
+				// Both were ready and select chose the tick: Close has
+				// begun, and would wait for the check.
+				return
+			}
 			if err := a.checkRotations(ctx); err != nil {
 				a.log.Warn("rotation check failed", "error", err)
 			}
@@ -39,7 +44,7 @@ const rotateTimeout = 30 * time.Second
 // credentials. A crash or a lost reply in the middle of a rotation leaves
 // either a new credential the verifier never registered (picked as newest
 // at the next start, and refused) or an old one nobody marked for deletion.
-func (a *Agent) reconcile(states []attestation.CredentialState) {
+func (a *Agent) reconcile(states []api.CredentialState) {
 	local, err := a.auth.Credentials()
 	if err != nil {
 		a.log.Warn("reconcile credentials: list", "error", err)
@@ -137,55 +142,63 @@ func (a *Agent) rotate(ctx context.Context, workload, id string) error {
 	if err := a.auth.MarkRetiring(old.ID, retires); err != nil {
 		a.log.Warn("the replaced credential will not be deleted if the agent restarts before it retires", "error", err)
 	}
-	a.deleteWhenRetired(a.rotationCtx, workload, old.ID, retires)
+	a.deleteWhenRetired(workload, old.ID, retires)
 	return nil
 }
 
 // deleteWhenRetired deletes a replaced credential's key blob (and flushes its
 // handle) a second after the verifier stops accepting it, unless the agent
-// stops first: the next start picks it up again (retireReplaced).
-func (a *Agent) deleteWhenRetired(ctx context.Context, workload string, id []byte, retires time.Time) {
-	// Clamped: a far-future time would overflow the duration and fire at
-	// once; a daily look is enough for one that far.
-	wait := min(max(time.Until(retires)+time.Second, 0), 24*time.Hour)
-	go func() {
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+// stops first: the next start picks it up again (retireReplaced). The wait
+// runs on the agent's context, not the rotation's, and Close waits for it.
+func (a *Agent) deleteWhenRetired(workload string, id []byte, retires time.Time) {
+	a.wg.Go(func() {
+		for {
+			// Clamped: a far-future time would overflow the duration and
+			// fire at once; a daily look is enough for one that far.
+			wait := min(max(time.Until(retires)+time.Second, 0), 24*time.Hour)
+			t := time.NewTimer(wait)
+			select {
+			case <-a.ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			if !time.Now().Before(retires) {
+				break
+			}
 		}
-		if time.Now().Before(retires) {
-			a.deleteWhenRetired(ctx, workload, id, retires)
-			return
-		}
-		a.mu.Lock()
-		cur := a.creds[workload]
-		a.mu.Unlock()
-		if cur != nil && string(cur.ID) == string(id) {
-			a.log.Error("the credential this workload signs with has retired: it is kept, and the verifier refuses it; revoke it and restart the agent to register a new one",
-				"workload", workload, "credential", b64url(id))
-			return
-		}
-		if err := a.auth.DeleteCredential(id); err != nil {
-			a.log.Warn("delete retired credential", "credential", b64url(id), "error", err)
-			return
-		}
-		a.log.Info("retired credential deleted", "credential", b64url(id))
-	}()
+		a.deleteRetired(workload, id)
+	})
+}
+
+// deleteRetired deletes a retired credential unless the workload still signs
+// with it.
+func (a *Agent) deleteRetired(workload string, id []byte) {
+	a.mu.Lock()
+	cur := a.creds[workload]
+	a.mu.Unlock()
+	if cur != nil && string(cur.ID) == string(id) {
+		a.log.Error("the credential this workload signs with has retired: it is kept, and the verifier refuses it; revoke it and restart the agent to register a new one",
+			"workload", workload, "credential", b64url(id))
+		return
+	}
+	if err := a.auth.DeleteCredential(id); err != nil {
+		a.log.Warn("delete retired credential", "credential", b64url(id), "error", err)
+		return
+	}
+	a.log.Info("retired credential deleted", "credential", b64url(id))
 }
 
 // retireReplaced schedules, at start, the deletion of every credential a
 // rotation replaced (already past its retirement: now).
-func (a *Agent) retireReplaced(ctx context.Context) error {
+func (a *Agent) retireReplaced() error {
 	creds, err := a.auth.Credentials()
 	if err != nil {
 		return err
 	}
 	for _, c := range creds {
 		if !c.Retires.IsZero() {
-			a.deleteWhenRetired(ctx, c.Name, c.ID, c.Retires)
+			a.deleteWhenRetired(c.Name, c.ID, c.Retires)
 		}
 	}
 	return nil

@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/fxamacker/cbor/v2"
+	"github.com/tpmauthn/tpmauthn/api"
 )
 
 // fixtureAssertion is a real assertion captured from swtpm.
@@ -24,11 +25,11 @@ func fixtureAssertion(t testing.TB) *Assertion {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var r AssertionResponse
+	var r api.AssertionResponse
 	if err := json.Unmarshal(b, &r); err != nil {
 		t.Fatal(err)
 	}
-	a, err := r.Decode()
+	a, err := DecodeAssertionResponse(&r)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +44,7 @@ func fixtureRegistrationAuthData(t testing.TB) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var r RegistrationResponse
+	var r api.RegistrationResponse
 	if err := json.Unmarshal(b, &r); err != nil {
 		t.Fatal(err)
 	}
@@ -301,12 +302,12 @@ func TestAssertionResponseDecodeRejects(t *testing.T) {
 	good := fixtureAssertion(t).JSON()
 	bad := *good
 	bad.Type = "password"
-	if _, err := bad.Decode(); !errors.Is(err, ErrMalformed) {
+	if _, err := DecodeAssertionResponse(&bad); !errors.Is(err, ErrMalformed) {
 		t.Errorf("type password: %v", err)
 	}
 	bad = *good
 	bad.Response.Signature = "***"
-	if _, err := bad.Decode(); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "signature") {
+	if _, err := DecodeAssertionResponse(&bad); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "signature") {
 		t.Errorf("bad signature encoding: %v", err)
 	}
 }

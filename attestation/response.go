@@ -2,52 +2,15 @@ package attestation
 
 import (
 	"fmt"
+
+	"github.com/tpmauthn/tpmauthn/api"
 )
 
-// PublicKeyCredential types in the JSON form of WebAuthn Level 3 §5.1
-// (RegistrationResponseJSON, AuthenticationResponseJSON): binary fields are
-// unpadded base64url. Any WebAuthn library's server side accepts them.
-
-// RegistrationResponse is a registration's PublicKeyCredential.
-type RegistrationResponse struct {
-	ID                      string              `json:"id"`
-	RawID                   string              `json:"rawId"`
-	Type                    string              `json:"type"`
-	Response                AttestationResponse `json:"response"`
-	AuthenticatorAttachment string              `json:"authenticatorAttachment"`
-	ClientExtensionResults  map[string]any      `json:"clientExtensionResults"`
-}
-
-// AttestationResponse is AuthenticatorAttestationResponseJSON.
-type AttestationResponse struct {
-	ClientDataJSON    string   `json:"clientDataJSON"`
-	AttestationObject string   `json:"attestationObject"`
-	Transports        []string `json:"transports"`
-}
-
-// AssertionResponse is an assertion's PublicKeyCredential.
-type AssertionResponse struct {
-	ID                      string          `json:"id"`
-	RawID                   string          `json:"rawId"`
-	Type                    string          `json:"type"`
-	Response                AssertionFields `json:"response"`
-	AuthenticatorAttachment string          `json:"authenticatorAttachment"`
-	ClientExtensionResults  map[string]any  `json:"clientExtensionResults"`
-}
-
-// AssertionFields is AuthenticatorAssertionResponseJSON.
-type AssertionFields struct {
-	ClientDataJSON    string `json:"clientDataJSON"`
-	AuthenticatorData string `json:"authenticatorData"`
-	Signature         string `json:"signature"`
-	UserHandle        string `json:"userHandle,omitempty"`
-}
-
 // NewRegistrationResponse wraps a registration for JSON.
-func NewRegistrationResponse(credID, clientDataJSON, attObj []byte) *RegistrationResponse {
-	return &RegistrationResponse{
+func NewRegistrationResponse(credID, clientDataJSON, attObj []byte) *api.RegistrationResponse {
+	return &api.RegistrationResponse{
 		ID: b64(credID), RawID: b64(credID), Type: "public-key",
-		Response: AttestationResponse{
+		Response: api.AttestationResponse{
 			ClientDataJSON:    b64(clientDataJSON),
 			AttestationObject: b64(attObj),
 			Transports:        []string{"internal"},
@@ -68,10 +31,10 @@ type Assertion struct {
 }
 
 // JSON returns the assertion as a PublicKeyCredential.
-func (a *Assertion) JSON() *AssertionResponse {
-	return &AssertionResponse{
+func (a *Assertion) JSON() *api.AssertionResponse {
+	return &api.AssertionResponse{
 		ID: b64(a.CredentialID), RawID: b64(a.CredentialID), Type: "public-key",
-		Response: AssertionFields{
+		Response: api.AssertionFields{
 			ClientDataJSON:    b64(a.ClientDataJSON),
 			AuthenticatorData: b64(a.AuthData),
 			Signature:         b64(a.Signature),
@@ -82,8 +45,8 @@ func (a *Assertion) JSON() *AssertionResponse {
 	}
 }
 
-// Decode turns the JSON form back into an Assertion.
-func (r *AssertionResponse) Decode() (*Assertion, error) {
+// DecodeAssertionResponse turns the JSON form back into an Assertion.
+func DecodeAssertionResponse(r *api.AssertionResponse) (*Assertion, error) {
 	if r.Type != "public-key" {
 		return nil, fmt.Errorf("%w: credential type %q, want public-key", ErrMalformed, r.Type)
 	}

@@ -26,8 +26,11 @@ import (
 	"github.com/nats-io/nkeys"
 	callout "github.com/synadia-io/callout.go"
 
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/verifier"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 // scenario is one way to authenticate: a server and how clients connect.
@@ -87,11 +90,11 @@ func staticNkeys(workers int) (*scenario, error) {
 // built on synadia-io/callout.go, with the same accounts and xkey sealing as
 // tpmauthn's layout.
 func noopCallout(dir string) (*scenario, error) {
-	k, _, err := verifier.LoadOrCreateKeys(dir)
+	k, _, err := keys.LoadOrCreate(dir)
 	if err != nil {
 		return nil, err
 	}
-	conf := verifier.ServerConfig(k, verifier.ServerConfigOptions{Listen: "127.0.0.1:-1"})
+	conf := keys.ServerConfig(k, keys.ServerConfigOptions{Listen: "127.0.0.1:-1"})
 	path := filepath.Join(dir, "noop.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		return nil, err
@@ -115,7 +118,7 @@ func noopCallout(dir string) (*scenario, error) {
 		options: func(int) ([]nats.Option, error) { return []nats.Option{nats.UserInfo("bench", "bench")}, nil }}, nil
 }
 
-func noopResponder(url string, k *verifier.Keys) (*nats.Conn, *callout.AuthorizationService, error) {
+func noopResponder(url string, k *keys.Set) (*nats.Conn, *callout.AuthorizationService, error) {
 	vpk, _ := k.Verifier.PublicKey()
 	nc, err := nats.Connect(url, nats.Nkey(vpk, k.Verifier.Sign))
 	if err != nil {
@@ -125,7 +128,7 @@ func noopResponder(url string, k *verifier.Keys) (*nats.Conn, *callout.Authoriza
 	svc, err := callout.NewAuthorizationService(nc,
 		callout.Authorizer(func(req *jwt.AuthorizationRequest) (string, error) {
 			uc := jwt.NewUserClaims(req.UserNkey)
-			uc.Audience = verifier.AccountApp
+			uc.Audience = keys.AccountApp
 			uc.Expires = time.Now().Add(10 * time.Minute).Unix()
 			uc.Pub.Allow.Add("bench.>")
 			uc.Sub.Allow.Add("bench.>", "_INBOX.>")
@@ -244,13 +247,13 @@ func softBundle(c *softCred, rpID, origin string, nonce []byte) ([]byte, error) 
 }
 
 // writeFixture stores a host and n credentials exactly as enrollment and
-// registration store them (verifier.Host, verifier.Credential records).
+// registration store them (record.Host, record.Credential records).
 func writeFixture(v *verifier.Verifier, n int) ([]*softCred, error) {
 	return writeFleet(v.ClientURL(), v.Keys(), n, n)
 }
 
 // writeFleet stores n credentials, perHost workloads on each host.
-func writeFleet(url string, k *verifier.Keys, n, perHost int) ([]*softCred, error) {
+func writeFleet(url string, k *keys.Set, n, perHost int) ([]*softCred, error) {
 	kp := k.Verifier
 	pk, _ := kp.PublicKey()
 	nc, err := nats.Connect(url, nats.Nkey(pk, kp.Sign))
@@ -273,11 +276,11 @@ func writeFleet(url string, k *verifier.Keys, n, perHost int) ([]*softCred, erro
 	}
 	now := time.Now().UTC()
 	out := make([]*softCred, n)
-	var h verifier.Host
+	var h record.Host
 	for i := range out {
 		if i%perHost == 0 {
-			h = verifier.Host{V: 1, ID: fmt.Sprintf("h-bench-%d", i/perHost), Hostname: fmt.Sprintf("bench-%d", i/perHost),
-				Roles: []string{"bench"}, Status: attestation.HostActive, Created: now, Updated: now}
+			h = record.Host{V: 1, ID: fmt.Sprintf("h-bench-%d", i/perHost), Hostname: fmt.Sprintf("bench-%d", i/perHost),
+				Roles: []string{"bench"}, Status: api.HostActive, Created: now, Updated: now}
 			if err := putJSON(ctx, hosts, h.ID, h); err != nil {
 				return nil, err
 			}
@@ -290,8 +293,8 @@ func writeFleet(url string, k *verifier.Keys, n, perHost int) ([]*softCred, erro
 		}
 		id := make([]byte, 16)
 		_, _ = rand.Read(id)
-		c := verifier.Credential{V: 1, ID: base64.RawURLEncoding.EncodeToString(id), Host: h.ID, Workload: fmt.Sprintf("w%d", i),
-			PublicKey: cose, Status: verifier.CredActive, Created: now, Updated: now}
+		c := record.Credential{V: 1, ID: base64.RawURLEncoding.EncodeToString(id), Host: h.ID, Workload: fmt.Sprintf("w%d", i),
+			PublicKey: cose, Status: api.CredentialActive, Created: now, Updated: now}
 		if err := putJSON(ctx, credsKV, c.ID, c); err != nil {
 			return nil, err
 		}
@@ -334,18 +337,18 @@ func startTpmauthn(dir, listen string, workers int) (*stormServer, *verifier.Ver
 
 // startTpmauthnServer starts the server of tpmauthn's layout, with the
 // verifier's keys in dir/verifier and a policy file for it.
-func startTpmauthnServer(dir, listen string) (ss *stormServer, k *verifier.Keys, policy string, err error) {
+func startTpmauthnServer(dir, listen string) (ss *stormServer, k *keys.Set, policy string, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, "", err
 	}
-	if k, _, err = verifier.LoadOrCreateKeys(filepath.Join(dir, "verifier")); err != nil {
+	if k, _, err = keys.LoadOrCreate(filepath.Join(dir, "verifier")); err != nil {
 		return nil, nil, "", err
 	}
 	policy = filepath.Join(dir, "policy.yaml")
 	if err := os.WriteFile(policy, []byte(benchPolicy), 0o600); err != nil {
 		return nil, nil, "", err
 	}
-	conf := verifier.ServerConfig(k, verifier.ServerConfigOptions{Listen: listen, StoreDir: filepath.Join(dir, "js")})
+	conf := keys.ServerConfig(k, keys.ServerConfigOptions{Listen: listen, StoreDir: filepath.Join(dir, "js")})
 	ss = &stormServer{conf: filepath.Join(dir, "server.conf")}
 	if err := os.WriteFile(ss.conf, []byte(conf+"max_connections: 100000\n"), 0o600); err != nil {
 		return nil, nil, "", err

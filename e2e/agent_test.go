@@ -20,7 +20,8 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/agent/client"
-	"github.com/tpmauthn/tpmauthn/verifier"
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 // curlAs runs curl --unix-socket as another user, as a workload would.
@@ -78,8 +79,8 @@ func TestWorkloadsByUID(t *testing.T) {
 	if st3 != 403 || !strings.Contains(fmt.Sprint(e["error"]), "uid=1003") || e["hint"] == "" {
 		t.Fatalf("unconfigured uid: %d %v, want 403 naming uid=1003 with a hint", st3, e)
 	}
-	var creds []verifier.Credential
-	s.admin(t, "credential.list", verifier.CredentialListRequest{}, &creds)
+	var creds []record.Credential
+	s.admin(t, "credential.list", api.CredentialListRequest{}, &creds)
 	names := map[string]string{}
 	for _, c := range creds {
 		names[c.ID] = c.Workload
@@ -185,7 +186,7 @@ func TestAgentRestart(t *testing.T) {
 		t.Fatalf("connect after agent restart: %v", err)
 	}
 	nc.Close()
-	var hosts []verifier.Host
+	var hosts []record.Host
 	s.admin(t, "host.list", nil, &hosts)
 	if len(hosts) != 1 {
 		t.Fatalf("%d hosts after restart: the agent enrolled again", len(hosts))

@@ -15,12 +15,14 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/tpmauthn/tpmauthn/agent/client"
-	"github.com/tpmauthn/tpmauthn/verifier"
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
 )
 
 func wantBrokenAt(t *testing.T, what string, err error, seq uint64) {
 	t.Helper()
-	var ce *verifier.ChainError
+	var ce *audit.ChainError
 	if !errors.As(err, &ce) || ce.Seq != seq {
 		t.Fatalf("%s: verify = %v, want the chain broken at event %d", what, err, seq)
 	}
@@ -54,14 +56,14 @@ func TestAuditTrail(t *testing.T) {
 	}
 	burst()
 	who, _ := client.New(s.socket).WhoAmI(t.Context())
-	s.admin(t, "credential.revoke", verifier.IDRequest{ID: who.CredentialID, Reason: "audit test"}, nil)
+	s.admin(t, "credential.revoke", api.IDRequest{ID: who.CredentialID, Reason: "audit test"}, nil)
 	s.v.FlushAudit()
 
-	var st verifier.Status
+	var st api.Status
 	s.admin(t, "status", nil, &st)
-	var raws []verifier.RawEvent
-	s.admin(t, "audit.read", verifier.AuditReadRequest{From: 1, Max: 1000}, &raws)
-	n, err := verifier.VerifyRawEvents(raws, st.AuditKey, "")
+	var raws []audit.RawEvent
+	s.admin(t, "audit.read", api.AuditReadRequest{From: 1, Max: 1000}, &raws)
+	n, err := audit.VerifyRawEvents(raws, st.AuditKey, "")
 	if err != nil || n != len(raws) {
 		t.Fatalf("verify the real stream: %d of %d, %v", n, len(raws), err)
 	}
@@ -78,7 +80,7 @@ func TestAuditTrail(t *testing.T) {
 	k, firstSigned := -1, -1 // an unsigned event in the middle; the first signed one
 	for i, r := range raws {
 		lines[i] = r.Data
-		var e verifier.Event
+		var e audit.Event
 		_ = json.Unmarshal(r.Data, &e)
 		if e.Sig == "" && k < 0 && i > len(raws)/4 && raws[i+1].Msg == r.Msg {
 			k = i
@@ -94,26 +96,26 @@ func TestAuditTrail(t *testing.T) {
 
 	edited := slices.Clone(lines)
 	edited[k] = bytes.Replace(lines[k], []byte(`"result":"`), []byte(`"result":"x`), 1)
-	_, err = verifier.VerifyChain(edited, st.AuditKey, "")
+	_, err = audit.VerifyChain(edited, st.AuditKey, "")
 	wantBrokenAt(t, "edited line", err, kseq)
 
 	removed := slices.Delete(slices.Clone(lines), k, k+1)
-	_, err = verifier.VerifyChain(removed, st.AuditKey, "")
+	_, err = audit.VerifyChain(removed, st.AuditKey, "")
 	wantBrokenAt(t, "removed line", err, kseq)
 
 	reordered := slices.Clone(lines)
 	reordered[k], reordered[k+1] = reordered[k+1], reordered[k]
-	_, err = verifier.VerifyChain(reordered, st.AuditKey, "")
+	_, err = audit.VerifyChain(reordered, st.AuditKey, "")
 	wantBrokenAt(t, "reordered lines", err, kseq)
 
 	// The tail of a message cut off: its last signed event is gone.
-	_, err = verifier.VerifyChain(lines[:k+1], st.AuditKey, "")
+	_, err = audit.VerifyChain(lines[:k+1], st.AuditKey, "")
 	wantBrokenAt(t, "message cut short", err, kseq-uint64(k-firstUnsignedBefore(raws, lines, k)))
 
 	// Re-signed with another key: the signature gives it away.
 	other, _ := nkeys.CreateAccount()
 	otherPub, _ := other.PublicKey()
-	_, err = verifier.VerifyChain(lines, otherPub, "")
+	_, err = audit.VerifyChain(lines, otherPub, "")
 	wantBrokenAt(t, "another key", err, raws[firstSigned].Seq)
 
 	// A message deleted from the stream: the chain breaks at its first event.
@@ -129,17 +131,17 @@ func TestAuditTrail(t *testing.T) {
 	if err := stream.DeleteMsg(context.Background(), kmsg); err != nil {
 		t.Fatal(err)
 	}
-	s.admin(t, "audit.read", verifier.AuditReadRequest{From: 1, Max: 1000}, &raws)
-	_, err = verifier.VerifyRawEvents(raws, st.AuditKey, "")
+	s.admin(t, "audit.read", api.AuditReadRequest{From: 1, Max: 1000}, &raws)
+	_, err = audit.VerifyRawEvents(raws, st.AuditKey, "")
 	wantBrokenAt(t, "deleted message", err, first)
 }
 
 // firstUnsignedBefore is the index of the first of the unsigned events that
 // end at index k (the events of k's message before it).
-func firstUnsignedBefore(raws []verifier.RawEvent, lines [][]byte, k int) int {
+func firstUnsignedBefore(raws []audit.RawEvent, lines [][]byte, k int) int {
 	i := k
 	for i > 0 && raws[i-1].Msg == raws[k].Msg {
-		var e verifier.Event
+		var e audit.Event
 		_ = json.Unmarshal(lines[i-1], &e)
 		if e.Sig != "" {
 			break
@@ -162,7 +164,7 @@ func TestAuditStreamRefusesDeletion(t *testing.T) {
 // access an attacker on the verifier's host would have).
 func auditStream(t *testing.T, s *stack) jetstream.Stream {
 	t.Helper()
-	kp, err := verifier.LoadNKey(verifierSeed(s))
+	kp, err := keys.LoadNKey(verifierSeed(s))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +183,7 @@ func auditStream(t *testing.T, s *stack) jetstream.Stream {
 }
 
 func verifierSeed(s *stack) string {
-	p := verifier.SysSeedFile(s.vcfg.DataDir)
+	p := keys.SysSeedFile(s.vcfg.DataDir)
 	return p[:len(p)-len("sys.nk")] + "verifier.nk"
 }
 
@@ -204,7 +206,7 @@ func TestSessionEndAudited(t *testing.T) {
 	}
 	nc.Close()
 	who, _ := client.New(s.socket).WhoAmI(t.Context())
-	var end *verifier.Event
+	var end *audit.Event
 	for deadline := time.Now().Add(5 * time.Second); end == nil; time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("no disconnect event in the audit trail 5 s after the session closed")

@@ -17,8 +17,8 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/agent/client"
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
-	"github.com/tpmauthn/tpmauthn/verifier"
 )
 
 // percentiles returns p50 and p99 in milliseconds.
@@ -161,7 +161,7 @@ func BenchmarkRevokeToDisconnect(b *testing.B) {
 			b.Fatal(err)
 		}
 		sent := time.Now()
-		s.admin(b, "credential.revoke", verifier.IDRequest{ID: c.IDString(), Reason: "bench"}, nil)
+		s.admin(b, "credential.revoke", api.IDRequest{ID: c.IDString(), Reason: "bench"}, nil)
 		replied := time.Now()
 		select {
 		case at := <-closed:

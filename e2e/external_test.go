@@ -16,8 +16,10 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/agent/client"
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
 	"github.com/tpmauthn/tpmauthn/verifier"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
 )
 
 func freePort(t testing.TB) int {
@@ -32,10 +34,10 @@ func freePort(t testing.TB) int {
 
 // externalFleet prepares a verifier data dir and its keys, as an operator
 // does before adding `tpmauthnctl nats-config` to a cluster.
-func externalFleet(t testing.TB) (dir string, keys *verifier.Keys) {
+func externalFleet(t testing.TB) (dir string, k *keys.Set) {
 	t.Helper()
 	dir = t.TempDir()
-	k, _, err := verifier.LoadOrCreateKeys(dir)
+	k, _, err := keys.LoadOrCreate(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,8 +47,8 @@ func externalFleet(t testing.TB) (dir string, keys *verifier.Keys) {
 // runAgentAndWorkload enrolls an agent against url and connects a workload.
 func runAgentAndWorkload(t *testing.T, sw *swtpmtest.TPM, vdir, url string, op func(string, any, any)) {
 	t.Helper()
-	var tok verifier.TokenCreateResponse
-	op("token.create", verifier.TokenCreateRequest{Roles: []string{"demo"}, TTL: time.Hour}, &tok)
+	var tok api.TokenCreateResponse
+	op("token.create", api.TokenCreateRequest{Roles: []string{"demo"}, TTL: time.Hour}, &tok)
 	dir := t.TempDir()
 	tokFile := filepath.Join(dir, "token")
 	if err := os.WriteFile(tokFile, []byte(tok.Token), 0o600); err != nil {
@@ -88,8 +90,8 @@ func operatorFunc(t *testing.T, dir, url string) func(string, any, any) {
 
 func operatorConnTo(t *testing.T, dir, url string) *nats.Conn {
 	t.Helper()
-	seed, _ := verifier.OperatorFiles(dir)
-	kp, err := verifier.LoadNKey(seed)
+	seed, _ := keys.OperatorFiles(dir)
+	kp, err := keys.LoadNKey(seed)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,14 +121,14 @@ func startVerifierOn(t *testing.T, dir, url, ekCADir, policy string) *verifier.V
 // module, configured with what tpmauthnctl nats-config prints.
 func TestExternalNATSServerBinary(t *testing.T) {
 	s0 := &stack{sw: swtpmtest.New(t)}
-	vdir, keys := externalFleet(t)
+	vdir, ks := externalFleet(t)
 	bin := filepath.Join(t.TempDir(), "nats-server")
 	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2").CombinedOutput(); err != nil {
 		t.Fatalf("build nats-server: %v\n%s", err, out)
 	}
 	port := freePort(t)
 	conf := filepath.Join(t.TempDir(), "nats.conf")
-	block := verifier.ServerConfig(keys, verifier.ServerConfigOptions{})
+	block := keys.ServerConfig(ks, keys.ServerConfigOptions{})
 	full := fmt.Sprintf("listen: 127.0.0.1:%d\njetstream { store_dir: %q }\n%s", port, filepath.Join(t.TempDir(), "js"), block)
 	if err := os.WriteFile(conf, []byte(full), 0o600); err != nil {
 		t.Fatal(err)
@@ -161,7 +163,7 @@ func TestExternalNATSServerBinary(t *testing.T) {
 // each, one queue group; workloads connect through both servers.
 func TestClusterTwoVerifiers(t *testing.T) {
 	sw := swtpmtest.New(t)
-	vdir, keys := externalFleet(t)
+	vdir, ks := externalFleet(t)
 	// Both servers start at once, each routing to the other: a clustered
 	// JetStream is ready only once its peers meet.
 	ports := []int{freePort(t), freePort(t)}
@@ -169,7 +171,7 @@ func TestClusterTwoVerifiers(t *testing.T) {
 	var srvs []*server.Server
 	for i, name := range []string{"a", "b"} {
 		extra := fmt.Sprintf("server_name: %s\ncluster { name: tpmauthn, listen: \"127.0.0.1:%d\", %s }", name, ports[i], routes)
-		conf := verifier.ServerConfig(keys, verifier.ServerConfigOptions{Listen: "127.0.0.1:-1", StoreDir: filepath.Join(t.TempDir(), "js"), Extra: extra})
+		conf := keys.ServerConfig(ks, keys.ServerConfigOptions{Listen: "127.0.0.1:-1", StoreDir: filepath.Join(t.TempDir(), "js"), Extra: extra})
 		path := filepath.Join(t.TempDir(), "nats.conf")
 		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 			t.Fatal(err)

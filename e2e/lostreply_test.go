@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-
-	"github.com/tpmauthn/tpmauthn/verifier"
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 // replyDropper is a client connection to nats-server that, once armed,
@@ -123,10 +123,10 @@ func TestRotationReplyLost(t *testing.T) {
 		t.Fatalf("the new credential is not on the host: %v", err)
 	}
 	e, _ := auth.Enrollment()
-	var cs []verifier.Credential
-	s.admin(t, "credential.list", verifier.CredentialListRequest{Host: e.HostID}, &cs)
+	var cs []record.Credential
+	s.admin(t, "credential.list", api.CredentialListRequest{Host: e.HostID}, &cs)
 	for _, c := range cs {
-		if c.Workload == who.Workload && c.ReplacedBy == "" && c.Status == verifier.CredActive && c.ID != next.IDString() {
+		if c.Workload == who.Workload && c.ReplacedBy == "" && c.Status == api.CredentialActive && c.ID != next.IDString() {
 			t.Fatalf("the verifier's current credential is %s, the agent kept %s", c.ID, next.IDString())
 		}
 	}

@@ -15,8 +15,10 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/agent/client"
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
-	"github.com/tpmauthn/tpmauthn/verifier"
+	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 // watchClose connects and reports when the connection closes.
@@ -57,7 +59,7 @@ func TestRevokeLiveCredential(t *testing.T) {
 	}
 	_, closed := watchClose(t, s, opts)
 	who, _ := client.New(s.socket).WhoAmI(t.Context())
-	s.admin(t, "credential.revoke", verifier.IDRequest{ID: who.CredentialID, Reason: "test"}, nil)
+	s.admin(t, "credential.revoke", api.IDRequest{ID: who.CredentialID, Reason: "test"}, nil)
 	d := waitClosed(t, closed, time.Now(), time.Second)
 	t.Logf("revoke -> disconnect: %v", d)
 	nc, err := s.connect(t)
@@ -101,21 +103,21 @@ func TestOffboardHostDropsEveryWorkload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.admin(t, "host.offboard", verifier.IDRequest{ID: e.HostID, Reason: "decommissioned"}, nil)
+	s.admin(t, "host.offboard", api.IDRequest{ID: e.HostID, Reason: "decommissioned"}, nil)
 	now := time.Now()
 	for _, c := range closers {
 		waitClosed(t, c, now, time.Second)
 	}
-	var h verifier.Host
-	s.admin(t, "host.show", verifier.IDRequest{ID: e.HostID}, &h)
-	var cs []verifier.Credential
-	s.admin(t, "credential.list", verifier.CredentialListRequest{Host: e.HostID}, &cs)
+	var h record.Host
+	s.admin(t, "host.show", api.IDRequest{ID: e.HostID}, &h)
+	var cs []record.Credential
+	s.admin(t, "credential.list", api.CredentialListRequest{Host: e.HostID}, &cs)
 	for _, c := range cs {
-		if c.Status != verifier.CredRevoked {
+		if c.Status != api.CredentialRevoked {
 			t.Fatalf("credential %s (%s) is %s after offboarding", c.ID, c.Workload, c.Status)
 		}
 	}
-	if h.Status != verifier.HostOffboarded || h.Reason != "decommissioned" {
+	if h.Status != api.HostOffboarded || h.Reason != "decommissioned" {
 		t.Fatalf("host after offboarding: %s %q", h.Status, h.Reason)
 	}
 }
@@ -171,41 +173,41 @@ func TestClonedKeyStoreQuarantined(t *testing.T) {
 	if err != nil || !strings.HasSuffix(m.Subject, "counter_regression") {
 		t.Fatalf("alert: %v %v", m, err)
 	}
-	var c verifier.Credential
-	s.admin(t, "credential.show", verifier.IDRequest{ID: who.CredentialID}, &c)
-	if c.Status != verifier.CredQuarantined {
+	var c record.Credential
+	s.admin(t, "credential.show", api.IDRequest{ID: who.CredentialID}, &c)
+	if c.Status != api.CredentialQuarantined {
 		t.Fatalf("credential is %s, want quarantined", c.Status)
 	}
 	// Only that credential: the host's own credential still works.
-	var h verifier.Host
-	s.admin(t, "host.show", verifier.IDRequest{ID: who.Host}, &h)
-	if h.Status != attestation.HostActive {
+	var h record.Host
+	s.admin(t, "host.show", api.IDRequest{ID: who.Host}, &h)
+	if h.Status != api.HostActive {
 		t.Fatalf("host is %s: a tamper signal must quarantine one credential, not the host", h.Status)
 	}
 	nc, err = s.connect(t)
 	wantDenied(t, nc, err)
 	s.v.FlushAudit()
 	events := readAudit(t, s)
-	if !slices.ContainsFunc(events, func(e verifier.Event) bool {
+	if !slices.ContainsFunc(events, func(e audit.Event) bool {
 		return e.Kind == "alert.counter_regression" && e.Credential == who.CredentialID
 	}) {
 		t.Fatal("the alert is not in the audit trail")
 	}
 	// After review, an operator lifts the quarantine.
-	s.admin(t, "credential.release", verifier.IDRequest{ID: who.CredentialID, Reason: "reviewed"}, nil)
-	s.admin(t, "credential.show", verifier.IDRequest{ID: who.CredentialID}, &c)
-	if c.Status != verifier.CredActive {
+	s.admin(t, "credential.release", api.IDRequest{ID: who.CredentialID, Reason: "reviewed"}, nil)
+	s.admin(t, "credential.show", api.IDRequest{ID: who.CredentialID}, &c)
+	if c.Status != api.CredentialActive {
 		t.Fatalf("after release: %s", c.Status)
 	}
 }
 
-func readAudit(t *testing.T, s *stack) []verifier.Event {
+func readAudit(t *testing.T, s *stack) []audit.Event {
 	t.Helper()
-	var raw []verifier.RawEvent
-	s.admin(t, "audit.read", verifier.AuditReadRequest{From: 1, Max: 1000}, &raw)
-	var out []verifier.Event
+	var raw []audit.RawEvent
+	s.admin(t, "audit.read", api.AuditReadRequest{From: 1, Max: 1000}, &raw)
+	var out []audit.Event
 	for _, r := range raw {
-		var e verifier.Event
+		var e audit.Event
 		if err := json.Unmarshal(r.Data, &e); err != nil {
 			t.Fatal(err)
 		}
@@ -237,8 +239,8 @@ func TestEndedSessionsLeaveTheRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var c verifier.Credential
-	s.admin(t, "credential.show", verifier.IDRequest{ID: who.CredentialID}, &c)
+	var c record.Credential
+	s.admin(t, "credential.show", api.IDRequest{ID: who.CredentialID}, &c)
 	var got []uint64
 	for _, r := range c.Sessions {
 		got = append(got, r.Client)
@@ -248,7 +250,7 @@ func TestEndedSessionsLeaveTheRecord(t *testing.T) {
 	if want := []uint64{liveID, lastID}; !slices.Equal(got, want) {
 		t.Fatalf("sessions in the record: clients %v, want the two live ones %v (5 ended connects in between)", got, want)
 	}
-	s.admin(t, "credential.revoke", verifier.IDRequest{ID: who.CredentialID, Reason: "test"}, nil)
+	s.admin(t, "credential.revoke", api.IDRequest{ID: who.CredentialID, Reason: "test"}, nil)
 	waitClosed(t, closed, time.Now(), time.Second)
 }
 

@@ -14,8 +14,9 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/agent/client"
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
-	"github.com/tpmauthn/tpmauthn/verifier"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 // TestRotationUnderLoad: a workload publishes continuously while an operator
@@ -57,7 +58,7 @@ func TestRotationUnderLoad(t *testing.T) {
 			sent++
 		}
 		if !rotated && time.Until(deadline) < 6*time.Second {
-			s.admin(t, "credential.rotate", verifier.IDRequest{ID: before.CredentialID, Reason: "test"}, nil)
+			s.admin(t, "credential.rotate", api.IDRequest{ID: before.CredentialID, Reason: "test"}, nil)
 			rotated = true
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -79,9 +80,9 @@ func TestRotationUnderLoad(t *testing.T) {
 	if reconnects.Load() < 2 {
 		t.Fatalf("only %d re-authorizations in 7 s with a 2 s session", reconnects.Load())
 	}
-	var newCred, oldCred verifier.Credential
-	s.admin(t, "credential.show", verifier.IDRequest{ID: after.CredentialID}, &newCred)
-	s.admin(t, "credential.show", verifier.IDRequest{ID: before.CredentialID}, &oldCred)
+	var newCred, oldCred record.Credential
+	s.admin(t, "credential.show", api.IDRequest{ID: after.CredentialID}, &newCred)
+	s.admin(t, "credential.show", api.IDRequest{ID: before.CredentialID}, &oldCred)
 	if newCred.Counter == 0 {
 		t.Fatal("the new credential was never used to connect")
 	}
@@ -185,7 +186,7 @@ func TestReplacedCredentialDeletedAcrossRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.admin(t, "credential.rotate", verifier.IDRequest{ID: before.CredentialID, Reason: "test"}, nil)
+	s.admin(t, "credential.rotate", api.IDRequest{ID: before.CredentialID, Reason: "test"}, nil)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		after, err := c.WhoAmI(t.Context())
@@ -315,10 +316,10 @@ func TestRotationWithLostReplies(t *testing.T) {
 		} else {
 			failed++
 		}
-		var cs []verifier.Credential
-		s.admin(t, "credential.list", verifier.CredentialListRequest{Host: e.HostID}, &cs)
+		var cs []record.Credential
+		s.admin(t, "credential.list", api.CredentialListRequest{Host: e.HostID}, &cs)
 		for _, c := range cs {
-			if c.Workload != who.Workload || c.ReplacedBy != "" || c.Status != verifier.CredActive {
+			if c.Workload != who.Workload || c.ReplacedBy != "" || c.Status != api.CredentialActive {
 				continue
 			}
 			id, _ := attestation.DecodeB64URL(c.ID)

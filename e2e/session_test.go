@@ -17,8 +17,9 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/agent/client"
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
-	"github.com/tpmauthn/tpmauthn/verifier"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 func TestConnectPublishReceive(t *testing.T) {
@@ -44,8 +45,8 @@ func TestConnectPublishReceive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var c verifier.Credential
-	s.admin(t, "credential.show", verifier.IDRequest{ID: who.CredentialID}, &c)
+	var c record.Credential
+	s.admin(t, "credential.show", api.IDRequest{ID: who.CredentialID}, &c)
 	if c.Counter == 0 || len(c.Sessions) != 1 || c.Sessions[0].Client == 0 {
 		t.Fatalf("credential after connect: counter %d sessions %+v", c.Counter, c.Sessions)
 	}
@@ -133,7 +134,7 @@ func TestRevokedCredentialDenied(t *testing.T) {
 	}
 	nc.Close()
 	who, _ := client.New(s.socket).WhoAmI(t.Context())
-	s.admin(t, "credential.revoke", verifier.IDRequest{ID: who.CredentialID, Reason: "test"}, nil)
+	s.admin(t, "credential.revoke", api.IDRequest{ID: who.CredentialID, Reason: "test"}, nil)
 	nc, err = s.connect(t)
 	wantDenied(t, nc, err)
 }
@@ -141,7 +142,7 @@ func TestRevokedCredentialDenied(t *testing.T) {
 func TestRevokedHostDenied(t *testing.T) {
 	s := newStack(t)
 	who, _ := client.New(s.socket).WhoAmI(t.Context())
-	s.admin(t, "host.revoke", verifier.IDRequest{ID: who.Host, Reason: "test"}, nil)
+	s.admin(t, "host.revoke", api.IDRequest{ID: who.Host, Reason: "test"}, nil)
 	nc, err := s.connect(t)
 	wantDenied(t, nc, err)
 }
@@ -157,8 +158,8 @@ func TestCounterEqualDenied(t *testing.T) {
 	}
 	nc.Close()
 	who, _ := client.New(s.socket).WhoAmI(t.Context())
-	var c verifier.Credential
-	s.admin(t, "credential.show", verifier.IDRequest{ID: who.CredentialID}, &c)
+	var c record.Credential
+	s.admin(t, "credential.show", api.IDRequest{ID: who.CredentialID}, &c)
 
 	snapshot := t.TempDir()
 	if err := os.Mkdir(filepath.Join(snapshot, "credentials"), 0o700); err != nil {
@@ -193,13 +194,13 @@ func TestCounterEqualDenied(t *testing.T) {
 	wantDenied(t, nc, err)
 	// The credential is quarantined (a tamper signal): the real agent is
 	// refused too until an operator reviews and releases it.
-	s.admin(t, "credential.show", verifier.IDRequest{ID: who.CredentialID}, &c)
-	if c.Status != verifier.CredQuarantined {
+	s.admin(t, "credential.show", api.IDRequest{ID: who.CredentialID}, &c)
+	if c.Status != api.CredentialQuarantined {
 		t.Fatalf("after a counter regression the credential is %s, want quarantined", c.Status)
 	}
 	nc, err = s.connect(t)
 	wantDenied(t, nc, err)
-	s.admin(t, "credential.release", verifier.IDRequest{ID: who.CredentialID, Reason: "reviewed"}, nil)
+	s.admin(t, "credential.release", api.IDRequest{ID: who.CredentialID, Reason: "reviewed"}, nil)
 	nc, err = s.connect(t)
 	if err != nil {
 		t.Fatalf("the agent after release: %v", err)

@@ -16,9 +16,10 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/agent/client"
-	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
 	"github.com/tpmauthn/tpmauthn/verifier"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
 )
 
 // stack is the whole chain on one machine.
@@ -80,8 +81,8 @@ func newStack(t testing.TB, opts ...stackOpt) *stack {
 		o(s)
 	}
 	s.startVerifier(t)
-	var tok verifier.TokenCreateResponse
-	s.admin(t, "token.create", verifier.TokenCreateRequest{Roles: []string{"demo"}, TTL: time.Hour}, &tok)
+	var tok api.TokenCreateResponse
+	s.admin(t, "token.create", api.TokenCreateRequest{Roles: []string{"demo"}, TTL: time.Hour}, &tok)
 	if err := os.WriteFile(s.acfg.TokenFile, []byte(tok.Token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -129,8 +130,8 @@ func (s *stack) startVerifier(t testing.TB) {
 	}
 	t.Cleanup(v.Close)
 	s.v = v
-	seed, _ := verifier.OperatorFiles(s.vcfg.DataDir)
-	kp, err := verifier.LoadNKey(seed)
+	seed, _ := keys.OperatorFiles(s.vcfg.DataDir)
+	kp, err := keys.LoadNKey(seed)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +158,7 @@ func (s *stack) startAgent(t testing.TB) {
 func (s *stack) admin(t testing.TB, op string, req, resp any) {
 	t.Helper()
 	b, _ := json.Marshal(req)
-	m, err := s.op.Request(attestation.SubjectAdminPrefix+op, b, 5*time.Second)
+	m, err := s.op.Request(api.SubjectAdminPrefix+op, b, 5*time.Second)
 	if err != nil {
 		t.Fatalf("admin %s: %v", op, err)
 	}

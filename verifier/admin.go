@@ -11,58 +11,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
-
-// Operator API (tpmauthnctl), on tpmauthn.admin.<op>. Requests and replies
-// are JSON; the types are exported for clients.
-
-// TokenCreateRequest asks for a join token.
-type TokenCreateRequest struct {
-	Roles []string      `json:"roles"`
-	Tags  []string      `json:"tags,omitempty"`
-	TTL   time.Duration `json:"ttl"`
-}
-
-// TokenCreateResponse carries the token; only its hash is kept.
-type TokenCreateResponse struct {
-	Token   string    `json:"token"`
-	ID      string    `json:"id"`
-	Expires time.Time `json:"expires"`
-}
-
-// IDRequest names one record.
-type IDRequest struct {
-	ID     string `json:"id"`
-	Reason string `json:"reason,omitempty"`
-}
-
-// EKAllowRequest adds an EK to the allow-list.
-type EKAllowRequest struct {
-	EKHash string   `json:"ek_hash"`
-	Roles  []string `json:"roles"`
-	Tags   []string `json:"tags,omitempty"`
-	Note   string   `json:"note,omitempty"`
-}
-
-// CredentialListRequest filters credentials.
-type CredentialListRequest struct {
-	Host string `json:"host,omitempty"`
-}
-
-// Status summarizes the fleet.
-type Status struct {
-	Version     string         `json:"version"`
-	RPID        string         `json:"rp_id"`
-	Origin      string         `json:"origin"`
-	Approval    string         `json:"approval"`
-	EKRoots     int            `json:"ek_roots"`
-	Hosts       map[string]int `json:"hosts"`
-	Credentials map[string]int `json:"credentials"`
-	Tokens      map[string]int `json:"tokens"`
-	// AuditKey is the public key that signs the audit trail.
-	AuditKey string `json:"audit_key"`
-}
 
 const (
 	maxTokenTTL = 30 * 24 * time.Hour
@@ -74,8 +27,8 @@ var roleName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 func (v *Verifier) adminEndpoints() map[string]func(context.Context, []byte) (any, error) {
 	return map[string]func(context.Context, []byte) (any, error){
 		"token.create":       v.adminTokenCreate,
-		"token.list":         func(ctx context.Context, _ []byte) (any, error) { return list[Token](ctx, v.st.tokens) },
-		"host.list":          func(ctx context.Context, _ []byte) (any, error) { return list[Host](ctx, v.st.hosts) },
+		"token.list":         func(ctx context.Context, _ []byte) (any, error) { return list[record.Token](ctx, v.st.tokens) },
+		"host.list":          func(ctx context.Context, _ []byte) (any, error) { return list[record.Host](ctx, v.st.hosts) },
 		"host.show":          v.adminHostShow,
 		"host.approve":       v.adminHostApprove,
 		"host.revoke":        v.adminHostRevoke,
@@ -101,7 +54,7 @@ func checkNames(kind string, names []string) error {
 }
 
 func (v *Verifier) adminTokenCreate(ctx context.Context, body []byte) (any, error) {
-	var req TokenCreateRequest
+	var req api.TokenCreateRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
@@ -118,58 +71,37 @@ func (v *Verifier) adminTokenCreate(ctx context.Context, body []byte) (any, erro
 	token := tokenPrefix + base64.RawURLEncoding.EncodeToString(raw)
 	h := tokenHash(token)
 	now := time.Now().UTC()
-	t := &Token{V: recordVersion, ID: h[:12], Hash: h, Roles: req.Roles, Tags: req.Tags, Created: now, Expires: now.Add(req.TTL)}
+	t := &record.Token{V: record.Version, ID: h[:12], Hash: h, Roles: req.Roles, Tags: req.Tags, Created: now, Expires: now.Add(req.TTL)}
 	if err := create(ctx, v.st.tokens, h, t); err != nil {
 		return nil, err
 	}
 	v.log.Info("join token created", "token_id", t.ID, "roles", t.Roles, "expires", t.Expires)
-	v.recordNow(ctx, Event{Kind: "token.create", Result: "ok", Roles: t.Roles, Actor: "operator",
+	v.recordNow(ctx, audit.Event{Kind: "token.create", Result: "ok", Roles: t.Roles, Actor: "operator",
 		Reason: fmt.Sprintf("join token %s, expires %s", t.ID, t.Expires.Format(time.RFC3339))})
-	return &TokenCreateResponse{Token: token, ID: t.ID, Expires: t.Expires}, nil
+	return &api.TokenCreateResponse{Token: token, ID: t.ID, Expires: t.Expires}, nil
 }
 
 func (v *Verifier) adminHostShow(ctx context.Context, body []byte) (any, error) {
-	var req IDRequest
+	var req api.IDRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
-	h, _, err := get[Host](ctx, v.st.hosts, req.ID)
+	h, _, err := get[record.Host](ctx, v.st.hosts, req.ID)
 	return h, err
 }
 
-// changeHost applies f to a host with compare-and-set, retrying on conflict.
-func (v *Verifier) changeHost(ctx context.Context, id string, f func(*Host) error) (*Host, error) {
-	for range 5 {
-		h, rev, err := get[Host](ctx, v.st.hosts, id)
-		if err != nil {
-			return nil, err
-		}
-		if err := f(h); err != nil {
-			return nil, err
-		}
-		h.Updated = time.Now().UTC()
-		if err := update(ctx, v.st.hosts, id, h, rev); errors.Is(err, ErrConflict) {
-			continue
-		} else if err != nil {
-			return nil, err
-		}
-		return h, nil
-	}
-	return nil, ErrConflict
-}
-
 func (v *Verifier) adminHostApprove(ctx context.Context, body []byte) (any, error) {
-	var req IDRequest
+	var req api.IDRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
-	h, err := v.changeHost(ctx, req.ID, func(h *Host) error {
-		if h.Status != attestation.HostPending {
+	h, _, err := mutate(ctx, v.st.hosts, req.ID, func(h *record.Host) error {
+		if h.Status != api.HostPending {
 			return fmt.Errorf("%w: host %s is %s, not pending", ErrBadRequest, h.ID, h.Status)
 		}
 		return v.activate(h, "operator")
 	})
-	ev := Event{Kind: "host.approve", Result: "ok", Host: req.ID, Actor: "operator"}
+	ev := audit.Event{Kind: "host.approve", Result: "ok", Host: req.ID, Actor: "operator"}
 	if err == nil {
 		v.log.Info("host approved", "host", h.ID)
 		ev.EKHash, ev.Roles = h.EKHash, h.Roles
@@ -181,134 +113,123 @@ func (v *Verifier) adminHostApprove(ctx context.Context, body []byte) (any, erro
 }
 
 func (v *Verifier) adminHostRevoke(ctx context.Context, body []byte) (any, error) {
-	return v.adminHostRemove(ctx, body, attestation.HostRevoked, "revoke")
+	return v.adminHostRemove(ctx, body, api.HostRevoked, "revoke")
 }
 
 // adminHostOffboard revokes every credential of the host, forgets its EK
 // enrollment and records why.
 func (v *Verifier) adminHostOffboard(ctx context.Context, body []byte) (any, error) {
-	return v.adminHostRemove(ctx, body, HostOffboarded, "offboard")
+	return v.adminHostRemove(ctx, body, api.HostOffboarded, "offboard")
 }
 
-func (v *Verifier) adminHostRemove(ctx context.Context, body []byte, status, kind string) (any, error) {
-	var req IDRequest
+func (v *Verifier) adminHostRemove(ctx context.Context, body []byte, status api.HostStatus, kind string) (any, error) {
+	var req api.IDRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
 	h, err := v.revokeHost(ctx, req.ID, status, req.Reason)
-	ev := Event{Kind: kind, Result: "ok", Host: req.ID, Reason: req.Reason, Actor: "operator"}
+	ev := audit.Event{Kind: kind, Result: "ok", Host: req.ID, Reason: req.Reason, Actor: "operator"}
 	if err != nil {
 		ev.Result, ev.Reason = "error", err.Error()
 	} else {
 		ev.EKHash = h.EKHash
-		v.log.Info("host "+status, "host", h.ID, "reason", req.Reason)
+		v.log.Info("host "+string(status), "host", h.ID, "reason", req.Reason)
 	}
 	v.recordNow(ctx, ev)
 	return h, err
 }
 
 func (v *Verifier) adminCredentialRelease(ctx context.Context, body []byte) (any, error) {
-	var req IDRequest
+	var req api.IDRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
-	c, _, err := get[Credential](ctx, v.st.creds, req.ID)
+	// The check and the change are one compare-and-set: a revocation that
+	// lands in between makes the write conflict, and the re-read sees it.
+	c, err := v.setCredentialStatus(ctx, req.ID, api.CredentialActive, "released: "+req.Reason, func(c *record.Credential) error {
+		if c.Status != api.CredentialQuarantined {
+			return fmt.Errorf("%w: credential %s is %s, not quarantined", ErrBadRequest, c.ID, c.Status)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	if c.Status != CredQuarantined {
-		return nil, fmt.Errorf("%w: credential %s is %s, not quarantined", ErrBadRequest, c.ID, c.Status)
-	}
-	c, err = v.setCredentialStatus(ctx, req.ID, CredActive, "released: "+req.Reason)
-	if err == nil {
-		v.recordNow(ctx, Event{Kind: "release", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
-	}
-	return c, err
+	v.recordNow(ctx, audit.Event{Kind: "release", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
+	return c, nil
 }
 
 // adminCredentialRotate asks the credential's agent to rotate it now; the
 // agent learns it over its own session (credentials.status).
 func (v *Verifier) adminCredentialRotate(ctx context.Context, body []byte) (any, error) {
-	var req IDRequest
+	var req api.IDRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
-	for range 20 {
-		c, rev, err := get[Credential](ctx, v.st.creds, req.ID)
-		if err != nil {
-			return nil, err
-		}
-		if c.Status != CredActive || !c.Retires.IsZero() {
-			return nil, fmt.Errorf("%w: credential %s is %s (replaced: %v)", ErrBadRequest, c.ID, c.Status, !c.Retires.IsZero())
+	c, _, err := mutate(ctx, v.st.creds, req.ID, func(c *record.Credential) error {
+		if c.Status != api.CredentialActive || !c.Retires.IsZero() {
+			return fmt.Errorf("%w: credential %s is %s (replaced: %v)", ErrBadRequest, c.ID, c.Status, !c.Retires.IsZero())
 		}
 		c.RotateRequested, c.Updated = true, time.Now().UTC()
-		if err := update(ctx, v.st.creds, c.ID, c, rev); errors.Is(err, ErrConflict) {
-			continue
-		} else if err != nil {
-			return nil, err
-		}
-		v.recordNow(ctx, Event{Kind: "rotate.request", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
-		return c, nil
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, ErrConflict
-}
-
-// AuditReadRequest pages through the audit stream.
-type AuditReadRequest struct {
-	From uint64 `json:"from"` // stream message sequence (RawEvent.Msg)
-	Max  int    `json:"max"`
+	v.recordNow(ctx, audit.Event{Kind: "rotate.request", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
+	return c, nil
 }
 
 func (v *Verifier) adminAuditRead(ctx context.Context, body []byte) (any, error) {
-	var req AuditReadRequest
+	var req api.AuditReadRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
 	if req.Max <= 0 || req.Max > 1000 {
 		req.Max = 1000
 	}
-	return v.audit.readRaw(ctx, req.From, req.Max)
+	return v.audit.ReadRaw(ctx, req.From, req.Max)
 }
 
 func (v *Verifier) adminCredentialList(ctx context.Context, body []byte) (any, error) {
-	var req CredentialListRequest
+	var req api.CredentialListRequest
 	if len(body) > 0 {
 		if err := decode(body, &req); err != nil {
 			return nil, err
 		}
 	}
-	all, err := list[Credential](ctx, v.st.creds)
+	all, err := list[record.Credential](ctx, v.st.creds)
 	if err != nil || req.Host == "" {
 		return all, err
 	}
-	return slices.DeleteFunc(all, func(c *Credential) bool { return c.Host != req.Host }), nil
+	return slices.DeleteFunc(all, func(c *record.Credential) bool { return c.Host != req.Host }), nil
 }
 
 func (v *Verifier) adminCredentialShow(ctx context.Context, body []byte) (any, error) {
-	var req IDRequest
+	var req api.IDRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
-	c, _, err := get[Credential](ctx, v.st.creds, req.ID)
+	c, _, err := get[record.Credential](ctx, v.st.creds, req.ID)
 	return c, err
 }
 
 func (v *Verifier) adminCredentialRevoke(ctx context.Context, body []byte) (any, error) {
-	var req IDRequest
+	var req api.IDRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
-	c, err := v.setCredentialStatus(ctx, req.ID, CredRevoked, req.Reason)
+	c, err := v.setCredentialStatus(ctx, req.ID, api.CredentialRevoked, req.Reason, nil)
 	if err != nil {
 		return nil, err
 	}
 	v.log.Info("credential revoked", "credential", c.ID, "reason", req.Reason)
-	v.recordNow(ctx, Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
+	v.recordNow(ctx, audit.Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
 	return c, nil
 }
 
 func (v *Verifier) adminEKAllow(ctx context.Context, body []byte) (any, error) {
-	var req EKAllowRequest
+	var req api.EKAllowRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
@@ -319,35 +240,35 @@ func (v *Verifier) adminEKAllow(ctx context.Context, body []byte) (any, error) {
 	if err := errors.Join(checkNames("role", req.Roles), checkNames("tag", req.Tags)); err != nil {
 		return nil, err
 	}
-	a := &ekAllow{V: recordVersion, Roles: req.Roles, Tags: req.Tags, Note: req.Note, Created: time.Now().UTC()}
+	a := &record.EKAllow{V: record.Version, Roles: req.Roles, Tags: req.Tags, Note: req.Note, Created: time.Now().UTC()}
 	if err := create(ctx, v.st.ekAllow, req.EKHash, a); err != nil {
 		return nil, err
 	}
-	v.recordNow(ctx, Event{Kind: "ek.allow", Result: "ok", EKHash: req.EKHash, Roles: req.Roles, Reason: req.Note, Actor: "operator"})
+	v.recordNow(ctx, audit.Event{Kind: "ek.allow", Result: "ok", EKHash: req.EKHash, Roles: req.Roles, Reason: req.Note, Actor: "operator"})
 	return a, nil
 }
 
 func (v *Verifier) adminStatus(ctx context.Context, _ []byte) (any, error) {
-	s := &Status{Version: Version, RPID: v.cfg.RPID, Origin: v.cfg.Origin, Approval: v.cfg.Approval,
-		Hosts: map[string]int{}, Credentials: map[string]int{}, Tokens: map[string]int{}, AuditKey: pub(v.keys.Issuer)}
+	s := &api.Status{Version: Version, RPID: v.cfg.RPID, Origin: v.cfg.Origin, Approval: v.cfg.Approval,
+		Hosts: map[string]int{}, Credentials: map[string]int{}, Tokens: map[string]int{}, AuditKey: keys.Public(v.keys.Issuer)}
 	if v.ekTrust != nil {
 		s.EKRoots = v.ekTrust.Roots()
 	}
-	hosts, err := list[Host](ctx, v.st.hosts)
+	hosts, err := list[record.Host](ctx, v.st.hosts)
 	if err != nil {
 		return nil, err
 	}
 	for _, h := range hosts {
-		s.Hosts[h.Status]++
+		s.Hosts[string(h.Status)]++
 	}
-	creds, err := list[Credential](ctx, v.st.creds)
+	creds, err := list[record.Credential](ctx, v.st.creds)
 	if err != nil {
 		return nil, err
 	}
 	for _, c := range creds {
-		s.Credentials[c.Status]++
+		s.Credentials[string(c.Status)]++
 	}
-	tokens, err := list[Token](ctx, v.st.tokens)
+	tokens, err := list[record.Token](ctx, v.st.tokens)
 	if err != nil {
 		return nil, err
 	}

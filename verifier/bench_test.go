@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/tpmauthn/tpmauthn/agent"
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
 	"github.com/tpmauthn/tpmauthn/verifier"
 )
@@ -46,8 +47,8 @@ func BenchmarkEnrollment(b *testing.B) {
 			defer v.Close()
 			op = operatorConn(b, dir, v.ClientURL())
 		}
-		var r verifier.TokenCreateResponse
-		admin(b, op, "token.create", verifier.TokenCreateRequest{Roles: []string{"x"}, TTL: time.Hour}, &r)
+		var r api.TokenCreateResponse
+		admin(b, op, "token.create", api.TokenCreateRequest{Roles: []string{"x"}, TTL: time.Hour}, &r)
 		a, err := agent.NewAuthenticator(sw.Open(b), b.TempDir())
 		if err != nil {
 			b.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 // The connect path reads nothing from KV in the common case: credentials
@@ -18,7 +19,7 @@ import (
 // the credential's compare-and-set catches it even before the watch does.
 
 type credEntry struct {
-	cred Credential
+	cred record.Credential
 	rev  uint64
 }
 
@@ -27,20 +28,20 @@ type credCache struct {
 	m sync.Map // string -> credEntry
 }
 
-func (c *credCache) get(id string) (*Credential, uint64, bool) {
+func (c *credCache) get(id string) (*record.Credential, uint64, bool) {
 	v, ok := c.m.Load(id)
 	if !ok {
 		return nil, 0, false
 	}
 	e := v.(credEntry)
 	cred := e.cred // a copy: callers modify it
-	cred.Sessions = append([]SessionRef(nil), e.cred.Sessions...)
+	cred.Sessions = append([]record.SessionRef(nil), e.cred.Sessions...)
 	return &cred, e.rev, true
 }
 
 // peek returns the cached record without copying its
 // sessions; the caller must not modify it.
-func (c *credCache) peek(id string) (*Credential, bool) {
+func (c *credCache) peek(id string) (*record.Credential, bool) {
 	v, ok := c.m.Load(id)
 	if !ok {
 		return nil, false
@@ -58,9 +59,9 @@ func (c *credCache) rev(id string) (uint64, bool) {
 	return v.(credEntry).rev, true
 }
 
-func (c *credCache) put(cred *Credential, rev uint64) {
+func (c *credCache) put(cred *record.Credential, rev uint64) {
 	e := credEntry{cred: *cred, rev: rev}
-	e.cred.Sessions = append([]SessionRef(nil), cred.Sessions...)
+	e.cred.Sessions = append([]record.SessionRef(nil), cred.Sessions...)
 	c.m.Store(cred.ID, e)
 }
 
@@ -68,15 +69,15 @@ func (c *credCache) drop(id string) { c.m.Delete(id) }
 
 // hostCache holds hosts, kept current by watching the hosts bucket.
 type hostCache struct {
-	m sync.Map // string -> *Host
+	m sync.Map // string -> *record.Host
 }
 
-func (h *hostCache) get(id string) (*Host, bool) {
+func (h *hostCache) get(id string) (*record.Host, bool) {
 	v, ok := h.m.Load(id)
 	if !ok {
 		return nil, false
 	}
-	return v.(*Host), true
+	return v.(*record.Host), true
 }
 
 // watchHosts loads every host and follows changes until ctx ends.
@@ -96,8 +97,8 @@ func (v *Verifier) watchHosts(ctx context.Context) error {
 				v.hosts.m.Delete(e.Key())
 				continue
 			}
-			var h Host
-			if json.Unmarshal(e.Value(), &h) == nil && h.V == recordVersion {
+			var h record.Host
+			if json.Unmarshal(e.Value(), &h) == nil && h.V == record.Version {
 				v.hosts.m.Store(e.Key(), &h)
 			}
 		}
@@ -106,11 +107,11 @@ func (v *Verifier) watchHosts(ctx context.Context) error {
 }
 
 // host returns a host from the cache, or KV on a miss.
-func (v *Verifier) host(ctx context.Context, id string) (*Host, error) {
+func (v *Verifier) host(ctx context.Context, id string) (*record.Host, error) {
 	if h, ok := v.hosts.get(id); ok {
 		return h, nil
 	}
-	h, _, err := get[Host](ctx, v.st.hosts, id)
+	h, _, err := get[record.Host](ctx, v.st.hosts, id)
 	if err != nil {
 		return nil, err
 	}

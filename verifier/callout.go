@@ -10,8 +10,10 @@ import (
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
-
-	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 // calloutSubject is where nats-server sends auth-callout requests (in the
@@ -158,7 +160,7 @@ func (v *Verifier) handleCallout(m *nats.Msg) {
 		v.shedOne()
 		return
 	}
-	ev := denyByDefault("connect")
+	ev := audit.Deny("connect")
 	ev.Server, ev.Client, ev.ClientAddr = rc.Server.ID, rc.ClientInformation.ID, rc.ClientInformation.Host
 	var pre *preparedGrant
 	user, grantErr := v.authorize(context.Background(), rc, &ev, func(uc *jwt.UserClaims) {
@@ -185,7 +187,7 @@ func (v *Verifier) handleCallout(m *nats.Msg) {
 	} else {
 		ev.Result = "allow"
 	}
-	v.audit.record(ev)
+	v.audit.Record(ev)
 	v.served.Add(1)
 	took := time.Since(start)
 	v.metrics.observe(calloutSubject, grantErr, took)
@@ -273,7 +275,7 @@ func checkRequest(rc *jwt.AuthorizationRequestClaims) error {
 // session of a join-token holder or an allow-listed EK. A workload's claims
 // are handed to prepare once its assertion is checked, before the counter
 // is written; only the claims returned may be granted.
-func (v *Verifier) authorize(ctx context.Context, rc *jwt.AuthorizationRequestClaims, ev *Event, prepare func(*jwt.UserClaims)) (*jwt.UserClaims, error) {
+func (v *Verifier) authorize(ctx context.Context, rc *jwt.AuthorizationRequestClaims, ev *audit.Event, prepare func(*jwt.UserClaims)) (*jwt.UserClaims, error) {
 	co := rc.ConnectOptions
 	switch {
 	case co.Token != "":
@@ -286,17 +288,17 @@ func (v *Verifier) authorize(ctx context.Context, rc *jwt.AuthorizationRequestCl
 		return v.enrollmentUser(rc, "enroll-token-"+t.ID), nil
 	case co.Nkey != "" && co.SignedNonce != "":
 		return v.authorizeAssertion(ctx, rc, ev, prepare)
-	case strings.HasPrefix(co.Username, attestation.HostUserPrefix):
-		id := strings.TrimPrefix(co.Username, attestation.HostUserPrefix)
+	case strings.HasPrefix(co.Username, api.HostUserPrefix):
+		id := strings.TrimPrefix(co.Username, api.HostUserPrefix)
 		ev.Kind, ev.Host = "connect.enroll", id
 		if err := v.checkHostProof(ctx, id, co.Password); err != nil {
 			return nil, err
 		}
 		return v.enrollmentUser(rc, "enroll-host-"+id), nil
-	case strings.HasPrefix(co.Username, attestation.EKUserPrefix):
-		hash := strings.TrimPrefix(co.Username, attestation.EKUserPrefix)
+	case strings.HasPrefix(co.Username, api.EKUserPrefix):
+		hash := strings.TrimPrefix(co.Username, api.EKUserPrefix)
 		ev.Kind, ev.EKHash = "connect.enroll", hash
-		if _, _, err := get[ekAllow](ctx, v.st.ekAllow, hash); err != nil {
+		if _, _, err := get[record.EKAllow](ctx, v.st.ekAllow, hash); err != nil {
 			return nil, fmt.Errorf("%w: %s", ErrNotAllowed, hash)
 		}
 		return v.enrollmentUser(rc, "enroll-ek-"+hash[:12]), nil
@@ -309,7 +311,7 @@ func (v *Verifier) authorize(ctx context.Context, rc *jwt.AuthorizationRequestCl
 // receive replies, nothing else, for EnrollSessionTTL.
 func (v *Verifier) enrollmentUser(rc *jwt.AuthorizationRequestClaims, name string) *jwt.UserClaims {
 	uc := jwt.NewUserClaims(rc.UserNkey)
-	uc.Audience = AccountApp
+	uc.Audience = keys.AccountApp
 	uc.Name = name
 	uc.Expires = time.Now().Add(v.cfg.EnrollSessionTTL).Unix()
 	uc.Pub.Allow.Add("tpmauthn.v1.enroll.>", "tpmauthn.v1.register.>")

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/go-webauthn/webauthn/protocol"
+	"github.com/tpmauthn/tpmauthn/verifier/auditlog"
 )
 
 // Approval modes for new hosts.
@@ -23,7 +24,7 @@ type Config struct {
 	// NATSURL of an existing cluster; empty runs an embedded nats-server.
 	NATSURL string
 	// NATSSeed is the verifier's user seed on an existing cluster; empty
-	// uses DATA_DIR/verifier.nk (the user ServerConfig declares).
+	// uses DATA_DIR/verifier.nk (the user keys.ServerConfig declares).
 	NATSSeed string
 	// NATSListen is the embedded server's client address (127.0.0.1:4222).
 	NATSListen string
@@ -53,7 +54,7 @@ type Config struct {
 	MetricsListen string
 
 	// Audit configures the audit stream.
-	Audit AuditConfig
+	Audit auditlog.Config
 
 	// OnDecision, if set, is called after every auth-callout decision with
 	// the time it took and its error (nil: granted). For benchmarks and

@@ -20,6 +20,6 @@
 // APP holds every workload and enrollment session, each authorized by the
 // callout, and imports the verifier's v1 service; SYS is the system account,
 // used to kick connections. With no NATS URL configured the verifier runs this
-// layout in an embedded nats-server; ServerConfig prints the same block for an
+// layout in an embedded nats-server; keys.ServerConfig prints the same block for an
 // existing cluster.
 package verifier

@@ -8,12 +8,13 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
 )
 
-// StartEmbedded runs a nats-server with the tpmauthn layout (ServerConfig)
+// StartEmbedded runs a nats-server with the tpmauthn layout (keys.ServerConfig)
 // and JetStream in dataDir. listen is host:port; port -1 picks a free one.
-func StartEmbedded(k *Keys, dataDir, listen string, log *slog.Logger) (*server.Server, error) {
-	conf := ServerConfig(k, ServerConfigOptions{Listen: listen, StoreDir: filepath.Join(dataDir, "jetstream")})
+func StartEmbedded(k *keys.Set, dataDir, listen string, log *slog.Logger) (*server.Server, error) {
+	conf := keys.ServerConfig(k, keys.ServerConfigOptions{Listen: listen, StoreDir: filepath.Join(dataDir, "jetstream")})
 	path := filepath.Join(dataDir, "nats-server.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		return nil, fmt.Errorf("embedded nats-server: %w", err)

@@ -15,7 +15,10 @@ import (
 
 	"github.com/google/go-attestation/attest"
 
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 // grant is what authorizes an enrollment: a join token or an allow-list entry.
@@ -27,14 +30,14 @@ type grant struct {
 // enrollBegin checks the EK and answers with a credential-activation
 // challenge for the AK (DESIGN.md flow 1).
 func (v *Verifier) enrollBegin(ctx context.Context, body []byte) (_ any, err error) {
-	ev := denyByDefault("enroll.begin")
+	ev := audit.Deny("enroll.begin")
 	defer func() {
 		if err != nil { // a begun enrollment is audited when it finishes
 			ev.Reason = err.Error()
 			v.recordNow(ctx, ev)
 		}
 	}()
-	var req attestation.EnrollBeginRequest
+	var req api.EnrollBeginRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
@@ -53,11 +56,11 @@ func (v *Verifier) enrollBegin(ctx context.Context, body []byte) (_ any, err err
 	}
 	if err := v.checkEK(&req, ekPub, g); err != nil {
 		if errors.Is(err, attestation.ErrEKUntrusted) {
-			v.alert(AlertEKUntrusted, Event{EKHash: ekHash, Reason: err.Error()})
+			v.alert(AlertEKUntrusted, audit.Event{EKHash: ekHash, Reason: err.Error()})
 		}
 		return nil, err
 	}
-	if _, _, err := get[ekEnrollment](ctx, v.st.eks, ekHash); err == nil {
+	if _, _, err := get[record.EKEnrollment](ctx, v.st.eks, ekHash); err == nil {
 		return nil, ErrAlreadyEnrolled
 	} else if !errors.Is(err, ErrNotFound) {
 		return nil, err
@@ -79,9 +82,9 @@ func (v *Verifier) enrollBegin(ctx context.Context, body []byte) (_ any, err err
 		return nil, fmt.Errorf("%w: AK public: %w", attestation.ErrAttestation, err)
 	}
 	id := attestation.NewTPMIdentity(req.TPM.Manufacturer, req.TPM.VendorString, req.TPM.FirmwareVersion1)
-	sess := enrollSession{
-		V: recordVersion, Secret: act.Secret, EKHash: ekHash, AKPublic: akDER,
-		TPM: TPMIdent(id), Hostname: req.Hostname, Token: g.tokenHash, Created: time.Now().UTC(),
+	sess := record.EnrollSession{
+		V: record.Version, Secret: act.Secret, EKHash: ekHash, AKPublic: akDER,
+		TPM: record.TPMIdent(id), Hostname: req.Hostname, Token: g.tokenHash, Created: time.Now().UTC(),
 	}
 	sid, err := randomID(16)
 	if err != nil {
@@ -90,13 +93,13 @@ func (v *Verifier) enrollBegin(ctx context.Context, body []byte) (_ any, err err
 	if err := create(ctx, v.st.enroll, sid, &sess); err != nil {
 		return nil, err
 	}
-	return &attestation.EnrollBeginResponse{Session: sid, Credential: act.Challenge.Credential, Secret: act.Challenge.Secret}, nil
+	return &api.EnrollBeginResponse{Session: sid, Credential: act.Challenge.Credential, Secret: act.Challenge.Secret}, nil
 }
 
 // checkEK requires an EK certificate that chains to a manufacturer root and
 // certifies the EK presented. An allow-listed EK names itself and needs no
 // certificate; if it sends one, the certificate must still match.
-func (v *Verifier) checkEK(req *attestation.EnrollBeginRequest, ekPub any, g *grant) error {
+func (v *Verifier) checkEK(req *api.EnrollBeginRequest, ekPub any, g *grant) error {
 	if len(req.EKCert) == 0 {
 		if g.tokenHash == "" {
 			return nil
@@ -126,7 +129,7 @@ func (v *Verifier) authorizeEnrollment(ctx context.Context, token, ekHash string
 		}
 		return &grant{roles: t.Roles, tags: t.Tags, tokenHash: t.Hash}, nil
 	}
-	a, _, err := get[ekAllow](ctx, v.st.ekAllow, ekHash)
+	a, _, err := get[record.EKAllow](ctx, v.st.ekAllow, ekHash)
 	if errors.Is(err, ErrNotFound) {
 		return nil, ErrNotAllowed
 	}
@@ -137,8 +140,8 @@ func (v *Verifier) authorizeEnrollment(ctx context.Context, token, ekHash string
 }
 
 // lookupToken returns a valid (unused, unexpired) token and its revision.
-func (v *Verifier) lookupToken(ctx context.Context, token string) (*Token, uint64, error) {
-	t, rev, err := get[Token](ctx, v.st.tokens, tokenHash(token))
+func (v *Verifier) lookupToken(ctx context.Context, token string) (*record.Token, uint64, error) {
+	t, rev, err := get[record.Token](ctx, v.st.tokens, tokenHash(token))
 	if errors.Is(err, ErrNotFound) {
 		return nil, 0, ErrTokenInvalid
 	}
@@ -154,18 +157,18 @@ func (v *Verifier) lookupToken(ctx context.Context, token string) (*Token, uint6
 // enrollFinish checks the activated secret, consumes the token and records
 // the host; with automatic approval it also issues the AK certificate.
 func (v *Verifier) enrollFinish(ctx context.Context, body []byte) (_ any, err error) {
-	ev := denyByDefault("enroll")
+	ev := audit.Deny("enroll")
 	defer func() {
 		if err != nil {
 			ev.Reason = err.Error()
 		}
 		v.recordNow(ctx, ev)
 	}()
-	var req attestation.EnrollFinishRequest
+	var req api.EnrollFinishRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
-	sess, rev, err := get[enrollSession](ctx, v.st.enroll, req.Session)
+	sess, rev, err := get[record.EnrollSession](ctx, v.st.enroll, req.Session)
 	if errors.Is(err, ErrNotFound) {
 		return nil, fmt.Errorf("%w: enrollment session unknown or expired", ErrNotFound)
 	}
@@ -188,7 +191,7 @@ func (v *Verifier) enrollFinish(ctx context.Context, body []byte) (_ any, err er
 	if err != nil {
 		return nil, err
 	}
-	if err := create(ctx, v.st.eks, sess.EKHash, &ekEnrollment{V: recordVersion, Host: hostID}); err != nil {
+	if err := create(ctx, v.st.eks, sess.EKHash, &record.EKEnrollment{V: record.Version, Host: hostID}); err != nil {
 		if errors.Is(err, ErrConflict) {
 			return nil, ErrAlreadyEnrolled
 		}
@@ -196,9 +199,9 @@ func (v *Verifier) enrollFinish(ctx context.Context, body []byte) (_ any, err er
 	}
 	proof := sha256.Sum256(req.Secret)
 	now := time.Now().UTC()
-	h := &Host{
-		V: recordVersion, ID: hostID, Hostname: sess.Hostname, EKHash: sess.EKHash, AKPublic: sess.AKPublic,
-		TPM: sess.TPM, Roles: g.roles, Tags: g.tags, Status: attestation.HostPending, Via: g.via(),
+	h := &record.Host{
+		V: record.Version, ID: hostID, Hostname: sess.Hostname, EKHash: sess.EKHash, AKPublic: sess.AKPublic,
+		TPM: sess.TPM, Roles: g.roles, Tags: g.tags, Status: api.HostPending, Via: g.via(),
 		ProofHash: proof[:], Created: now, Updated: now,
 	}
 	if v.cfg.Approval == ApprovalAuto {
@@ -209,7 +212,7 @@ func (v *Verifier) enrollFinish(ctx context.Context, body []byte) (_ any, err er
 	if err := create(ctx, v.st.hosts, hostID, h); err != nil {
 		return nil, err
 	}
-	ev.Result, ev.Host, ev.Roles, ev.Reason = "ok", hostID, h.Roles, "status "+h.Status+" via "+h.Via
+	ev.Result, ev.Host, ev.Roles, ev.Reason = "ok", hostID, h.Roles, "status "+string(h.Status)+" via "+h.Via
 	v.log.Info("host enrolled", "host", hostID, "hostname", h.Hostname, "status", h.Status, "via", h.Via, "roles", h.Roles)
 	return v.enrollResult(h), nil
 }
@@ -223,15 +226,15 @@ func (g *grant) via() string {
 
 // consumeGrant marks the token used (compare-and-set: of two enrollments
 // racing for one token, one wins) or re-checks the allow-list.
-func (v *Verifier) consumeGrant(ctx context.Context, sess *enrollSession, hostID string) (*grant, error) {
+func (v *Verifier) consumeGrant(ctx context.Context, sess *record.EnrollSession, hostID string) (*grant, error) {
 	if sess.Token == "" {
-		a, _, err := get[ekAllow](ctx, v.st.ekAllow, sess.EKHash)
+		a, _, err := get[record.EKAllow](ctx, v.st.ekAllow, sess.EKHash)
 		if err != nil {
 			return nil, ErrNotAllowed
 		}
 		return &grant{roles: a.Roles, tags: a.Tags}, nil
 	}
-	t, rev, err := get[Token](ctx, v.st.tokens, sess.Token)
+	t, rev, err := get[record.Token](ctx, v.st.tokens, sess.Token)
 	if err != nil || t.State(time.Now()) != "valid" {
 		return nil, ErrTokenInvalid
 	}
@@ -243,7 +246,7 @@ func (v *Verifier) consumeGrant(ctx context.Context, sess *enrollSession, hostID
 }
 
 // activate issues the AK certificate and marks the host active.
-func (v *Verifier) activate(h *Host, by string) error {
+func (v *Verifier) activate(h *record.Host, by string) error {
 	akPub, err := x509.ParsePKIXPublicKey(h.AKPublic)
 	if err != nil {
 		return fmt.Errorf("host %s AK: %w", h.ID, err)
@@ -254,22 +257,22 @@ func (v *Verifier) activate(h *Host, by string) error {
 	if err != nil {
 		return err
 	}
-	h.AKCert, h.Status, h.ApprovedBy, h.Updated = der, attestation.HostActive, by, time.Now().UTC()
+	h.AKCert, h.Status, h.ApprovedBy, h.Updated = der, api.HostActive, by, time.Now().UTC()
 	return nil
 }
 
-func (v *Verifier) enrollResult(h *Host) *attestation.EnrollResult {
-	return &attestation.EnrollResult{HostID: h.ID, Status: h.Status, AKCert: h.AKCert, RPID: v.cfg.RPID, Origin: v.cfg.Origin}
+func (v *Verifier) enrollResult(h *record.Host) *api.EnrollResult {
+	return &api.EnrollResult{HostID: h.ID, Status: h.Status, AKCert: h.AKCert, RPID: v.cfg.RPID, Origin: v.cfg.Origin}
 }
 
 // enrollStatus lets a pending host learn that it was approved. The proof is
 // the activation secret, which only the enrolling TPM could recover.
 func (v *Verifier) enrollStatus(ctx context.Context, body []byte) (any, error) {
-	var req attestation.EnrollStatusRequest
+	var req api.EnrollStatusRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
-	h, _, err := get[Host](ctx, v.st.hosts, req.HostID)
+	h, _, err := get[record.Host](ctx, v.st.hosts, req.HostID)
 	if err != nil {
 		return nil, err
 	}
@@ -287,7 +290,7 @@ func (v *Verifier) checkHostProof(ctx context.Context, hostID, proofB64 string) 
 	if err != nil {
 		return fmt.Errorf("%w: host proof is not base64url", ErrBadRequest)
 	}
-	h, _, err := get[Host](ctx, v.st.hosts, hostID)
+	h, _, err := get[record.Host](ctx, v.st.hosts, hostID)
 	if err != nil {
 		return fmt.Errorf("%w: host %q", ErrNotFound, hostID)
 	}
@@ -295,7 +298,7 @@ func (v *Verifier) checkHostProof(ctx context.Context, hostID, proofB64 string) 
 	if subtle.ConstantTimeCompare(sum[:], h.ProofHash) != 1 {
 		return fmt.Errorf("%w: wrong proof for host %s", ErrNotFound, hostID)
 	}
-	if h.Status == attestation.HostRevoked {
+	if h.Status == api.HostRevoked {
 		return fmt.Errorf("%w: host %s", ErrRevoked, hostID)
 	}
 	return nil

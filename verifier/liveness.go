@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-
-	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 // The sessions a credential record names are rewritten with it on every
@@ -28,7 +30,7 @@ import (
 // session in the record (kicked in vain at worst), never the other way round.
 
 const (
-	disconnectSubject = "$SYS.ACCOUNT." + AccountApp + ".DISCONNECT"
+	disconnectSubject = "$SYS.ACCOUNT." + keys.AccountApp + ".DISCONNECT"
 	shutdownSubject   = "$SYS.SERVER.*.SHUTDOWN"
 	// sessionSweep is how often sessions past their expiry are forgotten.
 	sessionSweep = time.Minute
@@ -58,7 +60,7 @@ type sessionIndex struct {
 
 // granted indexes a session this instance granted to credential cred (on
 // every connect: one lock, nothing allocated for a known server).
-func (x *sessionIndex) granted(r SessionRef, cred string) {
+func (x *sessionIndex) granted(r record.SessionRef, cred string) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	clients := x.clients(r.Server)
@@ -68,7 +70,7 @@ func (x *sessionIndex) granted(r SessionRef, cred string) {
 }
 
 // add indexes the sessions of a record; an ended mark is kept.
-func (x *sessionIndex) add(refs []SessionRef) {
+func (x *sessionIndex) add(refs []record.SessionRef) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for _, r := range refs {
@@ -136,7 +138,7 @@ func (x *sessionIndex) endServer(server string) (int, map[uint64]string) {
 // split returns the sessions that have neither expired nor ended, and the
 // ended ones. With only (non-empty) there is one server and only its
 // sessions can be live: the others are from before it started.
-func (x *sessionIndex) split(refs []SessionRef, now time.Time, only string) (live, ended []SessionRef) {
+func (x *sessionIndex) split(refs []record.SessionRef, now time.Time, only string) (live, ended []record.SessionRef) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	live = refs[:0:0]
@@ -154,7 +156,7 @@ func (x *sessionIndex) split(refs []SessionRef, now time.Time, only string) (liv
 }
 
 // forget drops ended sessions a record write has left out.
-func (x *sessionIndex) forget(refs []SessionRef) {
+func (x *sessionIndex) forget(refs []record.SessionRef) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for _, r := range refs {
@@ -196,7 +198,7 @@ func (x *sessionIndex) sweep(now time.Time) {
 // liveSessions keeps the sessions that have neither expired nor ended, the
 // newest maxSessions-1 of them (room for the one being added), and returns
 // the ended ones it left out (to forget once the record is written).
-func (v *Verifier) liveSessions(s []SessionRef, now time.Time) (live, ended []SessionRef) {
+func (v *Verifier) liveSessions(s []record.SessionRef, now time.Time) (live, ended []record.SessionRef) {
 	only := ""
 	if v.srv != nil { // the embedded server, standalone: it restarts with this process
 		only = v.srv.ID()
@@ -298,26 +300,26 @@ func (v *Verifier) auditSessionEnd(e *disconnectEvent) {
 	if ev.Host == "" { // an enrollment session, or a credential since deleted
 		ev.Credential = ""
 		switch {
-		case strings.HasPrefix(user, attestation.HostUserPrefix):
-			ev.Host = strings.TrimPrefix(user, attestation.HostUserPrefix)
+		case strings.HasPrefix(user, api.HostUserPrefix):
+			ev.Host = strings.TrimPrefix(user, api.HostUserPrefix)
 			ev.Reason += " (enrollment session, host proof)"
-		case strings.HasPrefix(user, attestation.EKUserPrefix):
-			ev.EKHash = strings.TrimPrefix(user, attestation.EKUserPrefix)
+		case strings.HasPrefix(user, api.EKUserPrefix):
+			ev.EKHash = strings.TrimPrefix(user, api.EKUserPrefix)
 			ev.Reason += " (enrollment session, EK allow-list)"
 		case user == "[REDACTED]": // nats-server's stand-in for a token
 			ev.Reason += " (enrollment session, join token)"
 		}
 	}
 	ev.ClientAddr = e.Client.Host
-	ev.Session = &SessionStats{Start: e.Client.Start.UTC(), MsgsSent: e.Sent.Msgs, BytesSent: e.Sent.Bytes,
+	ev.Session = &audit.SessionStats{Start: e.Client.Start.UTC(), MsgsSent: e.Sent.Msgs, BytesSent: e.Sent.Bytes,
 		MsgsReceived: e.Received.Msgs, BytesReceived: e.Received.Bytes}
-	v.audit.record(ev)
+	v.audit.Record(ev)
 }
 
 // sessionEvent is the audit event of a session's end, naming its host and
 // workload from the credential (cached, or read).
-func (v *Verifier) sessionEvent(credID, server string, client uint64, reason string) Event {
-	ev := Event{Kind: "disconnect", Result: "ok", Credential: credID, Server: server, Client: client, Reason: reason}
+func (v *Verifier) sessionEvent(credID, server string, client uint64, reason string) audit.Event {
+	ev := audit.Event{Kind: "disconnect", Result: "ok", Credential: credID, Server: server, Client: client, Reason: reason}
 	if credID == "" {
 		return ev
 	}
@@ -326,7 +328,7 @@ func (v *Verifier) sessionEvent(credID, server string, client uint64, reason str
 	} else {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		if c, _, err := get[Credential](ctx, v.st.creds, credID); err == nil {
+		if c, _, err := get[record.Credential](ctx, v.st.creds, credID); err == nil {
 			ev.Host, ev.Workload = c.Host, c.Workload
 		}
 	}
@@ -365,7 +367,7 @@ func (v *Verifier) watchSessions() error {
 		// The server sends no disconnect event for them: their end is
 		// audited here, without the traffic counts.
 		for client, credID := range granted {
-			v.audit.record(v.sessionEvent(credID, tok[2], client, "Server Shutdown"))
+			v.audit.Record(v.sessionEvent(credID, tok[2], client, "Server Shutdown"))
 		}
 	}); err != nil {
 		return fmt.Errorf("subscribe %s: %w", shutdownSubject, err)

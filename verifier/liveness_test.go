@@ -8,14 +8,16 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-
-	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 func TestSessionIndex(t *testing.T) {
 	now := time.Now()
-	ref := func(server string, client uint64, ttl time.Duration) SessionRef {
-		return SessionRef{Server: server, Client: client, Expires: now.Add(ttl)}
+	ref := func(server string, client uint64, ttl time.Duration) record.SessionRef {
+		return record.SessionRef{Server: server, Client: client, Expires: now.Add(ttl)}
 	}
 	a1, a2, b1 := ref("NA", 1, time.Hour), ref("NA", 2, time.Hour), ref("NB", 1, time.Minute)
 	gone := ref("NA", 3, -time.Second)
@@ -23,22 +25,22 @@ func TestSessionIndex(t *testing.T) {
 	if x.end("NA", 1) {
 		t.Fatal("end of a session never indexed reported as known")
 	}
-	x.add([]SessionRef{a1, a2, b1})
+	x.add([]record.SessionRef{a1, a2, b1})
 	if !x.end("NA", 1) || x.grantOf("NA", 1) != "" || !x.ended(a1) || x.ended(a2) || x.ended(b1) {
 		t.Fatal("end marked the wrong sessions, or a grant not made here is named")
 	}
-	x.add([]SessionRef{a1}) // re-reading a record keeps the mark
+	x.add([]record.SessionRef{a1}) // re-reading a record keeps the mark
 	if !x.ended(a1) {
 		t.Fatal("re-indexing a session lost its ended mark")
 	}
-	live, ended := x.split([]SessionRef{a1, a2, b1, gone, ref("NC", 9, time.Hour)}, now, "")
+	live, ended := x.split([]record.SessionRef{a1, a2, b1, gone, ref("NC", 9, time.Hour)}, now, "")
 	if len(live) != 3 || live[0] != a2 || live[1] != b1 || len(ended) != 1 || ended[0] != a1 {
 		t.Fatalf("split: live %v, ended %v; want a2, b1 and the unindexed NC/9 live, a1 ended", live, ended)
 	}
-	if live, _ := x.split([]SessionRef{a2, b1}, now, "NB"); len(live) != 1 || live[0] != b1 {
+	if live, _ := x.split([]record.SessionRef{a2, b1}, now, "NB"); len(live) != 1 || live[0] != b1 {
 		t.Fatalf("split with one server NB: live %v, want only its session", live)
 	}
-	x.forget([]SessionRef{a1, a2}) // a2 is live: kept
+	x.forget([]record.SessionRef{a1, a2}) // a2 is live: kept
 	if x.len() != 2 || x.ended(a1) || !x.isIndexed(a2) {
 		t.Fatalf("after forget: %d indexed, want a2 and b1", x.len())
 	}
@@ -57,17 +59,17 @@ func TestSessionIndex(t *testing.T) {
 
 // A session granted here names its credential, also once it has ended.
 func TestSessionIndexGrant(t *testing.T) {
-	r := SessionRef{Server: "NA", Client: 4, Expires: time.Now().Add(time.Hour)}
+	r := record.SessionRef{Server: "NA", Client: 4, Expires: time.Now().Add(time.Hour)}
 	var x sessionIndex
 	x.granted(r, "cred-1")
-	x.add([]SessionRef{r}) // the record read back keeps the grant
+	x.add([]record.SessionRef{r}) // the record read back keeps the grant
 	x.end("NA", 4)
 	if got := x.grantOf("NA", 4); got != "cred-1" {
 		t.Fatalf("grantOf = %q, want cred-1", got)
 	}
 }
 
-func (x *sessionIndex) ended(r SessionRef) bool {
+func (x *sessionIndex) ended(r record.SessionRef) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	return x.m[r.Server][r.Client].ended
@@ -83,7 +85,7 @@ func (x *sessionIndex) len() int {
 	return n
 }
 
-func (x *sessionIndex) isIndexed(r SessionRef) bool {
+func (x *sessionIndex) isIndexed(r record.SessionRef) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	_, ok := x.m[r.Server][r.Client]
@@ -96,9 +98,9 @@ func (x *sessionIndex) isIndexed(r SessionRef) bool {
 func TestShutdownEventEndsSessions(t *testing.T) {
 	v := startLocal(t)
 	exp := time.Now().Add(time.Hour)
-	gone, other := SessionRef{Server: "NGONE", Client: 7, Expires: exp}, SessionRef{Server: "NOTHER", Client: 7, Expires: exp}
-	v.sessions.add([]SessionRef{gone, other})
-	mine := SessionRef{Server: "NGONE", Client: 8, Expires: exp}
+	gone, other := record.SessionRef{Server: "NGONE", Client: 7, Expires: exp}, record.SessionRef{Server: "NOTHER", Client: 7, Expires: exp}
+	v.sessions.add([]record.SessionRef{gone, other})
+	mine := record.SessionRef{Server: "NGONE", Client: 8, Expires: exp}
 	v.sessions.granted(mine, "cred-x")
 	body, _ := json.Marshal(&server.ServerInfo{Name: "gone", ID: "NGONE", Seq: 9, Time: time.Now()})
 	if err := v.sysNC.Publish("$SYS.SERVER.NGONE.SHUTDOWN", body); err != nil {
@@ -114,7 +116,7 @@ func TestShutdownEventEndsSessions(t *testing.T) {
 	}
 	// The session granted here gets its end audited (the server sends no
 	// disconnect event for it).
-	var last Event
+	var last audit.Event
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		v.FlushAudit()
 		var err error
@@ -136,13 +138,13 @@ func TestShutdownEventEndsSessions(t *testing.T) {
 // names the credential; an enrollment user names the host.
 func TestSessionEndFromAnotherInstance(t *testing.T) {
 	v := startLocal(t)
-	if err := create(t.Context(), v.st.creds, "CRED1", &Credential{V: recordVersion, ID: "CRED1", Host: "h-1", Workload: "billing", Status: CredActive}); err != nil {
+	if err := create(t.Context(), v.st.creds, "CRED1", &record.Credential{V: record.Version, ID: "CRED1", Host: "h-1", Workload: "billing", Status: api.CredentialActive}); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now().Add(-time.Minute)
 	publish := func(cid uint64, user string) {
 		ev := server.DisconnectEventMsg{
-			Client:   server.ClientInfo{Start: &start, Host: "10.0.0.7", ID: cid, Account: AccountApp, User: user},
+			Client:   server.ClientInfo{Start: &start, Host: "10.0.0.7", ID: cid, Account: keys.AccountApp, User: user},
 			Sent:     server.DataStats{MsgBytes: server.MsgBytes{Msgs: 5, Bytes: 500}},
 			Received: server.DataStats{MsgBytes: server.MsgBytes{Msgs: 2, Bytes: 20}},
 			Reason:   "Client Closed",
@@ -154,27 +156,27 @@ func TestSessionEndFromAnotherInstance(t *testing.T) {
 		}
 	}
 	publish(11, "CRED1")
-	publish(12, attestation.HostUserPrefix+"h-2")
+	publish(12, api.HostUserPrefix+"h-2")
 	publish(13, "[REDACTED]")
-	var ends []Event
+	var ends []audit.Event
 	for deadline := time.Now().Add(5 * time.Second); len(ends) < 3; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d of 3 session ends audited", len(ends))
 		}
 		v.FlushAudit()
 		ends = ends[:0]
-		raws, err := v.audit.readRaw(t.Context(), 1, 10000)
+		raws, err := v.audit.ReadRaw(t.Context(), 1, 10000)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, r := range raws {
-			var e Event
+			var e audit.Event
 			if json.Unmarshal(r.Data, &e) == nil && e.Kind == "disconnect" {
 				ends = append(ends, e)
 			}
 		}
 	}
-	slices.SortFunc(ends, func(a, b Event) int { return int(a.Client) - int(b.Client) })
+	slices.SortFunc(ends, func(a, b audit.Event) int { return int(a.Client) - int(b.Client) })
 	w := ends[0]
 	if w.Credential != "CRED1" || w.Host != "h-1" || w.Workload != "billing" || w.ClientAddr != "10.0.0.7" ||
 		w.Session == nil || w.Session.MsgsSent != 5 || w.Session.BytesReceived != 20 || !w.Session.Start.Equal(start.UTC()) {

@@ -5,8 +5,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/api"
 )
 
 // metrics are per Verifier (a registry of its own, not the global one).
@@ -65,13 +64,13 @@ func (m *metrics) observe(subject string, err error, took time.Duration) {
 	m.requests.WithLabelValues(subject, result).Inc()
 	m.latency.WithLabelValues(subject).Observe(took.Seconds())
 	switch subject {
-	case attestation.SubjectEnrollBegin:
+	case api.SubjectEnrollBegin:
 		if err != nil { // a refusal at begin is a refused enrollment
 			m.enrollments.WithLabelValues(result).Inc()
 		}
-	case attestation.SubjectEnrollFinish:
+	case api.SubjectEnrollFinish:
 		m.enrollments.WithLabelValues(result).Inc()
-	case attestation.SubjectRegisterFinish:
+	case api.SubjectRegisterFinish:
 		m.registrations.WithLabelValues(result).Inc()
 	}
 }

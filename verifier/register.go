@@ -11,7 +11,10 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 // workloadName: what a workload may be called (it appears in NATS user names
@@ -20,7 +23,7 @@ var workloadName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
 
 // registerBegin issues a single-use registration challenge (DESIGN.md flow 2).
 func (v *Verifier) registerBegin(ctx context.Context, body []byte) (any, error) {
-	var req attestation.RegisterBeginRequest
+	var req api.RegisterBeginRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
@@ -42,23 +45,23 @@ func (v *Verifier) registerBegin(ctx context.Context, body []byte) (any, error) 
 		return nil, err
 	}
 	exp := time.Now().Add(v.cfg.RegisterChallenge).UTC()
-	rec := &challenge{V: recordVersion, Host: req.HostID, Workload: req.Workload, UserHandle: uh, Expires: exp, RotateFrom: req.RotateFrom}
+	rec := &record.Challenge{V: record.Version, Host: req.HostID, Workload: req.Workload, UserHandle: uh, Expires: exp, RotateFrom: req.RotateFrom}
 	if err := create(ctx, v.st.challenges, b64(chal), rec); err != nil {
 		return nil, err
 	}
-	return &attestation.RegisterBeginResponse{Challenge: chal, UserHandle: uh, RPID: v.cfg.RPID, Origin: v.cfg.Origin, Expires: exp}, nil
+	return &api.RegisterBeginResponse{Challenge: chal, UserHandle: uh, RPID: v.cfg.RPID, Origin: v.cfg.Origin, Expires: exp}, nil
 }
 
 // registerFinish verifies the registration and stores the credential.
 func (v *Verifier) registerFinish(ctx context.Context, body []byte) (_ any, err error) {
-	ev := denyByDefault("register")
+	ev := audit.Deny("register")
 	defer func() {
 		if err != nil {
 			ev.Reason = err.Error()
 		}
 		v.recordNow(ctx, ev)
 	}()
-	var req attestation.RegisterFinishRequest
+	var req api.RegisterFinishRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
@@ -67,7 +70,7 @@ func (v *Verifier) registerFinish(ctx context.Context, body []byte) (_ any, err 
 		return nil, fmt.Errorf("%w: no registration response", ErrBadRequest)
 	}
 	key := b64(req.Challenge)
-	ch, rev, err := get[challenge](ctx, v.st.challenges, key)
+	ch, rev, err := get[record.Challenge](ctx, v.st.challenges, key)
 	if err != nil {
 		return nil, ErrChallenge
 	}
@@ -91,21 +94,21 @@ func (v *Verifier) registerFinish(ctx context.Context, body []byte) (_ any, err 
 	}
 	ev.Credential = b64(reg.CredentialID)
 	if err := akBelongsTo(reg.AKCert, h); err != nil {
-		v.alert(AlertAKMismatch, Event{Host: h.ID, Workload: req.Workload, Credential: ev.Credential, Reason: err.Error()})
+		v.alert(AlertAKMismatch, audit.Event{Host: h.ID, Workload: req.Workload, Credential: ev.Credential, Reason: err.Error()})
 		return nil, err
 	}
 	now := time.Now().UTC()
-	cred := &Credential{
-		V: recordVersion, ID: b64(reg.CredentialID), Host: h.ID, Workload: req.Workload,
+	cred := &record.Credential{
+		V: record.Version, ID: b64(reg.CredentialID), Host: h.ID, Workload: req.Workload,
 		PublicKey: reg.PublicKey, UserHandle: ch.UserHandle, Counter: reg.Counter,
-		Status: CredActive, Created: now, Updated: now,
+		Status: api.CredentialActive, Created: now, Updated: now,
 	}
-	var old *Credential
+	var old *record.Credential
 	if ch.RotateFrom != "" {
 		if old, err = v.checkRotationProof(ctx, ch, req, reg.CredentialID); err != nil {
 			return nil, err
 		}
-		cred.Lineage = old.nkey()
+		cred.Lineage = old.Nkey()
 		ev.Kind, ev.Reason = "rotate", "replaces "+old.ID
 	}
 	if err := v.claimWorkload(ctx, h.ID, req.Workload, cred.ID, ch.RotateFrom); err != nil {
@@ -116,16 +119,18 @@ func (v *Verifier) registerFinish(ctx context.Context, body []byte) (_ any, err 
 	}
 	var retires time.Time
 	if old != nil {
-		retires = v.retire(ctx, old.ID, cred.ID)
+		if retires, err = v.retire(ctx, old.ID, cred.ID); err != nil {
+			return nil, err
+		}
 	}
 	ev.Result = "ok"
 	v.log.Info("credential registered", "credential", cred.ID, "host", h.ID, "workload", cred.Workload)
-	return &attestation.RegisterFinishResponse{CredentialID: cred.ID, Retires: retires}, nil
+	return &api.RegisterFinishResponse{CredentialID: cred.ID, Retires: retires}, nil
 }
 
 // akBelongsTo requires the attesting AK to be the host's own: a valid AK
 // certificate of another host must not register credentials for this one.
-func akBelongsTo(akCert *x509.Certificate, h *Host) error {
+func akBelongsTo(akCert *x509.Certificate, h *record.Host) error {
 	want, err := x509.ParsePKIXPublicKey(h.AKPublic)
 	if err != nil {
 		return fmt.Errorf("host %s AK: %w", h.ID, err)
@@ -136,15 +141,15 @@ func akBelongsTo(akCert *x509.Certificate, h *Host) error {
 	return nil
 }
 
-func (v *Verifier) activeHost(ctx context.Context, id string) (*Host, error) {
-	h, _, err := get[Host](ctx, v.st.hosts, id)
+func (v *Verifier) activeHost(ctx context.Context, id string) (*record.Host, error) {
+	h, _, err := get[record.Host](ctx, v.st.hosts, id)
 	if errors.Is(err, ErrNotFound) {
 		return nil, fmt.Errorf("%w: host %q", ErrNotFound, id)
 	}
 	if err != nil {
 		return nil, err
 	}
-	if h.Status != attestation.HostActive {
+	if h.Status != api.HostActive {
 		return nil, fmt.Errorf("%w: host %s is %s", ErrHostNotActive, h.ID, h.Status)
 	}
 	return h, nil
@@ -157,7 +162,7 @@ func decodeB64(s string) ([]byte, error) { return base64.RawURLEncoding.DecodeSt
 // checkRotateFrom: a workload that has a credential gets another only by a
 // rotation that names it (and, at finish, a proof it signed).
 func (v *Verifier) checkRotateFrom(ctx context.Context, host, workload, from string) error {
-	idx, _, err := get[workloadIndex](ctx, v.st.workloads, host+"."+workload)
+	idx, _, err := get[record.WorkloadIndex](ctx, v.st.workloads, host+"."+workload)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		if from != "" {
@@ -171,11 +176,11 @@ func (v *Verifier) checkRotateFrom(ctx context.Context, host, workload, from str
 	case from != idx.Credential:
 		return fmt.Errorf("%w: rotate_from %s is not workload %s's current credential", ErrBadRequest, from, workload)
 	}
-	old, _, err := get[Credential](ctx, v.st.creds, from)
+	old, _, err := get[record.Credential](ctx, v.st.creds, from)
 	if err != nil {
 		return err
 	}
-	if old.Status != CredActive || old.retired(time.Now()) {
+	if old.Status != api.CredentialActive || old.Retired(time.Now()) {
 		return fmt.Errorf("%w: credential %s is %s and cannot vouch for a successor", ErrRevoked, old.ID, old.Status)
 	}
 	return nil
@@ -183,11 +188,11 @@ func (v *Verifier) checkRotateFrom(ctx context.Context, host, workload, from str
 
 // checkRotationProof verifies that the replaced credential signed
 // RotationChallenge(challenge, new ID), and accepts its counter.
-func (v *Verifier) checkRotationProof(ctx context.Context, ch *challenge, req attestation.RegisterFinishRequest, newID []byte) (*Credential, error) {
+func (v *Verifier) checkRotationProof(ctx context.Context, ch *record.Challenge, req api.RegisterFinishRequest, newID []byte) (*record.Credential, error) {
 	if req.RotationProof == nil {
 		return nil, fmt.Errorf("%w: a rotation needs a proof signed by the replaced credential", attestation.ErrAttestation)
 	}
-	proof, err := req.RotationProof.Decode()
+	proof, err := attestation.DecodeAssertionResponse(req.RotationProof)
 	if err != nil {
 		return nil, err
 	}
@@ -197,11 +202,11 @@ func (v *Verifier) checkRotationProof(ctx context.Context, ch *challenge, req at
 	unlock := v.credLocks.lock(ch.RotateFrom)
 	defer unlock()
 	for range 20 {
-		old, rev, err := get[Credential](ctx, v.st.creds, ch.RotateFrom)
+		old, rev, err := get[record.Credential](ctx, v.st.creds, ch.RotateFrom)
 		if err != nil {
 			return nil, err
 		}
-		if old.Status != CredActive || old.retired(time.Now()) {
+		if old.Status != api.CredentialActive || old.Retired(time.Now()) {
 			return nil, fmt.Errorf("%w: credential %s is %s", ErrRevoked, old.ID, old.Status)
 		}
 		pub, err := v.pubKeys.get(old.ID, old.PublicKey)
@@ -214,7 +219,7 @@ func (v *Verifier) checkRotationProof(ctx context.Context, ch *challenge, req at
 		if err != nil {
 			return nil, fmt.Errorf("rotation proof: %w", err)
 		}
-		if err := old.acceptCounter(counter); err != nil {
+		if err := old.AcceptCounter(counter); err != nil {
 			return nil, fmt.Errorf("rotation proof: %w: %w", ErrReplay, err)
 		}
 		if err := update(ctx, v.st.creds, old.ID, old, rev); errors.Is(err, ErrConflict) {
@@ -231,7 +236,7 @@ func (v *Verifier) checkRotationProof(ctx context.Context, ch *challenge, req at
 // for a first registration, compare-and-set from the old one for a rotation.
 func (v *Verifier) claimWorkload(ctx context.Context, host, workload, cred, from string) error {
 	key := host + "." + workload
-	rec := &workloadIndex{V: recordVersion, Credential: cred}
+	rec := &record.WorkloadIndex{V: record.Version, Credential: cred}
 	if from == "" {
 		if err := create(ctx, v.st.workloads, key, rec); errors.Is(err, ErrConflict) {
 			return fmt.Errorf("%w: workload %s registered concurrently", ErrConflict, workload)
@@ -240,7 +245,7 @@ func (v *Verifier) claimWorkload(ctx context.Context, host, workload, cred, from
 		}
 		return nil
 	}
-	idx, rev, err := get[workloadIndex](ctx, v.st.workloads, key)
+	idx, rev, err := get[record.WorkloadIndex](ctx, v.st.workloads, key)
 	if err != nil {
 		return err
 	}
@@ -250,29 +255,25 @@ func (v *Verifier) claimWorkload(ctx context.Context, host, workload, cred, from
 	return update(ctx, v.st.workloads, key, rec, rev)
 }
 
-// retire gives a replaced credential its grace period.
-func (v *Verifier) retire(ctx context.Context, id, by string) time.Time {
-	for range 20 {
-		c, rev, err := get[Credential](ctx, v.st.creds, id)
-		if err != nil {
-			v.log.Error("retire replaced credential", "credential", id, "error", err)
-			return time.Time{}
-		}
-		c.Retires, c.ReplacedBy, c.RotateRequested, c.Updated = time.Now().Add(v.cfg.RotationGrace).UTC(), by, false, time.Now().UTC()
-		if err := update(ctx, v.st.creds, id, c, rev); errors.Is(err, ErrConflict) {
-			continue
-		} else if err != nil {
-			v.log.Error("retire replaced credential", "credential", id, "error", err)
-		}
-		v.log.Info("credential rotated", "old", id, "new", by, "retires", c.Retires)
-		return c.Retires
+// retire gives a replaced credential its grace period. Its failure fails
+// the registration: a replaced credential that is never retired would stay
+// valid for good.
+func (v *Verifier) retire(ctx context.Context, id, by string) (time.Time, error) {
+	c, _, err := mutate(ctx, v.st.creds, id, func(c *record.Credential) error {
+		now := time.Now().UTC()
+		c.Retires, c.ReplacedBy, c.RotateRequested, c.Updated = now.Add(v.cfg.RotationGrace), by, false, now
+		return nil
+	})
+	if err != nil {
+		return time.Time{}, fmt.Errorf("retire replaced credential %s: %w", id, err)
 	}
-	return time.Time{}
+	v.log.Info("credential rotated", "old", id, "new", by, "retires", c.Retires)
+	return c.Retires, nil
 }
 
 // credentialStatus tells an agent which credentials to rotate.
 func (v *Verifier) credentialStatus(ctx context.Context, body []byte) (any, error) {
-	var req attestation.CredentialStatusRequest
+	var req api.CredentialStatusRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
@@ -286,18 +287,18 @@ func (v *Verifier) credentialStatus(ctx context.Context, body []byte) (any, erro
 	if err != nil {
 		return nil, err
 	}
-	out := []attestation.CredentialState{}
+	out := []api.CredentialState{}
 	now := time.Now()
 	for key := range lister.Keys() {
-		idx, _, err := get[workloadIndex](ctx, v.st.workloads, key)
+		idx, _, err := get[record.WorkloadIndex](ctx, v.st.workloads, key)
 		if err != nil {
 			continue
 		}
-		c, _, err := get[Credential](ctx, v.st.creds, idx.Credential)
+		c, _, err := get[record.Credential](ctx, v.st.creds, idx.Credential)
 		if err != nil {
 			continue
 		}
-		st := attestation.CredentialState{ID: c.ID, Workload: c.Workload, Status: c.Status, Created: c.Created, Retires: c.Retires}
+		st := api.CredentialState{ID: c.ID, Workload: c.Workload, Status: c.Status, Created: c.Created, Retires: c.Retires}
 		if v.cfg.CredentialMaxAge > 0 {
 			st.RotateBy = c.Created.Add(v.cfg.CredentialMaxAge)
 		}

@@ -10,13 +10,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
-
-// HostOffboarded is the status of a host removed from the fleet: its
-// credentials are revoked and its EK may enroll again.
-const HostOffboarded = "offboarded"
 
 // kickTimeout bounds one KICK request to a server.
 const kickTimeout = time.Second
@@ -24,7 +22,7 @@ const kickTimeout = time.Second
 // connectSys opens the system-account connection used for kicks.
 func (v *Verifier) connectSys(url string) error {
 	kp := v.keys.Sys
-	nc, err := nats.Connect(url, append(v.connOptions("tpmauthn-verifier-sys"), nats.Nkey(pub(kp), kp.Sign))...)
+	nc, err := nats.Connect(url, append(v.connOptions("tpmauthn-verifier-sys"), nats.Nkey(keys.Public(kp), kp.Sign))...)
 	if err != nil {
 		return fmt.Errorf("connect to NATS as the system user (for kicks): %w", err)
 	}
@@ -35,7 +33,7 @@ func (v *Verifier) connectSys(url string) error {
 // kick disconnects the live sessions of a credential, each on the server
 // that holds it ($SYS.REQ.SERVER.<id>.KICK). A session already gone is not
 // an error.
-func (v *Verifier) kick(c *Credential) int {
+func (v *Verifier) kick(c *record.Credential) int {
 	select {
 	case <-v.done: // shutting down: the system connection is drained; other instances kick
 		return 0
@@ -69,44 +67,43 @@ func (v *Verifier) kick(c *Credential) int {
 	return n
 }
 
-// setCredentialStatus changes a credential's status (compare-and-set, with
-// retries) and kicks its live sessions unless it becomes active.
-func (v *Verifier) setCredentialStatus(ctx context.Context, id, status, reason string) (*Credential, error) {
-	for range 20 {
-		c, rev, err := get[Credential](ctx, v.st.creds, id)
-		if err != nil {
-			return nil, err
+// setCredentialStatus moves a credential to status through its state
+// machine (record.ErrTransition if the edge is illegal: revoked is final) in
+// one compare-and-set, and kicks its live sessions unless it becomes active.
+// check, if set, runs on the record read before the change and may refuse it.
+func (v *Verifier) setCredentialStatus(ctx context.Context, id string, status api.CredentialStatus, reason string, check func(*record.Credential) error) (*record.Credential, error) {
+	c, _, err := mutate(ctx, v.st.creds, id, func(c *record.Credential) error {
+		if check != nil {
+			if err := check(c); err != nil {
+				return err
+			}
 		}
-		c.Status, c.Reason, c.Updated = status, reason, time.Now().UTC()
-		if err := update(ctx, v.st.creds, c.ID, c, rev); errors.Is(err, ErrConflict) {
-			continue
-		} else if err != nil {
-			return nil, err
-		}
-		if status != CredActive {
-			v.kick(c)
-		}
-		return c, nil
-	}
-	return nil, ErrConflict
-}
-
-// hostCredentials lists a host's credentials.
-func (v *Verifier) hostCredentials(ctx context.Context, host string) ([]*Credential, error) {
-	all, err := list[Credential](ctx, v.st.creds)
+		return c.Transition(status, reason, time.Now())
+	})
 	if err != nil {
 		return nil, err
 	}
-	return slices.DeleteFunc(all, func(c *Credential) bool { return c.Host != host }), nil
+	if status != api.CredentialActive {
+		v.kick(c)
+	}
+	return c, nil
+}
+
+// hostCredentials lists a host's credentials.
+func (v *Verifier) hostCredentials(ctx context.Context, host string) ([]*record.Credential, error) {
+	all, err := list[record.Credential](ctx, v.st.creds)
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(all, func(c *record.Credential) bool { return c.Host != host }), nil
 }
 
 // revokeHost sets the host's status and revokes every credential of it (so
 // that a connect racing with the revocation is ordered by the credential's
 // compare-and-set, and its session is kicked).
-func (v *Verifier) revokeHost(ctx context.Context, id, status, reason string) (*Host, error) {
-	h, err := v.changeHost(ctx, id, func(h *Host) error {
-		h.Status, h.Reason = status, reason
-		return nil
+func (v *Verifier) revokeHost(ctx context.Context, id string, status api.HostStatus, reason string) (*record.Host, error) {
+	h, _, err := mutate(ctx, v.st.hosts, id, func(h *record.Host) error {
+		return h.Transition(status, reason, time.Now())
 	})
 	if err != nil {
 		return nil, err
@@ -116,19 +113,19 @@ func (v *Verifier) revokeHost(ctx context.Context, id, status, reason string) (*
 		return nil, err
 	}
 	for _, c := range creds {
-		if c.Status == CredRevoked {
+		if c.Status == api.CredentialRevoked {
 			v.kick(c)
 			continue
 		}
-		why := "host " + status + ": " + reason
-		if _, err := v.setCredentialStatus(ctx, c.ID, CredRevoked, why); err != nil {
+		why := "host " + string(status) + ": " + reason
+		if _, err := v.setCredentialStatus(ctx, c.ID, api.CredentialRevoked, why, nil); err != nil {
 			return nil, err
 		}
 		// Each credential's own event, so that a search by credential finds
 		// it; the operator's host event follows.
-		v.audit.record(Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: why, Actor: "operator"})
+		v.audit.Record(audit.Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: why, Actor: "operator"})
 	}
-	if status == HostOffboarded {
+	if status == api.HostOffboarded {
 		// Forget the EK enrollment: the TPM may enroll again, as a new host.
 		if err := v.st.eks.Delete(ctx, h.EKHash); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 			return nil, fmt.Errorf("forget EK enrollment: %w", err)
@@ -160,12 +157,12 @@ func (v *Verifier) watchRevocations(ctx context.Context) error {
 				continue
 			}
 			var st struct {
-				Status string `json:"status"`
+				Status api.CredentialStatus `json:"status"`
 			}
-			if json.Unmarshal(e.Value(), &st) != nil || st.Status == CredActive {
+			if json.Unmarshal(e.Value(), &st) != nil || st.Status == api.CredentialActive {
 				continue
 			}
-			var c Credential
+			var c record.Credential
 			if json.Unmarshal(e.Value(), &c) != nil {
 				continue
 			}
@@ -177,14 +174,14 @@ func (v *Verifier) watchRevocations(ctx context.Context) error {
 
 // alert publishes a tamper signal on tpmauthn.alerts.<kind>, counts it and
 // audits it.
-func (v *Verifier) alert(kind string, e Event) {
+func (v *Verifier) alert(kind string, e audit.Event) {
 	e.Kind, e.Result = "alert."+kind, "alert"
 	v.metrics.tamper.WithLabelValues(kind).Inc()
 	v.log.Warn("tamper signal", "kind", kind, "host", e.Host, "credential", e.Credential, "reason", e.Reason)
 	if b, err := json.Marshal(e); err == nil && v.nc != nil {
 		_ = v.nc.Publish("tpmauthn.alerts."+kind, b)
 	}
-	v.audit.record(e)
+	v.audit.Record(e)
 }
 
 // Alert kinds.
@@ -194,5 +191,3 @@ const (
 	AlertAKMismatch        = "ak_mismatch"
 	AlertEKUntrusted       = "ek_untrusted"
 )
-
-var _ = attestation.ErrCounterRegression

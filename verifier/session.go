@@ -11,7 +11,11 @@ import (
 
 	"github.com/nats-io/jwt/v2"
 
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 // AgentWorkload is the reserved workload name of each agent's own host
@@ -25,16 +29,6 @@ var (
 	ErrReplay            = errors.New("replayed or stale assertion")
 	ErrNoRoles           = errors.New("no role grants this workload any permission")
 )
-
-// SessionRef is a granted session, kept with the credential for kicks:
-// a kick names the server and its client ID, unique for a server's run. It
-// is rewritten with the credential on every connect, so it holds nothing
-// else (records written with a user_key field still decode).
-type SessionRef struct {
-	Server  string    `json:"server"`
-	Client  uint64    `json:"client"`
-	Expires time.Time `json:"expires"`
-}
 
 // keyCache holds parsed credential public keys: a key never changes for a
 // credential ID, so it is parsed once.
@@ -66,7 +60,7 @@ func (c *keyCache) get(id string, cose []byte) (*ecdsa.PublicKey, error) {
 // authorizeAssertion decides a workload connect (DESIGN.md flow 3): the
 // CONNECT carries the credential ID as nkey and the assertion bundle as sig,
 // signed over a challenge derived from this connection's nonce.
-func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.AuthorizationRequestClaims, ev *Event, prepare func(*jwt.UserClaims)) (*jwt.UserClaims, error) {
+func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.AuthorizationRequestClaims, ev *audit.Event, prepare func(*jwt.UserClaims)) (*jwt.UserClaims, error) {
 	co := rc.ConnectOptions
 	ev.Credential = co.Nkey
 	raw, err := base64.RawURLEncoding.DecodeString(co.SignedNonce)
@@ -92,7 +86,7 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 		cred, rev, cached := v.creds.get(credID)
 		if !cached {
 			var err error
-			cred, rev, err = get[Credential](ctx, v.st.creds, credID)
+			cred, rev, err = get[record.Credential](ctx, v.st.creds, credID)
 			if errors.Is(err, ErrNotFound) {
 				return nil, fmt.Errorf("%w: %s", ErrUnknownCredential, credID)
 			}
@@ -107,19 +101,19 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 			return nil, fmt.Errorf("%w: bundle names credential %s, CONNECT names %s", attestation.ErrMalformed, credID, co.Nkey)
 		}
 		ev.Host, ev.Workload = cred.Host, cred.Workload
-		if cred.Status == CredActive && cred.retired(time.Now()) {
+		if cred.Status == api.CredentialActive && cred.Retired(time.Now()) {
 			cred.Status = "retired"
 		}
-		if cred.Status != CredActive {
+		if cred.Status != api.CredentialActive {
 			err := fmt.Errorf("%w: credential %s is %s", ErrRevoked, cred.ID, cred.Status)
-			if cred.Status == CredRevoked || cred.Status == "retired" {
-				v.alert(AlertRevokedUsed, Event{Host: cred.Host, Workload: cred.Workload, Credential: cred.ID,
+			if cred.Status == api.CredentialRevoked || cred.Status == "retired" {
+				v.alert(AlertRevokedUsed, audit.Event{Host: cred.Host, Workload: cred.Workload, Credential: cred.ID,
 					Server: ev.Server, Client: ev.Client, ClientAddr: ev.ClientAddr, Reason: err.Error()})
 			}
 			return nil, err
 		}
 		h, err := v.host(ctx, cred.Host)
-		if err != nil || h.Status != attestation.HostActive {
+		if err != nil || h.Status != api.HostActive {
 			return nil, fmt.Errorf("%w: host %s is not active", ErrRevoked, cred.Host)
 		}
 		pub, err := v.pubKeys.get(cred.ID, cred.PublicKey)
@@ -133,7 +127,7 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 			return nil, err
 		}
 		ev.Counter = counter
-		if err := cred.acceptCounter(counter); err != nil {
+		if err := cred.AcceptCounter(counter); err != nil {
 			err = fmt.Errorf("%w: %w", ErrReplay, err)
 			v.quarantine(ctx, cred.ID, ev, err)
 			return nil, err
@@ -151,7 +145,7 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 		now := time.Now()
 		cred.Updated = now.UTC()
 		live, ended := v.liveSessions(cred.Sessions, now)
-		cred.Sessions = append(live, SessionRef{
+		cred.Sessions = append(live, record.SessionRef{
 			Server: rc.Server.ID, Client: rc.ClientInformation.ID, Expires: time.Unix(uc.Expires, 0).UTC(),
 		})
 		// The one KV write of a connect: counter and session, compare-and-set,
@@ -170,62 +164,6 @@ func (v *Verifier) authorizeAssertion(ctx context.Context, rc *jwt.Authorization
 		return uc, nil
 	}
 	return nil, fmt.Errorf("%w: credential updated concurrently too often", ErrConflict)
-}
-
-// counterWindow is how far below the highest accepted counter a value may
-// still be accepted, once. Connections of one workload are signed in counter
-// order but their callouts arrive, and are decided, in any order (up to the
-// number in flight); the window takes them, while a repeated value or one far
-// below (a restored snapshot) is refused. Replay of a whole assertion is
-// already impossible: each is bound to its connection's nonce.
-const counterWindow = 256
-
-// window is a bitmap of the counterWindow values below the highest accepted
-// counter: bit i set means Counter-1-i was accepted (IPsec's anti-replay
-// window, RFC 4303 §3.4.3).
-type window [counterWindow / 64]uint64
-
-func (w *window) get(i uint32) bool { return w[i/64]&(1<<(i%64)) != 0 }
-func (w *window) set(i uint32)      { w[i/64] |= 1 << (i % 64) }
-
-// shift moves every bit n places up (older), dropping what falls off.
-func (w *window) shift(n uint32) {
-	if n >= counterWindow {
-		*w = window{}
-		return
-	}
-	var out window
-	for i := uint32(0); i+n < counterWindow; i++ {
-		if w.get(i) {
-			out.set(i + n)
-		}
-	}
-	*w = out
-}
-
-// acceptCounter records counter n if it is new: above the highest accepted,
-// or within the window below it and not seen yet.
-func (c *Credential) acceptCounter(n uint32) error {
-	switch {
-	case n > c.Counter:
-		d := n - c.Counter
-		c.Seen.shift(d)
-		if d <= counterWindow {
-			c.Seen.set(d - 1) // the old maximum moves into the window
-		}
-		c.Counter = n
-		return nil
-	case n == c.Counter:
-		return fmt.Errorf("%w: counter %d equals the last accepted", attestation.ErrCounterRegression, n)
-	case c.Counter-n > counterWindow:
-		return fmt.Errorf("%w: counter %d is far below the last accepted %d", attestation.ErrCounterRegression, n, c.Counter)
-	}
-	i := c.Counter - n - 1
-	if c.Seen.get(i) {
-		return fmt.Errorf("%w: counter %d was already used", attestation.ErrCounterRegression, n)
-	}
-	c.Seen.set(i)
-	return nil
 }
 
 // credLocks serializes decisions per credential within this process.
@@ -264,15 +202,15 @@ func (l *credLocks) lock(key string) (unlock func()) {
 
 // userClaims builds the session JWT: account APP, name workload@hostname,
 // permissions from the policy (or the agent's own, fixed ones).
-func (v *Verifier) userClaims(rc *jwt.AuthorizationRequestClaims, cred *Credential, h *Host) (*jwt.UserClaims, []string, error) {
+func (v *Verifier) userClaims(rc *jwt.AuthorizationRequestClaims, cred *record.Credential, h *record.Host) (*jwt.UserClaims, []string, error) {
 	p := v.policy.current()
 	uc := jwt.NewUserClaims(rc.UserNkey)
-	uc.Audience = AccountApp
+	uc.Audience = keys.AccountApp
 	uc.Name = cred.Workload + "@" + h.Hostname
 	uc.Expires = time.Now().Add(p.SessionTTL).Unix()
 	uc.Tags.Add("host:"+h.ID, "workload:"+cred.Workload)
 	if cred.Workload == AgentWorkload {
-		uc.Pub.Allow.Add("tpmauthn.v1.register.>", "tpmauthn.v1.credentials.>", attestation.SubjectEnrollStatus)
+		uc.Pub.Allow.Add("tpmauthn.v1.register.>", "tpmauthn.v1.credentials.>", api.SubjectEnrollStatus)
 		uc.Sub.Allow.Add("_INBOX.>")
 		return uc, []string{AgentWorkload}, nil
 	}
@@ -290,10 +228,14 @@ func (v *Verifier) userClaims(rc *jwt.AuthorizationRequestClaims, cred *Credenti
 
 // quarantine takes one credential out of service after a tamper signal (not
 // its host, not its role), kicks its sessions and raises the alert.
-func (v *Verifier) quarantine(ctx context.Context, id string, ev *Event, cause error) {
-	if _, err := v.setCredentialStatus(ctx, id, CredQuarantined, cause.Error()); err != nil {
+func (v *Verifier) quarantine(ctx context.Context, id string, ev *audit.Event, cause error) {
+	// Through the state machine: a credential revoked meanwhile stays
+	// revoked (a quarantine could be released; a revocation cannot).
+	if _, err := v.setCredentialStatus(ctx, id, api.CredentialQuarantined, cause.Error(), nil); errors.Is(err, record.ErrTransition) {
+		v.log.Info("credential not quarantined: it is no longer active", "credential", id, "error", err)
+	} else if err != nil {
 		v.log.Error("quarantine failed", "credential", id, "error", err)
 	}
-	v.alert(AlertCounterRegression, Event{Host: ev.Host, Workload: ev.Workload, Credential: id, Counter: ev.Counter,
+	v.alert(AlertCounterRegression, audit.Event{Host: ev.Host, Workload: ev.Workload, Credential: id, Counter: ev.Counter,
 		Server: ev.Server, Client: ev.Client, ClientAddr: ev.ClientAddr, Reason: cause.Error()})
 }

@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 // Bucket names. Rarely written buckets keep five revisions a key, a short
@@ -68,29 +70,17 @@ func openStore(ctx context.Context, nc *nats.Conn) (*store, error) {
 			Bucket: b.name, History: history, TTL: b.ttl, Storage: jetstream.FileStorage,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("KV bucket %s: %w (is JetStream enabled for the %s account?)", b.name, err, AccountAuth)
+			return nil, fmt.Errorf("KV bucket %s: %w (is JetStream enabled for the %s account?)", b.name, err, keys.AccountAuth)
 		}
 		*b.dst = kv
 	}
 	return &s, nil
 }
 
-// versioned is implemented by every record.
-type versioned interface{ version() int }
-
-func (h *Host) version() int          { return h.V }
-func (c *Credential) version() int    { return c.V }
-func (t *Token) version() int         { return t.V }
-func (e *enrollSession) version() int { return e.V }
-func (c *challenge) version() int     { return c.V }
-func (w *workloadIndex) version() int { return w.V }
-func (e *ekEnrollment) version() int  { return e.V }
-func (e *ekAllow) version() int       { return e.V }
-
 // get reads a record and its revision. A missing key is ErrNotFound.
 func get[T any, P interface {
 	*T
-	versioned
+	record.Versioned
 }](ctx context.Context, kv jetstream.KeyValue, key string) (P, uint64, error) {
 	e, err := kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) || errors.Is(err, jetstream.ErrInvalidKey) {
@@ -104,8 +94,8 @@ func get[T any, P interface {
 	if err := json.Unmarshal(e.Value(), p); err != nil {
 		return nil, 0, fmt.Errorf("%s/%s: %w", kv.Bucket(), key, err)
 	}
-	if p.version() != recordVersion {
-		return nil, 0, fmt.Errorf("%s/%s: record version %d, this verifier reads %d", kv.Bucket(), key, p.version(), recordVersion)
+	if p.RecordVersion() != record.Version {
+		return nil, 0, fmt.Errorf("%s/%s: record version %d, this verifier reads %d", kv.Bucket(), key, p.RecordVersion(), record.Version)
 	}
 	return p, e.Revision(), nil
 }
@@ -148,6 +138,38 @@ func updateRev(ctx context.Context, kv jetstream.KeyValue, key string, v any, re
 	return next, nil
 }
 
+// mutateAttempts bounds the re-reads of one mutate: each conflict means
+// another writer changed the record, so running out means heavy contention.
+const mutateAttempts = 20
+
+// mutate is the one read-modify-write of a record: it reads the record,
+// applies f and writes it back with compare-and-set, and on a conflict reads
+// and applies f again. An error from f leaves the record unwritten and is
+// returned as it is. It returns the record as written and its revision.
+func mutate[T any, P interface {
+	*T
+	record.Versioned
+}](ctx context.Context, kv jetstream.KeyValue, key string, f func(P) error) (P, uint64, error) {
+	for range mutateAttempts {
+		p, rev, err := get[T, P](ctx, kv, key)
+		if err != nil {
+			return nil, 0, err
+		}
+		if err := f(p); err != nil {
+			return nil, 0, err
+		}
+		next, err := updateRev(ctx, kv, key, p, rev)
+		if errors.Is(err, ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return nil, 0, err
+		}
+		return p, next, nil
+	}
+	return nil, 0, fmt.Errorf("%w: %s/%s changed concurrently %d times", ErrConflict, kv.Bucket(), key, mutateAttempts)
+}
+
 // take deletes a record if it is still at revision rev, so that exactly one
 // caller consumes a single-use record (a challenge, an enrollment session).
 func take(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64) error {
@@ -163,7 +185,7 @@ func take(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64) er
 // list reads every record of a bucket.
 func list[T any, P interface {
 	*T
-	versioned
+	record.Versioned
 }](ctx context.Context, kv jetstream.KeyValue) ([]P, error) {
 	lister, err := kv.ListKeys(ctx)
 	if err != nil {

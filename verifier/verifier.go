@@ -18,8 +18,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/internal/promserve"
+	"github.com/tpmauthn/tpmauthn/verifier/auditlog"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 // Version of the verifier service (NATS micro).
@@ -31,7 +35,7 @@ const queueGroup = "tpmauthn"
 // Verifier is the tpmauthn verifier service.
 type Verifier struct {
 	cfg     Config
-	keys    *Keys
+	keys    *keys.Set
 	log     *slog.Logger
 	ekTrust *attestation.EKTrust
 	rp      *attestation.RelyingParty
@@ -40,7 +44,7 @@ type Verifier struct {
 	nc    *nats.Conn
 	sysNC *nats.Conn // system account: kicks
 	xbox  *xkeyBox   // seals callout traffic to the servers' xkeys
-	audit *auditLog
+	audit *auditlog.Log
 	st    *store
 	svcs  []micro.Service
 	sem   chan struct{} // bounds concurrent requests
@@ -77,15 +81,15 @@ func New(cfg Config) (*Verifier, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	keys, created, err := LoadOrCreateKeys(cfg.DataDir)
+	ks, created, err := keys.LoadOrCreate(cfg.DataDir)
 	if err != nil {
 		return nil, err
 	}
-	xbox, err := newXKeyBox(keys.XKey)
+	xbox, err := newXKeyBox(ks.XKey)
 	if err != nil {
 		return nil, err
 	}
-	v := &Verifier{cfg: cfg, keys: keys, xbox: xbox, log: cfg.Logger, sem: make(chan struct{}, cfg.Workers), auditWaiters: make(chan struct{}, cfg.Workers), metrics: newMetrics(), done: make(chan struct{})}
+	v := &Verifier{cfg: cfg, keys: ks, xbox: xbox, log: cfg.Logger, sem: make(chan struct{}, cfg.Workers), auditWaiters: make(chan struct{}, cfg.Workers), metrics: newMetrics(), done: make(chan struct{})}
 	if len(created) > 0 {
 		v.log.Info("created key material", "data_dir", cfg.DataDir, "files", created)
 	}
@@ -103,7 +107,7 @@ func New(cfg Config) (*Verifier, error) {
 		return nil, err
 	}
 	v.rp, err = attestation.NewRelyingParty(attestation.RPConfig{
-		RPID: cfg.RPID, Origins: []string{cfg.Origin}, FleetRoots: []*x509.Certificate{keys.FleetCA},
+		RPID: cfg.RPID, Origins: []string{cfg.Origin}, FleetRoots: []*x509.Certificate{ks.FleetCA},
 	})
 	if err != nil {
 		return nil, err
@@ -128,11 +132,11 @@ func (v *Verifier) Start(ctx context.Context) error {
 	kp := v.keys.Verifier
 	if v.cfg.NATSSeed != "" {
 		var err error
-		if kp, err = LoadNKey(v.cfg.NATSSeed); err != nil {
+		if kp, err = keys.LoadNKey(v.cfg.NATSSeed); err != nil {
 			return err
 		}
 	}
-	nc, err := nats.Connect(url, append(v.connOptions("tpmauthn-verifier"), nats.Nkey(pub(kp), kp.Sign))...)
+	nc, err := nats.Connect(url, append(v.connOptions("tpmauthn-verifier"), nats.Nkey(keys.Public(kp), kp.Sign))...)
 	if err != nil {
 		v.Close()
 		return fmt.Errorf("connect to NATS at %s as the verifier user: %w", url, err)
@@ -152,11 +156,13 @@ func (v *Verifier) Start(ctx context.Context) error {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	if v.audit, err = openAudit(ctx, v.st.js, v.keys.Issuer, v.cfg.Audit, v.log); err != nil {
+	acfg := v.cfg.Audit
+	acfg.Logger = v.log
+	acfg.OnAppend = func(d time.Duration) { v.metrics.auditAppend.Observe(d.Seconds()) }
+	if v.audit, err = auditlog.Open(ctx, v.st.js, v.keys.Issuer, acfg); err != nil {
 		v.Close()
 		return err
 	}
-	v.audit.appended = func(d time.Duration) { v.metrics.auditAppend.Observe(d.Seconds()) }
 	v.metrics.watchAuditBacklog(v.AuditBacklog)
 	if err := v.connectSys(url); err != nil {
 		v.Close()
@@ -203,7 +209,7 @@ func (v *Verifier) Start(ctx context.Context) error {
 }
 
 func (v *Verifier) clientURLFile() string {
-	_, f := OperatorFiles(v.cfg.DataDir)
+	_, f := keys.OperatorFiles(v.cfg.DataDir)
 	return f
 }
 
@@ -264,17 +270,14 @@ func drained(nc *nats.Conn) {
 }
 
 // FlushAudit waits until every event recorded so far is in the stream.
-func (v *Verifier) FlushAudit() { v.audit.flush() }
+func (v *Verifier) FlushAudit() { v.audit.Flush() }
 
 // Served returns how many requests this instance answered.
 func (v *Verifier) Served() uint64 { return v.served.Load() }
 
 // AuditBacklog is the number of audit events recorded but not yet appended.
 func (v *Verifier) AuditBacklog() int {
-	if v.audit == nil {
-		return 0
-	}
-	return len(v.audit.ch) + int(v.audit.collecting.Load())
+	return v.audit.Backlog()
 }
 
 // Shed is the number of callout requests dropped because the server had
@@ -282,7 +285,7 @@ func (v *Verifier) AuditBacklog() int {
 func (v *Verifier) Shed() uint64 { return v.shed.Load() }
 
 // Keys returns the verifier's key material (for tests and tpmauthnctl).
-func (v *Verifier) Keys() *Keys { return v.keys }
+func (v *Verifier) Keys() *keys.Set { return v.keys }
 
 // Close stops serving, waits for requests in flight and stops the embedded
 // server.
@@ -301,7 +304,7 @@ func (v *Verifier) Close() {
 		// way finish before the log closes, and take no more.
 		drained(v.sysNC)
 		// Append what is queued while the connection is still open.
-		v.audit.close()
+		v.audit.Close()
 		drained(v.nc)
 		if v.sysNC != nil {
 			v.sysNC.Close()
@@ -327,12 +330,12 @@ func (v *Verifier) serve() error {
 	}
 	v.svcs = append(v.svcs, svc)
 	endpoints := map[string]func(context.Context, []byte) (any, error){
-		attestation.SubjectEnrollBegin:      v.enrollBegin,
-		attestation.SubjectEnrollFinish:     v.enrollFinish,
-		attestation.SubjectEnrollStatus:     v.enrollStatus,
-		attestation.SubjectRegisterBegin:    v.registerBegin,
-		attestation.SubjectRegisterFinish:   v.registerFinish,
-		attestation.SubjectCredentialStatus: v.credentialStatus,
+		api.SubjectEnrollBegin:      v.enrollBegin,
+		api.SubjectEnrollFinish:     v.enrollFinish,
+		api.SubjectEnrollStatus:     v.enrollStatus,
+		api.SubjectRegisterBegin:    v.registerBegin,
+		api.SubjectRegisterFinish:   v.registerFinish,
+		api.SubjectCredentialStatus: v.credentialStatus,
 	}
 	for subj, h := range endpoints {
 		name := strings.ReplaceAll(strings.TrimPrefix(subj, "tpmauthn.v1."), ".", "-")
@@ -347,7 +350,7 @@ func (v *Verifier) serve() error {
 	}
 	v.svcs = append(v.svcs, admin)
 	for op, h := range v.adminEndpoints() {
-		subj := attestation.SubjectAdminPrefix + op
+		subj := api.SubjectAdminPrefix + op
 		if err := admin.AddEndpoint(strings.ReplaceAll(op, ".", "-"), v.handler(subj, h), micro.WithEndpointSubject(subj)); err != nil {
 			return fmt.Errorf("endpoint %s: %w", subj, err)
 		}
@@ -400,7 +403,7 @@ func (v *Verifier) respond(reply, subj string, resp any, err error, took time.Du
 	if err != nil {
 		code, text := errorCode(err)
 		v.log.Info("request denied", "subject", subj, "code", code, "error", err)
-		msg.Data, _ = json.Marshal(attestation.ErrorResponse{Error: text, Code: code})
+		msg.Data, _ = json.Marshal(api.ErrorResponse{Error: text, Code: code})
 		msg.Header = nats.Header{micro.ErrorHeader: {text}, micro.ErrorCodeHeader: {code}}
 	} else if b, merr := json.Marshal(resp); merr != nil {
 		msg.Header = nats.Header{micro.ErrorHeader: {"internal error"}, micro.ErrorCodeHeader: {"internal"}}
@@ -422,30 +425,31 @@ func errorCode(err error) (string, string) {
 		err  error
 		code string
 	}{
-		{ErrBadRequest, "bad_request"},
-		{attestation.ErrMalformed, "bad_request"},
-		{ErrTokenInvalid, "token_invalid"},
-		{ErrNotAllowed, "not_allowed"},
-		{attestation.ErrEKUntrusted, "ek_untrusted"},
-		{attestation.ErrActivationFailed, "activation_failed"},
-		{attestation.ErrAttestation, "attestation_rejected"},
-		{ErrAlreadyEnrolled, "already_enrolled"},
-		{ErrHostNotActive, "host_not_active"},
-		{ErrChallenge, "challenge_invalid"},
-		{ErrNotFound, "not_found"},
-		{ErrUnknownCredential, "unknown_credential"},
-		{ErrRevoked, "revoked"},
-		{ErrReplay, "replay"},
-		{ErrNoRoles, "no_roles"},
-		{attestation.ErrAssertion, "assertion_rejected"},
-		{ErrConflict, "conflict"},
+		{ErrBadRequest, api.CodeBadRequest},
+		{attestation.ErrMalformed, api.CodeBadRequest},
+		{record.ErrTransition, api.CodeBadRequest},
+		{ErrTokenInvalid, api.CodeTokenInvalid},
+		{ErrNotAllowed, api.CodeNotAllowed},
+		{attestation.ErrEKUntrusted, api.CodeEKUntrusted},
+		{attestation.ErrActivationFailed, api.CodeActivationFailed},
+		{attestation.ErrAttestation, api.CodeAttestationRejected},
+		{ErrAlreadyEnrolled, api.CodeAlreadyEnrolled},
+		{ErrHostNotActive, api.CodeHostNotActive},
+		{ErrChallenge, api.CodeChallengeInvalid},
+		{ErrNotFound, api.CodeNotFound},
+		{ErrUnknownCredential, api.CodeUnknownCredential},
+		{ErrRevoked, api.CodeRevoked},
+		{ErrReplay, api.CodeReplay},
+		{ErrNoRoles, api.CodeNoRoles},
+		{attestation.ErrAssertion, api.CodeAssertionRejected},
+		{ErrConflict, api.CodeConflict},
 	}
 	for _, e := range table {
 		if errors.Is(err, e.err) {
 			return e.code, e.err.Error()
 		}
 	}
-	return "internal", "internal error"
+	return api.CodeInternal, "internal error"
 }
 
 func decode(b []byte, v any) error {

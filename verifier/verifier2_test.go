@@ -15,9 +15,11 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/tpmauthn/tpmauthn/agent"
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
 	"github.com/tpmauthn/tpmauthn/verifier"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 // request sends one v1 request on nc and returns the error code, if any.
@@ -59,20 +61,20 @@ func TestAKFromAnotherTPM(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	var begin attestation.EnrollBeginResponse
-	code := request(t, nc, attestation.SubjectEnrollBegin, attestation.EnrollBeginRequest{
+	var begin api.EnrollBeginResponse
+	code := request(t, nc, api.SubjectEnrollBegin, api.EnrollBeginRequest{
 		Hostname: "mixed", EKCert: ekA.Certificate.Raw, EKPublic: ekDER, Token: "",
-		AK:  attestation.AKParams{Public: p.Public, CreateData: p.CreateData, CreateAttestation: p.CreateAttestation, CreateSignature: p.CreateSignature},
-		TPM: attestation.TPMInfo{Manufacturer: info.Manufacturer, VendorString: info.VendorString, FirmwareVersion1: info.FirmwareVersion1},
+		AK:  api.AKParams{Public: p.Public, CreateData: p.CreateData, CreateAttestation: p.CreateAttestation, CreateSignature: p.CreateSignature},
+		TPM: api.TPMInfo{Manufacturer: info.Manufacturer, VendorString: info.VendorString, FirmwareVersion1: info.FirmwareVersion1},
 	}, &begin)
 	if code != "not_allowed" {
 		t.Fatalf("begin without token or allow-list: code %q, want not_allowed", code)
 	}
 	tok := f.token(t, time.Hour)
-	code = request(t, nc, attestation.SubjectEnrollBegin, attestation.EnrollBeginRequest{
+	code = request(t, nc, api.SubjectEnrollBegin, api.EnrollBeginRequest{
 		Hostname: "mixed", EKCert: ekA.Certificate.Raw, EKPublic: ekDER, Token: tok,
-		AK:  attestation.AKParams{Public: p.Public, CreateData: p.CreateData, CreateAttestation: p.CreateAttestation, CreateSignature: p.CreateSignature},
-		TPM: attestation.TPMInfo{Manufacturer: info.Manufacturer, VendorString: info.VendorString, FirmwareVersion1: info.FirmwareVersion1},
+		AK:  api.AKParams{Public: p.Public, CreateData: p.CreateData, CreateAttestation: p.CreateAttestation, CreateSignature: p.CreateSignature},
+		TPM: api.TPMInfo{Manufacturer: info.Manufacturer, VendorString: info.VendorString, FirmwareVersion1: info.FirmwareVersion1},
 	}, &begin)
 	if code != "" {
 		t.Fatalf("begin: %s", code)
@@ -82,8 +84,8 @@ func TestAKFromAnotherTPM(t *testing.T) {
 	if err == nil {
 		// TPM B cannot decrypt a secret sealed to A's EK; if the TPM returns
 		// bytes anyway they must not be the secret.
-		var res attestation.EnrollResult
-		if code := request(t, nc, attestation.SubjectEnrollFinish, attestation.EnrollFinishRequest{Session: begin.Session, Secret: secret}, &res); code != "activation_failed" {
+		var res api.EnrollResult
+		if code := request(t, nc, api.SubjectEnrollFinish, api.EnrollFinishRequest{Session: begin.Session, Secret: secret}, &res); code != "activation_failed" {
 			t.Fatalf("finish with TPM B's answer: code %q, want activation_failed", code)
 		}
 		return
@@ -91,15 +93,15 @@ func TestAKFromAnotherTPM(t *testing.T) {
 	if _, err := tpmA.ActivateCredential(akB, ec); err == nil {
 		t.Fatal("TPM A loaded TPM B's AK")
 	}
-	var res attestation.EnrollResult
-	if code := request(t, nc, attestation.SubjectEnrollFinish, attestation.EnrollFinishRequest{Session: begin.Session, Secret: []byte("guess")}, &res); code != "activation_failed" {
+	var res api.EnrollResult
+	if code := request(t, nc, api.SubjectEnrollFinish, api.EnrollFinishRequest{Session: begin.Session, Secret: []byte("guess")}, &res); code != "activation_failed" {
 		t.Fatalf("finish with a guessed secret: code %q, want activation_failed", code)
 	}
 	// The session is single-use: the right secret cannot be sent afterwards.
-	if code := request(t, nc, attestation.SubjectEnrollFinish, attestation.EnrollFinishRequest{Session: begin.Session, Secret: []byte("guess")}, &res); code != "not_found" {
+	if code := request(t, nc, api.SubjectEnrollFinish, api.EnrollFinishRequest{Session: begin.Session, Secret: []byte("guess")}, &res); code != "not_found" {
 		t.Fatalf("second finish on one session: code %q, want not_found", code)
 	}
-	var tokens []verifier.Token
+	var tokens []record.Token
 	admin(t, f.op, "token.list", nil, &tokens)
 	for _, tk := range tokens {
 		if tk.UsedBy != "" {
@@ -121,8 +123,8 @@ func TestForgedRegistrationDenied(t *testing.T) {
 	}
 	defer nc.Close()
 	for _, field := range []string{"certInfo", "pubArea", "sig"} {
-		var begin attestation.RegisterBeginResponse
-		if code := request(t, nc, attestation.SubjectRegisterBegin, attestation.RegisterBeginRequest{HostID: e.HostID, Workload: "billing"}, &begin); code != "" {
+		var begin api.RegisterBeginResponse
+		if code := request(t, nc, api.SubjectRegisterBegin, api.RegisterBeginRequest{HostID: e.HostID, Workload: "billing"}, &begin); code != "" {
 			t.Fatal(code)
 		}
 		resp, _, err := a.Register(agent.RegisterOptions{Name: "billing", RPID: begin.RPID, Origin: begin.Origin, Challenge: begin.Challenge, UserHandle: begin.UserHandle})
@@ -130,21 +132,21 @@ func TestForgedRegistrationDenied(t *testing.T) {
 			t.Fatal(err)
 		}
 		forge(t, resp, field)
-		var fin attestation.RegisterFinishResponse
-		code := request(t, nc, attestation.SubjectRegisterFinish, attestation.RegisterFinishRequest{HostID: e.HostID, Workload: "billing", Challenge: begin.Challenge, Response: resp}, &fin)
+		var fin api.RegisterFinishResponse
+		code := request(t, nc, api.SubjectRegisterFinish, api.RegisterFinishRequest{HostID: e.HostID, Workload: "billing", Challenge: begin.Challenge, Response: resp}, &fin)
 		if code != "attestation_rejected" {
 			t.Fatalf("registration with a forged %s: code %q, want attestation_rejected", field, code)
 		}
 	}
-	var creds []verifier.Credential
-	admin(t, f.op, "credential.list", verifier.CredentialListRequest{}, &creds)
+	var creds []record.Credential
+	admin(t, f.op, "credential.list", api.CredentialListRequest{}, &creds)
 	if len(creds) != 0 {
 		t.Fatalf("%d credentials stored from forged registrations", len(creds))
 	}
 }
 
 // forge flips a byte in the middle of an attStmt field.
-func forge(t *testing.T, resp *attestation.RegistrationResponse, field string) {
+func forge(t *testing.T, resp *api.RegistrationResponse, field string) {
 	t.Helper()
 	raw, err := attestation.DecodeB64URL(resp.Response.AttestationObject)
 	if err != nil {
@@ -177,24 +179,24 @@ func TestRegistrationChallengeSingleUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	var begin attestation.RegisterBeginResponse
-	if code := request(t, nc, attestation.SubjectRegisterBegin, attestation.RegisterBeginRequest{HostID: e.HostID, Workload: "billing"}, &begin); code != "" {
+	var begin api.RegisterBeginResponse
+	if code := request(t, nc, api.SubjectRegisterBegin, api.RegisterBeginRequest{HostID: e.HostID, Workload: "billing"}, &begin); code != "" {
 		t.Fatal(code)
 	}
 	resp, _, err := a.Register(agent.RegisterOptions{Name: "billing", RPID: begin.RPID, Origin: begin.Origin, Challenge: begin.Challenge, UserHandle: begin.UserHandle})
 	if err != nil {
 		t.Fatal(err)
 	}
-	req := attestation.RegisterFinishRequest{HostID: e.HostID, Workload: "billing", Challenge: begin.Challenge, Response: resp}
-	var fin attestation.RegisterFinishResponse
-	if code := request(t, nc, attestation.SubjectRegisterFinish, req, &fin); code != "" {
+	req := api.RegisterFinishRequest{HostID: e.HostID, Workload: "billing", Challenge: begin.Challenge, Response: resp}
+	var fin api.RegisterFinishResponse
+	if code := request(t, nc, api.SubjectRegisterFinish, req, &fin); code != "" {
 		t.Fatalf("first finish: %s", code)
 	}
-	if code := request(t, nc, attestation.SubjectRegisterFinish, req, &fin); code != "challenge_invalid" {
+	if code := request(t, nc, api.SubjectRegisterFinish, req, &fin); code != "challenge_invalid" {
 		t.Fatalf("replayed registration: code %q, want challenge_invalid", code)
 	}
-	for _, bad := range []attestation.RegisterBeginRequest{{HostID: e.HostID, Workload: "a.b"}, {HostID: e.HostID, Workload: ""}, {HostID: "h-nope", Workload: "x"}} {
-		if code := request(t, nc, attestation.SubjectRegisterBegin, bad, &begin); code == "" {
+	for _, bad := range []api.RegisterBeginRequest{{HostID: e.HostID, Workload: "a.b"}, {HostID: e.HostID, Workload: ""}, {HostID: "h-nope", Workload: "x"}} {
+		if code := request(t, nc, api.SubjectRegisterBegin, bad, &begin); code == "" {
 			t.Fatalf("register.begin %+v accepted", bad)
 		}
 	}
@@ -212,12 +214,12 @@ func TestEKAllowList(t *testing.T) {
 		t.Fatal(err)
 	}
 	connect := func() (*nats.Conn, error) {
-		return nats.Connect(f.v.ClientURL(), nats.UserInfo(attestation.EKUserPrefix+hash, ""), nats.MaxReconnects(0))
+		return nats.Connect(f.v.ClientURL(), nats.UserInfo(api.EKUserPrefix+hash, ""), nats.MaxReconnects(0))
 	}
 	if _, err := connect(); err == nil {
 		t.Fatal("an EK not on the allow-list got an enrollment session")
 	}
-	if code := admin(t, f.op, "ek.allow", verifier.EKAllowRequest{EKHash: hash, Roles: []string{"edge"}}, nil); code != "" {
+	if code := admin(t, f.op, "ek.allow", api.EKAllowRequest{EKHash: hash, Roles: []string{"edge"}}, nil); code != "" {
 		t.Fatalf("ek.allow: %s", code)
 	}
 	nc, err := connect()
@@ -226,7 +228,7 @@ func TestEKAllowList(t *testing.T) {
 	}
 	defer nc.Close()
 	e, err := a.Enroll(context.Background(), nc, "", "edge-1")
-	if err != nil || e.Status != attestation.HostActive {
+	if err != nil || e.Status != api.HostActive {
 		t.Fatalf("enroll by allow-list = %+v, %v", e, err)
 	}
 	// The same TPM cannot enroll twice.
@@ -262,15 +264,15 @@ func TestRestartKeepsState(t *testing.T) {
 	if string(f.v.Keys().FleetCA.Raw) != string(caBefore) {
 		t.Fatal("fleet CA changed across restart")
 	}
-	var h verifier.Host
-	if code := admin(t, f.op, "host.show", verifier.IDRequest{ID: e.HostID}, &h); code != "" || h.Status != attestation.HostActive {
+	var h record.Host
+	if code := admin(t, f.op, "host.show", api.IDRequest{ID: e.HostID}, &h); code != "" || h.Status != api.HostActive {
 		t.Fatalf("host after restart: %s %+v", code, h)
 	}
-	var c verifier.Credential
-	if code := admin(t, f.op, "credential.show", verifier.IDRequest{ID: cred.IDString()}, &c); code != "" {
+	var c record.Credential
+	if code := admin(t, f.op, "credential.show", api.IDRequest{ID: cred.IDString()}, &c); code != "" {
 		t.Fatalf("credential after restart: %s", code)
 	}
-	var tokens []verifier.Token
+	var tokens []record.Token
 	admin(t, f.op, "token.list", nil, &tokens)
 	if len(tokens) != 3 {
 		t.Fatalf("%d tokens after restart, want 3", len(tokens))
@@ -340,8 +342,8 @@ func TestConcurrentRepliesKeepTheirCodes(t *testing.T) {
 			if i%2 == 0 {
 				op, want = "status", ""
 			}
-			b, _ := json.Marshal(verifier.IDRequest{ID: id})
-			m, err := f.op.Request(attestation.SubjectAdminPrefix+op, b, 10*time.Second)
+			b, _ := json.Marshal(api.IDRequest{ID: id})
+			m, err := f.op.Request(api.SubjectAdminPrefix+op, b, 10*time.Second)
 			switch {
 			case err != nil:
 				errs <- fmt.Errorf("%s: %w", op, err)

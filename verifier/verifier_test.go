@@ -19,9 +19,11 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/tpmauthn/tpmauthn/agent"
-	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
 	"github.com/tpmauthn/tpmauthn/verifier"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 // fleet is a running verifier that trusts the EK CA of one swtpm.
@@ -72,8 +74,8 @@ func (f *fleet) start(t *testing.T) {
 
 func operatorConn(t testing.TB, dataDir, url string) *nats.Conn {
 	t.Helper()
-	seed, _ := verifier.OperatorFiles(dataDir)
-	kp, err := verifier.LoadNKey(seed)
+	seed, _ := keys.OperatorFiles(dataDir)
+	kp, err := keys.LoadNKey(seed)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +92,7 @@ func operatorConn(t testing.TB, dataDir, url string) *nats.Conn {
 func admin(t testing.TB, nc *nats.Conn, op string, req, resp any) string {
 	t.Helper()
 	b, _ := json.Marshal(req)
-	m, err := nc.Request(attestation.SubjectAdminPrefix+op, b, 5*time.Second)
+	m, err := nc.Request(api.SubjectAdminPrefix+op, b, 5*time.Second)
 	if err != nil {
 		t.Fatalf("admin %s: %v", op, err)
 	}
@@ -107,8 +109,8 @@ func admin(t testing.TB, nc *nats.Conn, op string, req, resp any) string {
 
 func (f *fleet) token(t *testing.T, ttl time.Duration, roles ...string) string {
 	t.Helper()
-	var r verifier.TokenCreateResponse
-	if code := admin(t, f.op, "token.create", verifier.TokenCreateRequest{Roles: roles, TTL: ttl}, &r); code != "" {
+	var r api.TokenCreateResponse
+	if code := admin(t, f.op, "token.create", api.TokenCreateRequest{Roles: roles, TTL: ttl}, &r); code != "" {
 		t.Fatalf("token.create: %s", code)
 	}
 	return r.Token
@@ -156,14 +158,14 @@ func TestEnrollAndRegister(t *testing.T) {
 		t.Fatalf("enroll: %v", err)
 	}
 	t.Logf("enrollment took %v end to end", time.Since(start))
-	if e.Status != attestation.HostActive || a.AKCertificate() == nil {
+	if e.Status != api.HostActive || a.AKCertificate() == nil {
 		t.Fatalf("enrollment = %+v, AK cert %d bytes; want active with a certificate", e, len(a.AKCertificate()))
 	}
-	var h verifier.Host
-	if code := admin(t, f.op, "host.show", verifier.IDRequest{ID: e.HostID}, &h); code != "" {
+	var h record.Host
+	if code := admin(t, f.op, "host.show", api.IDRequest{ID: e.HostID}, &h); code != "" {
 		t.Fatalf("host.show: %s", code)
 	}
-	if strings.Join(h.Roles, ",") != "billing,metrics" || h.Status != attestation.HostActive {
+	if strings.Join(h.Roles, ",") != "billing,metrics" || h.Status != api.HostActive {
 		t.Fatalf("host record %+v", h)
 	}
 
@@ -176,11 +178,11 @@ func TestEnrollAndRegister(t *testing.T) {
 	if err != nil {
 		t.Fatalf("register: %v", err)
 	}
-	var c verifier.Credential
-	if code := admin(t, f.op, "credential.show", verifier.IDRequest{ID: cred.IDString()}, &c); code != "" {
+	var c record.Credential
+	if code := admin(t, f.op, "credential.show", api.IDRequest{ID: cred.IDString()}, &c); code != "" {
 		t.Fatalf("credential.show: %s", code)
 	}
-	if c.Host != e.HostID || c.Workload != "billing" || c.Status != verifier.CredActive {
+	if c.Host != e.HostID || c.Workload != "billing" || c.Status != api.CredentialActive {
 		t.Fatalf("credential record %+v", c)
 	}
 }
@@ -197,7 +199,7 @@ func TestTokenSingleUse(t *testing.T) {
 	if !errors.Is(err, nats.ErrAuthorization) {
 		t.Fatalf("connect with a used token: %v, want an authorization violation", err)
 	}
-	var tokens []verifier.Token
+	var tokens []record.Token
 	admin(t, f.op, "token.list", nil, &tokens)
 	if len(tokens) != 1 || tokens[0].State(time.Now()) != "used" || tokens[0].UsedBy == "" {
 		t.Fatalf("tokens = %+v, want one used token", tokens)
@@ -297,7 +299,7 @@ func TestManualApproval(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.Status != attestation.HostPending || a.AKCertificate() != nil {
+	if e.Status != api.HostPending || a.AKCertificate() != nil {
 		t.Fatalf("enrollment %+v with AK cert; want pending without", e)
 	}
 	nc, err := sessionConn(f.v.ClientURL(), f.token(t, time.Hour))
@@ -312,14 +314,14 @@ func TestManualApproval(t *testing.T) {
 			t.Fatalf("register while pending: %v", err)
 		}
 	}
-	if got, err := a.CheckEnrollment(context.Background(), nc); err != nil || got.Status != attestation.HostPending {
+	if got, err := a.CheckEnrollment(context.Background(), nc); err != nil || got.Status != api.HostPending {
 		t.Fatalf("status before approval = %+v, %v", got, err)
 	}
-	if code := admin(t, f.op, "host.approve", verifier.IDRequest{ID: e.HostID}, nil); code != "" {
+	if code := admin(t, f.op, "host.approve", api.IDRequest{ID: e.HostID}, nil); code != "" {
 		t.Fatalf("host.approve: %s", code)
 	}
 	got, err := a.CheckEnrollment(context.Background(), nc)
-	if err != nil || got.Status != attestation.HostActive || a.AKCertificate() == nil {
+	if err != nil || got.Status != api.HostActive || a.AKCertificate() == nil {
 		t.Fatalf("status after approval = %+v, %v", got, err)
 	}
 	if _, err := a.RegisterWithVerifier(context.Background(), nc, "billing"); err != nil {

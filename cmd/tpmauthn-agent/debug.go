@@ -16,6 +16,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/agent/tpm"
 	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/internal/pemca"
 )
 
 func newDebugCmd() *cobra.Command {
@@ -201,5 +202,5 @@ func certifiedBy(der []byte, ca *x509.Certificate) bool {
 
 // loadOrCreateCA reads DIR/ca.pem and DIR/ca-key.pem, or creates both.
 func loadOrCreateCA(dir string) (*x509.Certificate, *ecdsa.PrivateKey, bool, error) {
-	return attestation.LoadOrCreateCA(filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem"), "tpmauthn debug CA", 10*365*24*time.Hour)
+	return pemca.LoadOrCreate(filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem"), "tpmauthn debug CA", 10*365*24*time.Hour)
 }

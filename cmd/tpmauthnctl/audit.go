@@ -10,16 +10,16 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-
-	"github.com/tpmauthn/tpmauthn/verifier"
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/audit"
 )
 
 // readAudit pages through the audit stream from stream message from.
-func (a *app) readAudit(from uint64) ([]verifier.RawEvent, error) {
-	var all []verifier.RawEvent
+func (a *app) readAudit(from uint64) ([]audit.RawEvent, error) {
+	var all []audit.RawEvent
 	for {
-		var page []verifier.RawEvent
-		if err := a.call("audit.read", verifier.AuditReadRequest{From: from, Max: 1000}, &page); err != nil {
+		var page []audit.RawEvent
+		if err := a.call("audit.read", api.AuditReadRequest{From: from, Max: 1000}, &page); err != nil {
 			return nil, err
 		}
 		if len(page) == 0 {
@@ -51,10 +51,10 @@ func (a *app) auditTailCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				var evs []verifier.Event
+				var evs []audit.Event
 				for _, r := range raws {
 					next = r.Msg + 1
-					var e verifier.Event
+					var e audit.Event
 					if r.Missing || json.Unmarshal(r.Data, &e) != nil {
 						continue
 					}
@@ -83,7 +83,7 @@ func (a *app) auditTailCmd() *cobra.Command {
 	return cmd
 }
 
-func (a *app) printEvents(evs []verifier.Event, header bool) error {
+func (a *app) printEvents(evs []audit.Event, header bool) error {
 	if a.s.JSON {
 		enc := json.NewEncoder(a.out)
 		for _, e := range evs {
@@ -134,7 +134,7 @@ reordered event is named. Reads the stream, or an export with --file.`,
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			if key == "" {
-				var st verifier.Status
+				var st api.Status
 				if err := a.call("status", nil, &st); err != nil {
 					return fmt.Errorf("%w (or give the verifier's audit key with --key)", err)
 				}
@@ -150,16 +150,16 @@ reordered event is named. Reads the stream, or an export with --file.`,
 				if len(lines) == 0 {
 					return fmt.Errorf("%s holds no events: export them with tpmauthnctl audit export > FILE", file)
 				}
-				n, err = verifier.VerifyChain(lines, key, "")
+				n, err = audit.VerifyChain(lines, key, "")
 			} else {
-				var raws []verifier.RawEvent
+				var raws []audit.RawEvent
 				if raws, err = a.readAudit(1); err != nil {
 					return err
 				}
-				n, err = verifier.VerifyRawEvents(raws, key, "")
+				n, err = audit.VerifyRawEvents(raws, key, "")
 			}
 			if err != nil {
-				var ce *verifier.ChainError
+				var ce *audit.ChainError
 				if errors.As(err, &ce) {
 					return fmt.Errorf("audit chain BROKEN at event %d: %s (%d events before it verified)", ce.Seq, ce.Reason, n)
 				}
@@ -192,7 +192,7 @@ func readLines(path string) ([][]byte, error) {
 }
 
 // reason is an event's reason, with what a session did for the end of one.
-func reason(e *verifier.Event) string {
+func reason(e *audit.Event) string {
 	st := e.Session
 	if st == nil {
 		return e.Reason

@@ -10,8 +10,10 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/internal/cliconf"
-	"github.com/tpmauthn/tpmauthn/verifier"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 func flagsOf(keys []cliconf.Key) *pflag.FlagSet {
@@ -31,8 +33,8 @@ func (a *app) tokenCmd() *cobra.Command {
 		Short: "Create a join token and print it (only its hash is kept)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var r verifier.TokenCreateResponse
-			if err := a.call("token.create", verifier.TokenCreateRequest{Roles: roles, Tags: tags, TTL: ttl}, &r); err != nil {
+			var r api.TokenCreateResponse
+			if err := a.call("token.create", api.TokenCreateRequest{Roles: roles, Tags: tags, TTL: ttl}, &r); err != nil {
 				return err
 			}
 			if a.s.JSON {
@@ -49,7 +51,7 @@ func (a *app) tokenCmd() *cobra.Command {
 	listCmd := &cobra.Command{
 		Use: "list", Short: "List join tokens", Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			var ts []verifier.Token
+			var ts []record.Token
 			if err := a.call("token.list", nil, &ts); err != nil {
 				return err
 			}
@@ -78,7 +80,7 @@ func (a *app) hostCmd() *cobra.Command {
 	cmd.AddCommand(&cobra.Command{
 		Use: "list", Short: "List hosts", Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			var hs []verifier.Host
+			var hs []record.Host
 			if err := a.call("host.list", nil, &hs); err != nil {
 				return err
 			}
@@ -99,13 +101,13 @@ func (a *app) hostShowCmd() *cobra.Command {
 	return &cobra.Command{
 		Use: "show ID", Short: "Show one host", Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			var h verifier.Host
-			if err := a.call("host.show", verifier.IDRequest{ID: args[0]}, &h); err != nil {
+			var h record.Host
+			if err := a.call("host.show", api.IDRequest{ID: args[0]}, &h); err != nil {
 				return err
 			}
 			return a.print(h, func(w *tabwriter.Writer) {
 				for _, kv := range [][2]string{
-					{"id", h.ID}, {"hostname", h.Hostname}, {"status", h.Status}, {"reason", orDash(h.Reason)},
+					{"id", h.ID}, {"hostname", h.Hostname}, {"status", string(h.Status)}, {"reason", orDash(h.Reason)},
 					{"roles", list(h.Roles)}, {"tags", list(h.Tags)}, {"ek sha256", h.EKHash},
 					{"tpm", fmt.Sprintf("%s %s %s", h.TPM.Manufacturer, h.TPM.Model, h.TPM.Version)},
 					{"via", h.Via}, {"enrolled", when(h.Created)}, {"updated", when(h.Updated)}, {"approved by", orDash(h.ApprovedBy)},
@@ -122,8 +124,8 @@ func (a *app) hostActionCmd(op, short string) *cobra.Command {
 	cmd := &cobra.Command{
 		Use: op + " ID", Short: short, Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			var h verifier.Host
-			if err := a.call("host."+op, verifier.IDRequest{ID: args[0], Reason: reason}, &h); err != nil {
+			var h record.Host
+			if err := a.call("host."+op, api.IDRequest{ID: args[0], Reason: reason}, &h); err != nil {
 				return err
 			}
 			return a.print(h, func(w *tabwriter.Writer) { fmt.Fprintf(w, "host %s is %s\n", h.ID, h.Status) })
@@ -141,8 +143,8 @@ func (a *app) credentialCmd() *cobra.Command {
 	listCmd := &cobra.Command{
 		Use: "list", Short: "List credentials", Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			var cs []verifier.Credential
-			if err := a.call("credential.list", verifier.CredentialListRequest{Host: host}, &cs); err != nil {
+			var cs []record.Credential
+			if err := a.call("credential.list", api.CredentialListRequest{Host: host}, &cs); err != nil {
 				return err
 			}
 			return a.print(cs, func(w *tabwriter.Writer) {
@@ -157,12 +159,12 @@ func (a *app) credentialCmd() *cobra.Command {
 	show := &cobra.Command{
 		Use: "show ID", Short: "Show one credential", Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			var c verifier.Credential
-			if err := a.call("credential.show", verifier.IDRequest{ID: args[0]}, &c); err != nil {
+			var c record.Credential
+			if err := a.call("credential.show", api.IDRequest{ID: args[0]}, &c); err != nil {
 				return err
 			}
 			return a.print(c, func(w *tabwriter.Writer) {
-				for _, kv := range [][2]string{{"id", c.ID}, {"workload", c.Workload}, {"host", c.Host}, {"status", c.Status},
+				for _, kv := range [][2]string{{"id", c.ID}, {"workload", c.Workload}, {"host", c.Host}, {"status", string(c.Status)},
 					{"reason", orDash(c.Reason)}, {"counter", fmt.Sprint(c.Counter)}, {"created", when(c.Created)}, {"updated", when(c.Updated)}} {
 					fmt.Fprintf(w, "%s:\t%s\n", kv[0], kv[1])
 				}
@@ -173,8 +175,8 @@ func (a *app) credentialCmd() *cobra.Command {
 	revoke := &cobra.Command{
 		Use: "revoke ID", Short: "Revoke a credential: its next connect is denied", Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			var c verifier.Credential
-			if err := a.call("credential.revoke", verifier.IDRequest{ID: args[0], Reason: reason}, &c); err != nil {
+			var c record.Credential
+			if err := a.call("credential.revoke", api.IDRequest{ID: args[0], Reason: reason}, &c); err != nil {
 				return err
 			}
 			return a.print(c, func(w *tabwriter.Writer) { fmt.Fprintf(w, "credential %s is %s\n", c.ID, c.Status) })
@@ -184,8 +186,8 @@ func (a *app) credentialCmd() *cobra.Command {
 	release := &cobra.Command{
 		Use: "release ID", Short: "Lift a quarantine after review", Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			var c verifier.Credential
-			if err := a.call("credential.release", verifier.IDRequest{ID: args[0], Reason: reason}, &c); err != nil {
+			var c record.Credential
+			if err := a.call("credential.release", api.IDRequest{ID: args[0], Reason: reason}, &c); err != nil {
 				return err
 			}
 			return a.print(c, func(w *tabwriter.Writer) { fmt.Fprintf(w, "credential %s is %s\n", c.ID, c.Status) })
@@ -195,8 +197,8 @@ func (a *app) credentialCmd() *cobra.Command {
 	rotate := &cobra.Command{
 		Use: "rotate ID", Short: "Ask the credential's agent to rotate it now (workloads do not notice)", Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			var c verifier.Credential
-			if err := a.call("credential.rotate", verifier.IDRequest{ID: args[0], Reason: reason}, &c); err != nil {
+			var c record.Credential
+			if err := a.call("credential.rotate", api.IDRequest{ID: args[0], Reason: reason}, &c); err != nil {
 				return err
 			}
 			fmt.Fprintf(a.out, "rotation of %s requested: its agent rotates at its next check\n", c.ID)
@@ -215,7 +217,7 @@ func (a *app) ekCmd() *cobra.Command {
 	allow := &cobra.Command{
 		Use: "allow EK_SHA256", Short: "Allow the TPM whose EK public key (PKIX DER) hashes to EK_SHA256", Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			if err := a.call("ek.allow", verifier.EKAllowRequest{EKHash: args[0], Roles: roles, Tags: tags, Note: note}, nil); err != nil {
+			if err := a.call("ek.allow", api.EKAllowRequest{EKHash: args[0], Roles: roles, Tags: tags, Note: note}, nil); err != nil {
 				return err
 			}
 			fmt.Fprintf(a.out, "EK %s allowed with roles %s\n", args[0], list(roles))
@@ -233,7 +235,7 @@ func (a *app) statusCmd() *cobra.Command {
 	return &cobra.Command{
 		Use: "status", Short: "Summarize the fleet and the verifier", Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			var s verifier.Status
+			var s api.Status
 			if err := a.call("status", nil, &s); err != nil {
 				return err
 			}
@@ -262,11 +264,11 @@ that data directory and --nats-url pointing at the cluster.`,
 			if a.s.DataDir == "" {
 				return fmt.Errorf("--data-dir is required: the verifier's keys live there")
 			}
-			k, _, err := verifier.LoadOrCreateKeys(a.s.DataDir)
+			k, _, err := keys.LoadOrCreate(a.s.DataDir)
 			if err != nil {
 				return err
 			}
-			fmt.Fprint(a.out, verifier.ServerConfig(k, verifier.ServerConfigOptions{}))
+			fmt.Fprint(a.out, keys.ServerConfig(k, keys.ServerConfigOptions{}))
 			return nil
 		},
 	}

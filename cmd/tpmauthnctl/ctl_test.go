@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tpmauthn/tpmauthn/verifier"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 func ctl(t *testing.T, args ...string) (string, error) {
@@ -47,7 +48,7 @@ func TestAgainstLocalVerifier(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var tokens []verifier.Token
+	var tokens []record.Token
 	if err := json.Unmarshal([]byte(out), &tokens); err != nil || len(tokens) != 1 || tokens[0].Roles[0] != "demo" {
 		t.Fatalf("token list --json = %s (%v)", out, err)
 	}

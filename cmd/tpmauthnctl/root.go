@@ -13,9 +13,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
-	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/internal/cliconf"
-	"github.com/tpmauthn/tpmauthn/verifier"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
 )
 
 var globalKeys = []cliconf.Key{
@@ -74,7 +74,7 @@ func (a *app) connect() (*nats.Conn, error) {
 	}
 	url, creds := a.s.NATS.URL, a.s.NATS.Creds
 	if a.s.DataDir != "" {
-		seed, urlFile := verifier.OperatorFiles(a.s.DataDir)
+		seed, urlFile := keys.OperatorFiles(a.s.DataDir)
 		if creds == "" {
 			creds = seed
 		}
@@ -89,7 +89,7 @@ func (a *app) connect() (*nats.Conn, error) {
 	if url == "" || creds == "" {
 		return nil, errors.New("say where the verifier is: --data-dir of a local verifier, or --nats-url and --creds")
 	}
-	kp, err := verifier.LoadNKey(creds)
+	kp, err := keys.LoadNKey(creds)
 	if err != nil {
 		return nil, fmt.Errorf("operator credential: %w", err)
 	}
@@ -115,7 +115,7 @@ func (a *app) call(op string, req, resp any) error {
 	if err != nil {
 		return err
 	}
-	m, err := nc.Request(attestation.SubjectAdminPrefix+op, body, a.s.Timeout)
+	m, err := nc.Request(api.SubjectAdminPrefix+op, body, a.s.Timeout)
 	if errors.Is(err, nats.ErrNoResponders) {
 		return errors.New("no verifier is serving on this NATS server (is tpmauthn-verifier running?)")
 	}

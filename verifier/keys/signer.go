@@ -1,4 +1,4 @@
-package verifier
+package keys
 
 import (
 	"crypto/ed25519"

@@ -1,4 +1,4 @@
-package verifier
+package keys
 
 import (
 	"bytes"
@@ -48,7 +48,7 @@ func BenchmarkIssuerSign(b *testing.B) {
 }
 
 func TestKeysNeverLogged(t *testing.T) {
-	k, _, err := LoadOrCreateKeys(t.TempDir())
+	k, _, err := LoadOrCreate(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,10 +1,8 @@
-package verifier
+package record
 
 import (
 	"errors"
 	"testing"
-
-	"github.com/tpmauthn/tpmauthn/attestation"
 )
 
 func TestAcceptCounter(t *testing.T) {
@@ -20,11 +18,11 @@ func TestAcceptCounter(t *testing.T) {
 		{1000, true}, {999, true}, {998, true}, {999, false}, {300, false},
 	}
 	for i, s := range steps {
-		err := c.acceptCounter(s.n)
+		err := c.AcceptCounter(s.n)
 		if s.ok && err != nil {
 			t.Fatalf("step %d: counter %d refused: %v", i, s.n, err)
 		}
-		if !s.ok && !errors.Is(err, attestation.ErrCounterRegression) {
+		if !s.ok && !errors.Is(err, ErrCounterRegression) {
 			t.Fatalf("step %d: counter %d accepted (or wrong error %v)", i, s.n, err)
 		}
 	}

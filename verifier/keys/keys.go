@@ -1,4 +1,9 @@
-package verifier
+// Package keys is the verifier's key material in its data directory (nkeys
+// for the callout issuer, its sealing key and the NATS users; the fleet CA),
+// created on first start and kept 0600, and the nats-server configuration
+// block that declares it (ServerConfig). tpmauthnctl uses it to find the
+// operator credential and to print that block, so it links no server code.
+package keys
 
 import (
 	"crypto/ecdsa"
@@ -14,7 +19,7 @@ import (
 
 	"github.com/nats-io/nkeys"
 
-	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/internal/pemca"
 )
 
 // Files in the verifier's data directory. Secrets are 0600.
@@ -30,9 +35,9 @@ const (
 	fleetCAYears  = 20
 )
 
-// Keys is the verifier's key material. It is created on first start and
+// Set is the verifier's key material. It is created on first start and
 // never leaves the data directory.
-type Keys struct {
+type Set struct {
 	FleetCA    *x509.Certificate
 	FleetCAKey *ecdsa.PrivateKey
 	Issuer     nkeys.KeyPair // account key that signs callout responses and user JWTs
@@ -43,15 +48,15 @@ type Keys struct {
 }
 
 // LogValue keeps key material out of logs (slog.LogValuer).
-func (k *Keys) LogValue() slog.Value { return slog.StringValue("[REDACTED]") }
+func (k *Set) LogValue() slog.Value { return slog.StringValue("[REDACTED]") }
 
-// LoadOrCreateKeys reads the key material in dir, creating what is missing.
+// LoadOrCreate reads the key material in dir, creating what is missing.
 // It returns the names of the files it created.
-func LoadOrCreateKeys(dir string) (*Keys, []string, error) {
+func LoadOrCreate(dir string) (*Set, []string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("data directory: %w", err)
 	}
-	var k Keys
+	var k Set
 	var created []string
 	var err error
 	nk := []struct {
@@ -129,7 +134,7 @@ func loadOrCreateNKey(path string, create func() (nkeys.KeyPair, error)) (nkeys.
 }
 
 func loadOrCreateCA(dir string) (*x509.Certificate, *ecdsa.PrivateKey, bool, error) {
-	return attestation.LoadOrCreateCA(filepath.Join(dir, fileCA), filepath.Join(dir, fileCAKey), "tpmauthn fleet CA", fleetCAYears*365*24*time.Hour)
+	return pemca.LoadOrCreate(filepath.Join(dir, fileCA), filepath.Join(dir, fileCAKey), "tpmauthn fleet CA", fleetCAYears*365*24*time.Hour)
 }
 
 func writeSecret(path string, b []byte) error {
@@ -148,8 +153,8 @@ func writeSecret(path string, b []byte) error {
 	return f.Close()
 }
 
-// pub returns a key pair's public key; nkeys only fails on a wiped pair.
-func pub(kp nkeys.KeyPair) string {
+// Public returns a key pair's public key; nkeys only fails on a wiped pair.
+func Public(kp nkeys.KeyPair) string {
 	p, err := kp.PublicKey()
 	if err != nil {
 		panic(fmt.Sprintf("nkey public key: %v", err))

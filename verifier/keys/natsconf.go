@@ -1,10 +1,10 @@
-package verifier
+package keys
 
 import (
 	"fmt"
 	"strings"
 
-	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/api"
 )
 
 // Account names of the NATS layout.
@@ -26,7 +26,7 @@ type ServerConfigOptions struct {
 // ServerConfig returns the nats-server configuration for the tpmauthn layout.
 // The embedded server runs exactly this text, and tpmauthnctl nats-config
 // prints it for an existing cluster.
-func ServerConfig(k *Keys, o ServerConfigOptions) string {
+func ServerConfig(k *Set, o ServerConfigOptions) string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	w("# tpmauthn: accounts and auth callout (nats-server >= 2.15.3)\n")
@@ -66,7 +66,7 @@ authorization {
     allowed_accounts: [ %[2]s ]
   }
 }
-`, AccountAuth, AccountApp, AccountSys, pub(k.Verifier), pub(k.Operator), pub(k.Sys),
-		attestation.SubjectAdminPrefix, pub(k.Issuer), pub(k.XKey))
+`, AccountAuth, AccountApp, AccountSys, Public(k.Verifier), Public(k.Operator), Public(k.Sys),
+		api.SubjectAdminPrefix, Public(k.Issuer), Public(k.XKey))
 	return b.String()
 }

@@ -1,12 +1,6 @@
-package attestation
+package api
 
-import (
-	"crypto/sha256"
-	"crypto/x509"
-	"encoding/hex"
-	"fmt"
-	"time"
-)
+import "time"
 
 // NATS subjects of the verifier's service (request-reply, JSON bodies). The
 // v1 endpoints are exported from the verifier's account to the workload
@@ -30,16 +24,6 @@ const EKUserPrefix = "ek:"
 // the password the base64url activation secret of its enrollment. It lets a
 // host wait for approval and register its own credential.
 const HostUserPrefix = "host:"
-
-// EKHash names an EK: hex SHA-256 of its PKIX public key encoding.
-func EKHash(pub any) (string, error) {
-	der, err := x509.MarshalPKIXPublicKey(pub)
-	if err != nil {
-		return "", fmt.Errorf("EK public key: %w", err)
-	}
-	h := sha256.Sum256(der)
-	return hex.EncodeToString(h[:]), nil
-}
 
 // AKParams are go-attestation's attest.AttestationParameters on the wire.
 type AKParams struct {
@@ -81,11 +65,11 @@ type EnrollFinishRequest struct {
 
 // EnrollResult is the answer to enroll.finish and enroll.status.
 type EnrollResult struct {
-	HostID string `json:"host_id"`
-	Status string `json:"status"`            // HostActive or HostPending
-	AKCert []byte `json:"ak_cert,omitempty"` // DER, once active
-	RPID   string `json:"rp_id"`
-	Origin string `json:"origin"`
+	HostID string     `json:"host_id"`
+	Status HostStatus `json:"status"`            // HostActive or HostPending
+	AKCert []byte     `json:"ak_cert,omitempty"` // DER, once active
+	RPID   string     `json:"rp_id"`
+	Origin string     `json:"origin"`
 }
 
 // EnrollStatusRequest asks whether a pending host was approved. The session
@@ -95,11 +79,26 @@ type EnrollStatusRequest struct {
 	Proof  []byte `json:"proof"` // the activated secret of the enrollment
 }
 
+// HostStatus is where a host is in its life (see verifier/record for the
+// transitions the verifier allows).
+type HostStatus string
+
 // Host statuses.
 const (
-	HostPending = "pending"
-	HostActive  = "active"
-	HostRevoked = "revoked"
+	HostPending    HostStatus = "pending"    // enrolled, waiting for an operator
+	HostActive     HostStatus = "active"     // may register credentials and connect
+	HostRevoked    HostStatus = "revoked"    // refused; its credentials are revoked
+	HostOffboarded HostStatus = "offboarded" // removed; its EK may enroll again as a new host
+)
+
+// CredentialStatus is where a credential is in its life.
+type CredentialStatus string
+
+// Credential statuses.
+const (
+	CredentialActive      CredentialStatus = "active"
+	CredentialQuarantined CredentialStatus = "quarantined" // a tamper signal: refused until an operator releases it
+	CredentialRevoked     CredentialStatus = "revoked"     // refused for good
 )
 
 // RegisterBeginRequest asks for a registration challenge.
@@ -142,26 +141,12 @@ type CredentialStatusRequest struct {
 
 // CredentialState is what the verifier says of one credential.
 type CredentialState struct {
-	ID       string    `json:"id"`
-	Workload string    `json:"workload"`
-	Status   string    `json:"status"`
-	Created  time.Time `json:"created"`
-	RotateBy time.Time `json:"rotate_by,omitzero"` // rotate before this (max age, or now if requested)
-	Retires  time.Time `json:"retires,omitzero"`   // replaced: refused after this
-}
-
-// rotationLabel separates rotation proofs from every other signature.
-const rotationLabel = "tpmauthn/rotate/v1\x00"
-
-// RotationChallenge is what the replaced credential signs to vouch for its
-// successor: the verifier's registration challenge and the new credential's
-// ID, so the proof cannot be moved to another registration.
-func RotationChallenge(challenge, newCredentialID []byte) []byte {
-	h := sha256.New()
-	h.Write([]byte(rotationLabel))
-	h.Write(challenge)
-	h.Write(newCredentialID)
-	return h.Sum(nil)
+	ID       string           `json:"id"`
+	Workload string           `json:"workload"`
+	Status   CredentialStatus `json:"status"`
+	Created  time.Time        `json:"created"`
+	RotateBy time.Time        `json:"rotate_by,omitzero"` // rotate before this (max age, or now if requested)
+	Retires  time.Time        `json:"retires,omitzero"`   // replaced: refused after this
 }
 
 // RegisterFinishResponse names the stored credential.
@@ -169,10 +154,4 @@ type RegisterFinishResponse struct {
 	CredentialID string `json:"credential_id"`
 	// Retires is when a replaced credential stops being accepted.
 	Retires time.Time `json:"retires,omitzero"`
-}
-
-// ErrorResponse is any endpoint's refusal. Code is stable for programs.
-type ErrorResponse struct {
-	Error string `json:"error"`
-	Code  string `json:"code"`
 }

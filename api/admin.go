@@ -1,0 +1,60 @@
+package api
+
+import "time"
+
+// The operator API (tpmauthnctl), on SubjectAdminPrefix + <op>: JSON
+// requests and replies. The records it returns (hosts, credentials, tokens)
+// are verifier/record's types.
+
+// TokenCreateRequest asks for a join token.
+type TokenCreateRequest struct {
+	Roles []string      `json:"roles"`
+	Tags  []string      `json:"tags,omitempty"`
+	TTL   time.Duration `json:"ttl"`
+}
+
+// TokenCreateResponse carries the token; only its hash is kept.
+type TokenCreateResponse struct {
+	Token   string    `json:"token"`
+	ID      string    `json:"id"`
+	Expires time.Time `json:"expires"`
+}
+
+// IDRequest names one record.
+type IDRequest struct {
+	ID     string `json:"id"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// EKAllowRequest adds an EK to the allow-list.
+type EKAllowRequest struct {
+	EKHash string   `json:"ek_hash"`
+	Roles  []string `json:"roles"`
+	Tags   []string `json:"tags,omitempty"`
+	Note   string   `json:"note,omitempty"`
+}
+
+// CredentialListRequest filters credentials.
+type CredentialListRequest struct {
+	Host string `json:"host,omitempty"`
+}
+
+// Status summarizes the fleet.
+type Status struct {
+	Version     string         `json:"version"`
+	RPID        string         `json:"rp_id"`
+	Origin      string         `json:"origin"`
+	Approval    string         `json:"approval"`
+	EKRoots     int            `json:"ek_roots"`
+	Hosts       map[string]int `json:"hosts"`
+	Credentials map[string]int `json:"credentials"`
+	Tokens      map[string]int `json:"tokens"`
+	// AuditKey is the public key that signs the audit trail.
+	AuditKey string `json:"audit_key"`
+}
+
+// AuditReadRequest pages through the audit stream.
+type AuditReadRequest struct {
+	From uint64 `json:"from"` // stream message sequence (RawEvent.Msg)
+	Max  int    `json:"max"`
+}

@@ -1,0 +1,228 @@
+package auditlog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+	"github.com/tpmauthn/tpmauthn/audit"
+)
+
+// env is a JetStream server of its own and an issuer key: what a writer needs.
+type env struct {
+	srv *server.Server
+	js  jetstream.JetStream
+	key nkeys.KeyPair
+	pub string
+}
+
+func newEnv(tb testing.TB) *env {
+	tb.Helper()
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: tb.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv.Start()
+	tb.Cleanup(srv.Shutdown)
+	if !srv.ReadyForConnections(10 * time.Second) {
+		tb.Fatal("nats-server not ready")
+	}
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	kp, err := nkeys.CreateAccount()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pub, _ := kp.PublicKey()
+	return &env{srv: srv, js: js, key: kp, pub: pub}
+}
+
+// open starts a writer on the env's stream, closed when the test ends.
+func (e *env) open(tb testing.TB) *Log {
+	tb.Helper()
+	a, err := Open(context.Background(), e.js, e.key, Config{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(a.Close)
+	return a
+}
+
+// Two writers on one stream, each recording faster than one round trip per
+// event: events are batched into messages, and the result is still one
+// chain with every event in it, numbered 1..n.
+func TestAuditBatchesTwoWriters(t *testing.T) {
+	e := newEnv(t)
+	first := e.open(t)
+	other := e.open(t)
+	const each = 600
+	var wg sync.WaitGroup
+	for w, a := range []*Log{first, other} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				a.Record(audit.Event{Kind: "connect", Result: "allow", Workload: fmt.Sprintf("w%d-%d", w, i)})
+			}
+			a.Flush()
+		}()
+	}
+	wg.Wait()
+	raws, err := first.ReadRaw(context.Background(), 1, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := audit.VerifyRawEvents(raws, e.pub, "")
+	if err != nil {
+		t.Fatalf("chain of two batching writers: %v", err)
+	}
+	seen := map[string]bool{}
+	msgs := map[uint64]bool{}
+	for i, r := range raws {
+		if r.Seq != uint64(i+1) {
+			t.Fatalf("event %d has number %d", i+1, r.Seq)
+		}
+		msgs[r.Msg] = true
+		seen[string(r.Data)] = true
+	}
+	if n != len(raws) || len(seen) != len(raws) || n < 2*each {
+		t.Fatalf("%d events verified of %d read (%d distinct), want at least %d", n, len(raws), len(seen), 2*each)
+	}
+	if len(msgs) >= n {
+		t.Fatalf("%d events in %d messages: nothing was batched", n, len(msgs))
+	}
+	t.Logf("%d events in %d messages", n, len(msgs))
+
+	// Deleting a message breaks the chain at its first event.
+	var victim audit.RawEvent
+	for _, r := range raws {
+		if r.Msg > 1 && r.Seq > 1 && raws[r.Seq-2].Msg != r.Msg {
+			victim = r
+			break
+		}
+	}
+	var cut []audit.RawEvent
+	for _, r := range raws {
+		switch {
+		case r.Msg != victim.Msg:
+			cut = append(cut, r)
+		case r.Seq == victim.Seq:
+			cut = append(cut, audit.RawEvent{Msg: r.Msg, Missing: true})
+		}
+	}
+	_, err = audit.VerifyRawEvents(cut, e.pub, "")
+	var ce *audit.ChainError
+	if !errors.As(err, &ce) || ce.Seq != victim.Seq {
+		t.Fatalf("deleted message %d: %v, want broken at event %d", victim.Msg, err, victim.Seq)
+	}
+}
+
+// A batch larger than a message may be is split, and stays one chain.
+func TestAuditOversizedBatchSplits(t *testing.T) {
+	e := newEnv(t)
+	first := e.open(t)
+	long := strings.Repeat("x", 4000)
+	evs := make([]audit.Event, 300) // ~300 × 4 KB: over maxMsg
+	for i := range evs {
+		evs[i] = audit.Event{Time: time.Now().UTC(), Kind: "connect", Result: "deny", Reason: long}
+	}
+	if err := first.AppendBatch(evs); err != nil {
+		t.Fatal(err)
+	}
+	raws, err := first.ReadRaw(context.Background(), 1, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := audit.VerifyRawEvents(raws, e.pub, ""); err != nil {
+		t.Fatal(err)
+	}
+	msgs := map[uint64]bool{}
+	for _, r := range raws {
+		msgs[r.Msg] = true
+	}
+	if len(msgs) < 3 {
+		t.Fatalf("%d events in %d messages: the batch was not split", len(raws), len(msgs))
+	}
+}
+
+// A flush reports whether the events before it were appended: when the
+// append fails (here: its connection is closed), an operator action must not
+// be told its event is in the trail.
+func TestAuditFlushReportsAFailedAppend(t *testing.T) {
+	e := newEnv(t)
+	nc, err := nats.Connect(e.srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := Open(t.Context(), js, e.key, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	a.Record(audit.Event{Kind: "token.create", Result: "ok", Actor: "operator"})
+	if !a.FlushWithin(5 * time.Second) {
+		t.Fatal("flush of an appended event reported failure")
+	}
+	nc.Close()
+	a.Record(audit.Event{Kind: "token.create", Result: "ok", Actor: "operator"})
+	if a.FlushWithin(5 * time.Second) {
+		t.Fatal("flush reported success for an event whose append failed")
+	}
+	// The same when the failed append was done before the flush was asked
+	// for (its marker then ends an empty batch).
+	a.Record(audit.Event{Kind: "token.create", Result: "ok", Actor: "operator"})
+	time.Sleep(50 * time.Millisecond) // > lingerFor: the batch is appended (and fails) alone
+	if a.FlushWithin(5 * time.Second) {
+		t.Fatal("flush reported success after an earlier failed append")
+	}
+}
+
+// Closing does not hang on a stream that refuses appends: it waits
+// closeWait, says what is lost, and returns.
+func TestAuditCloseOnAFullStream(t *testing.T) {
+	defer func(d time.Duration) { closeWait = d }(closeWait)
+	closeWait = 300 * time.Millisecond
+	e := newEnv(t)
+	a, err := Open(t.Context(), e.js, e.key, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Record(audit.Event{Kind: "connect", Result: "allow"})
+	a.Flush()
+	info, err := a.stream.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := info.Config
+	cfg.MaxMsgs = int64(info.State.Msgs) // full: DiscardNew refuses the next
+	if _, err := e.js.UpdateStream(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	a.Record(audit.Event{Kind: "token.create", Result: "ok", Actor: "operator"})
+	done := make(chan struct{})
+	go func() { a.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close hangs on an audit stream that refuses appends")
+	}
+}

@@ -1,0 +1,56 @@
+package record
+
+import (
+	"time"
+
+	"github.com/tpmauthn/tpmauthn/api"
+)
+
+// Credential is a registered workload credential (bucket credentials, key =
+// the credential ID in base64url).
+type Credential struct {
+	V          int                  `json:"v"`
+	ID         string               `json:"id"`
+	Host       string               `json:"host"`
+	Workload   string               `json:"workload"`
+	PublicKey  []byte               `json:"public_key"` // COSE_Key
+	UserHandle []byte               `json:"user_handle"`
+	Counter    uint32               `json:"counter"` // highest accepted
+	Seen       Window               `json:"seen"`    // which values below Counter were accepted (see AcceptCounter)
+	Status     api.CredentialStatus `json:"status"`
+	Reason     string               `json:"reason,omitempty"`
+	Created    time.Time            `json:"created"`
+	Updated    time.Time            `json:"updated"`
+	// Sessions are the live NATS sessions granted to this credential, for
+	// kicks on revocation.
+	Sessions []SessionRef `json:"sessions,omitempty"`
+	// Lineage is the ID of the first credential of a rotation chain: the
+	// CONNECT nkey a workload keeps across rotations.
+	Lineage         string    `json:"lineage,omitempty"`
+	RotateRequested bool      `json:"rotate_requested,omitempty"`
+	Retires         time.Time `json:"retires,omitzero"` // replaced: refused after this
+	ReplacedBy      string    `json:"replaced_by,omitempty"`
+}
+
+// Nkey is what a workload presents as CONNECT nkey for this credential.
+func (c *Credential) Nkey() string {
+	if c.Lineage != "" {
+		return c.Lineage
+	}
+	return c.ID
+}
+
+// Retired reports whether a replaced credential's grace period is over.
+func (c *Credential) Retired(now time.Time) bool {
+	return !c.Retires.IsZero() && now.After(c.Retires)
+}
+
+// SessionRef is a granted session, kept with the credential for kicks:
+// a kick names the server and its client ID, unique for a server's run. It
+// is rewritten with the credential on every connect, so it holds nothing
+// else (records written with a user_key field still decode).
+type SessionRef struct {
+	Server  string    `json:"server"`
+	Client  uint64    `json:"client"`
+	Expires time.Time `json:"expires"`
+}

@@ -1,0 +1,29 @@
+package record
+
+import "time"
+
+// Token is a join token (bucket tokens, key = hex SHA-256 of the token; the
+// token itself is never stored).
+type Token struct {
+	V       int       `json:"v"`
+	ID      string    `json:"id"` // first 12 hex digits of the hash: what operators see
+	Hash    string    `json:"hash"`
+	Roles   []string  `json:"roles"`
+	Tags    []string  `json:"tags,omitempty"`
+	Created time.Time `json:"created"`
+	Expires time.Time `json:"expires"`
+	UsedBy  string    `json:"used_by,omitempty"` // host ID once used
+	UsedAt  time.Time `json:"used_at,omitzero"`
+}
+
+// State of a token as operators see it.
+func (t *Token) State(now time.Time) string {
+	switch {
+	case t.UsedBy != "":
+		return "used"
+	case !now.Before(t.Expires):
+		return "expired"
+	default:
+		return "valid"
+	}
+}

@@ -1,0 +1,222 @@
+// Package store is the fleet's state in JetStream KV: the buckets, and the
+// typed reads and writes every service uses (Get, Create, Update, Take,
+// List, and Mutate, the one read-modify-write loop). Records are versioned
+// JSON (verifier/record); every change is a compare-and-set on the record's
+// revision, so several verifier instances share one fleet safely.
+//
+// A missing record is api.ErrNotFound and a lost compare-and-set
+// api.ErrConflict; any other error is the store failing (a JetStream outage)
+// and wraps api.ErrUnavailable, so that callers never mistake an outage for
+// a domain answer such as "revoked".
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
+)
+
+// Bucket names. Rarely written buckets keep five revisions a key, a short
+// trail of each record's versions; the credentials bucket keeps one (see
+// openStore).
+const (
+	BucketHosts       = "tpmauthn_hosts"
+	BucketCredentials = "tpmauthn_credentials"
+	BucketTokens      = "tpmauthn_tokens"
+	BucketEKs         = "tpmauthn_eks"
+	BucketEKAllow     = "tpmauthn_ek_allow"
+	BucketEnroll      = "tpmauthn_enroll"
+	BucketChallenges  = "tpmauthn_challenges"
+	BucketWorkloads   = "tpmauthn_workloads"
+	SessionTTL        = 5 * time.Minute
+)
+
+// Store is the fleet state in JetStream KV: one bucket a kind of record.
+type Store struct {
+	JS jetstream.JetStream
+	// Hosts by host ID; Credentials by credential ID (base64url); Tokens by
+	// the hex SHA-256 of the join token; EKs (enrolled) and EKAllow (the
+	// allow-list) by EK hash; Enroll (open enrollments) and Challenges
+	// (registration challenges) expire after SessionTTL; Workloads maps
+	// host.workload to its current credential.
+	Hosts, Credentials, Tokens, EKs, EKAllow, Enroll, Challenges, Workloads jetstream.KeyValue
+}
+
+// Open creates or updates the buckets (an existing bucket keeps its data).
+func Open(ctx context.Context, nc *nats.Conn) (*Store, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	s := Store{JS: js}
+	buckets := []struct {
+		name string
+		ttl  time.Duration
+		dst  *jetstream.KeyValue
+	}{
+		{BucketHosts, 0, &s.Hosts},
+		{BucketCredentials, 0, &s.Credentials},
+		{BucketTokens, 0, &s.Tokens},
+		{BucketEKs, 0, &s.EKs},
+		{BucketEKAllow, 0, &s.EKAllow},
+		{BucketEnroll, SessionTTL, &s.Enroll},
+		{BucketChallenges, SessionTTL, &s.Challenges},
+		{BucketWorkloads, 0, &s.Workloads},
+	}
+	for _, b := range buckets {
+		// Earlier revisions help an operator on rarely written records.
+		// Credential records are rewritten on every connect (counter,
+		// sessions), so theirs would be a few connects old and would hold
+		// five records a credential on disk; the audit trail keeps what
+		// changed. An existing bucket is updated in place (JetStream drops
+		// the surplus revisions).
+		history := uint8(5)
+		if b.ttl > 0 || b.name == BucketCredentials {
+			history = 1
+		}
+		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: b.name, History: history, TTL: b.ttl, Storage: jetstream.FileStorage,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("KV bucket %s: %w (is JetStream enabled for the %s account?)", b.name, err, keys.AccountAuth)
+		}
+		*b.dst = kv
+	}
+	return &s, nil
+}
+
+// Get reads a record and its revision. A missing key is api.ErrNotFound.
+func Get[T any, P interface {
+	*T
+	record.Versioned
+}](ctx context.Context, kv jetstream.KeyValue, key string) (P, uint64, error) {
+	e, err := kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) || errors.Is(err, jetstream.ErrInvalidKey) {
+		return nil, 0, fmt.Errorf("%w: %s/%s", api.ErrNotFound, kv.Bucket(), key)
+	}
+	if err != nil {
+		return nil, 0, unavailable(err, "%s get %s", kv.Bucket(), key)
+	}
+	var v T
+	p := P(&v)
+	if err := json.Unmarshal(e.Value(), p); err != nil {
+		return nil, 0, fmt.Errorf("%s/%s: %w", kv.Bucket(), key, err)
+	}
+	if p.RecordVersion() != record.Version {
+		return nil, 0, fmt.Errorf("%s/%s: record version %d, this verifier reads %d", kv.Bucket(), key, p.RecordVersion(), record.Version)
+	}
+	return p, e.Revision(), nil
+}
+
+// Create stores a new record; an existing key is api.ErrConflict.
+func Create(ctx context.Context, kv jetstream.KeyValue, key string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if _, err := kv.Create(ctx, key, b); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("%w: %s/%s exists", api.ErrConflict, kv.Bucket(), key)
+		}
+		return unavailable(err, "%s create %s", kv.Bucket(), key)
+	}
+	return nil
+}
+
+// Update replaces a record if it is still at revision rev (compare-and-set)
+// and returns its new revision; otherwise api.ErrConflict.
+func Update(ctx context.Context, kv jetstream.KeyValue, key string, v any, rev uint64) (uint64, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return 0, err
+	}
+	next, err := kv.Update(ctx, key, b, rev)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+			return 0, fmt.Errorf("%w: %s/%s", api.ErrConflict, kv.Bucket(), key)
+		}
+		return 0, unavailable(err, "%s update %s", kv.Bucket(), key)
+	}
+	return next, nil
+}
+
+// mutateAttempts bounds the re-reads of one mutate: each conflict means
+// another writer changed the record, so running out means heavy contention.
+const mutateAttempts = 20
+
+// Mutate is the one read-modify-write of a record: it reads the record,
+// applies f and writes it back with compare-and-set, and on a conflict reads
+// and applies f again. An error from f leaves the record unwritten and is
+// returned as it is. It returns the record as written and its revision.
+func Mutate[T any, P interface {
+	*T
+	record.Versioned
+}](ctx context.Context, kv jetstream.KeyValue, key string, f func(P) error) (P, uint64, error) {
+	for range mutateAttempts {
+		p, rev, err := Get[T, P](ctx, kv, key)
+		if err != nil {
+			return nil, 0, err
+		}
+		if err := f(p); err != nil {
+			return nil, 0, err
+		}
+		next, err := Update(ctx, kv, key, p, rev)
+		if errors.Is(err, api.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return nil, 0, err
+		}
+		return p, next, nil
+	}
+	return nil, 0, fmt.Errorf("%w: %s/%s changed concurrently %d times", api.ErrConflict, kv.Bucket(), key, mutateAttempts)
+}
+
+// Take deletes a record if it is still at revision rev, so that exactly one
+// caller consumes a single-use record (a challenge, an enrollment session).
+func Take(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64) error {
+	if err := kv.Delete(ctx, key, jetstream.LastRevision(rev)); err != nil {
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("%w: %s/%s taken", api.ErrConflict, kv.Bucket(), key)
+		}
+		return unavailable(err, "%s delete %s", kv.Bucket(), key)
+	}
+	return nil
+}
+
+// List reads every record of a bucket.
+func List[T any, P interface {
+	*T
+	record.Versioned
+}](ctx context.Context, kv jetstream.KeyValue) ([]P, error) {
+	lister, err := kv.ListKeys(ctx)
+	if err != nil {
+		return nil, unavailable(err, "%s list", kv.Bucket())
+	}
+	out := []P{} // JSON [] rather than null when empty
+	for key := range lister.Keys() {
+		v, _, err := Get[T, P](ctx, kv, key)
+		if errors.Is(err, api.ErrNotFound) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// unavailable wraps a failure of the store itself (not a domain answer)
+// with api.ErrUnavailable and what was being done.
+func unavailable(err error, format string, args ...any) error {
+	return fmt.Errorf("%w: "+format+": %w", append(append([]any{api.ErrUnavailable}, args...), err)...)
+}

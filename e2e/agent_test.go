@@ -21,6 +21,8 @@ import (
 	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/agent/client"
 	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/internal/eventually"
+	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
@@ -49,8 +51,11 @@ func curlAs(t *testing.T, uid uint32, socket, path string) (int, map[string]any)
 	return status, m
 }
 
+// requireRoot skips or fails (CI=true) a test that is not run as root. Under
+// -short it skips first, as its fleet would.
 func requireRoot(t *testing.T) {
 	t.Helper()
+	fleettest.Require(t)
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("this test runs workloads as other users and needs root")
@@ -63,9 +68,10 @@ func requireRoot(t *testing.T) {
 // credentials; a user no selector names is refused, and told who it is.
 func TestWorkloadsByUID(t *testing.T) {
 	requireRoot(t)
-	s := newStack(t, withWorkloads(uidWorkload("billing", 1001), uidWorkload("copilot", 1002)))
-	st1, w1 := curlAs(t, 1001, s.socket, "/v1/whoami")
-	st2, w2 := curlAs(t, 1002, s.socket, "/v1/whoami")
+	f := fleettest.New(t)
+	h := f.NewHost(t, fleettest.Workloads(fleettest.UIDWorkload("billing", 1001), fleettest.UIDWorkload("copilot", 1002)))
+	st1, w1 := curlAs(t, 1001, h.Socket, "/v1/whoami")
+	st2, w2 := curlAs(t, 1002, h.Socket, "/v1/whoami")
 	if st1 != 200 || st2 != 200 || w1["workload"] != "billing" || w2["workload"] != "copilot" {
 		t.Fatalf("whoami: %d %v / %d %v", st1, w1, st2, w2)
 	}
@@ -75,12 +81,12 @@ func TestWorkloadsByUID(t *testing.T) {
 	if caller, _ := w1["caller"].(map[string]any); caller["exe"] == nil || caller["uid"] != float64(1001) {
 		t.Fatalf("caller as the agent saw it: %v", w1["caller"])
 	}
-	st3, e := curlAs(t, 1003, s.socket, "/v1/whoami")
+	st3, e := curlAs(t, 1003, h.Socket, "/v1/whoami")
 	if st3 != 403 || !strings.Contains(fmt.Sprint(e["error"]), "uid=1003") || e["hint"] == "" {
 		t.Fatalf("unconfigured uid: %d %v, want 403 naming uid=1003 with a hint", st3, e)
 	}
 	var creds []record.Credential
-	s.admin(t, "credential.list", api.CredentialListRequest{}, &creds)
+	f.MustAdmin(t, "credential.list", api.CredentialListRequest{}, &creds)
 	names := map[string]string{}
 	for _, c := range creds {
 		names[c.ID] = c.Workload
@@ -103,8 +109,9 @@ func unixHTTP(socket string) *http.Client {
 // Test200ConcurrentRequests: every request is answered, with a signature or
 // a clean refusal (busy, deadline), none hangs, and the agent still works.
 func Test200ConcurrentRequests(t *testing.T) {
-	s := newStack(t)
-	hc := unixHTTP(s.socket)
+	f := fleettest.New(t)
+	h := f.NewHost(t)
+	hc := unixHTTP(h.Socket)
 	var wg sync.WaitGroup
 	results := make(chan int, 200)
 	for i := range 200 {
@@ -149,7 +156,7 @@ func Test200ConcurrentRequests(t *testing.T) {
 	if count[200] == 0 {
 		t.Fatal("no request was signed")
 	}
-	if _, _, err := client.New(s.socket).NATSSign(t.Context(), []byte("after")); err != nil {
+	if _, _, err := client.New(h.Socket).NATSSign(t.Context(), []byte("after")); err != nil {
 		t.Fatalf("agent after the storm: %v", err)
 	}
 }
@@ -157,37 +164,38 @@ func Test200ConcurrentRequests(t *testing.T) {
 // TestAgentRestart: credentials, their registrations and counters survive a
 // restart of the agent; the verifier accepts the next connect.
 func TestAgentRestart(t *testing.T) {
-	s := newStack(t)
-	before, err := client.New(s.socket).WhoAmI(t.Context())
+	f := fleettest.New(t)
+	h := f.NewHost(t)
+	before, err := client.New(h.Socket).WhoAmI(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := s.connect(t)
+	nc, err := h.Connect(t)
 	if err != nil {
 		t.Fatal(err)
 	}
 	nc.Close()
-	if err := s.ag.Close(); err != nil {
+	if err := h.Agent.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Remove(s.acfg.TokenFile); err != nil { // an enrolled host needs no token
+	if err := os.Remove(h.Config.TokenFile); err != nil { // an enrolled host needs no token
 		t.Fatal(err)
 	}
-	s.startAgent(t)
-	after, err := client.New(s.socket).WhoAmI(t.Context())
+	h.Start(t)
+	after, err := client.New(h.Socket).WhoAmI(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if after.CredentialID != before.CredentialID || after.Host != before.Host {
 		t.Fatalf("after restart: %+v, before: %+v", after, before)
 	}
-	nc, err = s.connect(t)
+	nc, err = h.Connect(t)
 	if err != nil {
 		t.Fatalf("connect after agent restart: %v", err)
 	}
 	nc.Close()
 	var hosts []record.Host
-	s.admin(t, "host.list", nil, &hosts)
+	f.MustAdmin(t, "host.list", nil, &hosts)
 	if len(hosts) != 1 {
 		t.Fatalf("%d hosts after restart: the agent enrolled again", len(hosts))
 	}
@@ -196,12 +204,13 @@ func TestAgentRestart(t *testing.T) {
 // TestTPMOutage: with swtpm stopped, requests fail with a clear error, and
 // the agent recovers by itself when the TPM is back.
 func TestTPMOutage(t *testing.T) {
-	s := newStack(t)
-	c := client.New(s.socket)
+	f := fleettest.New(t)
+	h := f.NewHost(t)
+	c := client.New(h.Socket)
 	if _, _, err := c.NATSSign(t.Context(), []byte("n1")); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.sw.Stop(); err != nil {
+	if err := f.TPM.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	_, _, err := c.NATSSign(t.Context(), []byte("n2"))
@@ -209,13 +218,13 @@ func TestTPMOutage(t *testing.T) {
 	if !errors.As(err, &ae) || ae.Status != 503 || !strings.Contains(ae.Message, "TPM") {
 		t.Fatalf("sign with the TPM down: %v, want a 503 naming the TPM", err)
 	}
-	if err := s.sw.StartOnPort(); err != nil {
+	if err := f.TPM.StartOnPort(); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := c.NATSSign(t.Context(), []byte("n3")); err != nil {
 		t.Fatalf("sign after the TPM came back: %v", err)
 	}
-	nc, err := s.connect(t)
+	nc, err := h.Connect(t)
 	if err != nil {
 		t.Fatalf("connect after recovery: %v", err)
 	}
@@ -225,22 +234,23 @@ func TestTPMOutage(t *testing.T) {
 // TestSocketActivation runs the agent binary as systemd would: the socket is
 // fd 3, LISTEN_FDS=1, LISTEN_PID its own pid.
 func TestSocketActivation(t *testing.T) {
-	s := newStack(t)
+	f := fleettest.New(t)
+	h := f.NewHost(t)
 	// Free the TPM and the enrolled state for the binary.
-	if err := s.ag.Close(); err != nil {
+	if err := h.Agent.Close(); err != nil {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(t.TempDir(), "tpmauthn-agent")
 	if out, err := exec.Command("go", "build", "-o", bin, "github.com/tpmauthn/tpmauthn/cmd/tpmauthn-agent").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	sock := filepath.Join(publicDir(t), "activated.sock")
+	sock := filepath.Join(fleettest.PublicDir(t), "activated.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ul := ln.(*net.UnixListener)
-	f, err := ul.File()
+	lf, err := ul.File()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,9 +261,9 @@ func TestSocketActivation(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, bin, "run",
-		"--config", cfg, "--tpm", s.sw.URI(), "--data-dir", s.acfg.DataDir, "--nats-url", s.v.ClientURL(),
+		"--config", cfg, "--tpm", f.TPM.URI(), "--data-dir", h.Config.DataDir, "--nats-url", f.URL(),
 		"--socket", "/nonexistent/must-not-be-used.sock")
-	cmd.ExtraFiles = []*os.File{f}
+	cmd.ExtraFiles = []*os.File{lf}
 	var logs syncBuffer
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
@@ -262,15 +272,12 @@ func TestSocketActivation(t *testing.T) {
 	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() })
 	c := client.New(sock)
 	var who *client.WhoAmI
-	for range 100 {
-		if who, err = c.WhoAmI(t.Context()); err == nil {
-			break
+	eventually.Until(t, 10*time.Second, func() (err error) {
+		if who, err = c.WhoAmI(t.Context()); err != nil {
+			return fmt.Errorf("whoami over the activated socket: %w\n%s", err, logs.String())
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatalf("whoami over the activated socket: %v\n%s", err, logs.String())
-	}
+		return nil
+	})
 	if who.Workload != "app" || !strings.Contains(logs.String(), "using the socket passed by systemd") {
 		t.Fatalf("whoami %+v; log:\n%s", who, logs.String())
 	}
@@ -296,13 +303,14 @@ func (s *syncBuffer) String() string {
 }
 
 func TestAgentMetrics(t *testing.T) {
-	s := newStack(t, func(s *stack) { s.acfg.MetricsListen = "127.0.0.1:0" })
-	nc, err := s.connect(t)
+	f := fleettest.New(t)
+	h := f.NewHost(t, func(c *agent.Config) { c.MetricsListen = "127.0.0.1:0" })
+	nc, err := h.Connect(t)
 	if err != nil {
 		t.Fatal(err)
 	}
 	nc.Close()
-	resp, err := http.Get("http://" + s.ag.MetricsAddr() + "/metrics")
+	resp, err := http.Get("http://" + h.Agent.MetricsAddr() + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,11 +329,12 @@ func TestAgentMetrics(t *testing.T) {
 }
 
 func TestAgentRefusesAnotherRPID(t *testing.T) {
-	s := newStack(t)
-	if err := s.ag.Close(); err != nil {
+	f := fleettest.New(t)
+	h := f.NewHost(t)
+	if err := h.Agent.Close(); err != nil {
 		t.Fatal(err)
 	}
-	cfg := s.acfg
+	cfg := h.Config
 	cfg.RPID = "other.example.com"
 	ag, err := agent.New(cfg)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -17,6 +18,8 @@ import (
 	"github.com/tpmauthn/tpmauthn/agent/client"
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/internal/eventually"
+	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 )
 
@@ -29,15 +32,16 @@ func wantBrokenAt(t *testing.T, what string, err error, seq uint64) {
 }
 
 func TestAuditTrail(t *testing.T) {
-	s := newStack(t, func(s *stack) { s.vcfg.Audit.AllowDelete = true })
+	f := fleettest.New(t, func(f *fleettest.Fleet) { f.Config.Audit.AllowDelete = true })
+	h := f.NewHost(t)
 	for range 3 {
-		nc, err := s.connect(t)
+		nc, err := h.Connect(t)
 		if err != nil {
 			t.Fatal(err)
 		}
 		nc.Close()
 	}
-	if nc, err := nats.Connect(s.v.ClientURL(), nats.Token("tpmauthn-join-forged"), nats.MaxReconnects(0)); err == nil {
+	if nc, err := nats.Connect(f.URL(), nats.Token("tpmauthn-join-forged"), nats.MaxReconnects(0)); err == nil {
 		nc.Close()
 		t.Fatal("forged token accepted")
 	}
@@ -47,7 +51,7 @@ func TestAuditTrail(t *testing.T) {
 		var wg sync.WaitGroup
 		for range 40 {
 			wg.Go(func() {
-				if nc, err := nats.Connect(s.v.ClientURL(), nats.Token("tpmauthn-join-burst"), nats.MaxReconnects(0)); err == nil {
+				if nc, err := nats.Connect(f.URL(), nats.Token("tpmauthn-join-burst"), nats.MaxReconnects(0)); err == nil {
 					nc.Close()
 				}
 			})
@@ -55,20 +59,20 @@ func TestAuditTrail(t *testing.T) {
 		wg.Wait()
 	}
 	burst()
-	who, _ := client.New(s.socket).WhoAmI(t.Context())
-	s.admin(t, "credential.revoke", api.IDRequest{ID: who.CredentialID, Reason: "audit test"}, nil)
-	s.v.FlushAudit()
+	who, _ := client.New(h.Socket).WhoAmI(t.Context())
+	f.MustAdmin(t, "credential.revoke", api.IDRequest{ID: who.CredentialID, Reason: "audit test"}, nil)
+	f.Verifier.FlushAudit()
 
 	var st api.Status
-	s.admin(t, "status", nil, &st)
+	f.MustAdmin(t, "status", nil, &st)
 	var raws []audit.RawEvent
-	s.admin(t, "audit.read", api.AuditReadRequest{From: 1, Max: 1000}, &raws)
+	f.MustAdmin(t, "audit.read", api.AuditReadRequest{From: 1, Max: 1000}, &raws)
 	n, err := audit.VerifyRawEvents(raws, st.AuditKey, "")
 	if err != nil || n != len(raws) {
 		t.Fatalf("verify the real stream: %d of %d, %v", n, len(raws), err)
 	}
 	var kinds []string
-	for _, e := range readAudit(t, s) {
+	for _, e := range f.AuditEvents(t) {
 		kinds = append(kinds, e.Kind+"/"+e.Result)
 	}
 	for _, want := range []string{"enroll/ok", "register/ok", "connect/allow", "connect.enroll/deny", "revoke/ok"} {
@@ -127,11 +131,11 @@ func TestAuditTrail(t *testing.T) {
 			break
 		}
 	}
-	stream := auditStream(t, s)
+	stream := auditStream(t, f)
 	if err := stream.DeleteMsg(context.Background(), kmsg); err != nil {
 		t.Fatal(err)
 	}
-	s.admin(t, "audit.read", api.AuditReadRequest{From: 1, Max: 1000}, &raws)
+	f.MustAdmin(t, "audit.read", api.AuditReadRequest{From: 1, Max: 1000}, &raws)
 	_, err = audit.VerifyRawEvents(raws, st.AuditKey, "")
 	wantBrokenAt(t, "deleted message", err, first)
 }
@@ -152,9 +156,10 @@ func firstUnsignedBefore(raws []audit.RawEvent, lines [][]byte, k int) int {
 }
 
 func TestAuditStreamRefusesDeletion(t *testing.T) {
-	s := newStack(t)
-	s.v.FlushAudit()
-	stream := auditStream(t, s)
+	f := fleettest.New(t)
+	f.NewHost(t) // an enrolled host: events in the stream
+	f.Verifier.FlushAudit()
+	stream := auditStream(t, f)
 	if err := stream.DeleteMsg(context.Background(), 1); err == nil {
 		t.Fatal("the audit stream let a message be deleted")
 	}
@@ -162,14 +167,14 @@ func TestAuditStreamRefusesDeletion(t *testing.T) {
 
 // auditStream opens the audit stream as the verifier's own user would (the
 // access an attacker on the verifier's host would have).
-func auditStream(t *testing.T, s *stack) jetstream.Stream {
+func auditStream(t *testing.T, f *fleettest.Fleet) jetstream.Stream {
 	t.Helper()
-	kp, err := keys.LoadNKey(verifierSeed(s))
+	kp, err := keys.LoadNKey(verifierSeed(f))
 	if err != nil {
 		t.Fatal(err)
 	}
 	pk, _ := kp.PublicKey()
-	nc, err := nats.Connect(s.v.ClientURL(), nats.Nkey(pk, kp.Sign))
+	nc, err := nats.Connect(f.URL(), nats.Nkey(pk, kp.Sign))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,16 +187,17 @@ func auditStream(t *testing.T, s *stack) jetstream.Stream {
 	return stream
 }
 
-func verifierSeed(s *stack) string {
-	p := keys.SysSeedFile(s.vcfg.DataDir)
+func verifierSeed(f *fleettest.Fleet) string {
+	p := keys.SysSeedFile(f.Config.DataDir)
 	return p[:len(p)-len("sys.nk")] + "verifier.nk"
 }
 
 // TestSessionEndAudited: the end of a granted session is audited with the
 // server's reason and what the session sent and received; a kicked one too.
 func TestSessionEndAudited(t *testing.T) {
-	s := newStack(t)
-	nc, err := s.connect(t)
+	f := fleettest.New(t)
+	h := f.NewHost(t)
+	nc, err := h.Connect(t)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,19 +211,17 @@ func TestSessionEndAudited(t *testing.T) {
 		t.Fatal(err)
 	}
 	nc.Close()
-	who, _ := client.New(s.socket).WhoAmI(t.Context())
+	who, _ := client.New(h.Socket).WhoAmI(t.Context())
 	var end *audit.Event
-	for deadline := time.Now().Add(5 * time.Second); end == nil; time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("no disconnect event in the audit trail 5 s after the session closed")
-		}
-		s.v.FlushAudit()
-		for _, e := range readAudit(t, s) {
+	eventually.Until(t, 5*time.Second, func() error {
+		for _, e := range f.AuditEvents(t) {
 			if e.Kind == "disconnect" && e.Client == cid {
 				end = &e
+				return nil
 			}
 		}
-	}
+		return fmt.Errorf("no disconnect event for client %d in the audit trail after the session closed", cid)
+	})
 	if end.Credential != who.CredentialID || end.Workload != who.Workload || end.Session == nil {
 		t.Fatalf("disconnect event %+v: want credential %s, workload %s and session stats", end, who.CredentialID, who.Workload)
 	}

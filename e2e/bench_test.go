@@ -19,6 +19,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/agent/client"
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 )
 
 // percentiles returns p50 and p99 in milliseconds.
@@ -36,19 +37,20 @@ func percentiles(d []time.Duration) (float64, float64) {
 func BenchmarkChain(b *testing.B) {
 	var mu sync.Mutex
 	var decisions []time.Duration
-	s := newStack(b, func(s *stack) {
-		s.vcfg.OnDecision = func(d time.Duration, err error) {
+	f := fleettest.New(b, func(f *fleettest.Fleet) {
+		f.Config.OnDecision = func(d time.Duration, err error) {
 			mu.Lock()
 			decisions = append(decisions, d)
 			mu.Unlock()
 		}
 	})
+	h := f.NewHost(b)
 	n := max(b.N, 200)
-	who, err := client.New(s.socket).WhoAmI(b.Context())
+	who, err := client.New(h.Socket).WhoAmI(b.Context())
 	if err != nil {
 		b.Fatal(err)
 	}
-	auth := s.ag.Authenticator()
+	auth := h.Agent.Authenticator()
 	id, _ := attestation.DecodeB64URL(who.CredentialID)
 	cred, err := auth.Credential(id)
 	if err != nil {
@@ -73,7 +75,7 @@ func BenchmarkChain(b *testing.B) {
 	})
 	cmdsSign := float64(tp.Commands()-cmdsBefore) / float64(n)
 
-	hc := unixHTTP(s.socket)
+	hc := unixHTTP(h.Socket)
 	cmdsBefore = tp.Commands()
 	socket := measure(func(i int) {
 		resp, err := hc.Post("http://agent/v1/nats/sign", "application/json", bytes.NewReader(fmt.Appendf(nil, `{"nonce":"n%d"}`, i)))
@@ -84,16 +86,13 @@ func BenchmarkChain(b *testing.B) {
 	})
 	cmdsSocket := float64(tp.Commands()-cmdsBefore) / float64(n)
 
-	opts, err := client.NATSOptions(s.socket)
-	if err != nil {
-		b.Fatal(err)
-	}
+	opts := h.NATSOptions(b)
 	mu.Lock()
 	decisions = decisions[:0]
 	mu.Unlock()
 	cmdsBefore = tp.Commands()
 	connect := measure(func(int) {
-		nc, err := nats.Connect(s.v.ClientURL(), append(opts, nats.MaxReconnects(0))...)
+		nc, err := nats.Connect(f.URL(), append(opts, nats.MaxReconnects(0))...)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -141,10 +140,11 @@ func BenchmarkRevokeToDisconnect(b *testing.B) {
 	const n = 24
 	var ws []agent.Workload
 	for i := range n {
-		ws = append(ws, uidWorkload(fmt.Sprintf("w%02d", i), uint32(20000+i)))
+		ws = append(ws, fleettest.UIDWorkload(fmt.Sprintf("w%02d", i), uint32(20000+i)))
 	}
-	s := newStack(b, withWorkloads(ws...))
-	auth := s.ag.Authenticator()
+	f := fleettest.New(b)
+	h := f.NewHost(b, fleettest.Workloads(ws...))
+	auth := h.Agent.Authenticator()
 	creds, err := auth.Credentials()
 	if err != nil {
 		b.Fatal(err)
@@ -155,13 +155,13 @@ func BenchmarkRevokeToDisconnect(b *testing.B) {
 			continue
 		}
 		closed := make(chan time.Time, 1)
-		nc, err := nats.Connect(s.v.ClientURL(), append(credentialOptions(auth, c.ID), nats.NoReconnect(),
+		nc, err := nats.Connect(f.URL(), append(credentialOptions(auth, c.ID), nats.NoReconnect(),
 			nats.ClosedHandler(func(*nats.Conn) { closed <- time.Now() }))...)
 		if err != nil {
 			b.Fatal(err)
 		}
 		sent := time.Now()
-		s.admin(b, "credential.revoke", api.IDRequest{ID: c.IDString(), Reason: "bench"}, nil)
+		f.MustAdmin(b, "credential.revoke", api.IDRequest{ID: c.IDString(), Reason: "bench"}, nil)
 		replied := time.Now()
 		select {
 		case at := <-closed:

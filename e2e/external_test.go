@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"os"
@@ -14,9 +13,9 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
-	"github.com/tpmauthn/tpmauthn/agent"
-	"github.com/tpmauthn/tpmauthn/agent/client"
 	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/internal/eventually"
+	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
 	"github.com/tpmauthn/tpmauthn/verifier"
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
@@ -44,32 +43,17 @@ func externalFleet(t testing.TB) (dir string, k *keys.Set) {
 	return dir, k
 }
 
-// runAgentAndWorkload enrolls an agent against url and connects a workload.
-func runAgentAndWorkload(t *testing.T, sw *swtpmtest.TPM, vdir, url string, op func(string, any, any)) {
+// runAgentAndWorkload enrolls an agent on sw with the verifier behind url
+// (a comma-separated list) and connects a workload through each server.
+func runAgentAndWorkload(t *testing.T, sw *swtpmtest.TPM, url string, op *nats.Conn) {
 	t.Helper()
 	var tok api.TokenCreateResponse
-	op("token.create", api.TokenCreateRequest{Roles: []string{"demo"}, TTL: time.Hour}, &tok)
-	dir := t.TempDir()
-	tokFile := filepath.Join(dir, "token")
-	if err := os.WriteFile(tokFile, []byte(tok.Token), 0o600); err != nil {
-		t.Fatal(err)
+	if code := fleettest.Admin(t, op, "token.create", api.TokenCreateRequest{Roles: []string{"demo"}, TTL: time.Hour}, &tok); code != "" {
+		t.Fatalf("token.create: %s", code)
 	}
-	sock := filepath.Join(dir, "a.sock")
-	ag, err := agent.New(agent.Config{TPM: sw.URI(), DataDir: filepath.Join(dir, "agent"), NATSURL: url, TokenFile: tokFile,
-		Socket: sock, Workloads: []agent.Workload{uidWorkload("app", uint32(os.Getuid()))}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ag.Start(context.Background()); err != nil {
-		t.Fatalf("agent: %v", err)
-	}
-	t.Cleanup(func() { _ = ag.Close() })
-	opts, err := client.NATSOptions(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := fleettest.NewHost(t, sw, url, tok.Token)
 	for _, u := range strings.Split(url, ",") {
-		nc, err := nats.Connect(u, append(opts, nats.MaxReconnects(0))...)
+		nc, err := nats.Connect(u, append(h.NATSOptions(t), nats.MaxReconnects(0))...)
 		if err != nil {
 			t.Fatalf("workload connect through %s: %v", u, err)
 		}
@@ -82,45 +66,17 @@ func runAgentAndWorkload(t *testing.T, sw *swtpmtest.TPM, vdir, url string, op f
 	}
 }
 
-func operatorFunc(t *testing.T, dir, url string) func(string, any, any) {
-	nc := operatorConnTo(t, dir, url)
-	s := &stack{op: nc}
-	return func(op string, req, resp any) { s.admin(t, op, req, resp) }
-}
-
-func operatorConnTo(t *testing.T, dir, url string) *nats.Conn {
-	t.Helper()
-	seed, _ := keys.OperatorFiles(dir)
-	kp, err := keys.LoadNKey(seed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pk, _ := kp.PublicKey()
-	nc, err := nats.Connect(url, nats.Nkey(pk, kp.Sign))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	return nc
-}
-
+// startVerifierOn starts a verifier on the nats-server at url.
 func startVerifierOn(t *testing.T, dir, url, ekCADir, policy string) *verifier.Verifier {
 	t.Helper()
-	v, err := verifier.New(verifier.Config{DataDir: dir, NATSURL: url, EKCADir: ekCADir, PolicyFile: policy, RPID: "fleet.example.com"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := v.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(v.Close)
-	return v
+	return fleettest.StartVerifier(t, verifier.Config{DataDir: dir, NATSURL: url, EKCADir: ekCADir, PolicyFile: policy,
+		RPID: fleettest.RPID, Logger: fleettest.Logger(t, "verifier")})
 }
 
 // TestExternalNATSServerBinary: the nats-server binary built from the pinned
 // module, configured with what tpmauthnctl nats-config prints.
 func TestExternalNATSServerBinary(t *testing.T) {
-	s0 := &stack{sw: swtpmtest.New(t)}
+	sw := swtpmtest.New(t)
 	vdir, ks := externalFleet(t)
 	bin := filepath.Join(t.TempDir(), "nats-server")
 	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2").CombinedOutput(); err != nil {
@@ -144,19 +100,17 @@ func TestExternalNATSServerBinary(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	for range 100 {
-		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
-			c.Close()
-			break
+	eventually.Until(t, 5*time.Second, func() error {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			return fmt.Errorf("nats-server does not listen: %w\n%s", err, logs.String())
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return c.Close()
+	})
 	out, _ := exec.Command(bin, "--version").Output()
 	t.Logf("%s", strings.TrimSpace(string(out)))
-	s0.ekCADir = ekCADirFor(t, s0.sw)
-	policy := writePolicy(filepath.Join(t.TempDir(), "p.yaml"), time.Minute)
-	startVerifierOn(t, vdir, url, s0.ekCADir, policy)
-	runAgentAndWorkload(t, s0.sw, vdir, url, operatorFunc(t, vdir, url))
+	startVerifierOn(t, vdir, url, fleettest.EKCADir(t, sw), fleettest.WritePolicy(t, time.Minute))
+	runAgentAndWorkload(t, sw, url, fleettest.OperatorConn(t, vdir, url))
 }
 
 // TestClusterTwoVerifiers: two nats-servers in a cluster, a verifier on
@@ -195,28 +149,15 @@ func TestClusterTwoVerifiers(t *testing.T) {
 		}
 	}
 	a, b := srvs[0], srvs[1]
-	ek := ekCADirFor(t, sw)
-	policy := writePolicy(filepath.Join(t.TempDir(), "p.yaml"), time.Minute)
+	ek := fleettest.EKCADir(t, sw)
+	policy := fleettest.WritePolicy(t, time.Minute)
 	dir2 := t.TempDir()
-	copyKeys(t, vdir, dir2)
+	fleettest.CopyKeys(t, vdir, dir2)
 	v1 := startVerifierOn(t, vdir, a.ClientURL(), ek, policy)
 	v2 := startVerifierOn(t, dir2, b.ClientURL(), ek, policy)
-	runAgentAndWorkload(t, sw, vdir, a.ClientURL()+","+b.ClientURL(), operatorFunc(t, vdir, a.ClientURL()))
+	runAgentAndWorkload(t, sw, a.ClientURL()+","+b.ClientURL(), fleettest.OperatorConn(t, vdir, a.ClientURL()))
 	if v1.Served() == 0 || v2.Served() == 0 {
 		t.Fatalf("requests served: %d and %d, want both", v1.Served(), v2.Served())
 	}
 	t.Logf("served: %d via server a, %d via server b", v1.Served(), v2.Served())
-}
-
-func copyKeys(t *testing.T, from, to string) {
-	t.Helper()
-	for _, name := range []string{"issuer.nk", "xkey.nk", "verifier.nk", "sys.nk", "operator.nk", "fleet-ca.pem", "fleet-ca-key.pem"} {
-		b, err := os.ReadFile(filepath.Join(from, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(to, name), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
@@ -99,11 +100,12 @@ func (dd *dropDialer) Dial(network, address string) (net.Conn, error) {
 // not delete the new key the verifier now holds as current: it waits out
 // the reply, asks the verifier, and keeps the new credential.
 func TestRotationReplyLost(t *testing.T) {
-	s := newStack(t)
-	auth := s.ag.Authenticator()
-	who, hostCred, cur := rotationSubjects(t, s)
+	f := fleettest.New(t)
+	h := f.NewHost(t)
+	auth := h.Agent.Authenticator()
+	who, hostCred, cur := rotationSubjects(t, h)
 	drop := &dropRule{match: []byte(`"retires":`)}
-	nc, err := nats.Connect(s.v.ClientURL(), append(credentialOptions(auth, hostCred.ID), nats.SetCustomDialer(&dropDialer{drop}))...)
+	nc, err := nats.Connect(f.URL(), append(credentialOptions(auth, hostCred.ID), nats.SetCustomDialer(&dropDialer{drop}))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,14 +126,14 @@ func TestRotationReplyLost(t *testing.T) {
 	}
 	e, _ := auth.Enrollment()
 	var cs []record.Credential
-	s.admin(t, "credential.list", api.CredentialListRequest{Host: e.HostID}, &cs)
+	f.MustAdmin(t, "credential.list", api.CredentialListRequest{Host: e.HostID}, &cs)
 	for _, c := range cs {
 		if c.Workload == who.Workload && c.ReplacedBy == "" && c.Status == api.CredentialActive && c.ID != next.IDString() {
 			t.Fatalf("the verifier's current credential is %s, the agent kept %s", c.ID, next.IDString())
 		}
 	}
 	// And the workload connects with it.
-	nc2, err := nats.Connect(s.v.ClientURL(), append(credentialOptions(auth, next.ID), nats.MaxReconnects(0))...)
+	nc2, err := nats.Connect(f.URL(), append(credentialOptions(auth, next.ID), nats.MaxReconnects(0))...)
 	if err != nil {
 		t.Fatalf("connect with the kept credential: %v", err)
 	}

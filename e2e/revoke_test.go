@@ -3,7 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,14 +18,16 @@ import (
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/internal/eventually"
+	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 // watchClose connects and reports when the connection closes.
-func watchClose(t *testing.T, s *stack, opts []nats.Option) (*nats.Conn, chan time.Time) {
+func watchClose(t *testing.T, f *fleettest.Fleet, opts []nats.Option) (*nats.Conn, chan time.Time) {
 	t.Helper()
 	closed := make(chan time.Time, 1)
-	nc, err := nats.Connect(s.v.ClientURL(), append(opts,
+	nc, err := nats.Connect(f.URL(), append(opts,
 		nats.MaxReconnects(0), nats.NoReconnect(),
 		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}),
 		nats.ClosedHandler(func(*nats.Conn) { closed <- time.Now() }))...)
@@ -52,17 +54,14 @@ func waitClosed(t *testing.T, closed chan time.Time, since time.Time, within tim
 }
 
 func TestRevokeLiveCredential(t *testing.T) {
-	s := newStack(t)
-	opts, err := client.NATSOptions(s.socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, closed := watchClose(t, s, opts)
-	who, _ := client.New(s.socket).WhoAmI(t.Context())
-	s.admin(t, "credential.revoke", api.IDRequest{ID: who.CredentialID, Reason: "test"}, nil)
+	f := fleettest.New(t)
+	h := f.NewHost(t)
+	_, closed := watchClose(t, f, h.NATSOptions(t))
+	who, _ := client.New(h.Socket).WhoAmI(t.Context())
+	f.MustAdmin(t, "credential.revoke", api.IDRequest{ID: who.CredentialID, Reason: "test"}, nil)
 	d := waitClosed(t, closed, time.Now(), time.Second)
 	t.Logf("revoke -> disconnect: %v", d)
-	nc, err := s.connect(t)
+	nc, err := h.Connect(t)
 	wantDenied(t, nc, err)
 }
 
@@ -81,8 +80,9 @@ func credentialOptions(a *agent.Authenticator, id []byte) []nats.Option {
 func b64url(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 
 func TestOffboardHostDropsEveryWorkload(t *testing.T) {
-	s := newStack(t, withWorkloads(uidWorkload("billing", 1001), uidWorkload("copilot", 1002), uidWorkload("reports", 1003)))
-	auth := s.ag.Authenticator()
+	f := fleettest.New(t)
+	h := f.NewHost(t, fleettest.Workloads(fleettest.UIDWorkload("billing", 1001), fleettest.UIDWorkload("copilot", 1002), fleettest.UIDWorkload("reports", 1003)))
+	auth := h.Agent.Authenticator()
 	creds, err := auth.Credentials()
 	if err != nil {
 		t.Fatal(err)
@@ -92,33 +92,33 @@ func TestOffboardHostDropsEveryWorkload(t *testing.T) {
 		if c.Name == "tpmauthn-agent" {
 			continue
 		}
-		_, closed := watchClose(t, s, credentialOptions(auth, c.ID))
+		_, closed := watchClose(t, f, credentialOptions(auth, c.ID))
 		closers = append(closers, closed)
 	}
 	if len(closers) != 3 {
 		t.Fatalf("%d workload connections, want 3", len(closers))
 	}
-	who := s.ag.Authenticator()
+	who := h.Agent.Authenticator()
 	e, err := who.Enrollment()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.admin(t, "host.offboard", api.IDRequest{ID: e.HostID, Reason: "decommissioned"}, nil)
+	f.MustAdmin(t, "host.offboard", api.IDRequest{ID: e.HostID, Reason: "decommissioned"}, nil)
 	now := time.Now()
 	for _, c := range closers {
 		waitClosed(t, c, now, time.Second)
 	}
-	var h record.Host
-	s.admin(t, "host.show", api.IDRequest{ID: e.HostID}, &h)
+	var hr record.Host
+	f.MustAdmin(t, "host.show", api.IDRequest{ID: e.HostID}, &hr)
 	var cs []record.Credential
-	s.admin(t, "credential.list", api.CredentialListRequest{Host: e.HostID}, &cs)
+	f.MustAdmin(t, "credential.list", api.CredentialListRequest{Host: e.HostID}, &cs)
 	for _, c := range cs {
 		if c.Status != api.CredentialRevoked {
 			t.Fatalf("credential %s (%s) is %s after offboarding", c.ID, c.Workload, c.Status)
 		}
 	}
-	if h.Status != api.HostOffboarded || h.Reason != "decommissioned" {
-		t.Fatalf("host after offboarding: %s %q", h.Status, h.Reason)
+	if hr.Status != api.HostOffboarded || hr.Reason != "decommissioned" {
+		t.Fatalf("host after offboarding: %s %q", hr.Status, hr.Reason)
 	}
 }
 
@@ -126,29 +126,30 @@ func TestOffboardHostDropsEveryWorkload(t *testing.T) {
 // directory, runs both copies and connects from both: the second use of a
 // counter value quarantines the credential, raises an alert and is audited.
 func TestClonedKeyStoreQuarantined(t *testing.T) {
-	s := newStack(t)
-	nc, err := s.connect(t)
+	f := fleettest.New(t)
+	h := f.NewHost(t)
+	nc, err := h.Connect(t)
 	if err != nil {
 		t.Fatal(err)
 	}
 	nc.Close()
-	who, _ := client.New(s.socket).WhoAmI(t.Context())
+	who, _ := client.New(h.Socket).WhoAmI(t.Context())
 
-	alerts, err := s.op.SubscribeSync("tpmauthn.alerts.>")
+	alerts, err := f.Op.SubscribeSync("tpmauthn.alerts.>")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.ag.Close(); err != nil {
+	if err := h.Agent.Close(); err != nil {
 		t.Fatal(err)
 	}
-	clone := s.sw.Clone(t)
+	clone := f.TPM.Clone(t)
 	cloneDir := t.TempDir()
-	if err := os.CopyFS(cloneDir, os.DirFS(s.acfg.DataDir)); err != nil {
+	if err := os.CopyFS(cloneDir, os.DirFS(h.Config.DataDir)); err != nil {
 		t.Fatal(err)
 	}
-	s.startAgent(t)
-	ccfg := s.acfg
-	ccfg.TPM, ccfg.DataDir, ccfg.Socket = clone.URI(), cloneDir, filepath.Join(publicDir(t), "clone.sock")
+	h.Start(t)
+	ccfg := h.Config
+	ccfg.TPM, ccfg.DataDir, ccfg.Socket = clone.URI(), cloneDir, filepath.Join(fleettest.PublicDir(t), "clone.sock")
 	cloned, err := agent.New(ccfg)
 	if err != nil {
 		t.Fatal(err)
@@ -158,7 +159,7 @@ func TestClonedKeyStoreQuarantined(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = cloned.Close() })
 
-	if nc, err = s.connect(t); err != nil {
+	if nc, err = h.Connect(t); err != nil {
 		t.Fatalf("original after the copy: %v", err)
 	}
 	nc.Close()
@@ -166,7 +167,7 @@ func TestClonedKeyStoreQuarantined(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err = nats.Connect(s.v.ClientURL(), append(copyOpts, nats.MaxReconnects(0))...)
+	nc, err = nats.Connect(f.URL(), append(copyOpts, nats.MaxReconnects(0))...)
 	wantDenied(t, nc, err)
 
 	m, err := alerts.NextMsg(5 * time.Second)
@@ -174,73 +175,72 @@ func TestClonedKeyStoreQuarantined(t *testing.T) {
 		t.Fatalf("alert: %v %v", m, err)
 	}
 	var c record.Credential
-	s.admin(t, "credential.show", api.IDRequest{ID: who.CredentialID}, &c)
+	f.MustAdmin(t, "credential.show", api.IDRequest{ID: who.CredentialID}, &c)
 	if c.Status != api.CredentialQuarantined {
 		t.Fatalf("credential is %s, want quarantined", c.Status)
 	}
 	// Only that credential: the host's own credential still works.
-	var h record.Host
-	s.admin(t, "host.show", api.IDRequest{ID: who.Host}, &h)
-	if h.Status != api.HostActive {
-		t.Fatalf("host is %s: a tamper signal must quarantine one credential, not the host", h.Status)
+	var hr record.Host
+	f.MustAdmin(t, "host.show", api.IDRequest{ID: who.Host}, &hr)
+	if hr.Status != api.HostActive {
+		t.Fatalf("host is %s: a tamper signal must quarantine one credential, not the host", hr.Status)
 	}
-	nc, err = s.connect(t)
+	nc, err = h.Connect(t)
 	wantDenied(t, nc, err)
-	s.v.FlushAudit()
-	events := readAudit(t, s)
+	f.Verifier.FlushAudit()
+	events := f.AuditEvents(t)
 	if !slices.ContainsFunc(events, func(e audit.Event) bool {
 		return e.Kind == "alert.counter_regression" && e.Credential == who.CredentialID
 	}) {
 		t.Fatal("the alert is not in the audit trail")
 	}
 	// After review, an operator lifts the quarantine.
-	s.admin(t, "credential.release", api.IDRequest{ID: who.CredentialID, Reason: "reviewed"}, nil)
-	s.admin(t, "credential.show", api.IDRequest{ID: who.CredentialID}, &c)
+	f.MustAdmin(t, "credential.release", api.IDRequest{ID: who.CredentialID, Reason: "reviewed"}, nil)
+	f.MustAdmin(t, "credential.show", api.IDRequest{ID: who.CredentialID}, &c)
 	if c.Status != api.CredentialActive {
 		t.Fatalf("after release: %s", c.Status)
 	}
-}
-
-func readAudit(t *testing.T, s *stack) []audit.Event {
-	t.Helper()
-	var raw []audit.RawEvent
-	s.admin(t, "audit.read", api.AuditReadRequest{From: 1, Max: 1000}, &raw)
-	var out []audit.Event
-	for _, r := range raw {
-		var e audit.Event
-		if err := json.Unmarshal(r.Data, &e); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, e)
-	}
-	return out
 }
 
 // Ended connections leave the credential record at its next write (the
 // servers' disconnect events), so the record holds the live sessions — the
 // ones a revocation must kick — and not every connect of the JWT lifetime.
 func TestEndedSessionsLeaveTheRecord(t *testing.T) {
-	s := newStack(t)
-	live, closed := watchClose(t, s, mustOptions(t, s))
+	f := fleettest.New(t)
+	h := f.NewHost(t)
+	live, closed := watchClose(t, f, h.NATSOptions(t))
+	var ended []uint64
 	for range 5 {
-		nc, err := s.connect(t)
+		nc, err := h.Connect(t)
 		if err != nil {
 			t.Fatal(err)
 		}
+		id, _ := nc.GetClientID()
+		ended = append(ended, id)
 		nc.Close()
 	}
-	time.Sleep(500 * time.Millisecond) // the disconnect events reach the verifier
-	last, err := s.connect(t)
+	// The verifier has the servers' disconnect events (it audits them)
+	// before the next connect writes the record.
+	eventually.Until(t, 5*time.Second, func() error {
+		events := f.AuditEvents(t)
+		for _, id := range ended {
+			if !slices.ContainsFunc(events, func(e audit.Event) bool { return e.Kind == "disconnect" && e.Client == id }) {
+				return fmt.Errorf("no disconnect event for ended client %d in the audit trail", id)
+			}
+		}
+		return nil
+	})
+	last, err := h.Connect(t)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer last.Close()
-	who, err := client.New(s.socket).WhoAmI(t.Context())
+	who, err := client.New(h.Socket).WhoAmI(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
 	var c record.Credential
-	s.admin(t, "credential.show", api.IDRequest{ID: who.CredentialID}, &c)
+	f.MustAdmin(t, "credential.show", api.IDRequest{ID: who.CredentialID}, &c)
 	var got []uint64
 	for _, r := range c.Sessions {
 		got = append(got, r.Client)
@@ -250,15 +250,6 @@ func TestEndedSessionsLeaveTheRecord(t *testing.T) {
 	if want := []uint64{liveID, lastID}; !slices.Equal(got, want) {
 		t.Fatalf("sessions in the record: clients %v, want the two live ones %v (5 ended connects in between)", got, want)
 	}
-	s.admin(t, "credential.revoke", api.IDRequest{ID: who.CredentialID, Reason: "test"}, nil)
+	f.MustAdmin(t, "credential.revoke", api.IDRequest{ID: who.CredentialID, Reason: "test"}, nil)
 	waitClosed(t, closed, time.Now(), time.Second)
-}
-
-func mustOptions(t *testing.T, s *stack) []nats.Option {
-	t.Helper()
-	opts, err := client.NATSOptions(s.socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return opts
 }

@@ -2,8 +2,8 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -16,6 +16,8 @@ import (
 	"github.com/tpmauthn/tpmauthn/agent/client"
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/internal/eventually"
+	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
@@ -23,21 +25,16 @@ import (
 // rotates its credential; sessions expire every 2 s, so it re-authorizes
 // with the new credential mid-stream. No publish fails.
 func TestRotationUnderLoad(t *testing.T) {
-	s := newStack(t, withSessionTTL(2*time.Second), func(s *stack) {
-		s.vcfg.RotationGrace = time.Second
-		s.acfg.RotationCheck = 200 * time.Millisecond
-	})
-	c := client.New(s.socket)
+	f := fleettest.New(t, fleettest.SessionTTL(2*time.Second), func(f *fleettest.Fleet) { f.Config.RotationGrace = time.Second })
+	h := f.NewHost(t, func(c *agent.Config) { c.RotationCheck = 200 * time.Millisecond })
+	c := client.New(h.Socket)
 	before, err := c.WhoAmI(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts, err := client.NATSOptions(s.socket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	opts := h.NATSOptions(t)
 	var reconnects atomic.Int32
-	nc, err := nats.Connect(s.v.ClientURL(), append(opts, nats.ReconnectWait(50*time.Millisecond), nats.ReconnectJitter(0, 0),
+	nc, err := nats.Connect(f.URL(), append(opts, nats.ReconnectWait(50*time.Millisecond), nats.ReconnectJitter(0, 0),
 		nats.ReconnectHandler(func(*nats.Conn) { reconnects.Add(1) }),
 		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))...)
 	if err != nil {
@@ -49,6 +46,8 @@ func TestRotationUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	var sent, failed int64
+	// The load itself: a publish every 10 ms for 7 s, across the rotation
+	// (after 1 s) and at least two session expiries.
 	deadline := time.Now().Add(7 * time.Second)
 	rotated := false
 	for time.Now().Before(deadline) {
@@ -58,7 +57,7 @@ func TestRotationUnderLoad(t *testing.T) {
 			sent++
 		}
 		if !rotated && time.Until(deadline) < 6*time.Second {
-			s.admin(t, "credential.rotate", api.IDRequest{ID: before.CredentialID, Reason: "test"}, nil)
+			f.MustAdmin(t, "credential.rotate", api.IDRequest{ID: before.CredentialID, Reason: "test"}, nil)
 			rotated = true
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -81,8 +80,8 @@ func TestRotationUnderLoad(t *testing.T) {
 		t.Fatalf("only %d re-authorizations in 7 s with a 2 s session", reconnects.Load())
 	}
 	var newCred, oldCred record.Credential
-	s.admin(t, "credential.show", api.IDRequest{ID: after.CredentialID}, &newCred)
-	s.admin(t, "credential.show", api.IDRequest{ID: before.CredentialID}, &oldCred)
+	f.MustAdmin(t, "credential.show", api.IDRequest{ID: after.CredentialID}, &newCred)
+	f.MustAdmin(t, "credential.show", api.IDRequest{ID: before.CredentialID}, &oldCred)
 	if newCred.Counter == 0 {
 		t.Fatal("the new credential was never used to connect")
 	}
@@ -97,9 +96,10 @@ func TestRotationUnderLoad(t *testing.T) {
 // TestSecondCredentialNeedsRotationProof: a workload's credential is
 // replaced only through a rotation the old one signs.
 func TestSecondCredentialNeedsRotationProof(t *testing.T) {
-	s := newStack(t)
-	auth := s.ag.Authenticator()
-	nc, err := s.connect(t)
+	f := fleettest.New(t)
+	h := f.NewHost(t)
+	auth := h.Agent.Authenticator()
+	nc, err := h.Connect(t)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,23 +110,21 @@ func TestSecondCredentialNeedsRotationProof(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sess, err := nats.Connect(s.v.ClientURL(), nats.UserInfo("host:"+e.HostID, b64url(e.Proof)))
+	sess, err := nats.Connect(f.URL(), nats.UserInfo("host:"+e.HostID, b64url(e.Proof)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sess.Close()
 	_, err = auth.RegisterWithVerifier(context.Background(), sess, "app")
-	var ve *agent.VerifierError
-	if !errors.As(err, &ve) || ve.Code != "conflict" {
-		t.Fatalf("a second registration for workload app: %v, want a conflict", err)
-	}
+	fleettest.WantCode(t, err, "conflict") // a second registration for workload app
 }
 
 // TestCredentialStatusOnlyForOwnHost: the server-added requester identity
 // lets an agent read only its own host's credential states.
 func TestCredentialStatusOnlyForOwnHost(t *testing.T) {
-	s := newStack(t)
-	auth := s.ag.Authenticator()
+	f := fleettest.New(t)
+	h := f.NewHost(t)
+	auth := h.Agent.Authenticator()
 	e, err := auth.Enrollment()
 	if err != nil {
 		t.Fatal(err)
@@ -141,35 +139,18 @@ func TestCredentialStatusOnlyForOwnHost(t *testing.T) {
 			hostCred = c.ID
 		}
 	}
-	nc, err := nats.Connect(s.v.ClientURL(), credentialOptions(auth, hostCred)...)
+	nc, err := nats.Connect(f.URL(), credentialOptions(auth, hostCred)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
 	var states []map[string]any
-	if code := request(t, nc, "tpmauthn.v1.credentials.status", map[string]string{"host_id": e.HostID}, &states); code != "" || len(states) < 2 {
+	if code := fleettest.Request(t, nc, "tpmauthn.v1.credentials.status", map[string]string{"host_id": e.HostID}, &states); code != "" || len(states) < 2 {
 		t.Fatalf("own host: code %q, %d states", code, len(states))
 	}
-	if code := request(t, nc, "tpmauthn.v1.credentials.status", map[string]string{"host_id": "h-0123456789abcdef"}, &states); code != "not_found" {
+	if code := fleettest.Request(t, nc, "tpmauthn.v1.credentials.status", map[string]string{"host_id": "h-0123456789abcdef"}, &states); code != "not_found" {
 		t.Fatalf("another host: code %q, want not_found", code)
 	}
-}
-
-// request sends one v1 request and returns the verifier's error code, if any.
-func request(t *testing.T, nc *nats.Conn, subj string, req, resp any) string {
-	t.Helper()
-	b, _ := json.Marshal(req)
-	m, err := nc.Request(subj, b, 5*time.Second)
-	if err != nil {
-		t.Fatalf("%s: %v", subj, err)
-	}
-	if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
-		return code
-	}
-	if err := json.Unmarshal(m.Data, resp); err != nil {
-		t.Fatal(err)
-	}
-	return ""
 }
 
 // TestReplacedCredentialDeletedAcrossRestart: the agent stops after a
@@ -177,45 +158,39 @@ func request(t *testing.T, nc *nats.Conn, subj string, req, resp any) string {
 // old key blob once it has.
 func TestReplacedCredentialDeletedAcrossRestart(t *testing.T) {
 	const grace = 2 * time.Second
-	s := newStack(t, func(s *stack) {
-		s.vcfg.RotationGrace = grace
-		s.acfg.RotationCheck = 100 * time.Millisecond
-	})
-	c := client.New(s.socket)
+	f := fleettest.New(t, func(f *fleettest.Fleet) { f.Config.RotationGrace = grace })
+	h := f.NewHost(t, func(c *agent.Config) { c.RotationCheck = 100 * time.Millisecond })
+	c := client.New(h.Socket)
 	before, err := c.WhoAmI(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.admin(t, "credential.rotate", api.IDRequest{ID: before.CredentialID, Reason: "test"}, nil)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	f.MustAdmin(t, "credential.rotate", api.IDRequest{ID: before.CredentialID, Reason: "test"}, nil)
+	eventually.Until(t, 10*time.Second, func() error {
 		after, err := c.WhoAmI(t.Context())
-		if err == nil && after.CredentialID != before.CredentialID {
-			break
+		if err == nil && after.CredentialID == before.CredentialID {
+			err = errors.New("the agent still signs with the replaced credential")
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the agent did not rotate within 10 s")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err := s.ag.Close(); err != nil {
+		return err
+	})
+	if err := h.Agent.Close(); err != nil {
 		t.Fatal(err)
 	}
-	oldFile := filepath.Join(s.acfg.DataDir, "credentials", before.CredentialID+".json")
+	oldFile := filepath.Join(h.Config.DataDir, "credentials", before.CredentialID+".json")
 	if _, err := os.Stat(oldFile); err != nil {
 		t.Fatalf("the replaced credential is gone before it retired: %v", err)
 	}
+	// What is tested is a start after the old credential retired, while
+	// the agent was down: wait its grace out.
 	time.Sleep(grace)
-	s.startAgent(t)
-	for deadline = time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if _, err := os.Stat(oldFile); errors.Is(err, os.ErrNotExist) {
-			break
+	h.Start(t)
+	eventually.Until(t, 5*time.Second, func() error {
+		if _, err := os.Stat(oldFile); !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("the replaced credential's key blob is still on disk after it retired and the agent restarted (stat: %v)", err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the replaced credential's key blob is still on disk 5 s after it retired and the agent restarted")
-		}
-	}
-	if nc, err := s.connect(t); err != nil {
+		return nil
+	})
+	if nc, err := h.Connect(t); err != nil {
 		t.Fatalf("connect with the new credential after the restart: %v", err)
 	} else {
 		nc.Close()
@@ -228,24 +203,23 @@ func TestReplacedCredentialDeletedAcrossRestart(t *testing.T) {
 // (newest) and is refused, until it asks the verifier which credential is
 // current: then it signs with that one and deletes the stray.
 func TestInterruptedRotationReconciled(t *testing.T) {
-	s := newStack(t, func(s *stack) { s.acfg.RotationCheck = 100 * time.Millisecond })
-	c := client.New(s.socket)
+	f := fleettest.New(t)
+	h := f.NewHost(t, func(c *agent.Config) { c.RotationCheck = 100 * time.Millisecond })
+	c := client.New(h.Socket)
 	before, err := c.WhoAmI(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	strayFile := strayAndRestart(t, s, before.Workload)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+	strayFile := strayAndRestart(t, h, before.Workload)
+	eventually.Until(t, 10*time.Second, func() error {
 		who, err := c.WhoAmI(t.Context())
 		_, serr := os.Stat(strayFile)
-		if err == nil && who.CredentialID == before.CredentialID && errors.Is(serr, os.ErrNotExist) {
-			break
+		if err != nil || who.CredentialID != before.CredentialID || !errors.Is(serr, os.ErrNotExist) {
+			return fmt.Errorf("after the restart: signing with %+v, %v (want %s); stray credential file: %v", who, err, before.CredentialID, serr)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("10 s after the restart: signing with %+v (want %s), stray credential file: %v", who, before.CredentialID, serr)
-		}
-	}
-	nc, err := s.connect(t)
+		return nil
+	})
+	nc, err := h.Connect(t)
 	if err != nil {
 		t.Fatalf("connect after the reconcile: %v", err)
 	}
@@ -256,24 +230,23 @@ func TestInterruptedRotationReconciled(t *testing.T) {
 // credential, with which it reaches the verifier: refused with the stray,
 // it connects with the registered one and then reconciles.
 func TestInterruptedHostCredentialRotation(t *testing.T) {
-	s := newStack(t, func(s *stack) { s.acfg.RotationCheck = 100 * time.Millisecond })
-	strayFile := strayAndRestart(t, s, "tpmauthn-agent")
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if _, err := os.Stat(strayFile); errors.Is(err, os.ErrNotExist) {
-			break
+	f := fleettest.New(t)
+	h := f.NewHost(t, func(c *agent.Config) { c.RotationCheck = 100 * time.Millisecond })
+	strayFile := strayAndRestart(t, h, "tpmauthn-agent")
+	eventually.Until(t, 10*time.Second, func() error {
+		if _, err := os.Stat(strayFile); !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("after the restart the stray host credential is still on disk (stat: %v): the agent did not reach the verifier to reconcile", err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("10 s after the restart the stray host credential is still on disk: the agent did not reach the verifier to reconcile")
-		}
-	}
+		return nil
+	})
 }
 
 // strayAndRestart leaves what an interrupted rotation leaves, a newest
 // credential of the workload the verifier never registered, restarts the
 // agent and returns the stray's file.
-func strayAndRestart(t *testing.T, s *stack, workload string) string {
+func strayAndRestart(t *testing.T, h *fleettest.Host, workload string) string {
 	t.Helper()
-	auth := s.ag.Authenticator()
+	auth := h.Agent.Authenticator()
 	e, err := auth.Enrollment()
 	if err != nil {
 		t.Fatal(err)
@@ -282,11 +255,11 @@ func strayAndRestart(t *testing.T, s *stack, workload string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.ag.Close(); err != nil {
+	if err := h.Agent.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s.startAgent(t)
-	return filepath.Join(s.acfg.DataDir, "credentials", stray.IDString()+".json")
+	h.Start(t)
+	return filepath.Join(h.Config.DataDir, "credentials", stray.IDString()+".json")
 }
 
 // TestRotationWithLostReplies rotates under deadlines from 0 to 24 ms, so
@@ -297,10 +270,11 @@ func strayAndRestart(t *testing.T, s *stack, workload string) string {
 // key when the deadline cut off finish's reply, and failed this within a
 // few iterations.
 func TestRotationWithLostReplies(t *testing.T) {
-	s := newStack(t)
-	auth := s.ag.Authenticator()
-	who, hostCred, cur := rotationSubjects(t, s)
-	nc, err := nats.Connect(s.v.ClientURL(), credentialOptions(auth, hostCred.ID)...)
+	f := fleettest.New(t)
+	h := f.NewHost(t)
+	auth := h.Agent.Authenticator()
+	who, hostCred, cur := rotationSubjects(t, h)
+	nc, err := nats.Connect(f.URL(), credentialOptions(auth, hostCred.ID)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,7 +291,7 @@ func TestRotationWithLostReplies(t *testing.T) {
 			failed++
 		}
 		var cs []record.Credential
-		s.admin(t, "credential.list", api.CredentialListRequest{Host: e.HostID}, &cs)
+		f.MustAdmin(t, "credential.list", api.CredentialListRequest{Host: e.HostID}, &cs)
 		for _, c := range cs {
 			if c.Workload != who.Workload || c.ReplacedBy != "" || c.Status != api.CredentialActive {
 				continue
@@ -337,16 +311,16 @@ func TestRotationWithLostReplies(t *testing.T) {
 	}
 }
 
-// rotationSubjects is the stack's workload (as the socket names it), the
+// rotationSubjects is the host's workload (as the socket names it), the
 // host's own credential (the agent's connection to the verifier) and the
 // workload's current credential.
-func rotationSubjects(t *testing.T, s *stack) (*client.WhoAmI, *agent.Credential, *agent.Credential) {
+func rotationSubjects(t *testing.T, h *fleettest.Host) (*client.WhoAmI, *agent.Credential, *agent.Credential) {
 	t.Helper()
-	who, err := client.New(s.socket).WhoAmI(t.Context())
+	who, err := client.New(h.Socket).WhoAmI(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	creds, err := s.ag.Authenticator().Credentials()
+	creds, err := h.Agent.Authenticator().Credentials()
 	if err != nil {
 		t.Fatal(err)
 	}

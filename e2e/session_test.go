@@ -19,12 +19,14 @@ import (
 	"github.com/tpmauthn/tpmauthn/agent/client"
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 func TestConnectPublishReceive(t *testing.T) {
-	s := newStack(t)
-	nc, err := s.connect(t)
+	f := fleettest.New(t)
+	h := f.NewHost(t)
+	nc, err := h.Connect(t)
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}
@@ -41,12 +43,12 @@ func TestConnectPublishReceive(t *testing.T) {
 		t.Fatalf("receive: %v %v", m, err)
 	}
 	// The server names the connection workload@host.
-	who, err := client.New(s.socket).WhoAmI(t.Context())
+	who, err := client.New(h.Socket).WhoAmI(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
 	var c record.Credential
-	s.admin(t, "credential.show", api.IDRequest{ID: who.CredentialID}, &c)
+	f.MustAdmin(t, "credential.show", api.IDRequest{ID: who.CredentialID}, &c)
 	if c.Counter == 0 || len(c.Sessions) != 1 || c.Sessions[0].Client == 0 {
 		t.Fatalf("credential after connect: counter %d sessions %+v", c.Counter, c.Sessions)
 	}
@@ -87,22 +89,24 @@ func wantDenied(t *testing.T, nc *nats.Conn, err error) {
 }
 
 func TestReplayedBundleDenied(t *testing.T) {
-	s := newStack(t)
+	f := fleettest.New(t)
+	h := f.NewHost(t)
 	var sig []byte
-	nc, err := nats.Connect(s.v.ClientURL(), recordingOptions(t, s.socket, &sig)...)
+	nc, err := nats.Connect(f.URL(), recordingOptions(t, h.Socket, &sig)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	nc.Close()
-	who, _ := client.New(s.socket).WhoAmI(t.Context())
-	nc, err = nats.Connect(s.v.ClientURL(), fixedSigner(who.CredentialID, sig), nats.MaxReconnects(0))
+	who, _ := client.New(h.Socket).WhoAmI(t.Context())
+	nc, err = nats.Connect(f.URL(), fixedSigner(who.CredentialID, sig), nats.MaxReconnects(0))
 	wantDenied(t, nc, err)
 }
 
 func TestUnknownCredentialDenied(t *testing.T) {
-	s := newStack(t)
+	f := fleettest.New(t)
+	h := f.NewHost(t)
 	var sig []byte
-	nc, err := nats.Connect(s.v.ClientURL(), recordingOptions(t, s.socket, &sig)...)
+	nc, err := nats.Connect(f.URL(), recordingOptions(t, h.Socket, &sig)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,31 +123,33 @@ func TestUnknownCredentialDenied(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err = nats.Connect(s.v.ClientURL(), fixedSigner(base64.RawURLEncoding.EncodeToString(unknown), b), nats.MaxReconnects(0))
+	nc, err = nats.Connect(f.URL(), fixedSigner(base64.RawURLEncoding.EncodeToString(unknown), b), nats.MaxReconnects(0))
 	wantDenied(t, nc, err)
 	// Garbage in sig, and an nkey that is not the bundle's credential.
-	nc, err = nats.Connect(s.v.ClientURL(), fixedSigner("AAAAAAAAAAAAAAAAAAAAAA", []byte("garbage")), nats.MaxReconnects(0))
+	nc, err = nats.Connect(f.URL(), fixedSigner("AAAAAAAAAAAAAAAAAAAAAA", []byte("garbage")), nats.MaxReconnects(0))
 	wantDenied(t, nc, err)
 }
 
 func TestRevokedCredentialDenied(t *testing.T) {
-	s := newStack(t)
-	nc, err := s.connect(t)
+	f := fleettest.New(t)
+	h := f.NewHost(t)
+	nc, err := h.Connect(t)
 	if err != nil {
 		t.Fatal(err)
 	}
 	nc.Close()
-	who, _ := client.New(s.socket).WhoAmI(t.Context())
-	s.admin(t, "credential.revoke", api.IDRequest{ID: who.CredentialID, Reason: "test"}, nil)
-	nc, err = s.connect(t)
+	who, _ := client.New(h.Socket).WhoAmI(t.Context())
+	f.MustAdmin(t, "credential.revoke", api.IDRequest{ID: who.CredentialID, Reason: "test"}, nil)
+	nc, err = h.Connect(t)
 	wantDenied(t, nc, err)
 }
 
 func TestRevokedHostDenied(t *testing.T) {
-	s := newStack(t)
-	who, _ := client.New(s.socket).WhoAmI(t.Context())
-	s.admin(t, "host.revoke", api.IDRequest{ID: who.Host, Reason: "test"}, nil)
-	nc, err := s.connect(t)
+	f := fleettest.New(t)
+	h := f.NewHost(t)
+	who, _ := client.New(h.Socket).WhoAmI(t.Context())
+	f.MustAdmin(t, "host.revoke", api.IDRequest{ID: who.Host, Reason: "test"}, nil)
+	nc, err := h.Connect(t)
 	wantDenied(t, nc, err)
 }
 
@@ -151,21 +157,22 @@ func TestRevokedHostDenied(t *testing.T) {
 // state (a VM snapshot): the signature is valid and bound to the new nonce,
 // but its counter equals the last accepted one.
 func TestCounterEqualDenied(t *testing.T) {
-	s := newStack(t)
-	nc, err := s.connect(t)
+	f := fleettest.New(t)
+	h := f.NewHost(t)
+	nc, err := h.Connect(t)
 	if err != nil {
 		t.Fatal(err)
 	}
 	nc.Close()
-	who, _ := client.New(s.socket).WhoAmI(t.Context())
+	who, _ := client.New(h.Socket).WhoAmI(t.Context())
 	var c record.Credential
-	s.admin(t, "credential.show", api.IDRequest{ID: who.CredentialID}, &c)
+	f.MustAdmin(t, "credential.show", api.IDRequest{ID: who.CredentialID}, &c)
 
 	snapshot := t.TempDir()
 	if err := os.Mkdir(filepath.Join(snapshot, "credentials"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	src := filepath.Join(s.acfg.DataDir, "credentials", who.CredentialID+".json")
+	src := filepath.Join(h.Config.DataDir, "credentials", who.CredentialID+".json")
 	b, err := os.ReadFile(src)
 	if err != nil {
 		t.Fatal(err)
@@ -174,7 +181,7 @@ func TestCounterEqualDenied(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(snapshot, "credentials", who.CredentialID+".json"), b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	clone, err := agent.NewAuthenticator(s.ag.Authenticator().TPM(), snapshot)
+	clone, err := agent.NewAuthenticator(h.Agent.Authenticator().TPM(), snapshot)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,18 +197,18 @@ func TestCounterEqualDenied(t *testing.T) {
 		}
 		return attestation.MarshalBundle(a)
 	})
-	nc, err = nats.Connect(s.v.ClientURL(), signer, nats.MaxReconnects(0))
+	nc, err = nats.Connect(f.URL(), signer, nats.MaxReconnects(0))
 	wantDenied(t, nc, err)
 	// The credential is quarantined (a tamper signal): the real agent is
 	// refused too until an operator reviews and releases it.
-	s.admin(t, "credential.show", api.IDRequest{ID: who.CredentialID}, &c)
+	f.MustAdmin(t, "credential.show", api.IDRequest{ID: who.CredentialID}, &c)
 	if c.Status != api.CredentialQuarantined {
 		t.Fatalf("after a counter regression the credential is %s, want quarantined", c.Status)
 	}
-	nc, err = s.connect(t)
+	nc, err = h.Connect(t)
 	wantDenied(t, nc, err)
-	s.admin(t, "credential.release", api.IDRequest{ID: who.CredentialID, Reason: "reviewed"}, nil)
-	nc, err = s.connect(t)
+	f.MustAdmin(t, "credential.release", api.IDRequest{ID: who.CredentialID, Reason: "reviewed"}, nil)
+	nc, err = h.Connect(t)
 	if err != nil {
 		t.Fatalf("the agent after release: %v", err)
 	}
@@ -211,9 +218,10 @@ func TestCounterEqualDenied(t *testing.T) {
 func itoa(n uint32) string { return strconv.FormatUint(uint64(n), 10) }
 
 func TestPermissionsOutsideRole(t *testing.T) {
-	s := newStack(t)
+	f := fleettest.New(t)
+	h := f.NewHost(t)
 	errs := make(chan error, 8)
-	nc, err := s.connect(t, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
+	nc, err := h.Connect(t, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,14 +258,12 @@ func TestPermissionsOutsideRole(t *testing.T) {
 // the connection, nats.go reconnects, the agent signs the new nonce and the
 // subscription carries on.
 func TestSessionExpiryReauthorizes(t *testing.T) {
-	s := newStack(t, withSessionTTL(2*time.Second))
+	f := fleettest.New(t, fleettest.SessionTTL(2*time.Second))
+	h := f.NewHost(t)
 	reconnected := make(chan time.Time, 4)
-	opts, err := client.NATSOptions(s.socket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	opts := h.NATSOptions(t)
 	start := time.Now()
-	nc, err := nats.Connect(s.v.ClientURL(), append(opts, nats.ReconnectWait(100*time.Millisecond),
+	nc, err := nats.Connect(f.URL(), append(opts, nats.ReconnectWait(100*time.Millisecond),
 		nats.ReconnectJitter(0, 0), nats.ReconnectHandler(func(*nats.Conn) { reconnected <- time.Now() }),
 		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))...)
 	if err != nil {
@@ -286,11 +292,9 @@ func TestSessionExpiryReauthorizes(t *testing.T) {
 }
 
 func TestBurst100(t *testing.T) {
-	s := newStack(t)
-	opts, err := client.NATSOptions(s.socket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := fleettest.New(t)
+	h := f.NewHost(t)
+	opts := h.NATSOptions(t)
 	var wg sync.WaitGroup
 	var failed atomic.Int32
 	var mu sync.Mutex
@@ -300,7 +304,7 @@ func TestBurst100(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			nc, err := nats.Connect(s.v.ClientURL(), append(opts, nats.MaxReconnects(0))...)
+			nc, err := nats.Connect(f.URL(), append(opts, nats.MaxReconnects(0))...)
 			if err != nil {
 				failed.Add(1)
 				mu.Lock()

@@ -10,65 +10,40 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
-	"github.com/tpmauthn/tpmauthn/agent"
-	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
-	"github.com/tpmauthn/tpmauthn/verifier"
 )
 
 // BenchmarkEnrollment enrolls a host end to end (agent on swtpm, embedded
 // NATS, verifier) and reports the verifier's own share, read from its
 // request-duration histograms.
 func BenchmarkEnrollment(b *testing.B) {
-	dir := b.TempDir()
-	var v *verifier.Verifier
-	var op *nats.Conn
-	var first *swtpmtest.TPM
+	f := fleettest.New(b, func(f *fleettest.Fleet) { f.Config.MetricsListen = "127.0.0.1:0" })
+	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		var sw *swtpmtest.TPM // one enrollment per TPM: the EK binds it
-		if first == nil {
-			sw = swtpmtest.New(b)
-			first = sw
-		} else {
-			sw = swtpmtest.New(b, swtpmtest.SameManufacturer(first))
+		sw := f.TPM // one enrollment per TPM: the EK binds it
+		if i > 0 {
+			sw = swtpmtest.New(b, swtpmtest.SameManufacturer(f.TPM))
 		}
-		if v == nil {
-			cfg := verifier.Config{DataDir: dir, NATSListen: "127.0.0.1:-1", EKCADir: ekCADir(b, sw), RPID: "fleet.example.com", MetricsListen: "127.0.0.1:0"}
-			var err error
-			if v, err = verifier.New(cfg); err != nil {
-				b.Fatal(err)
-			}
-			if err := v.Start(context.Background()); err != nil {
-				b.Fatal(err)
-			}
-			defer v.Close()
-			op = operatorConn(b, dir, v.ClientURL())
-		}
-		var r api.TokenCreateResponse
-		admin(b, op, "token.create", api.TokenCreateRequest{Roles: []string{"x"}, TTL: time.Hour}, &r)
-		a, err := agent.NewAuthenticator(sw.Open(b), b.TempDir())
-		if err != nil {
-			b.Fatal(err)
-		}
+		token := f.Token(b, time.Hour, "x")
+		a := fleettest.Authenticator(b, sw)
 		if _, err := a.AK(); err != nil { // the agent makes its AK once, before enrolling
 			b.Fatal(err)
 		}
-		nc, err := nats.Connect(v.ClientURL(), nats.Token(r.Token))
+		nc, err := f.EnrollSession(token)
 		if err != nil {
 			b.Fatal(err)
 		}
 		b.StartTimer()
-		_, err = a.Enroll(context.Background(), nc, r.Token, "bench")
+		_, err = a.Enroll(context.Background(), nc, token, "bench")
 		b.StopTimer()
 		nc.Close()
 		if err != nil {
 			b.Fatal(err)
 		}
 	}
-	sums := scrape(b, "http://"+v.MetricsAddr()+"/metrics")
+	sums := scrape(b, "http://"+f.Verifier.MetricsAddr()+"/metrics")
 	verifierSecs := sums["tpmauthn.v1.enroll.begin"] + sums["tpmauthn.v1.enroll.finish"]
 	b.ReportMetric(verifierSecs*1000/float64(b.N), "verifier-ms/op")
 }

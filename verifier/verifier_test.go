@@ -2,15 +2,10 @@ package verifier_test
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
-	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -20,140 +15,19 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/internal/eventually"
+	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
 	"github.com/tpmauthn/tpmauthn/verifier"
-	"github.com/tpmauthn/tpmauthn/verifier/keys"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
-// fleet is a running verifier that trusts the EK CA of one swtpm.
-type fleet struct {
-	v       *verifier.Verifier
-	cfg     verifier.Config
-	sw      *swtpmtest.TPM
-	ekCADir string
-	op      *nats.Conn
-}
-
-func ekCADir(t testing.TB, sw *swtpmtest.TPM) string {
-	t.Helper()
-	dir := t.TempDir()
-	for name, c := range map[string][]byte{"root.pem": sw.RootCert(t).Raw, "intermediate.pem": sw.IntermediateCert(t).Raw} {
-		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c}), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
-
-func newFleet(t *testing.T, mod func(*verifier.Config)) *fleet {
-	t.Helper()
-	sw := swtpmtest.New(t)
-	f := &fleet{sw: sw, ekCADir: ekCADir(t, sw)}
-	f.cfg = verifier.Config{DataDir: t.TempDir(), NATSListen: "127.0.0.1:-1", EKCADir: f.ekCADir, RPID: "fleet.example.com", Logger: testLogger(t)}
-	if mod != nil {
-		mod(&f.cfg)
-	}
-	f.start(t)
-	return f
-}
-
-func (f *fleet) start(t *testing.T) {
-	t.Helper()
-	v, err := verifier.New(f.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := v.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(v.Close)
-	f.v = v
-	f.op = operatorConn(t, f.cfg.DataDir, v.ClientURL())
-}
-
-func operatorConn(t testing.TB, dataDir, url string) *nats.Conn {
-	t.Helper()
-	seed, _ := keys.OperatorFiles(dataDir)
-	kp, err := keys.LoadNKey(seed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pk, _ := kp.PublicKey()
-	nc, err := nats.Connect(url, nats.Nkey(pk, kp.Sign))
-	if err != nil {
-		t.Fatalf("operator connect: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	return nc
-}
-
-// admin calls an operator endpoint; it returns the verifier's error code.
-func admin(t testing.TB, nc *nats.Conn, op string, req, resp any) string {
-	t.Helper()
-	b, _ := json.Marshal(req)
-	m, err := nc.Request(api.SubjectAdminPrefix+op, b, 5*time.Second)
-	if err != nil {
-		t.Fatalf("admin %s: %v", op, err)
-	}
-	if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
-		return code
-	}
-	if resp != nil {
-		if err := json.Unmarshal(m.Data, resp); err != nil {
-			t.Fatalf("admin %s: %v", op, err)
-		}
-	}
-	return ""
-}
-
-func (f *fleet) token(t *testing.T, ttl time.Duration, roles ...string) string {
-	t.Helper()
-	var r api.TokenCreateResponse
-	if code := admin(t, f.op, "token.create", api.TokenCreateRequest{Roles: roles, TTL: ttl}, &r); code != "" {
-		t.Fatalf("token.create: %s", code)
-	}
-	return r.Token
-}
-
-// sessionConn connects as a join-token holder: an enrollment session.
-func sessionConn(url, token string, opts ...nats.Option) (*nats.Conn, error) {
-	return nats.Connect(url, append([]nats.Option{nats.Token(token), nats.Timeout(5 * time.Second), nats.MaxReconnects(0)}, opts...)...)
-}
-
-func newAgent(t *testing.T, sw *swtpmtest.TPM) *agent.Authenticator {
-	t.Helper()
-	a, err := agent.NewAuthenticator(sw.Open(t), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
-}
-
-func (f *fleet) enroll(t *testing.T, a *agent.Authenticator, token string) (*agent.Enrollment, error) {
-	t.Helper()
-	nc, err := sessionConn(f.v.ClientURL(), token)
-	if err != nil {
-		return nil, err
-	}
-	defer nc.Close()
-	return a.Enroll(context.Background(), nc, token, "host-under-test")
-}
-
-func wantCode(t *testing.T, err error, code string) {
-	t.Helper()
-	var ve *agent.VerifierError
-	if !errors.As(err, &ve) || ve.Code != code {
-		t.Fatalf("error = %v, want verifier code %s", err, code)
-	}
-}
-
 func TestEnrollAndRegister(t *testing.T) {
-	f := newFleet(t, nil)
-	a := newAgent(t, f.sw)
-	token := f.token(t, time.Hour, "billing", "metrics")
+	f := fleettest.New(t)
+	a := fleettest.Authenticator(t, f.TPM)
+	token := f.Token(t, time.Hour, "billing", "metrics")
 	start := time.Now()
-	e, err := f.enroll(t, a, token)
+	e, err := f.Enroll(t, a, token)
 	if err != nil {
 		t.Fatalf("enroll: %v", err)
 	}
@@ -162,14 +36,14 @@ func TestEnrollAndRegister(t *testing.T) {
 		t.Fatalf("enrollment = %+v, AK cert %d bytes; want active with a certificate", e, len(a.AKCertificate()))
 	}
 	var h record.Host
-	if code := admin(t, f.op, "host.show", api.IDRequest{ID: e.HostID}, &h); code != "" {
+	if code := f.Admin(t, "host.show", api.IDRequest{ID: e.HostID}, &h); code != "" {
 		t.Fatalf("host.show: %s", code)
 	}
 	if strings.Join(h.Roles, ",") != "billing,metrics" || h.Status != api.HostActive {
 		t.Fatalf("host record %+v", h)
 	}
 
-	nc, err := sessionConn(f.v.ClientURL(), f.token(t, time.Hour))
+	nc, err := f.EnrollSession(f.Token(t, time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +53,7 @@ func TestEnrollAndRegister(t *testing.T) {
 		t.Fatalf("register: %v", err)
 	}
 	var c record.Credential
-	if code := admin(t, f.op, "credential.show", api.IDRequest{ID: cred.IDString()}, &c); code != "" {
+	if code := f.Admin(t, "credential.show", api.IDRequest{ID: cred.IDString()}, &c); code != "" {
 		t.Fatalf("credential.show: %s", code)
 	}
 	if c.Host != e.HostID || c.Workload != "billing" || c.Status != api.CredentialActive {
@@ -188,69 +62,70 @@ func TestEnrollAndRegister(t *testing.T) {
 }
 
 func TestTokenSingleUse(t *testing.T) {
-	f := newFleet(t, nil)
-	token := f.token(t, time.Hour, "demo")
-	if _, err := f.enroll(t, newAgent(t, f.sw), token); err != nil {
+	f := fleettest.New(t)
+	token := f.Token(t, time.Hour, "demo")
+	if _, err := f.Enroll(t, fleettest.Authenticator(t, f.TPM), token); err != nil {
 		t.Fatal(err)
 	}
 	// A second TPM of the same manufacturer: only the token stands in its way.
-	other := swtpmtest.New(t, swtpmtest.SameManufacturer(f.sw))
-	_, err := f.enroll(t, newAgent(t, other), token)
+	other := swtpmtest.New(t, swtpmtest.SameManufacturer(f.TPM))
+	_, err := f.Enroll(t, fleettest.Authenticator(t, other), token)
 	if !errors.Is(err, nats.ErrAuthorization) {
 		t.Fatalf("connect with a used token: %v, want an authorization violation", err)
 	}
 	var tokens []record.Token
-	admin(t, f.op, "token.list", nil, &tokens)
+	f.Admin(t, "token.list", nil, &tokens)
 	if len(tokens) != 1 || tokens[0].State(time.Now()) != "used" || tokens[0].UsedBy == "" {
 		t.Fatalf("tokens = %+v, want one used token", tokens)
 	}
 }
 
 func TestTokenExpired(t *testing.T) {
-	f := newFleet(t, nil)
-	token := f.token(t, time.Second, "demo")
+	f := fleettest.New(t)
+	token := f.Token(t, time.Second, "demo")
+	// What is tested is a token past its expiry: wait its TTL out.
 	time.Sleep(1100 * time.Millisecond)
-	if _, err := sessionConn(f.v.ClientURL(), token); !errors.Is(err, nats.ErrAuthorization) {
+	if _, err := f.EnrollSession(token); !errors.Is(err, nats.ErrAuthorization) {
 		t.Fatalf("connect with an expired token: %v, want an authorization violation", err)
 	}
 	// At the endpoint too: a live session of another token cannot spend it.
-	nc, err := sessionConn(f.v.ClientURL(), f.token(t, time.Hour))
+	nc, err := f.EnrollSession(f.Token(t, time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	_, err = newAgent(t, f.sw).Enroll(context.Background(), nc, token, "x")
-	wantCode(t, err, "token_invalid")
+	_, err = fleettest.Authenticator(t, f.TPM).Enroll(context.Background(), nc, token, "x")
+	fleettest.WantCode(t, err, "token_invalid")
 }
 
 func TestUnknownTokenDenied(t *testing.T) {
-	f := newFleet(t, nil)
-	if _, err := sessionConn(f.v.ClientURL(), "tpmauthn-join-forged"); !errors.Is(err, nats.ErrAuthorization) {
+	f := fleettest.New(t)
+	if _, err := f.EnrollSession("tpmauthn-join-forged"); !errors.Is(err, nats.ErrAuthorization) {
 		t.Fatalf("connect with a forged token: %v", err)
 	}
-	if _, err := nats.Connect(f.v.ClientURL(), nats.MaxReconnects(0)); !errors.Is(err, nats.ErrAuthorization) {
+	if _, err := nats.Connect(f.URL(), nats.MaxReconnects(0)); !errors.Is(err, nats.ErrAuthorization) {
 		t.Fatalf("connect with nothing: %v", err)
 	}
 }
 
 func TestEKFromUntrustedCA(t *testing.T) {
-	f := newFleet(t, nil)
+	f := fleettest.New(t)
 	stranger := swtpmtest.New(t) // its EK chains to its own swtpm-localca
-	_, err := f.enroll(t, newAgent(t, stranger), f.token(t, time.Hour))
-	wantCode(t, err, "ek_untrusted")
+	_, err := f.Enroll(t, fleettest.Authenticator(t, stranger), f.Token(t, time.Hour))
+	fleettest.WantCode(t, err, "ek_untrusted")
 }
 
 func TestNoEKCADirFailsClosed(t *testing.T) {
-	f := newFleet(t, func(c *verifier.Config) { c.EKCADir = "" })
-	_, err := f.enroll(t, newAgent(t, f.sw), f.token(t, time.Hour))
-	wantCode(t, err, "ek_untrusted")
+	f := fleettest.New(t, func(f *fleettest.Fleet) { f.Config.EKCADir = "" })
+	_, err := f.Enroll(t, fleettest.Authenticator(t, f.TPM), f.Token(t, time.Hour))
+	fleettest.WantCode(t, err, "ek_untrusted")
 }
 
 func TestSessionPermissions(t *testing.T) {
-	f := newFleet(t, nil)
+	f := fleettest.New(t)
 	var mu sync.Mutex
 	var violations []string
-	nc, err := sessionConn(f.v.ClientURL(), f.token(t, time.Hour), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+	nc, err := f.EnrollSession(f.Token(t, time.Hour), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 		mu.Lock()
 		violations = append(violations, err.Error())
 		mu.Unlock()
@@ -270,16 +145,14 @@ func TestSessionPermissions(t *testing.T) {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(3 * time.Second)
-	for time.Now().Before(deadline) {
+	eventually.Until(t, 3*time.Second, func() error {
 		mu.Lock()
-		n := len(violations)
-		mu.Unlock()
-		if n >= 5 {
-			break
+		defer mu.Unlock()
+		if len(violations) < 5 {
+			return fmt.Errorf("violations = %q, want 5 (4 publishes, 1 subscribe)", violations)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	mu.Lock()
 	defer mu.Unlock()
 	if len(violations) != 5 {
@@ -293,16 +166,16 @@ func TestSessionPermissions(t *testing.T) {
 }
 
 func TestManualApproval(t *testing.T) {
-	f := newFleet(t, func(c *verifier.Config) { c.Approval = verifier.ApprovalManual })
-	a := newAgent(t, f.sw)
-	e, err := f.enroll(t, a, f.token(t, time.Hour, "demo"))
+	f := fleettest.New(t, func(f *fleettest.Fleet) { f.Config.Approval = verifier.ApprovalManual })
+	a := fleettest.Authenticator(t, f.TPM)
+	e, err := f.Enroll(t, a, f.Token(t, time.Hour, "demo"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if e.Status != api.HostPending || a.AKCertificate() != nil {
 		t.Fatalf("enrollment %+v with AK cert; want pending without", e)
 	}
-	nc, err := sessionConn(f.v.ClientURL(), f.token(t, time.Hour))
+	nc, err := f.EnrollSession(f.Token(t, time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,7 +190,7 @@ func TestManualApproval(t *testing.T) {
 	if got, err := a.CheckEnrollment(context.Background(), nc); err != nil || got.Status != api.HostPending {
 		t.Fatalf("status before approval = %+v, %v", got, err)
 	}
-	if code := admin(t, f.op, "host.approve", api.IDRequest{ID: e.HostID}, nil); code != "" {
+	if code := f.Admin(t, "host.approve", api.IDRequest{ID: e.HostID}, nil); code != "" {
 		t.Fatalf("host.approve: %s", code)
 	}
 	got, err := a.CheckEnrollment(context.Background(), nc)
@@ -329,30 +202,15 @@ func TestManualApproval(t *testing.T) {
 	}
 }
 
-// testLogger sends the verifier's logs to the test log (-v shows them).
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
-func attestationB64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
-
 func TestMetrics(t *testing.T) {
-	f := newFleet(t, func(c *verifier.Config) { c.MetricsListen = "127.0.0.1:0" })
-	if _, err := f.enroll(t, newAgent(t, f.sw), f.token(t, time.Hour)); err != nil {
+	f := fleettest.New(t, func(f *fleettest.Fleet) { f.Config.MetricsListen = "127.0.0.1:0" })
+	if _, err := f.Enroll(t, fleettest.Authenticator(t, f.TPM), f.Token(t, time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sessionConn(f.v.ClientURL(), "tpmauthn-join-forged"); err == nil {
+	if _, err := f.EnrollSession("tpmauthn-join-forged"); err == nil {
 		t.Fatal("forged token accepted")
 	}
-	resp, err := http.Get("http://" + f.v.MetricsAddr() + "/metrics")
+	resp, err := http.Get("http://" + f.Verifier.MetricsAddr() + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

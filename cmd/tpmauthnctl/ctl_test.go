@@ -2,12 +2,12 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/verifier"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
@@ -27,14 +27,7 @@ func ctl(t *testing.T, args ...string) (string, error) {
 // directory is all it is told.
 func TestAgainstLocalVerifier(t *testing.T) {
 	dir := t.TempDir()
-	v, err := verifier.New(verifier.Config{DataDir: dir, NATSListen: "127.0.0.1:-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := v.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	fleettest.StartVerifier(t, verifier.Config{DataDir: dir, NATSListen: "127.0.0.1:-1"})
 
 	out, err := ctl(t, "--data-dir", dir, "token", "create", "--roles", "demo", "--ttl", "30m")
 	if err != nil {

@@ -4,8 +4,9 @@
 // --create-ek-cert --create-platform-cert, its EK certificate issued by a
 // swtpm-localca CA that lives in the test's temp dir (nothing in /etc or
 // $HOME), and starts swtpm on free loopback ports. Cleanup stops it and checks
-// that no transient object was left loaded. Without swtpm installed a test
-// fails under CI=true and skips otherwise, naming the install line.
+// that no transient object was left loaded. Under go test -short a test
+// skips; without swtpm installed it fails under CI=true and skips otherwise,
+// naming the install line.
 package swtpmtest
 
 import (
@@ -22,6 +23,7 @@ import (
 	"time"
 
 	"github.com/tpmauthn/tpmauthn/agent/tpm"
+	"github.com/tpmauthn/tpmauthn/internal/eventually"
 )
 
 // InstallHint is the one line that installs what this package needs.
@@ -29,9 +31,13 @@ const InstallHint = "sudo apt-get install -y swtpm swtpm-tools"
 
 var binaries = []string{"swtpm", "swtpm_setup", "swtpm_localca", "swtpm_ioctl"}
 
-// Require skips (locally) or fails (under CI=true) when swtpm is missing.
+// Require skips under -short (the unit tier runs no swtpm). Otherwise,
+// when swtpm is missing, it skips locally and fails under CI=true.
 func Require(t testing.TB) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: this test runs a software TPM (swtpm)")
+	}
 	for _, b := range binaries {
 		if _, err := exec.LookPath(b); err != nil {
 			msg := fmt.Sprintf("%s not found: this test needs a software TPM; install it with: %s", b, InstallHint)
@@ -207,37 +213,35 @@ func (s *TPM) start() error {
 	}
 	s.done = make(chan error, 1)
 	go func() { s.done <- s.cmd.Wait() }()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+	// Probe the control port: the data port serves one client at a time,
+	// and a probe there would count as a client.
+	ctrl := fmt.Sprintf("127.0.0.1:%d", s.ctrlPort)
+	exited := false
+	err = eventually.Wait(10*time.Second, func() error {
 		select {
 		case err := <-s.done:
-			return fmt.Errorf("swtpm exited: %v: %s", err, stderr.String())
+			exited = true
+			return eventually.Stop(fmt.Errorf("swtpm exited: %v: %s", err, stderr.String()))
 		default:
 		}
-		// Probe the control port: the data port serves one client at a
-		// time, and a probe there would count as a client.
-		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", s.ctrlPort), time.Second); err == nil {
-			_ = c.Close()
-			return nil
+		c, err := net.DialTimeout("tcp", ctrl, time.Second)
+		if err != nil {
+			return fmt.Errorf("swtpm does not listen on %s: %w", ctrl, err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		return c.Close()
+	})
+	if err != nil && !exited {
+		_ = s.cmd.Process.Kill()
+		<-s.done
 	}
-	_ = s.cmd.Process.Kill()
-	<-s.done
-	return fmt.Errorf("swtpm did not listen on 127.0.0.1:%d within 10s", s.ctrlPort)
+	return err
 }
 
 // StartOnPort starts swtpm again on the ports it had (after Stop), as a TPM
 // that comes back at the same address.
 func (s *TPM) StartOnPort() error {
-	var err error
-	for range 20 { // the old socket may linger for a moment
-		if err = s.start(); err == nil {
-			return nil
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return err
+	// The old socket may linger for a moment: swtpm fails to bind and exits.
+	return eventually.Wait(5*time.Second, s.start)
 }
 
 // Clone copies this TPM's state (EK, SRK, persistent objects, NV) into a new

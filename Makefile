@@ -33,7 +33,7 @@ fuzz: ## fuzz every parser of untrusted bytes for FUZZTIME each
 
 bench: ## benchmarks: TPM operations, the whole chain, revocation, enrollment, audit (swtpm)
 	$(GO) test ./agent/tpm ./agent -run '^$$' -bench . -benchtime 20x
-	$(GO) test ./verifier/auditlog ./verifier/keys ./verifier -run '^$$' -bench 'AuditAppend|IssuerSign|CounterWrite' -benchtime 2000x
+	$(GO) test ./verifier/auditlog ./verifier/keys ./verifier/store -run '^$$' -bench 'AuditAppend|IssuerSign|CounterWrite' -benchtime 2000x
 	$(GO) test ./verifier -run '^$$' -bench Enrollment -benchtime 5x
 	$(GO) test ./attestation -run '^$$' -bench . -benchtime 2000x
 	@mkdir -p $(BIN)

@@ -9,11 +9,13 @@ import (
 	"net"
 	"net/http"
 
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
 )
 
-// The socket API: HTTP/1.1 + JSON over a Unix socket. Callers are named by
-// their peer credentials; errors are {"error", "hint"}.
+// The socket API (its types are api's: WhoAmI, AssertionRequest,
+// NATSSignRequest and NATSSignResponse, AgentError): HTTP/1.1 + JSON over a
+// Unix socket. Callers are named by their peer credentials.
 
 type ctxKey struct{}
 
@@ -23,48 +25,14 @@ func (a *Agent) connContext(ctx context.Context, c net.Conn) context.Context {
 	return context.WithValue(ctx, ctxKey{}, c)
 }
 
-// APIError is the body of every refusal.
-type APIError struct {
-	Error string `json:"error"`
-	Hint  string `json:"hint,omitempty"`
-}
-
-// WhoAmI is GET /v1/whoami.
-type WhoAmI struct {
-	Workload     string `json:"workload"`
-	Host         string `json:"host"`
-	CredentialID string `json:"credential_id"`
-	// NKey is what to present as CONNECT nkey: the credential's lineage,
-	// which stays the same when the credential rotates.
-	NKey   string `json:"nkey"`
-	RPID   string `json:"rp_id"`
-	Caller *Peer  `json:"caller"`
-}
-
-// AssertionRequest is POST /v1/assertion.
-type AssertionRequest struct {
-	Challenge string `json:"challenge"` // base64url, at least 16 bytes
-}
-
-// NATSSignRequest is POST /v1/nats/sign.
-type NATSSignRequest struct {
-	Nonce string `json:"nonce"` // the server nonce as received
-}
-
-// NATSSignResponse holds exactly the two CONNECT fields.
-type NATSSignResponse struct {
-	NKey string `json:"nkey"`
-	Sig  string `json:"sig"`
-}
-
 const maxRequestBody = 4096
 
 func (a *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", a.healthz)
-	mux.HandleFunc("GET /v1/whoami", a.withCaller(a.whoami))
-	mux.HandleFunc("POST /v1/assertion", a.withCaller(a.assertion))
-	mux.HandleFunc("POST /v1/nats/sign", a.withCaller(a.natsSign))
+	mux.HandleFunc("GET "+api.AgentPathHealth, a.healthz)
+	mux.HandleFunc("GET "+api.AgentPathWhoAmI, a.withCaller(a.whoami))
+	mux.HandleFunc("POST "+api.AgentPathAssertion, a.withCaller(a.assertion))
+	mux.HandleFunc("POST "+api.AgentPathNATSSign, a.withCaller(a.natsSign))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, "no such endpoint", "try GET /v1/whoami, POST /v1/assertion, POST /v1/nats/sign, GET /healthz")
 	})
@@ -126,7 +94,7 @@ func (a *Agent) whoami(w http.ResponseWriter, _ *http.Request, c *caller) {
 	a.mu.Lock()
 	e := a.enroll
 	a.mu.Unlock()
-	respondJSON(w, http.StatusOK, WhoAmI{Workload: c.workload, Host: e.HostID, CredentialID: c.cred.IDString(), NKey: c.cred.NKey(), RPID: e.RPID, Caller: c.peer})
+	respondJSON(w, http.StatusOK, api.WhoAmI{Workload: c.workload, Host: e.HostID, CredentialID: c.cred.IDString(), NKey: c.cred.NKey(), RPID: e.RPID, Caller: (*api.Caller)(c.peer)})
 }
 
 func decodeBody(r *http.Request, v any) error {
@@ -139,7 +107,7 @@ func decodeBody(r *http.Request, v any) error {
 }
 
 func (a *Agent) assertion(w http.ResponseWriter, r *http.Request, c *caller) {
-	var req AssertionRequest
+	var req api.AssertionRequest
 	if err := decodeBody(r, &req); err != nil {
 		writeErr(w, http.StatusBadRequest, err.Error(), `send {"challenge": "<base64url>"}`)
 		return
@@ -164,7 +132,7 @@ func (a *Agent) assertion(w http.ResponseWriter, r *http.Request, c *caller) {
 }
 
 func (a *Agent) natsSign(w http.ResponseWriter, r *http.Request, c *caller) {
-	var req NATSSignRequest
+	var req api.NATSSignRequest
 	if err := decodeBody(r, &req); err != nil {
 		writeErr(w, http.StatusBadRequest, err.Error(), `send {"nonce": "<the nonce from the server's INFO>"}`)
 		return
@@ -178,7 +146,7 @@ func (a *Agent) natsSign(w http.ResponseWriter, r *http.Request, c *caller) {
 		a.tpmErr(w, c, err)
 		return
 	}
-	respondJSON(w, http.StatusOK, NATSSignResponse{NKey: c.cred.NKey(), Sig: b64url(bundle)})
+	respondJSON(w, http.StatusOK, api.NATSSignResponse{NKey: c.cred.NKey(), Sig: b64url(bundle)})
 }
 
 func (a *Agent) tpmErr(w http.ResponseWriter, c *caller, err error) {
@@ -200,5 +168,5 @@ func respondJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeErr(w http.ResponseWriter, status int, msg, hint string) {
-	respondJSON(w, status, APIError{Error: msg, Hint: hint})
+	respondJSON(w, status, api.AgentError{Error: msg, Hint: hint})
 }

@@ -179,7 +179,7 @@ func TestAgentCloseWaitsForGoroutines(t *testing.T) {
 	}}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	body, _ := json.Marshal(AssertionRequest{Challenge: b64url(make([]byte, 32))})
+	body, _ := json.Marshal(api.AssertionRequest{Challenge: b64url(make([]byte, 32))})
 	resp, err := hc.Post("http://agent/v1/assertion", "application/json", bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+
+	"github.com/tpmauthn/tpmauthn/api"
 )
 
 // Workload names a local caller by selectors.
@@ -56,7 +58,7 @@ func (s Selector) Matches(p *Peer) bool {
 var workloadNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
 
 // agentWorkload is the reserved name of the agent's own host credential.
-const agentWorkload = "tpmauthn-agent"
+const agentWorkload = api.AgentWorkload
 
 // ErrUnknownCaller: no configured workload matches the caller.
 var ErrUnknownCaller = errors.New("agent: no workload matches this caller")

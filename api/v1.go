@@ -19,6 +19,10 @@ const (
 // EKHash of the EK public key.
 const EKUserPrefix = "ek:"
 
+// AgentWorkload is the reserved workload name of each agent's own host
+// credential: its sessions may only register credentials with the verifier.
+const AgentWorkload = "tpmauthn-agent"
+
 // HostUserPrefix marks a CONNECT user that asks for an enrollment session as
 // an enrolled host: the user name is HostUserPrefix followed by the host ID,
 // the password the base64url activation secret of its enrollment. It lets a

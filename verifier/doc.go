@@ -1,4 +1,7 @@
-// Package verifier is the tpmauthn relying party and fleet authority.
+// Package verifier is the tpmauthn relying party and fleet authority. This
+// package only wires its rooms (sub-packages, see docs/architecture.md) and
+// owns their lifecycles: Start runs a table of steps, each registering its
+// cleanup, and Close undoes them in reverse.
 //
 // It enrolls hosts (DESIGN.md flow 1): a join token or an EK allow-list entry
 // buys an enrollment session through NATS auth callout; the EK certificate must

@@ -2,28 +2,34 @@ package verifier
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/internal/promserve"
+	"github.com/tpmauthn/tpmauthn/verifier/admin"
+	"github.com/tpmauthn/tpmauthn/verifier/alert"
 	"github.com/tpmauthn/tpmauthn/verifier/auditlog"
+	"github.com/tpmauthn/tpmauthn/verifier/authn"
+	"github.com/tpmauthn/tpmauthn/verifier/authn/workload"
+	"github.com/tpmauthn/tpmauthn/verifier/callout"
+	"github.com/tpmauthn/tpmauthn/verifier/enroll"
+	"github.com/tpmauthn/tpmauthn/verifier/fleet"
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
-	"github.com/tpmauthn/tpmauthn/verifier/record"
+	"github.com/tpmauthn/tpmauthn/verifier/metrics"
+	"github.com/tpmauthn/tpmauthn/verifier/natsapi"
+	"github.com/tpmauthn/tpmauthn/verifier/policy"
+	"github.com/tpmauthn/tpmauthn/verifier/register"
+	"github.com/tpmauthn/tpmauthn/verifier/sessions"
+	"github.com/tpmauthn/tpmauthn/verifier/store"
 )
 
 // Version of the verifier service (NATS micro).
@@ -32,47 +38,36 @@ const Version = "0.1.0"
 // queueGroup is shared by every verifier instance: each request is served once.
 const queueGroup = "tpmauthn"
 
-// Verifier is the tpmauthn verifier service.
+// Verifier wires the rooms of the verifier together and owns their
+// lifecycles: Start runs its steps in order, and Close undoes what they
+// started, in reverse.
 type Verifier struct {
 	cfg     Config
 	keys    *keys.Set
 	log     *slog.Logger
 	ekTrust *attestation.EKTrust
 	rp      *attestation.RelyingParty
+	policy  *policy.Source
+	metrics *metrics.Metrics
 
-	srv   *server.Server // embedded, or nil
-	nc    *nats.Conn
-	sysNC *nats.Conn // system account: kicks
-	xbox  *xkeyBox   // seals callout traffic to the servers' xkeys
-	audit *auditlog.Log
-	st    *store
-	svcs  []micro.Service
-	sem   chan struct{} // bounds concurrent requests
-	// auditWaiters bounds the requests waiting for the audit trail.
-	auditWaiters chan struct{}
-	served       atomic.Uint64 // requests answered (endpoints and callouts)
-	shed         atomic.Uint64 // callout requests dropped unanswered (too old)
-	done         chan struct{} // closed by Close: stops the callout workers
-
-	policy    *policySource
-	pubKeys   keyCache
-	creds     credCache
-	hosts     hostCache
-	credLocks credLocks
-	sessions  sessionIndex // which sessions named in records have ended
-	capWarned atomic.Int64 // unix time of the last too-many-sessions warning
-	rpIDHash  [32]byte
-
-	metrics    *metrics
+	// Set by Start.
+	srv        *server.Server // embedded, or nil
+	url        string
+	nc         *nats.Conn // the verifier's user (AUTH account)
+	sysNC      *nats.Conn // system account: events and kicks
+	st         *store.Store
+	audit      *auditlog.Log
+	trail      *auditlog.Trail
+	fleet      *fleet.Fleet
+	sessions   *sessions.Sessions
+	enroll     *enroll.Service
+	api        *natsapi.Server
+	callout    *callout.Server
 	metricsSrv *promserve.Server
-	wg         sync.WaitGroup
-	close      sync.Once
-	// work counts the request handlers and callout workers: Close waits for
-	// them before it closes the audit log, so that no event they record
-	// (and no "done" an operator is told) is lost.
-	work     sync.WaitGroup
-	workMu   sync.Mutex
-	stopping bool
+
+	mu       sync.Mutex
+	cleanups []func() // what Start started, undone in reverse by Close
+	closed   bool
 }
 
 // New loads (or creates) the key material and trust configuration.
@@ -85,11 +80,7 @@ func New(cfg Config) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	xbox, err := newXKeyBox(ks.XKey)
-	if err != nil {
-		return nil, err
-	}
-	v := &Verifier{cfg: cfg, keys: ks, xbox: xbox, log: cfg.Logger, sem: make(chan struct{}, cfg.Workers), auditWaiters: make(chan struct{}, cfg.Workers), metrics: newMetrics(), done: make(chan struct{})}
+	v := &Verifier{cfg: cfg, keys: ks, log: cfg.Logger, metrics: metrics.New()}
 	if len(created) > 0 {
 		v.log.Info("created key material", "data_dir", cfg.DataDir, "files", created)
 	}
@@ -100,8 +91,7 @@ func New(cfg Config) (*Verifier, error) {
 	} else {
 		v.log.Warn("no EK CA directory configured: EK certificates are not trusted, only the EK allow-list can enroll hosts")
 	}
-	v.rpIDHash = sha256.Sum256([]byte(cfg.RPID))
-	if v.policy, err = newPolicySource(cfg.PolicyFile, func(err error) {
+	if v.policy, err = policy.NewSource(cfg.PolicyFile, func(err error) {
 		v.log.Error("policy reload failed; keeping the last good policy", "error", err)
 	}); err != nil {
 		return nil, err
@@ -116,19 +106,65 @@ func New(cfg Config) (*Verifier, error) {
 }
 
 // Start connects (starting the embedded server first when no NATS URL is
-// set), opens the KV state and serves every endpoint. It returns once the
-// verifier is serving.
+// set), opens the state and serves every endpoint. It returns once the
+// verifier is serving; ctx bounds the start only, not what it starts (Close
+// stops that). On failure it undoes what it started.
 func (v *Verifier) Start(ctx context.Context) error {
-	url := v.cfg.NATSURL
-	if url == "" {
-		srv, err := StartEmbedded(v.keys, v.cfg.DataDir, v.cfg.NATSListen, v.log)
-		if err != nil {
+	steps := []struct {
+		name string
+		run  func(context.Context) error
+	}{
+		{"nats-server", v.startServer},
+		{"connect", v.connect},
+		{"store", v.openStore},
+		{"audit trail", v.openAudit},
+		{"system connection", v.connectSys},
+		{"fleet", v.startFleet},
+		{"sessions", v.startSessions},
+		{"endpoints", v.serveEndpoints},
+		{"callout", v.serveCallout},
+		{"flush", v.flush},
+		{"metrics", v.serveMetrics},
+	}
+	for _, s := range steps {
+		if err := s.run(ctx); err != nil {
+			v.Close()
 			return err
 		}
-		v.srv = srv
-		url = srv.ClientURL()
-		v.log.Info("embedded nats-server ready", "url", url)
 	}
+	if err := os.WriteFile(v.clientURLFile(), []byte(v.url+"\n"), 0o644); err != nil {
+		v.log.Warn("cannot record the client URL for tpmauthnctl", "error", err)
+	}
+	v.log.Info("verifier serving", "nats", v.url, "rp_id", v.cfg.RPID, "approval", v.cfg.Approval)
+	return nil
+}
+
+// onClose registers what Close must undo for a step that succeeded.
+func (v *Verifier) onClose(f func()) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.cleanups = append(v.cleanups, f)
+}
+
+func (v *Verifier) startServer(context.Context) error {
+	if v.cfg.NATSURL != "" {
+		v.url = v.cfg.NATSURL
+		return nil
+	}
+	srv, err := StartEmbedded(v.keys, v.cfg.DataDir, v.cfg.NATSListen, v.log)
+	if err != nil {
+		return err
+	}
+	v.srv, v.url = srv, srv.ClientURL()
+	v.onClose(func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	})
+	v.log.Info("embedded nats-server ready", "url", v.url)
+	return nil
+}
+
+func (v *Verifier) connect(context.Context) error {
 	kp := v.keys.Verifier
 	if v.cfg.NATSSeed != "" {
 		var err error
@@ -136,75 +172,174 @@ func (v *Verifier) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	nc, err := nats.Connect(url, append(v.connOptions("tpmauthn-verifier"), nats.Nkey(keys.Public(kp), kp.Sign))...)
+	nc, err := nats.Connect(v.url, append(v.connOptions("tpmauthn-verifier"), nats.Nkey(keys.Public(kp), kp.Sign))...)
 	if err != nil {
-		v.Close()
-		return fmt.Errorf("connect to NATS at %s as the verifier user: %w", url, err)
+		return fmt.Errorf("connect to NATS at %s as the verifier user: %w", v.url, err)
 	}
 	v.nc = nc
-	// A cluster's JetStream may still be electing its leader: retry a while.
+	v.onClose(func() {
+		drained(nc)
+		nc.Close()
+	})
+	return nil
+}
+
+// openStore opens the KV state; a cluster's JetStream may still be electing
+// its leader, so it retries a while.
+func (v *Verifier) openStore(ctx context.Context) error {
 	for attempt := 0; ; attempt++ {
-		if v.st, err = openStore(ctx, nc); err == nil {
-			break
+		st, err := store.Open(ctx, v.nc)
+		if err == nil {
+			v.st = st
+			return nil
 		}
 		if attempt == 30 || ctx.Err() != nil {
-			v.Close()
 			return err
 		}
 		if attempt == 0 {
 			v.log.Info("waiting for JetStream", "error", err)
 		}
-		time.Sleep(500 * time.Millisecond)
+		select {
+		case <-time.After(500 * time.Millisecond):
+		case <-ctx.Done():
+		}
 	}
-	acfg := v.cfg.Audit
-	acfg.Logger = v.log
-	acfg.OnAppend = func(d time.Duration) { v.metrics.auditAppend.Observe(d.Seconds()) }
-	if v.audit, err = auditlog.Open(ctx, v.st.js, v.keys.Issuer, acfg); err != nil {
-		v.Close()
+}
+
+func (v *Verifier) openAudit(ctx context.Context) error {
+	a, err := auditlog.Open(ctx, v.st.JS, v.keys.Issuer, auditlog.Config{
+		Replicas: v.cfg.Audit.Replicas, AllowDelete: v.cfg.Audit.AllowDelete,
+		OnAppend: v.metrics.AuditAppended, Logger: v.log,
+	})
+	if err != nil {
 		return err
 	}
-	v.metrics.watchAuditBacklog(v.AuditBacklog)
-	if err := v.connectSys(url); err != nil {
-		v.Close()
+	v.audit, v.trail = a, auditlog.NewTrail(a, v.cfg.Workers, v.log)
+	v.metrics.WatchAuditBacklog(v.AuditBacklog)
+	v.onClose(a.Close) // appends what is queued while the connection is open
+	return nil
+}
+
+// connectSys opens the system-account connection: the servers' events, and
+// kicks.
+func (v *Verifier) connectSys(context.Context) error {
+	kp := v.keys.Sys
+	nc, err := nats.Connect(v.url, append(v.connOptions("tpmauthn-verifier-sys"), nats.Nkey(keys.Public(kp), kp.Sign))...)
+	if err != nil {
+		return fmt.Errorf("connect to NATS as the system user (for kicks): %w", err)
+	}
+	v.sysNC = nc
+	v.onClose(func() {
+		// The disconnect handlers record audit events: let the ones under
+		// way finish before the audit trail closes, and take no more.
+		drained(nc)
+		nc.Close()
+	})
+	return nil
+}
+
+func (v *Verifier) startFleet(ctx context.Context) error {
+	v.fleet = fleet.New(v.st, v.log)
+	if err := v.fleet.Start(ctx); err != nil {
 		return err
 	}
-	if err := v.watchSessions(); err != nil {
-		v.Close()
+	v.onClose(v.fleet.Close)
+	return nil
+}
+
+func (v *Verifier) startSessions(ctx context.Context) error {
+	only := ""
+	if v.srv != nil { // the embedded server, standalone: it restarts with this process
+		only = v.srv.ID()
+	}
+	v.sessions = sessions.New(sessions.Config{Sys: v.sysNC, Fleet: v.fleet, Trail: v.trail, Only: only,
+		Logger: v.log, QueueGroup: queueGroup})
+	if err := v.sessions.Start(ctx); err != nil {
+		v.sessions.Close()
 		return err
 	}
-	if err := v.watchHosts(ctx); err != nil {
-		v.Close()
+	v.onClose(v.sessions.Close)
+	return nil
+}
+
+// serveEndpoints serves the v1 service (exported to APP) and the operator
+// API, in one queue group with every other instance.
+func (v *Verifier) serveEndpoints(context.Context) error {
+	alerts := alert.NewPublisher(v.nc, v.trail, v.metrics, v.log)
+	v.enroll = enroll.New(enroll.Config{Store: v.st, EKTrust: v.ekTrust, FleetCA: v.keys.FleetCA, FleetCAKey: v.keys.FleetCAKey,
+		Approval: v.cfg.Approval, AKCertValidity: v.cfg.AKCertValidity, SessionTTL: v.cfg.EnrollSessionTTL,
+		RPID: v.cfg.RPID, Origin: v.cfg.Origin, Trail: v.trail, Alerts: alerts, Logger: v.log})
+	reg := register.New(register.Config{Fleet: v.fleet, RP: v.rp, RPID: v.cfg.RPID, Origin: v.cfg.Origin,
+		ChallengeTTL: v.cfg.RegisterChallenge, RotationGrace: v.cfg.RotationGrace, MaxAge: v.cfg.CredentialMaxAge,
+		Trail: v.trail, Alerts: alerts, Logger: v.log})
+	ekRoots := 0
+	if v.ekTrust != nil {
+		ekRoots = v.ekTrust.Roots()
+	}
+	adm := admin.New(admin.Config{Fleet: v.fleet, Sessions: v.sessions, Enroll: v.enroll, Trail: v.trail,
+		Version: Version, RPID: v.cfg.RPID, Origin: v.cfg.Origin, Approval: v.cfg.Approval,
+		AuditKey: keys.Public(v.keys.Issuer), EKRoots: ekRoots, Logger: v.log})
+	v.api = natsapi.New(natsapi.Config{Conn: v.nc, QueueGroup: queueGroup, Version: Version, Workers: v.cfg.Workers,
+		Trail: v.trail, Metrics: v.metrics, Logger: v.log})
+	v.onClose(v.api.Close)
+	if err := v.api.Serve("tpmauthn", "tpmauthn enrollment and registration", "tpmauthn.v1.", []natsapi.Endpoint{
+		{Subject: api.SubjectEnrollBegin, Handler: v.enroll.Begin},
+		{Subject: api.SubjectEnrollFinish, Handler: v.enroll.Finish},
+		{Subject: api.SubjectEnrollStatus, Handler: v.enroll.Status},
+		{Subject: api.SubjectRegisterBegin, Handler: reg.Begin},
+		{Subject: api.SubjectRegisterFinish, Handler: reg.Finish},
+		{Subject: api.SubjectCredentialStatus, Handler: reg.CredentialStatus},
+	}); err != nil {
 		return err
 	}
-	if err := v.watchRevocations(ctx); err != nil {
-		v.Close()
+	return v.api.Serve("tpmauthn-admin", "tpmauthn operator API", api.SubjectAdminPrefix, adm.Endpoints())
+}
+
+// serveCallout answers auth callout with the registry of authentication
+// methods: a join token, a workload's assertion, a host's proof, an
+// allow-listed EK, asked in that order.
+func (v *Verifier) serveCallout(context.Context) error {
+	alerts := alert.NewPublisher(v.nc, v.trail, v.metrics, v.log)
+	var methods authn.Registry
+	token, hostProof, ekAllow := v.enroll.Methods()
+	methods.Add(token, workload.New(workload.Config{Fleet: v.fleet, Sessions: v.sessions, Policy: v.policy,
+		RPID: v.cfg.RPID, Origin: v.cfg.Origin, Alerts: alerts, Logger: v.log}), hostProof, ekAllow)
+	co, err := callout.New(callout.Config{Conn: v.nc, QueueGroup: queueGroup, Issuer: v.keys.Issuer, XKey: v.keys.XKey,
+		Decider: &methods, Trail: v.trail, Metrics: v.metrics, Workers: v.cfg.Workers, OnDecision: v.cfg.OnDecision, Logger: v.log})
+	if err != nil {
 		return err
 	}
-	if err := v.serve(); err != nil {
-		v.Close()
+	if err := co.Start(); err != nil {
+		co.Close()
 		return err
 	}
-	// Subscriptions reach the server asynchronously: make sure they did
-	// before reporting ready.
-	for _, c := range []*nats.Conn{nc, v.sysNC} {
+	v.callout = co
+	v.onClose(co.Close)
+	return nil
+}
+
+// flush: subscriptions reach the server asynchronously; make sure they did
+// before reporting ready.
+func (v *Verifier) flush(context.Context) error {
+	for _, c := range []*nats.Conn{v.nc, v.sysNC} {
 		if err := c.FlushTimeout(5 * time.Second); err != nil {
-			v.Close()
 			return fmt.Errorf("NATS flush: %w", err)
 		}
 	}
-	if v.cfg.MetricsListen != "" {
-		srv, err := promserve.Start(v.cfg.MetricsListen, v.metrics.reg)
-		if err != nil {
-			v.Close()
-			return err
-		}
-		v.metricsSrv = srv
-		v.log.Info("metrics", "url", "http://"+srv.Addr()+"/metrics")
+	return nil
+}
+
+func (v *Verifier) serveMetrics(context.Context) error {
+	if v.cfg.MetricsListen == "" {
+		return nil
 	}
-	if err := os.WriteFile(v.clientURLFile(), []byte(url+"\n"), 0o644); err != nil {
-		v.log.Warn("cannot record the client URL for tpmauthnctl", "error", err)
+	srv, err := promserve.Start(v.cfg.MetricsListen, v.metrics.Registry())
+	if err != nil {
+		return err
 	}
-	v.log.Info("verifier serving", "nats", url, "rp_id", v.cfg.RPID, "approval", v.cfg.Approval)
+	v.metricsSrv = srv
+	v.onClose(srv.Stop)
+	v.log.Info("metrics", "url", "http://"+srv.Addr()+"/metrics")
 	return nil
 }
 
@@ -241,6 +376,32 @@ func (v *Verifier) Run(ctx context.Context) error {
 	return nil
 }
 
+// Close stops serving, waits for the requests in flight and for every
+// goroutine the verifier started, appends what the audit trail holds, and
+// stops the embedded server: what Start did, undone in reverse. It may be
+// called more than once, and after a failed Start.
+func (v *Verifier) Close() {
+	v.mu.Lock()
+	cleanups := v.cleanups
+	v.cleanups, v.closed = nil, true
+	v.mu.Unlock()
+	for i := len(cleanups) - 1; i >= 0; i-- {
+		cleanups[i]()
+	}
+}
+
+// drained drains nc (its handlers finish what they were given; no more
+// messages are delivered) and waits for that, at most 5 s. nats.go closes a
+// connection once its drain completes.
+func drained(nc *nats.Conn) {
+	if nc == nil || nc.Drain() != nil {
+		return
+	}
+	for i := 0; i < 1000 && !nc.IsClosed(); i++ {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // ClientURL is where clients reach NATS.
 func (v *Verifier) ClientURL() string {
 	if v.srv != nil {
@@ -257,206 +418,33 @@ func (v *Verifier) MetricsAddr() string {
 	return v.metricsSrv.Addr()
 }
 
-// drained drains nc (its handlers finish what they were given; no more
-// messages are delivered) and waits for that, at most 5 s. nats.go closes a
-// connection once its drain completes.
-func drained(nc *nats.Conn) {
-	if nc == nil || nc.Drain() != nil {
-		return
-	}
-	for i := 0; i < 1000 && !nc.IsClosed(); i++ {
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // FlushAudit waits until every event recorded so far is in the stream.
 func (v *Verifier) FlushAudit() { v.audit.Flush() }
 
-// Served returns how many requests this instance answered.
-func (v *Verifier) Served() uint64 { return v.served.Load() }
+// Served returns how many requests this instance answered (endpoints and
+// callouts).
+func (v *Verifier) Served() uint64 {
+	var n uint64
+	if v.api != nil {
+		n += v.api.Served()
+	}
+	if v.callout != nil {
+		n += v.callout.Served()
+	}
+	return n
+}
 
 // AuditBacklog is the number of audit events recorded but not yet appended.
-func (v *Verifier) AuditBacklog() int {
-	return v.audit.Backlog()
-}
+func (v *Verifier) AuditBacklog() int { return v.audit.Backlog() }
 
 // Shed is the number of callout requests dropped because the server had
 // stopped waiting for them.
-func (v *Verifier) Shed() uint64 { return v.shed.Load() }
+func (v *Verifier) Shed() uint64 {
+	if v.callout == nil {
+		return 0
+	}
+	return v.callout.Shed()
+}
 
 // Keys returns the verifier's key material (for tests and tpmauthnctl).
 func (v *Verifier) Keys() *keys.Set { return v.keys }
-
-// Close stops serving, waits for requests in flight and stops the embedded
-// server.
-func (v *Verifier) Close() {
-	v.close.Do(func() {
-		v.metricsSrv.Stop()
-		for _, s := range v.svcs {
-			_ = s.Stop()
-		}
-		v.workMu.Lock()
-		v.stopping = true
-		v.workMu.Unlock()
-		close(v.done) // callout workers stop taking requests
-		v.work.Wait()
-		// The disconnect handlers record audit events: let the ones under
-		// way finish before the log closes, and take no more.
-		drained(v.sysNC)
-		// Append what is queued while the connection is still open.
-		v.audit.Close()
-		drained(v.nc)
-		if v.sysNC != nil {
-			v.sysNC.Close()
-		}
-		if v.nc != nil {
-			v.nc.Close()
-		}
-		v.wg.Wait()
-		if v.srv != nil {
-			v.srv.Shutdown()
-			v.srv.WaitForShutdown()
-		}
-	})
-}
-
-// serve registers the v1 service (exported to APP), the admin service and
-// the auth-callout responder, all in one queue group.
-func (v *Verifier) serve() error {
-	svc, err := micro.AddService(v.nc, micro.Config{Name: "tpmauthn", Version: Version, QueueGroup: queueGroup,
-		Description: "tpmauthn enrollment and registration"})
-	if err != nil {
-		return fmt.Errorf("start service: %w", err)
-	}
-	v.svcs = append(v.svcs, svc)
-	endpoints := map[string]func(context.Context, []byte) (any, error){
-		api.SubjectEnrollBegin:      v.enrollBegin,
-		api.SubjectEnrollFinish:     v.enrollFinish,
-		api.SubjectEnrollStatus:     v.enrollStatus,
-		api.SubjectRegisterBegin:    v.registerBegin,
-		api.SubjectRegisterFinish:   v.registerFinish,
-		api.SubjectCredentialStatus: v.credentialStatus,
-	}
-	for subj, h := range endpoints {
-		name := strings.ReplaceAll(strings.TrimPrefix(subj, "tpmauthn.v1."), ".", "-")
-		if err := svc.AddEndpoint(name, v.handler(subj, h), micro.WithEndpointSubject(subj)); err != nil {
-			return fmt.Errorf("endpoint %s: %w", subj, err)
-		}
-	}
-	admin, err := micro.AddService(v.nc, micro.Config{Name: "tpmauthn-admin", Version: Version, QueueGroup: queueGroup,
-		Description: "tpmauthn operator API"})
-	if err != nil {
-		return fmt.Errorf("start admin service: %w", err)
-	}
-	v.svcs = append(v.svcs, admin)
-	for op, h := range v.adminEndpoints() {
-		subj := api.SubjectAdminPrefix + op
-		if err := admin.AddEndpoint(strings.ReplaceAll(op, ".", "-"), v.handler(subj, h), micro.WithEndpointSubject(subj)); err != nil {
-			return fmt.Errorf("endpoint %s: %w", subj, err)
-		}
-	}
-	return v.serveCallout()
-}
-
-// handler runs h in its own goroutine (bounded by Workers) and answers with
-// its result as JSON, or an error reply.
-func (v *Verifier) handler(subj string, h func(context.Context, []byte) (any, error)) micro.HandlerFunc {
-	return func(req micro.Request) {
-		v.workMu.Lock()
-		if v.stopping {
-			v.workMu.Unlock()
-			_ = req.Error("unavailable", "the verifier is stopping: retry", nil)
-			return
-		}
-		v.work.Add(1)
-		v.workMu.Unlock()
-		v.sem <- struct{}{}
-		// Read everything from req before the handler returns: micro reads
-		// the request's state after this function returns, so the reply is
-		// published on the connection directly, never through req.
-		reply, headers, data := req.Reply(), req.Headers(), req.Data()
-		go func() {
-			defer v.work.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			var audited atomic.Bool
-			ctx = context.WithValue(withRequester(ctx, headers), auditWaitKey{}, &audited)
-			start := time.Now()
-			resp, err := h(ctx, data)
-			<-v.sem
-			if audited.Load() {
-				v.waitAudit("subject", subj)
-			}
-			v.respond(reply, subj, resp, err, time.Since(start))
-		}()
-	}
-}
-
-// respond answers a request the way micro's Request.Respond and Error do
-// (error code and description in the service error headers), from any
-// goroutine. micro's own $SRV.STATS error counts therefore stay at zero;
-// errors are counted in the verifier's metrics (tpmauthn_requests_total).
-func (v *Verifier) respond(reply, subj string, resp any, err error, took time.Duration) {
-	v.served.Add(1)
-	v.metrics.observe(subj, err, took)
-	msg := &nats.Msg{Subject: reply}
-	if err != nil {
-		code, text := errorCode(err)
-		v.log.Info("request denied", "subject", subj, "code", code, "error", err)
-		msg.Data, _ = json.Marshal(api.ErrorResponse{Error: text, Code: code})
-		msg.Header = nats.Header{micro.ErrorHeader: {text}, micro.ErrorCodeHeader: {code}}
-	} else if b, merr := json.Marshal(resp); merr != nil {
-		msg.Header = nats.Header{micro.ErrorHeader: {"internal error"}, micro.ErrorCodeHeader: {"internal"}}
-	} else {
-		msg.Data = b
-	}
-	if reply == "" {
-		return
-	}
-	if perr := v.nc.PublishMsg(msg); perr != nil {
-		v.log.Warn("reply not sent", "subject", subj, "error", perr)
-	}
-}
-
-// errorCode maps an error to the stable code and the message a client sees.
-// Unknown errors are internal and their text stays in the log.
-func errorCode(err error) (string, string) {
-	table := []struct {
-		err  error
-		code string
-	}{
-		{ErrBadRequest, api.CodeBadRequest},
-		{attestation.ErrMalformed, api.CodeBadRequest},
-		{record.ErrTransition, api.CodeBadRequest},
-		{ErrTokenInvalid, api.CodeTokenInvalid},
-		{ErrNotAllowed, api.CodeNotAllowed},
-		{attestation.ErrEKUntrusted, api.CodeEKUntrusted},
-		{attestation.ErrActivationFailed, api.CodeActivationFailed},
-		{attestation.ErrAttestation, api.CodeAttestationRejected},
-		{ErrAlreadyEnrolled, api.CodeAlreadyEnrolled},
-		{ErrHostNotActive, api.CodeHostNotActive},
-		{ErrChallenge, api.CodeChallengeInvalid},
-		{ErrNotFound, api.CodeNotFound},
-		{ErrUnknownCredential, api.CodeUnknownCredential},
-		{ErrRevoked, api.CodeRevoked},
-		{ErrReplay, api.CodeReplay},
-		{ErrNoRoles, api.CodeNoRoles},
-		{attestation.ErrAssertion, api.CodeAssertionRejected},
-		{ErrConflict, api.CodeConflict},
-	}
-	for _, e := range table {
-		if errors.Is(err, e.err) {
-			return e.code, e.err.Error()
-		}
-	}
-	return api.CodeInternal, "internal error"
-}
-
-func decode(b []byte, v any) error {
-	dec := json.NewDecoder(strings.NewReader(string(b)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%w: %w", ErrBadRequest, err)
-	}
-	return nil
-}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/tpmauthn/tpmauthn/api"
 )
 
 // DefaultSocket is the agent's socket.
@@ -60,14 +61,9 @@ func (e *Error) Error() string {
 	return "tpmauthn agent: " + e.Message
 }
 
-// WhoAmI is how the agent sees the caller.
-type WhoAmI struct {
-	Workload     string `json:"workload"`
-	Host         string `json:"host"`
-	CredentialID string `json:"credential_id"`
-	NKey         string `json:"nkey"` // CONNECT nkey: stays the same across rotations
-	RPID         string `json:"rp_id"`
-}
+// WhoAmI is how the agent sees the caller (api.WhoAmI, named here so that a
+// workload importing this package needs nothing else).
+type WhoAmI = api.WhoAmI
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
@@ -104,24 +100,21 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 // WhoAmI asks the agent which workload the caller is.
 func (c *Client) WhoAmI(ctx context.Context) (*WhoAmI, error) {
 	var w WhoAmI
-	return &w, c.do(ctx, http.MethodGet, "/v1/whoami", nil, &w)
+	return &w, c.do(ctx, http.MethodGet, api.AgentPathWhoAmI, nil, &w)
 }
 
 // Assertion returns a WebAuthn assertion (PublicKeyCredential JSON) over
 // challenge, signed by the caller's TPM credential.
 func (c *Client) Assertion(ctx context.Context, challenge []byte) (json.RawMessage, error) {
 	var out json.RawMessage
-	err := c.do(ctx, http.MethodPost, "/v1/assertion", map[string]string{"challenge": base64.RawURLEncoding.EncodeToString(challenge)}, &out)
+	err := c.do(ctx, http.MethodPost, api.AgentPathAssertion, api.AssertionRequest{Challenge: base64.RawURLEncoding.EncodeToString(challenge)}, &out)
 	return out, err
 }
 
 // NATSSign returns the CONNECT nkey and sig fields for a server nonce.
 func (c *Client) NATSSign(ctx context.Context, nonce []byte) (nkey, sig string, err error) {
-	var out struct {
-		NKey string `json:"nkey"`
-		Sig  string `json:"sig"`
-	}
-	err = c.do(ctx, http.MethodPost, "/v1/nats/sign", map[string]string{"nonce": string(nonce)}, &out)
+	var out api.NATSSignResponse
+	err = c.do(ctx, http.MethodPost, api.AgentPathNATSSign, api.NATSSignRequest{Nonce: string(nonce)}, &out)
 	return out.NKey, out.Sig, err
 }
 

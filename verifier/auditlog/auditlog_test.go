@@ -9,16 +9,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/internal/jstest"
 )
 
 // env is a JetStream server of its own and an issuer key: what a writer needs.
 type env struct {
-	srv *server.Server
+	*jstest.Server
 	js  jetstream.JetStream
 	key nkeys.KeyPair
 	pub string
@@ -26,30 +26,13 @@ type env struct {
 
 func newEnv(tb testing.TB) *env {
 	tb.Helper()
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: tb.TempDir(), NoLog: true, NoSigs: true})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	srv.Start()
-	tb.Cleanup(srv.Shutdown)
-	if !srv.ReadyForConnections(10 * time.Second) {
-		tb.Fatal("nats-server not ready")
-	}
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		tb.Fatal(err)
-	}
+	srv := jstest.Start(tb)
 	kp, err := nkeys.CreateAccount()
 	if err != nil {
 		tb.Fatal(err)
 	}
 	pub, _ := kp.PublicKey()
-	return &env{srv: srv, js: js, key: kp, pub: pub}
+	return &env{Server: srv, js: srv.JS, key: kp, pub: pub}
 }
 
 // open starts a writer on the env's stream, closed when the test ends.
@@ -165,7 +148,7 @@ func TestAuditOversizedBatchSplits(t *testing.T) {
 // be told its event is in the trail.
 func TestAuditFlushReportsAFailedAppend(t *testing.T) {
 	e := newEnv(t)
-	nc, err := nats.Connect(e.srv.ClientURL())
+	nc, err := nats.Connect(e.ClientURL())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,10 @@
 package record
 
-import "time"
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"time"
+)
 
 // Token is a join token (bucket tokens, key = hex SHA-256 of the token; the
 // token itself is never stored).
@@ -26,4 +30,11 @@ func (t *Token) State(now time.Time) string {
 	default:
 		return "valid"
 	}
+}
+
+// TokenHash is a join token's key in the tokens bucket (hex SHA-256): the
+// token itself is never stored.
+func TokenHash(token string) string {
+	h := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(h[:])
 }

@@ -1,0 +1,74 @@
+package archtest
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/tpmauthn/tpmauthn/"
+
+// deps lists pkg's dependencies: the packages outside the standard library.
+func deps(t *testing.T, pkg string) []string {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", module+pkg).Output()
+	if err != nil {
+		t.Fatalf("go list -deps %s: %v", pkg, err)
+	}
+	var ds []string
+	for _, d := range strings.Fields(string(out)) {
+		if d != module+pkg {
+			ds = append(ds, d)
+		}
+	}
+	return ds
+}
+
+func TestImportRules(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs go list (skipped under -short)")
+	}
+	for _, tc := range []struct {
+		pkg   string
+		allow []string // dependency prefixes allowed; nil: check deny only
+		deny  []string
+	}{
+		// The wire types: what every client imports.
+		{pkg: "api", allow: []string{}},
+		{pkg: "verifier/record", allow: []string{module + "api"}},
+		{pkg: "audit", allow: []string{"github.com/nats-io/nkeys", "golang.org/x/crypto", "golang.org/x/sys"}},
+		// The operator tool links no server, metrics or WebAuthn code.
+		{pkg: "cmd/tpmauthnctl", deny: []string{"github.com/nats-io/nats-server", "github.com/prometheus",
+			"github.com/go-webauthn", "github.com/google/go-attestation", "github.com/google/go-tpm", module + "verifier/store"}},
+		// The agent side does not link the verifier.
+		{pkg: "agent/client", deny: []string{module + "verifier", "github.com/nats-io/nats-server"}},
+		{pkg: "agent", deny: []string{module + "verifier", "github.com/nats-io/nats-server"}},
+		// Library packages take typed config: flags and files are cmd/'s.
+		{pkg: "verifier", deny: []string{"github.com/spf13/"}},
+		// Rooms below the transports do not reach up into them.
+		{pkg: "verifier/store", deny: []string{module + "verifier/fleet", module + "verifier/callout", module + "verifier/natsapi"}},
+		{pkg: "verifier/fleet", deny: []string{module + "verifier/sessions", module + "verifier/callout", module + "verifier/natsapi", module + "verifier/authn"}},
+		{pkg: "verifier/authn", deny: []string{module + "verifier/callout", module + "verifier/natsapi", module + "verifier/fleet"}},
+		{pkg: "verifier/callout", deny: []string{module + "verifier/natsapi", module + "verifier/store", module + "verifier/fleet"}},
+	} {
+		t.Run(strings.ReplaceAll(tc.pkg, "/", "_"), func(t *testing.T) {
+			for _, d := range deps(t, tc.pkg) {
+				for _, p := range tc.deny {
+					if d == p || strings.HasPrefix(d, p+"/") || (strings.HasSuffix(p, "/") && strings.HasPrefix(d, p)) {
+						t.Errorf("%s depends on %s", tc.pkg, d)
+					}
+				}
+				if tc.allow == nil {
+					continue
+				}
+				ok := false
+				for _, p := range tc.allow {
+					ok = ok || d == p || strings.HasPrefix(d, p+"/")
+				}
+				if !ok {
+					t.Errorf("%s depends on %s; it may import only %v beside the standard library", tc.pkg, d, tc.allow)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,371 @@
+// Package admin is the operator API (tpmauthnctl, on tpmauthn.admin.<op>):
+// join tokens, hosts (approve, revoke, offboard), credentials (revoke,
+// release a quarantine, ask for a rotation), the EK allow-list, the audit
+// trail and a fleet summary. Every change is audited before the operator
+// hears it is done.
+package admin
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/verifier/auditlog"
+	"github.com/tpmauthn/tpmauthn/verifier/fleet"
+	"github.com/tpmauthn/tpmauthn/verifier/natsapi"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
+	"github.com/tpmauthn/tpmauthn/verifier/store"
+)
+
+const (
+	maxTokenTTL = 30 * 24 * time.Hour
+	tokenPrefix = "tpmauthn-join-"
+)
+
+var roleName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+
+type kicker interface {
+	Kick(c *record.Credential) int
+}
+
+type activator interface {
+	Activate(h *record.Host, by string) error
+}
+
+// Config is what the operator API needs.
+type Config struct {
+	Fleet    *fleet.Fleet
+	Sessions kicker    // kicks the sessions of what is revoked
+	Enroll   activator // issues an approved host's AK certificate
+	Trail    *auditlog.Trail
+	// What the status summary reports.
+	Version, RPID, Origin, Approval, AuditKey string
+	EKRoots                                   int
+	Logger                                    *slog.Logger
+}
+
+// Service answers the operator API.
+type Service struct {
+	cfg Config
+	st  *store.Store
+	log *slog.Logger
+}
+
+// New makes the service.
+func New(cfg Config) *Service {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Service{cfg: cfg, st: cfg.Fleet.Store, log: cfg.Logger}
+}
+
+// Endpoints are the operations on api.SubjectAdminPrefix + op.
+func (s *Service) Endpoints() []natsapi.Endpoint {
+	ops := []struct {
+		op string
+		h  natsapi.Handler
+	}{
+		{"token.create", s.tokenCreate},
+		{"token.list", func(ctx context.Context, _ []byte) (any, error) { return store.List[record.Token](ctx, s.st.Tokens) }},
+		{"host.list", func(ctx context.Context, _ []byte) (any, error) { return store.List[record.Host](ctx, s.st.Hosts) }},
+		{"host.show", s.hostShow},
+		{"host.approve", s.hostApprove},
+		{"host.revoke", s.hostRevoke},
+		{"host.offboard", s.hostOffboard},
+		{"credential.list", s.credentialList},
+		{"credential.show", s.credentialShow},
+		{"credential.revoke", s.credentialRevoke},
+		{"credential.release", s.credentialRelease},
+		{"credential.rotate", s.credentialRotate},
+		{"audit.read", s.auditRead},
+		{"ek.allow", s.ekAllow},
+		{"status", s.status},
+	}
+	out := make([]natsapi.Endpoint, len(ops))
+	for i, o := range ops {
+		out[i] = natsapi.Endpoint{Subject: api.SubjectAdminPrefix + o.op, Handler: o.h}
+	}
+	return out
+}
+
+func checkNames(kind string, names []string) error {
+	for _, n := range names {
+		if !roleName.MatchString(n) {
+			return fmt.Errorf("%w: %s %q: use letters, digits, '.', '-' and '_'", api.ErrBadRequest, kind, n)
+		}
+	}
+	return nil
+}
+
+func (s *Service) tokenCreate(ctx context.Context, body []byte) (any, error) {
+	var req api.TokenCreateRequest
+	if err := natsapi.Decode(body, &req); err != nil {
+		return nil, err
+	}
+	if err := errors.Join(checkNames("role", req.Roles), checkNames("tag", req.Tags)); err != nil {
+		return nil, err
+	}
+	if req.TTL <= 0 || req.TTL > maxTokenTTL {
+		return nil, fmt.Errorf("%w: ttl %v: between 1s and %v", api.ErrBadRequest, req.TTL, maxTokenTTL)
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return nil, err
+	}
+	token := tokenPrefix + base64.RawURLEncoding.EncodeToString(raw)
+	h := record.TokenHash(token)
+	now := time.Now().UTC()
+	t := &record.Token{V: record.Version, ID: h[:12], Hash: h, Roles: req.Roles, Tags: req.Tags, Created: now, Expires: now.Add(req.TTL)}
+	if err := store.Create(ctx, s.st.Tokens, h, t); err != nil {
+		return nil, err
+	}
+	s.log.Info("join token created", "token_id", t.ID, "roles", t.Roles, "expires", t.Expires)
+	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "token.create", Result: "ok", Roles: t.Roles, Actor: "operator",
+		Reason: fmt.Sprintf("join token %s, expires %s", t.ID, t.Expires.Format(time.RFC3339))})
+	return &api.TokenCreateResponse{Token: token, ID: t.ID, Expires: t.Expires}, nil
+}
+
+func (s *Service) hostShow(ctx context.Context, body []byte) (any, error) {
+	var req api.IDRequest
+	if err := natsapi.Decode(body, &req); err != nil {
+		return nil, err
+	}
+	h, _, err := store.Get[record.Host](ctx, s.st.Hosts, req.ID)
+	return h, err
+}
+
+func (s *Service) hostApprove(ctx context.Context, body []byte) (any, error) {
+	var req api.IDRequest
+	if err := natsapi.Decode(body, &req); err != nil {
+		return nil, err
+	}
+	h, _, err := store.Mutate(ctx, s.st.Hosts, req.ID, func(h *record.Host) error {
+		if h.Status != api.HostPending {
+			return fmt.Errorf("%w: host %s is %s, not pending", api.ErrBadRequest, h.ID, h.Status)
+		}
+		return s.cfg.Enroll.Activate(h, "operator")
+	})
+	ev := audit.Event{Kind: "host.approve", Result: "ok", Host: req.ID, Actor: "operator"}
+	if err == nil {
+		s.log.Info("host approved", "host", h.ID)
+		ev.EKHash, ev.Roles = h.EKHash, h.Roles
+	} else {
+		ev.Result, ev.Reason = "error", err.Error()
+	}
+	s.cfg.Trail.RecordNow(ctx, ev)
+	return h, err
+}
+
+func (s *Service) hostRevoke(ctx context.Context, body []byte) (any, error) {
+	return s.hostRemove(ctx, body, api.HostRevoked, "revoke")
+}
+
+// hostOffboard revokes every credential of the host, forgets its EK
+// enrollment and records why.
+func (s *Service) hostOffboard(ctx context.Context, body []byte) (any, error) {
+	return s.hostRemove(ctx, body, api.HostOffboarded, "offboard")
+}
+
+func (s *Service) hostRemove(ctx context.Context, body []byte, status api.HostStatus, kind string) (any, error) {
+	var req api.IDRequest
+	if err := natsapi.Decode(body, &req); err != nil {
+		return nil, err
+	}
+	h, err := s.revokeHost(ctx, req.ID, status, req.Reason)
+	ev := audit.Event{Kind: kind, Result: "ok", Host: req.ID, Reason: req.Reason, Actor: "operator"}
+	if err != nil {
+		ev.Result, ev.Reason = "error", err.Error()
+	} else {
+		ev.EKHash = h.EKHash
+		s.log.Info("host "+string(status), "host", h.ID, "reason", req.Reason)
+	}
+	s.cfg.Trail.RecordNow(ctx, ev)
+	return h, err
+}
+
+func (s *Service) credentialRelease(ctx context.Context, body []byte) (any, error) {
+	var req api.IDRequest
+	if err := natsapi.Decode(body, &req); err != nil {
+		return nil, err
+	}
+	// The check and the change are one compare-and-set: a revocation that
+	// lands in between makes the write conflict, and the re-read sees it.
+	c, err := s.cfg.Fleet.SetCredentialStatus(ctx, req.ID, api.CredentialActive, "released: "+req.Reason, func(c *record.Credential) error {
+		if c.Status != api.CredentialQuarantined {
+			return fmt.Errorf("%w: credential %s is %s, not quarantined", api.ErrBadRequest, c.ID, c.Status)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "release", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
+	return c, nil
+}
+
+// credentialRotate asks the credential's agent to rotate it now; the
+// agent learns it over its own session (credentials.status).
+func (s *Service) credentialRotate(ctx context.Context, body []byte) (any, error) {
+	var req api.IDRequest
+	if err := natsapi.Decode(body, &req); err != nil {
+		return nil, err
+	}
+	c, _, err := store.Mutate(ctx, s.st.Credentials, req.ID, func(c *record.Credential) error {
+		if c.Status != api.CredentialActive || !c.Retires.IsZero() {
+			return fmt.Errorf("%w: credential %s is %s (replaced: %v)", api.ErrBadRequest, c.ID, c.Status, !c.Retires.IsZero())
+		}
+		c.RotateRequested, c.Updated = true, time.Now().UTC()
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "rotate.request", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
+	return c, nil
+}
+
+func (s *Service) auditRead(ctx context.Context, body []byte) (any, error) {
+	var req api.AuditReadRequest
+	if err := natsapi.Decode(body, &req); err != nil {
+		return nil, err
+	}
+	if req.Max <= 0 || req.Max > 1000 {
+		req.Max = 1000
+	}
+	return s.cfg.Trail.ReadRaw(ctx, req.From, req.Max)
+}
+
+func (s *Service) credentialList(ctx context.Context, body []byte) (any, error) {
+	var req api.CredentialListRequest
+	if len(body) > 0 {
+		if err := natsapi.Decode(body, &req); err != nil {
+			return nil, err
+		}
+	}
+	all, err := store.List[record.Credential](ctx, s.st.Credentials)
+	if err != nil || req.Host == "" {
+		return all, err
+	}
+	return slices.DeleteFunc(all, func(c *record.Credential) bool { return c.Host != req.Host }), nil
+}
+
+func (s *Service) credentialShow(ctx context.Context, body []byte) (any, error) {
+	var req api.IDRequest
+	if err := natsapi.Decode(body, &req); err != nil {
+		return nil, err
+	}
+	c, _, err := store.Get[record.Credential](ctx, s.st.Credentials, req.ID)
+	return c, err
+}
+
+func (s *Service) credentialRevoke(ctx context.Context, body []byte) (any, error) {
+	var req api.IDRequest
+	if err := natsapi.Decode(body, &req); err != nil {
+		return nil, err
+	}
+	c, err := s.cfg.Fleet.SetCredentialStatus(ctx, req.ID, api.CredentialRevoked, req.Reason, nil)
+	if err != nil {
+		return nil, err
+	}
+	s.cfg.Sessions.Kick(c) // before the operator hears it is done; every instance's watch kicks too
+	s.log.Info("credential revoked", "credential", c.ID, "reason", req.Reason)
+	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
+	return c, nil
+}
+
+func (s *Service) ekAllow(ctx context.Context, body []byte) (any, error) {
+	var req api.EKAllowRequest
+	if err := natsapi.Decode(body, &req); err != nil {
+		return nil, err
+	}
+	req.EKHash = strings.ToLower(req.EKHash)
+	if len(req.EKHash) != 64 || strings.Trim(req.EKHash, "0123456789abcdef") != "" {
+		return nil, fmt.Errorf("%w: ek_hash: 64 hex digits (SHA-256 of the EK's PKIX public key)", api.ErrBadRequest)
+	}
+	if err := errors.Join(checkNames("role", req.Roles), checkNames("tag", req.Tags)); err != nil {
+		return nil, err
+	}
+	a := &record.EKAllow{V: record.Version, Roles: req.Roles, Tags: req.Tags, Note: req.Note, Created: time.Now().UTC()}
+	if err := store.Create(ctx, s.st.EKAllow, req.EKHash, a); err != nil {
+		return nil, err
+	}
+	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "ek.allow", Result: "ok", EKHash: req.EKHash, Roles: req.Roles, Reason: req.Note, Actor: "operator"})
+	return a, nil
+}
+
+func (s *Service) status(ctx context.Context, _ []byte) (any, error) {
+	st := &api.Status{Version: s.cfg.Version, RPID: s.cfg.RPID, Origin: s.cfg.Origin, Approval: s.cfg.Approval,
+		Hosts: map[string]int{}, Credentials: map[string]int{}, Tokens: map[string]int{}, AuditKey: s.cfg.AuditKey,
+		EKRoots: s.cfg.EKRoots}
+	hosts, err := store.List[record.Host](ctx, s.st.Hosts)
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range hosts {
+		st.Hosts[string(h.Status)]++
+	}
+	creds, err := store.List[record.Credential](ctx, s.st.Credentials)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range creds {
+		st.Credentials[string(c.Status)]++
+	}
+	tokens, err := store.List[record.Token](ctx, s.st.Tokens)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	for _, t := range tokens {
+		st.Tokens[t.State(now)]++
+	}
+	return st, nil
+}
+
+// revokeHost sets the host's status and revokes every credential of it (so
+// that a connect racing with the revocation is ordered by the credential's
+// compare-and-set, and its session is kicked).
+func (s *Service) revokeHost(ctx context.Context, id string, status api.HostStatus, reason string) (*record.Host, error) {
+	h, _, err := store.Mutate(ctx, s.st.Hosts, id, func(h *record.Host) error {
+		return h.Transition(status, reason, time.Now())
+	})
+	if err != nil {
+		return nil, err
+	}
+	creds, err := s.cfg.Fleet.HostCredentials(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range creds {
+		if c.Status == api.CredentialRevoked {
+			s.cfg.Sessions.Kick(c)
+			continue
+		}
+		why := "host " + string(status) + ": " + reason
+		c, err := s.cfg.Fleet.SetCredentialStatus(ctx, c.ID, api.CredentialRevoked, why, nil)
+		if err != nil {
+			return nil, err
+		}
+		s.cfg.Sessions.Kick(c)
+		// Each credential's own event, so that a search by credential finds
+		// it; the operator's host event follows.
+		s.cfg.Trail.Record(audit.Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: why, Actor: "operator"})
+	}
+	if status == api.HostOffboarded {
+		// Forget the EK enrollment: the TPM may enroll again, as a new host.
+		if err := s.st.EKs.Delete(ctx, h.EKHash); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil, fmt.Errorf("forget EK enrollment: %w", err)
+		}
+	}
+	return h, nil
+}

@@ -1,0 +1,54 @@
+// Package alert raises the verifier's tamper signals (DESIGN.md flow 5): a
+// counter that does not increase, a revoked credential used, an AK that is
+// not the host's, an EK outside the trust roots. Each is published on
+// tpmauthn.alerts.<kind> for whoever watches, counted in metrics, logged and
+// audited.
+package alert
+
+import (
+	"encoding/json"
+	"log/slog"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tpmauthn/tpmauthn/audit"
+)
+
+// Kinds of tamper signal.
+const (
+	CounterRegression = "counter_regression"
+	RevokedUsed       = "revoked_credential_used"
+	AKMismatch        = "ak_mismatch"
+	EKUntrusted       = "ek_untrusted"
+)
+
+// SubjectPrefix is where alerts are published: SubjectPrefix + kind.
+const SubjectPrefix = "tpmauthn.alerts."
+
+type recorder interface{ Record(audit.Event) }
+
+type counter interface{ Tamper(kind string) }
+
+// Publisher raises alerts.
+type Publisher struct {
+	nc      *nats.Conn
+	trail   recorder
+	metrics counter
+	log     *slog.Logger
+}
+
+// NewPublisher publishes on nc, audits to trail and counts in metrics.
+func NewPublisher(nc *nats.Conn, trail recorder, metrics counter, log *slog.Logger) *Publisher {
+	return &Publisher{nc: nc, trail: trail, metrics: metrics, log: log}
+}
+
+// Alert raises a tamper signal of kind; e says what was seen.
+func (p *Publisher) Alert(kind string, e audit.Event) {
+	e.Kind, e.Result = "alert."+kind, audit.Alert
+	p.metrics.Tamper(kind)
+	p.log.Warn("tamper signal", "kind", kind, "host", e.Host, "credential", e.Credential, "reason", e.Reason)
+	if b, err := json.Marshal(e); err == nil {
+		_ = p.nc.Publish(SubjectPrefix+kind, b)
+	}
+	p.trail.Record(e)
+}

@@ -1,0 +1,397 @@
+// Package enroll is host enrollment (DESIGN.md flow 1): a join token or an
+// EK allow-list entry buys an enrollment session through auth callout (the
+// three authn methods here); the EK certificate must chain to a
+// manufacturer root (fail closed); credential activation proves the AK sits
+// beside that EK; the fleet CA then issues the AK certificate (WebAuthn
+// §8.3.1 profile), at once or once an operator approves (Activate).
+package enroll
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/google/go-attestation/attest"
+
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/verifier/alert"
+	"github.com/tpmauthn/tpmauthn/verifier/natsapi"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
+	"github.com/tpmauthn/tpmauthn/verifier/store"
+)
+
+// Approval modes for new hosts.
+const (
+	ApprovalAuto   = "auto"   // active at once
+	ApprovalManual = "manual" // pending until an operator approves
+)
+
+type auditor interface {
+	Record(audit.Event)
+	RecordNow(context.Context, audit.Event)
+}
+
+type alerter interface {
+	Alert(kind string, e audit.Event)
+}
+
+// Config is what enrollment needs.
+type Config struct {
+	Store      *store.Store
+	EKTrust    *attestation.EKTrust // nil: no EK certificate is trusted (the allow-list only)
+	FleetCA    *x509.Certificate
+	FleetCAKey *ecdsa.PrivateKey
+	Approval   string
+	// AKCertValidity is the AK certificates' lifetime; SessionTTL the
+	// enrollment session JWT's.
+	AKCertValidity, SessionTTL time.Duration
+	RPID, Origin               string
+	Trail                      auditor
+	Alerts                     alerter
+	Logger                     *slog.Logger
+}
+
+// Service enrolls hosts.
+type Service struct {
+	cfg Config
+	log *slog.Logger
+}
+
+// New makes the service.
+func New(cfg Config) *Service {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Service{cfg: cfg, log: cfg.Logger}
+}
+
+// grant is what authorizes an enrollment: a join token or an allow-list entry.
+type grant struct {
+	roles, tags []string
+	tokenHash   string // empty for the allow-list
+}
+
+// Begin checks the EK and answers with a credential-activation
+// challenge for the AK (DESIGN.md flow 1).
+func (s *Service) Begin(ctx context.Context, body []byte) (_ any, err error) {
+	ev := audit.Deny("enroll.begin")
+	defer func() {
+		if err != nil { // a begun enrollment is audited when it finishes
+			ev.Reason = err.Error()
+			s.cfg.Trail.RecordNow(ctx, ev)
+		}
+	}()
+	var req api.EnrollBeginRequest
+	if err := natsapi.Decode(body, &req); err != nil {
+		return nil, err
+	}
+	ekPub, err := x509.ParsePKIXPublicKey(req.EKPublic)
+	if err != nil {
+		return nil, fmt.Errorf("%w: EK public key: %w", api.ErrBadRequest, err)
+	}
+	ekHash, err := attestation.EKHash(ekPub)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", api.ErrBadRequest, err)
+	}
+	ev.EKHash = ekHash
+	g, err := s.authorizeEnrollment(ctx, req.Token, ekHash)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.checkEK(&req, ekPub, g); err != nil {
+		if errors.Is(err, attestation.ErrEKUntrusted) {
+			s.cfg.Alerts.Alert(alert.EKUntrusted, audit.Event{EKHash: ekHash, Reason: err.Error()})
+		}
+		return nil, err
+	}
+	if _, _, err := store.Get[record.EKEnrollment](ctx, s.cfg.Store.EKs, ekHash); err == nil {
+		return nil, api.ErrAlreadyEnrolled
+	} else if !errors.Is(err, api.ErrNotFound) {
+		return nil, err
+	}
+	akParams := attest.AttestationParameters{
+		Public: req.AK.Public, CreateData: req.AK.CreateData,
+		CreateAttestation: req.AK.CreateAttestation, CreateSignature: req.AK.CreateSignature,
+	}
+	act, err := attestation.NewActivation(ekPub, akParams)
+	if err != nil {
+		return nil, err
+	}
+	akPub, err := attest.ParseAKPublic(req.AK.Public)
+	if err != nil {
+		return nil, fmt.Errorf("%w: AK public: %s", attestation.ErrAttestation, err)
+	}
+	akDER, err := x509.MarshalPKIXPublicKey(akPub.Public)
+	if err != nil {
+		return nil, fmt.Errorf("%w: AK public: %w", attestation.ErrAttestation, err)
+	}
+	id := attestation.NewTPMIdentity(req.TPM.Manufacturer, req.TPM.VendorString, req.TPM.FirmwareVersion1)
+	sess := record.EnrollSession{
+		V: record.Version, Secret: act.Secret, EKHash: ekHash, AKPublic: akDER,
+		TPM: record.TPMIdent(id), Hostname: req.Hostname, Token: g.tokenHash, Created: time.Now().UTC(),
+	}
+	sid, err := randomID(16)
+	if err != nil {
+		return nil, err
+	}
+	if err := store.Create(ctx, s.cfg.Store.Enroll, sid, &sess); err != nil {
+		return nil, err
+	}
+	return &api.EnrollBeginResponse{Session: sid, Credential: act.Challenge.Credential, Secret: act.Challenge.Secret}, nil
+}
+
+// checkEK requires an EK certificate that chains to a manufacturer root and
+// certifies the EK presented. An allow-listed EK names itself and needs no
+// certificate; if it sends one, the certificate must still match.
+func (s *Service) checkEK(req *api.EnrollBeginRequest, ekPub any, g *grant) error {
+	if len(req.EKCert) == 0 {
+		if g.tokenHash == "" {
+			return nil
+		}
+		return fmt.Errorf("%w: no EK certificate sent; enroll this TPM through the EK allow-list instead", attestation.ErrEKUntrusted)
+	}
+	cert, err := attest.ParseEKCertificate(req.EKCert)
+	if err != nil {
+		return fmt.Errorf("%w: EK certificate: %s", attestation.ErrEKUntrusted, err)
+	}
+	if k, ok := cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(ekPub) {
+		return fmt.Errorf("%w: EK certificate is for another key", attestation.ErrEKUntrusted)
+	}
+	if g.tokenHash == "" {
+		return nil
+	}
+	return s.cfg.EKTrust.VerifyEKCertificate(cert, nil, time.Now())
+}
+
+// authorizeEnrollment finds the token or allow-list entry that permits
+// enrolling this EK. It does not consume the token.
+func (s *Service) authorizeEnrollment(ctx context.Context, token, ekHash string) (*grant, error) {
+	if token != "" {
+		t, _, err := s.lookupToken(ctx, token)
+		if err != nil {
+			return nil, err
+		}
+		return &grant{roles: t.Roles, tags: t.Tags, tokenHash: t.Hash}, nil
+	}
+	a, _, err := store.Get[record.EKAllow](ctx, s.cfg.Store.EKAllow, ekHash)
+	if errors.Is(err, api.ErrNotFound) {
+		return nil, api.ErrNotAllowed
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &grant{roles: a.Roles, tags: a.Tags}, nil
+}
+
+// lookupToken returns a valid (unused, unexpired) token and its revision.
+func (s *Service) lookupToken(ctx context.Context, token string) (*record.Token, uint64, error) {
+	t, rev, err := store.Get[record.Token](ctx, s.cfg.Store.Tokens, record.TokenHash(token))
+	if errors.Is(err, api.ErrNotFound) {
+		return nil, 0, api.ErrTokenInvalid
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	if t.State(time.Now()) != "valid" {
+		return nil, 0, fmt.Errorf("%w: token %s is %s", api.ErrTokenInvalid, t.ID, t.State(time.Now()))
+	}
+	return t, rev, nil
+}
+
+// Finish checks the activated secret, consumes the token and records
+// the host; with automatic approval it also issues the AK certificate.
+func (s *Service) Finish(ctx context.Context, body []byte) (_ any, err error) {
+	ev := audit.Deny("enroll")
+	defer func() {
+		if err != nil {
+			ev.Reason = err.Error()
+		}
+		s.cfg.Trail.RecordNow(ctx, ev)
+	}()
+	var req api.EnrollFinishRequest
+	if err := natsapi.Decode(body, &req); err != nil {
+		return nil, err
+	}
+	sess, rev, err := store.Get[record.EnrollSession](ctx, s.cfg.Store.Enroll, req.Session)
+	if errors.Is(err, api.ErrNotFound) {
+		return nil, fmt.Errorf("%w: enrollment session unknown or expired", api.ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := store.Take(ctx, s.cfg.Store.Enroll, req.Session, rev); err != nil {
+		return nil, fmt.Errorf("enrollment session already used: %w", err)
+	}
+	ev.EKHash = sess.EKHash
+	if err := attestation.CheckActivation(sess.Secret, req.Secret); err != nil {
+		return nil, err
+	}
+	hostID, err := randomHex(8)
+	if err != nil {
+		return nil, err
+	}
+	hostID = "h-" + hostID
+	g, err := s.consumeGrant(ctx, sess, hostID)
+	if err != nil {
+		return nil, err
+	}
+	if err := store.Create(ctx, s.cfg.Store.EKs, sess.EKHash, &record.EKEnrollment{V: record.Version, Host: hostID}); err != nil {
+		if errors.Is(err, api.ErrConflict) {
+			return nil, api.ErrAlreadyEnrolled
+		}
+		return nil, err
+	}
+	proof := sha256.Sum256(req.Secret)
+	now := time.Now().UTC()
+	h := &record.Host{
+		V: record.Version, ID: hostID, Hostname: sess.Hostname, EKHash: sess.EKHash, AKPublic: sess.AKPublic,
+		TPM: sess.TPM, Roles: g.roles, Tags: g.tags, Status: api.HostPending, Via: g.via(),
+		ProofHash: proof[:], Created: now, Updated: now,
+	}
+	if s.cfg.Approval == ApprovalAuto {
+		if err := s.Activate(h, "auto"); err != nil {
+			return nil, err
+		}
+	}
+	if err := store.Create(ctx, s.cfg.Store.Hosts, hostID, h); err != nil {
+		return nil, err
+	}
+	ev.Result, ev.Host, ev.Roles, ev.Reason = "ok", hostID, h.Roles, "status "+string(h.Status)+" via "+h.Via
+	s.log.Info("host enrolled", "host", hostID, "hostname", h.Hostname, "status", h.Status, "via", h.Via, "roles", h.Roles)
+	return s.enrollResult(h), nil
+}
+
+func (g *grant) via() string {
+	if g.tokenHash == "" {
+		return "ek-allowlist"
+	}
+	return "token:" + g.tokenHash[:12]
+}
+
+// consumeGrant marks the token used (compare-and-set: of two enrollments
+// racing for one token, one wins) or re-checks the allow-list.
+func (s *Service) consumeGrant(ctx context.Context, sess *record.EnrollSession, hostID string) (*grant, error) {
+	if sess.Token == "" {
+		a, _, err := store.Get[record.EKAllow](ctx, s.cfg.Store.EKAllow, sess.EKHash)
+		if errors.Is(err, api.ErrNotFound) {
+			return nil, fmt.Errorf("%w: removed from the allow-list during the enrollment", api.ErrNotAllowed)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return &grant{roles: a.Roles, tags: a.Tags}, nil
+	}
+	t, _, err := store.Mutate(ctx, s.cfg.Store.Tokens, sess.Token, func(t *record.Token) error {
+		if st := t.State(time.Now()); st != "valid" {
+			return fmt.Errorf("%w: token %s is %s", api.ErrTokenInvalid, t.ID, st)
+		}
+		t.UsedBy, t.UsedAt = hostID, time.Now().UTC()
+		return nil
+	})
+	if errors.Is(err, api.ErrNotFound) {
+		return nil, api.ErrTokenInvalid
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &grant{roles: t.Roles, tags: t.Tags, tokenHash: t.Hash}, nil
+}
+
+// Activate issues the AK certificate and marks the host active (from
+// pending only: a revoked or offboarded host is never approved).
+func (s *Service) Activate(h *record.Host, by string) error {
+	if h.Status != api.HostPending {
+		return fmt.Errorf("%w: host %s is %s, not pending", record.ErrTransition, h.ID, h.Status)
+	}
+	akPub, err := x509.ParsePKIXPublicKey(h.AKPublic)
+	if err != nil {
+		return fmt.Errorf("host %s AK: %w", h.ID, err)
+	}
+	der, err := attestation.IssueAKCertificate(s.cfg.FleetCA, s.cfg.FleetCAKey, attestation.AKCertRequest{
+		AKPublic: akPub, TPM: attestation.TPMIdentity(h.TPM), Validity: s.cfg.AKCertValidity,
+	})
+	if err != nil {
+		return err
+	}
+	if err := h.Transition(api.HostActive, "", time.Now()); err != nil {
+		return err
+	}
+	h.AKCert, h.ApprovedBy = der, by
+	return nil
+}
+
+func (s *Service) enrollResult(h *record.Host) *api.EnrollResult {
+	return &api.EnrollResult{HostID: h.ID, Status: h.Status, AKCert: h.AKCert, RPID: s.cfg.RPID, Origin: s.cfg.Origin}
+}
+
+// Status lets a pending host learn that it was approved. The proof is
+// the activation secret, which only the enrolling TPM could recover.
+func (s *Service) Status(ctx context.Context, body []byte) (any, error) {
+	var req api.EnrollStatusRequest
+	if err := natsapi.Decode(body, &req); err != nil {
+		return nil, err
+	}
+	h, _, err := store.Get[record.Host](ctx, s.cfg.Store.Hosts, req.HostID)
+	if err != nil {
+		return nil, err
+	}
+	proof := sha256.Sum256(req.Proof)
+	if subtle.ConstantTimeCompare(proof[:], h.ProofHash) != 1 {
+		return nil, api.ErrNotFound // do not confirm the host exists
+	}
+	return s.enrollResult(h), nil
+}
+
+// checkHostProof admits an enrolled (pending or active) host by the
+// activation secret of its enrollment.
+func (s *Service) checkHostProof(ctx context.Context, hostID, proofB64 string) error {
+	proof, err := base64.RawURLEncoding.DecodeString(proofB64)
+	if err != nil {
+		return fmt.Errorf("%w: host proof is not base64url", api.ErrBadRequest)
+	}
+	h, _, err := store.Get[record.Host](ctx, s.cfg.Store.Hosts, hostID)
+	if errors.Is(err, api.ErrNotFound) {
+		return fmt.Errorf("%w: host %q", api.ErrNotFound, hostID)
+	}
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(proof)
+	if subtle.ConstantTimeCompare(sum[:], h.ProofHash) != 1 {
+		return fmt.Errorf("%w: wrong proof for host %s", api.ErrNotFound, hostID)
+	}
+	if h.Status == api.HostRevoked {
+		return fmt.Errorf("%w: host %s", api.ErrRevoked, hostID)
+	}
+	return nil
+}
+
+func randomBytes(n int) ([]byte, error) {
+	b := make([]byte, n)
+	_, err := rand.Read(b)
+	return b, err
+}
+
+// randomID returns n random bytes in base64url (KV-key safe).
+func randomID(n int) (string, error) {
+	b, err := randomBytes(n)
+	return base64.RawURLEncoding.EncodeToString(b), err
+}
+
+// randomHex returns n random bytes in hex.
+func randomHex(n int) (string, error) {
+	b, err := randomBytes(n)
+	return hex.EncodeToString(b), err
+}

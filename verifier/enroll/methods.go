@@ -1,0 +1,94 @@
+package enroll
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/jwt/v2"
+
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/verifier/authn"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
+	"github.com/tpmauthn/tpmauthn/verifier/store"
+)
+
+// The three ways to an enrollment session: a session that may only call the
+// enrollment and registration endpoints, for SessionTTL.
+
+// Methods are enrollment's authentication methods, in the order the
+// registry asks them: a join token, then (after the workload assertion,
+// which the caller registers between) a host's proof and an allow-listed EK.
+func (s *Service) Methods() (token, hostProof, ekAllow authn.Method) {
+	return tokenMethod{s}, hostProofMethod{s}, ekAllowMethod{s}
+}
+
+// tokenMethod: CONNECT with a join token.
+type tokenMethod struct{ s *Service }
+
+func (tokenMethod) Match(co *jwt.ConnectOptions) bool { return co.Token != "" }
+
+func (m tokenMethod) Authorize(ctx context.Context, r *authn.Request) (*jwt.UserClaims, error) {
+	r.Event.Kind = "connect.enroll"
+	t, _, err := m.s.lookupToken(ctx, r.Claims.ConnectOptions.Token)
+	if err != nil {
+		return nil, err
+	}
+	r.Event.Reason = "join token " + t.ID
+	return m.s.sessionUser(r.Claims, "enroll-token-"+t.ID), nil
+}
+
+// hostProofMethod: CONNECT as host:<id> with its activation secret, to wait
+// for approval and register its own credential.
+type hostProofMethod struct{ s *Service }
+
+func (hostProofMethod) Match(co *jwt.ConnectOptions) bool {
+	return strings.HasPrefix(co.Username, api.HostUserPrefix)
+}
+
+func (m hostProofMethod) Authorize(ctx context.Context, r *authn.Request) (*jwt.UserClaims, error) {
+	co := r.Claims.ConnectOptions
+	id := strings.TrimPrefix(co.Username, api.HostUserPrefix)
+	r.Event.Kind, r.Event.Host = "connect.enroll", id
+	if err := m.s.checkHostProof(ctx, id, co.Password); err != nil {
+		return nil, err
+	}
+	return m.s.sessionUser(r.Claims, "enroll-host-"+id), nil
+}
+
+// ekAllowMethod: CONNECT as ek:<hash> of an allow-listed EK.
+type ekAllowMethod struct{ s *Service }
+
+func (ekAllowMethod) Match(co *jwt.ConnectOptions) bool {
+	return strings.HasPrefix(co.Username, api.EKUserPrefix)
+}
+
+func (m ekAllowMethod) Authorize(ctx context.Context, r *authn.Request) (*jwt.UserClaims, error) {
+	hash := strings.TrimPrefix(r.Claims.ConnectOptions.Username, api.EKUserPrefix)
+	r.Event.Kind, r.Event.EKHash = "connect.enroll", hash
+	_, _, err := store.Get[record.EKAllow](ctx, m.s.cfg.Store.EKAllow, hash)
+	if errors.Is(err, api.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s", api.ErrNotAllowed, hash)
+	}
+	if err != nil {
+		return nil, err // the store failing is not a refusal of the EK
+	}
+	return m.s.sessionUser(r.Claims, "enroll-ek-"+hash[:min(12, len(hash))]), nil
+}
+
+// sessionUser may call the enrollment and registration endpoints and
+// receive replies, nothing else, for SessionTTL.
+func (s *Service) sessionUser(rc *jwt.AuthorizationRequestClaims, name string) *jwt.UserClaims {
+	uc := jwt.NewUserClaims(rc.UserNkey)
+	uc.Audience = keys.AccountApp
+	uc.Name = name
+	uc.Expires = time.Now().Add(s.cfg.SessionTTL).Unix()
+	uc.Pub.Allow.Add("tpmauthn.v1.enroll.>", "tpmauthn.v1.register.>")
+	uc.Sub.Allow.Add("_INBOX.>")
+	uc.Limits.Subs = 10
+	uc.Limits.Payload = 64 * 1024
+	return uc
+}

@@ -1,0 +1,53 @@
+package verifier
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// Close waits for every goroutine the verifier started, the embedded
+// server's included: none is left once it returns, whether Start succeeded
+// or failed, and a second Close does nothing. Start's ctx bounds start-up
+// only: a verifier started with a short deadline keeps serving after it.
+func TestCloseLeavesNoGoroutine(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a verifier with an embedded nats-server (skipped under -short)")
+	}
+	ignore := goleak.IgnoreCurrent()
+	v, err := New(Config{DataDir: t.TempDir(), NATSListen: "127.0.0.1:-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	if err := v.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cancel() // the caller's deadline for start-up is over: the verifier serves on
+	if err := v.nc.Flush(); err != nil || v.callout == nil || v.Served() != 0 {
+		t.Fatalf("after Start's ctx ended: %v", err)
+	}
+	v.Close()
+	v.Close()
+	if err := goleak.Find(ignore); err != nil {
+		t.Fatalf("goroutines left after Close: %v", err)
+	}
+
+	// A start that fails at its last step (the metrics address is bad),
+	// with everything else started, undoes all of it.
+	ignore = goleak.IgnoreCurrent()
+	bad, err := New(Config{DataDir: t.TempDir(), NATSListen: "127.0.0.1:-1", MetricsListen: "127.0.0.1:-5"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bad.Start(context.Background()); err == nil {
+		bad.Close()
+		t.Fatal("started with a metrics address that cannot be listened on")
+	}
+	bad.Close()
+	if err := goleak.Find(ignore); err != nil {
+		t.Fatalf("goroutines left after a failed Start: %v", err)
+	}
+}

@@ -1,0 +1,96 @@
+// Package metrics is the verifier's Prometheus instrumentation: a registry
+// of its own (not the global one) with the request, decision, enrollment,
+// registration, tamper and audit series every room of the verifier reports
+// to.
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tpmauthn/tpmauthn/api"
+)
+
+// Metrics are one verifier's series.
+type Metrics struct {
+	reg           *prometheus.Registry
+	requests      *prometheus.CounterVec
+	latency       *prometheus.HistogramVec
+	enrollments   *prometheus.CounterVec
+	registrations *prometheus.CounterVec
+	tamper        *prometheus.CounterVec
+	auditAppend   prometheus.Histogram
+	shed          prometheus.Counter
+}
+
+// New makes the series and registers them with the Go and process
+// collectors.
+func New() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tpmauthn_requests_total", Help: "Requests answered, by endpoint and result (ok or an error code).",
+		}, []string{"endpoint", "result"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "tpmauthn_request_duration_seconds", Help: "Time to answer a request, by endpoint.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+		}, []string{"endpoint"}),
+		enrollments: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tpmauthn_enrollments_total", Help: "Host enrollments completed or refused, by result.",
+		}, []string{"result"}),
+		registrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tpmauthn_registrations_total", Help: "Credential registrations completed or refused, by result.",
+		}, []string{"result"}),
+		tamper: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tpmauthn_tamper_signals_total", Help: "Tamper signals (alerts), by kind.",
+		}, []string{"kind"}),
+		shed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tpmauthn_callouts_shed_total", Help: "Callout requests dropped because the server had stopped waiting for them.",
+		}),
+		auditAppend: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "tpmauthn_audit_append_seconds", Help: "Time to chain, sign and append one stream message of audit events (one or more).",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .1},
+		}),
+	}
+	m.reg.MustRegister(m.requests, m.latency, m.enrollments, m.registrations, m.tamper, m.auditAppend, m.shed,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+// Observe records one request's outcome: result is "ok", an error code
+// (api.Code*) or "denied" (a refused connect).
+func (m *Metrics) Observe(subject, result string, took time.Duration) {
+	refused := result != "ok"
+	m.requests.WithLabelValues(subject, result).Inc()
+	m.latency.WithLabelValues(subject).Observe(took.Seconds())
+	switch subject {
+	case api.SubjectEnrollBegin:
+		if refused { // a refusal at begin is a refused enrollment
+			m.enrollments.WithLabelValues(result).Inc()
+		}
+	case api.SubjectEnrollFinish:
+		m.enrollments.WithLabelValues(result).Inc()
+	case api.SubjectRegisterFinish:
+		m.registrations.WithLabelValues(result).Inc()
+	}
+}
+
+// WatchAuditBacklog exports the events recorded but not yet appended: a
+// backlog that keeps growing means the audit trail is falling behind.
+func (m *Metrics) WatchAuditBacklog(backlog func() int) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tpmauthn_audit_backlog", Help: "Audit events recorded but not yet appended to the stream.",
+	}, func() float64 { return float64(backlog()) }))
+}
+
+// Registry is where the series are registered (served at /metrics).
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Tamper counts a tamper signal of kind.
+func (m *Metrics) Tamper(kind string) { m.tamper.WithLabelValues(kind).Inc() }
+
+// Shed counts a callout dropped unanswered (the server stopped waiting).
+func (m *Metrics) Shed() { m.shed.Inc() }
+
+// AuditAppended records how long one audit append took.
+func (m *Metrics) AuditAppended(d time.Duration) { m.auditAppend.Observe(d.Seconds()) }

@@ -1,0 +1,116 @@
+package natsapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/verifier/auditlog"
+	"github.com/tpmauthn/tpmauthn/verifier/internal/testenv"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
+)
+
+func TestAuditWaitFreesTheWorkerSlot(t *testing.T) {
+	e := testenv.New(t)
+	srv := New(Config{Conn: e.NC, Workers: 1, Trail: e.Trail, Metrics: nopMetrics{}})
+	defer srv.Close()
+	type answer struct {
+		subj string
+		at   time.Time
+	}
+	answers := make(chan answer, 2)
+	// One subscription: answers are seen in the order they were sent.
+	if _, err := e.NC.Subscribe("test.>", func(m *nats.Msg) { answers <- answer{m.Subject, time.Now()} }); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.NC.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	e.Trail.Record(audit.Event{Kind: "connect", Result: "allow"}) // the stream holds at least one message
+	e.Audit.Flush()
+	setMaxMsgs := func(full bool) {
+		stream, err := e.JS.Stream(t.Context(), auditlog.Stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := stream.Info(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := info.Config
+		cfg.MaxMsgs = -1
+		if full {
+			cfg.MaxMsgs = int64(info.State.Msgs) // and takes no more (DiscardNew)
+		}
+		if _, err := e.JS.UpdateStream(t.Context(), cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setMaxMsgs(true)
+	defer setMaxMsgs(false) // so that Close can append what waits
+
+	action := srv.Handle("test.action", func(ctx context.Context, _ []byte) (any, error) {
+		e.Trail.RecordNow(ctx, audit.Event{Kind: "token.create", Result: "ok", Actor: "operator"})
+		return "done", nil
+	})
+	read := srv.Handle("test.read", func(context.Context, []byte) (any, error) { return "read", nil })
+	start := time.Now()
+	action(fakeRequest{reply: "test.action"})
+	read(fakeRequest{reply: "test.read"}) // takes the only slot once the action gives it back
+	first, second := <-answers, <-answers
+	if first.subj != "test.read" || first.at.Sub(start) > auditlog.WaitLimit/2 {
+		t.Fatalf("first answer: %s after %v; the read should answer at once: the operator action held the only worker slot while it waited for the audit trail",
+			first.subj, first.at.Sub(start))
+	}
+	if second.subj != "test.action" || second.at.Sub(start) < auditlog.WaitLimit {
+		t.Fatalf("second answer %s after %v: the action should answer once its wait (%v) is over", second.subj, second.at.Sub(start), auditlog.WaitLimit)
+	}
+}
+
+// fakeRequest is a micro.Request for calling a handler directly.
+type fakeRequest struct{ reply string }
+
+func (fakeRequest) Respond([]byte, ...micro.RespondOpt) error               { return nil }
+func (fakeRequest) RespondJSON(any, ...micro.RespondOpt) error              { return nil }
+func (fakeRequest) Error(string, string, []byte, ...micro.RespondOpt) error { return nil }
+func (fakeRequest) Data() []byte                                            { return nil }
+func (fakeRequest) Headers() micro.Headers                                  { return nil }
+func (fakeRequest) Subject() string                                         { return "test" }
+func (r fakeRequest) Reply() string                                         { return r.reply }
+
+type nopMetrics struct{}
+
+func (nopMetrics) Observe(string, string, time.Duration) {}
+
+// Code: the first api.Error an error wraps names its code; the libraries'
+// errors map to theirs; anything else is internal and says nothing more.
+func TestCode(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		code string
+		msg  string
+	}{
+		{"sentinel", api.ErrTokenInvalid, api.CodeTokenInvalid, api.ErrTokenInvalid.Message},
+		{"wrapped", fmt.Errorf("%w: token abc is used", api.ErrTokenInvalid), api.CodeTokenInvalid, api.ErrTokenInvalid.Message},
+		{"outer wins", fmt.Errorf("%w: %w", api.ErrBadRequest, api.ErrNotFound), api.CodeBadRequest, "bad request"},
+		{"unavailable", fmt.Errorf("%w: hosts get h-1: nats: timeout", api.ErrUnavailable), api.CodeUnavailable, api.ErrUnavailable.Message},
+		{"attestation", fmt.Errorf("x: %w", attestation.ErrEKUntrusted), api.CodeEKUntrusted, attestation.ErrEKUntrusted.Error()},
+		{"transition", fmt.Errorf("x: %w", record.ErrTransition), api.CodeBadRequest, record.ErrTransition.Error()},
+		{"other", errors.New("secret detail"), api.CodeInternal, "internal error"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, msg := Code(tc.err)
+			if code != tc.code || msg != tc.msg {
+				t.Fatalf("Code(%v) = %s, %q; want %s, %q", tc.err, code, msg, tc.code, tc.msg)
+			}
+		})
+	}
+}

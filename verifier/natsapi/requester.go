@@ -1,0 +1,42 @@
+package natsapi
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+
+	"github.com/nats-io/nats.go/micro"
+)
+
+// The workload account imports the verifier's service with share: true, so
+// nats-server adds the requester's identity (its session's name and tags,
+// which the callout set) to each request in the Nats-Request-Info header.
+// The server writes it; a client cannot forge it.
+
+type requesterKey struct{}
+
+type requester struct {
+	Account string   `json:"acc"`
+	Name    string   `json:"name"`
+	Tags    []string `json:"tags"`
+}
+
+func withRequester(ctx context.Context, h micro.Headers) context.Context {
+	raw := h.Get("Nats-Request-Info")
+	if raw == "" {
+		return ctx
+	}
+	var r requester
+	if json.Unmarshal([]byte(raw), &r) != nil {
+		return ctx
+	}
+	return context.WithValue(ctx, requesterKey{}, &r)
+}
+
+// RequesterIsHost reports whether the request came from a session of host
+// id (its agent's own credential: the callout tags it host:<id>). Without
+// the header (the verifier's own account, tests) it fails closed.
+func RequesterIsHost(ctx context.Context, id string) bool {
+	r, ok := ctx.Value(requesterKey{}).(*requester)
+	return ok && slices.Contains(r.Tags, "host:"+id)
+}

@@ -1,0 +1,264 @@
+// Package policy maps workloads to NATS permissions: bindings grant roles to
+// a workload by its host's roles and tags and its name, and roles say which
+// subjects it may publish and subscribe to ({{host}}, {{workload}} and
+// {{credential}} expanded per session). Source re-reads the policy file when
+// it changes; a file that fails to parse keeps the last good policy.
+package policy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/jwt/v2"
+	"go.yaml.in/yaml/v3"
+)
+
+// Policy maps workloads to NATS permissions: bindings grant roles to a
+// workload according to its host's roles and tags and its name; roles say
+// which subjects may be published and subscribed. Subjects may use the
+// templates {{host}}, {{workload}} and {{credential}}.
+type Policy struct {
+	SessionTTL time.Duration   `yaml:"session_ttl"`
+	Roles      map[string]Role `yaml:"roles"`
+	Bindings   []Binding       `yaml:"bindings"`
+}
+
+// Role is a set of permissions.
+type Role struct {
+	Publish   Subjects  `yaml:"publish"`
+	Subscribe Subjects  `yaml:"subscribe"`
+	Response  *Response `yaml:"response"`
+	Limits    *Limits   `yaml:"limits"`
+}
+
+// Subjects are allow and deny lists (deny wins, as in nats-server).
+type Subjects struct {
+	Allow []string `yaml:"allow"`
+	Deny  []string `yaml:"deny"`
+}
+
+// Response lets a workload reply to requests it received.
+type Response struct {
+	MaxMsgs int           `yaml:"max_msgs"`
+	Expires time.Duration `yaml:"expires"`
+}
+
+// Limits bound a session; zero means no limit.
+type Limits struct {
+	Subs    int64 `yaml:"subs"`
+	Payload int64 `yaml:"payload"`
+	Data    int64 `yaml:"data"`
+}
+
+// Binding grants Roles to workloads whose host has any of HostRoles (or any
+// host, if empty) and all of HostTags, and whose name is in Workloads ("*"
+// for any; empty means any).
+type Binding struct {
+	HostRoles []string `yaml:"host_roles"`
+	HostTags  []string `yaml:"host_tags"`
+	Workloads []string `yaml:"workloads"`
+	Roles     []string `yaml:"roles"`
+}
+
+// DefaultSessionTTL is how long a workload session lasts before the client
+// reconnects and the TPM signs a fresh nonce.
+const DefaultSessionTTL = 10 * time.Minute
+
+// Parse decodes a YAML policy strictly and checks that every binding
+// names defined roles.
+func Parse(b []byte) (*Policy, error) {
+	var p Policy
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&p); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	if p.SessionTTL == 0 {
+		p.SessionTTL = DefaultSessionTTL
+	}
+	var errs []error
+	if p.SessionTTL < time.Second || p.SessionTTL > 24*time.Hour {
+		errs = append(errs, fmt.Errorf("policy: session_ttl %v: between 1s and 24h", p.SessionTTL))
+	}
+	for i, b := range p.Bindings {
+		for _, r := range b.Roles {
+			if _, ok := p.Roles[r]; !ok {
+				errs = append(errs, fmt.Errorf("policy: bindings[%d]: role %q is not defined under roles", i, r))
+			}
+		}
+	}
+	for name, r := range p.Roles {
+		for _, s := range slices.Concat(r.Publish.Allow, r.Publish.Deny, r.Subscribe.Allow, r.Subscribe.Deny) {
+			if s == "" || strings.ContainsAny(s, " \t\r\n") {
+				errs = append(errs, fmt.Errorf("policy: role %s: bad subject %q", name, s))
+			}
+		}
+	}
+	return &p, errors.Join(errs...)
+}
+
+// Subject is who a session is for.
+type Subject struct {
+	HostID, Hostname string
+	HostRoles        []string
+	HostTags         []string
+	Workload         string
+	CredentialID     string
+}
+
+// RolesFor returns the roles the bindings grant, sorted and unique.
+func (p *Policy) RolesFor(s Subject) []string {
+	var out []string
+	for _, b := range p.Bindings {
+		if len(b.HostRoles) > 0 && !slices.ContainsFunc(b.HostRoles, func(r string) bool { return slices.Contains(s.HostRoles, r) }) {
+			continue
+		}
+		if !containsAll(s.HostTags, b.HostTags) {
+			continue
+		}
+		if len(b.Workloads) > 0 && !slices.Contains(b.Workloads, "*") && !slices.Contains(b.Workloads, s.Workload) {
+			continue
+		}
+		out = append(out, b.Roles...)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func containsAll(have, want []string) bool {
+	for _, w := range want {
+		if !slices.Contains(have, w) {
+			return false
+		}
+	}
+	return true
+}
+
+// Apply writes the permissions of roles into uc, templates expanded. A
+// template value is a single subject token (IDs and workload names contain
+// no dots or wildcards), so it cannot widen a subject.
+func (p *Policy) Apply(uc *jwt.UserClaims, roles []string, s Subject) {
+	expand := func(in []string) []string {
+		out := make([]string, len(in))
+		for i, x := range in {
+			out[i] = expandPlaceholders(x, s)
+		}
+		return out
+	}
+	for _, name := range roles {
+		role := p.Roles[name]
+		uc.Pub.Allow.Add(expand(role.Publish.Allow)...)
+		uc.Pub.Deny.Add(expand(role.Publish.Deny)...)
+		uc.Sub.Allow.Add(expand(role.Subscribe.Allow)...)
+		uc.Sub.Deny.Add(expand(role.Subscribe.Deny)...)
+		if role.Response != nil {
+			uc.Resp = &jwt.ResponsePermission{MaxMsgs: role.Response.MaxMsgs, Expires: role.Response.Expires}
+		}
+		if l := role.Limits; l != nil {
+			if l.Subs > 0 {
+				uc.Limits.Subs = l.Subs
+			}
+			if l.Payload > 0 {
+				uc.Limits.Payload = l.Payload
+			}
+			if l.Data > 0 {
+				uc.Limits.Data = l.Data
+			}
+		}
+	}
+	// Replies to its own requests.
+	uc.Sub.Allow.Add("_INBOX.>")
+}
+
+// expandPlaceholders replaces {{host}}, {{workload}} and {{credential}} in
+// one pass, left to right, as a strings.Replacer would (a value is never
+// scanned again), without building one per connect (~5 µs of a decision).
+// Most subjects hold no placeholder and are returned as they are.
+func expandPlaceholders(x string, s Subject) string {
+	if !strings.Contains(x, "{{") {
+		return x
+	}
+	phs := [...]struct{ key, val string }{{"{{host}}", s.HostID}, {"{{workload}}", s.Workload}, {"{{credential}}", s.CredentialID}}
+	var b strings.Builder
+next:
+	for i := 0; i < len(x); {
+		if x[i] == '{' {
+			for _, ph := range phs {
+				if strings.HasPrefix(x[i:], ph.key) {
+					b.WriteString(ph.val)
+					i += len(ph.key)
+					continue next
+				}
+			}
+		}
+		b.WriteByte(x[i])
+		i++
+	}
+	return b.String()
+}
+
+// Source reloads the policy file when it changes, checking at most
+// once a second, so a change applies to new sessions without a restart. A
+// policy that fails to parse is logged and the last good one stays.
+type Source struct {
+	path  string
+	mu    sync.Mutex
+	cur   *Policy
+	mod   time.Time
+	next  time.Time
+	onErr func(error)
+}
+
+// NewSource loads the policy at path (empty: a policy that grants nothing)
+// and reports reload failures to onErr.
+func NewSource(path string, onErr func(error)) (*Source, error) {
+	ps := &Source{path: path, onErr: onErr}
+	if path == "" {
+		ps.cur = &Policy{SessionTTL: DefaultSessionTTL}
+		return ps, nil
+	}
+	if err := ps.reload(); err != nil {
+		return nil, err
+	}
+	return ps, nil
+}
+
+func (ps *Source) reload() error {
+	fi, err := os.Stat(ps.path)
+	if err != nil {
+		return fmt.Errorf("policy: %w", err)
+	}
+	if ps.cur != nil && fi.ModTime().Equal(ps.mod) {
+		return nil
+	}
+	b, err := os.ReadFile(ps.path)
+	if err != nil {
+		return fmt.Errorf("policy: %w", err)
+	}
+	p, err := Parse(b)
+	if err != nil {
+		return fmt.Errorf("%s: %w", ps.path, err)
+	}
+	ps.cur, ps.mod = p, fi.ModTime()
+	return nil
+}
+
+// Current returns the policy in force.
+func (ps *Source) Current() *Policy {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.path != "" && time.Now().After(ps.next) {
+		ps.next = time.Now().Add(time.Second)
+		if err := ps.reload(); err != nil && ps.onErr != nil {
+			ps.onErr(err)
+		}
+	}
+	return ps.cur
+}

@@ -1,0 +1,90 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/internal/jstest"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
+)
+
+// A credentials bucket made by an earlier version (history 5) is updated in
+// place by Open: one revision a key, the latest kept.
+func TestCredentialsBucketHistoryUpgraded(t *testing.T) {
+	js := jstest.Start(t)
+	old, err := js.JS.CreateOrUpdateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: BucketCredentials, History: 5, Storage: jetstream.FileStorage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if _, err := old.Put(t.Context(), "c1", fmt.Appendf(nil, `{"v":1,"id":"c1","counter":%d}`, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := Open(t.Context(), js.NC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.Credentials.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.History() != 1 || st.Values() != 1 {
+		t.Fatalf("credentials bucket after Open: history %d, %d values; want 1 and 1", st.History(), st.Values())
+	}
+	e, err := s.Credentials.Get(t.Context(), "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(e.Value(), []byte(`"counter":4`)) {
+		t.Fatalf("the latest revision was not kept: %s", e.Value())
+	}
+}
+
+// Mutate re-reads and re-applies on a conflict, leaves the record as it was
+// when f refuses, and says which outcome is which.
+func TestMutate(t *testing.T) {
+	js := jstest.Start(t)
+	s, err := Open(t.Context(), js.NC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	if err := Create(ctx, s.Credentials, "c1", &record.Credential{V: record.Version, ID: "c1", Status: api.CredentialActive}); err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	c, _, err := Mutate(ctx, s.Credentials, "c1", func(c *record.Credential) error {
+		calls++
+		if calls == 1 { // another writer gets in between the read and the write
+			if _, err := s.Credentials.Put(ctx, "c1", []byte(`{"v":1,"id":"c1","status":"active","counter":7}`)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.Counter++
+		return nil
+	})
+	if err != nil || calls != 2 || c.Counter != 8 {
+		t.Fatalf("after a conflict: %v, %d calls, counter %d; want the change re-applied to the newer record (8)", err, calls, c.Counter)
+	}
+	refused := errors.New("refused")
+	if _, _, err := Mutate(ctx, s.Credentials, "c1", func(c *record.Credential) error { c.Counter = 0; return refused }); !errors.Is(err, refused) {
+		t.Fatalf("f refused: %v", err)
+	}
+	if got, _, _ := Get[record.Credential](ctx, s.Credentials, "c1"); got.Counter != 8 {
+		t.Fatalf("a refused change was written: counter %d", got.Counter)
+	}
+	if _, _, err := Mutate(ctx, s.Credentials, "nope", func(*record.Credential) error { return nil }); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("missing record: %v, want api.ErrNotFound", err)
+	}
+	// The store failing is not a domain answer.
+	js.NC.Close()
+	if _, _, err := Get[record.Credential](ctx, s.Credentials, "c1"); !errors.Is(err, api.ErrUnavailable) || errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("closed connection: %v, want api.ErrUnavailable", err)
+	}
+}

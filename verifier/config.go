@@ -62,6 +62,11 @@ type Config struct {
 	OnDecision func(took time.Duration, err error)
 
 	Logger *slog.Logger
+
+	// Clock is the time of join tokens and of the records operators see
+	// (nil: time.Now): tests move it instead of sleeping. Session JWTs,
+	// certificates and the audit trail keep the real clock.
+	Clock func() time.Time
 }
 
 func (c *Config) setDefaults() {

@@ -268,7 +268,7 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 	alerts := alert.NewPublisher(v.nc, v.trail, v.metrics, v.log)
 	v.enroll = enroll.New(enroll.Config{Store: v.st, EKTrust: v.ekTrust, FleetCA: v.keys.FleetCA, FleetCAKey: v.keys.FleetCAKey,
 		Approval: v.cfg.Approval, AKCertValidity: v.cfg.AKCertValidity, SessionTTL: v.cfg.EnrollSessionTTL,
-		RPID: v.cfg.RPID, Origin: v.cfg.Origin, Trail: v.trail, Alerts: alerts, Logger: v.log})
+		RPID: v.cfg.RPID, Origin: v.cfg.Origin, Trail: v.trail, Alerts: alerts, Logger: v.log, Now: v.cfg.Clock})
 	reg := register.New(register.Config{Fleet: v.fleet, RP: v.rp, RPID: v.cfg.RPID, Origin: v.cfg.Origin,
 		ChallengeTTL: v.cfg.RegisterChallenge, RotationGrace: v.cfg.RotationGrace, MaxAge: v.cfg.CredentialMaxAge,
 		Trail: v.trail, Alerts: alerts, Logger: v.log})
@@ -278,7 +278,7 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 	}
 	adm := admin.New(admin.Config{Fleet: v.fleet, Sessions: v.sessions, Enroll: v.enroll, Trail: v.trail,
 		Version: Version, RPID: v.cfg.RPID, Origin: v.cfg.Origin, Approval: v.cfg.Approval,
-		AuditKey: keys.Public(v.keys.Issuer), EKRoots: ekRoots, Logger: v.log})
+		AuditKey: keys.Public(v.keys.Issuer), EKRoots: ekRoots, Logger: v.log, Now: v.cfg.Clock})
 	v.api = natsapi.New(natsapi.Config{Conn: v.nc, QueueGroup: queueGroup, Version: Version, Workers: v.cfg.Workers,
 		Trail: v.trail, Metrics: v.metrics, Logger: v.log})
 	v.onClose(v.api.Close)

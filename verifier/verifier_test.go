@@ -81,10 +81,10 @@ func TestTokenSingleUse(t *testing.T) {
 }
 
 func TestTokenExpired(t *testing.T) {
-	f := fleettest.New(t)
-	token := f.Token(t, time.Second, "demo")
-	// What is tested is a token past its expiry: wait its TTL out.
-	time.Sleep(1100 * time.Millisecond)
+	clock := &testClock{now: time.Now()}
+	f := fleettest.New(t, func(f *fleettest.Fleet) { f.Config.Clock = clock.Now })
+	token := f.Token(t, time.Hour, "demo")
+	clock.Advance(time.Hour + time.Second) // the token is past its expiry
 	if _, err := f.EnrollSession(token); !errors.Is(err, nats.ErrAuthorization) {
 		t.Fatalf("connect with an expired token: %v, want an authorization violation", err)
 	}
@@ -226,4 +226,22 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
+}
+
+// testClock is a verifier clock the test moves (Config.Clock).
+type testClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
 }

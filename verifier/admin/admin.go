@@ -52,6 +52,8 @@ type Config struct {
 	Version, RPID, Origin, Approval, AuditKey string
 	EKRoots                                   int
 	Logger                                    *slog.Logger
+	// Now is the clock of tokens and records (nil: time.Now).
+	Now func() time.Time
 }
 
 // Service answers the operator API.
@@ -65,6 +67,9 @@ type Service struct {
 func New(cfg Config) *Service {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	return &Service{cfg: cfg, st: cfg.Fleet.Store, log: cfg.Logger}
 }
@@ -124,7 +129,7 @@ func (s *Service) tokenCreate(ctx context.Context, body []byte) (any, error) {
 	}
 	token := tokenPrefix + base64.RawURLEncoding.EncodeToString(raw)
 	h := record.TokenHash(token)
-	now := time.Now().UTC()
+	now := s.cfg.Now().UTC()
 	t := &record.Token{V: record.Version, ID: h[:12], Hash: h, Roles: req.Roles, Tags: req.Tags, Created: now, Expires: now.Add(req.TTL)}
 	if err := store.Create(ctx, s.st.Tokens, h, t); err != nil {
 		return nil, err
@@ -224,7 +229,7 @@ func (s *Service) credentialRotate(ctx context.Context, body []byte) (any, error
 		if c.Status != api.CredentialActive || !c.Retires.IsZero() {
 			return fmt.Errorf("%w: credential %s is %s (replaced: %v)", api.ErrBadRequest, c.ID, c.Status, !c.Retires.IsZero())
 		}
-		c.RotateRequested, c.Updated = true, time.Now().UTC()
+		c.RotateRequested, c.Updated = true, s.cfg.Now().UTC()
 		return nil
 	})
 	if err != nil {
@@ -295,7 +300,7 @@ func (s *Service) ekAllow(ctx context.Context, body []byte) (any, error) {
 	if err := errors.Join(checkNames("role", req.Roles), checkNames("tag", req.Tags)); err != nil {
 		return nil, err
 	}
-	a := &record.EKAllow{V: record.Version, Roles: req.Roles, Tags: req.Tags, Note: req.Note, Created: time.Now().UTC()}
+	a := &record.EKAllow{V: record.Version, Roles: req.Roles, Tags: req.Tags, Note: req.Note, Created: s.cfg.Now().UTC()}
 	if err := store.Create(ctx, s.st.EKAllow, req.EKHash, a); err != nil {
 		return nil, err
 	}
@@ -325,7 +330,7 @@ func (s *Service) status(ctx context.Context, _ []byte) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
+	now := s.cfg.Now()
 	for _, t := range tokens {
 		st.Tokens[t.State(now)]++
 	}
@@ -337,7 +342,7 @@ func (s *Service) status(ctx context.Context, _ []byte) (any, error) {
 // compare-and-set, and its session is kicked).
 func (s *Service) revokeHost(ctx context.Context, id string, status api.HostStatus, reason string) (*record.Host, error) {
 	h, _, err := store.Mutate(ctx, s.st.Hosts, id, func(h *record.Host) error {
-		return h.Transition(status, reason, time.Now())
+		return h.Transition(status, reason, s.cfg.Now())
 	})
 	if err != nil {
 		return nil, err

@@ -61,6 +61,9 @@ type Config struct {
 	Trail                      auditor
 	Alerts                     alerter
 	Logger                     *slog.Logger
+	// Now is the clock of tokens and records (nil: time.Now); session JWTs
+	// and certificates keep the real one, which servers and peers share.
+	Now func() time.Time
 }
 
 // Service enrolls hosts.
@@ -73,6 +76,9 @@ type Service struct {
 func New(cfg Config) *Service {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	return &Service{cfg: cfg, log: cfg.Logger}
 }
@@ -140,7 +146,7 @@ func (s *Service) Begin(ctx context.Context, body []byte) (_ any, err error) {
 	id := attestation.NewTPMIdentity(req.TPM.Manufacturer, req.TPM.VendorString, req.TPM.FirmwareVersion1)
 	sess := record.EnrollSession{
 		V: record.Version, Secret: act.Secret, EKHash: ekHash, AKPublic: akDER,
-		TPM: record.TPMIdent(id), Hostname: req.Hostname, Token: g.tokenHash, Created: time.Now().UTC(),
+		TPM: record.TPMIdent(id), Hostname: req.Hostname, Token: g.tokenHash, Created: s.cfg.Now().UTC(),
 	}
 	sid, err := randomID(16)
 	if err != nil {
@@ -204,8 +210,8 @@ func (s *Service) lookupToken(ctx context.Context, token string) (*record.Token,
 	if err != nil {
 		return nil, 0, err
 	}
-	if t.State(time.Now()) != "valid" {
-		return nil, 0, fmt.Errorf("%w: token %s is %s", api.ErrTokenInvalid, t.ID, t.State(time.Now()))
+	if st := t.State(s.cfg.Now()); st != "valid" {
+		return nil, 0, fmt.Errorf("%w: token %s is %s", api.ErrTokenInvalid, t.ID, st)
 	}
 	return t, rev, nil
 }
@@ -254,7 +260,7 @@ func (s *Service) Finish(ctx context.Context, body []byte) (_ any, err error) {
 		return nil, err
 	}
 	proof := sha256.Sum256(req.Secret)
-	now := time.Now().UTC()
+	now := s.cfg.Now().UTC()
 	h := &record.Host{
 		V: record.Version, ID: hostID, Hostname: sess.Hostname, EKHash: sess.EKHash, AKPublic: sess.AKPublic,
 		TPM: sess.TPM, Roles: g.roles, Tags: g.tags, Status: api.HostPending, Via: g.via(),
@@ -294,10 +300,10 @@ func (s *Service) consumeGrant(ctx context.Context, sess *record.EnrollSession, 
 		return &grant{roles: a.Roles, tags: a.Tags}, nil
 	}
 	t, _, err := store.Mutate(ctx, s.cfg.Store.Tokens, sess.Token, func(t *record.Token) error {
-		if st := t.State(time.Now()); st != "valid" {
+		if st := t.State(s.cfg.Now()); st != "valid" {
 			return fmt.Errorf("%w: token %s is %s", api.ErrTokenInvalid, t.ID, st)
 		}
-		t.UsedBy, t.UsedAt = hostID, time.Now().UTC()
+		t.UsedBy, t.UsedAt = hostID, s.cfg.Now().UTC()
 		return nil
 	})
 	if errors.Is(err, api.ErrNotFound) {
@@ -325,7 +331,7 @@ func (s *Service) Activate(h *record.Host, by string) error {
 	if err != nil {
 		return err
 	}
-	if err := h.Transition(api.HostActive, "", time.Now()); err != nil {
+	if err := h.Transition(api.HostActive, "", s.cfg.Now()); err != nil {
 		return err
 	}
 	h.AKCert, h.ApprovedBy = der, by

@@ -2,6 +2,7 @@ package sessions
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/internal/eventually"
 	"github.com/tpmauthn/tpmauthn/verifier/internal/testenv"
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
@@ -108,26 +110,25 @@ func TestShutdownEventEndsSessions(t *testing.T) {
 	if err := e.NC.Publish("$SYS.SERVER.NGONE.SHUTDOWN", body); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(5 * time.Second); !s.index.ended(gone); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the shutdown event did not end the server's session")
+	eventually.Until(t, 5*time.Second, func() error {
+		if !s.index.ended(gone) {
+			return errors.New("the shutdown event did not end the server's session")
 		}
-	}
+		return nil
+	})
 	if s.index.ended(other) {
 		t.Fatal("another server's session was ended")
 	}
 	// The session granted here gets its end audited (the server sends no
 	// disconnect event for it).
 	var last audit.Event
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	eventually.Until(t, 5*time.Second, func() error {
 		var err error
-		if last, err = e.LastEvent(t); err == nil && last.Kind == "disconnect" {
-			break
+		if last, err = e.LastEvent(t); err == nil && last.Kind != "disconnect" {
+			err = fmt.Errorf("no disconnect event audited for the granted session; last event %+v", last)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no disconnect event audited for the granted session; last event %+v", last)
-		}
-	}
+		return err
+	})
 	if last.Credential != "cred-x" || last.Client != 8 || last.Server != "NGONE" || last.Reason != "Server Shutdown" {
 		t.Fatalf("last audit event %+v: want the shutdown's end of cred-x's session 8", last)
 	}
@@ -160,17 +161,18 @@ func TestSessionEndFromAnotherInstance(t *testing.T) {
 	publish(12, api.HostUserPrefix+"h-2")
 	publish(13, "[REDACTED]")
 	var ends []audit.Event
-	for deadline := time.Now().Add(5 * time.Second); len(ends) < 3; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of 3 session ends audited", len(ends))
-		}
+	eventually.Until(t, 5*time.Second, func() error {
 		ends = ends[:0]
 		for _, ev := range e.Events(t) {
 			if ev.Kind == "disconnect" {
 				ends = append(ends, ev)
 			}
 		}
-	}
+		if len(ends) < 3 {
+			return fmt.Errorf("%d of 3 session ends audited", len(ends))
+		}
+		return nil
+	})
 	slices.SortFunc(ends, func(a, b audit.Event) int { return int(a.Client) - int(b.Client) })
 	w := ends[0]
 	if w.Credential != "CRED1" || w.Host != "h-1" || w.Workload != "billing" || w.ClientAddr != "10.0.0.7" ||

@@ -2,6 +2,7 @@ package verifier
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,8 +30,17 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 	if err := v.nc.Flush(); err != nil || v.callout == nil || v.Served() != 0 {
 		t.Fatalf("after Start's ctx ended: %v", err)
 	}
-	v.Close()
-	v.Close()
+	// Two Closes at once: each returns only once shutdown is complete.
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			v.Close()
+			if v.srv.Running() || v.audit.FlushWithin(time.Millisecond) {
+				t.Error("a Close returned before the shutdown was complete")
+			}
+		})
+	}
+	wg.Wait()
 	if err := goleak.Find(ignore); err != nil {
 		t.Fatalf("goroutines left after Close: %v", err)
 	}

@@ -65,9 +65,10 @@ type Verifier struct {
 	callout    *callout.Server
 	metricsSrv *promserve.Server
 
-	mu       sync.Mutex
-	cleanups []func() // what Start started, undone in reverse by Close
-	closed   bool
+	mu        sync.Mutex
+	cleanups  []func() // what Start started, undone in reverse by Close
+	closed    bool     // Close has begun: a step finishing now is undone at once
+	closeOnce sync.Once
 }
 
 // New loads (or creates) the key material and trust configuration.
@@ -139,11 +140,17 @@ func (v *Verifier) Start(ctx context.Context) error {
 	return nil
 }
 
-// onClose registers what Close must undo for a step that succeeded.
+// onClose registers what Close must undo for a step that succeeded (at
+// once if Close has begun).
 func (v *Verifier) onClose(f func()) {
 	v.mu.Lock()
-	defer v.mu.Unlock()
+	if v.closed {
+		v.mu.Unlock()
+		f()
+		return
+	}
 	v.cleanups = append(v.cleanups, f)
+	v.mu.Unlock()
 }
 
 func (v *Verifier) startServer(context.Context) error {
@@ -303,7 +310,7 @@ func (v *Verifier) serveCallout(context.Context) error {
 	var methods authn.Registry
 	token, hostProof, ekAllow := v.enroll.Methods()
 	methods.Add(token, workload.New(workload.Config{Fleet: v.fleet, Sessions: v.sessions, Policy: v.policy,
-		RPID: v.cfg.RPID, Origin: v.cfg.Origin, Alerts: alerts, Logger: v.log}), hostProof, ekAllow)
+		RPID: v.cfg.RPID, Origin: v.cfg.Origin, RotationGrace: v.cfg.RotationGrace, Alerts: alerts, Logger: v.log}), hostProof, ekAllow)
 	co, err := callout.New(callout.Config{Conn: v.nc, QueueGroup: queueGroup, Issuer: v.keys.Issuer, XKey: v.keys.XKey,
 		Decider: &methods, Trail: v.trail, Metrics: v.metrics, Workers: v.cfg.Workers, OnDecision: v.cfg.OnDecision, Logger: v.log})
 	if err != nil {
@@ -379,15 +386,18 @@ func (v *Verifier) Run(ctx context.Context) error {
 // Close stops serving, waits for the requests in flight and for every
 // goroutine the verifier started, appends what the audit trail holds, and
 // stops the embedded server: what Start did, undone in reverse. It may be
-// called more than once, and after a failed Start.
+// called more than once (every call returns once shutdown is complete), and
+// after a failed Start.
 func (v *Verifier) Close() {
-	v.mu.Lock()
-	cleanups := v.cleanups
-	v.cleanups, v.closed = nil, true
-	v.mu.Unlock()
-	for i := len(cleanups) - 1; i >= 0; i-- {
-		cleanups[i]()
-	}
+	v.closeOnce.Do(func() {
+		v.mu.Lock()
+		cleanups := v.cleanups
+		v.cleanups, v.closed = nil, true
+		v.mu.Unlock()
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+	})
 }
 
 // drained drains nc (its handlers finish what they were given; no more

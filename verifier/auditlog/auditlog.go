@@ -25,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -52,6 +53,7 @@ type Log struct {
 	head     audit.Head // the last event's number and hash
 	appended func(time.Duration)
 	stopped  chan struct{} // closed when run returns
+	closing  sync.Once
 	// collecting is how many events run has taken from ch for the batch it
 	// is collecting or appending (the backlog counts them too).
 	collecting atomic.Int64
@@ -181,15 +183,18 @@ func (a *Log) FlushWithin(d time.Duration) bool {
 var closeWait = 10 * time.Second
 
 // Close appends what is queued (waiting at most closeWait), stops the
-// writer and waits for it. Events recorded after Close are dropped.
+// writer and waits for it. Events recorded after Close are dropped. A second
+// Close waits for the first.
 func (a *Log) Close() {
 	if a == nil {
 		return
 	}
-	if !a.FlushWithin(closeWait) {
-		a.log.Error("audit: closing with events not appended", "queued", a.Backlog())
-	}
-	close(a.done)
+	a.closing.Do(func() {
+		if !a.FlushWithin(closeWait) {
+			a.log.Error("audit: closing with events not appended", "queued", a.Backlog())
+		}
+		close(a.done)
+	})
 	<-a.stopped
 }
 

@@ -209,3 +209,28 @@ func TestAuditCloseOnAFullStream(t *testing.T) {
 		t.Fatal("Close hangs on an audit stream that refuses appends")
 	}
 }
+
+// Close twice (or from two goroutines) is safe, and both wait.
+func TestCloseTwice(t *testing.T) {
+	e := newEnv(t)
+	a, err := Open(t.Context(), e.js, e.key, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Record(audit.Event{Kind: "connect", Result: "allow"})
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			a.Close()
+			select {
+			case <-a.stopped:
+			default:
+				t.Error("Close returned before the writer stopped")
+			}
+		})
+	}
+	wg.Wait()
+	if n := a.Backlog(); n != 0 {
+		t.Fatalf("%d events left unappended after Close", n)
+	}
+}

@@ -234,8 +234,10 @@ func (s *Server) handle(m *nats.Msg, arrived time.Time) {
 		return
 	}
 	deadline := arrived.Add(calloutBudget)
-	if rc.Expires != 0 && time.Unix(rc.Expires, 0).Before(deadline) {
-		deadline = time.Unix(rc.Expires, 0)
+	// Expires is in whole seconds, rounded down: the server waits until up
+	// to a second after it.
+	if exp := time.Unix(rc.Expires+1, 0); rc.Expires != 0 && exp.Before(deadline) {
+		deadline = exp
 	}
 	ctx, cancel := context.WithDeadline(s.ctx, deadline)
 	defer cancel()
@@ -349,10 +351,10 @@ type preparedGrant struct {
 
 func (s *Server) prepareGrant(rc *jwt.AuthorizationRequestClaims, uc *jwt.UserClaims, serverXKey string) *preparedGrant {
 	p := &preparedGrant{uc: uc, done: make(chan struct{})}
-	go func() {
+	s.wg.Go(func() { // a worker is counted meanwhile: Close waits for this too
 		defer close(p.done)
 		p.out, p.err = s.encodeResponse(rc, uc, serverXKey)
-	}()
+	})
 	return p
 }
 

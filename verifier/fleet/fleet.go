@@ -36,8 +36,11 @@ type Fleet struct {
 	hosts hostCache
 	locks credLocks
 	log   *slog.Logger
-	watch jetstream.KeyWatcher
-	wg    sync.WaitGroup
+	// current names each workload's current credential (host.workload ->
+	// credential ID), kept by a watch of the workloads bucket.
+	current sync.Map
+	watches []jetstream.KeyWatcher
+	wg      sync.WaitGroup
 }
 
 // New wraps st; Start loads the hosts and follows their changes.
@@ -45,39 +48,70 @@ func New(st *store.Store, log *slog.Logger) *Fleet {
 	return &Fleet{Store: st, log: log}
 }
 
-// Start loads every host and follows changes to them until Close.
+// Start loads every host and workload index and follows changes to them
+// until Close.
 func (f *Fleet) Start(ctx context.Context) error {
-	// The watch outlives ctx (a caller's deadline for starting up): it ends
-	// with Close.
-	w, err := f.Store.Hosts.WatchAll(context.WithoutCancel(ctx))
+	err := f.watch(ctx, f.Store.Hosts, func(key string, value []byte) {
+		if value == nil {
+			f.hosts.m.Delete(key)
+			return
+		}
+		var h record.Host
+		if json.Unmarshal(value, &h) == nil && h.V == record.Version {
+			f.hosts.m.Store(key, &h)
+		}
+	})
 	if err != nil {
-		return fmt.Errorf("watch hosts: %w", err)
+		return err
 	}
-	f.watch = w
+	return f.watch(ctx, f.Store.Workloads, func(key string, value []byte) {
+		var w record.WorkloadIndex
+		if value == nil || json.Unmarshal(value, &w) != nil || w.V != record.Version {
+			f.current.Delete(key)
+			return
+		}
+		f.current.Store(key, w.Credential)
+	})
+}
+
+// watch follows every key of a bucket (value nil: deleted) until Close. The
+// watch outlives ctx (a caller's deadline for starting up).
+func (f *Fleet) watch(ctx context.Context, kv jetstream.KeyValue, apply func(key string, value []byte)) error {
+	w, err := kv.WatchAll(context.WithoutCancel(ctx))
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", kv.Bucket(), err)
+	}
+	f.watches = append(f.watches, w)
 	f.wg.Go(func() {
 		for e := range w.Updates() {
-			if e == nil {
-				continue // initial values loaded
-			}
-			if e.Operation() != jetstream.KeyValuePut {
-				f.hosts.m.Delete(e.Key())
-				continue
-			}
-			var h record.Host
-			if json.Unmarshal(e.Value(), &h) == nil && h.V == record.Version {
-				f.hosts.m.Store(e.Key(), &h)
+			switch {
+			case e == nil: // initial values loaded
+			case e.Operation() != jetstream.KeyValuePut:
+				apply(e.Key(), nil)
+			default:
+				apply(e.Key(), e.Value())
 			}
 		}
 	})
 	return nil
 }
 
-// Close stops the host watch and waits for it.
+// Close stops the watches and waits for them.
 func (f *Fleet) Close() {
-	if f.watch != nil {
-		_ = f.watch.Stop() // its updates channel closes: the loop ends
+	for _, w := range f.watches {
+		_ = w.Stop() // its updates channel closes: the loop ends
 	}
 	f.wg.Wait()
+}
+
+// CurrentCredential is the workload's current credential as the workload
+// index says (the one a rotation moved it to), if this instance has seen it.
+func (f *Fleet) CurrentCredential(host, workload string) (string, bool) {
+	v, ok := f.current.Load(host + "." + workload)
+	if !ok {
+		return "", false
+	}
+	return v.(string), true
 }
 
 // Host returns a host from the cache, or KV on a miss.

@@ -128,11 +128,16 @@ func (s *Service) Finish(ctx context.Context, body []byte) (_ any, err error) {
 	}
 	key := b64(req.Challenge)
 	ch, rev, err := store.Get[record.Challenge](ctx, s.cfg.Fleet.Store.Challenges, key)
-	if err != nil {
+	if errors.Is(err, api.ErrNotFound) {
 		return nil, api.ErrChallenge
 	}
-	if err := store.Take(ctx, s.cfg.Fleet.Store.Challenges, key, rev); err != nil {
-		return nil, api.ErrChallenge
+	if err != nil {
+		return nil, err // the store failing: the challenge may still be good
+	}
+	if err := store.Take(ctx, s.cfg.Fleet.Store.Challenges, key, rev); errors.Is(err, api.ErrConflict) {
+		return nil, fmt.Errorf("%w: used concurrently", api.ErrChallenge)
+	} else if err != nil {
+		return nil, err
 	}
 	if ch.Host != req.HostID || ch.Workload != req.Workload || time.Now().After(ch.Expires) {
 		return nil, fmt.Errorf("%w: issued for another host or workload, or expired", api.ErrChallenge)

@@ -45,8 +45,10 @@ type Config struct {
 	Policy   *policy.Source
 	RPID     string // the WebAuthn RP ID the assertion's rpIdHash must name
 	Origin   string
-	Alerts   alerter
-	Logger   *slog.Logger
+	// RotationGrace is how long a replaced credential stays valid.
+	RotationGrace time.Duration
+	Alerts        alerter
+	Logger        *slog.Logger
 }
 
 // Method authenticates workload credentials.
@@ -120,6 +122,7 @@ func (m *Method) attempt(ctx context.Context, r *authn.Request, a *attestation.A
 	if err := m.checkStatus(cred, r.Event); err != nil {
 		return nil, err
 	}
+	m.retireIfReplaced(cred)
 	h, err := m.activeHost(ctx, cred.Host)
 	if err != nil {
 		return nil, err
@@ -187,6 +190,21 @@ func (m *Method) checkStatus(cred *record.Credential, ev *audit.Event) error {
 			Server: ev.Server, Client: ev.Client, ClientAddr: ev.ClientAddr, Reason: err.Error()})
 	}
 	return err
+}
+
+// retireIfReplaced gives a credential that is no longer its workload's
+// current one, yet was never retired, its grace period now (written with
+// the connect): a rotation whose last write failed (the store refused the
+// retirement after the workload index had moved) must not leave the
+// replaced credential valid for good.
+func (m *Method) retireIfReplaced(cred *record.Credential) {
+	cur, ok := m.cfg.Fleet.CurrentCredential(cred.Host, cred.Workload)
+	if !ok || cur == cred.ID || !cred.Retires.IsZero() {
+		return
+	}
+	now := time.Now().UTC()
+	cred.Retires, cred.ReplacedBy = now.Add(m.cfg.RotationGrace), cur
+	m.log.Warn("a replaced credential was never retired: it retires now", "credential", cred.ID, "replaced_by", cur, "retires", cred.Retires)
 }
 
 // activeHost requires the credential's host active. A host that cannot be
@@ -276,11 +294,18 @@ func (m *Method) userClaims(rc *jwt.AuthorizationRequestClaims, cred *record.Cre
 	return uc, roles, nil
 }
 
+// quarantineTimeout bounds the quarantine's write.
+const quarantineTimeout = 5 * time.Second
+
 // Quarantine takes one credential out of service after a tamper signal (not
 // its host, not its role), kicks its sessions and raises the alert. Through
 // the state machine: a credential revoked meanwhile stays revoked (a
 // quarantine can be released; a revocation cannot).
 func (m *Method) Quarantine(ctx context.Context, id string, ev *audit.Event, cause error) {
+	// Not on the decision's deadline: a decision made late (a reconnect
+	// storm) must still take the credential out of service.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), quarantineTimeout)
+	defer cancel()
 	c, err := m.cfg.Fleet.SetCredentialStatus(ctx, id, api.CredentialQuarantined, cause.Error(), nil)
 	switch {
 	case errors.Is(err, record.ErrTransition):

@@ -1,15 +1,21 @@
 package workload
 
 import (
+	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/internal/eventually"
 	"github.com/tpmauthn/tpmauthn/verifier/alert"
 	"github.com/tpmauthn/tpmauthn/verifier/internal/testenv"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 	"github.com/tpmauthn/tpmauthn/verifier/sessions"
+	"github.com/tpmauthn/tpmauthn/verifier/store"
 )
 
 // alerts records the alerts raised.
@@ -52,5 +58,56 @@ func TestQuarantineKeepsARevocation(t *testing.T) {
 	}
 	if len(al.kinds) != 3 || al.kinds[1] != alert.CounterRegression {
 		t.Fatalf("alerts %v: want a counter regression for each signal", al.kinds)
+	}
+
+	// A decision made after its client stopped waiting still quarantines.
+	e.PutCredential(t, "cred-late", api.CredentialActive)
+	late, cancel := context.WithCancel(t.Context())
+	cancel()
+	ev := audit.Deny("connect")
+	m.Quarantine(late, "cred-late", &ev, fmt.Errorf("%w: counter 3 equals the last accepted", api.ErrReplay))
+	if got := e.Credential(t, "cred-late").Status; got != api.CredentialQuarantined {
+		t.Fatalf("quarantine on a decision past its deadline: %s", got)
+	}
+}
+
+// A credential its workload index no longer names, yet never retired (the
+// rotation's last write failed), gets its grace period at its next use;
+// the current credential and one already retiring are left as they are.
+func TestRetireIfReplaced(t *testing.T) {
+	e := testenv.New(t)
+	m := New(Config{Fleet: e.Fleet, RotationGrace: 10 * time.Minute, RPID: "tpmauthn.local"})
+	idx := &record.WorkloadIndex{V: record.Version, Credential: "cred-new"}
+	if err := store.Create(t.Context(), e.Store.Workloads, "h-test.w", idx); err != nil {
+		t.Fatal(err)
+	}
+	eventually.Until(t, 5*time.Second, func() error {
+		if cur, _ := e.Fleet.CurrentCredential("h-test", "w"); cur != "cred-new" {
+			return fmt.Errorf("the fleet sees %q as current", cur)
+		}
+		return nil
+	})
+	earlier := time.Now().Add(time.Minute)
+	for _, tc := range []struct {
+		name    string
+		cred    record.Credential
+		retires bool // a new retirement is set
+	}{
+		{"replaced", record.Credential{ID: "cred-old", Host: "h-test", Workload: "w"}, true},
+		{"current", record.Credential{ID: "cred-new", Host: "h-test", Workload: "w"}, false},
+		{"retiring", record.Credential{ID: "cred-older", Host: "h-test", Workload: "w", Retires: earlier}, false},
+		{"other workload", record.Credential{ID: "cred-x", Host: "h-test", Workload: "v"}, false},
+	} {
+		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
+			c := tc.cred
+			before := c.Retires
+			m.retireIfReplaced(&c)
+			if changed := !c.Retires.Equal(before); changed != tc.retires {
+				t.Fatalf("retires %v (was %v), want a new retirement: %v", c.Retires, before, tc.retires)
+			}
+			if tc.retires && (c.ReplacedBy != "cred-new" || time.Until(c.Retires) < 9*time.Minute) {
+				t.Fatalf("replaced by %q, retires %v: want cred-new and the grace period", c.ReplacedBy, c.Retires)
+			}
+		})
 	}
 }

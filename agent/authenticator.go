@@ -250,10 +250,21 @@ func registrationAuthData(c *Credential) ([]byte, error) {
 	return ad.Marshal(), nil
 }
 
-// Assert signs an assertion for challenge with the credential. clientDataJSON
-// names the credential's origin. The counter value is covered by a persisted
-// reservation before the TPM signs.
+// Assert signs an assertion for challenge with the credential, for any
+// relying party: clientDataJSON names the credential's origin. The counter
+// value is covered by a persisted reservation before the TPM signs.
 func (a *Authenticator) Assert(credID, challenge []byte) (*attestation.Assertion, error) {
+	return a.assert(credID, challenge, false)
+}
+
+// AssertForVerifier signs an assertion the tpmauthn verifier will consume (a
+// NATS connect, a rotation proof): clientDataJSON names
+// attestation.VerifierOrigin, which Assert never does.
+func (a *Authenticator) AssertForVerifier(credID, challenge []byte) (*attestation.Assertion, error) {
+	return a.assert(credID, challenge, true)
+}
+
+func (a *Authenticator) assert(credID, challenge []byte, forVerifier bool) (*attestation.Assertion, error) {
 	st, err := a.state(credID)
 	if err != nil {
 		return nil, err
@@ -265,8 +276,14 @@ func (a *Authenticator) Assert(credID, challenge []byte) (*attestation.Assertion
 		return nil, err
 	}
 	cred := st.cred
+	origin := cred.Origin
+	if forVerifier {
+		origin = attestation.VerifierOrigin(cred.RPID)
+	} else if origin == attestation.VerifierOrigin(cred.RPID) {
+		return nil, fmt.Errorf("assert: credential %s names the verifier's own origin %s as its origin: refused", cred.IDString(), origin)
+	}
 	authData := attestation.NewAuthenticatorData(cred.RPID, counter).Marshal()
-	cdj, err := attestation.NewClientDataJSON(attestation.TypeGet, challenge, cred.Origin)
+	cdj, err := attestation.NewClientDataJSON(attestation.TypeGet, challenge, origin)
 	if err != nil {
 		return nil, err
 	}

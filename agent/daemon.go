@@ -490,7 +490,7 @@ func (a *Agent) natsSig(ctx context.Context, workload string, credID, nonce []by
 	var as *attestation.Assertion
 	err := a.queue.Do(ctx, workload, func() error {
 		var err error
-		as, err = a.auth.Assert(credID, attestation.NATSChallenge(nonce))
+		as, err = a.auth.AssertForVerifier(credID, attestation.NATSChallenge(nonce))
 		return err
 	})
 	a.metrics.assertion(workload, "nats", err)

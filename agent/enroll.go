@@ -190,7 +190,7 @@ func (a *Authenticator) RotateWithVerifier(ctx context.Context, nc *nats.Conn, o
 	if err != nil {
 		return nil, time.Time{}, err
 	}
-	proof, err := a.Assert(old.ID, attestation.RotationChallenge(begin.Challenge, cred.ID))
+	proof, err := a.AssertForVerifier(old.ID, attestation.RotationChallenge(begin.Challenge, cred.ID))
 	if err != nil {
 		_ = a.DeleteCredential(cred.ID)
 		return nil, time.Time{}, err

@@ -32,6 +32,17 @@ func NewClientDataJSON(typ string, challenge []byte, origin string) ([]byte, err
 	return json.Marshal(CollectedClientData{Type: typ, Challenge: b64(challenge), Origin: origin})
 }
 
+// VerifierOrigin is the origin of every assertion the tpmauthn verifier
+// consumes (a NATS connect, a rotation proof) for credentials of RP ID rpID.
+// The agent signs for it only on those paths and never at its generic
+// assertion endpoint, which uses the credential's own origin: an assertion
+// obtained from a workload for any other relying party (over any challenge,
+// NATSChallenge(nonce) included) can never be presented to the verifier.
+// The verifier refuses a configured origin equal to it.
+func VerifierOrigin(rpID string) string { return verifierOriginScheme + rpID }
+
+const verifierOriginScheme = "tpmauthn-verifier://"
+
 // NATSChallenge derives the WebAuthn challenge for a NATS connection from the
 // server nonce exactly as the client received it (DESIGN.md flow 3).
 func NATSChallenge(nonce []byte) []byte {

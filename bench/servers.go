@@ -177,7 +177,7 @@ type softCred struct {
 // nkey is how a client of the credential connects: its ID as the nkey, an
 // assertion bundle over the server's nonce as the signature.
 func (c *softCred) nkey() nats.Option {
-	origin := "tpmauthn://" + benchRPID
+	origin := attestation.VerifierOrigin(benchRPID) // what the agent signs NATS connects for
 	return nats.Nkey(b64(c.id), func(nonce []byte) ([]byte, error) {
 		c.mu.Lock()
 		defer c.mu.Unlock()

@@ -69,7 +69,7 @@ func TestRevokeLiveCredential(t *testing.T) {
 // agent's authenticator (the verifier sees the same assertions).
 func credentialOptions(a *agent.Authenticator, id []byte) []nats.Option {
 	return []nats.Option{nats.Nkey(b64url(id), func(nonce []byte) ([]byte, error) {
-		as, err := a.Assert(id, attestation.NATSChallenge(nonce))
+		as, err := a.AssertForVerifier(id, attestation.NATSChallenge(nonce))
 		if err != nil {
 			return nil, err
 		}

@@ -187,7 +187,7 @@ func TestCounterEqualDenied(t *testing.T) {
 	}
 	id, _ := base64.RawURLEncoding.DecodeString(who.CredentialID)
 	signer := nats.Nkey(who.CredentialID, func(nonce []byte) ([]byte, error) {
-		a, err := clone.Assert(id, attestation.NATSChallenge(nonce))
+		a, err := clone.AssertForVerifier(id, attestation.NATSChallenge(nonce))
 		if err != nil {
 			return nil, err
 		}

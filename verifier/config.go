@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/go-webauthn/webauthn/protocol"
+	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/verifier/auditlog"
 )
 
@@ -120,6 +121,9 @@ func (c *Config) Validate() error {
 	}
 	if err := protocol.ValidateRPID(c.RPID); err != nil {
 		errs = append(errs, fmt.Errorf("webauthn.rp_id: %q: a domain name with at least two labels, or localhost", c.RPID))
+	}
+	if c.Origin == attestation.VerifierOrigin(c.RPID) {
+		errs = append(errs, fmt.Errorf("webauthn.origin: %q is reserved for the assertions only the verifier consumes: choose another", c.Origin))
 	}
 	if c.AKCertValidity < time.Hour {
 		errs = append(errs, fmt.Errorf("enrollment.ak_cert_validity: %v, want at least 1h", c.AKCertValidity))

@@ -256,7 +256,7 @@ func (s *Service) checkRotationProof(ctx context.Context, ch *record.Challenge, 
 			return err
 		}
 		counter, err := attestation.VerifyAssertion(proof, pub, attestation.AssertionCheck{
-			RPIDHash: s.rpIDHash, Origin: s.cfg.Origin, Challenge: attestation.RotationChallenge(req.Challenge, newID), RequireUV: true,
+			RPIDHash: s.rpIDHash, Origin: attestation.VerifierOrigin(s.cfg.RPID), Challenge: attestation.RotationChallenge(req.Challenge, newID), RequireUV: true,
 		})
 		if err != nil {
 			return fmt.Errorf("rotation proof: %w", err)

@@ -43,8 +43,9 @@ type Config struct {
 	Fleet    *fleet.Fleet
 	Sessions *sessions.Sessions
 	Policy   *policy.Source
-	RPID     string // the WebAuthn RP ID the assertion's rpIdHash must name
-	Origin   string
+	// RPID is the WebAuthn RP ID the assertion's rpIdHash must name; its
+	// clientDataJSON must name attestation.VerifierOrigin(RPID).
+	RPID string
 	// RotationGrace is how long a replaced credential stays valid.
 	RotationGrace time.Duration
 	Alerts        alerter
@@ -231,7 +232,7 @@ func (m *Method) checkAssertion(ctx context.Context, a *attestation.Assertion, c
 		return err
 	}
 	counter, err := attestation.VerifyAssertion(a, pub, attestation.AssertionCheck{
-		RPIDHash: m.rpIDHash, Origin: m.cfg.Origin, Challenge: attestation.NATSChallenge([]byte(nonce)), RequireUV: true,
+		RPIDHash: m.rpIDHash, Origin: attestation.VerifierOrigin(m.cfg.RPID), Challenge: attestation.NATSChallenge([]byte(nonce)), RequireUV: true,
 	})
 	if err != nil {
 		return err

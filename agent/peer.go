@@ -182,8 +182,13 @@ func (pi *peerIdentifier) startTime(pid int) (uint64, error) {
 	return strconv.ParseUint(f[19], 10, 64)
 }
 
-// systemdUnit returns the service or scope unit of a cgroup v2 path, e.g.
-// 0::/system.slice/billing.service -> billing.service.
+// systemdUnit returns the system unit (service or scope) of a cgroup v2
+// path, e.g. 0::/system.slice/billing.service -> billing.service: the first
+// unit from the root, so that a sub-cgroup a delegated unit makes
+// (/system.slice/ci.service/billing.service) is still that unit's. Nothing
+// under user.slice or a user manager (user@UID.service) is a system unit:
+// any user may create units and cgroups there (systemd-run --user
+// --unit=billing), so a caller there has no unit a selector can trust.
 func systemdUnit(cgroupFile string) string {
 	f, err := os.Open(cgroupFile)
 	if err != nil {
@@ -196,10 +201,12 @@ func systemdUnit(cgroupFile string) string {
 		if !strings.HasPrefix(line, "0::") {
 			continue
 		}
-		parts := strings.Split(strings.TrimPrefix(line, "0::"), "/")
-		for i := len(parts) - 1; i >= 0; i-- {
-			if strings.HasSuffix(parts[i], ".service") || strings.HasSuffix(parts[i], ".scope") {
-				return parts[i]
+		for _, part := range strings.Split(strings.TrimPrefix(line, "0::"), "/") {
+			switch {
+			case part == "user.slice" || strings.HasPrefix(part, "user@"):
+				return ""
+			case strings.HasSuffix(part, ".service") || strings.HasSuffix(part, ".scope"):
+				return part
 			}
 		}
 	}

@@ -26,6 +26,15 @@ type Selector struct {
 	SystemdUnit string  `mapstructure:"systemd_unit" json:"systemd_unit,omitempty"`
 }
 
+// anchored reports whether s names the caller by something it cannot change
+// after connect(): a system unit's cgroup, its uid or gid. The executable is
+// not: a process can connect, hand the socket to a child and exec the named
+// program, keeping its pid (DESIGN.md: an executable is an extra condition,
+// never a boundary within one uid).
+func (s Selector) anchored() bool {
+	return s.UID != nil || s.GID != nil || s.User != "" || s.Group != "" || s.SystemdUnit != ""
+}
+
 func (s Selector) empty() bool {
 	return s.UID == nil && s.GID == nil && s.User == "" && s.Group == "" && s.Exe == "" && s.ExeSHA256 == "" && s.SystemdUnit == ""
 }
@@ -77,8 +86,12 @@ func validateWorkloads(ws []Workload) error {
 			errs = append(errs, fmt.Errorf("workloads[%d]: name %q appears twice", i, w.Name))
 		}
 		seen[w.Name] = true
-		if w.Match.empty() {
-			errs = append(errs, fmt.Errorf("workloads[%d] (%s): match needs at least one of uid, gid, user, group, exe, exe_sha256, systemd_unit", i, w.Name))
+		switch {
+		case w.Match.empty():
+			errs = append(errs, fmt.Errorf("workloads[%d] (%s): match needs at least one of uid, gid, user, group, systemd_unit (exe and exe_sha256 may narrow them)", i, w.Name))
+		case !w.Match.anchored():
+			errs = append(errs, fmt.Errorf("workloads[%d] (%s): exe and exe_sha256 only narrow a selector, they cannot name a caller alone: "+
+				"a process can connect and then exec the named program; add systemd_unit (strongest), uid or user, or gid or group", i, w.Name))
 		}
 	}
 	return errors.Join(errs...)

@@ -19,6 +19,15 @@ const (
 // EKHash of the EK public key.
 const EKUserPrefix = "ek:"
 
+// Tags of the session JWTs the verifier grants ("prefix:value"): servers add
+// them to every request a session makes (Nats-Request-Info), and the
+// endpoints refuse a request outside the session's grant.
+const (
+	TagHost        = "host"         // a host's own session: its agent credential's, or its host proof's
+	TagEnrollToken = "enroll-token" // a join token's enrollment session: the token's hash
+	TagEnrollEK    = "enroll-ek"    // an allow-listed EK's enrollment session: the EK's hash
+)
+
 // AgentWorkload is the reserved workload name of each agent's own host
 // credential: its sessions may only register credentials with the verifier.
 const AgentWorkload = "tpmauthn-agent"

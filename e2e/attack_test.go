@@ -14,6 +14,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/internal/eventually"
 	"github.com/tpmauthn/tpmauthn/internal/fleettest"
+	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
 )
 
 // The attack suite (docs/threat-model.md): each test is one attack as the
@@ -68,3 +69,105 @@ func TestAttackGenericAssertionRelayedAsNATSLogin(t *testing.T) {
 }
 
 var errAttackNotAudited = errors.New("the refused attack is not in the audit trail as a denied connect")
+
+// H4: an EK hash is no secret (the audit trail, alerts and host list print
+// it), yet an ek:<hash> CONNECT of an allow-listed EK opened a session that
+// could call every enrollment and registration endpoint, and the entry was
+// never spent. Now its session may only enroll that EK (which takes the TPM
+// holding it) and the entry is spent by the enrollment.
+func TestAttackEKHashSessionActsForOthers(t *testing.T) {
+	f := fleettest.New(t)
+	own := fleettest.Authenticator(t, f.TPM)
+	victim, err := f.Enroll(t, own, f.Token(t, time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := fleettest.Authenticator(t, swtpmtest.New(t)) // a TPM the attacker does not hold
+	ek, err := other.TPM().EK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash, err := attestation.EKHash(ek.Public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.MustAdmin(t, "ek.allow", api.EKAllowRequest{EKHash: hash, Roles: []string{"edge"}}, nil)
+	violations := make(chan error, 8)
+	nc, err := nats.Connect(f.URL(), nats.UserInfo(api.EKUserPrefix+hash, ""), nats.MaxReconnects(0),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
+	if err != nil {
+		t.Fatalf("allow-listed EK: %v", err)
+	}
+	defer nc.Close()
+	// Registering for another host, or asking after one, is not the
+	// session's to do: the server refuses the publish.
+	for _, subj := range []string{api.SubjectRegisterBegin, api.SubjectEnrollStatus, api.SubjectCredentialStatus} {
+		body, _ := json.Marshal(api.RegisterBeginRequest{HostID: victim.HostID, Workload: "billing"})
+		if _, err := nc.Request(subj, body, 500*time.Millisecond); err == nil {
+			t.Fatalf("%s answered on an EK allow-list session", subj)
+		}
+		select {
+		case err := <-violations:
+			if !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+				t.Fatalf("%s: %v, want a permissions violation", subj, err)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatalf("%s: no permissions violation reported", subj)
+		}
+	}
+	// Nor may it begin enrolling another EK (the victim's TPM) on that grant.
+	_, err = own.Enroll(t.Context(), nc, "", "posing")
+	fleettest.WantCode(t, err, "not_allowed")
+	// The EK's own enrollment still works, once: the entry is spent.
+	if _, err := other.Enroll(t.Context(), nc, "", "edge-1"); err != nil {
+		t.Fatalf("the allow-listed EK's own enrollment: %v", err)
+	}
+	if nc2, err := nats.Connect(f.URL(), nats.UserInfo(api.EKUserPrefix+hash, ""), nats.MaxReconnects(0)); err == nil {
+		nc2.Close()
+		t.Fatal("a spent allow-list entry opened another session")
+	}
+}
+
+// M5: register.begin and register.finish served any session for any host.
+// A join token's session may register only for the host that token
+// enrolled, a host's session only for itself.
+func TestAttackForeignSessionRegistersForHost(t *testing.T) {
+	f := fleettest.New(t)
+	victim, err := f.Enroll(t, fleettest.Authenticator(t, f.TPM), f.Token(t, time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	unused, err := f.EnrollSession(f.Token(t, time.Hour)) // a spare token's session
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unused.Close()
+	code := fleettest.Request(t, unused, api.SubjectRegisterBegin, api.RegisterBeginRequest{HostID: victim.HostID, Workload: "billing"}, nil)
+	if code != "not_found" {
+		t.Fatalf("register.begin for another host on a spare token's session: %q, want not_found", code)
+	}
+	own, err := f.HostSession(victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	if code := fleettest.Request(t, own, api.SubjectRegisterBegin, api.RegisterBeginRequest{HostID: victim.HostID, Workload: "billing"}, nil); code != "" {
+		t.Fatalf("register.begin on the host's own session: %q", code)
+	}
+}
+
+// H4: an offboarded host's proof still opened an enrollment session.
+func TestAttackOffboardedHostProof(t *testing.T) {
+	f := fleettest.New(t)
+	e, err := f.Enroll(t, fleettest.Authenticator(t, f.TPM), f.Token(t, time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.MustAdmin(t, "host.offboard", api.IDRequest{ID: e.HostID, Reason: "decommissioned"}, nil)
+	if nc, err := f.HostSession(e); err == nil {
+		nc.Close()
+		t.Fatal("an offboarded host's proof opened a session")
+	} else if !errors.Is(err, nats.ErrAuthorization) {
+		t.Fatalf("offboarded host proof: %v, want an authorization violation", err)
+	}
+}

@@ -43,7 +43,7 @@ func TestEnrollAndRegister(t *testing.T) {
 		t.Fatalf("host record %+v", h)
 	}
 
-	nc, err := f.EnrollSession(f.Token(t, time.Hour))
+	nc, err := f.HostSession(e)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +175,7 @@ func TestManualApproval(t *testing.T) {
 	if e.Status != api.HostPending || a.AKCertificate() != nil {
 		t.Fatalf("enrollment %+v with AK cert; want pending without", e)
 	}
-	nc, err := f.EnrollSession(f.Token(t, time.Hour))
+	nc, err := f.HostSession(e)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ package fleettest
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/pem"
 	"fmt"
 	"log/slog"
@@ -117,6 +118,15 @@ func (f *Fleet) Token(t testing.TB, ttl time.Duration, roles ...string) string {
 // EnrollSession connects as a join-token holder: an enrollment session.
 func (f *Fleet) EnrollSession(token string, opts ...nats.Option) (*nats.Conn, error) {
 	return nats.Connect(f.URL(), append([]nats.Option{nats.Token(token), nats.Timeout(5 * time.Second), nats.MaxReconnects(0)}, opts...)...)
+}
+
+// HostSession connects as an enrolled host by its host proof (what the agent
+// does to wait for approval and register its credentials): a session that
+// may act for that host only.
+func (f *Fleet) HostSession(e *agent.Enrollment, opts ...nats.Option) (*nats.Conn, error) {
+	proof := base64.RawURLEncoding.EncodeToString(e.Proof)
+	return nats.Connect(f.URL(), append([]nats.Option{nats.UserInfo(api.HostUserPrefix+e.HostID, proof),
+		nats.Timeout(5 * time.Second), nats.MaxReconnects(0)}, opts...)...)
 }
 
 // Enroll enrolls a with token over an enrollment session of its own.

@@ -112,6 +112,18 @@ func (s *Service) Begin(ctx context.Context, body []byte) (_ any, err error) {
 		return nil, fmt.Errorf("%w: %w", api.ErrBadRequest, err)
 	}
 	ev.EKHash = ekHash
+	tokenHash := ""
+	if req.Token != "" {
+		tokenHash = record.TokenHash(req.Token)
+	}
+	if err := requesterBound(ctx, tokenHash, ekHash); err != nil {
+		return nil, err
+	}
+	if _, _, err := store.Get[record.EKEnrollment](ctx, s.cfg.Store.EKs, ekHash); err == nil {
+		return nil, api.ErrAlreadyEnrolled
+	} else if !errors.Is(err, api.ErrNotFound) {
+		return nil, err
+	}
 	g, err := s.authorizeEnrollment(ctx, req.Token, ekHash)
 	if err != nil {
 		return nil, err
@@ -120,11 +132,6 @@ func (s *Service) Begin(ctx context.Context, body []byte) (_ any, err error) {
 		if errors.Is(err, attestation.ErrEKUntrusted) {
 			s.cfg.Alerts.Alert(alert.EKUntrusted, audit.Event{EKHash: ekHash, Reason: err.Error()})
 		}
-		return nil, err
-	}
-	if _, _, err := store.Get[record.EKEnrollment](ctx, s.cfg.Store.EKs, ekHash); err == nil {
-		return nil, api.ErrAlreadyEnrolled
-	} else if !errors.Is(err, api.ErrNotFound) {
 		return nil, err
 	}
 	akParams := attest.AttestationParameters{
@@ -156,6 +163,24 @@ func (s *Service) Begin(ctx context.Context, body []byte) (_ any, err error) {
 		return nil, err
 	}
 	return &api.EnrollBeginResponse{Session: sid, Credential: act.Challenge.Credential, Secret: act.Challenge.Secret}, nil
+}
+
+// requesterBound requires the request to come from the enrollment session
+// of this very grant: the join token's (tokenHash) or, without a token, the
+// allow-listed EK's. A session of one grant cannot spend another, and an EK
+// hash (no secret) only opens a session for enrolling that EK. Without the
+// requester's identity it fails closed.
+func requesterBound(ctx context.Context, tokenHash, ekHash string) error {
+	if tokenHash != "" {
+		if h, ok := natsapi.RequesterTag(ctx, api.TagEnrollToken); ok && subtle.ConstantTimeCompare([]byte(h), []byte(tokenHash)) == 1 {
+			return nil
+		}
+		return fmt.Errorf("%w: this session was not opened with this join token", api.ErrTokenInvalid)
+	}
+	if h, ok := natsapi.RequesterTag(ctx, api.TagEnrollEK); ok && h == ekHash {
+		return nil
+	}
+	return fmt.Errorf("%w: this session was not opened for EK %s", api.ErrNotAllowed, ekHash)
 }
 
 // checkEK requires an EK certificate that chains to a manufacturer root and
@@ -237,6 +262,10 @@ func (s *Service) Finish(ctx context.Context, body []byte) (_ any, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// Only the session that began it may finish (or spend) an enrollment.
+	if err := requesterBound(ctx, sess.Token, sess.EKHash); err != nil {
+		return nil, err
+	}
 	if err := store.Take(ctx, s.cfg.Store.Enroll, req.Session, rev); err != nil {
 		return nil, fmt.Errorf("enrollment session already used: %w", err)
 	}
@@ -290,11 +319,18 @@ func (g *grant) via() string {
 // racing for one token, one wins) or re-checks the allow-list.
 func (s *Service) consumeGrant(ctx context.Context, sess *record.EnrollSession, hostID string) (*grant, error) {
 	if sess.Token == "" {
-		a, _, err := store.Get[record.EKAllow](ctx, s.cfg.Store.EKAllow, sess.EKHash)
+		// An allow-list entry is spent by the enrollment it allowed, like a
+		// join token: re-enrolling the TPM takes an operator's ek allow.
+		a, rev, err := store.Get[record.EKAllow](ctx, s.cfg.Store.EKAllow, sess.EKHash)
 		if errors.Is(err, api.ErrNotFound) {
 			return nil, fmt.Errorf("%w: removed from the allow-list during the enrollment", api.ErrNotAllowed)
 		}
 		if err != nil {
+			return nil, err
+		}
+		if err := store.Take(ctx, s.cfg.Store.EKAllow, sess.EKHash, rev); errors.Is(err, api.ErrConflict) {
+			return nil, fmt.Errorf("%w: allow-list entry used concurrently", api.ErrNotAllowed)
+		} else if err != nil {
 			return nil, err
 		}
 		return &grant{roles: a.Roles, tags: a.Tags}, nil
@@ -378,8 +414,8 @@ func (s *Service) checkHostProof(ctx context.Context, hostID, proofB64 string) e
 	if subtle.ConstantTimeCompare(sum[:], h.ProofHash) != 1 {
 		return fmt.Errorf("%w: wrong proof for host %s", api.ErrNotFound, hostID)
 	}
-	if h.Status == api.HostRevoked {
-		return fmt.Errorf("%w: host %s", api.ErrRevoked, hostID)
+	if h.Status == api.HostRevoked || h.Status == api.HostOffboarded {
+		return fmt.Errorf("%w: host %s is %s", api.ErrRevoked, hostID, h.Status)
 	}
 	return nil
 }

@@ -38,7 +38,9 @@ func (m tokenMethod) Authorize(ctx context.Context, r *authn.Request) (*jwt.User
 		return nil, err
 	}
 	r.Event.Reason = "join token " + t.ID
-	return m.s.sessionUser(r.Claims, "enroll-token-"+t.ID), nil
+	// It enrolls the host, then registers the host's first credential.
+	return m.s.sessionUser(r.Claims, "enroll-token-"+t.ID, api.TagEnrollToken+":"+t.Hash,
+		api.SubjectEnrollBegin, api.SubjectEnrollFinish, "tpmauthn.v1.register.>"), nil
 }
 
 // hostProofMethod: CONNECT as host:<id> with its activation secret, to wait
@@ -56,7 +58,9 @@ func (m hostProofMethod) Authorize(ctx context.Context, r *authn.Request) (*jwt.
 	if err := m.s.checkHostProof(ctx, id, co.Password); err != nil {
 		return nil, err
 	}
-	return m.s.sessionUser(r.Claims, "enroll-host-"+id), nil
+	// It waits for approval and registers its own credentials.
+	return m.s.sessionUser(r.Claims, "enroll-host-"+id, api.TagHost+":"+id,
+		api.SubjectEnrollStatus, "tpmauthn.v1.register.>"), nil
 }
 
 // ekAllowMethod: CONNECT as ek:<hash> of an allow-listed EK.
@@ -76,17 +80,22 @@ func (m ekAllowMethod) Authorize(ctx context.Context, r *authn.Request) (*jwt.Us
 	if err != nil {
 		return nil, err // the store failing is not a refusal of the EK
 	}
-	return m.s.sessionUser(r.Claims, "enroll-ek-"+hash[:min(12, len(hash))]), nil
+	// An EK hash is no secret (audit, alerts and host list print it): its
+	// session may only enroll that very EK, which takes the TPM holding it
+	// (credential activation), and nothing else.
+	return m.s.sessionUser(r.Claims, "enroll-ek-"+hash[:min(12, len(hash))], api.TagEnrollEK+":"+hash,
+		api.SubjectEnrollBegin, api.SubjectEnrollFinish), nil
 }
 
-// sessionUser may call the enrollment and registration endpoints and
-// receive replies, nothing else, for SessionTTL.
-func (s *Service) sessionUser(rc *jwt.AuthorizationRequestClaims, name string) *jwt.UserClaims {
+// sessionUser may call the given endpoints and receive replies, nothing
+// else, for SessionTTL; tag binds it to its grant.
+func (s *Service) sessionUser(rc *jwt.AuthorizationRequestClaims, name, tag string, subjects ...string) *jwt.UserClaims {
 	uc := jwt.NewUserClaims(rc.UserNkey)
 	uc.Audience = keys.AccountApp
 	uc.Name = name
 	uc.Expires = time.Now().Add(s.cfg.SessionTTL).Unix()
-	uc.Pub.Allow.Add("tpmauthn.v1.enroll.>", "tpmauthn.v1.register.>")
+	uc.Tags.Add(tag)
+	uc.Pub.Allow.Add(subjects...)
 	uc.Sub.Allow.Add("_INBOX.>")
 	uc.Limits.Subs = 10
 	uc.Limits.Payload = 64 * 1024

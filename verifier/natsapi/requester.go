@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"slices"
+	"strings"
 
 	"github.com/nats-io/nats.go/micro"
 )
@@ -31,6 +32,22 @@ func withRequester(ctx context.Context, h micro.Headers) context.Context {
 		return ctx
 	}
 	return context.WithValue(ctx, requesterKey{}, &r)
+}
+
+// RequesterTag returns the value of the requester's session tag prefix:value
+// (the callout's tags: host:<id>, enroll-token:<hash>, enroll-ek:<hash>),
+// and false without one (or without the header: fail closed).
+func RequesterTag(ctx context.Context, prefix string) (string, bool) {
+	r, ok := ctx.Value(requesterKey{}).(*requester)
+	if !ok {
+		return "", false
+	}
+	for _, t := range r.Tags {
+		if v, ok := strings.CutPrefix(t, prefix+":"); ok {
+			return v, true
+		}
+	}
+	return "", false
 }
 
 // RequesterIsHost reports whether the request came from a session of host

@@ -87,6 +87,9 @@ func (s *Service) Begin(ctx context.Context, body []byte) (any, error) {
 	if !workloadName.MatchString(req.Workload) {
 		return nil, fmt.Errorf("%w: workload name %q: use letters, digits, '-' and '_' (at most 63)", api.ErrBadRequest, req.Workload)
 	}
+	if err := s.requesterIsHost(ctx, req.HostID); err != nil {
+		return nil, err
+	}
 	if _, err := s.cfg.Fleet.ActiveHost(ctx, req.HostID); err != nil {
 		return nil, err
 	}
@@ -123,6 +126,9 @@ func (s *Service) Finish(ctx context.Context, body []byte) (_ any, err error) {
 		return nil, err
 	}
 	ev.Host, ev.Workload = req.HostID, req.Workload
+	if err := s.requesterIsHost(ctx, req.HostID); err != nil {
+		return nil, err
+	}
 	if req.Response == nil {
 		return nil, fmt.Errorf("%w: no registration response", api.ErrBadRequest)
 	}
@@ -204,6 +210,26 @@ func akBelongsTo(akCert *x509.Certificate, h *record.Host) error {
 }
 
 func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+// requesterIsHost requires the request to come from a session of the host
+// it names: the host's agent (its credential or host-proof session, tagged
+// host:<id>), or the join token's session that enrolled it. Any other
+// session (another host's, an allow-listed EK's) is refused.
+func (s *Service) requesterIsHost(ctx context.Context, hostID string) error {
+	if natsapi.RequesterIsHost(ctx, hostID) {
+		return nil
+	}
+	if h, ok := natsapi.RequesterTag(ctx, api.TagEnrollToken); ok {
+		t, _, err := store.Get[record.Token](ctx, s.cfg.Fleet.Store.Tokens, h)
+		if err != nil && !errors.Is(err, api.ErrNotFound) {
+			return err
+		}
+		if err == nil && t.UsedBy == hostID {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: only host %s's own sessions may register its credentials", api.ErrNotFound, hostID)
+}
 
 // checkRotateFrom: a workload that has a credential gets another only by a
 // rotation that names it (and, at finish, a proof it signed).

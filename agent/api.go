@@ -94,7 +94,7 @@ func (a *Agent) whoami(w http.ResponseWriter, _ *http.Request, c *caller) {
 	a.mu.Lock()
 	e := a.enroll
 	a.mu.Unlock()
-	respondJSON(w, http.StatusOK, api.WhoAmI{Workload: c.workload, Host: e.HostID, CredentialID: c.cred.IDString(), NKey: c.cred.NKey(), RPID: e.RPID, Caller: (*api.Caller)(c.peer)})
+	respondJSON(w, http.StatusOK, api.WhoAmI{Workload: c.workload, Host: e.HostID, CredentialID: c.cred.IDString(), NKey: c.cred.NKey(), Inbox: api.InboxForCredential(c.cred.NKey()), RPID: e.RPID, Caller: (*api.Caller)(c.peer)})
 }
 
 func decodeBody(r *http.Request, v any) error {

@@ -300,17 +300,18 @@ func (a *Agent) readToken() (string, error) {
 // approval, or has yet to register its host credential) with the host ID and
 // the activation secret, which only this TPM could have recovered.
 func (a *Agent) withEnrollSession(f func(*nats.Conn) (*Enrollment, error)) (*Enrollment, error) {
-	var opt nats.Option
+	var opt, inbox nats.Option
 	if e, err := a.auth.Enrollment(); err == nil {
 		opt = nats.UserInfo(api.HostUserPrefix+e.HostID, b64url(e.Proof))
+		inbox = nats.CustomInboxPrefix(api.InboxForHost(e.HostID))
 	} else {
 		token, err := a.readToken()
 		if err != nil {
 			return nil, err
 		}
-		opt = nats.Token(token)
+		opt, inbox = nats.Token(token), nats.CustomInboxPrefix(api.InboxForToken(token))
 	}
-	nc, err := nats.Connect(a.cfg.NATSURL, nats.Name("tpmauthn-agent enrollment"), opt, nats.Timeout(10*time.Second), nats.MaxReconnects(0))
+	nc, err := nats.Connect(a.cfg.NATSURL, nats.Name("tpmauthn-agent enrollment"), opt, inbox, nats.Timeout(10*time.Second), nats.MaxReconnects(0))
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s for enrollment: %w (is the join token valid and unused? tpmauthnctl token list)", a.cfg.NATSURL, err)
 	}
@@ -459,6 +460,7 @@ func (a *Agent) connectAs(hc *Credential) (*nats.Conn, error) {
 			a.mu.Unlock()
 			return a.natsSig(ctx, agentWorkload, cur.ID, nonce)
 		}),
+		nats.CustomInboxPrefix(api.InboxForCredential(hc.NKey())),
 		nats.Timeout(5*time.Second), nats.ReconnectJitter(500*time.Millisecond, 2*time.Second))
 }
 

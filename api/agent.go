@@ -25,7 +25,11 @@ type WhoAmI struct {
 	CredentialID string `json:"credential_id"`
 	// NKey is what to present as CONNECT nkey: the credential's lineage,
 	// which stays the same when the credential rotates.
-	NKey   string  `json:"nkey"`
+	NKey string `json:"nkey"`
+	// Inbox is the session's inbox prefix (InboxForCredential(NKey)): set it
+	// as the NATS client's inbox prefix, the session may subscribe to no
+	// other.
+	Inbox  string  `json:"inbox"`
 	RPID   string  `json:"rp_id"`
 	Caller *Caller `json:"caller,omitempty"`
 }

@@ -94,6 +94,7 @@ func TestAttackEKHashSessionActsForOthers(t *testing.T) {
 	f.MustAdmin(t, "ek.allow", api.EKAllowRequest{EKHash: hash, Roles: []string{"edge"}}, nil)
 	violations := make(chan error, 8)
 	nc, err := nats.Connect(f.URL(), nats.UserInfo(api.EKUserPrefix+hash, ""), nats.MaxReconnects(0),
+		nats.CustomInboxPrefix(api.InboxForEK(hash)),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
 	if err != nil {
 		t.Fatalf("allow-listed EK: %v", err)
@@ -169,5 +170,47 @@ func TestAttackOffboardedHostProof(t *testing.T) {
 		t.Fatal("an offboarded host's proof opened a session")
 	} else if !errors.Is(err, nats.ErrAuthorization) {
 		t.Fatalf("offboarded host proof: %v, want an authorization violation", err)
+	}
+}
+
+// H5: every session could subscribe to _INBOX.> and read every other
+// session's replies (registration challenges, status answers). A session may
+// now subscribe only under its own inbox prefix, and its own requests work.
+func TestAttackSubscribeEveryInbox(t *testing.T) {
+	f := fleettest.New(t)
+	h := f.NewHost(t)
+	violations := make(chan error, 4)
+	onErr := nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err })
+	workload, err := h.Connect(t, onErr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer workload.Close()
+	enrollment, err := f.EnrollSession(f.Token(t, time.Hour), onErr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer enrollment.Close()
+	for name, nc := range map[string]*nats.Conn{"workload": workload, "enrollment": enrollment} {
+		if _, err := nc.SubscribeSync("_INBOX.>"); err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-violations:
+			if !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+				t.Fatalf("%s session subscribing _INBOX.>: %v, want a permissions violation", name, err)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatalf("%s session subscribed _INBOX.> unrefused", name)
+		}
+	}
+	// Its own request-reply still works: the verifier answers on its inbox.
+	var begin api.RegisterBeginResponse
+	code := fleettest.Request(t, enrollment, api.SubjectEnrollBegin, api.EnrollBeginRequest{}, &begin)
+	if code != "bad_request" { // answered (with a refusal): the reply reached the session's own inbox
+		t.Fatalf("own request: %q", code)
 	}
 }

@@ -74,7 +74,7 @@ func credentialOptions(a *agent.Authenticator, id []byte) []nats.Option {
 			return nil, err
 		}
 		return attestation.MarshalBundle(as)
-	})}
+	}), nats.CustomInboxPrefix(api.InboxForCredential(b64url(id)))}
 }
 
 func b64url(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }

@@ -110,7 +110,7 @@ func TestSecondCredentialNeedsRotationProof(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sess, err := nats.Connect(f.URL(), nats.UserInfo("host:"+e.HostID, b64url(e.Proof)))
+	sess, err := nats.Connect(f.URL(), nats.UserInfo("host:"+e.HostID, b64url(e.Proof)), nats.CustomInboxPrefix(api.InboxForHost(e.HostID)))
 	if err != nil {
 		t.Fatal(err)
 	}

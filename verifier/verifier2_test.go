@@ -196,7 +196,7 @@ func TestEKAllowList(t *testing.T) {
 		t.Fatal(err)
 	}
 	connect := func() (*nats.Conn, error) {
-		return nats.Connect(f.URL(), nats.UserInfo(api.EKUserPrefix+hash, ""), nats.MaxReconnects(0))
+		return nats.Connect(f.URL(), nats.UserInfo(api.EKUserPrefix+hash, ""), nats.CustomInboxPrefix(api.InboxForEK(hash)), nats.MaxReconnects(0))
 	}
 	if _, err := connect(); err == nil {
 		t.Fatal("an EK not on the allow-list got an enrollment session")

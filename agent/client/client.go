@@ -154,6 +154,8 @@ func NATSOptions(socket string) ([]nats.Option, error) {
 	return slices.Clip(append([]nats.Option{
 		nats.Nkey(nkey, signer),
 		nats.Name(who.Workload + "@" + who.Host),
+		// The session may subscribe to replies under this prefix only.
+		nats.CustomInboxPrefix(api.InboxForCredential(nkey)),
 	}, ReconnectOptions()...)), nil
 }
 

@@ -117,7 +117,8 @@ func (f *Fleet) Token(t testing.TB, ttl time.Duration, roles ...string) string {
 
 // EnrollSession connects as a join-token holder: an enrollment session.
 func (f *Fleet) EnrollSession(token string, opts ...nats.Option) (*nats.Conn, error) {
-	return nats.Connect(f.URL(), append([]nats.Option{nats.Token(token), nats.Timeout(5 * time.Second), nats.MaxReconnects(0)}, opts...)...)
+	return nats.Connect(f.URL(), append([]nats.Option{nats.Token(token), nats.CustomInboxPrefix(api.InboxForToken(token)),
+		nats.Timeout(5 * time.Second), nats.MaxReconnects(0)}, opts...)...)
 }
 
 // HostSession connects as an enrolled host by its host proof (what the agent
@@ -126,6 +127,7 @@ func (f *Fleet) EnrollSession(token string, opts ...nats.Option) (*nats.Conn, er
 func (f *Fleet) HostSession(e *agent.Enrollment, opts ...nats.Option) (*nats.Conn, error) {
 	proof := base64.RawURLEncoding.EncodeToString(e.Proof)
 	return nats.Connect(f.URL(), append([]nats.Option{nats.UserInfo(api.HostUserPrefix+e.HostID, proof),
+		nats.CustomInboxPrefix(api.InboxForHost(e.HostID)),
 		nats.Timeout(5 * time.Second), nats.MaxReconnects(0)}, opts...)...)
 }
 

@@ -39,7 +39,7 @@ func (m tokenMethod) Authorize(ctx context.Context, r *authn.Request) (*jwt.User
 	}
 	r.Event.Reason = "join token " + t.ID
 	// It enrolls the host, then registers the host's first credential.
-	return m.s.sessionUser(r.Claims, "enroll-token-"+t.ID, api.TagEnrollToken+":"+t.Hash,
+	return m.s.sessionUser(r.Claims, "enroll-token-"+t.ID, api.TagEnrollToken+":"+t.Hash, api.InboxForToken(r.Claims.ConnectOptions.Token),
 		api.SubjectEnrollBegin, api.SubjectEnrollFinish, "tpmauthn.v1.register.>"), nil
 }
 
@@ -59,7 +59,7 @@ func (m hostProofMethod) Authorize(ctx context.Context, r *authn.Request) (*jwt.
 		return nil, err
 	}
 	// It waits for approval and registers its own credentials.
-	return m.s.sessionUser(r.Claims, "enroll-host-"+id, api.TagHost+":"+id,
+	return m.s.sessionUser(r.Claims, "enroll-host-"+id, api.TagHost+":"+id, api.InboxForHost(id),
 		api.SubjectEnrollStatus, "tpmauthn.v1.register.>"), nil
 }
 
@@ -83,20 +83,20 @@ func (m ekAllowMethod) Authorize(ctx context.Context, r *authn.Request) (*jwt.Us
 	// An EK hash is no secret (audit, alerts and host list print it): its
 	// session may only enroll that very EK, which takes the TPM holding it
 	// (credential activation), and nothing else.
-	return m.s.sessionUser(r.Claims, "enroll-ek-"+hash[:min(12, len(hash))], api.TagEnrollEK+":"+hash,
+	return m.s.sessionUser(r.Claims, "enroll-ek-"+hash[:min(12, len(hash))], api.TagEnrollEK+":"+hash, api.InboxForEK(hash),
 		api.SubjectEnrollBegin, api.SubjectEnrollFinish), nil
 }
 
-// sessionUser may call the given endpoints and receive replies, nothing
-// else, for SessionTTL; tag binds it to its grant.
-func (s *Service) sessionUser(rc *jwt.AuthorizationRequestClaims, name, tag string, subjects ...string) *jwt.UserClaims {
+// sessionUser may call the given endpoints and receive replies under its
+// own inbox prefix, nothing else, for SessionTTL; tag binds it to its grant.
+func (s *Service) sessionUser(rc *jwt.AuthorizationRequestClaims, name, tag, inbox string, subjects ...string) *jwt.UserClaims {
 	uc := jwt.NewUserClaims(rc.UserNkey)
 	uc.Audience = keys.AccountApp
 	uc.Name = name
 	uc.Expires = time.Now().Add(s.cfg.SessionTTL).Unix()
 	uc.Tags.Add(tag)
 	uc.Pub.Allow.Add(subjects...)
-	uc.Sub.Allow.Add("_INBOX.>")
+	uc.Sub.Allow.Add(inbox + ".>")
 	uc.Limits.Subs = 10
 	uc.Limits.Payload = 64 * 1024
 	return uc

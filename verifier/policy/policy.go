@@ -111,6 +111,9 @@ type Subject struct {
 	HostTags         []string
 	Workload         string
 	CredentialID     string
+	// Inbox is the session's inbox prefix (api.InboxFor…): the one place it
+	// may receive replies.
+	Inbox string
 }
 
 // RolesFor returns the roles the bindings grant, sorted and unique.
@@ -173,8 +176,11 @@ func (p *Policy) Apply(uc *jwt.UserClaims, roles []string, s Subject) {
 			}
 		}
 	}
-	// Replies to its own requests.
-	uc.Sub.Allow.Add("_INBOX.>")
+	// Replies to its own requests, under its own inbox prefix only: with
+	// _INBOX.> it could read every other session's replies.
+	if s.Inbox != "" {
+		uc.Sub.Allow.Add(s.Inbox + ".>")
+	}
 }
 
 // expandPlaceholders replaces {{host}}, {{workload}} and {{credential}} in

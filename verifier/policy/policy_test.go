@@ -61,13 +61,17 @@ func TestPolicyApply(t *testing.T) {
 		t.Fatal(err)
 	}
 	uc := jwt.NewUserClaims("UABC")
-	s := Subject{HostID: "h-1", Workload: "billing", CredentialID: "cred-1"}
+	s := Subject{HostID: "h-1", Workload: "billing", CredentialID: "cred-1", Inbox: "_INBOX.c.cred-1"}
 	p.Apply(uc, []string{"billing", "metrics"}, s)
 	if !slices.Contains(uc.Pub.Allow, "billing.h-1.billing.>") || !slices.Contains(uc.Pub.Allow, "metrics.cred-1") {
 		t.Fatalf("publish allow %v: templates not expanded", uc.Pub.Allow)
 	}
-	if !slices.Contains(uc.Pub.Deny, "billing.admin.>") || !slices.Contains(uc.Sub.Allow, "_INBOX.>") {
+	if !slices.Contains(uc.Pub.Deny, "billing.admin.>") || !slices.Contains(uc.Sub.Allow, "_INBOX.c.cred-1.>") {
 		t.Fatalf("deny %v, sub %v", uc.Pub.Deny, uc.Sub.Allow)
+	}
+	// H5: never every session's replies.
+	if slices.Contains(uc.Sub.Allow, "_INBOX.>") {
+		t.Fatalf("sub allow %v: _INBOX.> reads every other session's replies", uc.Sub.Allow)
 	}
 	if uc.Resp == nil || uc.Resp.MaxMsgs != 1 || uc.Limits.Subs != 10 || uc.Limits.Payload != 65536 {
 		t.Fatalf("response %+v limits %+v", uc.Resp, uc.Limits)

@@ -131,7 +131,7 @@ func (m *Method) attempt(ctx context.Context, r *authn.Request, a *attestation.A
 	if err := m.checkAssertion(ctx, a, cred, nonce, r.Event); err != nil {
 		return nil, err
 	}
-	uc, roles, err := m.userClaims(r.Claims, cred, h)
+	uc, roles, err := m.userClaims(r.Claims, cred, h, api.InboxForCredential(r.Claims.ConnectOptions.Nkey))
 	if err != nil {
 		return nil, err
 	}
@@ -271,7 +271,9 @@ func (m *Method) commit(ctx context.Context, rc *jwt.AuthorizationRequestClaims,
 
 // userClaims builds the session JWT: account APP, name workload@hostname,
 // permissions from the policy (or the agent's own, fixed ones).
-func (m *Method) userClaims(rc *jwt.AuthorizationRequestClaims, cred *record.Credential, h *record.Host) (*jwt.UserClaims, []string, error) {
+// Its inbox is the session's inbox prefix, from the CONNECT nkey (the
+// credential's ID or lineage, which the method checked).
+func (m *Method) userClaims(rc *jwt.AuthorizationRequestClaims, cred *record.Credential, h *record.Host, inbox string) (*jwt.UserClaims, []string, error) {
 	p := m.cfg.Policy.Current()
 	uc := jwt.NewUserClaims(rc.UserNkey)
 	uc.Audience = keys.AccountApp
@@ -280,10 +282,10 @@ func (m *Method) userClaims(rc *jwt.AuthorizationRequestClaims, cred *record.Cre
 	uc.Tags.Add("host:"+h.ID, "workload:"+cred.Workload)
 	if cred.Workload == api.AgentWorkload {
 		uc.Pub.Allow.Add("tpmauthn.v1.register.>", "tpmauthn.v1.credentials.>", api.SubjectEnrollStatus)
-		uc.Sub.Allow.Add("_INBOX.>")
+		uc.Sub.Allow.Add(inbox + ".>")
 		return uc, []string{api.AgentWorkload}, nil
 	}
-	s := policy.Subject{HostID: h.ID, Hostname: h.Hostname, HostRoles: h.Roles, HostTags: h.Tags, Workload: cred.Workload, CredentialID: cred.ID}
+	s := policy.Subject{HostID: h.ID, Hostname: h.Hostname, HostRoles: h.Roles, HostTags: h.Tags, Workload: cred.Workload, CredentialID: cred.ID, Inbox: inbox}
 	roles := p.RolesFor(s)
 	if len(roles) == 0 {
 		return nil, nil, fmt.Errorf("%w: %s on host %s (roles %v)", api.ErrNoRoles, cred.Workload, h.ID, h.Roles)

@@ -25,6 +25,7 @@ const (
 	CodeAssertionRejected   = "assertion_rejected"
 	CodeConflict            = "conflict"
 	CodeUnavailable         = "unavailable"
+	CodeExpired             = "expired"
 	CodeInternal            = "internal"
 )
 
@@ -53,6 +54,7 @@ var (
 	ErrRevoked           = &Error{CodeRevoked, "credential or host revoked"}
 	ErrReplay            = &Error{CodeReplay, "replayed or stale assertion"}
 	ErrNoRoles           = &Error{CodeNoRoles, "no role grants this workload any permission"}
+	ErrExpired           = &Error{CodeExpired, "credential past its maximum age: its agent must rotate it"}
 	// ErrUnavailable: the verifier could not read or write its state (a
 	// JetStream outage): nothing was decided about the request; retry.
 	ErrUnavailable = &Error{CodeUnavailable, "the verifier's store is unavailable; retry"}

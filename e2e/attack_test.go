@@ -214,3 +214,18 @@ func TestAttackSubscribeEveryInbox(t *testing.T) {
 		t.Fatalf("own request: %q", code)
 	}
 }
+
+// M2: a leaked join token could not be revoked; now it can, and then opens
+// nothing.
+func TestAttackRevokedJoinToken(t *testing.T) {
+	f := fleettest.New(t)
+	var r api.TokenCreateResponse
+	f.MustAdmin(t, "token.create", api.TokenCreateRequest{Roles: []string{"demo"}, TTL: time.Hour}, &r)
+	f.MustAdmin(t, "token.revoke", api.IDRequest{ID: r.ID, Reason: "leaked"}, nil)
+	if nc, err := f.EnrollSession(r.Token); err == nil {
+		nc.Close()
+		t.Fatal("a revoked join token opened an enrollment session")
+	} else if !errors.Is(err, nats.ErrAuthorization) {
+		t.Fatalf("revoked token: %v, want an authorization violation", err)
+	}
+}

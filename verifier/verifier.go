@@ -310,7 +310,7 @@ func (v *Verifier) serveCallout(context.Context) error {
 	var methods authn.Registry
 	token, hostProof, ekAllow := v.enroll.Methods()
 	methods.Add(token, workload.New(workload.Config{Fleet: v.fleet, Sessions: v.sessions, Policy: v.policy,
-		RPID: v.cfg.RPID, RotationGrace: v.cfg.RotationGrace, Alerts: alerts, Logger: v.log}), hostProof, ekAllow)
+		RPID: v.cfg.RPID, RotationGrace: v.cfg.RotationGrace, MaxAge: v.cfg.CredentialMaxAge, Alerts: alerts, Logger: v.log}), hostProof, ekAllow)
 	co, err := callout.New(callout.Config{Conn: v.nc, QueueGroup: queueGroup, Issuer: v.keys.Issuer, XKey: v.keys.XKey,
 		Decider: &methods, Trail: v.trail, Metrics: v.metrics, Workers: v.cfg.Workers, OnDecision: v.cfg.OnDecision, Logger: v.log})
 	if err != nil {

@@ -64,7 +64,19 @@ func (a *app) tokenCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(create, listCmd)
+	var reason string
+	revoke := &cobra.Command{
+		Use: "revoke ID", Short: "Revoke an unused join token (ID as token list shows it)", Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			var t record.Token
+			if err := a.call("token.revoke", api.IDRequest{ID: args[0], Reason: reason}, &t); err != nil {
+				return err
+			}
+			return a.print(t, func(w *tabwriter.Writer) { fmt.Fprintf(w, "token %s is %s\n", t.ID, t.State(time.Now())) })
+		},
+	}
+	revoke.Flags().StringVar(&reason, "reason", "", "why (recorded)")
+	cmd.AddCommand(create, listCmd, revoke)
 	return cmd
 }
 
@@ -227,7 +239,18 @@ func (a *app) ekCmd() *cobra.Command {
 	allow.Flags().StringSliceVar(&roles, "roles", nil, "roles the host gets")
 	allow.Flags().StringSliceVar(&tags, "tags", nil, "tags the host gets")
 	allow.Flags().StringVar(&note, "note", "", "a note for operators")
-	cmd.AddCommand(allow)
+	disallow := &cobra.Command{
+		Use: "disallow EK_SHA256", Short: "Remove an EK from the allow-list (an enrollment spends its entry anyway)", Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			if err := a.call("ek.disallow", api.EKAllowRequest{EKHash: args[0], Note: note}, nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.out, "EK %s removed from the allow-list\n", args[0])
+			return nil
+		},
+	}
+	disallow.Flags().StringVar(&note, "note", "", "why (recorded)")
+	cmd.AddCommand(allow, disallow)
 	return cmd
 }
 

@@ -93,7 +93,9 @@ func (s *Service) Endpoints() []natsapi.Endpoint {
 		{"credential.release", s.credentialRelease},
 		{"credential.rotate", s.credentialRotate},
 		{"audit.read", s.auditRead},
+		{"token.revoke", s.tokenRevoke},
 		{"ek.allow", s.ekAllow},
+		{"ek.disallow", s.ekDisallow},
 		{"status", s.status},
 	}
 	out := make([]natsapi.Endpoint, len(ops))
@@ -284,8 +286,92 @@ func (s *Service) credentialRevoke(ctx context.Context, body []byte) (any, error
 	}
 	s.cfg.Sessions.Kick(c) // before the operator hears it is done; every instance's watch kicks too
 	s.log.Info("credential revoked", "credential", c.ID, "reason", req.Reason)
+	// The whole lineage goes with it: a key a rotation replaced stays valid
+	// for its grace period, and its live connections with it.
+	if err := s.revokeLineage(ctx, c, req.Reason); err != nil {
+		s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "revoke", Result: "error", Host: c.Host, Workload: c.Workload, Credential: c.ID,
+			Reason: req.Reason + ": revoking the rest of its lineage failed: " + err.Error(), Actor: "operator"})
+		return nil, err
+	}
 	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
 	return c, nil
+}
+
+// revokeLineage revokes and kicks every other credential of c's rotation
+// lineage (same host, same CONNECT nkey) that is not revoked yet, each with
+// its own audit event.
+func (s *Service) revokeLineage(ctx context.Context, c *record.Credential, reason string) error {
+	creds, err := s.cfg.Fleet.HostCredentials(ctx, c.Host)
+	if err != nil {
+		return err
+	}
+	why := "lineage of " + c.ID + " revoked: " + reason
+	for _, o := range creds {
+		if o.ID == c.ID || o.Nkey() != c.Nkey() || o.Status == api.CredentialRevoked {
+			continue
+		}
+		r, err := s.cfg.Fleet.SetCredentialStatus(ctx, o.ID, api.CredentialRevoked, why, nil)
+		if err != nil {
+			return err
+		}
+		s.cfg.Sessions.Kick(r)
+		s.cfg.Trail.Record(audit.Event{Kind: "revoke", Result: "ok", Host: r.Host, Workload: r.Workload, Credential: r.ID, Reason: why, Actor: "operator"})
+	}
+	return nil
+}
+
+// tokenRevoke revokes an unused join token, named by its ID (what
+// operators see) or its hash.
+func (s *Service) tokenRevoke(ctx context.Context, body []byte) (any, error) {
+	var req api.IDRequest
+	if err := natsapi.Decode(body, &req); err != nil {
+		return nil, err
+	}
+	tokens, err := store.List[record.Token](ctx, s.st.Tokens)
+	if err != nil {
+		return nil, err
+	}
+	hash := ""
+	for _, t := range tokens {
+		if req.ID != "" && (t.ID == req.ID || t.Hash == req.ID) {
+			hash = t.Hash
+		}
+	}
+	if hash == "" {
+		return nil, fmt.Errorf("%w: join token %q", api.ErrNotFound, req.ID)
+	}
+	t, _, err := store.Mutate(ctx, s.st.Tokens, hash, func(t *record.Token) error {
+		if t.UsedBy != "" {
+			return fmt.Errorf("%w: token %s was used by host %s: revoke or offboard the host", api.ErrBadRequest, t.ID, t.UsedBy)
+		}
+		if t.Revoked.IsZero() {
+			t.Revoked = s.cfg.Now().UTC()
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "token.revoke", Result: "ok", Roles: t.Roles, Actor: "operator",
+		Reason: "join token " + t.ID + ": " + req.Reason})
+	return t, nil
+}
+
+// ekDisallow removes an EK from the allow-list.
+func (s *Service) ekDisallow(ctx context.Context, body []byte) (any, error) {
+	var req api.EKAllowRequest
+	if err := natsapi.Decode(body, &req); err != nil {
+		return nil, err
+	}
+	hash := strings.ToLower(req.EKHash)
+	if _, _, err := store.Get[record.EKAllow](ctx, s.st.EKAllow, hash); err != nil {
+		return nil, err
+	}
+	if err := s.st.EKAllow.Delete(ctx, hash); err != nil {
+		return nil, fmt.Errorf("%w: %w", api.ErrUnavailable, err)
+	}
+	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "ek.disallow", Result: "ok", EKHash: hash, Reason: req.Note, Actor: "operator"})
+	return &api.EKAllowRequest{EKHash: hash}, nil
 }
 
 func (s *Service) ekAllow(ctx context.Context, body []byte) (any, error) {

@@ -3,8 +3,10 @@ package admin
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/audit"
 	"github.com/tpmauthn/tpmauthn/verifier/internal/testenv"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
+	"github.com/tpmauthn/tpmauthn/verifier/store"
 )
 
 // kicks counts what would be kicked (the kicks themselves are e2e's).
@@ -139,5 +142,79 @@ func TestRevokeHost(t *testing.T) {
 	}
 	if _, err := s.hostApprove(ctx, body(t, api.IDRequest{ID: "h-test"})); err == nil {
 		t.Fatal("a revoked host was approved")
+	}
+}
+
+// M7: revoking a credential right after a rotation left the key it
+// replaced valid for its grace period, and its live connection up. The
+// revocation covers the whole lineage now, and kicks each.
+func TestRevokeCoversTheLineage(t *testing.T) {
+	e, s, k := newService(t)
+	ctx := t.Context()
+	put := func(c *record.Credential) {
+		c.V, c.Host, c.Workload, c.Status = record.Version, "h-test", "w", api.CredentialActive
+		if _, err := e.Store.Credentials.Put(ctx, c.ID, body(t, c)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(&record.Credential{ID: "first", Retires: time.Now().Add(time.Minute), ReplacedBy: "second"}) // in its grace period
+	put(&record.Credential{ID: "second", Lineage: "first"})
+	put(&record.Credential{ID: "other"}) // another lineage of the host
+	if _, err := s.credentialRevoke(ctx, body(t, api.IDRequest{ID: "second", Reason: "key exposure"})); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]api.CredentialStatus{"first": api.CredentialRevoked, "second": api.CredentialRevoked, "other": api.CredentialActive} {
+		if got := e.Credential(t, id).Status; got != want {
+			t.Errorf("%s is %s, want %s", id, got, want)
+		}
+	}
+	slices.Sort(k.ids)
+	if !slices.Equal(k.ids, []string{"first", "second"}) {
+		t.Fatalf("kicked %v, want the lineage's two credentials", k.ids)
+	}
+}
+
+// M2: a join token could not be revoked, nor an EK taken off the
+// allow-list. A revoked token is refused from then on; a used one cannot be
+// revoked (its host can).
+func TestRevokeTokenAndDisallowEK(t *testing.T) {
+	e, s, _ := newService(t)
+	ctx := t.Context()
+	out, err := s.tokenCreate(ctx, body(t, api.TokenCreateRequest{TTL: time.Hour, Roles: []string{"demo"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := out.(*api.TokenCreateResponse)
+	got, err := s.tokenRevoke(ctx, body(t, api.IDRequest{ID: created.ID, Reason: "leaked"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := got.(*record.Token).State(time.Now()); st != "revoked" {
+		t.Fatalf("revoked token is %s", st)
+	}
+	tok, _, err := store.Get[record.Token](ctx, e.Store.Tokens, record.TokenHash(created.Token))
+	if err != nil || tok.State(time.Now()) != "revoked" {
+		t.Fatalf("stored token: %+v, %v", tok, err)
+	}
+	used := &record.Token{V: record.Version, ID: "usedtoken123", Hash: "usedhash", UsedBy: "h-1", Expires: time.Now().Add(time.Hour)}
+	if _, err := e.Store.Tokens.Put(ctx, used.Hash, body(t, used)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.tokenRevoke(ctx, body(t, api.IDRequest{ID: used.ID})); !errors.Is(err, api.ErrBadRequest) {
+		t.Fatalf("revoking a used token: %v, want bad_request", err)
+	}
+
+	hash := strings.Repeat("ab", 32)
+	if _, err := s.ekAllow(ctx, body(t, api.EKAllowRequest{EKHash: hash, Roles: []string{"edge"}})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ekDisallow(ctx, body(t, api.EKAllowRequest{EKHash: hash})); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := store.Get[record.EKAllow](ctx, e.Store.EKAllow, hash); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("disallowed EK still listed: %v", err)
+	}
+	if _, err := s.ekDisallow(ctx, body(t, api.EKAllowRequest{EKHash: hash})); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("disallowing an EK not on the list: %v, want not_found", err)
 	}
 }

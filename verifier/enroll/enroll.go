@@ -278,13 +278,18 @@ func (s *Service) Finish(ctx context.Context, body []byte) (_ any, err error) {
 		return nil, err
 	}
 	hostID = "h-" + hostID
-	g, err := s.consumeGrant(ctx, sess, hostID)
-	if err != nil {
-		return nil, err
-	}
+	// The TPM first, then the grant: an enrollment refused because the TPM
+	// is enrolled already must not spend the token (or allow-list entry).
 	if err := store.Create(ctx, s.cfg.Store.EKs, sess.EKHash, &record.EKEnrollment{V: record.Version, Host: hostID}); err != nil {
 		if errors.Is(err, api.ErrConflict) {
 			return nil, api.ErrAlreadyEnrolled
+		}
+		return nil, err
+	}
+	g, err := s.consumeGrant(ctx, sess, hostID)
+	if err != nil {
+		if derr := s.cfg.Store.EKs.Delete(context.WithoutCancel(ctx), sess.EKHash); derr != nil {
+			s.log.Error("enrollment refused, but its EK stays marked enrolled", "ek_hash", sess.EKHash, "error", derr)
 		}
 		return nil, err
 	}

@@ -18,6 +18,8 @@ type Token struct {
 	Expires time.Time `json:"expires"`
 	UsedBy  string    `json:"used_by,omitempty"` // host ID once used
 	UsedAt  time.Time `json:"used_at,omitzero"`
+	// Revoked is when an operator revoked the token before its use.
+	Revoked time.Time `json:"revoked,omitzero"`
 }
 
 // State of a token as operators see it.
@@ -25,6 +27,8 @@ func (t *Token) State(now time.Time) string {
 	switch {
 	case t.UsedBy != "":
 		return "used"
+	case !t.Revoked.IsZero():
+		return "revoked"
 	case !now.Before(t.Expires):
 		return "expired"
 	default:

@@ -48,8 +48,14 @@ type Config struct {
 	RPID string
 	// RotationGrace is how long a replaced credential stays valid.
 	RotationGrace time.Duration
-	Alerts        alerter
-	Logger        *slog.Logger
+	// MaxAge is the age at which agents rotate credentials (0 or negative:
+	// never). A workload credential older than MaxAge plus RotationGrace is
+	// refused: an agent that stopped rotating does not keep a key forever.
+	// The agent's own host credential is exempt: it is how the agent
+	// rotates, and its session may only register and rotate.
+	MaxAge time.Duration
+	Alerts alerter
+	Logger *slog.Logger
 }
 
 // Method authenticates workload credentials.
@@ -183,7 +189,7 @@ func (m *Method) checkStatus(cred *record.Credential, ev *audit.Event) error {
 		status = retired
 	}
 	if status == api.CredentialActive {
-		return nil
+		return m.checkAge(cred)
 	}
 	err := fmt.Errorf("%w: credential %s is %s", api.ErrRevoked, cred.ID, status)
 	if status == api.CredentialRevoked || status == retired {
@@ -206,6 +212,18 @@ func (m *Method) retireIfReplaced(cred *record.Credential) {
 	now := time.Now().UTC()
 	cred.Retires, cred.ReplacedBy = now.Add(m.cfg.RotationGrace), cur
 	m.log.Warn("a replaced credential was never retired: it retires now", "credential", cred.ID, "replaced_by", cur, "retires", cred.Retires)
+}
+
+// checkAge refuses a workload credential past its maximum age and grace.
+func (m *Method) checkAge(cred *record.Credential) error {
+	if m.cfg.MaxAge <= 0 || cred.Workload == api.AgentWorkload {
+		return nil
+	}
+	if limit := cred.Created.Add(m.cfg.MaxAge + m.cfg.RotationGrace); time.Now().After(limit) {
+		return fmt.Errorf("%w: credential %s was created %s; it may be used until %s", api.ErrExpired, cred.ID,
+			cred.Created.Format(time.RFC3339), limit.Format(time.RFC3339))
+	}
+	return nil
 }
 
 // activeHost requires the credential's host active. A host that cannot be

@@ -2,6 +2,7 @@ package workload
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -109,5 +110,37 @@ func TestRetireIfReplaced(t *testing.T) {
 				t.Fatalf("replaced by %q, retires %v: want cred-new and the grace period", c.ReplacedBy, c.Retires)
 			}
 		})
+	}
+}
+
+// M6: the maximum age only asked agents to rotate; the verifier accepted a
+// credential of any age. Past its age and grace a workload credential is
+// refused (the agent's own host credential, through which it rotates, is
+// not).
+func TestCredentialPastItsMaximumAge(t *testing.T) {
+	m := New(Config{MaxAge: 30 * 24 * time.Hour, RotationGrace: 10 * time.Minute, RPID: "tpmauthn.local"})
+	now := time.Now()
+	for _, tc := range []struct {
+		name     string
+		workload string
+		age      time.Duration
+		expired  bool
+	}{
+		{"young", "billing", 24 * time.Hour, false},
+		{"inGrace", "billing", 30*24*time.Hour + 5*time.Minute, false},
+		{"expired", "billing", 31 * 24 * time.Hour, true},
+		{"agentHostCredential", api.AgentWorkload, 365 * 24 * time.Hour, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &record.Credential{ID: "c", Workload: tc.workload, Status: api.CredentialActive, Created: now.Add(-tc.age)}
+			ev := audit.Deny("connect")
+			err := m.checkStatus(c, &ev)
+			if tc.expired != errors.Is(err, api.ErrExpired) || (!tc.expired && err != nil) {
+				t.Fatalf("age %v: %v, want expired=%v", tc.age, err, tc.expired)
+			}
+		})
+	}
+	if err := New(Config{}).checkAge(&record.Credential{Created: now.Add(-1000 * 24 * time.Hour)}); err != nil {
+		t.Fatalf("no maximum age configured: %v", err)
 	}
 }

@@ -284,6 +284,11 @@ func (a *Agent) readToken() (string, error) {
 	if a.cfg.TokenFile == "" {
 		return "", errors.New("this host is not enrolled and no join token is configured: create one with 'tpmauthnctl token create --roles ...' and pass it with --token-file")
 	}
+	if fi, err := os.Stat(a.cfg.TokenFile); err == nil && fi.Mode().Perm()&0o006 != 0 {
+		// Anyone on the host could enroll a host of their own with it first.
+		return "", fmt.Errorf("join token file %s is readable or writable by every user (mode %v): chmod 600 it, or create it with (umask 077; tpmauthnctl token create ... > FILE)",
+			a.cfg.TokenFile, fi.Mode().Perm())
+	}
 	b, err := os.ReadFile(a.cfg.TokenFile)
 	if err != nil {
 		return "", fmt.Errorf("join token: %w", err)

@@ -63,3 +63,34 @@ func TestAttackExecSwapExeOnlySelectorRefused(t *testing.T) {
 		})
 	}
 }
+
+// P6: the README's own recipe left the join token world-readable, and the
+// agent read it as it was: anyone on the host could enroll a host of their
+// own with it first. A token file every user can read is refused.
+func TestAttackWorldReadableJoinToken(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mode os.FileMode
+		ok   bool
+	}{
+		{"owner", 0o600, true},
+		{"group", 0o640, true},
+		{"world", 0o644, false},
+		{"worldWritable", 0o602, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := filepath.Join(t.TempDir(), "join-token")
+			if err := os.WriteFile(f, []byte("tpmauthn-join-x\n"), tc.mode); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(f, tc.mode); err != nil { // past the umask
+				t.Fatal(err)
+			}
+			a := &Agent{cfg: Config{TokenFile: f}}
+			tok, err := a.readToken()
+			if tc.ok != (err == nil) || (tc.ok && tok != "tpmauthn-join-x") {
+				t.Fatalf("mode %v: %q, %v; want ok=%v", tc.mode, tok, err, tc.ok)
+			}
+		})
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -227,5 +228,59 @@ func TestAttackRevokedJoinToken(t *testing.T) {
 		t.Fatal("a revoked join token opened an enrollment session")
 	} else if !errors.Is(err, nats.ErrAuthorization) {
 		t.Fatalf("revoked token: %v, want an authorization violation", err)
+	}
+}
+
+// P7: the hostname a client claims at enrollment went unvalidated into every
+// session's user name and every listing, terminal escapes included.
+func TestAttackHostnameWithControlCharacters(t *testing.T) {
+	f := fleettest.New(t)
+	a := fleettest.Authenticator(t, f.TPM)
+	token := f.Token(t, time.Hour)
+	nc, err := f.EnrollSession(token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	for _, name := range []string{"\x1b[2Jowned", "a\nb", "", strings.Repeat("a", 300), "web 01"} {
+		_, err := a.Enroll(t.Context(), nc, token, name)
+		fleettest.WantCode(t, err, "bad_request")
+	}
+	if _, err := a.Enroll(t.Context(), nc, token, "web-01.example.com"); err != nil {
+		t.Fatalf("a proper hostname: %v", err)
+	}
+}
+
+// M1: a credential record names at most 64 live sessions; a revocation
+// kicked only those, so a workload that held more kept the rest up. Every
+// live session of the credential is found (CONNZ on every server, by its
+// CONNECT nkey) and kicked.
+func TestAttackSessionsBeyondTheRecordCap(t *testing.T) {
+	f := fleettest.New(t)
+	h := f.NewHost(t)
+	const n = 70 // beyond sessions.MaxPerCredential
+	var open sync.WaitGroup
+	opts := h.NATSOptions(t)
+	for range n {
+		open.Add(1)
+		nc, err := nats.Connect(f.URL(), append(opts, nats.NoReconnect(), nats.MaxReconnects(0),
+			nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}),
+			nats.ClosedHandler(func(*nats.Conn) { open.Done() }))...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+	}
+	who, err := client.New(h.Socket).WhoAmI(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.MustAdmin(t, "credential.revoke", api.IDRequest{ID: who.CredentialID, Reason: "compromised"}, nil)
+	closed := make(chan struct{})
+	go func() { open.Wait(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("connections of a revoked credential still open 5 s after the revocation (of %d)", n)
 	}
 }

@@ -87,7 +87,7 @@ wait_for 10 "$BIN/tpmauthnctl" --data-dir "$W/verifier" status || fail "the veri
 say "verifier serving on nats://127.0.0.1:$NATS_PORT; policy: role demo may publish and subscribe demo.>"
 
 step "3. An operator creates a one-time join token for role demo"
-"$BIN/tpmauthnctl" --data-dir "$W/verifier" token create --roles demo --ttl 10m > "$W/token" 2>"$W/token.info" || fail "token create"
+(umask 077; "$BIN/tpmauthnctl" --data-dir "$W/verifier" token create --roles demo --ttl 10m > "$W/token" 2>"$W/token.info") || fail "token create"
 say "$(cat "$W/token.info")"
 
 step "4. Start the agent: it enrolls this host (EK chain, credential activation, AK certificate)"

@@ -98,7 +98,7 @@ func (a *app) printEvents(evs []audit.Event, header bool) error {
 		fmt.Fprintln(w, "SEQ\tTIME\tKIND\tRESULT\tHOST\tWORKLOAD\tCREDENTIAL\tREASON")
 	}
 	for _, e := range evs {
-		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Local().Format("15:04:05.000"), e.Kind, e.Result,
+		row(w, e.Seq, e.Time.Local().Format("15:04:05.000"), e.Kind, e.Result,
 			orDash(e.Host), orDash(e.Workload), orDash(e.Credential), orDash(reason(&e)))
 	}
 	return w.Flush()

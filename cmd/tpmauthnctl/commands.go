@@ -59,7 +59,7 @@ func (a *app) tokenCmd() *cobra.Command {
 			return a.print(ts, func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "ID\tSTATE\tROLES\tEXPIRES\tUSED BY")
 				for _, t := range ts {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", t.ID, t.State(now), list(t.Roles), when(t.Expires), orDash(t.UsedBy))
+					row(w, t.ID, t.State(now), list(t.Roles), when(t.Expires), orDash(t.UsedBy))
 				}
 			})
 		},
@@ -99,7 +99,7 @@ func (a *app) hostCmd() *cobra.Command {
 			return a.print(hs, func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "ID\tHOSTNAME\tSTATUS\tROLES\tTPM\tENROLLED\tVIA")
 				for _, h := range hs {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.ID, h.Hostname, h.Status, list(h.Roles), h.TPM.Manufacturer, when(h.Created), h.Via)
+					row(w, h.ID, h.Hostname, h.Status, list(h.Roles), h.TPM.Manufacturer, when(h.Created), h.Via)
 				}
 			})
 		},
@@ -124,7 +124,7 @@ func (a *app) hostShowCmd() *cobra.Command {
 					{"tpm", fmt.Sprintf("%s %s %s", h.TPM.Manufacturer, h.TPM.Model, h.TPM.Version)},
 					{"via", h.Via}, {"enrolled", when(h.Created)}, {"updated", when(h.Updated)}, {"approved by", orDash(h.ApprovedBy)},
 				} {
-					fmt.Fprintf(w, "%s:\t%s\n", kv[0], kv[1])
+					row(w, kv[0]+":", kv[1])
 				}
 			})
 		},
@@ -162,7 +162,7 @@ func (a *app) credentialCmd() *cobra.Command {
 			return a.print(cs, func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "ID\tWORKLOAD\tHOST\tSTATUS\tCOUNTER\tCREATED")
 				for _, c := range cs {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", c.ID, c.Workload, c.Host, c.Status, c.Counter, when(c.Created))
+					row(w, c.ID, c.Workload, c.Host, c.Status, c.Counter, when(c.Created))
 				}
 			})
 		},
@@ -178,7 +178,7 @@ func (a *app) credentialCmd() *cobra.Command {
 			return a.print(c, func(w *tabwriter.Writer) {
 				for _, kv := range [][2]string{{"id", c.ID}, {"workload", c.Workload}, {"host", c.Host}, {"status", string(c.Status)},
 					{"reason", orDash(c.Reason)}, {"counter", fmt.Sprint(c.Counter)}, {"created", when(c.Created)}, {"updated", when(c.Updated)}} {
-					fmt.Fprintf(w, "%s:\t%s\n", kv[0], kv[1])
+					row(w, kv[0]+":", kv[1])
 				}
 			})
 		},

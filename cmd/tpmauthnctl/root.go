@@ -9,6 +9,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
@@ -155,4 +157,50 @@ func list(s []string) string {
 		return "-"
 	}
 	return strings.Join(s, ",")
+}
+
+// row writes one table row: its cells escaped (esc), separated by tabs.
+func row(w io.Writer, cells ...any) {
+	for i, c := range cells {
+		if i > 0 {
+			io.WriteString(w, "\t")
+		}
+		io.WriteString(w, esc(fmt.Sprint(c)))
+	}
+	io.WriteString(w, "\n")
+}
+
+// esc makes text that an attacker may have chosen (a hostname an enrolling
+// client claimed, a CONNECT user name quoted in a reason) safe for a
+// terminal and for the table around it: control characters, tabs, newlines
+// and invisible format characters (bidirectional overrides among them)
+// become visible escapes, so they cannot move the cursor, rewrite what an
+// operator reads, or forge a row.
+func esc(s string) string {
+	clean := true
+	for _, r := range s {
+		if !unicode.IsGraphic(r) || r == '\\' {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r == '\\':
+			b.WriteString(`\\`)
+		case r == utf8.RuneError:
+			b.WriteString(`\ufffd`)
+		case r < 0x100 && !unicode.IsGraphic(r):
+			fmt.Fprintf(&b, `\x%02x`, r)
+		case !unicode.IsGraphic(r):
+			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }

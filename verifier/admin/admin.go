@@ -35,7 +35,9 @@ const (
 var roleName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 
 type kicker interface {
-	Kick(c *record.Credential) int
+	// KickAll kicks every live session of the credential and says what it
+	// could not kick.
+	KickAll(ctx context.Context, c *record.Credential) (int, error)
 }
 
 type activator interface {
@@ -284,7 +286,7 @@ func (s *Service) credentialRevoke(ctx context.Context, body []byte) (any, error
 	if err != nil {
 		return nil, err
 	}
-	s.cfg.Sessions.Kick(c) // before the operator hears it is done; every instance's watch kicks too
+	kickErr := s.kick(ctx, c) // before the operator hears it is done; every instance's watch kicks too
 	s.log.Info("credential revoked", "credential", c.ID, "reason", req.Reason)
 	// The whole lineage goes with it: a key a rotation replaced stays valid
 	// for its grace period, and its live connections with it.
@@ -294,7 +296,26 @@ func (s *Service) credentialRevoke(ctx context.Context, body []byte) (any, error
 		return nil, err
 	}
 	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
+	if kickErr != nil {
+		return nil, kickErr
+	}
 	return c, nil
+}
+
+// kick kicks every live session of a credential taken out of service. What
+// it could not kick is audited and reported (api.ErrUnavailable): the
+// credential is revoked either way and those sessions end at their expiry,
+// but the operator must know, and asking again kicks again.
+func (s *Service) kick(ctx context.Context, c *record.Credential) error {
+	_, err := s.cfg.Sessions.KickAll(ctx, c)
+	if err == nil {
+		return nil
+	}
+	s.log.Error("sessions of a revoked credential not kicked", "credential", c.ID, "error", err)
+	s.cfg.Trail.Record(audit.Event{Kind: "kick", Result: "error", Host: c.Host, Workload: c.Workload, Credential: c.ID,
+		Reason: err.Error(), Actor: "operator"})
+	return fmt.Errorf("%w: credential %s is revoked, but some of its live sessions could not be kicked (they end at their expiry; revoke again to retry): %w",
+		api.ErrUnavailable, c.ID, err)
 }
 
 // revokeLineage revokes and kicks every other credential of c's rotation
@@ -306,6 +327,7 @@ func (s *Service) revokeLineage(ctx context.Context, c *record.Credential, reaso
 		return err
 	}
 	why := "lineage of " + c.ID + " revoked: " + reason
+	var kickErrs []error
 	for _, o := range creds {
 		if o.ID == c.ID || o.Nkey() != c.Nkey() || o.Status == api.CredentialRevoked {
 			continue
@@ -314,10 +336,10 @@ func (s *Service) revokeLineage(ctx context.Context, c *record.Credential, reaso
 		if err != nil {
 			return err
 		}
-		s.cfg.Sessions.Kick(r)
+		kickErrs = append(kickErrs, s.kick(ctx, r))
 		s.cfg.Trail.Record(audit.Event{Kind: "revoke", Result: "ok", Host: r.Host, Workload: r.Workload, Credential: r.ID, Reason: why, Actor: "operator"})
 	}
-	return nil
+	return errors.Join(kickErrs...)
 }
 
 // tokenRevoke revokes an unused join token, named by its ID (what
@@ -437,9 +459,12 @@ func (s *Service) revokeHost(ctx context.Context, id string, status api.HostStat
 	if err != nil {
 		return nil, err
 	}
+	// Every credential is revoked whatever a kick says; what could not be
+	// kicked is reported at the end.
+	var kickErrs []error
 	for _, c := range creds {
 		if c.Status == api.CredentialRevoked {
-			s.cfg.Sessions.Kick(c)
+			kickErrs = append(kickErrs, s.kick(ctx, c))
 			continue
 		}
 		why := "host " + string(status) + ": " + reason
@@ -447,7 +472,7 @@ func (s *Service) revokeHost(ctx context.Context, id string, status api.HostStat
 		if err != nil {
 			return nil, err
 		}
-		s.cfg.Sessions.Kick(c)
+		kickErrs = append(kickErrs, s.kick(ctx, c))
 		// Each credential's own event, so that a search by credential finds
 		// it; the operator's host event follows.
 		s.cfg.Trail.Record(audit.Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: why, Actor: "operator"})
@@ -457,6 +482,9 @@ func (s *Service) revokeHost(ctx context.Context, id string, status api.HostStat
 		if err := s.st.EKs.Delete(ctx, h.EKHash); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 			return nil, fmt.Errorf("forget EK enrollment: %w", err)
 		}
+	}
+	if err := errors.Join(kickErrs...); err != nil {
+		return nil, err
 	}
 	return h, nil
 }

@@ -24,11 +24,11 @@ type kicks struct {
 	ids []string
 }
 
-func (k *kicks) Kick(c *record.Credential) int {
+func (k *kicks) KickAll(_ context.Context, c *record.Credential) (int, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.ids = append(k.ids, c.ID)
-	return 0
+	return 0, nil
 }
 
 func newService(t *testing.T) (*testenv.Env, *Service, *kicks) {

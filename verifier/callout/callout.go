@@ -271,11 +271,14 @@ func (s *Server) handle(m *nats.Msg, arrived time.Time) {
 
 // open decrypts (when the server sealed it) and validates a request.
 func (s *Server) open(data []byte, serverXKey string) (*jwt.AuthorizationRequestClaims, error) {
-	if serverXKey != "" {
-		var err error
-		if data, err = s.xbox.Open(data, serverXKey); err != nil {
-			return nil, fmt.Errorf("cannot decrypt: %w", err)
-		}
+	// Every server of the layout seals its requests (the auth_callout block
+	// names the verifier's xkey): an unsealed one did not come from one.
+	if serverXKey == "" {
+		return nil, errors.New("unsealed: the request names no server xkey, and the layout requires one")
+	}
+	data, err := s.xbox.Open(data, serverXKey)
+	if err != nil {
+		return nil, fmt.Errorf("cannot decrypt: %w", err)
 	}
 	rc, err := jwt.DecodeAuthorizationRequestClaims(string(data))
 	if err != nil {

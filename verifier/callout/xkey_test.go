@@ -3,8 +3,10 @@ package callout
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"testing"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nkeys"
 )
 
@@ -115,4 +117,42 @@ func BenchmarkXKeyOpenSeal(b *testing.B) {
 			}
 		}
 	})
+}
+
+// An authorization request that is not sealed to the verifier's xkey is
+// refused unanswered, however well-formed: every server of the layout seals.
+func TestUnsealedRequestRefused(t *testing.T) {
+	xk, err := nkeys.CreateCurveKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(Config{XKey: xk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverKP, _ := nkeys.CreateServer()
+	serverID, _ := serverKP.PublicKey()
+	user, _ := nkeys.CreateUser()
+	userPub, _ := user.PublicKey()
+	rc := jwt.NewAuthorizationRequestClaims(userPub)
+	rc.Audience = "nats-authorization-request"
+	rc.Server.ID = serverID
+	rc.UserNkey = userPub
+	tok, err := rc.Encode(serverKP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.open([]byte(tok), ""); err == nil || !strings.Contains(err.Error(), "unsealed") {
+		t.Fatalf("unsealed request: %v, want refused", err)
+	}
+	serverXK, _ := nkeys.CreateCurveKeys()
+	serverXPub, _ := serverXK.PublicKey()
+	ourPub, _ := xk.PublicKey()
+	sealed, err := serverXK.Seal([]byte(tok), ourPub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := srv.open(sealed, serverXPub); err != nil || got.UserNkey != userPub {
+		t.Fatalf("the same request sealed: %v", err)
+	}
 }

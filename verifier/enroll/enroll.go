@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"time"
 
 	"github.com/google/go-attestation/attest"
@@ -103,6 +104,9 @@ func (s *Service) Begin(ctx context.Context, body []byte) (_ any, err error) {
 	if err := natsapi.Decode(body, &req); err != nil {
 		return nil, err
 	}
+	if !hostnameRE.MatchString(req.Hostname) {
+		return nil, fmt.Errorf("%w: hostname %q: letters, digits, '.', '-' and '_', at most 253", api.ErrBadRequest, req.Hostname)
+	}
 	ekPub, err := x509.ParsePKIXPublicKey(req.EKPublic)
 	if err != nil {
 		return nil, fmt.Errorf("%w: EK public key: %w", api.ErrBadRequest, err)
@@ -164,6 +168,12 @@ func (s *Service) Begin(ctx context.Context, body []byte) (_ any, err error) {
 	}
 	return &api.EnrollBeginResponse{Session: sid, Credential: act.Challenge.Credential, Secret: act.Challenge.Secret}, nil
 }
+
+// hostnameRE: what a host may call itself. The hostname is a label the
+// client claims (identity is the EK), but it becomes part of every session's
+// NATS user name (workload@hostname) and of what operators read, so it is
+// kept to what a DNS name may hold.
+var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$`)
 
 // requesterBound requires the request to come from the enrollment session
 // of this very grant: the join token's (tokenHash) or, without a token, the

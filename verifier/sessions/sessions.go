@@ -149,21 +149,14 @@ func (s *Sessions) Kick(c *record.Credential) int {
 		if !r.Expires.After(now) {
 			continue
 		}
-		body, _ := json.Marshal(map[string]uint64{"cid": r.Client})
-		m, err := s.cfg.Sys.Request("$SYS.REQ.SERVER."+r.Server+".KICK", body, kickTimeout)
+		kicked, err := s.kickOne(r.Server, r.Client)
 		if err != nil {
 			s.log.Warn("kick failed", "credential", c.ID, "server", r.Server, "client", r.Client, "error", err)
 			continue
 		}
-		var resp struct {
-			Error *struct {
-				Description string `json:"description"`
-			} `json:"error"`
+		if kicked {
+			n++
 		}
-		if json.Unmarshal(m.Data, &resp) == nil && resp.Error != nil {
-			continue // no such client: it left already
-		}
-		n++
 	}
 	if n > 0 {
 		s.log.Info("live sessions kicked", "credential", c.ID, "count", n)
@@ -299,8 +292,11 @@ type trafficCount struct {
 func (s *Sessions) auditSessionEnd(e *disconnectEvent) {
 	credID := s.index.grantOf(e.Server.ID, e.Client.ID)
 	user := e.Client.User
-	if credID == "" && user != "" && !strings.ContainsAny(user, ":[] ") {
-		credID = user // a workload's nkey; enrollment users have a prefix
+	if credID == "" {
+		credID = nkeyOf(user) // workload@hostname/nkey (UserName)
+	}
+	if credID == "" && user != "" && !strings.ContainsAny(user, ":[]@ ") {
+		credID = user // a bare nkey; enrollment users have a prefix
 	}
 	ev := s.sessionEvent(credID, e.Server.ID, e.Client.ID, e.Reason)
 	if ev.Host == "" { // an enrollment session, or a credential since deleted

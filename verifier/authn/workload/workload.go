@@ -295,7 +295,7 @@ func (m *Method) userClaims(rc *jwt.AuthorizationRequestClaims, cred *record.Cre
 	p := m.cfg.Policy.Current()
 	uc := jwt.NewUserClaims(rc.UserNkey)
 	uc.Audience = keys.AccountApp
-	uc.Name = cred.Workload + "@" + h.Hostname
+	uc.Name = sessions.UserName(cred.Workload, h.Hostname, rc.ConnectOptions.Nkey)
 	uc.Expires = time.Now().Add(p.SessionTTL).Unix()
 	uc.Tags.Add("host:"+h.ID, "workload:"+cred.Workload)
 	if cred.Workload == api.AgentWorkload {
@@ -334,7 +334,9 @@ func (m *Method) Quarantine(ctx context.Context, id string, ev *audit.Event, cau
 	case err != nil:
 		m.log.Error("quarantine failed", "credential", id, "error", err)
 	default:
-		m.cfg.Sessions.Kick(c)
+		if _, err := m.cfg.Sessions.KickAll(ctx, c); err != nil {
+			m.log.Error("sessions of a quarantined credential not kicked", "credential", id, "error", err)
+		}
 	}
 	m.cfg.Alerts.Alert(alert.CounterRegression, audit.Event{Host: ev.Host, Workload: ev.Workload, Credential: id, Counter: ev.Counter,
 		Server: ev.Server, Client: ev.Client, ClientAddr: ev.ClientAddr, Reason: cause.Error()})

@@ -1,0 +1,152 @@
+package sessions
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
+)
+
+// A credential record names at most MaxPerCredential live sessions, and a
+// session granted by an instance that crashed before its write is named
+// nowhere: a revocation that kicked only the record's sessions could leave
+// some up. KickAll asks every server for the connections that presented the
+// credential's CONNECT nkey (CONNZ, filtered by user) and kicks those too.
+
+// connzWait is how long KickAll waits for more servers' CONNZ answers after
+// the last one (servers answer a PING in parallel, within milliseconds).
+const connzWait = 250 * time.Millisecond
+
+// connzLimit bounds the connections one server reports for one nkey.
+const connzLimit = 4096
+
+// UserName is a credential session's NATS user name: workload@hostname,
+// then the CONNECT nkey, which makes it unique to the credential's lineage
+// (hostnames are labels, not unique), so that servers can be asked for
+// every session of a lineage (CONNZ by user) and an ended session names its
+// credential.
+func UserName(workload, hostname, nkey string) string {
+	return workload + "@" + hostname + "/" + nkey
+}
+
+// nkeyOf is the CONNECT nkey a session's user name ends with, or "".
+func nkeyOf(user string) string {
+	if i := strings.LastIndexByte(user, '/'); i >= 0 && strings.Contains(user[:i], "@") {
+		return user[i+1:]
+	}
+	return ""
+}
+
+// KickAll kicks every live session of the credential: those its record
+// names and those any server reports for its lineage's user name. It
+// returns how many it kicked and an error naming what it could not kick (or
+// ask): the caller must say so, the sessions stay up until they expire.
+func (s *Sessions) KickAll(ctx context.Context, c *record.Credential) (int, error) {
+	n := s.Kick(c)
+	h, err := s.cfg.Fleet.Host(ctx, c.Host)
+	if err != nil {
+		return n, fmt.Errorf("find the credential's sessions: host %s: %w", c.Host, err)
+	}
+	found, err := s.connsOf(UserName(c.Workload, h.Hostname, c.Nkey()))
+	if err != nil {
+		return n, fmt.Errorf("find the credential's sessions on the servers: %w", err)
+	}
+	var failed []error
+	for _, conn := range found {
+		kicked, err := s.kickOne(conn.server, conn.cid)
+		switch {
+		case err != nil:
+			failed = append(failed, fmt.Errorf("server %s client %d: %w", conn.server, conn.cid, err))
+		case kicked:
+			n++
+		}
+	}
+	if n > 0 {
+		s.log.Info("live sessions kicked", "credential", c.ID, "count", n)
+	}
+	return n, errors.Join(failed...)
+}
+
+type serverConn struct {
+	server string
+	cid    uint64
+}
+
+// connsOf asks every server (CONNZ ping in the system account) for the
+// connections in the workload account of user name user.
+func (s *Sessions) connsOf(user string) ([]serverConn, error) {
+	select {
+	case <-s.done:
+		return nil, nil
+	default:
+	}
+	if s.cfg.Sys == nil {
+		return nil, errors.New("no system connection")
+	}
+	inbox := nats.NewInbox()
+	ch := make(chan *nats.Msg, 64)
+	sub, err := s.cfg.Sys.ChanSubscribe(inbox, ch)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	body, _ := json.Marshal(map[string]any{"user": user, "acc": keys.AccountApp, "auth": true, "limit": connzLimit})
+	if err := s.cfg.Sys.PublishRequest("$SYS.REQ.SERVER.PING.CONNZ", inbox, body); err != nil {
+		return nil, err
+	}
+	var out []serverConn
+	timer := time.NewTimer(kickTimeout) // the first answer may take longer than the next
+	defer timer.Stop()
+	for {
+		select {
+		case m := <-ch:
+			var resp struct {
+				Server struct {
+					ID string `json:"id"`
+				} `json:"server"`
+				Data struct {
+					Conns []struct {
+						CID  uint64 `json:"cid"`
+						User string `json:"authorized_user"`
+					} `json:"connections"`
+				} `json:"data"`
+			}
+			if json.Unmarshal(m.Data, &resp) != nil || resp.Server.ID == "" {
+				continue
+			}
+			for _, c := range resp.Data.Conns {
+				if c.User == user { // the server filtered; check anyway
+					out = append(out, serverConn{resp.Server.ID, c.CID})
+				}
+			}
+			timer.Reset(connzWait)
+		case <-timer.C:
+			return out, nil
+		}
+	}
+}
+
+// kickOne kicks one connection; false if it had left already.
+func (s *Sessions) kickOne(server string, cid uint64) (bool, error) {
+	body, _ := json.Marshal(map[string]uint64{"cid": cid})
+	m, err := s.cfg.Sys.Request("$SYS.REQ.SERVER."+server+".KICK", body, kickTimeout)
+	if err != nil {
+		return false, err
+	}
+	var resp struct {
+		Error *struct {
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(m.Data, &resp) == nil && resp.Error != nil {
+		return false, nil // no such client: it left already
+	}
+	return true, nil
+}

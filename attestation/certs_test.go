@@ -6,9 +6,12 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/pem"
+	"errors"
 	"log/slog"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -143,5 +146,66 @@ func TestParseTPMSANRejects(t *testing.T) {
 		if _, err := parseTPMSAN(der); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+// P1: the EK certificate profile was not enforced, only a chain to a vendor
+// root: the key of any end-entity certificate under a trusted vendor CA
+// could pose as an EK. Each property the profile requires is checked.
+func TestAttackNonEKCertificateUnderVendorRoot(t *testing.T) {
+	root, rootKey, err := NewCA("vendor root", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	san, err := tpmSAN(TPMIdentity{Manufacturer: "id:00001014", Model: "swtpm", Version: "id:20191023"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(mod func(*x509.Certificate)) *x509.Certificate {
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(7), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+			KeyUsage: x509.KeyUsageKeyAgreement, BasicConstraintsValid: true,
+			UnknownExtKeyUsage: []asn1.ObjectIdentifier{oidEKCertificate},
+			ExtraExtensions:    []pkix.Extension{{Id: oidSubjectAltName, Critical: true, Value: san}},
+		}
+		mod(tmpl)
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, root, &key.PublicKey, rootKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	trust := NewEKTrust(root)
+	for _, tc := range []struct {
+		name string
+		mod  func(*x509.Certificate)
+		ok   bool
+	}{
+		{"ekProfile", func(*x509.Certificate) {}, true},
+		{"noEKUListed", func(c *x509.Certificate) { c.UnknownExtKeyUsage = nil }, true},
+		{"tlsServer", func(c *x509.Certificate) {
+			c.ExtraExtensions, c.UnknownExtKeyUsage = nil, nil
+			c.DNSNames, c.ExtKeyUsage = []string{"www.vendor.example"}, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		}, false},
+		{"otherEKU", func(c *x509.Certificate) {
+			c.UnknownExtKeyUsage, c.ExtKeyUsage = nil, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		}, false},
+		{"signingKey", func(c *x509.Certificate) { c.KeyUsage = x509.KeyUsageDigitalSignature }, false},
+		{"ca", func(c *x509.Certificate) { c.IsCA, c.KeyUsage = true, c.KeyUsage|x509.KeyUsageCertSign }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := trust.VerifyEKCertificate(issue(tc.mod), nil, time.Now())
+			if tc.ok != (err == nil) || (!tc.ok && !errors.Is(err, ErrEKUntrusted)) {
+				t.Fatalf("%v, want ok=%v", err, tc.ok)
+			}
+		})
 	}
 }

@@ -19,6 +19,7 @@ var (
 	oidTPMManufacturer = asn1.ObjectIdentifier{2, 23, 133, 2, 1}
 	oidTPMModel        = asn1.ObjectIdentifier{2, 23, 133, 2, 2}
 	oidTPMVersion      = asn1.ObjectIdentifier{2, 23, 133, 2, 3}
+	oidEKCertificate   = asn1.ObjectIdentifier{2, 23, 133, 8, 1} // tcg-kp-EKCertificate
 )
 
 // EKTrust holds the TPM manufacturer roots and intermediates that EK
@@ -123,6 +124,9 @@ func (t *EKTrust) VerifyEKCertificate(ek *x509.Certificate, intermediates []*x50
 	if t == nil || t.nroots == 0 {
 		return fmt.Errorf("%w: no manufacturer roots configured", ErrEKUntrusted)
 	}
+	if err := checkEKProfile(ek); err != nil {
+		return fmt.Errorf("%w: %w", ErrEKUntrusted, err)
+	}
 	c := *ek
 	c.UnhandledCriticalExtensions = nil
 	for _, oid := range ek.UnhandledCriticalExtensions {
@@ -151,6 +155,35 @@ func (t *EKTrust) VerifyEKCertificate(ek *x509.Certificate, intermediates []*x50
 	})
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrEKUntrusted, err)
+	}
+	return nil
+}
+
+// checkEKProfile requires what the TCG EK Credential Profile (§3.2) says of
+// an EK certificate, beyond a chain to a vendor root: the TPM identity in
+// its SAN, not a CA, a key usage an EK has (keyEncipherment for RSA,
+// keyAgreement for ECC), and, where extended key usages are listed,
+// tcg-kp-EKCertificate among them. Without these checks, the key of any
+// end-entity certificate under a trusted vendor CA (a TLS server's, say)
+// could pose as an EK in software and enroll a host with no TPM.
+func checkEKProfile(c *x509.Certificate) error {
+	if _, err := TPMIdentityFromCertificate(c); err != nil {
+		return fmt.Errorf("not an EK certificate: no TPM identity in its subject alternative name: %w", err)
+	}
+	if c.IsCA {
+		return errors.New("not an EK certificate: it is a CA")
+	}
+	if c.KeyUsage&(x509.KeyUsageKeyEncipherment|x509.KeyUsageKeyAgreement) == 0 {
+		return errors.New("not an EK certificate: its key usage is neither keyEncipherment nor keyAgreement")
+	}
+	if len(c.ExtKeyUsage)+len(c.UnknownExtKeyUsage) > 0 {
+		found := false
+		for _, oid := range c.UnknownExtKeyUsage {
+			found = found || oid.Equal(oidEKCertificate)
+		}
+		if !found {
+			return errors.New("not an EK certificate: its extended key usages do not include tcg-kp-EKCertificate")
+		}
 	}
 	return nil
 }

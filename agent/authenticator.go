@@ -176,6 +176,11 @@ type RegisterOptions struct {
 	Challenge  []byte // verifier-issued, at least 16 bytes
 	UserHandle []byte // 1..64 bytes; random when empty
 	Lineage    []byte // for a rotation: the lineage of the replaced credential
+	// ID is the credential ID to use; random (16 bytes) when empty, as it
+	// should be. A chosen one is for tests and tools that must reproduce a
+	// registration (an authenticator picks its IDs: the verifier cannot
+	// trust them to be fresh).
+	ID []byte
 }
 
 // Register creates a TPM credential key, has the AK certify it and returns a
@@ -193,8 +198,10 @@ func (a *Authenticator) Register(o RegisterOptions) (*api.RegistrationResponse, 
 		return nil, nil, ErrNotEnrolled
 	}
 	cred := &Credential{Name: o.Name, RPID: o.RPID, Origin: o.Origin, UserHandle: o.UserHandle, Created: time.Now().UTC(), Lineage: o.Lineage}
-	if cred.ID, err = randomBytes(credentialIDLen); err != nil {
-		return nil, nil, err
+	if cred.ID = o.ID; len(cred.ID) == 0 {
+		if cred.ID, err = randomBytes(credentialIDLen); err != nil {
+			return nil, nil, err
+		}
 	}
 	if len(cred.UserHandle) == 0 {
 		if cred.UserHandle, err = randomBytes(32); err != nil {

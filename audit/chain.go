@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"slices"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -24,13 +25,27 @@ type Signer interface {
 	Sign(input []byte) ([]byte, error)
 }
 
+// Bounds of an event's text. Much of it is what an unauthenticated client
+// chose (a CONNECT user name, an error quoting a request): unbounded, each
+// refused connect could cost the trail kilobytes. A field is cut at its
+// bound, and says so.
+const (
+	maxField  = 256  // names and identifiers
+	maxReason = 1024 // the reason
+)
+
 // validUTF8 replaces invalid UTF-8 in the event's text (an error's text may
 // quote bytes from a request): encoded, an invalid byte becomes U+FFFD, so
-// the event read back would no longer hash to what was signed.
+// the event read back would no longer hash to what was signed. It also cuts
+// each field at its bound.
 func (e *Event) validUTF8() {
 	for _, f := range []*string{&e.Kind, &e.Result, &e.Reason, &e.Host, &e.EKHash, &e.Workload,
 		&e.Credential, &e.Server, &e.ClientAddr, &e.Actor} {
-		*f = strings.ToValidUTF8(*f, "\uFFFD")
+		limit := maxField
+		if f == &e.Reason {
+			limit = maxReason
+		}
+		*f = bound(strings.ToValidUTF8(*f, "\uFFFD"), limit)
 	}
 	cloned := false
 	for i, r := range e.Roles {
@@ -42,6 +57,19 @@ func (e *Event) validUTF8() {
 		}
 		e.Roles[i] = strings.ToValidUTF8(r, "\uFFFD")
 	}
+}
+
+// bound cuts s to at most limit bytes (on a rune boundary) and says how much
+// was cut.
+func bound(s string, limit int) string {
+	if len(s) <= limit {
+		return s
+	}
+	cut := limit - 32 // room for the note
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…(" + strconv.Itoa(len(s)-cut) + " bytes cut)"
 }
 
 // unsealed is the event's encoding with hash and sig empty: what its hash

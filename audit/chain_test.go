@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nkeys"
 )
@@ -203,4 +204,33 @@ func (e *Event) digest() (string, error) {
 		return "", err
 	}
 	return hashOf(b), nil
+}
+
+// M4: text an unauthenticated client chose (a CONNECT user name quoted
+// twice in a reason) made each refused connect cost kilobytes of trail.
+// Every field is bounded, says it was cut, and the event still verifies.
+func TestAttackOversizedEventFieldsBounded(t *testing.T) {
+	kp, err := nkeys.CreateAccount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := kp.PublicKey()
+	huge := strings.Repeat("é", 6000) // 12 KB, two-byte runes
+	msg, _, err := Chain(Head{}, []Event{{Kind: "connect", Result: "deny", Reason: huge + huge, Host: huge, EKHash: huge}}, kp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msg) > 4096 {
+		t.Fatalf("an event of attacker-chosen text takes %d bytes", len(msg))
+	}
+	var e Event
+	if err := json.Unmarshal(msg, &e); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(e.Reason, "bytes cut)") || len(e.Host) > maxField || !utf8.ValidString(e.Host) {
+		t.Fatalf("reason %q…, host %d bytes", e.Reason[len(e.Reason)-20:], len(e.Host))
+	}
+	if n, err := VerifyChain([][]byte{msg}, pub, ""); err != nil || n != 1 {
+		t.Fatalf("a bounded event: %d verified, %v", n, err)
+	}
 }

@@ -10,12 +10,14 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/agent/client"
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/internal/eventually"
 	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 // The attack suite (docs/threat-model.md): each test is one attack as the
@@ -282,5 +284,81 @@ func TestAttackSessionsBeyondTheRecordCap(t *testing.T) {
 	case <-closed:
 	case <-time.After(5 * time.Second):
 		t.Fatalf("connections of a revoked credential still open 5 s after the revocation (of %d)", n)
+	}
+}
+
+// P2: a host registered a credential under another host's credential ID;
+// the workload index was moved to that ID before the verifier learned it
+// existed, and the attacker's host could then begin a rotation "from" the
+// victim's credential. The record is created first now (an existing ID is
+// refused before the index moves), and a rotation's old credential must be
+// the challenge's host's and workload's.
+func TestAttackCredentialIDTakenFromAnotherHost(t *testing.T) {
+	f := fleettest.New(t)
+	victim := fleettest.Authenticator(t, f.TPM)
+	ve, err := f.Enroll(t, victim, f.Token(t, time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs, err := f.HostSession(ve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vs.Close()
+	vcred, err := victim.RegisterWithVerifier(t.Context(), vs, "billing")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The attacker's own host, enrolled through the EK allow-list.
+	attacker := fleettest.Authenticator(t, swtpmtest.New(t))
+	ek, err := attacker.TPM().EK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash, err := attestation.EKHash(ek.Public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.MustAdmin(t, "ek.allow", api.EKAllowRequest{EKHash: hash, Roles: []string{"demo"}}, nil)
+	ekSession, err := nats.Connect(f.URL(), nats.UserInfo(api.EKUserPrefix+hash, ""), nats.CustomInboxPrefix(api.InboxForEK(hash)), nats.MaxReconnects(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ae, err := attacker.Enroll(t.Context(), ekSession, "", "attacker")
+	ekSession.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	as, err := f.HostSession(ae)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer as.Close()
+	var begin api.RegisterBeginResponse
+	if code := fleettest.Request(t, as, api.SubjectRegisterBegin, api.RegisterBeginRequest{HostID: ae.HostID, Workload: "billing"}, &begin); code != "" {
+		t.Fatal(code)
+	}
+	resp, _, err := attacker.Register(agent.RegisterOptions{Name: "billing", RPID: begin.RPID, Origin: begin.Origin,
+		Challenge: begin.Challenge, UserHandle: begin.UserHandle, ID: vcred.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	code := fleettest.Request(t, as, api.SubjectRegisterFinish, api.RegisterFinishRequest{HostID: ae.HostID, Workload: "billing",
+		Challenge: begin.Challenge, Response: resp}, nil)
+	if code != "conflict" {
+		t.Fatalf("registering another host's credential ID: %q, want conflict", code)
+	}
+	// The attacker's workload index does not name the victim's credential:
+	// no rotation can start from it.
+	code = fleettest.Request(t, as, api.SubjectRegisterBegin, api.RegisterBeginRequest{HostID: ae.HostID, Workload: "billing",
+		RotateFrom: vcred.IDString()}, nil)
+	if code == "" {
+		t.Fatal("a rotation from another host's credential began")
+	}
+	var c record.Credential
+	f.MustAdmin(t, "credential.show", api.IDRequest{ID: vcred.IDString()}, &c)
+	if c.Host != ve.HostID || c.Status != api.CredentialActive || !c.Retires.IsZero() {
+		t.Fatalf("the victim's credential after the attack: %+v", c)
 	}
 }

@@ -61,7 +61,8 @@ type Verifier struct {
 	fleet      *fleet.Fleet
 	sessions   *sessions.Sessions
 	enroll     *enroll.Service
-	api        *natsapi.Server
+	api        *natsapi.Server // v1: enrollment and registration
+	adminAPI   *natsapi.Server // the operator API, with slots of its own
 	callout    *callout.Server
 	metricsSrv *promserve.Server
 
@@ -299,8 +300,16 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 	}); err != nil {
 		return err
 	}
-	return v.api.Serve("tpmauthn-admin", "tpmauthn operator API", api.SubjectAdminPrefix, adm.Endpoints())
+	// The operator API has worker slots of its own: sessions that flood the
+	// v1 endpoints must not lock operators out (they may be revoking them).
+	v.adminAPI = natsapi.New(natsapi.Config{Conn: v.nc, QueueGroup: queueGroup, Version: Version, Workers: adminWorkers,
+		Trail: v.trail, Metrics: v.metrics, Logger: v.log})
+	v.onClose(v.adminAPI.Close)
+	return v.adminAPI.Serve("tpmauthn-admin", "tpmauthn operator API", api.SubjectAdminPrefix, adm.Endpoints())
 }
+
+// adminWorkers is the operator API's worker slots.
+const adminWorkers = 8
 
 // serveCallout answers auth callout with the registry of authentication
 // methods: a join token, a workload's assertion, a host's proof, an
@@ -435,6 +444,9 @@ func (v *Verifier) FlushAudit() { v.audit.Flush() }
 // callouts).
 func (v *Verifier) Served() uint64 {
 	var n uint64
+	if v.adminAPI != nil {
+		n += v.adminAPI.Served()
+	}
 	if v.api != nil {
 		n += v.api.Served()
 	}

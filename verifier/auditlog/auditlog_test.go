@@ -119,8 +119,8 @@ func TestAuditBatchesTwoWriters(t *testing.T) {
 func TestAuditOversizedBatchSplits(t *testing.T) {
 	e := newEnv(t)
 	first := e.open(t)
-	long := strings.Repeat("x", 4000)
-	evs := make([]audit.Event, 300) // ~300 × 4 KB: over maxMsg
+	long := strings.Repeat("x", 4000) // cut to the reason's bound (1 KB)
+	evs := make([]audit.Event, 1300)  // ~1300 × 1.3 KB: over maxMsg three times
 	for i := range evs {
 		evs[i] = audit.Event{Time: time.Now().UTC(), Kind: "connect", Result: "deny", Reason: long}
 	}

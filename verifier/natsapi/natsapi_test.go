@@ -114,3 +114,38 @@ func TestCode(t *testing.T) {
 		})
 	}
 }
+
+// M5: the operator API shared the worker slots of the v1 endpoints, which
+// any enrollment session can flood. The verifier runs them as two Servers:
+// one whose slots are all taken does not hold up the other.
+func TestServersHaveTheirOwnSlots(t *testing.T) {
+	e := testenv.New(t)
+	v1 := New(Config{Conn: e.NC, Workers: 1, Trail: e.Trail, Metrics: nopMetrics{}})
+	admin := New(Config{Conn: e.NC, Workers: 1, Trail: e.Trail, Metrics: nopMetrics{}})
+	answers := make(chan string, 2)
+	if _, err := e.NC.Subscribe("test.>", func(m *nats.Msg) { answers <- m.Subject }); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.NC.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	flood := v1.Handle("test.flood", func(context.Context, []byte) (any, error) { <-release; return "late", nil })
+	op := admin.Handle("test.op", func(context.Context, []byte) (any, error) { return "done", nil })
+	flood(fakeRequest{reply: "test.flood"}) // takes v1's only slot, and keeps it
+	op(fakeRequest{reply: "test.op"})
+	select {
+	case got := <-answers:
+		if got != "test.op" {
+			t.Fatalf("first answer %s, want the operator's", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the operator API waited for a slot of the flooded v1 endpoints")
+	}
+	close(release)
+	if got := <-answers; got != "test.flood" {
+		t.Fatalf("second answer %s", got)
+	}
+	v1.Close()
+	admin.Close()
+}

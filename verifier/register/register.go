@@ -74,6 +74,10 @@ func random(n int) ([]byte, error) {
 	return b, err
 }
 
+// maxCredentialIDLen bounds a registered credential's ID (it is a KV key and
+// a CONNECT nkey; the agent's are 16 bytes).
+const maxCredentialIDLen = 64
+
 // workloadName: what a workload may be called (it appears in NATS user names
 // and subject templates, so no dots, wildcards or spaces).
 var workloadName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
@@ -160,6 +164,9 @@ func (s *Service) Finish(ctx context.Context, body []byte) (_ any, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(reg.CredentialID) < 16 || len(reg.CredentialID) > maxCredentialIDLen {
+		return nil, fmt.Errorf("%w: credential ID of %d bytes: 16 to %d", api.ErrBadRequest, len(reg.CredentialID), maxCredentialIDLen)
+	}
 	ev.Credential = b64(reg.CredentialID)
 	if err := akBelongsTo(reg.AKCert, h); err != nil {
 		s.cfg.Alerts.Alert(alert.AKMismatch, audit.Event{Host: h.ID, Workload: req.Workload, Credential: ev.Credential, Reason: err.Error()})
@@ -179,10 +186,17 @@ func (s *Service) Finish(ctx context.Context, body []byte) (_ any, err error) {
 		cred.Lineage = old.Nkey()
 		ev.Kind, ev.Reason = "rotate", "replaces "+old.ID
 	}
-	if err := s.claimWorkload(ctx, h.ID, req.Workload, cred.ID, ch.RotateFrom); err != nil {
+	// The record first, then the workload index: an ID that exists already
+	// (another host's credential) is refused before the index could name it.
+	if err := store.Create(ctx, s.cfg.Fleet.Store.Credentials, cred.ID, cred); errors.Is(err, api.ErrConflict) {
+		return nil, fmt.Errorf("%w: credential ID %s exists", api.ErrConflict, cred.ID)
+	} else if err != nil {
 		return nil, err
 	}
-	if err := store.Create(ctx, s.cfg.Fleet.Store.Credentials, cred.ID, cred); err != nil {
+	if err := s.claimWorkload(ctx, h.ID, req.Workload, cred.ID, ch.RotateFrom); err != nil {
+		if derr := s.cfg.Fleet.Store.Credentials.Delete(context.WithoutCancel(ctx), cred.ID); derr != nil {
+			s.log.Error("registration refused, but its credential record stays", "credential", cred.ID, "error", derr)
+		}
 		return nil, err
 	}
 	var retires time.Time
@@ -252,6 +266,9 @@ func (s *Service) checkRotateFrom(ctx context.Context, host, workload, from stri
 	if err != nil {
 		return err
 	}
+	if old.Host != host || old.Workload != workload {
+		return fmt.Errorf("%w: credential %s is not workload %s's of host %s", api.ErrBadRequest, from, workload, host)
+	}
 	if old.Status != api.CredentialActive || old.Retired(time.Now()) {
 		return fmt.Errorf("%w: credential %s is %s and cannot vouch for a successor", api.ErrRevoked, old.ID, old.Status)
 	}
@@ -274,6 +291,9 @@ func (s *Service) checkRotationProof(ctx context.Context, ch *record.Challenge, 
 	unlock := s.cfg.Fleet.Lock(ch.RotateFrom)
 	defer unlock()
 	old, _, err := store.Mutate(ctx, s.cfg.Fleet.Store.Credentials, ch.RotateFrom, func(old *record.Credential) error {
+		if old.Host != ch.Host || old.Workload != ch.Workload {
+			return fmt.Errorf("%w: credential %s is not workload %s's of host %s", api.ErrBadRequest, old.ID, ch.Workload, ch.Host)
+		}
 		if old.Status != api.CredentialActive || old.Retired(time.Now()) {
 			return fmt.Errorf("%w: credential %s is %s", api.ErrRevoked, old.ID, old.Status)
 		}

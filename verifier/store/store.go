@@ -39,6 +39,14 @@ const (
 	SessionTTL        = 5 * time.Minute
 )
 
+// MaxRecordSize bounds one record (a credential with its 64 sessions is
+// about 8 KB).
+const MaxRecordSize = 64 << 10
+
+// maxTTLBucketBytes bounds the open enrollments and the registration
+// challenges (each about 1 KB, living SessionTTL).
+const maxTTLBucketBytes = 64 << 20
+
 // Store is the fleet state in JetStream KV: one bucket a kind of record.
 type Store struct {
 	JS jetstream.JetStream
@@ -82,8 +90,16 @@ func Open(ctx context.Context, nc *nats.Conn) (*Store, error) {
 		if b.ttl > 0 || b.name == BucketCredentials {
 			history = 1
 		}
+		// Bounded: a record is small, and the buckets that any enrollment
+		// session can fill (open enrollments, registration challenges)
+		// refuse new records when full rather than filling the disk.
+		maxBytes := int64(-1)
+		if b.ttl > 0 {
+			maxBytes = maxTTLBucketBytes
+		}
 		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket: b.name, History: history, TTL: b.ttl, Storage: jetstream.FileStorage,
+			MaxValueSize: MaxRecordSize, MaxBytes: maxBytes,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("KV bucket %s: %w (is JetStream enabled for the %s account?)", b.name, err, keys.AccountAuth)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -86,5 +87,29 @@ func TestMutate(t *testing.T) {
 	js.NC.Close()
 	if _, _, err := Get[record.Credential](ctx, s.Credentials, "c1"); !errors.Is(err, api.ErrUnavailable) || errors.Is(err, api.ErrNotFound) {
 		t.Fatalf("closed connection: %v, want api.ErrUnavailable", err)
+	}
+}
+
+// M5: the buckets had no caps. A record beyond MaxRecordSize is refused
+// (and as an outage, not a domain answer), and the buckets any enrollment
+// session can fill are bounded.
+func TestBucketsBounded(t *testing.T) {
+	js := jstest.Start(t)
+	s, err := Open(t.Context(), js.NC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := &record.Challenge{V: record.Version, Host: strings.Repeat("h", MaxRecordSize)}
+	if err := Create(t.Context(), s.Challenges, "c1", big); !errors.Is(err, api.ErrUnavailable) {
+		t.Fatalf("a record over the size bound: %v, want refused", err)
+	}
+	for _, kv := range []jetstream.KeyValue{s.Enroll, s.Challenges} {
+		st, err := kv.Status(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg := st.(*jetstream.KeyValueBucketStatus).StreamInfo().Config; cfg.MaxBytes <= 0 || cfg.MaxMsgSize <= 0 {
+			t.Fatalf("bucket %s: max bytes %d, max record %d: unbounded", kv.Bucket(), cfg.MaxBytes, cfg.MaxMsgSize)
+		}
 	}
 }

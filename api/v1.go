@@ -23,7 +23,8 @@ const EKUserPrefix = "ek:"
 // them to every request a session makes (Nats-Request-Info), and the
 // endpoints refuse a request outside the session's grant.
 const (
-	TagHost        = "host"         // a host's own session: its agent credential's, or its host proof's
+	TagHost        = "host"         // every session of a host: its workloads' and its agent's
+	TagAgent       = "agent"        // a host's agent: its credential's session, or its host proof's
 	TagEnrollToken = "enroll-token" // a join token's enrollment session: the token's hash
 	TagEnrollEK    = "enroll-ek"    // an allow-listed EK's enrollment session: the EK's hash
 )

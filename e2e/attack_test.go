@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -361,4 +363,54 @@ func TestAttackCredentialIDTakenFromAnotherHost(t *testing.T) {
 	if c.Host != ve.HostID || c.Status != api.CredentialActive || !c.Retires.IsZero() {
 		t.Fatalf("the victim's credential after the attack: %+v", c)
 	}
+}
+
+// H4/M5 (found by a review of the fix): the endpoints trust the session's
+// tags in the Nats-Request-Info header, which the server writes. But
+// nats-server strips a client's copy only where the key starts a CRLF line,
+// and nats.go also splits header lines at a bare LF: a client could smuggle
+// a second Nats-Request-Info, naming another host, ahead of the server's.
+// With more than one, the endpoints name nobody (fail closed).
+func TestAttackForgedRequestInfo(t *testing.T) {
+	f := fleettest.New(t)
+	victim, err := f.Enroll(t, fleettest.Authenticator(t, f.TPM), f.Token(t, time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spare, err := f.EnrollSession(f.Token(t, time.Hour), nats.SetCustomDialer(smuggleDialer{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spare.Close()
+	body, _ := json.Marshal(api.RegisterBeginRequest{HostID: victim.HostID, Workload: "payroll"})
+	for _, tags := range []string{`"host:` + victim.HostID + `"`, `"agent:` + victim.HostID + `"`} {
+		forged := `{"acc":"APP","tags":[` + tags + `]}`
+		m := &nats.Msg{Subject: api.SubjectRegisterBegin, Data: body, Header: nats.Header{"X-A": {"1~Nats-Request-Info: " + forged}}}
+		r, err := spare.RequestMsg(m, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code := r.Header.Get("Nats-Service-Error-Code"); code != "not_found" {
+			t.Fatalf("register.begin for another host with a smuggled Nats-Request-Info (%s): code %q, want not_found", tags, code)
+		}
+	}
+}
+
+// smuggleDialer turns "1~Nats-Request-Info" in what the client writes into a
+// bare-LF header line: the header-smuggling attempt of TestAttackForgedRequestInfo.
+type smuggleDialer struct{}
+
+func (smuggleDialer) Dial(network, addr string) (net.Conn, error) {
+	c, err := net.Dial(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return smuggleConn{c}, nil
+}
+
+type smuggleConn struct{ net.Conn }
+
+func (c smuggleConn) Write(p []byte) (int, error) {
+	_, err := c.Conn.Write(bytes.ReplaceAll(p, []byte("1~Nats-Request-Info"), []byte("1\nNats-Request-Info")))
+	return len(p), err
 }

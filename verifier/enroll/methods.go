@@ -59,7 +59,7 @@ func (m hostProofMethod) Authorize(ctx context.Context, r *authn.Request) (*jwt.
 		return nil, err
 	}
 	// It waits for approval and registers its own credentials.
-	return m.s.sessionUser(r.Claims, "enroll-host-"+id, api.TagHost+":"+id, api.InboxForHost(id),
+	return m.s.sessionUser(r.Claims, "enroll-host-"+id, api.TagAgent+":"+id, api.InboxForHost(id),
 		api.SubjectEnrollStatus, "tpmauthn.v1.register.>"), nil
 }
 

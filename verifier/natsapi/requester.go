@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/nats-io/nats.go/micro"
+	"github.com/tpmauthn/tpmauthn/api"
 )
 
 // The workload account imports the verifier's service with share: true, so
@@ -23,10 +24,15 @@ type requester struct {
 }
 
 func withRequester(ctx context.Context, h micro.Headers) context.Context {
-	raw := h.Get("Nats-Request-Info")
-	if raw == "" {
+	// Exactly one: nats-server strips a client's copy only where the key
+	// starts a CRLF line, while nats.go also splits lines at a bare LF, so a
+	// client can smuggle a second Nats-Request-Info ahead of the server's.
+	// With more than one, nobody is named (fail closed).
+	vals := h.Values("Nats-Request-Info")
+	if len(vals) != 1 || vals[0] == "" {
 		return ctx
 	}
+	raw := vals[0]
 	var r requester
 	if json.Unmarshal([]byte(raw), &r) != nil {
 		return ctx
@@ -50,10 +56,12 @@ func RequesterTag(ctx context.Context, prefix string) (string, bool) {
 	return "", false
 }
 
-// RequesterIsHost reports whether the request came from a session of host
-// id (its agent's own credential: the callout tags it host:<id>). Without
-// the header (the verifier's own account, tests) it fails closed.
+// RequesterIsHost reports whether the request came from host id's agent:
+// its own credential's session or its host-proof session (the callout tags
+// both agent:<id>; a workload's session is tagged host:<id> only, since a
+// policy could let it publish to the verifier's subjects). Without the
+// header (the verifier's own account, tests) it fails closed.
 func RequesterIsHost(ctx context.Context, id string) bool {
 	r, ok := ctx.Value(requesterKey{}).(*requester)
-	return ok && slices.Contains(r.Tags, "host:"+id)
+	return ok && slices.Contains(r.Tags, api.TagAgent+":"+id)
 }

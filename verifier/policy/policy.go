@@ -100,8 +100,34 @@ func Parse(b []byte) (*Policy, error) {
 				errs = append(errs, fmt.Errorf("policy: role %s: bad subject %q", name, s))
 			}
 		}
+		// A session receives replies under its own inbox prefix only: a role
+		// that subscribes to every inbox would read every other session's.
+		for _, s := range r.Subscribe.Allow {
+			// Inbox subjects: prefix.nuid (a subscription's), prefix.nuid.token
+			// (nats.go's request mux).
+			if subjectMatches(s, "_INBOX.c.nkey.nuid") || subjectMatches(s, "_INBOX.c.nkey.nuid.token") {
+				errs = append(errs, fmt.Errorf("policy: role %s: subscribe %q covers every session's inbox (_INBOX.>): name the subjects the role needs; its own replies are always allowed", name, s))
+			}
+		}
 	}
 	return &p, errors.Join(errs...)
+}
+
+// subjectMatches reports whether the NATS subject pattern (with * and >)
+// matches the literal subject.
+func subjectMatches(pattern, subject string) bool {
+	pt, st := strings.Split(pattern, "."), strings.Split(subject, ".")
+	for i, p := range pt {
+		switch {
+		case p == ">":
+			return len(st) > i
+		case i >= len(st):
+			return false
+		case p != "*" && p != st[i]:
+			return false
+		}
+	}
+	return len(pt) == len(st)
 }
 
 // Subject is who a session is for.

@@ -148,3 +148,22 @@ func TestExpandPlaceholdersAsReplacer(t *testing.T) {
 		}
 	}
 }
+
+// H5 residual: a role could grant subscribe ">" or "_INBOX.>" and read
+// every other session's replies again. The policy refuses it.
+func TestPolicyRefusesEveryInbox(t *testing.T) {
+	for _, tc := range []struct {
+		sub string
+		ok  bool
+	}{
+		{">", false}, {"_INBOX.>", false}, {"_INBOX.*.*.*", false}, {"_INBOX.*.*.*.*", false}, {"*.>", false},
+		{"billing.>", true}, {"_INBOX", true}, {"_INBOX.*", true}, {"metrics.*", true},
+	} {
+		t.Run(strings.NewReplacer(">", "gt", "*", "star", ".", "_").Replace(tc.sub), func(t *testing.T) {
+			_, err := Parse([]byte("roles:\n  r:\n    subscribe: {allow: [\"" + tc.sub + "\"]}\n"))
+			if tc.ok != (err == nil) {
+				t.Fatalf("subscribe %q: %v, want ok=%v", tc.sub, err, tc.ok)
+			}
+		})
+	}
+}

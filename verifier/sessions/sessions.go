@@ -21,6 +21,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"log/slog"
@@ -137,14 +138,15 @@ const kickTimeout = time.Second
 // Kick disconnects the live sessions of a credential, each on the server
 // that holds it ($SYS.REQ.SERVER.<id>.KICK). A session already gone is not
 // an error.
-func (s *Sessions) Kick(c *record.Credential) int {
+func (s *Sessions) Kick(c *record.Credential) (int, error) {
 	select {
 	case <-s.done: // shutting down: the system connection is drained; other instances kick
-		return 0
+		return 0, nil
 	default:
 	}
 	now := time.Now()
 	n := 0
+	var failed []error
 	for _, r := range c.Sessions {
 		if !r.Expires.After(now) {
 			continue
@@ -152,6 +154,7 @@ func (s *Sessions) Kick(c *record.Credential) int {
 		kicked, err := s.kickOne(r.Server, r.Client)
 		if err != nil {
 			s.log.Warn("kick failed", "credential", c.ID, "server", r.Server, "client", r.Client, "error", err)
+			failed = append(failed, fmt.Errorf("server %s client %d: %w", r.Server, r.Client, err))
 			continue
 		}
 		if kicked {
@@ -161,7 +164,7 @@ func (s *Sessions) Kick(c *record.Credential) int {
 	if n > 0 {
 		s.log.Info("live sessions kicked", "credential", c.ID, "count", n)
 	}
-	return n
+	return n, errors.Join(failed...)
 }
 
 // watchRevocations kicks sessions whenever a credential leaves the active
@@ -197,7 +200,7 @@ func (s *Sessions) watchRevocations(ctx context.Context) error {
 			if json.Unmarshal(e.Value(), &c) != nil {
 				continue
 			}
-			s.Kick(&c)
+			_, _ = s.Kick(&c) // failures are logged; the revoking instance reports them
 		}
 	})
 	return nil

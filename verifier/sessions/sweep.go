@@ -49,7 +49,7 @@ func nkeyOf(user string) string {
 // returns how many it kicked and an error naming what it could not kick (or
 // ask): the caller must say so, the sessions stay up until they expire.
 func (s *Sessions) KickAll(ctx context.Context, c *record.Credential) (int, error) {
-	n := s.Kick(c)
+	n, kickErr := s.Kick(c)
 	h, err := s.cfg.Fleet.Host(ctx, c.Host)
 	if err != nil {
 		return n, fmt.Errorf("find the credential's sessions: host %s: %w", c.Host, err)
@@ -58,7 +58,7 @@ func (s *Sessions) KickAll(ctx context.Context, c *record.Credential) (int, erro
 	if err != nil {
 		return n, fmt.Errorf("find the credential's sessions on the servers: %w", err)
 	}
-	var failed []error
+	failed := []error{kickErr}
 	for _, conn := range found {
 		kicked, err := s.kickOne(conn.server, conn.cid)
 		switch {
@@ -102,6 +102,7 @@ func (s *Sessions) connsOf(user string) ([]serverConn, error) {
 		return nil, err
 	}
 	var out []serverConn
+	answered := false
 	timer := time.NewTimer(kickTimeout) // the first answer may take longer than the next
 	defer timer.Stop()
 	for {
@@ -112,6 +113,7 @@ func (s *Sessions) connsOf(user string) ([]serverConn, error) {
 					ID string `json:"id"`
 				} `json:"server"`
 				Data struct {
+					Total int `json:"total"`
 					Conns []struct {
 						CID  uint64 `json:"cid"`
 						User string `json:"authorized_user"`
@@ -121,6 +123,10 @@ func (s *Sessions) connsOf(user string) ([]serverConn, error) {
 			if json.Unmarshal(m.Data, &resp) != nil || resp.Server.ID == "" {
 				continue
 			}
+			answered = true
+			if resp.Data.Total > len(resp.Data.Conns) {
+				return nil, fmt.Errorf("server %s has %d sessions of %s, more than one lookup returns (%d)", resp.Server.ID, resp.Data.Total, user, connzLimit)
+			}
 			for _, c := range resp.Data.Conns {
 				if c.User == user { // the server filtered; check anyway
 					out = append(out, serverConn{resp.Server.ID, c.CID})
@@ -128,6 +134,9 @@ func (s *Sessions) connsOf(user string) ([]serverConn, error) {
 			}
 			timer.Reset(connzWait)
 		case <-timer.C:
+			if !answered { // silence is not "no sessions": fail closed
+				return nil, errors.New("no server answered the session lookup")
+			}
 			return out, nil
 		}
 	}

@@ -299,6 +299,7 @@ func (m *Method) userClaims(rc *jwt.AuthorizationRequestClaims, cred *record.Cre
 	uc.Expires = time.Now().Add(p.SessionTTL).Unix()
 	uc.Tags.Add("host:"+h.ID, "workload:"+cred.Workload)
 	if cred.Workload == api.AgentWorkload {
+		uc.Tags.Add(api.TagAgent + ":" + h.ID)
 		uc.Pub.Allow.Add("tpmauthn.v1.register.>", "tpmauthn.v1.credentials.>", api.SubjectEnrollStatus)
 		uc.Sub.Allow.Add(inbox + ".>")
 		return uc, []string{api.AgentWorkload}, nil

@@ -132,6 +132,9 @@ func (s *Sessions) connsOf(user string) ([]serverConn, error) {
 					out = append(out, serverConn{resp.Server.ID, c.CID})
 				}
 			}
+			if s.cfg.Only != "" && resp.Server.ID == s.cfg.Only {
+				return out, nil // a standalone server: it was the only one to ask
+			}
 			timer.Reset(connzWait)
 		case <-timer.C:
 			if !answered { // silence is not "no sessions": fail closed

@@ -414,3 +414,38 @@ func (c smuggleConn) Write(p []byte) (int, error) {
 	_, err := c.Conn.Write(bytes.ReplaceAll(p, []byte("1~Nats-Request-Info"), []byte("1\nNats-Request-Info")))
 	return len(p), err
 }
+
+// Review residual: revoking a host left its enrollment sessions (its host
+// proof's, its join token's) up until they expired. They are kicked with
+// the host's credentials.
+func TestAttackEnrollmentSessionOutlivesHostRevoke(t *testing.T) {
+	f := fleettest.New(t)
+	token := f.Token(t, time.Hour)
+	tokenSession, err := f.EnrollSession(token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tokenSession.Close()
+	e, err := fleettest.Authenticator(t, f.TPM).Enroll(t.Context(), tokenSession, token, "doomed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan string, 2)
+	hostSession, err := f.HostSession(e, nats.ClosedHandler(func(*nats.Conn) { closed <- "host proof" }),
+		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hostSession.Close()
+	tokenSession.SetClosedHandler(func(*nats.Conn) { closed <- "join token" })
+	tokenSession.SetErrorHandler(func(*nats.Conn, *nats.Subscription, error) {})
+	f.MustAdmin(t, "host.revoke", api.IDRequest{ID: e.HostID, Reason: "stolen"}, nil)
+	for range 2 {
+		select {
+		case <-closed:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("an enrollment session of a revoked host still open (host proof: %v, token: %v)",
+				!hostSession.IsClosed(), !tokenSession.IsClosed())
+		}
+	}
+}

@@ -38,6 +38,8 @@ type kicker interface {
 	// KickAll kicks every live session of the credential and says what it
 	// could not kick.
 	KickAll(ctx context.Context, c *record.Credential) (int, error)
+	// KickUser kicks every session of a NATS user name.
+	KickUser(user string) (int, error)
 }
 
 type activator interface {
@@ -476,6 +478,17 @@ func (s *Service) revokeHost(ctx context.Context, id string, status api.HostStat
 		// Each credential's own event, so that a search by credential finds
 		// it; the operator's host event follows.
 		s.cfg.Trail.Record(audit.Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: why, Actor: "operator"})
+	}
+	// The host's enrollment sessions go too: its host proof's, and its join
+	// token's (named after the token, as Via says).
+	users := []string{"enroll-host-" + h.ID}
+	if t, ok := strings.CutPrefix(h.Via, "token:"); ok {
+		users = append(users, "enroll-token-"+t)
+	}
+	for _, u := range users {
+		if _, err := s.cfg.Sessions.KickUser(u); err != nil {
+			kickErrs = append(kickErrs, err)
+		}
 	}
 	if status == api.HostOffboarded {
 		// Forget the EK enrollment: the TPM may enroll again, as a new host.

@@ -20,8 +20,16 @@ import (
 
 // kicks counts what would be kicked (the kicks themselves are e2e's).
 type kicks struct {
-	mu  sync.Mutex
-	ids []string
+	mu    sync.Mutex
+	ids   []string
+	users []string
+}
+
+func (k *kicks) KickUser(user string) (int, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.users = append(k.users, user)
+	return 0, nil
 }
 
 func (k *kicks) KickAll(_ context.Context, c *record.Credential) (int, error) {

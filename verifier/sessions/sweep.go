@@ -74,6 +74,28 @@ func (s *Sessions) KickAll(ctx context.Context, c *record.Credential) (int, erro
 	return n, errors.Join(failed...)
 }
 
+// KickUser kicks every connection of the workload account with NATS user
+// name user, on every server (an enrollment session: enroll-host-<id>,
+// enroll-token-<id>), and says what it could not kick or find.
+func (s *Sessions) KickUser(user string) (int, error) {
+	found, err := s.connsOf(user)
+	if err != nil {
+		return 0, fmt.Errorf("find the sessions of %s: %w", user, err)
+	}
+	n := 0
+	var failed []error
+	for _, conn := range found {
+		kicked, err := s.kickOne(conn.server, conn.cid)
+		switch {
+		case err != nil:
+			failed = append(failed, fmt.Errorf("server %s client %d: %w", conn.server, conn.cid, err))
+		case kicked:
+			n++
+		}
+	}
+	return n, errors.Join(failed...)
+}
+
 type serverConn struct {
 	server string
 	cid    uint64

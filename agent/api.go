@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"time"
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
@@ -61,7 +62,11 @@ func (a *Agent) withCaller(h func(http.ResponseWriter, *http.Request, *caller)) 
 		}
 		name, err := resolve(a.cfg.Workloads, p)
 		if err != nil {
-			a.log.Warn("unknown caller refused", "caller", p.String())
+			// Any local user can make these: at most one line a minute.
+			if now := time.Now().Unix(); now-a.unknownLogged.Load() >= 60 {
+				a.unknownLogged.Store(now)
+				a.log.Warn("unknown caller refused (further ones logged at most once a minute)", "caller", p.String())
+			}
 			writeErr(w, http.StatusForbidden, "no workload matches this caller: "+p.String(),
 				"add a workloads entry to the agent's config whose match selects this process (uid, user, exe, systemd_unit, ...)")
 			return

@@ -115,8 +115,10 @@ type Agent struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	metrics    *agentMetrics
-	metricsSrv *promserve.Server
+	metrics *agentMetrics
+	// unknownLogged is when an unknown caller was last logged (Unix s).
+	unknownLogged atomic.Int64
+	metricsSrv    *promserve.Server
 
 	ncMu   sync.Mutex // guards nc's creation
 	mu     sync.Mutex
@@ -528,11 +530,7 @@ func (a *Agent) serve() error {
 		}
 	}
 	a.ln = ln
-	a.srv = &http.Server{
-		Handler:           a.routes(),
-		ReadHeaderTimeout: 5 * time.Second,
-		ConnContext:       a.connContext,
-	}
+	a.srv = newSocketServer(a.routes(), a.connContext, socketIdleTimeout)
 	a.wg.Go(func() {
 		if err := a.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			a.log.Error("socket server stopped", "error", err)
@@ -540,6 +538,25 @@ func (a *Agent) serve() error {
 	})
 	a.log.Info("serving workloads", "socket", ln.Addr().String(), "workloads", len(a.cfg.Workloads))
 	return nil
+}
+
+// socketIdleTimeout closes a keep-alive connection idle this long: every
+// local user may connect to the socket, and an idle connection must not hold
+// a file descriptor (and a goroutine) for good.
+const socketIdleTimeout = 30 * time.Second
+
+// newSocketServer is the socket API's HTTP server: bounded headers, bounded
+// time to send a request (a request body is at most 4 KB), idle connections
+// closed.
+func newSocketServer(h http.Handler, connCtx func(context.Context, net.Conn) context.Context, idle time.Duration) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		IdleTimeout:       idle,
+		MaxHeaderBytes:    8 << 10,
+		ConnContext:       connCtx,
+	}
 }
 
 func b64url(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }

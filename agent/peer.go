@@ -54,9 +54,12 @@ type peerIdentifier struct {
 	hashes   map[exeKey]string
 }
 
+// exeKey names a file's content without reading it. The mtime alone would
+// not do: the file's owner can set it back after changing the file; the
+// ctime changes with every write and cannot be set.
 type exeKey struct {
-	dev, ino   uint64
-	size, mtim int64
+	dev, ino         uint64
+	size, mtim, ctim int64
 }
 
 func newPeerIdentifier() *peerIdentifier {
@@ -146,7 +149,7 @@ func (pi *peerIdentifier) exeHash(path string) (string, error) {
 	if !ok {
 		return "", errors.New("no stat")
 	}
-	key := exeKey{dev: st.Dev, ino: st.Ino, size: st.Size, mtim: st.Mtim.Nano()}
+	key := exeKey{dev: st.Dev, ino: st.Ino, size: st.Size, mtim: st.Mtim.Nano(), ctim: st.Ctim.Nano()}
 	pi.mu.Lock()
 	h, ok := pi.hashes[key]
 	pi.mu.Unlock()

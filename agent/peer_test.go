@@ -1,10 +1,17 @@
 package agent
 
 import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // H3: systemd_unit was read from any *.service in the cgroup path, so a
@@ -92,5 +99,71 @@ func TestAttackWorldReadableJoinToken(t *testing.T) {
 				t.Fatalf("mode %v: %q, %v; want ok=%v", tc.mode, tok, err, tc.ok)
 			}
 		})
+	}
+}
+
+// Low finding: the executable-hash cache was keyed on the mtime, which the
+// file's owner can set back after changing the file: the agent then named
+// the new program by the old one's hash. The ctime, which nobody can set,
+// is in the key now.
+func TestAttackExeHashCacheWithMtimeReset(t *testing.T) {
+	pi := newPeerIdentifier()
+	f := filepath.Join(t.TempDir(), "prog")
+	if err := os.WriteFile(f, []byte("trusted program"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := pi.exeHash(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)                                         // a later ctime than the first write's
+	if err := os.WriteFile(f, []byte("evil program!!!"), 0o755); err != nil { // same size
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(f, fi.ModTime(), fi.ModTime()); err != nil { // mtime set back
+		t.Fatal(err)
+	}
+	after, err := pi.exeHash(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after == before {
+		t.Fatal("the changed program is named by the old program's hash")
+	}
+}
+
+// Low finding: keep-alive connections to the socket (0666: every local user
+// may connect) were never closed. An idle one is closed now.
+func TestAttackIdleSocketConnections(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := newSocketServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }),
+		func(ctx context.Context, _ net.Conn) context.Context { return ctx }, 200*time.Millisecond)
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: agent\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	// Idle now: the server must close the connection within its timeout.
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("an idle connection after 5 s: %v, want closed by the server", err)
 	}
 }

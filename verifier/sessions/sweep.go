@@ -52,26 +52,14 @@ func (s *Sessions) KickAll(ctx context.Context, c *record.Credential) (int, erro
 	n, kickErr := s.Kick(c)
 	h, err := s.cfg.Fleet.Host(ctx, c.Host)
 	if err != nil {
-		return n, fmt.Errorf("find the credential's sessions: host %s: %w", c.Host, err)
+		return n, errors.Join(kickErr, fmt.Errorf("find the credential's sessions: host %s: %w", c.Host, err))
 	}
-	found, err := s.connsOf(UserName(c.Workload, h.Hostname, c.Nkey()))
-	if err != nil {
-		return n, fmt.Errorf("find the credential's sessions on the servers: %w", err)
-	}
-	failed := []error{kickErr}
-	for _, conn := range found {
-		kicked, err := s.kickOne(conn.server, conn.cid)
-		switch {
-		case err != nil:
-			failed = append(failed, fmt.Errorf("server %s client %d: %w", conn.server, conn.cid, err))
-		case kicked:
-			n++
-		}
-	}
+	swept, err := s.KickUser(UserName(c.Workload, h.Hostname, c.Nkey()))
+	n += swept
 	if n > 0 {
 		s.log.Info("live sessions kicked", "credential", c.ID, "count", n)
 	}
-	return n, errors.Join(failed...)
+	return n, errors.Join(kickErr, err)
 }
 
 // KickUser kicks every connection of the workload account with NATS user

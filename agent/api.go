@@ -12,6 +12,7 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/internal/natstls"
 )
 
 // The socket API (its types are api's: WhoAmI, AssertionRequest,
@@ -99,7 +100,8 @@ func (a *Agent) whoami(w http.ResponseWriter, _ *http.Request, c *caller) {
 	a.mu.Lock()
 	e := a.enroll
 	a.mu.Unlock()
-	respondJSON(w, http.StatusOK, api.WhoAmI{Workload: c.workload, Host: e.HostID, CredentialID: c.cred.IDString(), NKey: c.cred.NKey(), Inbox: api.InboxForCredential(c.cred.NKey()), RPID: e.RPID, Caller: (*api.Caller)(c.peer)})
+	respondJSON(w, http.StatusOK, api.WhoAmI{Workload: c.workload, Host: e.HostID, CredentialID: c.cred.IDString(), NKey: c.cred.NKey(), Inbox: api.InboxForCredential(c.cred.NKey()), RPID: e.RPID, Caller: (*api.Caller)(c.peer),
+		NATSCA: string(a.trust.PEM()), NATSTLSRequired: !natstls.Loopback(a.cfg.NATSURL)})
 }
 
 func decodeBody(r *http.Request, v any) error {

@@ -20,6 +20,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/agent/tpm"
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/internal/natstls"
 	"github.com/tpmauthn/tpmauthn/internal/promserve"
 )
 
@@ -28,9 +29,13 @@ const DefaultSocket = "/run/tpmauthn/agent.sock"
 
 // Config configures the agent daemon.
 type Config struct {
-	TPM       string // TPM address: /dev/tpmrm0 (default) or swtpm://host:port
-	DataDir   string // required
-	NATSURL   string // the fleet's NATS (the verifier's)
+	TPM     string // TPM address: /dev/tpmrm0 (default) or swtpm://host:port
+	DataDir string // required
+	NATSURL string // the fleet's NATS (the verifier's)
+	// NATSCA is a PEM bundle to verify the NATS server with. Empty: the CA
+	// the join token pinned (kept in DataDir at enrollment), else the
+	// system's roots. Beyond loopback the agent never connects in clear.
+	NATSCA    string
 	TokenFile string // join token for the first start
 	Hostname  string // default os.Hostname
 	// RPID, if set, is the WebAuthn RP ID this agent expects: it refuses to
@@ -98,6 +103,7 @@ type Agent struct {
 	auth  *Authenticator
 	tp    *tpm.TPM
 	queue *tpmQueue
+	trust *serverTrust // how the NATS server is verified
 	peers *peerIdentifier
 	srv   *http.Server
 	ln    net.Listener
@@ -133,8 +139,12 @@ func New(cfg Config) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	trust, err := loadServerTrust(cfg)
+	if err != nil {
+		return nil, err
+	}
 	q := newTPMQueue(256)
-	return &Agent{cfg: cfg, log: cfg.Logger, queue: q, peers: newPeerIdentifier(), creds: map[string]*Credential{}, metrics: newAgentMetrics(q)}, nil
+	return &Agent{cfg: cfg, log: cfg.Logger, queue: q, peers: newPeerIdentifier(), creds: map[string]*Credential{}, metrics: newAgentMetrics(q), trust: trust}, nil
 }
 
 // Run opens the TPM, enrolls if needed, makes sure every configured workload
@@ -308,6 +318,7 @@ func (a *Agent) readToken() (string, error) {
 // the activation secret, which only this TPM could have recovered.
 func (a *Agent) withEnrollSession(f func(*nats.Conn) (*Enrollment, error)) (*Enrollment, error) {
 	var opt, inbox nats.Option
+	pin := ""
 	if e, err := a.auth.Enrollment(); err == nil {
 		opt = nats.UserInfo(api.HostUserPrefix+e.HostID, b64url(e.Proof))
 		inbox = nats.CustomInboxPrefix(api.InboxForHost(e.HostID))
@@ -316,11 +327,22 @@ func (a *Agent) withEnrollSession(f func(*nats.Conn) (*Enrollment, error)) (*Enr
 		if err != nil {
 			return nil, err
 		}
-		opt, inbox = nats.Token(token), nats.CustomInboxPrefix(api.InboxForToken(token))
+		var secret string
+		secret, pin = api.SplitJoinToken(token)
+		opt, inbox = nats.Token(secret), nats.CustomInboxPrefix(api.InboxForToken(secret))
 	}
-	nc, err := nats.Connect(a.cfg.NATSURL, nats.Name("tpmauthn-agent enrollment"), opt, inbox, nats.Timeout(10*time.Second), nats.MaxReconnects(0))
+	tlsOpts, err := a.trust.options(a.cfg.NATSURL, pin, func(err error) {
+		a.log.Warn("cannot keep the NATS CA the join token pinned; later connections need --nats-ca", "error", err)
+	})
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s for enrollment: %w (is the join token valid and unused? tpmauthnctl token list)", a.cfg.NATSURL, err)
+		return nil, fmt.Errorf("join token: %w", err)
+	}
+	nc, err := nats.Connect(a.cfg.NATSURL, append(tlsOpts, nats.Name("tpmauthn-agent enrollment"), opt, inbox, nats.Timeout(10*time.Second), nats.MaxReconnects(0))...)
+	if err != nil {
+		if errors.Is(err, nats.ErrAuthorization) {
+			return nil, fmt.Errorf("connect to %s for enrollment: %w (is the join token valid and unused? tpmauthnctl token list)", a.cfg.NATSURL, err)
+		}
+		return nil, fmt.Errorf("connect to %s for enrollment: %w", a.cfg.NATSURL, natstls.Explain(a.cfg.NATSURL, err))
 	}
 	defer nc.Close()
 	return f(nc)
@@ -333,7 +355,8 @@ func (a *Agent) enrollWithToken(ctx context.Context) (*Enrollment, error) {
 	}
 	a.log.Info("enrolling with the verifier", "nats", a.cfg.NATSURL, "hostname", a.cfg.Hostname)
 	return a.withEnrollSession(func(nc *nats.Conn) (*Enrollment, error) {
-		e, err := a.auth.Enroll(ctx, nc, token, a.cfg.Hostname)
+		secret, _ := api.SplitJoinToken(token)
+		e, err := a.auth.Enroll(ctx, nc, secret, a.cfg.Hostname)
 		if err != nil {
 			return nil, err
 		}
@@ -455,7 +478,11 @@ func (a *Agent) connectAs(hc *Credential) (*nats.Conn, error) {
 	a.mu.Lock()
 	a.creds[agentWorkload] = hc
 	a.mu.Unlock()
-	return nats.Connect(a.cfg.NATSURL, nats.Name("tpmauthn-agent"),
+	tlsOpts, err := a.trust.options(a.cfg.NATSURL, "", nil)
+	if err != nil {
+		return nil, err
+	}
+	return nats.Connect(a.cfg.NATSURL, append(tlsOpts, nats.Name("tpmauthn-agent"),
 		nats.Nkey(hc.NKey(), func(nonce []byte) ([]byte, error) {
 			// The agent's context: nats.go calls this from its reconnect
 			// goroutine too, and after Close begins that must not wait for
@@ -468,7 +495,7 @@ func (a *Agent) connectAs(hc *Credential) (*nats.Conn, error) {
 			return a.natsSig(ctx, agentWorkload, cur.ID, nonce)
 		}),
 		nats.CustomInboxPrefix(api.InboxForCredential(hc.NKey())),
-		nats.Timeout(5*time.Second), nats.ReconnectJitter(500*time.Millisecond, 2*time.Second))
+		nats.Timeout(5*time.Second), nats.ReconnectJitter(500*time.Millisecond, 2*time.Second))...)
 }
 
 // connectWithAnother tries the other local host credentials, newest first.

@@ -15,7 +15,11 @@ type TokenCreateRequest struct {
 
 // TokenCreateResponse carries the token; only its hash is kept.
 type TokenCreateResponse struct {
-	Token   string    `json:"token"`
+	Token string `json:"token"` // the secret, then "." and the CA pin if there is one
+	// CAPin is the NATS CA the agent verifies the server with before it
+	// sends the secret; empty when the verifier has no CA of its own to
+	// pin (the agent then needs --nats-ca or the system's roots).
+	CAPin   string    `json:"ca_pin,omitempty"`
 	ID      string    `json:"id"`
 	Expires time.Time `json:"expires"`
 }

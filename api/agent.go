@@ -32,6 +32,12 @@ type WhoAmI struct {
 	Inbox  string  `json:"inbox"`
 	RPID   string  `json:"rp_id"`
 	Caller *Caller `json:"caller,omitempty"`
+	// NATSCA is the PEM bundle the agent verifies the NATS server with
+	// (empty: the system's roots), and NATSTLSRequired says the agent's
+	// NATS URL is beyond loopback: a workload must then connect with TLS,
+	// or an on-path server could relay its signature over the nonce.
+	NATSCA          string `json:"nats_ca,omitempty"`
+	NATSTLSRequired bool   `json:"nats_tls_required,omitempty"`
 }
 
 // Caller is what the agent read of a caller's process (SO_PEERCRED and

@@ -4,12 +4,21 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"path/filepath"
 	"time"
 
 	"github.com/go-webauthn/webauthn/protocol"
 	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/internal/natstls"
 	"github.com/tpmauthn/tpmauthn/verifier/auditlog"
+)
+
+// TLS modes of the embedded server.
+const (
+	TLSAuto = "auto"
+	TLSOn   = "on"
+	TLSOff  = "off"
 )
 
 // Approval modes for new hosts.
@@ -29,6 +38,21 @@ type Config struct {
 	NATSSeed string
 	// NATSListen is the embedded server's client address (127.0.0.1:4222).
 	NATSListen string
+	// NATSTLS is the embedded server's TLS: TLSAuto (default: on unless
+	// NATSListen is on loopback), TLSOn, or TLSOff (refused beyond loopback).
+	NATSTLS string
+	// NATSTLSHosts are the names and addresses agents reach the embedded
+	// server by, which its certificate names (default: the listen address,
+	// this host's name and, listening on every interface, their addresses;
+	// always localhost and the loopback addresses).
+	NATSTLSHosts []string
+	// NATSTLSCert and NATSTLSKey are the embedded server's own certificate
+	// (chain) and key, instead of one from the verifier's NATS CA.
+	NATSTLSCert, NATSTLSKey string
+	// NATSCA is the PEM bundle the NATS servers' certificates are verified
+	// with: an existing cluster's, or the issuer of NATSTLSCert. Join tokens
+	// pin its first CA. Empty: the NATS CA (embedded), else the system roots.
+	NATSCA string
 
 	// EKCADir holds the TPM manufacturers' roots and intermediates. Empty
 	// means no EK certificate is trusted: only the EK allow-list enrolls.
@@ -77,6 +101,9 @@ func (c *Config) setDefaults() {
 	if c.Approval == "" {
 		c.Approval = ApprovalAuto
 	}
+	if c.NATSTLS == "" {
+		c.NATSTLS = TLSAuto
+	}
 	if c.RPID == "" {
 		c.RPID = "tpmauthn.local"
 	}
@@ -116,6 +143,7 @@ func (c *Config) Validate() error {
 	} else {
 		c.DataDir = abs
 	}
+	errs = append(errs, c.validateTLS()...)
 	if c.Approval != ApprovalAuto && c.Approval != ApprovalManual {
 		errs = append(errs, fmt.Errorf("enrollment.approval: %q, want auto or manual", c.Approval))
 	}
@@ -132,4 +160,41 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("workers: %d, want at least 1", c.Workers))
 	}
 	return errors.Join(errs...)
+}
+
+func (c *Config) validateTLS() []error {
+	var errs []error
+	switch c.NATSTLS {
+	case TLSAuto, TLSOn, TLSOff:
+	default:
+		errs = append(errs, fmt.Errorf("nats.tls: %q, want auto, on or off", c.NATSTLS))
+	}
+	if (c.NATSTLSCert == "") != (c.NATSTLSKey == "") {
+		errs = append(errs, errors.New("nats.tls_cert and nats.tls_key: give both or neither"))
+	}
+	if c.NATSURL != "" {
+		if c.NATSTLSCert != "" || len(c.NATSTLSHosts) > 0 || c.NATSTLS == TLSOn {
+			errs = append(errs, errors.New("nats.tls, nats.tls_cert, nats.tls_hosts: the embedded server's settings; with nats.url the cluster's servers have their own TLS (give their CA with nats.ca)"))
+		}
+		return errs
+	}
+	host, _, err := net.SplitHostPort(c.NATSListen)
+	if err != nil {
+		return append(errs, fmt.Errorf("nats.listen: %q: want host:port (%w)", c.NATSListen, err))
+	}
+	if c.NATSTLS == TLSOff && !natstls.LoopbackHost(host) {
+		// Join tokens and host proofs are bearer secrets, and a NATS login
+		// can be relayed by whoever answers in the server's place.
+		errs = append(errs, fmt.Errorf("nats.listen: %q is beyond loopback and nats.tls is off: agents' join tokens and logins would cross the network in clear; leave nats.tls at auto (TLS from the verifier's NATS CA) or listen on 127.0.0.1", c.NATSListen))
+	}
+	return errs
+}
+
+// embeddedTLS says whether the embedded server serves TLS.
+func (c *Config) embeddedTLS() bool {
+	if c.NATSTLS == TLSAuto {
+		host, _, _ := net.SplitHostPort(c.NATSListen)
+		return !natstls.LoopbackHost(host) || c.NATSTLSCert != ""
+	}
+	return c.NATSTLS == TLSOn
 }

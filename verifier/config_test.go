@@ -20,6 +20,14 @@ func TestConfigValidate(t *testing.T) {
 		// The verifier's own origin is reserved: were it the credentials'
 		// origin, the agent's generic endpoint would sign NATS logins.
 		{"verifierOrigin", func(c *Config) { c.Origin = attestation.VerifierOrigin("tpmauthn.local") }, "webauthn.origin"},
+		// Join tokens and logins never cross a network in clear (H6).
+		{"clearBeyondLoopback", func(c *Config) { c.NATSListen, c.NATSTLS = "0.0.0.0:4222", TLSOff }, "nats.listen"},
+		{"clearOnAnInterface", func(c *Config) { c.NATSListen, c.NATSTLS = "10.1.2.3:4222", TLSOff }, "beyond loopback"},
+		{"clearOnLoopback", func(c *Config) { c.NATSListen, c.NATSTLS = "127.0.0.1:4222", TLSOff }, ""},
+		{"autoBeyondLoopback", func(c *Config) { c.NATSListen = "0.0.0.0:4222" }, ""},
+		{"badTLSMode", func(c *Config) { c.NATSTLS = "maybe" }, "nats.tls"},
+		{"certWithoutKey", func(c *Config) { c.NATSTLSCert = "/etc/cert.pem" }, "nats.tls_key"},
+		{"embeddedTLSWithCluster", func(c *Config) { c.NATSURL, c.NATSTLS = "tls://nats.example.com:4222", TLSOn }, "nats.ca"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := Config{DataDir: t.TempDir()}
@@ -30,5 +38,25 @@ func TestConfigValidate(t *testing.T) {
 				t.Fatalf("Validate: %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestEmbeddedTLSMode(t *testing.T) {
+	for _, tc := range []struct {
+		listen, mode string
+		want         bool
+	}{
+		{"127.0.0.1:4222", TLSAuto, false},
+		{"[::1]:4222", TLSAuto, false},
+		{"localhost:4222", TLSAuto, false},
+		{"0.0.0.0:4222", TLSAuto, true},
+		{"10.1.2.3:4222", TLSAuto, true},
+		{"127.0.0.1:4222", TLSOn, true},
+		{"127.0.0.1:4222", TLSOff, false},
+	} {
+		c := Config{NATSListen: tc.listen, NATSTLS: tc.mode}
+		if got := c.embeddedTLS(); got != tc.want {
+			t.Errorf("%s %s: TLS %v, want %v", tc.listen, tc.mode, got, tc.want)
+		}
 	}
 }

@@ -12,9 +12,12 @@ import (
 )
 
 // StartEmbedded runs a nats-server with the tpmauthn layout (keys.ServerConfig)
-// and JetStream in dataDir. listen is host:port; port -1 picks a free one.
-func StartEmbedded(k *keys.Set, dataDir, listen string, log *slog.Logger) (*server.Server, error) {
-	conf := keys.ServerConfig(k, keys.ServerConfigOptions{Listen: listen, StoreDir: filepath.Join(dataDir, "jetstream")})
+// and JetStream in dataDir. o.Listen is host:port (port -1 picks a free one);
+// o.Extra adds to the configuration (a tls block).
+func StartEmbedded(k *keys.Set, dataDir string, o keys.ServerConfigOptions, log *slog.Logger) (*server.Server, error) {
+	listen := o.Listen
+	o.StoreDir = filepath.Join(dataDir, "jetstream")
+	conf := keys.ServerConfig(k, o)
 	path := filepath.Join(dataDir, "nats-server.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		return nil, fmt.Errorf("embedded nats-server: %w", err)

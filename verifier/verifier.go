@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
-	"os"
 	"sync"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/internal/natstls"
 	"github.com/tpmauthn/tpmauthn/internal/promserve"
 	"github.com/tpmauthn/tpmauthn/verifier/admin"
 	"github.com/tpmauthn/tpmauthn/verifier/alert"
@@ -49,6 +49,7 @@ type Verifier struct {
 	rp      *attestation.RelyingParty
 	policy  *policy.Source
 	metrics *metrics.Metrics
+	trust   clientTrust
 
 	// Set by Start.
 	srv        *server.Server // embedded, or nil
@@ -85,6 +86,9 @@ func New(cfg Config) (*Verifier, error) {
 	v := &Verifier{cfg: cfg, keys: ks, log: cfg.Logger, metrics: metrics.New()}
 	if len(created) > 0 {
 		v.log.Info("created key material", "data_dir", cfg.DataDir, "files", created)
+	}
+	if err := v.loadTrust(); err != nil {
+		return nil, err
 	}
 	if cfg.EKCADir != "" {
 		if v.ekTrust, err = attestation.LoadEKTrustDir(cfg.EKCADir, v.log); err != nil {
@@ -134,9 +138,7 @@ func (v *Verifier) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := os.WriteFile(v.clientURLFile(), []byte(v.url+"\n"), 0o644); err != nil {
-		v.log.Warn("cannot record the client URL for tpmauthnctl", "error", err)
-	}
+	v.writeClientFiles()
 	v.log.Info("verifier serving", "nats", v.url, "rp_id", v.cfg.RPID, "approval", v.cfg.Approval)
 	return nil
 }
@@ -159,11 +161,15 @@ func (v *Verifier) startServer(context.Context) error {
 		v.url = v.cfg.NATSURL
 		return nil
 	}
-	srv, err := StartEmbedded(v.keys, v.cfg.DataDir, v.cfg.NATSListen, v.log)
+	tlsBlock, err := v.embeddedTLSBlock()
 	if err != nil {
 		return err
 	}
-	v.srv, v.url = srv, srv.ClientURL()
+	srv, err := StartEmbedded(v.keys, v.cfg.DataDir, keys.ServerConfigOptions{Listen: v.cfg.NATSListen, Extra: tlsBlock}, v.log)
+	if err != nil {
+		return err
+	}
+	v.srv, v.url = srv, localURL(srv.Addr(), tlsBlock != "")
 	v.onClose(func() {
 		srv.Shutdown()
 		srv.WaitForShutdown()
@@ -180,9 +186,13 @@ func (v *Verifier) connect(context.Context) error {
 			return err
 		}
 	}
-	nc, err := nats.Connect(v.url, append(v.connOptions("tpmauthn-verifier"), nats.Nkey(keys.Public(kp), kp.Sign))...)
+	opts, err := v.connOptions("tpmauthn-verifier")
 	if err != nil {
-		return fmt.Errorf("connect to NATS at %s as the verifier user: %w", v.url, err)
+		return err
+	}
+	nc, err := nats.Connect(v.url, append(opts, nats.Nkey(keys.Public(kp), kp.Sign))...)
+	if err != nil {
+		return fmt.Errorf("connect to NATS at %s as the verifier user: %w", v.url, natstls.Explain(v.url, err))
 	}
 	v.nc = nc
 	v.onClose(func() {
@@ -232,7 +242,11 @@ func (v *Verifier) openAudit(ctx context.Context) error {
 // kicks.
 func (v *Verifier) connectSys(context.Context) error {
 	kp := v.keys.Sys
-	nc, err := nats.Connect(v.url, append(v.connOptions("tpmauthn-verifier-sys"), nats.Nkey(keys.Public(kp), kp.Sign))...)
+	opts, err := v.connOptions("tpmauthn-verifier-sys")
+	if err != nil {
+		return err
+	}
+	nc, err := nats.Connect(v.url, append(opts, nats.Nkey(keys.Public(kp), kp.Sign))...)
 	if err != nil {
 		return fmt.Errorf("connect to NATS as the system user (for kicks): %w", err)
 	}
@@ -286,7 +300,7 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 	}
 	adm := admin.New(admin.Config{Fleet: v.fleet, Sessions: v.sessions, Enroll: v.enroll, Trail: v.trail,
 		Version: Version, RPID: v.cfg.RPID, Origin: v.cfg.Origin, Approval: v.cfg.Approval,
-		AuditKey: keys.Public(v.keys.Issuer), EKRoots: ekRoots, Logger: v.log, Now: v.cfg.Clock})
+		AuditKey: keys.Public(v.keys.Issuer), EKRoots: ekRoots, CAPin: v.trust.pin, Logger: v.log, Now: v.cfg.Clock})
 	v.api = natsapi.New(natsapi.Config{Conn: v.nc, QueueGroup: queueGroup, Version: Version, Workers: v.cfg.Workers,
 		Trail: v.trail, Metrics: v.metrics, Logger: v.log})
 	v.onClose(v.api.Close)
@@ -367,10 +381,14 @@ func (v *Verifier) clientURLFile() string {
 // connOptions: the verifier comes back quickly after a server restart (every
 // client is waiting for its callouts then), and reports connection trouble
 // in its log rather than on stderr.
-func (v *Verifier) connOptions(name string) []nats.Option {
-	return []nats.Option{
-		nats.Name(name), nats.MaxReconnects(-1), nats.Timeout(5 * time.Second),
-		nats.ReconnectWait(100 * time.Millisecond), nats.ReconnectJitter(100*time.Millisecond, 100*time.Millisecond),
+func (v *Verifier) connOptions(name string) ([]nats.Option, error) {
+	tlsOpts, err := v.tlsOptions()
+	if err != nil {
+		return nil, err
+	}
+	return append(tlsOpts,
+		nats.Name(name), nats.MaxReconnects(-1), nats.Timeout(5*time.Second),
+		nats.ReconnectWait(100*time.Millisecond), nats.ReconnectJitter(100*time.Millisecond, 100*time.Millisecond),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			v.log.Warn("NATS", "connection", name, "error", err)
 		}),
@@ -379,7 +397,7 @@ func (v *Verifier) connOptions(name string) []nats.Option {
 				v.log.Warn("NATS disconnected; reconnecting", "connection", name, "error", err)
 			}
 		}),
-	}
+	), nil
 }
 
 // Run starts the verifier and serves until ctx is done.
@@ -424,7 +442,7 @@ func drained(nc *nats.Conn) {
 // ClientURL is where clients reach NATS.
 func (v *Verifier) ClientURL() string {
 	if v.srv != nil {
-		return v.srv.ClientURL()
+		return v.url
 	}
 	return v.cfg.NATSURL
 }

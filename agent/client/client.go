@@ -8,6 +8,8 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -21,6 +23,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/internal/natstls"
 )
 
 // DefaultSocket is the agent's socket.
@@ -150,13 +153,39 @@ func NATSOptions(socket string) ([]nats.Option, error) {
 		}
 		return base64.RawURLEncoding.DecodeString(sig)
 	}
+	tlsOpt, err := tlsOption(who)
+	if err != nil {
+		return nil, err
+	}
 	// Clipped: callers append their own options, from many goroutines too.
 	return slices.Clip(append([]nats.Option{
+		tlsOpt,
 		nats.Nkey(nkey, signer),
 		nats.Name(who.Workload + "@" + who.Host),
 		// The session may subscribe to replies under this prefix only.
 		nats.CustomInboxPrefix(api.InboxForCredential(nkey)),
 	}, ReconnectOptions()...)), nil
+}
+
+// tlsOption verifies the server as the agent does: with the agent's NATS
+// CA, and TLS required when the agent's URL is beyond loopback (the
+// signature over the nonce must reach the real server, not a relay).
+func tlsOption(who *WhoAmI) (nats.Option, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if who.NATSCA != "" {
+		certs, err := natstls.ParsePEM([]byte(who.NATSCA))
+		if err != nil {
+			return nil, fmt.Errorf("tpmauthn: the agent's NATS CA: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		for _, c := range certs {
+			cfg.RootCAs.AddCert(c)
+		}
+	}
+	if who.NATSTLSRequired {
+		return nats.Secure(cfg), nil
+	}
+	return func(o *nats.Options) error { o.TLSConfig = cfg; return nil }, nil
 }
 
 // ReconnectOptions are how a tpmauthn workload reconnects; any number of

@@ -21,6 +21,7 @@ var runKeys = []cliconf.Key{
 	cliconf.K("tpm", "tpm", tpm.DefaultDevice, "TPM: a device such as /dev/tpmrm0, or swtpm://127.0.0.1:2321"),
 	cliconf.K("data_dir", "data-dir", "/var/lib/tpmauthn", "directory for the AK, its certificate and the credentials' key blobs and counters"),
 	cliconf.K("nats_url", "nats-url", "nats://127.0.0.1:4222", "the fleet's NATS server, where tpmauthn-verifier serves"),
+	cliconf.K("nats_ca", "nats-ca", "", "PEM bundle to verify the NATS server with (default: the CA the join token pinned, kept at enrollment; else the system's roots)"),
 	cliconf.K("token_file", "token-file", "", "file holding the join token, for the first start (tpmauthnctl token create)"),
 	cliconf.K("hostname", "hostname", "", "name to enroll under (default: the system hostname)"),
 	cliconf.K("rp_id", "rp-id", "", "WebAuthn RP ID to expect from the verifier; enrollment fails if it names another (empty: accept the verifier's)"),
@@ -35,6 +36,7 @@ type runSettings struct {
 	TPM            string           `mapstructure:"tpm"`
 	DataDir        string           `mapstructure:"data_dir"`
 	NATSURL        string           `mapstructure:"nats_url"`
+	NATSCA         string           `mapstructure:"nats_ca"`
 	TokenFile      string           `mapstructure:"token_file"`
 	Hostname       string           `mapstructure:"hostname"`
 	Socket         string           `mapstructure:"socket"`
@@ -81,7 +83,7 @@ func run(s runSettings) error {
 		return err
 	}
 	cfg := agent.Config{
-		TPM: s.TPM, DataDir: s.DataDir, RPID: s.RPID, NATSURL: s.NATSURL, TokenFile: s.TokenFile, Hostname: s.Hostname,
+		TPM: s.TPM, DataDir: s.DataDir, RPID: s.RPID, NATSURL: s.NATSURL, NATSCA: s.NATSCA, TokenFile: s.TokenFile, Hostname: s.Hostname,
 		Socket: s.Socket, Workloads: s.Workloads, RequestTimeout: s.RequestTimeout, Logger: log, MetricsListen: s.MetricsListen,
 		Ready: func() { _, _ = daemon.SdNotify(false, daemon.SdNotifyReady) },
 	}

@@ -18,6 +18,11 @@ var keys = []cliconf.Key{
 	cliconf.K("nats.url", "nats-url", "", "an existing NATS cluster; empty runs an embedded nats-server"),
 	cliconf.K("nats.seed", "nats-seed", "", "the verifier user's nkey seed file on an existing cluster (default DATA_DIR/verifier.nk)"),
 	cliconf.K("nats.listen", "nats-listen", "127.0.0.1:4222", "the embedded nats-server's client address"),
+	cliconf.K("nats.tls", "nats-tls", "auto", "the embedded server's TLS: auto (on unless it listens on loopback), on, or off (loopback only)"),
+	cliconf.K("nats.tls_hosts", "nats-tls-hosts", []string{}, "names and addresses agents reach the embedded server by, for its certificate (default: the listen address, the hostname, and on 0.0.0.0 every interface's address)"),
+	cliconf.K("nats.tls_cert", "nats-tls-cert", "", "the embedded server's own TLS certificate chain (PEM) instead of one from the verifier's NATS CA"),
+	cliconf.K("nats.tls_key", "nats-tls-key", "", "the key of --nats-tls-cert"),
+	cliconf.K("nats.ca", "nats-ca", "", "PEM bundle to verify the NATS servers with (an existing cluster's CA, or --nats-tls-cert's issuer); join tokens pin its first CA"),
 	cliconf.K("enrollment.ek_ca_dir", "ek-ca-dir", "", "directory of TPM manufacturer root and intermediate certificates (PEM or DER); empty trusts no EK certificate"),
 	cliconf.K("enrollment.approval", "approval", "auto", "auto, or manual: new hosts wait for 'tpmauthnctl host approve'"),
 	cliconf.K("enrollment.ak_cert_validity", "ak-cert-validity", 365*24*time.Hour, "lifetime of the AK certificates the fleet CA issues"),
@@ -32,9 +37,14 @@ var keys = []cliconf.Key{
 type settings struct {
 	DataDir string `mapstructure:"data_dir"`
 	NATS    struct {
-		URL    string `mapstructure:"url"`
-		Seed   string `mapstructure:"seed"`
-		Listen string `mapstructure:"listen"`
+		URL      string   `mapstructure:"url"`
+		Seed     string   `mapstructure:"seed"`
+		Listen   string   `mapstructure:"listen"`
+		TLS      string   `mapstructure:"tls"`
+		TLSHosts []string `mapstructure:"tls_hosts"`
+		TLSCert  string   `mapstructure:"tls_cert"`
+		TLSKey   string   `mapstructure:"tls_key"`
+		CA       string   `mapstructure:"ca"`
 	} `mapstructure:"nats"`
 	Enrollment struct {
 		EKCADir        string        `mapstructure:"ek_ca_dir"`
@@ -85,6 +95,7 @@ func run(cmd *cobra.Command, _ []string) error {
 	}
 	v, err := verifier.New(verifier.Config{
 		DataDir: s.DataDir, NATSURL: s.NATS.URL, NATSSeed: s.NATS.Seed, NATSListen: s.NATS.Listen,
+		NATSTLS: s.NATS.TLS, NATSTLSHosts: s.NATS.TLSHosts, NATSTLSCert: s.NATS.TLSCert, NATSTLSKey: s.NATS.TLSKey, NATSCA: s.NATS.CA,
 		EKCADir: s.Enrollment.EKCADir, Approval: s.Enrollment.Approval, AKCertValidity: s.Enrollment.AKCertValidity,
 		RPID: s.WebAuthn.RPID, Origin: s.WebAuthn.Origin, MetricsListen: s.MetricsListen, PolicyFile: s.Policy.File, Logger: log,
 	})

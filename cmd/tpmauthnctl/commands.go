@@ -42,6 +42,9 @@ func (a *app) tokenCmd() *cobra.Command {
 			}
 			fmt.Fprintln(a.out, r.Token)
 			fmt.Fprintf(cmd.ErrOrStderr(), "token %s for roles %s, valid until %s, one use\n", r.ID, list(roles), when(r.Expires))
+			if r.CAPin == "" {
+				fmt.Fprintln(cmd.ErrOrStderr(), "the token pins no NATS CA (the verifier has none of its own): give agents --nats-ca, or they trust the system's roots")
+			}
 			return nil
 		},
 	}

@@ -7,8 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/internal/fleettest"
+	"github.com/tpmauthn/tpmauthn/internal/natstls"
 	"github.com/tpmauthn/tpmauthn/verifier"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
@@ -80,5 +83,28 @@ func TestNoVerifierIsAClearError(t *testing.T) {
 	_, err = ctl(t, "--data-dir", t.TempDir(), "--timeout", time.Second.String(), "token", "list")
 	if err == nil || !strings.Contains(err.Error(), "has tpmauthn-verifier started") {
 		t.Fatalf("with an empty data dir: %v", err)
+	}
+}
+
+// TestOverTLS: against a verifier serving TLS, tpmauthnctl verifies the
+// server with the bundle the data directory records, and with no bundle it
+// refuses the server's certificate.
+func TestOverTLS(t *testing.T) {
+	dir := t.TempDir()
+	v := fleettest.StartVerifier(t, verifier.Config{DataDir: dir, NATSListen: "127.0.0.1:-1", NATSTLS: verifier.TLSOn})
+	out, err := ctl(t, "--data-dir", dir, "token", "create", "--roles", "demo", "--ttl", "30m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, pin := api.SplitJoinToken(strings.TrimSpace(out)); !natstls.ValidPin(pin) {
+		t.Fatalf("token %q carries no CA pin", out)
+	}
+	seed, _ := keys.OperatorFiles(dir)
+	_, err = ctl(t, "--nats-url", v.ClientURL(), "--creds", seed, "status")
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("status without the CA: %v, want a certificate error", err)
+	}
+	if _, err = ctl(t, "--nats-url", v.ClientURL(), "--creds", seed, "--nats-ca", keys.ClientCAFile(dir), "status"); err != nil {
+		t.Fatalf("status with --nats-ca: %v", err)
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/internal/cliconf"
+	"github.com/tpmauthn/tpmauthn/internal/natstls"
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 )
 
@@ -24,6 +25,7 @@ var globalKeys = []cliconf.Key{
 	cliconf.K("data_dir", "data-dir", "", "a local verifier's data directory: holds its client URL and the operator credential"),
 	cliconf.K("nats.url", "nats-url", "", "NATS URL (default: the one recorded in --data-dir)"),
 	cliconf.K("nats.creds", "creds", "", "operator nkey seed file (default DATA_DIR/operator.nk)"),
+	cliconf.K("nats.ca", "nats-ca", "", "PEM bundle to verify the NATS server with (default: the one recorded in --data-dir, else the system's roots)"),
 	cliconf.K("json", "json", false, "print JSON for scripts instead of tables"),
 	cliconf.K("timeout", "timeout", 5*time.Second, "how long to wait for the verifier"),
 }
@@ -33,6 +35,7 @@ type settings struct {
 	NATS    struct {
 		URL   string `mapstructure:"url"`
 		Creds string `mapstructure:"creds"`
+		CA    string `mapstructure:"ca"`
 	} `mapstructure:"nats"`
 	JSON    bool          `mapstructure:"json"`
 	Timeout time.Duration `mapstructure:"timeout"`
@@ -99,12 +102,40 @@ func (a *app) connect() (*nats.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	nc, err := nats.Connect(url, nats.Name("tpmauthnctl"), nats.Nkey(pk, kp.Sign), nats.Timeout(a.s.Timeout), nats.MaxReconnects(0))
+	tlsOpts, err := a.tlsOptions(url)
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w (is tpmauthn-verifier running?)", url, err)
+		return nil, err
+	}
+	nc, err := nats.Connect(url, append(tlsOpts, nats.Name("tpmauthnctl"), nats.Nkey(pk, kp.Sign), nats.Timeout(a.s.Timeout), nats.MaxReconnects(0))...)
+	if err != nil {
+		if errors.Is(err, nats.ErrNoServers) {
+			return nil, fmt.Errorf("connect to %s: %w (is tpmauthn-verifier running?)", url, err)
+		}
+		return nil, fmt.Errorf("connect to %s: %w", url, natstls.Explain(url, err))
 	}
 	a.nc = nc
 	return nc, nil
+}
+
+// tlsOptions verify the server with --nats-ca, else the bundle a local
+// verifier recorded, else the system's roots; TLS is required beyond
+// loopback (the operator's login could be relayed otherwise).
+func (a *app) tlsOptions(url string) ([]nats.Option, error) {
+	ca := a.s.NATS.CA
+	if ca == "" && a.s.DataDir != "" {
+		if _, err := os.Stat(keys.ClientCAFile(a.s.DataDir)); err == nil {
+			ca = keys.ClientCAFile(a.s.DataDir)
+		}
+	}
+	var t natstls.Trust
+	if ca != "" {
+		pool, _, err := natstls.LoadRoots(ca)
+		if err != nil {
+			return nil, err
+		}
+		t.Roots = pool
+	}
+	return natstls.Options(url, t)
 }
 
 // call sends an admin request and decodes the reply into resp.

@@ -22,7 +22,7 @@ import (
 type Key struct {
 	Name    string
 	Flag    string
-	Default any // string, bool, int or time.Duration
+	Default any // string, bool, int, time.Duration or []string (comma-separated in flags and the environment)
 	Usage   string
 }
 
@@ -46,6 +46,8 @@ func Define(cmd *cobra.Command, keys []Key) {
 			f.Int(k.Flag, d, usage)
 		case time.Duration:
 			f.Duration(k.Flag, d, usage)
+		case []string:
+			f.StringSlice(k.Flag, d, usage)
 		default:
 			panic(fmt.Sprintf("cliconf: key %s: unsupported default %T", k.Name, k.Default))
 		}

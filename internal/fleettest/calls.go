@@ -56,7 +56,7 @@ func OperatorConn(t testing.TB, dataDir, url string) *nats.Conn {
 		t.Fatal(err)
 	}
 	pk, _ := kp.PublicKey()
-	nc, err := nats.Connect(url, nats.Nkey(pk, kp.Sign))
+	nc, err := nats.Connect(url, ClientTLS(t, dataDir), nats.Nkey(pk, kp.Sign))
 	if err != nil {
 		t.Fatalf("operator connect: %v", err)
 	}

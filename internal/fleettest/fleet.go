@@ -11,9 +11,13 @@ package fleettest
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -26,8 +30,10 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/internal/natstls"
 	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
 	"github.com/tpmauthn/tpmauthn/verifier"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
 )
 
 // RPID is the fleet's WebAuthn relying party.
@@ -53,6 +59,7 @@ type Fleet struct {
 	Op       *nats.Conn // the operator's connection (admin endpoints)
 
 	sessionTTL time.Duration
+	clientTLS  nats.Option // ClientTLS of the running verifier
 }
 
 // Option changes a fleet before its verifier starts (f.Config above all).
@@ -60,6 +67,35 @@ type Option func(f *Fleet)
 
 // SessionTTL sets the session_ttl of the fleet's role policy (1m).
 func SessionTTL(d time.Duration) Option { return func(f *Fleet) { f.sessionTTL = d } }
+
+// TLS makes the embedded server serve TLS from the verifier's NATS CA (on
+// loopback too, where it would not by default).
+func TLS() Option { return func(f *Fleet) { f.Config.NATSTLS = verifier.TLSOn } }
+
+// ClientTLS verifies the fleet's server as tpmauthnctl does: with the CA
+// bundle its verifier records in its data dir, if it serves TLS.
+func ClientTLS(t testing.TB, dataDir string) nats.Option {
+	t.Helper()
+	b, err := os.ReadFile(keys.ClientCAFile(dataDir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return func(*nats.Options) error { return nil }
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs, err := natstls.ParsePEM(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	for _, c := range certs {
+		pool.AddCert(c)
+	}
+	return func(o *nats.Options) error {
+		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}
+		return nil
+	}
+}
 
 // New starts a fleet on a fresh swtpm. The verifier's data dir, policy
 // (DemoPolicy) and EK CA dir are in t's temp dirs; cleanup stops it all.
@@ -86,6 +122,7 @@ func New(t testing.TB, opts ...Option) *Fleet {
 func (f *Fleet) Start(t testing.TB) {
 	t.Helper()
 	f.Verifier = StartVerifier(t, f.Config)
+	f.clientTLS = ClientTLS(t, f.Config.DataDir)
 	f.Op = OperatorConn(t, f.Config.DataDir, f.Verifier.ClientURL())
 }
 
@@ -117,7 +154,7 @@ func (f *Fleet) Token(t testing.TB, ttl time.Duration, roles ...string) string {
 
 // EnrollSession connects as a join-token holder: an enrollment session.
 func (f *Fleet) EnrollSession(token string, opts ...nats.Option) (*nats.Conn, error) {
-	return nats.Connect(f.URL(), append([]nats.Option{nats.Token(token), nats.CustomInboxPrefix(api.InboxForToken(token)),
+	return nats.Connect(f.URL(), append([]nats.Option{f.clientTLS, nats.Token(token), nats.CustomInboxPrefix(api.InboxForToken(token)),
 		nats.Timeout(5 * time.Second), nats.MaxReconnects(0)}, opts...)...)
 }
 
@@ -126,7 +163,7 @@ func (f *Fleet) EnrollSession(token string, opts ...nats.Option) (*nats.Conn, er
 // may act for that host only.
 func (f *Fleet) HostSession(e *agent.Enrollment, opts ...nats.Option) (*nats.Conn, error) {
 	proof := base64.RawURLEncoding.EncodeToString(e.Proof)
-	return nats.Connect(f.URL(), append([]nats.Option{nats.UserInfo(api.HostUserPrefix+e.HostID, proof),
+	return nats.Connect(f.URL(), append([]nats.Option{f.clientTLS, nats.UserInfo(api.HostUserPrefix+e.HostID, proof),
 		nats.CustomInboxPrefix(api.InboxForHost(e.HostID)),
 		nats.Timeout(5 * time.Second), nats.MaxReconnects(0)}, opts...)...)
 }

@@ -55,7 +55,9 @@ type Config struct {
 	// What the status summary reports.
 	Version, RPID, Origin, Approval, AuditKey string
 	EKRoots                                   int
-	Logger                                    *slog.Logger
+	// CAPin is the NATS CA pin join tokens carry ("": none).
+	CAPin  string
+	Logger *slog.Logger
 	// Now is the clock of tokens and records (nil: time.Now).
 	Now func() time.Time
 }
@@ -143,7 +145,7 @@ func (s *Service) tokenCreate(ctx context.Context, body []byte) (any, error) {
 	s.log.Info("join token created", "token_id", t.ID, "roles", t.Roles, "expires", t.Expires)
 	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "token.create", Result: "ok", Roles: t.Roles, Actor: "operator",
 		Reason: fmt.Sprintf("join token %s, expires %s", t.ID, t.Expires.Format(time.RFC3339))})
-	return &api.TokenCreateResponse{Token: token, ID: t.ID, Expires: t.Expires}, nil
+	return &api.TokenCreateResponse{Token: api.JoinToken(token, s.cfg.CAPin), CAPin: s.cfg.CAPin, ID: t.ID, Expires: t.Expires}, nil
 }
 
 func (s *Service) hostShow(ctx context.Context, body []byte) (any, error) {

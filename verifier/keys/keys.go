@@ -26,6 +26,8 @@ import (
 const (
 	fileCA        = "fleet-ca.pem"
 	fileCAKey     = "fleet-ca-key.pem"
+	fileNATSCA    = "nats-ca.pem" // issues the embedded server's TLS certificate only
+	fileNATSCAKey = "nats-ca-key.pem"
 	fileIssuer    = "issuer.nk"   // auth-callout issuer (account key)
 	fileXKey      = "xkey.nk"     // curve key: callout requests are sealed to it
 	fileVerifier  = "verifier.nk" // the verifier's own NATS user
@@ -40,11 +42,16 @@ const (
 type Set struct {
 	FleetCA    *x509.Certificate
 	FleetCAKey *ecdsa.PrivateKey
-	Issuer     nkeys.KeyPair // account key that signs callout responses and user JWTs
-	XKey       nkeys.KeyPair // curve key for sealed callout requests
-	Verifier   nkeys.KeyPair // user in AUTH
-	Sys        nkeys.KeyPair // user in SYS
-	Operator   nkeys.KeyPair // user in AUTH, admin subjects only
+	// NATSCA issues the embedded server's TLS certificate and nothing else:
+	// the fleet CA certifies AKs, which can sign a TLS handshake, so a host
+	// could otherwise pose as the server to its neighbours.
+	NATSCA    *x509.Certificate
+	NATSCAKey *ecdsa.PrivateKey
+	Issuer    nkeys.KeyPair // account key that signs callout responses and user JWTs
+	XKey      nkeys.KeyPair // curve key for sealed callout requests
+	Verifier  nkeys.KeyPair // user in AUTH
+	Sys       nkeys.KeyPair // user in SYS
+	Operator  nkeys.KeyPair // user in AUTH, admin subjects only
 }
 
 // LogValue keeps key material out of logs (slog.LogValuer).
@@ -90,6 +97,14 @@ func LoadOrCreate(dir string) (*Set, []string, error) {
 	k.FleetCA, k.FleetCAKey = ca, key
 	if made {
 		created = append(created, fileCA, fileCAKey)
+	}
+	k.NATSCA, k.NATSCAKey, made, err = pemca.LoadOrCreate(filepath.Join(dir, fileNATSCA), filepath.Join(dir, fileNATSCAKey),
+		"tpmauthn NATS CA", fleetCAYears*365*24*time.Hour)
+	if err != nil {
+		return nil, nil, err
+	}
+	if made {
+		created = append(created, fileNATSCA, fileNATSCAKey)
 	}
 	return &k, created, nil
 }

@@ -24,6 +24,9 @@ type ctxKey struct{}
 // connContext attaches the connection to each request's context, for the
 // peer lookup.
 func (a *Agent) connContext(ctx context.Context, c net.Conn) context.Context {
+	if u, ok := c.(interface{ Unwrap() net.Conn }); ok { // the per-uid cap's wrapper
+		c = u.Unwrap()
+	}
 	return context.WithValue(ctx, ctxKey{}, c)
 }
 

@@ -124,6 +124,8 @@ type Agent struct {
 	metrics *agentMetrics
 	// unknownLogged is when an unknown caller was last logged (Unix s).
 	unknownLogged atomic.Int64
+	// crowdLogged is when a uid over its connection cap was last logged.
+	crowdLogged atomic.Int64
 	metricsSrv    *promserve.Server
 
 	ncMu   sync.Mutex // guards nc's creation
@@ -543,19 +545,17 @@ func (a *Agent) serve() error {
 		if err := os.MkdirAll(filepath.Dir(a.cfg.Socket), 0o755); err != nil {
 			return fmt.Errorf("socket directory: %w", err)
 		}
-		if err := os.Remove(a.cfg.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("remove stale socket: %w", err)
-		}
 		var err error
-		if ln, err = net.Listen("unix", a.cfg.Socket); err != nil {
-			return fmt.Errorf("listen on %s: %w", a.cfg.Socket, err)
-		}
-		// Every local user may ask; the peer credentials decide who gets what.
-		if err := os.Chmod(a.cfg.Socket, 0o666); err != nil {
-			_ = ln.Close()
-			return fmt.Errorf("socket permissions: %w", err)
+		if ln, err = listenSocket(a.cfg.Socket); err != nil {
+			return err
 		}
 	}
+	ln = limitPerUID(ln, maxConnsPerUID, func(uid uint32) {
+		if now := time.Now().Unix(); now-a.crowdLogged.Load() >= 60 {
+			a.crowdLogged.Store(now)
+			a.log.Warn("socket connection refused: this uid holds too many (further ones logged at most once a minute)", "uid", uid, "max", maxConnsPerUID)
+		}
+	})
 	a.ln = ln
 	a.srv = newSocketServer(a.routes(), a.connContext, socketIdleTimeout)
 	a.wg.Go(func() {
@@ -565,6 +565,61 @@ func (a *Agent) serve() error {
 	})
 	a.log.Info("serving workloads", "socket", ln.Addr().String(), "workloads", len(a.cfg.Workloads))
 	return nil
+}
+
+// listenSocket creates the socket, mode 0666 (every local user may ask; the
+// peer credentials decide who gets what), without ever changing a mode
+// through path: a root agent's chmod follows symlinks, and whoever can write
+// the socket's directory could swap the fresh socket for a link to
+// /etc/shadow between the bind and the chmod. So the socket is bound and
+// chmod-ed in a directory of its own that nobody else can write, then
+// renamed into place (rename replaces a link, never follows it).
+func listenSocket(path string) (net.Listener, error) {
+	private, err := os.MkdirTemp(filepath.Dir(path), ".tpmauthn-agent-*")
+	if err != nil {
+		return nil, fmt.Errorf("socket directory: %w", err)
+	}
+	defer os.RemoveAll(private)
+	tmp := filepath.Join(private, "agent.sock")
+	ln, err := net.Listen("unix", tmp)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false) // it moves: Close must not unlink the new path's socket
+	fail := func(err error) (net.Listener, error) {
+		_ = ln.Close()
+		return nil, err
+	}
+	if err := os.Chmod(tmp, 0o666); err != nil {
+		return fail(fmt.Errorf("socket permissions: %w", err))
+	}
+	if socketCreated != nil {
+		socketCreated(tmp)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fail(fmt.Errorf("put the socket at %s: %w", path, err))
+	}
+	return &unlinkOnClose{Listener: ln, path: path}, nil
+}
+
+// Addr is the socket's final path, not the private one it was made at.
+func (l *unlinkOnClose) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: "unix"} }
+
+// socketCreated is a test hook: an attacker's move while the socket is made.
+var socketCreated func(tmp string)
+
+// unlinkOnClose removes the socket at its final path when closed, if it is
+// still ours.
+type unlinkOnClose struct {
+	net.Listener
+	path string
+	once sync.Once
+}
+
+func (l *unlinkOnClose) Close() error {
+	err := l.Listener.Close()
+	l.once.Do(func() { _ = os.Remove(l.path) })
+	return err
 }
 
 // socketIdleTimeout closes a keep-alive connection idle this long: every

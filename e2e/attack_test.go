@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 
 	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/agent/client"
@@ -19,6 +21,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/internal/eventually"
 	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
@@ -448,4 +451,56 @@ func TestAttackEnrollmentSessionOutlivesHostRevoke(t *testing.T) {
 				!hostSession.IsClosed(), !tokenSession.IsClosed())
 		}
 	}
+}
+
+// low: whoever may publish on the callout subject (a credential of the
+// auth account) forges an authorization request under a server key of its
+// own, sealed to the verifier's public xkey, and reads the signed answer.
+// Only a server of this NATS system may ask: the request goes unanswered,
+// and is audited.
+func TestAttackForgedCalloutRequest(t *testing.T) {
+	f := fleettest.New(t)
+	ks, _, err := keys.LoadOrCreate(f.Config.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(f.URL(), nats.Nkey(keys.Public(ks.Verifier), ks.Verifier.Sign))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	serverKP, _ := nkeys.CreateServer()
+	serverID, _ := serverKP.PublicKey()
+	user, _ := nkeys.CreateUser()
+	userPub, _ := user.PublicKey()
+	rc := jwt.NewAuthorizationRequestClaims(userPub)
+	rc.Audience = "nats-authorization-request"
+	rc.Server.ID = serverID
+	rc.UserNkey = userPub
+	rc.Expires = time.Now().Add(time.Minute).Unix()
+	rc.ConnectOptions.Username = "forged"
+	tok, err := rc.Encode(serverKP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverXK, _ := nkeys.CreateCurveKeys()
+	serverXPub, _ := serverXK.PublicKey()
+	sealed, err := serverXK.Seal([]byte(tok), keys.Public(ks.XKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := nats.NewMsg("$SYS.REQ.USER.AUTH")
+	m.Header.Set("Nats-Server-Xkey", serverXPub)
+	m.Data = sealed
+	if reply, err := nc.RequestMsg(m, 2*time.Second); !errors.Is(err, nats.ErrTimeout) {
+		t.Fatalf("forged request: reply %v, error %v; want no answer", reply != nil, err)
+	}
+	eventually.Until(t, 5*time.Second, func() error {
+		for _, e := range f.AuditEvents(t) {
+			if e.Kind == "connect" && e.Result == "deny" && e.Server == serverID && strings.Contains(e.Reason, "not a server of this NATS system") {
+				return nil
+			}
+		}
+		return errors.New("the forged request is not in the audit trail")
+	})
 }

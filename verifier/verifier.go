@@ -335,7 +335,7 @@ func (v *Verifier) serveCallout(context.Context) error {
 	methods.Add(token, workload.New(workload.Config{Fleet: v.fleet, Sessions: v.sessions, Policy: v.policy,
 		RPID: v.cfg.RPID, RotationGrace: v.cfg.RotationGrace, MaxAge: v.cfg.CredentialMaxAge, Alerts: alerts, Logger: v.log}), hostProof, ekAllow)
 	co, err := callout.New(callout.Config{Conn: v.nc, QueueGroup: queueGroup, Issuer: v.keys.Issuer, XKey: v.keys.XKey,
-		Decider: &methods, Trail: v.trail, Metrics: v.metrics, Workers: v.cfg.Workers, OnDecision: v.cfg.OnDecision, Logger: v.log})
+		Decider: &methods, Servers: v.sessions, Trail: v.trail, Metrics: v.metrics, Workers: v.cfg.Workers, OnDecision: v.cfg.OnDecision, Logger: v.log})
 	if err != nil {
 		return err
 	}

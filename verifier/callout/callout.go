@@ -49,6 +49,10 @@ type Decider interface {
 
 type recorder interface{ Record(audit.Event) }
 
+type serverSet interface {
+	KnownServer(ctx context.Context, id string) bool
+}
+
 type observer interface {
 	Observe(subject, result string, took time.Duration)
 	Shed()
@@ -61,9 +65,12 @@ type Config struct {
 	Issuer     nkeys.KeyPair // signs user JWTs and responses
 	XKey       nkeys.KeyPair // opens sealed requests
 	Decider    Decider
-	Trail      recorder
-	Metrics    observer
-	Workers    int
+	// Servers, if set, vouches for the issuer of each request: only the
+	// fleet's servers may ask (nil: any that seals to our xkey).
+	Servers serverSet
+	Trail   recorder
+	Metrics observer
+	Workers int
 	// OnDecision, if set, is told each decision's time and error (nil:
 	// granted).
 	OnDecision func(took time.Duration, err error)
@@ -243,6 +250,14 @@ func (s *Server) handle(m *nats.Msg, arrived time.Time) {
 	defer cancel()
 	ev := audit.Deny("connect")
 	ev.Server, ev.Client, ev.ClientAddr = rc.Server.ID, rc.ClientInformation.ID, rc.ClientInformation.Host
+	if s.cfg.Servers != nil && !s.cfg.Servers.KnownServer(ctx, rc.Server.ID) {
+		// Not a server of ours: someone who may publish on the callout
+		// subject made the request. Answered by nobody, audited.
+		ev.Reason = "callout request issued by " + rc.Server.ID + ", which is not a server of this NATS system"
+		s.log.Warn("callout: request from an unknown issuer refused unanswered", "issuer", rc.Server.ID)
+		s.cfg.Trail.Record(ev)
+		return
+	}
 	out, grantErr := s.decide(ctx, rc, &ev, serverXKey)
 	if grantErr != nil {
 		s.log.Info("connect denied", "client", rc.ClientInformation.ID, "host", rc.ClientInformation.Host, "reason", grantErr)

@@ -65,6 +65,7 @@ type Sessions struct {
 	index     sessionIndex
 	capWarned atomic.Int64 // unix time of the last too-many-sessions warning
 	decoded   decodedEvents
+	servers   knownServers // callout issuers (KnownServer)
 	subs      []*nats.Subscription
 	revWatch  jetstream.KeyWatcher
 	done      chan struct{}

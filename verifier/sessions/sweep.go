@@ -20,6 +20,9 @@ import (
 // some up. KickAll asks every server for the connections that presented the
 // credential's CONNECT nkey (CONNZ, filtered by user) and kicks those too.
 
+// errNoSys: the verifier runs without a system-account connection.
+var errNoSys = errors.New("no system connection")
+
 // connzWait is how long KickAll waits for more servers' CONNZ answers after
 // the last one (servers answer a PING in parallel, within milliseconds).
 const connzWait = 250 * time.Millisecond
@@ -98,7 +101,7 @@ func (s *Sessions) connsOf(user string) ([]serverConn, error) {
 	default:
 	}
 	if s.cfg.Sys == nil {
-		return nil, errors.New("no system connection")
+		return nil, errNoSys
 	}
 	inbox := nats.NewInbox()
 	ch := make(chan *nats.Msg, 64)

@@ -126,7 +126,7 @@ type Agent struct {
 	unknownLogged atomic.Int64
 	// crowdLogged is when a uid over its connection cap was last logged.
 	crowdLogged atomic.Int64
-	metricsSrv    *promserve.Server
+	metricsSrv  *promserve.Server
 
 	ncMu   sync.Mutex // guards nc's creation
 	mu     sync.Mutex

@@ -188,10 +188,10 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		return err
 	}
 	a.queue.start()
-	if err := a.ensureEnrolled(ctx); err != nil {
+	if err := a.untilReachable(ctx, "enrollment", a.ensureEnrolled); err != nil {
 		return err
 	}
-	if err := a.ensureCredentials(ctx); err != nil {
+	if err := a.untilReachable(ctx, "credentials", a.ensureCredentials); err != nil {
 		return err
 	}
 	if err := a.serve(); err != nil {

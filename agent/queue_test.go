@@ -3,9 +3,12 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/tpmauthn/tpmauthn/api"
 	"go.uber.org/goleak"
 )
 
@@ -126,5 +129,27 @@ func TestQueueRefusesExpiredJob(t *testing.T) {
 	})
 	if !errors.Is(err, ErrDeadline) {
 		t.Fatalf("Do(expired) = %v, want ErrDeadline", err)
+	}
+}
+
+func TestTransient(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{&VerifierError{Code: api.CodeUnavailable}, true},
+		{fmt.Errorf("enroll: %w", &VerifierError{Code: api.CodeUnavailable}), true},
+		{&VerifierError{Code: "token_invalid"}, false},
+		{fmt.Errorf("connect: %w", nats.ErrNoServers), true},
+		{fmt.Errorf("x: %w", nats.ErrNoResponders), true},
+		{nats.ErrAuthorization, false},
+		{errors.New("the NATS server's certificate chain has no CA with the pinned key"), false},
+	} {
+		if got := transient(tc.err); got != tc.want {
+			t.Errorf("transient(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+	if retryDelay(0) != 500*time.Millisecond || retryDelay(100) != 30*time.Second {
+		t.Fatalf("retryDelay: %v … %v", retryDelay(0), retryDelay(100))
 	}
 }

@@ -55,10 +55,34 @@ type Status struct {
 	Tokens      map[string]int `json:"tokens"`
 	// AuditKey is the public key that signs the audit trail.
 	AuditKey string `json:"audit_key"`
+	// Streams: every bucket's and the audit stream's replication.
+	Streams []StreamHealth `json:"streams,omitempty"`
 }
 
 // AuditReadRequest pages through the audit stream.
 type AuditReadRequest struct {
 	From uint64 `json:"from"` // stream message sequence (RawEvent.Msg)
 	Max  int    `json:"max"`
+}
+
+// StreamHealth is one JetStream stream's replication, as its leader sees it
+// (a KV bucket is the stream KV_<bucket>).
+type StreamHealth struct {
+	Stream   string       `json:"stream"`
+	Replicas int          `json:"replicas"`
+	Leader   string       `json:"leader,omitempty"` // empty on a standalone server
+	Peers    []PeerHealth `json:"peers,omitempty"`  // the followers
+	Messages uint64       `json:"messages"`
+	Bytes    uint64       `json:"bytes"`
+	Error    string       `json:"error,omitempty"` // could not be asked
+}
+
+// PeerHealth is a follower's state: current, lagging or offline.
+type PeerHealth struct {
+	Name    string        `json:"name"`
+	State   string        `json:"state"`
+	Current bool          `json:"current"`
+	Offline bool          `json:"offline,omitempty"`
+	Lag     uint64        `json:"lag,omitempty"`
+	Active  time.Duration `json:"active,omitempty"` // since last heard from
 }

@@ -49,6 +49,17 @@ type Config struct {
 	// NATSTLSCert and NATSTLSKey are the embedded server's own certificate
 	// (chain) and key, instead of one from the verifier's NATS CA.
 	NATSTLSCert, NATSTLSKey string
+	// Replicas of every bucket and of the audit stream: 0 chooses (3 on a
+	// JetStream cluster of at least 3 servers, else 1).
+	Replicas int
+	// ClusterListen, if set, makes the embedded server a node of a
+	// JetStream cluster with the servers at ClusterRoutes (host:port, or
+	// nats-route:// URLs), over mutual TLS with the NATS CA.
+	ClusterListen string
+	ClusterRoutes []string
+	// ServerName is the embedded server's name (default: "tpmauthn"
+	// standalone; clustered, one kept in DataDir).
+	ServerName string
 	// NATSCA is the PEM bundle the NATS servers' certificates are verified
 	// with: an existing cluster's, or the issuer of NATSTLSCert. Join tokens
 	// pin its first CA. Empty: the NATS CA (embedded), else the system roots.
@@ -144,6 +155,7 @@ func (c *Config) Validate() error {
 		c.DataDir = abs
 	}
 	errs = append(errs, c.validateTLS()...)
+	errs = append(errs, c.validateCluster()...)
 	if c.Approval != ApprovalAuto && c.Approval != ApprovalManual {
 		errs = append(errs, fmt.Errorf("enrollment.approval: %q, want auto or manual", c.Approval))
 	}

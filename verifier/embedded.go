@@ -27,7 +27,9 @@ func StartEmbedded(k *keys.Set, dataDir string, o keys.ServerConfigOptions, log 
 		return nil, fmt.Errorf("embedded nats-server: config: %w", err)
 	}
 	opts.NoSigs = true
-	opts.ServerName = "tpmauthn"
+	if opts.ServerName == "" {
+		opts.ServerName = "tpmauthn"
+	}
 	s, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("embedded nats-server: %w", err)

@@ -1,6 +1,7 @@
 package verifier
 
 import (
+	"cmp"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -50,27 +52,54 @@ func (v *Verifier) tlsOptions() ([]nats.Option, error) {
 	return natstls.Options(v.url, natstls.Trust{Roots: v.trust.roots})
 }
 
-// embeddedTLSBlock is the embedded server's tls block, its certificate
-// issued (or re-issued) by the NATS CA unless the operator gave one.
-func (v *Verifier) embeddedTLSBlock() (string, error) {
-	if !v.cfg.embeddedTLS() {
-		return "", nil
+// embeddedExtra is what the embedded server's configuration adds to the
+// layout: its name, its tls block (clientTLS says whether there is one) and
+// its cluster block.
+func (v *Verifier) embeddedExtra() (extra string, clientTLS bool, err error) {
+	name, err := v.serverName()
+	if err != nil {
+		return "", false, err
 	}
+	parts := []string{fmt.Sprintf("server_name: %q", name)}
+	clientTLS = v.cfg.embeddedTLS()
+	if !clientTLS && v.cfg.ClusterListen == "" {
+		return parts[0], false, nil
+	}
+	cert, key, err := v.serverCert()
+	if err != nil {
+		return "", false, err
+	}
+	if clientTLS {
+		// timeout: the TLS handshake's, in seconds; the auth callout has its own.
+		parts = append(parts, fmt.Sprintf("tls {\n  cert_file: %q\n  key_file: %q\n  timeout: 2\n}", cert, key))
+	}
+	caFile := cmp.Or(v.cfg.NATSCA, keys.NATSCAFile(v.cfg.DataDir))
+	if c := v.clusterBlock(cert, key, caFile); c != "" {
+		parts = append(parts, c)
+	}
+	return strings.Join(parts, "\n"), clientTLS, nil
+}
+
+// serverCert is the embedded server's certificate: the operator's, or one
+// issued (or re-issued) by the NATS CA.
+func (v *Verifier) serverCert() (certFile, keyFile string, err error) {
 	cert, key := v.cfg.NATSTLSCert, v.cfg.NATSTLSKey
 	if cert == "" {
 		hosts := v.cfg.NATSTLSHosts
 		if len(hosts) == 0 {
 			hosts = defaultTLSHosts(v.cfg.NATSListen)
 		}
+		if h, _, err := net.SplitHostPort(v.cfg.ClusterListen); err == nil && h != "" && !net.ParseIP(h).IsUnspecified() {
+			hosts = append(hosts, h) // peers dial the routes by it
+		}
 		hosts = append(hosts, "localhost", "127.0.0.1", "::1")
 		var err error
 		if cert, key, err = keys.ServerCert(v.cfg.DataDir, v.keys, hosts, time.Now()); err != nil {
-			return "", err
+			return "", "", err
 		}
-		v.log.Info("NATS TLS certificate from the verifier's NATS CA", "names", hosts, "ca_pin", v.trust.pin)
+		v.log.Info("NATS TLS certificate from the verifier's NATS CA", "names", hosts, "ca_pin", natstls.Pin(v.keys.NATSCA))
 	}
-	// timeout: the TLS handshake's, in seconds; the auth callout has its own.
-	return fmt.Sprintf("tls {\n  cert_file: %q\n  key_file: %q\n  timeout: 2\n}", cert, key), nil
+	return cert, key, nil
 }
 
 // defaultTLSHosts: the listen host, this host's name, and, on a wildcard

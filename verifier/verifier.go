@@ -1,6 +1,7 @@
 package verifier
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"fmt"
@@ -50,6 +51,8 @@ type Verifier struct {
 	policy  *policy.Source
 	metrics *metrics.Metrics
 	trust   clientTrust
+	// nReplicas of the buckets and the audit stream (Start decides).
+	nReplicas int
 
 	// Set by Start.
 	srv        *server.Server // embedded, or nil
@@ -161,15 +164,15 @@ func (v *Verifier) startServer(context.Context) error {
 		v.url = v.cfg.NATSURL
 		return nil
 	}
-	tlsBlock, err := v.embeddedTLSBlock()
+	extra, clientTLS, err := v.embeddedExtra()
 	if err != nil {
 		return err
 	}
-	srv, err := StartEmbedded(v.keys, v.cfg.DataDir, keys.ServerConfigOptions{Listen: v.cfg.NATSListen, Extra: tlsBlock}, v.log)
+	srv, err := StartEmbedded(v.keys, v.cfg.DataDir, keys.ServerConfigOptions{Listen: v.cfg.NATSListen, Extra: extra}, v.log)
 	if err != nil {
 		return err
 	}
-	v.srv, v.url = srv, localURL(srv.Addr(), tlsBlock != "")
+	v.srv, v.url = srv, localURL(srv.Addr(), clientTLS)
 	v.onClose(func() {
 		srv.Shutdown()
 		srv.WaitForShutdown()
@@ -205,10 +208,25 @@ func (v *Verifier) connect(context.Context) error {
 // openStore opens the KV state; a cluster's JetStream may still be electing
 // its leader, so it retries a while.
 func (v *Verifier) openStore(ctx context.Context) error {
+	var err error
+	if v.nReplicas, err = v.replicas(ctx); err != nil {
+		return err
+	}
+	return v.untilJetStream(ctx, func(ctx context.Context) (err error) {
+		v.st, err = store.Open(ctx, v.nc, store.Options{Replicas: v.nReplicas})
+		return err
+	})
+}
+
+// untilJetStream retries f while JetStream is not ready (a cluster still
+// electing its leaders drops API requests rather than answering them):
+// each attempt bounded, 30 of them at most.
+func (v *Verifier) untilJetStream(ctx context.Context, f func(context.Context) error) error {
 	for attempt := 0; ; attempt++ {
-		st, err := store.Open(ctx, v.nc)
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := f(actx)
+		cancel()
 		if err == nil {
-			v.st = st
 			return nil
 		}
 		if attempt == 30 || ctx.Err() != nil {
@@ -225,9 +243,13 @@ func (v *Verifier) openStore(ctx context.Context) error {
 }
 
 func (v *Verifier) openAudit(ctx context.Context) error {
-	a, err := auditlog.Open(ctx, v.st.JS, v.keys.Issuer, auditlog.Config{
-		Replicas: v.cfg.Audit.Replicas, AllowDelete: v.cfg.Audit.AllowDelete,
-		OnAppend: v.metrics.AuditAppended, Logger: v.log,
+	var a *auditlog.Log
+	err := v.untilJetStream(ctx, func(ctx context.Context) (err error) {
+		a, err = auditlog.Open(ctx, v.st.JS, v.keys.Issuer, auditlog.Config{
+			Replicas: cmp.Or(v.cfg.Audit.Replicas, v.nReplicas), AllowDelete: v.cfg.Audit.AllowDelete,
+			OnAppend: v.metrics.AuditAppended, Logger: v.log,
+		})
+		return err
 	})
 	if err != nil {
 		return err
@@ -271,7 +293,7 @@ func (v *Verifier) startFleet(ctx context.Context) error {
 
 func (v *Verifier) startSessions(ctx context.Context) error {
 	only := ""
-	if v.srv != nil { // the embedded server, standalone: it restarts with this process
+	if v.srv != nil && v.cfg.ClusterListen == "" { // the embedded server, standalone: it restarts with this process
 		only = v.srv.ID()
 	}
 	v.sessions = sessions.New(sessions.Config{Sys: v.sysNC, Fleet: v.fleet, Trail: v.trail, Only: only,
@@ -300,7 +322,7 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 	}
 	adm := admin.New(admin.Config{Fleet: v.fleet, Sessions: v.sessions, Enroll: v.enroll, Trail: v.trail,
 		Version: Version, RPID: v.cfg.RPID, Origin: v.cfg.Origin, Approval: v.cfg.Approval,
-		AuditKey: keys.Public(v.keys.Issuer), EKRoots: ekRoots, CAPin: v.trust.pin, Logger: v.log, Now: v.cfg.Clock})
+		AuditKey: keys.Public(v.keys.Issuer), EKRoots: ekRoots, CAPin: v.trust.pin, AuditStream: auditlog.Stream, Logger: v.log, Now: v.cfg.Clock})
 	v.api = natsapi.New(natsapi.Config{Conn: v.nc, QueueGroup: queueGroup, Version: Version, Workers: v.cfg.Workers,
 		Trail: v.trail, Metrics: v.metrics, Logger: v.log})
 	v.onClose(v.api.Close)

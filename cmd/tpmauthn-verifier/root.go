@@ -22,6 +22,10 @@ var keys = []cliconf.Key{
 	cliconf.K("nats.tls_hosts", "nats-tls-hosts", []string{}, "names and addresses agents reach the embedded server by, for its certificate (default: the listen address, the hostname, and on 0.0.0.0 every interface's address)"),
 	cliconf.K("nats.tls_cert", "nats-tls-cert", "", "the embedded server's own TLS certificate chain (PEM) instead of one from the verifier's NATS CA"),
 	cliconf.K("nats.tls_key", "nats-tls-key", "", "the key of --nats-tls-cert"),
+	cliconf.K("nats.replicas", "replicas", 0, "replicas of every bucket and the audit stream (0: 3 on a JetStream cluster of 3 or more servers, else 1)"),
+	cliconf.K("nats.cluster_listen", "cluster-listen", "", "make the embedded server a node of a JetStream cluster: its route address (host:port)"),
+	cliconf.K("nats.cluster_routes", "cluster-routes", []string{}, "the other nodes' route addresses (host:port), comma-separated"),
+	cliconf.K("nats.server_name", "server-name", "", "the embedded server's name (default: kept in DATA_DIR/server-name when clustered)"),
 	cliconf.K("nats.ca", "nats-ca", "", "PEM bundle to verify the NATS servers with (an existing cluster's CA, or --nats-tls-cert's issuer); join tokens pin its first CA"),
 	cliconf.K("enrollment.ek_ca_dir", "ek-ca-dir", "", "directory of TPM manufacturer root and intermediate certificates (PEM or DER); empty trusts no EK certificate"),
 	cliconf.K("enrollment.approval", "approval", "auto", "auto, or manual: new hosts wait for 'tpmauthnctl host approve'"),
@@ -45,6 +49,10 @@ type settings struct {
 		TLSCert  string   `mapstructure:"tls_cert"`
 		TLSKey   string   `mapstructure:"tls_key"`
 		CA       string   `mapstructure:"ca"`
+		Replicas int      `mapstructure:"replicas"`
+		Cluster  string   `mapstructure:"cluster_listen"`
+		Routes   []string `mapstructure:"cluster_routes"`
+		Name     string   `mapstructure:"server_name"`
 	} `mapstructure:"nats"`
 	Enrollment struct {
 		EKCADir        string        `mapstructure:"ek_ca_dir"`
@@ -96,6 +104,7 @@ func run(cmd *cobra.Command, _ []string) error {
 	v, err := verifier.New(verifier.Config{
 		DataDir: s.DataDir, NATSURL: s.NATS.URL, NATSSeed: s.NATS.Seed, NATSListen: s.NATS.Listen,
 		NATSTLS: s.NATS.TLS, NATSTLSHosts: s.NATS.TLSHosts, NATSTLSCert: s.NATS.TLSCert, NATSTLSKey: s.NATS.TLSKey, NATSCA: s.NATS.CA,
+		Replicas: s.NATS.Replicas, ClusterListen: s.NATS.Cluster, ClusterRoutes: s.NATS.Routes, ServerName: s.NATS.Name,
 		EKCADir: s.Enrollment.EKCADir, Approval: s.Enrollment.Approval, AKCertValidity: s.Enrollment.AKCertValidity,
 		RPID: s.WebAuthn.RPID, Origin: s.WebAuthn.Origin, MetricsListen: s.MetricsListen, PolicyFile: s.Policy.File, Logger: log,
 	})

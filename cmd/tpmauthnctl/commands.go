@@ -272,6 +272,9 @@ func (a *app) statusCmd() *cobra.Command {
 				fmt.Fprintf(w, "hosts:\t%s\n", counts(s.Hosts))
 				fmt.Fprintf(w, "credentials:\t%s\n", counts(s.Credentials))
 				fmt.Fprintf(w, "tokens:\t%s\n", counts(s.Tokens))
+				for _, h := range s.Streams {
+					fmt.Fprintf(w, "stream %s:\t%s\n", esc(h.Stream), streamLine(h))
+				}
 			})
 		},
 	}
@@ -315,4 +318,23 @@ func counts(m map[string]int) string {
 		parts[i] = fmt.Sprintf("%d %s", m[k], k)
 	}
 	return strings.Join(parts, ", ")
+}
+
+// streamLine is one stream's replication: replicas, leader, each follower.
+func streamLine(h api.StreamHealth) string {
+	if h.Error != "" {
+		return "ERROR " + esc(h.Error)
+	}
+	line := fmt.Sprintf("R%d, %d events, %d bytes", h.Replicas, h.Messages, h.Bytes)
+	if h.Leader == "" {
+		return line
+	}
+	line += ", leader " + esc(h.Leader)
+	for _, p := range h.Peers {
+		line += fmt.Sprintf(", %s %s", esc(p.Name), p.State)
+		if p.State == "lagging" {
+			line += fmt.Sprintf(" (%d behind, heard %v ago)", p.Lag, p.Active.Round(time.Millisecond))
+		}
+	}
+	return line
 }

@@ -249,7 +249,7 @@ func WritePolicy(t testing.TB, sessionTTL time.Duration) string {
 // data dir to another: a second instance of the same verifier.
 func CopyKeys(t testing.TB, from, to string) {
 	t.Helper()
-	for _, name := range []string{"issuer.nk", "xkey.nk", "verifier.nk", "sys.nk", "operator.nk", "fleet-ca.pem", "fleet-ca-key.pem"} {
+	for _, name := range keys.Shared {
 		b, err := os.ReadFile(filepath.Join(from, name))
 		if err != nil {
 			t.Fatal(err)

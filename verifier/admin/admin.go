@@ -55,6 +55,8 @@ type Config struct {
 	// What the status summary reports.
 	Version, RPID, Origin, Approval, AuditKey string
 	EKRoots                                   int
+	// AuditStream is the audit trail's stream, reported with the buckets.
+	AuditStream string
 	// CAPin is the NATS CA pin join tokens carry ("": none).
 	CAPin  string
 	Logger *slog.Logger
@@ -446,6 +448,7 @@ func (s *Service) status(ctx context.Context, _ []byte) (any, error) {
 	for _, t := range tokens {
 		st.Tokens[t.State(now)]++
 	}
+	st.Streams = s.st.Health(ctx, s.cfg.AuditStream)
 	return st, nil
 }
 

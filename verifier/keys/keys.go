@@ -37,6 +37,11 @@ const (
 	fleetCAYears  = 20
 )
 
+// Shared are the files every verifier of one fleet holds the same copy of
+// (several verifiers on one cluster, or embedded servers forming one): copy
+// these, never the JetStream store or the server name.
+var Shared = []string{fileIssuer, fileXKey, fileVerifier, fileSys, fileOperator, fileCA, fileCAKey, fileNATSCA, fileNATSCAKey}
+
 // Set is the verifier's key material. It is created on first start and
 // never leaves the data directory.
 type Set struct {

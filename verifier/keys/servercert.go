@@ -70,7 +70,8 @@ func current(certFile, keyFile string, ca *x509.Certificate, hosts []string, now
 	slices.Sort(names)
 	want := normalize(hosts)
 	left := c.NotAfter.Sub(now)
-	return slices.Equal(names, want) && left > ServerCertValidity/3
+	usages := slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageServerAuth) && slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageClientAuth)
+	return slices.Equal(names, want) && left > ServerCertValidity/3 && usages
 }
 
 func normalize(hosts []string) []string {
@@ -100,7 +101,8 @@ func issueServerCert(k *Set, hosts []string, now time.Time) (certPEM, keyPEM []b
 		NotBefore:    now.Add(-5 * time.Minute),
 		NotAfter:     now.Add(ServerCertValidity),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		// Client too: cluster routes are mutual TLS, each node both ends.
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
 	for _, h := range normalize(hosts) {
 		if ip := net.ParseIP(h); ip != nil {
@@ -155,6 +157,9 @@ func writeAtomic(path string, b []byte, mode os.FileMode) error {
 	defer d.Close()
 	return d.Sync()
 }
+
+// NATSCAFile is the NATS CA's certificate in a data directory.
+func NATSCAFile(dataDir string) string { return filepath.Join(dataDir, fileNATSCA) }
 
 // ClientCAFile is where a verifier's data directory keeps the CA bundle
 // its NATS clients verify the server with (tpmauthnctl reads it).

@@ -33,8 +33,8 @@ func TestServerCert(t *testing.T) {
 			t.Errorf("certificate does not name %s: %v", h, err)
 		}
 	}
-	if !slices.Equal(leaf.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}) || leaf.IsCA {
-		t.Fatalf("usages %v, CA %v: want a server certificate only", leaf.ExtKeyUsage, leaf.IsCA)
+	if !slices.Equal(leaf.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}) || leaf.IsCA {
+		t.Fatalf("usages %v, CA %v: want a TLS server (and route client) certificate only", leaf.ExtKeyUsage, leaf.IsCA)
 	}
 	if fi, _ := os.Stat(keyFile); fi.Mode().Perm() != 0o600 {
 		t.Fatalf("key file mode %v", fi.Mode().Perm())

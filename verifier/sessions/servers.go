@@ -22,27 +22,53 @@ const serverRefreshEvery = time.Second
 
 // knownServers is the set of server IDs that answered a PING.
 type knownServers struct {
-	mu        sync.Mutex
-	ids       map[string]bool
+	mu  sync.RWMutex
+	ids map[string]bool
+
+	refresh   sync.Mutex // one PING at a time
 	refreshed time.Time
+}
+
+func (k *knownServers) has(id string) bool {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return k.ids[id]
+}
+
+func (k *knownServers) add(ids []string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.ids == nil || len(k.ids) > 4096 { // server IDs change at every restart
+		k.ids = map[string]bool{}
+	}
+	for _, i := range ids {
+		k.ids[i] = true
+	}
 }
 
 // KnownServer says whether id (a server nkey) is a server of this NATS
 // system: the embedded server, or one that answers the system account's
-// PING. An unknown ID makes it ask again, at most once a second; it fails
-// closed (no answer, no system connection: unknown).
+// PING. An unknown ID waits for the next PING (at most one a second, one at
+// a time); it fails closed (no answer, no system connection: unknown).
 func (s *Sessions) KnownServer(ctx context.Context, id string) bool {
 	if s.cfg.Only != "" {
 		return id == s.cfg.Only
 	}
 	k := &s.servers
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.ids[id] {
+	if k.has(id) {
 		return true
 	}
-	if time.Since(k.refreshed) < serverRefreshEvery {
-		return false
+	k.refresh.Lock()
+	defer k.refresh.Unlock()
+	if k.has(id) { // the PING another caller waited for named it
+		return true
+	}
+	if wait := serverRefreshEvery - time.Since(k.refreshed); wait > 0 {
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return false
+		}
 	}
 	k.refreshed = time.Now()
 	ids, err := s.pingServers(ctx, id)
@@ -50,13 +76,8 @@ func (s *Sessions) KnownServer(ctx context.Context, id string) bool {
 		s.log.Warn("cannot list the NATS servers; unknown callout issuers are refused meanwhile", "error", err)
 		return false
 	}
-	if k.ids == nil || len(k.ids) > 4096 { // server IDs change at every restart
-		k.ids = map[string]bool{}
-	}
-	for _, i := range ids {
-		k.ids[i] = true
-	}
-	return k.ids[id]
+	k.add(ids)
+	return k.has(id)
 }
 
 // pingServers asks every server for its ID, until want answers or the

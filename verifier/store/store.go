@@ -58,8 +58,15 @@ type Store struct {
 	Hosts, Credentials, Tokens, EKs, EKAllow, Enroll, Challenges, Workloads jetstream.KeyValue
 }
 
+// Options are the buckets' settings that depend on the deployment.
+type Options struct {
+	// Replicas of every bucket (0: 1). An existing bucket with fewer is
+	// scaled up in place.
+	Replicas int
+}
+
 // Open creates or updates the buckets (an existing bucket keeps its data).
-func Open(ctx context.Context, nc *nats.Conn) (*Store, error) {
+func Open(ctx context.Context, nc *nats.Conn, o Options) (*Store, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
@@ -99,7 +106,7 @@ func Open(ctx context.Context, nc *nats.Conn) (*Store, error) {
 		}
 		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket: b.name, History: history, TTL: b.ttl, Storage: jetstream.FileStorage,
-			MaxValueSize: MaxRecordSize, MaxBytes: maxBytes,
+			MaxValueSize: MaxRecordSize, MaxBytes: maxBytes, Replicas: max(o.Replicas, 1),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("KV bucket %s: %w (is JetStream enabled for the %s account?)", b.name, err, keys.AccountAuth)

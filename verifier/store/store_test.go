@@ -27,7 +27,7 @@ func TestCredentialsBucketHistoryUpgraded(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s, err := Open(t.Context(), js.NC)
+	s, err := Open(t.Context(), js.NC, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func TestCredentialsBucketHistoryUpgraded(t *testing.T) {
 // when f refuses, and says which outcome is which.
 func TestMutate(t *testing.T) {
 	js := jstest.Start(t)
-	s, err := Open(t.Context(), js.NC)
+	s, err := Open(t.Context(), js.NC, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func TestMutate(t *testing.T) {
 // session can fill are bounded.
 func TestBucketsBounded(t *testing.T) {
 	js := jstest.Start(t)
-	s, err := Open(t.Context(), js.NC)
+	s, err := Open(t.Context(), js.NC, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

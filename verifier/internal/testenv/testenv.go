@@ -34,7 +34,7 @@ type Env struct {
 func New(tb testing.TB) *Env {
 	tb.Helper()
 	js := jstest.Start(tb)
-	st, err := store.Open(tb.Context(), js.NC)
+	st, err := store.Open(tb.Context(), js.NC, store.Options{})
 	if err != nil {
 		tb.Fatal(err)
 	}

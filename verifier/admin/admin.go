@@ -491,9 +491,11 @@ func (s *Service) revokeHost(ctx context.Context, id string, status api.HostStat
 		}
 	}
 	if status == api.HostOffboarded {
-		// Forget the EK enrollment: the TPM may enroll again, as a new host.
-		if err := s.st.EKs.Delete(ctx, h.EKHash); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-			return nil, fmt.Errorf("forget EK enrollment: %w", err)
+		// Forget the TPM's claims: it may enroll again, as a new host.
+		for _, k := range append([]string{h.EKHash}, h.Claims...) {
+			if err := s.st.EKs.Delete(ctx, k); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+				return nil, fmt.Errorf("forget EK enrollment: %w", err)
+			}
 		}
 	}
 	if err := errors.Join(kickErrs...); err != nil {

@@ -123,9 +123,9 @@ func (s *Service) Begin(ctx context.Context, body []byte) (_ any, err error) {
 	if err := requesterBound(ctx, tokenHash, ekHash); err != nil {
 		return nil, err
 	}
-	if _, _, err := store.Get[record.EKEnrollment](ctx, s.cfg.Store.EKs, ekHash); err == nil {
-		return nil, api.ErrAlreadyEnrolled
-	} else if !errors.Is(err, api.ErrNotFound) {
+	// An enrolled TPM is refused before its grant is looked at (all its
+	// keys are checked below).
+	if err := s.checkClaims(ctx, []string{ekHash}); err != nil {
 		return nil, err
 	}
 	g, err := s.authorizeEnrollment(ctx, req.Token, ekHash)
@@ -142,7 +142,11 @@ func (s *Service) Begin(ctx context.Context, body []byte) (_ any, err error) {
 		Public: req.AK.Public, CreateData: req.AK.CreateData,
 		CreateAttestation: req.AK.CreateAttestation, CreateSignature: req.AK.CreateSignature,
 	}
-	act, err := attestation.NewActivation(ekPub, akParams)
+	act, err := activation(&req, ekPub, akParams)
+	if err != nil {
+		return nil, err
+	}
+	more, err := challengeMoreEKs(&req, ekHash, akParams)
 	if err != nil {
 		return nil, err
 	}
@@ -154,10 +158,24 @@ func (s *Service) Begin(ctx context.Context, body []byte) (_ any, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: AK public: %w", attestation.ErrAttestation, err)
 	}
+	akH, err := akHash(akDER)
+	if err != nil {
+		return nil, err
+	}
 	id := attestation.NewTPMIdentity(req.TPM.Manufacturer, req.TPM.VendorString, req.TPM.FirmwareVersion1)
 	sess := record.EnrollSession{
-		V: record.Version, Secret: act.Secret, EKHash: ekHash, AKPublic: akDER,
+		V: record.Version, Secret: act.Secret, EKHash: ekHash, AKPublic: akDER, AKHash: akH,
 		TPM: record.TPMIdent(id), Hostname: req.Hostname, Token: g.tokenHash, Created: s.cfg.Now().UTC(),
+	}
+	resp := &api.EnrollBeginResponse{Credential: act.Challenge.Credential, Secret: act.Challenge.Secret}
+	for _, m := range more {
+		sess.MoreEKs, sess.MoreSecrets = append(sess.MoreEKs, m.hash), append(sess.MoreSecrets, m.act.Secret)
+		resp.MoreChallenges = append(resp.MoreChallenges, api.EKChallenge{Credential: m.act.Challenge.Credential, Secret: m.act.Challenge.Secret})
+	}
+	// Any of the TPM's keys held by another host refuses the enrollment
+	// (checked again, atomically, when Finish claims them).
+	if err := s.checkClaims(ctx, sess.Claims()); err != nil {
+		return nil, err
 	}
 	sid, err := randomID(16)
 	if err != nil {
@@ -166,7 +184,25 @@ func (s *Service) Begin(ctx context.Context, body []byte) (_ any, err error) {
 	if err := store.Create(ctx, s.cfg.Store.Enroll, sid, &sess); err != nil {
 		return nil, err
 	}
-	return &api.EnrollBeginResponse{Session: sid, Credential: act.Challenge.Credential, Secret: act.Challenge.Secret}, nil
+	resp.Session = sid
+	return resp, nil
+}
+
+// activation challenges the EK: for its own name algorithm and symmetric
+// scheme when the agent sent its public area (which must hold the key the
+// request names), else go-attestation's (the RSA low-range EK's).
+func activation(req *api.EnrollBeginRequest, ekPub crypto.PublicKey, ak attest.AttestationParameters) (*attestation.Activation, error) {
+	if len(req.EKPublicArea) == 0 {
+		return attestation.NewActivation(ekPub, ak)
+	}
+	pub, err := attestation.EKPublicKey(req.EKPublicArea)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", api.ErrBadRequest, err)
+	}
+	if k, ok := pub.(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(ekPub) {
+		return nil, fmt.Errorf("%w: EK public area is for another key", api.ErrBadRequest)
+	}
+	return attestation.NewActivationForEK(req.EKPublicArea, ak)
 }
 
 // hostnameRE: what a host may call itself. The hostname is a label the
@@ -283,30 +319,34 @@ func (s *Service) Finish(ctx context.Context, body []byte) (_ any, err error) {
 	if err := attestation.CheckActivation(sess.Secret, req.Secret); err != nil {
 		return nil, err
 	}
+	if len(req.MoreSecrets) != len(sess.MoreSecrets) {
+		return nil, fmt.Errorf("%w: %d secrets for %d more EKs", attestation.ErrActivationFailed, len(req.MoreSecrets), len(sess.MoreSecrets))
+	}
+	for i, want := range sess.MoreSecrets {
+		if err := attestation.CheckActivation(want, req.MoreSecrets[i]); err != nil {
+			return nil, fmt.Errorf("EK %s: %w", sess.MoreEKs[i], err)
+		}
+	}
 	hostID, err := randomHex(8)
 	if err != nil {
 		return nil, err
 	}
 	hostID = "h-" + hostID
-	// The TPM first, then the grant: an enrollment refused because the TPM
-	// is enrolled already must not spend the token (or allow-list entry).
-	if err := store.Create(ctx, s.cfg.Store.EKs, sess.EKHash, &record.EKEnrollment{V: record.Version, Host: hostID}); err != nil {
-		if errors.Is(err, api.ErrConflict) {
-			return nil, api.ErrAlreadyEnrolled
-		}
+	// The TPM first (all its keys), then the grant: an enrollment refused
+	// because the TPM is enrolled already must not spend the token (or
+	// allow-list entry).
+	if err := s.claim(ctx, sess, hostID); err != nil {
 		return nil, err
 	}
 	g, err := s.consumeGrant(ctx, sess, hostID)
 	if err != nil {
-		if derr := s.cfg.Store.EKs.Delete(context.WithoutCancel(ctx), sess.EKHash); derr != nil {
-			s.log.Error("enrollment refused, but its EK stays marked enrolled", "ek_hash", sess.EKHash, "error", derr)
-		}
+		s.release(ctx, sess.Claims())
 		return nil, err
 	}
 	proof := sha256.Sum256(req.Secret)
 	now := s.cfg.Now().UTC()
 	h := &record.Host{
-		V: record.Version, ID: hostID, Hostname: sess.Hostname, EKHash: sess.EKHash, AKPublic: sess.AKPublic,
+		V: record.Version, ID: hostID, Hostname: sess.Hostname, EKHash: sess.EKHash, Claims: sess.Claims(), AKPublic: sess.AKPublic,
 		TPM: sess.TPM, Roles: g.roles, Tags: g.tags, Status: api.HostPending, Via: g.via(),
 		ProofHash: proof[:], Created: now, Updated: now,
 	}

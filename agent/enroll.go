@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/x509"
@@ -209,6 +210,9 @@ func (a *Authenticator) RegisterWithVerifier(ctx context.Context, nc *nats.Conn,
 	if err := call(ctx, nc, api.SubjectRegisterBegin, &api.RegisterBeginRequest{HostID: e.HostID, Workload: workload}, &begin); err != nil {
 		return nil, err
 	}
+	if err := a.adoptAKCert(begin.AKCert); err != nil {
+		return nil, err
+	}
 	resp, cred, err := a.Register(RegisterOptions{Name: workload, RPID: begin.RPID, Origin: begin.Origin, Challenge: begin.Challenge, UserHandle: begin.UserHandle})
 	if err != nil {
 		return nil, err
@@ -237,6 +241,9 @@ func (a *Authenticator) RotateWithVerifier(ctx context.Context, nc *nats.Conn, o
 	if err := call(ctx, nc, api.SubjectRegisterBegin, &api.RegisterBeginRequest{
 		HostID: e.HostID, Workload: old.Name, RotateFrom: old.IDString(),
 	}, &begin); err != nil {
+		return nil, time.Time{}, err
+	}
+	if err := a.adoptAKCert(begin.AKCert); err != nil {
 		return nil, time.Time{}, err
 	}
 	lineage := old.Lineage
@@ -273,6 +280,18 @@ func (a *Authenticator) RotateWithVerifier(ctx context.Context, nc *nats.Conn, o
 		return nil, time.Time{}, err
 	}
 	return cred, fin.Retires, nil
+}
+
+// adoptAKCert stores the AK certificate a registration challenge came with
+// when it is not the one stored: the verifier renewed it.
+func (a *Authenticator) adoptAKCert(der []byte) error {
+	if len(der) == 0 || bytes.Equal(der, a.AKCertificate()) {
+		return nil
+	}
+	if err := a.SetAKCertificate(der); err != nil {
+		return fmt.Errorf("renewed AK certificate: %w", err)
+	}
+	return nil
 }
 
 // finishTimeout bounds the wait for register.finish's reply in a rotation:

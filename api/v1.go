@@ -160,6 +160,10 @@ type RegisterBeginResponse struct {
 	RPID       string    `json:"rp_id"`
 	Origin     string    `json:"origin"`
 	Expires    time.Time `json:"expires"`
+	// AKCert is the host's current AK certificate (DER): the verifier
+	// renews it when a third of its validity is left, and the agent
+	// attests with this one.
+	AKCert []byte `json:"ak_cert,omitempty"`
 }
 
 // RegisterFinishRequest carries the registration response.

@@ -279,7 +279,7 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 		RPID: v.cfg.RPID, Origin: v.cfg.Origin, Trail: v.trail, Alerts: alerts, Logger: v.log, Now: v.cfg.Clock})
 	reg := register.New(register.Config{Fleet: v.fleet, RP: v.rp, RPID: v.cfg.RPID, Origin: v.cfg.Origin,
 		ChallengeTTL: v.cfg.RegisterChallenge, RotationGrace: v.cfg.RotationGrace, MaxAge: v.cfg.CredentialMaxAge,
-		Trail: v.trail, Alerts: alerts, Logger: v.log})
+		Trail: v.trail, Alerts: alerts, AKCerts: v.enroll, Logger: v.log})
 	ekRoots := 0
 	if v.ekTrust != nil {
 		ekRoots = v.ekTrust.Roots()

@@ -412,13 +412,7 @@ func (s *Service) Activate(h *record.Host, by string) error {
 	if h.Status != api.HostPending {
 		return fmt.Errorf("%w: host %s is %s, not pending", record.ErrTransition, h.ID, h.Status)
 	}
-	akPub, err := x509.ParsePKIXPublicKey(h.AKPublic)
-	if err != nil {
-		return fmt.Errorf("host %s AK: %w", h.ID, err)
-	}
-	der, err := attestation.IssueAKCertificate(s.cfg.FleetCA, s.cfg.FleetCAKey, attestation.AKCertRequest{
-		AKPublic: akPub, TPM: attestation.TPMIdentity(h.TPM), Validity: s.cfg.AKCertValidity,
-	})
+	der, err := s.issueAKCert(h)
 	if err != nil {
 		return err
 	}
@@ -427,6 +421,56 @@ func (s *Service) Activate(h *record.Host, by string) error {
 	}
 	h.AKCert, h.ApprovedBy = der, by
 	return nil
+}
+
+// RenewAKCert returns host h's AK certificate, renewed first if less than a
+// third of its validity is left (or it cannot be read): AK certificates
+// expire, and without one no credential of the host registers or rotates.
+// The renewal is one compare-and-set on an active host. Certificates keep
+// the real clock, as the relying party that checks them does.
+func (s *Service) RenewAKCert(ctx context.Context, h *record.Host) ([]byte, error) {
+	if !needsRenewal(h.AKCert, s.cfg.AKCertValidity, time.Now()) {
+		return h.AKCert, nil
+	}
+	renewed, _, err := store.Mutate(ctx, s.cfg.Store.Hosts, h.ID, func(cur *record.Host) error {
+		if cur.Status != api.HostActive {
+			return fmt.Errorf("%w: host %s is %s", api.ErrHostNotActive, cur.ID, cur.Status)
+		}
+		if !needsRenewal(cur.AKCert, s.cfg.AKCertValidity, time.Now()) {
+			return nil // renewed concurrently
+		}
+		der, err := s.issueAKCert(cur)
+		if err != nil {
+			return err
+		}
+		cur.AKCert, cur.Updated = der, s.cfg.Now().UTC()
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("renew host %s's AK certificate: %w", h.ID, err)
+	}
+	s.log.Info("AK certificate renewed", "host", h.ID)
+	s.cfg.Trail.Record(audit.Event{Kind: "akcert.renew", Result: "ok", Host: h.ID})
+	return renewed.AKCert, nil
+}
+
+// needsRenewal: less than a third of the certificate's validity left.
+func needsRenewal(der []byte, validity time.Duration, now time.Time) bool {
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return true
+	}
+	return c.NotAfter.Sub(now) < validity/3
+}
+
+func (s *Service) issueAKCert(h *record.Host) ([]byte, error) {
+	akPub, err := x509.ParsePKIXPublicKey(h.AKPublic)
+	if err != nil {
+		return nil, fmt.Errorf("host %s AK: %w", h.ID, err)
+	}
+	return attestation.IssueAKCertificate(s.cfg.FleetCA, s.cfg.FleetCAKey, attestation.AKCertRequest{
+		AKPublic: akPub, TPM: attestation.TPMIdentity(h.TPM), Validity: s.cfg.AKCertValidity,
+	})
 }
 
 func (s *Service) enrollResult(h *record.Host) *api.EnrollResult {

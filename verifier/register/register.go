@@ -38,6 +38,10 @@ type alerter interface {
 	Alert(kind string, e audit.Event)
 }
 
+type akCerts interface {
+	RenewAKCert(ctx context.Context, h *record.Host) ([]byte, error)
+}
+
 // Config is what registration needs.
 type Config struct {
 	Fleet  *fleet.Fleet
@@ -50,7 +54,9 @@ type Config struct {
 	ChallengeTTL, RotationGrace, MaxAge time.Duration
 	Trail                               auditor
 	Alerts                              alerter
-	Logger                              *slog.Logger
+	// AKCerts renews a host's AK certificate before it expires (enroll).
+	AKCerts akCerts
+	Logger  *slog.Logger
 }
 
 // Service registers and rotates credentials.
@@ -94,10 +100,17 @@ func (s *Service) Begin(ctx context.Context, body []byte) (any, error) {
 	if err := s.requesterIsHost(ctx, req.HostID); err != nil {
 		return nil, err
 	}
-	if _, err := s.cfg.Fleet.ActiveHost(ctx, req.HostID); err != nil {
+	h, err := s.cfg.Fleet.ActiveHost(ctx, req.HostID)
+	if err != nil {
 		return nil, err
 	}
 	if err := s.checkRotateFrom(ctx, req.HostID, req.Workload, req.RotateFrom); err != nil {
+		return nil, err
+	}
+	// The host's current AK certificate, renewed when it nears its end:
+	// the agent attests with it (and so learns of a renewal in time).
+	akCert, err := s.cfg.AKCerts.RenewAKCert(ctx, h)
+	if err != nil {
 		return nil, err
 	}
 	chal, err := random(32)
@@ -113,7 +126,7 @@ func (s *Service) Begin(ctx context.Context, body []byte) (any, error) {
 	if err := store.Create(ctx, s.cfg.Fleet.Store.Challenges, b64(chal), rec); err != nil {
 		return nil, err
 	}
-	return &api.RegisterBeginResponse{Challenge: chal, UserHandle: uh, RPID: s.cfg.RPID, Origin: s.cfg.Origin, Expires: exp}, nil
+	return &api.RegisterBeginResponse{Challenge: chal, UserHandle: uh, RPID: s.cfg.RPID, Origin: s.cfg.Origin, Expires: exp, AKCert: akCert}, nil
 }
 
 // Finish verifies the registration and stores the credential.

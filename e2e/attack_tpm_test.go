@@ -3,6 +3,9 @@ package e2e
 import (
 	"crypto"
 	"crypto/x509"
+	"encoding/pem"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -11,6 +14,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/internal/eventually"
 	"github.com/tpmauthn/tpmauthn/internal/fleettest"
+	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
@@ -144,5 +148,36 @@ func TestOffboardReleasesEveryClaim(t *testing.T) {
 	}
 	if code := enrollWithEK(t, f, a.TPM(), ak, otherCertifiedEK(t, a), f.Token(t, time.Hour)); code != "" {
 		t.Fatalf("enrollment after offboarding: code %q", code)
+	}
+}
+
+// P1 (rest): a manufacturer's root signs more than the EK intermediates of
+// the TPMs an operator bought (other product lines, other customers' CAs).
+// With enrollment.ek_intermediates the EK certificate's chain must pass
+// through a pinned one: a TPM whose EK chains to a trusted root through
+// another intermediate is refused (ek_untrusted), the pinned line enrolls.
+func TestAttackEKUnderUnpinnedIntermediate(t *testing.T) {
+	other := swtpmtest.New(t) // another product line, its root trusted too
+	var dir, pinned string
+	f := fleettest.New(t, func(f *fleettest.Fleet) {
+		dir = f.EKCADir
+		for name, c := range map[string][]byte{"other-root.pem": other.RootCert(t).Raw, "other-intermediate.pem": other.IntermediateCert(t).Raw} {
+			writePEM(t, filepath.Join(dir, name), c)
+		}
+		pinned = filepath.Join(t.TempDir(), "pinned.pem")
+		writePEM(t, pinned, f.TPM.IntermediateCert(t).Raw)
+		f.Config.EKIntermediates = pinned
+	})
+	_, err := f.Enroll(t, fleettest.Authenticator(t, other), f.Token(t, time.Hour))
+	fleettest.WantCode(t, err, api.CodeEKUntrusted)
+	if _, err := f.Enroll(t, fleettest.Authenticator(t, f.TPM), f.Token(t, time.Hour)); err != nil {
+		t.Fatalf("a TPM under the pinned intermediate: %v", err)
+	}
+}
+
+func writePEM(t *testing.T, path string, der []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
 	}
 }

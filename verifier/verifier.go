@@ -90,6 +90,9 @@ func New(cfg Config) (*Verifier, error) {
 		if v.ekTrust, err = attestation.LoadEKTrustDir(cfg.EKCADir, v.log); err != nil {
 			return nil, fmt.Errorf("enrollment.ek_ca_dir: %w", err)
 		}
+		if err := pinEKIntermediates(v.ekTrust, cfg.EKIntermediates); err != nil {
+			return nil, fmt.Errorf("enrollment.ek_intermediates: %w", err)
+		}
 	} else {
 		v.log.Warn("no EK CA directory configured: EK certificates are not trusted, only the EK allow-list can enroll hosts")
 	}
@@ -470,3 +473,22 @@ func (v *Verifier) Shed() uint64 {
 
 // Keys returns the verifier's key material (for tests and tpmauthnctl).
 func (v *Verifier) Keys() *keys.Set { return v.keys }
+
+// pinEKIntermediates pins the CA certificates in file (none if file is
+// empty); a file without a certificate is an error, as it would refuse
+// every EK certificate.
+func pinEKIntermediates(t *attestation.EKTrust, file string) error {
+	if file == "" {
+		return nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	certs, err := attestation.ParseCertificates(b)
+	if err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	t.Pin(certs...)
+	return nil
+}

@@ -19,6 +19,7 @@ var keys = []cliconf.Key{
 	cliconf.K("nats.seed", "nats-seed", "", "the verifier user's nkey seed file on an existing cluster (default DATA_DIR/verifier.nk)"),
 	cliconf.K("nats.listen", "nats-listen", "127.0.0.1:4222", "the embedded nats-server's client address"),
 	cliconf.K("enrollment.ek_ca_dir", "ek-ca-dir", "", "directory of TPM manufacturer root and intermediate certificates (PEM or DER); empty trusts no EK certificate"),
+	cliconf.K("enrollment.ek_intermediates", "ek-intermediates", "", "file of CA certificates (PEM or DER), such as the manufacturers' EK-issuing intermediates, one of which every EK certificate's chain must pass through; empty: any chain to an --ek-ca-dir root"),
 	cliconf.K("enrollment.approval", "approval", "auto", "auto, or manual: new hosts wait for 'tpmauthnctl host approve'"),
 	cliconf.K("enrollment.ak_cert_validity", "ak-cert-validity", 365*24*time.Hour, "lifetime of the AK certificates the fleet CA issues"),
 	cliconf.K("webauthn.rp_id", "rp-id", "tpmauthn.local", "WebAuthn relying party ID (a domain name)"),
@@ -37,9 +38,10 @@ type settings struct {
 		Listen string `mapstructure:"listen"`
 	} `mapstructure:"nats"`
 	Enrollment struct {
-		EKCADir        string        `mapstructure:"ek_ca_dir"`
-		Approval       string        `mapstructure:"approval"`
-		AKCertValidity time.Duration `mapstructure:"ak_cert_validity"`
+		EKCADir         string        `mapstructure:"ek_ca_dir"`
+		EKIntermediates string        `mapstructure:"ek_intermediates"`
+		Approval        string        `mapstructure:"approval"`
+		AKCertValidity  time.Duration `mapstructure:"ak_cert_validity"`
 	} `mapstructure:"enrollment"`
 	WebAuthn struct {
 		RPID   string `mapstructure:"rp_id"`
@@ -85,7 +87,7 @@ func run(cmd *cobra.Command, _ []string) error {
 	}
 	v, err := verifier.New(verifier.Config{
 		DataDir: s.DataDir, NATSURL: s.NATS.URL, NATSSeed: s.NATS.Seed, NATSListen: s.NATS.Listen,
-		EKCADir: s.Enrollment.EKCADir, Approval: s.Enrollment.Approval, AKCertValidity: s.Enrollment.AKCertValidity,
+		EKCADir: s.Enrollment.EKCADir, EKIntermediates: s.Enrollment.EKIntermediates, Approval: s.Enrollment.Approval, AKCertValidity: s.Enrollment.AKCertValidity,
 		RPID: s.WebAuthn.RPID, Origin: s.WebAuthn.Origin, MetricsListen: s.MetricsListen, PolicyFile: s.Policy.File, Logger: log,
 	})
 	if err != nil {

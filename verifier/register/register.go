@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/tpmauthn/tpmauthn/api"
@@ -88,6 +89,12 @@ const maxCredentialIDLen = 64
 // and subject templates, so no dots, wildcards or spaces).
 var workloadName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
 
+// newWorkloadName: what a new workload may be called. Lower case only:
+// "billing" and "Billing" would be two workloads of a host that look the
+// same in tags, user names and listings. Names registered before this rule
+// keep rotating (a rotation names the credential it replaces).
+var newWorkloadName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
 // Begin issues a single-use registration challenge (DESIGN.md flow 2).
 func (s *Service) Begin(ctx context.Context, body []byte) (any, error) {
 	var req api.RegisterBeginRequest
@@ -96,6 +103,9 @@ func (s *Service) Begin(ctx context.Context, body []byte) (any, error) {
 	}
 	if !workloadName.MatchString(req.Workload) {
 		return nil, fmt.Errorf("%w: workload name %q: use letters, digits, '-' and '_' (at most 63)", api.ErrBadRequest, req.Workload)
+	}
+	if req.RotateFrom == "" && !newWorkloadName.MatchString(req.Workload) {
+		return nil, fmt.Errorf("%w: workload name %q: new workloads are named in lower case (a-z, digits, '-' and '_'); rename it %q", api.ErrBadRequest, req.Workload, strings.ToLower(req.Workload))
 	}
 	if err := s.requesterIsHost(ctx, req.HostID); err != nil {
 		return nil, err

@@ -6,6 +6,7 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/internal/fleettest"
+	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
 )
 
 // P7 (case): "billing" and "Billing" were two workloads of one host that
@@ -34,5 +35,53 @@ func TestAttackWorkloadNamesDifferingByCase(t *testing.T) {
 	}
 	if _, err := a.RegisterWithVerifier(t.Context(), nc, "orders-2_b"); err != nil {
 		t.Fatalf("a lower-case workload name with digits, '-' and '_': %v", err)
+	}
+}
+
+// M5/M4 (rest): one session could call register.begin (or enroll.begin) as
+// fast as the verifier answered, each call a record in a bounded bucket
+// (challenges, open enrollments) that the whole fleet shares. Now each
+// session has a burst of 64 begins, then one a second; another session is
+// not slowed by it.
+func TestAttackSessionFloodsChallenges(t *testing.T) {
+	f := fleettest.New(t)
+	a := fleettest.Authenticator(t, f.TPM)
+	e, err := f.Enroll(t, a, f.Token(t, time.Hour, "demo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	flood, err := f.HostSession(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer flood.Close()
+	req := api.RegisterBeginRequest{HostID: e.HostID, Workload: "billing"}
+	limited := 0
+	for range 80 {
+		switch code := fleettest.Request(t, flood, api.SubjectRegisterBegin, req, nil); code {
+		case "":
+		case api.CodeRateLimited:
+			limited++
+		default:
+			t.Fatalf("register.begin: %s", code)
+		}
+	}
+	if limited < 80-64-2 { // a token or two may refill during the flood
+		t.Fatalf("%d of 80 register.begin calls of one session limited, want at least 14", limited)
+	}
+	// The budget is the grant's (a host proof's, a join token's), not the
+	// connection's: reconnecting does not refill it.
+	again, err := f.HostSession(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if code := fleettest.Request(t, again, api.SubjectRegisterBegin, req, nil); code != api.CodeRateLimited {
+		t.Fatalf("register.begin on a new connection of the same grant: %q, want %s", code, api.CodeRateLimited)
+	}
+	// Another grant is not slowed down.
+	other := fleettest.Authenticator(t, swtpmtest.New(t, swtpmtest.SameManufacturer(f.TPM)))
+	if _, err := f.Enroll(t, other, f.Token(t, time.Hour, "demo")); err != nil {
+		t.Fatalf("another host's enrollment during the flood: %v", err)
 	}
 }

@@ -293,11 +293,14 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 	v.api = natsapi.New(natsapi.Config{Conn: v.nc, QueueGroup: queueGroup, Version: Version, Workers: v.cfg.Workers,
 		Trail: v.trail, Metrics: v.metrics, Logger: v.log})
 	v.onClose(v.api.Close)
+	// The begin endpoints store a record that lives SessionTTL in a bounded
+	// bucket: each session may open a burst of them, then one a second.
+	beginLimit := natsapi.NewLimiter(time.Second, beginBurst)
 	if err := v.api.Serve("tpmauthn", "tpmauthn enrollment and registration", "tpmauthn.v1.", []natsapi.Endpoint{
-		{Subject: api.SubjectEnrollBegin, Handler: v.enroll.Begin},
+		{Subject: api.SubjectEnrollBegin, Handler: beginLimit.Wrap(v.enroll.Begin)},
 		{Subject: api.SubjectEnrollFinish, Handler: v.enroll.Finish},
 		{Subject: api.SubjectEnrollStatus, Handler: v.enroll.Status},
-		{Subject: api.SubjectRegisterBegin, Handler: reg.Begin},
+		{Subject: api.SubjectRegisterBegin, Handler: beginLimit.Wrap(reg.Begin)},
 		{Subject: api.SubjectRegisterFinish, Handler: reg.Finish},
 		{Subject: api.SubjectCredentialStatus, Handler: reg.CredentialStatus},
 	}); err != nil {
@@ -492,3 +495,10 @@ func pinEKIntermediates(t *attestation.EKTrust, file string) error {
 	t.Pin(certs...)
 	return nil
 }
+
+// beginBurst is how many enroll.begin and register.begin calls (together) a
+// session may make at once, before one a second: an agent registers its
+// workloads at start, one begin each. At that rate one session holds at
+// most beginBurst + store.SessionTTL/1s (364) live records of about 1 KB,
+// far below the buckets' bound (64 MB).
+const beginBurst = 64

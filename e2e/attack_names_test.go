@@ -4,7 +4,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
 )
@@ -84,4 +87,42 @@ func TestAttackSessionFloodsChallenges(t *testing.T) {
 	if _, err := f.Enroll(t, other, f.Token(t, time.Hour, "demo")); err != nil {
 		t.Fatalf("another host's enrollment during the flood: %v", err)
 	}
+}
+
+// M4 (rest): refused CONNECTs are remembered for a few seconds so that a
+// flood repeating one costs no KV read; what an operator creates right
+// after a refusal (a join token, an allow-listed EK) must work at once.
+func TestRefusedLookupThenCreatedWorks(t *testing.T) {
+	f := fleettest.New(t)
+	if _, err := f.EnrollSession("not-a-token"); err == nil {
+		t.Fatal("a bogus join token opened a session")
+	}
+	nc, err := f.EnrollSession(f.Token(t, time.Hour))
+	if err != nil {
+		t.Fatalf("a token created after a refused one: %v", err)
+	}
+	nc.Close()
+
+	ek, err := fleettest.Authenticator(t, f.TPM).TPM().EK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash, err := attestation.EKHash(ek.Public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	connect := func() (*nats.Conn, error) {
+		return nats.Connect(f.URL(), nats.UserInfo(api.EKUserPrefix+hash, ""), nats.CustomInboxPrefix(api.InboxForEK(hash)), nats.MaxReconnects(0))
+	}
+	for range 3 {
+		if _, err := connect(); err == nil {
+			t.Fatal("an EK not on the allow-list opened a session")
+		}
+	}
+	f.MustAdmin(t, "ek.allow", api.EKAllowRequest{EKHash: hash, Roles: []string{"demo"}}, nil)
+	nc, err = connect()
+	if err != nil {
+		t.Fatalf("an EK allowed right after its refusal: %v", err)
+	}
+	nc.Close()
 }

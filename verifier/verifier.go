@@ -279,7 +279,7 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 	alerts := alert.NewPublisher(v.nc, v.trail, v.metrics, v.log)
 	v.enroll = enroll.New(enroll.Config{Store: v.st, EKTrust: v.ekTrust, FleetCA: v.keys.FleetCA, FleetCAKey: v.keys.FleetCAKey,
 		Approval: v.cfg.Approval, AKCertValidity: v.cfg.AKCertValidity, SessionTTL: v.cfg.EnrollSessionTTL,
-		RPID: v.cfg.RPID, Origin: v.cfg.Origin, Trail: v.trail, Alerts: alerts, Logger: v.log, Now: v.cfg.Clock})
+		RPID: v.cfg.RPID, Origin: v.cfg.Origin, Trail: v.trail, Alerts: alerts, Misses: v.fleet.Misses, Logger: v.log, Now: v.cfg.Clock})
 	reg := register.New(register.Config{Fleet: v.fleet, RP: v.rp, RPID: v.cfg.RPID, Origin: v.cfg.Origin,
 		ChallengeTTL: v.cfg.RegisterChallenge, RotationGrace: v.cfg.RotationGrace, MaxAge: v.cfg.CredentialMaxAge,
 		Trail: v.trail, Alerts: alerts, AKCerts: v.enroll, Logger: v.log})

@@ -28,6 +28,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/audit"
 	"github.com/tpmauthn/tpmauthn/verifier/alert"
+	"github.com/tpmauthn/tpmauthn/verifier/fleet"
 	"github.com/tpmauthn/tpmauthn/verifier/natsapi"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 	"github.com/tpmauthn/tpmauthn/verifier/store"
@@ -61,7 +62,10 @@ type Config struct {
 	RPID, Origin               string
 	Trail                      auditor
 	Alerts                     alerter
-	Logger                     *slog.Logger
+	// Misses caches look-ups of tokens, allow-listed EKs and hosts that
+	// found nothing (nil: a private one).
+	Misses *fleet.Misses
+	Logger *slog.Logger
 	// Now is the clock of tokens and records (nil: time.Now); session JWTs
 	// and certificates keep the real one, which servers and peers share.
 	Now func() time.Time
@@ -80,6 +84,9 @@ func New(cfg Config) *Service {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Misses == nil {
+		cfg.Misses = fleet.NewMisses(fleet.MissTTL, fleet.MaxMiss)
 	}
 	return &Service{cfg: cfg, log: cfg.Logger}
 }
@@ -274,8 +281,13 @@ func (s *Service) authorizeEnrollment(ctx context.Context, token, ekHash string)
 
 // lookupToken returns a valid (unused, unexpired) token and its revision.
 func (s *Service) lookupToken(ctx context.Context, token string) (*record.Token, uint64, error) {
-	t, rev, err := store.Get[record.Token](ctx, s.cfg.Store.Tokens, record.TokenHash(token))
+	hash := record.TokenHash(token)
+	if s.cfg.Misses.Missed(fleet.TokenMiss(hash)) {
+		return nil, 0, api.ErrTokenInvalid
+	}
+	t, rev, err := store.Get[record.Token](ctx, s.cfg.Store.Tokens, hash)
 	if errors.Is(err, api.ErrNotFound) {
+		s.cfg.Misses.Miss(fleet.TokenMiss(hash))
 		return nil, 0, api.ErrTokenInvalid
 	}
 	if err != nil {
@@ -502,8 +514,12 @@ func (s *Service) checkHostProof(ctx context.Context, hostID, proofB64 string) e
 	if err != nil {
 		return fmt.Errorf("%w: host proof is not base64url", api.ErrBadRequest)
 	}
+	if s.cfg.Misses.Missed(fleet.HostMiss(hostID)) {
+		return fmt.Errorf("%w: host %q", api.ErrNotFound, hostID)
+	}
 	h, _, err := store.Get[record.Host](ctx, s.cfg.Store.Hosts, hostID)
 	if errors.Is(err, api.ErrNotFound) {
+		s.cfg.Misses.Miss(fleet.HostMiss(hostID))
 		return fmt.Errorf("%w: host %q", api.ErrNotFound, hostID)
 	}
 	if err != nil {

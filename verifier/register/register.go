@@ -216,6 +216,7 @@ func (s *Service) Finish(ctx context.Context, body []byte) (_ any, err error) {
 	} else if err != nil {
 		return nil, err
 	}
+	s.cfg.Fleet.CredentialCreated(cred.ID)
 	if err := s.claimWorkload(ctx, h.ID, req.Workload, cred.ID, ch.RotateFrom); err != nil {
 		if derr := s.cfg.Fleet.Store.Credentials.Delete(context.WithoutCancel(ctx), cred.ID); derr != nil {
 			s.log.Error("registration refused, but its credential record stays", "credential", cred.ID, "error", derr)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -125,4 +126,31 @@ func TestRefusedLookupThenCreatedWorks(t *testing.T) {
 		t.Fatalf("an EK allowed right after its refusal: %v", err)
 	}
 	nc.Close()
+}
+
+// M4 (rest): each refused unauthenticated CONNECT cost an audit event of its
+// own. Now the first is recorded at once and the repeats of its reason from
+// its address are one connect.enroll.repeat event with their count, at the end of
+// the window (or at shutdown, as here).
+func TestAttackRefusedConnectFloodAggregated(t *testing.T) {
+	f := fleettest.New(t)
+	for range 20 {
+		if _, err := f.EnrollSession("not-a-token"); err == nil {
+			t.Fatal("a bogus join token opened a session")
+		}
+	}
+	f.Verifier.Close() // ends the window: its count is recorded
+	f.Start(t)
+	denies, repeats := 0, 0
+	for _, e := range f.AuditEvents(t) {
+		switch {
+		case e.Kind == "connect.enroll" && e.Result == "deny" && strings.Contains(e.Reason, "join token"):
+			denies++
+		case e.Kind == "connect.enroll.repeat" && strings.HasPrefix(e.Reason, "19 more denials"):
+			repeats++
+		}
+	}
+	if denies != 1 || repeats != 1 {
+		t.Fatalf("%d denial events and %d repeat events for 20 refused CONNECTs, want 1 and 1 (counting 19)", denies, repeats)
+	}
 }

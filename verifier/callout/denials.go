@@ -11,7 +11,8 @@ import (
 // Repeated denials are aggregated in the audit trail: the first denial of a
 // reason from a client address is recorded at once, as every decision is;
 // the same reason from the same address within denialWindow is only
-// counted, and one connect.repeat event with the count closes the window.
+// counted, and one <kind>.repeat event (connect.repeat, connect.enroll.repeat)
+// with the count closes the window.
 // Nothing is dropped: beyond maxDenialGroups distinct groups, denials are
 // recorded one by one again, and Close records every open count.
 const (
@@ -69,7 +70,7 @@ func (d *denials) flush(key string) {
 		return
 	}
 	e := g.first
-	e.Kind, e.Client, e.Time = "connect.repeat", 0, time.Time{}
+	e.Kind, e.Client, e.Time = e.Kind+".repeat", 0, time.Time{}
 	e.Reason = fmt.Sprintf("%d more denials from %s within %s, each: %s", g.count, e.ClientAddr, d.window, g.first.Reason)
 	d.trail.Record(e)
 }

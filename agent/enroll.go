@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"crypto"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -13,6 +15,7 @@ import (
 	"github.com/google/go-attestation/attest"
 	"github.com/nats-io/nats.go"
 
+	"github.com/tpmauthn/tpmauthn/agent/tpm"
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
 )
@@ -88,20 +91,76 @@ func (a *Authenticator) Enroll(ctx context.Context, nc *nats.Conn, token, hostna
 	if ek.Certificate != nil {
 		req.EKCert = ek.Certificate.Raw
 	}
+	primary, more, err := a.certifiedEKs(ek)
+	if err != nil {
+		return nil, err
+	}
+	if primary != nil {
+		req.EKPublicArea = primary.PublicArea
+	}
+	for _, m := range more {
+		req.MoreEKs = append(req.MoreEKs, api.EKKey{PublicArea: m.PublicArea, Cert: m.Certificate.Raw})
+	}
 	var begin api.EnrollBeginResponse
 	if err := call(ctx, nc, api.SubjectEnrollBegin, &req, &begin); err != nil {
 		return nil, err
 	}
-	secret, err := a.tpm.ActivateCredential(ak, attest.EncryptedCredential{Credential: begin.Credential, Secret: begin.Secret})
+	fin, err := a.activateAll(ak, primary, more, &begin)
 	if err != nil {
 		return nil, err
 	}
 	var res api.EnrollResult
-	if err := call(ctx, nc, api.SubjectEnrollFinish, &api.EnrollFinishRequest{Session: begin.Session, Secret: secret}, &res); err != nil {
+	if err := call(ctx, nc, api.SubjectEnrollFinish, fin, &res); err != nil {
 		return nil, err
 	}
-	e := &Enrollment{HostID: res.HostID, Status: res.Status, RPID: res.RPID, Origin: res.Origin, Proof: secret}
+	e := &Enrollment{HostID: res.HostID, Status: res.Status, RPID: res.RPID, Origin: res.Origin, Proof: fin.Secret}
 	return e, a.saveEnrollment(e, res.AKCert)
+}
+
+// certifiedEKs finds the enrolling EK among the TPM's persisted certified
+// EKs (primary, nil if it is not persisted) and returns the others: the
+// verifier claims them all, so that the TPM, not one of its EKs, is the
+// host.
+func (a *Authenticator) certifiedEKs(ek *tpm.EK) (primary *tpm.CertifiedEK, more []*tpm.CertifiedEK, err error) {
+	all, err := a.tpm.CertifiedEKs()
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, c := range all {
+		if k, ok := c.Public.(interface{ Equal(crypto.PublicKey) bool }); ok && k.Equal(ek.Public) {
+			primary = c
+			continue
+		}
+		more = append(more, c)
+	}
+	return primary, more, nil
+}
+
+// activateAll answers the enrollment's activation challenges: the EK's
+// (through go-attestation, which makes the EK if it is not persisted, when
+// primary is nil) and each other EK's.
+func (a *Authenticator) activateAll(ak *tpm.AK, primary *tpm.CertifiedEK, more []*tpm.CertifiedEK, begin *api.EnrollBeginResponse) (*api.EnrollFinishRequest, error) {
+	if len(begin.MoreChallenges) != len(more) {
+		return nil, fmt.Errorf("enroll: the verifier sent %d challenges for %d more EKs", len(begin.MoreChallenges), len(more))
+	}
+	fin := &api.EnrollFinishRequest{Session: begin.Session}
+	var err error
+	if primary != nil {
+		fin.Secret, err = a.tpm.ActivateCredentialWithEK(ak, primary, begin.Credential, begin.Secret)
+	} else {
+		fin.Secret, err = a.tpm.ActivateCredential(ak, attest.EncryptedCredential{Credential: begin.Credential, Secret: begin.Secret})
+	}
+	if err != nil {
+		return nil, err
+	}
+	for i, m := range more {
+		s, err := a.tpm.ActivateCredentialWithEK(ak, m, begin.MoreChallenges[i].Credential, begin.MoreChallenges[i].Secret)
+		if err != nil {
+			return nil, err
+		}
+		fin.MoreSecrets = append(fin.MoreSecrets, s)
+	}
+	return fin, nil
 }
 
 // CheckEnrollment asks the verifier whether a pending host was approved and
@@ -151,6 +210,9 @@ func (a *Authenticator) RegisterWithVerifier(ctx context.Context, nc *nats.Conn,
 	if err := call(ctx, nc, api.SubjectRegisterBegin, &api.RegisterBeginRequest{HostID: e.HostID, Workload: workload}, &begin); err != nil {
 		return nil, err
 	}
+	if err := a.adoptAKCert(begin.AKCert); err != nil {
+		return nil, err
+	}
 	resp, cred, err := a.Register(RegisterOptions{Name: workload, RPID: begin.RPID, Origin: begin.Origin, Challenge: begin.Challenge, UserHandle: begin.UserHandle})
 	if err != nil {
 		return nil, err
@@ -179,6 +241,9 @@ func (a *Authenticator) RotateWithVerifier(ctx context.Context, nc *nats.Conn, o
 	if err := call(ctx, nc, api.SubjectRegisterBegin, &api.RegisterBeginRequest{
 		HostID: e.HostID, Workload: old.Name, RotateFrom: old.IDString(),
 	}, &begin); err != nil {
+		return nil, time.Time{}, err
+	}
+	if err := a.adoptAKCert(begin.AKCert); err != nil {
 		return nil, time.Time{}, err
 	}
 	lineage := old.Lineage
@@ -215,6 +280,18 @@ func (a *Authenticator) RotateWithVerifier(ctx context.Context, nc *nats.Conn, o
 		return nil, time.Time{}, err
 	}
 	return cred, fin.Retires, nil
+}
+
+// adoptAKCert stores the AK certificate a registration challenge came with
+// when it is not the one stored: the verifier renewed it.
+func (a *Authenticator) adoptAKCert(der []byte) error {
+	if len(der) == 0 || bytes.Equal(der, a.AKCertificate()) {
+		return nil
+	}
+	if err := a.SetAKCertificate(der); err != nil {
+		return fmt.Errorf("renewed AK certificate: %w", err)
+	}
+	return nil
 }
 
 // finishTimeout bounds the wait for register.finish's reply in a rotation:

@@ -26,6 +26,7 @@ const (
 	CodeConflict            = "conflict"
 	CodeUnavailable         = "unavailable"
 	CodeExpired             = "expired"
+	CodeRateLimited         = "rate_limited"
 	CodeInternal            = "internal"
 )
 
@@ -55,6 +56,7 @@ var (
 	ErrReplay            = &Error{CodeReplay, "replayed or stale assertion"}
 	ErrNoRoles           = &Error{CodeNoRoles, "no role grants this workload any permission"}
 	ErrExpired           = &Error{CodeExpired, "credential past its maximum age: its agent must rotate it"}
+	ErrRateLimited       = &Error{CodeRateLimited, "too many requests from this session: slow down and retry"}
 	// ErrUnavailable: the verifier could not read or write its state (a
 	// JetStream outage): nothing was decided about the request; retry.
 	ErrUnavailable = &Error{CodeUnavailable, "the verifier's store is unavailable; retry"}

@@ -62,6 +62,31 @@ type EnrollBeginRequest struct {
 	EKPublic []byte   `json:"ek_public"`         // PKIX DER
 	AK       AKParams `json:"ak"`
 	TPM      TPMInfo  `json:"tpm"`
+	// EKPublicArea is the EK's TPMT_PUBLIC, when the agent read it: the
+	// credential is then made for the EK's own name algorithm and
+	// symmetric scheme (those of an ECC P-384 EK, say).
+	EKPublicArea []byte `json:"ek_public_area,omitempty"`
+	// MoreEKs are the TPM's other certified EKs. The verifier challenges
+	// each (credential activation with the same AK) and claims them all for
+	// the host: a revoked TPM cannot come back with another of its EKs.
+	MoreEKs []EKKey `json:"more_eks,omitempty"`
+}
+
+// MaxMoreEKs bounds EnrollBeginRequest.MoreEKs: a TPM has at most nine
+// certified EKs (the low range and H-1 to H-7).
+const MaxMoreEKs = 9
+
+// EKKey is one more EK of the enrolling TPM.
+type EKKey struct {
+	PublicArea []byte `json:"public_area"`    // TPMT_PUBLIC
+	Cert       []byte `json:"cert,omitempty"` // DER
+}
+
+// EKChallenge is a credential-activation challenge for one of MoreEKs: the
+// bare TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET contents.
+type EKChallenge struct {
+	Credential []byte `json:"credential"`
+	Secret     []byte `json:"secret"`
 }
 
 // EnrollBeginResponse carries the credential-activation challenge.
@@ -69,12 +94,16 @@ type EnrollBeginResponse struct {
 	Session    string `json:"session"`
 	Credential []byte `json:"credential"` // attest.EncryptedCredential.Credential
 	Secret     []byte `json:"secret"`     // attest.EncryptedCredential.Secret
+	// MoreChallenges answer the request's MoreEKs, in order.
+	MoreChallenges []EKChallenge `json:"more_challenges,omitempty"`
 }
 
 // EnrollFinishRequest returns the activated secret.
 type EnrollFinishRequest struct {
 	Session string `json:"session"`
 	Secret  []byte `json:"secret"`
+	// MoreSecrets are the secrets of MoreChallenges, in order.
+	MoreSecrets [][]byte `json:"more_secrets,omitempty"`
 }
 
 // EnrollResult is the answer to enroll.finish and enroll.status.
@@ -131,6 +160,10 @@ type RegisterBeginResponse struct {
 	RPID       string    `json:"rp_id"`
 	Origin     string    `json:"origin"`
 	Expires    time.Time `json:"expires"`
+	// AKCert is the host's current AK certificate (DER): the verifier
+	// renews it when a third of its validity is left, and the agent
+	// attests with this one.
+	AKCert []byte `json:"ak_cert,omitempty"`
 }
 
 // RegisterFinishRequest carries the registration response.

@@ -2,6 +2,7 @@ package attestation
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -28,6 +29,37 @@ type EKTrust struct {
 	roots         *x509.CertPool
 	intermediates *x509.CertPool
 	nroots        int
+	// pinned are the SPKI hashes of the CAs an EK certificate's chain must
+	// pass through (none: any chain to a root will do).
+	pinned map[[32]byte]bool
+}
+
+// Pin requires every EK certificate's chain to pass through one of cas
+// (by their public keys, so that a re-issued CA with the same key still
+// counts): the intermediates of the manufacturers, or product lines, an
+// operator buys from, where a root also signs CAs for other uses.
+func (t *EKTrust) Pin(cas ...*x509.Certificate) {
+	if t.pinned == nil {
+		t.pinned = map[[32]byte]bool{}
+	}
+	for _, c := range cas {
+		t.pinned[sha256.Sum256(c.RawSubjectPublicKeyInfo)] = true
+	}
+}
+
+// throughPinned requires one of chains to hold a pinned CA above the leaf.
+func (t *EKTrust) throughPinned(chains [][]*x509.Certificate) error {
+	if len(t.pinned) == 0 {
+		return nil
+	}
+	for _, chain := range chains {
+		for _, c := range chain[1:] {
+			if t.pinned[sha256.Sum256(c.RawSubjectPublicKeyInfo)] {
+				return nil
+			}
+		}
+	}
+	return errors.New("its chain passes through none of the pinned EK intermediates (enrollment.ek_intermediates)")
 }
 
 // NewEKTrust sorts certificates into roots (self-signed) and intermediates.
@@ -145,7 +177,7 @@ func (t *EKTrust) VerifyEKCertificate(ek *x509.Certificate, intermediates []*x50
 			pool.AddCert(ic)
 		}
 	}
-	_, err := c.Verify(x509.VerifyOptions{
+	chains, err := c.Verify(x509.VerifyOptions{
 		Roots:         t.roots,
 		Intermediates: pool,
 		CurrentTime:   now,
@@ -154,6 +186,9 @@ func (t *EKTrust) VerifyEKCertificate(ek *x509.Certificate, intermediates []*x50
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
 	if err != nil {
+		return fmt.Errorf("%w: %w", ErrEKUntrusted, err)
+	}
+	if err := t.throughPinned(chains); err != nil {
 		return fmt.Errorf("%w: %w", ErrEKUntrusted, err)
 	}
 	return nil

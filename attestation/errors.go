@@ -1,6 +1,9 @@
 package attestation
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors. Callers branch on them with errors.Is; the wrapped message
 // carries the detail for logs and the audit trail.
@@ -17,6 +20,9 @@ var (
 	// ErrAttestation: a registration's attestation does not verify (format,
 	// certificate chain, certify info, key attributes).
 	ErrAttestation = errors.New("attestation rejected")
+	// ErrAKCertExpired: the registration's AK certificate is outside its
+	// validity (an ErrAttestation).
+	ErrAKCertExpired = fmt.Errorf("%w: AK certificate expired", ErrAttestation)
 	// ErrAssertion: an assertion does not verify (challenge, origin, RP ID,
 	// flags, signature).
 	ErrAssertion = errors.New("assertion rejected")

@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/go-webauthn/webauthn/metadata"
 	"github.com/go-webauthn/webauthn/metadata/providers/memory"
@@ -91,6 +92,9 @@ func (rp *RelyingParty) VerifyRegistration(challenge, userHandle, response []byt
 			{Type: protocol.PublicKeyCredentialType, Algorithm: webauthncose.AlgES256},
 		},
 	}
+	if err := checkAKCertTime(parsed.Response.AttestationObject.AttStatement, time.Now()); err != nil {
+		return nil, err
+	}
 	cred, err := rp.wa.CreateCredential(user{id: userHandle}, session, parsed)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s", ErrAttestation, describe(err))
@@ -111,6 +115,29 @@ func (rp *RelyingParty) VerifyRegistration(challenge, userHandle, response []byt
 		return nil, fmt.Errorf("%w: AK certificate: %w", ErrAttestation, err)
 	}
 	return &Registration{CredentialID: cred.ID, PublicKey: cred.PublicKey, Counter: cred.Authenticator.SignCount, AKCert: ak}, nil
+}
+
+// checkAKCertTime refuses an AK certificate outside its validity with an
+// error that says what to do, where go-webauthn's would only say the
+// attestation failed. A statement without one is left to go-webauthn.
+func checkAKCertTime(stmt map[string]any, now time.Time) error {
+	x5c, _ := stmt["x5c"].([]any)
+	if len(x5c) == 0 {
+		return nil
+	}
+	der, _ := x5c[0].([]byte)
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil
+	}
+	if now.After(c.NotAfter) {
+		return fmt.Errorf("%w on %s: the verifier renews it at each registration's begin (agents store it from there); an agent that does not, re-enroll its host",
+			ErrAKCertExpired, c.NotAfter.UTC().Format(time.RFC3339))
+	}
+	if now.Before(c.NotBefore) {
+		return fmt.Errorf("%w: AK certificate valid only from %s (clock skew?)", ErrAttestation, c.NotBefore.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // checkPubArea requires a key that was generated in this TPM and can never

@@ -46,12 +46,15 @@ func TestAuditTrail(t *testing.T) {
 		t.Fatal("forged token accepted")
 	}
 	// A burst of denials queues events faster than one append each, so
-	// some messages hold several events and sign only the last.
+	// some messages hold several events and sign only the last. Each is
+	// for another EK, so that the callout does not aggregate them (it
+	// counts repeats of one reason from one address).
 	burst := func() {
 		var wg sync.WaitGroup
-		for range 40 {
+		for i := range 40 {
 			wg.Go(func() {
-				if nc, err := nats.Connect(f.URL(), nats.Token("tpmauthn-join-burst"), nats.MaxReconnects(0)); err == nil {
+				user := nats.UserInfo(fmt.Sprintf("%sburst%058x", api.EKUserPrefix, i), "")
+				if nc, err := nats.Connect(f.URL(), user, nats.MaxReconnects(0)); err == nil {
 					nc.Close()
 				}
 			})

@@ -68,6 +68,11 @@ type Config struct {
 	// EKCADir holds the TPM manufacturers' roots and intermediates. Empty
 	// means no EK certificate is trusted: only the EK allow-list enrolls.
 	EKCADir string
+	// EKIntermediates is a file of CA certificates (PEM or DER), usually
+	// the manufacturers' EK-issuing intermediates: when set, an EK
+	// certificate whose chain passes through none of them is refused, even
+	// if it chains to a root of EKCADir. Empty: any chain will do.
+	EKIntermediates string
 	// Approval is "auto" (default) or "manual" (hosts wait for an operator).
 	Approval string
 
@@ -164,6 +169,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Origin == attestation.VerifierOrigin(c.RPID) {
 		errs = append(errs, fmt.Errorf("webauthn.origin: %q is reserved for the assertions only the verifier consumes: choose another", c.Origin))
+	}
+	if c.EKIntermediates != "" && c.EKCADir == "" {
+		errs = append(errs, errors.New("enrollment.ek_intermediates: set, but enrollment.ek_ca_dir is empty: pinned intermediates need the roots they chain to"))
 	}
 	if c.AKCertValidity < time.Hour {
 		errs = append(errs, fmt.Errorf("enrollment.ak_cert_validity: %v, want at least 1h", c.AKCertValidity))

@@ -17,6 +17,7 @@ func TestConfigValidate(t *testing.T) {
 		{"noDataDir", func(c *Config) { c.DataDir = "" }, "data_dir"},
 		{"badApproval", func(c *Config) { c.Approval = "sometimes" }, "enrollment.approval"},
 		{"badRPID", func(c *Config) { c.RPID = "single" }, "webauthn.rp_id"},
+		{"pinsWithoutRoots", func(c *Config) { c.EKIntermediates = "/etc/tpmauthn/ek-intermediates.pem" }, "enrollment.ek_intermediates"},
 		// The verifier's own origin is reserved: were it the credentials'
 		// origin, the agent's generic endpoint would sign NATS logins.
 		{"verifierOrigin", func(c *Config) { c.Origin = attestation.VerifierOrigin("tpmauthn.local") }, "webauthn.origin"},

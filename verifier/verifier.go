@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -96,6 +97,9 @@ func New(cfg Config) (*Verifier, error) {
 	if cfg.EKCADir != "" {
 		if v.ekTrust, err = attestation.LoadEKTrustDir(cfg.EKCADir, v.log); err != nil {
 			return nil, fmt.Errorf("enrollment.ek_ca_dir: %w", err)
+		}
+		if err := pinEKIntermediates(v.ekTrust, cfg.EKIntermediates); err != nil {
+			return nil, fmt.Errorf("enrollment.ek_intermediates: %w", err)
 		}
 	} else {
 		v.log.Warn("no EK CA directory configured: EK certificates are not trusted, only the EK allow-list can enroll hosts")
@@ -312,10 +316,10 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 	alerts := alert.NewPublisher(v.nc, v.trail, v.metrics, v.log)
 	v.enroll = enroll.New(enroll.Config{Store: v.st, EKTrust: v.ekTrust, FleetCA: v.keys.FleetCA, FleetCAKey: v.keys.FleetCAKey,
 		Approval: v.cfg.Approval, AKCertValidity: v.cfg.AKCertValidity, SessionTTL: v.cfg.EnrollSessionTTL,
-		RPID: v.cfg.RPID, Origin: v.cfg.Origin, Trail: v.trail, Alerts: alerts, Logger: v.log, Now: v.cfg.Clock})
+		RPID: v.cfg.RPID, Origin: v.cfg.Origin, Trail: v.trail, Alerts: alerts, Misses: v.fleet.Misses, Logger: v.log, Now: v.cfg.Clock})
 	reg := register.New(register.Config{Fleet: v.fleet, RP: v.rp, RPID: v.cfg.RPID, Origin: v.cfg.Origin,
 		ChallengeTTL: v.cfg.RegisterChallenge, RotationGrace: v.cfg.RotationGrace, MaxAge: v.cfg.CredentialMaxAge,
-		Trail: v.trail, Alerts: alerts, Logger: v.log})
+		Trail: v.trail, Alerts: alerts, AKCerts: v.enroll, Logger: v.log})
 	ekRoots := 0
 	if v.ekTrust != nil {
 		ekRoots = v.ekTrust.Roots()
@@ -326,11 +330,14 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 	v.api = natsapi.New(natsapi.Config{Conn: v.nc, QueueGroup: queueGroup, Version: Version, Workers: v.cfg.Workers,
 		Trail: v.trail, Metrics: v.metrics, Logger: v.log})
 	v.onClose(v.api.Close)
+	// The begin endpoints store a record that lives SessionTTL in a bounded
+	// bucket: each session may open a burst of them, then one a second.
+	beginLimit := natsapi.NewLimiter(time.Second, beginBurst)
 	if err := v.api.Serve("tpmauthn", "tpmauthn enrollment and registration", "tpmauthn.v1.", []natsapi.Endpoint{
-		{Subject: api.SubjectEnrollBegin, Handler: v.enroll.Begin},
+		{Subject: api.SubjectEnrollBegin, Handler: beginLimit.Wrap(v.enroll.Begin)},
 		{Subject: api.SubjectEnrollFinish, Handler: v.enroll.Finish},
 		{Subject: api.SubjectEnrollStatus, Handler: v.enroll.Status},
-		{Subject: api.SubjectRegisterBegin, Handler: reg.Begin},
+		{Subject: api.SubjectRegisterBegin, Handler: beginLimit.Wrap(reg.Begin)},
 		{Subject: api.SubjectRegisterFinish, Handler: reg.Finish},
 		{Subject: api.SubjectCredentialStatus, Handler: reg.CredentialStatus},
 	}); err != nil {
@@ -510,3 +517,29 @@ func (v *Verifier) Shed() uint64 {
 
 // Keys returns the verifier's key material (for tests and tpmauthnctl).
 func (v *Verifier) Keys() *keys.Set { return v.keys }
+
+// pinEKIntermediates pins the CA certificates in file (none if file is
+// empty); a file without a certificate is an error, as it would refuse
+// every EK certificate.
+func pinEKIntermediates(t *attestation.EKTrust, file string) error {
+	if file == "" {
+		return nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	certs, err := attestation.ParseCertificates(b)
+	if err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	t.Pin(certs...)
+	return nil
+}
+
+// beginBurst is how many enroll.begin and register.begin calls (together) a
+// session may make at once, before one a second: an agent registers its
+// workloads at start, one begin each. At that rate one session holds at
+// most beginBurst + store.SessionTTL/1s (364) live records of about 1 KB,
+// far below the buckets' bound (64 MB).
+const beginBurst = 64

@@ -28,6 +28,7 @@ var keys = []cliconf.Key{
 	cliconf.K("nats.server_name", "server-name", "", "the embedded server's name (default: kept in DATA_DIR/server-name when clustered)"),
 	cliconf.K("nats.ca", "nats-ca", "", "PEM bundle to verify the NATS servers with (an existing cluster's CA, or --nats-tls-cert's issuer); join tokens pin its first CA"),
 	cliconf.K("enrollment.ek_ca_dir", "ek-ca-dir", "", "directory of TPM manufacturer root and intermediate certificates (PEM or DER); empty trusts no EK certificate"),
+	cliconf.K("enrollment.ek_intermediates", "ek-intermediates", "", "file of CA certificates (PEM or DER), such as the manufacturers' EK-issuing intermediates, one of which every EK certificate's chain must pass through; empty: any chain to an --ek-ca-dir root"),
 	cliconf.K("enrollment.approval", "approval", "auto", "auto, or manual: new hosts wait for 'tpmauthnctl host approve'"),
 	cliconf.K("enrollment.ak_cert_validity", "ak-cert-validity", 365*24*time.Hour, "lifetime of the AK certificates the fleet CA issues"),
 	cliconf.K("webauthn.rp_id", "rp-id", "tpmauthn.local", "WebAuthn relying party ID (a domain name)"),
@@ -55,9 +56,10 @@ type settings struct {
 		Name     string   `mapstructure:"server_name"`
 	} `mapstructure:"nats"`
 	Enrollment struct {
-		EKCADir        string        `mapstructure:"ek_ca_dir"`
-		Approval       string        `mapstructure:"approval"`
-		AKCertValidity time.Duration `mapstructure:"ak_cert_validity"`
+		EKCADir         string        `mapstructure:"ek_ca_dir"`
+		EKIntermediates string        `mapstructure:"ek_intermediates"`
+		Approval        string        `mapstructure:"approval"`
+		AKCertValidity  time.Duration `mapstructure:"ak_cert_validity"`
 	} `mapstructure:"enrollment"`
 	WebAuthn struct {
 		RPID   string `mapstructure:"rp_id"`
@@ -105,7 +107,7 @@ func run(cmd *cobra.Command, _ []string) error {
 		DataDir: s.DataDir, NATSURL: s.NATS.URL, NATSSeed: s.NATS.Seed, NATSListen: s.NATS.Listen,
 		NATSTLS: s.NATS.TLS, NATSTLSHosts: s.NATS.TLSHosts, NATSTLSCert: s.NATS.TLSCert, NATSTLSKey: s.NATS.TLSKey, NATSCA: s.NATS.CA,
 		Replicas: s.NATS.Replicas, ClusterListen: s.NATS.Cluster, ClusterRoutes: s.NATS.Routes, ServerName: s.NATS.Name,
-		EKCADir: s.Enrollment.EKCADir, Approval: s.Enrollment.Approval, AKCertValidity: s.Enrollment.AKCertValidity,
+		EKCADir: s.Enrollment.EKCADir, EKIntermediates: s.Enrollment.EKIntermediates, Approval: s.Enrollment.Approval, AKCertValidity: s.Enrollment.AKCertValidity,
 		RPID: s.WebAuthn.RPID, Origin: s.WebAuthn.Origin, MetricsListen: s.MetricsListen, PolicyFile: s.Policy.File, Logger: log,
 	})
 	if err != nil {

@@ -144,6 +144,7 @@ func (s *Service) tokenCreate(ctx context.Context, body []byte) (any, error) {
 	if err := store.Create(ctx, s.st.Tokens, h, t); err != nil {
 		return nil, err
 	}
+	s.cfg.Fleet.Misses.Forget(fleet.TokenMiss(h))
 	s.log.Info("join token created", "token_id", t.ID, "roles", t.Roles, "expires", t.Expires)
 	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "token.create", Result: "ok", Roles: t.Roles, Actor: "operator",
 		Reason: fmt.Sprintf("join token %s, expires %s", t.ID, t.Expires.Format(time.RFC3339))})
@@ -418,6 +419,9 @@ func (s *Service) ekAllow(ctx context.Context, body []byte) (any, error) {
 	if err := store.Create(ctx, s.st.EKAllow, req.EKHash, a); err != nil {
 		return nil, err
 	}
+	// A refused ek:<hash> CONNECT just before is not remembered here; other
+	// instances forget theirs within fleet.MissTTL.
+	s.cfg.Fleet.Misses.Forget(fleet.EKMiss(req.EKHash))
 	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "ek.allow", Result: "ok", EKHash: req.EKHash, Roles: req.Roles, Reason: req.Note, Actor: "operator"})
 	return a, nil
 }
@@ -496,9 +500,11 @@ func (s *Service) revokeHost(ctx context.Context, id string, status api.HostStat
 		}
 	}
 	if status == api.HostOffboarded {
-		// Forget the EK enrollment: the TPM may enroll again, as a new host.
-		if err := s.st.EKs.Delete(ctx, h.EKHash); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-			return nil, fmt.Errorf("forget EK enrollment: %w", err)
+		// Forget the TPM's claims: it may enroll again, as a new host.
+		for _, k := range append([]string{h.EKHash}, h.Claims...) {
+			if err := s.st.EKs.Delete(ctx, k); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+				return nil, fmt.Errorf("forget EK enrollment: %w", err)
+			}
 		}
 	}
 	if err := errors.Join(kickErrs...); err != nil {

@@ -1,6 +1,7 @@
 // Package alert raises the verifier's tamper signals (DESIGN.md flow 5): a
 // counter that does not increase, a revoked credential used, an AK that is
-// not the host's, an EK outside the trust roots. Each is published on
+// not the host's, an EK outside the trust roots, a revoked host's TPM
+// enrolling again. Each is published on
 // tpmauthn.alerts.<kind> for whoever watches, counted in metrics, logged and
 // audited.
 package alert
@@ -20,6 +21,8 @@ const (
 	RevokedUsed       = "revoked_credential_used"
 	AKMismatch        = "ak_mismatch"
 	EKUntrusted       = "ek_untrusted"
+	// RevokedTPM: an EK or AK of a revoked host tries to enroll again.
+	RevokedTPM = "revoked_tpm"
 )
 
 // SubjectPrefix is where alerts are published: SubjectPrefix + kind.

@@ -91,6 +91,7 @@ type Server struct {
 	served atomic.Uint64
 	shed   atomic.Uint64
 	once   sync.Once
+	denied *denials
 }
 
 // New makes the transport; Start subscribes.
@@ -104,7 +105,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{cfg: cfg, log: cfg.Logger, xbox: xbox, ctx: ctx, cancel: cancel, done: make(chan struct{}),
-		queue: &calloutQueue{wake: make(chan struct{}, 1)}}, nil
+		queue: &calloutQueue{wake: make(chan struct{}, 1)}, denied: newDenials(cfg.Trail, denialWindow)}, nil
 }
 
 // serveCallout takes requests off the subscription at once and serves them
@@ -151,6 +152,7 @@ func (s *Server) Close() {
 		close(s.done)
 		s.wg.Wait()
 		s.cancel()
+		s.denied.close()
 	})
 }
 
@@ -268,7 +270,7 @@ func (s *Server) handle(m *nats.Msg, arrived time.Time) {
 	} else {
 		ev.Result = audit.Allow
 	}
-	s.cfg.Trail.Record(ev)
+	s.denied.record(ev)
 	s.served.Add(1)
 	took := time.Since(start)
 	result := "ok"

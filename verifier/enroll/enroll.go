@@ -28,6 +28,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/audit"
 	"github.com/tpmauthn/tpmauthn/verifier/alert"
+	"github.com/tpmauthn/tpmauthn/verifier/fleet"
 	"github.com/tpmauthn/tpmauthn/verifier/natsapi"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 	"github.com/tpmauthn/tpmauthn/verifier/store"
@@ -61,7 +62,10 @@ type Config struct {
 	RPID, Origin               string
 	Trail                      auditor
 	Alerts                     alerter
-	Logger                     *slog.Logger
+	// Misses caches look-ups of tokens, allow-listed EKs and hosts that
+	// found nothing (nil: a private one).
+	Misses *fleet.Misses
+	Logger *slog.Logger
 	// Now is the clock of tokens and records (nil: time.Now); session JWTs
 	// and certificates keep the real one, which servers and peers share.
 	Now func() time.Time
@@ -80,6 +84,9 @@ func New(cfg Config) *Service {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Misses == nil {
+		cfg.Misses = fleet.NewMisses(fleet.MissTTL, fleet.MaxMiss)
 	}
 	return &Service{cfg: cfg, log: cfg.Logger}
 }
@@ -123,9 +130,9 @@ func (s *Service) Begin(ctx context.Context, body []byte) (_ any, err error) {
 	if err := requesterBound(ctx, tokenHash, ekHash); err != nil {
 		return nil, err
 	}
-	if _, _, err := store.Get[record.EKEnrollment](ctx, s.cfg.Store.EKs, ekHash); err == nil {
-		return nil, api.ErrAlreadyEnrolled
-	} else if !errors.Is(err, api.ErrNotFound) {
+	// An enrolled TPM is refused before its grant is looked at (all its
+	// keys are checked below).
+	if err := s.checkClaims(ctx, []string{ekHash}); err != nil {
 		return nil, err
 	}
 	g, err := s.authorizeEnrollment(ctx, req.Token, ekHash)
@@ -142,7 +149,11 @@ func (s *Service) Begin(ctx context.Context, body []byte) (_ any, err error) {
 		Public: req.AK.Public, CreateData: req.AK.CreateData,
 		CreateAttestation: req.AK.CreateAttestation, CreateSignature: req.AK.CreateSignature,
 	}
-	act, err := attestation.NewActivation(ekPub, akParams)
+	act, err := activation(&req, ekPub, akParams)
+	if err != nil {
+		return nil, err
+	}
+	more, err := challengeMoreEKs(&req, ekHash, akParams)
 	if err != nil {
 		return nil, err
 	}
@@ -154,10 +165,24 @@ func (s *Service) Begin(ctx context.Context, body []byte) (_ any, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: AK public: %w", attestation.ErrAttestation, err)
 	}
+	akH, err := akHash(akDER)
+	if err != nil {
+		return nil, err
+	}
 	id := attestation.NewTPMIdentity(req.TPM.Manufacturer, req.TPM.VendorString, req.TPM.FirmwareVersion1)
 	sess := record.EnrollSession{
-		V: record.Version, Secret: act.Secret, EKHash: ekHash, AKPublic: akDER,
+		V: record.Version, Secret: act.Secret, EKHash: ekHash, AKPublic: akDER, AKHash: akH,
 		TPM: record.TPMIdent(id), Hostname: req.Hostname, Token: g.tokenHash, Created: s.cfg.Now().UTC(),
+	}
+	resp := &api.EnrollBeginResponse{Credential: act.Challenge.Credential, Secret: act.Challenge.Secret}
+	for _, m := range more {
+		sess.MoreEKs, sess.MoreSecrets = append(sess.MoreEKs, m.hash), append(sess.MoreSecrets, m.act.Secret)
+		resp.MoreChallenges = append(resp.MoreChallenges, api.EKChallenge{Credential: m.act.Challenge.Credential, Secret: m.act.Challenge.Secret})
+	}
+	// Any of the TPM's keys held by another host refuses the enrollment
+	// (checked again, atomically, when Finish claims them).
+	if err := s.checkClaims(ctx, sess.Claims()); err != nil {
+		return nil, err
 	}
 	sid, err := randomID(16)
 	if err != nil {
@@ -166,7 +191,25 @@ func (s *Service) Begin(ctx context.Context, body []byte) (_ any, err error) {
 	if err := store.Create(ctx, s.cfg.Store.Enroll, sid, &sess); err != nil {
 		return nil, err
 	}
-	return &api.EnrollBeginResponse{Session: sid, Credential: act.Challenge.Credential, Secret: act.Challenge.Secret}, nil
+	resp.Session = sid
+	return resp, nil
+}
+
+// activation challenges the EK: for its own name algorithm and symmetric
+// scheme when the agent sent its public area (which must hold the key the
+// request names), else go-attestation's (the RSA low-range EK's).
+func activation(req *api.EnrollBeginRequest, ekPub crypto.PublicKey, ak attest.AttestationParameters) (*attestation.Activation, error) {
+	if len(req.EKPublicArea) == 0 {
+		return attestation.NewActivation(ekPub, ak)
+	}
+	pub, err := attestation.EKPublicKey(req.EKPublicArea)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", api.ErrBadRequest, err)
+	}
+	if k, ok := pub.(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(ekPub) {
+		return nil, fmt.Errorf("%w: EK public area is for another key", api.ErrBadRequest)
+	}
+	return attestation.NewActivationForEK(req.EKPublicArea, ak)
 }
 
 // hostnameRE: what a host may call itself. The hostname is a label the
@@ -238,8 +281,13 @@ func (s *Service) authorizeEnrollment(ctx context.Context, token, ekHash string)
 
 // lookupToken returns a valid (unused, unexpired) token and its revision.
 func (s *Service) lookupToken(ctx context.Context, token string) (*record.Token, uint64, error) {
-	t, rev, err := store.Get[record.Token](ctx, s.cfg.Store.Tokens, record.TokenHash(token))
+	hash := record.TokenHash(token)
+	if s.cfg.Misses.Missed(fleet.TokenMiss(hash)) {
+		return nil, 0, api.ErrTokenInvalid
+	}
+	t, rev, err := store.Get[record.Token](ctx, s.cfg.Store.Tokens, hash)
 	if errors.Is(err, api.ErrNotFound) {
+		s.cfg.Misses.Miss(fleet.TokenMiss(hash))
 		return nil, 0, api.ErrTokenInvalid
 	}
 	if err != nil {
@@ -283,30 +331,34 @@ func (s *Service) Finish(ctx context.Context, body []byte) (_ any, err error) {
 	if err := attestation.CheckActivation(sess.Secret, req.Secret); err != nil {
 		return nil, err
 	}
+	if len(req.MoreSecrets) != len(sess.MoreSecrets) {
+		return nil, fmt.Errorf("%w: %d secrets for %d more EKs", attestation.ErrActivationFailed, len(req.MoreSecrets), len(sess.MoreSecrets))
+	}
+	for i, want := range sess.MoreSecrets {
+		if err := attestation.CheckActivation(want, req.MoreSecrets[i]); err != nil {
+			return nil, fmt.Errorf("EK %s: %w", sess.MoreEKs[i], err)
+		}
+	}
 	hostID, err := randomHex(8)
 	if err != nil {
 		return nil, err
 	}
 	hostID = "h-" + hostID
-	// The TPM first, then the grant: an enrollment refused because the TPM
-	// is enrolled already must not spend the token (or allow-list entry).
-	if err := store.Create(ctx, s.cfg.Store.EKs, sess.EKHash, &record.EKEnrollment{V: record.Version, Host: hostID}); err != nil {
-		if errors.Is(err, api.ErrConflict) {
-			return nil, api.ErrAlreadyEnrolled
-		}
+	// The TPM first (all its keys), then the grant: an enrollment refused
+	// because the TPM is enrolled already must not spend the token (or
+	// allow-list entry).
+	if err := s.claim(ctx, sess, hostID); err != nil {
 		return nil, err
 	}
 	g, err := s.consumeGrant(ctx, sess, hostID)
 	if err != nil {
-		if derr := s.cfg.Store.EKs.Delete(context.WithoutCancel(ctx), sess.EKHash); derr != nil {
-			s.log.Error("enrollment refused, but its EK stays marked enrolled", "ek_hash", sess.EKHash, "error", derr)
-		}
+		s.release(ctx, sess.Claims())
 		return nil, err
 	}
 	proof := sha256.Sum256(req.Secret)
 	now := s.cfg.Now().UTC()
 	h := &record.Host{
-		V: record.Version, ID: hostID, Hostname: sess.Hostname, EKHash: sess.EKHash, AKPublic: sess.AKPublic,
+		V: record.Version, ID: hostID, Hostname: sess.Hostname, EKHash: sess.EKHash, Claims: sess.Claims(), AKPublic: sess.AKPublic,
 		TPM: sess.TPM, Roles: g.roles, Tags: g.tags, Status: api.HostPending, Via: g.via(),
 		ProofHash: proof[:], Created: now, Updated: now,
 	}
@@ -372,13 +424,7 @@ func (s *Service) Activate(h *record.Host, by string) error {
 	if h.Status != api.HostPending {
 		return fmt.Errorf("%w: host %s is %s, not pending", record.ErrTransition, h.ID, h.Status)
 	}
-	akPub, err := x509.ParsePKIXPublicKey(h.AKPublic)
-	if err != nil {
-		return fmt.Errorf("host %s AK: %w", h.ID, err)
-	}
-	der, err := attestation.IssueAKCertificate(s.cfg.FleetCA, s.cfg.FleetCAKey, attestation.AKCertRequest{
-		AKPublic: akPub, TPM: attestation.TPMIdentity(h.TPM), Validity: s.cfg.AKCertValidity,
-	})
+	der, err := s.issueAKCert(h)
 	if err != nil {
 		return err
 	}
@@ -387,6 +433,56 @@ func (s *Service) Activate(h *record.Host, by string) error {
 	}
 	h.AKCert, h.ApprovedBy = der, by
 	return nil
+}
+
+// RenewAKCert returns host h's AK certificate, renewed first if less than a
+// third of its validity is left (or it cannot be read): AK certificates
+// expire, and without one no credential of the host registers or rotates.
+// The renewal is one compare-and-set on an active host. Certificates keep
+// the real clock, as the relying party that checks them does.
+func (s *Service) RenewAKCert(ctx context.Context, h *record.Host) ([]byte, error) {
+	if !needsRenewal(h.AKCert, s.cfg.AKCertValidity, time.Now()) {
+		return h.AKCert, nil
+	}
+	renewed, _, err := store.Mutate(ctx, s.cfg.Store.Hosts, h.ID, func(cur *record.Host) error {
+		if cur.Status != api.HostActive {
+			return fmt.Errorf("%w: host %s is %s", api.ErrHostNotActive, cur.ID, cur.Status)
+		}
+		if !needsRenewal(cur.AKCert, s.cfg.AKCertValidity, time.Now()) {
+			return nil // renewed concurrently
+		}
+		der, err := s.issueAKCert(cur)
+		if err != nil {
+			return err
+		}
+		cur.AKCert, cur.Updated = der, s.cfg.Now().UTC()
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("renew host %s's AK certificate: %w", h.ID, err)
+	}
+	s.log.Info("AK certificate renewed", "host", h.ID)
+	s.cfg.Trail.Record(audit.Event{Kind: "akcert.renew", Result: "ok", Host: h.ID})
+	return renewed.AKCert, nil
+}
+
+// needsRenewal: less than a third of the certificate's validity left.
+func needsRenewal(der []byte, validity time.Duration, now time.Time) bool {
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return true
+	}
+	return c.NotAfter.Sub(now) < validity/3
+}
+
+func (s *Service) issueAKCert(h *record.Host) ([]byte, error) {
+	akPub, err := x509.ParsePKIXPublicKey(h.AKPublic)
+	if err != nil {
+		return nil, fmt.Errorf("host %s AK: %w", h.ID, err)
+	}
+	return attestation.IssueAKCertificate(s.cfg.FleetCA, s.cfg.FleetCAKey, attestation.AKCertRequest{
+		AKPublic: akPub, TPM: attestation.TPMIdentity(h.TPM), Validity: s.cfg.AKCertValidity,
+	})
 }
 
 func (s *Service) enrollResult(h *record.Host) *api.EnrollResult {
@@ -418,8 +514,12 @@ func (s *Service) checkHostProof(ctx context.Context, hostID, proofB64 string) e
 	if err != nil {
 		return fmt.Errorf("%w: host proof is not base64url", api.ErrBadRequest)
 	}
+	if s.cfg.Misses.Missed(fleet.HostMiss(hostID)) {
+		return fmt.Errorf("%w: host %q", api.ErrNotFound, hostID)
+	}
 	h, _, err := store.Get[record.Host](ctx, s.cfg.Store.Hosts, hostID)
 	if errors.Is(err, api.ErrNotFound) {
+		s.cfg.Misses.Miss(fleet.HostMiss(hostID))
 		return fmt.Errorf("%w: host %q", api.ErrNotFound, hostID)
 	}
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/verifier/authn"
+	"github.com/tpmauthn/tpmauthn/verifier/fleet"
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 	"github.com/tpmauthn/tpmauthn/verifier/store"
@@ -73,8 +74,12 @@ func (ekAllowMethod) Match(co *jwt.ConnectOptions) bool {
 func (m ekAllowMethod) Authorize(ctx context.Context, r *authn.Request) (*jwt.UserClaims, error) {
 	hash := strings.TrimPrefix(r.Claims.ConnectOptions.Username, api.EKUserPrefix)
 	r.Event.Kind, r.Event.EKHash = "connect.enroll", hash
+	if m.s.cfg.Misses.Missed(fleet.EKMiss(hash)) {
+		return nil, fmt.Errorf("%w: %s", api.ErrNotAllowed, hash)
+	}
 	_, _, err := store.Get[record.EKAllow](ctx, m.s.cfg.Store.EKAllow, hash)
 	if errors.Is(err, api.ErrNotFound) {
+		m.s.cfg.Misses.Miss(fleet.EKMiss(hash))
 		return nil, fmt.Errorf("%w: %s", api.ErrNotAllowed, hash)
 	}
 	if err != nil {

@@ -32,10 +32,12 @@ import (
 // Fleet is the shared state. Its host watch runs until Close.
 type Fleet struct {
 	Store *store.Store
-	creds credCache
-	hosts hostCache
-	locks credLocks
-	log   *slog.Logger
+	// Misses are the connect path's recent look-ups that found nothing.
+	Misses *Misses
+	creds  credCache
+	hosts  hostCache
+	locks  credLocks
+	log    *slog.Logger
 	// current names each workload's current credential (host.workload ->
 	// credential ID), kept by a watch of the workloads bucket.
 	current sync.Map
@@ -45,7 +47,7 @@ type Fleet struct {
 
 // New wraps st; Start loads the hosts and follows their changes.
 func New(st *store.Store, log *slog.Logger) *Fleet {
-	return &Fleet{Store: st, log: log}
+	return &Fleet{Store: st, log: log, Misses: NewMisses(MissTTL, MaxMiss)}
 }
 
 // Start loads every host and workload index and follows changes to them
@@ -149,9 +151,21 @@ func (f *Fleet) Credential(ctx context.Context, id string) (c *record.Credential
 	if c, rev, ok := f.creds.get(id); ok {
 		return c, rev, false, nil
 	}
+	if f.Misses.Missed(missCredential + id) {
+		return nil, 0, false, fmt.Errorf("%w: credential %s (looked up in vain just now)", api.ErrNotFound, id)
+	}
 	c, rev, err = store.Get[record.Credential](ctx, f.Store.Credentials, id)
+	if errors.Is(err, api.ErrNotFound) {
+		f.Misses.Miss(missCredential + id)
+	}
 	return c, rev, true, err
 }
+
+// missCredential prefixes a credential ID in Misses.
+const missCredential = "cred:"
+
+// CredentialCreated forgets a miss of credential id: it was just stored.
+func (f *Fleet) CredentialCreated(id string) { f.Misses.Forget(missCredential + id) }
 
 // PeekCredential returns the cached record without copying it (read only),
 // or nil.

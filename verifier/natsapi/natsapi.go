@@ -185,6 +185,7 @@ var libraryCodes = []struct {
 	{record.ErrTransition, api.CodeBadRequest},
 	{attestation.ErrEKUntrusted, api.CodeEKUntrusted},
 	{attestation.ErrActivationFailed, api.CodeActivationFailed},
+	{attestation.ErrAKCertExpired, api.CodeAttestationRejected}, // says which, before the general case
 	{attestation.ErrAttestation, api.CodeAttestationRejected},
 	{attestation.ErrAssertion, api.CodeAssertionRejected},
 }

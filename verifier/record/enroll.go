@@ -13,7 +13,25 @@ type EnrollSession struct {
 	Hostname string    `json:"hostname"`
 	Token    string    `json:"token,omitempty"` // hash; empty for the allow-list
 	Created  time.Time `json:"created"`
+	// MoreEKs are the hashes of the TPM's other EKs and MoreSecrets their
+	// activation secrets; AKHash names the AK. Finish claims them all.
+	MoreEKs     []string `json:"more_eks,omitempty"`
+	MoreSecrets [][]byte `json:"more_secrets,omitempty"`
+	AKHash      string   `json:"ak_hash,omitempty"`
 }
+
+// Claims are the keys of the eks bucket an enrollment holds for its host:
+// the EK's hash, the other EKs' and the AK's (AKClaim).
+func (s *EnrollSession) Claims() []string {
+	out := append([]string{s.EKHash}, s.MoreEKs...)
+	if s.AKHash != "" {
+		out = append(out, AKClaim(s.AKHash))
+	}
+	return out
+}
+
+// AKClaim is an AK's key in the eks bucket (EK hashes are bare hex).
+func AKClaim(akHash string) string { return "ak_" + akHash }
 
 // Challenge is an issued registration challenge (bucket challenges, TTL,
 // key = the challenge in base64url).
@@ -34,8 +52,10 @@ type WorkloadIndex struct {
 	Credential string `json:"credential"`
 }
 
-// EKEnrollment binds an EK to its host (bucket eks, key = EK hash): one host
-// per TPM until it is offboarded.
+// EKEnrollment binds an EK to its host (bucket eks, key = EK hash, or
+// AKClaim of an AK): one host per TPM until it is offboarded. A TPM holds
+// several EKs and one AK per enrollment; each is claimed, so that a revoked
+// TPM cannot enroll again with another of them.
 type EKEnrollment struct {
 	V    int    `json:"v"`
 	Host string `json:"host"`

@@ -8,10 +8,14 @@ import (
 
 // Host is an enrolled host (bucket hosts, key = ID).
 type Host struct {
-	V          int            `json:"v"`
-	ID         string         `json:"id"`
-	Hostname   string         `json:"hostname"`
-	EKHash     string         `json:"ek_hash"`
+	V        int    `json:"v"`
+	ID       string `json:"id"`
+	Hostname string `json:"hostname"`
+	EKHash   string `json:"ek_hash"`
+	// Claims are the keys of the eks bucket held for this host (its EKs'
+	// hashes and its AK's claim); offboarding releases them. Hosts enrolled
+	// before claims were kept have only EKHash.
+	Claims     []string       `json:"claims,omitempty"`
 	AKPublic   []byte         `json:"ak_public"` // PKIX DER
 	AKCert     []byte         `json:"ak_cert,omitempty"`
 	TPM        TPMIdent       `json:"tpm"`

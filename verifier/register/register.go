@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/tpmauthn/tpmauthn/api"
@@ -38,6 +39,10 @@ type alerter interface {
 	Alert(kind string, e audit.Event)
 }
 
+type akCerts interface {
+	RenewAKCert(ctx context.Context, h *record.Host) ([]byte, error)
+}
+
 // Config is what registration needs.
 type Config struct {
 	Fleet  *fleet.Fleet
@@ -50,7 +55,9 @@ type Config struct {
 	ChallengeTTL, RotationGrace, MaxAge time.Duration
 	Trail                               auditor
 	Alerts                              alerter
-	Logger                              *slog.Logger
+	// AKCerts renews a host's AK certificate before it expires (enroll).
+	AKCerts akCerts
+	Logger  *slog.Logger
 }
 
 // Service registers and rotates credentials.
@@ -82,6 +89,12 @@ const maxCredentialIDLen = 64
 // and subject templates, so no dots, wildcards or spaces).
 var workloadName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
 
+// newWorkloadName: what a new workload may be called. Lower case only:
+// "billing" and "Billing" would be two workloads of a host that look the
+// same in tags, user names and listings. Names registered before this rule
+// keep rotating (a rotation names the credential it replaces).
+var newWorkloadName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
 // Begin issues a single-use registration challenge (DESIGN.md flow 2).
 func (s *Service) Begin(ctx context.Context, body []byte) (any, error) {
 	var req api.RegisterBeginRequest
@@ -91,13 +104,23 @@ func (s *Service) Begin(ctx context.Context, body []byte) (any, error) {
 	if !workloadName.MatchString(req.Workload) {
 		return nil, fmt.Errorf("%w: workload name %q: use letters, digits, '-' and '_' (at most 63)", api.ErrBadRequest, req.Workload)
 	}
+	if req.RotateFrom == "" && !newWorkloadName.MatchString(req.Workload) {
+		return nil, fmt.Errorf("%w: workload name %q: new workloads are named in lower case (a-z, digits, '-' and '_'); rename it %q", api.ErrBadRequest, req.Workload, strings.ToLower(req.Workload))
+	}
 	if err := s.requesterIsHost(ctx, req.HostID); err != nil {
 		return nil, err
 	}
-	if _, err := s.cfg.Fleet.ActiveHost(ctx, req.HostID); err != nil {
+	h, err := s.cfg.Fleet.ActiveHost(ctx, req.HostID)
+	if err != nil {
 		return nil, err
 	}
 	if err := s.checkRotateFrom(ctx, req.HostID, req.Workload, req.RotateFrom); err != nil {
+		return nil, err
+	}
+	// The host's current AK certificate, renewed when it nears its end:
+	// the agent attests with it (and so learns of a renewal in time).
+	akCert, err := s.cfg.AKCerts.RenewAKCert(ctx, h)
+	if err != nil {
 		return nil, err
 	}
 	chal, err := random(32)
@@ -113,7 +136,7 @@ func (s *Service) Begin(ctx context.Context, body []byte) (any, error) {
 	if err := store.Create(ctx, s.cfg.Fleet.Store.Challenges, b64(chal), rec); err != nil {
 		return nil, err
 	}
-	return &api.RegisterBeginResponse{Challenge: chal, UserHandle: uh, RPID: s.cfg.RPID, Origin: s.cfg.Origin, Expires: exp}, nil
+	return &api.RegisterBeginResponse{Challenge: chal, UserHandle: uh, RPID: s.cfg.RPID, Origin: s.cfg.Origin, Expires: exp, AKCert: akCert}, nil
 }
 
 // Finish verifies the registration and stores the credential.
@@ -193,6 +216,7 @@ func (s *Service) Finish(ctx context.Context, body []byte) (_ any, err error) {
 	} else if err != nil {
 		return nil, err
 	}
+	s.cfg.Fleet.CredentialCreated(cred.ID)
 	if err := s.claimWorkload(ctx, h.ID, req.Workload, cred.ID, ch.RotateFrom); err != nil {
 		if derr := s.cfg.Fleet.Store.Credentials.Delete(context.WithoutCancel(ctx), cred.ID); derr != nil {
 			s.log.Error("registration refused, but its credential record stays", "credential", cred.ID, "error", derr)

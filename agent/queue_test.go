@@ -139,6 +139,7 @@ func TestTransient(t *testing.T) {
 	}{
 		{&VerifierError{Code: api.CodeUnavailable}, true},
 		{fmt.Errorf("enroll: %w", &VerifierError{Code: api.CodeUnavailable}), true},
+		{&VerifierError{Code: api.CodeRateLimited}, true},
 		{&VerifierError{Code: "token_invalid"}, false},
 		{fmt.Errorf("connect: %w", nats.ErrNoServers), true},
 		{fmt.Errorf("x: %w", nats.ErrNoResponders), true},

@@ -16,7 +16,7 @@ import (
 func transient(err error) bool {
 	var ve *VerifierError
 	if errors.As(err, &ve) {
-		return ve.Code == api.CodeUnavailable
+		return ve.Code == api.CodeUnavailable || ve.Code == api.CodeRateLimited
 	}
 	return errors.Is(err, nats.ErrNoServers) || errors.Is(err, nats.ErrNoResponders) ||
 		errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -215,18 +216,28 @@ func (v *Verifier) openStore(ctx context.Context) error {
 }
 
 func (v *Verifier) openAudit(ctx context.Context) error {
-	a, err := auditlog.Open(ctx, v.st.JS, v.keys.Issuer, auditlog.Config{
-		Replicas: v.cfg.Audit.Replicas, AllowDelete: v.cfg.Audit.AllowDelete,
-		OnAppend: v.metrics.AuditAppended, Logger: v.log,
-	})
+	cfg := v.cfg.Audit
+	cfg.OnAppend, cfg.Logger = v.metrics.AuditAppended, v.log
+	if cfg.CheckpointFile == "" {
+		cfg.CheckpointFile = filepath.Join(v.cfg.DataDir, auditCheckpointFile)
+	}
+	a, err := auditlog.Open(ctx, v.st.JS, v.keys.Issuer, cfg)
 	if err != nil {
 		return err
 	}
 	v.audit, v.trail = a, auditlog.NewTrail(a, v.cfg.Workers, v.log)
 	v.metrics.WatchAuditBacklog(v.AuditBacklog)
+	v.metrics.WatchAuditStream(a)
 	v.onClose(a.Close) // appends what is queued while the connection is open
+	// What Open found against the last checkpoint, and what the watch finds
+	// later, is published, counted and audited like any tamper signal.
+	a.Watch(alert.NewPublisher(v.nc, a, v.metrics, v.log))
 	return nil
 }
+
+// auditCheckpointFile, in the data directory, is the audit writer's signed
+// checkpoint of the chain's head (auditlog.Config.CheckpointFile).
+const auditCheckpointFile = "audit-checkpoint.json"
 
 // connectSys opens the system-account connection: the servers' events, and
 // kicks.

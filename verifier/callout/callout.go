@@ -47,7 +47,13 @@ type Decider interface {
 	Decide(ctx context.Context, r *authn.Request) (*jwt.UserClaims, error)
 }
 
-type recorder interface{ Record(audit.Event) }
+// recorder is the audit trail (auditlog.Trail): Record queues a decision's
+// event, and Unavailable says when the trail cannot take events, so that
+// no grant outruns its record (fail closed).
+type recorder interface {
+	Record(audit.Event)
+	Unavailable() error
+}
 
 type observer interface {
 	Observe(subject, result string, took time.Duration)
@@ -243,7 +249,11 @@ func (s *Server) handle(m *nats.Msg, arrived time.Time) {
 	defer cancel()
 	ev := audit.Deny("connect")
 	ev.Server, ev.Client, ev.ClientAddr = rc.Server.ID, rc.ClientInformation.ID, rc.ClientInformation.Host
-	out, grantErr := s.decide(ctx, rc, &ev, serverXKey)
+	var out []byte
+	grantErr := s.cfg.Trail.Unavailable()
+	if grantErr == nil {
+		out, grantErr = s.decide(ctx, rc, &ev, serverXKey)
+	}
 	if grantErr != nil {
 		s.log.Info("connect denied", "client", rc.ClientInformation.ID, "host", rc.ClientInformation.Host, "reason", grantErr)
 		ev.Reason = grantErr.Error()

@@ -1,6 +1,9 @@
 package api
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // The operator API (tpmauthnctl), on SubjectAdminPrefix + <op>: JSON
 // requests and replies. The records it returns (hosts, credentials, tokens)
@@ -51,6 +54,14 @@ type Status struct {
 	Tokens      map[string]int `json:"tokens"`
 	// AuditKey is the public key that signs the audit trail.
 	AuditKey string `json:"audit_key"`
+	// AuditCheckpoint is the answering verifier's last signed checkpoint
+	// of the audit chain's head (an audit.Checkpoint as JSON; absent before
+	// its first): tpmauthnctl audit verify checks the stream against it.
+	AuditCheckpoint json.RawMessage `json:"audit_checkpoint,omitempty"`
+	// AuditBytes and AuditMaxBytes are the audit stream's size and bound
+	// (-1: none; both 0 until the verifier has looked).
+	AuditBytes    uint64 `json:"audit_bytes"`
+	AuditMaxBytes int64  `json:"audit_max_bytes"`
 }
 
 // AuditReadRequest pages through the audit stream.

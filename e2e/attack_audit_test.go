@@ -239,3 +239,72 @@ func TestAttackAuditStreamRecreatedFromOldPrefix(t *testing.T) {
 	}
 	t.Logf("audit verify: %s", strings.TrimSpace(out))
 }
+
+// TestAttackAuditStreamFullFailsClosed (M4): once the audit stream refuses
+// appends for its limits, the verifier grants no connection (it could not
+// record it), says why in the refusal's event, and raises an alert; when an
+// administrator raises the limit, the queued events are appended and
+// connects are granted again. Nothing stalls meanwhile: refusals are
+// answered at once.
+func TestAttackAuditStreamFullFailsClosed(t *testing.T) {
+	f := fleettest.New(t, fleettest.WithRoot())
+	h := f.NewHost(t)
+	f.Verifier.FlushAudit()
+	alerts, err := f.Root.SubscribeSync("tpmauthn.alerts." + auditlog.AlertAppendFailing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Root.Flush()
+	ctx := context.Background()
+	stream, err := f.RootJS.Stream(ctx, audit.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := stream.CachedInfo().Config
+	full.MaxMsgs = int64(stream.CachedInfo().State.Msgs) // DiscardNew: the next append is refused
+	if _, err := f.RootJS.UpdateStream(ctx, full); err != nil {
+		t.Fatal(err)
+	}
+	// Any event finds the stream full.
+	if nc, err := nats.Connect(f.URL(), nats.Token("tpmauthn-join-forged"), nats.MaxReconnects(0)); err == nil {
+		nc.Close()
+		t.Fatal("forged token accepted")
+	}
+	if _, err := alerts.NextMsg(10 * time.Second); err != nil {
+		t.Fatal("no audit_append_failing alert for a full stream")
+	}
+	start := time.Now()
+	if nc, err := h.Connect(t); err == nil {
+		nc.Close()
+		t.Fatal("a connect was granted while the audit stream refused its event")
+	}
+	if took := time.Since(start); took > 4*time.Second {
+		t.Errorf("the refusal took %v: the connect path stalled on the audit trail", took)
+	}
+
+	full.MaxMsgs = -1 // the administrator makes room
+	if _, err := f.RootJS.UpdateStream(ctx, full); err != nil {
+		t.Fatal(err)
+	}
+	var granted bool
+	for range 50 {
+		if nc, err := h.Connect(t); err == nil {
+			nc.Close()
+			granted = true
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !granted {
+		t.Fatal("connects still refused after the stream has room again")
+	}
+	var refused bool
+	for _, e := range f.AuditEvents(t) {
+		if e.Kind == "connect" && e.Result == audit.DenyText && strings.Contains(e.Reason, "audit stream is full") {
+			refused = true
+		}
+	}
+	if !refused {
+		t.Fatal("the refusal while the stream was full is not in the trail with its reason")
+	}
+}

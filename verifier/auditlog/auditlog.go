@@ -96,10 +96,13 @@ func Open(ctx context.Context, js jetstream.JetStream, key audit.Signer, cfg Con
 		a.pub, _ = pk.PublicKey()
 	}
 	a.watch.init()
+	cp, haveCP := a.loadCheckpoint()
 	if err := a.readHead(ctx); err != nil {
 		return nil, err
 	}
-	a.checkAtStart(ctx)
+	if haveCP {
+		a.compareAtStart(ctx, cp)
+	}
 	go func() {
 		defer close(a.stopped)
 		a.run()
@@ -117,6 +120,20 @@ func (a *Log) readHead(ctx context.Context) error {
 	a.lastMsg, a.head = info.State.LastSeq, audit.Head{}
 	if a.lastMsg == 0 {
 		a.durable.Store(&audit.Checkpoint{})
+		return nil
+	}
+	if info.State.Msgs == 0 {
+		// Every message aged out (max age, and a quiet spell longer than
+		// it): the head is known only to the checkpoint, if it names this
+		// very message. Otherwise the chain starts again at event 1, which
+		// audit.VerifyKept accepts after a dropped prefix.
+		if cp, ok := a.watch.lastWritten(); ok && cp.Msg == a.lastMsg {
+			a.head = audit.Head{Seq: cp.Seq, Hash: cp.Hash}
+		} else {
+			a.log.Warn("audit stream: every event aged out and no checkpoint names the last one; the chain starts again at event 1",
+				"last_msg", a.lastMsg)
+		}
+		a.durable.Store(&audit.Checkpoint{Msg: a.lastMsg, Seq: a.head.Seq, Hash: a.head.Hash})
 		return nil
 	}
 	m, err := a.stream.GetMsg(ctx, a.lastMsg)

@@ -98,26 +98,32 @@ func (a *Log) writeCheckpoint(cp audit.Checkpoint) error {
 	return nil
 }
 
-// checkAtStart compares the stream with the last checkpoint this verifier
-// wrote: after a crash or a restart, the chain must not restart silently
-// from a cut.
-func (a *Log) checkAtStart(ctx context.Context) {
+// loadCheckpoint reads the last checkpoint this verifier wrote, before the
+// stream's head is read (when every event aged out, only it knows the
+// head). One that does not verify is an alert, and is not used.
+func (a *Log) loadCheckpoint() (audit.Checkpoint, bool) {
 	if a.cfg.CheckpointFile == "" {
-		return
+		return audit.Checkpoint{}, false
 	}
 	cp, ok, err := a.readCheckpoint()
 	switch {
 	case err != nil && errors.Is(err, audit.ErrBadCheckpoint):
 		a.noteInvalidCheckpoint(err)
-		return
+		return cp, false
 	case err != nil:
 		a.log.Error("audit checkpoint unreadable: the stream is not compared with it", "error", err)
-		return
+		return cp, false
 	case !ok:
 		a.log.Info("no audit checkpoint yet: the stream's head is taken as it is", "file", a.cfg.CheckpointFile)
-		return
+		return cp, false
 	}
 	a.watch.setWritten(cp)
+	return cp, true
+}
+
+// compareAtStart compares the stream with the last checkpoint: after a
+// crash or a restart, the chain must not restart silently from a cut.
+func (a *Log) compareAtStart(ctx context.Context, cp audit.Checkpoint) {
 	if err := a.compare(ctx, cp); err != nil {
 		a.noteTamper(cp, err)
 	}
@@ -132,8 +138,17 @@ func (a *Log) compare(ctx context.Context, cp audit.Checkpoint) error {
 		return fmt.Errorf("audit stream: %w", err)
 	}
 	st := info.State
+	switch {
+	case st.LastSeq < cp.Msg:
+		// A stream's message numbers never go back, limits or not: this
+		// one was deleted and re-created.
+		return fmt.Errorf("%w: the stream's last message is %d, behind a checkpoint at %s: it was deleted and re-created",
+			audit.ErrTruncated, st.LastSeq, cp)
+	case st.Msgs == 0:
+		return nil // every message aged out: nothing to compare
+	}
 	var head audit.Head
-	if st.LastSeq > 0 && st.Msgs > 0 {
+	if st.LastSeq > 0 {
 		last, err := a.eventsOf(ctx, st.LastSeq)
 		if err != nil {
 			return err

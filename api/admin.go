@@ -1,6 +1,9 @@
 package api
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // The operator API (tpmauthnctl), on SubjectAdminPrefix + <op>: JSON
 // requests and replies. The records it returns (hosts, credentials, tokens)
@@ -57,6 +60,14 @@ type Status struct {
 	AuditKey string `json:"audit_key"`
 	// Streams: every bucket's and the audit stream's replication.
 	Streams []StreamHealth `json:"streams,omitempty"`
+	// AuditCheckpoint is the answering verifier's last signed checkpoint
+	// of the audit chain's head (an audit.Checkpoint as JSON; absent before
+	// its first): tpmauthnctl audit verify checks the stream against it.
+	AuditCheckpoint json.RawMessage `json:"audit_checkpoint,omitempty"`
+	// AuditBytes and AuditMaxBytes are the audit stream's size and bound
+	// (-1: none; both 0 until the verifier has looked).
+	AuditBytes    uint64 `json:"audit_bytes"`
+	AuditMaxBytes int64  `json:"audit_max_bytes"`
 }
 
 // AuditReadRequest pages through the audit stream.

@@ -2,6 +2,16 @@ package audit
 
 import "time"
 
+// StreamName is the JetStream stream that holds the audit trail (in the AUTH
+// account), and Subject the subject its events are appended on. They are
+// here, not with the writer, because the server configuration the product
+// generates (verifier/keys) denies destructive API calls on this stream by
+// its name.
+const (
+	StreamName = "TPMAUTHN_AUDIT"
+	Subject    = "tpmauthn.audit"
+)
+
 // Event is one audit record.
 type Event struct {
 	Seq        uint64    `json:"seq"` // its number in the chain, from 1

@@ -119,3 +119,25 @@ func unknownFields(raw []byte) bool {
 	var e Event
 	return dec.Decode(&e) != nil && json.Unmarshal(raw, &e) == nil
 }
+
+// VerifyKept verifies events as read from a stream whose limits (max age,
+// max bytes) may have dropped its oldest messages. When the first message
+// read is the stream's first (message 1), the chain must start at event 1,
+// as VerifyRawEvents checks. When it is a later one, the messages before it
+// are gone and the chain is checked from the oldest event kept, whose
+// predecessor's hash is taken as given: an aged-out prefix is not tampering.
+// What such a trail cannot show is that nobody cut it on purpose; a
+// checkpoint taken before (CheckRaw) can. from is the first event's number.
+func VerifyKept(raws []RawEvent, issuerKey string) (n int, from uint64, err error) {
+	if len(raws) == 0 {
+		return 0, 0, nil
+	}
+	first := raws[0]
+	var e Event
+	if first.Missing || json.Unmarshal(first.Data, &e) != nil || first.Msg <= 1 {
+		n, err = VerifyRawEvents(raws, issuerKey, "")
+		return n, 1, err
+	}
+	n, err = VerifyRawEvents(raws, issuerKey, e.Prev)
+	return n, e.Seq, err
+}

@@ -94,7 +94,10 @@ type Config struct {
 	// serves none.
 	MetricsListen string
 
-	// Audit configures the audit stream.
+	// Audit configures the audit stream: its limits (created with them;
+	// max bytes 1 GiB and max age 90 days by default), the alert near its
+	// limit, and the checkpoint file (DATA_DIR/audit-checkpoint.json by
+	// default). See auditlog.Config for the discard policy.
 	Audit auditlog.Config
 
 	// OnDecision, if set, is called after every auth-callout decision with
@@ -178,6 +181,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Workers < 1 {
 		errs = append(errs, fmt.Errorf("workers: %d, want at least 1", c.Workers))
+	}
+	if err := c.Audit.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

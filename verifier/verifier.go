@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -247,12 +248,15 @@ func (v *Verifier) untilJetStream(ctx context.Context, f func(context.Context) e
 }
 
 func (v *Verifier) openAudit(ctx context.Context) error {
+	cfg := v.cfg.Audit
+	cfg.OnAppend, cfg.Logger = v.metrics.AuditAppended, v.log
+	cfg.Replicas = cmp.Or(cfg.Replicas, v.nReplicas)
+	if cfg.CheckpointFile == "" {
+		cfg.CheckpointFile = filepath.Join(v.cfg.DataDir, auditCheckpointFile)
+	}
 	var a *auditlog.Log
 	err := v.untilJetStream(ctx, func(ctx context.Context) (err error) {
-		a, err = auditlog.Open(ctx, v.st.JS, v.keys.Issuer, auditlog.Config{
-			Replicas: cmp.Or(v.cfg.Audit.Replicas, v.nReplicas), AllowDelete: v.cfg.Audit.AllowDelete,
-			OnAppend: v.metrics.AuditAppended, Logger: v.log,
-		})
+		a, err = auditlog.Open(ctx, v.st.JS, v.keys.Issuer, cfg)
 		return err
 	})
 	if err != nil {
@@ -260,9 +264,17 @@ func (v *Verifier) openAudit(ctx context.Context) error {
 	}
 	v.audit, v.trail = a, auditlog.NewTrail(a, v.cfg.Workers, v.log)
 	v.metrics.WatchAuditBacklog(v.AuditBacklog)
+	v.metrics.WatchAuditStream(a)
 	v.onClose(a.Close) // appends what is queued while the connection is open
+	// What Open found against the last checkpoint, and what the watch finds
+	// later, is published, counted and audited like any tamper signal.
+	a.Watch(alert.NewPublisher(v.nc, a, v.metrics, v.log))
 	return nil
 }
+
+// auditCheckpointFile, in the data directory, is the audit writer's signed
+// checkpoint of the chain's head (auditlog.Config.CheckpointFile).
+const auditCheckpointFile = "audit-checkpoint.json"
 
 // connectSys opens the system-account connection: the servers' events, and
 // kicks.

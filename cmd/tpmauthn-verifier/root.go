@@ -11,6 +11,7 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/internal/cliconf"
 	"github.com/tpmauthn/tpmauthn/verifier"
+	"github.com/tpmauthn/tpmauthn/verifier/auditlog"
 )
 
 var keys = []cliconf.Key{
@@ -34,6 +35,9 @@ var keys = []cliconf.Key{
 	cliconf.K("webauthn.rp_id", "rp-id", "tpmauthn.local", "WebAuthn relying party ID (a domain name)"),
 	cliconf.K("webauthn.origin", "origin", "", "WebAuthn origin (default tpmauthn://RP_ID)"),
 	cliconf.K("policy.file", "policy", "", "YAML role policy: roles, subjects and bindings; re-read when it changes"),
+	cliconf.K("audit.max_bytes", "audit-max-bytes", int64(auditlog.DefaultMaxBytes), "the audit stream's size bound, set when the stream is created; when full, connects are refused (negative: no bound)"),
+	cliconf.K("audit.max_age", "audit-max-age", auditlog.DefaultMaxAge, "how long audit events are kept, set when the stream is created (negative: for ever)"),
+	cliconf.K("audit.near_limit", "audit-near-limit", auditlog.DefaultNearLimit, "share of audit.max_bytes at which an alert is raised"),
 	cliconf.K("metrics_listen", "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics"),
 	cliconf.K("log.format", "log-format", "text", "text or json"),
 	cliconf.K("log.level", "log-level", "info", "debug, info, warn or error"),
@@ -68,6 +72,11 @@ type settings struct {
 	Policy struct {
 		File string `mapstructure:"file"`
 	} `mapstructure:"policy"`
+	Audit struct {
+		MaxBytes  int64         `mapstructure:"max_bytes"`
+		MaxAge    time.Duration `mapstructure:"max_age"`
+		NearLimit float64       `mapstructure:"near_limit"`
+	} `mapstructure:"audit"`
 	MetricsListen string `mapstructure:"metrics_listen"`
 	Log           struct {
 		Format string `mapstructure:"format"`
@@ -109,6 +118,7 @@ func run(cmd *cobra.Command, _ []string) error {
 		Replicas: s.NATS.Replicas, ClusterListen: s.NATS.Cluster, ClusterRoutes: s.NATS.Routes, ServerName: s.NATS.Name,
 		EKCADir: s.Enrollment.EKCADir, EKIntermediates: s.Enrollment.EKIntermediates, Approval: s.Enrollment.Approval, AKCertValidity: s.Enrollment.AKCertValidity,
 		RPID: s.WebAuthn.RPID, Origin: s.WebAuthn.Origin, MetricsListen: s.MetricsListen, PolicyFile: s.Policy.File, Logger: log,
+		Audit: auditlog.Config{MaxBytes: s.Audit.MaxBytes, MaxAge: s.Audit.MaxAge, NearLimit: s.Audit.NearLimit},
 	})
 	if err != nil {
 		return err

@@ -124,54 +124,145 @@ func (a *app) auditExportCmd() *cobra.Command {
 }
 
 func (a *app) auditVerifyCmd() *cobra.Command {
-	var file, key string
+	var file, key, witness string
 	cmd := &cobra.Command{
 		Use:   "verify",
 		Short: "Prove the audit chain intact, or name the first broken event",
 		Long: `Checks that every event follows the one before (hash chain), hashes to what
 it says and is signed by the verifier's key; a deleted, edited, removed or
-reordered event is named. Reads the stream, or an export with --file.`,
+reordered event is named. Reads the stream, or an export with --file.
+
+Reading the stream, it also checks that the trail has not gone back: its head
+must not be behind, and must hold the same event as, the verifier's last
+signed checkpoint and the head this command verified last time (the witness
+file, kept on the operator's machine where the verifier cannot rewrite it).
+A stream deleted and re-created from an older prefix is reported as
+TRUNCATED or REWRITTEN. Events that aged out of the stream under its limits
+are not tampering: the chain is then verified from the oldest event kept.`,
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			if key == "" {
-				var st api.Status
+			var st api.Status
+			if key == "" || file == "" {
 				if err := a.call("status", nil, &st); err != nil {
-					return fmt.Errorf("%w (or give the verifier's audit key with --key)", err)
+					if key == "" {
+						return fmt.Errorf("%w (or give the verifier's audit key with --key)", err)
+					}
 				}
+			}
+			if key == "" {
 				key = st.AuditKey
 			}
-			var n int
-			var err error
 			if file != "" {
-				var lines [][]byte
-				if lines, err = readLines(file); err != nil {
-					return err
-				}
-				if len(lines) == 0 {
-					return fmt.Errorf("%s holds no events: export them with tpmauthnctl audit export > FILE", file)
-				}
-				n, err = audit.VerifyChain(lines, key, "")
-			} else {
-				var raws []audit.RawEvent
-				if raws, err = a.readAudit(1); err != nil {
-					return err
-				}
-				n, err = audit.VerifyRawEvents(raws, key, "")
+				return a.verifyExport(file, key)
 			}
-			if err != nil {
-				var ce *audit.ChainError
-				if errors.As(err, &ce) {
-					return fmt.Errorf("audit chain BROKEN at event %d: %s (%d events before it verified)", ce.Seq, ce.Reason, n)
-				}
-				return err
-			}
-			fmt.Fprintf(a.out, "audit chain intact: %d events, signed by %s\n", n, key)
-			return nil
+			return a.verifyStream(key, &st, witness)
 		},
 	}
 	cmd.Flags().StringVar(&file, "file", "", "verify an export (JSON lines) instead of the stream")
 	cmd.Flags().StringVar(&key, "key", "", "the verifier's audit key (default: ask the verifier)")
+	cmd.Flags().StringVar(&witness, "witness", "", "the file that keeps the head verified last (default: tpmauthn/audit-witness-KEY.json in the user's config directory; \"none\": keep none)")
 	return cmd
+}
+
+// brokenChain says where a chain breaks.
+func brokenChain(err error, n int) error {
+	var ce *audit.ChainError
+	if errors.As(err, &ce) {
+		return fmt.Errorf("audit chain BROKEN at event %d: %s (%d events before it verified)", ce.Seq, ce.Reason, n)
+	}
+	return err
+}
+
+func (a *app) verifyExport(file, key string) error {
+	lines, err := readLines(file)
+	if err != nil {
+		return err
+	}
+	if len(lines) == 0 {
+		return fmt.Errorf("%s holds no events: export them with tpmauthnctl audit export > FILE", file)
+	}
+	n, err := audit.VerifyChain(lines, key, "")
+	if err != nil {
+		return brokenChain(err, n)
+	}
+	fmt.Fprintf(a.out, "audit chain intact: %d events, signed by %s\n", n, key)
+	return nil
+}
+
+// verifyStream verifies the stream's chain from the oldest event it keeps,
+// then checks it against the verifier's checkpoint and the witness, and
+// moves the witness to the head it verified.
+func (a *app) verifyStream(key string, st *api.Status, witness string) error {
+	raws, err := a.readAudit(1)
+	if err != nil {
+		return err
+	}
+	n, from, err := audit.VerifyKept(raws, key)
+	if err != nil {
+		return brokenChain(err, n)
+	}
+	if len(st.AuditCheckpoint) > 0 {
+		var cp audit.Checkpoint
+		if err := json.Unmarshal(st.AuditCheckpoint, &cp); err != nil {
+			return fmt.Errorf("the verifier's audit checkpoint does not decode: %w", err)
+		}
+		if err := cp.Verify(key); err != nil {
+			return fmt.Errorf("the verifier's audit checkpoint: %w", err)
+		}
+		if err := audit.CheckRaw(raws, cp); err != nil {
+			return tampered(err, "the verifier's checkpoint")
+		}
+	}
+	w, err := a.witnessFile(witness, key)
+	if err != nil {
+		return err
+	}
+	seen, err := readWitness(w)
+	if err != nil {
+		return err
+	}
+	if seen != nil {
+		if err := audit.CheckRaw(raws, *seen); err != nil {
+			return tampered(err, "the head this command verified before ("+w+")")
+		}
+	}
+	head := headOf(raws)
+	if w != "" && head.Seq > 0 && (seen == nil || seen.Before(head)) {
+		if err := writeWitness(w, head); err != nil {
+			return fmt.Errorf("audit chain intact, but the witness was not kept: %w", err)
+		}
+	}
+	switch {
+	case n == 0:
+		fmt.Fprintf(a.out, "audit trail empty, signed by %s\n", key)
+	case from > 1:
+		fmt.Fprintf(a.out, "audit chain intact: %d events (%d to %d; the ones before aged out of the stream), signed by %s\n", n, from, head.Seq, key)
+	default:
+		fmt.Fprintf(a.out, "audit chain intact: %d events, signed by %s\n", n, key)
+	}
+	return nil
+}
+
+// tampered says how a trail disagrees with a checkpoint, and what to do.
+func tampered(err error, whose string) error {
+	what := "TRUNCATED"
+	if errors.Is(err, audit.ErrRewritten) {
+		what = "REWRITTEN"
+	}
+	return fmt.Errorf("audit trail %s: it disagrees with %s: %w. Keep the witness file and any exports as evidence, "+
+		"and look for who deleted or re-created the %s stream", what, whose, err, audit.StreamName)
+}
+
+// headOf is the last event of what was read, as a checkpoint.
+func headOf(raws []audit.RawEvent) audit.Checkpoint {
+	for i := len(raws) - 1; i >= 0; i-- {
+		var e audit.Event
+		if raws[i].Missing || json.Unmarshal(raws[i].Data, &e) != nil {
+			continue
+		}
+		return audit.Checkpoint{Msg: raws[i].Msg, Seq: e.Seq, Hash: e.Hash, Time: e.Time}
+	}
+	return audit.Checkpoint{}
 }
 
 func readLines(path string) ([][]byte, error) {

@@ -44,6 +44,10 @@ func Define(cmd *cobra.Command, keys []Key) {
 			f.Bool(k.Flag, d, usage)
 		case int:
 			f.Int(k.Flag, d, usage)
+		case int64:
+			f.Int64(k.Flag, d, usage)
+		case float64:
+			f.Float64(k.Flag, d, usage)
 		case time.Duration:
 			f.Duration(k.Flag, d, usage)
 		case []string:

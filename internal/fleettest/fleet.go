@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/api"
@@ -57,9 +58,14 @@ type Fleet struct {
 	Config   verifier.Config // what Start runs; options change it
 	Verifier *verifier.Verifier
 	Op       *nats.Conn // the operator's connection (admin endpoints)
+	// Root and RootJS are an administrator's connection outside the
+	// product (WithRoot only; nil otherwise).
+	Root   *nats.Conn
+	RootJS jetstream.JetStream
 
 	sessionTTL time.Duration
 	clientTLS  nats.Option // ClientTLS of the running verifier
+	withRoot   bool
 }
 
 // Option changes a fleet before its verifier starts (f.Config above all).
@@ -112,6 +118,9 @@ func New(t testing.TB, opts ...Option) *Fleet {
 	}
 	if f.Config.PolicyFile == "" {
 		f.Config.PolicyFile = WritePolicy(t, f.sessionTTL)
+	}
+	if f.withRoot {
+		f.startRoot(t)
 	}
 	f.Start(t)
 	return f

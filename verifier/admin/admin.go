@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -430,6 +431,10 @@ func (s *Service) status(ctx context.Context, _ []byte) (any, error) {
 	st := &api.Status{Version: s.cfg.Version, RPID: s.cfg.RPID, Origin: s.cfg.Origin, Approval: s.cfg.Approval,
 		Hosts: map[string]int{}, Credentials: map[string]int{}, Tokens: map[string]int{}, AuditKey: s.cfg.AuditKey,
 		EKRoots: s.cfg.EKRoots}
+	if cp, ok := s.cfg.Trail.Checkpoint(); ok {
+		st.AuditCheckpoint, _ = json.Marshal(cp)
+	}
+	st.AuditBytes, st.AuditMaxBytes = s.cfg.Trail.Usage()
 	hosts, err := store.List[record.Host](ctx, s.st.Hosts)
 	if err != nil {
 		return nil, err

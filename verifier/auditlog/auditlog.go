@@ -36,8 +36,8 @@ import (
 
 // The stream and the subject it takes.
 const (
-	Stream  = "TPMAUTHN_AUDIT"
-	Subject = "tpmauthn.audit"
+	Stream  = audit.StreamName
+	Subject = audit.Subject
 )
 
 // Log appends events in one goroutine so that decisions do not wait for
@@ -46,6 +46,8 @@ type Log struct {
 	js       jetstream.JetStream
 	stream   jetstream.Stream
 	key      audit.Signer
+	pub      string // key's public key: checkpoints are verified with it
+	cfg      Config
 	log      *slog.Logger
 	ch       chan *item // pointers: a queue of 2^18 values would hold 72 MB
 	done     chan struct{}
@@ -57,6 +59,12 @@ type Log struct {
 	// collecting is how many events run has taken from ch for the batch it
 	// is collecting or appending (the backlog counts them too).
 	collecting atomic.Int64
+
+	// durable is the last head this writer appended or read back: what a
+	// checkpoint signs (see checkpoint.go).
+	durable atomic.Pointer[audit.Checkpoint]
+	health  health     // append failures (health.go)
+	watch   watchState // limits, checkpoints and alerts (watch.go)
 }
 
 // item is an event to append, or (flushed set) a marker that is
@@ -67,36 +75,33 @@ type item struct {
 	ok      bool // set before flushed is closed: everything before it was appended
 }
 
-// Config configures the stream and the writer.
-type Config struct {
-	Replicas int // default 1
-	// AllowDelete lets the stream's messages be deleted through the API
-	// (tests of tamper detection); by default deletion and purge are refused.
-	AllowDelete bool
-	// OnAppend, if set, is told how long each successful append took.
-	OnAppend func(time.Duration)
-	Logger   *slog.Logger // nil: discard
-}
-
-// Open creates or updates the stream, reads the chain's head and starts the
-// writer. Close stops it.
+// Open creates the stream if it does not exist (it never changes an
+// existing one: see openStream), reads the chain's head, compares it with
+// the verifier's last checkpoint (cfg.CheckpointFile) and starts the writer.
+// What the comparison finds is raised as an alert once Watch is called.
+// Close stops it.
 func Open(ctx context.Context, js jetstream.JetStream, key audit.Signer, cfg Config) (*Log, error) {
-	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name: Stream, Subjects: []string{Subject}, Storage: jetstream.FileStorage,
-		Replicas: max(cfg.Replicas, 1), DenyDelete: !cfg.AllowDelete, DenyPurge: !cfg.AllowDelete,
-		Retention: jetstream.LimitsPolicy, Discard: jetstream.DiscardNew,
-	})
+	cfg.setDefaults()
+	s, err := openStream(ctx, js, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("audit stream: %w", err)
+		return nil, err
 	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	a := &Log{js: js, stream: s, key: key, log: log, appended: cfg.OnAppend,
+	a := &Log{js: js, stream: s, key: key, cfg: cfg, log: log, appended: cfg.OnAppend,
 		ch: make(chan *item, 1<<18), done: make(chan struct{}), stopped: make(chan struct{})}
+	if pk, ok := key.(interface{ PublicKey() (string, error) }); ok {
+		a.pub, _ = pk.PublicKey()
+	}
+	a.watch.init()
+	cp, haveCP := a.loadCheckpoint()
 	if err := a.readHead(ctx); err != nil {
 		return nil, err
+	}
+	if haveCP {
+		a.compareAtStart(ctx, cp)
 	}
 	go func() {
 		defer close(a.stopped)
@@ -114,6 +119,21 @@ func (a *Log) readHead(ctx context.Context) error {
 	}
 	a.lastMsg, a.head = info.State.LastSeq, audit.Head{}
 	if a.lastMsg == 0 {
+		a.durable.Store(&audit.Checkpoint{})
+		return nil
+	}
+	if info.State.Msgs == 0 {
+		// Every message aged out (max age, and a quiet spell longer than
+		// it): the head is known only to the checkpoint, if it names this
+		// very message. Otherwise the chain starts again at event 1, which
+		// audit.VerifyKept accepts after a dropped prefix.
+		if cp, ok := a.watch.lastWritten(); ok && cp.Msg == a.lastMsg {
+			a.head = audit.Head{Seq: cp.Seq, Hash: cp.Hash}
+		} else {
+			a.log.Warn("audit stream: every event aged out and no checkpoint names the last one; the chain starts again at event 1",
+				"last_msg", a.lastMsg)
+		}
+		a.durable.Store(&audit.Checkpoint{Msg: a.lastMsg, Seq: a.head.Seq, Hash: a.head.Hash})
 		return nil
 	}
 	m, err := a.stream.GetMsg(ctx, a.lastMsg)
@@ -126,21 +146,8 @@ func (a *Log) readHead(ctx context.Context) error {
 		return fmt.Errorf("audit stream: last event does not decode: %w", err)
 	}
 	a.head = audit.Head{Seq: e.Seq, Hash: e.Hash}
+	a.durable.Store(&audit.Checkpoint{Msg: a.lastMsg, Seq: e.Seq, Hash: e.Hash})
 	return nil
-}
-
-// Record queues an event. It blocks only when the queue is full.
-func (a *Log) Record(e audit.Event) {
-	if a == nil {
-		return
-	}
-	if e.Time.IsZero() {
-		e.Time = time.Now().UTC()
-	}
-	select {
-	case a.ch <- &item{ev: e}:
-	case <-a.done:
-	}
 }
 
 // Flush waits until every event queued before it is appended.
@@ -193,6 +200,8 @@ func (a *Log) Close() {
 		if !a.FlushWithin(closeWait) {
 			a.log.Error("audit: closing with events not appended", "queued", a.Backlog())
 		}
+		a.stopWatch()
+		a.checkpoint() // a clean shutdown leaves the head it reached
 		close(a.done)
 	})
 	<-a.stopped
@@ -287,7 +296,7 @@ func (a *Log) Append(e audit.Event) error { return a.AppendBatch([]audit.Event{e
 // keeps retrying, so nothing is lost; a retry whose first attempt did land is
 // recognized by its last hash at the head and not appended twice.
 func (a *Log) AppendBatch(evs []audit.Event) error {
-	conflicts := 0
+	conflicts, retries := 0, 0
 	for {
 		select {
 		case <-a.done:
@@ -310,6 +319,10 @@ func (a *Log) AppendBatch(evs []audit.Event) error {
 		cancel()
 		if err == nil {
 			a.lastMsg, a.head = ack.Sequence, next
+			a.durable.Store(&audit.Checkpoint{Msg: ack.Sequence, Seq: next.Seq, Hash: next.Hash})
+			if a.health.succeeded() {
+				a.log.Info("audit appends succeed again", "after_retries", retries)
+			}
 			if a.appended != nil {
 				a.appended(time.Since(start))
 			}
@@ -319,13 +332,18 @@ func (a *Log) AppendBatch(evs []audit.Event) error {
 			if nc := a.js.Conn(); nc.IsClosed() || nc.IsDraining() {
 				return fmt.Errorf("audit: connection closed with events unwritten: %w", err)
 			}
-			a.log.Warn("audit append failed; retrying", "error", err)
-			time.Sleep(100 * time.Millisecond)
+			if a.health.failed(err) {
+				a.log.Error("audit append failed; retrying until it succeeds", "events", len(evs), "error", err)
+				go a.raise(AlertAppendFailing, audit.Event{Reason: "audit appends fail: " + err.Error()})
+			}
+			time.Sleep(retryWait(retries))
+			retries++
 			continue
 		}
 		if conflicts++; conflicts > 1000 {
 			return errors.New("audit: could not append after 1000 sequence conflicts")
 		}
+		before := a.head
 		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
 		err = a.readHead(rctx)
 		rcancel()
@@ -335,6 +353,13 @@ func (a *Log) AppendBatch(evs []audit.Event) error {
 		}
 		if a.head.Hash == next.Hash {
 			return nil // an earlier attempt landed after all
+		}
+		if a.head.Seq < before.Seq {
+			// Other writers only move the head forward: it went back, so the
+			// stream was cut or re-created under this writer.
+			go a.noteTamper(audit.Checkpoint{Msg: 0, Seq: before.Seq, Hash: before.Hash, Time: time.Now().UTC()},
+				fmt.Errorf("%w: the stream's head went back from event %d to %d while this verifier was appending",
+					audit.ErrTruncated, before.Seq, a.head.Seq))
 		}
 	}
 }

@@ -47,7 +47,13 @@ type Decider interface {
 	Decide(ctx context.Context, r *authn.Request) (*jwt.UserClaims, error)
 }
 
-type recorder interface{ Record(audit.Event) }
+// recorder is the audit trail (auditlog.Trail): Record queues a decision's
+// event, and Unavailable says when the trail cannot take events, so that
+// no grant outruns its record (fail closed).
+type recorder interface {
+	Record(audit.Event)
+	Unavailable() error
+}
 
 type serverSet interface {
 	KnownServer(ctx context.Context, id string) bool
@@ -257,10 +263,14 @@ func (s *Server) handle(m *nats.Msg, arrived time.Time) {
 		// subject made the request. Answered by nobody, audited.
 		ev.Reason = "callout request issued by " + rc.Server.ID + ", which is not a server of this NATS system"
 		s.log.Warn("callout: request from an unknown issuer refused unanswered", "issuer", rc.Server.ID)
-		s.cfg.Trail.Record(ev)
+		s.denied.record(ev)
 		return
 	}
-	out, grantErr := s.decide(ctx, rc, &ev, serverXKey)
+	var out []byte
+	grantErr := s.cfg.Trail.Unavailable()
+	if grantErr == nil {
+		out, grantErr = s.decide(ctx, rc, &ev, serverXKey)
+	}
 	if grantErr != nil {
 		s.log.Info("connect denied", "client", rc.ClientInformation.ID, "host", rc.ClientInformation.Host, "reason", grantErr)
 		ev.Reason = grantErr.Error()

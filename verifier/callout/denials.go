@@ -27,14 +27,17 @@ type denialGroup struct {
 }
 
 type denials struct {
-	trail  recorder
+	trail  eventSink
 	window time.Duration
 	mu     sync.Mutex
 	groups map[string]*denialGroup
 	closed bool
 }
 
-func newDenials(trail recorder, window time.Duration) *denials {
+// eventSink takes events (the audit trail).
+type eventSink interface{ Record(audit.Event) }
+
+func newDenials(trail eventSink, window time.Duration) *denials {
 	return &denials{trail: trail, window: window, groups: map[string]*denialGroup{}}
 }
 

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/audit"
 )
 
 // Account names of the NATS layout.
@@ -21,6 +22,39 @@ type ServerConfigOptions struct {
 	StoreDir string // JetStream store; empty leaves the jetstream block out
 	// Extra is appended verbatim (server_name, cluster, tls, ...).
 	Extra string
+}
+
+// AuditStreamDenied are the JetStream API subjects that would destroy or
+// shrink the audit stream: deleting it, purging it, deleting a message,
+// changing its configuration (lower limits drop the oldest events at once; a
+// new max age expires them), restoring a snapshot over it, removing a
+// replica's peer. Every credential the product hands out is denied them
+// (threat model M3): the verifier's own user, which creates the stream on
+// first start and then only appends to it and reads it, and the system user,
+// through $JS.API.ACCOUNT.PURGE (which deletes every stream of an account and
+// is answered for the system account only). The operator user may publish to
+// the operator API only, so it reaches none of them either.
+//
+// nats-server checks publish permissions before the JetStream API sees a
+// request, so the refusal does not depend on the stream's own deny_delete
+// and deny_purge (which the writer sets too, and which an update cannot
+// clear). Changing the stream's limits therefore takes an administrator's
+// credential outside the product: see auditlog.Config.
+func AuditStreamDenied() []string {
+	var subjects []string
+	for _, op := range []string{"DELETE", "PURGE", "UPDATE", "MSG.DELETE", "RESTORE", "PEER.REMOVE"} {
+		subjects = append(subjects, "$JS.API.STREAM."+op+"."+audit.StreamName)
+	}
+	return append(subjects, "$JS.API.ACCOUNT.PURGE.>")
+}
+
+// quoted is subjects as a conf-file list.
+func quoted(subjects []string) string {
+	q := make([]string, len(subjects))
+	for i, s := range subjects {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return strings.Join(q, ", ")
 }
 
 // ServerConfig returns the nats-server configuration for the tpmauthn layout.
@@ -43,7 +77,7 @@ func ServerConfig(k *Set, o ServerConfigOptions) string {
   %[1]s {
     jetstream: enabled
     users: [
-      { nkey: %[4]s }  # the verifier
+      { nkey: %[4]s, permissions: { publish: { deny: [%[10]s] } } }  # the verifier: may not destroy the audit trail
       { nkey: %[5]s, permissions: { publish: ["%[7]s>"], subscribe: ["_INBOX.>", "tpmauthn.alerts.>"] } }  # tpmauthnctl
     ]
     exports: [ { service: "tpmauthn.v1.>" } ]
@@ -52,7 +86,9 @@ func ServerConfig(k *Set, o ServerConfigOptions) string {
     imports: [ { service: { account: %[1]s, subject: "tpmauthn.v1.>" }, share: true } ]
   }
   %[3]s {
-    users: [ { nkey: %[6]s } ]  # the verifier's system user: kicks revoked connections
+    # the verifier's system user: kicks revoked connections; no JetStream API
+    # (from the system account, $JS.API.ACCOUNT.PURGE deletes an account's streams)
+    users: [ { nkey: %[6]s, permissions: { publish: { deny: ["$JS.API.>"] } } } ]
   }
 }
 system_account: %[3]s
@@ -67,6 +103,6 @@ authorization {
   }
 }
 `, AccountAuth, AccountApp, AccountSys, Public(k.Verifier), Public(k.Operator), Public(k.Sys),
-		api.SubjectAdminPrefix, Public(k.Issuer), Public(k.XKey))
+		api.SubjectAdminPrefix, Public(k.Issuer), Public(k.XKey), quoted(AuditStreamDenied()))
 	return b.String()
 }

@@ -94,3 +94,40 @@ func (m *Metrics) Shed() { m.shed.Inc() }
 
 // AuditAppended records how long one audit append took.
 func (m *Metrics) AuditAppended(d time.Duration) { m.auditAppend.Observe(d.Seconds()) }
+
+// auditStream is the audit writer's state (auditlog.Log).
+type auditStream interface {
+	Usage() (bytes uint64, maxBytes int64)
+	Failing() bool
+	AppendFailures() uint64
+	Dropped() uint64
+}
+
+// WatchAuditStream exports the audit stream's size and limit, whether
+// appends fail now, and the failed appends and dropped events so far: alert
+// on size/max > 0.8 and on failing == 1 (the verifier then refuses
+// connects).
+func (m *Metrics) WatchAuditStream(a auditStream) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tpmauthn_audit_stream_bytes", Help: "Bytes the audit stream holds (as of its last look, every audit.watch_every).",
+		}, func() float64 { b, _ := a.Usage(); return float64(b) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tpmauthn_audit_stream_max_bytes", Help: "The audit stream's max bytes (-1: no bound). When full, appends fail and connects are refused.",
+		}, func() float64 { _, m := a.Usage(); return float64(m) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tpmauthn_audit_append_failing", Help: "1 while audit appends fail (the stream full, JetStream away).",
+		}, func() float64 {
+			if a.Failing() {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "tpmauthn_audit_append_failures_total", Help: "Failed audit appends, each retry counted.",
+		}, func() float64 { return float64(a.AppendFailures()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "tpmauthn_audit_events_dropped_total", Help: "Audit events dropped because the queue was full while appends failed.",
+		}, func() float64 { return float64(a.Dropped()) }),
+	)
+}

@@ -8,12 +8,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// maxConnsPerUID bounds one user's open connections to the socket. Every
+// maxConnsPerUID bounds one user's open connections to the socket (twice
+// the TPM queue's depth: a busy workload never meets it). Every
 // local user may connect; without a cap one could hold every descriptor
 // the agent has (idle connections close after socketIdleTimeout, but a busy
 // loop reopens them). Per uid, so one user's flood never locks out the
 // workloads of another.
-const maxConnsPerUID = 128
+const maxConnsPerUID = 512
 
 // uidLimitListener refuses (closes at once) a connection whose peer uid
 // already holds maxConns open ones.

@@ -72,7 +72,8 @@ type Log struct {
 type item struct {
 	ev      audit.Event
 	flushed chan struct{}
-	ok      bool // set before flushed is closed: everything before it was appended
+	ok      bool       // set before flushed is closed: everything before it was appended
+	acked   chan error // RecordDurable's: the append's result (buffered)
 }
 
 // Open creates the stream if it does not exist (it never changes an
@@ -231,21 +232,16 @@ const (
 	maxMsg   = 512 << 10
 )
 
-// linger is how long a batch waits for more events after its first
-// before it is appended (unless a flush marker or a full batch ends it
-// sooner): one signature and one JetStream round trip then serve every
-// connect of those milliseconds, where with one client connecting at a time
-// each event was a message of its own. A verifier killed without a shutdown
-// loses at most what was queued, this window included.
-const lingerFor = 5 * time.Millisecond
-
-// run appends what is queued, up to MaxBatch events a message, waiting
-// linger for more after a batch's first event; a flush marker ends the
-// batch at once and is signalled once it is appended.
+// run appends what is queued: a group commit. It takes every event queued
+// when it is free (up to MaxBatch a message) and appends them as one
+// message, one signature and one JetStream round trip; events that arrive
+// meanwhile form the next batch. One client at a time thus waits for one
+// round trip, not for a batching window, and a thousand connecting at once
+// share a few appends. A flush marker ends the batch and is signalled once
+// it is appended; RecordDurable's events are told their append's result.
 func (a *Log) run() {
 	batch := make([]audit.Event, 0, MaxBatch)
-	linger := time.NewTimer(lingerFor)
-	linger.Stop()
+	acks := make([]chan error, 0, MaxBatch)
 	failed := false // an append failed since the last flush marker
 	for {
 		var it *item
@@ -254,11 +250,13 @@ func (a *Log) run() {
 			return
 		case it = <-a.ch:
 		}
-		batch = batch[:0]
-		linger.Reset(lingerFor)
+		batch, acks = batch[:0], acks[:0]
 	collect:
 		for it != nil && it.flushed == nil {
 			batch = append(batch, it.ev)
+			if it.acked != nil {
+				acks = append(acks, it.acked)
+			}
 			a.collecting.Add(1)
 			it = nil
 			if len(batch) == MaxBatch {
@@ -266,17 +264,18 @@ func (a *Log) run() {
 			}
 			select {
 			case it = <-a.ch:
-			case <-linger.C:
-				break collect
-			case <-a.done:
+			default:
 				break collect
 			}
 		}
-		linger.Stop()
 		if len(batch) > 0 {
-			if err := a.AppendBatch(batch); err != nil {
+			err := a.AppendBatch(batch)
+			if err != nil {
 				failed = true
 				a.log.Error("audit append failed", "events", len(batch), "first_kind", batch[0].Kind, "error", err)
+			}
+			for _, ack := range acks {
+				ack <- err
 			}
 			a.collecting.Add(-int64(len(batch)))
 		}

@@ -2,6 +2,7 @@ package auditlog
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -173,7 +174,7 @@ func TestAuditFlushReportsAFailedAppend(t *testing.T) {
 	// The same when the failed append was done before the flush was asked
 	// for (its marker then ends an empty batch).
 	a.Record(audit.Event{Kind: "token.create", Result: "ok", Actor: "operator"})
-	time.Sleep(50 * time.Millisecond) // > lingerFor: the batch is appended (and fails) alone
+	time.Sleep(50 * time.Millisecond) // the writer takes it alone: the batch is appended (and fails)
 	if a.FlushWithin(5 * time.Second) {
 		t.Fatal("flush reported success after an earlier failed append")
 	}
@@ -232,5 +233,43 @@ func TestCloseTwice(t *testing.T) {
 	wg.Wait()
 	if n := a.Backlog(); n != 0 {
 		t.Fatalf("%d events left unappended after Close", n)
+	}
+}
+
+// RecordDurable returns once the event is in the stream, and says so when
+// it cannot be (the append fails, or the caller's deadline passes first).
+func TestRecordDurable(t *testing.T) {
+	e := newEnv(t)
+	nc, err := nats.Connect(e.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := Open(t.Context(), js, e.key, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	for i := range 3 {
+		if err := a.RecordDurable(t.Context(), audit.Event{Kind: "connect", Result: "allow", Client: uint64(i + 1)}); err != nil {
+			t.Fatalf("RecordDurable %d: %v", i, err)
+		}
+		raws, err := a.ReadRaw(t.Context(), 1, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var last audit.Event
+		if err := json.Unmarshal(raws[len(raws)-1].Data, &last); err != nil || last.Client != uint64(i+1) {
+			t.Fatalf("after RecordDurable %d the stream ends with %+v (%v)", i, last, err)
+		}
+	}
+	nc.Close() // appends fail from now on
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel()
+	if err := a.RecordDurable(ctx, audit.Event{Kind: "connect", Result: "allow"}); err == nil {
+		t.Fatal("RecordDurable reported an event stored on a closed connection")
 	}
 }

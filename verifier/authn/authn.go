@@ -28,8 +28,10 @@ type Request struct {
 	// grants; a method fills in who the connect is for and why.
 	Event *audit.Event
 	// Prepare, if set, is handed a grant's claims as soon as the method
-	// has checked the connect's proof, before its last write: the transport
-	// signs them meanwhile. Only the claims the method returns are granted.
+	// has checked the connect's proof, before its last write, with Event
+	// complete: the transport signs the claims and stores the event
+	// meanwhile. Only the claims the method returns are granted. It may be
+	// called again if the last write is retried.
 	Prepare func(*jwt.UserClaims)
 }
 

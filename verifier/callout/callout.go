@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/audit"
 	"github.com/tpmauthn/tpmauthn/verifier/authn"
 )
@@ -52,6 +53,7 @@ type Decider interface {
 // no grant outruns its record (fail closed).
 type recorder interface {
 	Record(audit.Event)
+	RecordDurable(ctx context.Context, e audit.Event) error
 	Unavailable() error
 }
 
@@ -273,14 +275,12 @@ func (s *Server) handle(m *nats.Msg, arrived time.Time) {
 	}
 	if grantErr != nil {
 		s.log.Info("connect denied", "client", rc.ClientInformation.ID, "host", rc.ClientInformation.Host, "reason", grantErr)
-		ev.Reason = grantErr.Error()
+		ev.Result, ev.Reason = audit.DenyText, grantErr.Error()
 		if out, err = s.encodeResponse(rc, nil, serverXKey); err != nil {
 			s.log.Error("callout: sign the denial", "error", err)
 		}
-	} else {
-		ev.Result = audit.Allow
+		s.denied.record(ev)
 	}
-	s.denied.record(ev)
 	s.served.Add(1)
 	took := time.Since(start)
 	result := "ok"
@@ -319,14 +319,27 @@ func (s *Server) open(data []byte, serverXKey string) (*jwt.AuthorizationRequest
 
 // decide asks the decider and, for a grant, returns the signed response:
 // the one prepared while the decider wrote its record if it grants those
-// very claims, or one signed now.
+// very claims, or one signed now. The grant's audit event is stored
+// meanwhile too (started when the decider prepares, so that its append and
+// the decider's last write share the wait), and the response is returned
+// only once the event is durable: no session without its record.
 func (s *Server) decide(ctx context.Context, rc *jwt.AuthorizationRequestClaims, ev *audit.Event, serverXKey string) ([]byte, error) {
 	var pre *preparedGrant
+	var stored chan error // the allow event's append, once started
 	user, err := s.cfg.Decider.Decide(ctx, &authn.Request{Claims: rc, Event: ev, Prepare: func(uc *jwt.UserClaims) {
 		pre = s.prepareGrant(rc, uc, serverXKey)
+		if stored == nil {
+			stored = s.storeGrant(ctx, *ev)
+		}
 	}})
 	if err != nil {
+		if stored != nil { // its allow event may land: say it never took effect
+			s.withdraw(*ev, err)
+		}
 		return nil, err
+	}
+	if stored == nil { // a method that does not prepare
+		stored = s.storeGrant(ctx, *ev)
 	}
 	var out []byte
 	if pre != nil && pre.uc == user {
@@ -336,8 +349,31 @@ func (s *Server) decide(ctx context.Context, rc *jwt.AuthorizationRequestClaims,
 	}
 	if err != nil {
 		s.log.Error("callout: sign the grant", "error", err)
+		s.withdraw(*ev, err)
+		return nil, err
 	}
-	return out, err
+	if err := <-stored; err != nil {
+		s.withdraw(*ev, err)
+		return nil, fmt.Errorf("%w: the audit trail did not store the grant in time: %w", api.ErrUnavailable, err)
+	}
+	return out, nil
+}
+
+// storeGrant appends ev as the grant's allow event; the channel gets the
+// result once it is durable (or not).
+func (s *Server) storeGrant(ctx context.Context, ev audit.Event) chan error {
+	ev.Result = audit.Allow
+	done := make(chan error, 1)
+	go func() { done <- s.cfg.Trail.RecordDurable(ctx, ev) }()
+	return done
+}
+
+// withdraw records that a grant whose allow event may be in the trail was
+// not sent.
+func (s *Server) withdraw(ev audit.Event, why error) {
+	ev.Kind, ev.Result = ev.Kind+".withdrawn", audit.DenyText
+	ev.Reason = "grant withdrawn before it was sent: " + why.Error()
+	s.cfg.Trail.Record(ev)
 }
 
 // encodeResponse signs the callout response — the user JWT for a grant, the

@@ -142,11 +142,11 @@ func (m *Method) attempt(ctx context.Context, r *authn.Request, a *attestation.A
 		return nil, err
 	}
 	// Only now, with the assertion checked: a forged one must not cost the
-	// signing of a grant.
+	// signing of a grant. The event is complete: the transport may record it.
+	r.Event.Roles = roles
 	if r.Prepare != nil {
 		r.Prepare(uc)
 	}
-	r.Event.Roles = roles
 	if err := m.commit(ctx, r.Claims, cred, rev, uc); err != nil {
 		return nil, err
 	}

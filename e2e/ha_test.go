@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,6 +21,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
 	"github.com/tpmauthn/tpmauthn/verifier"
+	"github.com/tpmauthn/tpmauthn/verifier/health"
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 )
 
@@ -31,47 +34,8 @@ func TestEmbeddedClusterHA(t *testing.T) {
 	sw := swtpmtest.New(t)
 	ek := fleettest.EKCADir(t, sw)
 	policy := fleettest.WritePolicy(t, time.Minute)
-	dirs := []string{filepath.Join(t.TempDir(), "v0"), filepath.Join(t.TempDir(), "v1"), filepath.Join(t.TempDir(), "v2")}
-	if _, _, err := keys.LoadOrCreate(dirs[0]); err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range dirs[1:] {
-		if _, _, err := keys.LoadOrCreate(d); err != nil { // then overwritten: the fleet's keys
-			t.Fatal(err)
-		}
-		fleettest.CopyKeys(t, dirs[0], d)
-	}
-	ports := []int{freePort(t), freePort(t), freePort(t)}
-	vs := make([]*verifier.Verifier, 3)
-	var wg sync.WaitGroup
-	errs := make([]error, 3)
-	for i := range dirs {
-		var routes []string
-		for j, p := range ports {
-			if j != i {
-				routes = append(routes, fmt.Sprintf("127.0.0.1:%d", p))
-			}
-		}
-		v, err := verifier.New(verifier.Config{DataDir: dirs[i], NATSListen: "127.0.0.1:-1", EKCADir: ek, PolicyFile: policy,
-			RPID: fleettest.RPID, ClusterListen: fmt.Sprintf("127.0.0.1:%d", ports[i]), ClusterRoutes: routes,
-			Logger: fleettest.Logger(t, fmt.Sprintf("verifier%d", i))})
-		if err != nil {
-			t.Fatal(err)
-		}
-		vs[i] = v
-		t.Cleanup(v.Close)
-		wg.Go(func() { // a clustered JetStream is ready once its peers meet
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
-			errs[i] = v.Start(ctx)
-		})
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("verifier %d: %v", i, err)
-		}
-	}
+	c := startCluster(t, ek, policy, nil)
+	vs, dirs := c.vs, c.dirs
 	urls := make([]string, 3)
 	for i, v := range vs {
 		urls[i] = v.ClientURL()
@@ -181,4 +145,160 @@ func TestAgentWaitsForTheVerifier(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("the agent did not enroll within 60 s of the verifier's return")
 	}
+}
+
+// cluster is three verifiers whose embedded servers form one JetStream
+// cluster.
+type cluster struct {
+	vs   []*verifier.Verifier
+	dirs []string
+	cfgs []verifier.Config
+}
+
+// startCluster starts three verifiers at once (a clustered JetStream is
+// ready once its peers meet); mod may change each one's config.
+func startCluster(t *testing.T, ek, policy string, mod func(i int, c *verifier.Config)) *cluster {
+	t.Helper()
+	c := &cluster{}
+	for i := range 3 {
+		c.dirs = append(c.dirs, filepath.Join(t.TempDir(), fmt.Sprintf("v%d", i)))
+		if _, _, err := keys.LoadOrCreate(c.dirs[i]); err != nil {
+			t.Fatal(err)
+		}
+		if i > 0 { // the fleet's keys, as an operator copies them
+			fleettest.CopyKeys(t, c.dirs[0], c.dirs[i])
+		}
+	}
+	ports := []int{freePort(t), freePort(t), freePort(t)}
+	for i := range 3 {
+		var routes []string
+		for j, p := range ports {
+			if j != i {
+				routes = append(routes, fmt.Sprintf("127.0.0.1:%d", p))
+			}
+		}
+		cfg := verifier.Config{DataDir: c.dirs[i], NATSListen: "127.0.0.1:-1", EKCADir: ek, PolicyFile: policy,
+			RPID: fleettest.RPID, ClusterListen: fmt.Sprintf("127.0.0.1:%d", ports[i]), ClusterRoutes: routes,
+			Logger: fleettest.Logger(t, fmt.Sprintf("verifier%d", i))}
+		if mod != nil {
+			mod(i, &cfg)
+		}
+		c.cfgs = append(c.cfgs, cfg)
+	}
+	c.vs = make([]*verifier.Verifier, 3)
+	errs := make([]error, 3)
+	var wg sync.WaitGroup
+	for i := range 3 {
+		wg.Go(func() { c.vs[i], errs[i] = c.start(t, i) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("verifier %d: %v", i, err)
+		}
+	}
+	return c
+}
+
+// start starts verifier i (again, after Close: same data dir and route).
+func (c *cluster) start(t *testing.T, i int) (*verifier.Verifier, error) {
+	v, err := verifier.New(c.cfgs[i])
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(v.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	return v, v.Start(ctx)
+}
+
+// TestStoreWithoutQuorum: two of three nodes gone, the fleet store cannot
+// take writes. New connects are denied (fail closed) while live sessions
+// run on, the verifier says so once (alert store_unavailable), in a gauge
+// and on /healthz, and it recovers by itself when a node returns.
+func TestStoreWithoutQuorum(t *testing.T) {
+	sw := swtpmtest.New(t)
+	c := startCluster(t, fleettest.EKCADir(t, sw), fleettest.WritePolicy(t, time.Minute), func(i int, cfg *verifier.Config) {
+		if i == 0 {
+			cfg.MetricsListen = "127.0.0.1:0"
+		}
+	})
+	v0 := c.vs[0]
+	url := v0.ClientURL()
+	op := fleettest.OperatorConn(t, c.dirs[0], url)
+	var tok api.TokenCreateResponse
+	if code := fleettest.Admin(t, op, "token.create", api.TokenCreateRequest{Roles: []string{"demo"}, TTL: time.Hour}, &tok); code != "" {
+		t.Fatal(code)
+	}
+	h := fleettest.NewHost(t, sw, url, tok.Token)
+	live, err := h.Connect(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	alerts, err := op.SubscribeSync("tpmauthn.alerts.store_unavailable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	healthz := func() (int, health.Status) {
+		resp, err := http.Get("http://" + v0.MetricsAddr() + "/healthz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var st health.Status
+		_ = json.NewDecoder(resp.Body).Decode(&st)
+		return resp.StatusCode, st
+	}
+	if code, st := healthz(); code != http.StatusOK {
+		t.Fatalf("/healthz %d %+v before the fault", code, st)
+	}
+
+	c.vs[1].Close()
+	c.vs[2].Close()
+	lost := time.Now()
+	denied := 0
+	for range 3 {
+		if nc, err := h.Connect(t); err == nil {
+			nc.Close()
+		} else {
+			denied++
+		}
+	}
+	if denied != 3 {
+		t.Fatalf("%d of 3 connects denied without a store quorum, want all", denied)
+	}
+	if code, st := healthz(); code != http.StatusServiceUnavailable || st.Status != "store_unavailable" || st.Hint == "" {
+		t.Fatalf("/healthz %d %+v without quorum, want 503 store_unavailable with a hint", code, st)
+	}
+	if _, err := alerts.NextMsg(5 * time.Second); err != nil {
+		t.Fatalf("no store_unavailable alert: %v", err)
+	}
+	if m, err := alerts.NextMsg(500 * time.Millisecond); err == nil {
+		t.Fatalf("a second alert in one episode: %s", m.Data)
+	}
+	if !live.IsConnected() {
+		t.Fatal("a live session was dropped by the store's loss")
+	}
+
+	v1, err := c.start(t, 1) // quorum again
+	if err != nil {
+		t.Fatalf("restart a node: %v", err)
+	}
+	defer v1.Close()
+	eventually.Until(t, 30*time.Second, func() error {
+		if code, st := healthz(); code != http.StatusOK {
+			return fmt.Errorf("/healthz %d %+v", code, st)
+		}
+		return nil
+	})
+	t.Logf("store back %v after quorum was lost", time.Since(lost).Round(time.Millisecond))
+	eventually.Until(t, 10*time.Second, func() error {
+		nc, err := h.Connect(t)
+		if err != nil {
+			return err
+		}
+		nc.Close()
+		return nil
+	})
 }

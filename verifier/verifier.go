@@ -26,6 +26,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/callout"
 	"github.com/tpmauthn/tpmauthn/verifier/enroll"
 	"github.com/tpmauthn/tpmauthn/verifier/fleet"
+	"github.com/tpmauthn/tpmauthn/verifier/health"
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 	"github.com/tpmauthn/tpmauthn/verifier/metrics"
 	"github.com/tpmauthn/tpmauthn/verifier/natsapi"
@@ -71,6 +72,7 @@ type Verifier struct {
 	adminAPI   *natsapi.Server // the operator API, with slots of its own
 	callout    *callout.Server
 	metricsSrv *promserve.Server
+	health     *health.Monitor
 
 	mu        sync.Mutex
 	cleanups  []func() // what Start started, undone in reverse by Close
@@ -135,6 +137,7 @@ func (v *Verifier) Start(ctx context.Context) error {
 		{"system connection", v.connectSys},
 		{"fleet", v.startFleet},
 		{"sessions", v.startSessions},
+		{"health", v.startHealth},
 		{"endpoints", v.serveEndpoints},
 		{"callout", v.serveCallout},
 		{"flush", v.flush},
@@ -322,6 +325,15 @@ func (v *Verifier) startSessions(ctx context.Context) error {
 	return nil
 }
 
+// startHealth watches the store: an alert per episode of failed writes, a
+// gauge, /healthz, and a probe that ends the episode by itself.
+func (v *Verifier) startHealth(context.Context) error {
+	v.health = health.New(health.Config{Store: v.st, Alerts: alert.NewPublisher(v.nc, v.trail, v.metrics, v.log),
+		Trail: v.trail, Metrics: v.metrics, Audit: v.audit, Logger: v.log})
+	v.onClose(v.health.Close)
+	return nil
+}
+
 // serveEndpoints serves the v1 service (exported to APP) and the operator
 // API, in one queue group with every other instance.
 func (v *Verifier) serveEndpoints(context.Context) error {
@@ -340,7 +352,7 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 		Version: Version, RPID: v.cfg.RPID, Origin: v.cfg.Origin, Approval: v.cfg.Approval,
 		AuditKey: keys.Public(v.keys.Issuer), EKRoots: ekRoots, CAPin: v.trust.pin, AuditStream: auditlog.Stream, Logger: v.log, Now: v.cfg.Clock})
 	v.api = natsapi.New(natsapi.Config{Conn: v.nc, QueueGroup: queueGroup, Version: Version, Workers: v.cfg.Workers,
-		Trail: v.trail, Metrics: v.metrics, Logger: v.log})
+		Trail: v.trail, Metrics: v.metrics, Health: v.health, Logger: v.log})
 	v.onClose(v.api.Close)
 	// The begin endpoints store a record that lives SessionTTL in a bounded
 	// bucket: each session may open a burst of them, then one a second.
@@ -358,7 +370,7 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 	// The operator API has worker slots of its own: sessions that flood the
 	// v1 endpoints must not lock operators out (they may be revoking them).
 	v.adminAPI = natsapi.New(natsapi.Config{Conn: v.nc, QueueGroup: queueGroup, Version: Version, Workers: adminWorkers,
-		Trail: v.trail, Metrics: v.metrics, Logger: v.log})
+		Trail: v.trail, Metrics: v.metrics, Health: v.health, Logger: v.log})
 	v.onClose(v.adminAPI.Close)
 	return v.adminAPI.Serve("tpmauthn-admin", "tpmauthn operator API", api.SubjectAdminPrefix, adm.Endpoints())
 }
@@ -376,7 +388,7 @@ func (v *Verifier) serveCallout(context.Context) error {
 	methods.Add(token, workload.New(workload.Config{Fleet: v.fleet, Sessions: v.sessions, Policy: v.policy,
 		RPID: v.cfg.RPID, RotationGrace: v.cfg.RotationGrace, MaxAge: v.cfg.CredentialMaxAge, Alerts: alerts, Logger: v.log}), hostProof, ekAllow)
 	co, err := callout.New(callout.Config{Conn: v.nc, QueueGroup: queueGroup, Issuer: v.keys.Issuer, XKey: v.keys.XKey,
-		Decider: &methods, Servers: v.sessions, Trail: v.trail, Metrics: v.metrics, Workers: v.cfg.Workers, OnDecision: v.cfg.OnDecision, Logger: v.log})
+		Decider: &methods, Servers: v.sessions, Health: v.health, Trail: v.trail, Metrics: v.metrics, Workers: v.cfg.Workers, OnDecision: v.cfg.OnDecision, Logger: v.log})
 	if err != nil {
 		return err
 	}
@@ -404,13 +416,13 @@ func (v *Verifier) serveMetrics(context.Context) error {
 	if v.cfg.MetricsListen == "" {
 		return nil
 	}
-	srv, err := promserve.Start(v.cfg.MetricsListen, v.metrics.Registry())
+	srv, err := promserve.Start(v.cfg.MetricsListen, v.metrics.Registry(), promserve.Handler{Path: "/healthz", Handler: v.health})
 	if err != nil {
 		return err
 	}
 	v.metricsSrv = srv
 	v.onClose(srv.Stop)
-	v.log.Info("metrics", "url", "http://"+srv.Addr()+"/metrics")
+	v.log.Info("metrics", "url", "http://"+srv.Addr()+"/metrics", "health", "http://"+srv.Addr()+"/healthz")
 	return nil
 }
 

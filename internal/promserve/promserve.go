@@ -19,17 +19,27 @@ type Server struct {
 	addr string
 }
 
-// Start listens on addr (port 0 picks one) and serves reg at /metrics.
-func Start(addr string, reg *prometheus.Registry) (*Server, error) {
+// Start listens on addr (port 0 picks one) and serves reg at /metrics, and
+// the extra handlers at their paths (a /healthz).
+func Start(addr string, reg *prometheus.Registry, extra ...Handler) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics_listen %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	for _, h := range extra {
+		mux.Handle(h.Path, h.Handler)
+	}
 	s := &Server{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, addr: ln.Addr().String()}
 	go func() { _ = s.srv.Serve(ln) }()
 	return s, nil
+}
+
+// Handler is an extra path to serve.
+type Handler struct {
+	Path    string
+	Handler http.Handler
 }
 
 // Addr is the address it listens on.

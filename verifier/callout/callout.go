@@ -73,6 +73,9 @@ type Config struct {
 	Issuer     nkeys.KeyPair // signs user JWTs and responses
 	XKey       nkeys.KeyPair // opens sealed requests
 	Decider    Decider
+	// Health, if set, is told each decision's error (nil: granted), which
+	// says whether the store takes writes (verifier/health).
+	Health interface{ Observe(error) }
 	// Servers, if set, vouches for the issuer of each request: only the
 	// fleet's servers may ask (nil: any that seals to our xkey).
 	Servers serverSet
@@ -288,6 +291,9 @@ func (s *Server) handle(m *nats.Msg, arrived time.Time) {
 		result = "denied"
 	}
 	s.cfg.Metrics.Observe(Subject, result, took)
+	if s.cfg.Health != nil {
+		s.cfg.Health.Observe(grantErr)
+	}
 	if s.cfg.OnDecision != nil {
 		s.cfg.OnDecision(took, grantErr)
 	}

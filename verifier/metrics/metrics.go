@@ -21,6 +21,7 @@ type Metrics struct {
 	tamper        *prometheus.CounterVec
 	auditAppend   prometheus.Histogram
 	shed          prometheus.Counter
+	storeUp       prometheus.Gauge
 }
 
 // New makes the series and registers them with the Go and process
@@ -51,8 +52,11 @@ func New() *Metrics {
 			Name: "tpmauthn_audit_append_seconds", Help: "Time to chain, sign and append one stream message of audit events (one or more).",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .1},
 		}),
+		storeUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tpmauthn_store_available", Help: "1 while the fleet store (JetStream KV) takes writes; 0 while new connects are denied for want of it.",
+		}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, m.enrollments, m.registrations, m.tamper, m.auditAppend, m.shed,
+	m.reg.MustRegister(m.requests, m.latency, m.enrollments, m.registrations, m.tamper, m.auditAppend, m.shed, m.storeUp,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
@@ -81,6 +85,15 @@ func (m *Metrics) WatchAuditBacklog(backlog func() int) {
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tpmauthn_audit_backlog", Help: "Audit events recorded but not yet appended to the stream.",
 	}, func() float64 { return float64(backlog()) }))
+}
+
+// StoreAvailable sets whether the fleet store takes writes.
+func (m *Metrics) StoreAvailable(up bool) {
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.storeUp.Set(v)
 }
 
 // Registry is where the series are registered (served at /metrics).

@@ -47,7 +47,10 @@ type Config struct {
 	Workers    int // requests handled at once
 	Trail      *auditlog.Trail
 	Metrics    observer
-	Logger     *slog.Logger
+	// Health, if set, is told each request's error (nil: success), which
+	// says whether the store takes writes (verifier/health).
+	Health interface{ Observe(error) }
+	Logger *slog.Logger
 	// Timeout bounds one handler (10s).
 	Timeout time.Duration
 }
@@ -167,6 +170,9 @@ func (s *Server) respond(reply, subj string, resp any, err error, took time.Dura
 		msg.Data = b
 	}
 	s.cfg.Metrics.Observe(subj, result, took)
+	if s.cfg.Health != nil {
+		s.cfg.Health.Observe(err)
+	}
 	if reply == "" {
 		return
 	}

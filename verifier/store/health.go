@@ -82,3 +82,16 @@ func CheckReplicas(replicas, size int) error {
 	}
 	return nil
 }
+
+// probeKey is the key Probe writes in the challenges bucket (its records
+// expire with the bucket's TTL; no challenge ID has this form).
+const probeKey = "probe"
+
+// Probe writes one small record and says whether the store took it
+// (api.ErrUnavailable if not): whether writes need a quorum that is there.
+func (s *Store) Probe(ctx context.Context) error {
+	if _, err := s.Challenges.Put(ctx, probeKey, []byte(time.Now().UTC().Format(time.RFC3339Nano))); err != nil {
+		return unavailable(err, "%s probe", s.Challenges.Bucket())
+	}
+	return nil
+}

@@ -1,0 +1,192 @@
+package health
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/audit"
+)
+
+// Alert kinds this package raises.
+const (
+	AlertStoreUnavailable = "store_unavailable"
+)
+
+// probeEvery is how often an unavailable store is tried again. (A variable
+// for tests.)
+var probeEvery = 2 * time.Second
+
+// Prober tries one write to the store.
+type Prober interface {
+	Probe(ctx context.Context) error
+}
+
+type alerter interface {
+	Alert(kind string, e audit.Event)
+}
+
+type recorder interface{ Record(audit.Event) }
+
+type gauge interface{ StoreAvailable(bool) }
+
+// auditState says whether the audit trail takes events (nil: it does).
+type auditState interface{ Unavailable() error }
+
+// Config is what the monitor needs.
+type Config struct {
+	Store   Prober
+	Alerts  alerter
+	Trail   recorder
+	Metrics gauge
+	Audit   auditState // optional
+	Logger  *slog.Logger
+}
+
+// Monitor tracks store availability episodes.
+type Monitor struct {
+	cfg Config
+	log *slog.Logger
+
+	mu      sync.Mutex
+	down    bool
+	since   time.Time
+	reason  string
+	probing bool
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// New makes a monitor; the store counts as available until an error says
+// otherwise.
+func New(cfg Config) *Monitor {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &Monitor{cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel}
+	cfg.Metrics.StoreAvailable(true)
+	return m
+}
+
+// Observe takes the outcome of a request that used the store: an error
+// wrapping api.ErrUnavailable starts (or continues) an episode; success ends
+// one. Other errors say nothing about the store.
+func (m *Monitor) Observe(err error) {
+	switch {
+	case err == nil:
+		m.up()
+	case errors.Is(err, api.ErrUnavailable):
+		m.fail(err)
+	}
+}
+
+func (m *Monitor) fail(err error) {
+	m.mu.Lock()
+	if m.down {
+		m.mu.Unlock()
+		return
+	}
+	m.down, m.since, m.reason = true, time.Now(), err.Error()
+	startProbe := !m.probing
+	m.probing = true
+	m.mu.Unlock()
+
+	m.cfg.Metrics.StoreAvailable(false)
+	m.log.Error("the fleet store cannot take writes: new connects are denied until it can (live sessions run on)", "error", err)
+	m.cfg.Alerts.Alert(AlertStoreUnavailable, audit.Event{Reason: "the fleet store cannot take writes: " + err.Error()})
+	if startProbe {
+		m.wg.Go(m.probe)
+	}
+}
+
+func (m *Monitor) up() {
+	m.mu.Lock()
+	if !m.down {
+		m.mu.Unlock()
+		return
+	}
+	took := time.Since(m.since)
+	m.down = false
+	m.mu.Unlock()
+	m.cfg.Metrics.StoreAvailable(true)
+	m.log.Info("the fleet store takes writes again", "after", took.Round(time.Millisecond))
+	m.cfg.Trail.Record(audit.Event{Kind: "store.available", Result: "ok",
+		Reason: "the fleet store takes writes again after " + took.Round(time.Millisecond).String()})
+}
+
+// probe writes to the store every probeEvery while it is down.
+func (m *Monitor) probe() {
+	t := time.NewTicker(probeEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(m.ctx, probeEvery)
+		err := m.cfg.Store.Probe(ctx)
+		cancel()
+		m.mu.Lock()
+		if err == nil || !m.down {
+			m.probing = false
+			m.mu.Unlock()
+			if err == nil {
+				m.up()
+			}
+			return
+		}
+		m.reason = err.Error()
+		m.mu.Unlock()
+	}
+}
+
+// Close stops probing.
+func (m *Monitor) Close() {
+	m.cancel()
+	m.wg.Wait()
+}
+
+// Status is /healthz's answer.
+type Status struct {
+	Status string    `json:"status"` // ok, store_unavailable or audit_unavailable
+	Since  time.Time `json:"since,omitzero"`
+	Reason string    `json:"reason,omitempty"`
+	Hint   string    `json:"hint,omitempty"`
+}
+
+// Now is the current status.
+func (m *Monitor) Now() Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.down {
+		return Status{Status: "store_unavailable", Since: m.since, Reason: m.reason,
+			Hint: "new connects are denied until JetStream takes writes again: check the servers' JetStream (quorum, disk space: tpmauthnctl status)"}
+	}
+	if m.cfg.Audit != nil {
+		if err := m.cfg.Audit.Unavailable(); err != nil {
+			return Status{Status: "audit_unavailable", Reason: err.Error(),
+				Hint: "new connects are denied until the audit stream takes events again (its limits: tpmauthnctl status)"}
+		}
+	}
+	return Status{Status: "ok"}
+}
+
+// ServeHTTP answers /healthz: 200 when connects can be granted, 503 with
+// the reason and what to do otherwise.
+func (m *Monitor) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	st := m.Now()
+	w.Header().Set("Content-Type", "application/json")
+	if st.Status != "ok" {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_ = json.NewEncoder(w).Encode(st)
+}

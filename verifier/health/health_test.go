@@ -1,0 +1,95 @@
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/internal/eventually"
+)
+
+// Policy-level fakes: the end-to-end behaviour is TestStoreWithoutQuorum.
+type fakes struct {
+	mu       sync.Mutex
+	alerts   []string
+	events   []audit.Event
+	up       []bool
+	probeErr error
+	probes   int
+}
+
+func (f *fakes) Alert(kind string, _ audit.Event) { f.mu.Lock(); f.alerts = append(f.alerts, kind); f.mu.Unlock() }
+func (f *fakes) Record(e audit.Event)            { f.mu.Lock(); f.events = append(f.events, e); f.mu.Unlock() }
+func (f *fakes) StoreAvailable(up bool)          { f.mu.Lock(); f.up = append(f.up, up); f.mu.Unlock() }
+func (f *fakes) Probe(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.probes++
+	return f.probeErr
+}
+
+func TestEpisode(t *testing.T) {
+	defer func(d time.Duration) { probeEvery = d }(probeEvery)
+	probeEvery = 10 * time.Millisecond
+	f := &fakes{probeErr: fmt.Errorf("%w: no quorum", api.ErrUnavailable)}
+	m := New(Config{Store: f, Alerts: f, Trail: f, Metrics: f})
+	defer m.Close()
+
+	m.Observe(errors.New("token invalid")) // says nothing about the store
+	m.Observe(nil)
+	if st := m.Now(); st.Status != "ok" {
+		t.Fatalf("status %+v before any store error", st)
+	}
+	for range 5 { // one episode, however many requests fail in it
+		m.Observe(fmt.Errorf("decide: %w", api.ErrUnavailable))
+	}
+	if st := m.Now(); st.Status != "store_unavailable" || st.Hint == "" || st.Since.IsZero() {
+		t.Fatalf("status %+v during the episode", st)
+	}
+	rec := httptest.NewRecorder()
+	m.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("/healthz %d during the episode, want 503", rec.Code)
+	}
+	eventually.Until(t, 5*time.Second, func() error { // it keeps probing
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.probes < 3 {
+			return errors.New("not probing")
+		}
+		return nil
+	})
+	f.mu.Lock()
+	f.probeErr = nil // the store is back: the probe ends the episode without traffic
+	f.mu.Unlock()
+	eventually.Until(t, 5*time.Second, func() error {
+		if st := m.Now(); st.Status != "ok" {
+			return fmt.Errorf("status %+v", st)
+		}
+		return nil
+	})
+	rec = httptest.NewRecorder()
+	m.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("/healthz %d after the episode, want 200", rec.Code)
+	}
+	m.Observe(fmt.Errorf("again: %w", api.ErrUnavailable)) // a second episode
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.alerts) != 2 || f.alerts[0] != AlertStoreUnavailable {
+		t.Fatalf("alerts %v, want one per episode", f.alerts)
+	}
+	if len(f.events) != 1 || f.events[0].Kind != "store.available" {
+		t.Fatalf("audit %v, want the recovery", f.events)
+	}
+	if want := []bool{true, false, true, false}; fmt.Sprint(f.up) != fmt.Sprint(want) {
+		t.Fatalf("gauge %v, want %v", f.up, want)
+	}
+}

@@ -1,6 +1,8 @@
 package verifier
 
 import (
+	"github.com/tpmauthn/tpmauthn/internal/atomicfile"
+
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -71,7 +73,7 @@ func (v *Verifier) serverName() (string, error) {
 	if len(name) > 63 {
 		name = name[:63]
 	}
-	if err := os.WriteFile(path, []byte(name+"\n"), 0o644); err != nil {
+	if err := atomicfile.Write(path, []byte(name+"\n"), 0o644); err != nil {
 		return "", fmt.Errorf("keep the server name: %w", err)
 	}
 	return name, nil

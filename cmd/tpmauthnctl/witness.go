@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/tpmauthn/tpmauthn/internal/atomicfile"
+
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -65,9 +67,5 @@ func writeWitness(path string, cp audit.Checkpoint) error {
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.Write(path, b, 0o600)
 }

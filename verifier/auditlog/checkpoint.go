@@ -1,6 +1,8 @@
 package auditlog
 
 import (
+	"github.com/tpmauthn/tpmauthn/internal/atomicfile"
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -8,7 +10,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -75,23 +76,7 @@ func (a *Log) writeCheckpoint(cp audit.Checkpoint) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(a.cfg.CheckpointFile), ".audit-checkpoint-*")
-	if err != nil {
-		return fmt.Errorf("audit checkpoint: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return fmt.Errorf("audit checkpoint: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("audit checkpoint: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("audit checkpoint: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), a.cfg.CheckpointFile); err != nil {
+	if err := atomicfile.Write(a.cfg.CheckpointFile, b, 0o600); err != nil {
 		return fmt.Errorf("audit checkpoint: %w", err)
 	}
 	a.watch.setWritten(cp)

@@ -25,9 +25,13 @@ type fakes struct {
 	probes   int
 }
 
-func (f *fakes) Alert(kind string, _ audit.Event) { f.mu.Lock(); f.alerts = append(f.alerts, kind); f.mu.Unlock() }
-func (f *fakes) Record(e audit.Event)            { f.mu.Lock(); f.events = append(f.events, e); f.mu.Unlock() }
-func (f *fakes) StoreAvailable(up bool)          { f.mu.Lock(); f.up = append(f.up, up); f.mu.Unlock() }
+func (f *fakes) Alert(kind string, _ audit.Event) {
+	f.mu.Lock()
+	f.alerts = append(f.alerts, kind)
+	f.mu.Unlock()
+}
+func (f *fakes) Record(e audit.Event)   { f.mu.Lock(); f.events = append(f.events, e); f.mu.Unlock() }
+func (f *fakes) StoreAvailable(up bool) { f.mu.Lock(); f.up = append(f.up, up); f.mu.Unlock() }
 func (f *fakes) Probe(context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -1,6 +1,8 @@
 package keys
 
 import (
+	"github.com/tpmauthn/tpmauthn/internal/atomicfile"
+
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -125,37 +127,9 @@ func issueServerCert(k *Set, hosts []string, now time.Time) (certPEM, keyPEM []b
 	return chain.Bytes(), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), nil
 }
 
-// writeAtomic writes path whole or not at all.
+// writeAtomic writes path whole or not at all (internal/atomicfile).
 func writeAtomic(path string, b []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name()) // after the rename, a no-op
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.Write(path, b, mode)
 }
 
 // NATSCAFile is the NATS CA's certificate in a data directory.

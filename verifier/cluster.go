@@ -137,15 +137,23 @@ func (v *Verifier) clusterSize(ctx context.Context) (int, error) {
 	}
 	defer nc.Close()
 	// A clustered JetStream knows its size once its peers meet and elect a
-	// meta leader: ask until one answers with a leader.
+	// meta leader: ask until one answers with a leader. An embedded node
+	// also waits for the nodes its routes name: a meta leader elected by the
+	// first two would make the third's buckets and audit stream R1 (found by
+	// the fault campaign: the audit stream, which the verifier never
+	// updates, stayed on the one node that then stopped).
+	want := 0
+	if v.srv != nil {
+		want = 1 + len(v.cfg.ClusterRoutes)
+	}
 	for attempt := 0; ; attempt++ {
 		size, leader, err := askJSZ(ctx, nc)
-		if err == nil && (size == 0 || leader) {
+		if err == nil && (size == 0 || leader) && size >= want {
 			return max(size, 1), nil
 		}
 		if attempt == 60 || ctx.Err() != nil {
 			if err == nil {
-				err = errors.New("no JetStream meta leader yet: are the other nodes up and their routes reachable?")
+				err = fmt.Errorf("the JetStream cluster has %d of the %d servers its routes name, and a meta leader: %v; are the other nodes up and their routes reachable?", size, want, leader)
 			}
 			return 0, fmt.Errorf("ask the JetStream cluster's size: %w", err)
 		}

@@ -77,13 +77,12 @@ func New(cfg Config) *Monitor {
 }
 
 // Observe takes the outcome of a request that used the store: an error
-// wrapping api.ErrUnavailable starts (or continues) an episode; success ends
-// one. Other errors say nothing about the store.
+// wrapping api.ErrUnavailable starts (or continues) an episode. Only the
+// probe's write ends one: a request that succeeds may have only read (the
+// fault campaign saw episodes flap, an alert every two seconds, while reads
+// worked and writes did not). Other errors say nothing about the store.
 func (m *Monitor) Observe(err error) {
-	switch {
-	case err == nil:
-		m.up()
-	case errors.Is(err, api.ErrUnavailable):
+	if err != nil && errors.Is(err, api.ErrUnavailable) {
 		m.fail(err)
 	}
 }

@@ -131,9 +131,9 @@ type Agent struct {
 	ncMu   sync.Mutex // guards nc's creation
 	mu     sync.Mutex
 	enroll *Enrollment
-	creds  map[string]*Credential // workload -> its current credential
+	creds  map[string]*Credential  // workload -> its current credential
 	down   map[string]*unavailable // workload -> why it has no usable credential
-	nc     *nats.Conn             // host-credential session to the verifier
+	nc     *nats.Conn              // host-credential session to the verifier
 }
 
 // New checks the configuration.

@@ -76,8 +76,12 @@ func (a *Agent) withCaller(h func(http.ResponseWriter, *http.Request, *caller)) 
 			return
 		}
 		a.mu.Lock()
-		cred := a.creds[name]
+		cred, down := a.creds[name], a.down[name]
 		a.mu.Unlock()
+		if down != nil {
+			writeErr(w, down.status, down.msg, down.hint)
+			return
+		}
 		if cred == nil {
 			writeErr(w, http.StatusServiceUnavailable, "workload "+name+" has no credential yet", "the agent registers credentials at start; see its log")
 			return
@@ -162,6 +166,9 @@ func (a *Agent) natsSign(w http.ResponseWriter, r *http.Request, c *caller) {
 func (a *Agent) tpmErr(w http.ResponseWriter, c *caller, err error) {
 	a.log.Warn("signature refused", "workload", c.workload, "error", err)
 	switch {
+	case errors.Is(err, ErrCredentialRevoked):
+		u := revokedWorkload(c.workload, c.cred.IDString())
+		writeErr(w, u.status, u.msg, u.hint)
 	case errors.Is(err, ErrBusy):
 		writeErr(w, http.StatusTooManyRequests, err.Error(), "back off and retry")
 	case errors.Is(err, ErrDeadline), errors.Is(err, context.DeadlineExceeded):

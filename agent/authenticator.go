@@ -50,6 +50,10 @@ type Credential struct {
 	// Retires is set once a rotation replaced this credential: the verifier
 	// refuses it after then, and the agent deletes it (across restarts).
 	Retires time.Time `json:"retires,omitzero"`
+	// Revoked is set once the agent learned that the verifier revoked this
+	// credential: it never signs with it again (a revoked key presented is
+	// a tamper signal at the verifier), across restarts.
+	Revoked time.Time `json:"revoked,omitzero"`
 }
 
 // NKey is what a workload presents as CONNECT nkey for this credential.
@@ -278,6 +282,9 @@ func (a *Authenticator) assert(credID, challenge []byte, forVerifier bool) (*att
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	if !st.cred.Revoked.IsZero() {
+		return nil, fmt.Errorf("assert: credential %s: %w", st.cred.IDString(), ErrCredentialRevoked)
+	}
 	counter, err := a.nextCounter(st)
 	if err != nil {
 		return nil, err
@@ -334,6 +341,28 @@ func (a *Authenticator) MarkRetiring(id []byte, at time.Time) error {
 	c.Retires = at.UTC()
 	if err := writeJSON(a.credPath(c.ID), &c); err != nil {
 		return fmt.Errorf("record the retirement of %s: %w", c.IDString(), err)
+	}
+	st.cred = &c
+	return nil
+}
+
+// MarkRevoked records that the verifier revoked a credential: from its
+// return on, the credential signs nothing (the mark is on disk before the
+// signing lock is released, so a restart keeps it).
+func (a *Authenticator) MarkRevoked(id []byte, at time.Time) error {
+	st, err := a.state(id)
+	if err != nil {
+		return err
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if !st.cred.Revoked.IsZero() {
+		return nil
+	}
+	c := *st.cred
+	c.Revoked = at.UTC()
+	if err := writeJSON(a.credPath(c.ID), &c); err != nil {
+		return fmt.Errorf("record the revocation of %s: %w", c.IDString(), err)
 	}
 	st.cred = &c
 	return nil

@@ -524,3 +524,34 @@ func TestCounterPersistedBeforeSignature(t *testing.T) {
 		t.Fatalf("restarted agent used counter %d, not above the reservation %d", ad.Counter, c.CounterReserved)
 	}
 }
+
+// A credential the agent knows is revoked signs nothing, for any relying
+// party, and still after a restart (the mark is on disk).
+func TestRevokedCredentialNeverSigns(t *testing.T) {
+	r := newRig(t)
+	chal := challenge(t)
+	cred, _ := r.register(t, chal)
+	if err := r.auth.MarkRevoked(cred.ID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	check := func(when string) {
+		t.Helper()
+		if _, err := r.auth.Assert(cred.ID, chal); !errors.Is(err, agent.ErrCredentialRevoked) {
+			t.Fatalf("%s: Assert = %v, want ErrCredentialRevoked", when, err)
+		}
+		if _, err := r.auth.AssertForVerifier(cred.ID, chal); !errors.Is(err, agent.ErrCredentialRevoked) {
+			t.Fatalf("%s: AssertForVerifier = %v, want ErrCredentialRevoked", when, err)
+		}
+	}
+	check("marked")
+	if err := r.auth.TPM().Close(); err != nil {
+		t.Fatal(err)
+	}
+	r.sw.Restart(t)
+	r.auth = r.open(t)
+	check("after a restart")
+	c, err := r.auth.Credential(cred.ID)
+	if err != nil || c.Revoked.IsZero() {
+		t.Fatalf("stored credential after restart: revoked %v, %v", c.Revoked, err)
+	}
+}

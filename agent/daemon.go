@@ -131,8 +131,9 @@ type Agent struct {
 	ncMu   sync.Mutex // guards nc's creation
 	mu     sync.Mutex
 	enroll *Enrollment
-	creds  map[string]*Credential // workload -> its current credential
-	nc     *nats.Conn             // host-credential session to the verifier
+	creds  map[string]*Credential  // workload -> its current credential
+	down   map[string]*unavailable // workload -> why it has no usable credential
+	nc     *nats.Conn              // host-credential session to the verifier
 }
 
 // New checks the configuration.
@@ -146,7 +147,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	q := newTPMQueue(256)
-	return &Agent{cfg: cfg, log: cfg.Logger, queue: q, peers: newPeerIdentifier(), creds: map[string]*Credential{}, metrics: newAgentMetrics(q), trust: trust}, nil
+	return &Agent{cfg: cfg, log: cfg.Logger, queue: q, peers: newPeerIdentifier(), creds: map[string]*Credential{}, down: map[string]*unavailable{}, metrics: newAgentMetrics(q), trust: trust}, nil
 }
 
 // Run opens the TPM, enrolls if needed, makes sure every configured workload
@@ -193,6 +194,12 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	}
 	if err := a.untilReachable(ctx, "credentials", a.ensureCredentials); err != nil {
 		return err
+	}
+	// What the verifier says of the credentials now (one revoked while the
+	// agent was stopped must not be presented even once), before serving;
+	// the rotation loop asks again every RotationCheck.
+	if err := a.checkCredentials(ctx); err != nil {
+		a.log.Warn("credential status check failed; retried at the next check", "error", err)
 	}
 	if err := a.serve(); err != nil {
 		return err
@@ -421,23 +428,51 @@ func (a *Agent) ensureCredentials(ctx context.Context) error {
 	a.creds[agentWorkload] = hc
 	a.mu.Unlock()
 	for _, w := range a.cfg.Workloads {
-		c, err := a.latest(w.Name)
-		if errors.Is(err, ErrUnknownCredential) {
-			nc, cerr := a.verifierConn()
-			if cerr != nil {
-				return cerr
-			}
-			if c, err = a.auth.RegisterWithVerifier(ctx, nc, w.Name); err == nil {
-				a.log.Info("credential registered", "workload", w.Name, "credential", c.IDString())
-			}
+		if err := a.ensureWorkload(ctx, w.Name); err != nil {
+			return err
 		}
-		if err != nil {
-			return fmt.Errorf("workload %s: %w", w.Name, err)
-		}
-		a.mu.Lock()
-		a.creds[w.Name] = c
-		a.mu.Unlock()
 	}
+	return nil
+}
+
+// ensureWorkload makes sure a workload has a credential, registering one if
+// it has none. Only an error that may go away by itself (the verifier not
+// reachable: untilReachable retries) fails the start: any other marks the
+// workload unavailable, and the agent serves the others.
+func (a *Agent) ensureWorkload(ctx context.Context, workload string) error {
+	if a.workloadDown(workload) != nil {
+		return nil // an earlier try of this start settled it
+	}
+	c, err := a.latest(workload)
+	switch {
+	case err == nil && !c.Revoked.IsZero():
+		a.mu.Lock()
+		a.creds[workload] = c
+		a.mu.Unlock()
+		a.setUnavailable(workload, revokedWorkload(workload, c.IDString()))
+		return nil
+	case err == nil:
+		a.useCredential(workload, c)
+		return nil
+	case !errors.Is(err, ErrUnknownCredential):
+		// The data directory cannot be read: nothing to retry.
+		a.setUnavailable(workload, &unavailable{status: http.StatusServiceUnavailable,
+			msg: "workload " + workload + "'s credentials cannot be read: " + err.Error(), hint: "see the agent's log; restart it once fixed"})
+		return nil
+	}
+	err = a.registerWorkload(ctx, workload)
+	if err == nil || transient(err) {
+		return err
+	}
+	a.log.Warn("registration failed", "workload", workload, "error", err)
+	var states []api.CredentialState
+	if nc, cerr := a.verifierConn(); cerr == nil {
+		a.mu.Lock()
+		host := a.enroll.HostID
+		a.mu.Unlock()
+		states, _ = credentialStates(ctx, nc, host)
+	}
+	a.registrationFailed(workload, err, states)
 	return nil
 }
 

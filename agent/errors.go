@@ -9,4 +9,7 @@ var (
 	ErrUnknownCredential = errors.New("agent: unknown credential")
 	// ErrCounterExhausted: the credential's 32-bit counter is spent; rotate it.
 	ErrCounterExhausted = errors.New("agent: signature counter exhausted")
+	// ErrCredentialRevoked: the verifier revoked the credential; the agent
+	// no longer signs with it.
+	ErrCredentialRevoked = errors.New("agent: credential revoked by the verifier")
 )

@@ -58,8 +58,10 @@ func (a *Agent) reconcile(states []api.CredentialState) {
 			}
 		}
 		if cur == nil {
-			a.log.Error("the verifier's current credential for this workload is not on this host: revoke it, then restart the agent to register a new one",
-				"workload", st.Workload, "credential", st.ID)
+			if st.Status != api.CredentialRevoked && a.workloadDown(st.Workload) == nil {
+				a.log.Error("the verifier's current credential for this workload is not on this host: revoke and reissue it to register a new one",
+					"workload", st.Workload, "credential", st.ID, "hint", "tpmauthnctl credential revoke "+st.ID+"; tpmauthnctl credential reissue "+st.ID)
+			}
 			continue
 		}
 		a.mu.Lock()
@@ -86,22 +88,40 @@ func (a *Agent) reconcile(states []api.CredentialState) {
 	}
 }
 
-func (a *Agent) checkRotations(ctx context.Context) error {
+// settleCredentials asks the verifier for this host's credential states and
+// applies them: reconciles interrupted rotations, marks revoked credentials,
+// registers reissued and failed workloads.
+func (a *Agent) settleCredentials(ctx context.Context) ([]api.CredentialState, error) {
 	nc, err := a.verifierConn()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	a.mu.Lock()
 	host := a.enroll.HostID
 	a.mu.Unlock()
 	states, err := credentialStates(ctx, nc, host)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	a.reconcile(states)
+	a.settleWorkloads(ctx, states)
+	return states, nil
+}
+
+// checkCredentials is settleCredentials without its result.
+func (a *Agent) checkCredentials(ctx context.Context) error {
+	_, err := a.settleCredentials(ctx)
+	return err
+}
+
+func (a *Agent) checkRotations(ctx context.Context) error {
+	states, err := a.settleCredentials(ctx)
+	if err != nil {
+		return err
+	}
 	now := time.Now()
 	for _, st := range states {
-		if st.RotateBy.IsZero() || !st.Retires.IsZero() {
+		if st.Status != api.CredentialActive || st.RotateBy.IsZero() || !st.Retires.IsZero() {
 			continue
 		}
 		life := st.RotateBy.Sub(st.Created)

@@ -33,6 +33,17 @@ type IDRequest struct {
 	Reason string `json:"reason,omitempty"`
 }
 
+// ReissueResponse says what credential.reissue allowed: host may register
+// a new credential for workload in place of Revoked, which stays revoked.
+// The request is an IDRequest whose ID is the revoked credential's ID or
+// "<host ID>/<workload>".
+type ReissueResponse struct {
+	Host     string    `json:"host"`
+	Workload string    `json:"workload"`
+	Revoked  string    `json:"revoked"`
+	Reissued time.Time `json:"reissued"`
+}
+
 // EKAllowRequest adds an EK to the allow-list.
 type EKAllowRequest struct {
 	EKHash string   `json:"ek_hash"`

@@ -194,6 +194,10 @@ type CredentialState struct {
 	Created  time.Time        `json:"created"`
 	RotateBy time.Time        `json:"rotate_by,omitzero"` // rotate before this (max age, or now if requested)
 	Retires  time.Time        `json:"retires,omitzero"`   // replaced: refused after this
+	// Reissue: the credential is revoked and an operator allowed the host
+	// to register a new one for the workload (tpmauthnctl credential
+	// reissue): its agent registers one, a new lineage.
+	Reissue bool `json:"reissue,omitempty"`
 }
 
 // RegisterFinishResponse names the stored credential.

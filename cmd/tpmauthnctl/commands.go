@@ -221,7 +221,28 @@ func (a *app) credentialCmd() *cobra.Command {
 		},
 	}
 	rotate.Flags().StringVar(&reason, "reason", "", "why (recorded)")
-	cmd.AddCommand(listCmd, show, revoke, release, rotate)
+	reissue := &cobra.Command{
+		Use: "reissue ID|HOST/WORKLOAD",
+		Short: "Let a host register a new credential for a workload whose credential is revoked " +
+			"(the revoked one stays revoked; the agent registers the new one at its next check)",
+		Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			var r api.ReissueResponse
+			if err := a.call("credential.reissue", api.IDRequest{ID: args[0], Reason: reason}, &r); err != nil {
+				if strings.HasSuffix(err.Error(), "("+api.CodeBadRequest+")") {
+					return fmt.Errorf("%w: a reissue needs the workload's current credential, revoked: 'tpmauthnctl credential revoke ID' first, "+
+						"and see 'tpmauthnctl credential list --host HOST'", err)
+				}
+				return err
+			}
+			return a.print(r, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "host %s may register a new credential for workload %s (%s stays revoked): its agent does so at its next check\n",
+					r.Host, r.Workload, r.Revoked)
+			})
+		},
+	}
+	reissue.Flags().StringVar(&reason, "reason", "", "why (recorded)")
+	cmd.AddCommand(listCmd, show, revoke, release, rotate, reissue)
 	return cmd
 }
 

@@ -101,6 +101,7 @@ func (s *Service) Endpoints() []natsapi.Endpoint {
 		{"credential.revoke", s.credentialRevoke},
 		{"credential.release", s.credentialRelease},
 		{"credential.rotate", s.credentialRotate},
+		{"credential.reissue", s.credentialReissue},
 		{"audit.read", s.auditRead},
 		{"token.revoke", s.tokenRevoke},
 		{"ek.allow", s.ekAllow},
@@ -238,6 +239,10 @@ func (s *Service) credentialRotate(ctx context.Context, body []byte) (any, error
 		return nil, err
 	}
 	c, _, err := store.Mutate(ctx, s.st.Credentials, req.ID, func(c *record.Credential) error {
+		if c.Status == api.CredentialRevoked {
+			return fmt.Errorf("%w: credential %s is revoked, for good: 'tpmauthnctl credential reissue %s' lets its host register a new credential for workload %s",
+				api.ErrBadRequest, c.ID, c.ID, c.Workload)
+		}
 		if c.Status != api.CredentialActive || !c.Retires.IsZero() {
 			return fmt.Errorf("%w: credential %s is %s (replaced: %v)", api.ErrBadRequest, c.ID, c.Status, !c.Retires.IsZero())
 		}

@@ -226,3 +226,67 @@ func TestRevokeTokenAndDisallowEK(t *testing.T) {
 		t.Fatalf("disallowing an EK not on the list: %v, want not_found", err)
 	}
 }
+
+// A reissue marks the workload index of a revoked credential, which stays
+// revoked; it is refused for a credential that is not revoked or no longer
+// its workload's, for an unknown name and a host that is not active, and
+// every attempt is audited.
+func TestReissue(t *testing.T) {
+	e, s, _ := newService(t)
+	ctx := t.Context()
+	now := time.Now().UTC()
+	for _, h := range []*record.Host{
+		{V: record.Version, ID: "h-test", Status: api.HostActive, Created: now, Updated: now},
+		{V: record.Version, ID: "h-gone", Status: api.HostRevoked, Created: now, Updated: now},
+	} {
+		if _, err := e.Store.Hosts.Put(ctx, h.ID, body(t, h)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.PutCredential(t, "c-active", api.CredentialActive)
+	e.PutCredential(t, "c-quarantined", api.CredentialQuarantined)
+	e.PutCredential(t, "c-revoked", api.CredentialRevoked)
+	e.PutCredential(t, "c-replaced", api.CredentialRevoked)
+	gone := &record.Credential{V: record.Version, ID: "c-gone", Host: "h-gone", Workload: "w", Status: api.CredentialRevoked}
+	if _, err := e.Store.Credentials.Put(ctx, gone.ID, body(t, gone)); err != nil {
+		t.Fatal(err)
+	}
+	for key, cred := range map[string]string{"h-test.w": "c-revoked", "h-gone.w": "c-gone"} {
+		if _, err := e.Store.Workloads.Put(ctx, key, body(t, record.WorkloadIndex{V: record.Version, Credential: cred})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name, id string
+		want     error // nil: allowed
+	}{
+		{"active", "c-active", api.ErrBadRequest},
+		{"quarantined", "c-quarantined", api.ErrBadRequest},
+		{"notCurrent", "c-replaced", api.ErrBadRequest},
+		{"unknown", "c-none", api.ErrNotFound},
+		{"unknownWorkload", "h-test/none", api.ErrNotFound},
+		{"malformed", "h-test/w.>", api.ErrBadRequest},
+		{"hostRevoked", "c-gone", api.ErrHostNotActive},
+		{"byCredential", "c-revoked", nil},
+		{"byWorkload", "h-test/w", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := s.credentialReissue(ctx, body(t, api.IDRequest{ID: tc.id, Reason: "test"}))
+			if (tc.want == nil && err != nil) || (tc.want != nil && !errors.Is(err, tc.want)) {
+				t.Fatalf("reissue %s = %v, want %v", tc.id, err, tc.want)
+			}
+			last, lerr := e.LastEvent(t)
+			if lerr != nil || last.Kind != "reissue" || last.Actor != "operator" || (last.Result == "ok") != (tc.want == nil) {
+				t.Fatalf("audit event %+v (%v), want a reissue with result ok=%v", last, lerr, tc.want == nil)
+			}
+		})
+	}
+	idx, _, err := store.Get[record.WorkloadIndex](ctx, e.Store.Workloads, "h-test.w")
+	if err != nil || idx.Reissued.IsZero() || !idx.ReissueAllowed(e.Credential(t, "c-revoked")) {
+		t.Fatalf("workload index after the reissue: %+v, %v", idx, err)
+	}
+	if got := e.Credential(t, "c-revoked").Status; got != api.CredentialRevoked {
+		t.Fatalf("the reissued credential is %s, want revoked", got)
+	}
+}

@@ -1,6 +1,10 @@
 package record
 
-import "time"
+import (
+	"time"
+
+	"github.com/tpmauthn/tpmauthn/api"
+)
 
 // EnrollSession is an open enrollment between begin and finish (bucket
 // enroll, TTL).
@@ -42,14 +46,32 @@ type Challenge struct {
 	UserHandle []byte    `json:"user_handle"`
 	Expires    time.Time `json:"expires"`
 	RotateFrom string    `json:"rotate_from,omitempty"`
+	// Reissue names the revoked credential a reissued registration takes
+	// the workload index from (credential.reissue allowed it).
+	Reissue string `json:"reissue,omitempty"`
 }
 
 // WorkloadIndex names a host's current credential for a workload (bucket
 // workloads, key host.workload): one credential per workload, replaced only
-// by a rotation the old one vouches for.
+// by a rotation the old one vouches for, or, once it is revoked and an
+// operator reissued it, by a fresh registration of the host's (a new
+// lineage; the revoked credential stays revoked).
 type WorkloadIndex struct {
 	V          int    `json:"v"`
 	Credential string `json:"credential"`
+	// Reissued is when an operator allowed the host to register a new
+	// credential for the workload in place of Credential, which is revoked
+	// (zero: not allowed).
+	Reissued time.Time `json:"reissued,omitzero"`
+	// ReissueReason is the operator's reason for it.
+	ReissueReason string `json:"reissue_reason,omitempty"`
+}
+
+// ReissueAllowed reports whether the host may register a new credential
+// for the workload in place of current, the revoked credential the index
+// names.
+func (w *WorkloadIndex) ReissueAllowed(current *Credential) bool {
+	return !w.Reissued.IsZero() && current != nil && current.ID == w.Credential && current.Status == api.CredentialRevoked
 }
 
 // EKEnrollment binds an EK to its host (bucket eks, key = EK hash, or

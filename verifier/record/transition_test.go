@@ -77,3 +77,29 @@ func TestHostTransition(t *testing.T) {
 		})
 	}
 }
+
+// A reissue allows a new registration only in place of the revoked
+// credential the index names; it never changes that credential's status.
+func TestReissueAllowed(t *testing.T) {
+	at := time.Now()
+	tests := []struct {
+		name string
+		idx  WorkloadIndex
+		cur  *Credential
+		want bool
+	}{
+		{"revokedReissued", WorkloadIndex{Credential: "c", Reissued: at}, &Credential{ID: "c", Status: api.CredentialRevoked}, true},
+		{"notReissued", WorkloadIndex{Credential: "c"}, &Credential{ID: "c", Status: api.CredentialRevoked}, false},
+		{"active", WorkloadIndex{Credential: "c", Reissued: at}, &Credential{ID: "c", Status: api.CredentialActive}, false},
+		{"quarantined", WorkloadIndex{Credential: "c", Reissued: at}, &Credential{ID: "c", Status: api.CredentialQuarantined}, false},
+		{"otherCredential", WorkloadIndex{Credential: "c", Reissued: at}, &Credential{ID: "d", Status: api.CredentialRevoked}, false},
+		{"noRecord", WorkloadIndex{Credential: "c", Reissued: at}, nil, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.idx.ReissueAllowed(tc.cur); got != tc.want {
+				t.Fatalf("ReissueAllowed = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

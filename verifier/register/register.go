@@ -114,7 +114,8 @@ func (s *Service) Begin(ctx context.Context, body []byte) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := s.checkRotateFrom(ctx, req.HostID, req.Workload, req.RotateFrom); err != nil {
+	reissue, err := s.checkRotateFrom(ctx, req.HostID, req.Workload, req.RotateFrom)
+	if err != nil {
 		return nil, err
 	}
 	// The host's current AK certificate, renewed when it nears its end:
@@ -132,7 +133,7 @@ func (s *Service) Begin(ctx context.Context, body []byte) (any, error) {
 		return nil, err
 	}
 	exp := time.Now().Add(s.cfg.ChallengeTTL).UTC()
-	rec := &record.Challenge{V: record.Version, Host: req.HostID, Workload: req.Workload, UserHandle: uh, Expires: exp, RotateFrom: req.RotateFrom}
+	rec := &record.Challenge{V: record.Version, Host: req.HostID, Workload: req.Workload, UserHandle: uh, Expires: exp, RotateFrom: req.RotateFrom, Reissue: reissue}
 	if err := store.Create(ctx, s.cfg.Fleet.Store.Challenges, b64(chal), rec); err != nil {
 		return nil, err
 	}
@@ -209,6 +210,9 @@ func (s *Service) Finish(ctx context.Context, body []byte) (_ any, err error) {
 		cred.Lineage = old.Nkey()
 		ev.Kind, ev.Reason = "rotate", "replaces "+old.ID
 	}
+	if ch.Reissue != "" {
+		ev.Reason = "reissued in place of revoked " + ch.Reissue
+	}
 	// The record first, then the workload index: an ID that exists already
 	// (another host's credential) is refused before the index could name it.
 	if err := store.Create(ctx, s.cfg.Fleet.Store.Credentials, cred.ID, cred); errors.Is(err, api.ErrConflict) {
@@ -217,7 +221,7 @@ func (s *Service) Finish(ctx context.Context, body []byte) (_ any, err error) {
 		return nil, err
 	}
 	s.cfg.Fleet.CredentialCreated(cred.ID)
-	if err := s.claimWorkload(ctx, h.ID, req.Workload, cred.ID, ch.RotateFrom); err != nil {
+	if err := s.claimWorkload(ctx, h.ID, req.Workload, cred.ID, ch); err != nil {
 		if derr := s.cfg.Fleet.Store.Credentials.Delete(context.WithoutCancel(ctx), cred.ID); derr != nil {
 			s.log.Error("registration refused, but its credential record stays", "credential", cred.ID, "error", derr)
 		}
@@ -270,33 +274,55 @@ func (s *Service) requesterIsHost(ctx context.Context, hostID string) error {
 }
 
 // checkRotateFrom: a workload that has a credential gets another only by a
-// rotation that names it (and, at finish, a proof it signed).
-func (s *Service) checkRotateFrom(ctx context.Context, host, workload, from string) error {
+// rotation that names it (and, at finish, a proof it signed), or, once that
+// credential is revoked, after an operator reissued it (credential.reissue):
+// then it returns the revoked credential's ID, which the registration
+// replaces in the workload index.
+func (s *Service) checkRotateFrom(ctx context.Context, host, workload, from string) (reissue string, err error) {
 	idx, _, err := store.Get[record.WorkloadIndex](ctx, s.cfg.Fleet.Store.Workloads, host+"."+workload)
 	switch {
 	case errors.Is(err, api.ErrNotFound):
 		if from != "" {
-			return fmt.Errorf("%w: workload %s has no credential to rotate from", api.ErrBadRequest, workload)
+			return "", fmt.Errorf("%w: workload %s has no credential to rotate from", api.ErrBadRequest, workload)
 		}
-		return nil
+		return "", nil
 	case err != nil:
-		return err
+		return "", err
 	case from == "":
-		return fmt.Errorf("%w: workload %s already has credential %s: rotate from it (its signature vouches for the new one), or revoke it first", api.ErrConflict, workload, idx.Credential)
+		return s.checkReissue(ctx, workload, idx)
 	case from != idx.Credential:
-		return fmt.Errorf("%w: rotate_from %s is not workload %s's current credential", api.ErrBadRequest, from, workload)
+		return "", fmt.Errorf("%w: rotate_from %s is not workload %s's current credential", api.ErrBadRequest, from, workload)
 	}
 	old, _, err := store.Get[record.Credential](ctx, s.cfg.Fleet.Store.Credentials, from)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if old.Host != host || old.Workload != workload {
-		return fmt.Errorf("%w: credential %s is not workload %s's of host %s", api.ErrBadRequest, from, workload, host)
+		return "", fmt.Errorf("%w: credential %s is not workload %s's of host %s", api.ErrBadRequest, from, workload, host)
 	}
 	if old.Status != api.CredentialActive || old.Retired(time.Now()) {
-		return fmt.Errorf("%w: credential %s is %s and cannot vouch for a successor", api.ErrRevoked, old.ID, old.Status)
+		return "", fmt.Errorf("%w: credential %s is %s and cannot vouch for a successor", api.ErrRevoked, old.ID, old.Status)
 	}
-	return nil
+	return "", nil
+}
+
+// checkReissue allows a registration without rotation for a workload that
+// has a credential only if it is revoked and an operator reissued it.
+// Revoked without a reissue is ErrRevoked (the agent's cue that an operator
+// must act), anything else ErrConflict.
+func (s *Service) checkReissue(ctx context.Context, workload string, idx *record.WorkloadIndex) (string, error) {
+	cur, _, err := store.Get[record.Credential](ctx, s.cfg.Fleet.Store.Credentials, idx.Credential)
+	if err != nil && !errors.Is(err, api.ErrNotFound) {
+		return "", err
+	}
+	switch {
+	case idx.ReissueAllowed(cur):
+		return idx.Credential, nil
+	case cur != nil && cur.Status == api.CredentialRevoked:
+		return "", fmt.Errorf("%w: workload %s's credential %s is revoked: an operator may let this host register a new one with 'tpmauthnctl credential reissue %s'",
+			api.ErrRevoked, workload, idx.Credential, idx.Credential)
+	}
+	return "", fmt.Errorf("%w: workload %s already has credential %s: rotate from it (its signature vouches for the new one), or revoke and reissue it", api.ErrConflict, workload, idx.Credential)
 }
 
 // checkRotationProof verifies that the replaced credential signed
@@ -340,11 +366,13 @@ func (s *Service) checkRotationProof(ctx context.Context, ch *record.Challenge, 
 }
 
 // claimWorkload points the workload index at the new credential: created
-// for a first registration, compare-and-set from the old one for a rotation.
-func (s *Service) claimWorkload(ctx context.Context, host, workload, cred, from string) error {
+// for a first registration, compare-and-set from the old one for a rotation
+// or from the revoked one for a reissue (which must still be allowed).
+func (s *Service) claimWorkload(ctx context.Context, host, workload, cred string, ch *record.Challenge) error {
 	key := host + "." + workload
 	rec := &record.WorkloadIndex{V: record.Version, Credential: cred}
-	if from == "" {
+	from := ch.RotateFrom
+	if from == "" && ch.Reissue == "" {
 		if err := store.Create(ctx, s.cfg.Fleet.Store.Workloads, key, rec); errors.Is(err, api.ErrConflict) {
 			return fmt.Errorf("%w: workload %s registered concurrently", api.ErrConflict, workload)
 		} else if err != nil {
@@ -355,6 +383,12 @@ func (s *Service) claimWorkload(ctx context.Context, host, workload, cred, from 
 	idx, rev, err := store.Get[record.WorkloadIndex](ctx, s.cfg.Fleet.Store.Workloads, key)
 	if err != nil {
 		return err
+	}
+	if ch.Reissue != "" {
+		from = ch.Reissue
+		if idx.Reissued.IsZero() {
+			return fmt.Errorf("%w: the reissue of workload %s was used concurrently", api.ErrConflict, workload)
+		}
 	}
 	if idx.Credential != from {
 		return fmt.Errorf("%w: workload %s was rotated concurrently", api.ErrConflict, workload)
@@ -406,7 +440,7 @@ func (s *Service) CredentialStatus(ctx context.Context, body []byte) (any, error
 		if err != nil {
 			continue
 		}
-		st := api.CredentialState{ID: c.ID, Workload: c.Workload, Status: c.Status, Created: c.Created, Retires: c.Retires}
+		st := api.CredentialState{ID: c.ID, Workload: c.Workload, Status: c.Status, Created: c.Created, Retires: c.Retires, Reissue: idx.ReissueAllowed(c)}
 		if s.cfg.MaxAge > 0 {
 			st.RotateBy = c.Created.Add(s.cfg.MaxAge)
 		}

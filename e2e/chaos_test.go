@@ -85,8 +85,8 @@ func (l *load) run(t *testing.T, h *fleettest.Host, workers int, period time.Dur
 	return &wg
 }
 
-// recovered waits until connects have been granted steadily again (three in
-// a row after since) and returns how long that took.
+// recovered waits until three more connects have been granted after since
+// and returns how long that took.
 func (l *load) recovered(t *testing.T, since time.Time, limit time.Duration) time.Duration {
 	t.Helper()
 	deadline := time.Now().Add(limit)
@@ -163,9 +163,10 @@ func TestChaos(t *testing.T) {
 	var rows []string
 	for _, f := range faults {
 		s0 := l.snapshot()
-		at := time.Now()
 		f.do(t)
-		rec := l.recovered(t, at, 60*time.Second)
+		// From the moment the fault is complete (the node gone, or back
+		// with every replica current) until three more connects are granted.
+		rec := l.recovered(t, time.Now(), 60*time.Second)
 		time.Sleep(time.Second)
 		s1 := l.snapshot()
 		rows = append(rows, fmt.Sprintf("| %s | %d | %d | %d | %d | %.1f |", f.name, s1[0]-s0[0], s1[1]-s0[1], s1[2]-s0[2], s1[3]-s0[3], rec.Seconds()))

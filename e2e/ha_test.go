@@ -177,7 +177,8 @@ func startCluster(t *testing.T, ek, policy string, mod func(i int, c *verifier.C
 				routes = append(routes, fmt.Sprintf("127.0.0.1:%d", p))
 			}
 		}
-		cfg := verifier.Config{DataDir: c.dirs[i], NATSListen: "127.0.0.1:-1", EKCADir: ek, PolicyFile: policy,
+		// Fixed client ports: a restarted node is where clients' URL lists say.
+		cfg := verifier.Config{DataDir: c.dirs[i], NATSListen: fmt.Sprintf("127.0.0.1:%d", freePort(t)), EKCADir: ek, PolicyFile: policy,
 			RPID: fleettest.RPID, ClusterListen: fmt.Sprintf("127.0.0.1:%d", ports[i]), ClusterRoutes: routes,
 			Logger: fleettest.Logger(t, fmt.Sprintf("verifier%d", i))}
 		if mod != nil {

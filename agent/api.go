@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/tpmauthn/tpmauthn/agent/tpm"
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/internal/natstls"
@@ -100,6 +101,11 @@ func (a *Agent) healthz(w http.ResponseWriter, _ *http.Request) {
 	if e != nil {
 		body["host"] = e.HostID
 	}
+	if down, since, err := a.tpmHealth.state(); down {
+		body["status"], body["since"], body["error"], body["hint"] = "tpm_unavailable", since.UTC(), err, tpmUnavailableHint
+		respondJSON(w, http.StatusServiceUnavailable, body)
+		return
+	}
 	respondJSON(w, http.StatusOK, body)
 }
 
@@ -173,6 +179,8 @@ func (a *Agent) tpmErr(w http.ResponseWriter, c *caller, err error) {
 		writeErr(w, http.StatusTooManyRequests, err.Error(), "back off and retry")
 	case errors.Is(err, ErrDeadline), errors.Is(err, context.DeadlineExceeded):
 		writeErr(w, http.StatusServiceUnavailable, ErrDeadline.Error(), "the TPM is busy; retry")
+	case errors.Is(err, tpm.ErrUnavailable):
+		writeErr(w, http.StatusServiceUnavailable, "the TPM could not sign: "+err.Error(), tpmUnavailableHint)
 	default:
 		writeErr(w, http.StatusServiceUnavailable, "the TPM could not sign: "+err.Error(), "check the agent's log and the TPM")
 	}

@@ -104,9 +104,11 @@ type Agent struct {
 	tp    *tpm.TPM
 	queue *tpmQueue
 	trust *serverTrust // how the NATS server is verified
-	peers *peerIdentifier
-	srv   *http.Server
-	ln    net.Listener
+	// tpmHealth: whether the TPM answered its last command (/healthz).
+	tpmHealth tpmHealth
+	peers     *peerIdentifier
+	srv       *http.Server
+	ln        net.Listener
 
 	// ctx is the agent's own run context, from Start until Close: the
 	// rotation loop, scheduled deletions and the NATS signer live on it, not
@@ -181,7 +183,10 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		return err
 	}
 	a.tp = tp
-	tp.SetObserver(a.metrics.observeTPM)
+	tp.SetObserver(func(command string, took time.Duration, err error) {
+		a.metrics.observeTPM(command, took, err)
+		a.tpmHealth.observe(err)
+	})
 	if n := tp.StaleTransientAtOpen(); n > 0 {
 		a.log.Warn("flushed transient TPM objects left by an earlier process", "count", n)
 	}

@@ -349,3 +349,55 @@ func TestAgentRefusesAnotherRPID(t *testing.T) {
 		t.Fatalf("error does not name the verifier's RP ID: %v", err)
 	}
 }
+
+// TestTPMLostAndBack: swtpm stops under a running agent. The agent says so
+// (/healthz 503 tpm_unavailable with a hint; a signature request 503 with
+// the same hint), then, swtpm back on its port, recovers without a restart
+// of its own, its credentials whole: the workload connects again.
+func TestTPMLostAndBack(t *testing.T) {
+	f := fleettest.New(t)
+	h := f.NewHost(t)
+	hc := unixHTTP(h.Socket)
+	get := func(method, path, body string) (int, map[string]any) {
+		req, _ := http.NewRequest(method, "http://agent"+path, strings.NewReader(body))
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var m map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&m)
+		return resp.StatusCode, m
+	}
+	sign := func() (int, map[string]any) { return get("POST", "/v1/nats/sign", `{"nonce":"bm9uY2Vub25jZQ"}`) }
+	if code, m := sign(); code != http.StatusOK {
+		t.Fatalf("sign before the fault: %d %v", code, m)
+	}
+	if err := f.TPM.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	code, m := sign()
+	if code != http.StatusServiceUnavailable || !strings.Contains(fmt.Sprint(m["hint"]), "reconnects by itself") {
+		t.Fatalf("sign with swtpm down: %d %v, want 503 with the TPM hint", code, m)
+	}
+	if code, m := get("GET", "/healthz", ""); code != http.StatusServiceUnavailable || m["status"] != "tpm_unavailable" || m["hint"] == nil {
+		t.Fatalf("/healthz with swtpm down: %d %v", code, m)
+	}
+	if err := f.TPM.StartOnPort(); err != nil {
+		t.Fatal(err)
+	}
+	eventually.Until(t, 30*time.Second, func() error {
+		if code, m := sign(); code != http.StatusOK {
+			return fmt.Errorf("sign after swtpm's return: %d %v", code, m)
+		}
+		return nil
+	})
+	if code, m := get("GET", "/healthz", ""); code != http.StatusOK {
+		t.Fatalf("/healthz after swtpm's return: %d %v", code, m)
+	}
+	nc, err := h.Connect(t)
+	if err != nil {
+		t.Fatalf("workload after swtpm's return: %v", err)
+	}
+	nc.Close()
+}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/tpmauthn/tpmauthn/internal/natstls"
+	"github.com/tpmauthn/tpmauthn/internal/pemca"
 )
 
 // Each dial closes the socket the previous one left behind, and options
@@ -81,5 +83,41 @@ func TestReconnectDelay(t *testing.T) {
 				t.Fatalf("attempt %d: %v outside [%v, %v)", c.attempt, d, c.min, c.max)
 			}
 		}
+	}
+}
+
+// The workload verifies the server as its agent does: with the agent's NATS
+// CA, and TLS required when the agent's URL is beyond loopback.
+func TestTLSOption(t *testing.T) {
+	ca, _, err := pemca.New("test NATS CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		who    WhoAmI
+		secure bool
+		roots  bool
+	}{
+		{"loopback, no CA", WhoAmI{}, false, false},
+		{"loopback, CA", WhoAmI{NATSCA: string(natstls.EncodePEM(ca))}, false, true},
+		{"beyond loopback", WhoAmI{NATSCA: string(natstls.EncodePEM(ca)), NATSTLSRequired: true}, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opt, err := tlsOption(&tc.who)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o := nats.GetDefaultOptions()
+			if err := opt(&o); err != nil {
+				t.Fatal(err)
+			}
+			if o.Secure != tc.secure || o.TLSConfig == nil || (o.TLSConfig.RootCAs != nil) != tc.roots {
+				t.Fatalf("Secure %v, roots %v; want %v, %v", o.Secure, o.TLSConfig.RootCAs != nil, tc.secure, tc.roots)
+			}
+		})
+	}
+	if _, err := tlsOption(&WhoAmI{NATSCA: "not PEM"}); err == nil {
+		t.Fatal("a malformed CA from the agent was accepted")
 	}
 }

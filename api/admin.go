@@ -108,3 +108,34 @@ type PeerHealth struct {
 	Lag     uint64        `json:"lag,omitempty"`
 	Active  time.Duration `json:"active,omitempty"` // since last heard from
 }
+
+// BackupReadRequest reads one page of a backup (backup.read): the records
+// of one KV bucket, or, with Bucket empty, the audit stream's messages.
+type BackupReadRequest struct {
+	Bucket string `json:"bucket,omitempty"` // a bucket the backup holds; "": the audit stream
+	After  string `json:"after,omitempty"`  // KV: the last key of the page before ("": the first page)
+	From   uint64 `json:"from,omitempty"`   // audit: the first stream message (0: the stream's first)
+}
+
+// BackupPage is a page of a backup. Values and message data are the bytes
+// as stored (JSON encodes them as base64): audit messages are hash-chained
+// and signed, so they must not be re-encoded on the way.
+type BackupPage struct {
+	Records  []BackupRecord  `json:"records,omitempty"`
+	Messages []BackupMessage `json:"messages,omitempty"`
+	// More says there are more pages: ask again from the last key or
+	// message of this one.
+	More bool `json:"more"`
+}
+
+// BackupRecord is a KV record as stored.
+type BackupRecord struct {
+	Key   string `json:"key"`
+	Value []byte `json:"value"`
+}
+
+// BackupMessage is an audit stream message as stored, by its sequence.
+type BackupMessage struct {
+	Msg  uint64 `json:"msg"`
+	Data []byte `json:"data"`
+}

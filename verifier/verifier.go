@@ -16,6 +16,7 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/audit"
 	"github.com/tpmauthn/tpmauthn/internal/natstls"
 	"github.com/tpmauthn/tpmauthn/internal/promserve"
 	"github.com/tpmauthn/tpmauthn/verifier/admin"
@@ -32,6 +33,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/natsapi"
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
 	"github.com/tpmauthn/tpmauthn/verifier/register"
+	"github.com/tpmauthn/tpmauthn/verifier/restore"
 	"github.com/tpmauthn/tpmauthn/verifier/sessions"
 	"github.com/tpmauthn/tpmauthn/verifier/store"
 )
@@ -56,6 +58,8 @@ type Verifier struct {
 	trust   clientTrust
 	// nReplicas of the buckets and the audit stream (Start decides).
 	nReplicas int
+	// restored is what Start imported from a staged restore (nil: none).
+	restored *restore.Result
 
 	// Set by Start.
 	srv        *server.Server // embedded, or nil
@@ -133,6 +137,7 @@ func (v *Verifier) Start(ctx context.Context) error {
 		{"nats-server", v.startServer},
 		{"connect", v.connect},
 		{"store", v.openStore},
+		{"restore", v.importRestore},
 		{"audit trail", v.openAudit},
 		{"system connection", v.connectSys},
 		{"fleet", v.startFleet},
@@ -250,13 +255,32 @@ func (v *Verifier) untilJetStream(ctx context.Context, f func(context.Context) e
 	}
 }
 
-func (v *Verifier) openAudit(ctx context.Context) error {
+// auditConfig is the audit stream's and writer's configuration.
+func (v *Verifier) auditConfig() auditlog.Config {
 	cfg := v.cfg.Audit
 	cfg.OnAppend, cfg.Logger = v.metrics.AuditAppended, v.log
 	cfg.Replicas = cmp.Or(cfg.Replicas, v.nReplicas)
 	if cfg.CheckpointFile == "" {
 		cfg.CheckpointFile = filepath.Join(v.cfg.DataDir, auditCheckpointFile)
 	}
+	return cfg
+}
+
+// importRestore imports a restore that tpmauthnctl staged in the data
+// directory (verifier/restore), before the audit trail opens and anything
+// is served: the restored stream is the one the writer then continues.
+func (v *Verifier) importRestore(ctx context.Context) error {
+	res, err := restore.Import(ctx, restore.Config{DataDir: v.cfg.DataDir, Store: v.st, Audit: v.auditConfig(),
+		AuditKey: keys.Public(v.keys.Issuer), Logger: v.log})
+	if err != nil {
+		return err
+	}
+	v.restored = res
+	return nil
+}
+
+func (v *Verifier) openAudit(ctx context.Context) error {
+	cfg := v.auditConfig()
 	var a *auditlog.Log
 	err := v.untilJetStream(ctx, func(ctx context.Context) (err error) {
 		a, err = auditlog.Open(ctx, v.st.JS, v.keys.Issuer, cfg)
@@ -272,6 +296,10 @@ func (v *Verifier) openAudit(ctx context.Context) error {
 	// What Open found against the last checkpoint, and what the watch finds
 	// later, is published, counted and audited like any tamper signal.
 	a.Watch(alert.NewPublisher(v.nc, a, v.metrics, v.log))
+	if r := v.restored; r != nil {
+		v.trail.Record(audit.Event{Kind: "restore", Result: audit.OK, Actor: "operator",
+			Reason: fmt.Sprintf("restored from the backup of %s: %d records, %d audit events (resumed: %v)", r.Created, r.Records, r.Events, r.Resumed)})
+	}
 	return nil
 }
 

@@ -68,7 +68,8 @@ func newRootCmd() *cobra.Command {
 			a.nc.Close()
 		}
 	}
-	root.AddCommand(a.tokenCmd(), a.hostCmd(), a.credentialCmd(), a.ekCmd(), a.auditCmd(), a.statusCmd(), a.natsConfigCmd())
+	root.AddCommand(a.tokenCmd(), a.hostCmd(), a.credentialCmd(), a.ekCmd(), a.auditCmd(), a.statusCmd(), a.natsConfigCmd(),
+		a.backupCmd(), a.restoreCmd())
 	return root
 }
 

@@ -1,8 +1,8 @@
 // Package admin is the operator API (tpmauthnctl, on tpmauthn.admin.<op>):
 // join tokens, hosts (approve, revoke, offboard), credentials (revoke,
 // release a quarantine, ask for a rotation), the EK allow-list, the audit
-// trail and a fleet summary. Every change is audited before the operator
-// hears it is done.
+// trail, a fleet summary and backups (backup.go). Every change is audited
+// before the operator hears it is done.
 package admin
 
 import (
@@ -103,6 +103,7 @@ func (s *Service) Endpoints() []natsapi.Endpoint {
 		{"credential.rotate", s.credentialRotate},
 		{"credential.reissue", s.credentialReissue},
 		{"audit.read", s.auditRead},
+		{"backup.read", s.backupRead},
 		{"token.revoke", s.tokenRevoke},
 		{"ek.allow", s.ekAllow},
 		{"ek.disallow", s.ekDisallow},

@@ -410,3 +410,38 @@ func wrongLastSequence(err error) bool {
 	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
 		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
+
+// RawMessage is a stream message as stored.
+type RawMessage struct {
+	Seq  uint64
+	Data []byte
+}
+
+// ReadMessages returns the stream's messages from sequence from, as
+// stored, up to about maxBytes of data (at least one message), and whether
+// there are more. A message deleted from the stream is left out: the gap
+// shows in the sequences.
+func (a *Log) ReadMessages(ctx context.Context, from uint64, maxBytes int) ([]RawMessage, bool, error) {
+	info, err := a.stream.Info(ctx)
+	if err != nil {
+		return nil, false, fmt.Errorf("audit stream: %w", err)
+	}
+	var out []RawMessage
+	size := 0
+	seq := max64(from, info.State.FirstSeq)
+	for ; seq <= info.State.LastSeq; seq++ {
+		m, err := a.stream.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, false, fmt.Errorf("audit stream: message %d: %w", seq, err)
+		}
+		if len(out) > 0 && size+len(m.Data) > maxBytes {
+			return out, true, nil
+		}
+		out = append(out, RawMessage{Seq: seq, Data: m.Data})
+		size += len(m.Data)
+	}
+	return out, false, nil
+}

@@ -16,13 +16,7 @@ import (
 // differ from cfg is used as it is, and the difference logged with what to
 // run.
 func openStream(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.Stream, error) {
-	maxBytes, maxAge := cfg.streamLimits()
-	want := jetstream.StreamConfig{
-		Name: Stream, Subjects: []string{Subject}, Storage: jetstream.FileStorage,
-		Replicas: max(cfg.Replicas, 1), DenyDelete: !cfg.AllowDelete, DenyPurge: !cfg.AllowDelete,
-		Retention: jetstream.LimitsPolicy, Discard: jetstream.DiscardNew,
-		MaxBytes: maxBytes, MaxAge: maxAge,
-	}
+	want := streamConfig(cfg)
 	for attempt := 0; ; attempt++ {
 		s, err := js.Stream(ctx, Stream)
 		if err == nil {
@@ -41,6 +35,17 @@ func openStream(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstr
 		if !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) || attempt > 0 {
 			return nil, fmt.Errorf("audit stream: create: %w", err)
 		}
+	}
+}
+
+// streamConfig is the stream as the verifier creates it.
+func streamConfig(cfg Config) jetstream.StreamConfig {
+	maxBytes, maxAge := cfg.streamLimits()
+	return jetstream.StreamConfig{
+		Name: Stream, Subjects: []string{Subject}, Storage: jetstream.FileStorage,
+		Replicas: max(cfg.Replicas, 1), DenyDelete: !cfg.AllowDelete, DenyPurge: !cfg.AllowDelete,
+		Retention: jetstream.LimitsPolicy, Discard: jetstream.DiscardNew,
+		MaxBytes: maxBytes, MaxAge: maxAge,
 	}
 }
 

@@ -37,6 +37,10 @@ const (
 	fleetCAYears  = 20
 )
 
+// IssuerFile is the issuer key's file: its public key verifies the audit
+// trail.
+const IssuerFile = fileIssuer
+
 // Shared are the files every verifier of one fleet holds the same copy of
 // (several verifiers on one cluster, or embedded servers forming one): copy
 // these, never the JetStream store or the server name.

@@ -18,9 +18,13 @@ const (
 	AlertStoreUnavailable = "store_unavailable"
 )
 
-// probeEvery is how often an unavailable store is tried again. (A variable
-// for tests.)
-var probeEvery = 2 * time.Second
+// probeEvery is how often an unavailable store is tried again, and
+// minEpisode how long an episode lasts at least (the audit trail reports
+// failing appends only after 5 s of them). Variables for tests.
+var (
+	probeEvery = 2 * time.Second
+	minEpisode = 6 * time.Second
+)
 
 // Prober tries one write to the store.
 type Prober interface {
@@ -134,6 +138,15 @@ func (m *Monitor) probe() {
 		ctx, cancel := context.WithTimeout(m.ctx, probeEvery)
 		err := m.cfg.Store.Probe(ctx)
 		cancel()
+		// The grants' other write: the audit trail must take events too,
+		// or the episode would end on the bucket's write alone and start
+		// again with the next grant (an alert every probe).
+		if err == nil && m.cfg.Audit != nil {
+			err = m.cfg.Audit.Unavailable()
+		}
+		if err == nil && time.Since(m.since) < minEpisode {
+			continue // the audit trail says "failing" only after its own window
+		}
 		m.mu.Lock()
 		if err == nil || !m.down {
 			m.probing = false

@@ -40,8 +40,8 @@ func (f *fakes) Probe(context.Context) error {
 }
 
 func TestEpisode(t *testing.T) {
-	defer func(d time.Duration) { probeEvery = d }(probeEvery)
-	probeEvery = 10 * time.Millisecond
+	defer func(d, e time.Duration) { probeEvery, minEpisode = d, e }(probeEvery, minEpisode)
+	probeEvery, minEpisode = 10*time.Millisecond, 50*time.Millisecond
 	f := &fakes{probeErr: fmt.Errorf("%w: no quorum", api.ErrUnavailable)}
 	m := New(Config{Store: f, Alerts: f, Trail: f, Metrics: f})
 	defer m.Close()

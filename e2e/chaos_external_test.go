@@ -136,11 +136,27 @@ func TestChaosExternalCluster(t *testing.T) {
 	}
 	h := fleettest.NewHost(t, sw, url, tok.Token)
 	before := fleetCounts(t, op)
+	var st api.Status
+	if code := fleettest.Admin(t, op, "status", nil, &st); code != "" {
+		t.Fatal(code)
+	}
+	for _, s := range st.Streams {
+		t.Logf("DIAG stream %s R%d leader %s peers %+v", s.Stream, s.Replicas, s.Leader, s.Peers)
+	}
 
 	l := &load{}
 	stop := make(chan struct{})
 	lw := l.run(t, h, 4, 80*time.Millisecond, stop)
 	time.Sleep(2 * time.Second)
+	t.Cleanup(func() {
+		for _, n := range nodes[1:] {
+			for _, line := range strings.Split(n.logs.String(), "\n") {
+				if strings.Contains(line, "AUDIT") || strings.Contains(line, "RAFT") || strings.Contains(line, "Raft") || strings.Contains(line, "leader") {
+					t.Logf("DIAG %s: %s", n.conf, line)
+				}
+			}
+		}
+	})
 	var rows []string
 	for i, n := range nodes {
 		for _, f := range []struct {

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/tpmauthn/tpmauthn/internal/natstls"
+	"github.com/tpmauthn/tpmauthn/internal/pemca"
 )
 
 // fileNATSCA keeps the CA the join token pinned, learned at enrollment:
@@ -43,7 +44,7 @@ func loadServerTrust(cfg Config) (*serverTrust, error) {
 	if err != nil {
 		return nil, fmt.Errorf("NATS CA: %w", err)
 	}
-	certs, err := natstls.ParsePEM(b)
+	certs, err := pemca.ParseCertificates(b)
 	if err != nil {
 		return nil, fmt.Errorf("NATS CA %s: %w", path, err)
 	}

@@ -40,7 +40,7 @@ func TestTLSFleet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cas, err := natstls.ParsePEM(caPEM)
+	cas, err := pemca.ParseCertificates(caPEM)
 	if err != nil {
 		t.Fatal(err)
 	}

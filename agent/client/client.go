@@ -23,7 +23,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/tpmauthn/tpmauthn/api"
-	"github.com/tpmauthn/tpmauthn/internal/natstls"
+	"github.com/tpmauthn/tpmauthn/internal/pemca"
 )
 
 // DefaultSocket is the agent's socket.
@@ -173,7 +173,7 @@ func NATSOptions(socket string) ([]nats.Option, error) {
 func tlsOption(who *WhoAmI) (nats.Option, error) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if who.NATSCA != "" {
-		certs, err := natstls.ParsePEM([]byte(who.NATSCA))
+		certs, err := pemca.ParseCertificates([]byte(who.NATSCA))
 		if err != nil {
 			return nil, fmt.Errorf("tpmauthn: the agent's NATS CA: %w", err)
 		}

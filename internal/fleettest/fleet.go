@@ -31,7 +31,7 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/api"
-	"github.com/tpmauthn/tpmauthn/internal/natstls"
+	"github.com/tpmauthn/tpmauthn/internal/pemca"
 	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
 	"github.com/tpmauthn/tpmauthn/verifier"
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
@@ -89,7 +89,7 @@ func ClientTLS(t testing.TB, dataDir string) nats.Option {
 	if err != nil {
 		t.Fatal(err)
 	}
-	certs, err := natstls.ParsePEM(b)
+	certs, err := pemca.ParseCertificates(b)
 	if err != nil {
 		t.Fatal(err)
 	}

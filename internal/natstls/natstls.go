@@ -1,6 +1,8 @@
 package natstls
 
 import (
+	"github.com/tpmauthn/tpmauthn/internal/pemca"
+
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -54,7 +56,7 @@ func LoadRoots(file string) (*x509.CertPool, []*x509.Certificate, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("NATS CA bundle: %w", err)
 	}
-	certs, err := ParsePEM(b)
+	certs, err := pemca.ParseCertificates(b)
 	if err != nil {
 		return nil, nil, fmt.Errorf("NATS CA bundle %s: %w", file, err)
 	}
@@ -63,30 +65,6 @@ func LoadRoots(file string) (*x509.CertPool, []*x509.Certificate, error) {
 		pool.AddCert(c)
 	}
 	return pool, certs, nil
-}
-
-// ParsePEM parses every CERTIFICATE block; it wants at least one.
-func ParsePEM(b []byte) ([]*x509.Certificate, error) {
-	var certs []*x509.Certificate
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		certs = append(certs, c)
-	}
-	if len(certs) == 0 {
-		return nil, errors.New("no PEM CERTIFICATE block")
-	}
-	return certs, nil
 }
 
 // EncodePEM is the PEM form of certs.

@@ -31,7 +31,7 @@ func LoadOrCreate(certPath, keyPath, commonName string, validity time.Duration) 
 	if err != nil {
 		return nil, nil, false, err
 	}
-	certs, err := parseCertificates(certPEM)
+	certs, err := ParseCertificates(certPEM)
 	if err != nil {
 		return nil, nil, false, fmt.Errorf("%s: %w", certPath, err)
 	}
@@ -115,8 +115,9 @@ func New(commonName string, validity time.Duration) (*x509.Certificate, *ecdsa.P
 	return cert, key, nil
 }
 
-// parseCertificates parses the PEM certificates in b.
-func parseCertificates(b []byte) ([]*x509.Certificate, error) {
+// ParseCertificates parses every PEM CERTIFICATE block in b; it wants at
+// least one.
+func ParseCertificates(b []byte) ([]*x509.Certificate, error) {
 	var out []*x509.Certificate
 	for {
 		var blk *pem.Block

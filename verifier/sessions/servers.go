@@ -83,20 +83,34 @@ func (s *Sessions) KnownServer(ctx context.Context, id string) bool {
 // pingServers asks every server for its ID, until want answers or the
 // answers stop.
 func (s *Sessions) pingServers(ctx context.Context, want string) ([]string, error) {
+	var ids []string
+	_, err := s.pingAll(ctx, "$SYS.REQ.SERVER.PING", nil, func(id string, _ []byte) (bool, error) {
+		ids = append(ids, id)
+		return id == want, nil
+	})
+	return ids, err
+}
+
+// pingAll publishes a system-account PING on subject and hands each
+// server's answer (its ID and the whole reply) to each, until each says it
+// is done or fails, ctx ends, or the answers stop: kickTimeout for the
+// first, connzWait after each (servers answer in parallel, within
+// milliseconds). It reports whether any server answered.
+func (s *Sessions) pingAll(ctx context.Context, subject string, body []byte, each func(id string, data []byte) (bool, error)) (bool, error) {
 	if s.cfg.Sys == nil {
-		return nil, errNoSys
+		return false, errNoSys
 	}
 	inbox := nats.NewInbox()
 	ch := make(chan *nats.Msg, 64)
 	sub, err := s.cfg.Sys.ChanSubscribe(inbox, ch)
 	if err != nil {
-		return nil, err
+		return false, err
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	if err := s.cfg.Sys.PublishRequest("$SYS.REQ.SERVER.PING", inbox, nil); err != nil {
-		return nil, err
+	if err := s.cfg.Sys.PublishRequest(subject, inbox, body); err != nil {
+		return false, err
 	}
-	var ids []string
+	answered := false
 	timer := time.NewTimer(kickTimeout)
 	defer timer.Stop()
 	for {
@@ -110,15 +124,15 @@ func (s *Sessions) pingServers(ctx context.Context, want string) ([]string, erro
 			if json.Unmarshal(m.Data, &resp) != nil || resp.Server.ID == "" {
 				continue
 			}
-			ids = append(ids, resp.Server.ID)
-			if resp.Server.ID == want {
-				return ids, nil
+			answered = true
+			if done, err := each(resp.Server.ID, m.Data); done || err != nil {
+				return true, err
 			}
 			timer.Reset(connzWait)
 		case <-timer.C:
-			return ids, nil
+			return answered, nil
 		case <-ctx.Done():
-			return ids, nil
+			return answered, nil
 		}
 	}
 }

@@ -8,8 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
@@ -100,62 +98,39 @@ func (s *Sessions) connsOf(user string) ([]serverConn, error) {
 		return nil, nil
 	default:
 	}
-	if s.cfg.Sys == nil {
-		return nil, errNoSys
-	}
-	inbox := nats.NewInbox()
-	ch := make(chan *nats.Msg, 64)
-	sub, err := s.cfg.Sys.ChanSubscribe(inbox, ch)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = sub.Unsubscribe() }()
 	body, _ := json.Marshal(map[string]any{"user": user, "acc": keys.AccountApp, "auth": true, "limit": connzLimit})
-	if err := s.cfg.Sys.PublishRequest("$SYS.REQ.SERVER.PING.CONNZ", inbox, body); err != nil {
-		return nil, err
-	}
 	var out []serverConn
-	answered := false
-	timer := time.NewTimer(kickTimeout) // the first answer may take longer than the next
-	defer timer.Stop()
-	for {
-		select {
-		case m := <-ch:
-			var resp struct {
-				Server struct {
-					ID string `json:"id"`
-				} `json:"server"`
-				Data struct {
-					Total int `json:"total"`
-					Conns []struct {
-						CID  uint64 `json:"cid"`
-						User string `json:"authorized_user"`
-					} `json:"connections"`
-				} `json:"data"`
-			}
-			if json.Unmarshal(m.Data, &resp) != nil || resp.Server.ID == "" {
-				continue
-			}
-			answered = true
-			if resp.Data.Total > len(resp.Data.Conns) {
-				return nil, fmt.Errorf("server %s has %d sessions of %s, more than one lookup returns (%d)", resp.Server.ID, resp.Data.Total, user, connzLimit)
-			}
-			for _, c := range resp.Data.Conns {
-				if c.User == user { // the server filtered; check anyway
-					out = append(out, serverConn{resp.Server.ID, c.CID})
-				}
-			}
-			if s.cfg.Only != "" && resp.Server.ID == s.cfg.Only {
-				return out, nil // a standalone server: it was the only one to ask
-			}
-			timer.Reset(connzWait)
-		case <-timer.C:
-			if !answered { // silence is not "no sessions": fail closed
-				return nil, errors.New("no server answered the session lookup")
-			}
-			return out, nil
+	answered, err := s.pingAll(context.Background(), "$SYS.REQ.SERVER.PING.CONNZ", body, func(id string, data []byte) (bool, error) {
+		var resp struct {
+			Data struct {
+				Total int `json:"total"`
+				Conns []struct {
+					CID  uint64 `json:"cid"`
+					User string `json:"authorized_user"`
+				} `json:"connections"`
+			} `json:"data"`
 		}
+		if json.Unmarshal(data, &resp) != nil {
+			return false, nil // not an answer to use: the others may be
+		}
+		if resp.Data.Total > len(resp.Data.Conns) {
+			return false, fmt.Errorf("server %s has %d sessions of %s, more than one lookup returns (%d)", id, resp.Data.Total, user, connzLimit)
+		}
+		for _, c := range resp.Data.Conns {
+			if c.User == user { // the server filtered; check anyway
+				out = append(out, serverConn{id, c.CID})
+			}
+		}
+		// A standalone server: it was the only one to ask.
+		return s.cfg.Only != "" && id == s.cfg.Only, nil
+	})
+	switch {
+	case err != nil:
+		return nil, err
+	case !answered: // silence is not "no sessions": fail closed
+		return nil, errors.New("no server answered the session lookup")
 	}
+	return out, nil
 }
 
 // kickOne kicks one connection; false if it had left already.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -18,13 +19,10 @@ const (
 	AlertStoreUnavailable = "store_unavailable"
 )
 
-// probeEvery is how often an unavailable store is tried again, and
-// minEpisode how long an episode lasts at least (the audit trail reports
-// failing appends only after 5 s of them). Variables for tests.
-var (
-	probeEvery = 2 * time.Second
-	minEpisode = 6 * time.Second
-)
+// probeEvery is how often an unavailable store is tried again (a variable
+// for tests). It bounds how late the episode's end is noticed, not when
+// connects are granted again: grants never wait for the monitor.
+var probeEvery = time.Second
 
 // Prober tries one write to the store.
 type Prober interface {
@@ -39,8 +37,17 @@ type recorder interface{ Record(audit.Event) }
 
 type gauge interface{ StoreAvailable(bool) }
 
-// auditState says whether the audit trail takes events (nil: it does).
-type auditState interface{ Unavailable() error }
+// auditState says whether the audit trail takes events: Unavailable once
+// it refuses grants (after its own window), Failing as soon as an append
+// fails and until one succeeds.
+type auditState interface {
+	Unavailable() error
+	Failing() bool
+}
+
+// errAuditFailing keeps an episode open while the trail's appends fail but
+// have not yet failed for long enough to refuse grants.
+var errAuditFailing = fmt.Errorf("%w: audit appends are failing", api.ErrUnavailable)
 
 // Config is what the monitor needs.
 type Config struct {
@@ -143,9 +150,9 @@ func (m *Monitor) probe() {
 		// again with the next grant (an alert every probe).
 		if err == nil && m.cfg.Audit != nil {
 			err = m.cfg.Audit.Unavailable()
-		}
-		if err == nil && time.Since(m.since) < minEpisode {
-			continue // the audit trail says "failing" only after its own window
+			if err == nil && m.cfg.Audit.Failing() {
+				err = errAuditFailing
+			}
 		}
 		m.mu.Lock()
 		if err == nil || !m.down {

@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime/metrics"
 	"slices"
 	"sort"
 	"strings"
@@ -53,13 +54,17 @@ type Result struct {
 	CPUResponder float64 `json:"cpu_us_responder"`
 	CPUClients   float64 `json:"cpu_us_clients"`
 	CPUOther     float64 `json:"cpu_us_other"` // GC workers, timers
-	Failures     int     `json:"failures"`
-	RatioVsNoop  float64 `json:"ratio_vs_noop_callout"` // connect rate / noop callout's
-	Repetitions  int     `json:"repetitions"`
-	ConnectsEach int     `json:"connects_each"`
-	rates, p50s  []float64
-	p99s, cpus   []float64
-	parts        map[string][]float64
+	// Heap objects allocated per connect by the whole process (clients,
+	// server, responder): against noop-callout's, what a decision adds.
+	AllocsPerConn float64 `json:"allocs_per_connect"`
+	Failures      int     `json:"failures"`
+	RatioVsNoop   float64 `json:"ratio_vs_noop_callout"` // connect rate / noop callout's
+	Repetitions   int     `json:"repetitions"`
+	ConnectsEach  int     `json:"connects_each"`
+	rates, p50s   []float64
+	p99s, cpus    []float64
+	allocs        []float64
+	parts         map[string][]float64
 }
 
 // Report is a whole run.
@@ -119,6 +124,7 @@ func Run(cfg Config) (*Report, error) {
 					results[key] = agg
 				}
 				agg.rates, agg.p50s, agg.p99s, agg.cpus = append(agg.rates, r.rate), append(agg.p50s, r.p50), append(agg.p99s, r.p99), append(agg.cpus, r.cpu)
+				agg.allocs = append(agg.allocs, r.allocs)
 				if agg.parts == nil {
 					agg.parts = map[string][]float64{}
 				}
@@ -139,6 +145,7 @@ func Run(cfg Config) (*Report, error) {
 			r.ConnectsPerS, r.P50ms, r.P99ms, r.CPUusPerConn = median(r.rates), median(r.p50s), median(r.p99s), median(r.cpus)
 			r.CPUServer, r.CPUResponder = median(r.parts[partServer]), median(r.parts[partResponder])
 			r.CPUClients, r.CPUOther = median(r.parts[partClients]), median(r.parts[partOther])
+			r.AllocsPerConn = median(r.allocs)
 			rep.Results = append(rep.Results, r)
 		}
 		for _, s := range scen {
@@ -205,6 +212,7 @@ func (r *Report) storms(cfg Config) error {
 
 type runResult struct {
 	rate, p50, p99, cpu float64
+	allocs              float64            // heap objects per connect, whole process
 	shares              map[string]float64 // of cpu, by part
 	failures            int
 }
@@ -231,7 +239,7 @@ func measure(s *scenario, c, n int) (runResult, error) {
 	if err != nil {
 		return runResult{}, err
 	}
-	cpu0 := cpuTime()
+	cpu0, allocs0 := cpuTime(), heapAllocs()
 	start := time.Now()
 	var wg sync.WaitGroup
 	for w := range c {
@@ -258,7 +266,7 @@ func measure(s *scenario, c, n int) (runResult, error) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	cpu := cpuTime() - cpu0
+	cpu, allocs := cpuTime()-cpu0, heapAllocs()-allocs0
 	shares, err := stopProfile()
 	if err != nil {
 		return runResult{}, err
@@ -271,7 +279,19 @@ func measure(s *scenario, c, n int) (runResult, error) {
 	return runResult{
 		rate: float64(len(lat)) / elapsed.Seconds(), p50: ms(lat[len(lat)/2]), p99: ms(lat[len(lat)*99/100]),
 		cpu: float64(cpu.Microseconds()) / float64(len(lat)), shares: shares, failures: failures,
+		allocs: float64(allocs) / float64(len(lat)),
 	}, nil
+}
+
+// heapAllocs is how many heap objects the process has allocated so far
+// (runtime/metrics: no stop-the-world, unlike ReadMemStats).
+func heapAllocs() uint64 {
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:objects"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
 }
 
 func median(x []float64) float64 {
@@ -324,10 +344,10 @@ func goVersion() string {
 // ends with the machine-readable summary lines.
 func (r *Report) Write(out io.Writer, dir string) error {
 	var md strings.Builder
-	fmt.Fprintf(&md, "| scenario | concurrency | connects/s | p50 ms | p99 ms | CPU µs/connect | server | responder | clients | other | failures | vs noop callout |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&md, "| scenario | concurrency | connects/s | p50 ms | p99 ms | CPU µs/connect | server | responder | clients | other | allocs/connect | failures | vs noop callout |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.Results {
-		fmt.Fprintf(&md, "| %s | %d | %.0f | %.2f | %.2f | %.0f | %.0f | %.0f | %.0f | %.0f | %d | %.2f |\n", x.Scenario, x.Concurrency, x.ConnectsPerS, x.P50ms, x.P99ms,
-			x.CPUusPerConn, x.CPUServer, x.CPUResponder, x.CPUClients, x.CPUOther, x.Failures, x.RatioVsNoop)
+		fmt.Fprintf(&md, "| %s | %d | %.0f | %.2f | %.2f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %d | %.2f |\n", x.Scenario, x.Concurrency, x.ConnectsPerS, x.P50ms, x.P99ms,
+			x.CPUusPerConn, x.CPUServer, x.CPUResponder, x.CPUClients, x.CPUOther, x.AllocsPerConn, x.Failures, x.RatioVsNoop)
 	}
 	if len(r.Storms) > 0 {
 		fmt.Fprintf(&md, "\n| reconnect storm: clients | busy core | initial connect s | all re-authorized s after restart | callouts/s | failures | answered per second (shed) |\n|---|---|---|---|---|---|---|\n")

@@ -119,7 +119,8 @@ func TestBucketsBounded(t *testing.T) {
 // closed), and says so in words an operator can act on: JetStream's own
 // "insufficient resources" names neither the store nor the remedy.
 func TestStoreFullIsUnavailable(t *testing.T) {
-	// The two bounded buckets reserve 64 MiB each; 1 MiB is left to fill.
+	// The two bounded buckets reserve 64 MiB each (reserved, not used: the
+	// filler writes it all), and 1 MiB more.
 	const maxStore = 2*maxTTLBucketBytes + 1<<20
 	js := jstest.Start(t, func(o *server.Options) { o.JetStreamMaxStore = maxStore })
 	s, err := Open(t.Context(), js.NC, Options{})
@@ -132,7 +133,7 @@ func TestStoreFullIsUnavailable(t *testing.T) {
 	if _, err := js.JS.CreateStream(t.Context(), jetstream.StreamConfig{Name: "FILLER", Subjects: []string{"filler"}, MaxBytes: -1}); err != nil {
 		t.Fatal(err)
 	}
-	chunk := make([]byte, 64<<10)
+	chunk := make([]byte, 1<<20) // the whole store is to fill: reservations are not usage
 	for i := 0; ; i++ {
 		if _, err := js.JS.Publish(t.Context(), "filler", chunk); err != nil {
 			break

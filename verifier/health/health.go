@@ -12,6 +12,7 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/verifier/store"
 )
 
 // Alert kinds this package raises.
@@ -68,6 +69,7 @@ type Monitor struct {
 	down    bool
 	since   time.Time
 	reason  string
+	full    bool // the reason is JetStream's store full (store.Full)
 	probing bool
 
 	ctx    context.Context
@@ -104,7 +106,7 @@ func (m *Monitor) fail(err error) {
 		m.mu.Unlock()
 		return
 	}
-	m.down, m.since, m.reason = true, time.Now(), err.Error()
+	m.down, m.since, m.reason, m.full = true, time.Now(), err.Error(), store.Full(err)
 	startProbe := !m.probing
 	m.probing = true
 	m.mu.Unlock()
@@ -163,7 +165,7 @@ func (m *Monitor) probe() {
 			}
 			return
 		}
-		m.reason = err.Error()
+		m.reason, m.full = err.Error(), store.Full(err)
 		m.mu.Unlock()
 	}
 }
@@ -182,10 +184,17 @@ type Status struct {
 	Hint   string    `json:"hint,omitempty"`
 }
 
+// hintFull is what to do when JetStream refuses writes for want of space:
+// nothing ends that but an operator (or records expiring).
+const hintFull = "new connects are denied until JetStream has room again: free space on the servers' JetStream store (tpmauthnctl status shows each stream's bytes; streams other than tpmauthn's count too) or raise max_file_store (or the account's JetStream storage limit); the verifier recovers by itself"
+
 // Now is the current status.
 func (m *Monitor) Now() Status {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.down && m.full {
+		return Status{Status: "store_unavailable", Since: m.since, Reason: m.reason, Hint: hintFull}
+	}
 	if m.down {
 		return Status{Status: "store_unavailable", Since: m.since, Reason: m.reason,
 			Hint: "new connects are denied until JetStream takes writes again: check the servers' JetStream (quorum, disk space: tpmauthnctl status)"}

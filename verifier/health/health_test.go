@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/audit"
 	"github.com/tpmauthn/tpmauthn/internal/eventually"
+	"github.com/tpmauthn/tpmauthn/verifier/store"
 )
 
 // Policy-level fakes: the end-to-end behaviour is TestStoreWithoutQuorum.
@@ -158,5 +160,19 @@ func TestEpisodeWaitsForTheTrail(t *testing.T) {
 				t.Fatalf("alerts %v, want one for the episode", f.alerts)
 			}
 		})
+	}
+}
+
+// A store that is full says so, and what to do, not "check quorum".
+func TestEpisodeStoreFull(t *testing.T) {
+	defer func(d time.Duration) { probeEvery = d }(probeEvery)
+	probeEvery = time.Hour // the test looks at the episode's start only
+	f := &fakes{}
+	m := New(Config{Store: f, Alerts: f, Trail: f, Metrics: f})
+	defer m.Close()
+	m.Observe(fmt.Errorf("decide: %w: %w: insufficient resources", api.ErrUnavailable, store.ErrFull))
+	st := m.Now()
+	if st.Status != "store_unavailable" || !strings.Contains(st.Reason, "store is full") || !strings.Contains(st.Hint, "max_file_store") {
+		t.Fatalf("status %+v with the store full: want the reason and a hint that names max_file_store", st)
 	}
 }

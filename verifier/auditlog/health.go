@@ -165,11 +165,10 @@ func (a *Log) dropEvent(e audit.Event) {
 
 // retryWait is how long the writer waits before its n-th retry of a failed
 // append. A full stream or JetStream store (which only an operator ends)
-// is asked at most
-// every 2 s; any other failure — most often a stream with no leader while
-// Raft elects one, which answers at once — is retried within 250 ms, so
-// the trail takes events again right after the election (the fault
-// campaign measured up to 1.6 s lost to a doubling backoff).
+// is asked at most every 2 s; any other failure — most often a stream with
+// no leader while Raft elects one, which answers at once — is retried
+// within 250 ms, so the trail takes events again right after the election
+// (the fault campaign measured up to 1.6 s lost to a doubling backoff).
 func retryWait(n int, full bool) time.Duration {
 	if full {
 		return min(100*time.Millisecond<<min(n, 5), 2*time.Second)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 )
 
 // Queue errors.
@@ -37,6 +38,17 @@ type tpmQueue struct {
 	depth   int
 	started bool
 	closed  bool
+
+	stats queueStats
+}
+
+// queueStats counts what the queue refused and what it ran too late, for
+// the agent's metrics: TPM time spent on a request nobody waits for any more
+// is the waste a slow TPM cannot afford.
+type queueStats struct {
+	busy     atomic.Uint64 // refused: the workload had too many waiting
+	deadline atomic.Uint64 // refused: the deadline passed while waiting
+	late     atomic.Uint64 // ran, and finished after the request's deadline
 }
 
 type job struct {
@@ -74,6 +86,7 @@ func (q *tpmQueue) Do(ctx context.Context, workload string, fn func() error) err
 	}
 	if len(q.fifos[workload]) >= q.perLoad {
 		q.mu.Unlock()
+		q.stats.busy.Add(1)
 		return ErrBusy
 	}
 	if len(q.fifos[workload]) == 0 {
@@ -137,10 +150,15 @@ func (q *tpmQueue) run() {
 			}
 		}
 		if j.ctx.Err() != nil {
+			q.stats.deadline.Add(1)
 			j.done <- ErrDeadline
 			continue
 		}
-		j.done <- j.fn()
+		err := j.fn()
+		if j.ctx.Err() != nil {
+			q.stats.late.Add(1)
+		}
+		j.done <- err
 	}
 }
 

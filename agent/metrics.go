@@ -39,7 +39,14 @@ func newAgentMetrics(q *tpmQueue) *agentMetrics {
 		Name: "tpmauthn_agent_tpm_late_total",
 		Help: "TPM jobs that finished after their request's deadline: TPM time spent on an answer nobody waits for.",
 	}, func() float64 { return float64(q.stats.late.Load()) })
-	m.reg.MustRegister(m.tpm, m.assertions, depth, late, refused("busy", &q.stats.busy), refused("deadline", &q.stats.deadline), prometheus.NewGoCollector())
+	turns := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tpmauthn_agent_nats_turn_waiting", Help: "NATS handshakes waiting for a turn at the TPM.",
+	}, func() float64 { return float64(q.TurnsWaiting()) })
+	estimate := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tpmauthn_agent_tpm_job_estimate_seconds", Help: "How long the queue expects a TPM job to take (moving mean).",
+	}, func() float64 { return q.Estimate().Seconds() })
+	m.reg.MustRegister(m.tpm, m.assertions, depth, late, turns, estimate, refused("busy", &q.stats.busy), refused("deadline", &q.stats.deadline),
+		refused("expected_wait", &q.stats.overloaded), prometheus.NewGoCollector())
 	return m
 }
 

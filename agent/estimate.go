@@ -1,0 +1,57 @@
+package agent
+
+import "time"
+
+// signEstimate follows how long a TPM job takes: an exponentially weighted
+// mean and mean absolute deviation. A real TPM signs in ~200 ms at the
+// median and ~600 ms at p95, swtpm in under a millisecond: the queue has to
+// learn which one it drives before it can say how long a caller will wait.
+type signEstimate struct {
+	n         int
+	mean, dev float64 // seconds
+}
+
+// estimateWeight is each new job's weight: about the last ten jobs count.
+const estimateWeight = 0.1
+
+// tailDevs is how many deviations above the mean a job is assumed to take
+// before it is started close to its deadline: for a real TPM's lognormal
+// sign time (mean 250 ms, deviation 140 ms) that is ~1.1 s, beyond p99, so
+// that a job the queue starts almost always finishes in time.
+const tailDevs = 6
+
+func (e *signEstimate) observe(d time.Duration) {
+	s := d.Seconds()
+	if e.n == 0 {
+		e.mean, e.dev = s, s/2 // unknown spread: assume a wide one
+	} else {
+		diff := s - e.mean
+		e.mean += estimateWeight * diff
+		e.dev += estimateWeight * (abs(diff) - e.dev)
+	}
+	e.n++
+}
+
+func abs(x float64) float64 {
+	if x < 0 {
+		return -x
+	}
+	return x
+}
+
+// known says whether any job was measured yet.
+func (e *signEstimate) known() bool { return e.n > 0 }
+
+// typical is a job's expected duration (0 while unknown).
+func (e *signEstimate) typical() time.Duration { return seconds(e.mean) }
+
+// cautious is a job's duration plus its deviation: what a line of jobs is
+// assumed to take each when a wait over many of them must not run long,
+// since their durations vary (0 while unknown).
+func (e *signEstimate) cautious() time.Duration { return seconds(e.mean + e.dev) }
+
+// tail is the duration a job is assumed to need when it is started near its
+// deadline (0 while unknown).
+func (e *signEstimate) tail() time.Duration { return seconds(e.mean + tailDevs*e.dev) }
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

@@ -12,7 +12,14 @@ type signEstimate struct {
 }
 
 // estimateWeight is each new job's weight: about the last ten jobs count.
-const estimateWeight = 0.1
+// A job far slower than the estimate allows (beyond its tail) weighs
+// jumpWeight: a TPM that became slow (another user of the device, a
+// throttled chip) must not be taken for a fast one for ten more jobs, while
+// a TPM that became fast costs only some pace until the estimate follows.
+const (
+	estimateWeight = 0.1
+	jumpWeight     = 0.5
+)
 
 // tailDevs is how many deviations above the mean a job is assumed to take
 // before it is started close to its deadline: for a real TPM's lognormal
@@ -26,8 +33,12 @@ func (e *signEstimate) observe(d time.Duration) {
 		e.mean, e.dev = s, s/2 // unknown spread: assume a wide one
 	} else {
 		diff := s - e.mean
-		e.mean += estimateWeight * diff
-		e.dev += estimateWeight * (abs(diff) - e.dev)
+		w := estimateWeight
+		if diff > tailDevs*e.dev {
+			w = jumpWeight
+		}
+		e.mean += w * diff
+		e.dev += w * (abs(diff) - e.dev)
 	}
 	e.n++
 }

@@ -209,4 +209,9 @@ func TestSignEstimate(t *testing.T) {
 	if d := e.typical() - 100*time.Millisecond; d > time.Millisecond || d < -time.Millisecond {
 		t.Fatalf("typical %v after 200 samples of 100 ms", e.typical())
 	}
+	// The TPM becomes slow: one job beyond the tail moves the estimate half way.
+	e.observe(time.Second)
+	if e.typical() < 500*time.Millisecond || e.tail() < time.Second {
+		t.Fatalf("after a jump to 1 s: typical %v tail %v", e.typical(), e.tail())
+	}
 }

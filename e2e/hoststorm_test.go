@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net/http"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/tpmauthn/tpmauthn/agent"
+	"github.com/tpmauthn/tpmauthn/agent/client"
 	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/internal/slowtpm"
 )
@@ -46,9 +48,10 @@ type hostStorm struct {
 // re-authorized per second until it was whole, with one TPM.
 func (s *hostStorm) ConnectsPerS() float64 { return float64(s.Reconnected) / s.WholeS }
 
-// stormConns connects n workload connections through h's agent, a few at a
-// time (a host's workloads start one after another), each counting its
-// reconnects and whatever it is told of errors.
+// stormConns connects n workload connections through h's agent, all at
+// once (a host whose workloads start together) with client.Connect, which
+// takes turns at the TPM; each counts its reconnects and whatever it is
+// told of errors.
 type stormConns struct {
 	conns       []*nats.Conn
 	reconnected chan time.Time
@@ -58,7 +61,7 @@ type stormConns struct {
 func connectWorkloads(t testing.TB, h *fleettest.Host, n int) *stormConns {
 	t.Helper()
 	s := &stormConns{reconnected: make(chan time.Time, n*4)}
-	opts := append(h.NATSOptions(t),
+	handlers := []nats.Option{
 		nats.ReconnectHandler(func(*nats.Conn) { s.reconnected <- time.Now() }),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			s.surfaced.Add(1)
@@ -69,15 +72,15 @@ func connectWorkloads(t testing.TB, h *fleettest.Host, n int) *stormConns {
 				s.surfaced.Add(1)
 				t.Logf("workload connection closed: %v", nc.LastError())
 			}
-		}))
+		}),
+	}
 	var mu sync.Mutex
-	sem := make(chan struct{}, 4)
 	var wg sync.WaitGroup
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
 	for range n {
 		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			nc, err := nats.Connect(h.Config.NATSURL, opts...)
+			nc, err := client.Connect(ctx, h.Socket, h.Config.NATSURL, handlers...)
 			if err != nil {
 				t.Errorf("initial connect: %v", err)
 				return
@@ -192,8 +195,8 @@ func (s *hostStorm) String() string {
 		s.Late, s.RefusedWait, s.RefusedDeadline, s.RefusedBusy)
 }
 
-// TestHostStorm: 50 workload connections of one host reconnect at once
-// after the NATS server restarts, on a TPM with a real TPM's latency
+// TestHostStorm: 50 workload connections of one host connect at once, then
+// reconnect at once after the NATS server restarts, on a TPM with a real TPM's latency
 // (TPM2_Sign ~200 ms median, ~600 ms p95). All come back, no workload is
 // told of an error, and the TPM signs nothing for a request already past
 // its deadline.

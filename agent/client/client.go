@@ -138,10 +138,39 @@ func (c *Client) WhoAmI(ctx context.Context) (*WhoAmI, error) {
 
 // Assertion returns a WebAuthn assertion (PublicKeyCredential JSON) over
 // challenge, signed by the caller's TPM credential.
+// A refusal for a busy TPM is retried when the agent says, while ctx lasts.
 func (c *Client) Assertion(ctx context.Context, challenge []byte) (json.RawMessage, error) {
 	var out json.RawMessage
-	err := c.do(ctx, http.MethodPost, api.AgentPathAssertion, api.AssertionRequest{Challenge: base64.RawURLEncoding.EncodeToString(challenge)}, &out)
+	deadline, _ := ctx.Deadline()
+	err := retryBusy(ctx, func() error {
+		return c.doBy(ctx, deadline, http.MethodPost, api.AgentPathAssertion, api.AssertionRequest{Challenge: base64.RawURLEncoding.EncodeToString(challenge)}, &out)
+	})
 	return out, err
+}
+
+// maxBusyRetries bounds the retries of a request without a deadline.
+const maxBusyRetries = 3
+
+// retryBusy runs f again after the wait the agent names (Error.RetryAfter)
+// while the retry can still finish before ctx's deadline (at most
+// maxBusyRetries times without one); any other outcome is f's.
+func retryBusy(ctx context.Context, f func() error) error {
+	for n := 0; ; n++ {
+		err := f()
+		var e *Error
+		if !errors.As(err, &e) || e.RetryAfter <= 0 {
+			return err
+		}
+		dl, ok := ctx.Deadline()
+		if (ok && time.Now().Add(e.RetryAfter).After(dl)) || (!ok && n >= maxBusyRetries) {
+			return err
+		}
+		select {
+		case <-time.After(e.RetryAfter):
+		case <-ctx.Done():
+			return err
+		}
+	}
 }
 
 // NATSSign returns the CONNECT nkey and sig fields for a server nonce. The
@@ -244,6 +273,29 @@ func (c *Client) reconnectDelay(attempt int) time.Duration {
 	defer cancel()
 	_ = c.NATSTurn(ctx) // no turn (an unreachable agent, a wait that ran out): the handshake says why
 	return 0
+}
+
+// Connect is nats.Connect(url) with NATSOptions(socket) and then extra, for
+// a workload's first connect: it takes a turn at the agent's TPM (NATSTurn)
+// before each attempt, and tries again when the agent refused for a busy
+// TPM, at the time it names, while ctx lasts. A host whose workloads all
+// start at once then has each connected in its turn, none refused.
+func Connect(ctx context.Context, socket, url string, extra ...nats.Option) (*nats.Conn, error) {
+	opts, err := NATSOptions(socket)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, extra...)
+	c := New(socket)
+	var nc *nats.Conn
+	err = retryBusy(ctx, func() error {
+		if err := c.NATSTurn(ctx); err != nil {
+			return err
+		}
+		nc, err = nats.Connect(url, opts...)
+		return err
+	})
+	return nc, err
 }
 
 // tlsOption verifies the server as the agent does: with the agent's NATS

@@ -9,13 +9,17 @@ import "time"
 type signEstimate struct {
 	n         int
 	mean, dev float64 // seconds
+	over      bool    // the last job took longer than the tail
 }
 
 // estimateWeight is each new job's weight: about the last ten jobs count.
-// A job far slower than the estimate allows (beyond its tail) weighs
-// jumpWeight: a TPM that became slow (another user of the device, a
-// throttled chip) must not be taken for a fast one for ten more jobs, while
-// a TPM that became fast costs only some pace until the estimate follows.
+// The second of two jobs in a row far slower than the estimate allows
+// (beyond its tail) weighs jumpWeight: a TPM that became slow (another user
+// of the device, a throttled chip) must not be taken for a fast one for ten
+// more jobs, while one stalled job (a pause of the agent's process: one took
+// 1.7 s among 2 ms ones under the race detector) must not make it look slow.
+// A job beyond the tail alone counts as one at the tail. A TPM that became
+// fast costs only some pace until the estimate follows.
 const (
 	estimateWeight = 0.1
 	jumpWeight     = 0.5
@@ -34,9 +38,14 @@ func (e *signEstimate) observe(d time.Duration) {
 	} else {
 		diff := s - e.mean
 		w := estimateWeight
-		if diff > tailDevs*e.dev {
+		over := diff > tailDevs*e.dev
+		switch {
+		case over && e.over:
 			w = jumpWeight
+		case over: // one stall counts as a job at the tail, no more
+			diff = tailDevs * e.dev
 		}
+		e.over = over
 		e.mean += w * diff
 		e.dev += w * (abs(diff) - e.dev)
 	}

@@ -151,15 +151,21 @@ func (q *tpmQueue) enqueue(j *job) error {
 
 // admit refuses a job whose deadline the jobs ahead of it would pass: it
 // would only wait for ErrDeadline, or worse be signed when nobody waits. The
-// refusal says when a request with the same time to live would fit. Before
-// the first job is measured, every job is admitted (the head-of-line check
-// still applies). q.mu is held.
+// refusal says when a request with the same time to live would fit. A job
+// with nothing ahead of it is always admitted, and so is every job before
+// the first is measured: refusals measure nothing, so an estimate blown up
+// by one stalled job would otherwise refuse every request for good. q.mu is
+// held.
 func (q *tpmQueue) admit(j *job) error {
 	dl, ok := j.ctx.Deadline()
 	if !ok || !q.est.known() {
 		return nil
 	}
-	need := q.waitFor(j.workload) + q.est.tail()
+	wait := q.waitFor(j.workload)
+	if wait == 0 {
+		return nil
+	}
+	need := wait + q.est.tail()
 	if left := time.Until(dl); need > left {
 		return &RetryError{Err: ErrOverloaded, After: max(minRetryAfter, need-left)}
 	}
@@ -262,8 +268,9 @@ func (q *tpmQueue) run() {
 }
 
 // tooLate refuses a job at the head of the line whose deadline passed, or
-// is closer than a job may take: started, it would likely finish when
-// nobody waits for it.
+// is closer than a job may take while other jobs wait: started, it would
+// likely finish when nobody waits for it, and the TPM has better to do. Run
+// alone, it costs nobody, and its measurement keeps the estimate honest.
 func (q *tpmQueue) tooLate(j *job) error {
 	if j.ctx.Err() != nil {
 		return ErrDeadline
@@ -271,7 +278,7 @@ func (q *tpmQueue) tooLate(j *job) error {
 	dl, ok := j.ctx.Deadline()
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if ok && q.est.known() && time.Until(dl) < q.est.tail() {
+	if ok && q.est.known() && q.depth > 0 && time.Until(dl) < q.est.tail() {
 		return &RetryError{Err: ErrDeadline, After: max(minRetryAfter, q.waitFor(j.workload))}
 	}
 	return nil

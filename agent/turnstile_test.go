@@ -75,6 +75,8 @@ func TestAdmitRefusesWhatCannotFinish(t *testing.T) {
 		{"other-flood-fits", true, map[string]int{"a": 250}, 4 * time.Second, false},
 		{"no-deadline", true, map[string]int{"b": 30}, 0, false},
 		{"not-learned-yet", false, map[string]int{"b": 30}, 4 * time.Second, false},
+		// An estimate blown up by a stall must not refuse a lone request for good.
+		{"nothing-ahead", true, nil, time.Millisecond, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -105,24 +107,31 @@ func TestAdmitRefusesWhatCannotFinish(t *testing.T) {
 }
 
 // TestTooLate: at the head of the line a job with less time left than a
-// job may take (the tail) is refused, not run; with its deadline far
-// enough, or before anything was measured, it runs.
+// job may take (the tail) is refused while others wait, not run; with its
+// deadline far enough, before anything was measured, or alone, it runs.
 func TestTooLate(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		learned bool
+		others  bool // other jobs wait behind it
 		left    time.Duration
 		want    error
 	}{
-		{"too-close", true, 500 * time.Millisecond, ErrDeadline},
-		{"in-time", true, time.Minute, nil},
-		{"not-learned-yet", false, 500 * time.Millisecond, nil},
-		{"passed", true, -time.Second, ErrDeadline},
+		{"too-close", true, true, 500 * time.Millisecond, ErrDeadline},
+		{"in-time", true, true, time.Minute, nil},
+		{"not-learned-yet", false, true, 500 * time.Millisecond, nil},
+		{"passed", true, true, -time.Second, ErrDeadline},
+		// Alone, it costs nobody, and its measurement keeps the estimate honest.
+		{"too-close-alone", true, false, 500 * time.Millisecond, nil},
+		{"passed-alone", true, false, -time.Second, ErrDeadline},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			q := newTPMQueue(4)
 			if tc.learned {
 				q = learned(time.Second)
+			}
+			if tc.others {
+				fill(q, "other", 1)
 			}
 			ctx, cancel := context.WithTimeout(t.Context(), tc.left)
 			defer cancel()
@@ -209,9 +218,14 @@ func TestSignEstimate(t *testing.T) {
 	if d := e.typical() - 100*time.Millisecond; d > time.Millisecond || d < -time.Millisecond {
 		t.Fatalf("typical %v after 200 samples of 100 ms", e.typical())
 	}
-	// The TPM becomes slow: one job beyond the tail moves the estimate half way.
+	// One stalled job weighs as any other; the second in a row moves the
+	// estimate half way: the TPM became slow.
 	e.observe(time.Second)
-	if e.typical() < 500*time.Millisecond || e.tail() < time.Second {
-		t.Fatalf("after a jump to 1 s: typical %v tail %v", e.typical(), e.tail())
+	if e.typical() > 110*time.Millisecond {
+		t.Fatalf("after one stall of 1 s: typical %v", e.typical())
+	}
+	e.observe(time.Second)
+	if e.typical() < 500*time.Millisecond {
+		t.Fatalf("after two jobs of 1 s: typical %v", e.typical())
 	}
 }

@@ -19,11 +19,16 @@ import (
 // workloads, as the queue's jobs do: another uid's flood of turns costs a
 // workload at most one turn a round.
 
-// turnLead is what a handshake takes between its turn and its signature
-// request (dial, TLS, the server's INFO), and how long a turn given is
-// counted as coming: a caller that does not come (its server was down) frees
-// its place after it.
+// turnLead is what a handshake may take between its turn and its signature
+// request (dial, TLS, the server's INFO): the budget a turn is given against
+// is NATSSignBudget less this.
 const turnLead = 500 * time.Millisecond
+
+// turnExpiry is how long a turn given counts as coming. nats.go first waits
+// for the old connection's goroutines, so a request may come well after
+// turnLead; a caller that does not come at all (its server was down) frees
+// its place after this.
+const turnExpiry = 2 * time.Second
 
 // turnPoll is how often waiters look again whether a turn freed up by
 // itself (a turn given expired, the job in flight ran on).
@@ -70,7 +75,8 @@ func (q *tpmQueue) Turn(ctx context.Context, workload string) error {
 			if !removed { // given while ctx ended: take it
 				return q.afterTurn()
 			}
-			return fmt.Errorf("%w: no turn for a NATS handshake: %w", ErrDeadline, ctx.Err())
+			// The line moves: ask again at once.
+			return &RetryError{Err: fmt.Errorf("%w: no turn for a NATS handshake yet: %w", ErrDeadline, ctx.Err()), After: minRetryAfter}
 		case <-tick.C:
 			q.mu.Lock()
 			q.releaseTurns()
@@ -107,7 +113,7 @@ func (q *tpmQueue) releaseTurns() {
 		} else {
 			delete(t.waiters, w)
 		}
-		t.given[w] = append(t.given[w], now.Add(turnLead))
+		t.given[w] = append(t.given[w], now.Add(turnExpiry))
 	}
 }
 

@@ -173,7 +173,7 @@ func TestTurnsPacedAndRoundRobin(t *testing.T) {
 	if given(chA[2]) {
 		t.Fatal("a turn given while three jobs are coming")
 	}
-	q.turns.expire(time.Now().Add(turnLead + time.Millisecond)) // b and a1 never came
+	q.turns.expire(time.Now().Add(turnExpiry + time.Millisecond)) // b and a1 never came
 	q.releaseTurns()
 	if !given(chA[2]) || !given(chA[3]) || given(chA[4]) {
 		t.Fatal("the unused turns did not free their places, or freed too many")

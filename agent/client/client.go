@@ -34,6 +34,7 @@ const DefaultSocket = "/run/tpmauthn/agent.sock"
 type Client struct {
 	socket string
 	hc     *http.Client
+	turnHC *http.Client // the same transport, for waits as long as a turn's
 }
 
 // New returns a client for the agent at socket ("" for DefaultSocket).
@@ -48,7 +49,8 @@ func New(socket string) *Client {
 		},
 		MaxIdleConns: 2,
 	}
-	return &Client{socket: socket, hc: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
+	return &Client{socket: socket, hc: &http.Client{Transport: tr, Timeout: 10 * time.Second},
+		turnHC: &http.Client{Transport: tr, Timeout: turnWait + 5*time.Second}}
 }
 
 // Error is the agent's refusal. RetryAfter, when the TPM was busy, is when
@@ -80,6 +82,11 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 // once what it cannot sign before it. ctx should end a little later, so
 // that such a refusal is read.
 func (c *Client) doBy(ctx context.Context, deadline time.Time, method, path string, in, out any) error {
+	return c.send(ctx, c.hc, deadline, method, path, in, out)
+}
+
+// send is doBy on hc.
+func (c *Client) send(ctx context.Context, hc *http.Client, deadline time.Time, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -95,7 +102,7 @@ func (c *Client) doBy(ctx context.Context, deadline time.Time, method, path stri
 	if !deadline.IsZero() {
 		req.Header.Set(api.AgentHeaderDeadline, strconv.FormatInt(deadline.UnixMilli(), 10))
 	}
-	resp, err := c.hc.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("tpmauthn agent at %s: %w (is tpmauthn-agent running?)", c.socket, err)
 	}
@@ -190,7 +197,7 @@ func (c *Client) natsSignBy(ctx context.Context, deadline time.Time, nonce []byt
 // now in time (api.AgentPathNATSTurn), or ctx ends. An agent that has no
 // turns (404) gives one at once.
 func (c *Client) NATSTurn(ctx context.Context) error {
-	err := c.do(ctx, http.MethodPost, api.AgentPathNATSTurn, nil, nil)
+	err := c.send(ctx, c.turnHC, time.Time{}, http.MethodPost, api.AgentPathNATSTurn, nil, nil)
 	var e *Error
 	if errors.As(err, &e) && e.Status == http.StatusNotFound {
 		return nil
@@ -269,9 +276,11 @@ const turnWait = 30 * time.Second
 // effect when it ends.
 func (c *Client) reconnectDelay(attempt int) time.Duration {
 	time.Sleep(ReconnectDelay(attempt))
-	ctx, cancel := context.WithTimeout(context.Background(), turnWait)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*turnWait)
 	defer cancel()
-	_ = c.NATSTurn(ctx) // no turn (an unreachable agent, a wait that ran out): the handshake says why
+	// A host whose storm outlasts one wait is asked again; no turn at all
+	// (an unreachable agent): the handshake says why.
+	_ = retryBusy(ctx, func() error { return c.NATSTurn(ctx) })
 	return 0
 }
 

@@ -16,7 +16,7 @@ const (
 	// dials (a reconnect), so that its handshake's one signature is neither
 	// refused nor late. POST, no body.
 	AgentPathNATSTurn = "/v1/nats/turn"
-	AgentPathHealth    = "/healthz"      // GET
+	AgentPathHealth   = "/healthz" // GET
 )
 
 // AgentHeaderDeadline is the request header in which a caller gives its

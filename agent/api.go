@@ -132,7 +132,7 @@ func (a *Agent) healthz(w http.ResponseWriter, _ *http.Request) {
 	a.mu.Lock()
 	e := a.enroll
 	a.mu.Unlock()
-	body := map[string]any{"status": "ok", "enrolled": e != nil, "tpm_queue": a.queue.Depth()}
+	body := map[string]any{"status": "ok", "enrolled": e != nil, "tpm_queue": a.queue.Depth(), "nats_turns_waiting": a.queue.TurnsWaiting()}
 	if e != nil {
 		body["host"] = e.HostID
 	}

@@ -148,7 +148,12 @@ func (c *Client) WhoAmI(ctx context.Context) (*WhoAmI, error) {
 // A refusal for a busy TPM is retried when the agent says, while ctx lasts.
 func (c *Client) Assertion(ctx context.Context, challenge []byte) (json.RawMessage, error) {
 	var out json.RawMessage
-	deadline, _ := ctx.Deadline()
+	// The agent's deadline ends a little before ctx, so that a refusal at
+	// it is read rather than lost to ctx's end.
+	deadline, ok := ctx.Deadline()
+	if ok {
+		deadline = deadline.Add(-replySlack)
+	}
 	err := retryBusy(ctx, func() error {
 		return c.doBy(ctx, deadline, http.MethodPost, api.AgentPathAssertion, api.AssertionRequest{Challenge: base64.RawURLEncoding.EncodeToString(challenge)}, &out)
 	})

@@ -41,6 +41,7 @@ bench: ## benchmarks: TPM operations, the whole chain, revocation, enrollment, a
 	@mkdir -p $(BIN)
 	BENCH_RESULTS_DIR=$(abspath $(BIN)) $(GO) test ./e2e -run '^$$' -bench Chain -benchtime 1000x
 	BENCH_RESULTS_DIR=$(abspath $(BIN)) $(GO) test ./e2e -run '^$$' -bench RevokeToDisconnect -benchtime 1x
+	BENCH_RESULTS_DIR=$(abspath $(BIN)) $(GO) test ./e2e -run '^$$' -bench HostStorm -benchtime 1x
 	$(GO) build -o $(BIN)/tpmauthn-bench ./cmd/tpmauthn-bench
 	$(BIN)/tpmauthn-bench $(BIN)
 
@@ -55,6 +56,7 @@ chaos: ## the fault campaign under connect load: nodes, servers and verifiers ki
 bench-quick: ## the connect-path harness, everything small (< 1 min; CI runs it so it cannot rot)
 	@mkdir -p $(BIN)
 	BENCH_RESULTS_DIR=$(abspath $(BIN)) $(GO) test ./e2e -run '^$$' -bench 'Chain|RevokeToDisconnect' -benchtime 1x
+	BENCH_HOST_STORM=20 BENCH_RESULTS_DIR=$(abspath $(BIN)) $(GO) test ./e2e -run '^$$' -bench HostStorm -benchtime 1x
 	$(GO) build -o $(BIN)/tpmauthn-bench ./cmd/tpmauthn-bench
 	BENCH_QUICK=1 $(BIN)/tpmauthn-bench $(BIN)
 

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/tpmauthn/tpmauthn/agent/tpm"
@@ -39,6 +41,7 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("GET "+api.AgentPathWhoAmI, a.withCaller(a.whoami))
 	mux.HandleFunc("POST "+api.AgentPathAssertion, a.withCaller(a.assertion))
 	mux.HandleFunc("POST "+api.AgentPathNATSSign, a.withCaller(a.natsSign))
+	mux.HandleFunc("POST "+api.AgentPathNATSTurn, a.withCallerFor(turnTimeout, a.natsTurn))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, "no such endpoint", "try GET /v1/whoami, POST /v1/assertion, POST /v1/nats/sign, GET /healthz")
 	})
@@ -52,7 +55,18 @@ type caller struct {
 	cred     *Credential
 }
 
+// turnTimeout bounds a wait for a turn: a host's whole storm of handshakes
+// (50 signatures at a real TPM's ~250 ms mean) fits in it.
+const turnTimeout = 30 * time.Second
+
 func (a *Agent) withCaller(h func(http.ResponseWriter, *http.Request, *caller)) http.HandlerFunc {
+	return a.withCallerFor(a.cfg.RequestTimeout, h)
+}
+
+// withCallerFor names the caller, then runs h with a context that ends at
+// the caller's deadline (api.AgentHeaderDeadline) or after timeout,
+// whichever comes first.
+func (a *Agent) withCallerFor(timeout time.Duration, h func(http.ResponseWriter, *http.Request, *caller)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		c, ok := r.Context().Value(ctxKey{}).(*net.UnixConn)
 		if !ok {
@@ -87,17 +101,38 @@ func (a *Agent) withCaller(h func(http.ResponseWriter, *http.Request, *caller)) 
 			writeErr(w, http.StatusServiceUnavailable, "workload "+name+" has no credential yet", "the agent registers credentials at start; see its log")
 			return
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RequestTimeout)
+		deadline := time.Now().Add(timeout)
+		if v := r.Header.Get(api.AgentHeaderDeadline); v != "" {
+			ms, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				writeErr(w, http.StatusBadRequest, api.AgentHeaderDeadline+" must be Unix milliseconds", "")
+				return
+			}
+			if d := time.UnixMilli(ms); d.Before(deadline) {
+				deadline = d
+			}
+		}
+		ctx, cancel := context.WithDeadline(r.Context(), deadline)
 		defer cancel()
 		h(w, r.WithContext(ctx), &caller{peer: p, workload: name, cred: cred})
 	}
+}
+
+// natsTurn answers once a NATS handshake of the caller's workload may
+// start: see agent/turnstile.go.
+func (a *Agent) natsTurn(w http.ResponseWriter, r *http.Request, c *caller) {
+	if err := a.queue.Turn(r.Context(), c.workload); err != nil {
+		a.tpmErr(w, c, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (a *Agent) healthz(w http.ResponseWriter, _ *http.Request) {
 	a.mu.Lock()
 	e := a.enroll
 	a.mu.Unlock()
-	body := map[string]any{"status": "ok", "enrolled": e != nil, "tpm_queue": a.queue.Depth()}
+	body := map[string]any{"status": "ok", "enrolled": e != nil, "tpm_queue": a.queue.Depth(), "nats_turns_waiting": a.queue.TurnsWaiting()}
 	if e != nil {
 		body["host"] = e.HostID
 	}
@@ -176,9 +211,11 @@ func (a *Agent) tpmErr(w http.ResponseWriter, c *caller, err error) {
 		u := revokedWorkload(c.workload, c.cred.IDString())
 		writeErr(w, u.status, u.msg, u.hint)
 	case errors.Is(err, ErrBusy):
-		writeErr(w, http.StatusTooManyRequests, err.Error(), "back off and retry")
+		writeRetry(w, http.StatusTooManyRequests, err, "back off and retry")
+	case errors.Is(err, ErrOverloaded):
+		writeRetry(w, http.StatusServiceUnavailable, err, "the TPM is busy: come back after retry_after_ms")
 	case errors.Is(err, ErrDeadline), errors.Is(err, context.DeadlineExceeded):
-		writeErr(w, http.StatusServiceUnavailable, ErrDeadline.Error(), "the TPM is busy; retry")
+		writeRetry(w, http.StatusServiceUnavailable, err, "the TPM is busy; retry")
 	case errors.Is(err, tpm.ErrUnavailable):
 		writeErr(w, http.StatusServiceUnavailable, "the TPM could not sign: "+err.Error(), tpmUnavailableHint)
 	default:
@@ -190,6 +227,22 @@ func respondJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// writeRetry refuses for a busy TPM, saying when to come back if err
+// knows (a *RetryError): Retry-After in whole seconds, rounded up, as HTTP
+// has it, and retry_after_ms.
+func writeRetry(w http.ResponseWriter, status int, err error, hint string) {
+	e := api.AgentError{Error: ErrDeadline.Error(), Hint: hint}
+	var re *RetryError
+	if errors.As(err, &re) {
+		e.Error = re.Err.Error()
+		e.RetryAfterMS = max(1, re.After.Milliseconds())
+		w.Header().Set("Retry-After", strconv.FormatInt(int64(math.Ceil(re.After.Seconds())), 10))
+	} else if errors.Is(err, ErrBusy) || errors.Is(err, ErrOverloaded) {
+		e.Error = err.Error()
+	}
+	respondJSON(w, status, e)
 }
 
 func writeErr(w http.ResponseWriter, status int, msg, hint string) {

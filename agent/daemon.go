@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -532,7 +533,8 @@ func (a *Agent) connectAs(hc *Credential) (*nats.Conn, error) {
 			// The agent's context: nats.go calls this from its reconnect
 			// goroutine too, and after Close begins that must not wait for
 			// the TPM.
-			ctx, cancel := context.WithTimeout(a.ctx, a.cfg.RequestTimeout)
+			// A signature later than the handshake's budget is wasted.
+			ctx, cancel := context.WithTimeout(a.ctx, min(a.cfg.RequestTimeout, api.NATSSignBudget))
 			defer cancel()
 			a.mu.Lock()
 			cur := a.creds[agentWorkload] // the current one, after rotations too
@@ -540,7 +542,23 @@ func (a *Agent) connectAs(hc *Credential) (*nats.Conn, error) {
 			return a.natsSig(ctx, agentWorkload, cur.ID, nonce)
 		}),
 		nats.CustomInboxPrefix(api.InboxForCredential(hc.NKey())),
-		nats.Timeout(5*time.Second), nats.ReconnectJitter(500*time.Millisecond, 2*time.Second))...)
+		nats.Timeout(5*time.Second), nats.CustomReconnectDelay(a.reconnectDelay))...)
+}
+
+// reconnectDelay is 2 to 2.5 s (what nats.go's defaults with the jitter
+// this agent used gave), then a turn at the TPM, as the workloads take one
+// (agent/client): the agent's own handshake must not be refused in a storm
+// of its workloads'.
+func (a *Agent) reconnectDelay(int) time.Duration {
+	select {
+	case <-time.After(2*time.Second + rand.N(500*time.Millisecond)):
+	case <-a.ctx.Done():
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(a.ctx, turnTimeout)
+	defer cancel()
+	_ = a.queue.Turn(ctx, agentWorkload) // none: the handshake says why
+	return 0
 }
 
 // connectWithAnother tries the other local host credentials, newest first.

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,7 +29,24 @@ func newAgentMetrics(q *tpmQueue) *agentMetrics {
 	depth := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tpmauthn_agent_tpm_queue_depth", Help: "Requests waiting for the TPM.",
 	}, func() float64 { return float64(q.Depth()) })
-	m.reg.MustRegister(m.tpm, m.assertions, depth, prometheus.NewGoCollector())
+	refused := func(reason string, n *atomic.Uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "tpmauthn_agent_tpm_refused_total", Help: "Requests the TPM queue refused without running them, by reason.",
+			ConstLabels: prometheus.Labels{"reason": reason},
+		}, func() float64 { return float64(n.Load()) })
+	}
+	late := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "tpmauthn_agent_tpm_late_total",
+		Help: "TPM jobs that finished after their request's deadline: TPM time spent on an answer nobody waits for.",
+	}, func() float64 { return float64(q.stats.late.Load()) })
+	turns := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tpmauthn_agent_nats_turn_waiting", Help: "NATS handshakes waiting for a turn at the TPM.",
+	}, func() float64 { return float64(q.TurnsWaiting()) })
+	estimate := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tpmauthn_agent_tpm_job_estimate_seconds", Help: "How long the queue expects a TPM job to take (moving mean).",
+	}, func() float64 { return q.Estimate().Seconds() })
+	m.reg.MustRegister(m.tpm, m.assertions, depth, late, turns, estimate, refused("busy", &q.stats.busy), refused("deadline", &q.stats.deadline),
+		refused("expected_wait", &q.stats.overloaded), prometheus.NewGoCollector())
 	return m
 }
 

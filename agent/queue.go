@@ -3,7 +3,10 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // Queue errors.
@@ -11,17 +14,44 @@ var (
 	// ErrBusy: the caller's workload already has as many requests waiting
 	// as it may.
 	ErrBusy = errors.New("agent: too many requests waiting for the TPM; retry later")
-	// ErrDeadline: the request's deadline passed before the TPM was free; it
+	// ErrDeadline: the request's deadline passed before the TPM was free,
+	// or too little of it was left for a signature to finish in time; it
 	// is refused rather than signed late.
 	ErrDeadline = errors.New("agent: deadline passed while waiting for the TPM")
+	// ErrOverloaded: the TPM cannot sign before the request's deadline, by
+	// what the jobs ahead of it are expected to take; it is refused at once.
+	ErrOverloaded = errors.New("agent: the TPM cannot sign before the request's deadline; retry later")
 )
+
+// RetryError is a refusal that says when the TPM is expected to have room
+// for the caller. Use errors.As; it wraps ErrBusy, ErrDeadline or
+// ErrOverloaded.
+type RetryError struct {
+	Err   error
+	After time.Duration
+}
+
+func (e *RetryError) Error() string {
+	return fmt.Sprintf("%v (retry in %v)", e.Err, e.After.Round(time.Millisecond))
+}
+
+func (e *RetryError) Unwrap() error { return e.Err }
+
+// minRetryAfter is the shortest wait a refusal names: less would only bring
+// the caller back to find the same queue.
+const minRetryAfter = 100 * time.Millisecond
 
 // errShuttingDown answers jobs the queue will not run because it is closing.
 var errShuttingDown = errors.New("agent: shutting down")
 
 // tpmQueue is the one queue in front of the TPM. Each workload has its own
 // FIFO and the worker serves the workloads round-robin, so one busy workload
-// cannot starve another. A job whose deadline passed is refused, not run.
+// cannot starve another. The queue measures how long a job takes and never
+// spends TPM time on a request nobody will wait for: it refuses at once a
+// request whose deadline the jobs ahead of it would pass (ErrOverloaded),
+// and at the head of the line one whose deadline passed or is too close for
+// a signature to finish (ErrDeadline). In front of it is a turnstile (see
+// Turn) that paces NATS handshakes to what the TPM can sign in time.
 //
 // The queue owns its worker: start launches it and close stops it and waits
 // for it, so that nothing runs on the TPM once close returns and the TPM can
@@ -37,18 +67,34 @@ type tpmQueue struct {
 	depth   int
 	started bool
 	closed  bool
+	est     signEstimate
+	running time.Time // when the job in flight started; zero while idle
+	turns   turnstile
+
+	stats queueStats
+}
+
+// queueStats counts what the queue refused and what it ran too late, for
+// the agent's metrics: TPM time spent on a request nobody waits for any more
+// is the waste a slow TPM cannot afford.
+type queueStats struct {
+	busy       atomic.Uint64 // refused: the workload had too many waiting
+	deadline   atomic.Uint64 // refused at the head: deadline passed or too close
+	overloaded atomic.Uint64 // refused on arrival: the queue ahead is too long
+	late       atomic.Uint64 // ran, and finished after the request's deadline
 }
 
 type job struct {
-	ctx  context.Context
-	fn   func() error
-	done chan error
+	ctx      context.Context
+	workload string
+	fn       func() error
+	done     chan error
 }
 
 func newTPMQueue(perWorkload int) *tpmQueue {
 	return &tpmQueue{
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
-		fifos: map[string][]*job{}, perLoad: perWorkload,
+		fifos: map[string][]*job{}, perLoad: perWorkload, turns: newTurnstile(),
 	}
 }
 
@@ -66,27 +112,103 @@ func (q *tpmQueue) start() {
 
 // Do runs fn on the TPM worker for workload, waiting at most until ctx ends.
 func (q *tpmQueue) Do(ctx context.Context, workload string, fn func() error) error {
-	j := &job{ctx: ctx, fn: fn, done: make(chan error, 1)}
-	q.mu.Lock()
-	if q.closed {
-		q.mu.Unlock()
-		return errShuttingDown
+	j := &job{ctx: ctx, workload: workload, fn: fn, done: make(chan error, 1)}
+	if err := q.enqueue(j); err != nil {
+		return err
 	}
-	if len(q.fifos[workload]) >= q.perLoad {
-		q.mu.Unlock()
-		return ErrBusy
-	}
-	if len(q.fifos[workload]) == 0 {
-		q.ring = append(q.ring, workload)
-	}
-	q.fifos[workload] = append(q.fifos[workload], j)
-	q.depth++
-	q.mu.Unlock()
 	select {
 	case q.wake <- struct{}{}:
 	default:
 	}
 	return <-j.done // the worker or close answers every job, expired ones with ErrDeadline
+}
+
+// enqueue puts j at the back of its workload's FIFO, unless the queue
+// refuses it.
+func (q *tpmQueue) enqueue(j *job) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return errShuttingDown
+	}
+	q.turns.arrived(j.workload)
+	w := j.workload
+	if len(q.fifos[w]) >= q.perLoad {
+		q.stats.busy.Add(1)
+		return &RetryError{Err: ErrBusy, After: max(minRetryAfter, q.waitFor(w))}
+	}
+	if err := q.admit(j); err != nil {
+		q.stats.overloaded.Add(1)
+		return err
+	}
+	if len(q.fifos[w]) == 0 {
+		q.ring = append(q.ring, w)
+	}
+	q.fifos[w] = append(q.fifos[w], j)
+	q.depth++
+	return nil
+}
+
+// admit refuses a job whose deadline the jobs ahead of it would pass: it
+// would only wait for ErrDeadline, or worse be signed when nobody waits. The
+// refusal says when a request with the same time to live would fit. A job
+// with nothing ahead of it is always admitted, and so is every job before
+// the first is measured: refusals measure nothing, so an estimate blown up
+// by one stalled job would otherwise refuse every request for good. q.mu is
+// held.
+func (q *tpmQueue) admit(j *job) error {
+	dl, ok := j.ctx.Deadline()
+	if !ok || !q.est.known() {
+		return nil
+	}
+	wait := q.waitFor(j.workload)
+	if wait == 0 {
+		return nil
+	}
+	need := wait + q.est.tail()
+	if left := time.Until(dl); need > left {
+		return &RetryError{Err: ErrOverloaded, After: max(minRetryAfter, need-left)}
+	}
+	return nil
+}
+
+// waitFor is how long a new job of workload w is expected to wait before
+// the TPM starts it: the job in flight, then w's own jobs, and from each
+// other workload at most one job per round ahead of it (round-robin), so
+// that another workload's flood adds at most one job a round to w's wait.
+// q.mu is held.
+func (q *tpmQueue) waitFor(w string) time.Duration {
+	k := len(q.fifos[w])
+	ahead := k
+	for o, f := range q.fifos {
+		if o != w {
+			ahead += min(len(f), k+1)
+		}
+	}
+	return q.inFlightLeft() + time.Duration(ahead)*q.est.typical()
+}
+
+// inFlightLeft is what the job in flight is expected to take still. q.mu is
+// held.
+func (q *tpmQueue) inFlightLeft() time.Duration {
+	if q.running.IsZero() {
+		return 0
+	}
+	return max(0, q.est.typical()-time.Since(q.running))
+}
+
+// TurnsWaiting is the number of handshakes waiting for a turn.
+func (q *tpmQueue) TurnsWaiting() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.turns.waiting()
+}
+
+// Estimate is how long the queue expects a job to take.
+func (q *tpmQueue) Estimate() time.Duration {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.est.typical()
 }
 
 // Depth is the number of jobs waiting.
@@ -136,12 +258,52 @@ func (q *tpmQueue) run() {
 				continue
 			}
 		}
-		if j.ctx.Err() != nil {
-			j.done <- ErrDeadline
+		if err := q.tooLate(j); err != nil {
+			q.stats.deadline.Add(1)
+			j.done <- err
 			continue
 		}
-		j.done <- j.fn()
+		j.done <- q.runJob(j)
 	}
+}
+
+// tooLate refuses a job at the head of the line whose deadline passed, or
+// is closer than a job may take while other jobs wait: started, it would
+// likely finish when nobody waits for it, and the TPM has better to do. Run
+// alone, it costs nobody, and its measurement keeps the estimate honest.
+func (q *tpmQueue) tooLate(j *job) error {
+	if j.ctx.Err() != nil {
+		return ErrDeadline
+	}
+	dl, ok := j.ctx.Deadline()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if ok && q.est.known() && q.depth > 0 && time.Until(dl) < q.est.tail() {
+		return &RetryError{Err: ErrDeadline, After: max(minRetryAfter, q.waitFor(j.workload))}
+	}
+	return nil
+}
+
+// runJob runs j on the TPM, measures it, and lets the turnstile release
+// the next handshake.
+func (q *tpmQueue) runJob(j *job) error {
+	start := time.Now()
+	q.mu.Lock()
+	q.running = start
+	q.mu.Unlock()
+	err := j.fn()
+	took := time.Since(start)
+	q.mu.Lock()
+	q.running = time.Time{}
+	if err == nil { // a failure may be fast or slow: it says nothing of the TPM's pace
+		q.est.observe(took)
+	}
+	q.releaseTurns()
+	q.mu.Unlock()
+	if j.ctx.Err() != nil {
+		q.stats.late.Add(1)
+	}
+	return err
 }
 
 // close refuses new jobs, stops the worker, waits for the job it is running,
@@ -162,4 +324,7 @@ func (q *tpmQueue) close() {
 	for j := q.next(); j != nil; j = q.next() {
 		j.done <- errShuttingDown
 	}
+	q.mu.Lock()
+	q.turns.closeAll()
+	q.mu.Unlock()
 }

@@ -1,5 +1,7 @@
 package api
 
+import "time"
+
 // The agent's socket API: HTTP/1.1 + JSON over a Unix socket
 // (/run/tpmauthn/agent.sock). Callers are named by their peer credentials;
 // every refusal is an AgentError.
@@ -9,13 +11,34 @@ const (
 	AgentPathWhoAmI    = "/v1/whoami"    // GET: WhoAmI
 	AgentPathAssertion = "/v1/assertion" // POST AssertionRequest: AssertionResponse
 	AgentPathNATSSign  = "/v1/nats/sign" // POST NATSSignRequest: NATSSignResponse
-	AgentPathHealth    = "/healthz"      // GET
+	// AgentPathNATSTurn answers 204 once the TPM is expected to sign a
+	// request sent now within NATSSignBudget: a workload asks before it
+	// dials (a reconnect), so that its handshake's one signature is neither
+	// refused nor late. POST, no body.
+	AgentPathNATSTurn = "/v1/nats/turn"
+	AgentPathHealth   = "/healthz" // GET
 )
 
-// AgentError is the body of every refusal of the agent.
+// AgentHeaderDeadline is the request header in which a caller gives its
+// deadline, as Unix milliseconds (caller and agent share the host's
+// clock). The agent never signs for a request past it, and refuses at once
+// one it cannot sign before it. Without it, the agent's own request timeout
+// applies; a later deadline is cut to that.
+const AgentHeaderDeadline = "Tpmauthn-Deadline"
+
+// NATSSignBudget is how long a NATS nonce's signature may take, out of a
+// handshake's 5 s (nats.Timeout, and the server's authorization timeout):
+// the rest is for the dial, TLS and the auth callout. A signature later
+// than that is refused or wasted.
+const NATSSignBudget = 4 * time.Second
+
+// AgentError is the body of every refusal of the agent. RetryAfterMS, on a
+// refusal for a busy TPM (429 or 503, also in the Retry-After header, in
+// whole seconds), says when the TPM is expected to have room.
 type AgentError struct {
-	Error string `json:"error"`
-	Hint  string `json:"hint,omitempty"`
+	Error        string `json:"error"`
+	Hint         string `json:"hint,omitempty"`
+	RetryAfterMS int64  `json:"retry_after_ms,omitempty"`
 }
 
 // WhoAmI is how the agent sees the caller.

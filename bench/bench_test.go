@@ -2,6 +2,8 @@ package bench
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -59,5 +61,38 @@ func TestSummaryKey(t *testing.T) {
 		if got := summaryKey(tc.what, tc.n, tc.unit); got != tc.want {
 			t.Errorf("summaryKey(%q, %d, %q) = %q, want %q", tc.what, tc.n, tc.unit, got, tc.want)
 		}
+	}
+}
+
+// TestMergeHostStorm: BenchmarkHostStorm's results reach the report's table
+// and summary lines; without them the report says how to get them.
+func TestMergeHostStorm(t *testing.T) {
+	dir := t.TempDir()
+	js := `{"connections": 50, "reconnected": 50, "whole_s": 14.3, "connects_per_s": 3.5, "surfaced_errors": 0, "late_signs": 0, "tpm_signs": 51}`
+	if err := os.WriteFile(filepath.Join(dir, "e2e-hoststorm.json"), []byte(js), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := &Report{Summary: map[string]float64{}}
+	if err := r.MergeE2E(dir); err != nil {
+		t.Fatal(err)
+	}
+	if r.Summary["host_storm_whole_s"] != 14.3 || r.Summary["host_storm_connects_per_s"] != 3.5 {
+		t.Fatalf("summary %v", r.Summary)
+	}
+	var out bytes.Buffer
+	if err := r.Write(&out, dir); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"one host's storm", "| capacity (one TPM) | 3.50 connects/s |", "host_storm_late_signs=0.000"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, out.String())
+		}
+	}
+	empty := &Report{Summary: map[string]float64{}}
+	if err := empty.MergeE2E(t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	if empty.HostStorm != nil || !strings.Contains(strings.Join(empty.Notes, "\n"), "no e2e hoststorm results") {
+		t.Fatalf("without results: %v %v", empty.HostStorm, empty.Notes)
 	}
 }

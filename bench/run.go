@@ -75,10 +75,12 @@ type Report struct {
 	Storms  []*StormResult `json:"storms"`
 	Scales  []*ScaleResult `json:"scales"`
 	// Through the real agent and swtpm (e2e benchmarks, merged by MergeE2E).
-	Chain   map[string]float64 `json:"chain,omitempty"`
-	Revoke  map[string]float64 `json:"revoke,omitempty"`
-	Notes   []string           `json:"notes,omitempty"`
-	Summary map[string]float64 `json:"summary"`
+	Chain  map[string]float64 `json:"chain,omitempty"`
+	Revoke map[string]float64 `json:"revoke,omitempty"`
+	// One host's storm on a slow TPM (BenchmarkHostStorm).
+	HostStorm map[string]float64 `json:"host_storm,omitempty"`
+	Notes     []string           `json:"notes,omitempty"`
+	Summary   map[string]float64 `json:"summary"`
 }
 
 // Run measures every scenario, alternating them, and prints the report.
@@ -373,6 +375,13 @@ func (r *Report) Write(out io.Writer, dir string) error {
 		fmt.Fprintf(&md, "\nRevoke → live connection dropped, %.0f revocations: p50 %.2f ms, p99 %.2f ms (after the command's reply: p50 %.2f, p99 %.2f ms)\n",
 			r.Revoke["revocations"], r.Revoke["kick_p50_ms"], r.Revoke["kick_p99_ms"], r.Revoke["reply_to_drop_p50_ms"], r.Revoke["reply_to_drop_p99_ms"])
 	}
+	if h := r.HostStorm; h != nil {
+		fmt.Fprintf(&md, "\n| one host's storm, slow TPM (TPM2_Sign p50 200 ms, p95 600 ms) | |\n|---|---|\n")
+		fmt.Fprintf(&md, "| first connects, all at once | %.2f s |\n| connections re-authorized | %.0f of %.0f |\n| host whole again after the restart | %.2f s |\n| capacity (one TPM) | %.2f connects/s |\n",
+			h["initial_s"], h["reconnected"], h["connections"], h["whole_s"], h["connects_per_s"])
+		fmt.Fprintf(&md, "| errors surfaced to workloads | %.0f |\n| TPM2_Sign run / wasted | %.0f / %.0f |\n| signs finished past their deadline | %.0f |\n| TPM busy | %.1f s |\n| refused: expected wait / deadline / busy | %.0f / %.0f / %.0f |\n",
+			h["surfaced_errors"], h["tpm_signs"], h["wasted_signs"], h["late_signs"], h["tpm_busy_s"], h["refused_expected_wait"], h["refused_deadline"], h["refused_busy"])
+	}
 	for _, n := range r.Notes {
 		fmt.Fprintf(&md, "\nNote: %s\n", n)
 	}
@@ -424,9 +433,10 @@ func summaryKey(what string, n int, unit string) string {
 	return fmt.Sprintf("%s_%d_%s", what, n, unit)
 }
 
-// MergeE2E adds the e2e benchmarks' results (e2e-chain.json, e2e-revoke.json
-// in dir, written by BenchmarkChain and BenchmarkRevokeToDisconnect with
-// BENCH_RESULTS_DIR set) to the report and its summary.
+// MergeE2E adds the e2e benchmarks' results (e2e-chain.json, e2e-revoke.json,
+// e2e-hoststorm.json in dir, written by BenchmarkChain,
+// BenchmarkRevokeToDisconnect and BenchmarkHostStorm with BENCH_RESULTS_DIR
+// set) to the report and its summary.
 func (r *Report) MergeE2E(dir string) error {
 	read := func(name string) (map[string]float64, error) {
 		b, err := os.ReadFile(filepath.Join(dir, "e2e-"+name+".json"))
@@ -449,6 +459,15 @@ func (r *Report) MergeE2E(dir string) error {
 	}
 	if r.Revoke, err = read("revoke"); err != nil {
 		return err
+	}
+	if r.HostStorm, err = read("hoststorm"); err != nil {
+		return err
+	}
+	if h := r.HostStorm; h != nil {
+		r.Summary["host_storm_whole_s"] = h["whole_s"]
+		r.Summary["host_storm_connects_per_s"] = h["connects_per_s"]
+		r.Summary["host_storm_surfaced_errors"] = h["surfaced_errors"]
+		r.Summary["host_storm_late_signs"] = h["late_signs"]
 	}
 	if r.Chain != nil {
 		r.Summary["chain_overhead_p99_ms"] = r.Chain["chain_overhead_p99_ms"]

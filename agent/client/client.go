@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -33,6 +34,7 @@ const DefaultSocket = "/run/tpmauthn/agent.sock"
 type Client struct {
 	socket string
 	hc     *http.Client
+	turnHC *http.Client // the same transport, for waits as long as a turn's
 }
 
 // New returns a client for the agent at socket ("" for DefaultSocket).
@@ -47,14 +49,17 @@ func New(socket string) *Client {
 		},
 		MaxIdleConns: 2,
 	}
-	return &Client{socket: socket, hc: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
+	return &Client{socket: socket, hc: &http.Client{Transport: tr, Timeout: 10 * time.Second},
+		turnHC: &http.Client{Transport: tr, Timeout: turnWait + 5*time.Second}}
 }
 
-// Error is the agent's refusal.
+// Error is the agent's refusal. RetryAfter, when the TPM was busy, is when
+// the agent expects it to have room.
 type Error struct {
-	Status  int
-	Message string `json:"error"`
-	Hint    string `json:"hint"`
+	Status     int
+	Message    string `json:"error"`
+	Hint       string `json:"hint"`
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
@@ -69,6 +74,19 @@ func (e *Error) Error() string {
 type WhoAmI = api.WhoAmI
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	return c.doBy(ctx, time.Time{}, method, path, in, out)
+}
+
+// doBy sends a request whose deadline, if not zero, the agent is told
+// (api.AgentHeaderDeadline): it then signs nothing after it and refuses at
+// once what it cannot sign before it. ctx should end a little later, so
+// that such a refusal is read.
+func (c *Client) doBy(ctx context.Context, deadline time.Time, method, path string, in, out any) error {
+	return c.send(ctx, c.hc, deadline, method, path, in, out)
+}
+
+// send is doBy on hc.
+func (c *Client) send(ctx context.Context, hc *http.Client, deadline time.Time, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -81,7 +99,10 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if err != nil {
 		return err
 	}
-	resp, err := c.hc.Do(req)
+	if !deadline.IsZero() {
+		req.Header.Set(api.AgentHeaderDeadline, strconv.FormatInt(deadline.UnixMilli(), 10))
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("tpmauthn agent at %s: %w (is tpmauthn-agent running?)", c.socket, err)
 	}
@@ -90,14 +111,30 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if err != nil {
 		return err
 	}
+	if resp.StatusCode == http.StatusNoContent && out == nil {
+		return nil
+	}
 	if resp.StatusCode != http.StatusOK {
-		e := &Error{Status: resp.StatusCode}
-		if json.Unmarshal(b, e) != nil || e.Message == "" {
-			e.Message = resp.Status
-		}
-		return e
+		return agentError(resp, b)
 	}
 	return json.Unmarshal(b, out)
+}
+
+// agentError reads a refusal, with when to come back: retry_after_ms, or
+// the Retry-After header (whole seconds) from an agent that has only that.
+func agentError(resp *http.Response, body []byte) *Error {
+	var ae api.AgentError
+	e := &Error{Status: resp.StatusCode}
+	if json.Unmarshal(body, &ae) == nil && ae.Error != "" {
+		e.Message, e.Hint = ae.Error, ae.Hint
+		e.RetryAfter = time.Duration(ae.RetryAfterMS) * time.Millisecond
+	} else {
+		e.Message = resp.Status
+	}
+	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && e.RetryAfter == 0 && s > 0 {
+		e.RetryAfter = time.Duration(s) * time.Second
+	}
+	return e
 }
 
 // WhoAmI asks the agent which workload the caller is.
@@ -108,24 +145,85 @@ func (c *Client) WhoAmI(ctx context.Context) (*WhoAmI, error) {
 
 // Assertion returns a WebAuthn assertion (PublicKeyCredential JSON) over
 // challenge, signed by the caller's TPM credential.
+// A refusal for a busy TPM is retried when the agent says, while ctx lasts.
 func (c *Client) Assertion(ctx context.Context, challenge []byte) (json.RawMessage, error) {
 	var out json.RawMessage
-	err := c.do(ctx, http.MethodPost, api.AgentPathAssertion, api.AssertionRequest{Challenge: base64.RawURLEncoding.EncodeToString(challenge)}, &out)
+	// The agent's deadline ends a little before ctx, so that a refusal at
+	// it is read rather than lost to ctx's end.
+	deadline, ok := ctx.Deadline()
+	if ok {
+		deadline = deadline.Add(-replySlack)
+	}
+	err := retryBusy(ctx, func() error {
+		return c.doBy(ctx, deadline, http.MethodPost, api.AgentPathAssertion, api.AssertionRequest{Challenge: base64.RawURLEncoding.EncodeToString(challenge)}, &out)
+	})
 	return out, err
 }
 
-// NATSSign returns the CONNECT nkey and sig fields for a server nonce.
+// maxBusyRetries bounds the retries of a request without a deadline.
+const maxBusyRetries = 3
+
+// retryBusy runs f again after the wait the agent names (Error.RetryAfter)
+// while the retry can still finish before ctx's deadline (at most
+// maxBusyRetries times without one); any other outcome is f's.
+func retryBusy(ctx context.Context, f func() error) error {
+	for n := 0; ; n++ {
+		err := f()
+		var e *Error
+		if !errors.As(err, &e) || e.RetryAfter <= 0 {
+			return err
+		}
+		dl, ok := ctx.Deadline()
+		if (ok && time.Now().Add(e.RetryAfter).After(dl)) || (!ok && n >= maxBusyRetries) {
+			return err
+		}
+		select {
+		case <-time.After(e.RetryAfter):
+		case <-ctx.Done():
+			return err
+		}
+	}
+}
+
+// NATSSign returns the CONNECT nkey and sig fields for a server nonce. The
+// agent is told ctx's deadline, if it has one: it signs nothing after it.
 func (c *Client) NATSSign(ctx context.Context, nonce []byte) (nkey, sig string, err error) {
+	deadline, _ := ctx.Deadline()
+	return c.natsSignBy(ctx, deadline, nonce)
+}
+
+func (c *Client) natsSignBy(ctx context.Context, deadline time.Time, nonce []byte) (nkey, sig string, err error) {
 	var out api.NATSSignResponse
-	err = c.do(ctx, http.MethodPost, api.AgentPathNATSSign, api.NATSSignRequest{Nonce: string(nonce)}, &out)
+	err = c.doBy(ctx, deadline, http.MethodPost, api.AgentPathNATSSign, api.NATSSignRequest{Nonce: string(nonce)}, &out)
 	return out.NKey, out.Sig, err
 }
+
+// NATSTurn waits until the agent expects its TPM to sign a NATS nonce sent
+// now in time (api.AgentPathNATSTurn), or ctx ends. An agent that has no
+// turns (404) gives one at once.
+func (c *Client) NATSTurn(ctx context.Context) error {
+	err := c.send(ctx, c.turnHC, time.Time{}, http.MethodPost, api.AgentPathNATSTurn, nil, nil)
+	var e *Error
+	if errors.As(err, &e) && e.Status == http.StatusNotFound {
+		return nil
+	}
+	return err
+}
+
+// replySlack is how much longer than the deadline it gives the agent a
+// request waits for the answer, so that a refusal at the deadline is read.
+const replySlack = 250 * time.Millisecond
 
 // NATSOptions returns the nats.go options that authenticate a connection
 // with the caller's TPM credential: nats.Nkey with a signer that asks the
 // agent, a 5 s handshake timeout (a real TPM signs in hundreds of
 // milliseconds), and reconnect jitter so a fleet does not reconnect in step
-// (each reconnect costs a TPM signature and an auth callout).
+// (each reconnect costs a TPM signature and an auth callout). Each
+// signature request carries its deadline (api.NATSSignBudget from the
+// nonce), and each reconnect waits for the agent's turn (NATSTurn), so a
+// host whose workloads all reconnect at once signs each nonce in time, one
+// after another, and none for a handshake already given up. A first connect
+// takes no turn unless nats.RetryOnFailedConnect makes it a reconnect.
 func NATSOptions(socket string) ([]nats.Option, error) {
 	c := New(socket)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -142,9 +240,13 @@ func NATSOptions(socket string) ([]nats.Option, error) {
 		if len(nonce) == 0 {
 			return nil, errors.New("tpmauthn: the NATS server sent no nonce")
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		// What is left of the handshake once the signature is back goes
+		// to the auth callout: a later signature is useless, so the agent
+		// is told not to make it.
+		deadline := time.Now().Add(api.NATSSignBudget)
+		ctx, cancel := context.WithDeadline(context.Background(), deadline.Add(replySlack))
 		defer cancel()
-		got, sig, err := c.NATSSign(ctx, nonce)
+		got, sig, err := c.natsSignBy(ctx, deadline, nonce)
 		if err != nil {
 			return nil, err
 		}
@@ -164,7 +266,50 @@ func NATSOptions(socket string) ([]nats.Option, error) {
 		nats.Name(who.Workload + "@" + who.Host),
 		// The session may subscribe to replies under this prefix only.
 		nats.CustomInboxPrefix(api.InboxForCredential(nkey)),
-	}, ReconnectOptions()...)), nil
+	}, append(ReconnectOptions(), nats.CustomReconnectDelay(c.reconnectDelay))...)), nil
+}
+
+// turnWait bounds the wait for a turn before a reconnect: the agent's own
+// bound (30 s), after which the handshake is tried anyway.
+const turnWait = 30 * time.Second
+
+// reconnectDelay is ReconnectDelay, then a turn at the agent's TPM (see
+// NATSTurn): a handshake starts only when its signature can be made in
+// time, since nats.go reports each failed handshake to the workload. It
+// waits inside nats.go's callback, which runs on the connection's
+// reconnect goroutine without its lock; nc.Close during that wait takes
+// effect when it ends.
+func (c *Client) reconnectDelay(attempt int) time.Duration {
+	time.Sleep(ReconnectDelay(attempt))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*turnWait)
+	defer cancel()
+	// A host whose storm outlasts one wait is asked again; no turn at all
+	// (an unreachable agent): the handshake says why.
+	_ = retryBusy(ctx, func() error { return c.NATSTurn(ctx) })
+	return 0
+}
+
+// Connect is nats.Connect(url) with NATSOptions(socket) and then extra, for
+// a workload's first connect: it takes a turn at the agent's TPM (NATSTurn)
+// before each attempt, and tries again when the agent refused for a busy
+// TPM, at the time it names, while ctx lasts. A host whose workloads all
+// start at once then has each connected in its turn, none refused.
+func Connect(ctx context.Context, socket, url string, extra ...nats.Option) (*nats.Conn, error) {
+	opts, err := NATSOptions(socket)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, extra...)
+	c := New(socket)
+	var nc *nats.Conn
+	err = retryBusy(ctx, func() error {
+		if err := c.NATSTurn(ctx); err != nil {
+			return err
+		}
+		nc, err = nats.Connect(url, opts...)
+		return err
+	})
+	return nc, err
 }
 
 // tlsOption verifies the server as the agent does: with the agent's NATS

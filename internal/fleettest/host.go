@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/agent/client"
+	"github.com/tpmauthn/tpmauthn/internal/slowtpm"
 	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
 )
 
@@ -108,4 +110,26 @@ func PublicDir(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return d
+}
+
+// SlowTPM puts a slow-TPM proxy (internal/slowtpm, a real TPM's latency)
+// in front of sw, with draws from seed, and closes it on cleanup; start a
+// host on it with TPMAt(p.URI()). It starts fast: enrollment and
+// registration run at swtpm's speed, and the caller turns the delay on
+// (SetSlow) for what it measures.
+func SlowTPM(t testing.TB, sw *swtpmtest.TPM, seed uint64) *slowtpm.Proxy {
+	t.Helper()
+	p, err := slowtpm.Start("127.0.0.1:"+strconv.Itoa(sw.Port), slowtpm.RealTPM(), seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.SetSlow(false)
+	t.Cleanup(func() { _ = p.Close() })
+	return p
+}
+
+// TPMAt has the agent open the TPM at uri (a slow-TPM proxy's) instead of
+// the fleet's swtpm.
+func TPMAt(uri string) HostOption {
+	return func(c *agent.Config) { c.TPM = uri }
 }

@@ -36,7 +36,13 @@ const (
 	BucketEnroll      = "tpmauthn_enroll"
 	BucketChallenges  = "tpmauthn_challenges"
 	BucketWorkloads   = "tpmauthn_workloads"
+	BucketPeople      = "tpmauthn_people"
+	BucketLogins      = "tpmauthn_logins"
 	SessionTTL        = 5 * time.Minute
+	// LoginTTL bounds the records of a login under way (states, one-time
+	// codes, device authorizations, grants): each expires sooner by its own
+	// Expires, and the bucket drops it after this.
+	LoginTTL = 15 * time.Minute
 )
 
 // MaxRecordSize bounds one record (a credential with its 64 sessions is
@@ -54,8 +60,11 @@ type Store struct {
 	// the hex SHA-256 of the join token; EKs (enrolled) and EKAllow (the
 	// allow-list) by EK hash; Enroll (open enrollments) and Challenges
 	// (registration challenges) expire after SessionTTL; Workloads maps
-	// host.workload to its current credential.
+	// host.workload to its current credential. People by person ID;
+	// Logins (logins under way, expiring after LoginTTL) by kind and the
+	// hash of the secret that names them (record.SecretKey).
 	Hosts, Credentials, Tokens, EKs, EKAllow, Enroll, Challenges, Workloads jetstream.KeyValue
+	People, Logins                                                          jetstream.KeyValue
 }
 
 // Options are the buckets' settings that depend on the deployment.
@@ -85,6 +94,8 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Store, error) {
 		{BucketEnroll, SessionTTL, &s.Enroll},
 		{BucketChallenges, SessionTTL, &s.Challenges},
 		{BucketWorkloads, 0, &s.Workloads},
+		{BucketPeople, 0, &s.People},
+		{BucketLogins, LoginTTL, &s.Logins},
 	}
 	for _, b := range buckets {
 		// Earlier revisions help an operator on rarely written records.

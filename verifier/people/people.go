@@ -91,6 +91,16 @@ func (s *Service) Login(ctx context.Context, id Identity, flow, clientAddr strin
 	return p, nil
 }
 
+// LoginFailed audits a login that failed before the IdP named anyone (a
+// refused code exchange, an ID token that does not verify, a nonce that is
+// not the login's): these are the signals of an attack on the login.
+func (s *Service) LoginFailed(ctx context.Context, idp, flow, clientAddr string, cause error) {
+	ev := audit.Deny("person.login")
+	ev.ClientAddr, ev.Actor = clientAddr, "person"
+	ev.Reason = fmt.Sprintf("%s login at %s: %v", flow, idp, cause)
+	s.cfg.Trail.RecordNow(ctx, ev)
+}
+
 // display is how an audit event shows who logged in: name and email, as
 // the IdP gave them (the event's text is bounded and escaped by readers).
 func display(id Identity) string {

@@ -102,7 +102,9 @@ func New(cfg Config) *Handler {
 		cfg.Now = time.Now
 	}
 	if cfg.Client == nil {
-		cfg.Client = &http.Client{Timeout: 10 * time.Second}
+		// A transport of its own: Close drops its idle connections to the
+		// IdPs, which the shared default transport would keep.
+		cfg.Client = &http.Client{Timeout: 10 * time.Second, Transport: http.DefaultTransport.(*http.Transport).Clone()}
 	}
 	if cfg.DevicePoll == 0 {
 		cfg.DevicePoll = DefaultPoll
@@ -121,6 +123,9 @@ func (h *Handler) Register(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+api.PathDeviceCode, h.deviceCode)
 	mux.HandleFunc("POST "+api.PathDeviceToken, h.deviceToken)
 }
+
+// Close drops the idle connections to the IdPs.
+func (h *Handler) Close() { h.cfg.Client.CloseIdleConnections() }
 
 // people returns the policy's people section, or nil.
 func (h *Handler) people() *policy.People {

@@ -67,10 +67,14 @@ people:
 	b.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}
 	pkce := oauth2.GenerateVerifier()
 	start := v.HTTPURL() + api.PathLogin + "okta?" + url.Values{"cb": {"http://127.0.0.1:9/cb"}, "cc": {oauth2.S256ChallengeFromVerifier(pkce)}}.Encode()
-	cb := op.Authorize(t, b, start, "dana", "pw")
+	resp, err := b.Get(start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb := op.LogIn(t, b, oidctest.Submit(t, b, resp, nil), "dana", "pw")
 	nf := *b
 	nf.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	resp, err := nf.Get(cb.String())
+	resp, err = nf.Get(cb.String())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -87,8 +87,12 @@ func TestLoginLoopback(t *testing.T) {
 	var opened string
 	openBrowser = func(u string) error {
 		opened = u
-		cb := op.Authorize(t, b, u, "erin", "pw")
-		resp, err := b.Get(cb.String())
+		resp, err := b.Get(u)
+		if err != nil {
+			return err
+		}
+		cb := op.LogIn(t, b, oidctest.Submit(t, b, resp, nil), "erin", "pw")
+		resp, err = b.Get(cb.String())
 		if err != nil {
 			return err
 		}

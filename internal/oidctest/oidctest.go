@@ -11,12 +11,14 @@ package oidctest
 import (
 	"context"
 	"fmt"
+	"html"
 	"io"
 	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -145,6 +147,45 @@ func Browser(tb testing.TB) *http.Client {
 		tb.Fatal(err)
 	}
 	return &http.Client{Jar: jar}
+}
+
+var (
+	formTag     = regexp.MustCompile(`(?s)<form[^>]*>`)
+	formAction  = regexp.MustCompile(`action="([^"]*)"`)
+	hiddenInput = regexp.MustCompile(`<input type="hidden" name="([^"]+)" value="([^"]*)">`)
+)
+
+// Submit does what a person clicking the page's form button does: it posts
+// the first form of the page in resp (its hidden fields, and fields) to its
+// action, following redirects, and returns where the browser ends.
+func Submit(tb testing.TB, browser *http.Client, resp *http.Response, fields url.Values) *http.Response {
+	tb.Helper()
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	tag := formTag.Find(body)
+	if tag == nil {
+		tb.Fatalf("%s %s: no form on the page (%s): %s", resp.Request.Method, resp.Request.URL, resp.Status, body)
+	}
+	action := resp.Request.URL.String()
+	if m := formAction.FindSubmatch(tag); m != nil {
+		u, err := resp.Request.URL.Parse(html.UnescapeString(string(m[1])))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		action = u.String()
+	}
+	form := url.Values{}
+	for _, m := range hiddenInput.FindAllSubmatch(body, -1) {
+		form.Set(html.UnescapeString(string(m[1])), html.UnescapeString(string(m[2])))
+	}
+	for k, v := range fields {
+		form[k] = v
+	}
+	next, err := browser.PostForm(action, form)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return next
 }
 
 // Authorize starts a login at startURL with the browser, logs in at the

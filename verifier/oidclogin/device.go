@@ -2,7 +2,6 @@ package oidclogin
 
 import (
 	"crypto/rand"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"net/http"
@@ -160,8 +159,7 @@ func csrfToken(cookie string) string { return record.SecretKey("csrf\x00" + cook
 // deviceSubmit takes the user code and sends the person through the IdP's
 // login, at the end of which the device is approved (finishDevice).
 func (h *Handler) deviceSubmit(w http.ResponseWriter, r *http.Request) {
-	c, err := r.Cookie(h.cookieName())
-	if err != nil || subtle.ConstantTimeCompare([]byte(csrfToken(c.Value)), []byte(r.PostFormValue("csrf"))) != 1 {
+	if !h.csrfOK(r) {
 		h.fail(w, r, fmt.Errorf("%w: the form was not this page's (reload %s)", ErrBadRequest, api.PathDevice))
 		return
 	}

@@ -29,19 +29,52 @@ func (h *Handler) chooser(w http.ResponseWriter, r *http.Request) {
 	render(w, http.StatusOK, pageChooser, map[string]any{"IdPs": idpNames(h.people()), "Query": r.URL.RawQuery})
 }
 
-// start begins a login at the IdP the path names: a CLI's (cb and cc in
-// the query) or a browser's.
+// start begins a browser's login at the IdP the path names, or, for a
+// CLI's (cb and cc in the query), asks the person to confirm first.
 func (h *Handler) start(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	st := &record.LoginState{Flow: record.FlowBrowser}
-	if cb := q.Get("cb"); cb != "" || q.Get("cc") != "" {
-		if err := checkLoopback(cb, q.Get("cc")); err != nil {
-			h.fail(w, r, err)
-			return
-		}
-		st.Flow, st.Callback, st.Challenge = record.FlowLoopback, cb, q.Get("cc")
+	if q.Get("cb") == "" && q.Get("cc") == "" {
+		h.redirectToIdP(w, r, r.PathValue("idp"), &record.LoginState{Flow: record.FlowBrowser})
+		return
 	}
-	h.redirectToIdP(w, r, r.PathValue("idp"), st)
+	if err := checkLoopback(q.Get("cb"), q.Get("cc")); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if h.people().IdP(r.PathValue("idp")) == nil {
+		h.fail(w, r, fmt.Errorf("%w: %q", ErrUnknownIdP, r.PathValue("idp")))
+		return
+	}
+	// A link to this URL with another local user's loopback port would
+	// otherwise hand them the person's login without a click, whenever
+	// the IdP signs the person in silently: the person confirms that they
+	// started the login, on a form another site cannot submit.
+	cookie := h.browserCookie(w, r)
+	cb, _ := url.Parse(q.Get("cb"))
+	render(w, http.StatusOK, pageConfirm, map[string]any{"IdP": r.PathValue("idp"), "CB": q.Get("cb"), "CC": q.Get("cc"),
+		"Port": cb.Port(), "CSRF": csrfToken(cookie)})
+}
+
+// confirm is the person's answer to start's question: the CLI's login
+// goes on to the IdP.
+func (h *Handler) confirm(w http.ResponseWriter, r *http.Request) {
+	if !h.csrfOK(r) {
+		h.fail(w, r, fmt.Errorf("%w: the form was not this page's (run the login again)", ErrBadRequest))
+		return
+	}
+	cb, cc := r.PostFormValue("cb"), r.PostFormValue("cc")
+	if err := checkLoopback(cb, cc); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.redirectToIdP(w, r, r.PathValue("idp"), &record.LoginState{Flow: record.FlowLoopback, Callback: cb, Challenge: cc})
+}
+
+// csrfOK: the form carries the token of this browser's login cookie, which
+// another site can neither read nor (SameSite=Lax) send with its POST.
+func (h *Handler) csrfOK(r *http.Request) bool {
+	c, err := r.Cookie(h.cookieName())
+	return err == nil && subtle.ConstantTimeCompare([]byte(csrfToken(c.Value)), []byte(r.PostFormValue("csrf"))) == 1
 }
 
 // redirectToIdP stores the login state st (completed here: IdP, nonce,

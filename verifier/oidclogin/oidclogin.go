@@ -7,7 +7,8 @@
 //   - GET /oidc/callback ends it: state taken once, cookie checked, code
 //     exchanged with the PKCE verifier, ID token verified (signature,
 //     issuer, audience, expiry: go-oidc) and its nonce compared;
-//   - a CLI's login (RFC 8252 loopback redirect) ends in a one-time code
+//   - a CLI's login (RFC 8252 loopback redirect) is confirmed by the person
+//     on a page of the verifier, and ends in a one-time code
 //     sent to its loopback address, redeemed at POST /cli/token with the
 //     CLI's own PKCE verifier;
 //   - hosts without a browser use the verifier's own RFC 8628 device
@@ -116,6 +117,7 @@ func New(cfg Config) *Handler {
 func (h *Handler) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET "+api.PathLogin+"{$}", h.chooser)
 	mux.HandleFunc("GET "+api.PathLogin+"{idp}", h.start)
+	mux.HandleFunc("POST "+api.PathLogin+"{idp}", h.confirm)
 	mux.HandleFunc("GET "+api.PathOIDCCallback, h.callback)
 	mux.HandleFunc("POST "+api.PathCLIToken, h.cliToken)
 	mux.HandleFunc("GET "+api.PathDevice, h.devicePage)

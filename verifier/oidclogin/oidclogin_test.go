@@ -195,7 +195,11 @@ func (f *fixture) cliLogin(t *testing.T, idp string, u oidctest.User, challenge 
 	t.Helper()
 	b := oidctest.Browser(t)
 	start := f.srv.URL + api.PathLogin + idp + "?" + url.Values{"cb": {"http://127.0.0.1:9/cb/x"}, "cc": {challenge}}.Encode()
-	cb := f.op(idp).Authorize(t, b, start, u.Username, u.Password)
+	resp, err := b.Get(start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb := f.op(idp).LogIn(t, b, oidctest.Submit(t, b, resp, nil), u.Username, u.Password)
 	resp, body := get(t, noFollow(b), cb.String())
 	loc, err := resp.Location()
 	if err != nil || !strings.HasPrefix(loc.String(), "http://127.0.0.1:9/cb/x?code=") {
@@ -256,6 +260,41 @@ func TestLoopbackCodeNeedsVerifier(t *testing.T) {
 	// Tried once: the right verifier after a wrong one is refused too.
 	if st, _, _ := f.redeem(t, code, v); st != http.StatusBadRequest {
 		t.Fatalf("code survived a wrong verifier: %d", st)
+	}
+}
+
+// A CLI's login link does not go to the IdP until the person confirms it
+// on a form another site cannot submit: a link naming another local user's
+// loopback port cannot take the person's login through a silent IdP
+// session.
+func TestLoopbackNeedsConfirmation(t *testing.T) {
+	f := newFixture(t)
+	b := oidctest.Browser(t)
+	cc := oauth2.S256ChallengeFromVerifier(oauth2.GenerateVerifier())
+	start := f.srv.URL + api.PathLogin + "okta?" + url.Values{"cb": {"http://127.0.0.1:4711/cb"}, "cc": {cc}}.Encode()
+	resp, body := get(t, noFollow(b), start)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "port 4711") || !strings.Contains(body, "tpmauthnctl login") {
+		t.Fatalf("%s: %s", resp.Status, body)
+	}
+	for _, tc := range []struct {
+		name string
+		c    *http.Client
+		form url.Values
+	}{
+		{"noCSRF", b, url.Values{"cb": {"http://127.0.0.1:4711/cb"}, "cc": {cc}}},
+		{"otherBrowser", oidctest.Browser(t), url.Values{"cb": {"http://127.0.0.1:4711/cb"}, "cc": {cc}, "csrf": {csrfField.FindStringSubmatch(body)[1]}}},
+		{"remoteCallback", b, url.Values{"cb": {"http://evil.example.com:80/cb"}, "cc": {cc}, "csrf": {csrfField.FindStringSubmatch(body)[1]}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := noFollow(tc.c).PostForm(start, tc.form)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest {
+				t.Fatalf("%s", resp.Status)
+			}
+		})
 	}
 }
 

@@ -14,6 +14,11 @@ var pages = template.Must(template.New("").Parse(`
 {{define "chooser"}}{{template "head"}}<h1>Log in</h1>
 {{range .IdPs}}<p><a href="/login/{{.}}{{if $.Query}}?{{$.Query}}{{end}}">Log in with {{.}}</a></p>{{else}}<p>No identity provider is configured.</p>{{end}}
 </body></html>{{end}}
+{{define "confirm"}}{{template "head"}}<h1>Log in a program</h1>
+<p>A program on this computer (listening on port {{.Port}}) asks to log in as you with {{.IdP}}.
+<b>Continue only if you just ran <code>tpmauthnctl login</code> yourself</b>: the program gets your login.</p>
+<form method="post"><input type="hidden" name="csrf" value="{{.CSRF}}"><input type="hidden" name="cb" value="{{.CB}}">
+<input type="hidden" name="cc" value="{{.CC}}"><button>Continue with {{.IdP}}</button></form></body></html>{{end}}
 {{define "loggedIn"}}{{template "head"}}<h1>Logged in</h1>
 <p>You are logged in as <b>{{.Person.Name}}</b> {{if .Person.Email}}({{.Person.Email}}){{end}} at {{.Person.IdP}}.</p>
 <p>Your person ID is <code>{{.Person.ID}}</code>.</p></body></html>{{end}}
@@ -33,6 +38,7 @@ whoever gave you a code gets your login.</p>
 // Page names.
 const (
 	pageChooser        = "chooser"
+	pageConfirm        = "confirm"
 	pageLoggedIn       = "loggedIn"
 	pageDevice         = "device"
 	pageDeviceApproved = "deviceApproved"

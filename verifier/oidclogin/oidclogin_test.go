@@ -46,13 +46,14 @@ type fixture struct {
 	env        *testenv.Env
 	okta, entr *oidctest.OP
 	srv        *httptest.Server
+	mux        *http.ServeMux
 	svc        *people.Service
 	now        atomic.Pointer[time.Time]
 	policyYAML string
 	pol        atomic.Pointer[policy.Policy]
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	f := &fixture{env: testenv.New(t), okta: oidctest.Start(t, alice, bob), entr: oidctest.Start(t, carol)}
 	start := time.Now()
@@ -82,6 +83,7 @@ people:
 	polf := func() *policy.Policy { return f.pol.Load() }
 	f.svc = people.New(people.Config{Store: f.env.Store, Policy: polf, Trail: f.env.Trail, Now: now})
 	mux := http.NewServeMux()
+	f.mux = mux
 	f.srv = httptest.NewUnstartedServer(mux)
 	h := New(Config{People: f.svc, Store: f.env.Store, Policy: polf, PublicURL: "http://" + f.srv.Listener.Addr().String(),
 		DevicePoll: time.Second, Now: now})
@@ -93,7 +95,7 @@ people:
 	return f
 }
 
-func (f *fixture) setPolicy(t *testing.T, src string) {
+func (f *fixture) setPolicy(t testing.TB, src string) {
 	t.Helper()
 	p, err := policy.Parse([]byte(src))
 	if err != nil {

@@ -188,6 +188,9 @@ func (s *Service) Grant(ctx context.Context, p *record.Person, flow, clientAddr 
 	if err := store.Create(ctx, s.cfg.Store.Logins, "grant."+record.SecretKey(token), g); err != nil {
 		return nil, fmt.Errorf("store login grant: %w", err)
 	}
+	ev := audit.Event{Kind: "person.grant", Result: audit.OK, Person: p.ID, ClientAddr: clientAddr, Actor: "person",
+		Reason: fmt.Sprintf("%s login grant, login until %s", flow, g.LoginExpires.Format(time.RFC3339))}
+	s.cfg.Trail.RecordNow(ctx, ev)
 	who := policy.Person{IdP: p.IdP, Groups: p.Groups}
 	hw, sw := who, who
 	hw.Assurance, sw.Assurance = policy.AssuranceHardware, policy.AssuranceSoftware
@@ -234,6 +237,8 @@ func (s *Service) Redeem(ctx context.Context, token string) (*record.LoginGrant,
 	if !p.Disabled.IsZero() {
 		return nil, nil, fmt.Errorf("%w: %s", ErrDisabled, p.ID)
 	}
+	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "person.grant.redeem", Result: audit.OK, Person: p.ID, Actor: "person",
+		Reason: fmt.Sprintf("%s login grant redeemed", g.Flow)})
 	return g, p, nil
 }
 

@@ -1,6 +1,9 @@
 package api
 
-import "time"
+import (
+	"log/slog"
+	"time"
+)
 
 // The verifier's HTTPS endpoints for people (--http-listen). A login ends
 // in a LoginResult whichever way it went: a CLI's loopback redirect
@@ -84,4 +87,17 @@ type Person struct {
 	Subject string `json:"subject"`
 	Name    string `json:"name,omitempty"`
 	Email   string `json:"email,omitempty"`
+}
+
+// LogValue keeps the grant out of logs (slog.LogValuer): who logged in, not
+// the bearer token.
+func (r LoginResult) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("person", r.Person.ID), slog.String("access_token", "[REDACTED]"),
+		slog.Time("login_expires", r.LoginExpires))
+}
+
+// LogValue keeps the device code (a bearer secret until redeemed) out of
+// logs; the user code is shown to people anyway.
+func (d DeviceAuthResponse) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("user_code", d.UserCode), slog.String("device_code", "[REDACTED]"))
 }

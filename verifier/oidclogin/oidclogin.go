@@ -1,30 +1,6 @@
-// Package oidclogin is the verifier's OpenID Connect relying party for any
-// number of identity providers, and the HTTP endpoints that log a person in:
-//
-//   - GET /login/{idp} starts an authorization code flow with PKCE (RFC 7636,
-//     S256), state and nonce (OIDC Core §3.1.2.1), each one-time and
-//     expiring, and the state bound to the browser by a cookie;
-//   - GET /oidc/callback ends it: state taken once, cookie checked, code
-//     exchanged with the PKCE verifier, ID token verified (signature,
-//     issuer, audience, expiry: go-oidc) and its nonce compared;
-//   - a CLI's login (RFC 8252 loopback redirect) is confirmed by the person
-//     on a page of the verifier, and ends in a one-time code
-//     sent to its loopback address, redeemed at POST /cli/token with the
-//     CLI's own PKCE verifier;
-//   - hosts without a browser use the verifier's own RFC 8628 device
-//     authorization (/device/code, /device/token, and the /device page
-//     where the person enters the code and is sent through the IdP login).
-//
-// Every login ends with verifier/people: a person is (IdP, subject claim),
-// never an email; the login is audited naming the person; a CLI gets a login
-// grant. Trust assumptions: the IdP's discovery document and keys come over
-// TLS (the policy refuses http beyond loopback), the browser keeps its
-// cookies, and the redirect URI registered at each IdP is this listener's
-// PublicURL + /oidc/callback.
 package oidclogin
 
 import (
-	"errors"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -34,27 +10,6 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/people"
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
 	"github.com/tpmauthn/tpmauthn/verifier/store"
-)
-
-// Sentinel errors (compare with errors.Is).
-var (
-	// ErrUnknownIdP: the policy names no such IdP.
-	ErrUnknownIdP = errors.New("unknown identity provider")
-	// ErrState: a login state unknown, used, expired, or not this browser's.
-	ErrState = errors.New("login state unknown, used, expired or from another browser")
-	// ErrIdP: the IdP refused, was unreachable, or answered with an ID token
-	// that does not verify.
-	ErrIdP = errors.New("identity provider login failed")
-	// ErrNonce: the ID token's nonce is not the login's (a replayed or
-	// substituted token).
-	ErrNonce = errors.New("ID token nonce mismatch")
-	// ErrClaims: the ID token lacks the subject claim the policy names.
-	ErrClaims = errors.New("ID token lacks the subject claim")
-	// ErrCode: a one-time code (or device code) unknown, used, expired, or
-	// redeemed with the wrong PKCE verifier.
-	ErrCode = errors.New("code unknown, used, expired or not yours")
-	// ErrBadRequest: a request this endpoint cannot take.
-	ErrBadRequest = errors.New("bad request")
 )
 
 // Lifetimes of what a login leaves in the logins bucket (each well below

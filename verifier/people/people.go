@@ -1,9 +1,3 @@
-// Package people keeps the verifier's people: the person records (a person
-// is (IdP, subject), never an email), what a login records and audits, and
-// the login grants a finished login hands its client. The relying party
-// that talks to the IdPs (verifier/oidclogin) calls Login and Grant; the
-// step that registers a person's device credential calls Redeem. Roles come
-// from the policy's people bindings (verifier/policy).
 package people
 
 import (
@@ -22,16 +16,6 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 	"github.com/tpmauthn/tpmauthn/verifier/store"
-)
-
-// Sentinel errors (compare with errors.Is).
-var (
-	// ErrDisabled: the person is disabled and may not log in.
-	ErrDisabled = errors.New("person disabled")
-	// ErrGrantInvalid: a login grant unknown, used or expired.
-	ErrGrantInvalid = errors.New("login grant unknown, used or expired")
-	// ErrNoPolicy: the policy has no people section.
-	ErrNoPolicy = errors.New("the policy has no people section")
 )
 
 // GrantTTL is how long a login grant stays redeemable: the client redeems

@@ -3,6 +3,7 @@ package record
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"log/slog"
 	"time"
 )
 
@@ -129,4 +130,9 @@ type LoginGrant struct {
 func SecretKey(secret string) string {
 	h := sha256.Sum256([]byte(secret))
 	return hex.EncodeToString(h[:])
+}
+
+// LogValue keeps the nonce and PKCE verifier out of logs (slog.LogValuer).
+func (l *LoginState) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("idp", l.IdP), slog.String("flow", l.Flow), slog.String("secrets", "[REDACTED]"))
 }

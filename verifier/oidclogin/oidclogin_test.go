@@ -623,3 +623,25 @@ func TestDevicePageRefusals(t *testing.T) {
 		})
 	}
 }
+
+// The people section is re-read like the rest of the policy: a changed
+// IdP (here its client secret) is discovered again at the next login.
+func TestPolicyChangeRebuildsRelyingParty(t *testing.T) {
+	f := newFixture(t)
+	if code, _ := f.browserLogin(t, "okta", alice); code != http.StatusOK {
+		t.Fatalf("first login: %d", code)
+	}
+	wrong := filepath.Join(t.TempDir(), "wrong")
+	if err := os.WriteFile(wrong, []byte("not-the-secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	right := regexp.MustCompile(`client_secret_file: "([^"]*okta)"`).FindStringSubmatch(f.policyYAML)[1]
+	f.setPolicy(t, strings.Replace(f.policyYAML, right, wrong, 1))
+	if code, body := f.browserLogin(t, "okta", alice); code != http.StatusBadGateway {
+		t.Fatalf("login with a wrong client secret: %d %s", code, body)
+	}
+	f.setPolicy(t, f.policyYAML)
+	if code, _ := f.browserLogin(t, "okta", alice); code != http.StatusOK {
+		t.Fatalf("login after the fix: %d", code)
+	}
+}

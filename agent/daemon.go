@@ -93,6 +93,9 @@ func (c *Config) Validate() error {
 	if err := validateWorkloads(c.Workloads); err != nil {
 		errs = append(errs, err)
 	}
+	if c.RotationCheck < 0 {
+		errs = append(errs, fmt.Errorf("rotation_check: %v, want a positive duration (0: 1m)", c.RotationCheck))
+	}
 	return errors.Join(errs...)
 }
 

@@ -24,11 +24,22 @@ func TestQuick(t *testing.T) {
 			t.Errorf("%s at %d: %d failures, %.0f connects/s", x.Scenario, x.Concurrency, x.Failures, x.ConnectsPerS)
 		}
 	}
-	if len(r.Storms) != 1 || r.Storms[0].Failures != 0 {
-		t.Errorf("storm: %+v", r.Storms)
+	if len(r.Storms) != 2 || r.Storms[0].Failures != 0 || r.Storms[1].Failures != 0 || !r.Storms[1].Busy {
+		t.Errorf("storms (quiet, busy core): %+v", r.Storms)
 	}
-	if !strings.Contains(out.String(), "ratio_vs_noop_callout=") || !strings.Contains(out.String(), "storm_200_s=") {
-		t.Fatal("no summary line")
+	for _, s := range r.Storms {
+		var answered uint64
+		for _, a := range s.Answered {
+			answered += a
+		}
+		if answered == 0 && s.ReauthS >= 1 {
+			t.Errorf("storm of %.1f s with no answered-per-second curve: %+v", s.ReauthS, s)
+		}
+	}
+	for _, line := range []string{"ratio_vs_noop_callout_min=", "ratio_vs_noop_callout_c1=", "ratio_vs_noop_callout_c16=", "storm_200_s=", "storm_busy_200_s="} {
+		if !strings.Contains(out.String(), line) {
+			t.Errorf("no summary line %s", line)
+		}
 	}
 }
 

@@ -26,6 +26,12 @@ type StormResult struct {
 	ReauthS      float64 `json:"reauthorize_all_s"` // from the server's restart to the last client back
 	Failures     int     `json:"failures"`          // clients not back within the timeout
 	CalloutsPerS float64 `json:"callouts_per_s"`
+	Busy         bool    `json:"busy_core,omitempty"` // a busy loop held one core
+	// Each second after the restart: callouts the verifier answered and
+	// shed (too late for their clients). A collapse shows as a falling
+	// answered line with shedding.
+	Answered []uint64 `json:"answered_per_s"`
+	Shed     []uint64 `json:"shed_per_s"`
 }
 
 // stormServer runs the tpmauthn layout on a fixed port, JetStream in dir.
@@ -57,7 +63,13 @@ func freeTCPPort() (int, error) {
 }
 
 // Storm connects n clients, restarts the server and times the return.
-func Storm(dir string, n int) (*StormResult, error) {
+func Storm(dir string, n int) (*StormResult, error) { return storm(dir, n, false) }
+
+// BusyStorm is Storm with a busy loop pinned to one core from the restart
+// on.
+func BusyStorm(dir string, n int) (*StormResult, error) { return storm(dir, n, true) }
+
+func storm(dir string, n int, busy bool) (*StormResult, error) {
 	raiseFDLimit()
 	port, err := freeTCPPort()
 	if err != nil {
@@ -73,7 +85,14 @@ func Storm(dir string, n int) (*StormResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &StormResult{Clients: n}
+	res := &StormResult{Clients: n, Busy: busy}
+	if busy {
+		stop, err := startBusy()
+		if err != nil {
+			return nil, err
+		}
+		defer stop()
+	}
 	if exe, ok := benchExe(); ok {
 		return stormChild(ss, v, res, creds, exe)
 	}
@@ -95,7 +114,7 @@ func Storm(dir string, n int) (*StormResult, error) {
 	if err := ss.start(); err != nil {
 		return nil, err
 	}
-	defer watchStorm(v, restarted)()
+	defer watchStorm(v, restarted, res)()
 	deadline := time.Now().Add(90 * time.Second)
 	for cl.back.Load() < int64(n) && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
@@ -156,10 +175,11 @@ func connectClients(url string, creds []*softCred) (*clients, error) {
 
 func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 
-// watchStorm profiles the storm into $BENCH_CPUPROFILE and, with BENCH_LOG
-// set, prints the verifier's answered and shed callouts each second.
-func watchStorm(v *verifier.Verifier, since time.Time) (stop func()) {
-	done := make(chan struct{})
+// watchStorm profiles the storm into $BENCH_CPUPROFILE and records the
+// verifier's answered and shed callouts each second into res (printed as
+// they come with BENCH_LOG set).
+func watchStorm(v *verifier.Verifier, since time.Time, res *StormResult) (stop func()) {
+	done, finished := make(chan struct{}), make(chan struct{})
 	var prof *os.File
 	if f := os.Getenv("BENCH_CPUPROFILE"); f != "" {
 		var err error
@@ -171,9 +191,7 @@ func watchStorm(v *verifier.Verifier, since time.Time) (stop func()) {
 		}
 	}
 	go func() {
-		if os.Getenv("BENCH_LOG") == "" {
-			return
-		}
+		defer close(finished)
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		served, shed := v.Served(), v.Shed()
@@ -183,13 +201,17 @@ func watchStorm(v *verifier.Verifier, since time.Time) (stop func()) {
 				return
 			case <-t.C:
 				s, d := v.Served(), v.Shed()
-				fmt.Fprintf(os.Stderr, "verifier: %4.1f s: %d answered, %d shed in the last second\n", time.Since(since).Seconds(), s-served, d-shed)
+				res.Answered, res.Shed = append(res.Answered, s-served), append(res.Shed, d-shed)
+				if os.Getenv("BENCH_LOG") != "" {
+					fmt.Fprintf(os.Stderr, "verifier: %4.1f s: %d answered, %d shed in the last second\n", time.Since(since).Seconds(), s-served, d-shed)
+				}
 				served, shed = s, d
 			}
 		}
 	}()
 	return func() {
 		close(done)
+		<-finished
 		if prof != nil {
 			pprof.StopCPUProfile()
 			_ = prof.Close()

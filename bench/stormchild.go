@@ -65,7 +65,7 @@ func stormChild(ss *stormServer, v *verifier.Verifier, res *StormResult, creds [
 	if err := ss.start(); err != nil {
 		return nil, err
 	}
-	defer watchStorm(v, restarted)()
+	defer watchStorm(v, restarted, res)()
 	// The child prints "back N" as clients return, the last when N = n.
 	back, timeout := 0, time.After(90*time.Second)
 	for back < len(creds) {

@@ -373,6 +373,11 @@ func TestTPMLostAndBack(t *testing.T) {
 	if code, m := sign(); code != http.StatusOK {
 		t.Fatalf("sign before the fault: %d %v", code, m)
 	}
+	// Workloads connect the whole time: the fault's row in make chaos.
+	l, stop := &load{}, make(chan struct{})
+	lw := l.run(t, h, 2, 100*time.Millisecond, stop)
+	defer func() { close(stop); lw.Wait() }()
+	s0 := l.snapshot()
 	if err := f.TPM.Stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -383,15 +388,24 @@ func TestTPMLostAndBack(t *testing.T) {
 	if code, m := get("GET", "/healthz", ""); code != http.StatusServiceUnavailable || m["status"] != "tpm_unavailable" || m["hint"] == nil {
 		t.Fatalf("/healthz with swtpm down: %d %v", code, m)
 	}
+	time.Sleep(time.Second) // a second of workloads meeting the TPM's absence
 	if err := f.TPM.StartOnPort(); err != nil {
 		t.Fatal(err)
 	}
+	back := time.Now()
 	eventually.Until(t, 30*time.Second, func() error {
 		if code, m := sign(); code != http.StatusOK {
 			return fmt.Errorf("sign after swtpm's return: %d %v", code, m)
 		}
 		return nil
 	})
+	rec := l.recovered(t, back, 30*time.Second)
+	s1 := l.snapshot()
+	t.Logf("\n| fault | connects attempted | granted | denied | errored | s to recovery |\n|---|---|---|---|---|---|\n| swtpm killed and started again | %d | %d | %d | %d | %.1f |",
+		s1[0]-s0[0], s1[1]-s0[1], s1[2]-s0[2], s1[3]-s0[3], rec.Seconds())
+	if s1[2] != s0[2] {
+		t.Errorf("%d connects denied while the TPM was away: the agent should fail them locally (errored), not send the verifier anything to deny", s1[2]-s0[2])
+	}
 	if code, m := get("GET", "/healthz", ""); code != http.StatusOK {
 		t.Fatalf("/healthz after swtpm's return: %d %v", code, m)
 	}

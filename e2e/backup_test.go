@@ -112,6 +112,7 @@ func TestBackupRestore(t *testing.T) {
 	f.Verifier.Close() // the fleet's verifier is lost
 
 	newDir := filepath.Join(t.TempDir(), "restored")
+	restoreStart := time.Now()
 	if out, err := runCtl(t, ctl, "--data-dir", newDir, "restore", bdir); err != nil {
 		t.Fatalf("restore: %v\n%s", err, out)
 	}
@@ -152,6 +153,8 @@ func TestBackupRestore(t *testing.T) {
 		t.Fatalf("the original agent's workload against the restored verifier: %v", err)
 	}
 	nc.Close()
+	t.Logf("\n| fault | connects attempted | granted | denied | errored | s to recovery |\n|---|---|---|---|---|---|\n| verifier started from a backup restored into a fresh directory | 1 | 1 | 0 | 0 | %.1f |",
+		time.Since(restoreStart).Seconds())
 
 	// The trail holds the backed-up events unchanged, then the restore and
 	// the new connect, and the whole chain verifies.

@@ -200,6 +200,11 @@ func allCurrent(t *testing.T, op *nats.Conn) error {
 	if code := fleettest.Admin(t, op, "status", nil, &st); code != "" {
 		return errors.New(code)
 	}
+	return streamsCurrent(st)
+}
+
+// streamsCurrent says whether every stream in st has two current followers.
+func streamsCurrent(st api.Status) error {
 	for _, s := range st.Streams {
 		if s.Error != "" || len(s.Peers) != 2 {
 			return fmt.Errorf("stream %s: %d peers, error %q", s.Stream, len(s.Peers), s.Error)

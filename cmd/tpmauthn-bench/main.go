@@ -47,7 +47,7 @@ func main() {
 		cfg.Connects = n // per scenario, concurrency and repetition
 	}
 	if os.Getenv("BENCH_ONLY_CONNECT") == "1" { // the connect table alone
-		cfg.Storms, cfg.Scales = nil, nil
+		cfg.Storms, cfg.BusyStorms, cfg.Scales = nil, nil, nil
 	}
 	if s := os.Getenv("BENCH_CONCURRENCY"); s != "" { // e.g. 256 or 1,16
 		cfg.Concurrency = nil
@@ -57,13 +57,11 @@ func main() {
 			}
 		}
 	}
-	if s := os.Getenv("BENCH_STORMS"); s != "" { // e.g. 10000 or 1000,5000
-		cfg.Storms = nil
-		for _, f := range strings.Split(s, ",") {
-			if n, err := strconv.Atoi(f); err == nil {
-				cfg.Storms = append(cfg.Storms, n)
-			}
-		}
+	if s, ok := os.LookupEnv("BENCH_STORMS"); ok { // e.g. 10000 or 1000,5000; empty: none
+		cfg.Storms = sizes(s)
+	}
+	if s, ok := os.LookupEnv("BENCH_BUSY_STORMS"); ok { // the same with a busy core
+		cfg.BusyStorms = sizes(s)
 	}
 	if s := os.Getenv("BENCH_ONLY_SCALE"); s != "" { // e.g. 100000: just that scale run
 		n, err := strconv.Atoi(s)
@@ -87,13 +85,17 @@ func main() {
 				fmt.Fprintln(os.Stderr, "tpmauthn-bench: BENCH_ONLY_STORM:", err)
 				os.Exit(2)
 			}
-			r, err := bench.Storm(filepath.Join(dir, strconv.Itoa(i)), n)
+			do := bench.Storm
+			if os.Getenv("BENCH_BUSY") == "1" { // a busy loop pinned to one core
+				do = bench.BusyStorm
+			}
+			r, err := do(filepath.Join(dir, strconv.Itoa(i)), n)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "tpmauthn-bench:", err)
 				os.Exit(1)
 			}
-			fmt.Printf("storm: %d clients, connected in %.2f s, all re-authorized %.2f s after the restart (%.0f callouts/s), %d failures\nstorm_%d_s=%.3f\n",
-				r.Clients, r.ConnectS, r.ReauthS, r.CalloutsPerS, r.Failures, r.Clients, r.ReauthS)
+			fmt.Printf("storm (busy core %v): %d clients, connected in %.2f s, all re-authorized %.2f s after the restart (%.0f callouts/s), %d failures\nanswered/s %v\nshed/s %v\nstorm_%d_s=%.3f\n",
+				r.Busy, r.Clients, r.ConnectS, r.ReauthS, r.CalloutsPerS, r.Failures, r.Answered, r.Shed, r.Clients, r.ReauthS)
 		}
 		_ = os.RemoveAll(dir)
 		return
@@ -110,4 +112,15 @@ func main() {
 		fmt.Fprintln(os.Stderr, "tpmauthn-bench:", err)
 		os.Exit(1)
 	}
+}
+
+// sizes parses a comma-separated list of positive sizes.
+func sizes(s string) []int {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if n, err := strconv.Atoi(strings.TrimSpace(f)); err == nil && n > 0 {
+			out = append(out, n)
+		}
+	}
+	return out
 }

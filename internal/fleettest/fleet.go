@@ -66,6 +66,9 @@ type Fleet struct {
 	sessionTTL time.Duration
 	clientTLS  nats.Option // ClientTLS of the running verifier
 	withRoot   bool
+	// rootMaxStore bounds the root server's JetStream file store (0: the
+	// server's default).
+	rootMaxStore int64
 }
 
 // Option changes a fleet before its verifier starts (f.Config above all).

@@ -1,6 +1,7 @@
 package fleettest
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,6 +24,15 @@ import (
 // what the product's own credentials may not.
 func WithRoot() Option { return func(f *Fleet) { f.withRoot = true } }
 
+// RootMaxStore is WithRoot with the server's JetStream file store bounded
+// to n bytes (max_file_store), so that a test can fill it. JetStream
+// reserves a stream's MaxBytes when the stream is created: n must hold the
+// bounded buckets' reservations (two of 64 MiB) and the audit stream's
+// (Config.Audit.MaxBytes; negative reserves nothing).
+func RootMaxStore(n int64) Option {
+	return func(f *Fleet) { f.withRoot, f.rootMaxStore = true, n }
+}
+
 // startRoot starts WithRoot's server and points f.Config at it.
 func (f *Fleet) startRoot(t testing.TB) {
 	t.Helper()
@@ -35,7 +45,12 @@ func (f *Fleet) startRoot(t testing.TB) {
 		t.Fatal(err)
 	}
 	pub, _ := admin.PublicKey()
-	conf := keys.ServerConfig(ks, keys.ServerConfigOptions{Listen: "127.0.0.1:-1", StoreDir: filepath.Join(t.TempDir(), "js")})
+	o := keys.ServerConfigOptions{Listen: "127.0.0.1:-1", StoreDir: filepath.Join(t.TempDir(), "js")}
+	if f.rootMaxStore > 0 {
+		o.Extra = fmt.Sprintf("jetstream { store_dir: %q, max_file_store: %d }", o.StoreDir, f.rootMaxStore)
+		o.StoreDir = "" // the block above replaces the one ServerConfig writes
+	}
+	conf := keys.ServerConfig(ks, o)
 	withAdmin := strings.Replace(conf, "users: [\n", "users: [\n      { nkey: "+pub+" }  # test only: an administrator outside the product\n", 1)
 	withAdmin = strings.Replace(withAdmin, "auth_users: [ ", "auth_users: [ "+pub+", ", 1)
 	if withAdmin == conf || strings.Count(withAdmin, pub) != 2 {

@@ -21,14 +21,18 @@ type Server struct {
 }
 
 // Start runs a JetStream server on a free loopback port, its store in a
-// temporary directory.
-func Start(tb testing.TB) *Server {
+// temporary directory; opts change its options before it starts (a small
+// JetStreamMaxStore, say).
+func Start(tb testing.TB, opts ...func(*server.Options)) *Server {
 	tb.Helper()
 	if testing.Short() {
 		tb.Skip("starts a nats-server (skipped under -short)")
 	}
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
-		StoreDir: tb.TempDir(), NoLog: true, NoSigs: true})
+	o := &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: tb.TempDir(), NoLog: true, NoSigs: true}
+	for _, f := range opts {
+		f(o)
+	}
+	srv, err := server.NewServer(o)
 	if err != nil {
 		tb.Fatal(err)
 	}

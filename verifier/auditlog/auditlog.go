@@ -335,7 +335,7 @@ func (a *Log) AppendBatch(evs []audit.Event) error {
 				a.log.Error("audit append failed; retrying until it succeeds", "events", len(evs), "error", err)
 				go a.raise(AlertAppendFailing, audit.Event{Reason: "audit appends fail: " + err.Error()})
 			}
-			time.Sleep(retryWait(retries))
+			time.Sleep(retryWait(retries, a.health.full.Load() || a.health.jsFull.Load()))
 			retries++
 			continue
 		}

@@ -273,3 +273,25 @@ func TestRecordDurable(t *testing.T) {
 		t.Fatal("RecordDurable reported an event stored on a closed connection")
 	}
 }
+
+// TestRetryWait: a full stream is asked rarely; a stream between leaders
+// is asked again soon, so the trail resumes right after an election.
+func TestRetryWait(t *testing.T) {
+	for _, tc := range []struct {
+		n    int
+		full bool
+		want time.Duration
+	}{
+		{0, false, 50 * time.Millisecond},
+		{2, false, 200 * time.Millisecond},
+		{3, false, 250 * time.Millisecond},
+		{40, false, 250 * time.Millisecond},
+		{0, true, 100 * time.Millisecond},
+		{4, true, 1600 * time.Millisecond},
+		{40, true, 2 * time.Second},
+	} {
+		if got := retryWait(tc.n, tc.full); got != tc.want {
+			t.Errorf("retryWait(%d, full=%v) = %v, want %v", tc.n, tc.full, got, tc.want)
+		}
+	}
+}

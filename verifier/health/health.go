@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/verifier/store"
 )
 
 // Alert kinds this package raises.
@@ -18,13 +20,10 @@ const (
 	AlertStoreUnavailable = "store_unavailable"
 )
 
-// probeEvery is how often an unavailable store is tried again, and
-// minEpisode how long an episode lasts at least (the audit trail reports
-// failing appends only after 5 s of them). Variables for tests.
-var (
-	probeEvery = 2 * time.Second
-	minEpisode = 6 * time.Second
-)
+// probeEvery is how often an unavailable store is tried again (a variable
+// for tests). It bounds how late the episode's end is noticed, not when
+// connects are granted again: grants never wait for the monitor.
+var probeEvery = time.Second
 
 // Prober tries one write to the store.
 type Prober interface {
@@ -39,8 +38,17 @@ type recorder interface{ Record(audit.Event) }
 
 type gauge interface{ StoreAvailable(bool) }
 
-// auditState says whether the audit trail takes events (nil: it does).
-type auditState interface{ Unavailable() error }
+// auditState says whether the audit trail takes events: Unavailable once
+// it refuses grants (after its own window), Failing as soon as an append
+// fails and until one succeeds.
+type auditState interface {
+	Unavailable() error
+	Failing() bool
+}
+
+// errAuditFailing keeps an episode open while the trail's appends fail but
+// have not yet failed for long enough to refuse grants.
+var errAuditFailing = fmt.Errorf("%w: audit appends are failing", api.ErrUnavailable)
 
 // Config is what the monitor needs.
 type Config struct {
@@ -61,6 +69,7 @@ type Monitor struct {
 	down    bool
 	since   time.Time
 	reason  string
+	full    bool // the reason is JetStream's store full (store.Full)
 	probing bool
 
 	ctx    context.Context
@@ -97,7 +106,7 @@ func (m *Monitor) fail(err error) {
 		m.mu.Unlock()
 		return
 	}
-	m.down, m.since, m.reason = true, time.Now(), err.Error()
+	m.down, m.since, m.reason, m.full = true, time.Now(), err.Error(), store.Full(err)
 	startProbe := !m.probing
 	m.probing = true
 	m.mu.Unlock()
@@ -143,9 +152,9 @@ func (m *Monitor) probe() {
 		// again with the next grant (an alert every probe).
 		if err == nil && m.cfg.Audit != nil {
 			err = m.cfg.Audit.Unavailable()
-		}
-		if err == nil && time.Since(m.since) < minEpisode {
-			continue // the audit trail says "failing" only after its own window
+			if err == nil && m.cfg.Audit.Failing() {
+				err = errAuditFailing
+			}
 		}
 		m.mu.Lock()
 		if err == nil || !m.down {
@@ -156,7 +165,7 @@ func (m *Monitor) probe() {
 			}
 			return
 		}
-		m.reason = err.Error()
+		m.reason, m.full = err.Error(), store.Full(err)
 		m.mu.Unlock()
 	}
 }
@@ -175,10 +184,17 @@ type Status struct {
 	Hint   string    `json:"hint,omitempty"`
 }
 
+// hintFull is what to do when JetStream refuses writes for want of space:
+// nothing ends that but an operator (or records expiring).
+const hintFull = "new connects are denied until JetStream has room again: free space on the servers' JetStream store (tpmauthnctl status shows each stream's bytes; streams other than tpmauthn's count too) or raise max_file_store (or the account's JetStream storage limit); the verifier recovers by itself"
+
 // Now is the current status.
 func (m *Monitor) Now() Status {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.down && m.full {
+		return Status{Status: "store_unavailable", Since: m.since, Reason: m.reason, Hint: hintFull}
+	}
 	if m.down {
 		return Status{Status: "store_unavailable", Since: m.since, Reason: m.reason,
 			Hint: "new connects are denied until JetStream takes writes again: check the servers' JetStream (quorum, disk space: tpmauthnctl status)"}

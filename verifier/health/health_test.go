@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/audit"
 	"github.com/tpmauthn/tpmauthn/internal/eventually"
+	"github.com/tpmauthn/tpmauthn/verifier/store"
 )
 
 // Policy-level fakes: the end-to-end behaviour is TestStoreWithoutQuorum.
@@ -40,8 +42,8 @@ func (f *fakes) Probe(context.Context) error {
 }
 
 func TestEpisode(t *testing.T) {
-	defer func(d, e time.Duration) { probeEvery, minEpisode = d, e }(probeEvery, minEpisode)
-	probeEvery, minEpisode = 10*time.Millisecond, 50*time.Millisecond
+	defer func(d time.Duration) { probeEvery = d }(probeEvery)
+	probeEvery = 10 * time.Millisecond
 	f := &fakes{probeErr: fmt.Errorf("%w: no quorum", api.ErrUnavailable)}
 	m := New(Config{Store: f, Alerts: f, Trail: f, Metrics: f})
 	defer m.Close()
@@ -95,5 +97,82 @@ func TestEpisode(t *testing.T) {
 	}
 	if want := []bool{true, false, true, false}; fmt.Sprint(f.up) != fmt.Sprint(want) {
 		t.Fatalf("gauge %v, want %v", f.up, want)
+	}
+}
+
+// trailState is the audit trail as the monitor sees it.
+type trailState struct {
+	mu          sync.Mutex
+	failing     bool
+	unavailable error
+}
+
+func (s *trailState) Unavailable() error { s.mu.Lock(); defer s.mu.Unlock(); return s.unavailable }
+func (s *trailState) Failing() bool      { s.mu.Lock(); defer s.mu.Unlock(); return s.failing }
+func (s *trailState) set(failing bool, unavailable error) {
+	s.mu.Lock()
+	s.failing, s.unavailable = failing, unavailable
+	s.mu.Unlock()
+}
+
+// TestEpisodeWaitsForTheTrail: the probe's KV write alone does not end an
+// episode while the audit trail's appends fail — neither in the trail's
+// first seconds (failing, not yet refusing grants) nor after — so one
+// outage is one alert (the fault campaign saw an alert every probe when
+// the KV write worked and the audit stream had no leader).
+func TestEpisodeWaitsForTheTrail(t *testing.T) {
+	defer func(d time.Duration) { probeEvery = d }(probeEvery)
+	probeEvery = 10 * time.Millisecond
+	for _, tc := range []struct {
+		name        string
+		unavailable error
+	}{
+		{"failingInsideItsWindow", nil},
+		{"refusingGrants", fmt.Errorf("%w: appends have failed for 6s", api.ErrUnavailable)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, trail := &fakes{}, &trailState{}
+			trail.set(true, tc.unavailable)
+			m := New(Config{Store: f, Alerts: f, Trail: f, Metrics: f, Audit: trail})
+			defer m.Close()
+			m.Observe(fmt.Errorf("grant: %w", api.ErrUnavailable))
+			eventually.Until(t, 5*time.Second, func() error {
+				f.mu.Lock()
+				defer f.mu.Unlock()
+				if f.probes < 5 {
+					return errors.New("not probing")
+				}
+				return nil
+			})
+			if st := m.Now(); st.Status != "store_unavailable" {
+				t.Fatalf("episode ended while the trail fails: %+v", st)
+			}
+			trail.set(false, nil)
+			eventually.Until(t, 5*time.Second, func() error {
+				if st := m.Now(); st.Status != "ok" {
+					return fmt.Errorf("status %+v", st)
+				}
+				return nil
+			})
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			if len(f.alerts) != 1 {
+				t.Fatalf("alerts %v, want one for the episode", f.alerts)
+			}
+		})
+	}
+}
+
+// A store that is full says so, and what to do, not "check quorum".
+func TestEpisodeStoreFull(t *testing.T) {
+	defer func(d time.Duration) { probeEvery = d }(probeEvery)
+	probeEvery = time.Hour // the test looks at the episode's start only
+	f := &fakes{}
+	m := New(Config{Store: f, Alerts: f, Trail: f, Metrics: f})
+	defer m.Close()
+	m.Observe(fmt.Errorf("decide: %w: %w: insufficient resources", api.ErrUnavailable, store.ErrFull))
+	st := m.Now()
+	if st.Status != "store_unavailable" || !strings.Contains(st.Reason, "store is full") || !strings.Contains(st.Hint, "max_file_store") {
+		t.Fatalf("status %+v with the store full: want the reason and a hint that names max_file_store", st)
 	}
 }

@@ -249,8 +249,44 @@ func List[T any, P interface {
 	return out, nil
 }
 
+// ErrFull: JetStream refused a write for want of space, the server's
+// store (max_file_store, or the disk under it) or the account's JetStream
+// storage limit. It comes wrapped with api.ErrUnavailable: nothing is
+// granted until the space is back, and an operator has to make it.
+var ErrFull = errors.New("the JetStream store is full: free space or raise max_file_store (or the account's JetStream storage limit)")
+
+// JetStream's error codes for a write refused for want of resources
+// (nats-server's jetstream_errors_generated.go; nats.go names none of them).
+const (
+	errCodeAccountResourcesExceeded = 10002 // the account's JetStream limit
+	errCodeInsufficientResources    = 10023 // the server's max_file_store or max_memory_store
+	errCodeStorageResourcesExceeded = 10047 // a stream's reservation does not fit
+)
+
+// Full reports whether err is JetStream refusing a write for want of
+// space (see ErrFull). The refusal only says "insufficient resources",
+// which an operator cannot act on; ErrFull says what to do.
+func Full(err error) bool {
+	if errors.Is(err, ErrFull) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return false
+	}
+	switch apiErr.ErrorCode {
+	case errCodeAccountResourcesExceeded, errCodeInsufficientResources, errCodeStorageResourcesExceeded:
+		return true
+	}
+	return false
+}
+
 // unavailable wraps a failure of the store itself (not a domain answer)
-// with api.ErrUnavailable and what was being done.
+// with api.ErrUnavailable and what was being done; a full store also with
+// ErrFull, whose text says what to do.
 func unavailable(err error, format string, args ...any) error {
+	if Full(err) {
+		return fmt.Errorf("%w: %w: "+format+": %w", append(append([]any{api.ErrUnavailable, ErrFull}, args...), err)...)
+	}
 	return fmt.Errorf("%w: "+format+": %w", append(append([]any{api.ErrUnavailable}, args...), err)...)
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tpmauthn/tpmauthn/api"
@@ -111,5 +112,55 @@ func TestBucketsBounded(t *testing.T) {
 		if cfg := st.(*jetstream.KeyValueBucketStatus).StreamInfo().Config; cfg.MaxBytes <= 0 || cfg.MaxMsgSize <= 0 {
 			t.Fatalf("bucket %s: max bytes %d, max record %d: unbounded", kv.Bucket(), cfg.MaxBytes, cfg.MaxMsgSize)
 		}
+	}
+}
+
+// A write JetStream refuses for want of space is the store failing (fail
+// closed), and says so in words an operator can act on: JetStream's own
+// "insufficient resources" names neither the store nor the remedy.
+func TestStoreFullIsUnavailable(t *testing.T) {
+	// The two bounded buckets reserve 64 MiB each (reserved, not used: the
+	// filler writes it all), and 1 MiB more.
+	const maxStore = 2*maxTTLBucketBytes + 1<<20
+	js := jstest.Start(t, func(o *server.Options) { o.JetStreamMaxStore = maxStore })
+	s, err := Open(t.Context(), js.NC, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Probe(t.Context()); err != nil {
+		t.Fatalf("probe with room: %v", err)
+	}
+	if _, err := js.JS.CreateStream(t.Context(), jetstream.StreamConfig{Name: "FILLER", Subjects: []string{"filler"}, MaxBytes: -1}); err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 1<<20) // the whole store is to fill: reservations are not usage
+	for i := 0; ; i++ {
+		if _, err := js.JS.Publish(t.Context(), "filler", chunk); err != nil {
+			break
+		}
+		if i > 2*maxStore/len(chunk) {
+			t.Fatal("JetStream takes writes beyond max_file_store")
+		}
+	}
+	err = Create(t.Context(), s.Hosts, "h1", &record.Host{V: record.Version, ID: "h1"})
+	if !errors.Is(err, api.ErrUnavailable) || !errors.Is(err, ErrFull) || !Full(err) {
+		t.Fatalf("create with the store full: %v, want api.ErrUnavailable and ErrFull", err)
+	}
+	if !strings.Contains(err.Error(), "max_file_store") {
+		t.Fatalf("the reason %q does not say what to do", err)
+	}
+	if err := s.Probe(t.Context()); !errors.Is(err, ErrFull) {
+		t.Fatalf("probe with the store full: %v, want ErrFull", err)
+	}
+	if err := js.JS.DeleteStream(t.Context(), "FILLER"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Probe(t.Context()); err != nil {
+		t.Fatalf("probe with the space back: %v", err)
+	}
+	// Other failures are not called full.
+	js.NC.Close()
+	if err := s.Probe(t.Context()); !errors.Is(err, api.ErrUnavailable) || errors.Is(err, ErrFull) {
+		t.Fatalf("closed connection: %v, want api.ErrUnavailable without ErrFull", err)
 	}
 }

@@ -53,6 +53,12 @@ const MaxRecordSize = 64 << 10
 // challenges (each about 1 KB, living SessionTTL).
 const maxTTLBucketBytes = 64 << 20
 
+// maxLoginBucketBytes bounds the logins under way (each record about
+// 500 bytes, living at most LoginTTL): tens of thousands of logins at once,
+// and JetStream reserves a bounded bucket's bytes on disk when it creates
+// it, so no more than that.
+const maxLoginBucketBytes = 16 << 20
+
 // Store is the fleet state in JetStream KV: one bucket a kind of record.
 type Store struct {
 	JS jetstream.JetStream
@@ -112,7 +118,10 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Store, error) {
 		// session can fill (open enrollments, registration challenges)
 		// refuse new records when full rather than filling the disk.
 		maxBytes := int64(-1)
-		if b.ttl > 0 {
+		switch {
+		case b.name == BucketLogins:
+			maxBytes = maxLoginBucketBytes
+		case b.ttl > 0:
 			maxBytes = maxTTLBucketBytes
 		}
 		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{

@@ -136,6 +136,13 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Store, error) {
 	return &s, nil
 }
 
+// Durable are the buckets whose records outlive a session, in the order a
+// backup holds them (verifier/backup.Buckets names the same): the backup
+// reads and the restore writes exactly these.
+func (s *Store) Durable() []jetstream.KeyValue {
+	return []jetstream.KeyValue{s.Hosts, s.Credentials, s.Tokens, s.EKs, s.EKAllow, s.Workloads, s.People}
+}
+
 // Get reads a record and its revision. A missing key is api.ErrNotFound.
 func Get[T any, P interface {
 	*T

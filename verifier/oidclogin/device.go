@@ -94,28 +94,31 @@ func (h *Handler) deviceToken(w http.ResponseWriter, r *http.Request) {
 	key := "device." + record.SecretKey(r.PostFormValue("device_code"))
 	now := h.cfg.Now().UTC()
 	var answer string // an RFC 8628 §3.5 code while the authorization is not ready
-	d, _, err := store.Mutate(r.Context(), h.cfg.Store.Logins, key, func(d *record.DeviceAuth) error {
-		answer = pollAnswer(d, now)
-		switch answer {
-		case api.OAuthSlowDown:
+	_, _, err := store.Mutate(r.Context(), h.cfg.Store.Logins, key, func(d *record.DeviceAuth) error {
+		if answer = pollAnswer(d, now); answer == "" {
+			return errApproved // taken below, not written
+		}
+		if answer == api.OAuthSlowDown {
 			d.Interval += slowDownExtra
-		case "":
-			return nil // approved: taken below
 		}
 		d.LastPoll = now
 		return nil
 	})
 	switch {
+	case errors.Is(err, errApproved):
+		h.redeemDevice(w, r, key)
 	case errors.Is(err, api.ErrNotFound):
 		oauthError(w, http.StatusBadRequest, api.OAuthInvalidGrant, "unknown device code")
 	case err != nil:
 		h.tokenFailed(w, r, err)
-	case answer != "":
-		oauthError(w, http.StatusBadRequest, answer, "")
 	default:
-		h.redeemDevice(w, r, key, d)
+		oauthError(w, http.StatusBadRequest, answer, "")
 	}
 }
+
+// errApproved ends a poll's read-modify-write of an approved authorization
+// without writing it.
+var errApproved = errors.New("approved")
 
 // pollAnswer is the poll's refusal, or "" once approved.
 func pollAnswer(d *record.DeviceAuth, now time.Time) string {
@@ -132,8 +135,8 @@ func pollAnswer(d *record.DeviceAuth, now time.Time) string {
 
 // redeemDevice takes an approved device authorization (once) and answers
 // with the login grant.
-func (h *Handler) redeemDevice(w http.ResponseWriter, r *http.Request, key string, _ *record.DeviceAuth) {
-	d, err := takeRecord[record.DeviceAuth](r.Context(), h.cfg.Store, key)
+func (h *Handler) redeemDevice(w http.ResponseWriter, r *http.Request, key string) {
+	d, err := takeRecord[record.DeviceAuth](r.Context(), h.cfg.Store, key, ErrCode)
 	if err == nil && d.Status != record.DeviceApproved {
 		err = fmt.Errorf("%w: not approved", ErrCode)
 	}

@@ -168,7 +168,7 @@ func (h *Handler) takeState(r *http.Request, state string) (*record.LoginState, 
 		return nil, fmt.Errorf("%w: no state", ErrState)
 	}
 	key := "state." + record.SecretKey(state)
-	st, err := takeRecord[record.LoginState](r.Context(), h.cfg.Store, key)
+	st, err := takeRecord[record.LoginState](r.Context(), h.cfg.Store, key, ErrState)
 	if err != nil {
 		return nil, err
 	}
@@ -184,15 +184,11 @@ func (h *Handler) takeState(r *http.Request, state string) (*record.LoginState, 
 
 // takeRecord reads and deletes a one-time record (compare-and-set on its
 // revision, so two requests cannot both take it). A missing or already
-// taken record is ErrState for states and ErrCode otherwise.
+// taken record is the error missing.
 func takeRecord[T any, P interface {
 	*T
 	record.Versioned
-}](ctx context.Context, st *store.Store, key string) (P, error) {
-	missing := ErrCode
-	if len(key) > 6 && key[:6] == "state." {
-		missing = ErrState
-	}
+}](ctx context.Context, st *store.Store, key string, missing error) (P, error) {
 	v, rev, err := store.Get[T, P](ctx, st.Logins, key)
 	if errors.Is(err, api.ErrNotFound) {
 		return nil, missing

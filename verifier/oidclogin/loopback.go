@@ -51,7 +51,7 @@ func (h *Handler) cliToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Taken before the verifier is checked: a code is tried once.
-	c, err := takeRecord[record.LoginCode](r.Context(), h.cfg.Store, "code."+record.SecretKey(code))
+	c, err := takeRecord[record.LoginCode](r.Context(), h.cfg.Store, "code."+record.SecretKey(code), ErrCode)
 	if err == nil && !h.cfg.Now().Before(c.Expires) {
 		err = fmt.Errorf("%w: expired", ErrCode)
 	}

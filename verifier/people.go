@@ -45,6 +45,11 @@ func (v *Verifier) servePeople(context.Context) error {
 		login.Close()
 	})
 	v.log.Info("people's logins", "url", public+"/login/", "listen", srv.Addr())
+	// For tpmauthnctl --data-dir login on this host (public, like the
+	// client URL file).
+	if err := os.WriteFile(keys.LoginURLFile(v.cfg.DataDir), []byte(public+"\n"), 0o644); err != nil {
+		v.log.Warn("cannot record the login URL for tpmauthnctl", "error", err)
+	}
 	return nil
 }
 

@@ -31,7 +31,7 @@ import (
 )
 
 var loginKeys = []cliconf.Key{
-	cliconf.K("login.url", "url", "", "the verifier's login URL (its --http-public-url, e.g. https://login.example.com)"),
+	cliconf.K("login.url", "url", "", "the verifier's login URL (its --http-public-url, e.g. https://login.example.com; default: the one recorded in --data-dir)"),
 	cliconf.K("login.idp", "idp", "", "the identity provider to log in with (default: choose on the verifier's page)"),
 	cliconf.K("login.device", "device", false, "no browser here: print a code and a URL to open on another device (RFC 8628)"),
 	cliconf.K("login.no_browser", "no-browser", false, "print the login URL instead of opening a browser"),
@@ -91,6 +91,11 @@ credential, and who you are.`,
 
 func (a *app) login(ctx context.Context, ls loginSettings, tell io.Writer) error {
 	l := ls.Login
+	if l.URL == "" && a.s.DataDir != "" {
+		if b, err := os.ReadFile(keys.LoginURLFile(a.s.DataDir)); err == nil {
+			l.URL = strings.TrimSpace(string(b))
+		}
+	}
 	base, err := loginBase(l.URL)
 	if err != nil {
 		return err
@@ -129,7 +134,7 @@ func (a *app) login(ctx context.Context, ls loginSettings, tell io.Writer) error
 // (the login's code and grant are bearer secrets).
 func loginBase(s string) (string, error) {
 	if s == "" {
-		return "", errors.New("say where the verifier serves logins: --url https://... (its --http-public-url)")
+		return "", errors.New("say where the verifier serves logins: --url https://... (its --http-public-url), or --data-dir of a local verifier with --http-listen")
 	}
 	u, err := url.Parse(s)
 	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {

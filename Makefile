@@ -31,6 +31,8 @@ fuzz: ## fuzz every parser of untrusted bytes for FUZZTIME each
 	$(GO) test ./attestation -run '^$$' -fuzz '^FuzzParseCOSEKey$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./audit -run '^$$' -fuzz '^FuzzVerifyChain$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./verifier/natsapi -run '^$$' -fuzz '^FuzzDecodeRequests$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./verifier/policy -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./verifier/oidclogin -run '^$$' -fuzz '^FuzzLoginRequests$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./agent -run '^$$' -fuzz '^FuzzSocketRequests$$' -fuzztime $(FUZZTIME)
 
 bench: ## benchmarks: TPM operations, the whole chain, revocation, enrollment, audit (swtpm)

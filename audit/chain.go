@@ -40,7 +40,7 @@ const (
 // each field at its bound.
 func (e *Event) validUTF8() {
 	for _, f := range []*string{&e.Kind, &e.Result, &e.Reason, &e.Host, &e.EKHash, &e.Workload,
-		&e.Credential, &e.Server, &e.ClientAddr, &e.Actor} {
+		&e.Credential, &e.Server, &e.ClientAddr, &e.Actor, &e.Person} {
 		limit := maxField
 		if f == &e.Reason {
 			limit = maxReason

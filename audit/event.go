@@ -29,6 +29,8 @@ type Event struct {
 	ClientAddr string    `json:"client_addr,omitempty"`
 	Roles      []string  `json:"roles,omitempty"`
 	Actor      string    `json:"actor,omitempty"` // who asked (operator, agent, verifier)
+	// Person is the person (IdP_hash, record.PersonID) an event is about.
+	Person string `json:"person,omitempty"`
 	// Session is what a session did, in its disconnect event.
 	Session *SessionStats `json:"session,omitempty"`
 	Prev    string        `json:"prev"` // hash of the event before; "" for the first

@@ -23,6 +23,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier"
 	"github.com/tpmauthn/tpmauthn/verifier/health"
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
+	"github.com/tpmauthn/tpmauthn/verifier/store"
 )
 
 // TestEmbeddedClusterHA: three verifiers whose embedded servers form one
@@ -45,8 +46,8 @@ func TestEmbeddedClusterHA(t *testing.T) {
 	if code := fleettest.Admin(t, op, "status", nil, &st); code != "" {
 		t.Fatal(code)
 	}
-	if len(st.Streams) != 9 {
-		t.Fatalf("status reports %d streams, want the 8 buckets and the audit stream", len(st.Streams))
+	if len(st.Streams) != len(store.Buckets)+1 {
+		t.Fatalf("status reports %d streams, want the %d buckets and the audit stream", len(st.Streams), len(store.Buckets))
 	}
 	for _, s := range st.Streams {
 		if s.Replicas != 3 || s.Leader == "" || len(s.Peers) != 2 || s.Error != "" {

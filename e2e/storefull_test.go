@@ -23,9 +23,10 @@ import (
 )
 
 // storeFullMax is the nats-server's max_file_store in TestStoreFull: the
-// two bounded buckets reserve 64 MiB each when they are created, and the
-// rest is what the fleet and the filler share.
-const storeFullMax = 136 << 20
+// bounded buckets reserve 64 MiB (open enrollments), 64 MiB (challenges)
+// and 16 MiB (logins) when they are created, and the rest is what the
+// fleet and the filler share.
+const storeFullMax = 152 << 20
 
 // TestStoreFull: the JetStream store of the fleet's nats-server fills up
 // (an administrator's stream in the same account takes the space), so

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"path/filepath"
 	"time"
 
@@ -94,6 +95,24 @@ type Config struct {
 	// serves none.
 	MetricsListen string
 
+	// HTTPListen serves people's logins (the policy's people section:
+	// /login/{idp}, /oidc/callback, /cli/token, /device) on host:port; empty
+	// serves none.
+	HTTPListen string
+	// HTTPTLS is TLSAuto (default: on unless HTTPListen is on loopback),
+	// TLSOn, or TLSOff (refused beyond loopback).
+	HTTPTLS string
+	// HTTPTLSCert and HTTPTLSKey are the listener's certificate (chain) and
+	// key: one browsers trust. Empty: one from the verifier's NATS CA,
+	// which only clients given that CA accept.
+	HTTPTLSCert, HTTPTLSKey string
+	// HTTPPublicURL is how browsers and IdPs reach the listener
+	// (https://login.example.com); each IdP's redirect URI is it +
+	// /oidc/callback. Empty: the listen address.
+	HTTPPublicURL string
+	// DevicePoll is the device flow's polling interval (5s).
+	DevicePoll time.Duration
+
 	// Audit configures the audit stream: its limits (created with them;
 	// max bytes 1 GiB and max age 90 days by default), the alert near its
 	// limit, and the checkpoint file (DATA_DIR/audit-checkpoint.json by
@@ -122,6 +141,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.NATSTLS == "" {
 		c.NATSTLS = TLSAuto
+	}
+	if c.HTTPTLS == "" {
+		c.HTTPTLS = TLSAuto
 	}
 	if c.RPID == "" {
 		c.RPID = "tpmauthn.local"
@@ -164,6 +186,7 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.validateTLS()...)
 	errs = append(errs, c.validateCluster()...)
+	errs = append(errs, c.validateHTTP()...)
 	if c.Approval != ApprovalAuto && c.Approval != ApprovalManual {
 		errs = append(errs, fmt.Errorf("enrollment.approval: %q, want auto or manual", c.Approval))
 	}
@@ -223,4 +246,57 @@ func (c *Config) embeddedTLS() bool {
 		return !natstls.LoopbackHost(host) || c.NATSTLSCert != ""
 	}
 	return c.NATSTLS == TLSOn
+}
+
+func (c *Config) validateHTTP() []error {
+	var errs []error
+	switch c.HTTPTLS {
+	case TLSAuto, TLSOn, TLSOff:
+	default:
+		errs = append(errs, fmt.Errorf("http.tls: %q, want auto, on or off", c.HTTPTLS))
+	}
+	if (c.HTTPTLSCert == "") != (c.HTTPTLSKey == "") {
+		errs = append(errs, errors.New("http.tls_cert and http.tls_key: give both or neither"))
+	}
+	if c.HTTPListen == "" {
+		if c.HTTPPublicURL != "" || c.HTTPTLSCert != "" {
+			errs = append(errs, errors.New("http.public_url, http.tls_cert: set, but http.listen is empty"))
+		}
+		return errs
+	}
+	host, _, err := net.SplitHostPort(c.HTTPListen)
+	if err != nil {
+		return append(errs, fmt.Errorf("http.listen: %q: want host:port (%w)", c.HTTPListen, err))
+	}
+	if c.HTTPTLS == TLSOff && !natstls.LoopbackHost(host) {
+		errs = append(errs, fmt.Errorf("http.listen: %q is beyond loopback and http.tls is off: login codes and grants would cross the network in clear; leave http.tls at auto or listen on 127.0.0.1", c.HTTPListen))
+	}
+	if c.HTTPPublicURL != "" {
+		if err := checkPublicURL(c.HTTPPublicURL, c.httpTLS()); err != nil {
+			errs = append(errs, fmt.Errorf("http.public_url: %q: %w", c.HTTPPublicURL, err))
+		}
+	}
+	return errs
+}
+
+// checkPublicURL: scheme and host only, https when the listener serves
+// TLS (and http only then when it does not).
+func checkPublicURL(s string, tls bool) error {
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return errors.New("want scheme://host[:port], without a path")
+	}
+	if want := map[bool]string{true: "https", false: "http"}[tls]; u.Scheme != want {
+		return fmt.Errorf("the listener serves %s", want)
+	}
+	return nil
+}
+
+// httpTLS says whether the HTTP listener serves TLS.
+func (c *Config) httpTLS() bool {
+	if c.HTTPTLS == TLSAuto {
+		host, _, _ := net.SplitHostPort(c.HTTPListen)
+		return !natstls.LoopbackHost(host) || c.HTTPTLSCert != ""
+	}
+	return c.HTTPTLS == TLSOn
 }

@@ -28,6 +28,16 @@ func TestConfigValidate(t *testing.T) {
 		{"autoBeyondLoopback", func(c *Config) { c.NATSListen = "0.0.0.0:4222" }, ""},
 		{"badTLSMode", func(c *Config) { c.NATSTLS = "maybe" }, "nats.tls"},
 		{"certWithoutKey", func(c *Config) { c.NATSTLSCert = "/etc/cert.pem" }, "nats.tls_key"},
+		// People's login codes and grants never cross a network in clear.
+		{"httpClearBeyondLoopback", func(c *Config) { c.HTTPListen, c.HTTPTLS = "0.0.0.0:8443", TLSOff }, "http.listen"},
+		{"httpClearOnLoopback", func(c *Config) { c.HTTPListen, c.HTTPTLS = "127.0.0.1:8080", TLSOff }, ""},
+		{"httpAutoBeyondLoopback", func(c *Config) { c.HTTPListen = "0.0.0.0:8443" }, ""},
+		{"httpPublicURLScheme", func(c *Config) { c.HTTPListen, c.HTTPPublicURL = "0.0.0.0:8443", "http://login.example.com" }, "http.public_url"},
+		{"httpPublicURLPath", func(c *Config) { c.HTTPListen, c.HTTPPublicURL = "0.0.0.0:8443", "https://login.example.com/x" }, "http.public_url"},
+		{"httpPublicURL", func(c *Config) { c.HTTPListen, c.HTTPPublicURL = "0.0.0.0:8443", "https://login.example.com" }, ""},
+		{"httpPublicURLWithoutListen", func(c *Config) { c.HTTPPublicURL = "https://login.example.com" }, "http.listen"},
+		{"httpCertWithoutKey", func(c *Config) { c.HTTPListen, c.HTTPTLSCert = "0.0.0.0:8443", "/etc/cert.pem" }, "http.tls_key"},
+		{"httpBadTLSMode", func(c *Config) { c.HTTPListen, c.HTTPTLS = "127.0.0.1:8080", "maybe" }, "http.tls"},
 		{"embeddedTLSWithCluster", func(c *Config) { c.NATSURL, c.NATSTLS = "tls://nats.example.com:4222", TLSOn }, "nats.ca"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

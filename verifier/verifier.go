@@ -28,9 +28,11 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/enroll"
 	"github.com/tpmauthn/tpmauthn/verifier/fleet"
 	"github.com/tpmauthn/tpmauthn/verifier/health"
+	"github.com/tpmauthn/tpmauthn/verifier/httpapi"
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 	"github.com/tpmauthn/tpmauthn/verifier/metrics"
 	"github.com/tpmauthn/tpmauthn/verifier/natsapi"
+	"github.com/tpmauthn/tpmauthn/verifier/people"
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
 	"github.com/tpmauthn/tpmauthn/verifier/register"
 	"github.com/tpmauthn/tpmauthn/verifier/restore"
@@ -77,6 +79,9 @@ type Verifier struct {
 	callout    *callout.Server
 	metricsSrv *promserve.Server
 	health     *health.Monitor
+	people     *people.Service
+	http       *httpapi.Server // people's logins, or nil
+	httpURL    string
 
 	mu        sync.Mutex
 	cleanups  []func() // what Start started, undone in reverse by Close
@@ -145,6 +150,7 @@ func (v *Verifier) Start(ctx context.Context) error {
 		{"health", v.startHealth},
 		{"endpoints", v.serveEndpoints},
 		{"callout", v.serveCallout},
+		{"people", v.servePeople},
 		{"flush", v.flush},
 		{"metrics", v.serveMetrics},
 	}

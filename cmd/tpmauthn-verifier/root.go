@@ -39,6 +39,11 @@ var keys = []cliconf.Key{
 	cliconf.K("audit.max_age", "audit-max-age", auditlog.DefaultMaxAge, "how long audit events are kept, set when the stream is created (negative: for ever)"),
 	cliconf.K("audit.near_limit", "audit-near-limit", auditlog.DefaultNearLimit, "share of audit.max_bytes at which an alert is raised"),
 	cliconf.K("metrics_listen", "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics"),
+	cliconf.K("http.listen", "http-listen", "", "serve people's logins (the policy's people section) on host:port: /login/IDP, /oidc/callback, /device"),
+	cliconf.K("http.tls", "http-tls", "auto", "the HTTP listener's TLS: auto (on unless it listens on loopback), on, or off (loopback only)"),
+	cliconf.K("http.tls_cert", "http-tls-cert", "", "the HTTP listener's certificate chain (PEM), one browsers trust (default: one from the verifier's NATS CA)"),
+	cliconf.K("http.tls_key", "http-tls-key", "", "the key of --http-tls-cert"),
+	cliconf.K("http.public_url", "http-public-url", "", "how browsers and IdPs reach the HTTP listener (https://login.example.com); register PUBLIC_URL/oidc/callback at every IdP (default: the listen address)"),
 	cliconf.K("log.format", "log-format", "text", "text or json"),
 	cliconf.K("log.level", "log-level", "info", "debug, info, warn or error"),
 }
@@ -78,7 +83,14 @@ type settings struct {
 		NearLimit float64       `mapstructure:"near_limit"`
 	} `mapstructure:"audit"`
 	MetricsListen string `mapstructure:"metrics_listen"`
-	Log           struct {
+	HTTP          struct {
+		Listen    string `mapstructure:"listen"`
+		TLS       string `mapstructure:"tls"`
+		TLSCert   string `mapstructure:"tls_cert"`
+		TLSKey    string `mapstructure:"tls_key"`
+		PublicURL string `mapstructure:"public_url"`
+	} `mapstructure:"http"`
+	Log struct {
 		Format string `mapstructure:"format"`
 		Level  string `mapstructure:"level"`
 	} `mapstructure:"log"`
@@ -118,7 +130,8 @@ func run(cmd *cobra.Command, _ []string) error {
 		Replicas: s.NATS.Replicas, ClusterListen: s.NATS.Cluster, ClusterRoutes: s.NATS.Routes, ServerName: s.NATS.Name,
 		EKCADir: s.Enrollment.EKCADir, EKIntermediates: s.Enrollment.EKIntermediates, Approval: s.Enrollment.Approval, AKCertValidity: s.Enrollment.AKCertValidity,
 		RPID: s.WebAuthn.RPID, Origin: s.WebAuthn.Origin, MetricsListen: s.MetricsListen, PolicyFile: s.Policy.File, Logger: log,
-		Audit: auditlog.Config{MaxBytes: s.Audit.MaxBytes, MaxAge: s.Audit.MaxAge, NearLimit: s.Audit.NearLimit},
+		Audit:      auditlog.Config{MaxBytes: s.Audit.MaxBytes, MaxAge: s.Audit.MaxAge, NearLimit: s.Audit.NearLimit},
+		HTTPListen: s.HTTP.Listen, HTTPTLS: s.HTTP.TLS, HTTPTLSCert: s.HTTP.TLSCert, HTTPTLSKey: s.HTTP.TLSKey, HTTPPublicURL: s.HTTP.PublicURL,
 	})
 	if err != nil {
 		return err

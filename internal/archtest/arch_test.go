@@ -39,12 +39,16 @@ func TestImportRules(t *testing.T) {
 		{pkg: "audit", allow: []string{"github.com/nats-io/nkeys", "golang.org/x/crypto", "golang.org/x/sys"}},
 		// The operator tool links no server, metrics or WebAuthn code.
 		{pkg: "cmd/tpmauthnctl", deny: []string{"github.com/nats-io/nats-server", "github.com/prometheus",
-			"github.com/go-webauthn", "github.com/google/go-attestation", "github.com/google/go-tpm", module + "verifier/store"}},
+			"github.com/go-webauthn", "github.com/google/go-attestation", "github.com/google/go-tpm", module + "verifier/store",
+			"github.com/zitadel/", "github.com/coreos/go-oidc"}},
 		// The agent side does not link the verifier.
 		{pkg: "agent/client", deny: []string{module + "verifier", "github.com/nats-io/nats-server"}},
 		{pkg: "agent", deny: []string{module + "verifier", "github.com/nats-io/nats-server"}},
 		// Library packages take typed config: flags and files are cmd/'s.
-		{pkg: "verifier", deny: []string{"github.com/spf13/"}},
+		// The test OpenID provider (zitadel/oidc's example server) is for
+		// tests only: no binary links it.
+		{pkg: "verifier", deny: []string{"github.com/spf13/", "github.com/zitadel/", module + "internal/oidctest"}},
+		{pkg: "cmd/tpmauthn-verifier", deny: []string{"github.com/zitadel/", module + "internal/oidctest"}},
 		// Rooms below the transports do not reach up into them.
 		{pkg: "verifier/store", deny: []string{module + "verifier/fleet", module + "verifier/callout", module + "verifier/natsapi"}},
 		{pkg: "verifier/fleet", deny: []string{module + "verifier/sessions", module + "verifier/callout", module + "verifier/natsapi", module + "verifier/authn"}},

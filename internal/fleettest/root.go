@@ -27,7 +27,7 @@ func WithRoot() Option { return func(f *Fleet) { f.withRoot = true } }
 // RootMaxStore is WithRoot with the server's JetStream file store bounded
 // to n bytes (max_file_store), so that a test can fill it. JetStream
 // reserves a stream's MaxBytes when the stream is created: n must hold the
-// bounded buckets' reservations (two of 64 MiB) and the audit stream's
+// bounded buckets' reservations (two of 64 MiB, one of 16 MiB) and the audit stream's
 // (Config.Audit.MaxBytes; negative reserves nothing).
 func RootMaxStore(n int64) Option {
 	return func(f *Fleet) { f.withRoot, f.rootMaxStore = true, n }

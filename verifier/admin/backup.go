@@ -62,7 +62,7 @@ func (s *Service) bucket(name string) jetstream.KeyValue {
 	if !slices.Contains(backup.Buckets, name) {
 		return nil
 	}
-	for _, kv := range []jetstream.KeyValue{s.st.Hosts, s.st.Credentials, s.st.Tokens, s.st.EKs, s.st.EKAllow, s.st.Workloads} {
+	for _, kv := range s.st.Durable() {
 		if kv.Bucket() == name {
 			return kv
 		}

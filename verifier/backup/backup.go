@@ -52,7 +52,7 @@ const (
 // that the two lists agree).
 var Buckets = []string{
 	"tpmauthn_hosts", "tpmauthn_credentials", "tpmauthn_tokens",
-	"tpmauthn_eks", "tpmauthn_ek_allow", "tpmauthn_workloads",
+	"tpmauthn_eks", "tpmauthn_ek_allow", "tpmauthn_workloads", "tpmauthn_people",
 }
 
 // Manifest describes a backup.

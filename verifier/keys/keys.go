@@ -192,5 +192,9 @@ func OperatorFiles(dataDir string) (seed, clientURL string) {
 	return filepath.Join(dataDir, fileOperator), filepath.Join(dataDir, fileClientURL)
 }
 
+// LoginURLFile is where a verifier records, for tpmauthnctl login, the URL
+// of its people's logins (its HTTP listener's public URL).
+func LoginURLFile(dataDir string) string { return filepath.Join(dataDir, "login-url") }
+
 // SysSeedFile is the system-account user seed in a data directory.
 func SysSeedFile(dataDir string) string { return filepath.Join(dataDir, fileSys) }

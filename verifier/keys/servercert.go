@@ -30,13 +30,31 @@ const (
 	ServerCertValidity = 397 * 24 * time.Hour
 )
 
+// The HTTP listener's certificate (--http-listen), from the same CA: files
+// of their own, as it names other hosts than the NATS server's.
+const (
+	fileHTTPCert = "http-server-cert.pem"
+	fileHTTPKey  = "http-server-key.pem"
+)
+
 // ServerCert returns the files of a TLS server certificate for hosts (DNS
 // names and IP addresses), issued by the NATS CA. It keeps the one in dir
 // while it names exactly these hosts, chains to this CA and has a third of
 // its lifetime left; otherwise it issues a new one (written whole: a
 // temporary file renamed over the old).
 func ServerCert(dir string, k *Set, hosts []string, now time.Time) (certFile, keyFile string, err error) {
-	certFile, keyFile = filepath.Join(dir, fileServerCert), filepath.Join(dir, fileServerKey)
+	return serverCertAt(filepath.Join(dir, fileServerCert), filepath.Join(dir, fileServerKey), k, hosts, now)
+}
+
+// HTTPServerCert is ServerCert for the verifier's HTTP listener, in files
+// of its own. Browsers do not know the NATS CA: a listener people reach
+// from their browsers needs a certificate from a CA they trust
+// (http.tls_cert).
+func HTTPServerCert(dir string, k *Set, hosts []string, now time.Time) (certFile, keyFile string, err error) {
+	return serverCertAt(filepath.Join(dir, fileHTTPCert), filepath.Join(dir, fileHTTPKey), k, hosts, now)
+}
+
+func serverCertAt(certFile, keyFile string, k *Set, hosts []string, now time.Time) (string, string, error) {
 	if current(certFile, keyFile, k.NATSCA, hosts, now) {
 		return certFile, keyFile, nil
 	}

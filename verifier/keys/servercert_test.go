@@ -92,3 +92,32 @@ func load(t *testing.T, certFile, keyFile string) *x509.Certificate {
 	}
 	return c
 }
+
+// The HTTP listener's certificate names other hosts: it has files of its
+// own, so issuing it never replaces the NATS server's (nor the reverse).
+func TestHTTPServerCertSeparate(t *testing.T) {
+	dir := t.TempDir()
+	k, _, err := LoadOrCreate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	natsCert, _, err := ServerCert(dir, k, []string{"nats.example.com"}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(natsCert)
+	httpCert, httpKey, err := HTTPServerCert(dir, k, []string{"login.example.com"}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if httpCert == natsCert {
+		t.Fatal("same file")
+	}
+	if after, _ := os.ReadFile(natsCert); !slices.Equal(before, after) {
+		t.Fatal("the HTTP certificate replaced the NATS server's")
+	}
+	if leaf := load(t, httpCert, httpKey); leaf.VerifyHostname("login.example.com") != nil || leaf.CheckSignatureFrom(k.NATSCA) != nil {
+		t.Fatal("HTTP certificate: wrong name or issuer")
+	}
+}

@@ -1,8 +1,12 @@
-// Package policy maps workloads to NATS permissions: bindings grant roles to
-// a workload by its host's roles and tags and its name, and roles say which
-// subjects it may publish and subscribe to ({{host}}, {{workload}} and
-// {{credential}} expanded per session). Source re-reads the policy file when
-// it changes; a file that fails to parse keeps the last good policy.
+// Package policy maps workloads and people to NATS permissions: bindings
+// grant roles to a workload by its host's roles and tags and its name, the
+// people section's bindings grant roles to a person by their identity
+// provider's groups, and roles say which subjects a session may publish and
+// subscribe to ({{host}}, {{workload}}, {{credential}} and {{person}}
+// expanded per session). The people section also names the identity
+// providers the verifier logs people in with. Source re-reads the policy
+// file when it changes; a file that fails to parse keeps the last good
+// policy.
 package policy
 
 import (
@@ -28,6 +32,8 @@ type Policy struct {
 	SessionTTL time.Duration   `yaml:"session_ttl"`
 	Roles      map[string]Role `yaml:"roles"`
 	Bindings   []Binding       `yaml:"bindings"`
+	// People is the people: section (nil: nobody logs in).
+	People *People `yaml:"people"`
 }
 
 // Role is a set of permissions.
@@ -87,6 +93,10 @@ func Parse(b []byte) (*Policy, error) {
 	if p.SessionTTL < time.Second || p.SessionTTL > 24*time.Hour {
 		errs = append(errs, fmt.Errorf("policy: session_ttl %v: between 1s and 24h", p.SessionTTL))
 	}
+	if p.People != nil {
+		p.People.setDefaults()
+		errs = append(errs, p.People.validate(p.Roles)...)
+	}
 	for i, b := range p.Bindings {
 		for _, r := range b.Roles {
 			if _, ok := p.Roles[r]; !ok {
@@ -137,6 +147,8 @@ type Subject struct {
 	HostTags         []string
 	Workload         string
 	CredentialID     string
+	// Person is a person's ID (record.PersonID: IDP_hash), for {{person}}.
+	Person string
 	// Inbox is the session's inbox prefix (api.InboxFor…): the one place it
 	// may receive replies.
 	Inbox string
@@ -175,9 +187,14 @@ func containsAll(have, want []string) bool {
 // no dots or wildcards), so it cannot widen a subject.
 func (p *Policy) Apply(uc *jwt.UserClaims, roles []string, s Subject) {
 	expand := func(in []string) []string {
-		out := make([]string, len(in))
-		for i, x := range in {
-			out[i] = expandPlaceholders(x, s)
+		out := make([]string, 0, len(in))
+		for _, x := range in {
+			// A template whose value this session lacks ({{person}} in a
+			// workload's session, {{host}} in a browser's) would leave an
+			// empty token: the subject is left out rather than guessed.
+			if !lacksValue(x, s) {
+				out = append(out, expandPlaceholders(x, s))
+			}
 		}
 		return out
 	}
@@ -209,7 +226,21 @@ func (p *Policy) Apply(uc *jwt.UserClaims, roles []string, s Subject) {
 	}
 }
 
-// expandPlaceholders replaces {{host}}, {{workload}} and {{credential}} in
+// lacksValue reports whether x uses a placeholder whose value s lacks.
+func lacksValue(x string, s Subject) bool {
+	if !strings.Contains(x, "{{") {
+		return false
+	}
+	for _, ph := range [...]struct{ key, val string }{{"{{host}}", s.HostID}, {"{{workload}}", s.Workload}, {"{{credential}}", s.CredentialID}, {"{{person}}", s.Person}} {
+		if ph.val == "" && strings.Contains(x, ph.key) {
+			return true
+		}
+	}
+	return false
+}
+
+// expandPlaceholders replaces {{host}}, {{workload}}, {{credential}} and
+// {{person}} in
 // one pass, left to right, as a strings.Replacer would (a value is never
 // scanned again), without building one per connect (~5 µs of a decision).
 // Most subjects hold no placeholder and are returned as they are.
@@ -217,7 +248,7 @@ func expandPlaceholders(x string, s Subject) string {
 	if !strings.Contains(x, "{{") {
 		return x
 	}
-	phs := [...]struct{ key, val string }{{"{{host}}", s.HostID}, {"{{workload}}", s.Workload}, {"{{credential}}", s.CredentialID}}
+	phs := [...]struct{ key, val string }{{"{{host}}", s.HostID}, {"{{workload}}", s.Workload}, {"{{credential}}", s.CredentialID}, {"{{person}}", s.Person}}
 	var b strings.Builder
 next:
 	for i := 0; i < len(x); {

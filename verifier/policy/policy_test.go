@@ -136,12 +136,12 @@ func TestPolicyReload(t *testing.T) {
 // on the awkward cases too: braces around a placeholder, a placeholder
 // completed by a value, unknown ones.
 func TestExpandPlaceholdersAsReplacer(t *testing.T) {
-	s := Subject{HostID: "h-0123abcd", Workload: "cred", CredentialID: "AbC-_9"}
-	r := strings.NewReplacer("{{host}}", s.HostID, "{{workload}}", s.Workload, "{{credential}}", s.CredentialID)
+	s := Subject{HostID: "h-0123abcd", Workload: "cred", CredentialID: "AbC-_9", Person: "okta_00ff"}
+	r := strings.NewReplacer("{{host}}", s.HostID, "{{workload}}", s.Workload, "{{credential}}", s.CredentialID, "{{person}}", s.Person)
 	for _, x := range []string{
 		"", "plain.subject.>", "billing.{{host}}.{{workload}}.>", "metrics.{{credential}}",
 		"a.{{{{workload}}ential}}", "{{{host}}}", "{{", "{{host", "{{host}}{{host}}", "x.{{unknown}}.y",
-		"{{workload}}}}", "{{{{{{credential}}}}}}", "{{hos{{host}}t}}",
+		"{{workload}}}}", "{{{{{{credential}}}}}}", "{{hos{{host}}t}}", "dev.{{person}}.>", "{{pers{{person}}on}}",
 	} {
 		if got, want := expandPlaceholders(x, s), r.Replace(x); got != want {
 			t.Errorf("%q: got %q, the Replacer gives %q", x, got, want)

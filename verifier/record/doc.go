@@ -1,6 +1,7 @@
 // Package record holds the fleet's records as the verifier stores them in
 // JetStream KV and the operator API returns them: hosts, credentials, join
-// tokens, and the short-lived records of enrollment and registration.
+// tokens, people, and the short-lived records of enrollment, registration
+// and login.
 //
 // It is the one home of the host and credential state machines: a status
 // changes only through Transition, which allows the legal edges alone

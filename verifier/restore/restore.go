@@ -114,7 +114,7 @@ func Import(ctx context.Context, cfg Config) (*Result, error) {
 // buckets are the store's buckets a backup holds, by name.
 func buckets(st *store.Store) map[string]jetstream.KeyValue {
 	m := map[string]jetstream.KeyValue{}
-	for _, kv := range []jetstream.KeyValue{st.Hosts, st.Credentials, st.Tokens, st.EKs, st.EKAllow, st.Workloads} {
+	for _, kv := range st.Durable() {
 		m[kv.Bucket()] = kv
 	}
 	return m

@@ -11,7 +11,7 @@ import (
 )
 
 // Buckets are every bucket's name, in the order Open creates them.
-var Buckets = []string{BucketHosts, BucketCredentials, BucketTokens, BucketEKs, BucketEKAllow, BucketEnroll, BucketChallenges, BucketWorkloads}
+var Buckets = []string{BucketHosts, BucketCredentials, BucketTokens, BucketEKs, BucketEKAllow, BucketEnroll, BucketChallenges, BucketWorkloads, BucketPeople, BucketLogins}
 
 // Health reports each bucket's stream and the named extra streams (the
 // audit stream): replicas, leader, and each peer's state as the leader

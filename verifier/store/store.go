@@ -36,7 +36,13 @@ const (
 	BucketEnroll      = "tpmauthn_enroll"
 	BucketChallenges  = "tpmauthn_challenges"
 	BucketWorkloads   = "tpmauthn_workloads"
+	BucketPeople      = "tpmauthn_people"
+	BucketLogins      = "tpmauthn_logins"
 	SessionTTL        = 5 * time.Minute
+	// LoginTTL bounds the records of a login under way (states, one-time
+	// codes, device authorizations, grants): each expires sooner by its own
+	// Expires, and the bucket drops it after this.
+	LoginTTL = 15 * time.Minute
 )
 
 // MaxRecordSize bounds one record (a credential with its 64 sessions is
@@ -47,6 +53,12 @@ const MaxRecordSize = 64 << 10
 // challenges (each about 1 KB, living SessionTTL).
 const maxTTLBucketBytes = 64 << 20
 
+// maxLoginBucketBytes bounds the logins under way (each record about
+// 500 bytes, living at most LoginTTL): tens of thousands of logins at once,
+// and JetStream reserves a bounded bucket's bytes on disk when it creates
+// it, so no more than that.
+const maxLoginBucketBytes = 16 << 20
+
 // Store is the fleet state in JetStream KV: one bucket a kind of record.
 type Store struct {
 	JS jetstream.JetStream
@@ -54,8 +66,11 @@ type Store struct {
 	// the hex SHA-256 of the join token; EKs (enrolled) and EKAllow (the
 	// allow-list) by EK hash; Enroll (open enrollments) and Challenges
 	// (registration challenges) expire after SessionTTL; Workloads maps
-	// host.workload to its current credential.
+	// host.workload to its current credential. People by person ID;
+	// Logins (logins under way, expiring after LoginTTL) by kind and the
+	// hash of the secret that names them (record.SecretKey).
 	Hosts, Credentials, Tokens, EKs, EKAllow, Enroll, Challenges, Workloads jetstream.KeyValue
+	People, Logins                                                          jetstream.KeyValue
 }
 
 // Options are the buckets' settings that depend on the deployment.
@@ -85,6 +100,8 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Store, error) {
 		{BucketEnroll, SessionTTL, &s.Enroll},
 		{BucketChallenges, SessionTTL, &s.Challenges},
 		{BucketWorkloads, 0, &s.Workloads},
+		{BucketPeople, 0, &s.People},
+		{BucketLogins, LoginTTL, &s.Logins},
 	}
 	for _, b := range buckets {
 		// Earlier revisions help an operator on rarely written records.
@@ -101,7 +118,10 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Store, error) {
 		// session can fill (open enrollments, registration challenges)
 		// refuse new records when full rather than filling the disk.
 		maxBytes := int64(-1)
-		if b.ttl > 0 {
+		switch {
+		case b.name == BucketLogins:
+			maxBytes = maxLoginBucketBytes
+		case b.ttl > 0:
 			maxBytes = maxTTLBucketBytes
 		}
 		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
@@ -114,6 +134,13 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Store, error) {
 		*b.dst = kv
 	}
 	return &s, nil
+}
+
+// Durable are the buckets whose records outlive a session, in the order a
+// backup holds them (verifier/backup.Buckets names the same): the backup
+// reads and the restore writes exactly these.
+func (s *Store) Durable() []jetstream.KeyValue {
+	return []jetstream.KeyValue{s.Hosts, s.Credentials, s.Tokens, s.EKs, s.EKAllow, s.Workloads, s.People}
 }
 
 // Get reads a record and its revision. A missing key is api.ErrNotFound.

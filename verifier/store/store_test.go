@@ -104,7 +104,7 @@ func TestBucketsBounded(t *testing.T) {
 	if err := Create(t.Context(), s.Challenges, "c1", big); !errors.Is(err, api.ErrUnavailable) {
 		t.Fatalf("a record over the size bound: %v, want refused", err)
 	}
-	for _, kv := range []jetstream.KeyValue{s.Enroll, s.Challenges} {
+	for _, kv := range []jetstream.KeyValue{s.Enroll, s.Challenges, s.Logins} {
 		st, err := kv.Status(t.Context())
 		if err != nil {
 			t.Fatal(err)
@@ -119,9 +119,10 @@ func TestBucketsBounded(t *testing.T) {
 // closed), and says so in words an operator can act on: JetStream's own
 // "insufficient resources" names neither the store nor the remedy.
 func TestStoreFullIsUnavailable(t *testing.T) {
-	// The two bounded buckets reserve 64 MiB each (reserved, not used: the
-	// filler writes it all), and 1 MiB more.
-	const maxStore = 2*maxTTLBucketBytes + 1<<20
+	// The bounded buckets (open enrollments and challenges, 64 MiB each;
+	// logins, 16 MiB) reserve their bytes (reserved, not used: the filler
+	// writes it all), and 1 MiB more.
+	const maxStore = 2*maxTTLBucketBytes + maxLoginBucketBytes + 1<<20
 	js := jstest.Start(t, func(o *server.Options) { o.JetStreamMaxStore = maxStore })
 	s, err := Open(t.Context(), js.NC, Options{})
 	if err != nil {

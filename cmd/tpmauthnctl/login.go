@@ -1,0 +1,347 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/internal/atomicfile"
+	"github.com/tpmauthn/tpmauthn/internal/cliconf"
+	"github.com/tpmauthn/tpmauthn/internal/natstls"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
+)
+
+var loginKeys = []cliconf.Key{
+	cliconf.K("login.url", "url", "", "the verifier's login URL (its --http-public-url, e.g. https://login.example.com; default: the one recorded in --data-dir)"),
+	cliconf.K("login.idp", "idp", "", "the identity provider to log in with (default: choose on the verifier's page)"),
+	cliconf.K("login.device", "device", false, "no browser here: print a code and a URL to open on another device (RFC 8628)"),
+	cliconf.K("login.no_browser", "no-browser", false, "print the login URL instead of opening a browser"),
+	cliconf.K("login.ca", "http-ca", "", "PEM bundle to verify the verifier's HTTPS with (default: the system's roots, and --data-dir's NATS CA)"),
+	cliconf.K("login.out", "out", "", "where to keep the login (default: the user config directory's tpmauthn/login.json, 0600)"),
+	cliconf.K("login.wait", "wait", 3*time.Minute, "how long to wait for the login to finish"),
+}
+
+type loginSettings struct {
+	Login struct {
+		URL       string        `mapstructure:"url"`
+		IdP       string        `mapstructure:"idp"`
+		Device    bool          `mapstructure:"device"`
+		NoBrowser bool          `mapstructure:"no_browser"`
+		CA        string        `mapstructure:"ca"`
+		Out       string        `mapstructure:"out"`
+		Wait      time.Duration `mapstructure:"wait"`
+	} `mapstructure:"login"`
+}
+
+// openBrowser opens a URL in the user's browser (replaced in tests).
+var openBrowser = func(u string) error {
+	name := "xdg-open"
+	if runtime.GOOS == "darwin" {
+		name = "open"
+	}
+	return exec.Command(name, u).Start()
+}
+
+func (a *app) loginCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "login",
+		Short: "Log in as a person with your identity provider, through the verifier",
+		Long: `Opens the verifier's login page in your browser; after you log in at your
+identity provider, the browser hands a one-time code to this command on a
+loopback address (RFC 8252), which it redeems with a secret only it holds
+(PKCE). With --device (a host without a browser) it prints a code and a URL
+to open on another device instead (RFC 8628).
+
+The login is kept in the user config directory (tpmauthn/login.json, 0600):
+a short-lived grant bound to you, which the agent redeems for your device
+credential, and who you are.`,
+		Example: `  tpmauthnctl login --url https://login.example.com --idp okta
+  tpmauthnctl login --url https://login.example.com --device`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var ls loginSettings
+			if err := cliconf.LoadFlags(cmd.Flags(), loginKeys, &ls); err != nil {
+				return err
+			}
+			return a.login(cmd.Context(), ls, cmd.ErrOrStderr())
+		},
+	}
+	cmd.Flags().AddFlagSet(flagsOf(loginKeys))
+	return cmd
+}
+
+func (a *app) login(ctx context.Context, ls loginSettings, tell io.Writer) error {
+	l := ls.Login
+	if l.URL == "" && a.s.DataDir != "" {
+		if b, err := os.ReadFile(keys.LoginURLFile(a.s.DataDir)); err == nil {
+			l.URL = strings.TrimSpace(string(b))
+		}
+	}
+	base, err := loginBase(l.URL)
+	if err != nil {
+		return err
+	}
+	client, err := a.loginClient(l.CA)
+	if err != nil {
+		return err
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, cancel := context.WithTimeout(ctx, l.Wait)
+	defer cancel()
+	var res *api.LoginResult
+	if l.Device {
+		res, err = deviceLogin(ctx, client, base, tell)
+	} else {
+		res, err = loopbackLogin(ctx, client, base, l.IdP, !l.NoBrowser, tell)
+	}
+	if err != nil {
+		return err
+	}
+	out := l.Out
+	if out == "" {
+		if out, err = defaultLoginFile(); err != nil {
+			return err
+		}
+	}
+	if err := saveLogin(out, res); err != nil {
+		return err
+	}
+	return a.printLogin(res, out)
+}
+
+// loginBase checks the verifier's URL: https, or http on loopback only
+// (the login's code and grant are bearer secrets).
+func loginBase(s string) (string, error) {
+	if s == "" {
+		return "", errors.New("say where the verifier serves logins: --url https://... (its --http-public-url), or --data-dir of a local verifier with --http-listen")
+	}
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		return "", fmt.Errorf("--url %q: want https://host[:port]", s)
+	}
+	if u.Scheme == "http" && !natstls.LoopbackHost(u.Hostname()) {
+		return "", fmt.Errorf("--url %q: plain http beyond loopback would send your login in clear; use https", s)
+	}
+	return strings.TrimSuffix(u.Scheme+"://"+u.Host+u.Path, "/"), nil
+}
+
+// loginClient verifies the verifier with --http-ca, else the system's roots
+// plus a local verifier's NATS CA (which its HTTP certificate comes from
+// unless the operator gave one).
+func (a *app) loginClient(caFile string) (*http.Client, error) {
+	var pool *x509.CertPool
+	switch {
+	case caFile != "":
+		p, _, err := natstls.LoadRoots(caFile)
+		if err != nil {
+			return nil, err
+		}
+		pool = p
+	case a.s.DataDir != "":
+		b, err := os.ReadFile(keys.NATSCAFile(a.s.DataDir))
+		if err == nil {
+			if pool, err = x509.SystemCertPool(); err != nil {
+				pool = x509.NewCertPool()
+			}
+			pool.AppendCertsFromPEM(b)
+		}
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}, nil
+}
+
+// loopbackLogin is RFC 8252 §7.3: a listener on 127.0.0.1 receives the
+// verifier's one-time code, redeemed with this process's PKCE verifier.
+func loopbackLogin(ctx context.Context, client *http.Client, base, idp string, browser bool, tell io.Writer) (*api.LoginResult, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("loopback listener: %w", err)
+	}
+	path := "/callback/" + randomString()
+	codes := make(chan url.Values, 1)
+	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != path {
+			http.NotFound(w, r)
+			return
+		}
+		select {
+		case codes <- r.URL.Query():
+			_, _ = io.WriteString(w, "Logged in: you can close this window and return to the terminal.\n")
+		default:
+			http.Error(w, "this login is already finished", http.StatusConflict)
+		}
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	verifier := randomString()
+	loginURL := base + api.PathLogin + url.PathEscape(idp) + "?" + url.Values{
+		"cb": {"http://" + ln.Addr().String() + path}, "cc": {s256(verifier)}}.Encode()
+	fmt.Fprintf(tell, "Log in at:\n  %s\n", loginURL)
+	if browser {
+		if err := openBrowser(loginURL); err != nil {
+			fmt.Fprintf(tell, "(could not open a browser: %v; open the URL yourself)\n", err)
+		}
+	}
+	var q url.Values
+	select {
+	case q = <-codes:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("no login within the time allowed (--wait): %w", ctx.Err())
+	}
+	if q.Get("code") == "" {
+		return nil, fmt.Errorf("the login failed: %s", esc(q.Get("error")))
+	}
+	return tokenRequest(ctx, client, base+api.PathCLIToken, url.Values{"grant_type": {api.GrantTypeCode}, "code": {q.Get("code")}, "code_verifier": {verifier}})
+}
+
+// deviceLogin is RFC 8628: a code for the person to enter at the verifier
+// on another device, then polls until they have logged in.
+func deviceLogin(ctx context.Context, client *http.Client, base string, tell io.Writer) (*api.LoginResult, error) {
+	var da api.DeviceAuthResponse
+	if err := postForm(ctx, client, base+api.PathDeviceCode, url.Values{"client_id": {"tpmauthnctl"}}, &da, nil); err != nil {
+		return nil, fmt.Errorf("device authorization: %w", err)
+	}
+	fmt.Fprintf(tell, "On a device with a browser, open\n  %s\nand enter the code %s\n(or open %s)\n", esc(da.VerificationURI), esc(da.UserCode), esc(da.VerificationURIComplete))
+	interval := time.Duration(max(da.Interval, 1)) * time.Second
+	for {
+		select {
+		case <-time.After(interval):
+		case <-ctx.Done():
+			return nil, fmt.Errorf("no login within the time allowed (--wait): %w", ctx.Err())
+		}
+		res, err := tokenRequest(ctx, client, base+api.PathDeviceToken, url.Values{"grant_type": {api.GrantTypeDeviceCode}, "device_code": {da.DeviceCode}, "client_id": {"tpmauthnctl"}})
+		var oe *oauthError
+		switch {
+		case errors.As(err, &oe) && oe.Code == api.OAuthPending:
+		case errors.As(err, &oe) && oe.Code == api.OAuthSlowDown:
+			interval += 5 * time.Second // RFC 8628 §3.5
+		case err != nil:
+			return nil, err
+		default:
+			return res, nil
+		}
+	}
+}
+
+// oauthError is a token endpoint's refusal.
+type oauthError struct{ api.OAuthError }
+
+func (e *oauthError) Error() string {
+	if e.Description == "" {
+		return "the verifier refused: " + esc(e.Code)
+	}
+	return "the verifier refused: " + esc(e.Code) + ": " + esc(e.Description)
+}
+
+func tokenRequest(ctx context.Context, client *http.Client, u string, form url.Values) (*api.LoginResult, error) {
+	var res api.LoginResult
+	if err := postForm(ctx, client, u, form, &res, new(oauthError)); err != nil {
+		return nil, err
+	}
+	if res.AccessToken == "" {
+		return nil, errors.New("the verifier answered without a login grant")
+	}
+	return &res, nil
+}
+
+// postForm posts form and decodes a 200 into out, a 4xx/5xx JSON body into
+// refusal (if given).
+func postForm(ctx context.Context, client *http.Client, u string, form url.Values, out any, refusal *oauthError) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader(form.Encode()))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		if refusal != nil && json.Unmarshal(body, &refusal.OAuthError) == nil && refusal.Code != "" {
+			return refusal
+		}
+		return fmt.Errorf("%s: %s", u, resp.Status)
+	}
+	return json.Unmarshal(body, out)
+}
+
+func randomString() string {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// s256 is RFC 7636 §4.2's challenge of a verifier.
+func s256(v string) string {
+	h := sha256.Sum256([]byte(v))
+	return base64.RawURLEncoding.EncodeToString(h[:])
+}
+
+func defaultLoginFile() (string, error) {
+	dir, err := os.UserConfigDir()
+	if err != nil {
+		return "", fmt.Errorf("no user config directory (give --out): %w", err)
+	}
+	return filepath.Join(dir, "tpmauthn", "login.json"), nil
+}
+
+// saveLogin keeps the login for the user alone: the directory 0700, the
+// file 0600 (it holds a bearer grant), written whole.
+func saveLogin(path string, res *api.LoginResult) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(path, append(b, '\n'), 0o600)
+}
+
+// printLogin says who logged in; the IdP chose the name and email, so they
+// are escaped before the terminal sees them.
+func (a *app) printLogin(res *api.LoginResult, file string) error {
+	if a.s.JSON {
+		view := *res
+		view.AccessToken = "" // kept in the file, not printed
+		enc := json.NewEncoder(a.out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(view)
+	}
+	p := res.Person
+	fmt.Fprintf(a.out, "Logged in as %s", esc(p.Name))
+	if p.Email != "" {
+		fmt.Fprintf(a.out, " <%s>", esc(p.Email))
+	}
+	fmt.Fprintf(a.out, " at %s (person %s) until %s\n", esc(p.IdP), esc(p.ID), when(res.LoginExpires))
+	fmt.Fprintf(a.out, "Roles: %s (with a software key: %s)\n", esc(list(res.Roles)), esc(list(res.SoftwareRoles)))
+	fmt.Fprintf(a.out, "Login kept in %s\n", file)
+	return nil
+}

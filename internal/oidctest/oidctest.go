@@ -1,0 +1,224 @@
+package oidctest
+
+import (
+	"context"
+	"fmt"
+	"html"
+	"io"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/zitadel/oidc/v3/example/server/exampleop"
+	"github.com/zitadel/oidc/v3/example/server/storage"
+	"github.com/zitadel/oidc/v3/pkg/oidc"
+	"github.com/zitadel/oidc/v3/pkg/op"
+)
+
+// User is an account at the provider.
+type User struct {
+	ID, Username, Password string
+	Name, Email            string
+	Groups                 []string
+	// Claims are added to the ID token as they are (e.g. "oid").
+	Claims map[string]any
+}
+
+// OP is a running OpenID provider.
+type OP struct {
+	// Issuer is its issuer URL, with the trailing slash its discovery
+	// document states.
+	Issuer  string
+	URL     string // Issuer without the trailing slash
+	clients map[string]*storage.Client
+	users   *users
+}
+
+// Start runs a provider on a free loopback port with users, until the test
+// ends.
+func Start(tb testing.TB, us ...User) *OP {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	o := &OP{URL: "http://" + ln.Addr().String(), clients: map[string]*storage.Client{}, users: &users{m: map[string]User{}}}
+	o.Issuer = o.URL + "/"
+	for _, u := range us {
+		o.users.m[u.ID] = u
+	}
+	st := &groupStorage{Storage: storage.NewStorageWithClients(o.users, o.clients), users: o.users}
+	srv := httptest.NewUnstartedServer(exampleop.SetupServer(o.Issuer, st, nil, false))
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.Start()
+	tb.Cleanup(srv.Close)
+	return o
+}
+
+// AddClient registers a confidential web client (client_secret_basic) with
+// one redirect URI. Call it before the client's first login.
+func (o *OP) AddClient(id, secret, redirectURI string) {
+	o.clients[id] = storage.WebClient(id, secret, redirectURI)
+}
+
+// users is the provider's user store (storage.UserStore).
+type users struct {
+	mu sync.Mutex
+	m  map[string]User
+}
+
+func (u *users) GetUserByID(id string) *storage.User {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if x, ok := u.m[id]; ok {
+		return toStorage(x)
+	}
+	return nil
+}
+
+func (u *users) GetUserByUsername(name string) *storage.User {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, x := range u.m {
+		if x.Username == name {
+			return toStorage(x)
+		}
+	}
+	return nil
+}
+
+func (u *users) ExampleClientID() string { return storage.ServiceUserID }
+
+func (u *users) get(id string) (User, bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	x, ok := u.m[id]
+	return x, ok
+}
+
+func toStorage(x User) *storage.User {
+	return &storage.User{ID: x.ID, Username: x.Username, Password: x.Password, FirstName: x.Name, Email: x.Email, EmailVerified: true}
+}
+
+// groupStorage puts each user's name, email, groups and extra claims in
+// the ID token: the example storage leaves the profile out whenever an
+// access token is issued too (OIDC Core §5.4), and knows no groups.
+type groupStorage struct {
+	*storage.Storage
+	users *users
+}
+
+func (s *groupStorage) SetUserinfoFromRequest(ctx context.Context, ui *oidc.UserInfo, req op.IDTokenRequest, scopes []string) error {
+	if err := s.Storage.SetUserinfoFromRequest(ctx, ui, req, scopes); err != nil {
+		return err
+	}
+	u, ok := s.users.get(req.GetSubject())
+	if !ok {
+		return fmt.Errorf("user %s not found", req.GetSubject())
+	}
+	ui.Name, ui.Email = u.Name, u.Email
+	ui.AppendClaims("groups", u.Groups)
+	for k, v := range u.Claims {
+		ui.AppendClaims(k, v)
+	}
+	return nil
+}
+
+// Browser is an HTTP client with a cookie jar, as a browser would be.
+func Browser(tb testing.TB) *http.Client {
+	tb.Helper()
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &http.Client{Jar: jar}
+}
+
+var (
+	formTag     = regexp.MustCompile(`(?s)<form[^>]*>`)
+	formAction  = regexp.MustCompile(`action="([^"]*)"`)
+	hiddenInput = regexp.MustCompile(`<input type="hidden" name="([^"]+)" value="([^"]*)">`)
+)
+
+// Submit does what a person clicking the page's form button does: it posts
+// the first form of the page in resp (its hidden fields, and fields) to its
+// action, following redirects, and returns where the browser ends.
+func Submit(tb testing.TB, browser *http.Client, resp *http.Response, fields url.Values) *http.Response {
+	tb.Helper()
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	tag := formTag.Find(body)
+	if tag == nil {
+		tb.Fatalf("%s %s: no form on the page (%s): %s", resp.Request.Method, resp.Request.URL, resp.Status, body)
+	}
+	action := resp.Request.URL.String()
+	if m := formAction.FindSubmatch(tag); m != nil {
+		u, err := resp.Request.URL.Parse(html.UnescapeString(string(m[1])))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		action = u.String()
+	}
+	form := url.Values{}
+	for _, m := range hiddenInput.FindAllSubmatch(body, -1) {
+		form.Set(html.UnescapeString(string(m[1])), html.UnescapeString(string(m[2])))
+	}
+	for k, v := range fields {
+		form[k] = v
+	}
+	next, err := browser.PostForm(action, form)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return next
+}
+
+// Authorize starts a login at startURL with the browser, logs in at the
+// provider's form as username, and returns where the provider then sends
+// the browser (the relying party's callback, not yet followed).
+func (o *OP) Authorize(tb testing.TB, browser *http.Client, startURL, username, password string) *url.URL {
+	tb.Helper()
+	resp, err := browser.Get(startURL)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return o.LogIn(tb, browser, resp, username, password)
+}
+
+// LogIn takes the response that brought the browser to the provider's
+// login form, logs in as username, and returns where the provider then
+// sends the browser (not yet followed).
+func (o *OP) LogIn(tb testing.TB, browser *http.Client, resp *http.Response, username, password string) *url.URL {
+	tb.Helper()
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	id := resp.Request.URL.Query().Get("authRequestID")
+	if resp.StatusCode != http.StatusOK || id == "" || !strings.HasPrefix(resp.Request.URL.String(), o.URL) {
+		tb.Fatalf("%s %s ended at %s (%s), not the provider's login form: %s", resp.Request.Method, resp.Request.URL, resp.Request.URL, resp.Status, body)
+	}
+	stop := *browser
+	stop.CheckRedirect = func(req *http.Request, _ []*http.Request) error {
+		if !strings.HasPrefix(req.URL.String(), o.URL) {
+			return http.ErrUseLastResponse
+		}
+		return nil
+	}
+	resp, err := stop.PostForm(o.URL+"/login/username", url.Values{"username": {username}, "password": {password}, "id": {id}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	loc, err := resp.Location()
+	if err != nil {
+		tb.Fatalf("login as %s: %s, no redirect back: %s", username, resp.Status, body)
+	}
+	return loc
+}

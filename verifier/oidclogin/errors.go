@@ -1,0 +1,24 @@
+package oidclogin
+
+import "errors"
+
+// Sentinel errors (compare with errors.Is).
+var (
+	// ErrUnknownIdP: the policy names no such IdP.
+	ErrUnknownIdP = errors.New("unknown identity provider")
+	// ErrState: a login state unknown, used, expired, or not this browser's.
+	ErrState = errors.New("login state unknown, used, expired or from another browser")
+	// ErrIdP: the IdP refused, was unreachable, or answered with an ID token
+	// that does not verify.
+	ErrIdP = errors.New("identity provider login failed")
+	// ErrNonce: the ID token's nonce is not the login's (a replayed or
+	// substituted token).
+	ErrNonce = errors.New("ID token nonce mismatch")
+	// ErrClaims: the ID token lacks the subject claim the policy names.
+	ErrClaims = errors.New("ID token lacks the subject claim")
+	// ErrCode: a one-time code (or device code) unknown, used, expired, or
+	// redeemed with the wrong PKCE verifier.
+	ErrCode = errors.New("code unknown, used, expired or not yours")
+	// ErrBadRequest: a request this endpoint cannot take.
+	ErrBadRequest = errors.New("bad request")
+)

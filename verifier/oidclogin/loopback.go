@@ -1,0 +1,115 @@
+package oidclogin
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/verifier/people"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
+	"github.com/tpmauthn/tpmauthn/verifier/store"
+)
+
+// finishLoopback ends a CLI's login: a one-time code, bound to the CLI's
+// PKCE challenge, sent to its loopback address. Whoever else receives the
+// code (another local user listening on that port, a log) cannot redeem it
+// without the CLI's verifier.
+func (h *Handler) finishLoopback(w http.ResponseWriter, r *http.Request, st *record.LoginState, p *record.Person) {
+	code := randomToken()
+	c := &record.LoginCode{V: record.Version, Person: p.ID, Challenge: st.Challenge, Expires: h.cfg.Now().UTC().Add(CodeTTL)}
+	if err := store.Create(r.Context(), h.cfg.Store.Logins, "code."+record.SecretKey(code), c); err != nil {
+		h.fail(w, r, fmt.Errorf("store login code: %w", err))
+		return
+	}
+	cb, err := url.Parse(st.Callback) // checked at the start
+	if err != nil {
+		h.fail(w, r, fmt.Errorf("%w: callback: %w", ErrBadRequest, err))
+		return
+	}
+	q := cb.Query()
+	q.Set("code", code)
+	cb.RawQuery = q.Encode()
+	http.Redirect(w, r, cb.String(), http.StatusFound)
+}
+
+// cliToken redeems a loopback login's one-time code with the PKCE verifier
+// of its challenge, for a login grant (RFC 6749 §4.1.3's shape).
+func (h *Handler) cliToken(w http.ResponseWriter, r *http.Request) {
+	if r.PostFormValue("grant_type") != api.GrantTypeCode {
+		oauthError(w, http.StatusBadRequest, api.OAuthUnsupported, "grant_type must be "+api.GrantTypeCode)
+		return
+	}
+	code, verifier := r.PostFormValue("code"), r.PostFormValue("code_verifier")
+	if code == "" || verifier == "" {
+		oauthError(w, http.StatusBadRequest, api.OAuthInvalidRequest, "code and code_verifier are required")
+		return
+	}
+	// Taken before the verifier is checked: a code is tried once.
+	c, err := takeRecord[record.LoginCode](r.Context(), h.cfg.Store, "code."+record.SecretKey(code), ErrCode)
+	if err == nil && !h.cfg.Now().Before(c.Expires) {
+		err = fmt.Errorf("%w: expired", ErrCode)
+	}
+	if err == nil && subtle.ConstantTimeCompare([]byte(s256(verifier)), []byte(c.Challenge)) != 1 {
+		err = fmt.Errorf("%w: the code_verifier does not match the challenge", ErrCode)
+	}
+	if err != nil {
+		h.tokenFailed(w, r, err)
+		return
+	}
+	h.grant(w, r, c.Person, record.FlowLoopback)
+}
+
+// grant answers a token request with a login grant for the person.
+func (h *Handler) grant(w http.ResponseWriter, r *http.Request, personID, flow string) {
+	p, err := h.cfg.People.Person(r.Context(), personID)
+	if err == nil && !p.Disabled.IsZero() {
+		err = fmt.Errorf("%w: %s", people.ErrDisabled, p.ID)
+	}
+	var res *api.LoginResult
+	if err == nil {
+		res, err = h.cfg.People.Grant(r.Context(), p, flow, clientAddr(r))
+	}
+	if err != nil {
+		h.tokenFailed(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// tokenFailed answers a token endpoint's refusal in RFC 6749 §5.2's form.
+func (h *Handler) tokenFailed(w http.ResponseWriter, r *http.Request, err error) {
+	h.cfg.Logger.Warn("token request refused", keyError, err, "path", r.URL.Path, "client", clientAddr(r))
+	switch {
+	case errors.Is(err, api.ErrUnavailable):
+		oauthError(w, http.StatusServiceUnavailable, api.OAuthTemporarilyDown, "the verifier's store is unavailable; retry")
+	case errors.Is(err, people.ErrDisabled):
+		oauthError(w, http.StatusBadRequest, api.OAuthAccessDenied, people.ErrDisabled.Error())
+	case errors.Is(err, ErrCode), errors.Is(err, people.ErrGrantInvalid):
+		oauthError(w, http.StatusBadRequest, api.OAuthInvalidGrant, ErrCode.Error())
+	default:
+		oauthError(w, http.StatusInternalServerError, api.OAuthInvalidRequest, "internal error")
+	}
+}
+
+// s256 is RFC 7636 §4.2's code challenge of a verifier.
+func s256(verifier string) string {
+	h := sha256.Sum256([]byte(verifier))
+	return base64.RawURLEncoding.EncodeToString(h[:])
+}
+
+func oauthError(w http.ResponseWriter, code int, oauthCode, desc string) {
+	writeJSON(w, code, api.OAuthError{Code: oauthCode, Description: desc})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store") // RFC 6749 §5.1
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,97 @@
+package oidclogin
+
+import (
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/verifier/people"
+	"github.com/tpmauthn/tpmauthn/verifier/policy"
+	"github.com/tpmauthn/tpmauthn/verifier/store"
+)
+
+// Lifetimes of what a login leaves in the logins bucket (each well below
+// store.LoginTTL, after which the bucket drops it anyway).
+const (
+	StateTTL      = 10 * time.Minute // from /login to /oidc/callback
+	CodeTTL       = 2 * time.Minute  // from the loopback redirect to its redeem
+	DeviceTTL     = 10 * time.Minute // a device code (RFC 8628 expires_in)
+	DefaultPoll   = 5 * time.Second  // RFC 8628 §3.2's default interval
+	slowDownExtra = 5 * time.Second  // RFC 8628 §3.5
+)
+
+// Config configures a Handler.
+type Config struct {
+	People *people.Service
+	Store  *store.Store
+	Policy func() *policy.Policy
+	// PublicURL is how browsers and IdPs reach this listener (scheme, host,
+	// port, no path): the redirect URI is PublicURL + /oidc/callback.
+	PublicURL string
+	// Secure marks cookies Secure (the listener serves TLS).
+	Secure bool
+	// Client reaches the IdPs (nil: one with a 10 s timeout). Tests give
+	// one that trusts their provider.
+	Client *http.Client
+	// DevicePoll is the device flow's polling interval (DefaultPoll).
+	DevicePoll time.Duration
+	Logger     *slog.Logger
+	// Now is the clock of states, codes and device codes (nil: time.Now).
+	Now func() time.Time
+}
+
+// Handler serves the login endpoints.
+type Handler struct {
+	cfg Config
+	mu  sync.Mutex
+	rps map[string]*relyingParty // by IdP name; rebuilt when its config changes
+}
+
+// New returns a Handler.
+func New(cfg Config) *Handler {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Client == nil {
+		// A transport of its own: Close drops its idle connections to the
+		// IdPs, which the shared default transport would keep.
+		cfg.Client = &http.Client{Timeout: 10 * time.Second, Transport: http.DefaultTransport.(*http.Transport).Clone()}
+	}
+	if cfg.DevicePoll == 0 {
+		cfg.DevicePoll = DefaultPoll
+	}
+	return &Handler{cfg: cfg, rps: map[string]*relyingParty{}}
+}
+
+// Register adds the endpoints to mux.
+func (h *Handler) Register(mux *http.ServeMux) {
+	mux.HandleFunc("GET "+api.PathLogin+"{$}", h.chooser)
+	mux.HandleFunc("GET "+api.PathLogin+"{idp}", h.start)
+	mux.HandleFunc("POST "+api.PathLogin+"{idp}", h.confirm)
+	mux.HandleFunc("GET "+api.PathOIDCCallback, h.callback)
+	mux.HandleFunc("POST "+api.PathCLIToken, h.cliToken)
+	mux.HandleFunc("GET "+api.PathDevice, h.devicePage)
+	mux.HandleFunc("POST "+api.PathDevice, h.deviceSubmit)
+	mux.HandleFunc("POST "+api.PathDeviceCode, h.deviceCode)
+	mux.HandleFunc("POST "+api.PathDeviceToken, h.deviceToken)
+}
+
+// Close drops the idle connections to the IdPs.
+func (h *Handler) Close() { h.cfg.Client.CloseIdleConnections() }
+
+// people returns the policy's people section, or nil.
+func (h *Handler) people() *policy.People {
+	return h.cfg.Policy().People
+}
+
+// Attribute keys of the package's log lines.
+const (
+	keyIdP   = "idp"
+	keyError = "error"
+	keyFlow  = "flow"
+)

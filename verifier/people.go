@@ -1,0 +1,95 @@
+package verifier
+
+import (
+	"cmp"
+	"context"
+	"crypto/tls"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/tpmauthn/tpmauthn/verifier/httpapi"
+	"github.com/tpmauthn/tpmauthn/verifier/keys"
+	"github.com/tpmauthn/tpmauthn/verifier/oidclogin"
+	"github.com/tpmauthn/tpmauthn/verifier/people"
+	"github.com/tpmauthn/tpmauthn/verifier/policy"
+)
+
+// servePeople keeps the people (verifier/people) and, with an HTTP
+// listener configured, serves their logins (verifier/oidclogin) on it.
+func (v *Verifier) servePeople(context.Context) error {
+	pol := func() *policy.Policy { return v.policy.Current() }
+	v.people = people.New(people.Config{Store: v.st, Policy: pol, Trail: v.trail, Logger: v.log, Now: v.cfg.Clock})
+	if v.cfg.HTTPListen == "" {
+		return nil
+	}
+	tlsCfg, err := v.httpTLSConfig()
+	if err != nil {
+		return err
+	}
+	srv, err := httpapi.Listen(httpapi.Config{Listen: v.cfg.HTTPListen, TLS: tlsCfg, Logger: v.log})
+	if err != nil {
+		return err
+	}
+	public := cmp.Or(v.cfg.HTTPPublicURL, srv.URL())
+	mux := http.NewServeMux()
+	login := oidclogin.New(oidclogin.Config{People: v.people, Store: v.st, Policy: pol, PublicURL: public, Secure: tlsCfg != nil,
+		DevicePoll: v.cfg.DevicePoll, Logger: v.log, Now: v.cfg.Clock})
+	login.Register(mux)
+	srv.Serve(mux)
+	v.http, v.httpURL = srv, public
+	v.onClose(func() {
+		srv.Close()
+		login.Close()
+	})
+	v.log.Info("people's logins", "url", public+"/login/", "listen", srv.Addr())
+	// For tpmauthnctl --data-dir login on this host (public, like the
+	// client URL file).
+	if err := os.WriteFile(keys.LoginURLFile(v.cfg.DataDir), []byte(public+"\n"), 0o644); err != nil {
+		v.log.Warn("cannot record the login URL for tpmauthnctl", "error", err)
+	}
+	return nil
+}
+
+// httpTLSConfig is the HTTP listener's TLS (nil: plain, on loopback): the
+// operator's certificate, or one from the NATS CA naming the public URL's
+// host, the listen address and this host.
+func (v *Verifier) httpTLSConfig() (*tls.Config, error) {
+	if !v.cfg.httpTLS() {
+		return nil, nil
+	}
+	cert, key := v.cfg.HTTPTLSCert, v.cfg.HTTPTLSKey
+	if cert == "" {
+		var err error
+		if cert, key, err = keys.HTTPServerCert(v.cfg.DataDir, v.keys, v.httpHosts(), time.Now()); err != nil {
+			return nil, err
+		}
+	}
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
+}
+
+func (v *Verifier) httpHosts() []string {
+	hosts := []string{"localhost", "127.0.0.1", "::1"}
+	if name, err := os.Hostname(); err == nil && name != "" {
+		hosts = append(hosts, name)
+	}
+	if h, _, err := net.SplitHostPort(v.cfg.HTTPListen); err == nil && h != "" && !net.ParseIP(h).IsUnspecified() {
+		hosts = append(hosts, h)
+	}
+	if u, err := url.Parse(v.cfg.HTTPPublicURL); err == nil && u.Hostname() != "" {
+		hosts = append(hosts, u.Hostname())
+	}
+	return hosts
+}
+
+// HTTPURL is where people log in ("" without an HTTP listener).
+func (v *Verifier) HTTPURL() string { return v.httpURL }
+
+// People is the verifier's people service (set by Start).
+func (v *Verifier) People() *people.Service { return v.people }

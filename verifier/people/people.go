@@ -1,0 +1,243 @@
+package people
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/verifier/auditlog"
+	"github.com/tpmauthn/tpmauthn/verifier/policy"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
+	"github.com/tpmauthn/tpmauthn/verifier/store"
+)
+
+// GrantTTL is how long a login grant stays redeemable: the client redeems
+// it right after the login (the login itself lasts the policy's login_ttl).
+const GrantTTL = 10 * time.Minute
+
+// Config configures a Service.
+type Config struct {
+	Store  *store.Store
+	Policy func() *policy.Policy
+	Trail  *auditlog.Trail
+	Logger *slog.Logger
+	// Now is the clock of logins and grants (nil: time.Now).
+	Now func() time.Time
+}
+
+// Service records logins and issues and redeems login grants.
+type Service struct {
+	cfg Config
+}
+
+// New returns a Service.
+func New(cfg Config) *Service {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Service{cfg: cfg}
+}
+
+// Identity is what an IdP vouched for at a login: Subject is the policy's
+// subject claim, Name and Email are for display.
+type Identity struct {
+	IdP, Subject, Name, Email string
+	Groups                    []string
+}
+
+// Login records a login by id: the person is created, or updated with
+// what the IdP says now (name, email, groups). A disabled person is
+// refused (ErrDisabled). Either way the audit trail names the person.
+func (s *Service) Login(ctx context.Context, id Identity, flow, clientAddr string) (*record.Person, error) {
+	ev := audit.Deny("person.login")
+	ev.Person, ev.ClientAddr, ev.Actor = record.PersonID(id.IdP, id.Subject), clientAddr, "person"
+	ev.Reason = fmt.Sprintf("%s login at %s as %q", flow, id.IdP, display(id))
+	p, err := s.upsert(ctx, id)
+	if err != nil {
+		ev.Reason += ": " + err.Error()
+		s.cfg.Trail.RecordNow(ctx, ev)
+		return nil, err
+	}
+	ev.Result = audit.OK
+	ev.Reason += fmt.Sprintf(" (groups %q)", p.Groups)
+	s.cfg.Trail.RecordNow(ctx, ev)
+	s.cfg.Logger.Info("person logged in", keyPerson, p.ID, keyIdP, p.IdP, keyFlow, flow)
+	return p, nil
+}
+
+// LoginFailed audits a login that failed before the IdP named anyone (a
+// refused code exchange, an ID token that does not verify, a nonce that is
+// not the login's): these are the signals of an attack on the login.
+func (s *Service) LoginFailed(ctx context.Context, idp, flow, clientAddr string, cause error) {
+	ev := audit.Deny("person.login")
+	ev.ClientAddr, ev.Actor = clientAddr, "person"
+	ev.Reason = fmt.Sprintf("%s login at %s: %v", flow, idp, cause)
+	s.cfg.Trail.RecordNow(ctx, ev)
+}
+
+// display is how an audit event shows who logged in: name and email, as
+// the IdP gave them (the event's text is bounded and escaped by readers).
+func display(id Identity) string {
+	switch {
+	case id.Email != "" && id.Name != "":
+		return id.Name + " <" + id.Email + ">"
+	case id.Email != "":
+		return id.Email
+	default:
+		return id.Name
+	}
+}
+
+func (s *Service) upsert(ctx context.Context, id Identity) (*record.Person, error) {
+	now := s.cfg.Now().UTC()
+	key := record.PersonID(id.IdP, id.Subject)
+	p := &record.Person{V: record.Version, ID: key, IdP: id.IdP, Subject: id.Subject, Created: now}
+	refresh := func(p *record.Person) error {
+		if !p.Disabled.IsZero() {
+			return fmt.Errorf("%w: %s since %s (%s)", ErrDisabled, p.ID, p.Disabled.Format(time.RFC3339), p.DisabledReason)
+		}
+		p.Name, p.Email, p.Groups = id.Name, id.Email, slices.Clone(id.Groups)
+		p.LastLogin, p.LastCheck = now, now
+		return nil
+	}
+	if err := refresh(p); err != nil {
+		return nil, err
+	}
+	err := store.Create(ctx, s.cfg.Store.People, key, p)
+	if !errors.Is(err, api.ErrConflict) {
+		if err != nil {
+			return nil, fmt.Errorf("store person %s: %w", key, err)
+		}
+		return p, nil
+	}
+	p, _, err = store.Mutate(ctx, s.cfg.Store.People, key, refresh)
+	if err != nil {
+		return nil, fmt.Errorf("update person %s: %w", key, err)
+	}
+	return p, nil
+}
+
+// Person reads a person record (api.ErrNotFound if there is none).
+func (s *Service) Person(ctx context.Context, id string) (*record.Person, error) {
+	p, _, err := store.Get[record.Person](ctx, s.cfg.Store.People, id)
+	return p, err
+}
+
+// Disable disables a person: they can no longer log in, nor redeem a grant
+// they hold. Revoking their credentials and kicking their sessions is the
+// caller's (the offboarding step).
+func (s *Service) Disable(ctx context.Context, id, reason, actor string) error {
+	now := s.cfg.Now().UTC()
+	_, _, err := store.Mutate(ctx, s.cfg.Store.People, id, func(p *record.Person) error {
+		if p.Disabled.IsZero() {
+			p.Disabled, p.DisabledReason = now, reason
+		}
+		return nil
+	})
+	ev := audit.Deny("person.disable")
+	ev.Person, ev.Actor, ev.Reason = id, actor, reason
+	if err == nil {
+		ev.Result = audit.OK
+	} else {
+		ev.Result, ev.Reason = audit.Error, reason+": "+err.Error()
+	}
+	s.cfg.Trail.RecordNow(ctx, ev)
+	return err
+}
+
+// Grant issues a login grant to p and returns it with the roles p's groups
+// grant now.
+func (s *Service) Grant(ctx context.Context, p *record.Person, flow, clientAddr string) (*api.LoginResult, error) {
+	pol := s.cfg.Policy()
+	if pol.People == nil {
+		return nil, ErrNoPolicy
+	}
+	token, err := randomToken()
+	if err != nil {
+		return nil, err
+	}
+	now := s.cfg.Now().UTC()
+	g := &record.LoginGrant{V: record.Version, Person: p.ID, Flow: flow, ClientAddr: clientAddr, Created: now,
+		Expires: now.Add(GrantTTL), LoginExpires: now.Add(pol.People.LoginTTL)}
+	if err := store.Create(ctx, s.cfg.Store.Logins, "grant."+record.SecretKey(token), g); err != nil {
+		return nil, fmt.Errorf("store login grant: %w", err)
+	}
+	ev := audit.Event{Kind: "person.grant", Result: audit.OK, Person: p.ID, ClientAddr: clientAddr, Actor: "person",
+		Reason: fmt.Sprintf("%s login grant, login until %s", flow, g.LoginExpires.Format(time.RFC3339))}
+	s.cfg.Trail.RecordNow(ctx, ev)
+	who := policy.Person{IdP: p.IdP, Groups: p.Groups}
+	hw, sw := who, who
+	hw.Assurance, sw.Assurance = policy.AssuranceHardware, policy.AssuranceSoftware
+	return &api.LoginResult{
+		AccessToken: token, TokenType: "Bearer", ExpiresIn: int(GrantTTL / time.Second),
+		Person:        api.Person{ID: p.ID, IdP: p.IdP, Subject: p.Subject, Name: p.Name, Email: p.Email},
+		Roles:         orEmpty(pol.RolesForPerson(hw)),
+		SoftwareRoles: orEmpty(pol.RolesForPerson(sw)),
+		LoginExpires:  g.LoginExpires,
+	}, nil
+}
+
+func orEmpty(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// Redeem takes a login grant, once: the grant and its person, who must
+// still be active. A grant used, expired or unknown is ErrGrantInvalid.
+func (s *Service) Redeem(ctx context.Context, token string) (*record.LoginGrant, *record.Person, error) {
+	key := "grant." + record.SecretKey(token)
+	g, rev, err := store.Get[record.LoginGrant](ctx, s.cfg.Store.Logins, key)
+	if errors.Is(err, api.ErrNotFound) {
+		return nil, nil, ErrGrantInvalid
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := store.Take(ctx, s.cfg.Store.Logins, key, rev); err != nil {
+		if errors.Is(err, api.ErrConflict) {
+			return nil, nil, ErrGrantInvalid
+		}
+		return nil, nil, err
+	}
+	if !s.cfg.Now().Before(g.Expires) {
+		return nil, nil, fmt.Errorf("%w: expired at %s", ErrGrantInvalid, g.Expires.Format(time.RFC3339))
+	}
+	p, err := s.Person(ctx, g.Person)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !p.Disabled.IsZero() {
+		return nil, nil, fmt.Errorf("%w: %s", ErrDisabled, p.ID)
+	}
+	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "person.grant.redeem", Result: audit.OK, Person: p.ID, Actor: "person",
+		Reason: fmt.Sprintf("%s login grant redeemed", g.Flow)})
+	return g, p, nil
+}
+
+// randomToken is 32 random bytes, base64url: a bearer secret.
+func randomToken() (string, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return base64.RawURLEncoding.EncodeToString(b[:]), nil
+}
+
+// Attribute keys of the package's log lines.
+const (
+	keyPerson = "person"
+	keyIdP    = "idp"
+	keyFlow   = "flow"
+)

@@ -1,0 +1,166 @@
+package people
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/verifier/internal/testenv"
+	"github.com/tpmauthn/tpmauthn/verifier/policy"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
+)
+
+const testPolicy = `
+roles:
+  dev: {publish: {allow: ["dev.{{person}}.>"]}}
+  admin: {publish: {allow: ["admin.>"]}}
+people:
+  login_ttl: 8h
+  idps:
+    - {name: okta, issuer: "https://okta.example.com", client_id: c, client_secret_env: S}
+    - {name: entra, issuer: "https://entra.example.com", client_id: c, client_secret_env: S}
+  bindings:
+    - {groups: [developers], roles: [dev]}
+    - {idp: okta, groups: [ops], roles: [admin], require: {assurance: hardware}}
+`
+
+type fixture struct {
+	env *testenv.Env
+	svc *Service
+	now atomic.Pointer[time.Time]
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	pol, err := policy.Parse([]byte(testPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{env: testenv.New(t)}
+	start := time.Now()
+	f.now.Store(&start)
+	f.svc = New(Config{Store: f.env.Store, Policy: func() *policy.Policy { return pol }, Trail: f.env.Trail,
+		Now: func() time.Time { return *f.now.Load() }})
+	return f
+}
+
+func (f *fixture) advance(d time.Duration) {
+	t := f.now.Load().Add(d)
+	f.now.Store(&t)
+}
+
+func TestLoginCreatesAndUpdates(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	id := Identity{IdP: "okta", Subject: "00u1", Name: "Ada", Email: "ada@example.com", Groups: []string{"developers"}}
+	p, err := f.svc.Login(ctx, id, record.FlowBrowser, "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.ID != record.PersonID("okta", "00u1") || p.Email != "ada@example.com" {
+		t.Fatalf("person %+v", p)
+	}
+	id.Groups, id.Email = []string{"developers", "ops"}, "ada@new.example.com"
+	f.advance(time.Hour)
+	p2, err := f.svc.Login(ctx, id, record.FlowBrowser, "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p2.ID != p.ID || !p2.Created.Equal(p.Created) || !slices.Equal(p2.Groups, id.Groups) || p2.Email != id.Email || !p2.LastLogin.After(p.LastLogin) {
+		t.Fatalf("second login: %+v", p2)
+	}
+	ev, err := f.env.LastEvent(t)
+	if err != nil || ev.Kind != "person.login" || ev.Result != audit.OK || ev.Person != p.ID || !strings.Contains(ev.Reason, "ada@new.example.com") {
+		t.Fatalf("audit %+v %v", ev, err)
+	}
+}
+
+// The same email at another IdP, or under another subject, is another
+// person: an email is never an identity.
+func TestEmailIsNotIdentity(t *testing.T) {
+	f := newFixture(t)
+	ids := []Identity{
+		{IdP: "okta", Subject: "a", Email: "same@example.com"},
+		{IdP: "entra", Subject: "a", Email: "same@example.com"},
+		{IdP: "okta", Subject: "b", Email: "same@example.com"},
+	}
+	seen := map[string]bool{}
+	for _, id := range ids {
+		p, err := f.svc.Login(t.Context(), id, record.FlowBrowser, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[p.ID] {
+			t.Fatalf("%+v shares person %s", id, p.ID)
+		}
+		seen[p.ID] = true
+	}
+}
+
+func TestDisabledPersonRefused(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	id := Identity{IdP: "okta", Subject: "gone"}
+	p, err := f.svc.Login(ctx, id, record.FlowBrowser, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := f.svc.Grant(ctx, p, record.FlowLoopback, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.Disable(ctx, p.ID, "left the company", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.Login(ctx, id, record.FlowBrowser, ""); !errors.Is(err, ErrDisabled) {
+		t.Fatalf("login of a disabled person: %v, want ErrDisabled", err)
+	}
+	ev, _ := f.env.LastEvent(t)
+	if ev.Kind != "person.login" || ev.Result != audit.DenyText || ev.Person != p.ID {
+		t.Fatalf("refusal audited as %+v", ev)
+	}
+	if _, _, err := f.svc.Redeem(ctx, res.AccessToken); !errors.Is(err, ErrDisabled) {
+		t.Fatalf("redeem of a disabled person's grant: %v, want ErrDisabled", err)
+	}
+}
+
+func TestGrantRedeemOnce(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	p, err := f.svc.Login(ctx, Identity{IdP: "okta", Subject: "s", Groups: []string{"developers", "ops"}}, record.FlowDevice, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := f.svc.Grant(ctx, p, record.FlowDevice, "10.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(res.Roles, []string{"admin", "dev"}) || !slices.Equal(res.SoftwareRoles, []string{"dev"}) {
+		t.Fatalf("roles %v software %v", res.Roles, res.SoftwareRoles)
+	}
+	if got := res.LoginExpires.Sub(*f.now.Load()); got < 8*time.Hour-time.Second || got > 8*time.Hour+time.Second {
+		t.Fatalf("login expires in %v, want the policy's 8h", got)
+	}
+	g, who, err := f.svc.Redeem(ctx, res.AccessToken)
+	if err != nil || who.ID != p.ID || g.Flow != record.FlowDevice || !g.LoginExpires.Equal(res.LoginExpires) {
+		t.Fatalf("redeem: %+v %+v %v", g, who, err)
+	}
+	if _, _, err := f.svc.Redeem(ctx, res.AccessToken); !errors.Is(err, ErrGrantInvalid) {
+		t.Fatalf("second redeem: %v, want ErrGrantInvalid", err)
+	}
+	if _, _, err := f.svc.Redeem(ctx, "made-up"); !errors.Is(err, ErrGrantInvalid) {
+		t.Fatalf("unknown grant: %v, want ErrGrantInvalid", err)
+	}
+	res, err = f.svc.Grant(ctx, p, record.FlowDevice, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.advance(GrantTTL + time.Second)
+	if _, _, err := f.svc.Redeem(ctx, res.AccessToken); !errors.Is(err, ErrGrantInvalid) {
+		t.Fatalf("expired grant: %v, want ErrGrantInvalid", err)
+	}
+}

@@ -94,8 +94,12 @@ func New(cfg Config) *Monitor {
 // probe's write ends one: a request that succeeds may have only read (the
 // fault campaign saw episodes flap, an alert every two seconds, while reads
 // worked and writes did not). Other errors say nothing about the store.
+//
+// A full JetStream store counts whichever write met it first: the audit
+// trail's append (store.ErrFull without api.ErrUnavailable) is as much the
+// store's episode as a bucket's write, with the same alert and hint.
 func (m *Monitor) Observe(err error) {
-	if err != nil && errors.Is(err, api.ErrUnavailable) {
+	if err != nil && (errors.Is(err, api.ErrUnavailable) || store.Full(err)) {
 		m.fail(err)
 	}
 }
@@ -200,7 +204,9 @@ func (m *Monitor) Now() Status {
 			Hint: "new connects are denied until JetStream takes writes again: check the servers' JetStream (quorum, disk space: tpmauthnctl status)"}
 	}
 	if m.cfg.Audit != nil {
-		if err := m.cfg.Audit.Unavailable(); err != nil {
+		if err := m.cfg.Audit.Unavailable(); err != nil && store.Full(err) {
+			return Status{Status: "store_unavailable", Reason: err.Error(), Hint: hintFull}
+		} else if err != nil {
 			return Status{Status: "audit_unavailable", Reason: err.Error(),
 				Hint: "new connects are denied until the audit stream takes events again (its limits: tpmauthnctl status)"}
 		}

@@ -176,3 +176,26 @@ func TestEpisodeStoreFull(t *testing.T) {
 		t.Fatalf("status %+v with the store full: want the reason and a hint that names max_file_store", st)
 	}
 }
+
+// TestStoreFullSeenByTheTrail: when the audit trail's append is the first
+// write to meet a full JetStream store, the monitor still reports the
+// store's episode (alert, status, hint), not an audit-only failure — the
+// fault campaign saw /healthz say audit_unavailable for a full store.
+func TestStoreFullSeenByTheTrail(t *testing.T) {
+	defer func(d time.Duration) { probeEvery = d }(probeEvery)
+	probeEvery = time.Hour
+	f, trail := &fakes{}, &trailState{}
+	full := fmt.Errorf("audit trail unavailable: %w (insufficient resources)", store.ErrFull)
+	trail.set(true, full)
+	m := New(Config{Store: f, Alerts: f, Trail: f, Metrics: f, Audit: trail})
+	defer m.Close()
+	if st := m.Now(); st.Status != "store_unavailable" || !strings.Contains(st.Hint, "max_file_store") {
+		t.Fatalf("status %+v with the store full as the trail saw it", st)
+	}
+	m.Observe(fmt.Errorf("grant: %w", full)) // the connect path's refusal
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.alerts) != 1 || f.alerts[0] != AlertStoreUnavailable {
+		t.Fatalf("alerts %v, want store_unavailable once", f.alerts)
+	}
+}

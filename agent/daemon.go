@@ -587,7 +587,7 @@ func (a *Agent) natsSig(ctx context.Context, workload string, credID, nonce []by
 		return nil, errors.New("the NATS server sent no nonce: it must require nonces (an nkey user or auth callout with a verifier user)")
 	}
 	var as *attestation.Assertion
-	err := a.queue.Do(ctx, workload, func() error {
+	err := a.queue.DoNATS(ctx, workload, func() error {
 		var err error
 		as, err = a.auth.AssertForVerifier(credID, attestation.NATSChallenge(nonce))
 		return err

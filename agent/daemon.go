@@ -132,7 +132,10 @@ type Agent struct {
 	unknownLogged atomic.Int64
 	// crowdLogged is when a uid over its connection cap was last logged.
 	crowdLogged atomic.Int64
-	metricsSrv  *promserve.Server
+	// refusalLogged: when a refusal was last logged, per workload and
+	// reason (refusalKey -> *atomic.Int64, Unix s).
+	refusalLogged sync.Map
+	metricsSrv    *promserve.Server
 
 	ncMu   sync.Mutex // guards nc's creation
 	mu     sync.Mutex

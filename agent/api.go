@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/tpmauthn/tpmauthn/agent/tpm"
@@ -43,7 +44,7 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("POST "+api.AgentPathNATSSign, a.withCaller(a.natsSign))
 	mux.HandleFunc("POST "+api.AgentPathNATSTurn, a.withCallerFor(turnTimeout, a.natsTurn))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeErr(w, http.StatusNotFound, "no such endpoint", "try GET /v1/whoami, POST /v1/assertion, POST /v1/nats/sign, GET /healthz")
+		writeErr(w, http.StatusNotFound, "no such endpoint", "try GET /v1/whoami, POST /v1/assertion, POST /v1/nats/sign, POST /v1/nats/turn, GET /healthz")
 	})
 	return mux
 }
@@ -121,6 +122,12 @@ func (a *Agent) withCallerFor(timeout time.Duration, h func(http.ResponseWriter,
 // natsTurn answers once a NATS handshake of the caller's workload may
 // start: see agent/turnstile.go.
 func (a *Agent) natsTurn(w http.ResponseWriter, r *http.Request, c *caller) {
+	// The server notices a client that leaves only once the body is read:
+	// a turn request with one would be held until its timeout.
+	if r.ContentLength != 0 {
+		writeErr(w, http.StatusBadRequest, "a turn request has no body", "send POST "+api.AgentPathNATSTurn+" with an empty body")
+		return
+	}
 	if err := a.queue.Turn(r.Context(), c.workload); err != nil {
 		a.tpmErr(w, c, err)
 		return
@@ -205,22 +212,46 @@ func (a *Agent) natsSign(w http.ResponseWriter, r *http.Request, c *caller) {
 }
 
 func (a *Agent) tpmErr(w http.ResponseWriter, c *caller, err error) {
-	a.log.Warn("signature refused", "workload", c.workload, "error", err)
 	switch {
 	case errors.Is(err, ErrCredentialRevoked):
+		a.logRefusal(c.workload, "revoked", err)
 		u := revokedWorkload(c.workload, c.cred.IDString())
 		writeErr(w, u.status, u.msg, u.hint)
 	case errors.Is(err, ErrBusy):
+		a.logRefusal(c.workload, "busy", err)
 		writeRetry(w, http.StatusTooManyRequests, err, "back off and retry")
 	case errors.Is(err, ErrOverloaded):
+		a.logRefusal(c.workload, "expected_wait", err)
 		writeRetry(w, http.StatusServiceUnavailable, err, "the TPM is busy: come back after retry_after_ms")
 	case errors.Is(err, ErrDeadline), errors.Is(err, context.DeadlineExceeded):
+		a.logRefusal(c.workload, "deadline", err)
 		writeRetry(w, http.StatusServiceUnavailable, err, "the TPM is busy; retry")
 	case errors.Is(err, tpm.ErrUnavailable):
+		a.logRefusal(c.workload, "tpm_unavailable", err)
 		writeErr(w, http.StatusServiceUnavailable, "the TPM could not sign: "+err.Error(), tpmUnavailableHint)
 	default:
+		a.logRefusal(c.workload, "tpm_error", err)
 		writeErr(w, http.StatusServiceUnavailable, "the TPM could not sign: "+err.Error(), "check the agent's log and the TPM")
 	}
+}
+
+// refusalKey names a kind of refusal to one workload, for logRefusal.
+type refusalKey struct{ workload, reason string }
+
+// logRefusal logs a refusal at most once a minute per workload and reason:
+// a workload can make the TPM refuse it as often as it likes (a flood of
+// requests), and the metrics count every one
+// (tpmauthn_agent_tpm_refused_total). Workloads are the config's, so the
+// map stays small.
+func (a *Agent) logRefusal(workload, reason string, err error) {
+	v, _ := a.refusalLogged.LoadOrStore(refusalKey{workload, reason}, new(atomic.Int64))
+	last := v.(*atomic.Int64)
+	now := time.Now().Unix()
+	if l := last.Load(); now-l < 60 || !last.CompareAndSwap(l, now) {
+		return
+	}
+	a.log.Warn("signature refused (further ones for this workload and reason logged at most once a minute)",
+		"workload", workload, "reason", reason, "error", err)
 }
 
 func respondJSON(w http.ResponseWriter, status int, v any) {

@@ -132,7 +132,10 @@ type Agent struct {
 	unknownLogged atomic.Int64
 	// crowdLogged is when a uid over its connection cap was last logged.
 	crowdLogged atomic.Int64
-	metricsSrv  *promserve.Server
+	// refusalLogged: when a refusal was last logged, per workload and
+	// reason (refusalKey -> *atomic.Int64, Unix s).
+	refusalLogged sync.Map
+	metricsSrv    *promserve.Server
 
 	ncMu   sync.Mutex // guards nc's creation
 	mu     sync.Mutex
@@ -587,7 +590,7 @@ func (a *Agent) natsSig(ctx context.Context, workload string, credID, nonce []by
 		return nil, errors.New("the NATS server sent no nonce: it must require nonces (an nkey user or auth callout with a verifier user)")
 	}
 	var as *attestation.Assertion
-	err := a.queue.Do(ctx, workload, func() error {
+	err := a.queue.DoNATS(ctx, workload, func() error {
 		var err error
 		as, err = a.auth.AssertForVerifier(credID, attestation.NATSChallenge(nonce))
 		return err

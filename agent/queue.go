@@ -88,6 +88,7 @@ type job struct {
 	ctx      context.Context
 	workload string
 	fn       func() error
+	turn     bool // a NATS handshake's signature: it uses a turn given
 	done     chan error
 }
 
@@ -112,7 +113,16 @@ func (q *tpmQueue) start() {
 
 // Do runs fn on the TPM worker for workload, waiting at most until ctx ends.
 func (q *tpmQueue) Do(ctx context.Context, workload string, fn func() error) error {
-	j := &job{ctx: ctx, workload: workload, fn: fn, done: make(chan error, 1)}
+	return q.do(&job{ctx: ctx, workload: workload, fn: fn, done: make(chan error, 1)})
+}
+
+// DoNATS is Do for the signature over a NATS handshake's nonce: once
+// admitted, it uses the oldest turn its workload was given (see Turn).
+func (q *tpmQueue) DoNATS(ctx context.Context, workload string, fn func() error) error {
+	return q.do(&job{ctx: ctx, workload: workload, fn: fn, done: make(chan error, 1), turn: true})
+}
+
+func (q *tpmQueue) do(j *job) error {
 	if err := q.enqueue(j); err != nil {
 		return err
 	}
@@ -131,7 +141,6 @@ func (q *tpmQueue) enqueue(j *job) error {
 	if q.closed {
 		return errShuttingDown
 	}
-	q.turns.arrived(j.workload)
 	w := j.workload
 	if len(q.fifos[w]) >= q.perLoad {
 		q.stats.busy.Add(1)
@@ -146,6 +155,13 @@ func (q *tpmQueue) enqueue(j *job) error {
 	}
 	q.fifos[w] = append(q.fifos[w], j)
 	q.depth++
+	if j.turn {
+		// Its turn becomes this job: counted once, as a job. A refused
+		// request or an assertion uses none. A workload held to one turn
+		// (it wasted some) may have its next now.
+		q.turns.arrived(w)
+		q.releaseTurns()
+	}
 	return nil
 }
 

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 )
@@ -144,7 +145,8 @@ func TestTooLate(t *testing.T) {
 
 // TestTurnsPacedAndRoundRobin: turns are given while the jobs coming fit in
 // the budget and no more; a workload's turns alternate with another's
-// however many the other asks for; a turn given and not used expires.
+// however many the other asks for; a turn given and not used expires, and
+// its workload then holds one turn at a time.
 func TestTurnsPacedAndRoundRobin(t *testing.T) {
 	q := learned(time.Second) // a tail of 1 s, 3.5 s of budget after the lead: 3 turns
 	chA := make([]chan struct{}, 5)
@@ -175,8 +177,9 @@ func TestTurnsPacedAndRoundRobin(t *testing.T) {
 	}
 	q.turns.expire(time.Now().Add(turnExpiry + time.Millisecond)) // b and a1 never came
 	q.releaseTurns()
-	if !given(chA[2]) || !given(chA[3]) || given(chA[4]) {
-		t.Fatal("the unused turns did not free their places, or freed too many")
+	// a1's place is free, but a wasted a turn: it holds one at a time.
+	if !given(chA[2]) || given(chA[3]) {
+		t.Fatal("the unused turns did not free their places, or a, which wasted one, was given two")
 	}
 }
 
@@ -184,7 +187,7 @@ func TestTurnsPacedAndRoundRobin(t *testing.T) {
 // ErrDeadline when its context ends first.
 func TestTurnWaitsForRoomAndEnds(t *testing.T) {
 	q := learned(time.Second)
-	fill(q, "a", 10) // 10 s of work: no room
+	fill(q, "b", 10) // 10 s of b's own work: no room
 	ctx, cancel := context.WithTimeout(t.Context(), 3*turnPoll)
 	defer cancel()
 	if err := q.Turn(ctx, "b"); !errors.Is(err, ErrDeadline) {
@@ -227,5 +230,196 @@ func TestSignEstimate(t *testing.T) {
 	e.observe(time.Second)
 	if e.typical() < 500*time.Millisecond {
 		t.Fatalf("after two jobs of 1 s: typical %v", e.typical())
+	}
+}
+
+// given reports whether a turn was given on ch, without waiting.
+func given(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// TestTurnRoomIsPerWorkload: whether workload b gets a turn depends on its
+// own jobs and turns, and on at most one job or turn a round of each other
+// workload (the round-robin serves b's next job after one of each), so
+// another workload's flood of signature requests or of turns does not shut
+// b out. With nothing queued, promised or running, a turn is given however
+// slow the estimate became. Jobs of 1 s, a tail of 1 s: 3.5 s of budget
+// after the lead holds b's job and two ahead of it.
+func TestTurnRoomIsPerWorkload(t *testing.T) {
+	tests := []struct {
+		name  string
+		jobs  map[string]int // queued
+		turns map[string]int // given, not used yet
+		mean  time.Duration  // 0: 1 s, no deviation
+		dev   float64        // seconds
+		want  bool
+	}{
+		{"idle", nil, nil, 0, 0, true},
+		{"other-sign-flood", map[string]int{"a": 20}, nil, 0, 0, true},
+		{"other-turn-flood", nil, map[string]int{"a": 20}, 0, 0, true},
+		{"two-other-floods", map[string]int{"a": 20}, map[string]int{"c": 20}, 0, 0, true},
+		{"three-other-floods", map[string]int{"a": 20, "c": 20, "d": 20}, nil, 0, 0, false},
+		{"own-backlog", map[string]int{"b": 3}, nil, 0, 0, false},
+		{"own-turns", nil, map[string]int{"b": 3}, 0, 0, false},
+		// A flood counts as many rounds as b has jobs ahead.
+		{"own-one-other-flood", map[string]int{"a": 20, "b": 1}, nil, 0, 0, false},
+		// Two stalls moved the estimate beyond the budget: an idle queue
+		// still gives a turn, a busy one does not.
+		{"idle-after-stall", nil, nil, 2 * time.Second, 1, true},
+		{"busy-after-stall", map[string]int{"a": 1}, nil, 2 * time.Second, 1, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			q := learned(time.Second)
+			if tc.mean > 0 {
+				q.est.mean, q.est.dev = tc.mean.Seconds(), tc.dev
+			}
+			for w, n := range tc.jobs {
+				fill(q, w, n)
+			}
+			for w, n := range tc.turns {
+				for range n {
+					q.turns.given[w] = append(q.turns.given[w], time.Now().Add(turnExpiry))
+				}
+			}
+			ch := make(chan struct{})
+			q.turns.add("b", ch)
+			q.releaseTurns()
+			if given(ch) != tc.want {
+				t.Fatalf("b given a turn: %v, want %v", given(ch), tc.want)
+			}
+		})
+	}
+}
+
+// TestTurnDespiteSignFlood: workload a keeps 16 signature requests queued
+// on a TPM of ~200 ms a job (a queue of ~3 s, all of it a's); workload b
+// still gets a turn, within a few of a's jobs.
+func TestTurnDespiteSignFlood(t *testing.T) {
+	q := learned(200 * time.Millisecond)
+	q.est.dev = 0.05
+	q.start()
+	defer q.close()
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	for range 16 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				jctx, jcancel := context.WithTimeout(ctx, 5*time.Second)
+				if q.Do(jctx, "a", func() error { time.Sleep(200 * time.Millisecond); return nil }) != nil {
+					time.Sleep(20 * time.Millisecond)
+				}
+				jcancel()
+			}
+		})
+	}
+	for q.Depth() < 10 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	tctx, tcancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer tcancel()
+	if err := q.Turn(tctx, "b"); err != nil {
+		t.Fatalf("b's turn behind a's flood of %d jobs: %v", q.Depth(), err)
+	}
+}
+
+// TestTurnsWastedLimitWorkload: a workload whose turns expired unused gets
+// one turn at a time until it has used as many as it wasted; another
+// workload is not affected.
+func TestTurnsWastedLimitWorkload(t *testing.T) {
+	q := learned(100 * time.Millisecond) // room for many turns
+	take := func(w string, n int) (got int) {
+		chs := make([]chan struct{}, n)
+		for i := range chs {
+			chs[i] = make(chan struct{})
+			q.turns.add(w, chs[i])
+		}
+		q.releaseTurns()
+		for _, ch := range chs {
+			if given(ch) {
+				got++
+			} else {
+				q.turns.remove(w, ch)
+			}
+		}
+		return got
+	}
+	if got := take("a", 3); got != 3 {
+		t.Fatalf("first: a given %d of 3 turns", got)
+	}
+	q.turns.expire(time.Now().Add(turnExpiry + time.Millisecond)) // never used
+	if got := take("a", 3); got != 1 {
+		t.Fatalf("after wasting 3: a given %d turns at once, want 1", got)
+	}
+	if got := take("b", 3); got != 3 {
+		t.Fatalf("b given %d of 3 turns while a is limited", got)
+	}
+	for range 3 { // a uses its turns: the one outstanding, then one at a time
+		if err := q.enqueue(&job{ctx: t.Context(), workload: "a", turn: true}); err != nil {
+			t.Fatal(err)
+		}
+		if got := take("a", 1); got != 1 {
+			t.Fatal("a given no turn after using its one")
+		}
+	}
+	q.turns.arrived("a")
+	if got := take("a", 3); got != 3 {
+		t.Fatalf("after using as many as it wasted: a given %d of 3 turns", got)
+	}
+}
+
+// TestTurnConsumedOnlyByAdmittedNATSSign: a turn given is counted until a
+// NATS signature request of its workload is admitted to the queue; an
+// assertion or a refused request leaves it counted.
+func TestTurnConsumedOnlyByAdmittedNATSSign(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		turn     bool // a NATS signature
+		full     bool // the workload's FIFO is full: refused
+		consumed bool
+	}{
+		{"nats-admitted", true, false, true},
+		{"nats-refused", true, true, false},
+		{"assertion", false, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			q := learned(100 * time.Millisecond)
+			q.perLoad = 1
+			if tc.full {
+				fill(q, "a", 1)
+			}
+			q.turns.given["a"] = []time.Time{time.Now().Add(turnExpiry)}
+			err := q.enqueue(&job{ctx: t.Context(), workload: "a", turn: tc.turn})
+			if (err != nil) != tc.full {
+				t.Fatalf("enqueue = %v", err)
+			}
+			if consumed := len(q.turns.given["a"]) == 0; consumed != tc.consumed {
+				t.Fatalf("turn consumed: %v, want %v", consumed, tc.consumed)
+			}
+		})
+	}
+}
+
+// TestTurnRefusedPastDeadline: a turn request whose context has ended
+// (a past Tpmauthn-Deadline) is refused and holds no turn, even on an idle
+// queue that has room.
+func TestTurnRefusedPastDeadline(t *testing.T) {
+	for range 20 { // the old race between a turn given and the context's end
+		q := learned(100 * time.Millisecond)
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		if err := q.Turn(ctx, "a"); !errors.Is(err, ErrDeadline) {
+			t.Fatalf("Turn with an ended context = %v, want ErrDeadline", err)
+		}
+		if len(q.turns.given) != 0 {
+			t.Fatal("a turn was given to a request whose deadline had passed")
+		}
 	}
 }

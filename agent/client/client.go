@@ -224,13 +224,31 @@ const replySlack = 250 * time.Millisecond
 // host whose workloads all reconnect at once signs each nonce in time, one
 // after another, and none for a handshake already given up. A first connect
 // takes no turn unless nats.RetryOnFailedConnect makes it a reconnect.
+//
+// The last option wraps the reconnect delay and the nats.ClosedHandler
+// set before it, so that nc.Close ends a reconnect's wait (see
+// reconnectOption): give a closed handler before these options, not after
+// (Connect puts its extra options before it). A closed handler set after
+// them, or with nc.SetClosedHandler, replaces the wrapper: a closed
+// connection's wait then ends by its own bounds only, the delay (at most
+// 16 s) and one turn request (at most turnWait).
 func NATSOptions(socket string) ([]nats.Option, error) {
+	c, opts, err := natsOptions(socket)
+	if err != nil {
+		return nil, err
+	}
+	return slices.Clip(append(opts, c.reconnectOption())), nil
+}
+
+// natsOptions is NATSOptions without its last option, and the client that
+// option takes turns with.
+func natsOptions(socket string) (*Client, []nats.Option, error) {
 	c := New(socket)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	who, err := c.WhoAmI(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	nkey := who.NKey
 	if nkey == "" {
@@ -257,35 +275,71 @@ func NATSOptions(socket string) ([]nats.Option, error) {
 	}
 	tlsOpt, err := tlsOption(who)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// Clipped: callers append their own options, from many goroutines too.
-	return slices.Clip(append([]nats.Option{
+	return c, slices.Clip(append([]nats.Option{
 		tlsOpt,
 		nats.Nkey(nkey, signer),
 		nats.Name(who.Workload + "@" + who.Host),
 		// The session may subscribe to replies under this prefix only.
 		nats.CustomInboxPrefix(api.InboxForCredential(nkey)),
-	}, append(ReconnectOptions(), nats.CustomReconnectDelay(c.reconnectDelay))...)), nil
+	}, ReconnectOptions()...)), nil
 }
 
 // turnWait bounds the wait for a turn before a reconnect: the agent's own
-// bound (30 s), after which the handshake is tried anyway.
+// bound (30 s, a storm of 50 signatures at a real TPM's pace with room to
+// spare), after which the handshake is tried anyway.
 const turnWait = 30 * time.Second
 
-// reconnectDelay is ReconnectDelay, then a turn at the agent's TPM (see
-// NATSTurn): a handshake starts only when its signature can be made in
-// time, since nats.go reports each failed handshake to the workload. It
-// waits inside nats.go's callback, which runs on the connection's
-// reconnect goroutine without its lock; nc.Close during that wait takes
-// effect when it ends.
-func (c *Client) reconnectDelay(attempt int) time.Duration {
-	time.Sleep(ReconnectDelay(attempt))
-	ctx, cancel := context.WithTimeout(context.Background(), 2*turnWait)
+// reconnectOption makes each connection's reconnect delay the one set
+// before it (ReconnectDelay unless the workload chose another) followed by
+// a turn at the agent's TPM (see reconnectDelay), and ends that wait when
+// the connection is closed: nats.go runs the delay on the connection's
+// reconnect goroutine and cannot interrupt it, so the option wraps the
+// connection's closed handler to cancel it. nats.go applies options once
+// per connection, so each connection has its own.
+func (c *Client) reconnectOption() nats.Option {
+	return func(o *nats.Options) error {
+		// Never leaks: no parent, no timer; cancelled when the
+		// connection closes, collected with it otherwise.
+		ctx, cancel := context.WithCancel(context.Background())
+		delay, closed := o.CustomReconnectDelayCB, o.ClosedCB
+		if delay == nil {
+			delay = ReconnectDelay
+		}
+		o.CustomReconnectDelayCB = func(attempt int) time.Duration {
+			return c.reconnectDelay(ctx, delay(attempt))
+		}
+		o.ClosedCB = func(nc *nats.Conn) {
+			cancel()
+			if closed != nil {
+				closed(nc)
+			}
+		}
+		return nil
+	}
+}
+
+// reconnectDelay waits d, then for one turn at the agent's TPM (see
+// NATSTurn), at most turnWait, and returns 0: the handshake starts at once,
+// when its signature can be made in time, since nats.go reports each
+// failed handshake to the workload. No turn (a refusal, an unreachable
+// agent, the wait's end): the handshake is tried all the same and says
+// why. nats.go calls it without the connection's lock, and neither
+// nc.Close nor nc.ForceReconnect can interrupt it; ctx, which the closed
+// handler cancels, ends both the delay and the turn request.
+func (c *Client) reconnectDelay(ctx context.Context, d time.Duration) time.Duration {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(ctx, turnWait)
 	defer cancel()
-	// A host whose storm outlasts one wait is asked again; no turn at all
-	// (an unreachable agent): the handshake says why.
-	_ = retryBusy(ctx, func() error { return c.NATSTurn(ctx) })
+	_ = c.NATSTurn(ctx)
 	return 0
 }
 
@@ -295,12 +349,11 @@ func (c *Client) reconnectDelay(attempt int) time.Duration {
 // TPM, at the time it names, while ctx lasts. A host whose workloads all
 // start at once then has each connected in its turn, none refused.
 func Connect(ctx context.Context, socket, url string, extra ...nats.Option) (*nats.Conn, error) {
-	opts, err := NATSOptions(socket)
+	c, opts, err := natsOptions(socket)
 	if err != nil {
 		return nil, err
 	}
-	opts = append(opts, extra...)
-	c := New(socket)
+	opts = append(append(opts, extra...), c.reconnectOption()) // last: it wraps extra's
 	var nc *nats.Conn
 	err = retryBusy(ctx, func() error {
 		if err := c.NATSTurn(ctx); err != nil {

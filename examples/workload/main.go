@@ -37,10 +37,14 @@ func run(socket, url, subject, forbidden string, replay bool, hold time.Duration
 		return err
 	}
 	fmt.Printf("agent says: workload %s on host %s, credential %s\n", who.Workload, who.Host, who.CredentialID)
-	opts, err := client.NATSOptions(socket)
+	tpmOpts, err := client.NATSOptions(socket)
 	if err != nil {
 		return err
 	}
+	// The closed handler goes before client.NATSOptions, which wraps it
+	// so that closing the connection ends a reconnect's wait for a turn.
+	closed := make(chan struct{})
+	opts := append([]nats.Option{nats.ClosedHandler(func(*nats.Conn) { close(closed) })}, tpmOpts...)
 	violations := make(chan error, 4)
 	opts = append(opts, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 		select {
@@ -52,14 +56,12 @@ func run(socket, url, subject, forbidden string, replay bool, hold time.Duration
 	if replay {
 		opts = append(opts, rec.wrap(opts))
 	}
-	closed := make(chan struct{})
 	opts = append(opts,
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if hold > 0 {
 				fmt.Printf("connection dropped by the server at unix_ms=%d (%v); reconnecting...\n", time.Now().UnixMilli(), err)
 			}
-		}),
-		nats.ClosedHandler(func(*nats.Conn) { close(closed) }))
+		}))
 	start := time.Now()
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {

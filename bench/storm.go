@@ -3,7 +3,6 @@ package bench
 import (
 	"encoding/base64"
 	"fmt"
-	"net"
 	"os"
 	"runtime/pprof"
 	"strconv"
@@ -15,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/tpmauthn/tpmauthn/agent/client"
+	"github.com/tpmauthn/tpmauthn/internal/freeport"
 	"github.com/tpmauthn/tpmauthn/verifier"
 )
 
@@ -53,14 +53,7 @@ func (s *stormServer) start() error {
 	return nil
 }
 
-func freeTCPPort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+func freeTCPPort() (int, error) { return freeport.Pick() }
 
 // Storm connects n clients, restarts the server and times the return.
 func Storm(dir string, n int) (*StormResult, error) { return storm(dir, n, false) }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/agent/tpm"
 	"github.com/tpmauthn/tpmauthn/internal/eventually"
+	"github.com/tpmauthn/tpmauthn/internal/freeport"
 )
 
 // InstallHint is the one line that installs what this package needs.
@@ -321,15 +322,21 @@ func (s *TPM) checkNoTransient(t testing.TB) {
 	}
 }
 
+// freePorts picks two distinct ports below the ephemeral range (see
+// internal/freeport: swtpm binds them after this returns, and restarts on
+// them).
 func freePorts() (int, int, error) {
-	var ports [2]int
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := freeport.Pick()
+	if err != nil {
+		return 0, 0, err
+	}
+	for {
+		b, err := freeport.Pick()
 		if err != nil {
 			return 0, 0, err
 		}
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-		defer l.Close()
+		if b != a {
+			return a, b, nil
+		}
 	}
-	return ports[0], ports[1], nil
 }

@@ -64,7 +64,7 @@ people:
 	roots := x509.NewCertPool()
 	roots.AddCert(v.Keys().NATSCA)
 	b := oidctest.Browser(t)
-	b.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}
+	oidctest.SetTransport(b, &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}})
 	pkce := oauth2.GenerateVerifier()
 	start := v.HTTPURL() + api.PathLogin + "okta?" + url.Values{"cb": {"http://127.0.0.1:9/cb"}, "cc": {oauth2.S256ChallengeFromVerifier(pkce)}}.Encode()
 	resp, err := b.Get(start)
@@ -83,7 +83,10 @@ people:
 	if err != nil {
 		t.Fatalf("callback: %s", resp.Status)
 	}
-	resp, err = b.PostForm(v.HTTPURL()+api.PathCLIToken, url.Values{"grant_type": {api.GrantTypeCode}, "code": {loc.Query().Get("code")}, "code_verifier": {pkce}})
+	// The CLI redeems the code: a program, not the browser (which would
+	// send its page's Origin, refused by the token endpoint).
+	cli := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	resp, err = cli.PostForm(v.HTTPURL()+api.PathCLIToken, url.Values{"grant_type": {api.GrantTypeCode}, "code": {loc.Query().Get("code")}, "code_verifier": {pkce}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,6 +103,7 @@ people:
 		t.Fatalf("redeem: %v %v", p, err)
 	}
 	b.CloseIdleConnections()
+	cli.CloseIdleConnections()
 	v.Close()
 	if err := goleak.Find(ignore); err != nil {
 		t.Fatalf("goroutines left after Close: %v", err)

@@ -13,12 +13,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -124,10 +126,18 @@ func (a *app) login(ctx context.Context, ls loginSettings, tell io.Writer) error
 			return err
 		}
 	}
+	// Who logged in is said before the login is kept: a login that is not
+	// the person's (someone else's, handed to this command) shows here.
+	if err := a.printLogin(res); err != nil {
+		return err
+	}
 	if err := saveLogin(out, res); err != nil {
 		return err
 	}
-	return a.printLogin(res, out)
+	if !a.s.JSON {
+		fmt.Fprintf(a.out, "Login kept in %s\n", out)
+	}
+	return nil
 }
 
 // loginBase checks the verifier's URL: https, or http on loopback only
@@ -181,9 +191,18 @@ func loopbackLogin(ctx context.Context, client *http.Client, base, idp string, b
 	}
 	path := "/callback/" + randomString()
 	codes := make(chan url.Values, 1)
+	tell = &lockedWriter{w: tell} // the listener's refusals are told too
 	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != path {
 			http.NotFound(w, r)
+			return
+		}
+		// Only the person's own browser is listened to: another local
+		// user's code (their login, with the challenge they read in this
+		// login's URL) or error is refused, and the login goes on.
+		if err := peerIsMe(r); err != nil {
+			fmt.Fprintf(tell, "(refused a callback not from your browser: %s)\n", esc(err.Error()))
+			http.Error(w, "not this user's login", http.StatusForbidden)
 			return
 		}
 		select {
@@ -216,6 +235,31 @@ func loopbackLogin(ctx context.Context, client *http.Client, base, idp string, b
 	return tokenRequest(ctx, client, base+api.PathCLIToken, url.Values{"grant_type": {api.GrantTypeCode}, "code": {q.Get("code")}, "code_verifier": {verifier}})
 }
 
+// lockedWriter serializes writes from the listener's goroutines and the
+// command's.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// peerIsMe is nil if the request's TCP peer is a socket of this process's
+// uid (checkPeerUID).
+func peerIsMe(r *http.Request) error {
+	la, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	local, err1 := netip.ParseAddrPort(fmt.Sprint(la))
+	remote, err2 := netip.ParseAddrPort(r.RemoteAddr)
+	if la == nil || err1 != nil || err2 != nil {
+		return fmt.Errorf("%w: addresses %v, %q", errPeerUnknown, la, r.RemoteAddr)
+	}
+	return checkPeerUID(local, remote, os.Getuid())
+}
+
 // deviceLogin is RFC 8628: a code for the person to enter at the verifier
 // on another device, then polls until they have logged in.
 func deviceLogin(ctx context.Context, client *http.Client, base string, tell io.Writer) (*api.LoginResult, error) {
@@ -223,7 +267,7 @@ func deviceLogin(ctx context.Context, client *http.Client, base string, tell io.
 	if err := postForm(ctx, client, base+api.PathDeviceCode, url.Values{"client_id": {"tpmauthnctl"}}, &da, nil); err != nil {
 		return nil, fmt.Errorf("device authorization: %w", err)
 	}
-	fmt.Fprintf(tell, "On a device with a browser, open\n  %s\nand enter the code %s\n(or open %s)\n", esc(da.VerificationURI), esc(da.UserCode), esc(da.VerificationURIComplete))
+	fmt.Fprintf(tell, "On a device with a browser, open\n  %s\nand enter the code %s\n", esc(da.VerificationURI), esc(da.UserCode))
 	interval := time.Duration(max(da.Interval, 1)) * time.Second
 	for {
 		select {
@@ -327,7 +371,7 @@ func saveLogin(path string, res *api.LoginResult) error {
 
 // printLogin says who logged in; the IdP chose the name and email, so they
 // are escaped before the terminal sees them.
-func (a *app) printLogin(res *api.LoginResult, file string) error {
+func (a *app) printLogin(res *api.LoginResult) error {
 	if a.s.JSON {
 		view := *res
 		view.AccessToken = "" // kept in the file, not printed
@@ -342,6 +386,5 @@ func (a *app) printLogin(res *api.LoginResult, file string) error {
 	}
 	fmt.Fprintf(a.out, " at %s (person %s) until %s\n", esc(p.IdP), esc(p.ID), when(res.LoginExpires))
 	fmt.Fprintf(a.out, "Roles: %s (with a software key: %s)\n", esc(list(res.Roles)), esc(list(res.SoftwareRoles)))
-	fmt.Fprintf(a.out, "Login kept in %s\n", file)
 	return nil
 }

@@ -4,14 +4,19 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -59,7 +64,7 @@ func trustingBrowser(t *testing.T, data string) *http.Client {
 		t.Fatal(err)
 	}
 	b := oidctest.Browser(t)
-	b.Transport = c.Transport
+	oidctest.SetTransport(b, c.Transport)
 	return b
 }
 
@@ -124,7 +129,8 @@ func TestLoginLoopback(t *testing.T) {
 	}
 }
 
-var deviceLine = regexp.MustCompile(`\(or open (\S+)\)`)
+var deviceLine = regexp.MustCompile(`^  (https?://\S+)$`)
+var codeLine = regexp.MustCompile(`^and enter the code (\S+)$`)
 
 func TestLoginDevice(t *testing.T) {
 	op, data, base := peopleVerifier(t)
@@ -139,11 +145,14 @@ func TestLoginDevice(t *testing.T) {
 		done <- cmd.Execute()
 		pw.Close()
 	}()
-	var verify string
+	var verify, userCode string
 	sc := bufio.NewScanner(pr)
-	for verify == "" && sc.Scan() {
+	for userCode == "" && sc.Scan() {
 		if m := deviceLine.FindStringSubmatch(sc.Text()); m != nil {
 			verify = m[1]
+		}
+		if m := codeLine.FindStringSubmatch(sc.Text()); m != nil {
+			userCode = m[1]
 		}
 	}
 	go func() { _, _ = io.Copy(io.Discard, pr) }()
@@ -156,14 +165,10 @@ func TestLoginDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	page, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	form := url.Values{"user_code": {regexp.MustCompile(`name="user_code" value="([^"]+)"`).FindStringSubmatch(string(page))[1]},
-		"csrf": {regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(string(page))[1]}, "idp": {"corp"}}
-	resp, err = b.PostForm(base+api.PathDevice, form)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The person types the code; the next page says which device asked
+	// (its address, how long ago) and offers the IdPs.
+	resp = oidctest.Submit(t, b, resp, url.Values{"user_code": {userCode}})
+	resp = oidctest.Submit(t, b, resp, url.Values{"idp": {"corp"}})
 	cb := op.LogIn(t, b, resp, "erin", "pw")
 	if resp, err = b.Get(cb.String()); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("approval: %v %v", resp, err)
@@ -180,5 +185,133 @@ func TestLoginRefusesCleartextURL(t *testing.T) {
 		if _, err := ctl(t, "login", "--url", u, "--out", filepath.Join(t.TempDir(), "x")); err == nil {
 			t.Errorf("--url %q accepted", u)
 		}
+	}
+}
+
+// M1: another local user who read the login URL sends the command's
+// loopback listener an error (or their own login's code) first; the
+// command listens only to its own uid's connections, and the person's
+// login goes on. Needs root, to act as another user (uid 65534).
+func TestLoginLoopbackIgnoresOtherUsers(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to connect as another uid (TestPeerUIDFromProc covers the check without it)")
+	}
+	op, data, _ := peopleVerifier(t)
+	b := trustingBrowser(t, data)
+	restore := openBrowser
+	t.Cleanup(func() { openBrowser = restore })
+	openBrowser = func(u string) error {
+		lu, _ := url.Parse(u)
+		cb := lu.Query().Get("cb")
+		for _, q := range []string{"error=access_denied", "code=" + strings.Repeat("x", 43)} {
+			cmd := exec.Command("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", cb+"?"+q)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+			out, err := cmd.Output()
+			if err != nil || string(out) != "403" {
+				return fmt.Errorf("another user's callback answered %q (%v), want 403", out, err)
+			}
+		}
+		resp, err := b.Get(u)
+		if err != nil {
+			return err
+		}
+		cbURL := op.LogIn(t, b, oidctest.Submit(t, b, resp, nil), "erin", "pw")
+		resp, err = b.Get(cbURL.String())
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	}
+	out := filepath.Join(t.TempDir(), "login.json")
+	if _, err := ctl(t, "--data-dir", data, "login", "--idp", "corp", "--out", out); err != nil {
+		t.Fatal(err)
+	}
+	checkLoginFile(t, out)
+}
+
+// M1: the owner of the loopback callback's connection comes from
+// /proc/net/tcp{,6}; another uid, or a connection not found, is refused.
+func TestPeerUIDFromProc(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	local, remote := netip.MustParseAddrPort(ln.Addr().String()), netip.MustParseAddrPort(c.LocalAddr().String())
+	// A real connection of this process: its uid.
+	if err := checkPeerUID(local, remote, os.Getuid()); err != nil {
+		t.Fatalf("own connection: %v", err)
+	}
+	// The same connection, owned by another uid.
+	if err := checkPeerUID(local, remote, os.Getuid()+1); err == nil {
+		t.Fatal("accepted as another uid's")
+	}
+	// A /proc where the peer's socket is another user's (IPv4 in tcp, and
+	// IPv4-mapped in tcp6), and one where it is missing.
+	for _, tc := range []struct {
+		name, tcp, tcp6 string
+		want            int
+	}{
+		{"tcp", "  1: " + procAddr(remote) + " " + procAddr(local) + " 01 00000000:00000000 00:00000000 00000000  4242 0 1 1\n", "", 4242},
+		{"tcp6", "", "  1: " + procAddr6(netip.AddrPortFrom(netip.AddrFrom16(remote.Addr().As16()), remote.Port())) + " " +
+			procAddr6(netip.AddrPortFrom(netip.AddrFrom16(local.Addr().As16()), local.Port())) + " 01 00000000:00000000 00:00000000 00000000  4243 0 1 1\n", 4243},
+		{"missing", "", "", -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			os.MkdirAll(filepath.Join(dir, "net"), 0o755)
+			hdr := "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+			os.WriteFile(filepath.Join(dir, "net", "tcp"), []byte(hdr+tc.tcp), 0o644)
+			os.WriteFile(filepath.Join(dir, "net", "tcp6"), []byte(hdr+tc.tcp6), 0o644)
+			uid, err := tcpOwner(dir, local, remote)
+			if tc.want < 0 {
+				if !errors.Is(err, errPeerUnknown) {
+					t.Fatalf("uid %d, %v: want errPeerUnknown", uid, err)
+				}
+				return
+			}
+			if err != nil || uid != tc.want {
+				t.Fatalf("uid %d, %v: want %d", uid, err, tc.want)
+			}
+		})
+	}
+}
+
+// M1: who logged in is printed before the login is kept: a save that
+// fails still shows it.
+func TestLoginPrintsWhoBeforeSaving(t *testing.T) {
+	op, data, _ := peopleVerifier(t)
+	b := trustingBrowser(t, data)
+	restore := openBrowser
+	t.Cleanup(func() { openBrowser = restore })
+	openBrowser = func(u string) error {
+		resp, err := b.Get(u)
+		if err != nil {
+			return err
+		}
+		cb := op.LogIn(t, b, oidctest.Submit(t, b, resp, nil), "erin", "pw")
+		resp, err = b.Get(cb.String())
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	}
+	file := filepath.Join(t.TempDir(), "a-file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := ctl(t, "--data-dir", data, "login", "--idp", "corp", "--out", filepath.Join(file, "login.json"))
+	if err == nil {
+		t.Fatal("saved under a file")
+	}
+	if !strings.Contains(stdout, "Logged in as Erin") {
+		t.Fatalf("stdout %q: who logged in is not shown", stdout)
 	}
 }

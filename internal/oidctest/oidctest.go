@@ -131,14 +131,94 @@ func (s *groupStorage) SetUserinfoFromRequest(ctx context.Context, ui *oidc.User
 	return nil
 }
 
-// Browser is an HTTP client with a cookie jar, as a browser would be.
+// Browser is an HTTP client with a cookie jar, as a browser would be. Like
+// a browser it says where a request comes from: a POST (a form submitted
+// on the page last loaded) carries that page's Origin, and every request
+// Sec-Fetch-Site (Fetch Metadata) comparing the page's origin with the
+// target's. SetTransport changes how it reaches servers.
 func Browser(tb testing.TB) *http.Client {
 	tb.Helper()
 	jar, err := cookiejar.New(nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &http.Client{Jar: jar}
+	return &http.Client{Jar: jar, Transport: &browserTransport{}}
+}
+
+// SetTransport makes browser b (from Browser) reach servers through rt
+// (for example one that trusts a test CA), keeping its browser headers.
+func SetTransport(b *http.Client, rt http.RoundTripper) {
+	if bt, ok := b.Transport.(*browserTransport); ok {
+		bt.mu.Lock()
+		bt.base = rt
+		bt.mu.Unlock()
+		return
+	}
+	b.Transport = rt
+}
+
+// browserTransport adds Origin and Sec-Fetch-Site as a browser does, with
+// the last page loaded (a response that is not a redirect) as the page
+// the next request comes from.
+type browserTransport struct {
+	mu   sync.Mutex
+	base http.RoundTripper
+	page *url.URL
+}
+
+func (bt *browserTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	bt.mu.Lock()
+	base, page := bt.base, bt.page
+	bt.mu.Unlock()
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	r = r.Clone(r.Context())
+	if r.Header.Get("Sec-Fetch-Site") == "" {
+		r.Header.Set("Sec-Fetch-Site", FetchSite(page, r.URL))
+	}
+	if r.Method == http.MethodPost && page != nil && r.Header.Get("Origin") == "" {
+		r.Header.Set("Origin", Origin(page))
+	}
+	resp, err := base.RoundTrip(r)
+	if err == nil && (resp.StatusCode < 300 || resp.StatusCode > 399) {
+		bt.mu.Lock()
+		bt.page = r.URL
+		bt.mu.Unlock()
+	}
+	return resp, err
+}
+
+// CloseIdleConnections closes the base transport's idle connections
+// (http.Client.CloseIdleConnections calls it).
+func (bt *browserTransport) CloseIdleConnections() {
+	bt.mu.Lock()
+	base := bt.base
+	bt.mu.Unlock()
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	if c, ok := base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
+// Origin is u's origin as a browser serializes it: scheme://host[:port].
+func Origin(u *url.URL) string { return u.Scheme + "://" + u.Host }
+
+// FetchSite is the Sec-Fetch-Site a request from page to target has:
+// "none" (typed in), "same-origin", "same-site" (same scheme and host,
+// another port: ports do not separate sites), or "cross-site".
+func FetchSite(page, target *url.URL) string {
+	switch {
+	case page == nil:
+		return "none"
+	case Origin(page) == Origin(target):
+		return "same-origin"
+	case page.Scheme == target.Scheme && page.Hostname() == target.Hostname():
+		return "same-site"
+	}
+	return "cross-site"
 }
 
 var (

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -138,13 +139,37 @@ func (s *Server) harden(h http.Handler) http.Handler {
 	})
 }
 
+// clientHost is the rate limit's key of a request: its IPv4 address, or
+// the /64 of its IPv6 address (one host commonly holds a whole /64, so
+// per-address keys would give it 2^64 buckets).
 func clientHost(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
-		return r.RemoteAddr
+		host = r.RemoteAddr
 	}
-	return strings.ToLower(host)
+	return limitKey(host)
 }
+
+func limitKey(host string) string {
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return strings.ToLower(host)
+	}
+	a = a.Unmap()
+	if a.Is4() {
+		return a.String()
+	}
+	p, _ := a.WithZone("").Prefix(64)
+	return p.String()
+}
+
+// maxClients bounds the limiter's map: beyond it, new clients share one
+// bucket (overflowKey) until the idle ones are forgotten, so a flood of
+// addresses can neither grow the map nor escape the rate.
+const (
+	maxClients  = 10000
+	overflowKey = "overflow"
+)
 
 // limiter is a token bucket per client address (x/time/rate), forgotten
 // after a few idle minutes.
@@ -153,6 +178,7 @@ type limiter struct {
 	burst int
 	mu    sync.Mutex
 	m     map[string]*client
+	max   int // entries of m, beyond which new clients share overflowKey's bucket
 	sweep time.Time
 }
 
@@ -168,7 +194,7 @@ func newLimiter(perSecond float64, burst int) *limiter {
 	if burst <= 0 {
 		burst = 100
 	}
-	return &limiter{rate: rate.Limit(perSecond), burst: burst, m: map[string]*client{}}
+	return &limiter{rate: rate.Limit(perSecond), burst: burst, m: map[string]*client{}, max: maxClients}
 }
 
 func (l *limiter) allow(key string) bool {
@@ -184,6 +210,10 @@ func (l *limiter) allow(key string) bool {
 		l.sweep = now
 	}
 	c := l.m[key]
+	if c == nil && len(l.m) >= l.max {
+		key = overflowKey
+		c = l.m[key]
+	}
 	if c == nil {
 		c = &client{lim: rate.NewLimiter(l.rate, l.burst)}
 		l.m[key] = c

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -117,5 +118,35 @@ func TestBoundsAndRate(t *testing.T) {
 	}
 	if codes[len(codes)-1] != http.StatusTooManyRequests {
 		t.Fatalf("statuses %v: the burst of 3 was not enforced", codes)
+	}
+}
+
+// M3: an IPv6 host holds a /64, so the rate is per /64; IPv4 (and IPv4
+// mapped in IPv6) per address.
+func TestRateKeyIPv6Per64(t *testing.T) {
+	l := newLimiter(1, 2)
+	for _, a := range []string{"2001:db8:1:2::1", "2001:db8:1:2:ffff::9"} {
+		l.allow(limitKey(a)) // the burst of 2, spent by two addresses
+	}
+	if l.allow(limitKey("2001:db8:1:2:abcd::1")) {
+		t.Fatal("a third address of the same /64 got its own burst")
+	}
+	if !l.allow(limitKey("2001:db8:1:3::1")) {
+		t.Fatal("another /64 shares the bucket")
+	}
+	if limitKey("::ffff:10.0.0.1") != "10.0.0.1" || limitKey("10.0.0.1") == limitKey("10.0.0.2") {
+		t.Fatal("IPv4 keys")
+	}
+}
+
+// M3: the limiter's map is bounded: beyond it, new clients share a bucket.
+func TestRateMapBounded(t *testing.T) {
+	l := newLimiter(1, 1)
+	l.max = 3
+	for i := range 10 {
+		l.allow(fmt.Sprintf("10.0.0.%d", i))
+	}
+	if len(l.m) > 4 { // 3 clients and the shared overflow bucket
+		t.Fatalf("%d entries, want at most 4", len(l.m))
 	}
 }

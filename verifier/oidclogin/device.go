@@ -1,11 +1,11 @@
 package oidclogin
 
 import (
+	"cmp"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
@@ -25,6 +25,14 @@ func (h *Handler) deviceCode(w http.ResponseWriter, r *http.Request) {
 		oauthError(w, http.StatusNotFound, api.OAuthInvalidRequest, "no people section in the verifier's policy")
 		return
 	}
+	if err := h.notFromPage(r); err != nil {
+		h.tokenFailed(w, r, err)
+		return
+	}
+	if err := h.stateAllowed(); err != nil {
+		h.tokenFailed(w, r, err)
+		return
+	}
 	now := h.cfg.Now().UTC()
 	deviceCode := randomToken()
 	devKey := "device." + record.SecretKey(deviceCode)
@@ -38,12 +46,13 @@ func (h *Handler) deviceCode(w http.ResponseWriter, r *http.Request) {
 		h.tokenFailed(w, r, err)
 		return
 	}
-	shown := userCode[:4] + "-" + userCode[4:]
+	// No verification_uri_complete (RFC 8628 §3.3.1, optional): a link with
+	// the code filled in is what a phisher sends; the person types the
+	// code their own device shows.
 	writeJSON(w, http.StatusOK, api.DeviceAuthResponse{
-		DeviceCode: deviceCode, UserCode: shown,
-		VerificationURI:         h.cfg.PublicURL + api.PathDevice,
-		VerificationURIComplete: h.cfg.PublicURL + api.PathDevice + "?user_code=" + url.QueryEscape(shown),
-		ExpiresIn:               int(DeviceTTL / time.Second), Interval: int(h.cfg.DevicePoll / time.Second),
+		DeviceCode: deviceCode, UserCode: userCode[:4] + "-" + userCode[4:],
+		VerificationURI: h.cfg.PublicURL + api.PathDevice,
+		ExpiresIn:       int(DeviceTTL / time.Second), Interval: int(h.cfg.DevicePoll / time.Second),
 	})
 }
 
@@ -147,21 +156,25 @@ func (h *Handler) redeemDevice(w http.ResponseWriter, r *http.Request, key strin
 	h.grant(w, r, d.Person, record.FlowDevice)
 }
 
-// devicePage asks for the user code and the IdP to log in with. Its form
-// carries a token derived from the browser's login cookie, so another site
-// cannot submit it for the person (and approve its own device with their
-// IdP session).
+// devicePage asks for the user code. It is never filled in from the link
+// (?user_code=): the person types the code their device shows. Its form
+// carries a token of the browser's login cookie, and is taken from this
+// verifier's pages only, so another site cannot submit it for the person
+// (and approve its own device with their IdP session).
 func (h *Handler) devicePage(w http.ResponseWriter, r *http.Request) {
 	cookie := h.browserCookie(w, r)
-	render(w, http.StatusOK, pageDevice, map[string]any{"IdPs": idpNames(h.people()),
-		"UserCode": r.URL.Query().Get("user_code"), "CSRF": csrfToken(cookie)})
+	render(w, http.StatusOK, pageDevice, map[string]any{"CSRF": h.csrfToken(cookie)})
 }
 
-func csrfToken(cookie string) string { return record.SecretKey("csrf\x00" + cookie) }
-
-// deviceSubmit takes the user code and sends the person through the IdP's
-// login, at the end of which the device is approved (finishDevice).
+// deviceSubmit takes the user code. Without an IdP it shows who asked for
+// the code (the device's address, how long ago) and asks for the IdP; with
+// one it sends the person through the IdP's login, at the end of which the
+// device is approved (finishDevice).
 func (h *Handler) deviceSubmit(w http.ResponseWriter, r *http.Request) {
+	if err := h.sameOrigin(r); err != nil {
+		h.fail(w, r, err)
+		return
+	}
 	if !h.csrfOK(r) {
 		h.fail(w, r, fmt.Errorf("%w: the form was not this page's (reload %s)", ErrBadRequest, api.PathDevice))
 		return
@@ -172,14 +185,32 @@ func (h *Handler) deviceSubmit(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		d, _, err = store.Get[record.DeviceAuth](r.Context(), h.cfg.Store.Logins, u.Device)
 	}
-	if errors.Is(err, api.ErrNotFound) || (err == nil && (d.Status != record.DevicePending || !h.cfg.Now().Before(d.Expires))) {
+	now := h.cfg.Now()
+	if errors.Is(err, api.ErrNotFound) || (err == nil && (d.Status != record.DevicePending || !now.Before(d.Expires))) {
 		err = fmt.Errorf("%w: user code unknown, used or expired", ErrCode)
 	}
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
+	if r.PostFormValue("idp") == "" {
+		render(w, http.StatusOK, pageDeviceConfirm, map[string]any{"IdPs": idpNames(h.people()), "UserCode": code[:4] + "-" + code[4:],
+			"CSRF": r.PostFormValue("csrf"), "Addr": cmp.Or(d.ClientAddr, "an unknown address"), "Age": age(now.Sub(d.Created))})
+		return
+	}
 	h.redirectToIdP(w, r, r.PostFormValue("idp"), &record.LoginState{Flow: record.FlowDevice, Device: u.Device})
+}
+
+// age says how long ago something happened, in whole minutes.
+func age(d time.Duration) string {
+	switch m := int(d / time.Minute); {
+	case m < 1:
+		return "less than a minute ago"
+	case m == 1:
+		return "1 minute ago"
+	default:
+		return fmt.Sprintf("%d minutes ago", m)
+	}
 }
 
 // finishDevice approves the device authorization the login was for: the

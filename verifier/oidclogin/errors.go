@@ -19,6 +19,12 @@ var (
 	// ErrCode: a one-time code (or device code) unknown, used, expired, or
 	// redeemed with the wrong PKCE verifier.
 	ErrCode = errors.New("code unknown, used, expired or not yours")
+	// ErrCrossOrigin: a form or state-creating request that did not come
+	// from the verifier's own pages (another site, another port of this
+	// host, an image), or from a browser that says neither.
+	ErrCrossOrigin = errors.New("request not from this verifier's own page")
+	// ErrBusy: the global rate of new logins is exhausted; retry shortly.
+	ErrBusy = errors.New("too many logins being started; retry in a moment")
 	// ErrBadRequest: a request this endpoint cannot take.
 	ErrBadRequest = errors.New("bad request")
 )

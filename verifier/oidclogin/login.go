@@ -23,15 +23,36 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/store"
 )
 
-// chooser lists the IdPs, each linking to its login with the same query
-// (a CLI's loopback parameters pass through).
+// chooser lists the IdPs, each linking to its login with a CLI's loopback
+// parameters (cb and cc) passed on. Each link is built here, with its
+// query encoded once: html/template would escape a query placed inside an
+// attribute again ("?cb%3dhttp%253A…").
 func (h *Handler) chooser(w http.ResponseWriter, r *http.Request) {
-	render(w, http.StatusOK, pageChooser, map[string]any{"IdPs": idpNames(h.people()), "Query": r.URL.RawQuery})
+	q := r.URL.Query()
+	var pass url.Values
+	if q.Get("cb") != "" || q.Get("cc") != "" {
+		if err := checkLoopback(q.Get("cb"), q.Get("cc")); err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		pass = url.Values{"cb": {q.Get("cb")}, "cc": {q.Get("cc")}}
+	}
+	type link struct{ Name, Href string }
+	var links []link
+	for _, name := range idpNames(h.people()) {
+		u := url.URL{Path: api.PathLogin + name, RawQuery: pass.Encode()}
+		links = append(links, link{name, u.String()})
+	}
+	render(w, http.StatusOK, pageChooser, map[string]any{"Links": links})
 }
 
 // start begins a browser's login at the IdP the path names, or, for a
 // CLI's (cb and cc in the query), asks the person to confirm first.
 func (h *Handler) start(w http.ResponseWriter, r *http.Request) {
+	if err := navigation(r); err != nil {
+		h.fail(w, r, err)
+		return
+	}
 	q := r.URL.Query()
 	if q.Get("cb") == "" && q.Get("cc") == "" {
 		h.redirectToIdP(w, r, r.PathValue("idp"), &record.LoginState{Flow: record.FlowBrowser})
@@ -52,12 +73,16 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request) {
 	cookie := h.browserCookie(w, r)
 	cb, _ := url.Parse(q.Get("cb"))
 	render(w, http.StatusOK, pageConfirm, map[string]any{"IdP": r.PathValue("idp"), "CB": q.Get("cb"), "CC": q.Get("cc"),
-		"Port": cb.Port(), "CSRF": csrfToken(cookie)})
+		"Port": cb.Port(), "CSRF": h.csrfToken(cookie)})
 }
 
 // confirm is the person's answer to start's question: the CLI's login
 // goes on to the IdP.
 func (h *Handler) confirm(w http.ResponseWriter, r *http.Request) {
+	if err := h.sameOrigin(r); err != nil {
+		h.fail(w, r, err)
+		return
+	}
 	if !h.csrfOK(r) {
 		h.fail(w, r, fmt.Errorf("%w: the form was not this page's (run the login again)", ErrBadRequest))
 		return
@@ -67,14 +92,27 @@ func (h *Handler) confirm(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
+	if err := h.claimChallenge(r, cc); err != nil {
+		h.fail(w, r, err)
+		return
+	}
 	h.redirectToIdP(w, r, r.PathValue("idp"), &record.LoginState{Flow: record.FlowLoopback, Callback: cb, Challenge: cc})
 }
 
-// csrfOK: the form carries the token of this browser's login cookie, which
-// another site can neither read nor (SameSite=Lax) send with its POST.
-func (h *Handler) csrfOK(r *http.Request) bool {
-	c, err := r.Cookie(h.cookieName())
-	return err == nil && subtle.ConstantTimeCompare([]byte(csrfToken(c.Value)), []byte(r.PostFormValue("csrf"))) == 1
+// claimChallenge takes a CLI's PKCE challenge for one login. The challenge
+// is public (it is in the login URL, on the browser's command line, which
+// other local users can read): another login with it would end in a code
+// the CLI redeems, logging the CLI in as whoever ran that login.
+func (h *Handler) claimChallenge(r *http.Request, cc string) error {
+	u := &record.UsedChallenge{V: record.Version, Expires: h.cfg.Now().UTC().Add(StateTTL + CodeTTL)}
+	err := store.Create(r.Context(), h.cfg.Store.Logins, "challenge."+record.SecretKey(cc), u)
+	if errors.Is(err, api.ErrConflict) {
+		return fmt.Errorf("%w: this program's login was already started once (run tpmauthnctl login again)", ErrBadRequest)
+	}
+	if err != nil {
+		return fmt.Errorf("store login challenge: %w", err)
+	}
+	return nil
 }
 
 // redirectToIdP stores the login state st (completed here: IdP, nonce,
@@ -88,6 +126,10 @@ func (h *Handler) redirectToIdP(w http.ResponseWriter, r *http.Request, name str
 	}
 	rp, err := h.relyingParty(r.Context(), idp)
 	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if err := h.stateAllowed(); err != nil {
 		h.fail(w, r, err)
 		return
 	}
@@ -274,7 +316,9 @@ func status(err error) (int, string) {
 		{ErrUnknownIdP, http.StatusNotFound}, {ErrState, http.StatusBadRequest}, {ErrBadRequest, http.StatusBadRequest},
 		{ErrNonce, http.StatusBadRequest}, {ErrClaims, http.StatusBadRequest}, {ErrCode, http.StatusBadRequest},
 		{ErrIdP, http.StatusBadGateway}, {people.ErrDisabled, http.StatusForbidden},
-		{api.ErrUnavailable, http.StatusServiceUnavailable}, {people.ErrNoPolicy, http.StatusNotFound},
+		{people.ErrIdentity, http.StatusForbidden}, {ErrCrossOrigin, http.StatusForbidden},
+		{api.ErrUnavailable, http.StatusServiceUnavailable}, {people.ErrAudit, http.StatusServiceUnavailable},
+		{ErrBusy, http.StatusServiceUnavailable}, {people.ErrNoPolicy, http.StatusNotFound},
 	} {
 		if errors.Is(err, m.err) {
 			return m.code, m.err.Error()

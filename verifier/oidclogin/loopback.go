@@ -41,6 +41,10 @@ func (h *Handler) finishLoopback(w http.ResponseWriter, r *http.Request, st *rec
 // cliToken redeems a loopback login's one-time code with the PKCE verifier
 // of its challenge, for a login grant (RFC 6749 §4.1.3's shape).
 func (h *Handler) cliToken(w http.ResponseWriter, r *http.Request) {
+	if err := h.notFromPage(r); err != nil {
+		h.tokenFailed(w, r, err)
+		return
+	}
 	if r.PostFormValue("grant_type") != api.GrantTypeCode {
 		oauthError(w, http.StatusBadRequest, api.OAuthUnsupported, "grant_type must be "+api.GrantTypeCode)
 		return
@@ -88,8 +92,14 @@ func (h *Handler) tokenFailed(w http.ResponseWriter, r *http.Request, err error)
 	switch {
 	case errors.Is(err, api.ErrUnavailable):
 		oauthError(w, http.StatusServiceUnavailable, api.OAuthTemporarilyDown, "the verifier's store is unavailable; retry")
+	case errors.Is(err, people.ErrAudit), errors.Is(err, ErrBusy):
+		oauthError(w, http.StatusServiceUnavailable, api.OAuthTemporarilyDown, "the verifier cannot take logins now; retry")
 	case errors.Is(err, people.ErrDisabled):
 		oauthError(w, http.StatusBadRequest, api.OAuthAccessDenied, people.ErrDisabled.Error())
+	case errors.Is(err, people.ErrIdentity):
+		oauthError(w, http.StatusBadRequest, api.OAuthAccessDenied, people.ErrIdentity.Error())
+	case errors.Is(err, ErrCrossOrigin):
+		oauthError(w, http.StatusForbidden, api.OAuthInvalidRequest, ErrCrossOrigin.Error())
 	case errors.Is(err, ErrCode), errors.Is(err, people.ErrGrantInvalid):
 		oauthError(w, http.StatusBadRequest, api.OAuthInvalidGrant, ErrCode.Error())
 	default:

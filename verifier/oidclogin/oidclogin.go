@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/verifier/people"
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
@@ -22,6 +24,14 @@ const (
 	slowDownExtra = 5 * time.Second  // RFC 8628 §3.5
 )
 
+// Defaults of the global rate of state creation: bounds how fast all
+// clients together can fill the logins bucket (16 MB), whose records
+// expire after StateTTL or DeviceTTL.
+const (
+	DefaultStateRate  = 50
+	DefaultStateBurst = 200
+)
+
 // Config configures a Handler.
 type Config struct {
 	People *people.Service
@@ -35,6 +45,12 @@ type Config struct {
 	// Client reaches the IdPs (nil: one with a 10 s timeout). Tests give
 	// one that trusts their provider.
 	Client *http.Client
+	// StateRate and StateBurst bound the creation of login states and
+	// device codes over all clients (defaults DefaultStateRate and
+	// DefaultStateBurst): the per-address rate alone lets many addresses
+	// fill the logins bucket.
+	StateRate  float64
+	StateBurst int
 	// DevicePoll is the device flow's polling interval (DefaultPoll).
 	DevicePoll time.Duration
 	Logger     *slog.Logger
@@ -44,9 +60,12 @@ type Config struct {
 
 // Handler serves the login endpoints.
 type Handler struct {
-	cfg Config
-	mu  sync.Mutex
-	rps map[string]*relyingParty // by IdP name; rebuilt when its config changes
+	cfg     Config
+	csrfKey []byte
+	origin  string        // the public URL's origin: what a form's Origin must be
+	states  *rate.Limiter // the global rate of state creation
+	mu      sync.Mutex
+	rps     map[string]*relyingParty // by IdP name; rebuilt when its config changes
 }
 
 // New returns a Handler.
@@ -65,7 +84,14 @@ func New(cfg Config) *Handler {
 	if cfg.DevicePoll == 0 {
 		cfg.DevicePoll = DefaultPoll
 	}
-	return &Handler{cfg: cfg, rps: map[string]*relyingParty{}}
+	if cfg.StateRate <= 0 {
+		cfg.StateRate = DefaultStateRate
+	}
+	if cfg.StateBurst <= 0 {
+		cfg.StateBurst = DefaultStateBurst
+	}
+	return &Handler{cfg: cfg, csrfKey: newCSRFKey(), origin: publicOrigin(cfg.PublicURL),
+		states: rate.NewLimiter(rate.Limit(cfg.StateRate), cfg.StateBurst), rps: map[string]*relyingParty{}}
 }
 
 // Register adds the endpoints to mux.

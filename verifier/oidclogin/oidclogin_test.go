@@ -48,6 +48,7 @@ type fixture struct {
 	srv        *httptest.Server
 	mux        *http.ServeMux
 	svc        *people.Service
+	handler    *Handler
 	now        atomic.Pointer[time.Time]
 	policyYAML string
 	pol        atomic.Pointer[policy.Policy]
@@ -75,7 +76,8 @@ people:
     - {name: okta, issuer: %q, client_id: verifier-okta, client_secret_file: %q}
     - {name: entra, issuer: %q, client_id: verifier-entra, client_secret_file: %q, subject_claim: oid}
   bindings:
-    - {groups: [developers], roles: [dev]}
+    - {idp: okta, groups: [developers], roles: [dev]}
+    - {idp: entra, groups: [developers], roles: [dev]}
     - {idp: okta, groups: [ops], roles: [admin], require: {assurance: hardware}}
     - {idp: entra, roles: [entra-user]}
 `, f.okta.Issuer, filepath.Join(dir, "okta"), f.entr.Issuer, filepath.Join(dir, "entra"))
@@ -87,6 +89,7 @@ people:
 	f.srv = httptest.NewUnstartedServer(mux)
 	h := New(Config{People: f.svc, Store: f.env.Store, Policy: polf, PublicURL: "http://" + f.srv.Listener.Addr().String(),
 		DevicePoll: time.Second, Now: now})
+	f.handler = h
 	h.Register(mux)
 	f.srv.Start()
 	t.Cleanup(f.srv.Close)
@@ -284,7 +287,7 @@ func TestLoopbackNeedsConfirmation(t *testing.T) {
 		form url.Values
 	}{
 		{"noCSRF", b, url.Values{"cb": {"http://127.0.0.1:4711/cb"}, "cc": {cc}}},
-		{"otherBrowser", oidctest.Browser(t), url.Values{"cb": {"http://127.0.0.1:4711/cb"}, "cc": {cc}, "csrf": {csrfField.FindStringSubmatch(body)[1]}}},
+		{"otherBrowser", pageAt(t, f.srv.URL+api.PathLogin), url.Values{"cb": {"http://127.0.0.1:4711/cb"}, "cc": {cc}, "csrf": {csrfField.FindStringSubmatch(body)[1]}}},
 		{"remoteCallback", b, url.Values{"cb": {"http://evil.example.com:80/cb"}, "cc": {cc}, "csrf": {csrfField.FindStringSubmatch(body)[1]}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -469,6 +472,15 @@ func TestDisabledPersonCannotLogIn(t *testing.T) {
 	}
 }
 
+// pageAt is another browser, on a page of the verifier (so its forms
+// come from the verifier's origin) but without the login cookie.
+func pageAt(t *testing.T, u string) *http.Client {
+	t.Helper()
+	b := oidctest.Browser(t)
+	get(t, b, u)
+	return b
+}
+
 var csrfField = regexp.MustCompile(`name="csrf" value="([0-9a-f]+)"`)
 
 // approveDevice is the person's side of a device login: the /device page,
@@ -523,7 +535,7 @@ func TestDeviceFlow(t *testing.T) {
 		tok, err := cfg.DeviceAccessToken(ctx, da)
 		done <- result{tok, err}
 	}()
-	if code, body := f.approveDevice(t, da.VerificationURIComplete, da.UserCode, alice); code != http.StatusOK || !strings.Contains(body, "Device logged in") {
+	if code, body := f.approveDevice(t, da.VerificationURI, da.UserCode, alice); code != http.StatusOK || !strings.Contains(body, "Device logged in") {
 		t.Fatalf("approve: %d %s", code, body)
 	}
 	r := <-done
@@ -608,7 +620,7 @@ func TestDevicePageRefusals(t *testing.T) {
 		// Another site posting the form in the person's browser has no
 		// token (and a SameSite=Lax cookie is not sent with it anyway).
 		{"noCSRF", b, url.Values{"user_code": {da.UserCode}, "idp": {"okta"}}},
-		{"otherBrowsersCSRF", oidctest.Browser(t), url.Values{"user_code": {da.UserCode}, "idp": {"okta"}, "csrf": {csrf}}},
+		{"otherBrowsersCSRF", pageAt(t, f.srv.URL+api.PathLogin), url.Values{"user_code": {da.UserCode}, "idp": {"okta"}, "csrf": {csrf}}},
 		{"unknownCode", b, url.Values{"user_code": {"BCDF-GHJK"}, "idp": {"okta"}, "csrf": {csrf}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

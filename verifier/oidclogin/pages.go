@@ -12,7 +12,7 @@ var pages = template.Must(template.New("").Parse(`
 {{define "head"}}<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>tpmauthn</title>
 <meta name="viewport" content="width=device-width"><style>body{font-family:sans-serif;max-width:36em;margin:3em auto}</style></head><body>{{end}}
 {{define "chooser"}}{{template "head"}}<h1>Log in</h1>
-{{range .IdPs}}<p><a href="/login/{{.}}{{if $.Query}}?{{$.Query}}{{end}}">Log in with {{.}}</a></p>{{else}}<p>No identity provider is configured.</p>{{end}}
+{{range .Links}}<p><a href="{{.Href}}">Log in with {{.Name}}</a></p>{{else}}<p>No identity provider is configured.</p>{{end}}
 </body></html>{{end}}
 {{define "confirm"}}{{template "head"}}<h1>Log in a program</h1>
 <p>A program on this computer (listening on port {{.Port}}) asks to log in as you with {{.IdP}}.
@@ -26,7 +26,12 @@ var pages = template.Must(template.New("").Parse(`
 <p>Enter the code your device shows. <b>Only continue if you started this login yourself</b>:
 whoever gave you a code gets your login.</p>
 <form method="post" action="/device"><input type="hidden" name="csrf" value="{{.CSRF}}">
-<p><label>Code <input name="user_code" value="{{.UserCode}}" autocomplete="off" autofocus></label></p>
+<p><label>Code <input name="user_code" autocomplete="off" autofocus></label></p>
+<p><button>Next</button></p></form></body></html>{{end}}
+{{define "deviceConfirm"}}{{template "head"}}<h1>Log in a device</h1>
+<p>The code {{.UserCode}} was asked for by a device at <b>{{.Addr}}</b>, {{.Age}}.
+<b>Continue only if that is your device and you started this login yourself</b>: whoever holds it gets your login.</p>
+<form method="post" action="/device"><input type="hidden" name="csrf" value="{{.CSRF}}"><input type="hidden" name="user_code" value="{{.UserCode}}">
 {{range .IdPs}}<p><button name="idp" value="{{.}}">Log in with {{.}}</button></p>{{else}}<p>No identity provider is configured.</p>{{end}}
 </form></body></html>{{end}}
 {{define "deviceApproved"}}{{template "head"}}<h1>Device logged in</h1>
@@ -41,6 +46,7 @@ const (
 	pageConfirm        = "confirm"
 	pageLoggedIn       = "loggedIn"
 	pageDevice         = "device"
+	pageDeviceConfirm  = "deviceConfirm"
 	pageDeviceApproved = "deviceApproved"
 	pageError          = "error"
 )

@@ -118,7 +118,8 @@ func identityFrom(idp policy.IdP, claims map[string]any) (people.Identity, error
 	if sub == "" || len(sub) > 255 {
 		return people.Identity{}, fmt.Errorf("%w: %s: claim %q", ErrClaims, idp.Name, idp.SubjectClaim)
 	}
-	id := people.Identity{IdP: idp.Name, Subject: sub, Groups: stringList(claims[idp.GroupsClaim])}
+	id := people.Identity{IdP: idp.Name, Subject: sub, Issuer: idp.Issuer, SubjectClaim: idp.SubjectClaim,
+		Groups: stringList(claims[idp.GroupsClaim])}
 	id.Name, _ = claims["name"].(string)
 	if id.Name == "" {
 		id.Name, _ = claims["preferred_username"].(string)

@@ -52,7 +52,10 @@ func New(cfg Config) *Service {
 // subject claim, Name and Email are for display.
 type Identity struct {
 	IdP, Subject, Name, Email string
-	Groups                    []string
+	// Issuer and SubjectClaim are the IdP's issuer and subject claim at the
+	// login: with IdP and Subject, who the person is.
+	Issuer, SubjectClaim string
+	Groups               []string
 }
 
 // Login records a login by id: the person is created, or updated with
@@ -70,7 +73,11 @@ func (s *Service) Login(ctx context.Context, id Identity, flow, clientAddr strin
 	}
 	ev.Result = audit.OK
 	ev.Reason += fmt.Sprintf(" (groups %q)", p.Groups)
-	s.cfg.Trail.RecordNow(ctx, ev)
+	// A login the trail does not hold did not happen: the durable path, as
+	// a NATS connect's grant.
+	if err := s.cfg.Trail.RecordDurable(ctx, ev); err != nil {
+		return nil, fmt.Errorf("%w: person.login of %s: %w", ErrAudit, p.ID, err)
+	}
 	s.cfg.Logger.Info("person logged in", keyPerson, p.ID, keyIdP, p.IdP, keyFlow, flow)
 	return p, nil
 }
@@ -101,8 +108,15 @@ func display(id Identity) string {
 func (s *Service) upsert(ctx context.Context, id Identity) (*record.Person, error) {
 	now := s.cfg.Now().UTC()
 	key := record.PersonID(id.IdP, id.Subject)
-	p := &record.Person{V: record.Version, ID: key, IdP: id.IdP, Subject: id.Subject, Created: now}
+	p := &record.Person{V: record.Version, ID: key, IdP: id.IdP, Subject: id.Subject, Issuer: id.Issuer,
+		SubjectClaim: id.SubjectClaim, Created: now}
 	refresh := func(p *record.Person) error {
+		// Checked first: another issuer's user must not learn (nor change)
+		// anything of this person, disabled or not.
+		if p.Issuer != id.Issuer || p.SubjectClaim != id.SubjectClaim {
+			return fmt.Errorf("%w: %s was created by issuer %q (claim %q), this login is from %q (claim %q)",
+				ErrIdentity, p.ID, p.Issuer, p.SubjectClaim, id.Issuer, id.SubjectClaim)
+		}
 		if !p.Disabled.IsZero() {
 			return fmt.Errorf("%w: %s since %s (%s)", ErrDisabled, p.ID, p.Disabled.Format(time.RFC3339), p.DisabledReason)
 		}
@@ -162,6 +176,9 @@ func (s *Service) Grant(ctx context.Context, p *record.Person, flow, clientAddr 
 	if pol.People == nil {
 		return nil, ErrNoPolicy
 	}
+	if err := CheckIdP(pol.People, p); err != nil {
+		return nil, err
+	}
 	token, err := randomToken()
 	if err != nil {
 		return nil, err
@@ -169,12 +186,18 @@ func (s *Service) Grant(ctx context.Context, p *record.Person, flow, clientAddr 
 	now := s.cfg.Now().UTC()
 	g := &record.LoginGrant{V: record.Version, Person: p.ID, Flow: flow, ClientAddr: clientAddr, Created: now,
 		Expires: now.Add(GrantTTL), LoginExpires: now.Add(pol.People.LoginTTL)}
-	if err := store.Create(ctx, s.cfg.Store.Logins, "grant."+record.SecretKey(token), g); err != nil {
-		return nil, fmt.Errorf("store login grant: %w", err)
-	}
+	// The event is stored before the grant exists: a grant is never issued
+	// without it (RecordDurable, as a NATS connect's grant).
 	ev := audit.Event{Kind: "person.grant", Result: audit.OK, Person: p.ID, ClientAddr: clientAddr, Actor: "person",
 		Reason: fmt.Sprintf("%s login grant, login until %s", flow, g.LoginExpires.Format(time.RFC3339))}
-	s.cfg.Trail.RecordNow(ctx, ev)
+	if err := s.cfg.Trail.RecordDurable(ctx, ev); err != nil {
+		return nil, fmt.Errorf("%w: person.grant of %s: %w", ErrAudit, p.ID, err)
+	}
+	if err := store.Create(ctx, s.cfg.Store.Logins, "grant."+record.SecretKey(token), g); err != nil {
+		ev.Kind, ev.Result, ev.Reason = "person.grant.withdrawn", audit.Error, "grant not stored: "+err.Error()
+		s.cfg.Trail.Record(ev)
+		return nil, fmt.Errorf("store login grant: %w", err)
+	}
 	who := policy.Person{IdP: p.IdP, Groups: p.Groups}
 	hw, sw := who, who
 	hw.Assurance, sw.Assurance = policy.AssuranceHardware, policy.AssuranceSoftware
@@ -221,9 +244,29 @@ func (s *Service) Redeem(ctx context.Context, token string) (*record.LoginGrant,
 	if !p.Disabled.IsZero() {
 		return nil, nil, fmt.Errorf("%w: %s", ErrDisabled, p.ID)
 	}
-	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "person.grant.redeem", Result: audit.OK, Person: p.ID, Actor: "person",
-		Reason: fmt.Sprintf("%s login grant redeemed", g.Flow)})
+	if err := CheckIdP(s.cfg.Policy().People, p); err != nil {
+		return nil, nil, err
+	}
+	if err := s.cfg.Trail.RecordDurable(ctx, audit.Event{Kind: "person.grant.redeem", Result: audit.OK, Person: p.ID, Actor: "person",
+		Reason: fmt.Sprintf("%s login grant redeemed", g.Flow)}); err != nil {
+		return nil, nil, fmt.Errorf("%w: person.grant.redeem of %s: %w", ErrAudit, p.ID, err)
+	}
 	return g, p, nil
+}
+
+// CheckIdP is nil if p's IdP is in pp with the issuer and subject claim p
+// was created with: an IdP removed from the policy (say, compromised), or
+// its name given to another issuer, takes its people's grants with it.
+func CheckIdP(pp *policy.People, p *record.Person) error {
+	idp := pp.IdP(p.IdP)
+	switch {
+	case idp == nil:
+		return fmt.Errorf("%w: %s: IdP %q is not in the policy", ErrIdentity, p.ID, p.IdP)
+	case idp.Issuer != p.Issuer || idp.SubjectClaim != p.SubjectClaim:
+		return fmt.Errorf("%w: %s was created by issuer %q (claim %q); IdP %q is now %q (claim %q)",
+			ErrIdentity, p.ID, p.Issuer, p.SubjectClaim, p.IdP, idp.Issuer, idp.SubjectClaim)
+	}
+	return nil
 }
 
 // randomToken is 32 random bytes, base64url: a bearer secret.

@@ -24,9 +24,12 @@ people:
     - {name: okta, issuer: "https://okta.example.com", client_id: c, client_secret_env: S}
     - {name: entra, issuer: "https://entra.example.com", client_id: c, client_secret_env: S}
   bindings:
-    - {groups: [developers], roles: [dev]}
+    - {idp: okta, groups: [developers], roles: [dev]}
+    - {idp: entra, groups: [developers], roles: [dev]}
     - {idp: okta, groups: [ops], roles: [admin], require: {assurance: hardware}}
 `
+
+const oktaIssuer = "https://okta.example.com"
 
 type fixture struct {
 	env *testenv.Env
@@ -56,7 +59,7 @@ func (f *fixture) advance(d time.Duration) {
 func TestLoginCreatesAndUpdates(t *testing.T) {
 	f := newFixture(t)
 	ctx := t.Context()
-	id := Identity{IdP: "okta", Subject: "00u1", Name: "Ada", Email: "ada@example.com", Groups: []string{"developers"}}
+	id := Identity{IdP: "okta", Issuer: oktaIssuer, SubjectClaim: "sub", Subject: "00u1", Name: "Ada", Email: "ada@example.com", Groups: []string{"developers"}}
 	p, err := f.svc.Login(ctx, id, record.FlowBrowser, "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
@@ -84,9 +87,9 @@ func TestLoginCreatesAndUpdates(t *testing.T) {
 func TestEmailIsNotIdentity(t *testing.T) {
 	f := newFixture(t)
 	ids := []Identity{
-		{IdP: "okta", Subject: "a", Email: "same@example.com"},
-		{IdP: "entra", Subject: "a", Email: "same@example.com"},
-		{IdP: "okta", Subject: "b", Email: "same@example.com"},
+		{IdP: "okta", Issuer: oktaIssuer, SubjectClaim: "sub", Subject: "a", Email: "same@example.com"},
+		{IdP: "entra", Issuer: "https://entra.example.com", SubjectClaim: "sub", Subject: "a", Email: "same@example.com"},
+		{IdP: "okta", Issuer: oktaIssuer, SubjectClaim: "sub", Subject: "b", Email: "same@example.com"},
 	}
 	seen := map[string]bool{}
 	for _, id := range ids {
@@ -104,7 +107,7 @@ func TestEmailIsNotIdentity(t *testing.T) {
 func TestDisabledPersonRefused(t *testing.T) {
 	f := newFixture(t)
 	ctx := t.Context()
-	id := Identity{IdP: "okta", Subject: "gone"}
+	id := Identity{IdP: "okta", Issuer: oktaIssuer, SubjectClaim: "sub", Subject: "gone"}
 	p, err := f.svc.Login(ctx, id, record.FlowBrowser, "")
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +134,7 @@ func TestDisabledPersonRefused(t *testing.T) {
 func TestGrantRedeemOnce(t *testing.T) {
 	f := newFixture(t)
 	ctx := t.Context()
-	p, err := f.svc.Login(ctx, Identity{IdP: "okta", Subject: "s", Groups: []string{"developers", "ops"}}, record.FlowDevice, "")
+	p, err := f.svc.Login(ctx, Identity{IdP: "okta", Issuer: oktaIssuer, SubjectClaim: "sub", Subject: "s", Groups: []string{"developers", "ops"}}, record.FlowDevice, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,5 +165,52 @@ func TestGrantRedeemOnce(t *testing.T) {
 	f.advance(GrantTTL + time.Second)
 	if _, _, err := f.svc.Redeem(ctx, res.AccessToken); !errors.Is(err, ErrGrantInvalid) {
 		t.Fatalf("expired grant: %v, want ErrGrantInvalid", err)
+	}
+}
+
+// M4b: a person is the issuer and subject claim they were created with,
+// not the IdP's name: a login naming the same IdP and subject from another
+// issuer, or read from another claim, is refused and changes nothing.
+func TestLoginOtherIssuerRefused(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	ada := Identity{IdP: "okta", Issuer: oktaIssuer, SubjectClaim: "sub", Subject: "00u1", Name: "Ada"}
+	if _, err := f.svc.Login(ctx, ada, record.FlowBrowser, ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		id   Identity
+	}{
+		{"otherIssuer", Identity{IdP: "okta", Issuer: "https://evil.example.com", SubjectClaim: "sub", Subject: "00u1", Name: "Mallory"}},
+		{"otherClaim", Identity{IdP: "okta", Issuer: oktaIssuer, SubjectClaim: "employee_id", Subject: "00u1", Name: "Mallory"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := f.svc.Login(ctx, tc.id, record.FlowBrowser, ""); !errors.Is(err, ErrIdentity) {
+				t.Fatalf("login: %v, want ErrIdentity", err)
+			}
+			if p, err := f.svc.Person(ctx, record.PersonID("okta", "00u1")); err != nil || p.Name != "Ada" {
+				t.Fatalf("person %+v %v", p, err)
+			}
+		})
+	}
+}
+
+// M4a: no grant for a person whose IdP is not in the policy (removed), or
+// is there with another issuer.
+func TestGrantNeedsThePersonsIdP(t *testing.T) {
+	f := newFixture(t)
+	for _, tc := range []struct {
+		name string
+		p    record.Person
+	}{
+		{"removed", record.Person{ID: record.PersonID("ghost", "s"), IdP: "ghost", Issuer: "https://ghost.example.com", SubjectClaim: "sub"}},
+		{"otherIssuer", record.Person{ID: record.PersonID("okta", "s"), IdP: "okta", Issuer: "https://old.example.com", SubjectClaim: "sub"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := f.svc.Grant(t.Context(), &tc.p, record.FlowLoopback, ""); !errors.Is(err, ErrIdentity) {
+				t.Fatalf("grant: %v, want ErrIdentity", err)
+			}
+		})
 	}
 }

@@ -53,8 +53,9 @@ type IdP struct {
 	GroupsClaim string `yaml:"groups_claim"`
 }
 
-// PersonBinding grants Roles to the people of IdP (any IdP if empty) who are
-// in any of Groups (every person of it, if empty), when Require holds.
+// PersonBinding grants Roles to the people of IdP who are in any of Groups
+// (every person of it, if empty), when Require holds. IdP may be left out
+// only when the policy has one IdP.
 type PersonBinding struct {
 	IdP     string      `yaml:"idp"`
 	Groups  []string    `yaml:"groups"`
@@ -90,6 +91,15 @@ var idpName = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
 // claimName: a JSON member name an operator may reasonably mean (no paths:
 // nested claims are not followed).
 var claimName = regexp.MustCompile(`^[A-Za-z0-9_:/.\-]{1,128}$`)
+
+// reassignableClaims name a person only until the IdP gives the value to
+// someone else (an email or user name freed and reused, a UPN renamed):
+// refused as subject claims (OpenID Connect Core §5.7: only sub, with
+// iss, is stable and never reassigned).
+var reassignableClaims = map[string]bool{
+	"email": true, "preferred_username": true, "upn": true, "unique_name": true, "name": true,
+	"nickname": true, "given_name": true, "family_name": true, "phone_number": true, "login": true, "username": true,
+}
 
 // setDefaults fills the documented defaults.
 func (pp *People) setDefaults() {
@@ -134,6 +144,11 @@ func (pp *People) validate(roles map[string]Role) []error {
 	}
 	for i, b := range pp.Bindings {
 		at := fmt.Sprintf("people.bindings[%d]", i)
+		if b.IdP == "" && len(pp.IdPs) > 1 {
+			// Group names are each IdP's own: "admins" at one IdP is not
+			// "admins" at another, whoever can create groups there.
+			errs = append(errs, fmt.Errorf("%w: %s: with more than one IdP under people.idps, say which IdP's groups the binding means (idp: NAME)", ErrInvalid, at))
+		}
 		if b.IdP != "" && !seen[b.IdP] {
 			errs = append(errs, fmt.Errorf("%w: %s: idp %q is not defined under people.idps", ErrInvalid, at, b.IdP))
 		}
@@ -183,6 +198,8 @@ func (idp *IdP) validate(at string) []error {
 	}
 	if !claimName.MatchString(idp.SubjectClaim) {
 		bad("subject_claim %q: a claim name", idp.SubjectClaim)
+	} else if reassignableClaims[strings.ToLower(idp.SubjectClaim)] {
+		bad("subject_claim %q: the IdP may give it to someone else later (a renamed or recycled account would become this person); use an immutable ID: sub, or oid for Entra ID", idp.SubjectClaim)
 	}
 	if !claimName.MatchString(idp.GroupsClaim) {
 		bad("groups_claim %q: a claim name", idp.GroupsClaim)
@@ -234,7 +251,8 @@ type Person struct {
 // unique. A binding that requires hardware does not apply to a software
 // credential; an unknown assurance counts as the weakest.
 func (p *Policy) RolesForPerson(who Person) []string {
-	if p.People == nil {
+	if p.People == nil || p.People.IdP(who.IdP) == nil {
+		// An IdP removed from the policy takes its people's roles with it.
 		return nil
 	}
 	var out []string

@@ -29,8 +29,9 @@ people:
       scopes: [email]
   bindings:
     - {idp: okta, groups: [nats-operators], roles: [admin], require: {assurance: hardware}}
-    - {groups: [developers], roles: [dev]}
-    - {groups: [billing-devs], roles: [billing], require: {assurance: software}}
+    - {idp: okta, groups: [developers], roles: [dev]}
+    - {idp: entra, groups: [developers], roles: [dev]}
+    - {idp: okta, groups: [billing-devs], roles: [billing], require: {assurance: software}}
     - {idp: entra, roles: [everyone]}
 `
 
@@ -81,6 +82,8 @@ func TestRolesForPerson(t *testing.T) {
 		{"everyoneAtEntra", Person{IdP: "entra", Assurance: AssuranceSoftware}, []string{"everyone"}},
 		{"nobody", Person{IdP: "okta", Groups: []string{"sales"}, Assurance: AssuranceHardware}, nil},
 		{"groupCase", Person{IdP: "okta", Groups: []string{"Developers"}, Assurance: AssuranceHardware}, nil},
+		// An IdP no longer in the policy grants nothing, whatever its groups.
+		{"removedIdP", Person{IdP: "ghost", Groups: []string{"developers", "nats-operators"}, Assurance: AssuranceHardware}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := p.RolesForPerson(tc.who); !slices.Equal(got, tc.want) {
@@ -134,6 +137,10 @@ func TestParsePeopleRejects(t *testing.T) {
 		{"bindingEmptyGroup", people("  bindings: [{groups: [''], roles: [r]}]\n"), "empty group"},
 		{"bindingAssurance", people("  bindings: [{roles: [r], require: {assurance: titanium}}]\n"), "require.assurance"},
 		{"unknownKey", people("  login_tl: 1h\n"), "login_tl"},
+		{"bindingNoIdPWithTwoIdPs", people("  idps: [" + okIdP + ", " + strings.Replace(okIdP, "okta", "entra", 1) + "]\n  bindings: [{groups: [admins], roles: [r]}]\n"), "idp: NAME"},
+		{"subjectClaimEmail", people(`  idps: [{name: a, issuer: "https://i.example.com", client_id: c, client_secret_file: /s, subject_claim: email}]` + "\n"), "immutable"},
+		{"subjectClaimUsername", people(`  idps: [{name: a, issuer: "https://i.example.com", client_id: c, client_secret_file: /s, subject_claim: preferred_username}]` + "\n"), "immutable"},
+		{"subjectClaimUPN", people(`  idps: [{name: a, issuer: "https://i.example.com", client_id: c, client_secret_file: /s, subject_claim: UPN}]` + "\n"), "immutable"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.src))

@@ -16,8 +16,15 @@ type Person struct {
 	ID      string `json:"id"` // PersonID(IdP, Subject)
 	IdP     string `json:"idp"`
 	Subject string `json:"subject"`
-	Name    string `json:"name,omitempty"`
-	Email   string `json:"email,omitempty"`
+	// Issuer and SubjectClaim are the IdP's issuer and the claim Subject
+	// was read from when the person was created: the IdP's name alone is
+	// not an identity (a renamed IdP, or the name reused for another
+	// issuer, must not land in this person), so a login or grant whose IdP
+	// has another issuer or subject claim now is refused.
+	Issuer       string `json:"issuer"`
+	SubjectClaim string `json:"subject_claim"`
+	Name         string `json:"name,omitempty"`
+	Email        string `json:"email,omitempty"`
 	// Groups are the IdP's groups at the last login or check.
 	Groups    []string  `json:"groups,omitempty"`
 	Created   time.Time `json:"created"`
@@ -78,6 +85,16 @@ type LoginCode struct {
 	Person    string    `json:"person"`
 	Challenge string    `json:"challenge"`
 	Expires   time.Time `json:"expires"`
+}
+
+// UsedChallenge marks a CLI's PKCE challenge as taken by a login (bucket
+// logins, key "challenge." + SecretKey(challenge)): the challenge is
+// visible to other local users (the login URL is on the browser's command
+// line), so a second login with it (theirs, meant to hand the CLI their
+// code) is refused.
+type UsedChallenge struct {
+	V       int       `json:"v"`
+	Expires time.Time `json:"expires"`
 }
 
 // Device authorization states.

@@ -21,3 +21,5 @@ func (l *LoginCode) RecordVersion() int      { return l.V }
 func (d *DeviceAuth) RecordVersion() int     { return d.V }
 func (d *DeviceUserCode) RecordVersion() int { return d.V }
 func (g *LoginGrant) RecordVersion() int     { return g.V }
+
+func (c *UsedChallenge) RecordVersion() int { return c.V }

@@ -203,6 +203,12 @@ func watchStorm(v *verifier.Verifier, since time.Time, res *StormResult) (stop f
 		for {
 			select {
 			case <-done:
+				// The last, partial second: a small storm can be over
+				// before the first tick.
+				s, d := v.Served(), v.Shed()
+				if s != served || d != shed {
+					res.Answered, res.Shed = append(res.Answered, s-served), append(res.Shed, d-shed)
+				}
 				return
 			case <-t.C:
 				s, d := v.Served(), v.Shed()

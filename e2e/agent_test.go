@@ -401,8 +401,7 @@ func TestTPMLostAndBack(t *testing.T) {
 	})
 	rec := l.recovered(t, back, 30*time.Second)
 	s1 := l.snapshot()
-	t.Logf("\n| fault | connects attempted | granted | denied | errored | s to recovery |\n|---|---|---|---|---|---|\n| swtpm killed and started again | %d | %d | %d | %d | %.1f |",
-		s1[0]-s0[0], s1[1]-s0[1], s1[2]-s0[2], s1[3]-s0[3], rec.Seconds())
+	logFault(t, "swtpm killed and started again", s0, s1, rec)
 	if s1[2] != s0[2] {
 		t.Errorf("%d connects denied while the TPM was away: the agent should fail them locally (errored), not send the verifier anything to deny", s1[2]-s0[2])
 	}

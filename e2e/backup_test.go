@@ -153,8 +153,7 @@ func TestBackupRestore(t *testing.T) {
 		t.Fatalf("the original agent's workload against the restored verifier: %v", err)
 	}
 	nc.Close()
-	t.Logf("\n| fault | connects attempted | granted | denied | errored | s to recovery |\n|---|---|---|---|---|---|\n| verifier started from a backup restored into a fresh directory | 1 | 1 | 0 | 0 | %.1f |",
-		time.Since(restoreStart).Seconds())
+	logFault(t, "verifier started from a backup restored into a fresh directory", [4]int64{}, [4]int64{1, 1, 0, 0}, time.Since(restoreStart))
 
 	// The trail holds the backed-up events unchanged, then the restore and
 	// the new connect, and the whole chain verifies.

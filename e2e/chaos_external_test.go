@@ -183,10 +183,6 @@ func TestChaosExternalCluster(t *testing.T) {
 	current := func(t *testing.T) {
 		eventually.Until(t, 90*time.Second, func() error { return allCurrentNow(op) })
 	}
-	type fault struct {
-		name string
-		do   func(t *testing.T)
-	}
 	var faults []fault
 	killed := nodes
 	if !full {
@@ -210,32 +206,10 @@ func TestChaosExternalCluster(t *testing.T) {
 		fault{"verifier1 of 2 killed (SIGKILL)", func(*testing.T) { vs[1].stop(syscall.SIGKILL) }},
 		fault{"verifier1 started again", func(t *testing.T) { vs[1].start(t) }},
 	)
-	var rows []string
-	for _, f := range faults {
-		s0 := l.snapshot()
-		f.do(t)
-		// From the moment the fault is complete (the process gone, or
-		// back with every replica current) until three more grants.
-		rec := l.recovered(t, time.Now(), 60*time.Second)
-		time.Sleep(time.Second)
-		s1 := l.snapshot()
-		rows = append(rows, fmt.Sprintf("| %s | %d | %d | %d | %d | %.1f |", f.name, s1[0]-s0[0], s1[1]-s0[1], s1[2]-s0[2], s1[3]-s0[3], rec.Seconds()))
-	}
+	rows := runFaults(t, l, faults)
 	close(stop)
 	lw.Wait()
-	after := fleetCounts(t, op)
-	lost := 0
-	for k, n := range before {
-		if after[k] < n {
-			lost += n - after[k]
-		}
-	}
-	missing := grantsWithoutEvent(t, op, l.grants)
-	t.Logf("\n| fault | connects attempted | granted | denied | errored | s to recovery |\n|---|---|---|---|---|---|\n%s\n\nfleet records lost: %d; granted connects without an audit event: %d of %d",
-		strings.Join(rows, "\n"), lost, len(missing), len(l.grants))
-	if lost != 0 || len(missing) != 0 {
-		t.Errorf("records lost %d, grants without an event %d", lost, len(missing))
-	}
+	checkCampaign(t, op, l, before, rows)
 }
 
 // allCurrentNow is allCurrent for a cluster whose servers come and go: a

@@ -129,10 +129,6 @@ func TestChaos(t *testing.T) {
 	defer func() { close(stop); wg.Wait() }()
 	time.Sleep(2 * time.Second)
 
-	type fault struct {
-		name string
-		do   func(t *testing.T)
-	}
 	stopNode := func(i int) func(t *testing.T) {
 		return func(t *testing.T) { c.vs[i].Close() }
 	}
@@ -160,21 +156,55 @@ func TestChaos(t *testing.T) {
 				}
 			}})
 	}
+	rows := runFaults(t, l, faults)
+	close(stop)
+	wg.Wait()
+	stop = make(chan struct{}) // for the deferred close
+	checkCampaign(t, op, l, before, rows)
+}
+
+// fault is one fault of a campaign: do makes it happen (and, for a
+// return, waits until the fleet is whole again).
+type fault struct {
+	name string
+	do   func(t *testing.T)
+}
+
+// faultHeader heads every fault table; make chaos prints it once.
+const faultHeader = "| fault | connects attempted | granted | denied | errored | s to recovery |\n|---|---|---|---|---|---|"
+
+// faultRow is a fault's row: what the load saw from s0 to s1.
+func faultRow(name string, s0, s1 [4]int64, rec time.Duration) string {
+	return fmt.Sprintf("| %s | %d | %d | %d | %d | %.1f |", name, s1[0]-s0[0], s1[1]-s0[1], s1[2]-s0[2], s1[3]-s0[3], rec.Seconds())
+}
+
+// logFault logs a single fault's table (a test that makes one fault).
+func logFault(t *testing.T, name string, s0, s1 [4]int64, rec time.Duration) {
+	t.Helper()
+	t.Logf("\n%s\n%s", faultHeader, faultRow(name, s0, s1, rec))
+}
+
+// runFaults makes each fault in turn under l's load and returns the rows:
+// recovery runs from the moment the fault is complete (the process gone,
+// or back with every replica current) until three more grants.
+func runFaults(t *testing.T, l *load, faults []fault) []string {
+	t.Helper()
 	var rows []string
 	for _, f := range faults {
 		s0 := l.snapshot()
 		f.do(t)
-		// From the moment the fault is complete (the node gone, or back
-		// with every replica current) until three more connects are granted.
 		rec := l.recovered(t, time.Now(), 60*time.Second)
 		time.Sleep(time.Second)
-		s1 := l.snapshot()
-		rows = append(rows, fmt.Sprintf("| %s | %d | %d | %d | %d | %.1f |", f.name, s1[0]-s0[0], s1[1]-s0[1], s1[2]-s0[2], s1[3]-s0[3], rec.Seconds()))
+		rows = append(rows, faultRow(f.name, s0, l.snapshot(), rec))
 	}
-	close(stop)
-	wg.Wait()
-	stop = make(chan struct{}) // for the deferred close
+	return rows
+}
 
+// checkCampaign logs the table and fails the test for any fleet record
+// lost since before, or any grant without its allow event. The load must
+// have stopped.
+func checkCampaign(t *testing.T, op *nats.Conn, l *load, before map[string]int, rows []string) {
+	t.Helper()
 	after := fleetCounts(t, op)
 	lost := 0
 	for k, n := range before {
@@ -183,8 +213,8 @@ func TestChaos(t *testing.T) {
 		}
 	}
 	missing := grantsWithoutEvent(t, op, l.grants)
-	t.Logf("\n| fault | connects attempted | granted | denied | errored | s to recovery |\n|---|---|---|---|---|---|\n%s\n\nfleet records lost: %d; granted connects without an audit event: %d of %d",
-		strings.Join(rows, "\n"), lost, len(missing), len(l.grants))
+	t.Logf("\n%s\n%s\n\nfleet records lost: %d; granted connects without an audit event: %d of %d",
+		faultHeader, strings.Join(rows, "\n"), lost, len(missing), len(l.grants))
 	if lost != 0 {
 		t.Errorf("%d fleet records lost (before %v, after %v)", lost, before, after)
 	}

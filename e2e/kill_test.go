@@ -376,8 +376,8 @@ func TestAgentKilledDuringRotation(t *testing.T) {
 	if denied.Load() != 0 {
 		t.Errorf("%d of the workload's connects were denied: the agent signed with a credential the verifier refused", denied.Load())
 	}
-	t.Logf("\n| fault | connects attempted | granted | denied | errored | s to recovery |\n|---|---|---|---|---|---|\n| agent killed during rotation (x%d) | %d | %d | %d | %d | %.1f |",
-		runs, attempted.Load(), granted.Load(), denied.Load(), errored.Load(), rec.Seconds())
+	logFault(t, fmt.Sprintf("agent killed during rotation (x%d)", runs), [4]int64{},
+		[4]int64{attempted.Load(), granted.Load(), denied.Load(), errored.Load()}, rec)
 	if l := logs.String(); strings.Contains(l, "rotation failed") || strings.Contains(l, "unavailable") {
 		t.Fatalf("a rotation failed or a workload was left unavailable after the kills:\n%s", l)
 	}

@@ -168,8 +168,7 @@ func TestStoreFull(t *testing.T) {
 		t.Error("no deny event in the audit trail names the full store")
 	}
 	t.Logf("deny events recorded for the episode: %d naming the full store, %d otherwise", fullDenials, otherDenials)
-	t.Logf("\n| fault | connects attempted | granted | denied | errored | s to recovery |\n|---|---|---|---|---|---|\n| JetStream store full | %d | %d | %d | %d | %.1f |",
-		s1[0]-s0[0], s1[1]-s0[1], s1[2]-s0[2], s1[3]-s0[3], rec.Seconds())
+	logFault(t, "JetStream store full", s0, s1, rec)
 }
 
 type filled struct {

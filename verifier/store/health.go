@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -89,9 +90,33 @@ const probeKey = "probe"
 
 // Probe writes one small record and says whether the store took it
 // (api.ErrUnavailable if not): whether writes need a quorum that is there.
+//
+// A grant also writes the credentials bucket (the counter and session
+// compare-and-set), whose stream may have lost its leader while the
+// challenges bucket's has not: the probe asks that stream for its info,
+// which only a leader answers, so that an episode does not end while
+// every grant still fails (and start again, with a second alert, at the
+// next one). Nothing is written there: a probe record would be a
+// credential to every reader of the bucket.
 func (s *Store) Probe(ctx context.Context) error {
 	if _, err := s.Challenges.Put(ctx, probeKey, []byte(time.Now().UTC().Format(time.RFC3339Nano))); err != nil {
 		return unavailable(err, "%s probe", s.Challenges.Bucket())
 	}
+	for _, b := range grantBuckets {
+		st, err := s.JS.Stream(ctx, "KV_"+b)
+		if err != nil {
+			return unavailable(err, "%s probe", b)
+		}
+		if c := st.CachedInfo().Cluster; c != nil && c.Leader == "" {
+			return unavailable(errNoLeader, "%s probe", b)
+		}
+	}
 	return nil
 }
+
+// grantBuckets are the buckets a connect's grant writes, besides the
+// challenges bucket the probe writes itself.
+var grantBuckets = []string{BucketCredentials}
+
+// errNoLeader: a clustered stream answered without a leader.
+var errNoLeader = errors.New("the stream has no leader")

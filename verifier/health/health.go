@@ -194,6 +194,16 @@ const hintFull = "new connects are denied until JetStream has room again: free s
 
 // Now is the current status.
 func (m *Monitor) Now() Status {
+	var trailErr error
+	if m.cfg.Audit != nil {
+		trailErr = m.cfg.Audit.Unavailable()
+	}
+	if trailErr != nil && store.Full(trailErr) {
+		// The trail met the full store first: it is the store's episode,
+		// and the gauge and the alert say so as /healthz does (fail does
+		// nothing if the episode is already open).
+		m.fail(trailErr)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.down && m.full {
@@ -203,13 +213,9 @@ func (m *Monitor) Now() Status {
 		return Status{Status: "store_unavailable", Since: m.since, Reason: m.reason,
 			Hint: "new connects are denied until JetStream takes writes again: check the servers' JetStream (quorum, disk space: tpmauthnctl status)"}
 	}
-	if m.cfg.Audit != nil {
-		if err := m.cfg.Audit.Unavailable(); err != nil && store.Full(err) {
-			return Status{Status: "store_unavailable", Reason: err.Error(), Hint: hintFull}
-		} else if err != nil {
-			return Status{Status: "audit_unavailable", Reason: err.Error(),
-				Hint: "new connects are denied until the audit stream takes events again (its limits: tpmauthnctl status)"}
-		}
+	if trailErr != nil {
+		return Status{Status: "audit_unavailable", Reason: trailErr.Error(),
+			Hint: "new connects are denied until the audit stream takes events again (its limits: tpmauthnctl status)"}
 	}
 	return Status{Status: "ok"}
 }

@@ -192,7 +192,13 @@ func TestStoreFullSeenByTheTrail(t *testing.T) {
 	if st := m.Now(); st.Status != "store_unavailable" || !strings.Contains(st.Hint, "max_file_store") {
 		t.Fatalf("status %+v with the store full as the trail saw it", st)
 	}
+	f.mu.Lock()
+	if want := []bool{true, false}; fmt.Sprint(f.up) != fmt.Sprint(want) {
+		t.Errorf("gauge %v once /healthz said store_unavailable, want %v", f.up, want)
+	}
+	f.mu.Unlock()
 	m.Observe(fmt.Errorf("grant: %w", full)) // the connect path's refusal
+	m.Now()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.alerts) != 1 || f.alerts[0] != AlertStoreUnavailable {

@@ -16,10 +16,19 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // lowest is the lowest port handed out.
 const lowest = 10000
+
+// given are the ports handed out in this process: a port is free until its
+// server binds it, so two picks before that could otherwise be the same
+// (seen: a node's route port and another node's client port).
+var (
+	mu    sync.Mutex
+	given = map[int]bool{}
+)
 
 // Pick returns a port on 127.0.0.1 that is free now and outside the
 // kernel's ephemeral range.
@@ -27,6 +36,13 @@ func Pick() (int, error) {
 	top := ephemeralLow() - 1
 	for range 100 {
 		p := lowest + rand.IntN(top-lowest+1)
+		mu.Lock()
+		seen := given[p]
+		given[p] = true
+		mu.Unlock()
+		if seen {
+			continue // handed out already: another draw
+		}
 		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
 		if err != nil {
 			continue // taken: another draw

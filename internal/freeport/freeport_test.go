@@ -6,14 +6,20 @@ import (
 	"testing"
 )
 
-// TestPick: a picked port is below the ephemeral range and can be bound.
+// TestPick: a picked port is below the ephemeral range, can be bound, and
+// is not handed out twice.
 func TestPick(t *testing.T) {
 	low := ephemeralLow()
-	for range 20 {
+	seen := map[int]bool{}
+	for range 2000 {
 		p, err := Pick()
 		if err != nil {
 			t.Fatal(err)
 		}
+		if seen[p] {
+			t.Fatalf("port %d handed out twice", p)
+		}
+		seen[p] = true
 		if p < lowest || p >= low {
 			t.Fatalf("port %d outside [%d, %d)", p, lowest, low)
 		}

@@ -240,10 +240,7 @@ func TestSocketActivation(t *testing.T) {
 	if err := h.Agent.Close(); err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(t.TempDir(), "tpmauthn-agent")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/tpmauthn/tpmauthn/cmd/tpmauthn-agent").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t, "github.com/tpmauthn/tpmauthn/cmd/tpmauthn-agent")
 	sock := filepath.Join(fleettest.PublicDir(t), "activated.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {

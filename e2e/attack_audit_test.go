@@ -126,10 +126,7 @@ func TestAttackAuditStreamDestroyedWithProductCredentials(t *testing.T) {
 // buildCtl builds tpmauthnctl.
 func buildCtl(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "tpmauthnctl")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/tpmauthn/tpmauthn/cmd/tpmauthnctl").CombinedOutput(); err != nil {
-		t.Fatalf("build tpmauthnctl: %v\n%s", err, out)
-	}
+	bin := buildBinary(t, "github.com/tpmauthn/tpmauthn/cmd/tpmauthnctl")
 	return bin
 }
 

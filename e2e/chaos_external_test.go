@@ -76,15 +76,6 @@ func logged(line string) func(*proc) error {
 	}
 }
 
-func buildBinary(t *testing.T, pkg string) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), filepath.Base(pkg))
-	if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
-		t.Fatalf("build %s: %v\n%s", pkg, err, out)
-	}
-	return bin
-}
-
 // externalCluster starts three nats-server processes in one JetStream
 // cluster, configured with what tpmauthnctl nats-config prints for ks.
 func externalCluster(t *testing.T, ks *keys.Set) ([]*proc, string) {

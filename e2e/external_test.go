@@ -78,10 +78,7 @@ func startVerifierOn(t *testing.T, dir, url, ekCADir, policy string) *verifier.V
 func TestExternalNATSServerBinary(t *testing.T) {
 	sw := swtpmtest.New(t)
 	vdir, ks := externalFleet(t)
-	bin := filepath.Join(t.TempDir(), "nats-server")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2").CombinedOutput(); err != nil {
-		t.Fatalf("build nats-server: %v\n%s", err, out)
-	}
+	bin := buildBinary(t, "github.com/nats-io/nats-server/v2")
 	port := freePort(t)
 	conf := filepath.Join(t.TempDir(), "nats.conf")
 	block := keys.ServerConfig(ks, keys.ServerConfigOptions{})
@@ -160,4 +157,15 @@ func TestClusterTwoVerifiers(t *testing.T) {
 		t.Fatalf("requests served: %d and %d, want both", v1.Served(), v2.Served())
 	}
 	t.Logf("served: %d via server a, %d via server b", v1.Served(), v2.Served())
+}
+
+// buildBinary builds pkg's command into a temporary directory (the real
+// binaries of the fault tests and the process tests).
+func buildBinary(t testing.TB, pkg string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), filepath.Base(strings.TrimSuffix(pkg, "/v2")))
+	if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", pkg, err, out)
+	}
+	return bin
 }

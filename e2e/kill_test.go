@@ -39,10 +39,7 @@ func TestAgentKilledDuringRegistration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(t.TempDir(), "tpmauthn-agent")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/tpmauthn/tpmauthn/cmd/tpmauthn-agent").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t, "github.com/tpmauthn/tpmauthn/cmd/tpmauthn-agent")
 	cfg := filepath.Join(t.TempDir(), "agent.yaml")
 	conf := fmt.Sprintf("workloads:\n  - name: app\n    match: {uid: %d}\n", os.Getuid())
 	for i := range 6 {
@@ -140,10 +137,7 @@ func TestAgentKilledDuringRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(t.TempDir(), "tpmauthn-agent")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/tpmauthn/tpmauthn/cmd/tpmauthn-agent").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t, "github.com/tpmauthn/tpmauthn/cmd/tpmauthn-agent")
 	workloads := []string{"app"}
 	cfg := filepath.Join(t.TempDir(), "agent.yaml")
 	conf := fmt.Sprintf("workloads:\n  - name: app\n    match: {uid: %d}\n", os.Getuid())

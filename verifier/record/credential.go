@@ -30,6 +30,22 @@ type Credential struct {
 	RotateRequested bool      `json:"rotate_requested,omitempty"`
 	Retires         time.Time `json:"retires,omitzero"` // replaced: refused after this
 	ReplacedBy      string    `json:"replaced_by,omitempty"`
+	// Person is set on a person's device credential (record.PersonID): the
+	// credential acts for that person, with the roles their IdP groups
+	// grant, and is revoked when they are offboarded. Workload is then
+	// api.PersonWorkload(...) and Expires the end of the login.
+	Person string `json:"person,omitempty"`
+	// Expires is when the credential stops working (zero: never; a
+	// person's credential expires with their login).
+	Expires time.Time `json:"expires,omitzero"`
+	// Assurance is how the key is held: "" or policy.AssuranceHardware
+	// (a TPM), or policy.AssuranceSoftware (a key file of a person's).
+	Assurance string `json:"assurance,omitempty"`
+}
+
+// Expired reports whether a credential with an end (a person's) is past it.
+func (c *Credential) Expired(now time.Time) bool {
+	return !c.Expires.IsZero() && !now.Before(c.Expires)
 }
 
 // Nkey is what a workload presents as CONNECT nkey for this credential.

@@ -36,6 +36,10 @@ type Person struct {
 	// person cannot log in.
 	Disabled       time.Time `json:"disabled,omitzero"`
 	DisabledReason string    `json:"disabled_reason,omitempty"`
+	// Credentials are the IDs of the person's device credentials (one per
+	// device: a TPM key through a host's agent, a software key, a passkey),
+	// added when each is registered: offboarding revokes them all.
+	Credentials []string `json:"credentials,omitempty"`
 }
 
 // PersonID is a person's ID: the IdP's name, '_', and 32 hex digits of

@@ -17,11 +17,18 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
 )
 
-// servePeople keeps the people (verifier/people) and, with an HTTP
-// listener configured, serves their logins (verifier/oidclogin) on it.
-func (v *Verifier) servePeople(context.Context) error {
+// openPeople keeps the people (verifier/people): their logins' grants are
+// redeemed by registration, their credentials checked by the callout.
+func (v *Verifier) openPeople(context.Context) error {
 	pol := func() *policy.Policy { return v.policy.Current() }
 	v.people = people.New(people.Config{Store: v.st, Policy: pol, Trail: v.trail, Logger: v.log, Now: v.cfg.Clock})
+	return nil
+}
+
+// servePeople, with an HTTP listener configured, serves people's logins
+// (verifier/oidclogin) on it.
+func (v *Verifier) servePeople(context.Context) error {
+	pol := func() *policy.Policy { return v.policy.Current() }
 	if v.cfg.HTTPListen == "" {
 		return nil
 	}

@@ -185,7 +185,7 @@ func (a *Agent) whoami(w http.ResponseWriter, _ *http.Request, c *caller) {
 	e := a.enroll
 	a.mu.Unlock()
 	respondJSON(w, http.StatusOK, api.WhoAmI{Workload: c.workload, Host: e.HostID, CredentialID: c.cred.IDString(), NKey: c.cred.NKey(), Inbox: api.InboxForCredential(c.cred.NKey()), RPID: e.RPID, Caller: (*api.Caller)(c.peer),
-		NATSCA: string(a.trust.PEM()), NATSTLSRequired: !natstls.Loopback(a.cfg.NATSURL)})
+		NATSCA: string(a.trust.PEM()), NATSTLSRequired: !natstls.Loopback(a.cfg.NATSURL), NATSURL: a.cfg.NATSURL, Person: c.cred.Person})
 }
 
 func decodeBody(r *http.Request, v any) error {

@@ -83,6 +83,11 @@ type WhoAmI struct {
 	// or an on-path server could relay its signature over the nonce.
 	NATSCA          string `json:"nats_ca,omitempty"`
 	NATSTLSRequired bool   `json:"nats_tls_required,omitempty"`
+	// NATSURL is the fleet's NATS as the agent reaches it.
+	NATSURL string `json:"nats_url,omitempty"`
+	// Person is set when the caller signs as a person (their login's
+	// credential, bound to the caller's uid): the person's ID.
+	Person string `json:"person,omitempty"`
 }
 
 // Caller is what the agent read of a caller's process (SO_PEERCRED and

@@ -29,6 +29,7 @@ const (
 	CodeRateLimited         = "rate_limited"
 	CodeInternal            = "internal"
 	CodeLoginInvalid        = "login_invalid"
+	CodeForbidden           = "forbidden"
 )
 
 // Error is a refusal with a stable code. The verifier's sentinel errors are
@@ -60,6 +61,9 @@ var (
 	ErrRateLimited       = &Error{CodeRateLimited, "too many requests from this session: slow down and retry"}
 	// ErrLoginInvalid: a person's login grant is unknown, used or expired,
 	// their login ended, or the person is disabled: log in again.
+	// ErrForbidden: the caller's roles do not grant this operator API
+	// operation.
+	ErrForbidden    = &Error{CodeForbidden, "no role of yours allows this operation"}
 	ErrLoginInvalid = &Error{CodeLoginInvalid, "login grant unknown, used or expired, or the person is disabled: log in again"}
 	// ErrUnavailable: the verifier could not read or write its state (a
 	// JetStream outage): nothing was decided about the request; retry.

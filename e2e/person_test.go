@@ -48,15 +48,22 @@ people:
 `
 
 // peopleFleet starts a fleet whose verifier serves logins (plain HTTP on
-// loopback) for op's people.
+// loopback) for op's people, with personPolicy.
 func peopleFleet(t *testing.T, op *oidctest.OP) *fleettest.Fleet {
+	t.Helper()
+	return peopleFleetWith(t, op, personPolicy)
+}
+
+// peopleFleetWith is peopleFleet with a policy whose %q are op's issuer and
+// the client secret file.
+func peopleFleetWith(t *testing.T, op *oidctest.OP, policy string) *fleettest.Fleet {
 	t.Helper()
 	dir := t.TempDir()
 	secret, pol := filepath.Join(dir, "okta.secret"), filepath.Join(dir, "policy.yaml")
 	if err := os.WriteFile(secret, []byte("s3cret"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(pol, fmt.Appendf(nil, personPolicy, op.Issuer, secret), 0o600); err != nil {
+	if err := os.WriteFile(pol, fmt.Appendf(nil, policy, op.Issuer, secret), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	f := fleettest.New(t, func(f *fleettest.Fleet) {

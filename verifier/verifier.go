@@ -33,6 +33,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 	"github.com/tpmauthn/tpmauthn/verifier/metrics"
 	"github.com/tpmauthn/tpmauthn/verifier/natsapi"
+	"github.com/tpmauthn/tpmauthn/verifier/operators"
 	"github.com/tpmauthn/tpmauthn/verifier/people"
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
 	"github.com/tpmauthn/tpmauthn/verifier/register"
@@ -408,7 +409,8 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 	v.adminAPI = natsapi.New(natsapi.Config{Conn: v.nc, QueueGroup: queueGroup, Version: Version, Workers: adminWorkers,
 		Trail: v.trail, Metrics: v.metrics, Health: v.health, Logger: v.log})
 	v.onClose(v.adminAPI.Close)
-	return v.adminAPI.Serve("tpmauthn-admin", "tpmauthn operator API", api.SubjectAdminPrefix, adm.Endpoints())
+	gate := operators.New(operators.Config{Policy: func() *policy.Policy { return v.policy.Current() }, Alerts: alerts, Trail: v.trail, Logger: v.log})
+	return v.adminAPI.Serve("tpmauthn-admin", "tpmauthn operator API", api.SubjectAdminPrefix, gate.Wrap(adm.Endpoints()))
 }
 
 // adminWorkers is the operator API's worker slots.

@@ -41,21 +41,19 @@ var loginKeys = []cliconf.Key{
 	cliconf.K("login.ca", "http-ca", "", "PEM bundle to verify the verifier's HTTPS with (default: the system's roots, and --data-dir's NATS CA)"),
 	cliconf.K("login.out", "out", "", "where to keep the login (default: the user config directory's tpmauthn/login.json, 0600)"),
 	cliconf.K("login.wait", "wait", 3*time.Minute, "how long to wait for the login to finish"),
-	cliconf.K("login.agent_socket", "agent-socket", client.DefaultSocket, "the tpmauthn agent's socket: the login ends with a TPM credential of yours there"),
 	cliconf.K("login.no_agent", "no-agent", false, "do not hand the login to this host's agent"),
 }
 
 type loginSettings struct {
 	Login struct {
-		URL         string        `mapstructure:"url"`
-		IdP         string        `mapstructure:"idp"`
-		Device      bool          `mapstructure:"device"`
-		NoBrowser   bool          `mapstructure:"no_browser"`
-		CA          string        `mapstructure:"ca"`
-		Out         string        `mapstructure:"out"`
-		Wait        time.Duration `mapstructure:"wait"`
-		AgentSocket string        `mapstructure:"agent_socket"`
-		NoAgent     bool          `mapstructure:"no_agent"`
+		URL       string        `mapstructure:"url"`
+		IdP       string        `mapstructure:"idp"`
+		Device    bool          `mapstructure:"device"`
+		NoBrowser bool          `mapstructure:"no_browser"`
+		CA        string        `mapstructure:"ca"`
+		Out       string        `mapstructure:"out"`
+		Wait      time.Duration `mapstructure:"wait"`
+		NoAgent   bool          `mapstructure:"no_agent"`
 	} `mapstructure:"login"`
 }
 
@@ -138,7 +136,7 @@ func (a *app) login(ctx context.Context, ls loginSettings, tell io.Writer) error
 	}
 	saved := &savedLogin{LoginResult: *res}
 	if !l.NoAgent {
-		dev, err := a.agentLogin(ctx, l.AgentSocket, res.AccessToken, tell)
+		dev, err := a.agentLogin(ctx, a.s.Agent.Socket, res.AccessToken, tell)
 		if err != nil {
 			return err
 		}

@@ -23,6 +23,9 @@ const (
 	EKUntrusted       = "ek_untrusted"
 	// RevokedTPM: an EK or AK of a revoked host tries to enroll again.
 	RevokedTPM = "revoked_tpm"
+	// BreakGlass: the operator key file was used while people operate the
+	// fleet (the policy grants admin roles to IdP groups).
+	BreakGlass = "break_glass"
 )
 
 // SubjectPrefix is where alerts are published: SubjectPrefix + kind.

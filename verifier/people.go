@@ -15,6 +15,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/oidclogin"
 	"github.com/tpmauthn/tpmauthn/verifier/people"
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
+	"github.com/tpmauthn/tpmauthn/verifier/softkey"
 )
 
 // openPeople keeps the people (verifier/people): their logins' grants are
@@ -45,6 +46,7 @@ func (v *Verifier) servePeople(context.Context) error {
 	login := oidclogin.New(oidclogin.Config{People: v.people, Store: v.st, Policy: pol, PublicURL: public, Secure: tlsCfg != nil,
 		DevicePoll: v.cfg.DevicePoll, Logger: v.log, Now: v.cfg.Clock})
 	login.Register(mux)
+	softkey.New(softkey.Config{People: v.people, RPID: v.cfg.RPID, NATSURL: v.ClientURL(), Trail: v.trail, Logger: v.log}).Register(mux)
 	srv.Serve(mux)
 	v.http, v.httpURL = srv, public
 	v.onClose(func() {

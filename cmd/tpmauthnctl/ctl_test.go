@@ -76,6 +76,7 @@ func TestAgainstLocalVerifier(t *testing.T) {
 }
 
 func TestNoVerifierIsAClearError(t *testing.T) {
+	t.Setenv("XDG_CONFIG_HOME", t.TempDir()) // no software key of a login
 	_, err := ctl(t, "token", "list")
 	if err == nil || !strings.Contains(err.Error(), "--data-dir") {
 		t.Fatalf("with nothing configured: %v", err)

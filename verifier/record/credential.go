@@ -46,6 +46,10 @@ type Credential struct {
 	LocalUser string `json:"local_user,omitempty"`
 }
 
+// NoHost is the host name in the NATS user name of a credential without a
+// host (a person's software key): person:NAME@-/NKEY.
+const NoHost = "-"
+
 // Expired reports whether a credential with an end (a person's) is past it.
 func (c *Credential) Expired(now time.Time) bool {
 	return !c.Expires.IsZero() && !now.Before(c.Expires)

@@ -138,7 +138,7 @@ func (m *Method) attempt(ctx context.Context, r *authn.Request, a *attestation.A
 		return nil, err
 	}
 	m.retireIfReplaced(cred)
-	h, err := m.activeHost(ctx, cred.Host)
+	h, err := m.host(ctx, cred)
 	if err != nil {
 		return nil, err
 	}
@@ -239,6 +239,19 @@ func (m *Method) checkAge(cred *record.Credential) error {
 	return nil
 }
 
+// host is the credential's host, which must be active; a person's
+// software key (no host: a key file on a machine without a TPM) has none,
+// and any other credential without a host is refused.
+func (m *Method) host(ctx context.Context, cred *record.Credential) (*record.Host, error) {
+	if cred.Host != "" {
+		return m.activeHost(ctx, cred.Host)
+	}
+	if cred.Person == "" || cred.Assurance != policy.AssuranceSoftware {
+		return nil, fmt.Errorf("%w: credential %s has no host and is no person's software key", api.ErrRevoked, cred.ID)
+	}
+	return &record.Host{Hostname: record.NoHost}, nil
+}
+
 // activeHost requires the credential's host active. A host that cannot be
 // read because the store fails is that failure, not a revocation.
 func (m *Method) activeHost(ctx context.Context, id string) (*record.Host, error) {
@@ -311,7 +324,10 @@ func (m *Method) userClaims(ctx context.Context, rc *jwt.AuthorizationRequestCla
 	uc.Audience = keys.AccountApp
 	uc.Name = sessions.UserName(cred.Workload, h.Hostname, rc.ConnectOptions.Nkey)
 	uc.Expires = time.Now().Add(p.SessionTTL).Unix()
-	uc.Tags.Add("host:"+h.ID, "workload:"+cred.Workload)
+	if h.ID != "" {
+		uc.Tags.Add("host:" + h.ID)
+	}
+	uc.Tags.Add("workload:" + cred.Workload)
 	if cred.Workload == api.AgentWorkload {
 		uc.Tags.Add(api.TagAgent + ":" + h.ID)
 		uc.Pub.Allow.Add("tpmauthn.v1.register.>", "tpmauthn.v1.credentials.>", api.SubjectEnrollStatus)

@@ -4,13 +4,16 @@ GO        ?= go
 FUZZTIME  ?= 20s
 BIN       := bin
 
-.PHONY: help build demo install test test-short lint fuzz bench bench-quick interop clean
+.PHONY: help build man demo install test test-short lint fuzz bench bench-quick interop clean
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-build: ## build the binaries into bin/
-	$(GO) build -o $(BIN)/ ./cmd/... ./examples/...
+build: ## build the binaries into bin/ (--version names the commit)
+	$(GO) build -buildvcs=auto -o $(BIN)/ ./cmd/... ./examples/...
+
+man: build ## man pages and shell completions of the three commands, into bin/docs/
+	for b in tpmauthn-agent tpmauthn-verifier tpmauthnctl; do $(BIN)/$$b docs $(BIN)/docs; done
 
 demo: build ## the whole chain on this machine: swtpm, verifier, agent, a workload on NATS
 	./scripts/demo.sh

@@ -18,6 +18,8 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/agent/client"
 	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/internal/buildinfo"
+	"github.com/tpmauthn/tpmauthn/internal/clidocs"
 	"github.com/tpmauthn/tpmauthn/internal/cliconf"
 	"github.com/tpmauthn/tpmauthn/internal/natstls"
 	"github.com/tpmauthn/tpmauthn/personkey"
@@ -62,6 +64,7 @@ func newRootCmd() *cobra.Command {
 		Short:         "Operate a tpmauthn fleet: join tokens, hosts, credentials",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       buildinfo.Read().String(),
 		Example: `  tpmauthnctl --data-dir ./verifier token create --roles demo --ttl 1h
   tpmauthnctl --data-dir ./verifier host list`,
 	}
@@ -77,6 +80,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.AddCommand(a.tokenCmd(), a.hostCmd(), a.credentialCmd(), a.ekCmd(), a.auditCmd(), a.statusCmd(), a.natsConfigCmd(),
 		a.backupCmd(), a.restoreCmd(), a.loginCmd())
+	root.AddCommand(clidocs.Command(root))
 	return root
 }
 

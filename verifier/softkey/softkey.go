@@ -47,8 +47,8 @@ type Config struct {
 	RPID   string
 	// NATSURL is given to the key's owner: where its programs connect.
 	NATSURL string
-	Trail  auditor
-	Logger *slog.Logger
+	Trail   auditor
+	Logger  *slog.Logger
 }
 
 // Handler serves api.PathPersonKey.

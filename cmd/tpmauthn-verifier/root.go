@@ -10,8 +10,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tpmauthn/tpmauthn/internal/buildinfo"
-	"github.com/tpmauthn/tpmauthn/internal/clidocs"
 	"github.com/tpmauthn/tpmauthn/internal/cliconf"
+	"github.com/tpmauthn/tpmauthn/internal/clidocs"
 	"github.com/tpmauthn/tpmauthn/verifier"
 	"github.com/tpmauthn/tpmauthn/verifier/auditlog"
 )

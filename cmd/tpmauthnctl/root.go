@@ -69,7 +69,7 @@ func newRootCmd() *cobra.Command {
 		}
 	}
 	root.AddCommand(a.tokenCmd(), a.hostCmd(), a.credentialCmd(), a.ekCmd(), a.auditCmd(), a.statusCmd(), a.natsConfigCmd(),
-		a.backupCmd(), a.restoreCmd(), a.loginCmd())
+		a.backupCmd(), a.restoreCmd(), a.loginCmd(), a.personCmd())
 	return root
 }
 

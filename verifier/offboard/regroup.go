@@ -66,4 +66,3 @@ func (s *Service) Regroup(ctx context.Context, id string, change func(groups []s
 	}
 	return kicked, nil
 }
-

@@ -57,4 +57,3 @@ func FuzzPatch(f *testing.F) {
 		}
 	})
 }
-

@@ -89,7 +89,9 @@ func (s *Service) revoker() Revoker {
 type Result struct {
 	Person *record.Person `json:"person"`
 	// Revoked are the credentials this offboarding revoked; Kicked the live
-	// sessions it ended.
+	// sessions its own kicks ended (every verifier's revocation watch kicks
+	// a revoked credential's sessions too, and may be first: 0 is no sign
+	// that a session is still up).
 	Revoked []string `json:"revoked"`
 	Kicked  int      `json:"kicked"`
 	// IdPRevoked: the refresh token was revoked at the IdP.

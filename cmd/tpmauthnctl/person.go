@@ -8,7 +8,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tpmauthn/tpmauthn/api"
-	"github.com/tpmauthn/tpmauthn/verifier/offboard"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
@@ -56,7 +55,12 @@ func (a *app) personCmd() *cobra.Command {
 		Short: "Offboard a person: disable them, revoke every credential of theirs, kick their sessions, revoke their refresh token",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			var res offboard.Result
+			// verifier/offboard.Result's JSON (that package is server code).
+			var res struct {
+				Revoked    []string `json:"revoked"`
+				Kicked     int      `json:"kicked"`
+				IdPRevoked bool     `json:"idp_revoked"`
+			}
 			if err := a.call("person.disable", api.IDRequest{ID: args[0], Reason: reason}, &res); err != nil {
 				return err
 			}

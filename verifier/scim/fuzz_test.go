@@ -1,7 +1,6 @@
 package scim_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"testing"
@@ -31,16 +30,7 @@ func FuzzPatch(f *testing.F) {
 	}
 	fx := newFixture(f)
 	id, cred := fx.person(f, "okta", oktaIss, "fuzz", "developers")
-	code, body := fx.do(f, http.MethodPost, "/scim/v2/okta/Groups", oktaToken,
-		`{"schemas":["urn:ietf:params:scim:schemas:core:2.0:Group"],"displayName":"ops","members":[{"value":"`+id+`"}]}`)
-	if code != http.StatusCreated {
-		f.Fatalf("create group: %d %s", code, body)
-	}
-	var g struct{ ID string }
-	if err := json.Unmarshal([]byte(body), &g); err != nil || g.ID == "" {
-		f.Fatalf("group id in %s: %v", body, err)
-	}
-	gid := g.ID
+	gid := fx.group(f, "ops", id)
 	f.Fuzz(func(t *testing.T, ops string, group bool) {
 		path := "/scim/v2/okta/Users/" + id
 		if group {

@@ -174,6 +174,33 @@ func (f *fixture) get(t testing.TB, id string) *record.Person {
 	return p
 }
 
+// want checks whether person id is disabled and credential cred's status.
+func (f *fixture) want(t testing.TB, id string, disabled bool, cred string, status api.CredentialStatus) {
+	t.Helper()
+	if p := f.get(t, id); p.Disabled.IsZero() == disabled {
+		t.Fatalf("person %s: disabled %v, want %v", id, !p.Disabled.IsZero(), disabled)
+	}
+	if c := f.env.Credential(t, cred); c.Status != status {
+		t.Fatalf("credential %s is %s, want %s", cred, c.Status, status)
+	}
+}
+
+// group creates okta's SCIM group name with members and returns its id.
+func (f *fixture) group(t testing.TB, name string, members ...string) string {
+	t.Helper()
+	ms := make([]map[string]string, len(members))
+	for i, m := range members {
+		ms[i] = map[string]string{"value": m}
+	}
+	b, _ := json.Marshal(map[string]any{"schemas": []string{"urn:ietf:params:scim:schemas:core:2.0:Group"}, "displayName": name, "members": ms})
+	code, body := f.do(t, http.MethodPost, "/scim/v2/okta/Groups", oktaToken, string(b))
+	var g struct{ ID string }
+	if err := json.Unmarshal([]byte(body), &g); code != http.StatusCreated || err != nil || g.ID == "" {
+		t.Fatalf("create group: %d %s", code, body)
+	}
+	return g.ID
+}
+
 const patchOp = `{"schemas":["urn:ietf:params:scim:api:messages:2.0:PatchOp"],"Operations":%s}`
 
 // TestDeactivationShapes: every shape in which Okta and Entra ID say a
@@ -201,12 +228,7 @@ func TestDeactivationShapes(t *testing.T) {
 			if code/100 != 2 {
 				t.Fatalf("%s: %d %s", tc.method, code, resp)
 			}
-			if p := f.get(t, id); p.Disabled.IsZero() {
-				t.Fatalf("person %s still active", id)
-			}
-			if c := f.env.Credential(t, cred); c.Status != api.CredentialRevoked {
-				t.Fatalf("credential %s is %s, want revoked", cred, c.Status)
-			}
+			f.want(t, id, true, cred, api.CredentialRevoked)
 			if !slices.Contains(f.kicks.list(), cred) {
 				t.Fatalf("credential %s not kicked (kicked %v)", cred, f.kicks.list())
 			}
@@ -240,12 +262,7 @@ func TestSCIMAuth(t *testing.T) {
 			if code, body := f.do(t, http.MethodPatch, tc.path, tc.token, deactivate); code != tc.want {
 				t.Fatalf("status %d (%s), want %d", code, body, tc.want)
 			}
-			if p := f.get(t, id); !p.Disabled.IsZero() {
-				t.Fatal("person disabled by a refused request")
-			}
-			if c := f.env.Credential(t, cred); c.Status != api.CredentialActive {
-				t.Fatalf("credential %s", c.Status)
-			}
+			f.want(t, id, false, cred, api.CredentialActive)
 		})
 	}
 }
@@ -285,12 +302,7 @@ func TestReactivationKeepsCredentialsRevoked(t *testing.T) {
 			t.Fatalf("active %s: %d %s", active, code, body)
 		}
 	}
-	if p := f.get(t, id); !p.Disabled.IsZero() {
-		t.Fatal("person still disabled after active=true")
-	}
-	if c := f.env.Credential(t, cred); c.Status != api.CredentialRevoked {
-		t.Fatalf("credential %s after reactivation, want revoked", c.Status)
-	}
+	f.want(t, id, false, cred, api.CredentialRevoked)
 }
 
 // TestGroupMembership: Okta's group push (create with members, then the
@@ -299,13 +311,7 @@ func TestReactivationKeepsCredentialsRevoked(t *testing.T) {
 func TestGroupMembership(t *testing.T) {
 	f := newFixture(t)
 	id, cred := f.person(t, "okta", oktaIss, "grp", "developers")
-	code, body := f.do(t, http.MethodPost, "/scim/v2/okta/Groups", oktaToken,
-		`{"schemas":["urn:ietf:params:scim:schemas:core:2.0:Group"],"displayName":"ops","members":[{"value":"`+id+`"}]}`)
-	if code != http.StatusCreated {
-		t.Fatalf("create group: %d %s", code, body)
-	}
-	var g struct{ ID string }
-	_ = json.Unmarshal([]byte(body), &g)
+	gid := f.group(t, "ops", id)
 	if p := f.get(t, id); !slices.Equal(p.Groups, []string{"developers", "ops"}) {
 		t.Fatalf("groups %v after the push", p.Groups)
 	}
@@ -317,12 +323,12 @@ func TestGroupMembership(t *testing.T) {
 		{"notEq", `[{"op":"remove","path":"members[value ne \"` + id + `\"]"}]`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if code, body := f.do(t, http.MethodPatch, "/scim/v2/okta/Groups/"+g.ID, oktaToken, fmt.Sprintf(patchOp, tc.ops)); code != http.StatusBadRequest {
+			if code, body := f.do(t, http.MethodPatch, "/scim/v2/okta/Groups/"+gid, oktaToken, fmt.Sprintf(patchOp, tc.ops)); code != http.StatusBadRequest {
 				t.Fatalf("%d %s, want 400 (never 200 without acting)", code, body)
 			}
 		})
 	}
-	code, body = f.do(t, http.MethodPatch, "/scim/v2/okta/Groups/"+g.ID, oktaToken,
+	code, body := f.do(t, http.MethodPatch, "/scim/v2/okta/Groups/"+gid, oktaToken,
 		fmt.Sprintf(patchOp, `[{"op":"remove","path":"members[value eq \"`+id+`\"]"}]`))
 	if code != http.StatusOK {
 		t.Fatalf("remove member: %d %s", code, body)

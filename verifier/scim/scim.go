@@ -25,6 +25,11 @@ import (
 // PathPrefix is where the service is mounted: PathPrefix + <idp> + "/".
 const PathPrefix = "/scim/v2/"
 
+// workTimeout bounds one request's work (an offboarding kicks in
+// parallel, well within a second; the IdP's RFC 7009 call is bounded at
+// 5 s).
+const workTimeout = 30 * time.Second
+
 // maxBody bounds a request body (a group push with thousands of members
 // fits; the library reads the body whole).
 const maxBody = 1 << 20
@@ -117,7 +122,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
-	r2 := r.WithContext(context.WithValue(r.Context(), idpKey{}, idp))
+	// An IdP that hangs up mid-request must not stop an offboarding half
+	// way (disabled, credentials still live): the work outlives the
+	// connection, bounded.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), workTimeout)
+	defer cancel()
+	r2 := r.WithContext(context.WithValue(ctx, idpKey{}, idp))
 	r2.URL.Path = strings.TrimPrefix(r.URL.Path, PathPrefix+name)
 	r2.URL.RawPath = ""
 	h.srv.ServeHTTP(w, r2)

@@ -43,8 +43,10 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("POST "+api.AgentPathAssertion, a.withCaller(a.assertion))
 	mux.HandleFunc("POST "+api.AgentPathNATSSign, a.withCaller(a.natsSign))
 	mux.HandleFunc("POST "+api.AgentPathNATSTurn, a.withCallerFor(turnTimeout, a.natsTurn))
+	mux.HandleFunc("POST "+api.AgentPathPersonLogin, a.withPeer(personTimeout, a.personLogin))
+	mux.HandleFunc("DELETE "+api.AgentPathPersonLogin, a.withPeer(a.cfg.RequestTimeout, a.personLogout))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeErr(w, http.StatusNotFound, "no such endpoint", "try GET /v1/whoami, POST /v1/assertion, POST /v1/nats/sign, POST /v1/nats/turn, GET /healthz")
+		writeErr(w, http.StatusNotFound, "no such endpoint", "try GET /v1/whoami, POST /v1/assertion, POST /v1/nats/sign, POST /v1/nats/turn, POST|DELETE /v1/person/login, GET /healthz")
 	})
 	return mux
 }
@@ -68,6 +70,18 @@ func (a *Agent) withCaller(h func(http.ResponseWriter, *http.Request, *caller)) 
 // the caller's deadline (api.AgentHeaderDeadline) or after timeout,
 // whichever comes first.
 func (a *Agent) withCallerFor(timeout time.Duration, h func(http.ResponseWriter, *http.Request, *caller)) http.HandlerFunc {
+	return a.withPeer(timeout, func(w http.ResponseWriter, r *http.Request, p *Peer) {
+		name, cred, ok := a.callerCredential(w, p)
+		if ok {
+			h(w, r, &caller{peer: p, workload: name, cred: cred})
+		}
+	})
+}
+
+// withPeer names the calling process, then runs h with a context that ends
+// at the caller's deadline (api.AgentHeaderDeadline) or after timeout,
+// whichever comes first.
+func (a *Agent) withPeer(timeout time.Duration, h func(http.ResponseWriter, *http.Request, *Peer)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		c, ok := r.Context().Value(ctxKey{}).(*net.UnixConn)
 		if !ok {
@@ -78,28 +92,6 @@ func (a *Agent) withCallerFor(timeout time.Duration, h func(http.ResponseWriter,
 		if err != nil {
 			a.log.Warn("caller not identified", "error", err)
 			writeErr(w, http.StatusForbidden, "cannot identify the calling process", err.Error())
-			return
-		}
-		name, err := resolve(a.cfg.Workloads, p)
-		if err != nil {
-			// Any local user can make these: at most one line a minute.
-			if now := time.Now().Unix(); now-a.unknownLogged.Load() >= 60 {
-				a.unknownLogged.Store(now)
-				a.log.Warn("unknown caller refused (further ones logged at most once a minute)", "caller", p.String())
-			}
-			writeErr(w, http.StatusForbidden, "no workload matches this caller: "+p.String(),
-				"add a workloads entry to the agent's config whose match selects this process (uid, user, exe, systemd_unit, ...)")
-			return
-		}
-		a.mu.Lock()
-		cred, down := a.creds[name], a.down[name]
-		a.mu.Unlock()
-		if down != nil {
-			writeErr(w, down.status, down.msg, down.hint)
-			return
-		}
-		if cred == nil {
-			writeErr(w, http.StatusServiceUnavailable, "workload "+name+" has no credential yet", "the agent registers credentials at start; see its log")
 			return
 		}
 		deadline := time.Now().Add(timeout)
@@ -115,8 +107,45 @@ func (a *Agent) withCallerFor(timeout time.Duration, h func(http.ResponseWriter,
 		}
 		ctx, cancel := context.WithDeadline(r.Context(), deadline)
 		defer cancel()
-		h(w, r.WithContext(ctx), &caller{peer: p, workload: name, cred: cred})
+		h(w, r.WithContext(ctx), p)
 	}
+}
+
+// callerCredential is the credential the caller signs with: its configured
+// workload's, or else its uid's person's (agent/person.go). It answers the
+// refusal itself.
+func (a *Agent) callerCredential(w http.ResponseWriter, p *Peer) (string, *Credential, bool) {
+	name, err := resolve(a.cfg.Workloads, p)
+	if err != nil {
+		pc, perr := a.personFor(p.UID)
+		if pc != nil {
+			return personName(p.UID), pc, true
+		}
+		if perr != nil {
+			writeErr(w, http.StatusForbidden, perr.Error(), "log in again: tpmauthnctl login")
+			return "", nil, false
+		}
+		// Any local user can make these: at most one line a minute.
+		if now := time.Now().Unix(); now-a.unknownLogged.Load() >= 60 {
+			a.unknownLogged.Store(now)
+			a.log.Warn("unknown caller refused (further ones logged at most once a minute)", "caller", p.String())
+		}
+		writeErr(w, http.StatusForbidden, "no workload matches this caller: "+p.String(),
+			"add a workloads entry to the agent's config whose match selects this process (uid, user, exe, systemd_unit, ...), or log in as a person: tpmauthnctl login")
+		return "", nil, false
+	}
+	a.mu.Lock()
+	cred, down := a.creds[name], a.down[name]
+	a.mu.Unlock()
+	if down != nil {
+		writeErr(w, down.status, down.msg, down.hint)
+		return "", nil, false
+	}
+	if cred == nil {
+		writeErr(w, http.StatusServiceUnavailable, "workload "+name+" has no credential yet", "the agent registers credentials at start; see its log")
+		return "", nil, false
+	}
+	return name, cred, true
 }
 
 // natsTurn answers once a NATS handshake of the caller's workload may
@@ -156,7 +185,7 @@ func (a *Agent) whoami(w http.ResponseWriter, _ *http.Request, c *caller) {
 	e := a.enroll
 	a.mu.Unlock()
 	respondJSON(w, http.StatusOK, api.WhoAmI{Workload: c.workload, Host: e.HostID, CredentialID: c.cred.IDString(), NKey: c.cred.NKey(), Inbox: api.InboxForCredential(c.cred.NKey()), RPID: e.RPID, Caller: (*api.Caller)(c.peer),
-		NATSCA: string(a.trust.PEM()), NATSTLSRequired: !natstls.Loopback(a.cfg.NATSURL)})
+		NATSCA: string(a.trust.PEM()), NATSTLSRequired: !natstls.Loopback(a.cfg.NATSURL), NATSURL: a.cfg.NATSURL, Person: c.cred.Person})
 }
 
 func decodeBody(r *http.Request, v any) error {

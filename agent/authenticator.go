@@ -54,6 +54,12 @@ type Credential struct {
 	// credential: it never signs with it again (a revoked key presented is
 	// a tamper signal at the verifier), across restarts.
 	Revoked time.Time `json:"revoked,omitzero"`
+	// UID is set on a person's device credential: the local user it is
+	// served to (and to no one else). Person is who the verifier says it
+	// acts for, Expires the end of their login.
+	UID     *uint32   `json:"uid,omitempty"`
+	Person  string    `json:"person,omitempty"`
+	Expires time.Time `json:"expires,omitzero"`
 }
 
 // NKey is what a workload presents as CONNECT nkey for this credential.

@@ -142,7 +142,10 @@ type Agent struct {
 	enroll *Enrollment
 	creds  map[string]*Credential  // workload -> its current credential
 	down   map[string]*unavailable // workload -> why it has no usable credential
-	nc     *nats.Conn              // host-credential session to the verifier
+	people map[uint32]*Credential  // uid -> its person's credential (agent/person.go)
+	// personSem lets one person's login register at a time.
+	personSem chan struct{}
+	nc        *nats.Conn // host-credential session to the verifier
 }
 
 // New checks the configuration.
@@ -156,7 +159,8 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	q := newTPMQueue(256)
-	return &Agent{cfg: cfg, log: cfg.Logger, queue: q, peers: newPeerIdentifier(), creds: map[string]*Credential{}, down: map[string]*unavailable{}, metrics: newAgentMetrics(q), trust: trust}, nil
+	return &Agent{cfg: cfg, log: cfg.Logger, queue: q, peers: newPeerIdentifier(), creds: map[string]*Credential{}, down: map[string]*unavailable{},
+		people: map[uint32]*Credential{}, personSem: make(chan struct{}, 1), metrics: newAgentMetrics(q), trust: trust}, nil
 }
 
 // Run opens the TPM, enrolls if needed, makes sure every configured workload
@@ -206,6 +210,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	}
 	if err := a.untilReachable(ctx, "credentials", a.ensureCredentials); err != nil {
 		return err
+	}
+	if err := a.loadPeople(); err != nil {
+		a.log.Warn("people's credentials not loaded: they log in again", "error", err)
 	}
 	// What the verifier says of the credentials now (one revoked while the
 	// agent was stopped must not be presented even once), before serving;

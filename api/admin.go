@@ -9,6 +9,21 @@ import (
 // requests and replies. The records it returns (hosts, credentials, tokens)
 // are verifier/record's types.
 
+// AdminOps are the operator API's operations (SubjectAdminPrefix + op).
+// A role grants them with admin: [ops] ("*" all, "read" AdminReadOps).
+var AdminOps = []string{
+	"token.create", "token.list", "token.revoke",
+	"host.list", "host.show", "host.approve", "host.revoke", "host.offboard",
+	"credential.list", "credential.show", "credential.revoke", "credential.release", "credential.rotate", "credential.reissue",
+	"audit.read", "backup.read", "ek.allow", "ek.disallow", "status",
+	"person.list", "person.show", "person.disable", "person.enable",
+}
+
+// AdminReadOps change nothing and reveal no secret (backup.read holds the
+// fleet's state whole: it is not one of them).
+var AdminReadOps = []string{"token.list", "host.list", "host.show", "credential.list", "credential.show", "audit.read", "status",
+	"person.list", "person.show"}
+
 // TokenCreateRequest asks for a join token.
 type TokenCreateRequest struct {
 	Roles []string      `json:"roles"`

@@ -17,7 +17,29 @@ const (
 	// refused nor late. POST, no body.
 	AgentPathNATSTurn = "/v1/nats/turn"
 	AgentPathHealth   = "/healthz" // GET
+	// AgentPathPersonLogin (POST PersonLoginRequest: PersonLoginResponse)
+	// redeems a person's login grant for a TPM credential bound to the
+	// calling user (uid): the person's programs on this host then connect
+	// as the person. DELETE ends it (logout).
+	AgentPathPersonLogin = "/v1/person/login"
 )
+
+// PersonLoginRequest hands the agent a login grant (LoginResult's access
+// token) to redeem.
+type PersonLoginRequest struct {
+	Grant string `json:"grant"`
+}
+
+// PersonLoginResponse names the credential the agent registered.
+type PersonLoginResponse struct {
+	Person       Person    `json:"person"`
+	Host         string    `json:"host"`
+	CredentialID string    `json:"credential_id"`
+	NKey         string    `json:"nkey"`
+	UID          uint32    `json:"uid"`
+	Name         string    `json:"name"` // in NATS: <name>@<hostname>
+	Expires      time.Time `json:"expires"`
+}
 
 // AgentHeaderDeadline is the request header in which a caller gives its
 // deadline, as Unix milliseconds (caller and agent share the host's
@@ -61,6 +83,11 @@ type WhoAmI struct {
 	// or an on-path server could relay its signature over the nonce.
 	NATSCA          string `json:"nats_ca,omitempty"`
 	NATSTLSRequired bool   `json:"nats_tls_required,omitempty"`
+	// NATSURL is the fleet's NATS as the agent reaches it.
+	NATSURL string `json:"nats_url,omitempty"`
+	// Person is set when the caller signs as a person (their login's
+	// credential, bound to the caller's uid): the person's ID.
+	Person string `json:"person,omitempty"`
 }
 
 // Caller is what the agent read of a caller's process (SO_PEERCRED and

@@ -28,6 +28,8 @@ const (
 	CodeExpired             = "expired"
 	CodeRateLimited         = "rate_limited"
 	CodeInternal            = "internal"
+	CodeLoginInvalid        = "login_invalid"
+	CodeForbidden           = "forbidden"
 )
 
 // Error is a refusal with a stable code. The verifier's sentinel errors are
@@ -57,6 +59,12 @@ var (
 	ErrNoRoles           = &Error{CodeNoRoles, "no role grants this workload any permission"}
 	ErrExpired           = &Error{CodeExpired, "credential past its maximum age: its agent must rotate it"}
 	ErrRateLimited       = &Error{CodeRateLimited, "too many requests from this session: slow down and retry"}
+	// ErrLoginInvalid: a person's login grant is unknown, used or expired,
+	// their login ended, or the person is disabled: log in again.
+	// ErrForbidden: the caller's roles do not grant this operator API
+	// operation.
+	ErrForbidden    = &Error{CodeForbidden, "no role of yours allows this operation"}
+	ErrLoginInvalid = &Error{CodeLoginInvalid, "login grant unknown, used or expired, or the person is disabled: log in again"}
 	// ErrUnavailable: the verifier could not read or write its state (a
 	// JetStream outage): nothing was decided about the request; retry.
 	ErrUnavailable = &Error{CodeUnavailable, "the verifier's store is unavailable; retry"}

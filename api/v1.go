@@ -1,6 +1,9 @@
 package api
 
-import "time"
+import (
+	"log/slog"
+	"time"
+)
 
 // NATS subjects of the verifier's service (request-reply, JSON bodies). The
 // v1 endpoints are exported from the verifier's account to the workload
@@ -151,6 +154,28 @@ type RegisterBeginRequest struct {
 	// RotateFrom names the credential this one replaces; the finish request
 	// must then carry a rotation proof signed by it.
 	RotateFrom string `json:"rotate_from,omitempty"`
+	// Person, instead of a workload: a person's device credential on this
+	// host, for the local user who redeemed a login grant at the agent.
+	// Workload is then PersonWorkload.
+	Person *PersonRegistration `json:"person,omitempty"`
+}
+
+// PersonWorkload is the Workload of a person's device credential
+// registration: the verifier names the credential after the person.
+const PersonWorkload = "person"
+
+// PersonRegistration is a login grant redeemed through a host's agent: the
+// person's credential is bound, on that host, to the local user the agent
+// named by peer credentials (UID, User), who presented the grant.
+type PersonRegistration struct {
+	Grant string `json:"grant"`
+	UID   uint32 `json:"uid"`
+	User  string `json:"user,omitempty"`
+}
+
+// LogValue keeps the grant out of logs (slog.LogValuer).
+func (p PersonRegistration) LogValue() slog.Value {
+	return slog.GroupValue(slog.Uint64("uid", uint64(p.UID)), slog.String("user", p.User), slog.String("grant", "[REDACTED]"))
 }
 
 // RegisterBeginResponse is the challenge and the WebAuthn parameters.
@@ -205,4 +230,10 @@ type RegisterFinishResponse struct {
 	CredentialID string `json:"credential_id"`
 	// Retires is when a replaced credential stops being accepted.
 	Retires time.Time `json:"retires,omitzero"`
+	// Person is set for a person's device credential: who it acts for,
+	// its name in NATS (PersonWorkload's credential is named after the
+	// person) and when it expires (the login's end).
+	Person   *Person   `json:"person,omitempty"`
+	Workload string    `json:"workload,omitempty"`
+	Expires  time.Time `json:"expires,omitzero"`
 }

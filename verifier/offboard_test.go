@@ -129,7 +129,10 @@ func (pf *peopleFleet) session(t *testing.T, id string) *session {
 		t.Fatal(err)
 	}
 	s.cred = who.CredentialID
-	pf.rootMutate(t, store.BucketCredentials, s.cred, func(m map[string]any) { m["person"] = id })
+	pf.rootMutate(t, store.BucketCredentials, s.cred, func(m map[string]any) {
+		// A person's credential ends with their login; it is a TPM key.
+		m["person"], m["expires"], m["assurance"] = id, time.Now().Add(time.Hour).UTC().Format(time.RFC3339Nano), "hardware"
+	})
 	pf.rootMutate(t, store.BucketPeople, id, func(m map[string]any) {
 		cs, _ := m["credentials"].([]any)
 		m["credentials"] = append(cs, s.cred)

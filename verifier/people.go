@@ -21,9 +21,11 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/scim"
 )
 
-// startPeople keeps the people (verifier/people) and their offboarding
-// (verifier/offboard), before the operator API that uses both.
-func (v *Verifier) startPeople(context.Context) error {
+// openPeople keeps the people (verifier/people: their logins' grants are
+// redeemed by registration, their credentials checked by the callout) and
+// their offboarding (verifier/offboard), before the operator API that uses
+// both.
+func (v *Verifier) openPeople(context.Context) error {
 	pol := func() *policy.Policy { return v.policy.Current() }
 	// The refresh-token key comes from the issuer's seed: every instance of
 	// the fleet holds the same (keys.Shared) and it never leaves the data

@@ -23,6 +23,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/alert"
 	"github.com/tpmauthn/tpmauthn/verifier/auditlog"
 	"github.com/tpmauthn/tpmauthn/verifier/authn"
+	"github.com/tpmauthn/tpmauthn/verifier/authn/person"
 	"github.com/tpmauthn/tpmauthn/verifier/authn/workload"
 	"github.com/tpmauthn/tpmauthn/verifier/callout"
 	"github.com/tpmauthn/tpmauthn/verifier/enroll"
@@ -34,6 +35,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/natsapi"
 	"github.com/tpmauthn/tpmauthn/verifier/offboard"
 	"github.com/tpmauthn/tpmauthn/verifier/oidclogin"
+	"github.com/tpmauthn/tpmauthn/verifier/operators"
 	"github.com/tpmauthn/tpmauthn/verifier/people"
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
 	"github.com/tpmauthn/tpmauthn/verifier/register"
@@ -152,10 +154,10 @@ func (v *Verifier) Start(ctx context.Context) error {
 		{"fleet", v.startFleet},
 		{"sessions", v.startSessions},
 		{"health", v.startHealth},
-		{"people records", v.startPeople},
+		{"people", v.openPeople},
 		{"endpoints", v.serveEndpoints},
 		{"callout", v.serveCallout},
-		{"people", v.servePeople},
+		{"logins", v.servePeople},
 		{"flush", v.flush},
 		{"metrics", v.serveMetrics},
 	}
@@ -382,7 +384,7 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 		RPID: v.cfg.RPID, Origin: v.cfg.Origin, Trail: v.trail, Alerts: alerts, Misses: v.fleet.Misses, Logger: v.log, Now: v.cfg.Clock})
 	reg := register.New(register.Config{Fleet: v.fleet, RP: v.rp, RPID: v.cfg.RPID, Origin: v.cfg.Origin,
 		ChallengeTTL: v.cfg.RegisterChallenge, RotationGrace: v.cfg.RotationGrace, MaxAge: v.cfg.CredentialMaxAge,
-		Trail: v.trail, Alerts: alerts, AKCerts: v.enroll, Logger: v.log})
+		Trail: v.trail, Alerts: alerts, AKCerts: v.enroll, People: v.people, Logger: v.log})
 	ekRoots := 0
 	if v.ekTrust != nil {
 		ekRoots = v.ekTrust.Roots()
@@ -412,7 +414,8 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 	v.adminAPI = natsapi.New(natsapi.Config{Conn: v.nc, QueueGroup: queueGroup, Version: Version, Workers: adminWorkers,
 		Trail: v.trail, Metrics: v.metrics, Health: v.health, Logger: v.log})
 	v.onClose(v.adminAPI.Close)
-	return v.adminAPI.Serve("tpmauthn-admin", "tpmauthn operator API", api.SubjectAdminPrefix, adm.Endpoints())
+	gate := operators.New(operators.Config{Policy: func() *policy.Policy { return v.policy.Current() }, Alerts: alerts, Trail: v.trail, Logger: v.log})
+	return v.adminAPI.Serve("tpmauthn-admin", "tpmauthn operator API", api.SubjectAdminPrefix, gate.Wrap(adm.Endpoints()))
 }
 
 // adminWorkers is the operator API's worker slots.
@@ -425,8 +428,13 @@ func (v *Verifier) serveCallout(context.Context) error {
 	alerts := alert.NewPublisher(v.nc, v.trail, v.metrics, v.log)
 	var methods authn.Registry
 	token, hostProof, ekAllow := v.enroll.Methods()
+	dir, err := person.Start(context.Background(), v.st.People, func() *policy.Policy { return v.policy.Current() })
+	if err != nil {
+		return err
+	}
+	v.onClose(dir.Close)
 	methods.Add(token, workload.New(workload.Config{Fleet: v.fleet, Sessions: v.sessions, Policy: v.policy,
-		RPID: v.cfg.RPID, RotationGrace: v.cfg.RotationGrace, MaxAge: v.cfg.CredentialMaxAge, Alerts: alerts, Logger: v.log}), hostProof, ekAllow)
+		RPID: v.cfg.RPID, RotationGrace: v.cfg.RotationGrace, MaxAge: v.cfg.CredentialMaxAge, Alerts: alerts, People: dir, Logger: v.log}), hostProof, ekAllow)
 	co, err := callout.New(callout.Config{Conn: v.nc, QueueGroup: queueGroup, Issuer: v.keys.Issuer, XKey: v.keys.XKey,
 		Decider: &methods, Servers: v.sessions, Health: v.health, Trail: v.trail, Metrics: v.metrics, Workers: v.cfg.Workers, OnDecision: v.cfg.OnDecision, Logger: v.log})
 	if err != nil {

@@ -145,6 +145,25 @@ func (c *Client) WhoAmI(ctx context.Context) (*WhoAmI, error) {
 
 // Assertion returns a WebAuthn assertion (PublicKeyCredential JSON) over
 // challenge, signed by the caller's TPM credential.
+
+// PersonLogin hands the agent a person's login grant (api.LoginResult's
+// access token): it registers a TPM credential bound to the calling user,
+// with which that user's programs then connect as the person.
+func (c *Client) PersonLogin(ctx context.Context, grant string) (*api.PersonLoginResponse, error) {
+	var out api.PersonLoginResponse
+	// A key creation and a certify, maybe behind other TPM work: the turn
+	// client's longer timeout.
+	if err := c.send(ctx, c.turnHC, time.Time{}, http.MethodPost, api.AgentPathPersonLogin, &api.PersonLoginRequest{Grant: grant}, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// PersonLogout deletes the calling user's person credential on this host.
+func (c *Client) PersonLogout(ctx context.Context) error {
+	return c.do(ctx, http.MethodDelete, api.AgentPathPersonLogin, nil, nil)
+}
+
 // A refusal for a busy TPM is retried when the agent says, while ctx lasts.
 func (c *Client) Assertion(ctx context.Context, challenge []byte) (json.RawMessage, error) {
 	var out json.RawMessage

@@ -25,6 +25,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tpmauthn/tpmauthn/agent/client"
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/internal/atomicfile"
 	"github.com/tpmauthn/tpmauthn/internal/cliconf"
@@ -40,6 +41,7 @@ var loginKeys = []cliconf.Key{
 	cliconf.K("login.ca", "http-ca", "", "PEM bundle to verify the verifier's HTTPS with (default: the system's roots, and --data-dir's NATS CA)"),
 	cliconf.K("login.out", "out", "", "where to keep the login (default: the user config directory's tpmauthn/login.json, 0600)"),
 	cliconf.K("login.wait", "wait", 3*time.Minute, "how long to wait for the login to finish"),
+	cliconf.K("login.no_agent", "no-agent", false, "do not hand the login to this host's agent"),
 }
 
 type loginSettings struct {
@@ -51,6 +53,7 @@ type loginSettings struct {
 		CA        string        `mapstructure:"ca"`
 		Out       string        `mapstructure:"out"`
 		Wait      time.Duration `mapstructure:"wait"`
+		NoAgent   bool          `mapstructure:"no_agent"`
 	} `mapstructure:"login"`
 }
 
@@ -131,13 +134,50 @@ func (a *app) login(ctx context.Context, ls loginSettings, tell io.Writer) error
 	if err := a.printLogin(res); err != nil {
 		return err
 	}
-	if err := saveLogin(out, res); err != nil {
+	saved := &savedLogin{LoginResult: *res}
+	if !l.NoAgent {
+		dev, err := a.agentLogin(ctx, a.s.Agent.Socket, res.AccessToken, tell)
+		if err != nil {
+			return err
+		}
+		if dev != nil {
+			saved.Device = dev
+			saved.AccessToken = "" // redeemed: worth nothing now
+		}
+	}
+	if err := saveLogin(out, saved); err != nil {
 		return err
 	}
 	if !a.s.JSON {
 		fmt.Fprintf(a.out, "Login kept in %s\n", out)
 	}
 	return nil
+}
+
+// savedLogin is login.json: the login, and the device credential the
+// host's agent registered with it.
+type savedLogin struct {
+	api.LoginResult
+	Device *api.PersonLoginResponse `json:"device,omitempty"`
+}
+
+// agentLogin hands the login grant to this host's agent, which registers a
+// TPM credential bound to this user: nil without an agent here.
+func (a *app) agentLogin(ctx context.Context, socket, grant string, tell io.Writer) (*api.PersonLoginResponse, error) {
+	if _, err := os.Stat(socket); err != nil {
+		fmt.Fprintf(tell, "No tpmauthn agent at %s: no TPM credential for you on this host (give --agent-socket, or --no-agent to silence this)\n", socket)
+		return nil, nil
+	}
+	fmt.Fprintln(tell, "Registering your TPM credential with this host's agent ...")
+	dev, err := client.New(socket).PersonLogin(ctx, grant)
+	if err != nil {
+		return nil, fmt.Errorf("the agent at %s did not register your credential: %w", socket, err)
+	}
+	if !a.s.JSON {
+		fmt.Fprintf(a.out, "TPM credential %s for uid %d on host %s: your programs connect as %s until %s\n",
+			esc(dev.CredentialID), dev.UID, esc(dev.Host), esc(dev.Name), when(dev.Expires))
+	}
+	return dev, nil
 }
 
 // loginBase checks the verifier's URL: https, or http on loopback only
@@ -358,7 +398,7 @@ func defaultLoginFile() (string, error) {
 
 // saveLogin keeps the login for the user alone: the directory 0700, the
 // file 0600 (it holds a bearer grant), written whole.
-func saveLogin(path string, res *api.LoginResult) error {
+func saveLogin(path string, res *savedLogin) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}

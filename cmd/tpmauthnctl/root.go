@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
+	"github.com/tpmauthn/tpmauthn/agent/client"
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/internal/cliconf"
 	"github.com/tpmauthn/tpmauthn/internal/natstls"
@@ -26,6 +28,7 @@ var globalKeys = []cliconf.Key{
 	cliconf.K("nats.url", "nats-url", "", "NATS URL (default: the one recorded in --data-dir)"),
 	cliconf.K("nats.creds", "creds", "", "operator nkey seed file (default DATA_DIR/operator.nk)"),
 	cliconf.K("nats.ca", "nats-ca", "", "PEM bundle to verify the NATS server with (default: the one recorded in --data-dir, else the system's roots)"),
+	cliconf.K("agent.socket", "agent-socket", client.DefaultSocket, "the tpmauthn agent's socket: without an operator key, commands run as the person logged in there (tpmauthnctl login)"),
 	cliconf.K("json", "json", false, "print JSON for scripts instead of tables"),
 	cliconf.K("timeout", "timeout", 5*time.Second, "how long to wait for the verifier"),
 }
@@ -37,6 +40,9 @@ type settings struct {
 		Creds string `mapstructure:"creds"`
 		CA    string `mapstructure:"ca"`
 	} `mapstructure:"nats"`
+	Agent struct {
+		Socket string `mapstructure:"socket"`
+	} `mapstructure:"agent"`
 	JSON    bool          `mapstructure:"json"`
 	Timeout time.Duration `mapstructure:"timeout"`
 }
@@ -73,12 +79,17 @@ func newRootCmd() *cobra.Command {
 	return root
 }
 
-// connect opens the operator connection on first use.
+// connect opens the operator connection on first use: with the operator
+// key (--creds, or --data-dir's), else as the person logged in at this
+// host's agent (tpmauthnctl login), whose roles say what they may do.
 func (a *app) connect() (*nats.Conn, error) {
 	if a.nc != nil {
 		return a.nc, nil
 	}
 	url, creds := a.s.NATS.URL, a.s.NATS.Creds
+	if a.s.DataDir == "" && creds == "" {
+		return a.connectAsPerson(url)
+	}
 	if a.s.DataDir != "" {
 		seed, urlFile := keys.OperatorFiles(a.s.DataDir)
 		if creds == "" {
@@ -92,7 +103,7 @@ func (a *app) connect() (*nats.Conn, error) {
 			url = strings.TrimSpace(string(b))
 		}
 	}
-	if url == "" || creds == "" {
+	if url == "" {
 		return nil, errors.New("say where the verifier is: --data-dir of a local verifier, or --nats-url and --creds")
 	}
 	kp, err := keys.LoadNKey(creds)
@@ -107,7 +118,34 @@ func (a *app) connect() (*nats.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	nc, err := nats.Connect(url, append(tlsOpts, nats.Name("tpmauthnctl"), nats.Nkey(pk, kp.Sign), nats.Timeout(a.s.Timeout), nats.MaxReconnects(0))...)
+	return a.dial(url, append(tlsOpts, nats.Nkey(pk, kp.Sign)))
+}
+
+// connectAsPerson connects through the agent with the caller's person
+// credential: the NATS URL and CA are the agent's unless given.
+func (a *app) connectAsPerson(url string) (*nats.Conn, error) {
+	ac := client.New(a.s.Agent.Socket)
+	ctx, cancel := context.WithTimeout(context.Background(), a.s.Timeout)
+	defer cancel()
+	who, err := ac.WhoAmI(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("say where the verifier is and who you are: log in as a person (tpmauthnctl login) on a host whose agent serves you, or give --data-dir of a local verifier, or --nats-url and --creds (the operator key, break-glass): %w", err)
+	}
+	if who.Person == "" {
+		return nil, fmt.Errorf("the agent signs for you as workload %s, not as a person: log in with tpmauthnctl login, or give an operator key (--creds)", esc(who.Workload))
+	}
+	if url == "" {
+		url = who.NATSURL
+	}
+	opts, err := client.NATSOptions(a.s.Agent.Socket)
+	if err != nil {
+		return nil, err
+	}
+	return a.dial(url, opts)
+}
+
+func (a *app) dial(url string, opts []nats.Option) (*nats.Conn, error) {
+	nc, err := nats.Connect(url, append(opts, nats.Name("tpmauthnctl"), nats.Timeout(a.s.Timeout), nats.MaxReconnects(0))...)
 	if err != nil {
 		if errors.Is(err, nats.ErrNoServers) {
 			return nil, fmt.Errorf("connect to %s: %w (is tpmauthn-verifier running?)", url, err)

@@ -24,6 +24,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/auditlog"
 	"github.com/tpmauthn/tpmauthn/verifier/fleet"
 	"github.com/tpmauthn/tpmauthn/verifier/natsapi"
+	"github.com/tpmauthn/tpmauthn/verifier/operators"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 	"github.com/tpmauthn/tpmauthn/verifier/store"
 )
@@ -153,7 +154,7 @@ func (s *Service) tokenCreate(ctx context.Context, body []byte) (any, error) {
 	}
 	s.cfg.Fleet.Misses.Forget(fleet.TokenMiss(h))
 	s.log.Info("join token created", "token_id", t.ID, "roles", t.Roles, "expires", t.Expires)
-	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "token.create", Result: "ok", Roles: t.Roles, Actor: "operator",
+	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "token.create", Result: "ok", Roles: t.Roles, Actor: actor(ctx).Name, Person: actor(ctx).Person,
 		Reason: fmt.Sprintf("join token %s, expires %s", t.ID, t.Expires.Format(time.RFC3339))})
 	return &api.TokenCreateResponse{Token: api.JoinToken(token, s.cfg.CAPin), CAPin: s.cfg.CAPin, ID: t.ID, Expires: t.Expires}, nil
 }
@@ -178,7 +179,7 @@ func (s *Service) hostApprove(ctx context.Context, body []byte) (any, error) {
 		}
 		return s.cfg.Enroll.Activate(h, "operator")
 	})
-	ev := audit.Event{Kind: "host.approve", Result: "ok", Host: req.ID, Actor: "operator"}
+	ev := audit.Event{Kind: "host.approve", Result: "ok", Host: req.ID, Actor: actor(ctx).Name, Person: actor(ctx).Person}
 	if err == nil {
 		s.log.Info("host approved", "host", h.ID)
 		ev.EKHash, ev.Roles = h.EKHash, h.Roles
@@ -205,7 +206,7 @@ func (s *Service) hostRemove(ctx context.Context, body []byte, status api.HostSt
 		return nil, err
 	}
 	h, err := s.revokeHost(ctx, req.ID, status, req.Reason)
-	ev := audit.Event{Kind: kind, Result: "ok", Host: req.ID, Reason: req.Reason, Actor: "operator"}
+	ev := audit.Event{Kind: kind, Result: "ok", Host: req.ID, Reason: req.Reason, Actor: actor(ctx).Name, Person: actor(ctx).Person}
 	if err != nil {
 		ev.Result, ev.Reason = "error", err.Error()
 	} else {
@@ -232,7 +233,7 @@ func (s *Service) credentialRelease(ctx context.Context, body []byte) (any, erro
 	if err != nil {
 		return nil, err
 	}
-	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "release", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
+	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "release", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: actor(ctx).Name, Person: actor(ctx).Person})
 	return c, nil
 }
 
@@ -257,7 +258,7 @@ func (s *Service) credentialRotate(ctx context.Context, body []byte) (any, error
 	if err != nil {
 		return nil, err
 	}
-	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "rotate.request", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
+	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "rotate.request", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: actor(ctx).Name, Person: actor(ctx).Person})
 	return c, nil
 }
 
@@ -310,10 +311,10 @@ func (s *Service) credentialRevoke(ctx context.Context, body []byte) (any, error
 	// for its grace period, and its live connections with it.
 	if err := s.revokeLineage(ctx, c, req.Reason); err != nil {
 		s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "revoke", Result: "error", Host: c.Host, Workload: c.Workload, Credential: c.ID,
-			Reason: req.Reason + ": revoking the rest of its lineage failed: " + err.Error(), Actor: "operator"})
+			Reason: req.Reason + ": revoking the rest of its lineage failed: " + err.Error(), Actor: actor(ctx).Name, Person: actor(ctx).Person})
 		return nil, err
 	}
-	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: "operator"})
+	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: actor(ctx).Name, Person: actor(ctx).Person})
 	if kickErr != nil {
 		return nil, kickErr
 	}
@@ -331,7 +332,7 @@ func (s *Service) kick(ctx context.Context, c *record.Credential) error {
 	}
 	s.log.Error("sessions of a revoked credential not kicked", "credential", c.ID, "error", err)
 	s.cfg.Trail.Record(audit.Event{Kind: "kick", Result: "error", Host: c.Host, Workload: c.Workload, Credential: c.ID,
-		Reason: err.Error(), Actor: "operator"})
+		Reason: err.Error(), Actor: actor(ctx).Name, Person: actor(ctx).Person})
 	return fmt.Errorf("%w: credential %s is revoked, but some of its live sessions could not be kicked (they end at their expiry; revoke again to retry): %w",
 		api.ErrUnavailable, c.ID, err)
 }
@@ -355,7 +356,7 @@ func (s *Service) revokeLineage(ctx context.Context, c *record.Credential, reaso
 			return err
 		}
 		kickErrs = append(kickErrs, s.kick(ctx, r))
-		s.cfg.Trail.Record(audit.Event{Kind: "revoke", Result: "ok", Host: r.Host, Workload: r.Workload, Credential: r.ID, Reason: why, Actor: "operator"})
+		s.cfg.Trail.Record(audit.Event{Kind: "revoke", Result: "ok", Host: r.Host, Workload: r.Workload, Credential: r.ID, Reason: why, Actor: actor(ctx).Name, Person: actor(ctx).Person})
 	}
 	return errors.Join(kickErrs...)
 }
@@ -392,7 +393,7 @@ func (s *Service) tokenRevoke(ctx context.Context, body []byte) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "token.revoke", Result: "ok", Roles: t.Roles, Actor: "operator",
+	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "token.revoke", Result: "ok", Roles: t.Roles, Actor: actor(ctx).Name, Person: actor(ctx).Person,
 		Reason: "join token " + t.ID + ": " + req.Reason})
 	return t, nil
 }
@@ -410,7 +411,7 @@ func (s *Service) ekDisallow(ctx context.Context, body []byte) (any, error) {
 	if err := s.st.EKAllow.Delete(ctx, hash); err != nil {
 		return nil, fmt.Errorf("%w: %w", api.ErrUnavailable, err)
 	}
-	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "ek.disallow", Result: "ok", EKHash: hash, Reason: req.Note, Actor: "operator"})
+	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "ek.disallow", Result: "ok", EKHash: hash, Reason: req.Note, Actor: actor(ctx).Name, Person: actor(ctx).Person})
 	return &api.EKAllowRequest{EKHash: hash}, nil
 }
 
@@ -433,7 +434,7 @@ func (s *Service) ekAllow(ctx context.Context, body []byte) (any, error) {
 	// A refused ek:<hash> CONNECT just before is not remembered here; other
 	// instances forget theirs within fleet.MissTTL.
 	s.cfg.Fleet.Misses.Forget(fleet.EKMiss(req.EKHash))
-	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "ek.allow", Result: "ok", EKHash: req.EKHash, Roles: req.Roles, Reason: req.Note, Actor: "operator"})
+	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "ek.allow", Result: "ok", EKHash: req.EKHash, Roles: req.Roles, Reason: req.Note, Actor: actor(ctx).Name, Person: actor(ctx).Person})
 	return a, nil
 }
 
@@ -501,7 +502,7 @@ func (s *Service) revokeHost(ctx context.Context, id string, status api.HostStat
 		kickErrs = append(kickErrs, s.kick(ctx, c))
 		// Each credential's own event, so that a search by credential finds
 		// it; the operator's host event follows.
-		s.cfg.Trail.Record(audit.Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: why, Actor: "operator"})
+		s.cfg.Trail.Record(audit.Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: why, Actor: actor(ctx).Name, Person: actor(ctx).Person})
 	}
 	// The host's enrollment sessions go too: its host proof's, and its join
 	// token's (named after the token, as Via says).
@@ -527,3 +528,6 @@ func (s *Service) revokeHost(ctx context.Context, id string, status api.HostStat
 	}
 	return h, nil
 }
+
+// actor is who called the operator API (verifier/operators named them).
+func actor(ctx context.Context) operators.Actor { return operators.ActorOf(ctx) }

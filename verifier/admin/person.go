@@ -87,7 +87,7 @@ func (s *Service) personDisable(ctx context.Context, body []byte) (any, error) {
 	if reason == "" {
 		reason = "disabled by an operator"
 	}
-	res, err := s.cfg.Offboard.Offboard(ctx, req.ID, reason, offboard.SourceOperator)
+	res, err := s.cfg.Offboard.Offboard(ctx, req.ID, reason, actor(ctx).Name)
 	if res != nil {
 		res.Person = shown(res.Person)
 	}
@@ -106,7 +106,7 @@ func (s *Service) personEnable(ctx context.Context, body []byte) (any, error) {
 	if reason == "" {
 		reason = "enabled by an operator"
 	}
-	p, err := s.cfg.People.Enable(ctx, req.ID, reason+"; credentials stay revoked", offboard.SourceOperator)
+	p, err := s.cfg.People.Enable(ctx, req.ID, reason+"; credentials stay revoked", actor(ctx).Name)
 	return shown(p), err
 }
 

@@ -29,6 +29,9 @@ const (
 	// (verifier/offboard). Not a tamper signal but a security event the
 	// same watchers want; counted with them.
 	PersonOffboarded = "person_offboarded"
+	// BreakGlass: the operator key file was used while people operate the
+	// fleet (the policy grants admin roles to IdP groups).
+	BreakGlass = "break_glass"
 )
 
 // SubjectPrefix is where alerts are published: SubjectPrefix + kind.

@@ -80,10 +80,15 @@ func ServerConfig(k *Set, o ServerConfigOptions) string {
       { nkey: %[4]s, permissions: { publish: { deny: [%[10]s] } } }  # the verifier: may not destroy the audit trail
       { nkey: %[5]s, permissions: { publish: ["%[7]s>"], subscribe: ["_INBOX.>", "tpmauthn.alerts.>"] } }  # tpmauthnctl
     ]
-    exports: [ { service: "tpmauthn.v1.>" } ]
+    exports: [ { service: "tpmauthn.v1.>" }, { service: "%[7]s>" } ]
   }
   %[2]s {
-    imports: [ { service: { account: %[1]s, subject: "tpmauthn.v1.>" }, share: true } ]
+    # share: the server tells the verifier who asks (Nats-Request-Info); the
+    # operator API checks the asker's admin roles (a person's, from the IdP)
+    imports: [
+      { service: { account: %[1]s, subject: "tpmauthn.v1.>" }, share: true }
+      { service: { account: %[1]s, subject: "%[7]s>" }, share: true }
+    ]
   }
   %[3]s {
     # the verifier's system user: kicks revoked connections; no JetStream API

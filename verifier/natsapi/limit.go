@@ -19,7 +19,7 @@ func RequesterName(ctx context.Context) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	return r.Name, true
+	return r.NameTag, true
 }
 
 // maxLimitedSessions bounds the sessions a Limiter tracks: past it, the

@@ -60,7 +60,7 @@ people:
 	if err != nil {
 		t.Fatal(err)
 	}
-	for id, assurance := range map[string]string{"hw": "", "sw": policy.AssuranceSoftware} {
+	for id, assurance := range map[string]string{"hw": policy.AssuranceHardware, "sw": ""} {
 		env.PutCredential(t, id, api.CredentialActive)
 		if _, _, err := store.Mutate(ctx, env.Store.Credentials, id, func(c *record.Credential) error {
 			c.Person, c.Assurance = p.ID, assurance

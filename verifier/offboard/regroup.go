@@ -31,9 +31,11 @@ func (s *Service) Regroup(ctx context.Context, id string, change func(groups []s
 	var mu sync.Mutex
 	lost := map[string][]string{} // credential → roles it loses (cut calls shrunk concurrently)
 	shrunk := func(c *record.Credential) bool {
+		// As the connect path reads it (verifier/authn/person): an
+		// assurance the record does not state counts as the weakest.
 		a := c.Assurance
-		if a == "" {
-			a = policy.AssuranceHardware // a TPM key (record.Credential.Assurance)
+		if a != policy.AssuranceHardware {
+			a = policy.AssuranceSoftware
 		}
 		was := pol.RolesForPerson(policy.Person{IdP: before.IdP, Groups: before.Groups, Assurance: a})
 		now := pol.RolesForPerson(policy.Person{IdP: after.IdP, Groups: after.Groups, Assurance: a})

@@ -42,6 +42,10 @@ type Role struct {
 	Subscribe Subjects  `yaml:"subscribe"`
 	Response  *Response `yaml:"response"`
 	Limits    *Limits   `yaml:"limits"`
+	// Admin are the operator API operations the role may call (api.AdminOps;
+	// "*" for all, "read" for api.AdminReadOps): people who operate the
+	// fleet, from their IdP groups, instead of the operator key file.
+	Admin []string `yaml:"admin"`
 }
 
 // Subjects are allow and deny lists (deny wins, as in nats-server).
@@ -105,6 +109,7 @@ func Parse(b []byte) (*Policy, error) {
 		}
 	}
 	for name, r := range p.Roles {
+		errs = append(errs, r.validateAdmin(name)...)
 		for _, s := range slices.Concat(r.Publish.Allow, r.Publish.Deny, r.Subscribe.Allow, r.Subscribe.Deny) {
 			if s == "" || strings.ContainsAny(s, " \t\r\n") {
 				errs = append(errs, fmt.Errorf("policy: role %s: bad subject %q", name, s))
@@ -219,6 +224,7 @@ func (p *Policy) Apply(uc *jwt.UserClaims, roles []string, s Subject) {
 			}
 		}
 	}
+	p.applyAdmin(uc, roles)
 	// Replies to its own requests, under its own inbox prefix only: with
 	// _INBOX.> it could read every other session's replies.
 	if s.Inbox != "" {

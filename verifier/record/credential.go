@@ -41,6 +41,9 @@ type Credential struct {
 	// Assurance is how the key is held: "" or policy.AssuranceHardware
 	// (a TPM), or policy.AssuranceSoftware (a key file of a person's).
 	Assurance string `json:"assurance,omitempty"`
+	// LocalUser is, for a person's credential on a host, the local user
+	// (uid and name) its agent serves it to: for display and audit.
+	LocalUser string `json:"local_user,omitempty"`
 }
 
 // Expired reports whether a credential with an end (a person's) is past it.

@@ -49,6 +49,13 @@ type Challenge struct {
 	// Reissue names the revoked credential a reissued registration takes
 	// the workload index from (credential.reissue allowed it).
 	Reissue string `json:"reissue,omitempty"`
+	// Person (a person's device credential) is who the redeemed login
+	// grant named, LoginExpires when their login ends, and UID and User the
+	// local user the agent bound the credential to.
+	Person       string    `json:"person,omitempty"`
+	LoginExpires time.Time `json:"login_expires,omitzero"`
+	UID          uint32    `json:"uid,omitempty"`
+	User         string    `json:"user,omitempty"`
 }
 
 // WorkloadIndex names a host's current credential for a workload (bucket

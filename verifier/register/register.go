@@ -57,7 +57,10 @@ type Config struct {
 	Alerts                              alerter
 	// AKCerts renews a host's AK certificate before it expires (enroll).
 	AKCerts akCerts
-	Logger  *slog.Logger
+	// People redeems the login grants of people's device credentials (nil:
+	// only workloads register).
+	People persons
+	Logger *slog.Logger
 }
 
 // Service registers and rotates credentials.
@@ -96,25 +99,20 @@ var workloadName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
 var newWorkloadName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 
 // Begin issues a single-use registration challenge (DESIGN.md flow 2).
-func (s *Service) Begin(ctx context.Context, body []byte) (any, error) {
+func (s *Service) Begin(ctx context.Context, body []byte) (_ any, err error) {
 	var req api.RegisterBeginRequest
 	if err := natsapi.Decode(body, &req); err != nil {
 		return nil, err
 	}
-	if !workloadName.MatchString(req.Workload) {
-		return nil, fmt.Errorf("%w: workload name %q: use letters, digits, '-' and '_' (at most 63)", api.ErrBadRequest, req.Workload)
-	}
-	if req.RotateFrom == "" && !newWorkloadName.MatchString(req.Workload) {
-		return nil, fmt.Errorf("%w: workload name %q: new workloads are named in lower case (a-z, digits, '-' and '_'); rename it %q", api.ErrBadRequest, req.Workload, strings.ToLower(req.Workload))
-	}
-	if err := s.requesterIsHost(ctx, req.HostID); err != nil {
+	rec := &record.Challenge{}
+	if req.Person != nil {
+		if rec, err = s.beginPerson(ctx, &req); err != nil {
+			return nil, err
+		}
+	} else if rec.Reissue, err = s.checkWorkload(ctx, &req); err != nil {
 		return nil, err
 	}
 	h, err := s.cfg.Fleet.ActiveHost(ctx, req.HostID)
-	if err != nil {
-		return nil, err
-	}
-	reissue, err := s.checkRotateFrom(ctx, req.HostID, req.Workload, req.RotateFrom)
 	if err != nil {
 		return nil, err
 	}
@@ -133,11 +131,27 @@ func (s *Service) Begin(ctx context.Context, body []byte) (any, error) {
 		return nil, err
 	}
 	exp := time.Now().Add(s.cfg.ChallengeTTL).UTC()
-	rec := &record.Challenge{V: record.Version, Host: req.HostID, Workload: req.Workload, UserHandle: uh, Expires: exp, RotateFrom: req.RotateFrom, Reissue: reissue}
+	rec.V, rec.Host, rec.Workload, rec.UserHandle, rec.Expires, rec.RotateFrom = record.Version, req.HostID, req.Workload, uh, exp, req.RotateFrom
 	if err := store.Create(ctx, s.cfg.Fleet.Store.Challenges, b64(chal), rec); err != nil {
 		return nil, err
 	}
 	return &api.RegisterBeginResponse{Challenge: chal, UserHandle: uh, RPID: s.cfg.RPID, Origin: s.cfg.Origin, Expires: exp, AKCert: akCert}, nil
+}
+
+// checkWorkload checks a workload's registration request: its name, its
+// host's session, and that it may have a new credential (see
+// checkRotateFrom).
+func (s *Service) checkWorkload(ctx context.Context, req *api.RegisterBeginRequest) (reissue string, err error) {
+	if !workloadName.MatchString(req.Workload) {
+		return "", fmt.Errorf("%w: workload name %q: use letters, digits, '-' and '_' (at most 63)", api.ErrBadRequest, req.Workload)
+	}
+	if req.RotateFrom == "" && !newWorkloadName.MatchString(req.Workload) {
+		return "", fmt.Errorf("%w: workload name %q: new workloads are named in lower case (a-z, digits, '-' and '_'); rename it %q", api.ErrBadRequest, req.Workload, strings.ToLower(req.Workload))
+	}
+	if err := s.requesterIsHost(ctx, req.HostID); err != nil {
+		return "", err
+	}
+	return s.checkRotateFrom(ctx, req.HostID, req.Workload, req.RotateFrom)
 }
 
 // Finish verifies the registration and stores the credential.
@@ -195,6 +209,9 @@ func (s *Service) Finish(ctx context.Context, body []byte) (_ any, err error) {
 	if err := akBelongsTo(reg.AKCert, h); err != nil {
 		s.cfg.Alerts.Alert(alert.AKMismatch, audit.Event{Host: h.ID, Workload: req.Workload, Credential: ev.Credential, Reason: err.Error()})
 		return nil, err
+	}
+	if ch.Person != "" {
+		return s.finishPerson(ctx, ch, h, reg, &ev)
 	}
 	now := time.Now().UTC()
 	cred := &record.Credential{

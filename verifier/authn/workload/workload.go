@@ -55,7 +55,15 @@ type Config struct {
 	// rotates, and its session may only register and rotate.
 	MaxAge time.Duration
 	Alerts alerter
+	// People decides a person's device credential's roles
+	// (verifier/authn/person); nil refuses every person's credential.
+	People people
 	Logger *slog.Logger
+}
+
+// people names the roles of a person's credential now, or refuses it.
+type people interface {
+	Roles(ctx context.Context, cred *record.Credential) ([]string, error)
 }
 
 // Method authenticates workload credentials.
@@ -137,7 +145,8 @@ func (m *Method) attempt(ctx context.Context, r *authn.Request, a *attestation.A
 	if err := m.checkAssertion(ctx, a, cred, nonce, r.Event); err != nil {
 		return nil, err
 	}
-	uc, roles, err := m.userClaims(r.Claims, cred, h, api.InboxForCredential(r.Claims.ConnectOptions.Nkey))
+	r.Event.Person = cred.Person
+	uc, roles, err := m.userClaims(ctx, r.Claims, cred, h, api.InboxForCredential(r.Claims.ConnectOptions.Nkey))
 	if err != nil {
 		return nil, err
 	}
@@ -189,6 +198,9 @@ func (m *Method) checkStatus(cred *record.Credential, ev *audit.Event) error {
 		status = retired
 	}
 	if status == api.CredentialActive {
+		if cred.Expired(time.Now()) {
+			return fmt.Errorf("%w: credential %s expired at %s (its person's login ended: log in again)", api.ErrExpired, cred.ID, cred.Expires.Format(time.RFC3339))
+		}
 		return m.checkAge(cred)
 	}
 	err := fmt.Errorf("%w: credential %s is %s", api.ErrRevoked, cred.ID, status)
@@ -214,9 +226,10 @@ func (m *Method) retireIfReplaced(cred *record.Credential) {
 	m.log.Warn("a replaced credential was never retired: it retires now", "credential", cred.ID, "replaced_by", cur, "retires", cred.Retires)
 }
 
-// checkAge refuses a workload credential past its maximum age and grace.
+// checkAge refuses a workload credential past its maximum age and grace (a
+// person's credential has its login's end instead).
 func (m *Method) checkAge(cred *record.Credential) error {
-	if m.cfg.MaxAge <= 0 || cred.Workload == api.AgentWorkload {
+	if m.cfg.MaxAge <= 0 || cred.Workload == api.AgentWorkload || cred.Person != "" {
 		return nil
 	}
 	if limit := cred.Created.Add(m.cfg.MaxAge + m.cfg.RotationGrace); time.Now().After(limit) {
@@ -287,11 +300,12 @@ func (m *Method) commit(ctx context.Context, rc *jwt.AuthorizationRequestClaims,
 	return nil
 }
 
-// userClaims builds the session JWT: account APP, name workload@hostname,
-// permissions from the policy (or the agent's own, fixed ones).
-// Its inbox is the session's inbox prefix, from the CONNECT nkey (the
-// credential's ID or lineage, which the method checked).
-func (m *Method) userClaims(rc *jwt.AuthorizationRequestClaims, cred *record.Credential, h *record.Host, inbox string) (*jwt.UserClaims, []string, error) {
+// userClaims builds the session JWT: account APP, name workload@hostname
+// (person:NAME@hostname for a person's credential), permissions from the
+// policy (or the agent's own, fixed ones). Its inbox is the session's inbox
+// prefix, from the CONNECT nkey (the credential's ID or lineage, which the
+// method checked).
+func (m *Method) userClaims(ctx context.Context, rc *jwt.AuthorizationRequestClaims, cred *record.Credential, h *record.Host, inbox string) (*jwt.UserClaims, []string, error) {
 	p := m.cfg.Policy.Current()
 	uc := jwt.NewUserClaims(rc.UserNkey)
 	uc.Audience = keys.AccountApp
@@ -305,15 +319,37 @@ func (m *Method) userClaims(rc *jwt.AuthorizationRequestClaims, cred *record.Cre
 		return uc, []string{api.AgentWorkload}, nil
 	}
 	s := policy.Subject{HostID: h.ID, Hostname: h.Hostname, HostRoles: h.Roles, HostTags: h.Tags, Workload: cred.Workload, CredentialID: cred.ID, Inbox: inbox}
-	roles := p.RolesFor(s)
-	if len(roles) == 0 {
-		return nil, nil, fmt.Errorf("%w: %s on host %s (roles %v)", api.ErrNoRoles, cred.Workload, h.ID, h.Roles)
+	roles, err := m.roles(ctx, p, cred, s)
+	if err != nil {
+		return nil, nil, err
+	}
+	if cred.Person != "" {
+		s.Person = cred.Person
+		uc.Tags.Add("person:" + cred.Person)
+		// A session never outlives its person's login.
+		uc.Expires = min(uc.Expires, cred.Expires.Unix())
 	}
 	for _, r := range roles {
 		uc.Tags.Add("role:" + r)
 	}
 	p.Apply(uc, roles, s)
 	return uc, roles, nil
+}
+
+// roles are what the policy grants the credential: a workload's from its
+// bindings, a person's from their IdP groups (People).
+func (m *Method) roles(ctx context.Context, p *policy.Policy, cred *record.Credential, s policy.Subject) ([]string, error) {
+	if cred.Person != "" {
+		if m.cfg.People == nil {
+			return nil, fmt.Errorf("%w: credential %s is a person's, and this verifier has no people", api.ErrNoRoles, cred.ID)
+		}
+		return m.cfg.People.Roles(ctx, cred)
+	}
+	roles := p.RolesFor(s)
+	if len(roles) == 0 {
+		return nil, fmt.Errorf("%w: %s on host %s (roles %v)", api.ErrNoRoles, cred.Workload, s.HostID, s.HostRoles)
+	}
+	return roles, nil
 }
 
 // quarantineTimeout bounds the quarantine's write.

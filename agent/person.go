@@ -1,0 +1,188 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tpmauthn/tpmauthn/api"
+)
+
+// People's device credentials: a person who logged in (tpmauthnctl login)
+// hands the agent their login grant over the socket; the agent registers a
+// new TPM credential for them, bound to the calling uid, which the verifier
+// names after the person and which expires with the login. Afterwards the
+// uid's programs that match no configured workload sign as the person.
+// A configured workload wins over a person's credential: a service's
+// identity does not change because someone logged in as its uid.
+
+// personName is the local name of a uid's person credential (its TPM
+// queue room and metrics label): never a configured workload's name, which
+// has no '.'.
+func personName(uid uint32) string { return "person.uid" + strconv.FormatUint(uint64(uid), 10) }
+
+// RegisterPerson registers a person's device credential for the local user
+// uid with the verifier over nc, redeeming grant.
+func (a *Authenticator) RegisterPerson(ctx context.Context, nc *nats.Conn, grant string, uid uint32, user string) (*Credential, *api.RegisterFinishResponse, error) {
+	e, err := a.Enrollment()
+	if err != nil {
+		return nil, nil, err
+	}
+	var begin api.RegisterBeginResponse
+	if err := call(ctx, nc, api.SubjectRegisterBegin, &api.RegisterBeginRequest{HostID: e.HostID, Workload: api.PersonWorkload,
+		Person: &api.PersonRegistration{Grant: grant, UID: uid, User: user}}, &begin); err != nil {
+		return nil, nil, err
+	}
+	if err := a.adoptAKCert(begin.AKCert); err != nil {
+		return nil, nil, err
+	}
+	resp, cred, err := a.Register(RegisterOptions{Name: personName(uid), RPID: begin.RPID, Origin: begin.Origin, Challenge: begin.Challenge, UserHandle: begin.UserHandle})
+	if err != nil {
+		return nil, nil, err
+	}
+	var fin api.RegisterFinishResponse
+	if err := call(ctx, nc, api.SubjectRegisterFinish, &api.RegisterFinishRequest{
+		HostID: e.HostID, Workload: api.PersonWorkload, Challenge: begin.Challenge, Response: resp,
+	}, &fin); err != nil {
+		_ = a.DeleteCredential(cred.ID)
+		return nil, nil, err
+	}
+	if fin.Person == nil || fin.Expires.IsZero() {
+		_ = a.DeleteCredential(cred.ID)
+		return nil, nil, errors.New("the verifier registered the credential as no person's: is it older than this agent?")
+	}
+	cred.UID, cred.Person, cred.Expires = &uid, fin.Person.ID, fin.Expires
+	if err := writeJSON(a.credPath(cred.ID), cred); err != nil {
+		_ = a.DeleteCredential(cred.ID)
+		return nil, nil, err
+	}
+	return cred, &fin, nil
+}
+
+// personTimeout bounds a person's login at the agent (a key creation, a
+// certify and two verifier round trips, behind other TPM work).
+const personTimeout = 30 * time.Second
+
+// personLogin redeems the caller's login grant for a credential bound to
+// their uid, replacing the one they had.
+func (a *Agent) personLogin(w http.ResponseWriter, r *http.Request, p *Peer) {
+	var req api.PersonLoginRequest
+	if err := decodeBody(r, &req); err != nil || req.Grant == "" {
+		writeErr(w, http.StatusBadRequest, "send {\"grant\": \"<the login's access token>\"}", "tpmauthnctl login does this for you")
+		return
+	}
+	nc, err := a.verifierConn()
+	if err != nil {
+		writeErr(w, http.StatusServiceUnavailable, "the agent cannot reach the verifier: "+err.Error(), "retry when the verifier is up")
+		return
+	}
+	// One at a time: each is a key creation and a certify, which must not
+	// crowd out the TPM's signatures (a valid grant is needed before any
+	// TPM work: the verifier redeems it first).
+	select {
+	case a.personSem <- struct{}{}:
+		defer func() { <-a.personSem }()
+	case <-r.Context().Done():
+		writeErr(w, http.StatusServiceUnavailable, "another login is under way on this host", "retry")
+		return
+	}
+	cred, fin, err := a.auth.RegisterPerson(r.Context(), nc, req.Grant, p.UID, p.User)
+	if err != nil {
+		a.log.Warn("a person's login at the agent failed", "uid", p.UID, "error", err)
+		status, hint := http.StatusServiceUnavailable, "see the agent's log"
+		var ve *VerifierError
+		if errors.As(err, &ve) && ve.Code == api.CodeLoginInvalid {
+			status, hint = http.StatusForbidden, "log in again: tpmauthnctl login"
+		}
+		writeErr(w, status, "the verifier did not register your credential: "+err.Error(), hint)
+		return
+	}
+	a.usePerson(p.UID, cred)
+	a.mu.Lock()
+	host := a.enroll.HostID
+	a.mu.Unlock()
+	a.log.Info("person logged in on this host", "uid", p.UID, "person", fin.Person.ID, "credential", cred.IDString(), "until", fin.Expires)
+	respondJSON(w, http.StatusOK, api.PersonLoginResponse{Person: *fin.Person, Host: host, CredentialID: cred.IDString(),
+		NKey: cred.NKey(), UID: p.UID, Name: fin.Workload, Expires: fin.Expires})
+}
+
+// personLogout deletes the caller's person credential.
+func (a *Agent) personLogout(w http.ResponseWriter, _ *http.Request, p *Peer) {
+	a.mu.Lock()
+	c := a.people[p.UID]
+	delete(a.people, p.UID)
+	a.mu.Unlock()
+	if c == nil {
+		writeErr(w, http.StatusNotFound, "you are not logged in on this host", "")
+		return
+	}
+	if err := a.auth.DeleteCredential(c.ID); err != nil {
+		a.log.Warn("a logged-out person's key was not deleted", "credential", c.IDString(), "error", err)
+	}
+	a.log.Info("person logged out on this host", "uid", p.UID, "person", c.Person)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// usePerson makes c the uid's person credential, deleting the one it
+// replaces (the verifier retires that one).
+func (a *Agent) usePerson(uid uint32, c *Credential) {
+	a.mu.Lock()
+	old := a.people[uid]
+	a.people[uid] = c
+	a.mu.Unlock()
+	if old != nil && old.IDString() != c.IDString() {
+		if err := a.auth.DeleteCredential(old.ID); err != nil {
+			a.log.Warn("a replaced person credential's key was not deleted", "credential", old.IDString(), "error", err)
+		}
+	}
+}
+
+// personFor is the uid's person credential if it has one that has not
+// expired (an expired one is deleted).
+func (a *Agent) personFor(uid uint32) (*Credential, error) {
+	a.mu.Lock()
+	c := a.people[uid]
+	expired := c != nil && !time.Now().Before(c.Expires)
+	if expired {
+		delete(a.people, uid)
+	}
+	a.mu.Unlock()
+	switch {
+	case c == nil:
+		return nil, nil
+	case expired:
+		if err := a.auth.DeleteCredential(c.ID); err != nil {
+			a.log.Warn("an expired person credential's key was not deleted", "credential", c.IDString(), "error", err)
+		}
+		return nil, fmt.Errorf("your login ended at %s", c.Expires.Format(time.RFC3339))
+	}
+	return c, nil
+}
+
+// loadPeople picks up, at start, the person credentials of earlier runs:
+// the newest of each uid that has not expired; the others are deleted.
+func (a *Agent) loadPeople() error {
+	creds, err := a.auth.Credentials()
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	for _, c := range creds { // oldest first: a newer one replaces
+		if c.UID == nil {
+			continue
+		}
+		if !now.Before(c.Expires) {
+			if err := a.auth.DeleteCredential(c.ID); err != nil {
+				a.log.Warn("an expired person credential's key was not deleted", "credential", c.IDString(), "error", err)
+			}
+			continue
+		}
+		a.usePerson(*c.UID, c)
+	}
+	return nil
+}

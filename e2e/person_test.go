@@ -1,0 +1,278 @@
+package e2e
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"golang.org/x/oauth2"
+
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/internal/fleettest"
+	"github.com/tpmauthn/tpmauthn/internal/oidctest"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
+)
+
+// The tests of issue 15 part 3: a person's login ends with a TPM credential
+// bound to their local user on the host, named after the person, with the
+// roles their IdP groups grant.
+
+// personPolicy: the fleet's demo role for workloads, and role dev for
+// people in group developers, on a TPM credential only.
+const personPolicy = `session_ttl: 1m
+roles:
+  demo:
+    publish: {allow: ["demo.>"]}
+    subscribe: {allow: ["demo.>"]}
+  dev:
+    publish: {allow: ["dev.{{person}}.>"]}
+    subscribe: {allow: ["dev.>"]}
+bindings:
+  - host_roles: [demo]
+    roles: [demo]
+people:
+  login_ttl: 1h
+  idps: [{name: okta, issuer: %q, client_id: tpmauthn, client_secret_file: %q}]
+  bindings:
+    - {groups: [developers], roles: [dev], require: {assurance: hardware}}
+`
+
+// peopleFleet starts a fleet whose verifier serves logins (plain HTTP on
+// loopback) for op's people, with personPolicy.
+func peopleFleet(t *testing.T, op *oidctest.OP) *fleettest.Fleet {
+	t.Helper()
+	return peopleFleetWith(t, op, personPolicy)
+}
+
+// peopleFleetWith is peopleFleet with a policy whose %q are op's issuer and
+// the client secret file.
+func peopleFleetWith(t *testing.T, op *oidctest.OP, policy string) *fleettest.Fleet {
+	t.Helper()
+	dir := t.TempDir()
+	secret, pol := filepath.Join(dir, "okta.secret"), filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(secret, []byte("s3cret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pol, fmt.Appendf(nil, policy, op.Issuer, secret), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f := fleettest.New(t, func(f *fleettest.Fleet) {
+		f.Config.PolicyFile, f.Config.HTTPListen = pol, "127.0.0.1:0"
+	})
+	op.AddClient("tpmauthn", "s3cret", f.Verifier.HTTPURL()+api.PathOIDCCallback)
+	return f
+}
+
+// loginGrant logs username in at the IdP through the verifier, as
+// tpmauthnctl login does (loopback redirect, PKCE), and returns the login.
+func loginGrant(t *testing.T, f *fleettest.Fleet, op *oidctest.OP, username, password string) api.LoginResult {
+	t.Helper()
+	base := f.Verifier.HTTPURL()
+	b := oidctest.Browser(t)
+	pkce := oauth2.GenerateVerifier()
+	start := base + api.PathLogin + "okta?" + url.Values{"cb": {"http://127.0.0.1:9/cb"}, "cc": {oauth2.S256ChallengeFromVerifier(pkce)}}.Encode()
+	resp, err := b.Get(start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb := op.LogIn(t, b, oidctest.Submit(t, b, resp, nil), username, password)
+	nf := *b
+	nf.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err = nf.Get(cb.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc, err := resp.Location()
+	if err != nil {
+		t.Fatalf("callback: %s", resp.Status)
+	}
+	resp, err = http.PostForm(base+api.PathCLIToken, url.Values{"grant_type": {api.GrantTypeCode}, "code": {loc.Query().Get("code")}, "code_verifier": {pkce}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var res api.LoginResult
+	if err := json.NewDecoder(resp.Body).Decode(&res); err != nil || res.AccessToken == "" {
+		t.Fatalf("login of %s: %s %v", username, resp.Status, err)
+	}
+	return res
+}
+
+// personLoginAs hands grant to the host's agent as user uid.
+func personLoginAs(t *testing.T, h *fleettest.Host, uid uint32, grant string) (int, map[string]any) {
+	t.Helper()
+	body, _ := json.Marshal(api.PersonLoginRequest{Grant: grant})
+	st, res, err := curlPostAs(t, uid, h.Socket, api.AgentPathPersonLogin, string(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, res
+}
+
+const (
+	personUID = 1003 // the person's local user
+	otherUID  = 1004 // another local user of the same host
+)
+
+// TestPersonTPMCredential: dana logs in, hands the grant to the agent as
+// her uid, and her programs connect as person:dana with role dev: a publish
+// under dev.<her person ID> is allowed, one under another person's refused.
+// Another uid of the host gets nothing of hers; the grant is one use; the
+// audit names her.
+func TestPersonTPMCredential(t *testing.T) {
+	requireRoot(t)
+	op := oidctest.Start(t, oidctest.User{ID: "u-dana", Username: "dana", Password: "pw", Name: "Dana Scully", Email: "dana.scully@example.com", Groups: []string{"developers"}})
+	f := peopleFleet(t, op)
+	h := f.NewHost(t, fleettest.Workloads(fleettest.UIDWorkload("billing", billingUID)))
+
+	res := loginGrant(t, f, op, "dana", "pw")
+	start := time.Now()
+	st, dev := personLoginAs(t, h, personUID, res.AccessToken)
+	took := time.Since(start)
+	wantID := record.PersonID("okta", "u-dana")
+	if st != 200 || dev["name"] != "person:dana-scully" || dev["uid"] != float64(personUID) {
+		t.Fatalf("person login at the agent: %d %v", st, dev)
+	}
+	if p, _ := dev["person"].(map[string]any); p["id"] != wantID {
+		t.Fatalf("person login names %v, want %s", dev["person"], wantID)
+	}
+	t.Logf("person login at the agent (key creation, certify, two verifier round trips): %v", took)
+
+	// The grant was redeemed: handing it again (here, by another user who
+	// got hold of it) is refused, and nothing is registered for them.
+	if st, body := personLoginAs(t, h, otherUID, res.AccessToken); st != http.StatusForbidden || !strings.Contains(fmt.Sprint(body["error"]), "log") {
+		t.Fatalf("a redeemed grant handed again: %d %v, want 403", st, body)
+	}
+
+	st, who := curlAs(t, personUID, h.Socket, api.AgentPathWhoAmI)
+	if st != 200 || who["credential_id"] != dev["credential_id"] {
+		t.Fatalf("whoami as the person's uid: %d %v", st, who)
+	}
+	if st, who := curlAs(t, otherUID, h.Socket, api.AgentPathWhoAmI); st != http.StatusForbidden {
+		t.Fatalf("whoami as another uid: %d %v, want 403 (the credential is the person's uid's only)", st, who)
+	}
+	if _, err := connectWorkload(t, f, h, otherUID); err == nil {
+		t.Fatal("another uid of the host connected")
+	}
+
+	nc, err := connectWorkload(t, f, h, personUID)
+	if err != nil {
+		t.Fatalf("the person's program cannot connect: %v", err)
+	}
+	defer nc.Close()
+	errs := make(chan error, 4)
+	nc.SetErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err })
+	if err := publishAndWait(nc, "dev."+wantID+".hello"); err != nil {
+		t.Fatalf("publish under the person's own subject: %v", err)
+	}
+	select {
+	case err := <-errs:
+		t.Fatalf("publish under the person's own subject refused: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	_ = publishAndWait(nc, "dev.okta_someoneelse.hello")
+	select {
+	case err := <-errs:
+		if !strings.Contains(err.Error(), "Permissions Violation") {
+			t.Fatalf("publish under another person's subject: %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("a publish under another person's subject was not refused")
+	}
+
+	var rep record.Credential
+	f.MustAdmin(t, "credential.show", api.IDRequest{ID: fmt.Sprint(dev["credential_id"])}, &rep)
+	if rep.Person != wantID || !strings.HasPrefix(rep.Workload, "person:") {
+		t.Fatalf("credential.show: %+v, want the person's", rep)
+	}
+	var reg, grant bool
+	for _, e := range f.AuditEvents(t) {
+		reg = reg || (e.Kind == "register" && e.Result == audit.OK && e.Person == wantID && e.Credential == dev["credential_id"])
+		grant = grant || (e.Kind == "connect" && e.Result == audit.Allow && e.Person == wantID)
+	}
+	if !reg || !grant {
+		t.Fatalf("audit: registration named the person %v, a grant named the person %v", reg, grant)
+	}
+}
+
+// publishAndWait publishes and flushes: a refusal comes back as an async
+// error.
+func publishAndWait(nc *nats.Conn, subject string) error {
+	if err := nc.Publish(subject, []byte("hi")); err != nil {
+		return err
+	}
+	if err := nc.FlushTimeout(2 * time.Second); err != nil {
+		return errors.Join(err, nc.LastError())
+	}
+	return nil
+}
+
+// TestPersonCredentialEndsWithPerson: a person's credential stops working
+// when the person is disabled (their offboarding), and a second login on the
+// same host replaces the first credential; roles follow the person's groups
+// as the verifier knows them now.
+func TestPersonCredentialEndsWithPerson(t *testing.T) {
+	requireRoot(t)
+	op := oidctest.Start(t, oidctest.User{ID: "u-eve", Username: "eve", Password: "pw", Name: "Eve", Email: "eve@example.com", Groups: []string{"developers"}})
+	f := peopleFleet(t, op)
+	h := f.NewHost(t)
+
+	first := loginGrant(t, f, op, "eve", "pw")
+	if st, body := personLoginAs(t, h, personUID, first.AccessToken); st != 200 {
+		t.Fatalf("first login: %d %v", st, body)
+	}
+	_, who1 := curlAs(t, personUID, h.Socket, api.AgentPathWhoAmI)
+	second := loginGrant(t, f, op, "eve", "pw")
+	st, dev := personLoginAs(t, h, personUID, second.AccessToken)
+	if st != 200 || dev["credential_id"] == who1["credential_id"] {
+		t.Fatalf("second login: %d %v (first credential %v)", st, dev, who1["credential_id"])
+	}
+	var old record.Credential
+	f.MustAdmin(t, "credential.show", api.IDRequest{ID: fmt.Sprint(who1["credential_id"])}, &old)
+	if old.Retires.IsZero() || old.ReplacedBy != dev["credential_id"] {
+		t.Fatalf("the first login's credential after the second: %+v, want retiring, replaced by %v", old, dev["credential_id"])
+	}
+	nc, err := connectWorkload(t, f, h, personUID)
+	if err != nil {
+		t.Fatalf("connect after the second login: %v", err)
+	}
+	nc.Close()
+
+	id := record.PersonID("okta", "u-eve")
+	if err := f.Verifier.People().Disable(t.Context(), id, "left the company", "test"); err != nil {
+		t.Fatal(err)
+	}
+	var err2 error
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if nc, err2 = connectWorkload(t, f, h, personUID); err2 != nil {
+			break
+		}
+		nc.Close()
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err2 == nil {
+		t.Fatal("a disabled person's credential still connects")
+	}
+	denied := false
+	for _, e := range f.AuditEvents(t) {
+		denied = denied || (e.Kind == "connect" && e.Result == audit.DenyText && e.Person == id && strings.Contains(e.Reason, "disabled"))
+	}
+	if !denied {
+		t.Fatal("no audited denial naming the disabled person")
+	}
+	if !slices.Contains(first.Roles, "dev") {
+		t.Fatalf("login roles %v", first.Roles)
+	}
+}

@@ -1,0 +1,78 @@
+package policy
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/jwt/v2"
+
+	"github.com/tpmauthn/tpmauthn/api"
+)
+
+func TestAdminGrants(t *testing.T) {
+	p, err := Parse([]byte(`
+roles:
+  ops: {admin: ["*"]}
+  auditor: {publish: {allow: [">"]}, admin: [read]}
+  approver: {admin: [host.approve, host.list]}
+  dev: {publish: {allow: ["dev.>"]}}
+people:
+  idps: [{name: okta, issuer: "https://idp.example.com", client_id: c, client_secret_env: S}]
+  bindings: [{groups: [ops], roles: [ops]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		roles []string
+		op    string
+		want  bool
+	}{
+		{[]string{"ops"}, "credential.revoke", true},
+		{[]string{"ops"}, "backup.read", true},
+		{[]string{"auditor"}, "host.list", true},
+		{[]string{"auditor"}, "credential.revoke", false},
+		{[]string{"auditor"}, "backup.read", false}, // the whole state: not a read op
+		{[]string{"approver"}, "host.approve", true},
+		{[]string{"approver"}, "host.revoke", false},
+		{[]string{"dev"}, "host.list", false},
+		{[]string{"nosuchrole"}, "host.list", false},
+		{nil, "status", false},
+		{[]string{"dev", "approver"}, "host.approve", true},
+	}
+	for _, c := range cases {
+		if got := p.AdminAllows(c.roles, c.op); got != c.want {
+			t.Errorf("AdminAllows(%v, %s) = %v, want %v", c.roles, c.op, got, c.want)
+		}
+	}
+	if !p.HasAdmins() {
+		t.Error("HasAdmins: the ops binding grants an admin role")
+	}
+
+	// Sessions without admin roles are denied the API's subjects, even
+	// under publish ">" (deny wins); admin roles get exactly their ops.
+	uc := jwt.NewUserClaims("U")
+	p.Apply(uc, []string{"dev"}, Subject{})
+	if !slices.Contains(uc.Pub.Deny, api.SubjectAdminPrefix+">") {
+		t.Errorf("dev's deny list %v lacks the operator API", uc.Pub.Deny)
+	}
+	uc = jwt.NewUserClaims("U")
+	p.Apply(uc, []string{"approver"}, Subject{})
+	if slices.Contains(uc.Pub.Deny, api.SubjectAdminPrefix+">") || !slices.Contains(uc.Pub.Allow, api.SubjectAdminPrefix+"host.approve") ||
+		slices.Contains(uc.Pub.Allow, api.SubjectAdminPrefix+"host.revoke") {
+		t.Errorf("approver's permissions: allow %v deny %v", uc.Pub.Allow, uc.Pub.Deny)
+	}
+}
+
+func TestAdminPolicyErrors(t *testing.T) {
+	for _, tc := range []struct{ yaml, want string }{
+		{`roles: {ops: {admin: [credential.delete]}}`, `admin "credential.delete"`},
+		{`roles: {Ops: {admin: ["*"]}}`, "lower case"},
+	} {
+		_, err := Parse([]byte(tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error with %q", tc.yaml, err, tc.want)
+		}
+	}
+}

@@ -115,4 +115,3 @@ func watchClosed(conns []*nats.Conn) <-chan time.Time {
 	}()
 	return out
 }
-

@@ -1,13 +1,10 @@
 package offboard_test
 
 import (
-	"context"
 	"slices"
-	"sync"
 	"testing"
 
 	"github.com/tpmauthn/tpmauthn/api"
-	"github.com/tpmauthn/tpmauthn/audit"
 	"github.com/tpmauthn/tpmauthn/verifier/internal/testenv"
 	"github.com/tpmauthn/tpmauthn/verifier/offboard"
 	"github.com/tpmauthn/tpmauthn/verifier/people"
@@ -15,22 +12,6 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 	"github.com/tpmauthn/tpmauthn/verifier/store"
 )
-
-type kicks struct {
-	mu  sync.Mutex
-	ids []string
-}
-
-func (k *kicks) KickAll(_ context.Context, c *record.Credential) (int, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.ids = append(k.ids, c.ID)
-	return 0, nil // the sessions went already (the revocation watch was first)
-}
-
-type alerts struct{ n int }
-
-func (a *alerts) Alert(string, audit.Event) { a.n++ }
 
 // TestRegroupKicksOnlyShrunk: a group whose role needs hardware is lost;
 // only the hardware credential loses a role (the software one never had
@@ -52,7 +33,7 @@ people:
 	}
 	polf := func() *policy.Policy { return pol }
 	ppl := people.New(people.Config{Store: env.Store, Policy: polf, Trail: env.Trail})
-	k, a := &kicks{}, &alerts{}
+	k, a := &testenv.Kicks{}, &testenv.Alerts{}
 	ob := offboard.New(offboard.Config{People: ppl, Store: env.Store, Fleet: env.Fleet, Sessions: k, Alerts: a, Trail: env.Trail, Policy: polf})
 	ctx := t.Context()
 	p, err := ppl.Login(ctx, people.Identity{IdP: "okta", Issuer: "https://okta.example.com", SubjectClaim: "sub", Subject: "u1",
@@ -85,9 +66,9 @@ people:
 		{"lostHardwareRole", []string{"developers", "sales"}, []string{"hw"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			k.ids = nil
-			if _, err := ob.Regroup(ctx, p.ID, func([]string) []string { return tc.groups }, "test"); err != nil || !slices.Equal(k.ids, tc.kicked) {
-				t.Fatalf("regroup: kicked %v, %v; want %v", k.ids, err, tc.kicked)
+			k.Reset()
+			if _, err := ob.Regroup(ctx, p.ID, func([]string) []string { return tc.groups }, "test"); err != nil || !slices.Equal(k.List(), tc.kicked) {
+				t.Fatalf("regroup: kicked %v, %v; want %v", k.List(), err, tc.kicked)
 			}
 		})
 	}
@@ -96,7 +77,7 @@ people:
 			t.Fatalf("credential %s is %s after a regroup", id, c.Status)
 		}
 	}
-	if a.n != 0 {
+	if len(a.Kinds()) != 0 {
 		t.Fatal("a regroup raised an alert")
 	}
 	// An offboarding of someone with live credentials alerts; of someone
@@ -105,8 +86,8 @@ people:
 		if _, err := ob.Offboard(ctx, p.ID, run, "operator"); err != nil {
 			t.Fatal(err)
 		}
-		if a.n != 1 {
-			t.Fatalf("after the %s offboarding: %d alerts, want 1", run, a.n)
+		if n := len(a.Kinds()); n != 1 {
+			t.Fatalf("after the %s offboarding: %d alerts, want 1", run, n)
 		}
 	}
 }

@@ -1,7 +1,6 @@
 package scim_test
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/tpmauthn/tpmauthn/api"
@@ -33,42 +31,11 @@ const (
 	entraIss   = "https://entra.example.com"
 )
 
-// kicks records what the offboarding kicked (the real kick of a NATS
-// session is TestSCIMDeactivationKicks's, in package verifier).
-type kicks struct {
-	mu  sync.Mutex
-	ids []string
-}
-
-func (k *kicks) KickAll(_ context.Context, c *record.Credential) (int, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.ids = append(k.ids, c.ID)
-	return 1, nil
-}
-
-func (k *kicks) list() []string {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return slices.Clone(k.ids)
-}
-
-type alerts struct {
-	mu    sync.Mutex
-	kinds []string
-}
-
-func (a *alerts) Alert(kind string, _ audit.Event) {
-	a.mu.Lock()
-	a.kinds = append(a.kinds, kind)
-	a.mu.Unlock()
-}
-
 type fixture struct {
 	env    *testenv.Env
 	people *people.Service
-	kicks  *kicks
-	alerts *alerts
+	kicks  *testenv.Kicks
+	alerts *testenv.Alerts
 	url    string
 }
 
@@ -97,7 +64,7 @@ people:
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{env: testenv.New(t), kicks: &kicks{}, alerts: &alerts{}}
+	f := &fixture{env: testenv.New(t), kicks: &testenv.Kicks{}, alerts: &testenv.Alerts{}}
 	polf := func() *policy.Policy { return pol }
 	sealer, err := people.NewSealer(make([]byte, 32))
 	if err != nil {
@@ -229,8 +196,8 @@ func TestDeactivationShapes(t *testing.T) {
 				t.Fatalf("%s: %d %s", tc.method, code, resp)
 			}
 			f.want(t, id, true, cred, api.CredentialRevoked)
-			if !slices.Contains(f.kicks.list(), cred) {
-				t.Fatalf("credential %s not kicked (kicked %v)", cred, f.kicks.list())
+			if !slices.Contains(f.kicks.List(), cred) {
+				t.Fatalf("credential %s not kicked (kicked %v)", cred, f.kicks.List())
 			}
 			evs := f.env.Events(t)
 			if !slices.ContainsFunc(evs, func(e audit.Event) bool {
@@ -315,7 +282,7 @@ func TestGroupMembership(t *testing.T) {
 	if p := f.get(t, id); !slices.Equal(p.Groups, []string{"developers", "ops"}) {
 		t.Fatalf("groups %v after the push", p.Groups)
 	}
-	if slices.Contains(f.kicks.list(), cred) {
+	if slices.Contains(f.kicks.List(), cred) {
 		t.Fatal("kicked on a group added")
 	}
 	for _, tc := range []struct{ name, ops string }{
@@ -336,7 +303,7 @@ func TestGroupMembership(t *testing.T) {
 	if p := f.get(t, id); !slices.Equal(p.Groups, []string{"developers"}) || !p.Disabled.IsZero() {
 		t.Fatalf("groups %v disabled %v after the removal", p.Groups, p.Disabled)
 	}
-	if !slices.Contains(f.kicks.list(), cred) {
+	if !slices.Contains(f.kicks.List(), cred) {
 		t.Fatal("the session whose roles shrank was not kicked")
 	}
 	if c := f.env.Credential(t, cred); c.Status != api.CredentialActive {

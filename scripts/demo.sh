@@ -50,7 +50,7 @@ wait_for() { # wait_for SECONDS CMD...
 for b in swtpm swtpm_setup swtpm_localca swtpm_ioctl; do
   command -v "$b" >/dev/null || fail "$b is missing: sudo apt-get install -y swtpm swtpm-tools"
 done
-for b in tpmauthn-verifier tpmauthnctl tpmauthn-agent workload; do
+for b in tpmauthn-verifier tpmauthnctl tpmauthn-agent workload demo-idp; do
   [ -x "$BIN/$b" ] || fail "$BIN/$b is missing: run make build (make demo does)"
 done
 
@@ -67,24 +67,43 @@ mkdir -p "$W/ek-ca"
 cp "$W/tpm/ca/swtpm-localca-rootca-cert.pem" "$W/tpm/ca/issuercert.pem" "$W/ek-ca/"
 say "TPM at $TPM_URI; the verifier will trust its manufacturer root ($W/ek-ca)"
 
-step "2. Start the verifier: embedded NATS with auth callout, fleet CA, role policy"
+step "2. Start the verifier: embedded NATS with auth callout, fleet CA, role policy, people's logins"
 NATS_PORT=$(free_port) || fail "no free port"
+HTTP_PORT=$(free_port) || fail "no free port"
+# The people's identity provider: a stand-in OpenID provider (Dana, group
+# developers; Olga, group ops). In production: Okta, Entra ID, Auth0, ...
+(umask 077; head -c 24 /dev/urandom | base64 > "$W/idp.secret")
+"$BIN/demo-idp" serve --issuer-file "$W/issuer" --client-secret "$(cat "$W/idp.secret")" \
+  --redirect-uri "http://127.0.0.1:$HTTP_PORT/oidc/callback" > "$W/idp.log" 2>&1 &
+PIDS+=($!)
+wait_for 10 test -s "$W/issuer" || fail "the demo identity provider did not start: $(cat "$W/idp.log")"
+ISSUER=$(cat "$W/issuer")
 cat > "$W/policy.yaml" <<POLICY
 session_ttl: 10m
 roles:
   demo:
     publish: {allow: ["demo.>"]}
     subscribe: {allow: ["demo.>"]}
+  dev:
+    publish: {allow: ["dev.{{person}}.>"]}
+    subscribe: {allow: ["dev.{{person}}.>"]}
 bindings:
   - host_roles: [demo]
     roles: [demo]
+people:
+  login_ttl: 1h
+  idps: [{name: okta, issuer: "$ISSUER", client_id: tpmauthn, client_secret_file: "$W/idp.secret"}]
+  bindings:
+    - {groups: [developers], roles: [dev], require: {assurance: hardware}}
 POLICY
 "$BIN/tpmauthn-verifier" --data-dir "$W/verifier" --nats-listen "127.0.0.1:$NATS_PORT" \
+  --http-listen "127.0.0.1:$HTTP_PORT" \
   --ek-ca-dir "$W/ek-ca" --policy "$W/policy.yaml" --rp-id fleet.example.com > "$W/verifier.log" 2>&1 &
 PIDS+=($!)
 wait_for 15 test -s "$W/verifier/client-url" || fail "the verifier did not start"
 wait_for 10 "$BIN/tpmauthnctl" --data-dir "$W/verifier" status || fail "the verifier does not answer"
 say "verifier serving on nats://127.0.0.1:$NATS_PORT; policy: role demo may publish and subscribe demo.>"
+say "people log in at http://127.0.0.1:$HTTP_PORT/login/ with identity provider $ISSUER; group developers gets role dev"
 
 step "3. An operator creates a one-time join token for role demo"
 (umask 077; "$BIN/tpmauthnctl" --data-dir "$W/verifier" token create --roles demo --ttl 10m > "$W/token" 2>"$W/token.info") || fail "token create"
@@ -94,7 +113,7 @@ step "4. Start the agent: it enrolls this host (EK chain, credential activation,
 cat > "$W/agent.yaml" <<AGENT
 workloads:
   - name: demo-app
-    match: {uid: $(id -u)}
+    match: {uid: $(id -u), exe: "$(realpath "$BIN/workload")"}
 AGENT
 "$BIN/tpmauthn-agent" run --tpm "$TPM_URI" --data-dir "$W/agent" --nats-url "nats://127.0.0.1:$NATS_PORT" \
   --token-file "$W/token" --socket "$W/agent.sock" --config "$W/agent.yaml" > "$W/agent.log" 2>&1 &
@@ -104,7 +123,7 @@ wait_for 30 curl -sf --unix-socket "$W/agent.sock" http://agent/healthz || fail 
 echo
 "$BIN/tpmauthnctl" --data-dir "$W/verifier" credential list
 
-step "5. A workload asks the agent who it is (the agent names it by its process credentials)"
+step "5. The agent names each caller by its process credentials: curl is not the demo-app program"
 curl -s --unix-socket "$W/agent.sock" http://agent/v1/whoami || fail "whoami"
 echo
 
@@ -112,7 +131,19 @@ step "6. The workload connects to NATS with its TPM, publishes, receives; a repl
 "$BIN/workload" --socket "$W/agent.sock" --nats-url "nats://127.0.0.1:$NATS_PORT" \
   --subject demo.greetings --forbidden billing.invoices --replay || fail "the workload did not behave as shown"
 
-step "7. The workload holds a live connection; the operator revokes the host"
+step "7. A person logs in with their identity provider; the agent gives her a TPM credential for her uid"
+say "Dana (group developers) runs tpmauthnctl login; her browser (scripted here) logs her in at the IdP"
+BROWSER="$BIN/demo-idp browse --issuer $ISSUER --user dana --password pw" \
+  "$BIN/tpmauthnctl" login --url "http://127.0.0.1:$HTTP_PORT" --idp okta --agent-socket "$W/agent.sock" \
+  --out "$W/dana-login.json" 2>&1 | sed 's/^/   /' || fail "the person's login failed"
+PERSON=$(sed -n 's/.*"id": "\(okta_[0-9a-f]*\)".*/\1/p' "$W/dana-login.json" | head -1)
+[ -n "$PERSON" ] || fail "no person in the login: $(cat "$W/dana-login.json")"
+say "her own program (no configured workload matches it) connects as the person, with role dev:"
+cp "$BIN/workload" "$W/dana-app"
+"$W/dana-app" --socket "$W/agent.sock" --nats-url "nats://127.0.0.1:$NATS_PORT" \
+  --subject "dev.$PERSON.hello" --forbidden demo.greetings || fail "the person's program did not behave as shown"
+
+step "8. The workload holds a live connection; the operator revokes the host"
 "$BIN/workload" --socket "$W/agent.sock" --nats-url "nats://127.0.0.1:$NATS_PORT" --subject demo.live --hold 30s > "$W/live.log" 2>&1 &
 LIVE=$!
 PIDS+=($LIVE)
@@ -128,8 +159,8 @@ sed 's/^/   workload: /' "$W/live.log"
 DROP=$(sed -n 's/.*unix_ms=\([0-9]*\).*/\1/p' "$W/live.log" | head -1)
 [ -n "$DROP" ] && say "revoke -> connection dropped in $((DROP - T0)) ms; the reconnect was denied"
 
-step "8. The audit trail of everything above, and its proof"
-"$BIN/tpmauthnctl" --data-dir "$W/verifier" audit tail -n 40
+step "9. The audit trail of everything above, and its proof"
+"$BIN/tpmauthnctl" --data-dir "$W/verifier" audit tail -n 50
 "$BIN/tpmauthnctl" --data-dir "$W/verifier" audit verify || fail "the audit chain does not verify"
 
 printf '\ndemo: OK\n'

@@ -57,8 +57,13 @@ type loginSettings struct {
 	} `mapstructure:"login"`
 }
 
-// openBrowser opens a URL in the user's browser (replaced in tests).
+// openBrowser opens a URL in the user's browser (replaced in tests):
+// $BROWSER if set (a command, given the URL as its last argument), else
+// the desktop's opener.
 var openBrowser = func(u string) error {
+	if b := strings.Fields(os.Getenv("BROWSER")); len(b) > 0 {
+		return exec.Command(b[0], append(b[1:], u)...).Start()
+	}
 	name := "xdg-open"
 	if runtime.GOOS == "darwin" {
 		name = "open"

@@ -36,7 +36,11 @@ func run(socket, url, subject, forbidden string, replay bool, hold time.Duration
 	if err != nil {
 		return err
 	}
-	fmt.Printf("agent says: workload %s on host %s, credential %s\n", who.Workload, who.Host, who.CredentialID)
+	name := who.Workload
+	if who.Person != "" {
+		name = "person " + who.Person // a person's login credential (tpmauthnctl login)
+	}
+	fmt.Printf("agent says: %s on host %s, credential %s\n", name, who.Host, who.CredentialID)
 	tpmOpts, err := client.NATSOptions(socket)
 	if err != nil {
 		return err
@@ -68,12 +72,12 @@ func run(socket, url, subject, forbidden string, replay bool, hold time.Duration
 		return fmt.Errorf("connect: %w", err)
 	}
 	defer nc.Close()
-	fmt.Printf("connected to NATS in %v as %s (TPM-signed nonce, verified by auth callout)\n", time.Since(start).Round(time.Millisecond), who.Workload)
+	fmt.Printf("connected to NATS in %v as %s (TPM-signed nonce, verified by auth callout)\n", time.Since(start).Round(time.Millisecond), name)
 	sub, err := nc.SubscribeSync(subject)
 	if err != nil {
 		return err
 	}
-	msg := fmt.Sprintf("hello from %s@%s", who.Workload, who.Host)
+	msg := fmt.Sprintf("hello from %s@%s", name, who.Host)
 	if err := nc.Publish(subject, []byte(msg)); err != nil {
 		return err
 	}

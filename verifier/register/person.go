@@ -22,6 +22,7 @@ import (
 // redeemed once, for the person it names.
 type persons interface {
 	Redeem(ctx context.Context, token string) (*record.LoginGrant, *record.Person, error)
+	AddCredential(ctx context.Context, cred *record.Credential) (replaced []string, err error)
 }
 
 // beginPerson starts a person's device credential registration: the agent
@@ -82,21 +83,11 @@ func (s *Service) finishPerson(ctx context.Context, ch *record.Challenge, h *rec
 		LocalUser: localUser(ch.UID, ch.User),
 	}
 	ev.Workload = cred.Workload
-	if err := store.Create(ctx, s.cfg.Fleet.Store.Credentials, cred.ID, cred); errors.Is(err, api.ErrConflict) {
-		return nil, fmt.Errorf("%w: credential ID %s exists", api.ErrConflict, cred.ID)
-	} else if err != nil {
-		return nil, err
+	replaced, err := s.cfg.People.AddCredential(ctx, cred)
+	if err != nil {
+		return nil, loginErr(err)
 	}
 	s.cfg.Fleet.CredentialCreated(cred.ID)
-	replaced, err := s.linkPerson(ctx, p, cred)
-	if err != nil {
-		// Not listed with the person, it would escape their offboarding:
-		// it must not exist.
-		if derr := s.cfg.Fleet.Store.Credentials.Delete(context.WithoutCancel(ctx), cred.ID); derr != nil {
-			s.log.Error("registration refused, but its credential record stays", "credential", cred.ID, "error", derr)
-		}
-		return nil, err
-	}
 	for _, old := range replaced {
 		if _, err := s.retire(ctx, old, cred.ID); err != nil {
 			s.log.Warn("a person's earlier credential on this host was not retired (it expires with its login)", "credential", old, "error", err)
@@ -107,47 +98,6 @@ func (s *Service) finishPerson(ctx context.Context, ch *record.Challenge, h *rec
 	s.log.Info("person's credential registered", "credential", cred.ID, "host", h.ID, "person", p.ID, "local_user", cred.LocalUser)
 	return &api.RegisterFinishResponse{CredentialID: cred.ID, Workload: cred.Workload, Expires: cred.Expires,
 		Person: &api.Person{ID: p.ID, IdP: p.IdP, Subject: p.Subject, Name: p.Name, Email: p.Email}}, nil
-}
-
-// linkPerson adds cred to the person's credentials, compare-and-set: a
-// person disabled meanwhile is refused (their offboarding read the list
-// before this credential was on it). It also drops from the list what can
-// no longer be used, and returns the person's earlier credentials on the
-// same host, which cred replaces.
-func (s *Service) linkPerson(ctx context.Context, p *record.Person, cred *record.Credential) ([]string, error) {
-	var replaced []string
-	dead := map[string]bool{}
-	now := time.Now()
-	for _, id := range p.Credentials {
-		c, _, err := store.Get[record.Credential](ctx, s.cfg.Fleet.Store.Credentials, id)
-		switch {
-		case errors.Is(err, api.ErrNotFound):
-			dead[id] = true
-		case err != nil:
-			return nil, err
-		case c.Status == api.CredentialRevoked || c.Expired(now) || c.Retired(now):
-			dead[id] = true
-		case c.Host == cred.Host && c.Retires.IsZero():
-			replaced = append(replaced, id)
-		}
-	}
-	_, _, err := store.Mutate(ctx, s.cfg.Fleet.Store.People, p.ID, func(p *record.Person) error {
-		if !p.Disabled.IsZero() {
-			return fmt.Errorf("%w: %s was disabled: %s", api.ErrLoginInvalid, p.ID, p.DisabledReason)
-		}
-		kept := p.Credentials[:0]
-		for _, id := range p.Credentials {
-			if !dead[id] {
-				kept = append(kept, id)
-			}
-		}
-		p.Credentials = append(kept, cred.ID)
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("add credential %s to person %s: %w", cred.ID, p.ID, err)
-	}
-	return replaced, nil
 }
 
 // PersonName is what a person's device credentials are called: "person:"

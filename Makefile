@@ -37,6 +37,7 @@ fuzz: ## fuzz every parser of untrusted bytes for FUZZTIME each
 	$(GO) test ./verifier/policy -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./verifier/oidclogin -run '^$$' -fuzz '^FuzzLoginRequests$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./agent -run '^$$' -fuzz '^FuzzSocketRequests$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./verifier/scim -run '^$$' -fuzz '^FuzzPatch$$' -fuzztime $(FUZZTIME)
 
 bench: ## benchmarks: TPM operations, the whole chain, revocation, enrollment, audit (swtpm)
 	$(GO) test ./agent/tpm ./agent -run '^$$' -bench . -benchtime 20x

@@ -7,7 +7,9 @@
 // The key file holds the private key, the credential ID and the RP ID; the
 // signature counter is kept beside it (KEY.counter), bumped under an
 // exclusive lock before each signature, so that two programs of the person
-// never sign the same counter value.
+// never sign the same counter value. Package personkey/natskey connects
+// nats.go with it (it links the WebAuthn wire format; this package, which
+// tpmauthnctl login uses, does not).
 package personkey
 
 import (
@@ -16,7 +18,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -29,10 +30,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/tpmauthn/tpmauthn/api"
-	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/internal/atomicfile"
 )
 
@@ -130,32 +128,21 @@ func (k *Key) Expires() time.Time { return k.stored.Expires }
 // ErrExpired: the login the key came with has ended.
 var ErrExpired = errors.New("the login of this key has ended: log in again (tpmauthnctl login)")
 
-// SignNonce signs a NATS nonce for the verifier: the bundle to send as
-// CONNECT sig.
-func (k *Key) SignNonce(nonce []byte) ([]byte, error) {
+// RPID is the verifier's RP ID the key signs for.
+func (k *Key) RPID() string { return k.stored.RPID }
+
+// Sign signs a digest with the key (ECDSA, ASN.1 DER), if the login has not
+// ended.
+func (k *Key) Sign(digest []byte) ([]byte, error) {
 	if !time.Now().Before(k.stored.Expires) {
 		return nil, ErrExpired
 	}
-	id, err := base64.RawURLEncoding.DecodeString(k.stored.CredentialID)
-	if err != nil {
-		return nil, fmt.Errorf("credential ID: %w", err)
-	}
-	counter, err := k.nextCounter()
-	if err != nil {
-		return nil, err
-	}
-	authData := attestation.NewAuthenticatorData(k.stored.RPID, counter).Marshal()
-	cdj, err := attestation.NewClientDataJSON(attestation.TypeGet, attestation.NATSChallenge(nonce), attestation.VerifierOrigin(k.stored.RPID))
-	if err != nil {
-		return nil, err
-	}
-	digest := sha256.Sum256(attestation.SignedData(authData, cdj))
-	sig, err := ecdsa.SignASN1(rand.Reader, k.priv, digest[:])
-	if err != nil {
-		return nil, err
-	}
-	return attestation.MarshalBundle(&attestation.Assertion{CredentialID: id, AuthData: authData, ClientDataJSON: cdj, Signature: sig})
+	return ecdsa.SignASN1(rand.Reader, k.priv, digest)
 }
+
+// NextCounter is the next signature counter value, persisted before it is
+// used (see the package doc).
+func (k *Key) NextCounter() (uint32, error) { return k.nextCounter() }
 
 // nextCounter bumps the counter file under an exclusive lock.
 func (k *Key) nextCounter() (uint32, error) {
@@ -189,13 +176,6 @@ func (k *Key) nextCounter() (uint32, error) {
 		return 0, err
 	}
 	return uint32(next), nil
-}
-
-// NATSOptions are the nats.go options that connect as the key's person:
-// the nonce signed with the key, and the session's own inbox prefix.
-func (k *Key) NATSOptions() []nats.Option {
-	sign := func(nonce []byte) ([]byte, error) { return k.SignNonce(nonce) }
-	return []nats.Option{nats.Nkey(k.NKey(), sign), nats.CustomInboxPrefix(api.InboxForCredential(k.NKey()))}
 }
 
 // DefaultPath is where tpmauthnctl login keeps the key: the user config

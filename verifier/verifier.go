@@ -33,6 +33,8 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 	"github.com/tpmauthn/tpmauthn/verifier/metrics"
 	"github.com/tpmauthn/tpmauthn/verifier/natsapi"
+	"github.com/tpmauthn/tpmauthn/verifier/offboard"
+	"github.com/tpmauthn/tpmauthn/verifier/oidclogin"
 	"github.com/tpmauthn/tpmauthn/verifier/operators"
 	"github.com/tpmauthn/tpmauthn/verifier/people"
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
@@ -82,7 +84,9 @@ type Verifier struct {
 	metricsSrv *promserve.Server
 	health     *health.Monitor
 	people     *people.Service
-	http       *httpapi.Server // people's logins, or nil
+	offboard   *offboard.Service
+	login      *oidclogin.Handler // people's logins, or nil
+	http       *httpapi.Server    // people's logins, or nil
 	httpURL    string
 
 	mu        sync.Mutex
@@ -387,7 +391,8 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 	}
 	adm := admin.New(admin.Config{Fleet: v.fleet, Sessions: v.sessions, Enroll: v.enroll, Trail: v.trail,
 		Version: Version, RPID: v.cfg.RPID, Origin: v.cfg.Origin, Approval: v.cfg.Approval,
-		AuditKey: keys.Public(v.keys.Issuer), EKRoots: ekRoots, CAPin: v.trust.pin, AuditStream: auditlog.Stream, Logger: v.log, Now: v.cfg.Clock})
+		AuditKey: keys.Public(v.keys.Issuer), EKRoots: ekRoots, CAPin: v.trust.pin, AuditStream: auditlog.Stream, Logger: v.log, Now: v.cfg.Clock,
+		People: v.people, Offboard: v.offboard})
 	v.api = natsapi.New(natsapi.Config{Conn: v.nc, QueueGroup: queueGroup, Version: Version, Workers: v.cfg.Workers,
 		Trail: v.trail, Metrics: v.metrics, Health: v.health, Logger: v.log})
 	v.onClose(v.api.Close)

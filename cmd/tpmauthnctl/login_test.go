@@ -25,6 +25,8 @@ import (
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/internal/oidctest"
+	"github.com/tpmauthn/tpmauthn/personkey"
+	"github.com/tpmauthn/tpmauthn/personkey/natskey"
 	"github.com/tpmauthn/tpmauthn/verifier"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
@@ -101,11 +103,15 @@ func checkLoginFile(t *testing.T, out string) api.LoginResult {
 // requires hardware is not granted, the other is.
 func checkSoftwareKey(t *testing.T) {
 	t.Helper()
-	k, err := loadPersonKey()
+	path, err := personkey.DefaultPath()
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := nats.Connect(k.NATSURL(), append(k.NATSOptions(), nats.MaxReconnects(0))...)
+	k, err := personkey.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(k.NATSURL(), append(natskey.Options(k), nats.MaxReconnects(0))...)
 	if err != nil {
 		t.Fatalf("connect with the software key: %v", err)
 	}

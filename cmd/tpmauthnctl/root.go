@@ -22,7 +22,6 @@ import (
 	"github.com/tpmauthn/tpmauthn/internal/cliconf"
 	"github.com/tpmauthn/tpmauthn/internal/clidocs"
 	"github.com/tpmauthn/tpmauthn/internal/natstls"
-	"github.com/tpmauthn/tpmauthn/personkey"
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 )
 
@@ -79,7 +78,7 @@ func newRootCmd() *cobra.Command {
 		}
 	}
 	root.AddCommand(a.tokenCmd(), a.hostCmd(), a.credentialCmd(), a.ekCmd(), a.auditCmd(), a.statusCmd(), a.natsConfigCmd(),
-		a.backupCmd(), a.restoreCmd(), a.loginCmd())
+		a.backupCmd(), a.restoreCmd(), a.loginCmd(), a.personCmd())
 	root.AddCommand(clidocs.Command(root))
 	return root
 }
@@ -134,9 +133,6 @@ func (a *app) connectAsPerson(url string) (*nats.Conn, error) {
 	defer cancel()
 	who, err := ac.WhoAmI(ctx)
 	if err != nil {
-		if k, kerr := loadPersonKey(); kerr == nil {
-			return a.connectWithKey(k, url)
-		}
 		return nil, fmt.Errorf("say where the verifier is and who you are: log in as a person (tpmauthnctl login) on a host whose agent serves you, or give --data-dir of a local verifier, or --nats-url and --creds (the operator key, break-glass): %w", err)
 	}
 	if who.Person == "" {
@@ -150,28 +146,6 @@ func (a *app) connectAsPerson(url string) (*nats.Conn, error) {
 		return nil, err
 	}
 	return a.dial(url, opts)
-}
-
-// loadPersonKey is the software key tpmauthnctl login kept (no agent).
-func loadPersonKey() (*personkey.Key, error) {
-	path, err := personkey.DefaultPath()
-	if err != nil {
-		return nil, err
-	}
-	return personkey.Load(path)
-}
-
-// connectWithKey connects as the person of a software key: to url, else
-// the one the key was registered with.
-func (a *app) connectWithKey(k *personkey.Key, url string) (*nats.Conn, error) {
-	if url == "" {
-		url = k.NATSURL()
-	}
-	tlsOpts, err := a.tlsOptions(url)
-	if err != nil {
-		return nil, err
-	}
-	return a.dial(url, append(tlsOpts, k.NATSOptions()...))
 }
 
 func (a *app) dial(url string, opts []nats.Option) (*nats.Conn, error) {

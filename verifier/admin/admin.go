@@ -60,7 +60,11 @@ type Config struct {
 	// AuditStream is the audit trail's stream, reported with the buckets.
 	AuditStream string
 	// CAPin is the NATS CA pin join tokens carry ("": none).
-	CAPin  string
+	CAPin string
+	// People and Offboard serve the person.* operations (nil: refused).
+	People   personStore
+	Offboard offboarder
+
 	Logger *slog.Logger
 	// Now is the clock of tokens and records (nil: time.Now).
 	Now func() time.Time
@@ -114,7 +118,7 @@ func (s *Service) Endpoints() []natsapi.Endpoint {
 	for i, o := range ops {
 		out[i] = natsapi.Endpoint{Subject: api.SubjectAdminPrefix + o.op, Handler: o.h}
 	}
-	return out
+	return append(out, s.personEndpoints()...)
 }
 
 func checkNames(kind string, names []string) error {

@@ -47,6 +47,7 @@ bench: ## benchmarks: TPM operations, the whole chain, revocation, enrollment, a
 	@mkdir -p $(BIN)
 	BENCH_RESULTS_DIR=$(abspath $(BIN)) $(GO) test ./e2e -run '^$$' -bench Chain -benchtime 1000x
 	BENCH_RESULTS_DIR=$(abspath $(BIN)) $(GO) test ./e2e -run '^$$' -bench RevokeToDisconnect -benchtime 1x
+	BENCH_RESULTS_DIR=$(abspath $(BIN)) $(GO) test ./e2e -run '^$$' -bench People -benchtime 600x
 	BENCH_RESULTS_DIR=$(abspath $(BIN)) $(GO) test ./e2e -run '^$$' -bench HostStorm -benchtime 1x
 	$(GO) build -o $(BIN)/tpmauthn-bench ./cmd/tpmauthn-bench
 	$(BIN)/tpmauthn-bench $(BIN)

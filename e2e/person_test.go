@@ -56,7 +56,7 @@ func peopleFleet(t *testing.T, op *oidctest.OP) *fleettest.Fleet {
 
 // peopleFleetWith is peopleFleet with a policy whose %q are op's issuer and
 // the client secret file.
-func peopleFleetWith(t *testing.T, op *oidctest.OP, policy string) *fleettest.Fleet {
+func peopleFleetWith(t testing.TB, op *oidctest.OP, policy string, opts ...fleettest.Option) *fleettest.Fleet {
 	t.Helper()
 	dir := t.TempDir()
 	secret, pol := filepath.Join(dir, "okta.secret"), filepath.Join(dir, "policy.yaml")
@@ -66,16 +66,16 @@ func peopleFleetWith(t *testing.T, op *oidctest.OP, policy string) *fleettest.Fl
 	if err := os.WriteFile(pol, fmt.Appendf(nil, policy, op.Issuer, secret), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	f := fleettest.New(t, func(f *fleettest.Fleet) {
+	f := fleettest.New(t, append([]fleettest.Option{func(f *fleettest.Fleet) {
 		f.Config.PolicyFile, f.Config.HTTPListen = pol, "127.0.0.1:0"
-	})
+	}}, opts...)...)
 	op.AddClient("tpmauthn", "s3cret", f.Verifier.HTTPURL()+api.PathOIDCCallback)
 	return f
 }
 
 // loginGrant logs username in at the IdP through the verifier, as
 // tpmauthnctl login does (loopback redirect, PKCE), and returns the login.
-func loginGrant(t *testing.T, f *fleettest.Fleet, op *oidctest.OP, username, password string) api.LoginResult {
+func loginGrant(t testing.TB, f *fleettest.Fleet, op *oidctest.OP, username, password string) api.LoginResult {
 	t.Helper()
 	base := f.Verifier.HTTPURL()
 	b := oidctest.Browser(t)

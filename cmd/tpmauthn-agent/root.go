@@ -18,7 +18,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 		Version:       buildinfo.Read().String(),
 	}
-	root.AddCommand(newRunCmd(), newDebugCmd())
+	root.AddCommand(newRunCmd(), newDebugCmd(), newDoctorCmd())
 	root.AddCommand(clidocs.Command(root))
 	return root
 }

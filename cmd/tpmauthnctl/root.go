@@ -78,7 +78,7 @@ func newRootCmd() *cobra.Command {
 		}
 	}
 	root.AddCommand(a.tokenCmd(), a.hostCmd(), a.credentialCmd(), a.ekCmd(), a.auditCmd(), a.statusCmd(), a.natsConfigCmd(),
-		a.backupCmd(), a.restoreCmd(), a.loginCmd(), a.personCmd())
+		a.backupCmd(), a.restoreCmd(), a.loginCmd(), a.personCmd(), a.doctorCmd())
 	root.AddCommand(clidocs.Command(root))
 	return root
 }

@@ -4,7 +4,7 @@ GO        ?= go
 FUZZTIME  ?= 20s
 BIN       := bin
 
-.PHONY: help build man demo install test test-short lint fuzz bench bench-quick interop clean
+.PHONY: help build man deb demo install test test-short lint fuzz bench bench-quick interop clean
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -14,6 +14,10 @@ build: ## build the binaries into bin/ (--version names the commit)
 
 man: build ## man pages and shell completions of the three commands, into bin/docs/
 	for b in tpmauthn-agent tpmauthn-verifier tpmauthnctl; do $(BIN)/$$b docs $(BIN)/docs; done
+
+DEB_VERSION ?= 0.1.0~git$(shell git log -1 --format=%cd.%h --date=format:%Y%m%d 2>/dev/null || echo 0)
+deb: ## Debian packages (tpmauthn-agent, tpmauthn-verifier, tpmauthnctl) into bin/deb/ (DEB_VERSION=...)
+	$(GO) run ./packaging/mkdeb -version $(DEB_VERSION) -out $(BIN)/deb
 
 demo: build ## the whole chain on this machine: swtpm, verifier, agent, a workload on NATS
 	./scripts/demo.sh

@@ -78,7 +78,9 @@ func checkDataDir(dir string) doctor.Check {
 	case fi.Mode().Perm()&0o077 != 0:
 		return doctor.Fail(name, fmt.Sprintf("%s is mode %v: others can read the TPM key blobs and counters", dir, fi.Mode().Perm()), "chmod 700 "+dir)
 	}
-	if s, ok := fi.Sys().(*syscall.Stat_t); ok && int(s.Uid) != os.Geteuid() {
+	// Root may look at the agent user's directory; anyone else must be its
+	// owner (the agent runs as the owner).
+	if s, ok := fi.Sys().(*syscall.Stat_t); ok && int(s.Uid) != os.Geteuid() && os.Geteuid() != 0 {
 		return doctor.Fail(name, fmt.Sprintf("%s is owned by uid %d, this is uid %d", dir, s.Uid, os.Geteuid()), "run doctor as the agent's user, or chown the directory to it")
 	}
 	return doctor.Pass(name, "%s, mode %v", dir, fi.Mode().Perm())

@@ -207,6 +207,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	if a.auth, err = NewAuthenticator(tp, a.cfg.DataDir); err != nil {
 		return err
 	}
+	a.metrics.watchAKCertificate(a.auth.AKCertificate)
 	a.queue.start()
 	if err := a.untilReachable(ctx, "enrollment", a.ensureEnrolled); err != nil {
 		return err

@@ -1,6 +1,7 @@
 package verifier
 
 import (
+	"slices"
 	"cmp"
 	"context"
 	"crypto/x509"
@@ -106,6 +107,8 @@ func New(cfg Config) (*Verifier, error) {
 		return nil, err
 	}
 	v := &Verifier{cfg: cfg, keys: ks, log: cfg.Logger, metrics: metrics.New()}
+	v.metrics.KnownTamperKinds(append(slices.Clone(alert.Kinds), health.AlertStoreUnavailable, auditlog.AlertTruncated, auditlog.AlertRewritten,
+		auditlog.AlertCheckpointInvalid, auditlog.AlertNearLimit, auditlog.AlertAppendFailing)...)
 	if len(created) > 0 {
 		v.log.Info("created key material", "data_dir", cfg.DataDir, "files", created)
 	}

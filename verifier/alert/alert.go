@@ -34,6 +34,10 @@ const (
 	BreakGlass = "break_glass"
 )
 
+// Kinds are this package's kinds of signal (other rooms raise theirs:
+// store_unavailable, audit_*).
+var Kinds = []string{CounterRegression, RevokedUsed, AKMismatch, EKUntrusted, RevokedTPM, PersonOffboarded, BreakGlass}
+
 // SubjectPrefix is where alerts are published: SubjectPrefix + kind.
 const SubjectPrefix = "tpmauthn.alerts."
 

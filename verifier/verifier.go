@@ -1,7 +1,6 @@
 package verifier
 
 import (
-	"slices"
 	"cmp"
 	"context"
 	"crypto/x509"
@@ -9,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 

@@ -109,3 +109,25 @@ func TestOverTLS(t *testing.T) {
 		t.Fatalf("status with --nats-ca: %v", err)
 	}
 }
+
+// TestWaitsForAStartingVerifier: tpmauthnctl started before the verifier
+// has written its client URL waits for it (within --timeout) instead of
+// failing at once.
+func TestWaitsForAStartingVerifier(t *testing.T) {
+	dir := t.TempDir()
+	done := make(chan error, 1)
+	go func() {
+		_, err := ctl(t, "--data-dir", dir, "--timeout", "20s", "token", "list")
+		done <- err
+	}()
+	time.Sleep(500 * time.Millisecond)
+	fleettest.StartVerifier(t, verifier.Config{DataDir: dir, NATSListen: "127.0.0.1:-1"})
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("token list against a verifier that started after it: %v", err)
+		}
+	case <-time.After(25 * time.Second):
+		t.Fatal("tpmauthnctl did not finish")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -100,9 +101,9 @@ func (a *app) connect() (*nats.Conn, error) {
 			creds = seed
 		}
 		if url == "" {
-			b, err := os.ReadFile(urlFile)
+			b, err := waitForFile(urlFile, a.s.Timeout)
 			if err != nil {
-				return nil, fmt.Errorf("no client URL in %s (has tpmauthn-verifier started there?): %w", a.s.DataDir, err)
+				return nil, fmt.Errorf("no client URL in %s after %v (has tpmauthn-verifier started there? --timeout waits longer): %w", a.s.DataDir, a.s.Timeout, err)
 			}
 			url = strings.TrimSpace(string(b))
 		}
@@ -277,4 +278,17 @@ func esc(s string) string {
 		}
 	}
 	return b.String()
+}
+
+// waitForFile reads path, waiting up to timeout for it to appear: a
+// verifier that is still starting writes its client URL when it serves.
+func waitForFile(path string, timeout time.Duration) ([]byte, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		b, err := os.ReadFile(path)
+		if err == nil || !errors.Is(err, fs.ErrNotExist) || time.Now().After(deadline) {
+			return b, err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -146,9 +146,11 @@ type Agent struct {
 	// lastCheck is the verifier's last answer to the credential check
 	// (agent/status.go).
 	lastCheck checkRecord
-	// personSem lets one person's login register at a time.
-	personSem chan struct{}
-	nc        *nats.Conn // host-credential session to the verifier
+	// personSem lets one person's login register at a time; loginLimit
+	// bounds how often each uid may try.
+	personSem  chan struct{}
+	loginLimit *loginLimiter
+	nc         *nats.Conn // host-credential session to the verifier
 }
 
 // New checks the configuration.
@@ -163,7 +165,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	q := newTPMQueue(256)
 	return &Agent{cfg: cfg, log: cfg.Logger, queue: q, peers: newPeerIdentifier(), creds: map[string]*Credential{}, down: map[string]*unavailable{},
-		people: map[uint32]*Credential{}, personSem: make(chan struct{}, 1), metrics: newAgentMetrics(q), trust: trust}, nil
+		people: map[uint32]*Credential{}, personSem: make(chan struct{}, 1), loginLimit: newLoginLimiter(), metrics: newAgentMetrics(q), trust: trust}, nil
 }
 
 // Run opens the TPM, enrolls if needed, makes sure every configured workload

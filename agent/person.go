@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/nats-io/nats.go"
 
@@ -71,6 +74,13 @@ const personTimeout = 30 * time.Second
 // personLogin redeems the caller's login grant for a credential bound to
 // their uid, replacing the one they had.
 func (a *Agent) personLogin(w http.ResponseWriter, r *http.Request, p *Peer) {
+	// Any local user may call this: at most a few logins a minute per uid
+	// (and for the host), so that made-up grants cannot spend the host
+	// session's budget at the verifier, which its own registrations need.
+	if !a.loginLimit.allow(p.UID) {
+		writeErr(w, http.StatusTooManyRequests, "too many logins from this user on this host", "wait a minute, then log in again")
+		return
+	}
 	var req api.PersonLoginRequest
 	if err := decodeBody(r, &req); err != nil || req.Grant == "" {
 		writeErr(w, http.StatusBadRequest, "send {\"grant\": \"<the login's access token>\"}", "tpmauthnctl login does this for you")
@@ -185,4 +195,31 @@ func (a *Agent) loadPeople() error {
 		a.usePerson(*c.UID, c)
 	}
 	return nil
+}
+
+// loginLimiter bounds person logins at the agent: per uid, and for the host.
+type loginLimiter struct {
+	mu    sync.Mutex
+	host  *rate.Limiter
+	byUID map[uint32]*rate.Limiter
+}
+
+// Per uid: a burst of 3, then one every 20 s; the host: 10, then one every
+// 5 s. A person logs in once a day or so.
+func newLoginLimiter() *loginLimiter {
+	return &loginLimiter{host: rate.NewLimiter(rate.Every(5*time.Second), 10), byUID: map[uint32]*rate.Limiter{}}
+}
+
+func (l *loginLimiter) allow(uid uint32) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	u := l.byUID[uid]
+	if u == nil {
+		if len(l.byUID) > 4096 { // bounded: forget them all, rarely
+			clear(l.byUID)
+		}
+		u = rate.NewLimiter(rate.Every(20*time.Second), 3)
+		l.byUID[uid] = u
+	}
+	return u.Allow() && l.host.Allow()
 }

@@ -423,3 +423,26 @@ func TestTurnRefusedPastDeadline(t *testing.T) {
 		}
 	}
 }
+
+// TestLoginLimiter: a uid gets a burst of three person logins, then waits;
+// another uid is not held up by it; the host as a whole gets ten.
+func TestLoginLimiter(t *testing.T) {
+	l := newLoginLimiter()
+	for i := range 3 {
+		if !l.allow(1000) {
+			t.Fatalf("login %d of uid 1000 refused", i+1)
+		}
+	}
+	if l.allow(1000) {
+		t.Fatal("a fourth login of uid 1000 at once was allowed")
+	}
+	n := 0
+	for uid := uint32(2000); uid < 2020; uid++ {
+		if l.allow(uid) {
+			n++
+		}
+	}
+	if n != 7 { // ten for the host, three taken
+		t.Fatalf("%d logins of other uids allowed, want the host's remaining 7", n)
+	}
+}

@@ -9,6 +9,19 @@ import (
 // requests and replies. The records it returns (hosts, credentials, tokens)
 // are verifier/record's types.
 
+// SubjectAdminPersonPrefix is where people call the operator API:
+// SubjectAdminPersonPrefix + PERSON.CREDENTIAL.OP (AdminPersonSubject).
+// A person's session may publish only to its own person and credential
+// (server-enforced permissions, from the policy's admin grants), so the
+// subject says who asks; SubjectAdminPrefix + OP itself is not exported
+// and reaches only the verifier's own account (the operator key).
+const SubjectAdminPersonPrefix = SubjectAdminPrefix + "p."
+
+// AdminPersonSubject is where a person's credential calls op.
+func AdminPersonSubject(person, credential, op string) string {
+	return SubjectAdminPersonPrefix + person + "." + credential + "." + op
+}
+
 // AdminOps are the operator API's operations (SubjectAdminPrefix + op).
 // A role grants them with admin: [ops] ("*" all, "read" AdminReadOps).
 var AdminOps = []string{

@@ -39,6 +39,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/operators"
 	"github.com/tpmauthn/tpmauthn/verifier/people"
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 	"github.com/tpmauthn/tpmauthn/verifier/register"
 	"github.com/tpmauthn/tpmauthn/verifier/restore"
 	"github.com/tpmauthn/tpmauthn/verifier/sessions"
@@ -417,7 +418,12 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 	v.adminAPI = natsapi.New(natsapi.Config{Conn: v.nc, QueueGroup: queueGroup, Version: Version, Workers: adminWorkers,
 		Trail: v.trail, Metrics: v.metrics, Health: v.health, Logger: v.log})
 	v.onClose(v.adminAPI.Close)
-	gate := operators.New(operators.Config{Policy: func() *policy.Policy { return v.policy.Current() }, Alerts: alerts, Trail: v.trail, Logger: v.log})
+	credential := func(ctx context.Context, id string) (*record.Credential, error) {
+		c, _, err := store.Get[record.Credential](ctx, v.st.Credentials, id)
+		return c, err
+	}
+	gate := operators.New(operators.Config{Policy: func() *policy.Policy { return v.policy.Current() }, Credential: credential, People: v.people,
+		Alerts: alerts, Trail: v.trail, Logger: v.log})
 	return v.adminAPI.Serve("tpmauthn-admin", "tpmauthn operator API", api.SubjectAdminPrefix, gate.Wrap(adm.Endpoints()))
 }
 

@@ -55,6 +55,9 @@ type app struct {
 	s   settings
 	out io.Writer
 	nc  *nats.Conn
+	// subject is where an operation is asked: SubjectAdminPrefix + op with
+	// the operator key, AdminPersonSubject for a person (set by connect).
+	subject func(op string) string
 }
 
 func newRootCmd() *cobra.Command {
@@ -146,6 +149,7 @@ func (a *app) connectAsPerson(url string) (*nats.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	a.subject = func(op string) string { return api.AdminPersonSubject(who.Person, who.CredentialID, op) }
 	return a.dial(url, opts)
 }
 
@@ -192,7 +196,11 @@ func (a *app) call(op string, req, resp any) error {
 	if err != nil {
 		return err
 	}
-	m, err := nc.Request(api.SubjectAdminPrefix+op, body, a.s.Timeout)
+	subject := api.SubjectAdminPrefix + op
+	if a.subject != nil {
+		subject = a.subject(op)
+	}
+	m, err := nc.Request(subject, body, a.s.Timeout)
 	if errors.Is(err, nats.ErrNoResponders) {
 		return errors.New("no verifier is serving on this NATS server (is tpmauthn-verifier running?)")
 	}

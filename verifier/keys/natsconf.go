@@ -80,14 +80,15 @@ func ServerConfig(k *Set, o ServerConfigOptions) string {
       { nkey: %[4]s, permissions: { publish: { deny: [%[10]s] } } }  # the verifier: may not destroy the audit trail
       { nkey: %[5]s, permissions: { publish: ["%[7]s>"], subscribe: ["_INBOX.>", "tpmauthn.alerts.>"] } }  # tpmauthnctl
     ]
-    exports: [ { service: "tpmauthn.v1.>" }, { service: "%[7]s>" } ]
+    exports: [ { service: "tpmauthn.v1.>" }, { service: "%[7]sp.>" } ]
   }
   %[2]s {
-    # share: the server tells the verifier who asks (Nats-Request-Info); the
-    # operator API checks the asker's admin roles (a person's, from the IdP)
+    # the operator API for people: %[7]sp.PERSON.CREDENTIAL.OP, which
+    # each person's session may publish to for its own person and
+    # credential only (%[7]sOP itself stays in this account: the operator key)
     imports: [
       { service: { account: %[1]s, subject: "tpmauthn.v1.>" }, share: true }
-      { service: { account: %[1]s, subject: "%[7]s>" }, share: true }
+      { service: { account: %[1]s, subject: "%[7]sp.>" } }
     ]
   }
   %[3]s {

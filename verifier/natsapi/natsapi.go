@@ -33,6 +33,9 @@ type Handler func(ctx context.Context, body []byte) (any, error)
 type Endpoint struct {
 	Subject string
 	Handler Handler
+	// Name is the micro endpoint's name (default: the subject without the
+	// prefix, dots made dashes; give one for a subject with wildcards).
+	Name string
 }
 
 type observer interface {
@@ -89,12 +92,24 @@ func (s *Server) Serve(name, description, prefix string, endpoints []Endpoint) e
 	}
 	s.svcs = append(s.svcs, svc)
 	for _, e := range endpoints {
-		ename := strings.ReplaceAll(strings.TrimPrefix(e.Subject, prefix), ".", "-")
+		ename := e.Name
+		if ename == "" {
+			ename = strings.ReplaceAll(strings.TrimPrefix(e.Subject, prefix), ".", "-")
+		}
 		if err := svc.AddEndpoint(ename, s.handler(e.Subject, e.Handler), micro.WithEndpointSubject(e.Subject)); err != nil {
 			return fmt.Errorf("endpoint %s: %w", e.Subject, err)
 		}
 	}
 	return nil
+}
+
+type subjectKey struct{}
+
+// RequestSubject is the subject the request was sent to (an endpoint's
+// subject may have wildcards: the server enforced who may publish to it).
+func RequestSubject(ctx context.Context) string {
+	s, _ := ctx.Value(subjectKey{}).(string)
+	return s
 }
 
 // Served is how many requests this server answered.
@@ -132,12 +147,12 @@ func (s *Server) handler(subj string, h Handler) micro.HandlerFunc {
 		// Read everything from req before the handler returns: micro reads
 		// the request's state after this function returns, so the reply is
 		// published on the connection directly, never through req.
-		reply, headers, data := req.Reply(), req.Headers(), req.Data()
+		reply, headers, data, subject := req.Reply(), req.Headers(), req.Data(), req.Subject()
 		go func() {
 			defer s.work.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 			defer cancel()
-			ctx, audited := auditlog.DeferWait(withRequester(ctx, headers))
+			ctx, audited := auditlog.DeferWait(withRequester(context.WithValue(ctx, subjectKey{}, subject), headers))
 			start := time.Now()
 			resp, err := h(ctx, data)
 			<-s.sem

@@ -17,9 +17,6 @@ import (
 
 type requesterKey struct{}
 
-// infoCountKey holds how many Nats-Request-Info headers a request had.
-type infoCountKey struct{}
-
 type requester struct {
 	Account string `json:"acc"`
 	// NameTag is the session's user JWT name, which the callout set ("name"
@@ -34,7 +31,6 @@ func withRequester(ctx context.Context, h micro.Headers) context.Context {
 	// client can smuggle a second Nats-Request-Info ahead of the server's.
 	// With more than one, nobody is named (fail closed).
 	vals := h.Values("Nats-Request-Info")
-	ctx = context.WithValue(ctx, infoCountKey{}, len(vals))
 	if len(vals) != 1 || vals[0] == "" {
 		return ctx
 	}
@@ -70,26 +66,4 @@ func RequesterTag(ctx context.Context, prefix string) (string, bool) {
 func RequesterIsHost(ctx context.Context, id string) bool {
 	r, ok := ctx.Value(requesterKey{}).(*requester)
 	return ok && slices.Contains(r.Tags, api.TagAgent+":"+id)
-}
-
-// Requester is who made a request through an import: the account, the
-// session's user JWT name and tags, as nats-server vouches for them
-// (Nats-Request-Info).
-type Requester struct {
-	Account, Name string
-	Tags          []string
-}
-
-// RequesterOf is the request's requester, and how many Nats-Request-Info
-// headers it came with: 0 from a user of the verifier's own account (no
-// import: the server adds none, and a client in an importing account
-// cannot remove the server's), 1 with a requester through an import, more
-// (a smuggled copy) with none.
-func RequesterOf(ctx context.Context) (*Requester, int) {
-	n, _ := ctx.Value(infoCountKey{}).(int)
-	r, ok := ctx.Value(requesterKey{}).(*requester)
-	if !ok || n != 1 {
-		return nil, n
-	}
-	return &Requester{Account: r.Account, Name: r.NameTag, Tags: slices.Clone(r.Tags)}, n
 }

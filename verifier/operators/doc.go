@@ -2,11 +2,13 @@
 // admin endpoints) and names them for the audit trail.
 //
 // People operate the fleet: a person's session (their TPM credential
-// through the agent, with roles from their IdP groups) reaches the
-// operator API through an import that tells the verifier who asks
-// (Nats-Request-Info, written by nats-server); each request is allowed only
-// if one of the session's roles grants the operation in the current policy,
-// and the audit trail names the person and the device credential.
+// through the agent, with roles from their IdP groups) publishes to
+// api.AdminPersonSubject(person, credential, op), which the server lets it
+// do only for its own person and credential and only for the operations
+// the policy's admin: grants give it. The subject, not a header (nats.go's
+// header parsing can be made to drop or replace Nats-Request-Info), says
+// who asks; each request is checked again against the credential, the
+// person and their roles now, and the audit trail names both.
 //
 // The operator key file (a user of the verifier's own account) remains as a
 // break-glass credential: once the policy grants admin roles to people, its

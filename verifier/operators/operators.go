@@ -11,9 +11,10 @@ import (
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/audit"
 	"github.com/tpmauthn/tpmauthn/verifier/alert"
-	"github.com/tpmauthn/tpmauthn/verifier/keys"
 	"github.com/tpmauthn/tpmauthn/verifier/natsapi"
+	"github.com/tpmauthn/tpmauthn/verifier/people"
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 type alerter interface {
@@ -24,12 +25,21 @@ type auditor interface {
 	RecordNow(context.Context, audit.Event)
 }
 
+// persons reads a person record (verifier/people).
+type persons interface {
+	Person(ctx context.Context, id string) (*record.Person, error)
+}
+
 // Config is what the gate needs.
 type Config struct {
 	Policy func() *policy.Policy
-	Alerts alerter
-	Trail  auditor
-	Logger *slog.Logger
+	// Credential reads a credential record from the store (not a cache:
+	// one revoked a moment ago by another instance must not operate).
+	Credential func(ctx context.Context, id string) (*record.Credential, error)
+	People     persons
+	Alerts     alerter
+	Trail      auditor
+	Logger     *slog.Logger
 }
 
 // Gate checks each operator API request's caller.
@@ -49,11 +59,10 @@ func New(cfg Config) *Gate {
 	return &Gate{cfg: cfg}
 }
 
-// Actor is who called: the operator key, or a session with admin roles.
+// Actor is who called: the operator key, or a person.
 type Actor struct {
-	// Name is the audit trail's actor: "operator", or "person:ID via
-	// SESSION" (the session's name names the device credential), or the
-	// session's name for a workload.
+	// Name is the audit trail's actor: "operator", "operator (break-glass
+	// key)", or "person:ID via credential CRED".
 	Name string
 	// Person is the person's ID, if a person called.
 	Person string
@@ -70,65 +79,97 @@ func ActorOf(ctx context.Context) Actor {
 	return Actor{Name: "operator"}
 }
 
-// Wrap puts the gate in front of the operator API's endpoints.
+// Wrap puts the gate in front of the operator API's endpoints. Each
+// operation is served twice: on SubjectAdminPrefix + op, which only the
+// verifier's own account reaches (the operator key), and on
+// AdminPersonSubject(*, *, op), exported to the workload account, where the
+// server lets a person's session publish for its own person and credential
+// only.
 func (g *Gate) Wrap(eps []natsapi.Endpoint) []natsapi.Endpoint {
-	out := make([]natsapi.Endpoint, len(eps))
-	for i, ep := range eps {
+	var out []natsapi.Endpoint
+	for _, ep := range eps {
 		op := strings.TrimPrefix(ep.Subject, api.SubjectAdminPrefix)
 		h := ep.Handler
-		ep.Handler = func(ctx context.Context, body []byte) (any, error) {
-			ctx, err := g.check(ctx, op)
-			if err != nil {
-				return nil, err
-			}
-			return h(ctx, body)
-		}
-		out[i] = ep
+		out = append(out,
+			natsapi.Endpoint{Subject: ep.Subject, Handler: func(ctx context.Context, body []byte) (any, error) {
+				return h(g.operator(ctx, op), body)
+			}},
+			natsapi.Endpoint{Subject: api.AdminPersonSubject("*", "*", op), Name: "person-" + strings.ReplaceAll(op, ".", "-"),
+				Handler: func(ctx context.Context, body []byte) (any, error) {
+					ctx, err := g.person(ctx, op)
+					if err != nil {
+						return nil, err
+					}
+					return h(ctx, body)
+				}},
+		)
 	}
 	return out
 }
 
-// check names the caller of op and refuses one whose roles do not grant it.
-func (g *Gate) check(ctx context.Context, op string) (context.Context, error) {
-	r, n := natsapi.RequesterOf(ctx)
-	switch {
-	case n == 0:
-		// A user of the verifier's own account: the operator key (the
-		// verifier itself makes no admin requests).
-		a := Actor{Name: "operator"}
-		if g.cfg.Policy().HasAdmins() {
-			a.Name = "operator (break-glass key)"
-			g.breakGlass(op)
-		}
-		return context.WithValue(ctx, actorKey{}, a), nil
-	case r == nil || r.Account != keys.AccountApp:
-		return nil, fmt.Errorf("%w: the request does not say who made it", api.ErrForbidden)
+// operator names the operator key's caller: only the verifier's own
+// account reaches these subjects. While people operate the fleet, it is the
+// break-glass credential.
+func (g *Gate) operator(ctx context.Context, op string) context.Context {
+	a := Actor{Name: "operator"}
+	if g.cfg.Policy().HasAdmins() {
+		a.Name = "operator (break-glass key)"
+		g.breakGlass(op)
 	}
-	a, roles := actorOf(r)
-	if !g.cfg.Policy().AdminAllows(roles, op) {
-		g.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "admin." + op, Result: audit.DenyText, Actor: a.Name, Person: a.Person, Roles: roles,
-			Reason: "no role of the caller grants " + op})
-		return nil, fmt.Errorf("%w: %s (roles %v)", api.ErrForbidden, op, roles)
+	return context.WithValue(ctx, actorKey{}, a)
+}
+
+// person checks a person's request: the subject names the person and the
+// credential (the server let the session publish there only for its own),
+// and the credential, the person and the roles their groups grant now must
+// allow op. Nothing a client writes in headers counts.
+func (g *Gate) person(ctx context.Context, op string) (context.Context, error) {
+	rest := strings.TrimPrefix(natsapi.RequestSubject(ctx), api.SubjectAdminPersonPrefix)
+	personID, rest, ok1 := strings.Cut(rest, ".")
+	credID, gotOp, ok2 := strings.Cut(rest, ".")
+	if !ok1 || !ok2 || gotOp != op || personID == "" || credID == "" {
+		return nil, fmt.Errorf("%w: subject %q", api.ErrForbidden, natsapi.RequestSubject(ctx))
+	}
+	a := Actor{Name: "person:" + personID + " via credential " + credID, Person: personID}
+	roles, err := g.personRoles(ctx, personID, credID)
+	if err == nil && !g.cfg.Policy().AdminAllows(roles, op) {
+		err = fmt.Errorf("%w: %s (roles %v)", api.ErrForbidden, op, roles)
+	}
+	if err != nil {
+		g.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "admin." + op, Result: audit.DenyText, Actor: a.Name, Person: personID, Credential: credID,
+			Roles: roles, Reason: err.Error()})
+		return nil, err
 	}
 	return context.WithValue(ctx, actorKey{}, a), nil
 }
 
-// actorOf names a session from its server-written tags.
-func actorOf(r *natsapi.Requester) (Actor, []string) {
-	var roles []string
-	a := Actor{Name: r.Name}
-	for _, t := range r.Tags {
-		if v, ok := strings.CutPrefix(t, "role:"); ok {
-			roles = append(roles, v)
-		}
-		if v, ok := strings.CutPrefix(t, "person:"); ok {
-			a.Person = v
-		}
+// personRoles are the roles the person's groups grant now through this
+// credential, which must be theirs, active and hardware: operating the
+// fleet takes a TPM (or device-bound) key, never a key file.
+func (g *Gate) personRoles(ctx context.Context, personID, credID string) ([]string, error) {
+	c, err := g.cfg.Credential(ctx, credID)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("%w: credential %s: %w", api.ErrForbidden, credID, err)
+	case c.Person != personID:
+		return nil, fmt.Errorf("%w: credential %s is not person %s's", api.ErrForbidden, credID, personID)
+	case c.Status != api.CredentialActive || c.Expired(time.Now()) || c.Retired(time.Now()):
+		return nil, fmt.Errorf("%w: credential %s is %s or past its end", api.ErrForbidden, credID, c.Status)
+	case c.Assurance != policy.AssuranceHardware:
+		return nil, fmt.Errorf("%w: credential %s is a %s key: the operator API takes a hardware credential", api.ErrForbidden, credID, c.Assurance)
 	}
-	if a.Person != "" {
-		a.Name = "person:" + a.Person + " via " + r.Name
+	p, err := g.cfg.People.Person(ctx, personID)
+	if err != nil {
+		return nil, fmt.Errorf("%w: person %s: %w", api.ErrForbidden, personID, err)
 	}
-	return a, roles
+	if !p.Disabled.IsZero() {
+		return nil, fmt.Errorf("%w: person %s is disabled", api.ErrForbidden, personID)
+	}
+	pol := g.cfg.Policy()
+	if err := people.CheckIdP(pol.People, p); err != nil {
+		return nil, fmt.Errorf("%w: %w", api.ErrForbidden, err)
+	}
+	return pol.RolesForPerson(policy.Person{IdP: p.IdP, Groups: p.Groups, Assurance: policy.AssuranceHardware}), nil
 }
 
 // breakGlass raises the alert, at most once a minute.

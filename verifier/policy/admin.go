@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -26,6 +27,11 @@ func (r Role) validateAdmin(name string) []error {
 		// The operator API reads a session's roles from its tags, which
 		// NATS keeps in lower case.
 		errs = append(errs, fmt.Errorf("policy: role %s: a role with admin operations is named in lower case", name))
+	}
+	for _, pat := range r.Publish.Allow {
+		if coversAdmin(pat) {
+			errs = append(errs, fmt.Errorf("policy: role %s: publish %q covers the operator API (%s>): grant operations with admin: instead", name, pat, api.SubjectAdminPrefix))
+		}
 	}
 	for _, op := range r.Admin {
 		if op != adminAll && op != adminRead && !slices.Contains(api.AdminOps, op) {
@@ -73,14 +79,17 @@ func (p *Policy) HasAdmins() bool {
 	return false
 }
 
-// applyAdmin lets a session's requests reach the operations its roles
-// grant, and denies every other session the operator API's subjects (a
-// role that publishes to ">" must not even reach it).
-func (p *Policy) applyAdmin(uc *jwt.UserClaims, roles []string) {
+// applyAdmin lets a person's session reach the operations its roles grant,
+// on subjects naming its own person and credential
+// (api.AdminPersonSubject): the server enforces the permission, so the
+// subject says who asks. Every other session is denied the operator API.
+func (p *Policy) applyAdmin(uc *jwt.UserClaims, roles []string, s Subject) {
 	var ops []string
-	for _, op := range api.AdminOps {
-		if p.AdminAllows(roles, op) {
-			ops = append(ops, api.SubjectAdminPrefix+op)
+	if s.Person != "" && s.CredentialID != "" {
+		for _, op := range api.AdminOps {
+			if p.AdminAllows(roles, op) {
+				ops = append(ops, api.AdminPersonSubject(s.Person, s.CredentialID, op))
+			}
 		}
 	}
 	if len(ops) == 0 {
@@ -88,4 +97,15 @@ func (p *Policy) applyAdmin(uc *jwt.UserClaims, roles []string) {
 		return
 	}
 	uc.Pub.Allow.Add(ops...)
+}
+
+// template is a {{...}} placeholder, or a token containing one.
+var template = regexp.MustCompile(`[^.]*\{\{[^}]*\}\}[^.]*`)
+
+// coversAdmin reports whether a publish pattern (its templates taken as
+// any token) reaches the operator API's subjects: only admin: grants may,
+// or a session could name another person in the subject.
+func coversAdmin(pattern string) bool {
+	p := template.ReplaceAllString(pattern, "*")
+	return subjectMatches(p, api.AdminPersonSubject("p", "c", "status")) || subjectMatches(p, api.SubjectAdminPrefix+"status")
 }

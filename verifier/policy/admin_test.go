@@ -14,7 +14,7 @@ func TestAdminGrants(t *testing.T) {
 	p, err := Parse([]byte(`
 roles:
   ops: {admin: ["*"]}
-  auditor: {publish: {allow: [">"]}, admin: [read]}
+  auditor: {publish: {allow: ["audit.>"]}, admin: [read]}
   approver: {admin: [host.approve, host.list]}
   dev: {publish: {allow: ["dev.>"]}}
 people:
@@ -50,18 +50,27 @@ people:
 		t.Error("HasAdmins: the ops binding grants an admin role")
 	}
 
-	// Sessions without admin roles are denied the API's subjects, even
-	// under publish ">" (deny wins); admin roles get exactly their ops.
+	// Sessions without admin roles are denied the API's subjects; a
+	// person's admin roles get exactly their operations, on subjects naming
+	// their own person and credential; a workload's, none.
+	person := Subject{Person: "okta_ab", CredentialID: "CRED"}
 	uc := jwt.NewUserClaims("U")
-	p.Apply(uc, []string{"dev"}, Subject{})
+	p.Apply(uc, []string{"dev"}, person)
 	if !slices.Contains(uc.Pub.Deny, api.SubjectAdminPrefix+">") {
 		t.Errorf("dev's deny list %v lacks the operator API", uc.Pub.Deny)
 	}
 	uc = jwt.NewUserClaims("U")
-	p.Apply(uc, []string{"approver"}, Subject{})
-	if slices.Contains(uc.Pub.Deny, api.SubjectAdminPrefix+">") || !slices.Contains(uc.Pub.Allow, api.SubjectAdminPrefix+"host.approve") ||
-		slices.Contains(uc.Pub.Allow, api.SubjectAdminPrefix+"host.revoke") {
+	p.Apply(uc, []string{"approver"}, person)
+	if slices.Contains(uc.Pub.Deny, api.SubjectAdminPrefix+">") || !slices.Contains(uc.Pub.Allow, api.AdminPersonSubject("okta_ab", "CRED", "host.approve")) ||
+		slices.ContainsFunc(uc.Pub.Allow, func(s string) bool {
+			return strings.HasSuffix(s, "host.revoke") || s == api.SubjectAdminPrefix+"host.approve"
+		}) {
 		t.Errorf("approver's permissions: allow %v deny %v", uc.Pub.Allow, uc.Pub.Deny)
+	}
+	uc = jwt.NewUserClaims("U")
+	p.Apply(uc, []string{"approver"}, Subject{Workload: "billing", CredentialID: "CRED"})
+	if !slices.Contains(uc.Pub.Deny, api.SubjectAdminPrefix+">") {
+		t.Errorf("a workload with an admin role: allow %v deny %v, want the operator API denied", uc.Pub.Allow, uc.Pub.Deny)
 	}
 }
 
@@ -69,6 +78,13 @@ func TestAdminPolicyErrors(t *testing.T) {
 	for _, tc := range []struct{ yaml, want string }{
 		{`roles: {ops: {admin: [credential.delete]}}`, `admin "credential.delete"`},
 		{`roles: {Ops: {admin: ["*"]}}`, "lower case"},
+		// Only admin: grants reach the operator API: a broad publish would
+		// let a session name another person in the subject.
+		{`roles: {all: {publish: {allow: [">"]}}}`, "covers the operator API"},
+		{`roles: {t: {publish: {allow: ["tpmauthn.*.>"]}}}`, "covers the operator API"},
+		{`roles: {t: {publish: {allow: ["tpmauthn.admin.p.*.*.status"]}}}`, "covers the operator API"},
+		{`roles: {t: {publish: {allow: ["{{workload}}.>"]}}}`, "covers the operator API"},
+		{`roles: {t: {publish: {allow: ["tpmauthn.{{workload}}.p.>"]}}}`, "covers the operator API"},
 	} {
 		_, err := Parse([]byte(tc.yaml))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -12,7 +12,7 @@ import (
 
 const peoplePolicy = `
 roles:
-  admin: {publish: {allow: ["tpmauthn.admin.>"]}}
+  admin: {admin: ["*"]}
   dev: {publish: {allow: ["dev.{{person}}.>"]}, subscribe: {allow: ["dev.{{person}}.>"]}}
   billing: {subscribe: {allow: ["billing.>"]}}
   everyone: {subscribe: {allow: ["news"]}}

@@ -224,7 +224,7 @@ func (p *Policy) Apply(uc *jwt.UserClaims, roles []string, s Subject) {
 			}
 		}
 	}
-	p.applyAdmin(uc, roles)
+	p.applyAdmin(uc, roles, s)
 	// Replies to its own requests, under its own inbox prefix only: with
 	// _INBOX.> it could read every other session's replies.
 	if s.Inbox != "" {

@@ -340,7 +340,10 @@ func (m *Method) userClaims(ctx context.Context, rc *jwt.AuthorizationRequestCla
 		return nil, nil, err
 	}
 	if cred.Person != "" {
-		s.Person = cred.Person
+		// A person's {{workload}} would be their name's label, which two
+		// people may share: subjects using it are left out of their
+		// sessions ({{person}} names them).
+		s.Person, s.Workload = cred.Person, ""
 		uc.Tags.Add("person:" + cred.Person)
 		// A session never outlives its person's login.
 		uc.Expires = min(uc.Expires, cred.Expires.Unix())

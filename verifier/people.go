@@ -13,6 +13,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/httpapi"
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 	"github.com/tpmauthn/tpmauthn/verifier/oidclogin"
+	"github.com/tpmauthn/tpmauthn/verifier/passkey"
 	"github.com/tpmauthn/tpmauthn/verifier/people"
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
 )
@@ -25,10 +26,10 @@ func (v *Verifier) openPeople(context.Context) error {
 	return nil
 }
 
-// servePeople, with an HTTP listener configured, serves people's logins
-// (verifier/oidclogin) on it.
-func (v *Verifier) servePeople(context.Context) error {
-	pol := func() *policy.Policy { return v.policy.Current() }
+// listenHTTP, with an HTTP listener configured, opens it (before the
+// NATS server: the WebSocket listener admits the pages' origin, which the
+// listener's address decides); servePeople serves it.
+func (v *Verifier) listenHTTP(context.Context) error {
 	if v.cfg.HTTPListen == "" {
 		return nil
 	}
@@ -40,15 +41,32 @@ func (v *Verifier) servePeople(context.Context) error {
 	if err != nil {
 		return err
 	}
-	public := cmp.Or(v.cfg.HTTPPublicURL, srv.URL())
+	v.http, v.httpURL, v.httpTLS = srv, cmp.Or(v.cfg.HTTPPublicURL, srv.URL()), tlsCfg != nil
+	v.onClose(srv.Close)
+	return nil
+}
+
+// servePeople, with an HTTP listener, serves people's logins
+// (verifier/oidclogin), passkeys and the browser client (verifier/passkey)
+// and the console (verifier/console) on it.
+func (v *Verifier) servePeople(context.Context) error {
+	pol := func() *policy.Policy { return v.policy.Current() }
+	if v.http == nil {
+		return nil
+	}
+	srv, public := v.http, v.httpURL
 	mux := http.NewServeMux()
-	login := oidclogin.New(oidclogin.Config{People: v.people, Store: v.st, Policy: pol, PublicURL: public, Secure: tlsCfg != nil,
-		DevicePoll: v.cfg.DevicePoll, Logger: v.log, Now: v.cfg.Clock})
+	var pk *passkey.Handler
+	login := oidclogin.New(oidclogin.Config{People: v.people, Store: v.st, Policy: pol, PublicURL: public, Secure: v.httpTLS,
+		DevicePoll: v.cfg.DevicePoll, OnBrowserLogin: v.browserLogin(&pk), Logger: v.log, Now: v.cfg.Clock})
+	if err := v.serveBrowsers(mux, login, &pk); err != nil {
+		login.Close()
+		return err
+	}
 	login.Register(mux)
 	srv.Serve(mux)
-	v.http, v.httpURL = srv, public
 	v.onClose(func() {
-		srv.Close()
+		srv.Close() // before what its handlers use (again at the end: a no-op)
 		login.Close()
 	})
 	v.log.Info("people's logins", "url", public+"/login/", "listen", srv.Addr())

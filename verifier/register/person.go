@@ -19,9 +19,11 @@ import (
 )
 
 // persons is the people service as registration uses it: a login grant is
-// redeemed once, for the person it names.
+// redeemed once, for the person it names, and the credential registered
+// with it is listed with the person (people.Service.LinkCredential).
 type persons interface {
 	Redeem(ctx context.Context, token string) (*record.LoginGrant, *record.Person, error)
+	LinkCredential(ctx context.Context, p *record.Person, cred *record.Credential) ([]string, error)
 }
 
 // beginPerson starts a person's device credential registration: the agent
@@ -88,7 +90,7 @@ func (s *Service) finishPerson(ctx context.Context, ch *record.Challenge, h *rec
 		return nil, err
 	}
 	s.cfg.Fleet.CredentialCreated(cred.ID)
-	replaced, err := s.linkPerson(ctx, p, cred)
+	replaced, err := s.cfg.People.LinkCredential(ctx, p, cred)
 	if err != nil {
 		// Not listed with the person, it would escape their offboarding:
 		// it must not exist.
@@ -107,47 +109,6 @@ func (s *Service) finishPerson(ctx context.Context, ch *record.Challenge, h *rec
 	s.log.Info("person's credential registered", "credential", cred.ID, "host", h.ID, "person", p.ID, "local_user", cred.LocalUser)
 	return &api.RegisterFinishResponse{CredentialID: cred.ID, Workload: cred.Workload, Expires: cred.Expires,
 		Person: &api.Person{ID: p.ID, IdP: p.IdP, Subject: p.Subject, Name: p.Name, Email: p.Email}}, nil
-}
-
-// linkPerson adds cred to the person's credentials, compare-and-set: a
-// person disabled meanwhile is refused (their offboarding read the list
-// before this credential was on it). It also drops from the list what can
-// no longer be used, and returns the person's earlier credentials on the
-// same host, which cred replaces.
-func (s *Service) linkPerson(ctx context.Context, p *record.Person, cred *record.Credential) ([]string, error) {
-	var replaced []string
-	dead := map[string]bool{}
-	now := time.Now()
-	for _, id := range p.Credentials {
-		c, _, err := store.Get[record.Credential](ctx, s.cfg.Fleet.Store.Credentials, id)
-		switch {
-		case errors.Is(err, api.ErrNotFound):
-			dead[id] = true
-		case err != nil:
-			return nil, err
-		case c.Status == api.CredentialRevoked || c.Expired(now) || c.Retired(now):
-			dead[id] = true
-		case c.Host == cred.Host && c.Retires.IsZero():
-			replaced = append(replaced, id)
-		}
-	}
-	_, _, err := store.Mutate(ctx, s.cfg.Fleet.Store.People, p.ID, func(p *record.Person) error {
-		if !p.Disabled.IsZero() {
-			return fmt.Errorf("%w: %s was disabled: %s", api.ErrLoginInvalid, p.ID, p.DisabledReason)
-		}
-		kept := p.Credentials[:0]
-		for _, id := range p.Credentials {
-			if !dead[id] {
-				kept = append(kept, id)
-			}
-		}
-		p.Credentials = append(kept, cred.ID)
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("add credential %s to person %s: %w", cred.ID, p.ID, err)
-	}
-	return replaced, nil
 }
 
 // PersonName is what a person's device credentials are called: "person:"

@@ -58,7 +58,18 @@ type Config struct {
 	// People decides a person's device credential's roles
 	// (verifier/authn/person); nil refuses every person's credential.
 	People people
-	Logger *slog.Logger
+	// Browser checks the credentials people hold in browsers, which have
+	// no host (record.Credential.Browser: a passkey, or a session key a
+	// passkey certified; verifier/passkey). Nil refuses them.
+	Browser browser
+	Logger  *slog.Logger
+}
+
+// browser decides a browser credential's connect beyond its signature.
+type browser interface {
+	// Check is nil if cred may connect now, with what its assertions must
+	// name (RP ID hash and the pages' origin instead of the verifier's).
+	Check(ctx context.Context, cred *record.Credential) (attestation.AssertionCheck, error)
 }
 
 // people names the roles of a person's credential now, or refuses it.
@@ -138,7 +149,7 @@ func (m *Method) attempt(ctx context.Context, r *authn.Request, a *attestation.A
 		return nil, err
 	}
 	m.retireIfReplaced(cred)
-	h, err := m.activeHost(ctx, cred.Host)
+	h, err := m.hostOf(ctx, cred)
 	if err != nil {
 		return nil, err
 	}
@@ -239,6 +250,24 @@ func (m *Method) checkAge(cred *record.Credential) error {
 	return nil
 }
 
+// browserHost stands for the host of a browser credential: its session is
+// named person:NAME@browser, and {{host}} in its roles expands to nothing.
+var browserHost = record.Host{Hostname: "browser", Status: api.HostActive}
+
+// hostOf is the credential's host, which must be active. A credential
+// without a host must be a person's browser credential, and this verifier
+// must check those (Config.Browser): anything else hostless is refused.
+func (m *Method) hostOf(ctx context.Context, cred *record.Credential) (*record.Host, error) {
+	if cred.Host != "" {
+		return m.activeHost(ctx, cred.Host)
+	}
+	if !cred.Browser() || m.cfg.Browser == nil {
+		return nil, fmt.Errorf("%w: credential %s has no host and is not a person's browser credential this verifier checks", api.ErrRevoked, cred.ID)
+	}
+	h := browserHost
+	return &h, nil
+}
+
 // activeHost requires the credential's host active. A host that cannot be
 // read because the store fails is that failure, not a revocation.
 func (m *Method) activeHost(ctx context.Context, id string) (*record.Host, error) {
@@ -262,9 +291,15 @@ func (m *Method) checkAssertion(ctx context.Context, a *attestation.Assertion, c
 	if err != nil {
 		return err
 	}
-	counter, err := attestation.VerifyAssertion(a, pub, attestation.AssertionCheck{
-		RPIDHash: m.rpIDHash, Origin: attestation.VerifierOrigin(m.cfg.RPID), Challenge: attestation.NATSChallenge([]byte(nonce)), RequireUV: true,
-	})
+	want := attestation.AssertionCheck{RPIDHash: m.rpIDHash, Origin: attestation.VerifierOrigin(m.cfg.RPID)}
+	if cred.Host == "" {
+		// hostOf let only a browser credential through, with Browser set.
+		if want, err = m.cfg.Browser.Check(ctx, cred); err != nil {
+			return err
+		}
+	}
+	want.Challenge, want.RequireUV = attestation.NATSChallenge([]byte(nonce)), true
+	counter, err := attestation.VerifyAssertion(a, pub, want)
 	if err != nil {
 		return err
 	}

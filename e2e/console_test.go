@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,12 +10,14 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/nats-io/nats.go"
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/internal/browsertest"
 	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/internal/freeport"
 	"github.com/tpmauthn/tpmauthn/internal/oidctest"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
 // The tests of issue 16: people in a real browser (headless Chromium with
@@ -105,33 +108,251 @@ func natsJS(body string) string {
 	return `(async () => { const m = await import("/assets/nats-passkey.js"); ` + body + ` })()`
 }
 
-func TestBrowserPasskeyNATS(t *testing.T) {
-	op := oidctest.Start(t,
-		oidctest.User{ID: "u-alice", Username: "alice", Password: "pw", Name: "Alice Ops", Email: "alice@example.com", Groups: []string{"ops"}})
-	f, base := consoleFleet(t, op)
-	b := browsertest.Start(t)
-	alice := b.Page(t, browsertest.AuthenticatorOptions{})
-	start := time.Now()
-	idpLogin(t, alice, base, "alice", "pw")
-	t.Logf("IdP login in Chromium: %v", time.Since(start))
-	registerPasskey(t, alice, "laptop")
+// screenshots keeps the main pages' screenshots in docs/screenshots for the
+// README (go test ./e2e -run TestBrowserConsole -screenshots); without it
+// they go to the test's temp dir.
+var screenshots = flag.Bool("screenshots", false, "write the console's screenshots to docs/screenshots")
 
-	// The default: a session key certified once, then silent connects.
-	start = time.Now()
-	got := browsertest.MustEval[string](alice, natsJS(`
-		const nc = await m.connect();
-		window.nc = nc; window.st = [];
-		(async () => { for await (const s of nc.status()) window.st.push(s.type + ":" + (s.error ? s.error.message : "")); })();
-		const cfg = await m.config();
-		const sub = nc.subscribe("dev." + cfg.person + ".>", {max: 1});
-		nc.publish("dev." + cfg.person + ".hello", "hi");
-		for await (const msg of sub) return msg.subject + "=" + msg.string();`))
-	t.Logf("session-key connect, publish, receive: %v", time.Since(start))
-	if !strings.HasSuffix(got, ".hello=hi") {
-		t.Fatalf("allowed publish: %q", got)
+// timed runs f and returns how long it took.
+func timed(f func()) time.Duration {
+	start := time.Now()
+	f()
+	return time.Since(start)
+}
+
+// TestBrowserConsole: people in Chromium, end to end, against a host a
+// real agent enrolled on swtpm. Alice (group ops: every admin operation,
+// a passkey on every connect) logs in at her IdP, registers a passkey,
+// connects over WebSocket with her session key (a publish in her role
+// delivered, one outside refused), sees the host, its credential and live
+// session, the audit tail live, and revokes the workload's credential from
+// the console: its TCP session drops. Bob (group viewers: admin reads)
+// sees the fleet without actions, and his admin request is refused. Alice
+// signs in again with her passkey alone; Bob removes his passkey, and its
+// next connect fails.
+func TestBrowserConsole(t *testing.T) {
+	op := oidctest.Start(t,
+		oidctest.User{ID: "u-alice", Username: "alice", Password: "pw", Name: "Alice Ops", Email: "alice@example.com", Groups: []string{"ops"}},
+		oidctest.User{ID: "u-bob", Username: "bob", Password: "pw", Name: "Bob Viewer", Email: "bob@example.com", Groups: []string{"viewers"}})
+	f, base := consoleFleet(t, op)
+	h := f.NewHost(t)
+	shots := t.TempDir()
+	if *screenshots {
+		shots = filepath.Join("..", "docs", "screenshots")
 	}
-	// Out of role: refused by the server.
-	browsertest.MustEval[bool](alice, `(nc.publish("billing.secret", "x"), nc.flush().then(() => true))`)
-	alice.MustDo(browsertest.Until(`window.st.some(s => s.includes("Permissions Violation"))`, 5*time.Second))
-	_ = f
+
+	// A workload on the host, over TCP, its nonce signed in swtpm; five
+	// more connects measure the TCP connect cost.
+	var tcp time.Duration
+	for range 5 {
+		tcp += timed(func() {
+			nc, err := h.Connect(t)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nc.Close()
+		})
+	}
+	workload, err := h.Connect(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer workload.Close()
+	dropped := make(chan struct{})
+	workload.SetClosedHandler(func(*nats.Conn) { close(dropped) })
+	var creds []*record.Credential
+	f.MustAdmin(t, "credential.list", api.CredentialListRequest{}, &creds)
+	var appCred, hostID string
+	for _, c := range creds {
+		if c.Workload == "app" {
+			appCred, hostID = c.ID, c.Host
+		}
+	}
+
+	b := browsertest.Start(t)
+	alice, bob := b.Page(t, browsertest.AuthenticatorOptions{}), b.Page(t, browsertest.AuthenticatorOptions{Synced: true})
+	loginTook := timed(func() { idpLogin(t, alice, base, "alice", "pw") })
+	registerPasskey(t, alice, "work laptop")
+	alice.Screenshot(filepath.Join(shots, "passkeys.png"))
+	idpLogin(t, bob, base, "bob", "pw")
+	registerPasskey(t, bob, "phone")
+
+	t.Run("webSocketPublish", func(t *testing.T) {
+		got := browsertest.MustEval[string](alice, natsJS(`
+			const nc = await m.connect();
+			window.nc = nc; window.st = [];
+			(async () => { for await (const s of nc.status()) window.st.push(s.type + ":" + (s.error ? s.error.message : "")); })();
+			const cfg = await m.config();
+			const sub = nc.subscribe("dev." + cfg.person + ".>", {max: 1});
+			nc.publish("dev." + cfg.person + ".hello", "hi");
+			for await (const msg of sub) return msg.subject + "=" + msg.string();`))
+		if !strings.HasSuffix(got, ".hello=hi") {
+			t.Fatalf("allowed publish: %q", got)
+		}
+		browsertest.MustEval[bool](alice, `(nc.publish("billing.secret", "x"), nc.flush().then(() => true))`)
+		alice.MustDo(browsertest.Until(`window.st.some(s => s.includes("Permissions Violation"))`, 5*time.Second))
+	})
+
+	// Connect costs in the same run: the session key (silent), the passkey
+	// (a ceremony with the virtual authenticator), a TPM workload over TCP.
+	costs := browsertest.MustEval[map[string]float64](alice, natsJS(`
+		const t = async (opts) => { let sum = 0; for (let i = 0; i < 5; i++) { const s = performance.now(); const nc = await m.connect(opts); await nc.flush(); sum += performance.now() - s; await nc.close(); } return sum / 5; };
+		return {session: await t({}), passkey: await t({mode: "passkey"})};`))
+	t.Logf("connect, mean of 5: WebSocket with a session key %.1f ms, WebSocket with a passkey ceremony %.1f ms; TCP with the agent's TPM key (swtpm) %.1f ms",
+		costs["session"], costs["passkey"], float64(tcp.Microseconds())/5000)
+
+	loads := map[string]time.Duration{}
+	load := func(p *browsertest.Page, path, ready string) {
+		t.Helper()
+		loads[path] = timed(func() { p.MustDo(chromedp.Navigate(base+path), chromedp.WaitVisible(ready)) })
+	}
+	t.Run("fleet", func(t *testing.T) {
+		load(alice, "/console/", "#hosts")
+		alice.MustDo(browsertest.Until(fmt.Sprintf(`document.querySelector('tr[data-host=%q] .act[data-op="host.revoke"]')`, hostID), time.Second))
+		if txt := browsertest.MustEval[string](alice, `document.querySelector("#hosts").innerText`); !strings.Contains(txt, "host-under-test") || !strings.Contains(txt, "active") {
+			t.Fatalf("fleet page: %s", txt)
+		}
+		alice.Screenshot(filepath.Join(shots, "fleet.png"))
+		load(alice, "/console/hosts/"+hostID, "#credentials")
+		txt := browsertest.MustEval[string](alice, `document.querySelector("#credentials").innerText + document.querySelector("#sessions").innerText`)
+		if !strings.Contains(txt, "app") || strings.Contains(txt, "None.") {
+			t.Fatalf("host page: credential app and its live session: %s", txt)
+		}
+		alice.Screenshot(filepath.Join(shots, "host.png"))
+	})
+
+	t.Run("liveAudit", func(t *testing.T) {
+		load(alice, "/console/audit", "#audit")
+		alice.MustDo(browsertest.Until(`document.getElementById("live").textContent != ""`, 10*time.Second))
+		start := time.Now()
+		nc, err := h.Connect(t) // a connect: an audit event
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc.Close()
+		alice.MustDo(browsertest.Until(`[...document.querySelectorAll("#audit tbody tr")].slice(0, 5).some(r => r.innerText.includes("connect") && r.innerText.includes("app"))`, 3*time.Second))
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("the connect's audit event appeared after %v (want within 1s)", d)
+		} else {
+			t.Logf("live audit: a connect's event on the page %v after the connect began", d)
+		}
+		alice.Screenshot(filepath.Join(shots, "audit.png"))
+	})
+
+	t.Run("nonAdmin", func(t *testing.T) {
+		load(bob, "/console/", "#hosts")
+		if n := browsertest.MustEval[int](bob, `document.querySelectorAll("button.act").length`); n != 0 {
+			t.Fatalf("bob (reads only) sees %d admin actions", n)
+		}
+		// Posting one directly: his session's permissions and the operator
+		// API's gate both refuse it, whatever page sends it.
+		res := browsertest.MustEval[string](bob, natsJS(fmt.Sprintf(`
+			const nc = await m.connect({mode: "passkey"});
+			try { const r = await nc.request("tpmauthn.admin.credential.revoke", JSON.stringify({id: %q}), {timeout: 2000});
+			  return "answered " + (r.headers ? r.headers.get("Nats-Service-Error-Code") : "ok"); }
+			catch (e) { return "refused " + e.message; } finally { await nc.close(); }`, appCred)))
+		if !strings.HasPrefix(res, "refused") && !strings.Contains(res, api.CodeForbidden) {
+			t.Fatalf("bob's direct revoke: %s", res)
+		}
+		t.Logf("bob's direct revoke: %s", res)
+		if c := credential(t, f, appCred); c.Status != api.CredentialActive {
+			t.Fatalf("after bob's refused revoke the credential is %s", c.Status)
+		}
+	})
+
+	t.Run("adminRevokes", func(t *testing.T) {
+		load(alice, "/console/hosts/"+hostID, "#credentials")
+		sel := fmt.Sprintf(`button.act[data-op="credential.revoke"][data-id=%q]`, appCred)
+		start := time.Now()
+		alice.MustDo(chromedp.Click(sel))
+		select {
+		case <-dropped:
+			t.Logf("revoked from the console: the workload's TCP session dropped %v after the click (passkey ceremony included)", time.Since(start))
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the workload's session is still up after the console's revoke: %s", browsertest.MustEval[string](alice, `document.getElementById("status").textContent`))
+		}
+		if c := credential(t, f, appCred); c.Status != api.CredentialRevoked {
+			t.Fatalf("credential %s", c.Status)
+		}
+		// The operator API audits the revoke with the person and the
+		// passkey session that asked (its event may trail the kick).
+		deadline := time.Now().Add(3 * time.Second)
+		for !revokeAudited(t, f, appCred) {
+			if time.Now().After(deadline) {
+				t.Fatal("the console's revoke is not audited with the person")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+
+	t.Run("pages", func(t *testing.T) {
+		load(alice, "/console/people", "#people")
+		alice.Screenshot(filepath.Join(shots, "people.png"))
+		load(alice, "/console/alerts", "#audit")
+		load(alice, "/passkeys", "#passkeys")
+		hd := browsertest.MustEval[string](alice, `fetch("/console/").then(r => r.headers.get("content-security-policy"))`)
+		if !strings.Contains(hd, "frame-ancestors 'none'") || !strings.Contains(hd, "script-src 'self'") {
+			t.Fatalf("CSP %q", hd)
+		}
+	})
+
+	t.Run("passkeySignIn", func(t *testing.T) {
+		alice.MustDo(chromedp.Click(`header form button`),
+			browsertest.Until(`location.pathname == "/signin" && document.readyState == "complete" && document.getElementById("signin")`, 10*time.Second))
+		took := timed(func() {
+			alice.MustDo(chromedp.Evaluate[chromedp.Void](`document.getElementById("signin").click()`),
+				browsertest.Until(`location.pathname == "/passkeys" && document.getElementById("register")`, 10*time.Second))
+		})
+		if txt := browsertest.MustEval[string](alice, `document.querySelector("main p").innerText`); !strings.Contains(txt, "with a passkey") {
+			t.Fatalf("after the passkey sign-in: %s", txt)
+		}
+		t.Logf("passkey-only sign-in: %v", took)
+	})
+
+	t.Run("removedPasskey", func(t *testing.T) {
+		// Bob's page keeps a connection with his session key while he
+		// removes the passkey that certified it (the form, posted from the
+		// page so that the connection lives on).
+		bob.MustDo(chromedp.Navigate(base+"/passkeys"), chromedp.WaitVisible("button.remove"))
+		browsertest.MustEval[bool](bob, natsJS(`window.bnc = await m.connect({nats: {maxReconnectAttempts: 2, reconnectTimeWait: 100}}); window.bclosed = false; window.bnc.closed().then(() => { window.bclosed = true; }); return true;`))
+		status := browsertest.MustEval[int](bob, `(async () => { const f = document.querySelector("form[action='/passkeys/remove']");
+			const r = await fetch(f.action, {method: "POST", body: new URLSearchParams(new FormData(f))}); return r.status; })()`)
+		if status != 200 {
+			t.Fatalf("remove: HTTP %d", status)
+		}
+		// Its session key's connection is kicked (the key is revoked with
+		// its certifier) and its reconnects refused; the passkey's next
+		// connect is refused.
+		bob.MustDo(browsertest.Until(`window.bclosed`, 5*time.Second))
+		res := browsertest.MustEval[string](bob, natsJS(`
+			try { const nc = await m.connect({mode: "passkey", nats: {maxReconnectAttempts: 0, timeout: 5000}}); await nc.close(); return "connected"; }
+			catch (e) { return "refused " + e.message; }`))
+		if !strings.HasPrefix(res, "refused") {
+			t.Fatalf("a removed passkey's connect: %s", res)
+		}
+	})
+
+	for _, path := range []string{"/console/", "/console/hosts/" + hostID, "/console/people", "/console/audit", "/console/alerts", "/passkeys"} {
+		t.Logf("page load (navigation to ready) %s: %v", path, loads[path])
+	}
+	t.Logf("IdP login in Chromium: %v", loginTook)
+}
+
+// revokeAudited reports whether the trail holds credential id's revoke,
+// with the person and their session as its actor.
+func revokeAudited(t *testing.T, f *fleettest.Fleet, id string) bool {
+	for _, e := range f.AuditEvents(t) {
+		if e.Kind == "revoke" && e.Credential == id && e.Person != "" && strings.Contains(e.Actor, "person:") {
+			return true
+		}
+	}
+	return false
+}
+
+// credential reads a credential through the operator API.
+func credential(t *testing.T, f *fleettest.Fleet, id string) *record.Credential {
+	t.Helper()
+	var c record.Credential
+	f.MustAdmin(t, "credential.show", api.IDRequest{ID: id}, &c)
+	return &c
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/internal/natstls"
+	"github.com/tpmauthn/tpmauthn/verifier/console"
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 	"github.com/tpmauthn/tpmauthn/verifier/oidclogin"
 	"github.com/tpmauthn/tpmauthn/verifier/passkey"
@@ -118,7 +119,7 @@ func (v *Verifier) browserLogin(pk **passkey.Handler) func(http.ResponseWriter, 
 	return func(w http.ResponseWriter, r *http.Request, p *record.Person) { (*pk).StartIdPSession(w, r, p) }
 }
 
-// serveBrowsers adds passkeys and the browser client to mux; pk is set
+// serveBrowsers adds passkeys, the browser client and the console to mux; pk is set
 // before any request can reach browserLogin's hook.
 func (v *Verifier) serveBrowsers(mux *http.ServeMux, login *oidclogin.Handler, pk **passkey.Handler) error {
 	if _, err := passkey.RPIDOf(v.httpURL); err != nil {
@@ -131,6 +132,8 @@ func (v *Verifier) serveBrowsers(mux *http.ServeMux, login *oidclogin.Handler, p
 	}
 	*pk = h
 	h.Register(mux)
+	console.New(console.Config{Store: v.st, Audit: v.audit, Policy: func() *policy.Policy { return v.policy.Current() },
+		Passkeys: h, WebsocketURL: v.wsURL, Logger: v.log, Now: v.cfg.Clock}).Register(mux)
 	if v.wsURL != "" {
 		v.log.Info("NATS over WebSocket for browsers", "url", v.wsURL, "origin", origin(v.httpURL), "rp_id", h.RPID())
 	}

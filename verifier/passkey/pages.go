@@ -118,7 +118,7 @@ func RenderWith(w http.ResponseWriter, t *template.Template, code int, name stri
 
 // SecurityHeaders are every page's: scripts and styles from this origin
 // only (no inline script), connections to it and the NATS WebSocket
-// listener ws, no framing, no referrer, nothing cached.
+// listener ws, no framing, no referrer beyond this origin, nothing cached.
 func SecurityHeaders(w http.ResponseWriter, ws string) {
 	connect := "'self'"
 	if u, err := url.Parse(ws); err == nil && u.Host != "" {
@@ -129,7 +129,9 @@ func SecurityHeaders(w http.ResponseWriter, ws string) {
 		"; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 	hd.Set("X-Frame-Options", "DENY")
 	hd.Set("X-Content-Type-Options", "nosniff")
-	hd.Set("Referrer-Policy", "no-referrer")
+	// same-origin, not no-referrer: with no-referrer a form POST carries
+	// "Origin: null", which the CSRF check refuses.
+	hd.Set("Referrer-Policy", "same-origin")
 	hd.Set("Cross-Origin-Opener-Policy", "same-origin")
 	hd.Set("Cache-Control", "no-store")
 }

@@ -361,8 +361,11 @@ func (m *Method) userClaims(ctx context.Context, rc *jwt.AuthorizationRequestCla
 	if cred.Person != "" {
 		s.Person = cred.Person
 		uc.Tags.Add("person:" + cred.Person)
-		// A session never outlives its person's login.
-		uc.Expires = min(uc.Expires, cred.Expires.Unix())
+		// A session never outlives its person's login (a passkey has no
+		// end of its own: it lasts until removed or offboarded).
+		if !cred.Expires.IsZero() {
+			uc.Expires = min(uc.Expires, cred.Expires.Unix())
+		}
 	}
 	for _, r := range roles {
 		uc.Tags.Add("role:" + r)

@@ -130,6 +130,11 @@ func (v *Verifier) serveBrowsers(mux *http.ServeMux, login *oidclogin.Handler, p
 	if err != nil {
 		return err
 	}
+	cascade, err := h.StartCascade(context.Background())
+	if err != nil {
+		return err
+	}
+	v.onClose(cascade.Close)
 	*pk = h
 	h.Register(mux)
 	console.New(console.Config{Store: v.st, Audit: v.audit, Policy: func() *policy.Policy { return v.policy.Current() },

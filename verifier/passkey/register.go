@@ -308,15 +308,7 @@ func (h *Handler) revokePasskey(ctx context.Context, p *record.Person, id, reaso
 	}
 	ev.Result = audit.OK
 	h.cfg.Trail.RecordNow(ctx, ev)
-	for _, cid := range p.Credentials {
-		c, _, err := store.Get[record.Credential](ctx, h.cfg.Store.Credentials, cid)
-		if err != nil || c.Certifier != id || c.Status != api.CredentialActive {
-			continue
-		}
-		if _, err := h.cfg.Fleet.SetCredentialStatus(ctx, cid, api.CredentialRevoked, "its passkey was removed", nil); err != nil {
-			h.cfg.Logger.Warn("a removed passkey's session key was not revoked (it fails its next connect: its certifier is not active)", keyCredential, cid, keyError, err)
-		}
-	}
+	h.revokeSessionKeys(ctx, p, func(c *record.Credential) bool { return c.Certifier == id }, "its passkey was removed")
 	return nil
 }
 

@@ -135,12 +135,17 @@ func (h *Handler) personsPasskey(ctx context.Context, p *record.Person, id strin
 	return c, nil
 }
 
-// signOut ends the browser's web session (the cookie; a copy of it stays
-// valid until its end, which the person's disabling cuts short).
+// signOut ends the browser's web session: the cookie, and the session keys
+// certified in it (which script on the origin could otherwise go on using
+// without a cookie until they expire). A copy of the cookie stays valid
+// until its end, which the person's disabling cuts short.
 func (h *Handler) signOut(w http.ResponseWriter, r *http.Request) {
 	if err := h.cfg.Guard.CheckOrigin(r); err != nil {
 		h.fail(w, r, err)
 		return
+	}
+	if s, p, err := h.Current(r); err == nil {
+		h.revokeSessionKeys(r.Context(), p, func(c *record.Credential) bool { return c.WebSession == record.SecretKey(s.Nonce) }, "signed out")
 	}
 	http.SetCookie(w, &http.Cookie{Name: h.SessionCookie(), Value: "", Path: "/", HttpOnly: true, Secure: h.cfg.Secure,
 		SameSite: http.SameSiteLaxMode, MaxAge: -1})
@@ -164,4 +169,17 @@ func (h *Handler) CheckForm(r *http.Request) error {
 		return ErrNoSession
 	}
 	return h.cfg.Guard.CheckForm(r, c.Value)
+}
+
+// revokeSessionKeys revokes p's active session keys that match.
+func (h *Handler) revokeSessionKeys(ctx context.Context, p *record.Person, match func(*record.Credential) bool, reason string) {
+	for _, id := range p.Credentials {
+		c, _, err := store.Get[record.Credential](ctx, h.cfg.Store.Credentials, id)
+		if err != nil || c.Kind != record.KindSessionKey || c.Status != api.CredentialActive || !match(c) {
+			continue
+		}
+		if _, err := h.cfg.Fleet.SetCredentialStatus(ctx, id, api.CredentialRevoked, reason, nil); err != nil && !errors.Is(err, record.ErrTransition) {
+			h.cfg.Logger.Warn("session key not revoked (it expires with its web session)", keyCredential, id, keyError, err)
+		}
+	}
 }

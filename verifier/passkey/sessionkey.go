@@ -170,7 +170,8 @@ func (h *Handler) certify(r *http.Request, s *Session, p *record.Person, ev *aud
 	cred := &record.Credential{V: record.Version, ID: base64.RawURLEncoding.EncodeToString(id), Workload: register.PersonName(p),
 		PublicKey: cose, UserHandle: UserHandle(p.ID), Status: api.CredentialActive, Created: now, Updated: now,
 		Person: p.ID, Expires: time.Unix(s.Expires, 0).UTC(), Assurance: policy.AssuranceSoftware,
-		Kind: record.KindSessionKey, Synced: pk.Synced, Certifier: pk.ID, Label: "session key of " + pk.Label}
+		Kind: record.KindSessionKey, Synced: pk.Synced, Certifier: pk.ID, Label: "session key of " + pk.Label,
+		WebSession: record.SecretKey(s.Nonce)}
 	if err := h.storeLinked(ctx, p, cred); err != nil {
 		return nil, err
 	}

@@ -63,6 +63,9 @@ type Credential struct {
 	// AAGUID is the passkey authenticator's model (hex; zero for most
 	// platform authenticators), for listings.
 	AAGUID string `json:"aaguid,omitempty"`
+	// WebSession is, for a session key, SecretKey of the web session it was
+	// certified in: signing out revokes it.
+	WebSession string `json:"web_session,omitempty"`
 }
 
 // Kinds of credentials without a host (Credential.Kind).

@@ -3,7 +3,8 @@ package e2e
 import (
 	"flag"
 	"fmt"
-	"os"
+	"net/http"
+	"net/url"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -61,20 +62,11 @@ func consoleFleet(t *testing.T, op *oidctest.OP) (*fleettest.Fleet, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	secret, pol := filepath.Join(dir, "okta.secret"), filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(secret, []byte("s3cret"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(pol, fmt.Appendf(nil, consolePolicy, op.Issuer, secret), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	base := fmt.Sprintf("http://localhost:%d", port)
-	f := fleettest.New(t, func(f *fleettest.Fleet) {
-		f.Config.PolicyFile, f.Config.HTTPListen, f.Config.HTTPPublicURL = pol, fmt.Sprintf("127.0.0.1:%d", port), base
+	f := peopleFleetWith(t, op, consolePolicy, func(f *fleettest.Fleet) {
+		f.Config.HTTPListen, f.Config.HTTPPublicURL = fmt.Sprintf("127.0.0.1:%d", port), base
 		f.Config.WebsocketListen = "127.0.0.1:-1"
 	})
-	op.AddClient("tpmauthn", "s3cret", base+api.PathOIDCCallback)
 	if f.Verifier.WebsocketURL() == "" {
 		t.Fatal("no WebSocket listener")
 	}
@@ -298,6 +290,16 @@ func TestBrowserConsole(t *testing.T) {
 		}
 	})
 
+	t.Run("websocketOrigin", func(t *testing.T) {
+		// Another site's page cannot even open the WebSocket (nor would a
+		// cookie let it in: the CONNECT needs a signed nonce).
+		for origin, want := range map[string]int{base: http.StatusSwitchingProtocols, "https://evil.example.com": http.StatusForbidden} {
+			if got := wsHandshake(t, f.Verifier.WebsocketURL(), origin); got != want {
+				t.Errorf("WebSocket handshake from %s: HTTP %d, want %d", origin, got, want)
+			}
+		}
+	})
+
 	t.Run("pages", func(t *testing.T) {
 		load(alice, "/console/people", "#people")
 		alice.Screenshot(filepath.Join(shots, "people.png"))
@@ -349,6 +351,27 @@ func TestBrowserConsole(t *testing.T) {
 		t.Logf("page %s: %s", path, loads[path])
 	}
 	t.Logf("IdP login in Chromium: %v", loginTook)
+}
+
+// wsHandshake opens a WebSocket upgrade to ws with Origin origin and
+// returns the HTTP status.
+func wsHandshake(t *testing.T, ws, origin string) int {
+	t.Helper()
+	u, err := url.Parse(ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodGet, "http://127.0.0.1:"+u.Port()+"/", nil)
+	for k, v := range map[string]string{"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+		"Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Origin": origin} {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 // revokeAudited reports whether the trail holds credential id's revoke,

@@ -55,8 +55,8 @@ func peopleFleet(t *testing.T, op *oidctest.OP) *fleettest.Fleet {
 }
 
 // peopleFleetWith is peopleFleet with a policy whose %q are op's issuer and
-// the client secret file.
-func peopleFleetWith(t *testing.T, op *oidctest.OP, policy string) *fleettest.Fleet {
+// the client secret file, and opts (applied last).
+func peopleFleetWith(t *testing.T, op *oidctest.OP, policy string, opts ...fleettest.Option) *fleettest.Fleet {
 	t.Helper()
 	dir := t.TempDir()
 	secret, pol := filepath.Join(dir, "okta.secret"), filepath.Join(dir, "policy.yaml")
@@ -66,9 +66,9 @@ func peopleFleetWith(t *testing.T, op *oidctest.OP, policy string) *fleettest.Fl
 	if err := os.WriteFile(pol, fmt.Appendf(nil, policy, op.Issuer, secret), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	f := fleettest.New(t, func(f *fleettest.Fleet) {
+	f := fleettest.New(t, append([]fleettest.Option{func(f *fleettest.Fleet) {
 		f.Config.PolicyFile, f.Config.HTTPListen = pol, "127.0.0.1:0"
-	})
+	}}, opts...)...)
 	op.AddClient("tpmauthn", "s3cret", f.Verifier.HTTPURL()+api.PathOIDCCallback)
 	return f
 }

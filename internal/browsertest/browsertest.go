@@ -172,12 +172,12 @@ func (p *Page) Credentials() []*webauthn.Credential {
 	return res.Credentials
 }
 
-// Screenshot saves the whole page as a PNG at path (directories made).
+// Screenshot saves the page's viewport as a PNG at path (directories made).
 func (p *Page) Screenshot(path string) {
 	p.t.Helper()
 	ctx, cancel := context.WithTimeout(p.Ctx, 30*time.Second)
 	defer cancel()
-	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
 	if err == nil {
 		err = os.MkdirAll(filepath.Dir(path), 0o755)
 	}

@@ -121,21 +121,11 @@ var es256 = []protocol.CredentialParameter{{Type: protocol.PublicKeyCredentialTy
 // registerBegin answers a signed-in person's request for passkey creation
 // options: ES256 only, a discoverable credential, user verification.
 func (h *Handler) registerBegin(w http.ResponseWriter, r *http.Request) {
-	_, p, err := h.jsonRequest(r)
-	if err != nil {
-		h.failJSON(w, r, err)
-		return
-	}
 	var req struct {
 		Label string `json:"label"`
 	}
-	if err := decodeJSON(r, &req); err != nil {
-		h.failJSON(w, r, err)
-		return
-	}
-	mine, err := h.passkeysOf(r.Context(), p)
-	if err != nil {
-		h.failJSON(w, r, err)
+	_, p, mine, ok := h.beginJSON(w, r, &req)
+	if !ok {
 		return
 	}
 	var exclude []protocol.CredentialDescriptor
@@ -341,6 +331,25 @@ func assuranceText(c *record.Credential) string {
 		return "synced passkey"
 	}
 	return "device-bound passkey"
+}
+
+// beginJSON admits a ceremony's first request (jsonRequest), reads its
+// body into req, and lists the person's browser credentials; false: it
+// answered the refusal.
+func (h *Handler) beginJSON(w http.ResponseWriter, r *http.Request, req any) (*Session, *record.Person, []*record.Credential, bool) {
+	s, p, err := h.jsonRequest(r)
+	var mine []*record.Credential
+	if err == nil {
+		err = decodeJSON(r, req)
+	}
+	if err == nil {
+		mine, err = h.passkeysOf(r.Context(), p)
+	}
+	if err != nil {
+		h.failJSON(w, r, err)
+		return nil, nil, nil, false
+	}
+	return s, p, mine, true
 }
 
 // decodeJSON reads a small JSON body (an empty one is {}).

@@ -49,16 +49,11 @@ func SessionKeyChallenge(spki, nonce []byte) []byte {
 // sessionKeyBegin: the signed-in browser's key to certify; the answer is
 // the challenge and the person's passkeys to sign it with.
 func (h *Handler) sessionKeyBegin(w http.ResponseWriter, r *http.Request) {
-	_, p, err := h.jsonRequest(r)
-	if err != nil {
-		h.failJSON(w, r, err)
-		return
-	}
 	var req struct {
 		SPKI string `json:"spki"`
 	}
-	if err := decodeJSON(r, &req); err != nil {
-		h.failJSON(w, r, err)
+	_, p, mine, ok := h.beginJSON(w, r, &req)
+	if !ok {
 		return
 	}
 	spki, err := base64.RawURLEncoding.DecodeString(req.SPKI)
@@ -67,11 +62,6 @@ func (h *Handler) sessionKeyBegin(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		h.failJSON(w, r, fmt.Errorf("%w: spki: %w", ErrBadRequest, err))
-		return
-	}
-	mine, err := h.passkeysOf(r.Context(), p)
-	if err != nil {
-		h.failJSON(w, r, err)
 		return
 	}
 	var allow []string

@@ -35,9 +35,11 @@ import (
 	"time"
 
 	"github.com/go-webauthn/webauthn/webauthn"
+	"golang.org/x/time/rate"
 
 	"github.com/tpmauthn/tpmauthn/verifier/auditlog"
 	"github.com/tpmauthn/tpmauthn/verifier/fleet"
+	"github.com/tpmauthn/tpmauthn/verifier/oidclogin"
 	"github.com/tpmauthn/tpmauthn/verifier/people"
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
 	"github.com/tpmauthn/tpmauthn/verifier/store"
@@ -103,6 +105,11 @@ type Handler struct {
 	rpIDHash [32]byte
 	origin   string
 	key      []byte // the web sessions' MAC key
+	// signIns bounds the creation of sign-in ceremonies over all clients:
+	// they need no session, and each is a record in the logins bucket
+	// until it expires (the per-address limit alone lets many addresses
+	// fill it), as oidclogin bounds login states.
+	signIns *rate.Limiter
 }
 
 // New returns a Handler; the public URL's host must be usable as a
@@ -126,7 +133,8 @@ func New(cfg Config) (*Handler, error) {
 	}
 	key := make([]byte, 32)
 	_, _ = rand.Read(key) // never fails (crypto/rand, Go 1.24)
-	return &Handler{cfg: cfg, wa: wa, rpID: rpID, rpIDHash: sha256.Sum256([]byte(rpID)), origin: origin, key: key}, nil
+	return &Handler{cfg: cfg, wa: wa, rpID: rpID, rpIDHash: sha256.Sum256([]byte(rpID)), origin: origin, key: key,
+		signIns: rate.NewLimiter(rate.Limit(oidclogin.DefaultStateRate), oidclogin.DefaultStateBurst)}, nil
 }
 
 // RPIDOf is the passkeys' RP ID for pages at publicURL: its host, which

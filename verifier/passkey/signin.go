@@ -24,6 +24,10 @@ func (h *Handler) signInBegin(w http.ResponseWriter, r *http.Request) {
 		h.failJSON(w, r, err)
 		return
 	}
+	if !h.signIns.Allow() {
+		h.failJSON(w, r, fmt.Errorf("%w: sign-ins are being started faster than %v/s", api.ErrUnavailable, h.signIns.Limit()))
+		return
+	}
 	opts, sess, err := h.wa.BeginDiscoverableLogin(webauthn.WithUserVerification(protocol.VerificationRequired))
 	if err != nil {
 		h.failJSON(w, r, fmt.Errorf("%w: %w", ErrCeremony, err))

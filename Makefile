@@ -4,13 +4,20 @@ GO        ?= go
 FUZZTIME  ?= 20s
 BIN       := bin
 
-.PHONY: help build demo install test test-short lint fuzz bench bench-quick interop browser-client clean
+.PHONY: help build man deb demo install test test-short lint fuzz bench bench-quick interop browser-client clean
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-build: ## build the binaries into bin/
-	$(GO) build -o $(BIN)/ ./cmd/... ./examples/...
+build: ## build the binaries into bin/ (--version names the commit)
+	$(GO) build -buildvcs=auto -o $(BIN)/ ./cmd/... ./examples/...
+
+man: build ## man pages and shell completions of the three commands, into bin/docs/
+	for b in tpmauthn-agent tpmauthn-verifier tpmauthnctl; do $(BIN)/$$b docs $(BIN)/docs; done
+
+DEB_VERSION ?= 0.1.0~git$(shell git log -1 --format=%cd.%h --date=format:%Y%m%d 2>/dev/null || echo 0)
+deb: ## Debian packages (tpmauthn-agent, tpmauthn-verifier, tpmauthnctl) into bin/deb/ (DEB_VERSION=...)
+	$(GO) run ./packaging/mkdeb -version $(DEB_VERSION) -out $(BIN)/deb
 
 demo: build ## the whole chain on this machine: swtpm, verifier, agent, a workload on NATS
 	./scripts/demo.sh
@@ -34,6 +41,7 @@ fuzz: ## fuzz every parser of untrusted bytes for FUZZTIME each
 	$(GO) test ./verifier/policy -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./verifier/oidclogin -run '^$$' -fuzz '^FuzzLoginRequests$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./agent -run '^$$' -fuzz '^FuzzSocketRequests$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./verifier/scim -run '^$$' -fuzz '^FuzzPatch$$' -fuzztime $(FUZZTIME)
 
 bench: ## benchmarks: TPM operations, the whole chain, revocation, enrollment, audit (swtpm)
 	$(GO) test ./agent/tpm ./agent -run '^$$' -bench . -benchtime 20x
@@ -43,6 +51,7 @@ bench: ## benchmarks: TPM operations, the whole chain, revocation, enrollment, a
 	@mkdir -p $(BIN)
 	BENCH_RESULTS_DIR=$(abspath $(BIN)) $(GO) test ./e2e -run '^$$' -bench Chain -benchtime 1000x
 	BENCH_RESULTS_DIR=$(abspath $(BIN)) $(GO) test ./e2e -run '^$$' -bench RevokeToDisconnect -benchtime 1x
+	BENCH_RESULTS_DIR=$(abspath $(BIN)) $(GO) test ./e2e -run '^$$' -bench People -benchtime 600x
 	BENCH_RESULTS_DIR=$(abspath $(BIN)) $(GO) test ./e2e -run '^$$' -bench HostStorm -benchtime 1x
 	$(GO) build -o $(BIN)/tpmauthn-bench ./cmd/tpmauthn-bench
 	$(BIN)/tpmauthn-bench $(BIN)

@@ -40,6 +40,7 @@ func (a *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+api.AgentPathHealth, a.healthz)
 	mux.HandleFunc("GET "+api.AgentPathWhoAmI, a.withCaller(a.whoami))
+	mux.HandleFunc("GET "+api.AgentPathStatus, a.withPeer(a.cfg.RequestTimeout, a.status))
 	mux.HandleFunc("POST "+api.AgentPathAssertion, a.withCaller(a.assertion))
 	mux.HandleFunc("POST "+api.AgentPathNATSSign, a.withCaller(a.natsSign))
 	mux.HandleFunc("POST "+api.AgentPathNATSTurn, a.withCallerFor(turnTimeout, a.natsTurn))

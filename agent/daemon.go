@@ -143,6 +143,9 @@ type Agent struct {
 	creds  map[string]*Credential  // workload -> its current credential
 	down   map[string]*unavailable // workload -> why it has no usable credential
 	people map[uint32]*Credential  // uid -> its person's credential (agent/person.go)
+	// lastCheck is the verifier's last answer to the credential check
+	// (agent/status.go).
+	lastCheck checkRecord
 	// personSem lets one person's login register at a time.
 	personSem chan struct{}
 	nc        *nats.Conn // host-credential session to the verifier
@@ -204,6 +207,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	if a.auth, err = NewAuthenticator(tp, a.cfg.DataDir); err != nil {
 		return err
 	}
+	a.metrics.watchAKCertificate(a.auth.AKCertificate)
 	a.queue.start()
 	if err := a.untilReachable(ctx, "enrollment", a.ensureEnrolled); err != nil {
 		return err

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"crypto/x509"
 	"sync/atomic"
 	"time"
 
@@ -64,4 +65,20 @@ func (m *agentMetrics) assertion(workload, kind string, err error) {
 		result = "error"
 	}
 	m.assertions.WithLabelValues(workload, kind, result).Inc()
+}
+
+// watchAKCertificate exports when the AK certificate expires (Unix
+// seconds; 0: none), read at each scrape: the verifier renews it at
+// registration when a third of its validity is left, so an alert on it
+// catches a host that stopped renewing.
+func (m *agentMetrics) watchAKCertificate(der func() []byte) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tpmauthn_agent_ak_certificate_expiry_seconds", Help: "When this host's AK certificate expires (Unix seconds; 0: none yet).",
+	}, func() float64 {
+		c, err := x509.ParseCertificate(der())
+		if err != nil {
+			return 0
+		}
+		return float64(c.NotAfter.Unix())
+	}))
 }

@@ -94,12 +94,14 @@ func (a *Agent) reconcile(states []api.CredentialState) {
 func (a *Agent) settleCredentials(ctx context.Context) ([]api.CredentialState, error) {
 	nc, err := a.verifierConn()
 	if err != nil {
+		a.noteCheck(err)
 		return nil, err
 	}
 	a.mu.Lock()
 	host := a.enroll.HostID
 	a.mu.Unlock()
 	states, err := credentialStates(ctx, nc, host)
+	a.noteCheck(err)
 	if err != nil {
 		return nil, err
 	}

@@ -94,6 +94,21 @@ type Status struct {
 	// (-1: none; both 0 until the verifier has looked).
 	AuditBytes    uint64 `json:"audit_bytes"`
 	AuditMaxBytes int64  `json:"audit_max_bytes"`
+	// Time is the answering verifier's clock (tpmauthnctl doctor compares).
+	Time time.Time `json:"time,omitzero"`
+	// Policy is the policy in force.
+	Policy *PolicyState `json:"policy,omitempty"`
+}
+
+// PolicyState describes the policy in force.
+type PolicyState struct {
+	File     string    `json:"file,omitempty"` // empty: none (nothing granted)
+	Modified time.Time `json:"modified,omitzero"`
+	Roles    int       `json:"roles"`
+	Bindings int       `json:"bindings"`
+	IdPs     int       `json:"idps"`
+	// Error is the last reload's failure: the previous policy stays.
+	Error string `json:"error,omitempty"`
 }
 
 // AuditReadRequest pages through the audit stream.

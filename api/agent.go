@@ -17,6 +17,9 @@ const (
 	// refused nor late. POST, no body.
 	AgentPathNATSTurn = "/v1/nats/turn"
 	AgentPathHealth   = "/healthz" // GET
+	// AgentPathStatus (GET: AgentStatus) is the agent's state for
+	// tpmauthn-agent doctor: root and the agent's own user only.
+	AgentPathStatus = "/v1/status"
 	// AgentPathPersonLogin (POST PersonLoginRequest: PersonLoginResponse)
 	// redeems a person's login grant for a TPM credential bound to the
 	// calling user (uid): the person's programs on this host then connect
@@ -117,4 +120,33 @@ type NATSSignRequest struct {
 type NATSSignResponse struct {
 	NKey string `json:"nkey"`
 	Sig  string `json:"sig"`
+}
+
+// AgentStatus is what the agent knows of itself, its TPM and what the
+// verifier said at its last check.
+type AgentStatus struct {
+	Host       string `json:"host,omitempty"`
+	HostStatus string `json:"host_status,omitempty"`
+	TPM        struct {
+		Manufacturer string `json:"manufacturer"`
+		Vendor       string `json:"vendor,omitempty"`
+		Firmware     string `json:"firmware"`
+		Slots        uint32 `json:"transient_slots"`
+		Error        string `json:"error,omitempty"` // the TPM's last command failed
+	} `json:"tpm"`
+	// LastCheck is the last time the verifier answered the agent's
+	// credential check; CheckError the last check's failure, if it failed.
+	LastCheck  time.Time `json:"last_check,omitzero"`
+	CheckError string    `json:"check_error,omitempty"`
+	// Workloads: each configured workload's credential, and why it cannot
+	// be used if it cannot.
+	Workloads []AgentWorkloadStatus `json:"workloads"`
+}
+
+// AgentWorkloadStatus is one workload in AgentStatus.
+type AgentWorkloadStatus struct {
+	Name       string `json:"name"`
+	Credential string `json:"credential,omitempty"`
+	Problem    string `json:"problem,omitempty"`
+	Hint       string `json:"hint,omitempty"`
 }

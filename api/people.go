@@ -26,7 +26,31 @@ const (
 	PathDeviceCode = "/device/code"
 	// PathDeviceToken is the device access token endpoint (RFC 8628 §3.4).
 	PathDeviceToken = "/device/token"
+	// PathPersonKey registers a person's software key (POST
+	// PersonKeyRequest, the login grant as Bearer token): for a machine
+	// without a TPM or agent. The key's assurance is "software".
+	PathPersonKey = "/person/key"
 )
+
+// PersonKeyRequest is a software key to register: its public key (PKIX
+// DER, P-256) and a proof of possession, an ECDSA signature (ASN.1 DER) over
+// personkey.ProofDigest(grant).
+type PersonKeyRequest struct {
+	PublicKey []byte `json:"public_key"`
+	Proof     []byte `json:"proof"`
+}
+
+// PersonKeyResponse names the registered software key's credential.
+type PersonKeyResponse struct {
+	CredentialID string    `json:"credential_id"`
+	RPID         string    `json:"rp_id"`
+	Name         string    `json:"name"` // person:NAME
+	Person       Person    `json:"person"`
+	Expires      time.Time `json:"expires"`
+	// NATSURL is the fleet's NATS as the verifier knows it (its clients'
+	// URL), for the key's programs.
+	NATSURL string `json:"nats_url,omitempty"`
+}
 
 // OAuth 2.0 grant types the verifier's token endpoints accept.
 const (

@@ -55,8 +55,8 @@ func peopleFleet(t *testing.T, op *oidctest.OP) *fleettest.Fleet {
 }
 
 // peopleFleetWith is peopleFleet with a policy whose %q are op's issuer and
-// the client secret file, and opts (applied last).
-func peopleFleetWith(t *testing.T, op *oidctest.OP, policy string, opts ...fleettest.Option) *fleettest.Fleet {
+// the client secret file.
+func peopleFleetWith(t testing.TB, op *oidctest.OP, policy string, opts ...fleettest.Option) *fleettest.Fleet {
 	t.Helper()
 	dir := t.TempDir()
 	secret, pol := filepath.Join(dir, "okta.secret"), filepath.Join(dir, "policy.yaml")
@@ -75,7 +75,7 @@ func peopleFleetWith(t *testing.T, op *oidctest.OP, policy string, opts ...fleet
 
 // loginGrant logs username in at the IdP through the verifier, as
 // tpmauthnctl login does (loopback redirect, PKCE), and returns the login.
-func loginGrant(t *testing.T, f *fleettest.Fleet, op *oidctest.OP, username, password string) api.LoginResult {
+func loginGrant(t testing.TB, f *fleettest.Fleet, op *oidctest.OP, username, password string) api.LoginResult {
 	t.Helper()
 	base := f.Verifier.HTTPURL()
 	b := oidctest.Browser(t)

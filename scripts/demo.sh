@@ -72,7 +72,7 @@ NATS_PORT=$(free_port) || fail "no free port"
 HTTP_PORT=$(free_port) || fail "no free port"
 # The people's identity provider: a stand-in OpenID provider (Dana, group
 # developers; Olga, group ops). In production: Okta, Entra ID, Auth0, ...
-(umask 077; head -c 24 /dev/urandom | base64 > "$W/idp.secret")
+(umask 077; head -c 24 /dev/urandom | base64 > "$W/idp.secret"; head -c 24 /dev/urandom | base64 > "$W/scim.token")
 "$BIN/demo-idp" serve --issuer-file "$W/issuer" --client-secret "$(cat "$W/idp.secret")" \
   --redirect-uri "http://127.0.0.1:$HTTP_PORT/oidc/callback" > "$W/idp.log" 2>&1 &
 PIDS+=($!)
@@ -92,7 +92,7 @@ bindings:
     roles: [demo]
 people:
   login_ttl: 1h
-  idps: [{name: okta, issuer: "$ISSUER", client_id: tpmauthn, client_secret_file: "$W/idp.secret"}]
+  idps: [{name: okta, issuer: "$ISSUER", client_id: tpmauthn, client_secret_file: "$W/idp.secret", scim_token_file: "$W/scim.token"}]
   bindings:
     - {groups: [developers], roles: [dev], require: {assurance: hardware}}
 POLICY
@@ -143,7 +143,26 @@ cp "$BIN/workload" "$W/dana-app"
 "$W/dana-app" --socket "$W/agent.sock" --nats-url "nats://127.0.0.1:$NATS_PORT" \
   --subject "dev.$PERSON.hello" --forbidden demo.greetings || fail "the person's program did not behave as shown"
 
-step "8. The workload holds a live connection; the operator revokes the host"
+step "8. The IdP offboards her (SCIM): her live session is dropped and her credential revoked"
+SCIM="http://127.0.0.1:$HTTP_PORT/scim/v2/okta"
+scim() { curl -sf -H "Authorization: Bearer $(cat "$W/scim.token")" -H "Content-Type: application/scim+json" "$@"; }
+SCIM_ID=$(scim -X POST "$SCIM/Users" -d '{"schemas":["urn:ietf:params:scim:schemas:core:2.0:User"],"userName":"dana.scully@example.com","externalId":"u-dana","active":true}' |
+  sed -n 's/.*"id":"\([^"]*\)".*/\1/p') || fail "SCIM provisioning failed"
+[ -n "$SCIM_ID" ] || fail "SCIM: no user ID"
+"$W/dana-app" --socket "$W/agent.sock" --nats-url "nats://127.0.0.1:$NATS_PORT" --subject "dev.$PERSON.live" --hold 30s > "$W/dana-live.log" 2>&1 &
+PIDS+=($!)
+wait_for 10 grep -q "holding the connection" "$W/dana-live.log" || fail "her live program did not connect: $(cat "$W/dana-live.log")"
+T0=$(date +%s%3N)
+scim -X PATCH "$SCIM/Users/$SCIM_ID" -d '{"schemas":["urn:ietf:params:scim:api:messages:2.0:PatchOp"],"Operations":[{"op":"replace","value":{"active":false}}]}' >/dev/null ||
+  fail "SCIM deactivation failed"
+wait_for 5 grep -q "connection dropped" "$W/dana-live.log" || fail "her live connection was not dropped: $(cat "$W/dana-live.log")"
+wait_for 20 grep -q "connection closed" "$W/dana-live.log" || fail "her reconnect was not refused: $(cat "$W/dana-live.log")"
+sed 's/^/   her program: /' "$W/dana-live.log"
+DROP=$(sed -n 's/.*unix_ms=\([0-9]*\).*/\1/p' "$W/dana-live.log" | head -1)
+[ -n "$DROP" ] && say "SCIM deactivation -> her connection dropped in $((DROP - T0)) ms; the reconnect was denied"
+"$BIN/tpmauthnctl" --data-dir "$W/verifier" person list
+
+step "9. The workload holds a live connection; the operator revokes the host"
 "$BIN/workload" --socket "$W/agent.sock" --nats-url "nats://127.0.0.1:$NATS_PORT" --subject demo.live --hold 30s > "$W/live.log" 2>&1 &
 LIVE=$!
 PIDS+=($LIVE)
@@ -159,8 +178,8 @@ sed 's/^/   workload: /' "$W/live.log"
 DROP=$(sed -n 's/.*unix_ms=\([0-9]*\).*/\1/p' "$W/live.log" | head -1)
 [ -n "$DROP" ] && say "revoke -> connection dropped in $((DROP - T0)) ms; the reconnect was denied"
 
-step "9. The audit trail of everything above, and its proof"
-"$BIN/tpmauthnctl" --data-dir "$W/verifier" audit tail -n 50
+step "10. The audit trail of everything above, and its proof"
+"$BIN/tpmauthnctl" --data-dir "$W/verifier" audit tail -n 60
 "$BIN/tpmauthnctl" --data-dir "$W/verifier" audit verify || fail "the audit chain does not verify"
 
 printf '\ndemo: OK\n'

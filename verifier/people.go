@@ -4,25 +4,47 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"time"
 
+	"github.com/tpmauthn/tpmauthn/verifier/alert"
 	"github.com/tpmauthn/tpmauthn/verifier/httpapi"
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
+	"github.com/tpmauthn/tpmauthn/verifier/offboard"
 	"github.com/tpmauthn/tpmauthn/verifier/oidclogin"
 	"github.com/tpmauthn/tpmauthn/verifier/passkey"
 	"github.com/tpmauthn/tpmauthn/verifier/people"
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
+	"github.com/tpmauthn/tpmauthn/verifier/scim"
+	"github.com/tpmauthn/tpmauthn/verifier/softkey"
 )
 
-// openPeople keeps the people (verifier/people): their logins' grants are
-// redeemed by registration, their credentials checked by the callout.
+// openPeople keeps the people (verifier/people: their logins' grants are
+// redeemed by registration, their credentials checked by the callout) and
+// their offboarding (verifier/offboard), before the operator API that uses
+// both.
 func (v *Verifier) openPeople(context.Context) error {
 	pol := func() *policy.Policy { return v.policy.Current() }
-	v.people = people.New(people.Config{Store: v.st, Policy: pol, Trail: v.trail, Logger: v.log, Now: v.cfg.Clock})
+	// The refresh-token key comes from the issuer's seed: every instance of
+	// the fleet holds the same (keys.Shared) and it never leaves the data
+	// directory, so any instance opens what another sealed, and a backup of
+	// the buckets alone does not (HKDF with its own info string: the
+	// derived key is good for nothing else).
+	seed, err := v.keys.Issuer.Seed()
+	if err != nil {
+		return fmt.Errorf("refresh-token key: %w", err)
+	}
+	sealer, err := people.NewSealer(seed)
+	if err != nil {
+		return err
+	}
+	v.people = people.New(people.Config{Store: v.st, Policy: pol, Trail: v.trail, Logger: v.log, Now: v.cfg.Clock, Sealer: sealer})
+	v.offboard = offboard.New(offboard.Config{People: v.people, Store: v.st, Fleet: v.fleet, Sessions: v.sessions,
+		Alerts: alert.NewPublisher(v.nc, v.trail, v.metrics, v.log), Trail: v.trail, Policy: pol, Logger: v.log})
 	return nil
 }
 
@@ -46,9 +68,10 @@ func (v *Verifier) listenHTTP(context.Context) error {
 	return nil
 }
 
-// servePeople, with an HTTP listener, serves people's logins
-// (verifier/oidclogin), passkeys and the browser client (verifier/passkey)
-// and the console (verifier/console) on it.
+// servePeople, with an HTTP listener, serves the people's logins
+// (verifier/oidclogin), the IdPs' SCIM (verifier/scim), passkeys and the
+// browser client (verifier/passkey) and the console (verifier/console) on
+// it, and runs the periodic re-check.
 func (v *Verifier) servePeople(context.Context) error {
 	pol := func() *policy.Policy { return v.policy.Current() }
 	if v.http == nil {
@@ -58,14 +81,31 @@ func (v *Verifier) servePeople(context.Context) error {
 	mux := http.NewServeMux()
 	var pk *passkey.Handler
 	login := oidclogin.New(oidclogin.Config{People: v.people, Store: v.st, Policy: pol, PublicURL: public, Secure: v.httpTLS,
-		DevicePoll: v.cfg.DevicePoll, OnBrowserLogin: v.browserLogin(&pk), Logger: v.log, Now: v.cfg.Clock})
+		DevicePoll: v.cfg.DevicePoll, OnBrowserLogin: v.browserLogin(&pk), Logger: v.log, Now: v.cfg.Clock, Offboard: v.offboard})
 	if err := v.serveBrowsers(mux, login, &pk); err != nil {
 		login.Close()
 		return err
 	}
 	login.Register(mux)
+	softkey.New(softkey.Config{People: v.people, RPID: v.cfg.RPID, NATSURL: v.ClientURL(), Trail: v.trail, Logger: v.log}).Register(mux)
+	v.offboard.SetRevoker(login)
+	sc, err := scim.New(scim.Config{People: v.people, Offboard: v.offboard, Store: v.st, Policy: pol, Logger: v.log, Now: v.cfg.Clock})
+	if err != nil {
+		login.Close()
+		return err
+	}
+	sc.Register(mux)
 	srv.Serve(mux)
+	v.login = login
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		login.RunRecheck(ctx)
+	}()
 	v.onClose(func() {
+		stop()
+		<-done
 		srv.Close() // before what its handlers use (again at the end: a no-op)
 		login.Close()
 	})
@@ -118,3 +158,12 @@ func (v *Verifier) HTTPURL() string { return v.httpURL }
 
 // People is the verifier's people service (set by Start).
 func (v *Verifier) People() *people.Service { return v.people }
+
+// RecheckPeople runs one pass of the periodic re-check now (tests, and
+// an operator who does not want to wait); nothing without an HTTP
+// listener.
+func (v *Verifier) RecheckPeople(ctx context.Context) {
+	if v.login != nil {
+		v.login.Recheck(ctx)
+	}
+}

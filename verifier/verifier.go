@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -33,6 +34,8 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 	"github.com/tpmauthn/tpmauthn/verifier/metrics"
 	"github.com/tpmauthn/tpmauthn/verifier/natsapi"
+	"github.com/tpmauthn/tpmauthn/verifier/offboard"
+	"github.com/tpmauthn/tpmauthn/verifier/oidclogin"
 	"github.com/tpmauthn/tpmauthn/verifier/operators"
 	"github.com/tpmauthn/tpmauthn/verifier/people"
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
@@ -82,7 +85,9 @@ type Verifier struct {
 	metricsSrv *promserve.Server
 	health     *health.Monitor
 	people     *people.Service
-	http       *httpapi.Server // people's logins, or nil
+	offboard   *offboard.Service
+	login      *oidclogin.Handler // people's logins, or nil
+	http       *httpapi.Server    // people's logins, or nil
 	httpURL    string
 	httpTLS    bool   // http serves TLS
 	wsURL      string // the NATS WebSocket listener browsers reach, or ""
@@ -104,6 +109,8 @@ func New(cfg Config) (*Verifier, error) {
 		return nil, err
 	}
 	v := &Verifier{cfg: cfg, keys: ks, log: cfg.Logger, metrics: metrics.New()}
+	v.metrics.KnownTamperKinds(append(slices.Clone(alert.Kinds), health.AlertStoreUnavailable, auditlog.AlertTruncated, auditlog.AlertRewritten,
+		auditlog.AlertCheckpointInvalid, auditlog.AlertNearLimit, auditlog.AlertAppendFailing)...)
 	if len(created) > 0 {
 		v.log.Info("created key material", "data_dir", cfg.DataDir, "files", created)
 	}
@@ -391,7 +398,8 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 	}
 	adm := admin.New(admin.Config{Fleet: v.fleet, Sessions: v.sessions, Enroll: v.enroll, Trail: v.trail,
 		Version: Version, RPID: v.cfg.RPID, Origin: v.cfg.Origin, Approval: v.cfg.Approval,
-		AuditKey: keys.Public(v.keys.Issuer), EKRoots: ekRoots, CAPin: v.trust.pin, AuditStream: auditlog.Stream, Logger: v.log, Now: v.cfg.Clock})
+		AuditKey: keys.Public(v.keys.Issuer), EKRoots: ekRoots, CAPin: v.trust.pin, AuditStream: auditlog.Stream, Policy: v.policy, Logger: v.log, Now: v.cfg.Clock,
+		People: v.people, Offboard: v.offboard})
 	v.api = natsapi.New(natsapi.Config{Conn: v.nc, QueueGroup: queueGroup, Version: Version, Workers: v.cfg.Workers,
 		Trail: v.trail, Metrics: v.metrics, Health: v.health, Logger: v.log})
 	v.onClose(v.api.Close)

@@ -5,6 +5,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
+
+	"github.com/tpmauthn/tpmauthn/internal/buildinfo"
+	"github.com/tpmauthn/tpmauthn/internal/clidocs"
 )
 
 func newRootCmd() *cobra.Command {
@@ -13,8 +16,10 @@ func newRootCmd() *cobra.Command {
 		Short:         "TPM-backed WebAuthn platform authenticator for the workloads on this host",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       buildinfo.Read().String(),
 	}
-	root.AddCommand(newRunCmd(), newDebugCmd())
+	root.AddCommand(newRunCmd(), newDebugCmd(), newDoctorCmd())
+	root.AddCommand(clidocs.Command(root))
 	return root
 }
 

@@ -9,7 +9,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tpmauthn/tpmauthn/internal/buildinfo"
 	"github.com/tpmauthn/tpmauthn/internal/cliconf"
+	"github.com/tpmauthn/tpmauthn/internal/clidocs"
 	"github.com/tpmauthn/tpmauthn/verifier"
 	"github.com/tpmauthn/tpmauthn/verifier/auditlog"
 )
@@ -115,9 +117,12 @@ Operators use tpmauthnctl --data-dir DATA_DIR.`,
 		Example:       "  tpmauthn-verifier --data-dir ./verifier --ek-ca-dir /etc/tpmauthn/ek-ca",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       buildinfo.Read().String(),
+		Args:          cobra.NoArgs,
 		RunE:          run,
 	}
 	cliconf.Define(cmd, keys)
+	cmd.AddCommand(clidocs.Command(cmd))
 	return cmd
 }
 

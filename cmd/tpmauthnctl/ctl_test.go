@@ -76,6 +76,7 @@ func TestAgainstLocalVerifier(t *testing.T) {
 }
 
 func TestNoVerifierIsAClearError(t *testing.T) {
+	t.Setenv("XDG_CONFIG_HOME", t.TempDir()) // no software key of a login
 	_, err := ctl(t, "token", "list")
 	if err == nil || !strings.Contains(err.Error(), "--data-dir") {
 		t.Fatalf("with nothing configured: %v", err)
@@ -106,5 +107,27 @@ func TestOverTLS(t *testing.T) {
 	}
 	if _, err = ctl(t, "--nats-url", v.ClientURL(), "--creds", seed, "--nats-ca", keys.ClientCAFile(dir), "status"); err != nil {
 		t.Fatalf("status with --nats-ca: %v", err)
+	}
+}
+
+// TestWaitsForAStartingVerifier: tpmauthnctl started before the verifier
+// has written its client URL waits for it (within --timeout) instead of
+// failing at once.
+func TestWaitsForAStartingVerifier(t *testing.T) {
+	dir := t.TempDir()
+	done := make(chan error, 1)
+	go func() {
+		_, err := ctl(t, "--data-dir", dir, "--timeout", "20s", "token", "list")
+		done <- err
+	}()
+	time.Sleep(500 * time.Millisecond)
+	fleettest.StartVerifier(t, verifier.Config{DataDir: dir, NATSListen: "127.0.0.1:-1"})
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("token list against a verifier that started after it: %v", err)
+		}
+	case <-time.After(25 * time.Second):
+		t.Fatal("tpmauthnctl did not finish")
 	}
 }

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
@@ -30,6 +32,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/internal/atomicfile"
 	"github.com/tpmauthn/tpmauthn/internal/cliconf"
 	"github.com/tpmauthn/tpmauthn/internal/natstls"
+	"github.com/tpmauthn/tpmauthn/personkey"
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 )
 
@@ -41,7 +44,8 @@ var loginKeys = []cliconf.Key{
 	cliconf.K("login.ca", "http-ca", "", "PEM bundle to verify the verifier's HTTPS with (default: the system's roots, and --data-dir's NATS CA)"),
 	cliconf.K("login.out", "out", "", "where to keep the login (default: the user config directory's tpmauthn/login.json, 0600)"),
 	cliconf.K("login.wait", "wait", 3*time.Minute, "how long to wait for the login to finish"),
-	cliconf.K("login.no_agent", "no-agent", false, "do not hand the login to this host's agent"),
+	cliconf.K("login.no_agent", "no-agent", false, "do not hand the login to this host's agent: keep a software key instead"),
+	cliconf.K("login.key", "key", "", "where to keep a software key when the login does not go to an agent (default: the user config directory's tpmauthn/person-key.json, 0600)"),
 }
 
 type loginSettings struct {
@@ -54,6 +58,7 @@ type loginSettings struct {
 		Out       string        `mapstructure:"out"`
 		Wait      time.Duration `mapstructure:"wait"`
 		NoAgent   bool          `mapstructure:"no_agent"`
+		Key       string        `mapstructure:"key"`
 	} `mapstructure:"login"`
 }
 
@@ -140,16 +145,19 @@ func (a *app) login(ctx context.Context, ls loginSettings, tell io.Writer) error
 		return err
 	}
 	saved := &savedLogin{LoginResult: *res}
-	if !l.NoAgent {
-		dev, err := a.agentLogin(ctx, a.s.Agent.Socket, res.AccessToken, tell)
-		if err != nil {
+	if _, err := os.Stat(a.s.Agent.Socket); err == nil && !l.NoAgent {
+		if saved.Device, err = a.agentLogin(ctx, a.s.Agent.Socket, res.AccessToken, tell); err != nil {
 			return err
 		}
-		if dev != nil {
-			saved.Device = dev
-			saved.AccessToken = "" // redeemed: worth nothing now
+	} else {
+		if !l.NoAgent {
+			fmt.Fprintf(tell, "No tpmauthn agent at %s (--agent-socket): keeping a software key instead (roles that require hardware refuse it)\n", a.s.Agent.Socket)
+		}
+		if saved.Key, err = a.keyLogin(ctx, client, base, l.Key, res.AccessToken); err != nil {
+			return err
 		}
 	}
+	saved.AccessToken = "" // redeemed: worth nothing now
 	if err := saveLogin(out, saved); err != nil {
 		return err
 	}
@@ -160,19 +168,21 @@ func (a *app) login(ctx context.Context, ls loginSettings, tell io.Writer) error
 }
 
 // savedLogin is login.json: the login, and the device credential the
-// host's agent registered with it.
+// host's agent registered with it, or the software key registered instead.
 type savedLogin struct {
 	api.LoginResult
 	Device *api.PersonLoginResponse `json:"device,omitempty"`
+	Key    *savedKey                `json:"software_key,omitempty"`
+}
+
+type savedKey struct {
+	api.PersonKeyResponse
+	Path string `json:"path"`
 }
 
 // agentLogin hands the login grant to this host's agent, which registers a
-// TPM credential bound to this user: nil without an agent here.
+// TPM credential bound to this user.
 func (a *app) agentLogin(ctx context.Context, socket, grant string, tell io.Writer) (*api.PersonLoginResponse, error) {
-	if _, err := os.Stat(socket); err != nil {
-		fmt.Fprintf(tell, "No tpmauthn agent at %s: no TPM credential for you on this host (give --agent-socket, or --no-agent to silence this)\n", socket)
-		return nil, nil
-	}
 	fmt.Fprintln(tell, "Registering your TPM credential with this host's agent ...")
 	dev, err := client.New(socket).PersonLogin(ctx, grant)
 	if err != nil {
@@ -432,4 +442,57 @@ func (a *app) printLogin(res *api.LoginResult) error {
 	fmt.Fprintf(a.out, " at %s (person %s) until %s\n", esc(p.IdP), esc(p.ID), when(res.LoginExpires))
 	fmt.Fprintf(a.out, "Roles: %s (with a software key: %s)\n", esc(list(res.Roles)), esc(list(res.SoftwareRoles)))
 	return nil
+}
+
+// keyLogin makes a software key (no TPM here), registers it with the
+// verifier by redeeming the grant, and keeps it in path (0600).
+func (a *app) keyLogin(ctx context.Context, hc *http.Client, base, path, grant string) (*savedKey, error) {
+	if path == "" {
+		var err error
+		if path, err = personkey.DefaultPath(); err != nil {
+			return nil, err
+		}
+	}
+	priv, err := personkey.Generate()
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.MarshalPKIXPublicKey(&priv.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	proof, err := ecdsa.SignASN1(rand.Reader, priv, personkey.ProofDigest(grant))
+	if err != nil {
+		return nil, err
+	}
+	body, _ := json.Marshal(api.PersonKeyRequest{PublicKey: der, Proof: proof})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+api.PathPersonKey, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+grant)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("register the software key: %w", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	if resp.StatusCode != http.StatusOK {
+		var e struct{ Error string }
+		_ = json.Unmarshal(b, &e)
+		return nil, fmt.Errorf("the verifier did not register the software key: %s: %s", resp.Status, esc(e.Error))
+	}
+	var reg api.PersonKeyResponse
+	if err := json.Unmarshal(b, &reg); err != nil {
+		return nil, err
+	}
+	if _, err := personkey.Save(path, priv, &reg); err != nil {
+		return nil, err
+	}
+	if !a.s.JSON {
+		fmt.Fprintf(a.out, "Software key %s kept in %s: your programs connect as %s until %s\n",
+			esc(reg.CredentialID), path, esc(reg.Name), when(reg.Expires))
+	}
+	return &savedKey{PersonKeyResponse: reg, Path: path}, nil
 }

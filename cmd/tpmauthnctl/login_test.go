@@ -15,14 +15,18 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/internal/oidctest"
+	"github.com/tpmauthn/tpmauthn/personkey"
+	"github.com/tpmauthn/tpmauthn/personkey/natskey"
 	"github.com/tpmauthn/tpmauthn/verifier"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
@@ -32,6 +36,9 @@ import (
 // data directory (tpmauthnctl trusts that CA through it) and login URL.
 func peopleVerifier(t *testing.T) (*oidctest.OP, string, string) {
 	t.Helper()
+	// No agent here: logins keep a software key, in a config dir of the
+	// test's own.
+	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
 	op := oidctest.Start(t, oidctest.User{ID: "u-erin", Username: "erin", Password: "pw", Name: "Erin \x1b[31mRed", Email: "erin@example.com", Groups: []string{"developers"}})
 	dir := t.TempDir()
 	secret, pol := filepath.Join(dir, "idp.secret"), filepath.Join(dir, "policy.yaml")
@@ -39,10 +46,14 @@ func peopleVerifier(t *testing.T) (*oidctest.OP, string, string) {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(pol, fmt.Appendf(nil, `
-roles: {dev: {publish: {allow: ["dev.{{person}}.>"]}}}
+roles:
+  dev: {publish: {allow: ["dev.{{person}}.>"]}}
+  viewer: {publish: {allow: ["view.{{person}}.>"]}}
 people:
   idps: [{name: corp, issuer: %q, client_id: tpmauthn, client_secret_file: %q}]
-  bindings: [{groups: [developers], roles: [dev], require: {assurance: hardware}}]
+  bindings:
+    - {groups: [developers], roles: [dev], require: {assurance: hardware}}
+    - {groups: [developers], roles: [viewer]}
 `, op.Issuer, secret), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -75,11 +86,55 @@ func checkLoginFile(t *testing.T, out string) api.LoginResult {
 		t.Fatalf("login file: %v %v, want mode 0600", fi, err)
 	}
 	b, _ := os.ReadFile(out)
-	var res api.LoginResult
-	if err := json.Unmarshal(b, &res); err != nil || res.AccessToken == "" || res.Person.ID != record.PersonID("corp", "u-erin") {
-		t.Fatalf("login file %s: %v", b, err)
+	var res savedLogin
+	if err := json.Unmarshal(b, &res); err != nil || res.AccessToken != "" || res.Person.ID != record.PersonID("corp", "u-erin") {
+		t.Fatalf("login file %s: %v (want the grant gone: it was redeemed for the key)", b, err)
 	}
-	return res
+	if res.Key == nil || res.Key.Path == "" || res.Key.Person.ID != res.Person.ID {
+		t.Fatalf("login file %s: no software key", b)
+	}
+	if fi, err := os.Stat(res.Key.Path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("software key file: %v %v, want mode 0600", fi, err)
+	}
+	return res.LoginResult
+}
+
+// checkSoftwareKey connects with the login's software key: the role that
+// requires hardware is not granted, the other is.
+func checkSoftwareKey(t *testing.T) {
+	t.Helper()
+	path, err := personkey.DefaultPath()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := personkey.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(k.NATSURL(), append(natskey.Options(k), nats.MaxReconnects(0))...)
+	if err != nil {
+		t.Fatalf("connect with the software key: %v", err)
+	}
+	defer nc.Close()
+	errs := make(chan error, 2)
+	nc.SetErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err })
+	for _, subj := range []string{"view." + k.Person() + ".x", "dev." + k.Person() + ".x"} {
+		_ = nc.Publish(subj, nil)
+	}
+	_ = nc.Flush()
+	select {
+	case err := <-errs:
+		if !strings.Contains(err.Error(), `"dev.`) {
+			t.Fatalf("refusal %v, want the hardware-only dev subject", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("a software key published under a role that requires hardware")
+	}
+	select {
+	case err := <-errs:
+		t.Fatalf("second refusal %v: the viewer subject should be allowed", err)
+	case <-time.After(200 * time.Millisecond):
+	}
 }
 
 func TestLoginLoopback(t *testing.T) {
@@ -119,12 +174,13 @@ func TestLoginLoopback(t *testing.T) {
 		t.Fatalf("opened %s", opened)
 	}
 	res := checkLoginFile(t, out)
-	if len(res.Roles) != 1 || res.Roles[0] != "dev" || len(res.SoftwareRoles) != 0 {
+	if !slices.Equal(res.Roles, []string{"dev", "viewer"}) || !slices.Equal(res.SoftwareRoles, []string{"viewer"}) {
 		t.Fatalf("roles %v / %v", res.Roles, res.SoftwareRoles)
 	}
+	checkSoftwareKey(t)
 	// The IdP chose the name: its escape sequence reaches the terminal
 	// escaped.
-	if strings.Contains(stdout, "\x1b") || !strings.Contains(stdout, `Erin \x1b[31mRed`) || strings.Contains(stdout, res.AccessToken) {
+	if strings.Contains(stdout, "\x1b") || !strings.Contains(stdout, `Erin \x1b[31mRed`) || !strings.Contains(stdout, "Software key ") {
 		t.Fatalf("stdout %q", stdout)
 	}
 }

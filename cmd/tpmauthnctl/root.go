@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -18,7 +19,9 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/agent/client"
 	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/internal/buildinfo"
 	"github.com/tpmauthn/tpmauthn/internal/cliconf"
+	"github.com/tpmauthn/tpmauthn/internal/clidocs"
 	"github.com/tpmauthn/tpmauthn/internal/natstls"
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 )
@@ -61,6 +64,7 @@ func newRootCmd() *cobra.Command {
 		Short:         "Operate a tpmauthn fleet: join tokens, hosts, credentials",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       buildinfo.Read().String(),
 		Example: `  tpmauthnctl --data-dir ./verifier token create --roles demo --ttl 1h
   tpmauthnctl --data-dir ./verifier host list`,
 	}
@@ -75,7 +79,8 @@ func newRootCmd() *cobra.Command {
 		}
 	}
 	root.AddCommand(a.tokenCmd(), a.hostCmd(), a.credentialCmd(), a.ekCmd(), a.auditCmd(), a.statusCmd(), a.natsConfigCmd(),
-		a.backupCmd(), a.restoreCmd(), a.loginCmd())
+		a.backupCmd(), a.restoreCmd(), a.loginCmd(), a.personCmd(), a.doctorCmd())
+	root.AddCommand(clidocs.Command(root))
 	return root
 }
 
@@ -96,9 +101,9 @@ func (a *app) connect() (*nats.Conn, error) {
 			creds = seed
 		}
 		if url == "" {
-			b, err := os.ReadFile(urlFile)
+			b, err := waitForFile(urlFile, a.s.Timeout)
 			if err != nil {
-				return nil, fmt.Errorf("no client URL in %s (has tpmauthn-verifier started there?): %w", a.s.DataDir, err)
+				return nil, fmt.Errorf("no client URL in %s after %v (has tpmauthn-verifier started there? --timeout waits longer): %w", a.s.DataDir, a.s.Timeout, err)
 			}
 			url = strings.TrimSpace(string(b))
 		}
@@ -273,4 +278,17 @@ func esc(s string) string {
 		}
 	}
 	return b.String()
+}
+
+// waitForFile reads path, waiting up to timeout for it to appear: a
+// verifier that is still starting writes its client URL when it serves.
+func waitForFile(path string, timeout time.Duration) ([]byte, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		b, err := os.ReadFile(path)
+		if err == nil || !errors.Is(err, fs.ErrNotExist) || time.Now().After(deadline) {
+			return b, err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

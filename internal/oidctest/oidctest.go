@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/zitadel/oidc/v3/example/server/exampleop"
@@ -28,6 +29,8 @@ type User struct {
 	Groups                 []string
 	// Claims are added to the ID token as they are (e.g. "oid").
 	Claims map[string]any
+	// Disabled users' refresh tokens are refused (Disable).
+	Disabled bool
 }
 
 // OP is a running OpenID provider.
@@ -38,7 +41,27 @@ type OP struct {
 	URL     string // Issuer without the trailing slash
 	clients map[string]*storage.Client
 	users   *users
+	down    atomic.Bool
+	revoked atomic.Int64
 }
+
+// Disable disables user id: the provider refuses their refresh tokens
+// (invalid_grant), as an IdP does for a deactivated account.
+func (o *OP) Disable(id string) { o.users.update(id, func(u *User) { u.Disabled = true }) }
+
+// SetGroups changes user id's groups (the next ID token, a refresh's too,
+// lists these).
+func (o *OP) SetGroups(id string, groups ...string) {
+	o.users.update(id, func(u *User) { u.Groups = groups })
+}
+
+// SetDown makes the provider unreachable (every connection dropped) or
+// reachable again.
+func (o *OP) SetDown(down bool) { o.down.Store(down) }
+
+// Revocations is how many tokens were revoked at the provider's RFC 7009
+// endpoint.
+func (o *OP) Revocations() int64 { return o.revoked.Load() }
 
 // Start runs a provider on a free loopback port with users, until the test
 // ends.
@@ -53,8 +76,16 @@ func Start(tb testing.TB, us ...User) *OP {
 	for _, u := range us {
 		o.users.m[u.ID] = u
 	}
-	st := &groupStorage{Storage: storage.NewStorageWithClients(o.users, o.clients), users: o.users}
-	srv := httptest.NewUnstartedServer(exampleop.SetupServer(o.Issuer, st, nil, false))
+	st := &groupStorage{Storage: storage.NewStorageWithClients(o.users, o.clients), users: o.users, op: o}
+	handler := exampleop.SetupServer(o.Issuer, st, nil, false)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if o.down.Load() {
+			// Unreachable: the connection drops without an answer, as
+			// when the IdP is down or the network is.
+			panic(http.ErrAbortHandler)
+		}
+		handler.ServeHTTP(w, r)
+	}))
 	srv.Listener.Close()
 	srv.Listener = ln
 	srv.Start()
@@ -96,6 +127,15 @@ func (u *users) GetUserByUsername(name string) *storage.User {
 
 func (u *users) ExampleClientID() string { return storage.ServiceUserID }
 
+func (u *users) update(id string, f func(*User)) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if x, ok := u.m[id]; ok {
+		f(&x)
+		u.m[id] = x
+	}
+}
+
 func (u *users) get(id string) (User, bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -113,6 +153,26 @@ func toStorage(x User) *storage.User {
 type groupStorage struct {
 	*storage.Storage
 	users *users
+	op    *OP
+}
+
+// TokenRequestByRefreshToken refuses a disabled user's refresh token
+// (the OP answers invalid_grant).
+func (s *groupStorage) TokenRequestByRefreshToken(ctx context.Context, token string) (op.RefreshTokenRequest, error) {
+	req, err := s.Storage.TokenRequestByRefreshToken(ctx, token)
+	if err != nil {
+		return nil, err
+	}
+	if u, ok := s.users.get(req.GetSubject()); !ok || u.Disabled {
+		return nil, fmt.Errorf("user %s is disabled", req.GetSubject())
+	}
+	return req, nil
+}
+
+// RevokeToken counts revocations (RFC 7009) and revokes.
+func (s *groupStorage) RevokeToken(ctx context.Context, token, userID, clientID string) *oidc.Error {
+	s.op.revoked.Add(1)
+	return s.Storage.RevokeToken(ctx, token, userID, clientID)
 }
 
 func (s *groupStorage) SetUserinfoFromRequest(ctx context.Context, ui *oidc.UserInfo, req op.IDTokenRequest, scopes []string) error {

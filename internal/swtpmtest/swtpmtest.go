@@ -271,6 +271,30 @@ func (s *TPM) Clone(t testing.TB) *TPM {
 	return c
 }
 
+// FromState starts a swtpm on a copy of a TPM state directory kept from an
+// earlier run (a fixture): its EK, SRK and NV are that TPM's, so key blobs
+// made by it load here. It has no manufacturer CA of its own (CADir empty).
+func FromState(t testing.TB, stateDir string) *TPM {
+	t.Helper()
+	Require(t)
+	s := &TPM{Dir: t.TempDir()}
+	s.StateDir = filepath.Join(s.Dir, "state")
+	if err := os.CopyFS(s.StateDir, os.DirFS(stateDir)); err != nil {
+		t.Fatalf("swtpmtest: copy state: %v", err)
+	}
+	if err := os.Chmod(s.StateDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatalf("swtpmtest: %v", err)
+	}
+	t.Cleanup(func() {
+		s.checkNoTransient(t)
+		_ = s.Stop()
+	})
+	return s
+}
+
 // Stop shuts the TPM down cleanly (its state is saved) and waits for swtpm.
 func (s *TPM) Stop() error {
 	if s.cmd == nil {

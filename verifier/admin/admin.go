@@ -25,6 +25,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/fleet"
 	"github.com/tpmauthn/tpmauthn/verifier/natsapi"
 	"github.com/tpmauthn/tpmauthn/verifier/operators"
+	"github.com/tpmauthn/tpmauthn/verifier/policy"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 	"github.com/tpmauthn/tpmauthn/verifier/store"
 )
@@ -59,8 +60,14 @@ type Config struct {
 	EKRoots                                   int
 	// AuditStream is the audit trail's stream, reported with the buckets.
 	AuditStream string
+	// Policy is the role policy, reported by status (nil: not reported).
+	Policy *policy.Source
 	// CAPin is the NATS CA pin join tokens carry ("": none).
-	CAPin  string
+	CAPin string
+	// People and Offboard serve the person.* operations (nil: refused).
+	People   personStore
+	Offboard offboarder
+
 	Logger *slog.Logger
 	// Now is the clock of tokens and records (nil: time.Now).
 	Now func() time.Time
@@ -114,7 +121,7 @@ func (s *Service) Endpoints() []natsapi.Endpoint {
 	for i, o := range ops {
 		out[i] = natsapi.Endpoint{Subject: api.SubjectAdminPrefix + o.op, Handler: o.h}
 	}
-	return out
+	return append(out, s.personEndpoints()...)
 }
 
 func checkNames(kind string, names []string) error {
@@ -465,7 +472,25 @@ func (s *Service) status(ctx context.Context, _ []byte) (any, error) {
 		st.Tokens[t.State(now)]++
 	}
 	st.Streams = s.st.Health(ctx, s.cfg.AuditStream)
+	st.Time = s.cfg.Now().UTC()
+	if s.cfg.Policy != nil {
+		st.Policy = policyState(s.cfg.Policy)
+	}
 	return st, nil
+}
+
+func policyState(ps *policy.Source) *api.PolicyState {
+	path, mod, err := ps.State()
+	p := ps.Current()
+	out := &api.PolicyState{File: path, Modified: mod, Roles: len(p.Roles), Bindings: len(p.Bindings)}
+	if p.People != nil {
+		out.IdPs = len(p.People.IdPs)
+		out.Bindings += len(p.People.Bindings)
+	}
+	if err != nil {
+		out.Error = err.Error()
+	}
+	return out
 }
 
 // revokeHost sets the host's status and revokes every credential of it (so

@@ -23,10 +23,20 @@ const (
 	EKUntrusted       = "ek_untrusted"
 	// RevokedTPM: an EK or AK of a revoked host tries to enroll again.
 	RevokedTPM = "revoked_tpm"
+	// PersonOffboarded: a person's live access was cut (credentials
+	// revoked, sessions kicked) by their IdP's SCIM deprovisioning or an
+	// operator, or their IdP refused the re-check's refresh
+	// (verifier/offboard). Not a tamper signal but a security event the
+	// same watchers want; counted with them.
+	PersonOffboarded = "person_offboarded"
 	// BreakGlass: the operator key file was used while people operate the
 	// fleet (the policy grants admin roles to IdP groups).
 	BreakGlass = "break_glass"
 )
+
+// Kinds are this package's kinds of signal (other rooms raise theirs:
+// store_unavailable, audit_*).
+var Kinds = []string{CounterRegression, RevokedUsed, AKMismatch, EKUntrusted, RevokedTPM, PersonOffboarded, BreakGlass}
 
 // SubjectPrefix is where alerts are published: SubjectPrefix + kind.
 const SubjectPrefix = "tpmauthn.alerts."

@@ -232,6 +232,15 @@ const (
 	maxMsg   = 512 << 10
 )
 
+// linger is how long a batch of queued-only events (Record: nobody waits
+// for them, e.g. a session's end) waits for an event someone does wait for
+// (RecordDurable, a flush) to share its message. One client connecting
+// again and again otherwise makes two messages a connect, its grant and the
+// previous session's end, and each message costs a signature, a JetStream
+// write and its ack (measured at one client: 5,926 messages for 3,000
+// connects). A variable for tests.
+var linger = 50 * time.Millisecond
+
 // run appends what is queued: a group commit. It takes every event queued
 // when it is free (up to MaxBatch a message) and appends them as one
 // message, one signature and one JetStream round trip; events that arrive
@@ -239,10 +248,14 @@ const (
 // round trip, not for a batching window, and a thousand connecting at once
 // share a few appends. A flush marker ends the batch and is signalled once
 // it is appended; RecordDurable's events are told their append's result.
+// A batch that nobody waits for lingers (see linger) until one that
+// somebody waits for joins it.
 func (a *Log) run() {
 	batch := make([]audit.Event, 0, MaxBatch)
 	acks := make([]chan error, 0, MaxBatch)
 	failed := false // an append failed since the last flush marker
+	wait := time.NewTimer(linger)
+	wait.Stop()
 	for {
 		var it *item
 		select {
@@ -251,22 +264,28 @@ func (a *Log) run() {
 		case it = <-a.ch:
 		}
 		batch, acks = batch[:0], acks[:0]
-	collect:
-		for it != nil && it.flushed == nil {
-			batch = append(batch, it.ev)
-			if it.acked != nil {
-				acks = append(acks, it.acked)
-			}
-			a.collecting.Add(1)
-			it = nil
-			if len(batch) == MaxBatch {
+		lingering := false
+		for {
+			it = a.collect(it, &batch, &acks)
+			if it != nil || len(acks) > 0 || len(batch) >= MaxBatch || linger <= 0 {
 				break
 			}
-			select {
-			case it = <-a.ch:
-			default:
-				break collect
+			if !lingering {
+				lingering = true
+				wait.Reset(linger)
 			}
+			select {
+			case <-a.done:
+				return
+			case it = <-a.ch:
+				continue
+			case <-wait.C:
+			}
+			lingering = false
+			break
+		}
+		if lingering {
+			wait.Stop()
 		}
 		if len(batch) > 0 {
 			err := a.AppendBatch(batch)
@@ -284,6 +303,27 @@ func (a *Log) run() {
 			close(it.flushed)
 		}
 	}
+}
+
+// collect adds it and whatever else is queued to the batch, up to
+// MaxBatch, and returns the flush marker that ended it (nil: none).
+func (a *Log) collect(it *item, batch *[]audit.Event, acks *[]chan error) *item {
+	for it != nil && it.flushed == nil {
+		*batch = append(*batch, it.ev)
+		if it.acked != nil {
+			*acks = append(*acks, it.acked)
+		}
+		a.collecting.Add(1)
+		it = nil
+		if len(*batch) == MaxBatch {
+			return nil
+		}
+		select {
+		case it = <-a.ch:
+		default:
+		}
+	}
+	return it
 }
 
 // Append appends one event at once, outside the queue (a batch of one).

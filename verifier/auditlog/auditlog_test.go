@@ -295,3 +295,39 @@ func TestRetryWait(t *testing.T) {
 		}
 	}
 }
+
+// An event nobody waits for (a session's end) rides in the message of the
+// next event somebody waits for; alone, it is appended after linger.
+func TestLinger(t *testing.T) {
+	e := newEnv(t)
+	a := e.open(t)
+	a.Record(audit.Event{Kind: "session.end", Result: "ok", Client: 1})
+	time.Sleep(linger / 5)
+	if err := a.RecordDurable(t.Context(), audit.Event{Kind: "connect", Result: "allow", Client: 2}); err != nil {
+		t.Fatal(err)
+	}
+	raws, err := a.ReadRaw(t.Context(), 1, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(raws) != 2 || raws[0].Msg != raws[1].Msg {
+		t.Fatalf("the session's end and the grant are not one message: %+v", raws)
+	}
+	start := time.Now()
+	a.Record(audit.Event{Kind: "session.end", Result: "ok", Client: 2})
+	for len(raws) < 3 {
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("a lone event was not appended")
+		}
+		time.Sleep(time.Millisecond)
+		if raws, err = a.ReadRaw(t.Context(), 1, 100); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if took := time.Since(start); took < linger/2 {
+		t.Errorf("a lone event was appended after %v, before it lingered (%v)", took, linger)
+	}
+	if len(raws) != 3 || raws[2].Msg == raws[1].Msg {
+		t.Fatalf("the lone event is not a message of its own: %+v", raws)
+	}
+}

@@ -313,7 +313,7 @@ func (s *Server) open(data []byte, serverXKey string) (*jwt.AuthorizationRequest
 	if err != nil {
 		return nil, fmt.Errorf("cannot decrypt: %w", err)
 	}
-	rc, err := jwt.DecodeAuthorizationRequestClaims(string(data))
+	rc, err := s.decodeRequest(string(data), serverXKey)
 	if err != nil {
 		return nil, fmt.Errorf("malformed: %w", err)
 	}

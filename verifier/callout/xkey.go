@@ -21,7 +21,15 @@ type xkeyBox struct {
 	priv [32]byte
 
 	mu     sync.Mutex
-	shared map[string]*[32]byte // by the server's public xkey
+	shared map[string]*serverKey // by the server's public xkey
+}
+
+// serverKey is a server xkey's box key and, once a request sealed under it
+// proved it (see bind), the server that holds it.
+type serverKey struct {
+	box    [32]byte
+	issuer string // "" until bound
+	header string // the JWT header of the request that bound it
 }
 
 // maxServerXKeys bounds the cache: server xkeys change at every restart.
@@ -38,13 +46,43 @@ func newXKeyBox(kp nkeys.KeyPair) (*xkeyBox, error) {
 	if err != nil || prefix != nkeys.PrefixByteCurve || len(raw) != 32 {
 		return nil, fmt.Errorf("xkey: not a curve seed (%v)", err)
 	}
-	b := &xkeyBox{shared: map[string]*[32]byte{}}
+	b := &xkeyBox{shared: map[string]*serverKey{}}
 	copy(b.priv[:], raw)
 	clear(raw)
 	return b, nil
 }
 
 func (b *xkeyBox) key(serverXKey string) (*[32]byte, error) {
+	k, err := b.server(serverXKey)
+	if err != nil {
+		return nil, err
+	}
+	return &k.box, nil
+}
+
+// bind records that the server issuer holds serverXKey: a request sealed
+// under serverXKey carried claims signed by issuer that name serverXKey as
+// the server's own (nats-server puts its xkey in the signed request).
+func (b *xkeyBox) bind(serverXKey, issuer, header string) {
+	b.mu.Lock()
+	if k, ok := b.shared[serverXKey]; ok {
+		k.issuer, k.header = issuer, header
+	}
+	b.mu.Unlock()
+}
+
+// bound is the server bound to serverXKey and the JWT header its requests
+// carry ("": none yet).
+func (b *xkeyBox) bound(serverXKey string) (issuer, header string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if k, ok := b.shared[serverXKey]; ok {
+		return k.issuer, k.header
+	}
+	return "", ""
+}
+
+func (b *xkeyBox) server(serverXKey string) (*serverKey, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if k, ok := b.shared[serverXKey]; ok {
@@ -56,8 +94,8 @@ func (b *xkeyBox) key(serverXKey string) (*[32]byte, error) {
 	}
 	var pub [32]byte
 	copy(pub[:], raw)
-	k := new([32]byte)
-	box.Precompute(k, &pub, &b.priv)
+	k := new(serverKey)
+	box.Precompute(&k.box, &pub, &b.priv)
 	if len(b.shared) >= maxServerXKeys {
 		clear(b.shared)
 	}

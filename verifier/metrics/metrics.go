@@ -102,6 +102,15 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 // Tamper counts a tamper signal of kind.
 func (m *Metrics) Tamper(kind string) { m.tamper.WithLabelValues(kind).Inc() }
 
+// KnownTamperKinds makes each kind's series exist at 0 from the start, so
+// that rate() and increase() see the first signal of each (a series that
+// appears at 1 has no increase).
+func (m *Metrics) KnownTamperKinds(kinds ...string) {
+	for _, k := range kinds {
+		m.tamper.WithLabelValues(k)
+	}
+}
+
 // Shed counts a callout dropped unanswered (the server stopped waiting).
 func (m *Metrics) Shed() { m.shed.Inc() }
 

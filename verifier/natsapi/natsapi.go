@@ -197,19 +197,40 @@ var libraryCodes = []struct {
 }
 
 // Code maps an error to the stable code and the message a client sees: the
-// first api.Error it wraps, or one of the attestation and record errors.
-// Anything else is internal, and its text stays in the log.
+// code of the first api.Error it wraps, or of one of the attestation and
+// record errors, with the whole error's text (what was wrong, not only
+// "bad request"), made safe for a header. Anything else is internal, and
+// its text stays in the log.
 func Code(err error) (code, message string) {
 	var ae *api.Error
 	if errors.As(err, &ae) {
-		return ae.Code, ae.Message
+		return ae.Code, headerSafe(err.Error())
 	}
 	for _, e := range libraryCodes {
 		if errors.Is(err, e.err) {
-			return e.code, e.err.Error()
+			return e.code, headerSafe(err.Error())
 		}
 	}
 	return api.CodeInternal, "internal error"
+}
+
+// maxErrorText bounds the message a refusal carries in its header.
+const maxErrorText = 1024
+
+// headerSafe keeps a message to one header line: control characters (a
+// CR LF would start a header of the requester's choosing, from a name it
+// sent) become spaces, and it is cut at maxErrorText bytes.
+func headerSafe(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > maxErrorText {
+		s = strings.ToValidUTF8(s[:maxErrorText], "") + "…"
+	}
+	return s
 }
 
 // Decode reads a JSON request strictly: an unknown field is a bad request.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -89,8 +90,10 @@ type nopMetrics struct{}
 
 func (nopMetrics) Observe(string, string, time.Duration) {}
 
-// Code: the first api.Error an error wraps names its code; the libraries'
-// errors map to theirs; anything else is internal and says nothing more.
+// Code: the first api.Error an error wraps names its code and the whole
+// error is the message (what was wrong, for the operator); the libraries'
+// errors map to theirs; anything else is internal and says nothing more. A
+// message is one header line, whatever a requester put in it.
 func TestCode(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -99,11 +102,15 @@ func TestCode(t *testing.T) {
 		msg  string
 	}{
 		{"sentinel", api.ErrTokenInvalid, api.CodeTokenInvalid, api.ErrTokenInvalid.Message},
-		{"wrapped", fmt.Errorf("%w: token abc is used", api.ErrTokenInvalid), api.CodeTokenInvalid, api.ErrTokenInvalid.Message},
-		{"outer wins", fmt.Errorf("%w: %w", api.ErrBadRequest, api.ErrNotFound), api.CodeBadRequest, "bad request"},
-		{"unavailable", fmt.Errorf("%w: hosts get h-1: nats: timeout", api.ErrUnavailable), api.CodeUnavailable, api.ErrUnavailable.Message},
-		{"attestation", fmt.Errorf("x: %w", attestation.ErrEKUntrusted), api.CodeEKUntrusted, attestation.ErrEKUntrusted.Error()},
-		{"transition", fmt.Errorf("x: %w", record.ErrTransition), api.CodeBadRequest, record.ErrTransition.Error()},
+		{"wrapped", fmt.Errorf("%w: token abc is used", api.ErrTokenInvalid), api.CodeTokenInvalid, "join token unknown, used or expired: token abc is used"},
+		{"outer wins", fmt.Errorf("%w: %w", api.ErrBadRequest, api.ErrNotFound), api.CodeBadRequest, "bad request: not found"},
+		{"unavailable", fmt.Errorf("%w: hosts get h-1: nats: timeout", api.ErrUnavailable), api.CodeUnavailable, api.ErrUnavailable.Message + ": hosts get h-1: nats: timeout"},
+		{"attestation", fmt.Errorf("x: %w", attestation.ErrEKUntrusted), api.CodeEKUntrusted, "x: " + attestation.ErrEKUntrusted.Error()},
+		{"transition", fmt.Errorf("x: %w", record.ErrTransition), api.CodeBadRequest, "x: " + record.ErrTransition.Error()},
+		{"headerInjection", fmt.Errorf("%w: workload \"a\r\nNats-Service-Error-Code: 200\"", api.ErrBadRequest), api.CodeBadRequest,
+			`bad request: workload "a  Nats-Service-Error-Code: 200"`},
+		{"long", fmt.Errorf("%w: %s", api.ErrBadRequest, strings.Repeat("é", 1000)), api.CodeBadRequest,
+			strings.ToValidUTF8(("bad request: " + strings.Repeat("é", 1000))[:maxErrorText], "") + "…"},
 		{"other", errors.New("secret detail"), api.CodeInternal, "internal error"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -28,3 +28,14 @@ var (
 	// ErrBadRequest: a request this endpoint cannot take.
 	ErrBadRequest = errors.New("bad request")
 )
+
+// Errors of the periodic re-check and of revocation (recheck.go).
+var (
+	// ErrRefreshRefused: the IdP refused the refresh token (invalid_grant,
+	// RFC 6749 §5.2): the person was disabled, removed or signed out
+	// there. Only this offboards; an unreachable IdP does not.
+	ErrRefreshRefused = errors.New("the IdP refused the refresh token")
+	// ErrNoRevocation: the IdP advertises no revocation_endpoint (RFC 7009
+	// via discovery): the refresh token is dropped, not revoked.
+	ErrNoRevocation = errors.New("the IdP advertises no revocation endpoint")
+)

@@ -61,6 +61,8 @@ type Config struct {
 	Logger         *slog.Logger
 	// Now is the clock of states, codes and device codes (nil: time.Now).
 	Now func() time.Time
+	// Offboard acts on the periodic re-check's answers (nil: no re-check).
+	Offboard offboarder
 }
 
 // Handler serves the login endpoints.

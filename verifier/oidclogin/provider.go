@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/coreos/go-oidc/v3/oidc"
@@ -24,6 +25,8 @@ type relyingParty struct {
 	idp      policy.IdP
 	oauth    oauth2.Config
 	verifier *oidc.IDTokenVerifier
+	// revocation is the IdP's RFC 7009 endpoint ("": none advertised).
+	revocation string
 }
 
 // relyingParty returns idp's relying party, discovering the IdP the first
@@ -47,9 +50,22 @@ func (h *Handler) relyingParty(ctx context.Context, idp *policy.IdP) (*relyingPa
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: discovery at %s: %w", ErrIdP, idp.Name, idp.Issuer, err)
 	}
-	rp = &relyingParty{key: key, idp: *idp,
+	var disc struct {
+		Scopes     []string `json:"scopes_supported"`
+		Revocation string   `json:"revocation_endpoint"`
+	}
+	_ = p.Claims(&disc) // both optional (OpenID Discovery §3, RFC 8414 §2)
+	scopes := idp.Scopes
+	if slices.Contains(disc.Scopes, oidc.ScopeOfflineAccess) && !slices.Contains(scopes, oidc.ScopeOfflineAccess) {
+		// A refresh token for the periodic re-check (zitadel issues one
+		// only for offline_access; Okta and Entra list it too). An IdP
+		// that does not list it gets no such request, and its people are
+		// re-checked by SCIM and login_ttl only.
+		scopes = append(slices.Clone(scopes), oidc.ScopeOfflineAccess)
+	}
+	rp = &relyingParty{key: key, idp: *idp, revocation: disc.Revocation,
 		oauth: oauth2.Config{ClientID: idp.ClientID, ClientSecret: secret, Endpoint: p.Endpoint(),
-			RedirectURL: h.cfg.PublicURL + api.PathOIDCCallback, Scopes: idp.Scopes},
+			RedirectURL: h.cfg.PublicURL + api.PathOIDCCallback, Scopes: scopes},
 		verifier: p.Verifier(&oidc.Config{ClientID: idp.ClientID, Now: h.cfg.Now}),
 	}
 	h.mu.Lock()
@@ -107,7 +123,9 @@ func (h *Handler) identify(ctx context.Context, rp *relyingParty, code, pkceVeri
 	if err := idt.Claims(&claims); err != nil {
 		return people.Identity{}, fmt.Errorf("%w: %s: ID token claims: %w", ErrIdP, rp.idp.Name, err)
 	}
-	return identityFrom(rp.idp, claims)
+	id, err := identityFrom(rp.idp, claims)
+	id.RefreshToken = tok.RefreshToken
+	return id, err
 }
 
 // identityFrom reads the person out of an ID token's claims: the subject

@@ -220,20 +220,15 @@ func (h *Handler) createPasskey(r *http.Request, p *record.Person, c *ceremony) 
 	return cred, nil
 }
 
-// storeLinked stores a new browser credential and lists it with its
-// person; not listed (the person was disabled meanwhile), it is deleted:
-// it would escape their offboarding.
-func (h *Handler) storeLinked(ctx context.Context, p *record.Person, cred *record.Credential) error {
-	if err := store.Create(ctx, h.cfg.Store.Credentials, cred.ID, cred); err != nil {
+// storeLinked stores a new browser credential listed with its person
+// (people.Service.AddCredential: not listed, because the person was
+// disabled meanwhile, it is deleted again: it would escape their
+// offboarding).
+func (h *Handler) storeLinked(ctx context.Context, _ *record.Person, cred *record.Credential) error {
+	if _, err := h.cfg.People.AddCredential(ctx, cred); err != nil {
 		return err
 	}
 	h.cfg.Fleet.CredentialCreated(cred.ID)
-	if _, err := h.cfg.People.LinkCredential(ctx, p, cred); err != nil {
-		if derr := h.cfg.Store.Credentials.Delete(context.WithoutCancel(ctx), cred.ID); derr != nil {
-			h.cfg.Logger.Error("credential refused, but its record stays", keyCredential, cred.ID, keyError, derr)
-		}
-		return err
-	}
 	return nil
 }
 

@@ -4,21 +4,47 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 	"github.com/tpmauthn/tpmauthn/verifier/store"
 )
 
-// LinkCredential adds cred, just stored, to the person's credentials,
-// compare-and-set: a person disabled meanwhile is refused
-// (api.ErrLoginInvalid), as their offboarding read the list before this
-// credential was on it, and the caller must then delete cred. It also drops
+// AddCredential stores a person's new device credential (a TPM key through
+// a host's agent, a software key, a passkey) and lists it in their record,
+// so that offboarding finds it. The link is a compare-and-set that fails for
+// a person disabled meanwhile (their offboarding read the list before this
+// credential was on it): then the credential is deleted again. It drops
 // from the list what can no longer be used, and returns the person's
-// earlier credentials on cred's host, which cred replaces (a browser
-// credential, without a host, replaces nothing: a person has several
-// passkeys).
-func (s *Service) LinkCredential(ctx context.Context, p *record.Person, cred *record.Credential) ([]string, error) {
+// earlier credentials of the same device (same host, or for hostless
+// credentials none), which the caller retires.
+func (s *Service) AddCredential(ctx context.Context, cred *record.Credential) (replaced []string, err error) {
+	if cred.Person == "" {
+		return nil, errors.New("people: a person's credential without a person")
+	}
+	if err := store.Create(ctx, s.cfg.Store.Credentials, cred.ID, cred); errors.Is(err, api.ErrConflict) {
+		return nil, fmt.Errorf("%w: credential ID %s exists", api.ErrConflict, cred.ID)
+	} else if err != nil {
+		return nil, err
+	}
+	replaced, err = s.link(ctx, cred)
+	if err != nil {
+		// Not listed with the person, it would escape their offboarding:
+		// it must not exist.
+		if derr := s.cfg.Store.Credentials.Delete(context.WithoutCancel(ctx), cred.ID); derr != nil {
+			s.cfg.Logger.Error("a person's credential not linked to them stays stored", "credential", cred.ID, "error", derr)
+		}
+		return nil, err
+	}
+	return replaced, nil
+}
+
+func (s *Service) link(ctx context.Context, cred *record.Credential) ([]string, error) {
+	p, err := s.Person(ctx, cred.Person)
+	if err != nil {
+		return nil, err
+	}
 	var replaced []string
 	dead := map[string]bool{}
 	now := s.cfg.Now()
@@ -35,9 +61,9 @@ func (s *Service) LinkCredential(ctx context.Context, p *record.Person, cred *re
 			replaced = append(replaced, id)
 		}
 	}
-	_, _, err := store.Mutate(ctx, s.cfg.Store.People, p.ID, func(p *record.Person) error {
+	_, _, err = store.Mutate(ctx, s.cfg.Store.People, p.ID, func(p *record.Person) error {
 		if !p.Disabled.IsZero() {
-			return fmt.Errorf("%w: %s was disabled: %s", api.ErrLoginInvalid, p.ID, p.DisabledReason)
+			return fmt.Errorf("%w: %s since %s: %s", ErrDisabled, p.ID, p.Disabled.Format(time.RFC3339), p.DisabledReason)
 		}
 		kept := p.Credentials[:0]
 		for _, id := range p.Credentials {

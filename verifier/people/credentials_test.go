@@ -10,10 +10,11 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/store"
 )
 
-// TestLinkCredential: a host's credential replaces the person's earlier one
+// TestAddCredential: a host's credential replaces the person's earlier one
 // on that host; browser credentials (no host) replace nothing; a revoked
-// one leaves the list; a disabled person is refused.
-func TestLinkCredential(t *testing.T) {
+// one leaves the list; a disabled person is refused and the credential not
+// kept.
+func TestAddCredential(t *testing.T) {
 	f := newFixture(t)
 	ctx := t.Context()
 	p, err := f.svc.Login(ctx, Identity{IdP: "okta", Issuer: oktaIssuer, SubjectClaim: "sub", Subject: "00u9", Groups: []string{"developers"}}, record.FlowBrowser, "")
@@ -23,10 +24,7 @@ func TestLinkCredential(t *testing.T) {
 	link := func(c *record.Credential) []string {
 		t.Helper()
 		c.V, c.Person, c.Status = record.Version, p.ID, api.CredentialActive
-		if err := store.Create(ctx, f.env.Store.Credentials, c.ID, c); err != nil {
-			t.Fatal(err)
-		}
-		replaced, err := f.svc.LinkCredential(ctx, p, c)
+		replaced, err := f.svc.AddCredential(ctx, c)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -60,7 +58,10 @@ func TestLinkCredential(t *testing.T) {
 	if err := f.svc.Disable(ctx, p.ID, "left", "test"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.svc.LinkCredential(ctx, p, &record.Credential{ID: "pk3"}); !errors.Is(err, api.ErrLoginInvalid) {
-		t.Fatalf("link for a disabled person: %v", err)
+	if _, err := f.svc.AddCredential(ctx, &record.Credential{V: record.Version, ID: "pk3", Person: p.ID, Kind: record.KindPasskey}); !errors.Is(err, ErrDisabled) {
+		t.Fatalf("a credential for a disabled person: %v", err)
+	}
+	if _, _, err := store.Get[record.Credential](ctx, f.env.Store.Credentials, "pk3"); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("the refused credential is kept: %v", err)
 	}
 }

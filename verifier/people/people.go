@@ -30,6 +30,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock of logins and grants (nil: time.Now).
 	Now func() time.Time
+	// Sealer seals the IdPs' refresh tokens in the person records (nil:
+	// refresh tokens are not kept, and the periodic re-check has nothing to
+	// spend).
+	Sealer *Sealer
 }
 
 // Service records logins and issues and redeems login grants.
@@ -56,6 +60,9 @@ type Identity struct {
 	// login: with IdP and Subject, who the person is.
 	Issuer, SubjectClaim string
 	Groups               []string
+	// RefreshToken is the IdP's refresh token of this login ("": none),
+	// kept sealed for the periodic re-check.
+	RefreshToken string
 }
 
 // Login records a login by id: the person is created, or updated with
@@ -122,6 +129,12 @@ func (s *Service) upsert(ctx context.Context, id Identity) (*record.Person, erro
 		}
 		p.Name, p.Email, p.Groups = id.Name, id.Email, slices.Clone(id.Groups)
 		p.LastLogin, p.LastCheck = now, now
+		// The token of an older login goes: the IdP's latest is the one a
+		// re-check spends (and an offboarding revokes).
+		p.RefreshToken = nil
+		if id.RefreshToken != "" && s.cfg.Sealer != nil {
+			p.RefreshToken = s.cfg.Sealer.Seal(p.ID, id.RefreshToken)
+		}
 		return nil
 	}
 	if err := refresh(p); err != nil {

@@ -51,7 +51,28 @@ type IdP struct {
 	// GroupsClaim is the ID token claim that lists the person's groups
 	// (default "groups").
 	GroupsClaim string `yaml:"groups_claim"`
+	// SCIMTokenFile or SCIMTokenEnv hold the bearer token this IdP's SCIM
+	// client presents at /scim/v2/NAME/ (neither: no SCIM for this IdP).
+	// Like the client secret, never the policy file itself.
+	SCIMTokenFile string `yaml:"scim_token_file"`
+	SCIMTokenEnv  string `yaml:"scim_token_env"`
+	// SCIMSubject is the SCIM User attribute that carries the person's
+	// subject claim value: "externalId" (default; Okta sends its user ID,
+	// the OIDC sub, and Entra ID the objectId, the oid claim) or
+	// "userName".
+	SCIMSubject string `yaml:"scim_subject"`
+	// SCIMGroupName is the SCIM Group attribute that carries the name the
+	// groups claim lists: "displayName" (default; Okta's groups claim lists
+	// names) or "externalId" (Entra ID lists group object IDs).
+	SCIMGroupName string `yaml:"scim_group_name"`
 }
+
+// SCIM attribute names of People.IdPs[].SCIMSubject and SCIMGroupName.
+const (
+	SCIMExternalID  = "externalId"
+	SCIMUserName    = "userName"
+	SCIMDisplayName = "displayName"
+)
 
 // PersonBinding grants Roles to the people of IdP who are in any of Groups
 // (every person of it, if empty), when Require holds. IdP may be left out
@@ -121,6 +142,12 @@ func (pp *People) setDefaults() {
 		}
 		if idp.GroupsClaim == "" {
 			idp.GroupsClaim = DefaultGroupsClaim
+		}
+		if idp.SCIMSubject == "" {
+			idp.SCIMSubject = SCIMExternalID
+		}
+		if idp.SCIMGroupName == "" {
+			idp.SCIMGroupName = SCIMDisplayName
 		}
 	}
 }
@@ -203,6 +230,15 @@ func (idp *IdP) validate(at string) []error {
 	}
 	if !claimName.MatchString(idp.GroupsClaim) {
 		bad("groups_claim %q: a claim name", idp.GroupsClaim)
+	}
+	if idp.SCIMTokenFile != "" && idp.SCIMTokenEnv != "" {
+		bad("give at most one of scim_token_file and scim_token_env")
+	}
+	if idp.SCIMSubject != SCIMExternalID && idp.SCIMSubject != SCIMUserName {
+		bad("scim_subject %q: externalId or userName", idp.SCIMSubject)
+	}
+	if idp.SCIMGroupName != SCIMDisplayName && idp.SCIMGroupName != SCIMExternalID {
+		bad("scim_group_name %q: displayName or externalId", idp.SCIMGroupName)
 	}
 	return errs
 }

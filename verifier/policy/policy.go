@@ -301,6 +301,8 @@ type Source struct {
 	mod   time.Time
 	next  time.Time
 	onErr func(error)
+	// lastErr is the last reload's failure (nil once one succeeds).
+	lastErr error
 }
 
 // NewSource loads the policy at path (empty: a policy that grants nothing)
@@ -337,13 +339,24 @@ func (ps *Source) reload() error {
 	return nil
 }
 
+// State is the policy file, when the policy in force was written, and the
+// last reload's failure (nil: the file in force is the file on disk).
+func (ps *Source) State() (path string, modified time.Time, err error) {
+	ps.Current() // a reload if one is due
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return ps.path, ps.mod, ps.lastErr
+}
+
 // Current returns the policy in force.
 func (ps *Source) Current() *Policy {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	if ps.path != "" && time.Now().After(ps.next) {
 		ps.next = time.Now().Add(time.Second)
-		if err := ps.reload(); err != nil && ps.onErr != nil {
+		err := ps.reload()
+		ps.lastErr = err
+		if err != nil && ps.onErr != nil {
 			ps.onErr(err)
 		}
 	}

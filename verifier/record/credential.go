@@ -80,6 +80,10 @@ func (c *Credential) Browser() bool {
 	return c.Host == "" && c.Person != "" && (c.Kind == KindPasskey || c.Kind == KindSessionKey)
 }
 
+// NoHost is the host name in the NATS user name of a credential without a
+// host (a person's software key): person:NAME@-/NKEY.
+const NoHost = "-"
+
 // Expired reports whether a credential with an end (a person's) is past it.
 func (c *Credential) Expired(now time.Time) bool {
 	return !c.Expires.IsZero() && !now.Before(c.Expires)

@@ -40,6 +40,14 @@ type Person struct {
 	// device: a TPM key through a host's agent, a software key, a passkey),
 	// added when each is registered: offboarding revokes them all.
 	Credentials []string `json:"credentials,omitempty"`
+	// SCIM is what the IdP's provisioning (SCIM 2.0, verifier/scim) last
+	// said of the person; nil if it never did. A person provisioned before
+	// their first login has a record with a zero LastLogin.
+	SCIM *SCIMUser `json:"scim,omitempty"`
+	// RefreshToken is the IdP's refresh token of the last login, sealed
+	// (verifier/people.Sealer: AES-256-GCM, bound to the person's ID); nil
+	// without one. The periodic re-check spends it.
+	RefreshToken []byte `json:"refresh_token,omitempty"`
 }
 
 // PersonID is a person's ID: the IdP's name, '_', and 32 hex digits of

@@ -19,11 +19,10 @@ import (
 )
 
 // persons is the people service as registration uses it: a login grant is
-// redeemed once, for the person it names, and the credential registered
-// with it is listed with the person (people.Service.LinkCredential).
+// redeemed once, for the person it names.
 type persons interface {
 	Redeem(ctx context.Context, token string) (*record.LoginGrant, *record.Person, error)
-	LinkCredential(ctx context.Context, p *record.Person, cred *record.Credential) ([]string, error)
+	AddCredential(ctx context.Context, cred *record.Credential) (replaced []string, err error)
 }
 
 // beginPerson starts a person's device credential registration: the agent
@@ -84,21 +83,11 @@ func (s *Service) finishPerson(ctx context.Context, ch *record.Challenge, h *rec
 		LocalUser: localUser(ch.UID, ch.User),
 	}
 	ev.Workload = cred.Workload
-	if err := store.Create(ctx, s.cfg.Fleet.Store.Credentials, cred.ID, cred); errors.Is(err, api.ErrConflict) {
-		return nil, fmt.Errorf("%w: credential ID %s exists", api.ErrConflict, cred.ID)
-	} else if err != nil {
-		return nil, err
+	replaced, err := s.cfg.People.AddCredential(ctx, cred)
+	if err != nil {
+		return nil, loginErr(err)
 	}
 	s.cfg.Fleet.CredentialCreated(cred.ID)
-	replaced, err := s.cfg.People.LinkCredential(ctx, p, cred)
-	if err != nil {
-		// Not listed with the person, it would escape their offboarding:
-		// it must not exist.
-		if derr := s.cfg.Fleet.Store.Credentials.Delete(context.WithoutCancel(ctx), cred.ID); derr != nil {
-			s.log.Error("registration refused, but its credential record stays", "credential", cred.ID, "error", derr)
-		}
-		return nil, err
-	}
 	for _, old := range replaced {
 		if _, err := s.retire(ctx, old, cred.ID); err != nil {
 			s.log.Warn("a person's earlier credential on this host was not retired (it expires with its login)", "credential", old, "error", err)

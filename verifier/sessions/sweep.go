@@ -51,11 +51,15 @@ func nkeyOf(user string) string {
 // ask): the caller must say so, the sessions stay up until they expire.
 func (s *Sessions) KickAll(ctx context.Context, c *record.Credential) (int, error) {
 	n, kickErr := s.Kick(c)
-	h, err := s.cfg.Fleet.Host(ctx, c.Host)
-	if err != nil {
-		return n, errors.Join(kickErr, fmt.Errorf("find the credential's sessions: host %s: %w", c.Host, err))
+	hostname := record.NoHost
+	if c.Host != "" {
+		h, err := s.cfg.Fleet.Host(ctx, c.Host)
+		if err != nil {
+			return n, errors.Join(kickErr, fmt.Errorf("find the credential's sessions: host %s: %w", c.Host, err))
+		}
+		hostname = h.Hostname
 	}
-	swept, err := s.KickUser(UserName(c.Workload, h.Hostname, c.Nkey()))
+	swept, err := s.KickUser(UserName(c.Workload, hostname, c.Nkey()))
 	n += swept
 	if n > 0 {
 		s.log.Info("live sessions kicked", "credential", c.ID, "count", n)

@@ -149,7 +149,7 @@ func (m *Method) attempt(ctx context.Context, r *authn.Request, a *attestation.A
 		return nil, err
 	}
 	m.retireIfReplaced(cred)
-	h, err := m.hostOf(ctx, cred)
+	h, err := m.host(ctx, cred)
 	if err != nil {
 		return nil, err
 	}
@@ -250,22 +250,21 @@ func (m *Method) checkAge(cred *record.Credential) error {
 	return nil
 }
 
-// browserHost stands for the host of a browser credential: its session is
-// named person:NAME@browser, and {{host}} in its roles expands to nothing.
-var browserHost = record.Host{Hostname: "browser", Status: api.HostActive}
-
-// hostOf is the credential's host, which must be active. A credential
-// without a host must be a person's browser credential, and this verifier
-// must check those (Config.Browser): anything else hostless is refused.
-func (m *Method) hostOf(ctx context.Context, cred *record.Credential) (*record.Host, error) {
-	if cred.Host != "" {
+// host is the credential's host, which must be active. Two kinds of a
+// person's credentials have none: a software key (a key file on a machine
+// without a TPM) and a browser credential (a passkey, or a session key one
+// certified), which only a verifier that checks them (Config.Browser)
+// accepts; any other credential without a host is refused.
+func (m *Method) host(ctx context.Context, cred *record.Credential) (*record.Host, error) {
+	switch {
+	case cred.Host != "":
 		return m.activeHost(ctx, cred.Host)
+	case cred.Browser() && m.cfg.Browser != nil:
+		return &record.Host{Hostname: record.NoHost, Status: api.HostActive}, nil
+	case cred.Person != "" && cred.Kind == "" && cred.Assurance == policy.AssuranceSoftware:
+		return &record.Host{Hostname: record.NoHost}, nil
 	}
-	if !cred.Browser() || m.cfg.Browser == nil {
-		return nil, fmt.Errorf("%w: credential %s has no host and is not a person's browser credential this verifier checks", api.ErrRevoked, cred.ID)
-	}
-	h := browserHost
-	return &h, nil
+	return nil, fmt.Errorf("%w: credential %s has no host and is no person's software key or browser credential this verifier checks", api.ErrRevoked, cred.ID)
 }
 
 // activeHost requires the credential's host active. A host that cannot be
@@ -292,8 +291,8 @@ func (m *Method) checkAssertion(ctx context.Context, a *attestation.Assertion, c
 		return err
 	}
 	want := attestation.AssertionCheck{RPIDHash: m.rpIDHash, Origin: attestation.VerifierOrigin(m.cfg.RPID)}
-	if cred.Host == "" {
-		// hostOf let only a browser credential through, with Browser set.
+	if cred.Browser() {
+		// host let a browser credential through only with Browser set.
 		if want, err = m.cfg.Browser.Check(ctx, cred); err != nil {
 			return err
 		}
@@ -346,7 +345,10 @@ func (m *Method) userClaims(ctx context.Context, rc *jwt.AuthorizationRequestCla
 	uc.Audience = keys.AccountApp
 	uc.Name = sessions.UserName(cred.Workload, h.Hostname, rc.ConnectOptions.Nkey)
 	uc.Expires = time.Now().Add(p.SessionTTL).Unix()
-	uc.Tags.Add("host:"+h.ID, "workload:"+cred.Workload)
+	if h.ID != "" {
+		uc.Tags.Add("host:" + h.ID)
+	}
+	uc.Tags.Add("workload:" + cred.Workload)
 	if cred.Workload == api.AgentWorkload {
 		uc.Tags.Add(api.TagAgent + ":" + h.ID)
 		uc.Pub.Allow.Add("tpmauthn.v1.register.>", "tpmauthn.v1.credentials.>", api.SubjectEnrollStatus)

@@ -15,6 +15,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/internal/eventually"
 	"github.com/tpmauthn/tpmauthn/verifier/alert"
 	"github.com/tpmauthn/tpmauthn/verifier/internal/testenv"
+	"github.com/tpmauthn/tpmauthn/verifier/policy"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 	"github.com/tpmauthn/tpmauthn/verifier/sessions"
 	"github.com/tpmauthn/tpmauthn/verifier/store"
@@ -154,7 +155,8 @@ func (fakeBrowser) Check(context.Context, *record.Credential) (attestation.Asser
 }
 
 // TestHostless: a credential without a host passes only as a person's
-// browser credential, and only with a browser checker configured.
+// software key, or as a person's browser credential with a browser checker
+// configured.
 func TestHostless(t *testing.T) {
 	passkey := &record.Credential{ID: "p", Person: "okta_1", Kind: record.KindPasskey}
 	for _, tc := range []struct {
@@ -169,15 +171,18 @@ func TestHostless(t *testing.T) {
 		{"workload", &record.Credential{ID: "w", Workload: "billing"}, fakeBrowser{}, false},
 		{"noPerson", &record.Credential{ID: "n", Kind: record.KindPasskey}, fakeBrowser{}, false},
 		{"unknownKind", &record.Credential{ID: "u", Person: "okta_1", Kind: "fido-u2f"}, fakeBrowser{}, false},
+		{"softwareKey", &record.Credential{ID: "k", Person: "okta_1", Assurance: policy.AssuranceSoftware}, nil, true},
+		// A synced passkey is software too, yet never a software key.
+		{"syncedPasskeyNoChecker", &record.Credential{ID: "sp", Person: "okta_1", Kind: record.KindPasskey, Assurance: policy.AssuranceSoftware}, nil, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := New(Config{Browser: tc.browser})
-			h, err := m.hostOf(t.Context(), tc.cred)
-			if tc.ok && (err != nil || h.Hostname != "browser" || h.ID != "") {
-				t.Fatalf("hostOf = %+v, %v", h, err)
+			h, err := m.host(t.Context(), tc.cred)
+			if tc.ok && (err != nil || h.Hostname != record.NoHost || h.ID != "") {
+				t.Fatalf("host = %+v, %v", h, err)
 			}
 			if !tc.ok && !errors.Is(err, api.ErrRevoked) {
-				t.Fatalf("hostOf = %+v, %v; want ErrRevoked", h, err)
+				t.Fatalf("host = %+v, %v; want ErrRevoked", h, err)
 			}
 		})
 	}

@@ -1,0 +1,93 @@
+package offboard_test
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/verifier/internal/testenv"
+	"github.com/tpmauthn/tpmauthn/verifier/offboard"
+	"github.com/tpmauthn/tpmauthn/verifier/people"
+	"github.com/tpmauthn/tpmauthn/verifier/policy"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
+	"github.com/tpmauthn/tpmauthn/verifier/store"
+)
+
+// TestRegroupKicksOnlyShrunk: a group whose role needs hardware is lost;
+// only the hardware credential loses a role (the software one never had
+// it), so only its sessions are kicked, and nobody is revoked.
+func TestRegroupKicksOnlyShrunk(t *testing.T) {
+	env := testenv.New(t)
+	pol, err := policy.Parse([]byte(`
+roles:
+  dev: {publish: {allow: ["dev.>"]}}
+  ops: {publish: {allow: ["ops.>"]}}
+people:
+  idps: [{name: okta, issuer: "https://okta.example.com", client_id: c, client_secret_env: S}]
+  bindings:
+    - {groups: [developers], roles: [dev]}
+    - {groups: [ops], roles: [ops], require: {assurance: hardware}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	polf := func() *policy.Policy { return pol }
+	ppl := people.New(people.Config{Store: env.Store, Policy: polf, Trail: env.Trail})
+	k, a := &testenv.Kicks{}, &testenv.Alerts{}
+	ob := offboard.New(offboard.Config{People: ppl, Store: env.Store, Fleet: env.Fleet, Sessions: k, Alerts: a, Trail: env.Trail, Policy: polf})
+	ctx := t.Context()
+	p, err := ppl.Login(ctx, people.Identity{IdP: "okta", Issuer: "https://okta.example.com", SubjectClaim: "sub", Subject: "u1",
+		Groups: []string{"developers", "ops"}}, record.FlowBrowser, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id, assurance := range map[string]string{"hw": policy.AssuranceHardware, "sw": ""} {
+		env.PutCredential(t, id, api.CredentialActive)
+		if _, _, err := store.Mutate(ctx, env.Store.Credentials, id, func(c *record.Credential) error {
+			c.Person, c.Assurance = p.ID, assurance
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := store.Mutate(ctx, env.Store.People, p.ID, func(q *record.Person) error {
+		q.Credentials = []string{"hw", "sw"}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		groups []string
+		kicked []string
+	}{
+		{"unchanged", []string{"ops", "developers"}, nil},
+		{"gained", []string{"developers", "ops", "sales"}, nil},
+		{"lostHardwareRole", []string{"developers", "sales"}, []string{"hw"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k.Reset()
+			if _, err := ob.Regroup(ctx, p.ID, func([]string) []string { return tc.groups }, "test"); err != nil || !slices.Equal(k.List(), tc.kicked) {
+				t.Fatalf("regroup: kicked %v, %v; want %v", k.List(), err, tc.kicked)
+			}
+		})
+	}
+	for _, id := range []string{"hw", "sw"} {
+		if c := env.Credential(t, id); c.Status != api.CredentialActive {
+			t.Fatalf("credential %s is %s after a regroup", id, c.Status)
+		}
+	}
+	if len(a.Kinds()) != 0 {
+		t.Fatal("a regroup raised an alert")
+	}
+	// An offboarding of someone with live credentials alerts; of someone
+	// already offboarded (nothing left to cut), it does not.
+	for _, run := range []string{"first", "again"} {
+		if _, err := ob.Offboard(ctx, p.ID, run, "operator"); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(a.Kinds()); n != 1 {
+			t.Fatalf("after the %s offboarding: %d alerts, want 1", run, n)
+		}
+	}
+}

@@ -129,7 +129,8 @@ func timed(f func()) time.Duration {
 // the console: its TCP session drops. Bob (group viewers: admin reads)
 // sees the fleet without actions, and his admin request is refused. Alice
 // signs in again with her passkey alone; Bob removes his passkey, and its
-// next connect fails.
+// next connect fails; Alice disables Bob from the console, and his web
+// session ends.
 func TestBrowserConsole(t *testing.T) {
 	op := oidctest.Start(t,
 		oidctest.User{ID: "u-alice", Username: "alice", Password: "pw", Name: "Alice Ops", Email: "alice@example.com", Groups: []string{"ops"}},
@@ -344,6 +345,18 @@ func TestBrowserConsole(t *testing.T) {
 			catch (e) { return "refused " + e.message; }`))
 		if !strings.HasPrefix(res, "refused") {
 			t.Fatalf("a removed passkey's connect: %s", res)
+		}
+	})
+
+	t.Run("disablePerson", func(t *testing.T) {
+		// Alice offboards Bob from the console (a passkey ceremony again):
+		// his web session ends at once.
+		bobID := browsertest.MustEval[string](bob, natsJS(`return (await m.config()).person;`))
+		load(alice, "/console/people", "#people")
+		alice.MustDo(chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`document.querySelector('button.act[data-op="person.disable"][data-id=%q]').click()`, bobID)),
+			browsertest.Until(fmt.Sprintf(`document.readyState == "complete" && document.querySelector('tr[data-person=%q]').innerText.includes("disabled")`, bobID), 10*time.Second))
+		if code := browsertest.MustEval[int](bob, `fetch("/nats/config").then(r => r.status)`); code != http.StatusUnauthorized {
+			t.Fatalf("a disabled person's web session: HTTP %d", code)
 		}
 	})
 

@@ -4,7 +4,7 @@ GO        ?= go
 FUZZTIME  ?= 20s
 BIN       := bin
 
-.PHONY: help build man deb demo install test test-short lint fuzz bench bench-quick interop clean
+.PHONY: help build man deb demo install test test-short lint fuzz bench bench-quick interop browser-client clean
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ bench-quick: ## the connect-path harness, everything small (< 1 min; CI runs it 
 
 interop: build ## verify debug register/assert output with SimpleWebAuthn (node + npm)
 	./scripts/interop.sh
+
+browser-client: ## rebuild the vendored NATS browser client (verifier/passkey/assets/nats-core.js) with npm
+	cd scripts/browser && npm ci --no-audit --no-fund --loglevel=error && npm run build
 
 PREFIX ?= /usr/local
 install: build ## install the binaries and systemd units (PREFIX=/usr/local)

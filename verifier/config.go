@@ -112,6 +112,15 @@ type Config struct {
 	HTTPPublicURL string
 	// DevicePoll is the device flow's polling interval (5s).
 	DevicePoll time.Duration
+	// WebsocketListen adds a WebSocket listener to the embedded server
+	// (host:port) for browsers: people's passkeys sign its NATS connects
+	// and the console's pages use it. It needs HTTPListen: the pages'
+	// origin is the only one it accepts, and it serves TLS, with the HTTP
+	// listener's certificate, exactly when the pages do.
+	WebsocketListen string
+	// WebsocketAuthTimeout is its time from connection to a decided
+	// CONNECT (60 s: a passkey prompt; TCP keeps 5 s).
+	WebsocketAuthTimeout time.Duration
 
 	// Audit configures the audit stream: its limits (created with them;
 	// max bytes 1 GiB and max age 90 days by default), the alert near its
@@ -187,6 +196,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateTLS()...)
 	errs = append(errs, c.validateCluster()...)
 	errs = append(errs, c.validateHTTP()...)
+	errs = append(errs, c.validateWebsocket()...)
 	if c.Approval != ApprovalAuto && c.Approval != ApprovalManual {
 		errs = append(errs, fmt.Errorf("enrollment.approval: %q, want auto or manual", c.Approval))
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 	"github.com/tpmauthn/tpmauthn/verifier/offboard"
 	"github.com/tpmauthn/tpmauthn/verifier/oidclogin"
+	"github.com/tpmauthn/tpmauthn/verifier/passkey"
 	"github.com/tpmauthn/tpmauthn/verifier/people"
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
 	"github.com/tpmauthn/tpmauthn/verifier/scim"
@@ -47,11 +48,10 @@ func (v *Verifier) openPeople(context.Context) error {
 	return nil
 }
 
-// servePeople, with an HTTP listener configured, serves the people's
-// logins (verifier/oidclogin), the IdPs' SCIM (verifier/scim) and runs the
-// periodic re-check.
-func (v *Verifier) servePeople(context.Context) error {
-	pol := func() *policy.Policy { return v.policy.Current() }
+// listenHTTP, with an HTTP listener configured, opens it (before the
+// NATS server: the WebSocket listener admits the pages' origin, which the
+// listener's address decides); servePeople serves it.
+func (v *Verifier) listenHTTP(context.Context) error {
 	if v.cfg.HTTPListen == "" {
 		return nil
 	}
@@ -63,21 +63,40 @@ func (v *Verifier) servePeople(context.Context) error {
 	if err != nil {
 		return err
 	}
-	public := cmp.Or(v.cfg.HTTPPublicURL, srv.URL())
+	v.http, v.httpURL, v.httpTLS = srv, cmp.Or(v.cfg.HTTPPublicURL, srv.URL()), tlsCfg != nil
+	v.onClose(srv.Close)
+	return nil
+}
+
+// servePeople, with an HTTP listener, serves the people's logins
+// (verifier/oidclogin), the IdPs' SCIM (verifier/scim), passkeys and the
+// browser client (verifier/passkey) and the console (verifier/console) on
+// it, and runs the periodic re-check.
+func (v *Verifier) servePeople(context.Context) error {
+	pol := func() *policy.Policy { return v.policy.Current() }
+	if v.http == nil {
+		return nil
+	}
+	srv, public := v.http, v.httpURL
 	mux := http.NewServeMux()
-	login := oidclogin.New(oidclogin.Config{People: v.people, Store: v.st, Policy: pol, PublicURL: public, Secure: tlsCfg != nil,
-		DevicePoll: v.cfg.DevicePoll, Logger: v.log, Now: v.cfg.Clock, Offboard: v.offboard})
+	var pk *passkey.Handler
+	login := oidclogin.New(oidclogin.Config{People: v.people, Store: v.st, Policy: pol, PublicURL: public, Secure: v.httpTLS,
+		DevicePoll: v.cfg.DevicePoll, OnBrowserLogin: v.browserLogin(&pk), Logger: v.log, Now: v.cfg.Clock, Offboard: v.offboard})
+	if err := v.serveBrowsers(mux, login, &pk); err != nil {
+		login.Close()
+		return err
+	}
 	login.Register(mux)
 	softkey.New(softkey.Config{People: v.people, RPID: v.cfg.RPID, NATSURL: v.ClientURL(), Trail: v.trail, Logger: v.log}).Register(mux)
 	v.offboard.SetRevoker(login)
 	sc, err := scim.New(scim.Config{People: v.people, Offboard: v.offboard, Store: v.st, Policy: pol, Logger: v.log, Now: v.cfg.Clock})
 	if err != nil {
-		srv.Close()
+		login.Close()
 		return err
 	}
 	sc.Register(mux)
 	srv.Serve(mux)
-	v.http, v.httpURL, v.login = srv, public, login
+	v.login = login
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -87,7 +106,7 @@ func (v *Verifier) servePeople(context.Context) error {
 	v.onClose(func() {
 		stop()
 		<-done
-		srv.Close()
+		srv.Close() // before what its handlers use (again at the end: a no-op)
 		login.Close()
 	})
 	v.log.Info("people's logins", "url", public+"/login/", "listen", srv.Addr())

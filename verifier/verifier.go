@@ -90,6 +90,8 @@ type Verifier struct {
 	login      *oidclogin.Handler // people's logins, or nil
 	http       *httpapi.Server    // people's logins, or nil
 	httpURL    string
+	httpTLS    bool   // http serves TLS
+	wsURL      string // the NATS WebSocket listener browsers reach, or ""
 
 	mu        sync.Mutex
 	cleanups  []func() // what Start started, undone in reverse by Close
@@ -149,6 +151,7 @@ func (v *Verifier) Start(ctx context.Context) error {
 		name string
 		run  func(context.Context) error
 	}{
+		{"http listener", v.listenHTTP},
 		{"nats-server", v.startServer},
 		{"connect", v.connect},
 		{"store", v.openStore},
@@ -198,11 +201,12 @@ func (v *Verifier) startServer(context.Context) error {
 	if err != nil {
 		return err
 	}
-	srv, err := StartEmbedded(v.keys, v.cfg.DataDir, keys.ServerConfigOptions{Listen: v.cfg.NATSListen, Extra: extra}, v.log)
+	srv, err := StartEmbedded(v.keys, v.cfg.DataDir, keys.ServerConfigOptions{Listen: v.cfg.NATSListen, Extra: extra, Websocket: v.websocketOptions()}, v.log)
 	if err != nil {
 		return err
 	}
 	v.srv, v.url = srv, localURL(srv.Addr(), clientTLS)
+	v.wsURL = v.websocketURL(srv)
 	v.onClose(func() {
 		srv.Shutdown()
 		srv.WaitForShutdown()
@@ -443,7 +447,7 @@ func (v *Verifier) serveCallout(context.Context) error {
 	}
 	v.onClose(dir.Close)
 	methods.Add(token, workload.New(workload.Config{Fleet: v.fleet, Sessions: v.sessions, Policy: v.policy,
-		RPID: v.cfg.RPID, RotationGrace: v.cfg.RotationGrace, MaxAge: v.cfg.CredentialMaxAge, Alerts: alerts, People: dir, Logger: v.log}), hostProof, ekAllow)
+		RPID: v.cfg.RPID, RotationGrace: v.cfg.RotationGrace, MaxAge: v.cfg.CredentialMaxAge, Alerts: alerts, People: dir, Browser: v.browserChecker(), Logger: v.log}), hostProof, ekAllow)
 	co, err := callout.New(callout.Config{Conn: v.nc, QueueGroup: queueGroup, Issuer: v.keys.Issuer, XKey: v.keys.XKey,
 		Decider: &methods, Servers: v.sessions, Health: v.health, Trail: v.trail, Metrics: v.metrics, Workers: v.cfg.Workers, OnDecision: v.cfg.OnDecision, Logger: v.log})
 	if err != nil {

@@ -46,6 +46,8 @@ var keys = []cliconf.Key{
 	cliconf.K("http.tls_cert", "http-tls-cert", "", "the HTTP listener's certificate chain (PEM), one browsers trust (default: one from the verifier's NATS CA)"),
 	cliconf.K("http.tls_key", "http-tls-key", "", "the key of --http-tls-cert"),
 	cliconf.K("http.public_url", "http-public-url", "", "how browsers and IdPs reach the HTTP listener (https://login.example.com); register PUBLIC_URL/oidc/callback at every IdP (default: the listen address)"),
+	cliconf.K("websocket.listen", "websocket-listen", "", "add a NATS WebSocket listener to the embedded server for browsers (host:port): passkeys sign its connects; only the --http-public-url origin may connect; TLS when the pages have it"),
+	cliconf.K("websocket.auth_timeout", "websocket-auth-timeout", time.Minute, "time from a WebSocket connection to its decided CONNECT (a passkey prompt); TCP keeps 5s"),
 	cliconf.K("log.format", "log-format", "text", "text or json"),
 	cliconf.K("log.level", "log-level", "info", "debug, info, warn or error"),
 }
@@ -92,6 +94,10 @@ type settings struct {
 		TLSKey    string `mapstructure:"tls_key"`
 		PublicURL string `mapstructure:"public_url"`
 	} `mapstructure:"http"`
+	Websocket struct {
+		Listen      string        `mapstructure:"listen"`
+		AuthTimeout time.Duration `mapstructure:"auth_timeout"`
+	} `mapstructure:"websocket"`
 	Log struct {
 		Format string `mapstructure:"format"`
 		Level  string `mapstructure:"level"`
@@ -137,6 +143,7 @@ func run(cmd *cobra.Command, _ []string) error {
 		RPID: s.WebAuthn.RPID, Origin: s.WebAuthn.Origin, MetricsListen: s.MetricsListen, PolicyFile: s.Policy.File, Logger: log,
 		Audit:      auditlog.Config{MaxBytes: s.Audit.MaxBytes, MaxAge: s.Audit.MaxAge, NearLimit: s.Audit.NearLimit},
 		HTTPListen: s.HTTP.Listen, HTTPTLS: s.HTTP.TLS, HTTPTLSCert: s.HTTP.TLSCert, HTTPTLSKey: s.HTTP.TLSKey, HTTPPublicURL: s.HTTP.PublicURL,
+		WebsocketListen: s.Websocket.Listen, WebsocketAuthTimeout: s.Websocket.AuthTimeout,
 	})
 	if err != nil {
 		return err

@@ -302,13 +302,18 @@ func (a *app) statusCmd() *cobra.Command {
 }
 
 func (a *app) natsConfigCmd() *cobra.Command {
-	return &cobra.Command{
+	var ws keys.Websocket
+	cmd := &cobra.Command{
 		Use:   "nats-config",
 		Short: "Print the nats-server configuration block for an existing cluster",
 		Long: `Prints the accounts and authorization blocks to add to every nats-server of an
 existing cluster (nats-server >= 2.15.3, JetStream enabled). The keys are read
 from --data-dir (created there on first use), so start tpmauthn-verifier with
-that data directory and --nats-url pointing at the cluster.`,
+that data directory and --nats-url pointing at the cluster. With
+--websocket-listen, it adds the WebSocket listener browsers connect to (the
+console's pages and the browser client): only --websocket-origin (the
+verifier's --http-public-url) may connect, with the longer auth timeout a
+passkey prompt needs; add a tls block to it beyond loopback.`,
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			if a.s.DataDir == "" {
@@ -318,10 +323,16 @@ that data directory and --nats-url pointing at the cluster.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprint(a.out, keys.ServerConfig(k, keys.ServerConfigOptions{}))
+			if ws.Listen != "" && len(ws.AllowedOrigins) == 0 {
+				return fmt.Errorf("--websocket-listen needs --websocket-origin: the verifier's --http-public-url, the only page allowed to connect")
+			}
+			fmt.Fprint(a.out, keys.ServerConfig(k, keys.ServerConfigOptions{Websocket: ws}))
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&ws.Listen, "websocket-listen", "", "add a WebSocket listener for browsers on host:port")
+	cmd.Flags().StringSliceVar(&ws.AllowedOrigins, "websocket-origin", nil, "the origin allowed to connect over WebSocket (the verifier's --http-public-url)")
+	return cmd
 }
 
 // counts renders {"active": 3, "pending": 1} as "3 active, 1 pending".

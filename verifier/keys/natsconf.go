@@ -1,6 +1,7 @@
 package keys
 
 import (
+	"cmp"
 	"fmt"
 	"strings"
 
@@ -22,6 +23,45 @@ type ServerConfigOptions struct {
 	StoreDir string // JetStream store; empty leaves the jetstream block out
 	// Extra is appended verbatim (server_name, cluster, tls, ...).
 	Extra string
+	// Websocket, with Listen set, adds the listener browsers connect to.
+	Websocket Websocket
+}
+
+// DefaultWebsocketAuthTimeout is the WebSocket listener's time from the
+// connection to a decided CONNECT: long enough for a person to answer a
+// passkey prompt (TCP keeps authorization.timeout, 5 s).
+const DefaultWebsocketAuthTimeout = 60
+
+// Websocket is nats-server's websocket block for browsers. Its clients go
+// through the auth callout like every other client: the block sets no
+// user, token or no_auth_user, which would bypass it.
+type Websocket struct {
+	Listen string // host:port
+	// AllowedOrigins are the pages that may connect (the Origin header):
+	// the verifier's public URL's origin.
+	AllowedOrigins []string
+	// AuthTimeout is in seconds (DefaultWebsocketAuthTimeout when zero).
+	AuthTimeout int
+	// CertFile and KeyFile are the listener's TLS certificate and key;
+	// without them it serves plain ws (for loopback only: the caller
+	// checks).
+	CertFile, KeyFile string
+}
+
+func (w Websocket) block() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "websocket {\n  listen: %q\n", w.Listen)
+	if w.CertFile != "" {
+		fmt.Fprintf(&b, "  tls { cert_file: %q, key_file: %q }\n", w.CertFile, w.KeyFile)
+	} else {
+		b.WriteString("  no_tls: true\n")
+	}
+	if len(w.AllowedOrigins) > 0 {
+		fmt.Fprintf(&b, "  allowed_origins: [%s]\n", quoted(w.AllowedOrigins))
+	}
+	fmt.Fprintf(&b, "  # a person's passkey prompt fits in it; no user, token or no_auth_user: the auth callout decides\n")
+	fmt.Fprintf(&b, "  authorization { timeout: %d }\n}\n", cmp.Or(w.AuthTimeout, DefaultWebsocketAuthTimeout))
+	return b.String()
 }
 
 // AuditStreamDenied are the JetStream API subjects that would destroy or
@@ -72,6 +112,9 @@ func ServerConfig(k *Set, o ServerConfigOptions) string {
 	}
 	if o.Extra != "" {
 		w("%s\n", o.Extra)
+	}
+	if o.Websocket.Listen != "" {
+		w("%s", o.Websocket.block())
 	}
 	w(`accounts {
   %[1]s {

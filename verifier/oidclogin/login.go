@@ -177,6 +177,10 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) {
 	case record.FlowDevice:
 		h.finishDevice(w, r, st, p)
 	default:
+		if h.cfg.OnBrowserLogin != nil {
+			h.cfg.OnBrowserLogin(w, r, p)
+			return
+		}
 		render(w, http.StatusOK, pageLoggedIn, map[string]any{"Person": p})
 	}
 }

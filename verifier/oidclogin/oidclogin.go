@@ -11,6 +11,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/verifier/people"
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 	"github.com/tpmauthn/tpmauthn/verifier/store"
 )
 
@@ -53,7 +54,11 @@ type Config struct {
 	StateBurst int
 	// DevicePoll is the device flow's polling interval (DefaultPoll).
 	DevicePoll time.Duration
-	Logger     *slog.Logger
+	// OnBrowserLogin, if set, ends a browser's login (one started at
+	// /login/IDP by the browser itself) instead of the "logged in" page:
+	// the passkeys' web session (verifier/passkey).
+	OnBrowserLogin func(w http.ResponseWriter, r *http.Request, p *record.Person)
+	Logger         *slog.Logger
 	// Now is the clock of states, codes and device codes (nil: time.Now).
 	Now func() time.Time
 	// Offboard acts on the periodic re-check's answers (nil: no re-check).

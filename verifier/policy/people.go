@@ -281,11 +281,19 @@ type Person struct {
 	Groups []string
 	// Assurance is the credential's: AssuranceHardware or AssuranceSoftware.
 	Assurance string
+	// Synced: the credential is a synced passkey, or a session key one
+	// certified (roles with allow_synced: false do not apply).
+	Synced bool
+	// SessionKey: the credential is a browser's session key (roles with
+	// per_connect: passkey do not apply).
+	SessionKey bool
 }
 
 // RolesForPerson returns the roles the people bindings grant, sorted and
 // unique. A binding that requires hardware does not apply to a software
-// credential; an unknown assurance counts as the weakest.
+// credential; an unknown assurance counts as the weakest. A role that
+// refuses synced passkeys, or wants a passkey on every connect, is left out
+// for a credential that is one, or a session key.
 func (p *Policy) RolesForPerson(who Person) []string {
 	if p.People == nil || p.People.IdP(who.IdP) == nil {
 		// An IdP removed from the policy takes its people's roles with it.
@@ -302,7 +310,13 @@ func (p *Policy) RolesForPerson(who Person) []string {
 		if b.Require.Assurance == AssuranceHardware && who.Assurance != AssuranceHardware {
 			continue
 		}
-		out = append(out, b.Roles...)
+		for _, name := range b.Roles {
+			r := p.Roles[name]
+			if (who.Synced && r.AllowSynced != nil && !*r.AllowSynced) || (who.SessionKey && r.PerConnect == PerConnectPasskey) {
+				continue
+			}
+			out = append(out, name)
+		}
 	}
 	slices.Sort(out)
 	return slices.Compact(out)

@@ -205,3 +205,44 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// browserPolicy: role console for everyone at okta, ops (a passkey on every
+// connect) and vault (no synced passkeys) for group ops.
+const browserPolicy = `
+roles:
+  console: {subscribe: {allow: ["x"]}}
+  ops: {admin: ["*"], per_connect: passkey}
+  vault: {publish: {allow: ["vault.>"]}, allow_synced: false}
+people:
+  idps: [{name: okta, issuer: "https://okta.example.com", client_id: c, client_secret_env: S}]
+  bindings:
+    - {roles: [console]}
+    - {groups: [ops], roles: [ops, vault]}
+`
+
+func TestRolesForBrowserCredential(t *testing.T) {
+	p, err := Parse([]byte(browserPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops := []string{"ops"}
+	for _, tc := range []struct {
+		name string
+		who  Person
+		want []string
+	}{
+		{"passkey", Person{IdP: "okta", Groups: ops, Assurance: AssuranceHardware}, []string{"console", "ops", "vault"}},
+		{"sessionKey", Person{IdP: "okta", Groups: ops, Assurance: AssuranceSoftware, SessionKey: true}, []string{"console", "vault"}},
+		{"syncedPasskey", Person{IdP: "okta", Groups: ops, Assurance: AssuranceSoftware, Synced: true}, []string{"console", "ops"}},
+		{"syncedSessionKey", Person{IdP: "okta", Groups: ops, Synced: true, SessionKey: true}, []string{"console"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := p.RolesForPerson(tc.who); !slices.Equal(got, tc.want) {
+				t.Fatalf("RolesForPerson = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	if _, err := Parse([]byte(strings.Replace(browserPolicy, "per_connect: passkey", "per_connect: always", 1))); err == nil || !strings.Contains(err.Error(), "per_connect") {
+		t.Fatalf("per_connect: always: %v", err)
+	}
+}

@@ -46,7 +46,22 @@ type Role struct {
 	// "*" for all, "read" for api.AdminReadOps): people who operate the
 	// fleet, from their IdP groups, instead of the operator key file.
 	Admin []string `yaml:"admin"`
+	// AllowSynced, when false, refuses the role to a synced passkey (and
+	// the session keys it certifies): a passkey copied to other devices by
+	// a provider is not one device (default true).
+	AllowSynced *bool `yaml:"allow_synced"`
+	// PerConnect is how a browser signs a connect with this role:
+	// PerConnectSessionKey (default: a WebCrypto key a passkey certified at
+	// login signs silently) or PerConnectPasskey (a passkey ceremony on
+	// every connect, for admin roles).
+	PerConnect string `yaml:"per_connect"`
 }
+
+// How a browser signs its connects (Role.PerConnect).
+const (
+	PerConnectSessionKey = "session_key"
+	PerConnectPasskey    = "passkey"
+)
 
 // Subjects are allow and deny lists (deny wins, as in nats-server).
 type Subjects struct {
@@ -110,6 +125,9 @@ func Parse(b []byte) (*Policy, error) {
 	}
 	for name, r := range p.Roles {
 		errs = append(errs, r.validateAdmin(name)...)
+		if r.PerConnect != "" && r.PerConnect != PerConnectSessionKey && r.PerConnect != PerConnectPasskey {
+			errs = append(errs, fmt.Errorf("policy: role %s: per_connect %q: want session_key or passkey", name, r.PerConnect))
+		}
 		for _, s := range slices.Concat(r.Publish.Allow, r.Publish.Deny, r.Subscribe.Allow, r.Subscribe.Deny) {
 			if s == "" || strings.ContainsAny(s, " \t\r\n") {
 				errs = append(errs, fmt.Errorf("policy: role %s: bad subject %q", name, s))

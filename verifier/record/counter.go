@@ -43,8 +43,16 @@ func (w *Window) shift(n uint32) {
 
 // AcceptCounter records counter n if it is new: above the highest accepted,
 // or within the window below it and not seen yet.
+//
+// A browser credential (Browser) whose counter is 0 and stays 0 is
+// accepted: synced passkeys always report 0 (WebAuthn §6.1.1 lets an
+// authenticator not implement a counter), and a session key has none. Its
+// assertions are still bound to their connection's nonce; a counter that
+// once was above 0 and goes back still is a regression.
 func (c *Credential) AcceptCounter(n uint32) error {
 	switch {
+	case n == 0 && c.Counter == 0 && c.Browser():
+		return nil
 	case n > c.Counter:
 		d := n - c.Counter
 		c.Seen.shift(d)

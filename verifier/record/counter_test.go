@@ -30,3 +30,35 @@ func TestAcceptCounter(t *testing.T) {
 		t.Fatalf("highest = %d", c.Counter)
 	}
 }
+
+// TestAcceptCounterZero: a browser credential whose counter stays 0 (a
+// synced passkey, a session key) is accepted every time; a TPM credential's
+// 0 repeated is not, and a browser credential's counter that went above 0
+// may not go back to 0.
+func TestAcceptCounterZero(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		c     Credential
+		steps []uint32
+		ok    []bool
+	}{
+		{"synced", Credential{Person: "p", Kind: KindPasskey, Synced: true}, []uint32{0, 0, 0}, []bool{true, true, true}},
+		{"sessionKey", Credential{Person: "p", Kind: KindSessionKey}, []uint32{0, 0}, []bool{true, true}},
+		{"passkeyBack", Credential{Person: "p", Kind: KindPasskey}, []uint32{0, 5, 0, 4, 4}, []bool{true, true, false, true, false}},
+		{"tpm", Credential{Host: "h", Person: "p"}, []uint32{0, 0}, []bool{false, false}},
+		{"hostedPasskey", Credential{Host: "h", Person: "p", Kind: KindPasskey}, []uint32{0}, []bool{false}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tc.c
+			for i, n := range tc.steps {
+				err := c.AcceptCounter(n)
+				if tc.ok[i] && err != nil {
+					t.Fatalf("step %d: counter %d refused: %v", i, n, err)
+				}
+				if !tc.ok[i] && !errors.Is(err, ErrCounterRegression) {
+					t.Fatalf("step %d: counter %d accepted (or wrong error %v)", i, n, err)
+				}
+			}
+		})
+	}
+}

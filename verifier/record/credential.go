@@ -44,6 +44,40 @@ type Credential struct {
 	// LocalUser is, for a person's credential on a host, the local user
 	// (uid and name) its agent serves it to: for display and audit.
 	LocalUser string `json:"local_user,omitempty"`
+	// Kind is what holds a key that no host's TPM holds (Host is then
+	// empty): KindPasskey, a person's passkey in their browser's
+	// authenticator, or KindSessionKey, a browser's WebCrypto key that one
+	// of the person's passkeys certified (verifier/passkey).
+	Kind string `json:"kind,omitempty"`
+	// Synced marks a passkey that is backup eligible (WebAuthn BE): copied
+	// to the person's other devices by a passkey provider, so it is not
+	// "one device", and its counter is always 0. A session key inherits it
+	// from its certifier.
+	Synced bool `json:"synced,omitempty"`
+	// Certifier is, for a session key, the passkey that certified it: the
+	// session key is refused once that passkey is not active.
+	Certifier string `json:"certifier,omitempty"`
+	// Label is a passkey's device, as its person named it, and the browser
+	// it was registered in (for listings).
+	Label string `json:"label,omitempty"`
+	// AAGUID is the passkey authenticator's model (hex; zero for most
+	// platform authenticators), for listings.
+	AAGUID string `json:"aaguid,omitempty"`
+	// WebSession is, for a session key, SecretKey of the web session it was
+	// certified in: signing out revokes it.
+	WebSession string `json:"web_session,omitempty"`
+}
+
+// Kinds of credentials without a host (Credential.Kind).
+const (
+	KindPasskey    = "passkey"
+	KindSessionKey = "session-key"
+)
+
+// Browser reports whether the credential is a person's in a browser: a
+// passkey or a session key, with no host.
+func (c *Credential) Browser() bool {
+	return c.Host == "" && c.Person != "" && (c.Kind == KindPasskey || c.Kind == KindSessionKey)
 }
 
 // NoHost is the host name in the NATS user name of a credential without a

@@ -98,7 +98,8 @@ func (d *Directory) Roles(ctx context.Context, cred *record.Credential) ([]strin
 	if assurance != policy.AssuranceHardware {
 		assurance = policy.AssuranceSoftware
 	}
-	roles := pol.RolesForPerson(policy.Person{IdP: p.IdP, Groups: p.Groups, Assurance: assurance})
+	roles := pol.RolesForPerson(policy.Person{IdP: p.IdP, Groups: p.Groups, Assurance: assurance,
+		Synced: cred.Synced, SessionKey: cred.Kind == record.KindSessionKey})
 	if len(roles) == 0 {
 		return nil, fmt.Errorf("%w: person %s (%s groups %q, %s credential)", api.ErrNoRoles, p.ID, p.IdP, p.Groups, assurance)
 	}

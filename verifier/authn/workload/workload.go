@@ -58,7 +58,18 @@ type Config struct {
 	// People decides a person's device credential's roles
 	// (verifier/authn/person); nil refuses every person's credential.
 	People people
-	Logger *slog.Logger
+	// Browser checks the credentials people hold in browsers, which have
+	// no host (record.Credential.Browser: a passkey, or a session key a
+	// passkey certified; verifier/passkey). Nil refuses them.
+	Browser browser
+	Logger  *slog.Logger
+}
+
+// browser decides a browser credential's connect beyond its signature.
+type browser interface {
+	// Check is nil if cred may connect now, with what its assertions must
+	// name (RP ID hash and the pages' origin instead of the verifier's).
+	Check(ctx context.Context, cred *record.Credential) (attestation.AssertionCheck, error)
 }
 
 // people names the roles of a person's credential now, or refuses it.
@@ -239,17 +250,21 @@ func (m *Method) checkAge(cred *record.Credential) error {
 	return nil
 }
 
-// host is the credential's host, which must be active; a person's
-// software key (no host: a key file on a machine without a TPM) has none,
-// and any other credential without a host is refused.
+// host is the credential's host, which must be active. Two kinds of a
+// person's credentials have none: a software key (a key file on a machine
+// without a TPM) and a browser credential (a passkey, or a session key one
+// certified), which only a verifier that checks them (Config.Browser)
+// accepts; any other credential without a host is refused.
 func (m *Method) host(ctx context.Context, cred *record.Credential) (*record.Host, error) {
-	if cred.Host != "" {
+	switch {
+	case cred.Host != "":
 		return m.activeHost(ctx, cred.Host)
+	case cred.Browser() && m.cfg.Browser != nil:
+		return &record.Host{Hostname: record.NoHost, Status: api.HostActive}, nil
+	case cred.Person != "" && cred.Kind == "" && cred.Assurance == policy.AssuranceSoftware:
+		return &record.Host{Hostname: record.NoHost}, nil
 	}
-	if cred.Person == "" || cred.Assurance != policy.AssuranceSoftware {
-		return nil, fmt.Errorf("%w: credential %s has no host and is no person's software key", api.ErrRevoked, cred.ID)
-	}
-	return &record.Host{Hostname: record.NoHost}, nil
+	return nil, fmt.Errorf("%w: credential %s has no host and is no person's software key or browser credential this verifier checks", api.ErrRevoked, cred.ID)
 }
 
 // activeHost requires the credential's host active. A host that cannot be
@@ -275,9 +290,15 @@ func (m *Method) checkAssertion(ctx context.Context, a *attestation.Assertion, c
 	if err != nil {
 		return err
 	}
-	counter, err := attestation.VerifyAssertion(a, pub, attestation.AssertionCheck{
-		RPIDHash: m.rpIDHash, Origin: attestation.VerifierOrigin(m.cfg.RPID), Challenge: attestation.NATSChallenge([]byte(nonce)), RequireUV: true,
-	})
+	want := attestation.AssertionCheck{RPIDHash: m.rpIDHash, Origin: attestation.VerifierOrigin(m.cfg.RPID)}
+	if cred.Browser() {
+		// host let a browser credential through only with Browser set.
+		if want, err = m.cfg.Browser.Check(ctx, cred); err != nil {
+			return err
+		}
+	}
+	want.Challenge, want.RequireUV = attestation.NATSChallenge([]byte(nonce)), true
+	counter, err := attestation.VerifyAssertion(a, pub, want)
 	if err != nil {
 		return err
 	}
@@ -345,8 +366,11 @@ func (m *Method) userClaims(ctx context.Context, rc *jwt.AuthorizationRequestCla
 		// sessions ({{person}} names them).
 		s.Person, s.Workload = cred.Person, ""
 		uc.Tags.Add("person:" + cred.Person)
-		// A session never outlives its person's login.
-		uc.Expires = min(uc.Expires, cred.Expires.Unix())
+		// A session never outlives its person's login (a passkey has no
+		// end of its own: it lasts until removed or offboarded).
+		if !cred.Expires.IsZero() {
+			uc.Expires = min(uc.Expires, cred.Expires.Unix())
+		}
 	}
 	for _, r := range roles {
 		uc.Tags.Add("role:" + r)

@@ -10,10 +10,12 @@ import (
 	"time"
 
 	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/audit"
 	"github.com/tpmauthn/tpmauthn/internal/eventually"
 	"github.com/tpmauthn/tpmauthn/verifier/alert"
 	"github.com/tpmauthn/tpmauthn/verifier/internal/testenv"
+	"github.com/tpmauthn/tpmauthn/verifier/policy"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 	"github.com/tpmauthn/tpmauthn/verifier/sessions"
 	"github.com/tpmauthn/tpmauthn/verifier/store"
@@ -142,5 +144,46 @@ func TestCredentialPastItsMaximumAge(t *testing.T) {
 	}
 	if err := New(Config{}).checkAge(&record.Credential{Created: now.Add(-1000 * 24 * time.Hour)}); err != nil {
 		t.Fatalf("no maximum age configured: %v", err)
+	}
+}
+
+// fakeBrowser checks every browser credential.
+type fakeBrowser struct{}
+
+func (fakeBrowser) Check(context.Context, *record.Credential) (attestation.AssertionCheck, error) {
+	return attestation.AssertionCheck{}, nil
+}
+
+// TestHostless: a credential without a host passes only as a person's
+// software key, or as a person's browser credential with a browser checker
+// configured.
+func TestHostless(t *testing.T) {
+	passkey := &record.Credential{ID: "p", Person: "okta_1", Kind: record.KindPasskey}
+	for _, tc := range []struct {
+		name    string
+		cred    *record.Credential
+		browser browser
+		ok      bool
+	}{
+		{"passkey", passkey, fakeBrowser{}, true},
+		{"sessionKey", &record.Credential{ID: "s", Person: "okta_1", Kind: record.KindSessionKey}, fakeBrowser{}, true},
+		{"noChecker", passkey, nil, false},
+		{"workload", &record.Credential{ID: "w", Workload: "billing"}, fakeBrowser{}, false},
+		{"noPerson", &record.Credential{ID: "n", Kind: record.KindPasskey}, fakeBrowser{}, false},
+		{"unknownKind", &record.Credential{ID: "u", Person: "okta_1", Kind: "fido-u2f"}, fakeBrowser{}, false},
+		{"softwareKey", &record.Credential{ID: "k", Person: "okta_1", Assurance: policy.AssuranceSoftware}, nil, true},
+		// A synced passkey is software too, yet never a software key.
+		{"syncedPasskeyNoChecker", &record.Credential{ID: "sp", Person: "okta_1", Kind: record.KindPasskey, Assurance: policy.AssuranceSoftware}, nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := New(Config{Browser: tc.browser})
+			h, err := m.host(t.Context(), tc.cred)
+			if tc.ok && (err != nil || h.Hostname != record.NoHost || h.ID != "") {
+				t.Fatalf("host = %+v, %v", h, err)
+			}
+			if !tc.ok && !errors.Is(err, api.ErrRevoked) {
+				t.Fatalf("host = %+v, %v; want ErrRevoked", h, err)
+			}
+		})
 	}
 }

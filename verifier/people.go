@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tpmauthn/tpmauthn/verifier/alert"
+	"github.com/tpmauthn/tpmauthn/verifier/authn/person"
 	"github.com/tpmauthn/tpmauthn/verifier/httpapi"
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 	"github.com/tpmauthn/tpmauthn/verifier/offboard"
@@ -45,6 +46,12 @@ func (v *Verifier) openPeople(context.Context) error {
 	v.people = people.New(people.Config{Store: v.st, Policy: pol, Trail: v.trail, Logger: v.log, Now: v.cfg.Clock, Sealer: sealer})
 	v.offboard = offboard.New(offboard.Config{People: v.people, Store: v.st, Fleet: v.fleet, Sessions: v.sessions,
 		Alerts: alert.NewPublisher(v.nc, v.trail, v.metrics, v.log), Trail: v.trail, Policy: pol, Logger: v.log})
+	dir, err := person.Start(context.Background(), v.st.People, pol)
+	if err != nil {
+		return err
+	}
+	v.personDir = dir
+	v.onClose(dir.Close)
 	return nil
 }
 

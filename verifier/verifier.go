@@ -86,6 +86,7 @@ type Verifier struct {
 	metricsSrv *promserve.Server
 	health     *health.Monitor
 	people     *people.Service
+	personDir  *person.Directory // people as the connect path and the operator API read them
 	offboard   *offboard.Service
 	login      *oidclogin.Handler // people's logins, or nil
 	http       *httpapi.Server    // people's logins, or nil
@@ -426,7 +427,7 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 		c, _, err := store.Get[record.Credential](ctx, v.st.Credentials, id)
 		return c, err
 	}
-	gate := operators.New(operators.Config{Policy: func() *policy.Policy { return v.policy.Current() }, Credential: credential, People: v.people,
+	gate := operators.New(operators.Config{Policy: func() *policy.Policy { return v.policy.Current() }, Credential: credential, Roles: v.personDir.Roles,
 		Alerts: alerts, Trail: v.trail, Logger: v.log})
 	return v.adminAPI.Serve("tpmauthn-admin", "tpmauthn operator API", api.SubjectAdminPrefix, gate.Wrap(adm.Endpoints()))
 }
@@ -441,11 +442,7 @@ func (v *Verifier) serveCallout(context.Context) error {
 	alerts := alert.NewPublisher(v.nc, v.trail, v.metrics, v.log)
 	var methods authn.Registry
 	token, hostProof, ekAllow := v.enroll.Methods()
-	dir, err := person.Start(context.Background(), v.st.People, func() *policy.Policy { return v.policy.Current() })
-	if err != nil {
-		return err
-	}
-	v.onClose(dir.Close)
+	dir := v.personDir
 	methods.Add(token, workload.New(workload.Config{Fleet: v.fleet, Sessions: v.sessions, Policy: v.policy,
 		RPID: v.cfg.RPID, RotationGrace: v.cfg.RotationGrace, MaxAge: v.cfg.CredentialMaxAge, Alerts: alerts, People: dir, Browser: v.browserChecker(), Logger: v.log}), hostProof, ekAllow)
 	co, err := callout.New(callout.Config{Conn: v.nc, QueueGroup: queueGroup, Issuer: v.keys.Issuer, XKey: v.keys.XKey,

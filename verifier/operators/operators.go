@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -12,7 +13,6 @@ import (
 	"github.com/tpmauthn/tpmauthn/audit"
 	"github.com/tpmauthn/tpmauthn/verifier/alert"
 	"github.com/tpmauthn/tpmauthn/verifier/natsapi"
-	"github.com/tpmauthn/tpmauthn/verifier/people"
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
@@ -25,21 +25,19 @@ type auditor interface {
 	RecordNow(context.Context, audit.Event)
 }
 
-// persons reads a person record (verifier/people).
-type persons interface {
-	Person(ctx context.Context, id string) (*record.Person, error)
-}
-
 // Config is what the gate needs.
 type Config struct {
 	Policy func() *policy.Policy
 	// Credential reads a credential record from the store (not a cache:
 	// one revoked a moment ago by another instance must not operate).
 	Credential func(ctx context.Context, id string) (*record.Credential, error)
-	People     persons
-	Alerts     alerter
-	Trail      auditor
-	Logger     *slog.Logger
+	// Roles are the roles a person's credential has now, as at connect
+	// (verifier/authn/person: the person active, their IdP the policy's,
+	// their groups at the credential's assurance).
+	Roles  func(ctx context.Context, c *record.Credential) ([]string, error)
+	Alerts alerter
+	Trail  auditor
+	Logger *slog.Logger
 }
 
 // Gate checks each operator API request's caller.
@@ -131,7 +129,7 @@ func (g *Gate) person(ctx context.Context, op string) (context.Context, error) {
 		return nil, fmt.Errorf("%w: subject %q", api.ErrForbidden, natsapi.RequestSubject(ctx))
 	}
 	a := Actor{Name: "person:" + personID + " via credential " + credID, Person: personID}
-	roles, err := g.personRoles(ctx, personID, credID)
+	roles, err := g.personRoles(ctx, personID, credID, op)
 	if err == nil && !g.cfg.Policy().AdminAllows(roles, op) {
 		err = fmt.Errorf("%w: %s (roles %v)", api.ErrForbidden, op, roles)
 	}
@@ -144,9 +142,10 @@ func (g *Gate) person(ctx context.Context, op string) (context.Context, error) {
 }
 
 // personRoles are the roles the person's groups grant now through this
-// credential, which must be theirs, active and hardware: operating the
-// fleet takes a TPM (or device-bound) key, never a key file.
-func (g *Gate) personRoles(ctx context.Context, personID, credID string) ([]string, error) {
+// credential, which must be theirs and active; anything but reading takes
+// a hardware credential (a TPM key, a device-bound passkey), never a key
+// file or a browser's session key.
+func (g *Gate) personRoles(ctx context.Context, personID, credID, op string) ([]string, error) {
 	c, err := g.cfg.Credential(ctx, credID)
 	switch {
 	case err != nil:
@@ -155,21 +154,14 @@ func (g *Gate) personRoles(ctx context.Context, personID, credID string) ([]stri
 		return nil, fmt.Errorf("%w: credential %s is not person %s's", api.ErrForbidden, credID, personID)
 	case c.Status != api.CredentialActive || c.Expired(time.Now()) || c.Retired(time.Now()):
 		return nil, fmt.Errorf("%w: credential %s is %s or past its end", api.ErrForbidden, credID, c.Status)
-	case c.Assurance != policy.AssuranceHardware:
-		return nil, fmt.Errorf("%w: credential %s is a %s key: the operator API takes a hardware credential", api.ErrForbidden, credID, c.Assurance)
+	case c.Assurance != policy.AssuranceHardware && !slices.Contains(api.AdminReadOps, op):
+		return nil, fmt.Errorf("%w: credential %s is not a hardware credential: %s takes one", api.ErrForbidden, credID, op)
 	}
-	p, err := g.cfg.People.Person(ctx, personID)
+	roles, err := g.cfg.Roles(ctx, c)
 	if err != nil {
-		return nil, fmt.Errorf("%w: person %s: %w", api.ErrForbidden, personID, err)
-	}
-	if !p.Disabled.IsZero() {
-		return nil, fmt.Errorf("%w: person %s is disabled", api.ErrForbidden, personID)
-	}
-	pol := g.cfg.Policy()
-	if err := people.CheckIdP(pol.People, p); err != nil {
 		return nil, fmt.Errorf("%w: %w", api.ErrForbidden, err)
 	}
-	return pol.RolesForPerson(policy.Person{IdP: p.IdP, Groups: p.Groups, Assurance: policy.AssuranceHardware}), nil
+	return roles, nil
 }
 
 // breakGlass raises the alert, at most once a minute.

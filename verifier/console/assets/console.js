@@ -2,7 +2,7 @@
 // passkey ceremony signs (the person re-confirms; the operator API checks
 // the session's roles and audits the person), and the live audit tail,
 // read over NATS with the session key.
-import { connect } from "/assets/nats-passkey.js";
+import { adminSubject, connect } from "/assets/nats-passkey.js";
 
 const status = (t) => { const s = document.getElementById("status"); if (s) s.textContent = t; };
 const enc = new TextEncoder(), dec = new TextDecoder();
@@ -13,7 +13,7 @@ async function act(b) {
   let nc;
   try {
     nc = await connect({ mode: "passkey" });
-    const m = await nc.request("tpmauthn.admin." + b.dataset.op,
+    const m = await nc.request(adminSubject(nc, b.dataset.op),
       enc.encode(JSON.stringify({ id: b.dataset.id, reason: "from the console" })), { timeout: 10000 });
     const code = m.headers && m.headers.get("Nats-Service-Error-Code");
     if (code) throw new Error(code + ": " + (m.headers.get("Nats-Service-Error") || ""));
@@ -42,7 +42,7 @@ if (table && table.dataset.next) {
     const nc = await connect();
     document.getElementById("live").textContent = "● live";
     for (;;) {
-      const m = await nc.request("tpmauthn.admin.audit.read", enc.encode(JSON.stringify({ from: next, max: 200 })), { timeout: 5000 });
+      const m = await nc.request(adminSubject(nc, "audit.read"), enc.encode(JSON.stringify({ from: next, max: 200 })), { timeout: 5000 });
       for (const raw of JSON.parse(dec.decode(m.data)) || []) {
         next = Math.max(next, raw.msg + 1);
         if (!raw.data) continue;

@@ -172,7 +172,18 @@ export async function connect(opts = {}) {
     if (!pending || pending.nonce !== nonce) throw new Error("tpmauthn: the nonce is not the one signed");
     return { nkey: pending.nkey, sig: pending.sig };
   };
-  return wsconnect({ servers: cfg.ws, timeout: 90000, ...opts.nats, wsFactory, authenticator });
+  const nc = await wsconnect({ servers: cfg.ws, timeout: 90000, ...opts.nats, wsFactory, authenticator });
+  // Who this connection is, for the operator API's subjects (adminSubject):
+  // the credential is the one that signed the latest (re)connect.
+  nc.tpmauthn = { person: cfg.person, get credential() { return pending.nkey; } };
+  return nc;
+}
+
+// adminSubject is where the connection nc asks the operator API for op:
+// tpmauthn.admin.p.PERSON.CREDENTIAL.OP, the only subjects its session may
+// publish to there (the server enforces it), so the subject says who asks.
+export function adminSubject(nc, op) {
+  return "tpmauthn.admin.p." + nc.tpmauthn.person + "." + nc.tpmauthn.credential + "." + op;
 }
 
 // replayFirst is ws whose first message (INFO, already read) is delivered

@@ -134,6 +134,7 @@ func New(cfg Config) (*Verifier, error) {
 	}); err != nil {
 		return nil, err
 	}
+	v.logTrust()
 	v.rp, err = attestation.NewRelyingParty(attestation.RPConfig{
 		RPID: cfg.RPID, Origins: []string{cfg.Origin}, FleetRoots: []*x509.Certificate{ks.FleetCA},
 	})
@@ -625,3 +626,20 @@ func pinEKIntermediates(t *attestation.EKTrust, file string) error {
 // most beginBurst + store.SessionTTL/1s (364) live records of about 1 KB,
 // far below the buckets' bound (64 MB).
 const beginBurst = 64
+
+// logTrust says at start what the verifier trusts, and has each policy
+// reload said: a new operator reads here why connects are refused.
+func (v *Verifier) logTrust() {
+	if v.ekTrust != nil {
+		v.log.Info("trusting TPM manufacturers", "ek_ca_dir", v.cfg.EKCADir, "roots", v.ekTrust.Roots())
+	}
+	file := v.cfg.PolicyFile
+	if file == "" {
+		v.log.Warn("no policy file (--policy): no role grants anything, every workload connect is refused")
+	} else {
+		v.log.Info("policy loaded", append([]any{"file", file}, v.policy.Current().Summary()...)...)
+	}
+	v.policy.OnReload = func(p *policy.Policy) {
+		v.log.Info("policy reloaded", append([]any{"file", file}, p.Summary()...)...)
+	}
+}

@@ -1,9 +1,11 @@
 package policy
 
 import (
+	"os"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/jwt/v2"
 
@@ -90,5 +92,40 @@ func TestAdminPolicyErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error with %q", tc.yaml, err, tc.want)
 		}
+	}
+}
+
+// TestSourceOnReload: a changed policy file that parses is reported once;
+// one that does not keeps the last good policy and is not.
+func TestSourceOnReload(t *testing.T) {
+	path := t.TempDir() + "/policy.yaml"
+	write := func(s string, mod time.Time) {
+		if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(path, mod, mod); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now()
+	write("roles: {a: {}}", now.Add(-time.Hour))
+	ps, err := NewSource(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reloads []int
+	ps.OnReload = func(p *Policy) { reloads = append(reloads, len(p.Roles)) }
+	write("roles: {a: {}, b: {}}", now.Add(-time.Minute))
+	ps.next = time.Time{}
+	if len(ps.Current().Roles) != 2 || !slices.Equal(reloads, []int{2}) {
+		t.Fatalf("after a good change: %d roles, reloads %v", len(ps.Current().Roles), reloads)
+	}
+	write("roles: [", now)
+	ps.next = time.Time{}
+	if len(ps.Current().Roles) != 2 || len(reloads) != 1 {
+		t.Fatalf("after a bad change: %d roles, reloads %v", len(ps.Current().Roles), reloads)
+	}
+	if _, _, err := ps.State(); err == nil {
+		t.Fatal("State does not report the failed reload")
 	}
 }

@@ -303,6 +303,9 @@ type Source struct {
 	onErr func(error)
 	// lastErr is the last reload's failure (nil once one succeeds).
 	lastErr error
+	// OnReload, if set, is told of each policy loaded after the first (a
+	// changed file that parsed).
+	OnReload func(*Policy)
 }
 
 // NewSource loads the policy at path (empty: a policy that grants nothing)
@@ -335,8 +338,22 @@ func (ps *Source) reload() error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", ps.path, err)
 	}
+	reloaded := ps.cur != nil
 	ps.cur, ps.mod = p, fi.ModTime()
+	if reloaded && ps.OnReload != nil {
+		ps.OnReload(p)
+	}
 	return nil
+}
+
+// Summary is what a log line says of a policy: its roles, bindings and
+// identity providers.
+func (p *Policy) Summary() []any {
+	idps := 0
+	if p.People != nil {
+		idps = len(p.People.IdPs)
+	}
+	return []any{"roles", len(p.Roles), "bindings", len(p.Bindings), "idps", idps, "session_ttl", p.SessionTTL}
 }
 
 // State is the policy file, when the policy in force was written, and the

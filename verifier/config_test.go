@@ -71,3 +71,19 @@ func TestEmbeddedTLSMode(t *testing.T) {
 		}
 	}
 }
+
+// TestKeepRPID: the first start records the RP ID; a later start with
+// another is refused, naming the one to use; the same one starts.
+func TestKeepRPID(t *testing.T) {
+	dir := t.TempDir()
+	if err := keepRPID(dir, "fleet.example.com"); err != nil {
+		t.Fatal(err)
+	}
+	if err := keepRPID(dir, "fleet.example.com"); err != nil {
+		t.Fatalf("the same RP ID again: %v", err)
+	}
+	err := keepRPID(dir, "other.example.com")
+	if err == nil || !strings.Contains(err.Error(), "--rp-id fleet.example.com") {
+		t.Fatalf("another RP ID: %v", err)
+	}
+}

@@ -4,11 +4,14 @@ import (
 	"cmp"
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,6 +21,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/internal/atomicfile"
 	"github.com/tpmauthn/tpmauthn/internal/natstls"
 	"github.com/tpmauthn/tpmauthn/internal/promserve"
 	"github.com/tpmauthn/tpmauthn/verifier/admin"
@@ -108,6 +112,9 @@ func New(cfg Config) (*Verifier, error) {
 	}
 	ks, created, err := keys.LoadOrCreate(cfg.DataDir)
 	if err != nil {
+		return nil, err
+	}
+	if err := keepRPID(cfg.DataDir, cfg.RPID); err != nil {
 		return nil, err
 	}
 	v := &Verifier{cfg: cfg, keys: ks, log: cfg.Logger, metrics: metrics.New()}
@@ -642,4 +649,26 @@ func (v *Verifier) logTrust() {
 	v.policy.OnReload = func(p *policy.Policy) {
 		v.log.Info("policy reloaded", append([]any{"file", file}, p.Summary()...)...)
 	}
+}
+
+// rpIDFile keeps the RP ID a data directory's credentials were registered
+// for.
+const rpIDFile = "rp-id"
+
+// keepRPID records the RP ID at the first start and refuses another one
+// later: every credential's assertions name the RP ID they were made for,
+// so a changed --rp-id would refuse them all, silently, at every connect.
+func keepRPID(dataDir, rpID string) error {
+	path := filepath.Join(dataDir, rpIDFile)
+	b, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return atomicfile.Write(path, []byte(rpID+"\n"), 0o644)
+	case err != nil:
+		return err
+	}
+	if was := strings.TrimSpace(string(b)); was != rpID {
+		return fmt.Errorf("this data directory's credentials were registered for RP ID %q, and --rp-id is %q: every one of them would be refused; start with --rp-id %s (a new fleet needs a new data directory)", was, rpID, was)
+	}
+	return nil
 }

@@ -49,8 +49,7 @@ const (
 // adminAs sends an operator API request on nc (a person's session), on
 // the subject of the person and credential dev names.
 func adminAs(nc *nats.Conn, dev map[string]any, op string, req, resp any) error {
-	person, _ := dev["person"].(map[string]any)
-	return adminOn(nc, api.AdminPersonSubject(fmt.Sprint(person["id"]), fmt.Sprint(dev["credential_id"]), op), req, resp)
+	return adminOn(nc, api.AdminPersonSubject(personIDOf(dev), fmt.Sprint(dev["credential_id"]), op), req, resp)
 }
 
 func adminOn(nc *nats.Conn, subject string, req, resp any) error {
@@ -120,7 +119,7 @@ func TestOperatorsArePeople(t *testing.T) {
 	}
 	// Who asks is the subject, whatever the headers say: a smuggled
 	// Nats-Request-Info naming the ops person changes nothing.
-	forged := nats.NewMsg(api.AdminPersonSubject(abeIDOf(abeDev), fmt.Sprint(abeDev["credential_id"]), "credential.revoke"))
+	forged := nats.NewMsg(api.AdminPersonSubject(personIDOf(abeDev), fmt.Sprint(abeDev["credential_id"]), "credential.revoke"))
 	forged.Header.Set("Nats-Request-Info", `{"acc":"APP","name_tag":"person:olga@h/N","tags":["role:ops","person:`+record.PersonID("okta", "u-olga")+`"]}`)
 	forged.Data, _ = json.Marshal(revokeDana)
 	if m, err := abe.RequestMsg(forged, 2*time.Second); err == nil && m.Header.Get("Nats-Service-Error-Code") == "" {
@@ -178,7 +177,8 @@ func mustPerson(t *testing.T, f *fleettest.Fleet, h *fleettest.Host, uid uint32)
 	return nc
 }
 
-func abeIDOf(dev map[string]any) string {
+// personIDOf is the person a person login at the agent (its answer) names.
+func personIDOf(dev map[string]any) string {
 	p, _ := dev["person"].(map[string]any)
 	return fmt.Sprint(p["id"])
 }

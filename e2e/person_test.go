@@ -144,7 +144,7 @@ func TestPersonTPMCredential(t *testing.T) {
 	if st != 200 || dev["name"] != "person:dana-scully" || dev["uid"] != float64(personUID) {
 		t.Fatalf("person login at the agent: %d %v", st, dev)
 	}
-	if p, _ := dev["person"].(map[string]any); p["id"] != wantID {
+	if personIDOf(dev) != wantID {
 		t.Fatalf("person login names %v, want %s", dev["person"], wantID)
 	}
 	t.Logf("person login at the agent (key creation, certify, two verifier round trips): %v", took)

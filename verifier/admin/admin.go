@@ -157,8 +157,8 @@ func (s *Service) tokenCreate(ctx context.Context, body []byte) (any, error) {
 	}
 	s.cfg.Fleet.Misses.Forget(fleet.TokenMiss(h))
 	s.log.Info("join token created", "token_id", t.ID, "roles", t.Roles, "expires", t.Expires)
-	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "token.create", Result: "ok", Roles: t.Roles, Actor: actor(ctx).Name, Person: actor(ctx).Person,
-		Reason: fmt.Sprintf("join token %s, expires %s", t.ID, t.Expires.Format(time.RFC3339))})
+	s.cfg.Trail.RecordNow(ctx, by(ctx, audit.Event{Kind: "token.create", Result: "ok", Roles: t.Roles,
+		Reason: fmt.Sprintf("join token %s, expires %s", t.ID, t.Expires.Format(time.RFC3339))}))
 	return &api.TokenCreateResponse{Token: api.JoinToken(token, s.cfg.CAPin), CAPin: s.cfg.CAPin, ID: t.ID, Expires: t.Expires}, nil
 }
 
@@ -182,7 +182,7 @@ func (s *Service) hostApprove(ctx context.Context, body []byte) (any, error) {
 		}
 		return s.cfg.Enroll.Activate(h, "operator")
 	})
-	ev := audit.Event{Kind: "host.approve", Result: "ok", Host: req.ID, Actor: actor(ctx).Name, Person: actor(ctx).Person}
+	ev := by(ctx, audit.Event{Kind: "host.approve", Result: "ok", Host: req.ID})
 	if err == nil {
 		s.log.Info("host approved", "host", h.ID)
 		ev.EKHash, ev.Roles = h.EKHash, h.Roles
@@ -209,7 +209,7 @@ func (s *Service) hostRemove(ctx context.Context, body []byte, status api.HostSt
 		return nil, err
 	}
 	h, err := s.revokeHost(ctx, req.ID, status, req.Reason)
-	ev := audit.Event{Kind: kind, Result: "ok", Host: req.ID, Reason: req.Reason, Actor: actor(ctx).Name, Person: actor(ctx).Person}
+	ev := by(ctx, audit.Event{Kind: kind, Result: "ok", Host: req.ID, Reason: req.Reason})
 	if err != nil {
 		ev.Result, ev.Reason = "error", err.Error()
 	} else {
@@ -236,7 +236,7 @@ func (s *Service) credentialRelease(ctx context.Context, body []byte) (any, erro
 	if err != nil {
 		return nil, err
 	}
-	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "release", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: actor(ctx).Name, Person: actor(ctx).Person})
+	s.cfg.Trail.RecordNow(ctx, by(ctx, audit.Event{Kind: "release", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason}))
 	return c, nil
 }
 
@@ -261,7 +261,7 @@ func (s *Service) credentialRotate(ctx context.Context, body []byte) (any, error
 	if err != nil {
 		return nil, err
 	}
-	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "rotate.request", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: actor(ctx).Name, Person: actor(ctx).Person})
+	s.cfg.Trail.RecordNow(ctx, by(ctx, audit.Event{Kind: "rotate.request", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason}))
 	return c, nil
 }
 
@@ -313,11 +313,11 @@ func (s *Service) credentialRevoke(ctx context.Context, body []byte) (any, error
 	// The whole lineage goes with it: a key a rotation replaced stays valid
 	// for its grace period, and its live connections with it.
 	if err := s.revokeLineage(ctx, c, req.Reason); err != nil {
-		s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "revoke", Result: "error", Host: c.Host, Workload: c.Workload, Credential: c.ID,
-			Reason: req.Reason + ": revoking the rest of its lineage failed: " + err.Error(), Actor: actor(ctx).Name, Person: actor(ctx).Person})
+		s.cfg.Trail.RecordNow(ctx, by(ctx, audit.Event{Kind: "revoke", Result: "error", Host: c.Host, Workload: c.Workload, Credential: c.ID,
+			Reason: req.Reason + ": revoking the rest of its lineage failed: " + err.Error()}))
 		return nil, err
 	}
-	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason, Actor: actor(ctx).Name, Person: actor(ctx).Person})
+	s.cfg.Trail.RecordNow(ctx, by(ctx, audit.Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason}))
 	if kickErr != nil {
 		return nil, kickErr
 	}
@@ -334,8 +334,8 @@ func (s *Service) kick(ctx context.Context, c *record.Credential) error {
 		return nil
 	}
 	s.log.Error("sessions of a revoked credential not kicked", "credential", c.ID, "error", err)
-	s.cfg.Trail.Record(audit.Event{Kind: "kick", Result: "error", Host: c.Host, Workload: c.Workload, Credential: c.ID,
-		Reason: err.Error(), Actor: actor(ctx).Name, Person: actor(ctx).Person})
+	s.cfg.Trail.Record(by(ctx, audit.Event{Kind: "kick", Result: "error", Host: c.Host, Workload: c.Workload, Credential: c.ID,
+		Reason: err.Error()}))
 	return fmt.Errorf("%w: credential %s is revoked, but some of its live sessions could not be kicked (they end at their expiry; revoke again to retry): %w",
 		api.ErrUnavailable, c.ID, err)
 }
@@ -359,7 +359,7 @@ func (s *Service) revokeLineage(ctx context.Context, c *record.Credential, reaso
 			return err
 		}
 		kickErrs = append(kickErrs, s.kick(ctx, r))
-		s.cfg.Trail.Record(audit.Event{Kind: "revoke", Result: "ok", Host: r.Host, Workload: r.Workload, Credential: r.ID, Reason: why, Actor: actor(ctx).Name, Person: actor(ctx).Person})
+		s.cfg.Trail.Record(by(ctx, audit.Event{Kind: "revoke", Result: "ok", Host: r.Host, Workload: r.Workload, Credential: r.ID, Reason: why}))
 	}
 	return errors.Join(kickErrs...)
 }
@@ -396,8 +396,8 @@ func (s *Service) tokenRevoke(ctx context.Context, body []byte) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "token.revoke", Result: "ok", Roles: t.Roles, Actor: actor(ctx).Name, Person: actor(ctx).Person,
-		Reason: "join token " + t.ID + ": " + req.Reason})
+	s.cfg.Trail.RecordNow(ctx, by(ctx, audit.Event{Kind: "token.revoke", Result: "ok", Roles: t.Roles,
+		Reason: "join token " + t.ID + ": " + req.Reason}))
 	return t, nil
 }
 
@@ -414,7 +414,7 @@ func (s *Service) ekDisallow(ctx context.Context, body []byte) (any, error) {
 	if err := s.st.EKAllow.Delete(ctx, hash); err != nil {
 		return nil, fmt.Errorf("%w: %w", api.ErrUnavailable, err)
 	}
-	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "ek.disallow", Result: "ok", EKHash: hash, Reason: req.Note, Actor: actor(ctx).Name, Person: actor(ctx).Person})
+	s.cfg.Trail.RecordNow(ctx, by(ctx, audit.Event{Kind: "ek.disallow", Result: "ok", EKHash: hash, Reason: req.Note}))
 	return &api.EKAllowRequest{EKHash: hash}, nil
 }
 
@@ -437,7 +437,7 @@ func (s *Service) ekAllow(ctx context.Context, body []byte) (any, error) {
 	// A refused ek:<hash> CONNECT just before is not remembered here; other
 	// instances forget theirs within fleet.MissTTL.
 	s.cfg.Fleet.Misses.Forget(fleet.EKMiss(req.EKHash))
-	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "ek.allow", Result: "ok", EKHash: req.EKHash, Roles: req.Roles, Reason: req.Note, Actor: actor(ctx).Name, Person: actor(ctx).Person})
+	s.cfg.Trail.RecordNow(ctx, by(ctx, audit.Event{Kind: "ek.allow", Result: "ok", EKHash: req.EKHash, Roles: req.Roles, Reason: req.Note}))
 	return a, nil
 }
 
@@ -523,7 +523,7 @@ func (s *Service) revokeHost(ctx context.Context, id string, status api.HostStat
 		kickErrs = append(kickErrs, s.kick(ctx, c))
 		// Each credential's own event, so that a search by credential finds
 		// it; the operator's host event follows.
-		s.cfg.Trail.Record(audit.Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: why, Actor: actor(ctx).Name, Person: actor(ctx).Person})
+		s.cfg.Trail.Record(by(ctx, audit.Event{Kind: "revoke", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: why}))
 	}
 	// The host's enrollment sessions go too: its host proof's, and its join
 	// token's (named after the token, as Via says).
@@ -550,5 +550,10 @@ func (s *Service) revokeHost(ctx context.Context, id string, status api.HostStat
 	return h, nil
 }
 
-// actor is who called the operator API (verifier/operators named them).
-func actor(ctx context.Context) operators.Actor { return operators.ActorOf(ctx) }
+// by stamps ev with who called the operator API (verifier/operators named
+// them): the operator key, or a person and their credential.
+func by(ctx context.Context, ev audit.Event) audit.Event {
+	a := operators.ActorOf(ctx)
+	ev.Actor, ev.Person = a.Name, a.Person
+	return ev
+}

@@ -54,7 +54,7 @@ func (s *Service) backupRead(ctx context.Context, body []byte) (any, error) {
 
 func (s *Service) recordBackup(ctx context.Context, what string) {
 	s.log.Info("backup read", "part", what)
-	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "backup", Result: audit.OK, Actor: actor(ctx).Name, Person: actor(ctx).Person, Reason: "read " + what})
+	s.cfg.Trail.RecordNow(ctx, by(ctx, audit.Event{Kind: "backup", Result: audit.OK, Reason: "read " + what}))
 }
 
 // bucket is the store's bucket of that name, if a backup holds it.

@@ -7,6 +7,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/verifier/natsapi"
 	"github.com/tpmauthn/tpmauthn/verifier/offboard"
+	"github.com/tpmauthn/tpmauthn/verifier/operators"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
@@ -87,7 +88,7 @@ func (s *Service) personDisable(ctx context.Context, body []byte) (any, error) {
 	if reason == "" {
 		reason = "disabled by an operator"
 	}
-	res, err := s.cfg.Offboard.Offboard(ctx, req.ID, reason, actor(ctx).Name)
+	res, err := s.cfg.Offboard.Offboard(ctx, req.ID, reason, operators.ActorOf(ctx).Name)
 	if res != nil {
 		res.Person = shown(res.Person)
 	}
@@ -106,7 +107,7 @@ func (s *Service) personEnable(ctx context.Context, body []byte) (any, error) {
 	if reason == "" {
 		reason = "enabled by an operator"
 	}
-	p, err := s.cfg.People.Enable(ctx, req.ID, reason+"; credentials stay revoked", actor(ctx).Name)
+	p, err := s.cfg.People.Enable(ctx, req.ID, reason+"; credentials stay revoked", operators.ActorOf(ctx).Name)
 	return shown(p), err
 }
 

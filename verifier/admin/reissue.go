@@ -25,7 +25,7 @@ func (s *Service) credentialReissue(ctx context.Context, body []byte) (_ any, er
 	if err := natsapi.Decode(body, &req); err != nil {
 		return nil, err
 	}
-	ev := audit.Event{Kind: "reissue", Result: "error", Reason: req.Reason, Actor: actor(ctx).Name, Person: actor(ctx).Person}
+	ev := by(ctx, audit.Event{Kind: "reissue", Result: "error", Reason: req.Reason})
 	defer func() {
 		if err != nil {
 			ev.Reason = strings.TrimPrefix(req.Reason+": "+err.Error(), ": ")

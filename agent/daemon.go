@@ -388,22 +388,26 @@ func (a *Agent) enrollWithToken(ctx context.Context) (*Enrollment, error) {
 		return nil, err
 	}
 	a.log.Info("enrolling with the verifier", "nats", a.cfg.NATSURL, "hostname", a.cfg.Hostname)
-	return a.withEnrollSession(func(nc *nats.Conn) (*Enrollment, error) {
+	e, err := a.withEnrollSession(func(nc *nats.Conn) (*Enrollment, error) {
 		secret, _ := api.SplitJoinToken(token)
-		e, err := a.auth.Enroll(ctx, nc, secret, a.cfg.Hostname)
-		if err != nil {
-			return nil, err
-		}
-		a.log.Info("enrolled", "host", e.HostID, "status", e.Status)
-		if e.Status == api.HostActive {
-			// Register the host credential while the enrollment session
-			// lasts: it is how the agent reaches the verifier afterwards.
-			if _, err := a.auth.RegisterWithVerifier(ctx, nc, agentWorkload); err != nil {
-				return nil, fmt.Errorf("register the host credential: %w", err)
-			}
-		}
-		return e, nil
+		return a.auth.Enroll(ctx, nc, secret, a.cfg.Hostname)
 	})
+	if err != nil {
+		return nil, err
+	}
+	a.log.Info("enrolled", "host", e.HostID, "status", e.Status)
+	if e.Status == api.HostActive {
+		// Register the host credential now, on the host proof's session
+		// (the join token's may only enroll): it is how the agent reaches
+		// the verifier afterwards.
+		if _, err := a.withEnrollSession(func(nc *nats.Conn) (*Enrollment, error) {
+			_, err := a.auth.RegisterWithVerifier(ctx, nc, agentWorkload)
+			return nil, err
+		}); err != nil {
+			return nil, fmt.Errorf("register the host credential: %w", err)
+		}
+	}
+	return e, nil
 }
 
 // latest returns the newest local credential of a workload, one a rotation

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/google/go-attestation/attest"
@@ -42,21 +43,36 @@ func (e *VerifierError) Error() string {
 	return fmt.Sprintf("verifier refused %s: %s (%s)", e.Subject, e.Message, e.Code)
 }
 
+// callTimeout bounds a call whose context has no deadline: a request the
+// server refuses to route (a permissions violation) gets no reply at all.
+const callTimeout = 15 * time.Second
+
 // call sends a JSON request to the verifier and decodes the reply.
 func call(ctx context.Context, nc *nats.Conn, subject string, req, resp any) error {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return err
 	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, callTimeout)
+		defer cancel()
+	}
 	m, err := nc.RequestWithContext(ctx, subject, body)
+	// Errors name the operation, not the subject's scope (a hash of the
+	// join token, the host ID: noise in a log line).
+	name := subject
+	if s, ok := api.ParseScope(subject); ok {
+		name = strings.TrimPrefix(subject, s.Subject(""))
+	}
 	if err != nil {
 		if errors.Is(err, nats.ErrNoResponders) {
-			return fmt.Errorf("%s: no verifier is serving (is tpmauthn-verifier running?): %w", subject, err)
+			return fmt.Errorf("%s: no verifier is serving (is tpmauthn-verifier running?): %w", name, err)
 		}
-		return fmt.Errorf("%s: %w", subject, err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
 	if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
-		return &VerifierError{Subject: subject, Code: code, Message: m.Header.Get("Nats-Service-Error")}
+		return &VerifierError{Subject: name, Code: code, Message: m.Header.Get("Nats-Service-Error")}
 	}
 	if err := json.Unmarshal(m.Data, resp); err != nil {
 		return fmt.Errorf("%s: reply: %w", subject, err)
@@ -101,8 +117,17 @@ func (a *Authenticator) Enroll(ctx context.Context, nc *nats.Conn, token, hostna
 	for _, m := range more {
 		req.MoreEKs = append(req.MoreEKs, api.EKKey{PublicArea: m.PublicArea, Cert: m.Certificate.Raw})
 	}
+	// The session's scope: its join token's, or without one its EK's.
+	scope := api.TokenScope(token)
+	if token == "" {
+		h, err := attestation.EKHash(ek.Public)
+		if err != nil {
+			return nil, err
+		}
+		scope = api.EKScope(h)
+	}
 	var begin api.EnrollBeginResponse
-	if err := call(ctx, nc, api.SubjectEnrollBegin, &req, &begin); err != nil {
+	if err := call(ctx, nc, scope.Subject(api.OpEnrollBegin), &req, &begin); err != nil {
 		return nil, err
 	}
 	fin, err := a.activateAll(ak, primary, more, &begin)
@@ -110,7 +135,7 @@ func (a *Authenticator) Enroll(ctx context.Context, nc *nats.Conn, token, hostna
 		return nil, err
 	}
 	var res api.EnrollResult
-	if err := call(ctx, nc, api.SubjectEnrollFinish, fin, &res); err != nil {
+	if err := call(ctx, nc, scope.Subject(api.OpEnrollFinish), fin, &res); err != nil {
 		return nil, err
 	}
 	e := &Enrollment{HostID: res.HostID, Status: res.Status, RPID: res.RPID, Origin: res.Origin, Proof: fin.Secret}
@@ -171,7 +196,7 @@ func (a *Authenticator) CheckEnrollment(ctx context.Context, nc *nats.Conn) (*En
 		return nil, err
 	}
 	var res api.EnrollResult
-	if err := call(ctx, nc, api.SubjectEnrollStatus, &api.EnrollStatusRequest{HostID: e.HostID, Proof: e.Proof}, &res); err != nil {
+	if err := call(ctx, nc, api.HostScope(e.HostID).Subject(api.OpEnrollStatus), &api.EnrollStatusRequest{HostID: e.HostID, Proof: e.Proof}, &res); err != nil {
 		return nil, err
 	}
 	e.Status = res.Status
@@ -207,7 +232,7 @@ func (a *Authenticator) RegisterWithVerifier(ctx context.Context, nc *nats.Conn,
 		return nil, err
 	}
 	var begin api.RegisterBeginResponse
-	if err := call(ctx, nc, api.SubjectRegisterBegin, &api.RegisterBeginRequest{HostID: e.HostID, Workload: workload}, &begin); err != nil {
+	if err := call(ctx, nc, api.HostScope(e.HostID).Subject(api.OpRegisterBegin), &api.RegisterBeginRequest{HostID: e.HostID, Workload: workload}, &begin); err != nil {
 		return nil, err
 	}
 	if err := a.adoptAKCert(begin.AKCert); err != nil {
@@ -218,7 +243,7 @@ func (a *Authenticator) RegisterWithVerifier(ctx context.Context, nc *nats.Conn,
 		return nil, err
 	}
 	var fin api.RegisterFinishResponse
-	if err := call(ctx, nc, api.SubjectRegisterFinish, &api.RegisterFinishRequest{
+	if err := call(ctx, nc, api.HostScope(e.HostID).Subject(api.OpRegisterFinish), &api.RegisterFinishRequest{
 		HostID: e.HostID, Workload: workload, Challenge: begin.Challenge, Response: resp,
 	}, &fin); err != nil {
 		_ = a.DeleteCredential(cred.ID)
@@ -238,7 +263,7 @@ func (a *Authenticator) RotateWithVerifier(ctx context.Context, nc *nats.Conn, o
 		return nil, time.Time{}, err
 	}
 	var begin api.RegisterBeginResponse
-	if err := call(ctx, nc, api.SubjectRegisterBegin, &api.RegisterBeginRequest{
+	if err := call(ctx, nc, api.HostScope(e.HostID).Subject(api.OpRegisterBegin), &api.RegisterBeginRequest{
 		HostID: e.HostID, Workload: old.Name, RotateFrom: old.IDString(),
 	}, &begin); err != nil {
 		return nil, time.Time{}, err
@@ -267,7 +292,7 @@ func (a *Authenticator) RotateWithVerifier(ctx context.Context, nc *nats.Conn, o
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 	defer cancel()
 	var fin api.RegisterFinishResponse
-	if err := call(fctx, nc, api.SubjectRegisterFinish, &api.RegisterFinishRequest{
+	if err := call(fctx, nc, api.HostScope(e.HostID).Subject(api.OpRegisterFinish), &api.RegisterFinishRequest{
 		HostID: e.HostID, Workload: old.Name, Challenge: begin.Challenge, Response: resp, RotationProof: proof.JSON(),
 	}, &fin); err != nil {
 		// The reply may be what was lost: if the verifier did register the
@@ -302,7 +327,7 @@ const finishTimeout = 15 * time.Second
 // a host's workloads.
 func credentialStates(ctx context.Context, nc *nats.Conn, host string) ([]api.CredentialState, error) {
 	var states []api.CredentialState
-	err := call(ctx, nc, api.SubjectCredentialStatus, &api.CredentialStatusRequest{HostID: host}, &states)
+	err := call(ctx, nc, api.HostScope(host).Subject(api.OpCredentialsStatus), &api.CredentialStatusRequest{HostID: host}, &states)
 	return states, err
 }
 

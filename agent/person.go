@@ -37,7 +37,7 @@ func (a *Authenticator) RegisterPerson(ctx context.Context, nc *nats.Conn, grant
 		return nil, nil, err
 	}
 	var begin api.RegisterBeginResponse
-	if err := call(ctx, nc, api.SubjectRegisterBegin, &api.RegisterBeginRequest{HostID: e.HostID, Workload: api.PersonWorkload,
+	if err := call(ctx, nc, api.HostScope(e.HostID).Subject(api.OpRegisterBegin), &api.RegisterBeginRequest{HostID: e.HostID, Workload: api.PersonWorkload,
 		Person: &api.PersonRegistration{Grant: grant, UID: uid, User: user}}, &begin); err != nil {
 		return nil, nil, err
 	}
@@ -49,7 +49,7 @@ func (a *Authenticator) RegisterPerson(ctx context.Context, nc *nats.Conn, grant
 		return nil, nil, err
 	}
 	var fin api.RegisterFinishResponse
-	if err := call(ctx, nc, api.SubjectRegisterFinish, &api.RegisterFinishRequest{
+	if err := call(ctx, nc, api.HostScope(e.HostID).Subject(api.OpRegisterFinish), &api.RegisterFinishRequest{
 		HostID: e.HostID, Workload: api.PersonWorkload, Challenge: begin.Challenge, Response: resp,
 	}, &fin); err != nil {
 		_ = a.DeleteCredential(cred.ID)

@@ -30,6 +30,7 @@ const (
 	CodeInternal            = "internal"
 	CodeLoginInvalid        = "login_invalid"
 	CodeForbidden           = "forbidden"
+	CodeUpgradeAgent        = "upgrade_agent"
 )
 
 // Error is a refusal with a stable code. The verifier's sentinel errors are
@@ -68,4 +69,7 @@ var (
 	// ErrUnavailable: the verifier could not read or write its state (a
 	// JetStream outage): nothing was decided about the request; retry.
 	ErrUnavailable = &Error{CodeUnavailable, "the verifier's store is unavailable; retry"}
+	// ErrUpgradeAgent: an agent called the v1 API where agents did before
+	// its subjects named the caller (api.LegacyV1Subjects).
+	ErrUpgradeAgent = &Error{CodeUpgradeAgent, "this verifier serves the v1 API on subjects that name the caller: upgrade tpmauthn-agent to the verifier's release"}
 )

@@ -5,26 +5,21 @@ import (
 	"time"
 )
 
-// NATS subjects of the verifier's service (request-reply, JSON bodies). The
-// v1 endpoints are exported from the verifier's account to the workload
-// account; the admin endpoints are reachable only by the operator user.
-const (
-	SubjectEnrollBegin    = "tpmauthn.v1.enroll.begin"
-	SubjectEnrollFinish   = "tpmauthn.v1.enroll.finish"
-	SubjectEnrollStatus   = "tpmauthn.v1.enroll.status"
-	SubjectRegisterBegin  = "tpmauthn.v1.register.begin"
-	SubjectRegisterFinish = "tpmauthn.v1.register.finish"
-	SubjectAdminPrefix    = "tpmauthn.admin."
-)
+// SubjectAdminPrefix prefixes the operator API's subjects. The v1
+// endpoints (scope.go) are exported from the verifier's account to the
+// workload account; the operator API is reachable only by people's
+// sessions that their roles let in, and the operator key.
+const SubjectAdminPrefix = "tpmauthn.admin."
 
 // EKUserPrefix marks a CONNECT user that asks for an enrollment session by EK
 // allow-list rather than join token: the user name is EKUserPrefix followed by
 // EKHash of the EK public key.
 const EKUserPrefix = "ek:"
 
-// Tags of the session JWTs the verifier grants ("prefix:value"): servers add
-// them to every request a session makes (Nats-Request-Info), and the
-// endpoints refuse a request outside the session's grant.
+// Tags of the session JWTs the verifier grants ("prefix:value"), for
+// whoever reads sessions (the server's connz, audit). No endpoint trusts
+// them: a request's tags reach it in a header a client can forge
+// (scope.go).
 const (
 	TagHost        = "host"         // every session of a host: its workloads' and its agent's
 	TagAgent       = "agent"        // a host's agent: its credential's session, or its host proof's
@@ -201,10 +196,6 @@ type RegisterFinishRequest struct {
 	// RotationChallenge(challenge, new credential ID).
 	RotationProof *AssertionResponse `json:"rotation_proof,omitempty"`
 }
-
-// SubjectCredentialStatus: an agent asks which of its credentials must
-// rotate (tpmauthn.v1.credentials.status).
-const SubjectCredentialStatus = "tpmauthn.v1.credentials.status"
 
 // CredentialStatusRequest names the asking host.
 type CredentialStatusRequest struct {

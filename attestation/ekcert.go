@@ -154,7 +154,7 @@ func ParseCertificates(b []byte) ([]*x509.Certificate, error) {
 // only if it is the TCG TPM identity; anything else fails closed.
 func (t *EKTrust) VerifyEKCertificate(ek *x509.Certificate, intermediates []*x509.Certificate, now time.Time) error {
 	if t == nil || t.nroots == 0 {
-		return fmt.Errorf("%w: no manufacturer roots configured", ErrEKUntrusted)
+		return fmt.Errorf("%w (no manufacturer roots configured)", unknownIssuer(ek))
 	}
 	if err := checkEKProfile(ek); err != nil {
 		return fmt.Errorf("%w: %w", ErrEKUntrusted, err)
@@ -185,6 +185,9 @@ func (t *EKTrust) VerifyEKCertificate(ek *x509.Certificate, intermediates []*x50
 		// Go does not know.
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
+	if ua := (x509.UnknownAuthorityError{}); errors.As(err, &ua) {
+		return unknownIssuer(ek)
+	}
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrEKUntrusted, err)
 	}
@@ -270,4 +273,13 @@ func parseTPMSAN(der []byte) (TPMIdentity, error) {
 		return id, fmt.Errorf("%w: subject alternative name lacks TPM manufacturer, model or version", ErrMalformed)
 	}
 	return id, nil
+}
+
+// unknownIssuer names ek's issuer, cut to what a log line holds.
+func unknownIssuer(ek *x509.Certificate) *UnknownIssuerError {
+	issuer := ek.Issuer.String()
+	if len(issuer) > 200 {
+		issuer = issuer[:200] + "…"
+	}
+	return &UnknownIssuerError{Issuer: issuer}
 }

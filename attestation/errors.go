@@ -30,3 +30,16 @@ var (
 	// signal of a cloned key store or a restored snapshot.
 	ErrCounterRegression = errors.New("signature counter did not increase")
 )
+
+// UnknownIssuerError: the EK certificate does not chain to any manufacturer
+// root the verifier was given (or it was given none). That is a matter of
+// configuration (which manufacturers to trust), not evidence of tampering;
+// it is an ErrEKUntrusted. Issuer is the certificate's issuer as it reads
+// (attacker-chosen: quote it before printing).
+type UnknownIssuerError struct{ Issuer string }
+
+func (e *UnknownIssuerError) Error() string {
+	return fmt.Sprintf("%v: issued by %q, under no manufacturer root this verifier trusts", ErrEKUntrusted, e.Issuer)
+}
+
+func (e *UnknownIssuerError) Unwrap() error { return ErrEKUntrusted }

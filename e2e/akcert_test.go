@@ -104,7 +104,7 @@ func TestAKCertRenewedBeforeExpiry(t *testing.T) {
 func registerWithStoredCert(t *testing.T, nc *nats.Conn, a *agent.Authenticator, host, workload string) (code, msg string) {
 	t.Helper()
 	var begin api.RegisterBeginResponse
-	if code := fleettest.Request(t, nc, api.SubjectRegisterBegin, api.RegisterBeginRequest{HostID: host, Workload: workload}, &begin); code != "" {
+	if code := fleettest.Request(t, nc, api.HostScope(host).Subject(api.OpRegisterBegin), api.RegisterBeginRequest{HostID: host, Workload: workload}, &begin); code != "" {
 		t.Fatalf("register.begin: %s", code)
 	}
 	resp, _, err := a.Register(agent.RegisterOptions{Name: workload, RPID: begin.RPID, Origin: begin.Origin, Challenge: begin.Challenge, UserHandle: begin.UserHandle})
@@ -115,7 +115,7 @@ func registerWithStoredCert(t *testing.T, nc *nats.Conn, a *agent.Authenticator,
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := nc.Request(api.SubjectRegisterFinish, b, 5*time.Second)
+	m, err := nc.Request(api.HostScope(host).Subject(api.OpRegisterFinish), b, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -62,7 +62,7 @@ func TestAttackSessionFloodsChallenges(t *testing.T) {
 	req := api.RegisterBeginRequest{HostID: e.HostID, Workload: "billing"}
 	limited := 0
 	for range 80 {
-		switch code := fleettest.Request(t, flood, api.SubjectRegisterBegin, req, nil); code {
+		switch code := fleettest.Request(t, flood, api.HostScope(e.HostID).Subject(api.OpRegisterBegin), req, nil); code {
 		case "":
 		case api.CodeRateLimited:
 			limited++
@@ -73,14 +73,14 @@ func TestAttackSessionFloodsChallenges(t *testing.T) {
 	if limited < 80-64-2 { // a token or two may refill during the flood
 		t.Fatalf("%d of 80 register.begin calls of one session limited, want at least 14", limited)
 	}
-	// The budget is the grant's (a host proof's, a join token's), not the
-	// connection's: reconnecting does not refill it.
+	// The budget is the caller's scope's (a host's agent, a join token's
+	// session), not the connection's: reconnecting does not refill it.
 	again, err := f.HostSession(e)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer again.Close()
-	if code := fleettest.Request(t, again, api.SubjectRegisterBegin, req, nil); code != api.CodeRateLimited {
+	if code := fleettest.Request(t, again, api.HostScope(e.HostID).Subject(api.OpRegisterBegin), req, nil); code != api.CodeRateLimited {
 		t.Fatalf("register.begin on a new connection of the same grant: %q, want %s", code, api.CodeRateLimited)
 	}
 	// Another grant is not slowed down.

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"bytes"
+	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"net"
@@ -100,33 +102,47 @@ func TestAttackEKHashSessionActsForOthers(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.MustAdmin(t, "ek.allow", api.EKAllowRequest{EKHash: hash, Roles: []string{"edge"}}, nil)
-	violations := make(chan error, 8)
+	onErr, violations := fleettest.Violations()
 	nc, err := nats.Connect(f.URL(), nats.UserInfo(api.EKUserPrefix+hash, ""), nats.MaxReconnects(0),
-		nats.CustomInboxPrefix(api.InboxForEK(hash)),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
+		nats.CustomInboxPrefix(api.InboxForEK(hash)), onErr)
 	if err != nil {
 		t.Fatalf("allow-listed EK: %v", err)
 	}
 	defer nc.Close()
 	// Registering for another host, or asking after one, is not the
 	// session's to do: the server refuses the publish.
-	for _, subj := range []string{api.SubjectRegisterBegin, api.SubjectEnrollStatus, api.SubjectCredentialStatus} {
-		body, _ := json.Marshal(api.RegisterBeginRequest{HostID: victim.HostID, Workload: "billing"})
-		if _, err := nc.Request(subj, body, 500*time.Millisecond); err == nil {
-			t.Fatalf("%s answered on an EK allow-list session", subj)
-		}
-		select {
-		case err := <-violations:
-			if !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
-				t.Fatalf("%s: %v, want a permissions violation", subj, err)
-			}
-		case <-time.After(2 * time.Second):
-			t.Fatalf("%s: no permissions violation reported", subj)
-		}
+	for _, op := range []string{api.OpRegisterBegin, api.OpEnrollStatus, api.OpCredentialsStatus} {
+		fleettest.PublishRefused(t, nc, violations, api.HostScope(victim.HostID).Subject(op))
 	}
-	// Nor may it begin enrolling another EK (the victim's TPM) on that grant.
-	_, err = own.Enroll(t.Context(), nc, "", "posing")
-	fleettest.WantCode(t, err, "not_allowed")
+	// Nor may it call another EK's scope.
+	fleettest.PublishRefused(t, nc, violations, api.EKScope(strings.Repeat("ab", 32)).Subject(api.OpEnrollBegin))
+	// Nor may it begin enrolling another EK (the victim's TPM) on that grant:
+	// the other EK's scope is refused by the server, and a body naming it on
+	// the session's own scope by the verifier.
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	if _, err := own.Enroll(ctx, nc, "", "posing"); err == nil {
+		t.Fatal("another EK enrolled on an allow-listed EK's session")
+	}
+	select {
+	case err := <-violations:
+		if !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+			t.Fatalf("enrolling another EK: %v, want a permissions violation", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("enrolling another EK: no permissions violation reported")
+	}
+	ownEK, err := own.TPM().EK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(ownEK.Public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := fleettest.Request(t, nc, api.EKScope(hash).Subject(api.OpEnrollBegin), api.EnrollBeginRequest{Hostname: "posing", EKPublic: der}, nil); code != api.CodeNotAllowed {
+		t.Fatalf("enroll.begin naming another EK on the session's own scope: %q, want %s", code, api.CodeNotAllowed)
+	}
 	// The EK's own enrollment still works, once: the entry is spent.
 	if _, err := other.Enroll(t.Context(), nc, "", "edge-1"); err != nil {
 		t.Fatalf("the allow-listed EK's own enrollment: %v", err)
@@ -138,29 +154,38 @@ func TestAttackEKHashSessionActsForOthers(t *testing.T) {
 }
 
 // M5: register.begin and register.finish served any session for any host.
-// A join token's session may register only for the host that token
-// enrolled, a host's session only for itself.
+// A join token's session may only enroll (its own token), a host's session
+// act only for that host: the server refuses the publish to any other
+// scope, and the endpoints refuse a body naming another host than the
+// subject's.
 func TestAttackForeignSessionRegistersForHost(t *testing.T) {
 	f := fleettest.New(t)
 	victim, err := f.Enroll(t, fleettest.Authenticator(t, f.TPM), f.Token(t, time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
-	unused, err := f.EnrollSession(f.Token(t, time.Hour)) // a spare token's session
+	onErr, violations := fleettest.Violations()
+	spare := f.Token(t, time.Hour)
+	unused, err := f.EnrollSession(spare, onErr) // a spare token's session
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer unused.Close()
-	code := fleettest.Request(t, unused, api.SubjectRegisterBegin, api.RegisterBeginRequest{HostID: victim.HostID, Workload: "billing"}, nil)
-	if code != "not_found" {
-		t.Fatalf("register.begin for another host on a spare token's session: %q, want not_found", code)
+	for _, op := range []string{api.OpRegisterBegin, api.OpRegisterFinish, api.OpCredentialsStatus, api.OpEnrollStatus} {
+		fleettest.PublishRefused(t, unused, violations, api.HostScope(victim.HostID).Subject(op))
+	}
+	fleettest.PublishRefused(t, unused, violations, api.TokenScope(f.Token(t, time.Hour)).Subject(api.OpEnrollBegin))
+	// Its own scope serves enrollment only.
+	body, _ := json.Marshal(api.RegisterBeginRequest{HostID: victim.HostID, Workload: "billing"})
+	if _, err := unused.Request(api.TokenScope(spare).Subject(api.OpRegisterBegin), body, time.Second); !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("register.begin on a join token's own scope: %v, want no responders", err)
 	}
 	own, err := f.HostSession(victim)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer own.Close()
-	if code := fleettest.Request(t, own, api.SubjectRegisterBegin, api.RegisterBeginRequest{HostID: victim.HostID, Workload: "billing"}, nil); code != "" {
+	if code := fleettest.Request(t, own, api.HostScope(victim.HostID).Subject(api.OpRegisterBegin), api.RegisterBeginRequest{HostID: victim.HostID, Workload: "billing"}, nil); code != "" {
 		t.Fatalf("register.begin on the host's own session: %q", code)
 	}
 }
@@ -194,7 +219,8 @@ func TestAttackSubscribeEveryInbox(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer workload.Close()
-	enrollment, err := f.EnrollSession(f.Token(t, time.Hour), onErr)
+	tok := f.Token(t, time.Hour)
+	enrollment, err := f.EnrollSession(tok, onErr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +243,7 @@ func TestAttackSubscribeEveryInbox(t *testing.T) {
 	}
 	// Its own request-reply still works: the verifier answers on its inbox.
 	var begin api.RegisterBeginResponse
-	code := fleettest.Request(t, enrollment, api.SubjectEnrollBegin, api.EnrollBeginRequest{}, &begin)
+	code := fleettest.Request(t, enrollment, api.TokenScope(tok).Subject(api.OpEnrollBegin), api.EnrollBeginRequest{}, &begin)
 	if code != "bad_request" { // answered (with a refusal): the reply reached the session's own inbox
 		t.Fatalf("own request: %q", code)
 	}
@@ -341,7 +367,7 @@ func TestAttackCredentialIDTakenFromAnotherHost(t *testing.T) {
 	}
 	defer as.Close()
 	var begin api.RegisterBeginResponse
-	if code := fleettest.Request(t, as, api.SubjectRegisterBegin, api.RegisterBeginRequest{HostID: ae.HostID, Workload: "billing"}, &begin); code != "" {
+	if code := fleettest.Request(t, as, api.HostScope(ae.HostID).Subject(api.OpRegisterBegin), api.RegisterBeginRequest{HostID: ae.HostID, Workload: "billing"}, &begin); code != "" {
 		t.Fatal(code)
 	}
 	resp, _, err := attacker.Register(agent.RegisterOptions{Name: "billing", RPID: begin.RPID, Origin: begin.Origin,
@@ -349,14 +375,14 @@ func TestAttackCredentialIDTakenFromAnotherHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	code := fleettest.Request(t, as, api.SubjectRegisterFinish, api.RegisterFinishRequest{HostID: ae.HostID, Workload: "billing",
+	code := fleettest.Request(t, as, api.HostScope(ae.HostID).Subject(api.OpRegisterFinish), api.RegisterFinishRequest{HostID: ae.HostID, Workload: "billing",
 		Challenge: begin.Challenge, Response: resp}, nil)
 	if code != "conflict" {
 		t.Fatalf("registering another host's credential ID: %q, want conflict", code)
 	}
 	// The attacker's workload index does not name the victim's credential:
 	// no rotation can start from it.
-	code = fleettest.Request(t, as, api.SubjectRegisterBegin, api.RegisterBeginRequest{HostID: ae.HostID, Workload: "billing",
+	code = fleettest.Request(t, as, api.HostScope(ae.HostID).Subject(api.OpRegisterBegin), api.RegisterBeginRequest{HostID: ae.HostID, Workload: "billing",
 		RotateFrom: vcred.IDString()}, nil)
 	if code == "" {
 		t.Fatal("a rotation from another host's credential began")
@@ -368,34 +394,49 @@ func TestAttackCredentialIDTakenFromAnotherHost(t *testing.T) {
 	}
 }
 
-// H4/M5 (found by a review of the fix): the endpoints trust the session's
-// tags in the Nats-Request-Info header, which the server writes. But
-// nats-server strips a client's copy only where the key starts a CRLF line,
-// and nats.go also splits header lines at a bare LF: a client could smuggle
-// a second Nats-Request-Info, naming another host, ahead of the server's.
-// With more than one, the endpoints name nobody (fail closed).
+// H4/M5, P-12 (found by reviews): the endpoints trusted the session's tags
+// in the Nats-Request-Info header, which the server writes. But nats-server
+// strips a client's copy only where the key starts a CRLF line, and nats.go
+// splits header lines at a bare LF, stops at a bare blank line and drops
+// headers it cannot decode: a client could make the verifier read its own.
+// Now no endpoint reads the header: the subject's scope names the caller. A
+// host's agent naming another host in the body, with a smuggled header
+// naming it too, is refused; so is one that names its own host in the body
+// but sends to the other's scope (the server refuses the publish).
 func TestAttackForgedRequestInfo(t *testing.T) {
 	f := fleettest.New(t)
 	victim, err := f.Enroll(t, fleettest.Authenticator(t, f.TPM), f.Token(t, time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
-	spare, err := f.EnrollSession(f.Token(t, time.Hour), nats.SetCustomDialer(smuggleDialer{}))
+	attacker, err := f.Enroll(t, fleettest.Authenticator(t, swtpmtest.New(t, swtpmtest.SameManufacturer(f.TPM))), f.Token(t, time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer spare.Close()
-	body, _ := json.Marshal(api.RegisterBeginRequest{HostID: victim.HostID, Workload: "payroll"})
-	for _, tags := range []string{`"host:` + victim.HostID + `"`, `"agent:` + victim.HostID + `"`} {
-		forged := `{"acc":"APP","tags":[` + tags + `]}`
-		m := &nats.Msg{Subject: api.SubjectRegisterBegin, Data: body, Header: nats.Header{"X-A": {"1~Nats-Request-Info: " + forged}}}
-		r, err := spare.RequestMsg(m, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
+	onErr, violations := fleettest.Violations()
+	as, err := f.HostSession(attacker, nats.SetCustomDialer(smuggleDialer{}), onErr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer as.Close()
+	for op, req := range map[string]any{
+		api.OpRegisterBegin:     api.RegisterBeginRequest{HostID: victim.HostID, Workload: "payroll"},
+		api.OpCredentialsStatus: api.CredentialStatusRequest{HostID: victim.HostID},
+		api.OpEnrollStatus:      api.EnrollStatusRequest{HostID: victim.HostID, Proof: victim.Proof},
+	} {
+		body, _ := json.Marshal(req)
+		for _, tags := range []string{`"host:` + victim.HostID + `"`, `"agent:` + victim.HostID + `"`} {
+			forged := `{"acc":"APP","tags":[` + tags + `]}`
+			m := &nats.Msg{Subject: api.HostScope(attacker.HostID).Subject(op), Data: body, Header: nats.Header{"X-A": {"1~Nats-Request-Info: " + forged}}}
+			r, err := as.RequestMsg(m, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if code := r.Header.Get("Nats-Service-Error-Code"); code != "not_found" {
+				t.Fatalf("%s for another host with a smuggled Nats-Request-Info (%s): code %q, want not_found", op, tags, code)
+			}
 		}
-		if code := r.Header.Get("Nats-Service-Error-Code"); code != "not_found" {
-			t.Fatalf("register.begin for another host with a smuggled Nats-Request-Info (%s): code %q, want not_found", tags, code)
-		}
+		fleettest.PublishRefused(t, as, violations, api.HostScope(victim.HostID).Subject(op))
 	}
 }
 

@@ -116,7 +116,7 @@ func enrollWithEK(t *testing.T, f *fleettest.Fleet, tp *tpm.TPM, ak *tpm.AK, ek 
 		TPM: api.TPMInfo{Manufacturer: info.Manufacturer, VendorString: info.VendorString, FirmwareVersion1: info.FirmwareVersion1},
 	}
 	var begin api.EnrollBeginResponse
-	if code := fleettest.Request(t, nc, api.SubjectEnrollBegin, req, &begin); code != "" {
+	if code := fleettest.Request(t, nc, api.TokenScope(token).Subject(api.OpEnrollBegin), req, &begin); code != "" {
 		return code
 	}
 	secret, err := tp.ActivateCredentialWithEK(ak, ek, begin.Credential, begin.Secret)
@@ -124,7 +124,7 @@ func enrollWithEK(t *testing.T, f *fleettest.Fleet, tp *tpm.TPM, ak *tpm.AK, ek 
 		t.Fatal(err)
 	}
 	var res api.EnrollResult
-	return fleettest.Request(t, nc, api.SubjectEnrollFinish, api.EnrollFinishRequest{Session: begin.Session, Secret: secret}, &res)
+	return fleettest.Request(t, nc, api.TokenScope(token).Subject(api.OpEnrollFinish), api.EnrollFinishRequest{Session: begin.Session, Secret: secret}, &res)
 }
 
 // Offboarding releases every key an enrollment claimed: the TPM may enroll

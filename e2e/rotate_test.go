@@ -119,8 +119,9 @@ func TestSecondCredentialNeedsRotationProof(t *testing.T) {
 	fleettest.WantCode(t, err, "conflict") // a second registration for workload app
 }
 
-// TestCredentialStatusOnlyForOwnHost: the server-added requester identity
-// lets an agent read only its own host's credential states.
+// TestCredentialStatusOnlyForOwnHost: an agent reads only its own host's
+// credential states: another host's scope is refused by the server, and a
+// body naming another host on its own scope by the verifier.
 func TestCredentialStatusOnlyForOwnHost(t *testing.T) {
 	f := fleettest.New(t)
 	h := f.NewHost(t)
@@ -139,17 +140,24 @@ func TestCredentialStatusOnlyForOwnHost(t *testing.T) {
 			hostCred = c.ID
 		}
 	}
-	nc, err := nats.Connect(f.URL(), credentialOptions(auth, hostCred)...)
+	onErr, violations := fleettest.Violations()
+	nc, err := nats.Connect(f.URL(), append(credentialOptions(auth, hostCred), onErr)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
+	own := api.HostScope(e.HostID).Subject(api.OpCredentialsStatus)
 	var states []map[string]any
-	if code := fleettest.Request(t, nc, "tpmauthn.v1.credentials.status", map[string]string{"host_id": e.HostID}, &states); code != "" || len(states) < 2 {
+	if code := fleettest.Request(t, nc, own, map[string]string{"host_id": e.HostID}, &states); code != "" || len(states) < 2 {
 		t.Fatalf("own host: code %q, %d states", code, len(states))
 	}
-	if code := fleettest.Request(t, nc, "tpmauthn.v1.credentials.status", map[string]string{"host_id": "h-0123456789abcdef"}, &states); code != "not_found" {
-		t.Fatalf("another host: code %q, want not_found", code)
+	if code := fleettest.Request(t, nc, own, map[string]string{"host_id": "h-0123456789abcdef"}, &states); code != "not_found" {
+		t.Fatalf("another host on its own scope: code %q, want not_found", code)
+	}
+	fleettest.PublishRefused(t, nc, violations, api.HostScope("h-0123456789abcdef").Subject(api.OpCredentialsStatus))
+	// An agent of before host scopes is told to upgrade.
+	if code := fleettest.Request(t, nc, "tpmauthn.v1.credentials.status", map[string]string{"host_id": e.HostID}, &states); code != api.CodeUpgradeAgent {
+		t.Fatalf("the subject of before scopes: code %q, want %s", code, api.CodeUpgradeAgent)
 	}
 }
 

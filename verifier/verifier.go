@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -414,16 +415,16 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 		Trail: v.trail, Metrics: v.metrics, Health: v.health, Logger: v.log})
 	v.onClose(v.api.Close)
 	// The begin endpoints store a record that lives SessionTTL in a bounded
-	// bucket: each session may open a burst of them, then one a second.
+	// bucket: each caller may open a burst of them, then one a second.
 	beginLimit := natsapi.NewLimiter(time.Second, beginBurst)
-	if err := v.api.Serve("tpmauthn", "tpmauthn enrollment and registration", "tpmauthn.v1.", []natsapi.Endpoint{
-		{Subject: api.SubjectEnrollBegin, Handler: beginLimit.Wrap(v.enroll.Begin)},
-		{Subject: api.SubjectEnrollFinish, Handler: v.enroll.Finish},
-		{Subject: api.SubjectEnrollStatus, Handler: v.enroll.Status},
-		{Subject: api.SubjectRegisterBegin, Handler: beginLimit.Wrap(reg.Begin)},
-		{Subject: api.SubjectRegisterFinish, Handler: reg.Finish},
-		{Subject: api.SubjectCredentialStatus, Handler: reg.CredentialStatus},
-	}); err != nil {
+	if err := v.api.Serve("tpmauthn", "tpmauthn enrollment and registration", api.SubjectV1Prefix, v1Endpoints(map[string]natsapi.Handler{
+		api.OpEnrollBegin:       beginLimit.Wrap(v.enroll.Begin),
+		api.OpEnrollFinish:      v.enroll.Finish,
+		api.OpEnrollStatus:      v.enroll.Status,
+		api.OpRegisterBegin:     beginLimit.Wrap(reg.Begin),
+		api.OpRegisterFinish:    reg.Finish,
+		api.OpCredentialsStatus: reg.CredentialStatus,
+	})); err != nil {
 		return err
 	}
 	// The operator API has worker slots of its own: sessions that flood the
@@ -438,6 +439,37 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 	gate := operators.New(operators.Config{Policy: func() *policy.Policy { return v.policy.Current() }, Credential: credential, Roles: v.personDir.Roles,
 		Alerts: alerts, Trail: v.trail, Logger: v.log})
 	return v.adminAPI.Serve("tpmauthn-admin", "tpmauthn operator API", api.SubjectAdminPrefix, gate.Wrap(adm.Endpoints()))
+}
+
+// v1Callers are the kinds of caller each v1 operation is served to: a join
+// token's or an EK's session enrolls, a host's agent does the rest. A
+// session may only publish to its own scope's subjects (api.Scope), and each
+// handler checks the scope again against what the request names.
+var v1Callers = map[string][]string{
+	api.OpEnrollBegin:       {api.ScopeToken, api.ScopeEK},
+	api.OpEnrollFinish:      {api.ScopeToken, api.ScopeEK},
+	api.OpEnrollStatus:      {api.ScopeHost},
+	api.OpRegisterBegin:     {api.ScopeHost},
+	api.OpRegisterFinish:    {api.ScopeHost},
+	api.OpCredentialsStatus: {api.ScopeHost},
+}
+
+// v1Endpoints serves each operation on its callers' scopes, labeled
+// tpmauthn.v1.OP in metrics whoever calls, and answers agents that still
+// call the subjects of before scopes with api.ErrUpgradeAgent.
+func v1Endpoints(handlers map[string]natsapi.Handler) []natsapi.Endpoint {
+	var eps []natsapi.Endpoint
+	for _, op := range slices.Sorted(maps.Keys(handlers)) {
+		for _, kind := range v1Callers[op] {
+			eps = append(eps, natsapi.Endpoint{Subject: api.Endpoint(kind, op), Handler: handlers[op],
+				Name: kind + "-" + strings.ReplaceAll(op, ".", "-"), Label: api.SubjectV1Prefix + op})
+		}
+	}
+	upgrade := func(context.Context, []byte) (any, error) { return nil, api.ErrUpgradeAgent }
+	for i, subj := range api.LegacyV1Subjects {
+		eps = append(eps, natsapi.Endpoint{Subject: subj, Handler: upgrade, Name: fmt.Sprintf("legacy-%d", i), Label: subj})
+	}
+	return eps
 }
 
 // adminWorkers is the operator API's worker slots.

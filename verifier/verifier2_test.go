@@ -45,7 +45,7 @@ func TestAKFromAnotherTPM(t *testing.T) {
 	}
 	defer nc.Close()
 	var begin api.EnrollBeginResponse
-	code := fleettest.Request(t, nc, api.SubjectEnrollBegin, api.EnrollBeginRequest{
+	code := fleettest.Request(t, nc, api.TokenScope(tok).Subject(api.OpEnrollBegin), api.EnrollBeginRequest{
 		Hostname: "mixed", EKCert: ekA.Certificate.Raw, EKPublic: ekDER, Token: "",
 		AK:  api.AKParams{Public: p.Public, CreateData: p.CreateData, CreateAttestation: p.CreateAttestation, CreateSignature: p.CreateSignature},
 		TPM: api.TPMInfo{Manufacturer: info.Manufacturer, VendorString: info.VendorString, FirmwareVersion1: info.FirmwareVersion1},
@@ -53,7 +53,7 @@ func TestAKFromAnotherTPM(t *testing.T) {
 	if code != "not_allowed" {
 		t.Fatalf("begin without token or allow-list: code %q, want not_allowed", code)
 	}
-	code = fleettest.Request(t, nc, api.SubjectEnrollBegin, api.EnrollBeginRequest{
+	code = fleettest.Request(t, nc, api.TokenScope(tok).Subject(api.OpEnrollBegin), api.EnrollBeginRequest{
 		Hostname: "mixed", EKCert: ekA.Certificate.Raw, EKPublic: ekDER, Token: tok,
 		AK:  api.AKParams{Public: p.Public, CreateData: p.CreateData, CreateAttestation: p.CreateAttestation, CreateSignature: p.CreateSignature},
 		TPM: api.TPMInfo{Manufacturer: info.Manufacturer, VendorString: info.VendorString, FirmwareVersion1: info.FirmwareVersion1},
@@ -67,7 +67,7 @@ func TestAKFromAnotherTPM(t *testing.T) {
 		// TPM B cannot decrypt a secret sealed to A's EK; if the TPM returns
 		// bytes anyway they must not be the secret.
 		var res api.EnrollResult
-		if code := fleettest.Request(t, nc, api.SubjectEnrollFinish, api.EnrollFinishRequest{Session: begin.Session, Secret: secret}, &res); code != "activation_failed" {
+		if code := fleettest.Request(t, nc, api.TokenScope(tok).Subject(api.OpEnrollFinish), api.EnrollFinishRequest{Session: begin.Session, Secret: secret}, &res); code != "activation_failed" {
 			t.Fatalf("finish with TPM B's answer: code %q, want activation_failed", code)
 		}
 		return
@@ -76,11 +76,11 @@ func TestAKFromAnotherTPM(t *testing.T) {
 		t.Fatal("TPM A loaded TPM B's AK")
 	}
 	var res api.EnrollResult
-	if code := fleettest.Request(t, nc, api.SubjectEnrollFinish, api.EnrollFinishRequest{Session: begin.Session, Secret: []byte("guess")}, &res); code != "activation_failed" {
+	if code := fleettest.Request(t, nc, api.TokenScope(tok).Subject(api.OpEnrollFinish), api.EnrollFinishRequest{Session: begin.Session, Secret: []byte("guess")}, &res); code != "activation_failed" {
 		t.Fatalf("finish with a guessed secret: code %q, want activation_failed", code)
 	}
 	// The session is single-use: the right secret cannot be sent afterwards.
-	if code := fleettest.Request(t, nc, api.SubjectEnrollFinish, api.EnrollFinishRequest{Session: begin.Session, Secret: []byte("guess")}, &res); code != "not_found" {
+	if code := fleettest.Request(t, nc, api.TokenScope(tok).Subject(api.OpEnrollFinish), api.EnrollFinishRequest{Session: begin.Session, Secret: []byte("guess")}, &res); code != "not_found" {
 		t.Fatalf("second finish on one session: code %q, want not_found", code)
 	}
 	var tokens []record.Token
@@ -106,7 +106,7 @@ func TestForgedRegistrationDenied(t *testing.T) {
 	defer nc.Close()
 	for _, field := range []string{"certInfo", "pubArea", "sig"} {
 		var begin api.RegisterBeginResponse
-		if code := fleettest.Request(t, nc, api.SubjectRegisterBegin, api.RegisterBeginRequest{HostID: e.HostID, Workload: "billing"}, &begin); code != "" {
+		if code := fleettest.Request(t, nc, api.HostScope(e.HostID).Subject(api.OpRegisterBegin), api.RegisterBeginRequest{HostID: e.HostID, Workload: "billing"}, &begin); code != "" {
 			t.Fatal(code)
 		}
 		resp, _, err := a.Register(agent.RegisterOptions{Name: "billing", RPID: begin.RPID, Origin: begin.Origin, Challenge: begin.Challenge, UserHandle: begin.UserHandle})
@@ -115,7 +115,7 @@ func TestForgedRegistrationDenied(t *testing.T) {
 		}
 		forge(t, resp, field)
 		var fin api.RegisterFinishResponse
-		code := fleettest.Request(t, nc, api.SubjectRegisterFinish, api.RegisterFinishRequest{HostID: e.HostID, Workload: "billing", Challenge: begin.Challenge, Response: resp}, &fin)
+		code := fleettest.Request(t, nc, api.HostScope(e.HostID).Subject(api.OpRegisterFinish), api.RegisterFinishRequest{HostID: e.HostID, Workload: "billing", Challenge: begin.Challenge, Response: resp}, &fin)
 		if code != "attestation_rejected" {
 			t.Fatalf("registration with a forged %s: code %q, want attestation_rejected", field, code)
 		}
@@ -162,7 +162,7 @@ func TestRegistrationChallengeSingleUse(t *testing.T) {
 	}
 	defer nc.Close()
 	var begin api.RegisterBeginResponse
-	if code := fleettest.Request(t, nc, api.SubjectRegisterBegin, api.RegisterBeginRequest{HostID: e.HostID, Workload: "billing"}, &begin); code != "" {
+	if code := fleettest.Request(t, nc, api.HostScope(e.HostID).Subject(api.OpRegisterBegin), api.RegisterBeginRequest{HostID: e.HostID, Workload: "billing"}, &begin); code != "" {
 		t.Fatal(code)
 	}
 	resp, _, err := a.Register(agent.RegisterOptions{Name: "billing", RPID: begin.RPID, Origin: begin.Origin, Challenge: begin.Challenge, UserHandle: begin.UserHandle})
@@ -171,14 +171,14 @@ func TestRegistrationChallengeSingleUse(t *testing.T) {
 	}
 	req := api.RegisterFinishRequest{HostID: e.HostID, Workload: "billing", Challenge: begin.Challenge, Response: resp}
 	var fin api.RegisterFinishResponse
-	if code := fleettest.Request(t, nc, api.SubjectRegisterFinish, req, &fin); code != "" {
+	if code := fleettest.Request(t, nc, api.HostScope(e.HostID).Subject(api.OpRegisterFinish), req, &fin); code != "" {
 		t.Fatalf("first finish: %s", code)
 	}
-	if code := fleettest.Request(t, nc, api.SubjectRegisterFinish, req, &fin); code != "challenge_invalid" {
+	if code := fleettest.Request(t, nc, api.HostScope(e.HostID).Subject(api.OpRegisterFinish), req, &fin); code != "challenge_invalid" {
 		t.Fatalf("replayed registration: code %q, want challenge_invalid", code)
 	}
 	for _, bad := range []api.RegisterBeginRequest{{HostID: e.HostID, Workload: "a.b"}, {HostID: e.HostID, Workload: ""}, {HostID: "h-nope", Workload: "x"}} {
-		if code := fleettest.Request(t, nc, api.SubjectRegisterBegin, bad, &begin); code == "" {
+		if code := fleettest.Request(t, nc, api.HostScope(e.HostID).Subject(api.OpRegisterBegin), bad, &begin); code == "" {
 			t.Fatalf("register.begin %+v accepted", bad)
 		}
 	}

@@ -2,6 +2,7 @@ package verifier_test
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/internal/eventually"
 	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
@@ -88,14 +90,29 @@ func TestTokenExpired(t *testing.T) {
 	if _, err := f.EnrollSession(token); !errors.Is(err, nats.ErrAuthorization) {
 		t.Fatalf("connect with an expired token: %v, want an authorization violation", err)
 	}
-	// At the endpoint too: a live session of another token cannot spend it.
-	nc, err := f.EnrollSession(f.Token(t, time.Hour))
+	// Nor may a live session of another token spend it: the server refuses
+	// the publish to the token's scope, and on the session's own scope the
+	// verifier refuses the body naming it.
+	onErr, violations := fleettest.Violations()
+	other := f.Token(t, time.Hour)
+	nc, err := f.EnrollSession(other, onErr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	_, err = fleettest.Authenticator(t, f.TPM).Enroll(context.Background(), nc, token, "x")
-	fleettest.WantCode(t, err, "token_invalid")
+	fleettest.PublishRefused(t, nc, violations, api.TokenScope(token).Subject(api.OpEnrollBegin))
+	ek, err := fleettest.Authenticator(t, f.TPM).TPM().EK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(ek.Public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code := fleettest.Request(t, nc, api.TokenScope(other).Subject(api.OpEnrollBegin), api.EnrollBeginRequest{Token: token, Hostname: "x", EKPublic: der}, nil)
+	if code != api.CodeTokenInvalid {
+		t.Fatalf("enroll.begin naming another token on a session's own scope: %q, want %s", code, api.CodeTokenInvalid)
+	}
 }
 
 func TestUnknownTokenDenied(t *testing.T) {
@@ -111,8 +128,31 @@ func TestUnknownTokenDenied(t *testing.T) {
 func TestEKFromUntrustedCA(t *testing.T) {
 	f := fleettest.New(t)
 	stranger := swtpmtest.New(t) // its EK chains to its own swtpm-localca
-	_, err := f.Enroll(t, fleettest.Authenticator(t, stranger), f.Token(t, time.Hour))
+	a := fleettest.Authenticator(t, stranger)
+	_, err := f.Enroll(t, a, f.Token(t, time.Hour))
 	fleettest.WantCode(t, err, "ek_untrusted")
+	// A manufacturer the verifier was not told to trust is configuration:
+	// the refusal names the issuer and the EK hash for ek allow, and raises
+	// no tamper signal.
+	ek, err2 := a.TPM().EK()
+	if err2 != nil {
+		t.Fatal(err2)
+	}
+	hash, err2 := attestation.EKHash(ek.Public)
+	if err2 != nil {
+		t.Fatal(err2)
+	}
+	issuer := ek.Certificate.Issuer.String()
+	for _, want := range []string{issuer, "--ek-ca-dir", "tpmauthnctl ek allow " + hash} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("refusal %q does not name %q", err, want)
+		}
+	}
+	for _, ev := range f.AuditEvents(t) {
+		if strings.HasPrefix(ev.Kind, "alert.") {
+			t.Errorf("an EK from an untrusted manufacturer raised %s", ev.Kind)
+		}
+	}
 }
 
 func TestNoEKCADirFailsClosed(t *testing.T) {

@@ -3,6 +3,7 @@ package fleettest
 import (
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -89,5 +90,36 @@ func WantCode(t testing.TB, err error, code string) {
 	var ve *agent.VerifierError
 	if !errors.As(err, &ve) || ve.Code != code {
 		t.Fatalf("error = %v, want verifier code %s", err, code)
+	}
+}
+
+// Violations is a nats.ErrorHandler option that sends the connection's
+// asynchronous errors (the server's permissions violations) to the channel
+// it returns, for PublishRefused.
+func Violations() (nats.Option, <-chan error) {
+	errs := make(chan error, 16)
+	return nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		select {
+		case errs <- err:
+		default:
+		}
+	}), errs
+}
+
+// PublishRefused sends a request on subj over nc (opened with Violations'
+// option) and requires the server to refuse the publish: no answer, and a
+// permissions violation naming subj.
+func PublishRefused(t testing.TB, nc *nats.Conn, errs <-chan error, subj string) {
+	t.Helper()
+	if _, err := nc.Request(subj, []byte(`{}`), 500*time.Millisecond); err == nil {
+		t.Fatalf("%s answered: the session may publish there", subj)
+	}
+	select {
+	case err := <-errs:
+		if msg := strings.ToLower(err.Error()); !strings.Contains(msg, "permissions violation") || !strings.Contains(msg, strings.ToLower(subj)) {
+			t.Fatalf("%s: %v, want a permissions violation", subj, err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatalf("%s: no permissions violation reported", subj)
 	}
 }

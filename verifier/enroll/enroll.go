@@ -140,10 +140,7 @@ func (s *Service) Begin(ctx context.Context, body []byte) (_ any, err error) {
 		return nil, err
 	}
 	if err := s.checkEK(&req, ekPub, g); err != nil {
-		if errors.Is(err, attestation.ErrEKUntrusted) {
-			s.cfg.Alerts.Alert(alert.EKUntrusted, audit.Event{EKHash: ekHash, Reason: err.Error()})
-		}
-		return nil, err
+		return nil, s.untrustedEK(err, ekHash)
 	}
 	akParams := attest.AttestationParameters{
 		Public: req.AK.Public, CreateData: req.AK.CreateData,
@@ -220,20 +217,39 @@ var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-
 
 // requesterBound requires the request to come from the enrollment session
 // of this very grant: the join token's (tokenHash) or, without a token, the
-// allow-listed EK's. A session of one grant cannot spend another, and an EK
-// hash (no secret) only opens a session for enrolling that EK. Without the
-// requester's identity it fails closed.
+// allow-listed EK's, as the subject's scope names it (only that session may
+// publish there). A session of one grant cannot spend another, and an EK
+// hash (no secret) only opens a session for enrolling that EK.
 func requesterBound(ctx context.Context, tokenHash, ekHash string) error {
+	s, _ := natsapi.Caller(ctx)
 	if tokenHash != "" {
-		if h, ok := natsapi.RequesterTag(ctx, api.TagEnrollToken); ok && subtle.ConstantTimeCompare([]byte(h), []byte(tokenHash)) == 1 {
+		if s.Kind == api.ScopeToken && subtle.ConstantTimeCompare([]byte(s.ID), []byte(tokenHash)) == 1 {
 			return nil
 		}
 		return fmt.Errorf("%w: this session was not opened with this join token", api.ErrTokenInvalid)
 	}
-	if h, ok := natsapi.RequesterTag(ctx, api.TagEnrollEK); ok && h == ekHash {
+	if s == api.EKScope(ekHash) {
 		return nil
 	}
 	return fmt.Errorf("%w: this session was not opened for EK %s", api.ErrNotAllowed, ekHash)
+}
+
+// untrustedEK says what to do about an EK certificate checkEK refused. One
+// from a manufacturer the verifier was not told to trust is configuration:
+// logged with the issuer and the EK hash, and the refusal names both fixes.
+// Anything else (a certificate for another key, outside the profile, past
+// its validity, off the pinned intermediates) is a tamper signal.
+func (s *Service) untrustedEK(err error, ekHash string) error {
+	var unknown *attestation.UnknownIssuerError
+	switch {
+	case errors.As(err, &unknown):
+		s.log.Warn("enrollment refused: EK certificate from a manufacturer this verifier does not trust",
+			"issuer", unknown.Issuer, "ek_hash", ekHash, "fix", "add its root CA to --ek-ca-dir, or: tpmauthnctl ek allow "+ekHash)
+		return fmt.Errorf("%w; add that manufacturer's root CA to the verifier's --ek-ca-dir, or allow this TPM by its EK: tpmauthnctl ek allow %s", err, ekHash)
+	case errors.Is(err, attestation.ErrEKUntrusted):
+		s.cfg.Alerts.Alert(alert.EKUntrusted, audit.Event{EKHash: ekHash, Reason: err.Error()})
+	}
+	return err
 }
 
 // checkEK requires an EK certificate that chains to a manufacturer root and
@@ -495,6 +511,9 @@ func (s *Service) Status(ctx context.Context, body []byte) (any, error) {
 	var req api.EnrollStatusRequest
 	if err := natsapi.Decode(body, &req); err != nil {
 		return nil, err
+	}
+	if !natsapi.CallerIsHost(ctx, req.HostID) {
+		return nil, api.ErrNotFound // do not confirm the host exists
 	}
 	h, _, err := store.Get[record.Host](ctx, s.cfg.Store.Hosts, req.HostID)
 	if err != nil {

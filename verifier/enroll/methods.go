@@ -39,9 +39,10 @@ func (m tokenMethod) Authorize(ctx context.Context, r *authn.Request) (*jwt.User
 		return nil, err
 	}
 	r.Event.Reason = "join token " + t.ID
-	// It enrolls the host, then registers the host's first credential.
+	// It enrolls the host (the agent registers its host credential on a
+	// host proof's session afterwards).
 	return m.s.sessionUser(r.Claims, "enroll-token-"+t.ID, api.TagEnrollToken+":"+t.Hash, api.InboxForToken(r.Claims.ConnectOptions.Token),
-		api.SubjectEnrollBegin, api.SubjectEnrollFinish, "tpmauthn.v1.register.>"), nil
+		api.Scope{Kind: api.ScopeToken, ID: t.Hash})
 }
 
 // hostProofMethod: CONNECT as host:<id> with its activation secret, to wait
@@ -60,8 +61,7 @@ func (m hostProofMethod) Authorize(ctx context.Context, r *authn.Request) (*jwt.
 		return nil, err
 	}
 	// It waits for approval and registers its own credentials.
-	return m.s.sessionUser(r.Claims, "enroll-host-"+id, api.TagAgent+":"+id, api.InboxForHost(id),
-		api.SubjectEnrollStatus, "tpmauthn.v1.register.>"), nil
+	return m.s.sessionUser(r.Claims, "enroll-host-"+id, api.TagAgent+":"+id, api.InboxForHost(id), api.HostScope(id))
 }
 
 // ekAllowMethod: CONNECT as ek:<hash> of an allow-listed EK.
@@ -88,21 +88,27 @@ func (m ekAllowMethod) Authorize(ctx context.Context, r *authn.Request) (*jwt.Us
 	// An EK hash is no secret (audit, alerts and host list print it): its
 	// session may only enroll that very EK, which takes the TPM holding it
 	// (credential activation), and nothing else.
-	return m.s.sessionUser(r.Claims, "enroll-ek-"+hash[:min(12, len(hash))], api.TagEnrollEK+":"+hash, api.InboxForEK(hash),
-		api.SubjectEnrollBegin, api.SubjectEnrollFinish), nil
+	return m.s.sessionUser(r.Claims, "enroll-ek-"+hash[:min(12, len(hash))], api.TagEnrollEK+":"+hash, api.InboxForEK(hash), api.EKScope(hash))
 }
 
-// sessionUser may call the given endpoints and receive replies under its
-// own inbox prefix, nothing else, for SessionTTL; tag binds it to its grant.
-func (s *Service) sessionUser(rc *jwt.AuthorizationRequestClaims, name, tag, inbox string, subjects ...string) *jwt.UserClaims {
+// sessionUser may call the v1 endpoints of its scope and receive replies
+// under its own inbox prefix, nothing else, for SessionTTL. It refuses a
+// scope that is not one plain subject token (its permission could cover
+// other scopes). Agents of before scopes may reach api.LegacyV1Subjects, to
+// be told to upgrade.
+func (s *Service) sessionUser(rc *jwt.AuthorizationRequestClaims, name, tag, inbox string, scope api.Scope) (*jwt.UserClaims, error) {
+	if !scope.Valid() {
+		return nil, fmt.Errorf("%w: session scope %q", api.ErrBadRequest, scope.ID)
+	}
 	uc := jwt.NewUserClaims(rc.UserNkey)
 	uc.Audience = keys.AccountApp
 	uc.Name = name
 	uc.Expires = time.Now().Add(s.cfg.SessionTTL).Unix()
 	uc.Tags.Add(tag)
-	uc.Pub.Allow.Add(subjects...)
+	uc.Pub.Allow.Add(scope.Permission())
+	uc.Pub.Allow.Add(api.LegacyV1Subjects...)
 	uc.Sub.Allow.Add(inbox + ".>")
 	uc.Limits.Subs = 10
 	uc.Limits.Payload = 64 * 1024
-	return uc
+	return uc, nil
 }

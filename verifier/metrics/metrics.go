@@ -68,13 +68,13 @@ func (m *Metrics) Observe(subject, result string, took time.Duration) {
 	m.requests.WithLabelValues(subject, result).Inc()
 	m.latency.WithLabelValues(subject).Observe(took.Seconds())
 	switch subject {
-	case api.SubjectEnrollBegin:
+	case api.SubjectV1Prefix + api.OpEnrollBegin:
 		if refused { // a refusal at begin is a refused enrollment
 			m.enrollments.WithLabelValues(result).Inc()
 		}
-	case api.SubjectEnrollFinish:
+	case api.SubjectV1Prefix + api.OpEnrollFinish:
 		m.enrollments.WithLabelValues(result).Inc()
-	case api.SubjectRegisterFinish:
+	case api.SubjectV1Prefix + api.OpRegisterFinish:
 		m.registrations.WithLabelValues(result).Inc()
 	}
 }

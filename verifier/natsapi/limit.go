@@ -11,25 +11,15 @@ import (
 	"github.com/tpmauthn/tpmauthn/api"
 )
 
-// RequesterName is the requester's session name as the callout granted it
-// (enroll-token-<id>, enroll-host-<id>, workload@host/nkey), and false
-// without the header.
-func RequesterName(ctx context.Context) (string, bool) {
-	r, ok := ctx.Value(requesterKey{}).(*requester)
-	if !ok {
-		return "", false
-	}
-	return r.NameTag, true
-}
-
 // maxLimitedSessions bounds the sessions a Limiter tracks: past it, the
 // idlest are forgotten (they start again with a full burst).
 const maxLimitedSessions = 4096
 
-// Limiter bounds how fast each session may call an endpoint: a token bucket
-// per session name, so that one enrollment session cannot fill a bucket of
-// short-lived records (open enrollments, registration challenges) on its
-// own. Requests without a session name share one bucket.
+// Limiter bounds how fast each caller may call an endpoint: a token bucket
+// per scope (a host's agent, a join token's or an EK's session: Caller), so
+// that one caller cannot fill a bucket of short-lived records (open
+// enrollments, registration challenges) on its own, nor spend another's
+// budget. Requests without a scope share one bucket.
 type Limiter struct {
 	every time.Duration
 	burst int
@@ -52,9 +42,9 @@ func NewLimiter(every time.Duration, burst int) *Limiter {
 // before h runs (so before anything is stored).
 func (l *Limiter) Wrap(h Handler) Handler {
 	return func(ctx context.Context, body []byte) (any, error) {
-		name, _ := RequesterName(ctx)
-		if !l.allow(name, time.Now()) {
-			return nil, fmt.Errorf("%w: session %q", api.ErrRateLimited, name)
+		s, _ := Caller(ctx)
+		if !l.allow(s.Kind+"."+s.ID, time.Now()) {
+			return nil, fmt.Errorf("%w: caller %s.%s", api.ErrRateLimited, s.Kind, s.ID)
 		}
 		return h(ctx, body)
 	}

@@ -36,6 +36,8 @@ type Endpoint struct {
 	// Name is the micro endpoint's name (default: the subject without the
 	// prefix, dots made dashes; give one for a subject with wildcards).
 	Name string
+	// Label names the endpoint in metrics and logs (default: Subject).
+	Label string
 }
 
 type observer interface {
@@ -96,7 +98,11 @@ func (s *Server) Serve(name, description, prefix string, endpoints []Endpoint) e
 		if ename == "" {
 			ename = strings.ReplaceAll(strings.TrimPrefix(e.Subject, prefix), ".", "-")
 		}
-		if err := svc.AddEndpoint(ename, s.handler(e.Subject, e.Handler), micro.WithEndpointSubject(e.Subject)); err != nil {
+		label := e.Label
+		if label == "" {
+			label = e.Subject
+		}
+		if err := svc.AddEndpoint(ename, s.handler(label, e.Handler), micro.WithEndpointSubject(e.Subject)); err != nil {
 			return fmt.Errorf("endpoint %s: %w", e.Subject, err)
 		}
 	}
@@ -147,12 +153,12 @@ func (s *Server) handler(subj string, h Handler) micro.HandlerFunc {
 		// Read everything from req before the handler returns: micro reads
 		// the request's state after this function returns, so the reply is
 		// published on the connection directly, never through req.
-		reply, headers, data, subject := req.Reply(), req.Headers(), req.Data(), req.Subject()
+		reply, data, subject := req.Reply(), req.Data(), req.Subject()
 		go func() {
 			defer s.work.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 			defer cancel()
-			ctx, audited := auditlog.DeferWait(withRequester(context.WithValue(ctx, subjectKey{}, subject), headers))
+			ctx, audited := auditlog.DeferWait(context.WithValue(ctx, subjectKey{}, subject))
 			start := time.Now()
 			resp, err := h(ctx, data)
 			<-s.sem

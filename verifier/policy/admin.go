@@ -2,7 +2,6 @@ package policy
 
 import (
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -27,11 +26,6 @@ func (r Role) validateAdmin(name string) []error {
 		// The operator API reads a session's roles from its tags, which
 		// NATS keeps in lower case.
 		errs = append(errs, fmt.Errorf("policy: role %s: a role with admin operations is named in lower case", name))
-	}
-	for _, pat := range r.Publish.Allow {
-		if coversAdmin(pat) {
-			errs = append(errs, fmt.Errorf("policy: role %s: publish %q covers the operator API (%s>): grant operations with admin: instead", name, pat, api.SubjectAdminPrefix))
-		}
 	}
 	for _, op := range r.Admin {
 		if op != adminAll && op != adminRead && !slices.Contains(api.AdminOps, op) {
@@ -97,15 +91,4 @@ func (p *Policy) applyAdmin(uc *jwt.UserClaims, roles []string, s Subject) {
 		return
 	}
 	uc.Pub.Allow.Add(ops...)
-}
-
-// template is a {{...}} placeholder, or a token containing one.
-var template = regexp.MustCompile(`[^.]*\{\{[^}]*\}\}[^.]*`)
-
-// coversAdmin reports whether a publish pattern (its templates taken as
-// any token) reaches the operator API's subjects: only admin: grants may,
-// or a session could name another person in the subject.
-func coversAdmin(pattern string) bool {
-	p := template.ReplaceAllString(pattern, "*")
-	return subjectMatches(p, api.AdminPersonSubject("p", "c", "status")) || subjectMatches(p, api.SubjectAdminPrefix+"status")
 }

@@ -87,6 +87,13 @@ func TestAdminPolicyErrors(t *testing.T) {
 		{`roles: {t: {publish: {allow: ["tpmauthn.admin.p.*.*.status"]}}}`, "covers the operator API"},
 		{`roles: {t: {publish: {allow: ["{{workload}}.>"]}}}`, "covers the operator API"},
 		{`roles: {t: {publish: {allow: ["tpmauthn.{{workload}}.p.>"]}}}`, "covers the operator API"},
+		{`roles: {t: {publish: {allow: ["tpmauthn.admin.p.okta_ab12.>"]}}}`, "covers the operator API"},
+		{`roles: {t: {publish: {allow: ["tpmauthn.admin.p.*.*.host.offboard"]}}}`, "covers the operator API"},
+		// Nor the v1 API, where the subject names the host whose agent asks.
+		{`roles: {t: {publish: {allow: ["tpmauthn.v1.>"]}}}`, "covers the v1 API"},
+		{`roles: {t: {publish: {allow: ["tpmauthn.v1.h.*.register.begin"]}}}`, "covers the v1 API"},
+		{`roles: {t: {publish: {allow: ["*.*.h.{{host}}.>"]}}}`, "covers the v1 API"},
+		{`roles: {t: {publish: {allow: ["*.*.*.*.*.*"]}}}`, "covers the v1 API"},
 	} {
 		_, err := Parse([]byte(tc.yaml))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -125,6 +125,7 @@ func Parse(b []byte) (*Policy, error) {
 	}
 	for name, r := range p.Roles {
 		errs = append(errs, r.validateAdmin(name)...)
+		errs = append(errs, r.validateReserved(name)...)
 		if r.PerConnect != "" && r.PerConnect != PerConnectSessionKey && r.PerConnect != PerConnectPasskey {
 			errs = append(errs, fmt.Errorf("policy: role %s: per_connect %q: want session_key or passkey", name, r.PerConnect))
 		}
@@ -243,6 +244,7 @@ func (p *Policy) Apply(uc *jwt.UserClaims, roles []string, s Subject) {
 		}
 	}
 	p.applyAdmin(uc, roles, s)
+	denyReserved(uc)
 	// Replies to its own requests, under its own inbox prefix only: with
 	// _INBOX.> it could read every other session's replies.
 	if s.Inbox != "" {

@@ -3,8 +3,6 @@ package record
 import (
 	"github.com/tpmauthn/tpmauthn/api"
 
-	"crypto/sha256"
-	"encoding/hex"
 	"time"
 )
 
@@ -41,7 +39,5 @@ func (t *Token) State(now time.Time) string {
 // TokenHash is a join token's key in the tokens bucket (hex SHA-256): the
 // token itself is never stored.
 func TokenHash(token string) string {
-	secret, _ := api.SplitJoinToken(token) // the pin is public, and not part of the secret
-	h := sha256.Sum256([]byte(secret))
-	return hex.EncodeToString(h[:])
+	return api.JoinTokenHash(token)
 }

@@ -36,7 +36,7 @@ func (s *Service) beginPerson(ctx context.Context, req *api.RegisterBeginRequest
 	if req.Workload != api.PersonWorkload || req.RotateFrom != "" {
 		return nil, fmt.Errorf("%w: a person's registration names workload %q and rotates from nothing", api.ErrBadRequest, api.PersonWorkload)
 	}
-	if !natsapi.RequesterIsHost(ctx, req.HostID) {
+	if !natsapi.CallerIsHost(ctx, req.HostID) {
 		return nil, fmt.Errorf("%w: only host %s's agent may register a person's credential on it", api.ErrNotFound, req.HostID)
 	}
 	if _, err := s.cfg.Fleet.ActiveHost(ctx, req.HostID); err != nil {

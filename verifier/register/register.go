@@ -270,24 +270,15 @@ func akBelongsTo(akCert *x509.Certificate, h *record.Host) error {
 
 func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 
-// requesterIsHost requires the request to come from a session of the host
-// it names: the host's agent (its credential or host-proof session, tagged
-// host:<id>), or the join token's session that enrolled it. Any other
-// session (another host's, an allow-listed EK's) is refused.
+// requesterIsHost requires the request to come from the host it names: its
+// agent's scope (api.HostScope), which only the agent's sessions (its
+// credential's, its host proof's) may publish to. Any other session (another
+// host's, a join token's, an allow-listed EK's) is refused.
 func (s *Service) requesterIsHost(ctx context.Context, hostID string) error {
-	if natsapi.RequesterIsHost(ctx, hostID) {
+	if natsapi.CallerIsHost(ctx, hostID) {
 		return nil
 	}
-	if h, ok := natsapi.RequesterTag(ctx, api.TagEnrollToken); ok {
-		t, _, err := store.Get[record.Token](ctx, s.cfg.Fleet.Store.Tokens, h)
-		if err != nil && !errors.Is(err, api.ErrNotFound) {
-			return err
-		}
-		if err == nil && t.UsedBy == hostID {
-			return nil
-		}
-	}
-	return fmt.Errorf("%w: only host %s's own sessions may register its credentials", api.ErrNotFound, hostID)
+	return fmt.Errorf("%w: only host %s's own agent may register its credentials", api.ErrNotFound, hostID)
 }
 
 // checkRotateFrom: a workload that has a credential gets another only by a
@@ -436,7 +427,7 @@ func (s *Service) CredentialStatus(ctx context.Context, body []byte) (any, error
 	if err := natsapi.Decode(body, &req); err != nil {
 		return nil, err
 	}
-	if !natsapi.RequesterIsHost(ctx, req.HostID) {
+	if !natsapi.CallerIsHost(ctx, req.HostID) {
 		return nil, fmt.Errorf("%w: only host %s's own agent may ask", api.ErrNotFound, req.HostID)
 	}
 	if _, err := s.cfg.Fleet.ActiveHost(ctx, req.HostID); err != nil {

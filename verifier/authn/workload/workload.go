@@ -351,7 +351,12 @@ func (m *Method) userClaims(ctx context.Context, rc *jwt.AuthorizationRequestCla
 	uc.Tags.Add("workload:" + cred.Workload)
 	if cred.Workload == api.AgentWorkload {
 		uc.Tags.Add(api.TagAgent + ":" + h.ID)
-		uc.Pub.Allow.Add("tpmauthn.v1.register.>", "tpmauthn.v1.credentials.>", api.SubjectEnrollStatus)
+		scope := api.HostScope(h.ID)
+		if !scope.Valid() {
+			return nil, nil, fmt.Errorf("host ID %q is no subject token", h.ID)
+		}
+		uc.Pub.Allow.Add(scope.Permission())
+		uc.Pub.Allow.Add(api.LegacyV1Subjects...)
 		uc.Sub.Allow.Add(inbox + ".>")
 		return uc, []string{api.AgentWorkload}, nil
 	}

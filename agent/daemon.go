@@ -151,6 +151,9 @@ type Agent struct {
 	personSem  chan struct{}
 	loginLimit *loginLimiter
 	nc         *nats.Conn // host-credential session to the verifier
+	// nudged wakes the rotation loop: the verifier answered a
+	// credentials.watch with a change (agent/nudge.go).
+	nudged chan struct{}
 }
 
 // New checks the configuration.
@@ -164,7 +167,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	q := newTPMQueue(256)
-	return &Agent{cfg: cfg, log: cfg.Logger, queue: q, peers: newPeerIdentifier(), creds: map[string]*Credential{}, down: map[string]*unavailable{},
+	return &Agent{nudged: make(chan struct{}, 1), cfg: cfg, log: cfg.Logger, queue: q, peers: newPeerIdentifier(), creds: map[string]*Credential{}, down: map[string]*unavailable{},
 		people: map[uint32]*Credential{}, personSem: make(chan struct{}, 1), loginLimit: newLoginLimiter(), metrics: newAgentMetrics(q), trust: trust}, nil
 }
 
@@ -240,6 +243,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		a.log.Warn("cannot list credentials to delete retired ones", "error", err)
 	}
 	a.wg.Go(func() { a.rotateLoop(a.ctx) })
+	a.wg.Go(func() { a.watchLoop(a.ctx) })
 	if a.cfg.Ready != nil {
 		a.cfg.Ready()
 	}
@@ -530,6 +534,12 @@ func (a *Agent) verifierConn() (*nats.Conn, error) {
 			a.creds[agentWorkload] = hc
 			a.mu.Unlock()
 		}
+	}
+	if nc == nil && errors.Is(err, nats.ErrAuthorization) {
+		a.mu.Lock()
+		host := a.enroll.HostID
+		a.mu.Unlock()
+		return nil, fmt.Errorf("%w (see tpmauthnctl host show %s; once resolved, re-enroll with a new join token): %w", ErrHostRefused, host, err)
 	}
 	if nc == nil {
 		return nil, fmt.Errorf("connect to %s with the host credential: %w", a.cfg.NATSURL, err)

@@ -260,6 +260,8 @@ func checkNATSTLS(c net.Conn, serverName string, trust *serverTrust) doctor.Chec
 func checkVerifierView(st *api.AgentStatus) []doctor.Check {
 	var out []doctor.Check
 	switch {
+	case st.HostStatus == HostRefused:
+		out = append(out, doctor.Fail("verifier", st.CheckError, "tpmauthnctl host show "+st.Host+" says why; a revoked or offboarded host enrolls again with a new join token (tpmauthnctl token create), after its data directory is cleared"))
 	case st.CheckError != "":
 		out = append(out, doctor.Fail("verifier", "the last credential check failed: "+st.CheckError, "see the agent's log; is tpmauthn-verifier running and reachable?"))
 	case st.LastCheck.IsZero():

@@ -8,10 +8,11 @@ import (
 	"github.com/tpmauthn/tpmauthn/api"
 )
 
-// rotateLoop asks the verifier, every RotationCheck, which credentials must
-// rotate (their maximum age is near, or an operator asked), and rotates them.
-// Workloads do not notice: their CONNECT nkey is the credential's lineage,
-// and the agent signs with whichever credential is current.
+// rotateLoop asks the verifier, every RotationCheck and whenever it nudges
+// (agent/nudge.go), which credentials must rotate (their maximum age is
+// near, or an operator asked), and rotates them. Workloads do not notice:
+// their CONNECT nkey is the credential's lineage, and the agent signs with
+// whichever credential is current.
 func (a *Agent) rotateLoop(ctx context.Context) {
 	t := time.NewTicker(a.cfg.RotationCheck)
 	defer t.Stop()
@@ -19,6 +20,13 @@ func (a *Agent) rotateLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-a.nudged:
+			if ctx.Err() != nil {
+				return
+			}
+			if err := a.checkRotations(ctx); err != nil {
+				a.log.Warn("rotation check failed", "error", err)
+			}
 		case <-t.C:
 			if ctx.Err() != nil {
 				// Both were ready and select chose the tick: Close has

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -44,6 +45,9 @@ func (a *Agent) status(w http.ResponseWriter, _ *http.Request, p *Peer) {
 	st.LastCheck = a.lastCheck.at
 	if a.lastCheck.err != nil {
 		st.CheckError = a.lastCheck.err.Error()
+		if errors.Is(a.lastCheck.err, ErrHostRefused) {
+			st.HostStatus = HostRefused
+		}
 	}
 	for _, wl := range a.cfg.Workloads {
 		ws := api.AgentWorkloadStatus{Name: wl.Name}

@@ -35,6 +35,7 @@ const (
 	OpRegisterBegin     = "register.begin" // ScopeHost
 	OpRegisterFinish    = "register.finish"
 	OpCredentialsStatus = "credentials.status" // ScopeHost
+	OpCredentialsWatch  = "credentials.watch"  // ScopeHost
 )
 
 // Scope is who calls the v1 API: a kind and its ID.

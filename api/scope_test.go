@@ -14,7 +14,7 @@ func TestScope(t *testing.T) {
 		{"tpmauthn.v1.h.h-0123.register.begin", Scope{ScopeHost, "h-0123"}, true},
 		{"tpmauthn.v1.t.ab12.enroll.begin", Scope{ScopeToken, "ab12"}, true},
 		{"tpmauthn.v1.k.ab12.enroll.finish", Scope{ScopeEK, "ab12"}, true},
-		{"tpmauthn.v1.h.h-0123", Scope{}, false},               // no operation
+		{"tpmauthn.v1.h.h-0123", Scope{}, false},                // no operation
 		{"tpmauthn.v1.x.h-0123.register.begin", Scope{}, false}, // no such kind
 		{"tpmauthn.v1.h.*.register.begin", Scope{}, false},      // a wildcard is nobody
 		{"tpmauthn.v1.register.begin", Scope{}, false},          // before scopes

@@ -202,6 +202,25 @@ type CredentialStatusRequest struct {
 	HostID string `json:"host_id"`
 }
 
+// CredentialsWatchRequest waits until an operator changes one of the host's
+// credentials (rotation requested, revoked, reissued), or Wait has passed:
+// the agent checks its credentials at once, instead of at its next poll.
+type CredentialsWatchRequest struct {
+	HostID string `json:"host_id"`
+	// Wait is how long the verifier may hold the request (capped at
+	// MaxCredentialsWatch; 0: that).
+	Wait time.Duration `json:"wait,omitempty"`
+}
+
+// MaxCredentialsWatch bounds how long a credentials.watch is held.
+const MaxCredentialsWatch = 45 * time.Second
+
+// CredentialsWatchResponse: Changed is true when an operator changed one of
+// the host's credentials; false when Wait passed without.
+type CredentialsWatchResponse struct {
+	Changed bool `json:"changed"`
+}
+
 // CredentialState is what the verifier says of one credential.
 type CredentialState struct {
 	ID       string           `json:"id"`

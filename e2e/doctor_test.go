@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -90,6 +91,17 @@ func TestAgentDoctor(t *testing.T) {
 	}
 	wantCheck(t, agent.Doctor(ctx, h.Config, opts), "data directory", false, "others can read")
 	_ = os.Chmod(h.Config.DataDir, 0o700)
+
+	// The host revoked: the verifier refuses the agent's own credential,
+	// and doctor says so, with where to look.
+	f.MustAdmin(t, "host.revoke", api.IDRequest{ID: h.HostID(t), Reason: "doctor test"}, nil)
+	eventually.Until(t, 30*time.Second, func() error {
+		if c := check(t, agent.Doctor(ctx, h.Config, opts), "verifier"); c.OK || !strings.Contains(c.Detail, "revoked or offboarded") {
+			return fmt.Errorf("verifier check: %+v", c)
+		}
+		return nil
+	})
+	wantCheck(t, agent.Doctor(ctx, h.Config, opts), "verifier", false, "refuses this host's own credential")
 
 	// The agent stopped: the socket is gone, and doctor opens the TPM
 	// itself: the EK certificate chains to the fleet's EK CAs, and not to

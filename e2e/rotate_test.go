@@ -18,6 +18,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/internal/eventually"
 	"github.com/tpmauthn/tpmauthn/internal/fleettest"
+	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
@@ -345,4 +346,72 @@ func rotationSubjects(t *testing.T, h *fleettest.Host) (*client.WhoAmI, *agent.C
 		t.Fatalf("the agent holds no host credential or none for %s", who.CredentialID)
 	}
 	return who, hostCred, cur
+}
+
+// TestRotateNow: `tpmauthnctl credential rotate` says "now", and now it is:
+// the verifier answers the agent's credentials.watch, and the agent rotates
+// although its periodic check is an hour away. Another host's agent cannot
+// hold a watch on this host (its scope is refused; a body naming this host
+// on its own scope is not_found).
+func TestRotateNow(t *testing.T) {
+	f := fleettest.New(t)
+	h := f.NewHost(t, func(c *agent.Config) { c.RotationCheck = time.Hour })
+	c := client.New(h.Socket)
+	before, err := c.WhoAmI(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The agent's watch is held before the operator acts.
+	eventually.Until(t, 10*time.Second, func() error {
+		if n := f.Verifier.HeldWatches(); n != 1 {
+			return fmt.Errorf("%d credentials watches held, want the agent's", n)
+		}
+		return nil
+	})
+	start := time.Now()
+	f.MustAdmin(t, "credential.rotate", api.IDRequest{ID: before.CredentialID, Reason: "test"}, nil)
+	eventually.Until(t, 15*time.Second, func() error {
+		after, err := c.WhoAmI(t.Context())
+		if err == nil && after.CredentialID == before.CredentialID {
+			err = errors.New("the agent still signs with the credential the operator rotated")
+		}
+		return err
+	})
+	t.Logf("credential.rotate to the agent signing with the new credential: %v", time.Since(start))
+	// A revocation reaches it the same way: it stops signing at once.
+	after, err := c.WhoAmI(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually.Until(t, 10*time.Second, func() error {
+		if n := f.Verifier.HeldWatches(); n != 1 {
+			return fmt.Errorf("%d credentials watches held, want the agent's", n)
+		}
+		return nil
+	})
+	f.MustAdmin(t, "credential.revoke", api.IDRequest{ID: after.CredentialID, Reason: "test"}, nil)
+	eventually.Until(t, 15*time.Second, func() error {
+		if _, err := c.WhoAmI(t.Context()); err == nil {
+			return errors.New("the agent still serves the revoked credential")
+		}
+		return nil
+	})
+
+	other := fleettest.Authenticator(t, swtpmtest.New(t, swtpmtest.SameManufacturer(f.TPM)))
+	oe, err := f.Enroll(t, other, f.Token(t, time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	onErr, violations := fleettest.Violations()
+	nc, err := f.HostSession(oe, onErr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	victim := h.HostID(t)
+	fleettest.PublishRefused(t, nc, violations, api.HostScope(victim).Subject(api.OpCredentialsWatch))
+	code := fleettest.Request(t, nc, api.HostScope(oe.HostID).Subject(api.OpCredentialsWatch), api.CredentialsWatchRequest{HostID: victim, Wait: time.Second}, nil)
+	if code != api.CodeNotFound {
+		t.Fatalf("a watch of another host on the agent's own scope: %q, want %s", code, api.CodeNotFound)
+	}
 }

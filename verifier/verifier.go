@@ -39,6 +39,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 	"github.com/tpmauthn/tpmauthn/verifier/metrics"
 	"github.com/tpmauthn/tpmauthn/verifier/natsapi"
+	"github.com/tpmauthn/tpmauthn/verifier/nudge"
 	"github.com/tpmauthn/tpmauthn/verifier/offboard"
 	"github.com/tpmauthn/tpmauthn/verifier/oidclogin"
 	"github.com/tpmauthn/tpmauthn/verifier/operators"
@@ -71,6 +72,8 @@ type Verifier struct {
 	trust   clientTrust
 	// nReplicas of the buckets and the audit stream (Start decides).
 	nReplicas int
+	// nudges holds agents' credentials.watch requests (verifier/nudge).
+	nudges *nudge.Service
 	// restored is what Start imported from a staged restore (nil: none).
 	restored *restore.Result
 
@@ -407,7 +410,13 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 	if v.ekTrust != nil {
 		ekRoots = v.ekTrust.Roots()
 	}
-	adm := admin.New(admin.Config{Fleet: v.fleet, Sessions: v.sessions, Enroll: v.enroll, Trail: v.trail,
+	nudges, err := nudge.Start(v.nc, queueGroup, v.log)
+	if err != nil {
+		return err
+	}
+	v.nudges = nudges
+	v.onClose(nudges.Close)
+	adm := admin.New(admin.Config{Nudge: nudges.Nudge, Fleet: v.fleet, Sessions: v.sessions, Enroll: v.enroll, Trail: v.trail,
 		Version: Version, RPID: v.cfg.RPID, Origin: v.cfg.Origin, Approval: v.cfg.Approval,
 		AuditKey: keys.Public(v.keys.Issuer), EKRoots: ekRoots, CAPin: v.trust.pin, AuditStream: auditlog.Stream, Policy: v.policy, Logger: v.log, Now: v.cfg.Clock,
 		People: v.people, Offboard: v.offboard})
@@ -604,6 +613,15 @@ func (v *Verifier) MetricsAddr() string {
 		return ""
 	}
 	return v.metricsSrv.Addr()
+}
+
+// HeldWatches is how many agents' credentials.watch requests this instance
+// holds (0 before Start).
+func (v *Verifier) HeldWatches() int {
+	if v.nudges == nil {
+		return 0
+	}
+	return v.nudges.Held()
 }
 
 // FlushAudit waits until every event recorded so far is in the stream.

@@ -216,7 +216,7 @@ func (a *app) credentialCmd() *cobra.Command {
 			if err := a.call("credential.rotate", api.IDRequest{ID: args[0], Reason: reason}, &c); err != nil {
 				return err
 			}
-			fmt.Fprintf(a.out, "rotation of %s requested: its agent rotates at its next check\n", c.ID)
+			fmt.Fprintf(a.out, "rotation of %s requested: its agent is told now (an agent that is offline rotates at its next check)\n", c.ID)
 			return nil
 		},
 	}

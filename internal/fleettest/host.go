@@ -79,6 +79,16 @@ func (h *Host) Start(t testing.TB) {
 	t.Cleanup(func() { _ = ag.Close() })
 }
 
+// HostID is the host's ID, from its agent's enrollment.
+func (h *Host) HostID(t testing.TB) string {
+	t.Helper()
+	e, err := h.Agent.Authenticator().Enrollment()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e.HostID
+}
+
 // NATSOptions are the nats.go options with which a workload of this
 // process's uid connects through the agent (agent/client).
 func (h *Host) NATSOptions(t testing.TB) []nats.Option {

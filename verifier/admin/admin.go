@@ -67,6 +67,9 @@ type Config struct {
 	// People and Offboard serve the person.* operations (nil: refused).
 	People   personStore
 	Offboard offboarder
+	// Nudge tells host's agent now that one of its credentials changed
+	// (verifier/nudge; nil: it learns at its next poll).
+	Nudge func(host string)
 
 	Logger *slog.Logger
 	// Now is the clock of tokens and records (nil: time.Now).
@@ -262,6 +265,7 @@ func (s *Service) credentialRotate(ctx context.Context, body []byte) (any, error
 		return nil, err
 	}
 	s.cfg.Trail.RecordNow(ctx, by(ctx, audit.Event{Kind: "rotate.request", Result: "ok", Host: c.Host, Workload: c.Workload, Credential: c.ID, Reason: req.Reason}))
+	s.nudge(c.Host)
 	return c, nil
 }
 
@@ -299,6 +303,14 @@ func (s *Service) credentialShow(ctx context.Context, body []byte) (any, error) 
 	return c, err
 }
 
+// nudge tells host's agent (if the credential has a host) to check its
+// credentials now.
+func (s *Service) nudge(host string) {
+	if s.cfg.Nudge != nil && host != "" {
+		s.cfg.Nudge(host)
+	}
+}
+
 func (s *Service) credentialRevoke(ctx context.Context, body []byte) (any, error) {
 	var req api.IDRequest
 	if err := natsapi.Decode(body, &req); err != nil {
@@ -309,6 +321,7 @@ func (s *Service) credentialRevoke(ctx context.Context, body []byte) (any, error
 		return nil, err
 	}
 	kickErr := s.kick(ctx, c) // before the operator hears it is done; every instance's watch kicks too
+	s.nudge(c.Host)
 	s.log.Info("credential revoked", "credential", c.ID, "reason", req.Reason)
 	// The whole lineage goes with it: a key a rotation replaced stays valid
 	// for its grace period, and its live connections with it.

@@ -56,6 +56,7 @@ func (s *Service) credentialReissue(ctx context.Context, body []byte) (_ any, er
 		return nil, err
 	}
 	ev.Result = "ok"
+	s.nudge(c.Host)
 	s.log.Info("credential reissued", "host", c.Host, "workload", c.Workload, "revoked", idx.Credential, "reason", req.Reason)
 	return &api.ReissueResponse{Host: c.Host, Workload: c.Workload, Revoked: c.ID, Reissued: now}, nil
 }

@@ -176,19 +176,9 @@ func (s *Server) handler(subj string, h Handler) micro.HandlerFunc {
 // errors are counted in the verifier's metrics (tpmauthn_requests_total).
 func (s *Server) respond(reply, subj string, resp any, err error, took time.Duration) {
 	s.served.Add(1)
-	msg := &nats.Msg{Subject: reply}
-	result := "ok"
+	msg, result := Answer(reply, resp, err)
 	if err != nil {
-		code, text := Code(err)
-		result = code
-		s.log.Info("request denied", "subject", subj, "code", code, "error", err)
-		msg.Data, _ = json.Marshal(api.ErrorResponse{Error: text, Code: code})
-		msg.Header = nats.Header{micro.ErrorHeader: {text}, micro.ErrorCodeHeader: {code}}
-	} else if b, merr := json.Marshal(resp); merr != nil {
-		result = api.CodeInternal
-		msg.Header = nats.Header{micro.ErrorHeader: {"internal error"}, micro.ErrorCodeHeader: {api.CodeInternal}}
-	} else {
-		msg.Data = b
+		s.log.Info("request denied", "subject", subj, "code", result, "error", err)
 	}
 	s.cfg.Metrics.Observe(subj, result, took)
 	if s.cfg.Health != nil {
@@ -200,6 +190,27 @@ func (s *Server) respond(reply, subj string, resp any, err error, took time.Dura
 	if perr := s.cfg.Conn.PublishMsg(msg); perr != nil {
 		s.log.Warn("reply not sent", "subject", subj, "error", perr)
 	}
+}
+
+// Answer is the reply to a request on reply: resp as JSON, or err's code
+// and message in the service error headers (as micro's Request.Error), and
+// the result to count ("ok" or the code). For endpoints that answer later
+// than their handler returns (verifier/nudge).
+func Answer(reply string, resp any, err error) (*nats.Msg, string) {
+	msg := &nats.Msg{Subject: reply}
+	if err != nil {
+		code, text := Code(err)
+		msg.Data, _ = json.Marshal(api.ErrorResponse{Error: text, Code: code})
+		msg.Header = nats.Header{micro.ErrorHeader: {text}, micro.ErrorCodeHeader: {code}}
+		return msg, code
+	}
+	b, merr := json.Marshal(resp)
+	if merr != nil {
+		msg.Header = nats.Header{micro.ErrorHeader: {"internal error"}, micro.ErrorCodeHeader: {api.CodeInternal}}
+		return msg, api.CodeInternal
+	}
+	msg.Data = b
+	return msg, "ok"
 }
 
 // libraryCodes maps the errors of packages below the verifier's own

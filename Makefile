@@ -30,7 +30,7 @@ test-short: ## unit tests only, no swtpm
 
 lint: ## go vet and a gofmt check
 	$(GO) vet ./...
-	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l $$(git ls-files --cached --others --exclude-standard '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 fuzz: ## fuzz every parser of untrusted bytes for FUZZTIME each
 	$(GO) test ./attestation -run '^$$' -fuzz '^FuzzUnmarshalBundle$$' -fuzztime $(FUZZTIME)

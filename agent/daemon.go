@@ -445,7 +445,7 @@ func (a *Agent) latest(workload string) (*Credential, error) {
 // which must not land inside a NATS handshake (about 2 s of budget).
 func (a *Agent) ensureCredentials(ctx context.Context) error {
 	if _, err := a.latest(agentWorkload); errors.Is(err, ErrUnknownCredential) {
-		// Approved after a wait: the token session registers it.
+		// Approved after a wait: a host proof's session registers it.
 		if _, err := a.withEnrollSession(func(nc *nats.Conn) (*Enrollment, error) {
 			_, err := a.auth.RegisterWithVerifier(ctx, nc, agentWorkload)
 			return nil, err

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -244,12 +245,39 @@ func (v *Verifier) connect(context.Context) error {
 	if err != nil {
 		return fmt.Errorf("connect to NATS at %s as the verifier user: %w", v.url, natstls.Explain(v.url, err))
 	}
+	if ver := nc.ConnectedServerVersion(); !versionAtLeast(ver, minServer) {
+		nc.Close()
+		return fmt.Errorf("nats-server %s at %s is older than %d.%d.%d, which tpmauthn needs (auth callout with xkey, and a subscription's deny enforced on overlapping wildcards): upgrade the servers", ver, v.url, minServer[0], minServer[1], minServer[2])
+	}
 	v.nc = nc
 	v.onClose(func() {
 		drained(nc)
 		nc.Close()
 	})
 	return nil
+}
+
+// minServer is the oldest nats-server tpmauthn runs on.
+var minServer = [3]int{2, 15, 3}
+
+// versionAtLeast reports whether a server version ("2.15.3",
+// "2.16.0-beta.1") is at least min; one that does not parse is not.
+func versionAtLeast(version string, min [3]int) bool {
+	core, _, _ := strings.Cut(version, "-")
+	parts := strings.Split(core, ".")
+	if len(parts) != 3 {
+		return false
+	}
+	for i, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil {
+			return false
+		}
+		if n != min[i] {
+			return n > min[i]
+		}
+	}
+	return true
 }
 
 // openStore opens the KV state; a cluster's JetStream may still be electing

@@ -121,7 +121,7 @@ func ServerConfig(k *Set, o ServerConfigOptions) string {
     jetstream: enabled
     users: [
       { nkey: %[4]s, permissions: { publish: { deny: [%[10]s] } } }  # the verifier: may not destroy the audit trail
-      { nkey: %[5]s, permissions: { publish: ["%[7]s>"], subscribe: ["_INBOX.>", "tpmauthn.alerts.>"] } }  # tpmauthnctl
+      { nkey: %[5]s, permissions: { publish: { allow: ["%[7]s>"], deny: ["%[7]sp.>"] }, subscribe: ["_INBOX.>", "tpmauthn.alerts.>"] } }  # tpmauthnctl: never as a person
     ]
     exports: [ { service: "tpmauthn.v1.>" }, { service: "%[7]sp.>" } ]
   }

@@ -134,15 +134,7 @@ func Parse(b []byte) (*Policy, error) {
 				errs = append(errs, fmt.Errorf("policy: role %s: bad subject %q", name, s))
 			}
 		}
-		// A session receives replies under its own inbox prefix only: a role
-		// that subscribes to every inbox would read every other session's.
-		for _, s := range r.Subscribe.Allow {
-			// Inbox subjects: prefix.nuid (a subscription's), prefix.nuid.token
-			// (nats.go's request mux).
-			if subjectMatches(s, "_INBOX.c.nkey.nuid") || subjectMatches(s, "_INBOX.c.nkey.nuid.token") {
-				errs = append(errs, fmt.Errorf("policy: role %s: subscribe %q covers every session's inbox (_INBOX.>): name the subjects the role needs; its own replies are always allowed", name, s))
-			}
-		}
+		errs = append(errs, r.validateInboxes(name)...)
 	}
 	return &p, errors.Join(errs...)
 }
@@ -222,6 +214,7 @@ func (p *Policy) Apply(uc *jwt.UserClaims, roles []string, s Subject) {
 		}
 		return out
 	}
+	answers := false
 	for _, name := range roles {
 		role := p.Roles[name]
 		uc.Pub.Allow.Add(expand(role.Publish.Allow)...)
@@ -229,7 +222,7 @@ func (p *Policy) Apply(uc *jwt.UserClaims, roles []string, s Subject) {
 		uc.Sub.Allow.Add(expand(role.Subscribe.Allow)...)
 		uc.Sub.Deny.Add(expand(role.Subscribe.Deny)...)
 		if role.Response != nil {
-			uc.Resp = &jwt.ResponsePermission{MaxMsgs: role.Response.MaxMsgs, Expires: role.Response.Expires}
+			answers = true
 		}
 		if l := role.Limits; l != nil {
 			if l.Subs > 0 {
@@ -244,6 +237,7 @@ func (p *Policy) Apply(uc *jwt.UserClaims, roles []string, s Subject) {
 		}
 	}
 	p.applyAdmin(uc, roles, s)
+	applyAnswers(uc, answers)
 	denyReserved(uc)
 	// Replies to its own requests, under its own inbox prefix only: with
 	// _INBOX.> it could read every other session's replies.

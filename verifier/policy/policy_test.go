@@ -73,8 +73,10 @@ func TestPolicyApply(t *testing.T) {
 	if slices.Contains(uc.Sub.Allow, "_INBOX.>") {
 		t.Fatalf("sub allow %v: _INBOX.> reads every other session's replies", uc.Sub.Allow)
 	}
-	if uc.Resp == nil || uc.Resp.MaxMsgs != 1 || uc.Limits.Subs != 10 || uc.Limits.Payload != 65536 {
-		t.Fatalf("response %+v limits %+v", uc.Resp, uc.Limits)
+	// response: answers on inboxes, never NATS's allow_responses (which
+	// reaches any subject a message it receives names as reply).
+	if uc.Resp != nil || !slices.Contains(uc.Pub.Allow, "_INBOX.>") || uc.Limits.Subs != 10 || uc.Limits.Payload != 65536 {
+		t.Fatalf("response %+v pub %v limits %+v", uc.Resp, uc.Pub.Allow, uc.Limits)
 	}
 	if p.SessionTTL != 2*time.Minute {
 		t.Fatalf("session_ttl %v", p.SessionTTL)

@@ -44,10 +44,79 @@ func denyReserved(uc *jwt.UserClaims) {
 	for _, res := range reserved {
 		uc.Sub.Deny.Add(res.pattern)
 	}
+	uc.Sub.Deny.Add(enrollmentInboxes...)
 }
 
 // template is a {{...}} placeholder, or a token containing one.
 var template = regexp.MustCompile(`[^.]*\{\{[^}]*\}\}[^.]*`)
+
+// Inboxes. A session receives replies under its own inbox prefix only
+// (api.InboxFor…, added by Apply): a role that subscribes to other
+// sessions' inboxes would read their replies (registration challenges,
+// status answers), one that publishes there could forge them.
+
+// inboxSamples are inbox subjects of each kind of session: a credential's
+// (c), a join token's (t), a host proof's (h), an allow-listed EK's (e), as
+// a subscription's (prefix.nuid) and nats.go's request mux's
+// (prefix.nuid.token).
+var inboxSamples = []string{
+	"_INBOX.c.nkey.nuid", "_INBOX.c.nkey.nuid.token", "_INBOX.t.hash.nuid", "_INBOX.t.hash.nuid.token",
+	"_INBOX.h.host.nuid", "_INBOX.h.host.nuid.token", "_INBOX.e.hash.nuid", "_INBOX.e.hash.nuid.token",
+}
+
+// enrollmentInboxes never belong to a policy session: every one is denied
+// them (the credentials' inboxes cannot be: a session's own is one).
+var enrollmentInboxes = []string{"_INBOX.t.>", "_INBOX.h.>", "_INBOX.e.>"}
+
+// answerInboxes is what a role with response: may publish to: the inboxes
+// replies go to. Not NATS's allow_responses, which lets a session publish
+// to the reply subject of any message delivered to it, its own included:
+// with one subject it may publish and subscribe to, it could send itself a
+// message whose reply is any subject at all (the operator API, another
+// host's v1 scope) and "answer" it there, past every deny.
+const answerInboxes = "_INBOX.>"
+
+// validateInboxes refuses subscribe patterns (templates taken as any
+// token) that cover another session's inbox, and publish patterns that
+// reach inboxes (answering requests is response:'s).
+func (r Role) validateInboxes(name string) []error {
+	var errs []error
+	for _, pat := range r.Subscribe.Allow {
+		p := template.ReplaceAllString(pat, "*")
+		for _, sample := range inboxSamples {
+			if subjectMatches(p, sample) {
+				errs = append(errs, fmt.Errorf("policy: role %s: subscribe %q covers other sessions' inboxes (_INBOX.>): name the subjects the role needs; its own replies are always allowed", name, pat))
+				break
+			}
+		}
+	}
+	for _, pat := range r.Publish.Allow {
+		p := template.ReplaceAllString(pat, "*")
+		for _, sample := range inboxSamples {
+			if subjectMatches(p, sample) {
+				errs = append(errs, fmt.Errorf("policy: role %s: publish %q reaches other sessions' inboxes: a role that answers requests says response: {}", name, pat))
+				break
+			}
+		}
+	}
+	return errs
+}
+
+// applyAnswers lets a session whose roles answer requests publish to
+// inboxes. A session no role lets publish anything gets an allow-list that
+// matches nothing: NATS reads an empty one as everything.
+func applyAnswers(uc *jwt.UserClaims, answers bool) {
+	if answers {
+		uc.Pub.Allow.Add(answerInboxes)
+	}
+	if len(uc.Pub.Allow) == 0 {
+		uc.Pub.Allow.Add(publishNothing)
+	}
+}
+
+// publishNothing is a subject no one serves: an allow-list of it alone
+// allows nothing that matters.
+const publishNothing = "_TPMAUTHN.NOTHING"
 
 // overlaps reports whether some subject matches both NATS patterns.
 func overlaps(a, b string) bool {

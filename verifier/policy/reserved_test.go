@@ -2,6 +2,7 @@ package policy
 
 import (
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/nats-io/jwt/v2"
@@ -52,5 +53,42 @@ func TestApplyDeniesReserved(t *testing.T) {
 	}
 	if !slices.Contains(uc.Pub.Deny, "tpmauthn.v1.>") {
 		t.Errorf("publish deny %v, want tpmauthn.v1.>", uc.Pub.Deny)
+	}
+}
+
+// TestInboxPolicy: roles cannot read or write other sessions' inboxes, of
+// any kind, templates or not; response: answers on inboxes only; a role
+// with nothing to publish publishes nothing (not everything).
+func TestInboxPolicy(t *testing.T) {
+	for _, y := range []string{
+		`roles: {t: {subscribe: {allow: ["_INBOX.t.>"]}}}`,
+		`roles: {t: {subscribe: {allow: ["_INBOX.h.*.*.*"]}}}`,
+		`roles: {t: {subscribe: {allow: ["_INBOX.{{workload}}.>"]}}}`,
+		`roles: {t: {subscribe: {allow: ["*.c.>"]}}}`,
+		`roles: {t: {publish: {allow: ["_INBOX.>"]}}}`,
+		`roles: {t: {publish: {allow: ["_INBOX.c.*.*"]}}}`,
+	} {
+		if _, err := Parse([]byte(y)); err == nil || !strings.Contains(err.Error(), "inboxes") {
+			t.Errorf("%s: %v, want an inbox refusal", y, err)
+		}
+	}
+	p, err := Parse([]byte(`roles: {svc: {subscribe: {allow: ["svc.>"]}, response: {max_msgs: 1}}, watch: {subscribe: {allow: ["events.>"]}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	uc := jwt.NewUserClaims("U")
+	p.Apply(uc, []string{"svc"}, Subject{Workload: "svc", CredentialID: "C", Inbox: "_INBOX.c.C"})
+	if uc.Resp != nil || !slices.Equal(uc.Pub.Allow, []string{answerInboxes}) {
+		t.Errorf("a responder: resp %+v pub %v, want publish to inboxes only", uc.Resp, uc.Pub.Allow)
+	}
+	for _, d := range enrollmentInboxes {
+		if !slices.Contains(uc.Sub.Deny, d) {
+			t.Errorf("sub deny %v, want %s", uc.Sub.Deny, d)
+		}
+	}
+	uc = jwt.NewUserClaims("U")
+	p.Apply(uc, []string{"watch"}, Subject{Workload: "w", CredentialID: "C", Inbox: "_INBOX.c.C"})
+	if !slices.Equal(uc.Pub.Allow, []string{publishNothing}) {
+		t.Errorf("a subscribe-only role: pub %v, want nothing", uc.Pub.Allow)
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/audit"
+	"github.com/tpmauthn/tpmauthn/internal/eventually"
 	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/internal/oidctest"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
@@ -274,5 +275,57 @@ func TestPersonCredentialEndsWithPerson(t *testing.T) {
 	}
 	if !slices.Contains(first.Roles, "dev") {
 		t.Fatalf("login roles %v", first.Roles)
+	}
+}
+
+// TestPolicyReloadKicksPeople (P-16): an operator removes an IdP from the
+// policy (it was compromised, or the company left it): the live sessions
+// of its people end at the reload, not at their expiry, and they cannot
+// connect again.
+func TestPolicyReloadKicksPeople(t *testing.T) {
+	requireRoot(t)
+	op := oidctest.Start(t, oidctest.User{ID: "u-dana", Username: "dana", Password: "pw", Name: "Dana Scully", Email: "dana.scully@example.com", Groups: []string{"developers"}})
+	f := peopleFleet(t, op)
+	h := f.NewHost(t)
+	if st, dev := personLoginAs(t, h, personUID, loginGrant(t, f, op, "dana", "pw").AccessToken); st != 200 {
+		t.Fatalf("person login at the agent: %d %v", st, dev)
+	}
+	nc, err := connectWorkload(t, f, h, personUID)
+	if err != nil {
+		t.Fatalf("the person's program cannot connect: %v", err)
+	}
+	defer nc.Close()
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+
+	// The same policy without its people: section. A file's reload is
+	// noticed at the policy's next use (at most a second apart): a
+	// workload's connect, or here the operator's status.
+	noIdP := personPolicy[:strings.Index(personPolicy, "people:")]
+	later := time.Now().Add(2 * time.Second)
+	if err := os.WriteFile(f.Config.PolicyFile, []byte(noIdP), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(f.Config.PolicyFile, later, later); err != nil {
+		t.Fatal(err)
+	}
+	eventually.Until(t, 15*time.Second, func() error {
+		select {
+		case <-closed:
+			return nil
+		default:
+			f.Admin(t, "status", nil, nil)
+			return errors.New("the person's session outlives the removal of their IdP")
+		}
+	})
+	if _, err := connectWorkload(t, f, h, personUID); err == nil {
+		t.Fatal("a person of a removed IdP connected again")
+	}
+	var found bool
+	for _, ev := range f.AuditEvents(t) {
+		found = found || (ev.Kind == "person.policy" && strings.Contains(ev.Reason, "loses dev"))
+	}
+	if !found {
+		t.Fatal("no person.policy audit event names the role the reload took away")
 	}
 }

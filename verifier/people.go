@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/tpmauthn/tpmauthn/verifier/alert"
@@ -46,6 +47,23 @@ func (v *Verifier) openPeople(context.Context) error {
 	v.people = people.New(people.Config{Store: v.st, Policy: pol, Trail: v.trail, Logger: v.log, Now: v.cfg.Clock, Sealer: sealer})
 	v.offboard = offboard.New(offboard.Config{People: v.people, Store: v.st, Fleet: v.fleet, Sessions: v.sessions,
 		Alerts: alert.NewPublisher(v.nc, v.trail, v.metrics, v.log), Trail: v.trail, Policy: pol, Logger: v.log})
+	// A reload that takes people's roles away kicks their sessions (in the
+	// background: the reload runs in a connect's call).
+	var reloads sync.WaitGroup
+	v.onClose(reloads.Wait)
+	v.policy.OnReload(func(prev, next *policy.Policy) {
+		reloads.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			n, err := v.offboard.Repolicy(ctx, prev, next)
+			switch {
+			case err != nil:
+				v.log.Error("policy reload: kicking sessions whose roles it took away", "kicked", n, "error", err)
+			case n > 0:
+				v.log.Info("policy reload took people's roles away: their sessions kicked", "kicked", n)
+			}
+		})
+	})
 	dir, err := person.Start(context.Background(), v.st.People, pol)
 	if err != nil {
 		return err

@@ -724,9 +724,9 @@ func (v *Verifier) logTrust() {
 	} else {
 		v.log.Info("policy loaded", append([]any{"file", file}, v.policy.Current().Summary()...)...)
 	}
-	v.policy.OnReload = func(p *policy.Policy) {
+	v.policy.OnReload(func(_, p *policy.Policy) {
 		v.log.Info("policy reloaded", append([]any{"file", file}, p.Summary()...)...)
-	}
+	})
 }
 
 // rpIDFile keeps the RP ID a data directory's credentials were registered

@@ -2,6 +2,7 @@ package offboard
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -28,37 +29,11 @@ func (s *Service) Regroup(ctx context.Context, id string, change func(groups []s
 		return 0, nil
 	}
 	pol := s.cfg.Policy()
-	var mu sync.Mutex
-	lost := map[string][]string{} // credential → roles it loses (cut calls shrunk concurrently)
-	shrunk := func(c *record.Credential) bool {
-		// As the connect path reads it (verifier/authn/person): an
-		// assurance the record does not state counts as the weakest.
-		a := c.Assurance
-		if a != policy.AssuranceHardware {
-			a = policy.AssuranceSoftware
-		}
-		was := pol.RolesForPerson(policy.Person{IdP: before.IdP, Groups: before.Groups, Assurance: a})
-		now := pol.RolesForPerson(policy.Person{IdP: after.IdP, Groups: after.Groups, Assurance: a})
-		gone := slices.DeleteFunc(slices.Clone(was), func(r string) bool { return slices.Contains(now, r) })
-		if len(gone) == 0 || c.Status == api.CredentialRevoked {
-			return false
-		}
-		mu.Lock()
-		lost[c.ID] = gone
-		mu.Unlock()
-		return true
-	}
-	_, kicked, kickErr := s.cut(ctx, after.Credentials, func(c *record.Credential) action {
-		if shrunk(c) {
-			return kickOnly
-		}
-		return leave
-	}, "", actor)
+	lost, kicked, kickErr := s.kickShrunk(ctx, after.Credentials, func(c *record.Credential) []string {
+		return rolesLost(personRoles(pol, before, c), personRoles(pol, after, c))
+	}, actor)
 	ev := audit.Event{Kind: "person.groups", Result: audit.OK, Person: id, Actor: actor,
-		Reason: fmt.Sprintf("groups %q → %q; %d sessions kicked", before.Groups, after.Groups, kicked)}
-	for _, c := range slices.Sorted(maps.Keys(lost)) {
-		ev.Reason += fmt.Sprintf("; credential %s loses %s", c, strings.Join(lost[c], ","))
-	}
+		Reason: fmt.Sprintf("groups %q → %q; %d sessions kicked", before.Groups, after.Groups, kicked) + lostReason(lost)}
 	if kickErr != nil {
 		ev.Result, ev.Reason = audit.Error, ev.Reason+"; "+kickErr.Error()
 	}
@@ -67,4 +42,90 @@ func (s *Service) Regroup(ctx context.Context, id string, change func(groups []s
 		return kicked, fmt.Errorf("%w: person %s: sessions whose roles shrank not all kicked (they end at their expiry): %w", api.ErrUnavailable, id, kickErr)
 	}
 	return kicked, nil
+}
+
+// Repolicy kicks the live sessions of every person whose roles a policy
+// reload took away (their IdP removed, a binding narrowed or gone): they
+// reconnect with what the new policy gives, or are refused. Without it a
+// removed IdP's people kept their sessions until those expired. It returns
+// the sessions kicked.
+func (s *Service) Repolicy(ctx context.Context, prev, next *policy.Policy) (int, error) {
+	all, err := s.cfg.People.List(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("policy reload: %w", err)
+	}
+	total := 0
+	var errs []error
+	for _, p := range all {
+		if !p.Disabled.IsZero() || len(p.Credentials) == 0 {
+			continue
+		}
+		lost, kicked, kickErr := s.kickShrunk(ctx, p.Credentials, func(c *record.Credential) []string {
+			return rolesLost(personRoles(prev, p, c), personRoles(next, p, c))
+		}, actorPolicy)
+		if len(lost) == 0 && kickErr == nil {
+			continue
+		}
+		total += kicked
+		ev := audit.Event{Kind: "person.policy", Result: audit.OK, Person: p.ID, Actor: actorPolicy,
+			Reason: fmt.Sprintf("a policy reload took roles away; %d sessions kicked", kicked) + lostReason(lost)}
+		if kickErr != nil {
+			ev.Result, ev.Reason = audit.Error, ev.Reason+"; "+kickErr.Error()
+			errs = append(errs, fmt.Errorf("person %s: %w", p.ID, kickErr))
+		}
+		s.cfg.Trail.RecordNow(ctx, ev)
+	}
+	if len(errs) > 0 {
+		return total, fmt.Errorf("%w: sessions whose roles a policy reload took away not all kicked (they end at their expiry): %w", api.ErrUnavailable, errors.Join(errs...))
+	}
+	return total, nil
+}
+
+// actorPolicy names a policy reload in audit events.
+const actorPolicy = "policy reload"
+
+// kickShrunk kicks the live sessions of each credential of ids (not
+// revoked) that lost returns roles for, and returns what each lost.
+func (s *Service) kickShrunk(ctx context.Context, ids []string, lost func(*record.Credential) []string, actor string) (map[string][]string, int, error) {
+	var mu sync.Mutex
+	out := map[string][]string{}
+	_, kicked, err := s.cut(ctx, ids, func(c *record.Credential) action {
+		if c.Status == api.CredentialRevoked {
+			return leave
+		}
+		gone := lost(c)
+		if len(gone) == 0 {
+			return leave
+		}
+		mu.Lock()
+		out[c.ID] = gone
+		mu.Unlock()
+		return kickOnly
+	}, "", actor)
+	return out, kicked, err
+}
+
+// personRoles are the roles pol gives person p on credential c, as the
+// connect path reads them (verifier/authn/person): an assurance the record
+// does not state counts as the weakest.
+func personRoles(pol *policy.Policy, p *record.Person, c *record.Credential) []string {
+	a := c.Assurance
+	if a != policy.AssuranceHardware {
+		a = policy.AssuranceSoftware
+	}
+	return pol.RolesForPerson(policy.Person{IdP: p.IdP, Groups: p.Groups, Assurance: a})
+}
+
+// rolesLost is what was has and now has not.
+func rolesLost(was, now []string) []string {
+	return slices.DeleteFunc(slices.Clone(was), func(r string) bool { return slices.Contains(now, r) })
+}
+
+// lostReason says, for an audit event, what each credential lost.
+func lostReason(lost map[string][]string) string {
+	var b strings.Builder
+	for _, c := range slices.Sorted(maps.Keys(lost)) {
+		fmt.Fprintf(&b, "; credential %s loses %s", c, strings.Join(lost[c], ","))
+	}
+	return b.String()
 }

@@ -121,7 +121,7 @@ func TestSourceOnReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	var reloads []int
-	ps.OnReload = func(p *Policy) { reloads = append(reloads, len(p.Roles)) }
+	ps.OnReload(func(_, p *Policy) { reloads = append(reloads, len(p.Roles)) })
 	write("roles: {a: {}, b: {}}", now.Add(-time.Minute))
 	ps.next = time.Time{}
 	if len(ps.Current().Roles) != 2 || !slices.Equal(reloads, []int{2}) {

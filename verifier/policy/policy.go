@@ -299,9 +299,17 @@ type Source struct {
 	onErr func(error)
 	// lastErr is the last reload's failure (nil once one succeeds).
 	lastErr error
-	// OnReload, if set, is told of each policy loaded after the first (a
-	// changed file that parsed).
-	OnReload func(*Policy)
+	// hooks are told of each policy loaded after the first (OnReload).
+	hooks []func(prev, p *Policy)
+}
+
+// OnReload has f told of each policy loaded after the first (a changed
+// file that parsed), with the one it replaces. f runs on the reloading
+// call's goroutine (a connect's): it must not block.
+func (ps *Source) OnReload(f func(prev, p *Policy)) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	ps.hooks = append(ps.hooks, f)
 }
 
 // NewSource loads the policy at path (empty: a policy that grants nothing)
@@ -334,10 +342,12 @@ func (ps *Source) reload() error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", ps.path, err)
 	}
-	reloaded := ps.cur != nil
+	prev := ps.cur
 	ps.cur, ps.mod = p, fi.ModTime()
-	if reloaded && ps.OnReload != nil {
-		ps.OnReload(p)
+	if prev != nil {
+		for _, f := range ps.hooks {
+			f(prev, p)
+		}
 	}
 	return nil
 }

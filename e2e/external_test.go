@@ -169,3 +169,77 @@ func buildBinary(t testing.TB, pkg string) string {
 	}
 	return bin
 }
+
+// TestExternalMergedConfig: an existing nats-server configuration with an
+// account of its own, merged with tpmauthnctl nats-config --merge, serves
+// that account's users as before and tpmauthn's workloads through the
+// callout, which refuses anyone else.
+func TestExternalMergedConfig(t *testing.T) {
+	sw := swtpmtest.New(t)
+	vdir, ks := externalFleet(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "nats-server.conf")
+	existing := fmt.Sprintf(`listen: 127.0.0.1:-1
+jetstream { store_dir: %q }
+accounts {
+  LEGACY {
+    jetstream: enabled
+    users: [ {user: alice, password: s3cret}, {user: carol, password: c4rol} ]
+  }
+}
+`, filepath.Join(dir, "js"))
+	if err := os.WriteFile(path, []byte(existing), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m, err := keys.MergeServerConfig(ks, path, keys.Websocket{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(m.Config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := server.ProcessConfigFile(path)
+	if err != nil {
+		t.Fatalf("nats-server refuses the merged configuration: %v\n%s", err, m.Config)
+	}
+	opts.NoSigs, opts.NoLog = true, true
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	t.Cleanup(s.Shutdown)
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("the merged server is not ready")
+	}
+	url := s.ClientURL()
+	startVerifierOn(t, vdir, url, fleettest.EKCADir(t, sw), fleettest.WritePolicy(t, time.Minute))
+	runAgentAndWorkload(t, sw, url, fleettest.OperatorConn(t, vdir, url))
+
+	// The account's users still log in, by password, into their account.
+	alice, err := nats.Connect(url, nats.UserInfo("alice", "s3cret"), nats.MaxReconnects(0))
+	if err != nil {
+		t.Fatalf("user alice of the existing account: %v", err)
+	}
+	defer alice.Close()
+	carol, err := nats.Connect(url, nats.UserInfo("carol", "c4rol"), nats.MaxReconnects(0))
+	if err != nil {
+		t.Fatalf("user carol of the existing account: %v", err)
+	}
+	defer carol.Close()
+	sub, _ := carol.SubscribeSync("ledger.>")
+	_ = carol.Flush()
+	_ = alice.Publish("ledger.1", []byte("entry"))
+	if msg, err := sub.NextMsg(5 * time.Second); err != nil || string(msg.Data) != "entry" {
+		t.Fatalf("alice to carol in their account: %v", err)
+	}
+	// Everyone else goes through the callout, which refuses them.
+	for name, o := range map[string]nats.Option{"anonymous": nats.Name("anonymous"), "wrong-password": nats.UserInfo("alice", "guess")} {
+		if nc, err := nats.Connect(url, o, nats.MaxReconnects(0)); err == nil || !strings.Contains(err.Error(), "Authorization Violation") {
+			if nc != nil {
+				nc.Close()
+			}
+			t.Errorf("%s client: %v, want an authorization violation", name, err)
+		}
+	}
+}

@@ -303,19 +303,31 @@ func (a *app) statusCmd() *cobra.Command {
 
 func (a *app) natsConfigCmd() *cobra.Command {
 	var ws keys.Websocket
+	var merge string
 	cmd := &cobra.Command{
 		Use:   "nats-config",
-		Short: "Print the nats-server configuration block for an existing cluster",
+		Short: "Print the nats-server configuration for an existing cluster, or merge it into a server's file",
 		Long: `Prints the accounts and authorization blocks to add to every nats-server of an
-existing cluster (nats-server >= 2.15.3, JetStream enabled). The keys are read
-from --data-dir (created there on first use), so start tpmauthn-verifier with
-that data directory and --nats-url pointing at the cluster. With
---websocket-listen, it adds the WebSocket listener browsers connect to (the
+existing cluster (nats-server >= 2.15.3, with server-level JetStream). The keys
+are read from --data-dir (created there on first use), so start
+tpmauthn-verifier with that data directory and --nats-url pointing at the
+cluster.
+
+With --merge FILE, it prints FILE (an existing nats-server configuration) with
+tpmauthn's accounts added to its accounts block, the verifier's system user to
+its system account, and the auth callout appended; what it kept and what
+changes go to stderr. The file's accounts and their users log in as before;
+every other client (an anonymous one, above all) goes through the callout,
+which lets in only tpmauthn's hosts, workloads and people. It refuses a file
+without server-level JetStream, with an authorization block of its own (whose
+users the callout would refuse), or in operator (JWT) mode, saying what to do.
+
+With --websocket-listen, it adds the WebSocket listener browsers connect to (the
 console's pages and the browser client): only --websocket-origin (the
 verifier's --http-public-url) may connect, with the longer auth timeout a
 passkey prompt needs; add a tls block to it beyond loopback.`,
 		Args: cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
+		RunE: func(cmd *cobra.Command, _ []string) error {
 			if a.s.DataDir == "" {
 				return fmt.Errorf("--data-dir is required: the verifier's keys live there")
 			}
@@ -326,10 +338,22 @@ passkey prompt needs; add a tls block to it beyond loopback.`,
 			if ws.Listen != "" && len(ws.AllowedOrigins) == 0 {
 				return fmt.Errorf("--websocket-listen needs --websocket-origin: the verifier's --http-public-url, the only page allowed to connect")
 			}
-			fmt.Fprint(a.out, keys.ServerConfig(k, keys.ServerConfigOptions{Websocket: ws}))
+			if merge == "" {
+				fmt.Fprint(a.out, keys.ServerConfig(k, keys.ServerConfigOptions{Websocket: ws}))
+				return nil
+			}
+			m, err := keys.MergeServerConfig(k, merge, ws)
+			if err != nil {
+				return err
+			}
+			fmt.Fprint(a.out, m.Config)
+			for _, n := range m.Notes {
+				fmt.Fprintln(cmd.ErrOrStderr(), "nats-config:", n)
+			}
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&merge, "merge", "", "print this nats-server configuration file with tpmauthn's accounts and auth callout merged in")
 	cmd.Flags().StringVar(&ws.Listen, "websocket-listen", "", "add a WebSocket listener for browsers on host:port")
 	cmd.Flags().StringSliceVar(&ws.AllowedOrigins, "websocket-origin", nil, "the origin allowed to connect over WebSocket (the verifier's --http-public-url)")
 	return cmd

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -129,5 +131,39 @@ func TestWaitsForAStartingVerifier(t *testing.T) {
 		}
 	case <-time.After(25 * time.Second):
 		t.Fatal("tpmauthnctl did not finish")
+	}
+}
+
+// TestNATSConfigMerge: nats-config --merge prints the existing file with
+// tpmauthn merged in and tells, on stderr, what it kept and who now goes
+// through the callout; a file without server-level JetStream is refused,
+// saying to add it.
+func TestNATSConfigMerge(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "nats-server.conf")
+	if err := os.WriteFile(conf, []byte("jetstream { store_dir: /var/lib/nats }\naccounts { LEGACY { users: [ {user: alice, password: s3cret} ] } }\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	cmd := newRootCmd()
+	cmd.SetArgs([]string{"--data-dir", dir, "nats-config", "--merge", conf})
+	cmd.SetOut(&out)
+	cmd.SetErr(&errOut)
+	if err := cmd.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"LEGACY { users: [ {user: alice, password: s3cret} ] }", "  AUTH {", "auth_callout {", "system_account: SYS"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("merged configuration lacks %q:\n%s", want, out.String())
+		}
+	}
+	if !strings.Contains(errOut.String(), "kept accounts LEGACY") || !strings.Contains(errOut.String(), "every other client") {
+		t.Errorf("stderr:\n%s", errOut.String())
+	}
+	if err := os.WriteFile(conf, []byte("port: 4222\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctl(t, "--data-dir", dir, "nats-config", "--merge", conf); err == nil || !strings.Contains(err.Error(), "add 'jetstream { store_dir:") {
+		t.Fatalf("merge into a file without JetStream: %v", err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/internal/atomicfile"
 	"github.com/tpmauthn/tpmauthn/internal/cliconf"
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
@@ -28,6 +29,7 @@ func (a *app) tokenCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "token", Short: "Join tokens: one-time, expiring, carrying roles"}
 	var roles, tags []string
 	var ttl time.Duration
+	var out string
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Create a join token and print it (only its hash is kept)",
@@ -37,10 +39,20 @@ func (a *app) tokenCmd() *cobra.Command {
 			if err := a.call("token.create", api.TokenCreateRequest{Roles: roles, Tags: tags, TTL: ttl}, &r); err != nil {
 				return err
 			}
+			if out != "" {
+				// A bearer secret: readable by its owner only, which the
+				// agent checks before it reads it.
+				if err := atomicfile.Write(out, []byte(r.Token+"\n"), 0o600); err != nil {
+					return fmt.Errorf("token %s created, but not written: %w", r.ID, err)
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "token written to %s (mode 0600)\n", out)
+			}
 			if a.s.JSON {
 				return a.print(r, nil)
 			}
-			fmt.Fprintln(a.out, r.Token)
+			if out == "" {
+				fmt.Fprintln(a.out, r.Token)
+			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "token %s for roles %s, valid until %s, one use\n", r.ID, list(roles), when(r.Expires))
 			if r.CAPin == "" {
 				fmt.Fprintln(cmd.ErrOrStderr(), "the token pins no NATS CA (the verifier has none of its own): give agents --nats-ca, or they trust the system's roots")
@@ -51,6 +63,7 @@ func (a *app) tokenCmd() *cobra.Command {
 	create.Flags().StringSliceVar(&roles, "roles", nil, "roles the enrolled host gets, comma-separated")
 	create.Flags().StringSliceVar(&tags, "tags", nil, "tags the enrolled host gets")
 	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token stays valid (at most 720h)")
+	create.Flags().StringVar(&out, "out", "", "write the token to this file, mode 0600 (the agent's --token-file), instead of printing it")
 	listCmd := &cobra.Command{
 		Use: "list", Short: "List join tokens", Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {

@@ -42,12 +42,28 @@ func TestAgainstLocalVerifier(t *testing.T) {
 	if !strings.HasPrefix(token, "tpmauthn-join-") || strings.Contains(token, "\n") {
 		t.Fatalf("token create printed %q, want the token alone", out)
 	}
+	// --out writes the token for the agent's --token-file readable by its
+	// owner only, whatever the umask and the file's mode before.
+	file := filepath.Join(t.TempDir(), "join-token")
+	if err := os.WriteFile(file, []byte("an old token\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = ctl(t, "--data-dir", dir, "token", "create", "--roles", "demo", "--out", file)
+	if err != nil || out != "" {
+		t.Fatalf("token create --out printed %q, %v", out, err)
+	}
+	if b, err := os.ReadFile(file); err != nil || !strings.HasPrefix(string(b), "tpmauthn-join-") {
+		t.Fatalf("token file: %q, %v", b, err)
+	}
+	if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("token file %v, %v: want mode 0600", fi.Mode(), err)
+	}
 	out, err = ctl(t, "--data-dir", dir, "--json", "token", "list")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var tokens []record.Token
-	if err := json.Unmarshal([]byte(out), &tokens); err != nil || len(tokens) != 1 || tokens[0].Roles[0] != "demo" {
+	if err := json.Unmarshal([]byte(out), &tokens); err != nil || len(tokens) != 2 || tokens[0].Roles[0] != "demo" {
 		t.Fatalf("token list --json = %s (%v)", out, err)
 	}
 	if strings.Contains(out, token) {
@@ -62,7 +78,7 @@ func TestAgainstLocalVerifier(t *testing.T) {
 		t.Fatalf("host list --json on an empty fleet = %q, %v", out, err)
 	}
 	out, err = ctl(t, "--data-dir", dir, "status")
-	if err != nil || !strings.Contains(out, "1 valid") {
+	if err != nil || !strings.Contains(out, "2 valid") {
 		t.Fatalf("status = %q, %v", out, err)
 	}
 	if _, err := ctl(t, "--data-dir", dir, "host", "show", "h-missing"); err == nil || !strings.Contains(err.Error(), "not_found") {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -175,12 +176,7 @@ func (a *app) credentialCmd() *cobra.Command {
 			if err := a.call("credential.list", api.CredentialListRequest{Host: host}, &cs); err != nil {
 				return err
 			}
-			return a.print(cs, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "ID\tWORKLOAD\tHOST\tSTATUS\tCOUNTER\tCREATED")
-				for _, c := range cs {
-					row(w, c.ID, c.Workload, c.Host, c.Status, c.Counter, when(c.Created))
-				}
-			})
+			return a.print(cs, func(w *tabwriter.Writer) { credentialTable(w, cs) })
 		},
 	}
 	listCmd.Flags().StringVar(&host, "host", "", "only this host's credentials")
@@ -191,12 +187,7 @@ func (a *app) credentialCmd() *cobra.Command {
 			if err := a.call("credential.show", api.IDRequest{ID: args[0]}, &c); err != nil {
 				return err
 			}
-			return a.print(c, func(w *tabwriter.Writer) {
-				for _, kv := range [][2]string{{"id", c.ID}, {"workload", c.Workload}, {"host", c.Host}, {"status", string(c.Status)},
-					{"reason", orDash(c.Reason)}, {"counter", fmt.Sprint(c.Counter)}, {"created", when(c.Created)}, {"updated", when(c.Updated)}} {
-					row(w, kv[0]+":", kv[1])
-				}
-			})
+			return a.print(c, func(w *tabwriter.Writer) { credentialFields(w, &c) })
 		},
 	}
 	var reason string
@@ -257,6 +248,30 @@ func (a *app) credentialCmd() *cobra.Command {
 	reissue.Flags().StringVar(&reason, "reason", "", "why (recorded)")
 	cmd.AddCommand(listCmd, show, revoke, release, rotate, reissue)
 	return cmd
+}
+
+// credentialTable is credential list's table. A rotation chain's
+// credentials share a LINEAGE (the ID of its first, the CONNECT nkey its
+// workload keeps); a replaced one names its successor and is refused after
+// RETIRES.
+func credentialTable(w io.Writer, cs []record.Credential) {
+	fmt.Fprintln(w, "ID\tWORKLOAD\tHOST\tSTATUS\tCOUNTER\tCREATED\tLINEAGE\tREPLACED BY\tRETIRES")
+	for _, c := range cs {
+		row(w, c.ID, c.Workload, orDash(c.Host), c.Status, c.Counter, when(c.Created), c.Nkey(), orDash(c.ReplacedBy), when(c.Retires))
+	}
+}
+
+// credentialFields is credential show's list of fields.
+func credentialFields(w io.Writer, c *record.Credential) {
+	rotate := "-"
+	if c.RotateRequested {
+		rotate = "requested"
+	}
+	for _, kv := range [][2]string{{"id", c.ID}, {"workload", c.Workload}, {"host", orDash(c.Host)}, {"status", string(c.Status)},
+		{"reason", orDash(c.Reason)}, {"counter", fmt.Sprint(c.Counter)}, {"created", when(c.Created)}, {"updated", when(c.Updated)},
+		{"lineage", c.Nkey()}, {"rotation", rotate}, {"replaced by", orDash(c.ReplacedBy)}, {"retires", when(c.Retires)}} {
+		row(w, kv[0]+":", kv[1])
+	}
 }
 
 func (a *app) ekCmd() *cobra.Command {

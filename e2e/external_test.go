@@ -123,22 +123,7 @@ func TestClusterTwoVerifiers(t *testing.T) {
 	for i, name := range []string{"a", "b"} {
 		extra := fmt.Sprintf("server_name: %s\ncluster { name: tpmauthn, listen: \"127.0.0.1:%d\", %s }", name, ports[i], routes)
 		conf := keys.ServerConfig(ks, keys.ServerConfigOptions{Listen: "127.0.0.1:-1", StoreDir: filepath.Join(t.TempDir(), "js"), Extra: extra})
-		path := filepath.Join(t.TempDir(), "nats.conf")
-		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		opts, err := server.ProcessConfigFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		opts.NoSigs, opts.NoLog = true, true
-		s, err := server.NewServer(opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.Start()
-		t.Cleanup(s.Shutdown)
-		srvs = append(srvs, s)
+		srvs = append(srvs, startConfigured(t, filepath.Join(t.TempDir(), "nats.conf"), conf))
 	}
 	for _, s := range srvs {
 		if !s.ReadyForConnections(20 * time.Second) {
@@ -157,6 +142,27 @@ func TestClusterTwoVerifiers(t *testing.T) {
 		t.Fatalf("requests served: %d and %d, want both", v1.Served(), v2.Served())
 	}
 	t.Logf("served: %d via server a, %d via server b", v1.Served(), v2.Served())
+}
+
+// startConfigured writes conf to path and starts an in-process nats-server
+// from that file, as nats-server -c path would; cleanup shuts it down.
+func startConfigured(t *testing.T, path, conf string) *server.Server {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := server.ProcessConfigFile(path)
+	if err != nil {
+		t.Fatalf("nats-server refuses the configuration: %v\n%s", err, conf)
+	}
+	opts.NoSigs, opts.NoLog = true, true
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	t.Cleanup(s.Shutdown)
+	return s
 }
 
 // buildBinary builds pkg's command into a temporary directory (the real
@@ -195,20 +201,7 @@ accounts {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(path, []byte(m.Config), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	opts, err := server.ProcessConfigFile(path)
-	if err != nil {
-		t.Fatalf("nats-server refuses the merged configuration: %v\n%s", err, m.Config)
-	}
-	opts.NoSigs, opts.NoLog = true, true
-	s, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Start()
-	t.Cleanup(s.Shutdown)
+	s := startConfigured(t, path, m.Config)
 	if !s.ReadyForConnections(10 * time.Second) {
 		t.Fatal("the merged server is not ready")
 	}

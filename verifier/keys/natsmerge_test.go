@@ -32,6 +32,16 @@ func mergeFile(t *testing.T, k *Set, text string) (*Merged, error) {
 	return MergeServerConfig(k, path, Websocket{})
 }
 
+// newKeys is a fresh verifier key set.
+func newKeys(t *testing.T) *Set {
+	t.Helper()
+	k, _, err := LoadOrCreate(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
 // loadMerged has nats-server's own configuration parser read m.
 func loadMerged(t *testing.T, m *Merged) *server.Options {
 	t.Helper()
@@ -65,10 +75,7 @@ func accountOf(o *server.Options, user string) string {
 // settings survive, next to tpmauthn's accounts, its system user and the
 // auth callout; the notes say who now goes through the callout.
 func TestMergeKeepsAccounts(t *testing.T) {
-	k, _, err := LoadOrCreate(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := newKeys(t)
 	tests := []struct {
 		name, conf string
 		sys        string // the system account the verifier's user lands in
@@ -144,10 +151,7 @@ port: -1`, AccountSys, nil},
 // TestMergeRefuses: what cannot be merged without changing what the file's
 // clients get is refused, saying what to do.
 func TestMergeRefuses(t *testing.T) {
-	k, _, err := LoadOrCreate(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := newKeys(t)
 	tests := []struct {
 		name, conf string
 		want       error

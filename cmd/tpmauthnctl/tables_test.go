@@ -54,9 +54,9 @@ func rotated() []record.Credential {
 // TestCredentialTables: credential list and show give a rotation's state
 // (lineage, replaced by, retires), not only --json.
 func TestCredentialTables(t *testing.T) {
-	local := time.Local
-	time.Local = time.UTC // the tables show local time
-	t.Cleanup(func() { time.Local = local })
+	zone := tableZone
+	tableZone = time.UTC // not the machine's
+	t.Cleanup(func() { tableZone = zone })
 	cs := rotated()
 	var b bytes.Buffer
 	w := tabwriter.NewWriter(&b, 2, 4, 2, ' ', 0)

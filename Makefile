@@ -78,10 +78,17 @@ browser-client: ## rebuild the vendored NATS browser client (verifier/passkey/as
 	cd scripts/browser && npm ci --no-audit --no-fund --loglevel=error && npm run build
 
 PREFIX ?= /usr/local
-install: build ## install the binaries and systemd units (PREFIX=/usr/local)
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/systemd/system
+CONF  := $(DESTDIR)/etc/tpmauthn
+install: build ## install the binaries, systemd units and example configs in /etc/tpmauthn (PREFIX=/usr/local; a config there is kept)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/systemd/system $(CONF)
 	install -m 0755 $(BIN)/tpmauthn-agent $(BIN)/tpmauthn-verifier $(BIN)/tpmauthnctl $(DESTDIR)$(PREFIX)/bin/
 	install -m 0644 systemd/*.service systemd/*.socket $(DESTDIR)/etc/systemd/system/
+	install -m 0644 packaging/verifier.yaml $(CONF)/verifier.yaml.example
+	install -m 0644 systemd/agent.yaml.example $(CONF)/agent.yaml.example
+	@for f in verifier agent; do \
+	  if [ -e $(CONF)/$$f.yaml ]; then echo "kept $(CONF)/$$f.yaml; this release's example is $(CONF)/$$f.yaml.example"; \
+	  else install -m 0644 $(CONF)/$$f.yaml.example $(CONF)/$$f.yaml && echo "installed $(CONF)/$$f.yaml: edit it before you start tpmauthn-$$f"; fi; \
+	done
 
 clean: ## remove build output
 	rm -rf $(BIN)

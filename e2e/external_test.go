@@ -123,22 +123,7 @@ func TestClusterTwoVerifiers(t *testing.T) {
 	for i, name := range []string{"a", "b"} {
 		extra := fmt.Sprintf("server_name: %s\ncluster { name: tpmauthn, listen: \"127.0.0.1:%d\", %s }", name, ports[i], routes)
 		conf := keys.ServerConfig(ks, keys.ServerConfigOptions{Listen: "127.0.0.1:-1", StoreDir: filepath.Join(t.TempDir(), "js"), Extra: extra})
-		path := filepath.Join(t.TempDir(), "nats.conf")
-		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		opts, err := server.ProcessConfigFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		opts.NoSigs, opts.NoLog = true, true
-		s, err := server.NewServer(opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.Start()
-		t.Cleanup(s.Shutdown)
-		srvs = append(srvs, s)
+		srvs = append(srvs, startConfigured(t, filepath.Join(t.TempDir(), "nats.conf"), conf))
 	}
 	for _, s := range srvs {
 		if !s.ReadyForConnections(20 * time.Second) {
@@ -159,6 +144,27 @@ func TestClusterTwoVerifiers(t *testing.T) {
 	t.Logf("served: %d via server a, %d via server b", v1.Served(), v2.Served())
 }
 
+// startConfigured writes conf to path and starts an in-process nats-server
+// from that file, as nats-server -c path would; cleanup shuts it down.
+func startConfigured(t *testing.T, path, conf string) *server.Server {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := server.ProcessConfigFile(path)
+	if err != nil {
+		t.Fatalf("nats-server refuses the configuration: %v\n%s", err, conf)
+	}
+	opts.NoSigs, opts.NoLog = true, true
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	t.Cleanup(s.Shutdown)
+	return s
+}
+
 // buildBinary builds pkg's command into a temporary directory (the real
 // binaries of the fault tests and the process tests).
 func buildBinary(t testing.TB, pkg string) string {
@@ -168,4 +174,65 @@ func buildBinary(t testing.TB, pkg string) string {
 		t.Fatalf("build %s: %v\n%s", pkg, err, out)
 	}
 	return bin
+}
+
+// TestExternalMergedConfig: an existing nats-server configuration with an
+// account of its own, merged with tpmauthnctl nats-config --merge, serves
+// that account's users as before and tpmauthn's workloads through the
+// callout, which refuses anyone else.
+func TestExternalMergedConfig(t *testing.T) {
+	sw := swtpmtest.New(t)
+	vdir, ks := externalFleet(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "nats-server.conf")
+	existing := fmt.Sprintf(`listen: 127.0.0.1:-1
+jetstream { store_dir: %q }
+accounts {
+  LEGACY {
+    jetstream: enabled
+    users: [ {user: alice, password: s3cret}, {user: carol, password: c4rol} ]
+  }
+}
+`, filepath.Join(dir, "js"))
+	if err := os.WriteFile(path, []byte(existing), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m, err := keys.MergeServerConfig(ks, path, keys.Websocket{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startConfigured(t, path, m.Config)
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("the merged server is not ready")
+	}
+	url := s.ClientURL()
+	startVerifierOn(t, vdir, url, fleettest.EKCADir(t, sw), fleettest.WritePolicy(t, time.Minute))
+	runAgentAndWorkload(t, sw, url, fleettest.OperatorConn(t, vdir, url))
+
+	// The account's users still log in, by password, into their account.
+	alice, err := nats.Connect(url, nats.UserInfo("alice", "s3cret"), nats.MaxReconnects(0))
+	if err != nil {
+		t.Fatalf("user alice of the existing account: %v", err)
+	}
+	defer alice.Close()
+	carol, err := nats.Connect(url, nats.UserInfo("carol", "c4rol"), nats.MaxReconnects(0))
+	if err != nil {
+		t.Fatalf("user carol of the existing account: %v", err)
+	}
+	defer carol.Close()
+	sub, _ := carol.SubscribeSync("ledger.>")
+	_ = carol.Flush()
+	_ = alice.Publish("ledger.1", []byte("entry"))
+	if msg, err := sub.NextMsg(5 * time.Second); err != nil || string(msg.Data) != "entry" {
+		t.Fatalf("alice to carol in their account: %v", err)
+	}
+	// Everyone else goes through the callout, which refuses them.
+	for name, o := range map[string]nats.Option{"anonymous": nats.Name("anonymous"), "wrong-password": nats.UserInfo("alice", "guess")} {
+		if nc, err := nats.Connect(url, o, nats.MaxReconnects(0)); err == nil || !strings.Contains(err.Error(), "Authorization Violation") {
+			if nc != nil {
+				nc.Close()
+			}
+			t.Errorf("%s client: %v, want an authorization violation", name, err)
+		}
+	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -11,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/internal/atomicfile"
 	"github.com/tpmauthn/tpmauthn/internal/cliconf"
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
@@ -28,6 +30,7 @@ func (a *app) tokenCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "token", Short: "Join tokens: one-time, expiring, carrying roles"}
 	var roles, tags []string
 	var ttl time.Duration
+	var out string
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Create a join token and print it (only its hash is kept)",
@@ -37,10 +40,20 @@ func (a *app) tokenCmd() *cobra.Command {
 			if err := a.call("token.create", api.TokenCreateRequest{Roles: roles, Tags: tags, TTL: ttl}, &r); err != nil {
 				return err
 			}
+			if out != "" {
+				// A bearer secret: readable by its owner only, which the
+				// agent checks before it reads it.
+				if err := atomicfile.Write(out, []byte(r.Token+"\n"), 0o600); err != nil {
+					return fmt.Errorf("token %s created, but not written: %w", r.ID, err)
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "token written to %s (mode 0600)\n", out)
+			}
 			if a.s.JSON {
 				return a.print(r, nil)
 			}
-			fmt.Fprintln(a.out, r.Token)
+			if out == "" {
+				fmt.Fprintln(a.out, r.Token)
+			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "token %s for roles %s, valid until %s, one use\n", r.ID, list(roles), when(r.Expires))
 			if r.CAPin == "" {
 				fmt.Fprintln(cmd.ErrOrStderr(), "the token pins no NATS CA (the verifier has none of its own): give agents --nats-ca, or they trust the system's roots")
@@ -51,6 +64,7 @@ func (a *app) tokenCmd() *cobra.Command {
 	create.Flags().StringSliceVar(&roles, "roles", nil, "roles the enrolled host gets, comma-separated")
 	create.Flags().StringSliceVar(&tags, "tags", nil, "tags the enrolled host gets")
 	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token stays valid (at most 720h)")
+	create.Flags().StringVar(&out, "out", "", "write the token to this file, mode 0600 (the agent's --token-file), instead of printing it")
 	listCmd := &cobra.Command{
 		Use: "list", Short: "List join tokens", Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
@@ -162,12 +176,7 @@ func (a *app) credentialCmd() *cobra.Command {
 			if err := a.call("credential.list", api.CredentialListRequest{Host: host}, &cs); err != nil {
 				return err
 			}
-			return a.print(cs, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "ID\tWORKLOAD\tHOST\tSTATUS\tCOUNTER\tCREATED")
-				for _, c := range cs {
-					row(w, c.ID, c.Workload, c.Host, c.Status, c.Counter, when(c.Created))
-				}
-			})
+			return a.print(cs, func(w *tabwriter.Writer) { credentialTable(w, cs) })
 		},
 	}
 	listCmd.Flags().StringVar(&host, "host", "", "only this host's credentials")
@@ -178,12 +187,7 @@ func (a *app) credentialCmd() *cobra.Command {
 			if err := a.call("credential.show", api.IDRequest{ID: args[0]}, &c); err != nil {
 				return err
 			}
-			return a.print(c, func(w *tabwriter.Writer) {
-				for _, kv := range [][2]string{{"id", c.ID}, {"workload", c.Workload}, {"host", c.Host}, {"status", string(c.Status)},
-					{"reason", orDash(c.Reason)}, {"counter", fmt.Sprint(c.Counter)}, {"created", when(c.Created)}, {"updated", when(c.Updated)}} {
-					row(w, kv[0]+":", kv[1])
-				}
-			})
+			return a.print(c, func(w *tabwriter.Writer) { credentialFields(w, &c) })
 		},
 	}
 	var reason string
@@ -246,6 +250,30 @@ func (a *app) credentialCmd() *cobra.Command {
 	return cmd
 }
 
+// credentialTable is credential list's table. A rotation chain's
+// credentials share a LINEAGE (the ID of its first, the CONNECT nkey its
+// workload keeps); a replaced one names its successor and is refused after
+// RETIRES.
+func credentialTable(w io.Writer, cs []record.Credential) {
+	fmt.Fprintln(w, "ID\tWORKLOAD\tHOST\tSTATUS\tCOUNTER\tCREATED\tLINEAGE\tREPLACED BY\tRETIRES")
+	for _, c := range cs {
+		row(w, c.ID, c.Workload, orDash(c.Host), c.Status, c.Counter, when(c.Created), c.Nkey(), orDash(c.ReplacedBy), when(c.Retires))
+	}
+}
+
+// credentialFields is credential show's list of fields.
+func credentialFields(w io.Writer, c *record.Credential) {
+	rotate := "-"
+	if c.RotateRequested {
+		rotate = "requested"
+	}
+	for _, kv := range [][2]string{{"id", c.ID}, {"workload", c.Workload}, {"host", orDash(c.Host)}, {"status", string(c.Status)},
+		{"reason", orDash(c.Reason)}, {"counter", fmt.Sprint(c.Counter)}, {"created", when(c.Created)}, {"updated", when(c.Updated)},
+		{"lineage", c.Nkey()}, {"rotation", rotate}, {"replaced by", orDash(c.ReplacedBy)}, {"retires", when(c.Retires)}} {
+		row(w, kv[0]+":", kv[1])
+	}
+}
+
 func (a *app) ekCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "ek", Short: "The EK allow-list: enroll TPMs without a join token or EK certificate"}
 	var roles, tags []string
@@ -303,19 +331,31 @@ func (a *app) statusCmd() *cobra.Command {
 
 func (a *app) natsConfigCmd() *cobra.Command {
 	var ws keys.Websocket
+	var merge string
 	cmd := &cobra.Command{
 		Use:   "nats-config",
-		Short: "Print the nats-server configuration block for an existing cluster",
+		Short: "Print the nats-server configuration for an existing cluster, or merge it into a server's file",
 		Long: `Prints the accounts and authorization blocks to add to every nats-server of an
-existing cluster (nats-server >= 2.15.3, JetStream enabled). The keys are read
-from --data-dir (created there on first use), so start tpmauthn-verifier with
-that data directory and --nats-url pointing at the cluster. With
---websocket-listen, it adds the WebSocket listener browsers connect to (the
+existing cluster (nats-server >= 2.15.3, with server-level JetStream). The keys
+are read from --data-dir (created there on first use), so start
+tpmauthn-verifier with that data directory and --nats-url pointing at the
+cluster.
+
+With --merge FILE, it prints FILE (an existing nats-server configuration) with
+tpmauthn's accounts added to its accounts block, the verifier's system user to
+its system account, and the auth callout appended; what it kept and what
+changes go to stderr. The file's accounts and their users log in as before;
+every other client (an anonymous one, above all) goes through the callout,
+which lets in only tpmauthn's hosts, workloads and people. It refuses a file
+without server-level JetStream, with an authorization block of its own (whose
+users the callout would refuse), or in operator (JWT) mode, saying what to do.
+
+With --websocket-listen, it adds the WebSocket listener browsers connect to (the
 console's pages and the browser client): only --websocket-origin (the
 verifier's --http-public-url) may connect, with the longer auth timeout a
 passkey prompt needs; add a tls block to it beyond loopback.`,
 		Args: cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
+		RunE: func(cmd *cobra.Command, _ []string) error {
 			if a.s.DataDir == "" {
 				return fmt.Errorf("--data-dir is required: the verifier's keys live there")
 			}
@@ -326,10 +366,22 @@ passkey prompt needs; add a tls block to it beyond loopback.`,
 			if ws.Listen != "" && len(ws.AllowedOrigins) == 0 {
 				return fmt.Errorf("--websocket-listen needs --websocket-origin: the verifier's --http-public-url, the only page allowed to connect")
 			}
-			fmt.Fprint(a.out, keys.ServerConfig(k, keys.ServerConfigOptions{Websocket: ws}))
+			if merge == "" {
+				fmt.Fprint(a.out, keys.ServerConfig(k, keys.ServerConfigOptions{Websocket: ws}))
+				return nil
+			}
+			m, err := keys.MergeServerConfig(k, merge, ws)
+			if err != nil {
+				return err
+			}
+			fmt.Fprint(a.out, m.Config)
+			for _, n := range m.Notes {
+				fmt.Fprintln(cmd.ErrOrStderr(), "nats-config:", n)
+			}
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&merge, "merge", "", "print this nats-server configuration file with tpmauthn's accounts and auth callout merged in")
 	cmd.Flags().StringVar(&ws.Listen, "websocket-listen", "", "add a WebSocket listener for browsers on host:port")
 	cmd.Flags().StringSliceVar(&ws.AllowedOrigins, "websocket-origin", nil, "the origin allowed to connect over WebSocket (the verifier's --http-public-url)")
 	return cmd

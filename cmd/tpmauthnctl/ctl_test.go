@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -40,12 +42,28 @@ func TestAgainstLocalVerifier(t *testing.T) {
 	if !strings.HasPrefix(token, "tpmauthn-join-") || strings.Contains(token, "\n") {
 		t.Fatalf("token create printed %q, want the token alone", out)
 	}
+	// --out writes the token for the agent's --token-file readable by its
+	// owner only, whatever the umask and the file's mode before.
+	file := filepath.Join(t.TempDir(), "join-token")
+	if err := os.WriteFile(file, []byte("an old token\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = ctl(t, "--data-dir", dir, "token", "create", "--roles", "demo", "--out", file)
+	if err != nil || out != "" {
+		t.Fatalf("token create --out printed %q, %v", out, err)
+	}
+	if b, err := os.ReadFile(file); err != nil || !strings.HasPrefix(string(b), "tpmauthn-join-") {
+		t.Fatalf("token file: %q, %v", b, err)
+	}
+	if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("token file %v, %v: want mode 0600", fi.Mode(), err)
+	}
 	out, err = ctl(t, "--data-dir", dir, "--json", "token", "list")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var tokens []record.Token
-	if err := json.Unmarshal([]byte(out), &tokens); err != nil || len(tokens) != 1 || tokens[0].Roles[0] != "demo" {
+	if err := json.Unmarshal([]byte(out), &tokens); err != nil || len(tokens) != 2 || tokens[0].Roles[0] != "demo" {
 		t.Fatalf("token list --json = %s (%v)", out, err)
 	}
 	if strings.Contains(out, token) {
@@ -60,7 +78,7 @@ func TestAgainstLocalVerifier(t *testing.T) {
 		t.Fatalf("host list --json on an empty fleet = %q, %v", out, err)
 	}
 	out, err = ctl(t, "--data-dir", dir, "status")
-	if err != nil || !strings.Contains(out, "1 valid") {
+	if err != nil || !strings.Contains(out, "2 valid") {
 		t.Fatalf("status = %q, %v", out, err)
 	}
 	if _, err := ctl(t, "--data-dir", dir, "host", "show", "h-missing"); err == nil || !strings.Contains(err.Error(), "not_found") {
@@ -129,5 +147,39 @@ func TestWaitsForAStartingVerifier(t *testing.T) {
 		}
 	case <-time.After(25 * time.Second):
 		t.Fatal("tpmauthnctl did not finish")
+	}
+}
+
+// TestNATSConfigMerge: nats-config --merge prints the existing file with
+// tpmauthn merged in and tells, on stderr, what it kept and who now goes
+// through the callout; a file without server-level JetStream is refused,
+// saying to add it.
+func TestNATSConfigMerge(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "nats-server.conf")
+	if err := os.WriteFile(conf, []byte("jetstream { store_dir: /var/lib/nats }\naccounts { LEGACY { users: [ {user: alice, password: s3cret} ] } }\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	cmd := newRootCmd()
+	cmd.SetArgs([]string{"--data-dir", dir, "nats-config", "--merge", conf})
+	cmd.SetOut(&out)
+	cmd.SetErr(&errOut)
+	if err := cmd.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"LEGACY { users: [ {user: alice, password: s3cret} ] }", "  AUTH {", "auth_callout {", "system_account: SYS"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("merged configuration lacks %q:\n%s", want, out.String())
+		}
+	}
+	if !strings.Contains(errOut.String(), "kept accounts LEGACY") || !strings.Contains(errOut.String(), "every other client") {
+		t.Errorf("stderr:\n%s", errOut.String())
+	}
+	if err := os.WriteFile(conf, []byte("port: 4222\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctl(t, "--data-dir", dir, "nats-config", "--merge", conf); err == nil || !strings.Contains(err.Error(), "add 'jetstream { store_dir:") {
+		t.Fatalf("merge into a file without JetStream: %v", err)
 	}
 }

@@ -228,11 +228,15 @@ func (a *app) print(v any, table func(w *tabwriter.Writer)) error {
 	return w.Flush()
 }
 
+// tableZone is the time zone of the times in tables: the local one (tests
+// set another, without touching time.Local, which running servers read).
+var tableZone = time.Local
+
 func when(t time.Time) string {
 	if t.IsZero() {
 		return "-"
 	}
-	return t.Local().Format("2006-01-02 15:04:05")
+	return t.In(tableZone).Format("2006-01-02 15:04:05")
 }
 
 func list(s []string) string {

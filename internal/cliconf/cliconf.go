@@ -59,7 +59,8 @@ func Define(cmd *cobra.Command, keys []Key) {
 }
 
 // Load reads the settings of cmd, including its --config file, into out (a
-// struct with mapstructure tags). Unknown keys in the file are an error.
+// struct with mapstructure tags). Unknown keys in the file are an error
+// (ErrUnknownKey) that names each of them and the valid key nearest to it.
 func Load(cmd *cobra.Command, keys []Key, out any) error {
 	path, _ := cmd.Flags().GetString("config")
 	return load(cmd.Flags(), keys, path, out)
@@ -87,6 +88,11 @@ func load(fs *pflag.FlagSet, keys []Key, configFile string, out any) error {
 		v.SetConfigFile(configFile)
 		if err := v.ReadInConfig(); err != nil {
 			return fmt.Errorf("config %s: %w", configFile, err)
+		}
+		// UnmarshalExact below refuses an unknown key too, but says
+		// neither where nor what was meant.
+		if err := checkKeys(configFile, out); err != nil {
+			return err
 		}
 	}
 	if err := v.UnmarshalExact(out); err != nil {

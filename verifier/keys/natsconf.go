@@ -99,11 +99,12 @@ func quoted(subjects []string) string {
 
 // ServerConfig returns the nats-server configuration for the tpmauthn layout.
 // The embedded server runs exactly this text, and tpmauthnctl nats-config
-// prints it for an existing cluster.
+// prints it for an existing cluster (MergeServerConfig adds it to an
+// existing configuration file).
 func ServerConfig(k *Set, o ServerConfigOptions) string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
-	w("# tpmauthn: accounts and auth callout (nats-server >= 2.15.3)\n")
+	w("%s", configHeader)
 	if o.Listen != "" {
 		w("listen: %q\n", o.Listen)
 	}
@@ -116,42 +117,68 @@ func ServerConfig(k *Set, o ServerConfigOptions) string {
 	if o.Websocket.Listen != "" {
 		w("%s", o.Websocket.block())
 	}
-	w(`accounts {
-  %[1]s {
+	w("accounts {\n%s%s}\n", productAccounts(k), sysAccount(AccountSys, k))
+	w("system_account: %s\n", AccountSys)
+	w("%s", authorizationBlock(k))
+	return b.String()
+}
+
+// configHeader opens the tpmauthn part of a server configuration.
+const configHeader = "# tpmauthn: accounts and auth callout (nats-server >= 2.15.3, server-level JetStream)\n"
+
+// productAccounts are the accounts entries of AUTH (the verifier and
+// tpmauthnctl, and their JetStream) and APP (every session the callout
+// grants).
+func productAccounts(k *Set) string {
+	return fmt.Sprintf(`  %[1]s {
     jetstream: enabled
     users: [
-      { nkey: %[4]s, permissions: { publish: { deny: [%[10]s] } } }  # the verifier: may not destroy the audit trail
-      { nkey: %[5]s, permissions: { publish: { allow: ["%[7]s>"], deny: ["%[7]sp.>"] }, subscribe: ["_INBOX.>", "tpmauthn.alerts.>"] } }  # tpmauthnctl: never as a person
+      { nkey: %[3]s, permissions: { publish: { deny: [%[6]s] } } }  # the verifier: may not destroy the audit trail
+      { nkey: %[4]s, permissions: { publish: { allow: ["%[5]s>"], deny: ["%[5]sp.>"] }, subscribe: ["_INBOX.>", "tpmauthn.alerts.>"] } }  # tpmauthnctl: never as a person
     ]
-    exports: [ { service: "tpmauthn.v1.>" }, { service: "%[7]sp.>" } ]
+    exports: [ { service: "tpmauthn.v1.>" }, { service: "%[5]sp.>" } ]
   }
   %[2]s {
-    # the operator API for people: %[7]sp.PERSON.CREDENTIAL.OP, which
+    # the operator API for people: %[5]sp.PERSON.CREDENTIAL.OP, which
     # each person's session may publish to for its own person and
-    # credential only (%[7]sOP itself stays in this account: the operator key)
+    # credential only (%[5]sOP itself stays in this account: the operator key)
     imports: [
       { service: { account: %[1]s, subject: "tpmauthn.v1.>" }, share: true }
-      { service: { account: %[1]s, subject: "%[7]sp.>" } }
+      { service: { account: %[1]s, subject: "%[5]sp.>" } }
     ]
   }
-  %[3]s {
-    # the verifier's system user: kicks revoked connections; no JetStream API
-    # (from the system account, $JS.API.ACCOUNT.PURGE deletes an account's streams)
-    users: [ { nkey: %[6]s, permissions: { publish: { deny: ["$JS.API.>"] } } } ]
-  }
+`, AccountAuth, AccountApp, Public(k.Verifier), Public(k.Operator), api.SubjectAdminPrefix, quoted(AuditStreamDenied()))
 }
-system_account: %[3]s
+
+// sysUser is the verifier's user in the system account: it kicks revoked
+// connections; no JetStream API (from the system account,
+// $JS.API.ACCOUNT.PURGE deletes an account's streams).
+func sysUser(k *Set) string {
+	return fmt.Sprintf(`{ nkey: %s, permissions: { publish: { deny: ["$JS.API.>"] } } }  # tpmauthn-verifier: kicks revoked connections`, Public(k.Sys))
+}
+
+// sysAccount is a system account entry named name holding sysUser.
+func sysAccount(name string, k *Set) string {
+	return fmt.Sprintf("  %q {\n    users: [\n      %s\n    ]\n  }\n", name, sysUser(k))
+}
+
+// authorizationBlock sends every client to the auth callout but the
+// product's own users (auth_users) and the users of accounts outside
+// allowed_accounts.
+func authorizationBlock(k *Set) string {
+	return fmt.Sprintf(`# Every client but the users of accounts other than %[2]s (so an
+# anonymous client, or a user of the global account) goes through the auth
+# callout, which tpmauthn-verifier answers: it lets in tpmauthn's hosts,
+# workloads and people (into account %[2]s) and refuses everyone else.
 authorization {
   timeout: 5
   auth_callout {
-    issuer: %[8]s
+    issuer: %[3]s
     account: %[1]s
     auth_users: [ %[4]s, %[5]s ]
-    xkey: %[9]s
+    xkey: %[6]s
     allowed_accounts: [ %[2]s ]
   }
 }
-`, AccountAuth, AccountApp, AccountSys, Public(k.Verifier), Public(k.Operator), Public(k.Sys),
-		api.SubjectAdminPrefix, Public(k.Issuer), Public(k.XKey), quoted(AuditStreamDenied()))
-	return b.String()
+`, AccountAuth, AccountApp, Public(k.Issuer), Public(k.Verifier), Public(k.Operator), Public(k.XKey))
 }

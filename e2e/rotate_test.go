@@ -362,12 +362,7 @@ func TestRotateNow(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The agent's watch is held before the operator acts.
-	eventually.Until(t, 10*time.Second, func() error {
-		if n := f.Verifier.HeldWatches(); n != 1 {
-			return fmt.Errorf("%d credentials watches held, want the agent's", n)
-		}
-		return nil
-	})
+	waitWatchHeld(t, f)
 	start := time.Now()
 	f.MustAdmin(t, "credential.rotate", api.IDRequest{ID: before.CredentialID, Reason: "test"}, nil)
 	eventually.Until(t, 15*time.Second, func() error {
@@ -383,12 +378,7 @@ func TestRotateNow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually.Until(t, 10*time.Second, func() error {
-		if n := f.Verifier.HeldWatches(); n != 1 {
-			return fmt.Errorf("%d credentials watches held, want the agent's", n)
-		}
-		return nil
-	})
+	waitWatchHeld(t, f)
 	f.MustAdmin(t, "credential.revoke", api.IDRequest{ID: after.CredentialID, Reason: "test"}, nil)
 	eventually.Until(t, 15*time.Second, func() error {
 		if _, err := c.WhoAmI(t.Context()); err == nil {
@@ -414,4 +404,16 @@ func TestRotateNow(t *testing.T) {
 	if code != api.CodeNotFound {
 		t.Fatalf("a watch of another host on the agent's own scope: %q, want %s", code, api.CodeNotFound)
 	}
+}
+
+// waitWatchHeld waits until the verifier holds the one agent's
+// credentials.watch: what the operator does next is answered on it.
+func waitWatchHeld(t *testing.T, f *fleettest.Fleet) {
+	t.Helper()
+	eventually.Until(t, 10*time.Second, func() error {
+		if n := f.Verifier.HeldWatches(); n != 1 {
+			return fmt.Errorf("%d credentials watches held, want the agent's", n)
+		}
+		return nil
+	})
 }

@@ -36,26 +36,7 @@ people:
 	k, a := &testenv.Kicks{}, &testenv.Alerts{}
 	ob := offboard.New(offboard.Config{People: ppl, Store: env.Store, Fleet: env.Fleet, Sessions: k, Alerts: a, Trail: env.Trail, Policy: polf})
 	ctx := t.Context()
-	p, err := ppl.Login(ctx, people.Identity{IdP: "okta", Issuer: "https://okta.example.com", SubjectClaim: "sub", Subject: "u1",
-		Groups: []string{"developers", "ops"}}, record.FlowBrowser, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for id, assurance := range map[string]string{"hw": policy.AssuranceHardware, "sw": ""} {
-		env.PutCredential(t, id, api.CredentialActive)
-		if _, _, err := store.Mutate(ctx, env.Store.Credentials, id, func(c *record.Credential) error {
-			c.Person, c.Assurance = p.ID, assurance
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, _, err := store.Mutate(ctx, env.Store.People, p.ID, func(q *record.Person) error {
-		q.Credentials = []string{"hw", "sw"}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	p := personWithTwoCredentials(t, env, ppl)
 	for _, tc := range []struct {
 		name   string
 		groups []string
@@ -116,11 +97,38 @@ roles:
     - {groups: [developers], roles: [dev]}
     - {groups: [ops], roles: [ops], require: {assurance: hardware}}
 `)
-	pol := before
-	polf := func() *policy.Policy { return pol }
+	polf := func() *policy.Policy { return before }
 	ppl := people.New(people.Config{Store: env.Store, Policy: polf, Trail: env.Trail})
 	k := &testenv.Kicks{}
 	ob := offboard.New(offboard.Config{People: ppl, Store: env.Store, Fleet: env.Fleet, Sessions: k, Alerts: &testenv.Alerts{}, Trail: env.Trail, Policy: polf})
+	ctx := t.Context()
+	personWithTwoCredentials(t, env, ppl)
+	for _, tc := range []struct {
+		name   string
+		next   *policy.Policy
+		kicked []string
+	}{
+		{"unchanged", before, nil},
+		{"opsNarrowed", parse(roles + "people:\n" + okta + `  bindings:
+    - {groups: [developers], roles: [dev]}
+    - {groups: [sre], roles: [ops]}
+`), []string{"hw"}},
+		{"idpRemoved", parse(roles), []string{"hw", "sw"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k.Reset()
+			if _, err := ob.Repolicy(ctx, before, tc.next); err != nil || !slices.Equal(k.List(), tc.kicked) {
+				t.Fatalf("Repolicy: kicked %v (%v), want %v", k.List(), err, tc.kicked)
+			}
+		})
+	}
+}
+
+// personWithTwoCredentials logs an okta person in (groups developers and
+// ops) and gives them two credentials: "hw" (hardware) and "sw" (no
+// assurance stated).
+func personWithTwoCredentials(t *testing.T, env *testenv.Env, ppl *people.Service) *record.Person {
+	t.Helper()
 	ctx := t.Context()
 	p, err := ppl.Login(ctx, people.Identity{IdP: "okta", Issuer: "https://okta.example.com", SubjectClaim: "sub", Subject: "u1",
 		Groups: []string{"developers", "ops"}}, record.FlowBrowser, "")
@@ -142,23 +150,5 @@ roles:
 	}); err != nil {
 		t.Fatal(err)
 	}
-	for _, tc := range []struct {
-		name   string
-		next   *policy.Policy
-		kicked []string
-	}{
-		{"unchanged", before, nil},
-		{"opsNarrowed", parse(roles + "people:\n" + okta + `  bindings:
-    - {groups: [developers], roles: [dev]}
-    - {groups: [sre], roles: [ops]}
-`), []string{"hw"}},
-		{"idpRemoved", parse(roles), []string{"hw", "sw"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			k.Reset()
-			if _, err := ob.Repolicy(ctx, before, tc.next); err != nil || !slices.Equal(k.List(), tc.kicked) {
-				t.Fatalf("Repolicy: kicked %v (%v), want %v", k.List(), err, tc.kicked)
-			}
-		})
-	}
+	return p
 }

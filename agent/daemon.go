@@ -59,6 +59,10 @@ type Config struct {
 	// RotationCheck is how often the agent asks the verifier which
 	// credentials to rotate (1m).
 	RotationCheck time.Duration
+	// NoCredentialsWatch: do not hold a credentials.watch at the verifier
+	// (agent/nudge.go); operators' changes then reach the host at its next
+	// RotationCheck.
+	NoCredentialsWatch bool
 }
 
 func (c *Config) setDefaults() {
@@ -243,7 +247,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		a.log.Warn("cannot list credentials to delete retired ones", "error", err)
 	}
 	a.wg.Go(func() { a.rotateLoop(a.ctx) })
-	a.wg.Go(func() { a.watchLoop(a.ctx) })
+	if !a.cfg.NoCredentialsWatch {
+		a.wg.Go(func() { a.watchLoop(a.ctx) })
+	}
 	if a.cfg.Ready != nil {
 		a.cfg.Ready()
 	}

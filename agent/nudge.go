@@ -61,11 +61,16 @@ func (a *Agent) watchOnce(ctx context.Context) (bool, error) {
 	return res.Changed, err
 }
 
-// watchBackoff: a verifier without the endpoint (older, or none serving)
-// is asked again in a minute; anything else in a few seconds.
+// watchBackoff: a host the verifier refuses (each try is a TPM signature
+// and a callout at the verifier) is tried again in ten minutes; a verifier
+// without the endpoint (older, or none serving) in a minute; anything else
+// in a few seconds. The periodic check goes on meanwhile.
 func watchBackoff(err error) time.Duration {
 	var ve *VerifierError
-	if errors.Is(err, nats.ErrNoResponders) || (errors.As(err, &ve) && ve.Code == api.CodeUpgradeAgent) {
+	switch {
+	case errors.Is(err, ErrHostRefused):
+		return 10 * time.Minute
+	case errors.Is(err, nats.ErrNoResponders) || (errors.As(err, &ve) && ve.Code == api.CodeUpgradeAgent):
 		return time.Minute
 	}
 	return 5 * time.Second

@@ -80,11 +80,17 @@ func TestAttackResponseReachesOtherScopes(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := f.NewHost(t) // the attacker: a demo workload of another host
-	nc, err := h.Connect(t)
+	onErr, violations := fleettest.Violations()
+	nc, err := h.Connect(t, onErr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
+	// Its answers go to inboxes, but never the enrollment sessions' (found
+	// by the second review: a forged enroll.status "approved").
+	for _, inbox := range []string{"_INBOX.h." + victim.HostID + ".nuid.tok", "_INBOX.t.0123456789abcdef01234567.nuid.tok", "_INBOX.e.0123456789abcdef01234567.nuid"} {
+		fleettest.PublishRefused(t, nc, violations, inbox)
+	}
 	// It still answers requests: a requester gets its reply.
 	sub, err := nc.Subscribe("demo.echo", func(m *nats.Msg) { _ = m.Respond(m.Data) })
 	if err != nil {

@@ -55,7 +55,9 @@ func waitClosed(t *testing.T, closed chan time.Time, since time.Time, within tim
 
 func TestRevokeLiveCredential(t *testing.T) {
 	f := fleettest.New(t)
-	h := f.NewHost(t)
+	// The verifier's refusal is what is tested: the agent is not told
+	// (TestRevokedCredentialAgentStops is the agent's side).
+	h := f.NewHost(t, func(c *agent.Config) { c.NoCredentialsWatch, c.RotationCheck = true, time.Hour })
 	_, closed := watchClose(t, f, h.NATSOptions(t))
 	who, _ := client.New(h.Socket).WhoAmI(t.Context())
 	f.MustAdmin(t, "credential.revoke", api.IDRequest{ID: who.CredentialID, Reason: "test"}, nil)

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -19,6 +20,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/agent/client"
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/attestation"
+	"github.com/tpmauthn/tpmauthn/internal/eventually"
 	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
@@ -132,7 +134,9 @@ func TestUnknownCredentialDenied(t *testing.T) {
 
 func TestRevokedCredentialDenied(t *testing.T) {
 	f := fleettest.New(t)
-	h := f.NewHost(t)
+	// An agent that is not told (no credentials.watch, an hourly check)
+	// still signs: the verifier refuses the revoked credential itself.
+	h := f.NewHost(t, func(c *agent.Config) { c.NoCredentialsWatch, c.RotationCheck = true, time.Hour })
 	nc, err := h.Connect(t)
 	if err != nil {
 		t.Fatal(err)
@@ -142,6 +146,27 @@ func TestRevokedCredentialDenied(t *testing.T) {
 	f.MustAdmin(t, "credential.revoke", api.IDRequest{ID: who.CredentialID, Reason: "test"}, nil)
 	nc, err = h.Connect(t)
 	wantDenied(t, nc, err)
+}
+
+// TestRevokedCredentialAgentStops: an agent that holds a credentials.watch
+// stops signing with a revoked credential at once, and says why.
+func TestRevokedCredentialAgentStops(t *testing.T) {
+	f := fleettest.New(t)
+	h := f.NewHost(t, func(c *agent.Config) { c.RotationCheck = time.Hour })
+	who, _ := client.New(h.Socket).WhoAmI(t.Context())
+	waitWatchHeld(t, f)
+	f.MustAdmin(t, "credential.revoke", api.IDRequest{ID: who.CredentialID, Reason: "test"}, nil)
+	eventually.Until(t, 10*time.Second, func() error {
+		nc, err := h.Connect(t)
+		if err == nil {
+			nc.Close()
+			return errors.New("the agent still signs with the revoked credential")
+		}
+		if !strings.Contains(err.Error(), "revoked") {
+			return fmt.Errorf("the agent's refusal does not say revoked: %v", err)
+		}
+		return nil
+	})
 }
 
 func TestRevokedHostDenied(t *testing.T) {

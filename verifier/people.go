@@ -49,9 +49,23 @@ func (v *Verifier) openPeople(context.Context) error {
 		Alerts: alert.NewPublisher(v.nc, v.trail, v.metrics, v.log), Trail: v.trail, Policy: pol, Logger: v.log})
 	// A reload that takes people's roles away kicks their sessions (in the
 	// background: the reload runs in a connect's call).
-	var reloads sync.WaitGroup
-	v.onClose(reloads.Wait)
+	var (
+		mu      sync.Mutex
+		closed  bool
+		reloads sync.WaitGroup
+	)
+	v.onClose(func() {
+		mu.Lock()
+		closed = true // no reload starts a kick after this
+		mu.Unlock()
+		reloads.Wait()
+	})
 	v.policy.OnReload(func(prev, next *policy.Policy) {
+		mu.Lock()
+		defer mu.Unlock()
+		if closed {
+			return
+		}
 		reloads.Go(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()

@@ -28,7 +28,8 @@ var runKeys = []cliconf.Key{
 	cliconf.K("socket", "socket", agent.DefaultSocket, "Unix socket for workloads (ignored under systemd socket activation)"),
 	cliconf.K("request_timeout", "request-timeout", 5*time.Second, "deadline of a socket request, TPM queue wait included"),
 	cliconf.K("metrics_listen", "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics"),
-	cliconf.K("rotation_check", "rotation-check", time.Minute, "how often to ask the verifier which credentials to rotate and which are revoked: how soon a 'tpmauthnctl credential rotate' or 'revoke' reaches this host"),
+	cliconf.K("rotation_check", "rotation-check", time.Minute, "how often to ask the verifier which credentials to rotate and which are revoked (with credentials_watch, the fallback)"),
+	cliconf.K("credentials_watch", "credentials-watch", true, "hold a request open at the verifier so that 'tpmauthnctl credential rotate', 'revoke' and 'reissue' reach this host at once (false: at its next rotation_check)"),
 	cliconf.K("log.format", "log-format", "text", "text or json"),
 	cliconf.K("log.level", "log-level", "info", "debug, info, warn or error"),
 }
@@ -46,6 +47,7 @@ type runSettings struct {
 	Workloads      []agent.Workload `mapstructure:"workloads"`
 	MetricsListen  string           `mapstructure:"metrics_listen"`
 	RotationCheck  time.Duration    `mapstructure:"rotation_check"`
+	Watch          bool             `mapstructure:"credentials_watch"`
 	Log            struct {
 		Format string `mapstructure:"format"`
 		Level  string `mapstructure:"level"`
@@ -87,8 +89,8 @@ func run(s runSettings) error {
 	cfg := agent.Config{
 		TPM: s.TPM, DataDir: s.DataDir, RPID: s.RPID, NATSURL: s.NATSURL, NATSCA: s.NATSCA, TokenFile: s.TokenFile, Hostname: s.Hostname,
 		Socket: s.Socket, Workloads: s.Workloads, RequestTimeout: s.RequestTimeout, Logger: log, MetricsListen: s.MetricsListen,
-		RotationCheck: s.RotationCheck,
-		Ready:         func() { _, _ = daemon.SdNotify(false, daemon.SdNotifyReady) },
+		RotationCheck: s.RotationCheck, NoCredentialsWatch: !s.Watch,
+		Ready: func() { _, _ = daemon.SdNotify(false, daemon.SdNotifyReady) },
 	}
 	// Under systemd socket activation the socket is passed in (LISTEN_FDS,
 	// LISTEN_PID checked by the library).

@@ -22,6 +22,9 @@ const subjectPrefix = "tpmauthn.nudge."
 // oldest is answered "no change" at once.
 const maxPerHost = 4
 
+// minWait is the least a watch is held (unless a nudge comes first).
+const minWait = 5 * time.Second
+
 // Service holds agents' watches and answers them when their host changes.
 type Service struct {
 	nc  *nats.Conn
@@ -82,8 +85,10 @@ func (s *Service) hold(m *nats.Msg) {
 		s.answer(m.Reply, false, err)
 		return
 	}
-	wait := req.Wait
-	if wait <= 0 || wait > api.MaxCredentialsWatch {
+	// Not less than minWait: a watch answered at once would only be a
+	// request loop (it is outside the v1 endpoints' rate limits).
+	wait := min(max(req.Wait, minWait), api.MaxCredentialsWatch)
+	if req.Wait <= 0 {
 		wait = api.MaxCredentialsWatch
 	}
 	w := &watch{reply: m.Reply}

@@ -114,6 +114,20 @@ roles:
     - {groups: [sre], roles: [ops]}
 `), []string{"hw"}},
 		{"idpRemoved", parse(roles), []string{"hw", "sw"}},
+		// Found by review: a role emptied, its name kept.
+		{"opsRoleEmptied", parse(`
+roles:
+  dev: {publish: {allow: ["dev.>"]}}
+  ops: {publish: {allow: ["nothing.here"]}}
+people:
+` + okta + `  bindings:
+    - {groups: [developers], roles: [dev]}
+    - {groups: [ops], roles: [ops], require: {assurance: hardware}}
+`), []string{"hw"}},
+		{"bindingsReordered", parse(roles + "people:\n" + okta + `  bindings:
+    - {groups: [ops], roles: [ops], require: {assurance: hardware}}
+    - {groups: [developers], roles: [dev]}
+`), nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			k.Reset()

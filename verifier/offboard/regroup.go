@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -61,7 +62,8 @@ func (s *Service) Repolicy(ctx context.Context, prev, next *policy.Policy) (int,
 			continue
 		}
 		lost, kicked, kickErr := s.kickShrunk(ctx, p.Credentials, func(c *record.Credential) []string {
-			return rolesLost(personRoles(prev, p, c), personRoles(next, p, c))
+			was := personRoles(prev, p, c)
+			return append(rolesLost(was, personRoles(next, p, c)), rolesChanged(prev, next, was)...)
 		}, actorPolicy)
 		if len(lost) == 0 && kickErr == nil {
 			continue
@@ -113,7 +115,22 @@ func personRoles(pol *policy.Policy, p *record.Person, c *record.Credential) []s
 	if a != policy.AssuranceHardware {
 		a = policy.AssuranceSoftware
 	}
-	return pol.RolesForPerson(policy.Person{IdP: p.IdP, Groups: p.Groups, Assurance: a})
+	return pol.RolesForPerson(policy.Person{IdP: p.IdP, Groups: p.Groups, Assurance: a,
+		Synced: c.Synced, SessionKey: c.Kind == record.KindSessionKey})
+}
+
+// rolesChanged are the roles of names whose definition differs between
+// prev and next (their subjects, admin grants, limits…): a session holding
+// one has permissions the new policy may not give, and is kicked to take
+// the new ones (fail closed: a widened role costs a reconnect).
+func rolesChanged(prev, next *policy.Policy, names []string) []string {
+	var out []string
+	for _, n := range names {
+		if b, ok := next.Roles[n]; ok && !reflect.DeepEqual(prev.Roles[n], b) {
+			out = append(out, n+" (changed)")
+		}
+	}
+	return out
 }
 
 // rolesLost is what was has and now has not.

@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/nats-io/jwt/v2"
@@ -45,6 +46,7 @@ func denyReserved(uc *jwt.UserClaims) {
 		uc.Sub.Deny.Add(res.pattern)
 	}
 	uc.Sub.Deny.Add(enrollmentInboxes...)
+	uc.Pub.Deny.Add(enrollmentInboxes...)
 }
 
 // template is a {{...}} placeholder, or a token containing one.
@@ -55,51 +57,62 @@ var template = regexp.MustCompile(`[^.]*\{\{[^}]*\}\}[^.]*`)
 // sessions' inboxes would read their replies (registration challenges,
 // status answers), one that publishes there could forge them.
 
-// inboxSamples are inbox subjects of each kind of session: a credential's
-// (c), a join token's (t), a host proof's (h), an allow-listed EK's (e), as
-// a subscription's (prefix.nuid) and nats.go's request mux's
-// (prefix.nuid.token).
-var inboxSamples = []string{
-	"_INBOX.c.nkey.nuid", "_INBOX.c.nkey.nuid.token", "_INBOX.t.hash.nuid", "_INBOX.t.hash.nuid.token",
-	"_INBOX.h.host.nuid", "_INBOX.h.host.nuid.token", "_INBOX.e.hash.nuid", "_INBOX.e.hash.nuid.token",
-}
+// inboxKinds are the inboxes of each kind of session: a credential's (c),
+// a join token's (t), a host proof's (h), an allow-listed EK's (e). A
+// pattern that overlaps one reaches some session's replies.
+var inboxKinds = []string{"_INBOX.c.*.>", "_INBOX.t.*.>", "_INBOX.h.*.>", "_INBOX.e.*.>"}
 
 // enrollmentInboxes never belong to a policy session: every one is denied
-// them (the credentials' inboxes cannot be: a session's own is one).
+// them, to subscribe and to publish (the credentials' inboxes cannot be: a
+// session's own is one).
 var enrollmentInboxes = []string{"_INBOX.t.>", "_INBOX.h.>", "_INBOX.e.>"}
 
 // answerInboxes is what a role with response: may publish to: the inboxes
-// replies go to. Not NATS's allow_responses, which lets a session publish
+// replies go to (less the enrollment sessions'). A responder can write into
+// any inbox whose subject it learns (a request it serves names one): what
+// keeps a session's replies its own is that its reply subjects stay
+// secret. Not NATS's allow_responses, which lets a session publish
 // to the reply subject of any message delivered to it, its own included:
 // with one subject it may publish and subscribe to, it could send itself a
 // message whose reply is any subject at all (the operator API, another
 // host's v1 scope) and "answer" it there, past every deny.
 const answerInboxes = "_INBOX.>"
 
-// validateInboxes refuses subscribe patterns (templates taken as any
-// token) that cover another session's inbox, and publish patterns that
-// reach inboxes (answering requests is response:'s).
+// validateInboxes refuses subscribe and publish patterns that reach some
+// session's inbox (answering requests is response:'s; a session's own
+// inbox is always allowed) or the server's system requests ($SYS.REQ:
+// CONNZ lists every session's inbox subscriptions).
 func (r Role) validateInboxes(name string) []error {
 	var errs []error
-	for _, pat := range r.Subscribe.Allow {
-		p := template.ReplaceAllString(pat, "*")
-		for _, sample := range inboxSamples {
-			if subjectMatches(p, sample) {
-				errs = append(errs, fmt.Errorf("policy: role %s: subscribe %q covers other sessions' inboxes (_INBOX.>): name the subjects the role needs; its own replies are always allowed", name, pat))
-				break
-			}
+	for _, pat := range slices.Concat(r.Subscribe.Allow, r.Publish.Allow) {
+		p := inboxPattern(pat)
+		if slices.ContainsFunc(inboxKinds, func(k string) bool { return overlaps(p, k) }) {
+			errs = append(errs, fmt.Errorf("policy: role %s: %q reaches other sessions' inboxes (_INBOX.>): name the subjects the role needs; its own replies are always allowed, and a role that answers requests says response: {}", name, pat))
 		}
 	}
 	for _, pat := range r.Publish.Allow {
-		p := template.ReplaceAllString(pat, "*")
-		for _, sample := range inboxSamples {
-			if subjectMatches(p, sample) {
-				errs = append(errs, fmt.Errorf("policy: role %s: publish %q reaches other sessions' inboxes: a role that answers requests says response: {}", name, pat))
-				break
-			}
+		if overlaps(template.ReplaceAllString(pat, "*"), systemRequests) {
+			errs = append(errs, fmt.Errorf("policy: role %s: publish %q reaches the server's system requests (%s): they list every session's connections and subscriptions", name, pat, systemRequests))
 		}
 	}
 	return errs
+}
+
+// systemRequests are the server's requests an account's users may send.
+const systemRequests = "$SYS.>"
+
+// inboxPattern reads a pattern's templates as any token, except one that
+// is a whole first token: no template's value is ever _INBOX (host and
+// credential IDs, person IDs, lower-case workload names).
+func inboxPattern(pat string) string {
+	first, rest, more := strings.Cut(pat, ".")
+	if template.FindString(first) == first && strings.HasPrefix(first, "{{") && strings.HasSuffix(first, "}}") {
+		first = "tmpl"
+	}
+	if more {
+		first += "." + rest
+	}
+	return template.ReplaceAllString(first, "*")
 }
 
 // applyAnswers lets a session whose roles answer requests publish to
@@ -110,12 +123,14 @@ func applyAnswers(uc *jwt.UserClaims, answers bool) {
 		uc.Pub.Allow.Add(answerInboxes)
 	}
 	if len(uc.Pub.Allow) == 0 {
+		// Denied too: else it would be a channel between such sessions.
 		uc.Pub.Allow.Add(publishNothing)
+		uc.Pub.Deny.Add(publishNothing)
 	}
 }
 
-// publishNothing is a subject no one serves: an allow-list of it alone
-// allows nothing that matters.
+// publishNothing is a subject no one serves: an allow-list of it alone,
+// which the deny-list also names, allows nothing.
 const publishNothing = "_TPMAUTHN.NOTHING"
 
 // overlaps reports whether some subject matches both NATS patterns.

@@ -67,9 +67,27 @@ func TestInboxPolicy(t *testing.T) {
 		`roles: {t: {subscribe: {allow: ["*.c.>"]}}}`,
 		`roles: {t: {publish: {allow: ["_INBOX.>"]}}}`,
 		`roles: {t: {publish: {allow: ["_INBOX.c.*.*"]}}}`,
+		// Found by review: a literal lineage ID, deep wildcards.
+		`roles: {t: {subscribe: {allow: ["_INBOX.c.UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4.>"]}}}`,
+		`roles: {t: {subscribe: {allow: ["_INBOX.c.*.*.*.*"]}}}`,
+		`roles: {t: {subscribe: {allow: ["*.*.*.*.*.*"]}}}`,
+		`roles: {t: {publish: {allow: ["_INBOX.h.{{host}}.>"]}}}`,
 	} {
 		if _, err := Parse([]byte(y)); err == nil || !strings.Contains(err.Error(), "inboxes") {
 			t.Errorf("%s: %v, want an inbox refusal", y, err)
+		}
+	}
+	if _, err := Parse([]byte(`roles: {t: {publish: {allow: ["$SYS.REQ.ACCOUNT.*.CONNZ"]}}}`)); err == nil || !strings.Contains(err.Error(), "system requests") {
+		t.Errorf("a role that sends the server's system requests: %v, want refused", err)
+	}
+	// Harmless patterns still load: no template's value is ever _INBOX.
+	for _, y := range []string{
+		`roles: {t: {subscribe: {allow: ["{{host}}.>"]}}}`,
+		`roles: {t: {subscribe: {allow: ["*.events.>", "*.*.*"]}}}`,
+		`roles: {t: {publish: {allow: ["metrics.{{host}}.{{workload}}"]}}}`,
+	} {
+		if _, err := Parse([]byte(y)); err != nil {
+			t.Errorf("%s: %v", y, err)
 		}
 	}
 	p, err := Parse([]byte(`roles: {svc: {subscribe: {allow: ["svc.>"]}, response: {max_msgs: 1}}, watch: {subscribe: {allow: ["events.>"]}}}`))
@@ -88,7 +106,12 @@ func TestInboxPolicy(t *testing.T) {
 	}
 	uc = jwt.NewUserClaims("U")
 	p.Apply(uc, []string{"watch"}, Subject{Workload: "w", CredentialID: "C", Inbox: "_INBOX.c.C"})
-	if !slices.Equal(uc.Pub.Allow, []string{publishNothing}) {
-		t.Errorf("a subscribe-only role: pub %v, want nothing", uc.Pub.Allow)
+	if !slices.Equal(uc.Pub.Allow, []string{publishNothing}) || !slices.Contains(uc.Pub.Deny, publishNothing) {
+		t.Errorf("a subscribe-only role: pub %v deny %v, want nothing", uc.Pub.Allow, uc.Pub.Deny)
+	}
+	for _, d := range enrollmentInboxes {
+		if !slices.Contains(uc.Pub.Deny, d) {
+			t.Errorf("pub deny %v, want %s", uc.Pub.Deny, d)
+		}
 	}
 }

@@ -129,6 +129,9 @@ func externalCluster(t *testing.T, ks *keys.Set) ([]*proc, string) {
 // SIGKILL and started again. Each prints a row; then no fleet record may be
 // lost and every granted connect must have its allow event.
 func TestChaosExternalCluster(t *testing.T) {
+	// Parallel: it waits on cluster and store timeouts far more than it
+	// computes (the suite's time budget, 12 minutes a package).
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("real processes and swtpm")
 	}

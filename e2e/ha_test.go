@@ -32,6 +32,9 @@ import (
 // replicas; with one node gone the fleet still enrolls and connects, and
 // status names the missing peer.
 func TestEmbeddedClusterHA(t *testing.T) {
+	// Parallel: it waits on cluster and store timeouts far more than it
+	// computes (the suite's time budget, 12 minutes a package).
+	t.Parallel()
 	sw := swtpmtest.New(t)
 	ek := fleettest.EKCADir(t, sw)
 	policy := fleettest.WritePolicy(t, time.Minute)
@@ -219,6 +222,9 @@ func (c *cluster) start(t *testing.T, i int) (*verifier.Verifier, error) {
 // run on, the verifier says so once (alert store_unavailable), in a gauge
 // and on /healthz, and it recovers by itself when a node returns.
 func TestStoreWithoutQuorum(t *testing.T) {
+	// Parallel: it waits on cluster and store timeouts far more than it
+	// computes (the suite's time budget, 12 minutes a package).
+	t.Parallel()
 	sw := swtpmtest.New(t)
 	c := startCluster(t, fleettest.EKCADir(t, sw), fleettest.WritePolicy(t, time.Minute), func(i int, cfg *verifier.Config) {
 		if i == 0 {

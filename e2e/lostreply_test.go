@@ -100,6 +100,9 @@ func (dd *dropDialer) Dial(network, address string) (net.Conn, error) {
 // not delete the new key the verifier now holds as current: it waits out
 // the reply, asks the verifier, and keeps the new credential.
 func TestRotationReplyLost(t *testing.T) {
+	// Parallel: it waits on cluster and store timeouts far more than it
+	// computes (the suite's time budget, 12 minutes a package).
+	t.Parallel()
 	f := fleettest.New(t)
 	h := f.NewHost(t)
 	auth := h.Agent.Authenticator()

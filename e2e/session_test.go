@@ -157,10 +157,9 @@ func TestRevokedCredentialAgentStops(t *testing.T) {
 	waitWatchHeld(t, f)
 	f.MustAdmin(t, "credential.revoke", api.IDRequest{ID: who.CredentialID, Reason: "test"}, nil)
 	eventually.Until(t, 10*time.Second, func() error {
-		nc, err := h.Connect(t)
+		_, err := client.New(h.Socket).WhoAmI(t.Context())
 		if err == nil {
-			nc.Close()
-			return errors.New("the agent still signs with the revoked credential")
+			return errors.New("the agent still serves the revoked credential")
 		}
 		if !strings.Contains(err.Error(), "revoked") {
 			return fmt.Errorf("the agent's refusal does not say revoked: %v", err)

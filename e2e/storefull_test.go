@@ -36,6 +36,9 @@ const storeFullMax = 152 << 20
 // space is freed, connects are granted again by themselves, without a
 // second alert.
 func TestStoreFull(t *testing.T) {
+	// Parallel: it waits on cluster and store timeouts far more than it
+	// computes (the suite's time budget, 12 minutes a package).
+	t.Parallel()
 	logs := &syncBuffer{}
 	f := fleettest.New(t, fleettest.RootMaxStore(storeFullMax), func(f *fleettest.Fleet) {
 		f.Config.MetricsListen = "127.0.0.1:0"

@@ -87,7 +87,11 @@ func (p *Policy) applyAdmin(uc *jwt.UserClaims, roles []string, s Subject) {
 		}
 	}
 	if len(ops) == 0 {
-		uc.Pub.Deny.Add(api.SubjectAdminPrefix + ">")
+		// Denied where an allow reaches it (none can: refused at load; an
+		// entry that denies nothing costs the server a sublist insert).
+		if slices.ContainsFunc(uc.Pub.Allow, func(a string) bool { return overlaps(a, api.SubjectAdminPrefix+">") }) {
+			uc.Pub.Deny.Add(api.SubjectAdminPrefix + ">")
+		}
 		return
 	}
 	uc.Pub.Allow.Add(ops...)

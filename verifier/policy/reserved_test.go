@@ -51,8 +51,17 @@ func TestApplyDeniesReserved(t *testing.T) {
 			t.Errorf("subscribe deny %v, want %s", uc.Sub.Deny, want)
 		}
 	}
-	if !slices.Contains(uc.Pub.Deny, "tpmauthn.v1.>") {
-		t.Errorf("publish deny %v, want tpmauthn.v1.>", uc.Pub.Deny)
+	wantDeniedWhereAllowed(t, uc)
+	// A role whose patterns reach none of it gets no deny entries (each
+	// costs the server a sublist insert at every connect).
+	uc = jwt.NewUserClaims("U")
+	q, err := Parse([]byte(`roles: {plain: {subscribe: {allow: ["orders.>"]}, publish: {allow: ["orders.>"]}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Apply(uc, []string{"plain"}, Subject{Workload: "billing", CredentialID: "C", Inbox: "_INBOX.c.C"})
+	if len(uc.Sub.Deny) != 0 || slices.ContainsFunc(uc.Pub.Deny, func(d string) bool { return strings.HasPrefix(d, "tpmauthn.v1") || strings.HasPrefix(d, "_INBOX") }) {
+		t.Errorf("a plain role: pub deny %v, sub deny %v, want none of the reserved", uc.Pub.Deny, uc.Sub.Deny)
 	}
 }
 
@@ -99,9 +108,9 @@ func TestInboxPolicy(t *testing.T) {
 	if uc.Resp != nil || !slices.Equal(uc.Pub.Allow, []string{answerInboxes}) {
 		t.Errorf("a responder: resp %+v pub %v, want publish to inboxes only", uc.Resp, uc.Pub.Allow)
 	}
-	for _, d := range enrollmentInboxes {
-		if !slices.Contains(uc.Sub.Deny, d) {
-			t.Errorf("sub deny %v, want %s", uc.Sub.Deny, d)
+	for _, d := range enrollmentInboxes { // _INBOX.> reaches them: denied
+		if !slices.Contains(uc.Pub.Deny, d) {
+			t.Errorf("a responder's pub deny %v, want %s", uc.Pub.Deny, d)
 		}
 	}
 	uc = jwt.NewUserClaims("U")
@@ -109,9 +118,20 @@ func TestInboxPolicy(t *testing.T) {
 	if !slices.Equal(uc.Pub.Allow, []string{publishNothing}) || !slices.Contains(uc.Pub.Deny, publishNothing) {
 		t.Errorf("a subscribe-only role: pub %v deny %v, want nothing", uc.Pub.Allow, uc.Pub.Deny)
 	}
-	for _, d := range enrollmentInboxes {
-		if !slices.Contains(uc.Pub.Deny, d) {
-			t.Errorf("pub deny %v, want %s", uc.Pub.Deny, d)
+	wantDeniedWhereAllowed(t, uc)
+}
+
+// wantDeniedWhereAllowed: every reserved pattern some allow of uc overlaps
+// is denied (the others need no entry: nothing allows them).
+func wantDeniedWhereAllowed(t *testing.T, uc *jwt.UserClaims) {
+	t.Helper()
+	check := func(kind string, allow, deny []string, patterns []string) {
+		for _, p := range patterns {
+			if slices.ContainsFunc(allow, func(a string) bool { return overlaps(a, p) }) && !slices.Contains(deny, p) {
+				t.Errorf("%s allow %v reaches %s, deny %v does not name it", kind, allow, p, deny)
+			}
 		}
 	}
+	check("publish", uc.Pub.Allow, uc.Pub.Deny, append([]string{"tpmauthn.v1.>"}, enrollmentInboxes...))
+	check("subscribe", uc.Sub.Allow, uc.Sub.Deny, append([]string{"tpmauthn.v1.>", "tpmauthn.admin.>"}, enrollmentInboxes...))
 }

@@ -121,8 +121,9 @@ func (a *Agent) personLogin(w http.ResponseWriter, r *http.Request, p *Peer) {
 		NKey: cred.NKey(), UID: p.UID, Name: fin.Workload, Expires: fin.Expires})
 }
 
-// personLogout deletes the caller's person credential.
-func (a *Agent) personLogout(w http.ResponseWriter, _ *http.Request, p *Peer) {
+// personLogout deletes the caller's person credential, and has the
+// verifier revoke it.
+func (a *Agent) personLogout(w http.ResponseWriter, r *http.Request, p *Peer) {
 	a.mu.Lock()
 	c := a.people[p.UID]
 	delete(a.people, p.UID)
@@ -134,8 +135,25 @@ func (a *Agent) personLogout(w http.ResponseWriter, _ *http.Request, p *Peer) {
 	if err := a.auth.DeleteCredential(c.ID); err != nil {
 		a.log.Warn("a logged-out person's key was not deleted", "credential", c.IDString(), "error", err)
 	}
+	// And at the verifier, which kicks its live sessions; if it cannot be
+	// told now, the credential still ends with the login.
+	if err := a.revokePerson(r.Context(), c); err != nil {
+		a.log.Warn("a logged-out person's credential was not revoked at the verifier (it ends with the login)", "credential", c.IDString(), "error", err)
+	}
 	a.log.Info("person logged out on this host", "uid", p.UID, "person", c.Person)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// revokePerson has the verifier revoke person credential c of this host.
+func (a *Agent) revokePerson(ctx context.Context, c *Credential) error {
+	nc, err := a.verifierConn()
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	host := a.enroll.HostID
+	a.mu.Unlock()
+	return call(ctx, nc, api.HostScope(host).Subject(api.OpPersonLogout), &api.PersonLogoutRequest{HostID: host, CredentialID: c.IDString()}, &struct{}{})
 }
 
 // usePerson makes c the uid's person credential, deleting the one it

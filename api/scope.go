@@ -36,6 +36,7 @@ const (
 	OpRegisterFinish    = "register.finish"
 	OpCredentialsStatus = "credentials.status" // ScopeHost
 	OpCredentialsWatch  = "credentials.watch"  // ScopeHost
+	OpPersonLogout      = "person.logout"      // ScopeHost
 )
 
 // Scope is who calls the v1 API: a kind and its ID.

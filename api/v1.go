@@ -202,6 +202,13 @@ type CredentialStatusRequest struct {
 	HostID string `json:"host_id"`
 }
 
+// PersonLogoutRequest: a person logged out on the host: the verifier
+// revokes their credential there (its sessions are kicked).
+type PersonLogoutRequest struct {
+	HostID       string `json:"host_id"`
+	CredentialID string `json:"credential_id"`
+}
+
 // CredentialsWatchRequest waits until an operator changes one of the host's
 // credentials (rotation requested, revoked, reissued), or Wait has passed:
 // the agent checks its credentials at once, instead of at its next poll.

@@ -7,9 +7,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,6 +23,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/internal/eventually"
 	"github.com/tpmauthn/tpmauthn/internal/fleettest"
 	"github.com/tpmauthn/tpmauthn/internal/oidctest"
+	"github.com/tpmauthn/tpmauthn/internal/swtpmtest"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
@@ -327,5 +330,57 @@ func TestPolicyReloadKicksPeople(t *testing.T) {
 	}
 	if !found {
 		t.Fatal("no person.policy audit event names the role the reload took away")
+	}
+}
+
+// TestPersonLogoutRevokes (P-16): logging out on a host revokes the
+// person's credential there at the verifier, not only the local key: its
+// live sessions drop at once. Another host's agent cannot revoke it.
+func TestPersonLogoutRevokes(t *testing.T) {
+	requireRoot(t)
+	op := oidctest.Start(t, oidctest.User{ID: "u-dana", Username: "dana", Password: "pw", Name: "Dana Scully", Email: "dana.scully@example.com", Groups: []string{"developers"}})
+	f := peopleFleet(t, op)
+	h := f.NewHost(t)
+	st, dev := personLoginAs(t, h, personUID, loginGrant(t, f, op, "dana", "pw").AccessToken)
+	if st != 200 {
+		t.Fatalf("person login at the agent: %d %v", st, dev)
+	}
+	credID := fmt.Sprint(dev["credential_id"])
+	// Another host's agent, on its own scope, naming this credential.
+	other, err := f.Enroll(t, fleettest.Authenticator(t, swtpmtest.New(t, swtpmtest.SameManufacturer(f.TPM))), f.Token(t, time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	osess, err := f.HostSession(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer osess.Close()
+	if code := fleettest.Request(t, osess, api.HostScope(other.HostID).Subject(api.OpPersonLogout), api.PersonLogoutRequest{HostID: other.HostID, CredentialID: credID}, nil); code != api.CodeNotFound {
+		t.Fatalf("another host's agent revoking a person's credential: %q, want %s", code, api.CodeNotFound)
+	}
+
+	nc, err := connectWorkload(t, f, h, personUID)
+	if err != nil {
+		t.Fatalf("the person's program cannot connect: %v", err)
+	}
+	defer nc.Close()
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	cmd := exec.Command("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE", "--unix-socket", h.Socket, "http://agent"+api.AgentPathPersonLogin)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: personUID, Gid: personUID}}
+	out, err := cmd.Output()
+	if err != nil || string(out) != "204" {
+		t.Fatalf("logout: %s %v", out, err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the person's session outlives their logout")
+	}
+	var c record.Credential
+	f.MustAdmin(t, "credential.show", api.IDRequest{ID: credID}, &c)
+	if c.Status != api.CredentialRevoked {
+		t.Fatalf("the logged-out credential is %s at the verifier, want revoked", c.Status)
 	}
 }

@@ -461,6 +461,7 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 		api.OpRegisterBegin:     beginLimit.Wrap(reg.Begin),
 		api.OpRegisterFinish:    reg.Finish,
 		api.OpCredentialsStatus: reg.CredentialStatus,
+		api.OpPersonLogout:      reg.PersonLogout,
 	})); err != nil {
 		return err
 	}
@@ -489,6 +490,7 @@ var v1Callers = map[string][]string{
 	api.OpRegisterBegin:     {api.ScopeHost},
 	api.OpRegisterFinish:    {api.ScopeHost},
 	api.OpCredentialsStatus: {api.ScopeHost},
+	api.OpPersonLogout:      {api.ScopeHost},
 }
 
 // v1Endpoints serves each operation on its callers' scopes, labeled

@@ -133,3 +133,36 @@ func localUser(uid uint32, user string) string {
 	}
 	return user + " (uid " + strconv.FormatUint(uint64(uid), 10) + ")"
 }
+
+// PersonLogout revokes a person's credential on the host whose agent asks
+// (the person logged out there): its live sessions are kicked by every
+// instance's revocation watch. Only that host's agent may, and only for a
+// person's credential of that host; revoking one already revoked is done.
+func (s *Service) PersonLogout(ctx context.Context, body []byte) (any, error) {
+	var req api.PersonLogoutRequest
+	if err := natsapi.Decode(body, &req); err != nil {
+		return nil, err
+	}
+	notFound := fmt.Errorf("%w: no person's credential %s on host %s", api.ErrNotFound, req.CredentialID, req.HostID)
+	if !natsapi.CallerIsHost(ctx, req.HostID) {
+		return nil, notFound
+	}
+	c, err := s.cfg.Fleet.SetCredentialStatus(ctx, req.CredentialID, api.CredentialRevoked, "the person logged out on host "+req.HostID,
+		func(c *record.Credential) error {
+			if c.Person == "" || c.Host != req.HostID {
+				return notFound
+			}
+			return nil
+		})
+	switch {
+	case errors.Is(err, record.ErrTransition):
+		return struct{}{}, nil // revoked already
+	case errors.Is(err, api.ErrNotFound):
+		return nil, notFound
+	case err != nil:
+		return nil, err
+	}
+	s.cfg.Trail.RecordNow(ctx, audit.Event{Kind: "person.logout", Result: audit.OK, Host: c.Host, Workload: c.Workload,
+		Credential: c.ID, Person: c.Person, Reason: "logged out on the host: credential revoked"})
+	return struct{}{}, nil
+}

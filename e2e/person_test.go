@@ -293,13 +293,7 @@ func TestPolicyReloadKicksPeople(t *testing.T) {
 	if st, dev := personLoginAs(t, h, personUID, loginGrant(t, f, op, "dana", "pw").AccessToken); st != 200 {
 		t.Fatalf("person login at the agent: %d %v", st, dev)
 	}
-	nc, err := connectWorkload(t, f, h, personUID)
-	if err != nil {
-		t.Fatalf("the person's program cannot connect: %v", err)
-	}
-	defer nc.Close()
-	closed := make(chan struct{})
-	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	closed := personSession(t, f, h)
 
 	// The same policy without its people: section. A file's reload is
 	// noticed at the policy's next use (at most a second apart): a
@@ -360,13 +354,7 @@ func TestPersonLogoutRevokes(t *testing.T) {
 		t.Fatalf("another host's agent revoking a person's credential: %q, want %s", code, api.CodeNotFound)
 	}
 
-	nc, err := connectWorkload(t, f, h, personUID)
-	if err != nil {
-		t.Fatalf("the person's program cannot connect: %v", err)
-	}
-	defer nc.Close()
-	closed := make(chan struct{})
-	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	closed := personSession(t, f, h)
 	cmd := exec.Command("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE", "--unix-socket", h.Socket, "http://agent"+api.AgentPathPersonLogin)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: personUID, Gid: personUID}}
 	out, err := cmd.Output()
@@ -383,4 +371,18 @@ func TestPersonLogoutRevokes(t *testing.T) {
 	if c.Status != api.CredentialRevoked {
 		t.Fatalf("the logged-out credential is %s at the verifier, want revoked", c.Status)
 	}
+}
+
+// personSession connects the person's program (uid personUID) and returns
+// a channel closed when the server ends its session.
+func personSession(t *testing.T, f *fleettest.Fleet, h *fleettest.Host) <-chan struct{} {
+	t.Helper()
+	nc, err := connectWorkload(t, f, h, personUID)
+	if err != nil {
+		t.Fatalf("the person's program cannot connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	return closed
 }

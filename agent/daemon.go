@@ -506,9 +506,7 @@ func (a *Agent) ensureWorkload(ctx context.Context, workload string) error {
 	a.log.Warn("registration failed", "workload", workload, "error", err)
 	var states []api.CredentialState
 	if nc, cerr := a.verifierConn(); cerr == nil {
-		a.mu.Lock()
-		host := a.enroll.HostID
-		a.mu.Unlock()
+		host := a.hostID()
 		states, _ = credentialStates(ctx, nc, host)
 	}
 	a.registrationFailed(workload, err, states)
@@ -542,9 +540,7 @@ func (a *Agent) verifierConn() (*nats.Conn, error) {
 		}
 	}
 	if nc == nil && errors.Is(err, nats.ErrAuthorization) {
-		a.mu.Lock()
-		host := a.enroll.HostID
-		a.mu.Unlock()
+		host := a.hostID()
 		return nil, fmt.Errorf("%w (see tpmauthnctl host show %s; once resolved, re-enroll with a new join token): %w", ErrHostRefused, host, err)
 	}
 	if nc == nil {

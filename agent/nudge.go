@@ -49,9 +49,7 @@ func (a *Agent) watchOnce(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	a.mu.Lock()
-	host := a.enroll.HostID
-	a.mu.Unlock()
+	host := a.hostID()
 	// A little longer than the verifier holds it: a lost answer ends here.
 	ctx, cancel := context.WithTimeout(ctx, api.MaxCredentialsWatch+10*time.Second)
 	defer cancel()

@@ -113,9 +113,7 @@ func (a *Agent) personLogin(w http.ResponseWriter, r *http.Request, p *Peer) {
 		return
 	}
 	a.usePerson(p.UID, cred)
-	a.mu.Lock()
-	host := a.enroll.HostID
-	a.mu.Unlock()
+	host := a.hostID()
 	a.log.Info("person logged in on this host", "uid", p.UID, "person", fin.Person.ID, "credential", cred.IDString(), "until", fin.Expires)
 	respondJSON(w, http.StatusOK, api.PersonLoginResponse{Person: *fin.Person, Host: host, CredentialID: cred.IDString(),
 		NKey: cred.NKey(), UID: p.UID, Name: fin.Workload, Expires: fin.Expires})
@@ -150,9 +148,7 @@ func (a *Agent) revokePerson(ctx context.Context, c *Credential) error {
 	if err != nil {
 		return err
 	}
-	a.mu.Lock()
-	host := a.enroll.HostID
-	a.mu.Unlock()
+	host := a.hostID()
 	return call(ctx, nc, api.HostScope(host).Subject(api.OpPersonLogout), &api.PersonLogoutRequest{HostID: host, CredentialID: c.IDString()}, &struct{}{})
 }
 

@@ -105,9 +105,7 @@ func (a *Agent) settleCredentials(ctx context.Context) ([]api.CredentialState, e
 		a.noteCheck(err)
 		return nil, err
 	}
-	a.mu.Lock()
-	host := a.enroll.HostID
-	a.mu.Unlock()
+	host := a.hostID()
 	states, err := credentialStates(ctx, nc, host)
 	a.noteCheck(err)
 	if err != nil {

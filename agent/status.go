@@ -19,6 +19,13 @@ type checkRecord struct {
 	err error
 }
 
+// hostID is the enrolled host's ID.
+func (a *Agent) hostID() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.enroll.HostID
+}
+
 // noteCheck records a credential check's outcome for status.
 func (a *Agent) noteCheck(err error) {
 	a.mu.Lock()

@@ -144,19 +144,20 @@ func applyAnswers(uc *jwt.UserClaims, answers bool) {
 // which the deny-list also names, allows nothing.
 const publishNothing = "_TPMAUTHN.NOTHING"
 
-// overlaps reports whether some subject matches both NATS patterns.
+// overlaps reports whether some subject matches both NATS patterns. It is
+// on the connect path (Apply): it walks the tokens without allocating.
 func overlaps(a, b string) bool {
-	at, bt := strings.Split(a, "."), strings.Split(b, ".")
-	for i := 0; ; i++ {
+	for {
+		at, arest, amore := strings.Cut(a, ".")
+		bt, brest, bmore := strings.Cut(b, ".")
 		switch {
-		case i == len(at) && i == len(bt):
-			return true
-		case i == len(at) || i == len(bt):
-			return false
-		case at[i] == ">" || bt[i] == ">":
+		case at == ">" || bt == ">":
 			return true // each has a token here
-		case at[i] != "*" && bt[i] != "*" && at[i] != bt[i]:
+		case at != "*" && bt != "*" && at != bt:
 			return false
+		case !amore || !bmore:
+			return !amore && !bmore
 		}
+		a, b = arest, brest
 	}
 }

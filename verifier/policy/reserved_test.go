@@ -135,3 +135,12 @@ func wantDeniedWhereAllowed(t *testing.T, uc *jwt.UserClaims) {
 	check("publish", uc.Pub.Allow, uc.Pub.Deny, append([]string{"tpmauthn.v1.>"}, enrollmentInboxes...))
 	check("subscribe", uc.Sub.Allow, uc.Sub.Deny, append([]string{"tpmauthn.v1.>", "tpmauthn.admin.>"}, enrollmentInboxes...))
 }
+
+// BenchmarkOverlaps: overlaps runs several times at every connect (Apply).
+func BenchmarkOverlaps(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = overlaps("billing.{{host}}.orders.>", "tpmauthn.v1.>")
+		_ = overlaps("_INBOX.>", "_INBOX.t.>")
+	}
+}

@@ -48,7 +48,7 @@ func Scale(dir string, n int) (*ScaleResult, error) {
 	if !ok {
 		return nil, errors.New("scale: the verifier runs as a process of its own: run it from tpmauthn-bench")
 	}
-	ss, k, policy, err := startTpmauthnServer(dir, "127.0.0.1:-1")
+	ss, k, policy, err := startTpmauthnServer(dir, "127.0.0.1:-1", "")
 	if err != nil {
 		return nil, err
 	}

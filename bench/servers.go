@@ -44,10 +44,13 @@ type scenario struct {
 // quietServer starts a server without logs, its goroutines labelled as the
 // server's part of the process.
 func quietServer(opts *server.Options) (*server.Server, error) {
-	opts.NoLog, opts.NoSigs = true, true
+	opts.NoLog, opts.NoSigs = os.Getenv("BENCH_SERVER_LOG") == "", true
 	s, err := server.NewServer(opts)
 	if err != nil {
 		return nil, err
+	}
+	if !opts.NoLog {
+		s.ConfigureLogger()
 	}
 	inPart(partServer, s.Start)
 	if !s.ReadyForConnections(10 * time.Second) {
@@ -320,7 +323,13 @@ const benchRPID = "bench.example.com"
 // running both would; JetStream and keys live in dir. workers 0 is the
 // verifier's default.
 func startTpmauthn(dir, listen string, workers int) (*stormServer, *verifier.Verifier, error) {
-	ss, _, policy, err := startTpmauthnServer(dir, listen)
+	return startTpmauthnExtra(dir, listen, "", workers)
+}
+
+// startTpmauthnExtra is startTpmauthn with extra server configuration (a
+// cluster block).
+func startTpmauthnExtra(dir, listen, extra string, workers int) (*stormServer, *verifier.Verifier, error) {
+	ss, _, policy, err := startTpmauthnServer(dir, listen, extra)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -336,8 +345,9 @@ func startTpmauthn(dir, listen string, workers int) (*stormServer, *verifier.Ver
 }
 
 // startTpmauthnServer starts the server of tpmauthn's layout, with the
-// verifier's keys in dir/verifier and a policy file for it.
-func startTpmauthnServer(dir, listen string) (ss *stormServer, k *keys.Set, policy string, err error) {
+// verifier's keys in dir/verifier and a policy file for it; extra is
+// appended to its configuration.
+func startTpmauthnServer(dir, listen, extra string) (ss *stormServer, k *keys.Set, policy string, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, "", err
 	}
@@ -348,9 +358,9 @@ func startTpmauthnServer(dir, listen string) (ss *stormServer, k *keys.Set, poli
 	if err := os.WriteFile(policy, []byte(benchPolicy), 0o600); err != nil {
 		return nil, nil, "", err
 	}
-	conf := keys.ServerConfig(k, keys.ServerConfigOptions{Listen: listen, StoreDir: filepath.Join(dir, "js")})
+	conf := keys.ServerConfig(k, keys.ServerConfigOptions{Listen: listen, StoreDir: filepath.Join(dir, "js"), Extra: extra})
 	ss = &stormServer{conf: filepath.Join(dir, "server.conf")}
-	if err := os.WriteFile(ss.conf, []byte(conf+"max_connections: 100000\n"), 0o600); err != nil {
+	if err := os.WriteFile(ss.conf, []byte(conf+maxConnections()), 0o600); err != nil {
 		return nil, nil, "", err
 	}
 	if err := ss.start(); err != nil {

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"os"
 	"runtime/pprof"
@@ -27,6 +28,7 @@ type StormResult struct {
 	Failures     int     `json:"failures"`          // clients not back within the timeout
 	CalloutsPerS float64 `json:"callouts_per_s"`
 	Busy         bool    `json:"busy_core,omitempty"` // a busy loop held one core
+	Servers      int     `json:"servers,omitempty"`   // a cluster of this many (else one)
 	// Each second after the restart: callouts the verifier answered and
 	// shed (too late for their clients). A collapse shows as a falling
 	// answered line with shedding.
@@ -53,6 +55,16 @@ func (s *stormServer) start() error {
 	return nil
 }
 
+func (s *stormServer) stop() error {
+	s.srv.Shutdown()
+	s.srv.WaitForShutdown()
+	return nil
+}
+
+// fitsOneServer: the server's process holds a descriptor per client, and
+// some for itself, JetStream and the verifier.
+func fitsOneServer(n int) bool { return uint64(n+2000) <= fdLimit() }
+
 func freeTCPPort() (int, error) { return freeport.Pick() }
 
 // Storm connects n clients, restarts the server and times the return.
@@ -62,8 +74,23 @@ func Storm(dir string, n int) (*StormResult, error) { return storm(dir, n, false
 // on.
 func BusyStorm(dir string, n int) (*StormResult, error) { return storm(dir, n, true) }
 
+// ClusterStorm is Storm on a cluster of two servers, both restarted: from
+// tpmauthn-bench only (the second server and the clients are its child
+// processes).
+func ClusterStorm(dir string, n int) (*StormResult, error) {
+	exe, ok := benchExe()
+	if !ok {
+		return nil, errors.New("a storm on two servers runs from tpmauthn-bench")
+	}
+	raiseFDLimit()
+	return clusterStorm(dir, n, false, exe)
+}
+
 func storm(dir string, n int, busy bool) (*StormResult, error) {
 	raiseFDLimit()
+	if exe, ok := benchExe(); ok && !fitsOneServer(n) {
+		return clusterStorm(dir, n, busy, exe)
+	}
 	port, err := freeTCPPort()
 	if err != nil {
 		return nil, err
@@ -87,7 +114,9 @@ func storm(dir string, n int, busy bool) (*StormResult, error) {
 		defer stop()
 	}
 	if exe, ok := benchExe(); ok {
-		return stormChild(ss, v, res, creds, exe)
+		// Restart the server on the same port: every client reconnects
+		// and is authorized again through the callout.
+		return stormChildren(exe, []stormGroup{{ss.srv.ClientURL(), creds}}, ss.stop, ss.start, v, res)
 	}
 	if uint64(2*n+2000) > fdLimit() {
 		return nil, fmt.Errorf("storm of %d clients needs them in a second process: run it from tpmauthn-bench", n)

@@ -28,58 +28,83 @@ type childCred struct {
 // StormClientsArg is the subcommand that runs storm clients.
 const StormClientsArg = "storm-clients"
 
-func stormChild(ss *stormServer, v *verifier.Verifier, res *StormResult, creds []*softCred, exe string) (*StormResult, error) {
-	list := make([]childCred, len(creds))
-	for i, c := range creds {
-		list[i] = childCred{ID: c.id, D: c.key.D.Bytes()}
+// stormGroup is one child process of storm clients and the servers they
+// dial (a comma-separated list; nats.go picks among them at random).
+type stormGroup struct {
+	urls  string
+	creds []*softCred
+}
+
+// stormChildren starts a child per group, waits until every client is
+// connected, takes the servers down and up again and times the clients'
+// return from the moment the servers start again.
+func stormChildren(exe string, groups []stormGroup, down, up func() error, v *verifier.Verifier, res *StormResult) (*StormResult, error) {
+	type line struct {
+		child int
+		text  string
+		ok    bool
 	}
-	b, err := json.Marshal(list)
-	if err != nil {
-		return nil, err
-	}
-	file := filepath.Join(os.TempDir(), fmt.Sprintf("tpmauthn-storm-%d.json", os.Getpid()))
-	if err := os.WriteFile(file, b, 0o600); err != nil {
-		return nil, err
-	}
-	defer os.Remove(file)
+	lines := make(chan line)
+	total := 0
 	start := time.Now()
-	_, _, sc, stop, err := startChild(exe, StormClientsArg, ss.srv.ClientURL(), file)
-	if err != nil {
-		return nil, err
-	}
-	defer stop()
-	lines := make(chan string)
-	go func() {
-		for sc.Scan() {
-			lines <- sc.Text()
+	for i, g := range groups {
+		file, err := writeChildCreds(g.creds, i)
+		if err != nil {
+			return nil, err
 		}
-		close(lines)
-	}()
-	if l := <-lines; l != "ready" {
-		return nil, fmt.Errorf("storm clients: %q", l)
+		defer os.Remove(file)
+		_, _, sc, stop, err := startChild(exe, StormClientsArg, g.urls, file)
+		if err != nil {
+			return nil, err
+		}
+		defer stop()
+		go func() {
+			for sc.Scan() {
+				lines <- line{i, sc.Text(), true}
+			}
+			lines <- line{child: i}
+		}()
+		total += len(g.creds)
+	}
+	// A child says "ready", then "back 0" while the others connect.
+	for ready := 0; ready < len(groups); {
+		switch l := <-lines; {
+		case l.ok && l.text == "ready":
+			ready++
+		case l.ok && l.text == "back 0":
+		default:
+			return nil, fmt.Errorf("storm clients %d: %q (see stderr)", l.child, l.text)
+		}
 	}
 	res.ConnectS = time.Since(start).Seconds()
-	ss.srv.Shutdown()
-	ss.srv.WaitForShutdown()
+	if err := down(); err != nil {
+		return nil, err
+	}
 	restarted := time.Now()
-	if err := ss.start(); err != nil {
+	if err := up(); err != nil {
 		return nil, err
 	}
 	defer watchStorm(v, restarted, res)()
-	// The child prints "back N" as clients return, the last when N = n.
-	back, timeout := 0, time.After(90*time.Second)
-	for back < len(creds) {
+	// Each child prints "back N" as its clients return, the last when N is
+	// all of them.
+	back := make([]int, len(groups))
+	sum, timeout := 0, time.After(90*time.Second)
+	for sum < total {
 		select {
-		case l, ok := <-lines:
-			if !ok {
-				return nil, errors.New("storm clients: ended early (see stderr)")
+		case l := <-lines:
+			if !l.ok {
+				return nil, fmt.Errorf("storm clients %d: ended early (see stderr)", l.child)
 			}
-			if _, err := fmt.Sscanf(l, "back %d", &back); err != nil {
-				return nil, fmt.Errorf("storm clients: %q", l)
+			if _, err := fmt.Sscanf(l.text, "back %d", &back[l.child]); err != nil {
+				return nil, fmt.Errorf("storm clients %d: %q", l.child, l.text)
+			}
+			sum = 0
+			for _, b := range back {
+				sum += b
 			}
 		case <-timeout:
-			res.Failures = len(creds) - back
-			back = len(creds)
+			res.Failures = total - sum
+			sum = total
 		}
 	}
 	res.ReauthS = time.Since(restarted).Seconds()
@@ -87,10 +112,25 @@ func stormChild(ss *stormServer, v *verifier.Verifier, res *StormResult, creds [
 	return res, nil
 }
 
-// StormClientsMain runs in the child: args are URL and credential file.
+// writeChildCreds writes creds for child i to a temporary file.
+func writeChildCreds(creds []*softCred, i int) (string, error) {
+	list := make([]childCred, len(creds))
+	for i, c := range creds {
+		list[i] = childCred{ID: c.id, D: c.key.D.Bytes()}
+	}
+	b, err := json.Marshal(list)
+	if err != nil {
+		return "", err
+	}
+	file := filepath.Join(os.TempDir(), fmt.Sprintf("tpmauthn-storm-%d-%d.json", os.Getpid(), i))
+	return file, os.WriteFile(file, b, 0o600)
+}
+
+// StormClientsMain runs in the child: args are the server URLs (comma
+// separated) and the credential file.
 func StormClientsMain(args []string) error {
 	if len(args) != 2 {
-		return errors.New("usage: storm-clients URL FILE")
+		return errors.New("usage: storm-clients URLS FILE")
 	}
 	raiseFDLimit()
 	// The clients stand in for a fleet's other machines: on the one machine

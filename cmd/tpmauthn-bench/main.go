@@ -23,6 +23,13 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == bench.StormServerArg {
+		if err := bench.StormServerMain(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "tpmauthn-bench storm-server:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == bench.StormClientsArg {
 		if err := bench.StormClientsMain(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "tpmauthn-bench storm-clients:", err)
@@ -89,13 +96,16 @@ func main() {
 			if os.Getenv("BENCH_BUSY") == "1" { // a busy loop pinned to one core
 				do = bench.BusyStorm
 			}
+			if os.Getenv("BENCH_STORM_SERVERS") == "2" { // a cluster of two servers
+				do = bench.ClusterStorm
+			}
 			r, err := do(filepath.Join(dir, strconv.Itoa(i)), n)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "tpmauthn-bench:", err)
 				os.Exit(1)
 			}
-			fmt.Printf("storm (busy core %v): %d clients, connected in %.2f s, all re-authorized %.2f s after the restart (%.0f callouts/s), %d failures\nanswered/s %v\nshed/s %v\nstorm_%d_s=%.3f\n",
-				r.Busy, r.Clients, r.ConnectS, r.ReauthS, r.CalloutsPerS, r.Failures, r.Answered, r.Shed, r.Clients, r.ReauthS)
+			fmt.Printf("storm (busy core %v, servers %d): %d clients, connected in %.2f s, all re-authorized %.2f s after the restart (%.0f callouts/s), %d failures\nanswered/s %v\nshed/s %v\nstorm_%d_s=%.3f\n",
+				r.Busy, max(r.Servers, 1), r.Clients, r.ConnectS, r.ReauthS, r.CalloutsPerS, r.Failures, r.Answered, r.Shed, r.Clients, r.ReauthS)
 		}
 		_ = os.RemoveAll(dir)
 		return

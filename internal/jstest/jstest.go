@@ -4,6 +4,7 @@
 package jstest
 
 import (
+	"net"
 	"testing"
 	"time"
 
@@ -18,6 +19,8 @@ type Server struct {
 	*server.Server
 	NC *nats.Conn
 	JS jetstream.JetStream
+
+	opts *server.Options
 }
 
 // Start runs a JetStream server on a free loopback port, its store in a
@@ -41,7 +44,8 @@ func Start(tb testing.TB, opts ...func(*server.Options)) *Server {
 	if !srv.ReadyForConnections(10 * time.Second) {
 		tb.Fatal("nats-server not ready within 10s")
 	}
-	nc, err := nats.Connect(srv.ClientURL())
+	o.Port = srv.Addr().(*net.TCPAddr).Port // a restart keeps it
+	nc, err := nats.Connect(srv.ClientURL(), nats.ReconnectWait(100*time.Millisecond), nats.MaxReconnects(-1))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -50,5 +54,26 @@ func Start(tb testing.TB, opts ...func(*server.Options)) *Server {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &Server{Server: srv, NC: nc, JS: js}
+	return &Server{Server: srv, NC: nc, JS: js, opts: o}
+}
+
+// Down shuts the server down (NC keeps trying to reconnect).
+func (s *Server) Down() {
+	s.Shutdown()
+	s.WaitForShutdown()
+}
+
+// Up starts the server again after Down, on the same port and store.
+func (s *Server) Up(tb testing.TB) {
+	tb.Helper()
+	srv, err := server.NewServer(s.opts.Clone())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv.Start()
+	tb.Cleanup(srv.Shutdown)
+	if !srv.ReadyForConnections(10 * time.Second) {
+		tb.Fatal("nats-server not ready within 10s after a restart")
+	}
+	s.Server = srv
 }

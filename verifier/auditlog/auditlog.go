@@ -353,6 +353,8 @@ func (a *Log) AppendBatch(evs []audit.Event) error {
 			}
 			return a.AppendBatch(evs[len(evs)/2:])
 		}
+		nc := a.js.Conn()
+		reconnects := nc.Stats().Reconnects
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		ack, err := a.js.Publish(ctx, Subject, msg, jetstream.WithExpectLastSequence(a.lastMsg))
 		cancel()
@@ -368,11 +370,18 @@ func (a *Log) AppendBatch(evs []audit.Event) error {
 			return nil
 		}
 		if !wrongLastSequence(err) {
-			if nc := a.js.Conn(); nc.IsClosed() || nc.IsDraining() {
+			if nc.IsClosed() || nc.IsDraining() {
 				return fmt.Errorf("audit: connection closed with events unwritten: %w", err)
 			}
+			reconnect := nc.Stats().Reconnects != reconnects || !nc.IsConnected()
 			if a.health.failed(err) {
-				a.log.Error("audit append failed; retrying until it succeeds", "events", len(evs), "error", err)
+				if reconnect {
+					a.log.Warn("audit append interrupted by a reconnect; retrying", "events", len(evs), "error", err)
+				} else {
+					a.log.Error("audit append failed; retrying until it succeeds", "events", len(evs), "error", err)
+				}
+			}
+			if a.health.shouldAlert(reconnect, a.cfg.FailClosedAfter) {
 				go a.raise(AlertAppendFailing, audit.Event{Reason: "audit appends fail: " + err.Error()})
 			}
 			time.Sleep(retryWait(retries, a.health.full.Load() || a.health.jsFull.Load()))

@@ -331,3 +331,69 @@ func TestLinger(t *testing.T) {
 		t.Fatalf("the lone event is not a message of its own: %+v", raws)
 	}
 }
+
+// A server restart with an append on the wire loses its ack: the writer
+// retries, the event lands, and that is no tamper signal (it was one at
+// every restart). An outage that outlasts FailClosedAfter is one.
+func TestAppendAcrossRestart(t *testing.T) {
+	e := newEnv(t)
+	a, err := Open(t.Context(), e.js, e.key, Config{FailClosedAfter: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var al alerts
+	a.Watch(&al)
+	record(t, a, 1)
+
+	e.Down()
+	a.Record(audit.Event{Kind: "connect", Result: audit.Allow})
+	deadline := time.Now().Add(10 * time.Second)
+	for a.AppendFailures() == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if a.AppendFailures() == 0 {
+		t.Fatal("no append failed while the server was down")
+	}
+	e.Up(t)
+	if !a.FlushWithin(15 * time.Second) {
+		t.Fatal("the event queued across the restart was not appended")
+	}
+	if got := al.got(); len(got) != 0 {
+		t.Fatalf("alerts %v for a restart shorter than FailClosedAfter", got)
+	}
+	if n := countEvents(t, a); n != 2 {
+		t.Fatalf("%d events in the stream, want 2", n)
+	}
+
+	// Down for longer than FailClosedAfter: the alert comes.
+	b, err := Open(t.Context(), e.js, e.key, Config{FailClosedAfter: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	b.Watch(&al)
+	e.Down()
+	b.Record(audit.Event{Kind: "connect", Result: audit.Allow})
+	deadline = time.Now().Add(15 * time.Second)
+	for len(al.got()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := al.got(); len(got) != 1 || got[0] != AlertAppendFailing {
+		t.Fatalf("alerts %v after an outage longer than FailClosedAfter, want one %s", got, AlertAppendFailing)
+	}
+	e.Up(t)
+	if !b.FlushWithin(15 * time.Second) {
+		t.Fatal("the event queued across the outage was not appended")
+	}
+}
+
+// countEvents is how many events the audit stream holds.
+func countEvents(t *testing.T, a *Log) int {
+	t.Helper()
+	raws, err := a.ReadRaw(t.Context(), 1, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(raws)
+}

@@ -28,6 +28,7 @@ type health struct {
 	jsFull   atomic.Bool  // the last failure was JetStream's store (store.Full)
 	failures atomic.Uint64
 	dropped  atomic.Uint64 // events Record gave up on (queue full while failing)
+	alerted  atomic.Bool   // this episode's alert is raised
 
 	mu      sync.Mutex
 	lastErr string
@@ -50,7 +51,24 @@ func (h *health) failed(err error) bool {
 func (h *health) succeeded() bool {
 	h.full.Store(false)
 	h.jsFull.Store(false)
+	h.alerted.Store(false)
 	return h.since.Swap(0) != 0
+}
+
+// shouldAlert decides, after a failure, whether to raise this episode's
+// alert now: once an episode, at once unless the failure is the
+// connection's (reconnect: the server restarted with the append in flight,
+// its ack lost, which the retry mends), then only when the episode has
+// lasted grace. Seen without it: a tamper signal at every server restart
+// that caught an append on the wire.
+func (h *health) shouldAlert(reconnect bool, grace time.Duration) bool {
+	if h.alerted.Load() {
+		return false
+	}
+	if since := h.since.Load(); reconnect && since != 0 && time.Since(time.Unix(0, since)) < grace {
+		return false
+	}
+	return h.alerted.CompareAndSwap(false, true)
 }
 
 func (h *health) failing() bool { return h.since.Load() != 0 }

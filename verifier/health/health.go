@@ -71,6 +71,10 @@ type Monitor struct {
 	reason  string
 	full    bool // the reason is JetStream's store full (store.Full)
 	probing bool
+	// confirming: a failure is being confirmed before an episode opens;
+	// until quietUntil, failures are not confirmed again.
+	confirming bool
+	quietUntil time.Time
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -105,6 +109,71 @@ func (m *Monitor) Observe(err error) {
 }
 
 func (m *Monitor) fail(err error) {
+	if store.Full(err) { // JetStream said so: nothing to confirm
+		m.open(err)
+		return
+	}
+	m.mu.Lock()
+	if m.down || m.confirming || time.Now().Before(m.quietUntil) {
+		m.mu.Unlock()
+		return
+	}
+	m.confirming = true
+	m.mu.Unlock()
+	m.wg.Go(func() { m.confirm(err) })
+}
+
+// confirm opens the episode unless, within probeEvery, a write of its own
+// succeeds and the audit trail appends: a grant's write can fail at its
+// client's deadline because the verifier is behind (a reconnect storm on a
+// loaded cluster), or because a restart lost the trail's ack, and neither
+// is the store down. Seen without it: store_unavailable tamper signals
+// during storms while the store took every write.
+func (m *Monitor) confirm(err error) {
+	deadline := time.Now().Add(probeEvery)
+	for {
+		ctx, cancel := context.WithTimeout(m.ctx, probeEvery)
+		perr := m.check(ctx)
+		cancel()
+		if m.ctx.Err() != nil {
+			return
+		}
+		if perr == nil {
+			m.mu.Lock()
+			// One confirmation a probeEvery: a storm's failures do not
+			// each cost a write and a log line.
+			m.confirming, m.quietUntil = false, time.Now().Add(probeEvery)
+			m.mu.Unlock()
+			m.log.Warn("a grant's write failed, but the store takes writes: the verifier was behind, or a restart interrupted it", "error", err)
+			return
+		}
+		if time.Now().After(deadline) {
+			m.mu.Lock()
+			m.confirming = false
+			m.mu.Unlock()
+			m.open(err)
+			return
+		}
+		time.Sleep(probeEvery / 10)
+	}
+}
+
+// check is one probe: a write to the store, and the audit trail taking
+// events (an episode must not end on the bucket's write alone).
+func (m *Monitor) check(ctx context.Context) error {
+	err := m.cfg.Store.Probe(ctx)
+	if err == nil && m.cfg.Audit != nil {
+		err = m.cfg.Audit.Unavailable()
+		if err == nil && m.cfg.Audit.Failing() {
+			err = errAuditFailing
+		}
+	}
+	return err
+}
+
+// open starts an episode (once): the gauge, the log, the alert, and the
+// probe that ends it.
+func (m *Monitor) open(err error) {
 	m.mu.Lock()
 	if m.down {
 		m.mu.Unlock()
@@ -149,17 +218,8 @@ func (m *Monitor) probe() {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(m.ctx, probeEvery)
-		err := m.cfg.Store.Probe(ctx)
+		err := m.check(ctx)
 		cancel()
-		// The grants' other write: the audit trail must take events too,
-		// or the episode would end on the bucket's write alone and start
-		// again with the next grant (an alert every probe).
-		if err == nil && m.cfg.Audit != nil {
-			err = m.cfg.Audit.Unavailable()
-			if err == nil && m.cfg.Audit.Failing() {
-				err = errAuditFailing
-			}
-		}
 		m.mu.Lock()
 		if err == nil || !m.down {
 			m.probing = false

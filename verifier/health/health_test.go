@@ -56,9 +56,13 @@ func TestEpisode(t *testing.T) {
 	for range 5 { // one episode, however many requests fail in it
 		m.Observe(fmt.Errorf("decide: %w", api.ErrUnavailable))
 	}
-	if st := m.Now(); st.Status != "store_unavailable" || st.Hint == "" || st.Since.IsZero() {
-		t.Fatalf("status %+v during the episode", st)
-	}
+	// It opens once the monitor's own write has failed too.
+	eventually.Until(t, 5*time.Second, func() error {
+		if st := m.Now(); st.Status != "store_unavailable" || st.Hint == "" || st.Since.IsZero() {
+			return fmt.Errorf("status %+v during the episode", st)
+		}
+		return nil
+	})
 	rec := httptest.NewRecorder()
 	m.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
 	if rec.Code != http.StatusServiceUnavailable {
@@ -86,7 +90,16 @@ func TestEpisode(t *testing.T) {
 	if rec.Code != http.StatusOK {
 		t.Fatalf("/healthz %d after the episode, want 200", rec.Code)
 	}
+	f.mu.Lock()
+	f.probeErr = fmt.Errorf("%w: no quorum", api.ErrUnavailable)
+	f.mu.Unlock()
 	m.Observe(fmt.Errorf("again: %w", api.ErrUnavailable)) // a second episode
+	eventually.Until(t, 5*time.Second, func() error {
+		if st := m.Now(); st.Status != "store_unavailable" {
+			return fmt.Errorf("status %+v in the second episode", st)
+		}
+		return nil
+	})
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.alerts) != 2 || f.alerts[0] != AlertStoreUnavailable {
@@ -97,6 +110,45 @@ func TestEpisode(t *testing.T) {
 	}
 	if want := []bool{true, false, true, false}; fmt.Sprint(f.up) != fmt.Sprint(want) {
 		t.Fatalf("gauge %v, want %v", f.up, want)
+	}
+}
+
+// A grant's write that failed while the store takes writes (the verifier
+// behind in a storm, a restart that lost the trail's ack for a moment) is
+// no episode: no alert, no gauge, /healthz ok.
+func TestFailureNotConfirmed(t *testing.T) {
+	defer func(d time.Duration) { probeEvery = d }(probeEvery)
+	probeEvery = 300 * time.Millisecond
+	for _, tc := range []struct {
+		name         string
+		trailFailing time.Duration // the trail's appends fail this long after the grant's failure
+	}{
+		{"storeTakesWrites", 0},
+		{"trailRecoversWithinTheWindow", 50 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, trail := &fakes{}, &trailState{}
+			trail.set(tc.trailFailing > 0, nil)
+			m := New(Config{Store: f, Alerts: f, Trail: f, Metrics: f, Audit: trail})
+			defer m.Close()
+			for range 50 {
+				m.Observe(fmt.Errorf("grant: %w: context deadline exceeded", api.ErrUnavailable))
+			}
+			time.Sleep(tc.trailFailing)
+			trail.set(false, nil)
+			time.Sleep(3 * probeEvery)
+			if st := m.Now(); st.Status != "ok" {
+				t.Fatalf("status %+v", st)
+			}
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			if len(f.alerts) != 0 || fmt.Sprint(f.up) != "[true]" {
+				t.Fatalf("alerts %v, gauge %v: want none and [true]", f.alerts, f.up)
+			}
+			if f.probes == 0 || f.probes > 10 {
+				t.Fatalf("%d probe writes for 50 failures, want a few", f.probes)
+			}
+		})
 	}
 }
 
@@ -136,10 +188,19 @@ func TestEpisodeWaitsForTheTrail(t *testing.T) {
 			m := New(Config{Store: f, Alerts: f, Trail: f, Metrics: f, Audit: trail})
 			defer m.Close()
 			m.Observe(fmt.Errorf("grant: %w", api.ErrUnavailable))
+			eventually.Until(t, 5*time.Second, func() error { // confirmed: the trail fails
+				if st := m.Now(); st.Status != "store_unavailable" {
+					return fmt.Errorf("status %+v", st)
+				}
+				return nil
+			})
+			f.mu.Lock()
+			before := f.probes
+			f.mu.Unlock()
 			eventually.Until(t, 5*time.Second, func() error {
 				f.mu.Lock()
 				defer f.mu.Unlock()
-				if f.probes < 5 {
+				if f.probes < before+5 {
 					return errors.New("not probing")
 				}
 				return nil

@@ -124,7 +124,7 @@ func (m *Monitor) fail(err error) {
 }
 
 // confirm opens the episode unless, within probeEvery, a write of its own
-// succeeds and the audit trail appends: a grant's write can fail at its
+// succeeds and the audit trail takes grants: a grant's write can fail at its
 // client's deadline because the verifier is behind (a reconnect storm on a
 // loaded cluster), or because a restart lost the trail's ack, and neither
 // is the store down. Seen without it: store_unavailable tamper signals
@@ -133,8 +133,14 @@ func (m *Monitor) confirm(err error) {
 	deadline := time.Now().Add(probeEvery)
 	for {
 		ctx, cancel := context.WithTimeout(m.ctx, probeEvery)
-		perr := m.check(ctx)
+		perr := m.cfg.Store.Probe(ctx)
 		cancel()
+		// The trail refusing grants confirms; its appends failing inside
+		// its own window (FailClosedAfter) do not: a restart that lost an
+		// ack fails them for a moment, and the trail alerts for itself.
+		if perr == nil && m.cfg.Audit != nil {
+			perr = m.cfg.Audit.Unavailable()
+		}
 		if m.ctx.Err() != nil {
 			return
 		}

@@ -124,7 +124,8 @@ func TestFailureNotConfirmed(t *testing.T) {
 		trailFailing time.Duration // the trail's appends fail this long after the grant's failure
 	}{
 		{"storeTakesWrites", 0},
-		{"trailRecoversWithinTheWindow", 50 * time.Millisecond},
+		{"trailFailingInsideItsWindow", 50 * time.Millisecond},
+		{"trailFailingLongerThanTheProbe", 1000 * time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f, trail := &fakes{}, &trailState{}
@@ -183,17 +184,22 @@ func TestEpisodeWaitsForTheTrail(t *testing.T) {
 		{"refusingGrants", fmt.Errorf("%w: appends have failed for 6s", api.ErrUnavailable)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f, trail := &fakes{}, &trailState{}
+			// The store fails first, then takes writes again while the
+			// trail still fails.
+			f, trail := &fakes{probeErr: fmt.Errorf("%w: no quorum", api.ErrUnavailable)}, &trailState{}
 			trail.set(true, tc.unavailable)
 			m := New(Config{Store: f, Alerts: f, Trail: f, Metrics: f, Audit: trail})
 			defer m.Close()
 			m.Observe(fmt.Errorf("grant: %w", api.ErrUnavailable))
-			eventually.Until(t, 5*time.Second, func() error { // confirmed: the trail fails
+			eventually.Until(t, 5*time.Second, func() error { // confirmed: the store fails
 				if st := m.Now(); st.Status != "store_unavailable" {
 					return fmt.Errorf("status %+v", st)
 				}
 				return nil
 			})
+			f.mu.Lock()
+			f.probeErr = nil
+			f.mu.Unlock()
 			f.mu.Lock()
 			before := f.probes
 			f.mu.Unlock()
@@ -265,4 +271,24 @@ func TestStoreFullSeenByTheTrail(t *testing.T) {
 	if len(f.alerts) != 1 || f.alerts[0] != AlertStoreUnavailable {
 		t.Fatalf("alerts %v, want store_unavailable once", f.alerts)
 	}
+}
+
+// The trail refusing grants (past its window) confirms an episode even
+// while the store's own write succeeds.
+func TestTrailRefusingConfirms(t *testing.T) {
+	defer func(d time.Duration) { probeEvery = d }(probeEvery)
+	probeEvery = 20 * time.Millisecond
+	f, trail := &fakes{}, &trailState{}
+	trail.set(true, fmt.Errorf("%w: appends have failed for 6s", api.ErrUnavailable))
+	m := New(Config{Store: f, Alerts: f, Trail: f, Metrics: f, Audit: trail})
+	defer m.Close()
+	m.Observe(fmt.Errorf("grant: %w", api.ErrUnavailable))
+	eventually.Until(t, 5*time.Second, func() error {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if len(f.alerts) != 1 || f.alerts[0] != AlertStoreUnavailable {
+			return fmt.Errorf("alerts %v", f.alerts)
+		}
+		return nil
+	})
 }

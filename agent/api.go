@@ -118,7 +118,7 @@ func (a *Agent) withPeer(timeout time.Duration, h func(http.ResponseWriter, *htt
 func (a *Agent) callerCredential(w http.ResponseWriter, p *Peer) (string, *Credential, bool) {
 	name, err := resolve(a.cfg.Workloads, p)
 	if err != nil {
-		pc, perr := a.personFor(p.UID)
+		pc, perr := a.personFor(p)
 		if pc != nil {
 			return personName(p.UID), pc, true
 		}

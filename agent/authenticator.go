@@ -55,9 +55,11 @@ type Credential struct {
 	// a tamper signal at the verifier), across restarts.
 	Revoked time.Time `json:"revoked,omitzero"`
 	// UID is set on a person's device credential: the local user it is
-	// served to (and to no one else). Person is who the verifier says it
-	// acts for, Expires the end of their login.
+	// served to (and to no one else), User that uid's account name at the
+	// login (a uid whose account is another's now is not served). Person
+	// is who the verifier says it acts for, Expires the end of their login.
 	UID     *uint32   `json:"uid,omitempty"`
+	User    string    `json:"user,omitempty"`
 	Person  string    `json:"person,omitempty"`
 	Expires time.Time `json:"expires,omitzero"`
 }

@@ -59,7 +59,7 @@ func (a *Authenticator) RegisterPerson(ctx context.Context, nc *nats.Conn, grant
 		_ = a.DeleteCredential(cred.ID)
 		return nil, nil, errors.New("the verifier registered the credential as no person's: is it older than this agent?")
 	}
-	cred.UID, cred.Person, cred.Expires = &uid, fin.Person.ID, fin.Expires
+	cred.UID, cred.User, cred.Person, cred.Expires = &uid, user, fin.Person.ID, fin.Expires
 	if err := writeJSON(a.credPath(cred.ID), cred); err != nil {
 		_ = a.DeleteCredential(cred.ID)
 		return nil, nil, err
@@ -166,14 +166,18 @@ func (a *Agent) usePerson(uid uint32, c *Credential) {
 	}
 }
 
-// personFor is the uid's person credential if it has one that has not
-// expired (an expired one is deleted).
-func (a *Agent) personFor(uid uint32) (*Credential, error) {
+// personFor is the caller's uid's person credential if it has one that
+// has not expired (an expired one is deleted) and was made for the
+// caller's account: a uid whose account was deleted and reused, or
+// renamed, is another account's, and the login was not theirs (the
+// credential is deleted, and revoked at the verifier).
+func (a *Agent) personFor(p *Peer) (*Credential, error) {
 	a.mu.Lock()
-	c := a.people[uid]
+	c := a.people[p.UID]
 	expired := c != nil && !time.Now().Before(c.Expires)
-	if expired {
-		delete(a.people, uid)
+	otherAccount := c != nil && !expired && c.User != p.User
+	if expired || otherAccount {
+		delete(a.people, p.UID)
 	}
 	a.mu.Unlock()
 	switch {
@@ -184,8 +188,26 @@ func (a *Agent) personFor(uid uint32) (*Credential, error) {
 			a.log.Warn("an expired person credential's key was not deleted", "credential", c.IDString(), "error", err)
 		}
 		return nil, fmt.Errorf("your login ended at %s", c.Expires.Format(time.RFC3339))
+	case otherAccount:
+		a.log.Warn("a person credential refused: its uid's account is not the one that logged in (deleted and reused, or renamed)",
+			"uid", p.UID, "credential", c.IDString(), "login_account", c.User, "account_now", p.User)
+		go a.dropPerson(c)
+		return nil, errors.New("the login on this uid was another account's (the uid was reused or renamed)")
 	}
 	return c, nil
+}
+
+// dropPerson deletes person credential c's key and has the verifier revoke
+// it, which ends its live sessions.
+func (a *Agent) dropPerson(c *Credential) {
+	if err := a.auth.DeleteCredential(c.ID); err != nil {
+		a.log.Warn("a refused person credential's key was not deleted", "credential", c.IDString(), "error", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := a.revokePerson(ctx, c); err != nil {
+		a.log.Warn("a refused person credential was not revoked at the verifier (it ends with the login)", "credential", c.IDString(), "error", err)
+	}
 }
 
 // loadPeople picks up, at start, the person credentials of earlier runs:

@@ -1,0 +1,93 @@
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/internal/oidctest"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
+)
+
+// TestAttackReusedUID: a person logged in on a host as a local account; the
+// account is deleted and its uid given to a new account (threat model
+// P-16e). The new account's programs must not sign as the person: the agent
+// refuses them, deletes the credential and has the verifier revoke it, which
+// ends the session still open under the old account. Real accounts
+// (useradd), a real agent and verifier, a real OpenID provider.
+func TestAttackReusedUID(t *testing.T) {
+	requireRoot(t)
+	const uid = 1010
+	addAccount(t, uid, "tpmauthn-e2e-dana")
+	op := oidctest.Start(t, oidctest.User{ID: "u-dana", Username: "dana", Password: "pw", Name: "Dana Scully", Email: "dana.scully@example.com", Groups: []string{"developers"}})
+	f := peopleFleet(t, op)
+	h := f.NewHost(t)
+	st, dev := personLoginAs(t, h, uid, loginGrant(t, f, op, "dana", "pw").AccessToken)
+	if st != http.StatusOK {
+		t.Fatalf("person login at the agent: %d %v", st, dev)
+	}
+	credID := fmt.Sprint(dev["credential_id"])
+	if st, who := curlAs(t, uid, h.Socket, api.AgentPathWhoAmI); st != http.StatusOK || who["credential_id"] != credID {
+		t.Fatalf("whoami as the person's account: %d %v", st, who)
+	}
+	nc, err := connectWorkload(t, f, h, uid)
+	if err != nil {
+		t.Fatalf("the person's program cannot connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+
+	// The account goes; another takes its uid.
+	delAccount(t, "tpmauthn-e2e-dana")
+	addAccount(t, uid, "tpmauthn-e2e-eve")
+
+	st, who := curlAs(t, uid, h.Socket, api.AgentPathWhoAmI)
+	if st != http.StatusForbidden || !strings.Contains(fmt.Sprint(who["error"]), "another account") {
+		t.Fatalf("whoami as the uid's new account: %d %v, want 403 naming another account's login", st, who)
+	}
+	if _, err := connectWorkload(t, f, h, uid); err == nil {
+		t.Fatal("the uid's new account connected as the person")
+	}
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the old account's session outlives the refusal")
+	}
+	var c record.Credential
+	f.MustAdmin(t, "credential.show", api.IDRequest{ID: credID}, &c)
+	if c.Status != api.CredentialRevoked {
+		t.Fatalf("the refused credential is %s at the verifier, want revoked", c.Status)
+	}
+	// Logging in again under the new account works, as that account.
+	op2 := loginGrant(t, f, op, "dana", "pw")
+	if st, dev := personLoginAs(t, h, uid, op2.AccessToken); st != http.StatusOK {
+		t.Fatalf("a new login under the uid's new account: %d %v", st, dev)
+	}
+}
+
+// addAccount creates local account name with uid (no home, no group of its
+// own), deleted when the test ends.
+func addAccount(t *testing.T, uid int, name string) {
+	t.Helper()
+	_ = exec.Command("userdel", name).Run() // left over from an interrupted run
+	out, err := exec.Command("useradd", "-u", strconv.Itoa(uid), "-M", "-N", "-s", "/usr/sbin/nologin", name).CombinedOutput()
+	if err != nil {
+		t.Fatalf("useradd %s (this test needs root and useradd, from Debian's passwd): %v: %s", name, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("userdel", name).Run() })
+}
+
+func delAccount(t *testing.T, name string) {
+	t.Helper()
+	if out, err := exec.Command("userdel", name).CombinedOutput(); err != nil {
+		t.Fatalf("userdel %s: %v: %s", name, err, out)
+	}
+}

@@ -54,7 +54,7 @@ func main() {
 		cfg.Connects = n // per scenario, concurrency and repetition
 	}
 	if os.Getenv("BENCH_ONLY_CONNECT") == "1" { // the connect table alone
-		cfg.Storms, cfg.BusyStorms, cfg.Scales = nil, nil, nil
+		cfg.Storms, cfg.BusyStorms, cfg.ClusterStorms, cfg.Scales = nil, nil, nil, nil
 	}
 	if s := os.Getenv("BENCH_CONCURRENCY"); s != "" { // e.g. 256 or 1,16
 		cfg.Concurrency = nil
@@ -69,6 +69,9 @@ func main() {
 	}
 	if s, ok := os.LookupEnv("BENCH_BUSY_STORMS"); ok { // the same with a busy core
 		cfg.BusyStorms = sizes(s)
+	}
+	if s, ok := os.LookupEnv("BENCH_CLUSTER_STORMS"); ok { // the same on two servers
+		cfg.ClusterStorms = sizes(s)
 	}
 	if s := os.Getenv("BENCH_ONLY_SCALE"); s != "" { // e.g. 100000: just that scale run
 		n, err := strconv.Atoi(s)

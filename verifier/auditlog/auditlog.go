@@ -399,8 +399,11 @@ func (a *Log) AppendBatch(evs []audit.Event) error {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
-		if a.head.Hash == next.Hash {
-			return nil // an earlier attempt landed after all
+		if a.head.Hash == next.Hash { // an earlier attempt landed after all (readHead set the head)
+			if a.health.succeeded() {
+				a.log.Info("audit appends succeed again (an attempt whose ack was lost had landed)", "after_retries", retries)
+			}
+			return nil
 		}
 		if a.head.Seq < before.Seq {
 			// Other writers only move the head forward: it went back, so the

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -396,4 +397,91 @@ func countEvents(t *testing.T, a *Log) int {
 		t.Fatal(err)
 	}
 	return len(raws)
+}
+
+// restartLosesAck is JetStream whose second publish lands but whose ack a
+// server restart loses.
+type restartLosesAck struct {
+	jetstream.JetStream
+	e *env
+	t *testing.T
+	n atomic.Int32
+}
+
+func (l *restartLosesAck) Publish(ctx context.Context, subj string, data []byte, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	ack, err := l.JetStream.Publish(ctx, subj, data, opts...)
+	if err == nil && l.n.Add(1) == 2 {
+		l.e.Down()
+		l.e.Up(l.t)
+		for !l.e.NC.IsConnected() {
+			time.Sleep(10 * time.Millisecond)
+		}
+		return nil, errors.New("nats: timeout (ack lost to a restart)")
+	}
+	return ack, err
+}
+
+// An append whose ack a restart lost, found at the head by the retry, ends
+// the failure episode: the trail is not left "failing" (it would refuse
+// grants once FailClosedAfter passed, and measure the next restart from
+// the stale start and alert at once).
+func TestLostAckThatLanded(t *testing.T) {
+	e := newEnv(t)
+	js := &restartLosesAck{JetStream: e.js, e: e, t: t}
+	a, err := Open(t.Context(), js, e.key, Config{FailClosedAfter: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	for range 2 {
+		if err := a.RecordDurable(t.Context(), audit.Event{Kind: "connect", Result: audit.Allow}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a.AppendFailures() == 0 {
+		t.Fatal("the lost ack was not a failed attempt")
+	}
+	if a.Failing() {
+		t.Fatal("the trail is still failing after its lost append was found at the head")
+	}
+	if n := countEvents(t, a); n != 2 {
+		t.Fatalf("%d events in the stream, want 2 (the lost ack's batch once)", n)
+	}
+}
+
+// Events dropped while appends fail raise the alert at once, even in an
+// outage the grace for restarts would otherwise wait out. (Record's drop
+// on a full queue is TestFullStreamUnavailable's; the queue holds 2^18.)
+func TestDroppedEventsAlertDuringARestart(t *testing.T) {
+	e := newEnv(t)
+	a, err := Open(t.Context(), e.js, e.key, Config{FailClosedAfter: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var al alerts
+	a.Watch(&al)
+	record(t, a, 1)
+	e.Down()
+	a.Record(audit.Event{Kind: "disconnect", Result: audit.OK})
+	deadline := time.Now().Add(10 * time.Second)
+	for !a.Failing() && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // no alert for the restart itself
+	if got := al.got(); len(got) != 0 {
+		t.Fatalf("alerts %v during a restart shorter than FailClosedAfter", got)
+	}
+	a.dropEvent(audit.Event{Kind: "disconnect", Result: audit.OK})
+	deadline = time.Now().Add(5 * time.Second)
+	for len(al.got()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := al.got(); len(got) != 1 || got[0] != AlertAppendFailing {
+		t.Fatalf("alerts %v once events were dropped, want one %s", got, AlertAppendFailing)
+	}
+	e.Up(t)
+	if !a.FlushWithin(15 * time.Second) {
+		t.Fatal("the queued event was not appended after the restart")
+	}
 }

@@ -129,6 +129,11 @@ func (a *Log) Dropped() uint64 { return a.health.dropped.Load() }
 // Failing reports whether appends are failing now.
 func (a *Log) Failing() bool { return a.health.failing() }
 
+// Alerting reports whether appends are failing for more than a reconnect:
+// the episode's alert is raised (another cause, events dropped, or past
+// FailClosedAfter).
+func (a *Log) Alerting() bool { return a.health.failing() && a.health.alerted.Load() }
+
 // Record queues an event. When the queue is full it waits while the writer
 // is appending (backpressure), but not while appends fail: then the event
 // is dropped and counted (Dropped), so that a stream that refuses appends
@@ -178,6 +183,11 @@ func (a *Log) dropEvent(e audit.Event) {
 	a.health.mu.Unlock()
 	if warn {
 		a.log.Error("audit: queue full while appends fail; dropping events", "kind", e.Kind, "dropped", n)
+	}
+	// Events lost: the episode's alert now, whatever its cause (a restart
+	// within FailClosedAfter would otherwise raise none).
+	if a.health.alerted.CompareAndSwap(false, true) {
+		go a.raise(AlertAppendFailing, audit.Event{Reason: fmt.Sprintf("audit appends fail and the queue is full: events dropped (%d so far)", n)})
 	}
 }
 

@@ -44,6 +44,7 @@ type gauge interface{ StoreAvailable(bool) }
 type auditState interface {
 	Unavailable() error
 	Failing() bool
+	Alerting() bool
 }
 
 // errAuditFailing keeps an episode open while the trail's appends fail but
@@ -75,6 +76,7 @@ type Monitor struct {
 	// until quietUntil, failures are not confirmed again.
 	confirming bool
 	quietUntil time.Time
+	closed     bool // Close was called: nothing new starts
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -114,7 +116,7 @@ func (m *Monitor) fail(err error) {
 		return
 	}
 	m.mu.Lock()
-	if m.down || m.confirming || time.Now().Before(m.quietUntil) {
+	if m.down || m.confirming || m.closed || time.Now().Before(m.quietUntil) {
 		m.mu.Unlock()
 		return
 	}
@@ -135,11 +137,15 @@ func (m *Monitor) confirm(err error) {
 		ctx, cancel := context.WithTimeout(m.ctx, probeEvery)
 		perr := m.cfg.Store.Probe(ctx)
 		cancel()
-		// The trail refusing grants confirms; its appends failing inside
-		// its own window (FailClosedAfter) do not: a restart that lost an
-		// ack fails them for a moment, and the trail alerts for itself.
+		// The trail refusing grants confirms, as do its appends failing
+		// for more than a reconnect (no quorum, a refusal: the trail's own
+		// alert is raised); a restart that lost an ack, retried inside
+		// FailClosedAfter, does not.
 		if perr == nil && m.cfg.Audit != nil {
 			perr = m.cfg.Audit.Unavailable()
+			if perr == nil && m.cfg.Audit.Alerting() {
+				perr = errAuditFailing
+			}
 		}
 		if m.ctx.Err() != nil {
 			return
@@ -154,9 +160,6 @@ func (m *Monitor) confirm(err error) {
 			return
 		}
 		if time.Now().After(deadline) {
-			m.mu.Lock()
-			m.confirming = false
-			m.mu.Unlock()
 			m.open(err)
 			return
 		}
@@ -181,7 +184,8 @@ func (m *Monitor) check(ctx context.Context) error {
 // probe that ends it.
 func (m *Monitor) open(err error) {
 	m.mu.Lock()
-	if m.down {
+	m.confirming = false
+	if m.down || m.closed {
 		m.mu.Unlock()
 		return
 	}
@@ -242,6 +246,9 @@ func (m *Monitor) probe() {
 
 // Close stops probing.
 func (m *Monitor) Close() {
+	m.mu.Lock()
+	m.closed = true
+	m.mu.Unlock()
 	m.cancel()
 	m.wg.Wait()
 }

@@ -157,11 +157,13 @@ func TestFailureNotConfirmed(t *testing.T) {
 type trailState struct {
 	mu          sync.Mutex
 	failing     bool
+	alerting    bool // failing for more than a reconnect
 	unavailable error
 }
 
 func (s *trailState) Unavailable() error { s.mu.Lock(); defer s.mu.Unlock(); return s.unavailable }
 func (s *trailState) Failing() bool      { s.mu.Lock(); defer s.mu.Unlock(); return s.failing }
+func (s *trailState) Alerting() bool     { s.mu.Lock(); defer s.mu.Unlock(); return s.alerting }
 func (s *trailState) set(failing bool, unavailable error) {
 	s.mu.Lock()
 	s.failing, s.unavailable = failing, unavailable
@@ -273,22 +275,37 @@ func TestStoreFullSeenByTheTrail(t *testing.T) {
 	}
 }
 
-// The trail refusing grants (past its window) confirms an episode even
+// The trail refusing grants (past its window), or failing for more than a
+// reconnect (no quorum: its own alert raised), confirms an episode even
 // while the store's own write succeeds.
-func TestTrailRefusingConfirms(t *testing.T) {
+func TestTrailConfirms(t *testing.T) {
 	defer func(d time.Duration) { probeEvery = d }(probeEvery)
 	probeEvery = 20 * time.Millisecond
-	f, trail := &fakes{}, &trailState{}
-	trail.set(true, fmt.Errorf("%w: appends have failed for 6s", api.ErrUnavailable))
-	m := New(Config{Store: f, Alerts: f, Trail: f, Metrics: f, Audit: trail})
-	defer m.Close()
-	m.Observe(fmt.Errorf("grant: %w", api.ErrUnavailable))
-	eventually.Until(t, 5*time.Second, func() error {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		if len(f.alerts) != 1 || f.alerts[0] != AlertStoreUnavailable {
-			return fmt.Errorf("alerts %v", f.alerts)
-		}
-		return nil
-	})
+	for _, tc := range []struct {
+		name        string
+		alerting    bool
+		unavailable error
+	}{
+		{"refusingGrants", false, fmt.Errorf("%w: appends have failed for 6s", api.ErrUnavailable)},
+		{"failingNotForAReconnect", true, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, trail := &fakes{}, &trailState{}
+			trail.set(true, tc.unavailable)
+			trail.mu.Lock()
+			trail.alerting = tc.alerting
+			trail.mu.Unlock()
+			m := New(Config{Store: f, Alerts: f, Trail: f, Metrics: f, Audit: trail})
+			defer m.Close()
+			m.Observe(fmt.Errorf("grant: %w", api.ErrUnavailable))
+			eventually.Until(t, 5*time.Second, func() error {
+				f.mu.Lock()
+				defer f.mu.Unlock()
+				if len(f.alerts) != 1 || f.alerts[0] != AlertStoreUnavailable {
+					return fmt.Errorf("alerts %v", f.alerts)
+				}
+				return nil
+			})
+		})
+	}
 }

@@ -141,9 +141,11 @@ func productAccounts(k *Set) string {
   %[2]s {
     # the operator API for people: %[5]sp.PERSON.CREDENTIAL.OP, which
     # each person's session may publish to for its own person and
-    # credential only (%[5]sOP itself stays in this account: the operator key)
+    # credential only (%[5]sOP itself stays in this account: the operator key).
+    # No share: the v1 API's subject names its caller (api.Scope); nothing
+    # reads the Nats-Request-Info header, which the server would write.
     imports: [
-      { service: { account: %[1]s, subject: "tpmauthn.v1.>" }, share: true }
+      { service: { account: %[1]s, subject: "tpmauthn.v1.>" } }
       { service: { account: %[1]s, subject: "%[5]sp.>" } }
     ]
   }

@@ -122,6 +122,10 @@ func (a *Agent) callerCredential(w http.ResponseWriter, p *Peer) (string, *Crede
 		if pc != nil {
 			return personName(p.UID), pc, true
 		}
+		if errors.Is(perr, errAccountUnnamed) {
+			writeErr(w, http.StatusServiceUnavailable, perr.Error(), fmt.Sprintf("retry; check the host's name service: getent passwd %d", p.UID))
+			return "", nil, false
+		}
 		if perr != nil {
 			writeErr(w, http.StatusForbidden, perr.Error(), "log in again: tpmauthnctl login")
 			return "", nil, false

@@ -57,7 +57,8 @@ type Config struct {
 	// MetricsListen serves Prometheus metrics at http://ADDR/metrics.
 	MetricsListen string
 	// RotationCheck is how often the agent asks the verifier which
-	// credentials to rotate (1m).
+	// credentials to rotate, and looks up the accounts of people's
+	// credentials (1m).
 	RotationCheck time.Duration
 	// NoCredentialsWatch: do not hold a credentials.watch at the verifier
 	// (agent/nudge.go); operators' changes then reach the host at its next
@@ -247,6 +248,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		a.log.Warn("cannot list credentials to delete retired ones", "error", err)
 	}
 	a.wg.Go(func() { a.rotateLoop(a.ctx) })
+	a.wg.Go(func() { a.peopleLoop(a.ctx) })
 	if !a.cfg.NoCredentialsWatch {
 		a.wg.Go(func() { a.watchLoop(a.ctx) })
 	}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
+	"os/user"
 	"strconv"
 	"sync"
 	"time"
@@ -166,6 +168,35 @@ func (a *Agent) usePerson(uid uint32, c *Credential) {
 	}
 }
 
+// errAccountUnnamed: the caller's uid has no account name now, though its
+// person credential was made for one. A name service that did not answer
+// (sssd restarting) is not a reused uid: the request is refused, the
+// credential kept; the sweep drops it if the account is gone for good.
+var errAccountUnnamed = errors.New("the agent cannot name your account now (the host's name service did not answer, or the account is gone)")
+
+// accountVerdict is what a person credential's account binding says of a
+// caller, or of its uid's account now.
+type accountVerdict int
+
+const (
+	accountSame    accountVerdict = iota // serve it
+	accountUnnamed                       // refuse this request, keep it
+	accountOther                         // another account's now: drop it
+)
+
+// checkAccount compares the account name c was made for with now's: "" is
+// an account without a name (a bare uid), or a lookup that failed.
+func checkAccount(c *Credential, now string) accountVerdict {
+	switch {
+	case c.User == now:
+		return accountSame
+	case now == "":
+		return accountUnnamed
+	default:
+		return accountOther
+	}
+}
+
 // personFor is the caller's uid's person credential if it has one that
 // has not expired (an expired one is deleted) and was made for the
 // caller's account: a uid whose account was deleted and reused, or
@@ -175,8 +206,11 @@ func (a *Agent) personFor(p *Peer) (*Credential, error) {
 	a.mu.Lock()
 	c := a.people[p.UID]
 	expired := c != nil && !time.Now().Before(c.Expires)
-	otherAccount := c != nil && !expired && c.User != p.User
-	if expired || otherAccount {
+	verdict := accountSame
+	if c != nil && !expired {
+		verdict = checkAccount(c, p.User)
+	}
+	if expired || verdict == accountOther {
 		delete(a.people, p.UID)
 	}
 	a.mu.Unlock()
@@ -188,7 +222,9 @@ func (a *Agent) personFor(p *Peer) (*Credential, error) {
 			a.log.Warn("an expired person credential's key was not deleted", "credential", c.IDString(), "error", err)
 		}
 		return nil, fmt.Errorf("your login ended at %s", c.Expires.Format(time.RFC3339))
-	case otherAccount:
+	case verdict == accountUnnamed:
+		return nil, errAccountUnnamed
+	case verdict == accountOther:
 		a.log.Warn("a person credential refused: its uid's account is not the one that logged in (deleted and reused, or renamed)",
 			"uid", p.UID, "credential", c.IDString(), "login_account", c.User, "account_now", p.User)
 		go a.dropPerson(c)
@@ -198,16 +234,92 @@ func (a *Agent) personFor(p *Peer) (*Credential, error) {
 }
 
 // dropPerson deletes person credential c's key and has the verifier revoke
-// it, which ends its live sessions.
+// it, which ends its live sessions; while the verifier cannot be told, it
+// tries again (5 s, doubling to 2 min) until the login would have ended or
+// the agent stops.
 func (a *Agent) dropPerson(c *Credential) {
 	if err := a.auth.DeleteCredential(c.ID); err != nil {
 		a.log.Warn("a refused person credential's key was not deleted", "credential", c.IDString(), "error", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	if err := a.revokePerson(ctx, c); err != nil {
-		a.log.Warn("a refused person credential was not revoked at the verifier (it ends with the login)", "credential", c.IDString(), "error", err)
+	ctx := a.ctx
+	if ctx == nil {
+		ctx = context.Background()
 	}
+	for wait := 5 * time.Second; ; wait = min(2*wait, 2*time.Minute) {
+		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		err := a.revokePerson(cctx, c)
+		cancel()
+		if err == nil {
+			return
+		}
+		if ctx.Err() != nil || !time.Now().Add(wait).Before(c.Expires) {
+			a.log.Warn("a refused person credential was not revoked at the verifier (it ends with the login)", "credential", c.IDString(), "error", err)
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
+}
+
+// peopleLoop sweeps the person credentials every RotationCheck until ctx
+// ends: a uid whose account is gone or another's loses its credential even
+// if nothing on it calls the agent.
+func (a *Agent) peopleLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.RotationCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			a.sweepPeople()
+		}
+	}
+}
+
+// sweepPeople drops each person credential whose uid's account is now
+// another's, or gone (when it was made for a named account). A lookup that
+// fails says nothing.
+func (a *Agent) sweepPeople() {
+	a.mu.Lock()
+	people := make(map[uint32]*Credential, len(a.people))
+	maps.Copy(people, a.people)
+	a.mu.Unlock()
+	for uid, c := range people {
+		name, err := accountName(uid)
+		if err != nil {
+			continue
+		}
+		if checkAccount(c, name) == accountSame || (name == "" && c.User == "") {
+			continue
+		}
+		a.mu.Lock()
+		mine := a.people[uid] == c
+		if mine {
+			delete(a.people, uid)
+		}
+		a.mu.Unlock()
+		if mine {
+			a.log.Warn("a person credential dropped: its uid's account is gone or another's", "uid", uid, "credential", c.IDString(), "login_account", c.User, "account_now", name)
+			go a.dropPerson(c)
+		}
+	}
+}
+
+// accountName is uid's account name now: "" when it has none (no such
+// account); an error when the name service did not say.
+func accountName(uid uint32) (string, error) {
+	u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10))
+	var unknown user.UnknownUserIdError
+	switch {
+	case err == nil:
+		return u.Username, nil
+	case errors.As(err, &unknown):
+		return "", nil
+	}
+	return "", err
 }
 
 // loadPeople picks up, at start, the person credentials of earlier runs:
@@ -230,6 +342,7 @@ func (a *Agent) loadPeople() error {
 		}
 		a.usePerson(*c.UID, c)
 	}
+	a.sweepPeople() // an account may have gone while the agent was down
 	return nil
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/internal/oidctest"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
@@ -45,8 +46,18 @@ func TestAttackReusedUID(t *testing.T) {
 	closed := make(chan struct{})
 	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
 
-	// The account goes; another takes its uid.
+	// The account goes: its uid has no name, which could be a name service
+	// that did not answer. Refused for now, not dropped.
 	delAccount(t, "tpmauthn-e2e-dana")
+	if st, who := curlAs(t, uid, h.Socket, api.AgentPathWhoAmI); st != http.StatusServiceUnavailable || !strings.Contains(fmt.Sprint(who["error"]), "cannot name your account") {
+		t.Fatalf("whoami as the uid without an account: %d %v, want 503", st, who)
+	}
+	var kept record.Credential
+	f.MustAdmin(t, "credential.show", api.IDRequest{ID: credID}, &kept)
+	if kept.Status != api.CredentialActive {
+		t.Fatalf("the credential is %s after one unnamed call, want active", kept.Status)
+	}
+	// Another account takes the uid.
 	addAccount(t, uid, "tpmauthn-e2e-eve")
 
 	st, who := curlAs(t, uid, h.Socket, api.AgentPathWhoAmI)
@@ -89,5 +100,39 @@ func delAccount(t *testing.T, name string) {
 	t.Helper()
 	if out, err := exec.Command("userdel", name).CombinedOutput(); err != nil {
 		t.Fatalf("userdel %s: %v: %s", name, err, out)
+	}
+}
+
+// TestReusedUIDSwept: the agent's periodic check (rotation_check) drops a
+// person credential whose uid's account is gone, even when nothing on that
+// uid calls the agent: the old account's live session ends.
+func TestReusedUIDSwept(t *testing.T) {
+	requireRoot(t)
+	const uid = 1011
+	addAccount(t, uid, "tpmauthn-e2e-sam")
+	op := oidctest.Start(t, oidctest.User{ID: "u-sam", Username: "sam", Password: "pw", Name: "Sam Vimes", Email: "sam.vimes@example.com", Groups: []string{"developers"}})
+	f := peopleFleet(t, op)
+	h := f.NewHost(t, func(c *agent.Config) { c.RotationCheck = 200 * time.Millisecond })
+	st, dev := personLoginAs(t, h, uid, loginGrant(t, f, op, "sam", "pw").AccessToken)
+	if st != http.StatusOK {
+		t.Fatalf("person login at the agent: %d %v", st, dev)
+	}
+	nc, err := connectWorkload(t, f, h, uid)
+	if err != nil {
+		t.Fatalf("the person's program cannot connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	delAccount(t, "tpmauthn-e2e-sam")
+	select {
+	case <-closed:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the session of a deleted account outlives the agent's sweep")
+	}
+	var c record.Credential
+	f.MustAdmin(t, "credential.show", api.IDRequest{ID: fmt.Sprint(dev["credential_id"])}, &c)
+	if c.Status != api.CredentialRevoked {
+		t.Fatalf("the swept credential is %s at the verifier, want revoked", c.Status)
 	}
 }

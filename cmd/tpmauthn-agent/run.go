@@ -28,7 +28,7 @@ var runKeys = []cliconf.Key{
 	cliconf.K("socket", "socket", agent.DefaultSocket, "Unix socket for workloads (ignored under systemd socket activation)"),
 	cliconf.K("request_timeout", "request-timeout", 5*time.Second, "deadline of a socket request, TPM queue wait included"),
 	cliconf.K("metrics_listen", "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics"),
-	cliconf.K("rotation_check", "rotation-check", time.Minute, "how often to ask the verifier which credentials to rotate and which are revoked (with credentials_watch, the fallback)"),
+	cliconf.K("rotation_check", "rotation-check", time.Minute, "how often to ask the verifier which credentials to rotate and which are revoked (with credentials_watch, the fallback), and to check that people's credentials still belong to their uids' accounts"),
 	cliconf.K("credentials_watch", "credentials-watch", true, "hold a request open at the verifier so that 'tpmauthnctl credential rotate', 'revoke' and 'reissue' reach this host at once (false: at its next rotation_check)"),
 	cliconf.K("log.format", "log-format", "text", "text or json"),
 	cliconf.K("log.level", "log-level", "info", "debug, info, warn or error"),

@@ -25,3 +25,11 @@ func startBusy() (stop func(), err error) {
 	}
 	return stop, nil
 }
+
+// startBusyIf is startBusy when busy, else nothing.
+func startBusyIf(busy bool) (stop func(), err error) {
+	if !busy {
+		return func() {}, nil
+	}
+	return startBusy()
+}

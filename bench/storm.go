@@ -106,13 +106,11 @@ func storm(dir string, n int, busy bool) (*StormResult, error) {
 		return nil, err
 	}
 	res := &StormResult{Clients: n, Busy: busy}
-	if busy {
-		stop, err := startBusy()
-		if err != nil {
-			return nil, err
-		}
-		defer stop()
+	stop, err := startBusyIf(busy)
+	if err != nil {
+		return nil, err
 	}
+	defer stop()
 	if exe, ok := benchExe(); ok {
 		// Restart the server on the same port: every client reconnects
 		// and is authorized again through the callout.

@@ -57,13 +57,11 @@ func clusterStorm(dir string, n int, busy bool, exe string) (*StormResult, error
 		return nil, err
 	}
 	res := &StormResult{Clients: n, Busy: busy, Servers: 2}
-	if busy {
-		stop, err := startBusy()
-		if err != nil {
-			return nil, err
-		}
-		defer stop()
+	stop, err := startBusyIf(busy)
+	if err != nil {
+		return nil, err
 	}
+	defer stop()
 	urls := fmt.Sprintf("nats://127.0.0.1:%d,nats://127.0.0.1:%d", ports[0], ports[1])
 	groups := []stormGroup{{urls, creds[:n/2]}, {urls, creds[n/2:]}}
 	down := func() error {

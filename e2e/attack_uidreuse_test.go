@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/tpmauthn/tpmauthn/agent"
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/internal/oidctest"
@@ -38,13 +36,7 @@ func TestAttackReusedUID(t *testing.T) {
 	if st, who := curlAs(t, uid, h.Socket, api.AgentPathWhoAmI); st != http.StatusOK || who["credential_id"] != credID {
 		t.Fatalf("whoami as the person's account: %d %v", st, who)
 	}
-	nc, err := connectWorkload(t, f, h, uid)
-	if err != nil {
-		t.Fatalf("the person's program cannot connect: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	closed := make(chan struct{})
-	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	closed := personSessionOf(t, f, h, uid)
 
 	// The account goes: its uid has no name, which could be a name service
 	// that did not answer. Refused for now, not dropped.
@@ -117,13 +109,7 @@ func TestReusedUIDSwept(t *testing.T) {
 	if st != http.StatusOK {
 		t.Fatalf("person login at the agent: %d %v", st, dev)
 	}
-	nc, err := connectWorkload(t, f, h, uid)
-	if err != nil {
-		t.Fatalf("the person's program cannot connect: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	closed := make(chan struct{})
-	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	closed := personSessionOf(t, f, h, uid)
 	delAccount(t, "tpmauthn-e2e-sam")
 	select {
 	case <-closed:

@@ -377,7 +377,13 @@ func TestPersonLogoutRevokes(t *testing.T) {
 // a channel closed when the server ends its session.
 func personSession(t *testing.T, f *fleettest.Fleet, h *fleettest.Host) <-chan struct{} {
 	t.Helper()
-	nc, err := connectWorkload(t, f, h, personUID)
+	return personSessionOf(t, f, h, personUID)
+}
+
+// personSessionOf is personSession for a program of uid.
+func personSessionOf(t *testing.T, f *fleettest.Fleet, h *fleettest.Host, uid uint32) <-chan struct{} {
+	t.Helper()
+	nc, err := connectWorkload(t, f, h, uid)
 	if err != nil {
 		t.Fatalf("the person's program cannot connect: %v", err)
 	}

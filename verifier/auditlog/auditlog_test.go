@@ -338,14 +338,7 @@ func TestLinger(t *testing.T) {
 // every restart). An outage that outlasts FailClosedAfter is one.
 func TestAppendAcrossRestart(t *testing.T) {
 	e := newEnv(t)
-	a, err := Open(t.Context(), e.js, e.key, Config{FailClosedAfter: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	var al alerts
-	a.Watch(&al)
-	record(t, a, 1)
+	a, al := openWatched(t, e, Config{FailClosedAfter: 10 * time.Second})
 
 	e.Down()
 	a.Record(audit.Event{Kind: "connect", Result: audit.Allow})
@@ -373,7 +366,7 @@ func TestAppendAcrossRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	b.Watch(&al)
+	b.Watch(al)
 	e.Down()
 	b.Record(audit.Event{Kind: "connect", Result: audit.Allow})
 	deadline = time.Now().Add(15 * time.Second)
@@ -387,6 +380,21 @@ func TestAppendAcrossRestart(t *testing.T) {
 	if !b.FlushWithin(15 * time.Second) {
 		t.Fatal("the event queued across the outage was not appended")
 	}
+}
+
+// openWatched opens a writer with cfg whose alerts are collected, and
+// appends one event through it.
+func openWatched(t *testing.T, e *env, cfg Config) (*Log, *alerts) {
+	t.Helper()
+	a, err := Open(t.Context(), e.js, e.key, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Close)
+	al := &alerts{}
+	a.Watch(al)
+	record(t, a, 1)
+	return a, al
 }
 
 // countEvents is how many events the audit stream holds.
@@ -454,14 +462,7 @@ func TestLostAckThatLanded(t *testing.T) {
 // on a full queue is TestFullStreamUnavailable's; the queue holds 2^18.)
 func TestDroppedEventsAlertDuringARestart(t *testing.T) {
 	e := newEnv(t)
-	a, err := Open(t.Context(), e.js, e.key, Config{FailClosedAfter: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	var al alerts
-	a.Watch(&al)
-	record(t, a, 1)
+	a, al := openWatched(t, e, Config{FailClosedAfter: time.Minute})
 	e.Down()
 	a.Record(audit.Event{Kind: "disconnect", Result: audit.OK})
 	deadline := time.Now().Add(10 * time.Second)

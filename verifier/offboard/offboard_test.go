@@ -3,6 +3,7 @@ package offboard_test
 import (
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/verifier/internal/testenv"
@@ -17,6 +18,8 @@ import (
 // only the hardware credential loses a role (the software one never had
 // it), so only its sessions are kicked, and nobody is revoked.
 func TestRegroupKicksOnlyShrunk(t *testing.T) {
+	defer func(d time.Duration) { offboard.RegroupRace = d }(offboard.RegroupRace)
+	offboard.RegroupRace = time.Hour // the second kick is TestRegroupKicksAgain's
 	env := testenv.New(t)
 	pol, err := policy.Parse([]byte(`
 roles:
@@ -167,4 +170,55 @@ func personWithTwoCredentials(t *testing.T, env *testenv.Env, ppl *people.Servic
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestRegroupKicksAgain: a connect that read the person's old groups can be
+// granted after the regroup's kick; the kick is repeated RegroupRace later
+// for the credentials that lost a role (their sessions then include any
+// such grant), and only for them.
+func TestRegroupKicksAgain(t *testing.T) {
+	defer func(d time.Duration) { offboard.RegroupRace = d }(offboard.RegroupRace)
+	offboard.RegroupRace = 200 * time.Millisecond
+	env := testenv.New(t)
+	pol, err := policy.Parse([]byte(`
+roles:
+  dev: {publish: {allow: ["dev.>"]}}
+  ops: {publish: {allow: ["ops.>"]}}
+people:
+  idps: [{name: okta, issuer: "https://okta.example.com", client_id: c, client_secret_env: S}]
+  bindings:
+    - {groups: [developers], roles: [dev]}
+    - {groups: [ops], roles: [ops], require: {assurance: hardware}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	polf := func() *policy.Policy { return pol }
+	ppl := people.New(people.Config{Store: env.Store, Policy: polf, Trail: env.Trail})
+	k := &testenv.Kicks{}
+	ob := offboard.New(offboard.Config{People: ppl, Store: env.Store, Fleet: env.Fleet, Sessions: k, Alerts: &testenv.Alerts{}, Trail: env.Trail, Policy: polf})
+	p := personWithTwoCredentials(t, env, ppl)
+	if _, err := ob.Regroup(t.Context(), p.ID, func([]string) []string { return []string{"developers"} }, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if got := k.List(); !slices.Equal(got, []string{"hw"}) {
+		t.Fatalf("first kick %v, want [hw]", got)
+	}
+	k.Reset()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(k.List()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := k.List(); !slices.Equal(got, []string{"hw"}) {
+		t.Fatalf("second kick %v, want [hw] after RegroupRace", got)
+	}
+	// A regroup that takes nothing away kicks nothing, now or later.
+	k.Reset()
+	if _, err := ob.Regroup(t.Context(), p.ID, func([]string) []string { return []string{"developers", "sales"} }, "test"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * offboard.RegroupRace)
+	if got := k.List(); len(got) != 0 {
+		t.Fatalf("kicks %v after a regroup that took nothing away", got)
+	}
 }

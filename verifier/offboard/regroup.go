@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/audit"
@@ -30,9 +31,13 @@ func (s *Service) Regroup(ctx context.Context, id string, change func(groups []s
 		return 0, nil
 	}
 	pol := s.cfg.Policy()
-	lost, kicked, kickErr := s.kickShrunk(ctx, after.Credentials, func(c *record.Credential) []string {
+	shrunk := func(c *record.Credential) []string {
 		return rolesLost(personRoles(pol, before, c), personRoles(pol, after, c))
-	}, actor)
+	}
+	lost, kicked, kickErr := s.kickShrunk(ctx, after.Credentials, shrunk, actor)
+	if len(lost) > 0 {
+		s.kickAgain(id, after.Credentials, shrunk, actor)
+	}
 	ev := audit.Event{Kind: "person.groups", Result: audit.OK, Person: id, Actor: actor,
 		Reason: fmt.Sprintf("groups %q → %q; %d sessions kicked", before.Groups, after.Groups, kicked) + lostReason(lost)}
 	if kickErr != nil {
@@ -43,6 +48,34 @@ func (s *Service) Regroup(ctx context.Context, id string, change func(groups []s
 		return kicked, fmt.Errorf("%w: person %s: sessions whose roles shrank not all kicked (they end at their expiry): %w", api.ErrUnavailable, id, kickErr)
 	}
 	return kicked, nil
+}
+
+// RegroupRace is how long after a regroup its kick is repeated: a connect
+// that read the person's old groups (the verifier's cached record, before
+// the watch brought the new one) may be granted after the first kick, with
+// the roles the regroup took away. A decision ends within its client's
+// budget (about 2 s), so one that starts after the watch delivered the new
+// groups is the only kind left once this has passed.
+var RegroupRace = 5 * time.Second
+
+// kickAgain kicks, RegroupRace from now, the live sessions of the
+// credentials of ids whose roles shrank: those a racing connect was
+// granted. Sessions that reconnected meanwhile with the smaller roles are
+// kicked once more and come back with them (fail closed).
+func (s *Service) kickAgain(person string, ids []string, shrunk func(*record.Credential) []string, actor string) {
+	time.AfterFunc(RegroupRace, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, kicked, err := s.kickShrunk(ctx, ids, shrunk, actor)
+		if err != nil {
+			s.cfg.Logger.Warn("a regroup's second kick failed (sessions granted with the old groups end at their expiry)", "person", person, "error", err)
+			return
+		}
+		if kicked > 0 {
+			s.cfg.Trail.Record(audit.Event{Kind: "person.groups", Result: audit.OK, Person: person, Actor: actor,
+				Reason: fmt.Sprintf("%d sessions granted with the old groups while the regroup ran kicked", kicked)})
+		}
+	})
 }
 
 // Repolicy kicks the live sessions of every person whose roles a policy

@@ -36,7 +36,10 @@ type alerter interface {
 
 type recorder interface{ Record(audit.Event) }
 
-type gauge interface{ StoreAvailable(bool) }
+type gauge interface {
+	StoreAvailable(bool)
+	StoreWriteFailureUnconfirmed()
+}
 
 // auditState says whether the audit trail takes events: Unavailable once
 // it refuses grants (after its own window), Failing as soon as an append
@@ -156,6 +159,7 @@ func (m *Monitor) confirm(err error) {
 			// each cost a write and a log line.
 			m.confirming, m.quietUntil = false, time.Now().Add(probeEvery)
 			m.mu.Unlock()
+			m.cfg.Metrics.StoreWriteFailureUnconfirmed()
 			m.log.Warn("a grant's write failed, but the store takes writes: the verifier was behind, or a restart interrupted it", "error", err)
 			return
 		}

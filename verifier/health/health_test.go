@@ -19,12 +19,13 @@ import (
 
 // Policy-level fakes: the end-to-end behaviour is TestStoreWithoutQuorum.
 type fakes struct {
-	mu       sync.Mutex
-	alerts   []string
-	events   []audit.Event
-	up       []bool
-	probeErr error
-	probes   int
+	mu          sync.Mutex
+	alerts      []string
+	events      []audit.Event
+	up          []bool
+	probeErr    error
+	probes      int
+	unconfirmed int
 }
 
 func (f *fakes) Alert(kind string, _ audit.Event) {
@@ -32,8 +33,9 @@ func (f *fakes) Alert(kind string, _ audit.Event) {
 	f.alerts = append(f.alerts, kind)
 	f.mu.Unlock()
 }
-func (f *fakes) Record(e audit.Event)   { f.mu.Lock(); f.events = append(f.events, e); f.mu.Unlock() }
-func (f *fakes) StoreAvailable(up bool) { f.mu.Lock(); f.up = append(f.up, up); f.mu.Unlock() }
+func (f *fakes) Record(e audit.Event)          { f.mu.Lock(); f.events = append(f.events, e); f.mu.Unlock() }
+func (f *fakes) StoreAvailable(up bool)        { f.mu.Lock(); f.up = append(f.up, up); f.mu.Unlock() }
+func (f *fakes) StoreWriteFailureUnconfirmed() { f.mu.Lock(); f.unconfirmed++; f.mu.Unlock() }
 func (f *fakes) Probe(context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -148,6 +150,9 @@ func TestFailureNotConfirmed(t *testing.T) {
 			}
 			if f.probes == 0 || f.probes > 10 {
 				t.Fatalf("%d probe writes for 50 failures, want a few", f.probes)
+			}
+			if f.unconfirmed == 0 || f.unconfirmed > f.probes {
+				t.Fatalf("unconfirmed failures counted %d times (%d probes), want at least once", f.unconfirmed, f.probes)
 			}
 		})
 	}

@@ -22,6 +22,7 @@ type Metrics struct {
 	auditAppend   prometheus.Histogram
 	shed          prometheus.Counter
 	storeUp       prometheus.Gauge
+	storeBehind   prometheus.Counter
 }
 
 // New makes the series and registers them with the Go and process
@@ -55,8 +56,12 @@ func New() *Metrics {
 		storeUp: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tpmauthn_store_available", Help: "1 while the fleet store (JetStream KV) takes writes; 0 while new connects are denied for want of it.",
 		}),
+		storeBehind: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tpmauthn_store_write_failures_unconfirmed_total",
+			Help: "Grants whose store write failed while the verifier's own write succeeded within a second (the verifier behind, not the store down): no store_unavailable episode, each such grant denied.",
+		}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, m.enrollments, m.registrations, m.tamper, m.auditAppend, m.shed, m.storeUp,
+	m.reg.MustRegister(m.requests, m.latency, m.enrollments, m.registrations, m.tamper, m.auditAppend, m.shed, m.storeUp, m.storeBehind,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
@@ -95,6 +100,10 @@ func (m *Metrics) StoreAvailable(up bool) {
 	}
 	m.storeUp.Set(v)
 }
+
+// StoreWriteFailureUnconfirmed counts a grant's failed write that the
+// health monitor's own write did not confirm.
+func (m *Metrics) StoreWriteFailureUnconfirmed() { m.storeBehind.Inc() }
 
 // Registry is where the series are registered (served at /metrics).
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }

@@ -1,9 +1,9 @@
 package offboard_test
 
 import (
-	"errors"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/verifier/internal/testenv"
@@ -14,10 +14,12 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/store"
 )
 
-// regroupEnv is a store, people and an offboarding service under a policy
-// where developers get dev, and ops get ops on hardware keys only.
-func regroupEnv(t *testing.T) (*testenv.Env, *people.Service, *testenv.Kicks, *testenv.Alerts, *offboard.Service) {
-	t.Helper()
+// TestRegroupKicksOnlyShrunk: a group whose role needs hardware is lost;
+// only the hardware credential loses a role (the software one never had
+// it), so only its sessions are kicked, and nobody is revoked.
+func TestRegroupKicksOnlyShrunk(t *testing.T) {
+	defer func(d time.Duration) { offboard.RegroupRace = d }(offboard.RegroupRace)
+	offboard.RegroupRace = time.Hour // the second kick is TestRegroupKicksAgain's
 	env := testenv.New(t)
 	pol, err := policy.Parse([]byte(`
 roles:
@@ -36,14 +38,6 @@ people:
 	ppl := people.New(people.Config{Store: env.Store, Policy: polf, Trail: env.Trail})
 	k, a := &testenv.Kicks{}, &testenv.Alerts{}
 	ob := offboard.New(offboard.Config{People: ppl, Store: env.Store, Fleet: env.Fleet, Sessions: k, Alerts: a, Trail: env.Trail, Policy: polf})
-	return env, ppl, k, a, ob
-}
-
-// TestRegroupKicksOnlyShrunk: a group whose role needs hardware is lost;
-// only the hardware credential loses a role (the software one never had
-// it), so only its sessions are kicked, and nobody is revoked.
-func TestRegroupKicksOnlyShrunk(t *testing.T) {
-	env, ppl, k, a, ob := regroupEnv(t)
 	ctx := t.Context()
 	p := personWithTwoCredentials(t, env, ppl)
 	for _, tc := range []struct {
@@ -178,41 +172,53 @@ func personWithTwoCredentials(t *testing.T, env *testenv.Env, ppl *people.Servic
 	return p
 }
 
-// TestRegroupStampsCredentials: a regroup writes the person's new revision
-// into each of their credentials before it kicks, so that a connect that
-// read a credential before (and the person's old groups from its cache)
-// fails its compare-and-set and decides again; an unchanged group list
-// writes nothing.
-func TestRegroupStampsCredentials(t *testing.T) {
-	env, ppl, _, _, ob := regroupEnv(t)
-	ctx := t.Context()
+// TestRegroupKicksAgain: a connect that read the person's old groups can be
+// granted after the regroup's kick; the kick is repeated RegroupRace later
+// for the credentials that lost a role (their sessions then include any
+// such grant), and only for them.
+func TestRegroupKicksAgain(t *testing.T) {
+	defer func(d time.Duration) { offboard.RegroupRace = d }(offboard.RegroupRace)
+	offboard.RegroupRace = 200 * time.Millisecond
+	env := testenv.New(t)
+	pol, err := policy.Parse([]byte(`
+roles:
+  dev: {publish: {allow: ["dev.>"]}}
+  ops: {publish: {allow: ["ops.>"]}}
+people:
+  idps: [{name: okta, issuer: "https://okta.example.com", client_id: c, client_secret_env: S}]
+  bindings:
+    - {groups: [developers], roles: [dev]}
+    - {groups: [ops], roles: [ops], require: {assurance: hardware}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	polf := func() *policy.Policy { return pol }
+	ppl := people.New(people.Config{Store: env.Store, Policy: polf, Trail: env.Trail})
+	k := &testenv.Kicks{}
+	ob := offboard.New(offboard.Config{People: ppl, Store: env.Store, Fleet: env.Fleet, Sessions: k, Alerts: &testenv.Alerts{}, Trail: env.Trail, Policy: polf})
 	p := personWithTwoCredentials(t, env, ppl)
-	// A connect in flight: it read the credential before the regroup.
-	_, readRev, err := store.Get[record.Credential](ctx, env.Store.Credentials, "hw")
-	if err != nil {
+	if _, err := ob.Regroup(t.Context(), p.ID, func([]string) []string { return []string{"developers"} }, "test"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ob.Regroup(ctx, p.ID, func([]string) []string { return []string{"developers"} }, "test"); err != nil {
+	if got := k.List(); !slices.Equal(got, []string{"hw"}) {
+		t.Fatalf("first kick %v, want [hw]", got)
+	}
+	k.Reset()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(k.List()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := k.List(); !slices.Equal(got, []string{"hw"}) {
+		t.Fatalf("second kick %v, want [hw] after RegroupRace", got)
+	}
+	// A regroup that takes nothing away kicks nothing, now or later.
+	k.Reset()
+	if _, err := ob.Regroup(t.Context(), p.ID, func([]string) []string { return []string{"developers", "sales"} }, "test"); err != nil {
 		t.Fatal(err)
 	}
-	_, personRev, err := store.Get[record.Person](ctx, env.Store.People, p.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, id := range []string{"hw", "sw"} {
-		if c := env.Credential(t, id); c.PersonRev != personRev {
-			t.Fatalf("credential %s names person revision %d, want %d", id, c.PersonRev, personRev)
-		}
-	}
-	stale := env.Credential(t, "hw")
-	if _, err := store.Update(ctx, env.Store.Credentials, "hw", stale, readRev); !errors.Is(err, api.ErrConflict) {
-		t.Fatalf("the in-flight connect's compare-and-set after the regroup: %v, want a conflict", err)
-	}
-	_, before, _ := store.Get[record.Credential](ctx, env.Store.Credentials, "sw")
-	if _, err := ob.Regroup(ctx, p.ID, func(g []string) []string { return g }, "test"); err != nil {
-		t.Fatal(err)
-	}
-	if _, after, _ := store.Get[record.Credential](ctx, env.Store.Credentials, "sw"); after != before {
-		t.Fatalf("an unchanged group list rewrote the credential (revision %d → %d)", before, after)
+	time.Sleep(3 * offboard.RegroupRace)
+	if got := k.List(); len(got) != 0 {
+		t.Fatalf("kicks %v after a regroup that took nothing away", got)
 	}
 }

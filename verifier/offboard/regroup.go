@@ -9,12 +9,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/audit"
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
-	"github.com/tpmauthn/tpmauthn/verifier/store"
 )
 
 // Regroup sets person id's groups to change(their groups now): what their
@@ -23,7 +23,7 @@ import (
 // live sessions kicked (it reconnects with the smaller set). It returns
 // the sessions kicked. An unchanged list changes nothing.
 func (s *Service) Regroup(ctx context.Context, id string, change func(groups []string) []string, actor string) (int, error) {
-	before, after, rev, err := s.cfg.People.UpdateGroups(ctx, id, change)
+	before, after, err := s.cfg.People.UpdateGroups(ctx, id, change)
 	if err != nil {
 		return 0, fmt.Errorf("regroup %s: %w", id, err)
 	}
@@ -31,16 +31,13 @@ func (s *Service) Regroup(ctx context.Context, id string, change func(groups []s
 		return 0, nil
 	}
 	pol := s.cfg.Policy()
-	// Stamp, then kick: a connect that read a credential before the stamp
-	// fails its compare-and-set and decides again, with the person read at
-	// rev or later; one that wrote before it is in the record the kick
-	// reads. Without it a connect that read the cached old groups could be
-	// granted after the kick and keep the roles taken away.
-	stampErr := s.stampPersonRev(ctx, after.Credentials, rev)
-	lost, kicked, kickErr := s.kickShrunk(ctx, after.Credentials, func(c *record.Credential) []string {
+	shrunk := func(c *record.Credential) []string {
 		return rolesLost(personRoles(pol, before, c), personRoles(pol, after, c))
-	}, actor)
-	kickErr = errors.Join(stampErr, kickErr)
+	}
+	lost, kicked, kickErr := s.kickShrunk(ctx, after.Credentials, shrunk, actor)
+	if len(lost) > 0 {
+		s.kickAgain(id, after.Credentials, shrunk, actor)
+	}
 	ev := audit.Event{Kind: "person.groups", Result: audit.OK, Person: id, Actor: actor,
 		Reason: fmt.Sprintf("groups %q → %q; %d sessions kicked", before.Groups, after.Groups, kicked) + lostReason(lost)}
 	if kickErr != nil {
@@ -53,26 +50,32 @@ func (s *Service) Regroup(ctx context.Context, id string, change func(groups []s
 	return kicked, nil
 }
 
-// errStamped: the credential already names this revision or a later one.
-var errStamped = errors.New("stamped already")
+// RegroupRace is how long after a regroup its kick is repeated: a connect
+// that read the person's old groups (the verifier's cached record, before
+// the watch brought the new one) may be granted after the first kick, with
+// the roles the regroup took away. A decision ends within its client's
+// budget (about 2 s), so one that starts after the watch delivered the new
+// groups is the only kind left once this has passed.
+var RegroupRace = 5 * time.Second
 
-// stampPersonRev writes the person's revision rev into each credential of
-// ids that is not revoked (record.Credential.PersonRev).
-func (s *Service) stampPersonRev(ctx context.Context, ids []string, rev uint64) error {
-	var errs []error
-	for _, cid := range ids {
-		_, _, err := store.Mutate(ctx, s.cfg.Store.Credentials, cid, func(c *record.Credential) error {
-			if c.Status == api.CredentialRevoked || c.PersonRev >= rev {
-				return errStamped
-			}
-			c.PersonRev = rev
-			return nil
-		})
-		if err != nil && !errors.Is(err, errStamped) && !errors.Is(err, api.ErrNotFound) {
-			errs = append(errs, fmt.Errorf("credential %s: mark the person's new groups: %w", cid, err))
+// kickAgain kicks, RegroupRace from now, the live sessions of the
+// credentials of ids whose roles shrank: those a racing connect was
+// granted. Sessions that reconnected meanwhile with the smaller roles are
+// kicked once more and come back with them (fail closed).
+func (s *Service) kickAgain(person string, ids []string, shrunk func(*record.Credential) []string, actor string) {
+	time.AfterFunc(RegroupRace, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, kicked, err := s.kickShrunk(ctx, ids, shrunk, actor)
+		if err != nil {
+			s.cfg.Logger.Warn("a regroup's second kick failed (sessions granted with the old groups end at their expiry)", "person", person, "error", err)
+			return
 		}
-	}
-	return errors.Join(errs...)
+		if kicked > 0 {
+			s.cfg.Trail.Record(audit.Event{Kind: "person.groups", Result: audit.OK, Person: person, Actor: actor,
+				Reason: fmt.Sprintf("%d sessions granted with the old groups while the regroup ran kicked", kicked)})
+		}
+	})
 }
 
 // Repolicy kicks the live sessions of every person whose roles a policy

@@ -66,8 +66,8 @@ func (s *Service) SetSCIM(ctx context.Context, id string, f func(u *record.SCIMU
 // UpdateGroups sets the person's groups to f(their groups now), in one
 // compare-and-set (f may run more than once), and returns the record
 // before and after.
-func (s *Service) UpdateGroups(ctx context.Context, id string, f func(groups []string) []string) (before, after *record.Person, rev uint64, err error) {
-	after, rev, err = store.Mutate(ctx, s.cfg.Store.People, id, func(p *record.Person) error {
+func (s *Service) UpdateGroups(ctx context.Context, id string, f func(groups []string) []string) (before, after *record.Person, err error) {
+	after, _, err = store.Mutate(ctx, s.cfg.Store.People, id, func(p *record.Person) error {
 		b := *p
 		b.Groups = slices.Clone(p.Groups)
 		before = &b
@@ -81,7 +81,7 @@ func (s *Service) UpdateGroups(ctx context.Context, id string, f func(groups []s
 		}
 		return nil
 	})
-	return before, after, rev, err
+	return before, after, err
 }
 
 // DropSCIM forgets what SCIM said of the person (a SCIM DELETE): the

@@ -35,11 +35,6 @@ type Credential struct {
 	// grant, and is revoked when they are offboarded. Workload is then
 	// api.PersonWorkload(...) and Expires the end of the login.
 	Person string `json:"person,omitempty"`
-	// PersonRev is the person record's revision when a regroup last
-	// changed their groups: a connect decides with the person read at this
-	// revision or later (verifier/authn/person), and the regroup's write of
-	// it conflicts with any connect that read the credential before.
-	PersonRev uint64 `json:"person_rev,omitempty"`
 	// Expires is when the credential stops working (zero: never; a
 	// person's credential expires with their login).
 	Expires time.Time `json:"expires,omitzero"`

@@ -29,7 +29,7 @@ import (
 type Directory struct {
 	kv     jetstream.KeyValue
 	policy func() *policy.Policy
-	m      sync.Map // person ID -> cached
+	m      sync.Map // person ID -> *record.Person
 	w      jetstream.KeyWatcher
 	done   chan struct{}
 }
@@ -56,7 +56,7 @@ func (d *Directory) follow() {
 			d.m.Delete(e.Key()) // read from KV at the next connect
 			continue
 		}
-		d.m.Store(e.Key(), cached{&p, e.Revision()})
+		d.m.Store(e.Key(), &p)
 	}
 }
 
@@ -66,27 +66,14 @@ func (d *Directory) Close() {
 	<-d.done
 }
 
-// cached is a person record from the watch and its revision.
-type cached struct {
-	p   *record.Person
-	rev uint64
-}
-
-// person is the record, from the watch or (not seen yet, or older than
-// atLeast) from KV. atLeast is the revision a regroup stamped on the
-// credential (record.Credential.PersonRev): the watch may not have brought
-// it yet, and deciding with the groups before it would grant roles the
-// regroup took away.
-func (d *Directory) person(ctx context.Context, id string, atLeast uint64) (*record.Person, error) {
-	if v, ok := d.m.Load(id); ok && v.(cached).rev >= atLeast {
-		return v.(cached).p, nil
+// person is the record, from the watch or (not seen yet) from KV.
+func (d *Directory) person(ctx context.Context, id string) (*record.Person, error) {
+	if v, ok := d.m.Load(id); ok {
+		return v.(*record.Person), nil
 	}
-	p, rev, err := store.Get[record.Person](ctx, d.kv, id)
+	p, _, err := store.Get[record.Person](ctx, d.kv, id)
 	if errors.Is(err, api.ErrNotFound) {
 		return nil, fmt.Errorf("%w: person %s is unknown", api.ErrRevoked, id)
-	}
-	if err == nil && rev < atLeast { // a replica behind the regroup's write
-		return nil, fmt.Errorf("%w: person %s read at revision %d, their groups changed at %d: retry", api.ErrUnavailable, id, rev, atLeast)
 	}
 	return p, err
 }
@@ -95,7 +82,7 @@ func (d *Directory) person(ctx context.Context, id string, atLeast uint64) (*rec
 // still the one in the policy, and their groups (as the IdP last said)
 // granting at least one role at cred's assurance. Anything else refuses.
 func (d *Directory) Roles(ctx context.Context, cred *record.Credential) ([]string, error) {
-	p, err := d.person(ctx, cred.Person, cred.PersonRev)
+	p, err := d.person(ctx, cred.Person)
 	if err != nil {
 		return nil, err
 	}

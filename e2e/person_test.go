@@ -392,3 +392,33 @@ func personSessionOf(t *testing.T, f *fleettest.Fleet, h *fleettest.Host, uid ui
 	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
 	return closed
 }
+
+// TestLoginWithFewerGroupsKicks: a person's new login whose ID token no
+// longer lists a group (the IdP removed them from it) kicks the sessions of
+// their other credentials that held the group's role; before, the login
+// updated the groups silently and those sessions kept the role until they
+// expired (the next re-check saw no change).
+func TestLoginWithFewerGroupsKicks(t *testing.T) {
+	requireRoot(t)
+	op := oidctest.Start(t, oidctest.User{ID: "u-dana", Username: "dana", Password: "pw", Name: "Dana Scully", Email: "dana.scully@example.com", Groups: []string{"developers"}})
+	f := peopleFleet(t, op)
+	h := f.NewHost(t)
+	if st, dev := personLoginAs(t, h, personUID, loginGrant(t, f, op, "dana", "pw").AccessToken); st != 200 {
+		t.Fatalf("person login at the agent: %d %v", st, dev)
+	}
+	closed := personSession(t, f, h)
+	op.SetGroups("u-dana", "sales") // out of developers: role dev is gone
+	loginGrant(t, f, op, "dana", "pw")
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the session keeps the role of a group the person's new login no longer lists")
+	}
+	var kicked bool
+	for _, e := range f.AuditEvents(t) {
+		kicked = kicked || (e.Kind == "person.groups" && e.Actor == "login" && strings.Contains(e.Reason, "sessions kicked"))
+	}
+	if !kicked {
+		t.Fatal("no person.groups event by the login")
+	}
+}

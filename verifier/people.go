@@ -21,6 +21,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/passkey"
 	"github.com/tpmauthn/tpmauthn/verifier/people"
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
+	"github.com/tpmauthn/tpmauthn/verifier/record"
 	"github.com/tpmauthn/tpmauthn/verifier/scim"
 	"github.com/tpmauthn/tpmauthn/verifier/softkey"
 )
@@ -44,7 +45,14 @@ func (v *Verifier) openPeople(context.Context) error {
 	if err != nil {
 		return err
 	}
-	v.people = people.New(people.Config{Store: v.st, Policy: pol, Trail: v.trail, Logger: v.log, Now: v.cfg.Clock, Sealer: sealer})
+	v.people = people.New(people.Config{Store: v.st, Policy: pol, Trail: v.trail, Logger: v.log, Now: v.cfg.Clock, Sealer: sealer,
+		// A login whose ID token lists fewer groups kicks what they lost
+		// (v.offboard is set below, before any login is served).
+		GroupsChanged: func(ctx context.Context, before, after *record.Person) {
+			if _, err := v.offboard.Regrouped(ctx, before, after, "login"); err != nil {
+				v.log.Warn("a login changed a person's groups; not every session they lost roles in was kicked", "person", after.ID, "error", err)
+			}
+		}})
 	v.offboard = offboard.New(offboard.Config{People: v.people, Store: v.st, Fleet: v.fleet, Sessions: v.sessions,
 		Alerts: alert.NewPublisher(v.nc, v.trail, v.metrics, v.log), Trail: v.trail, Policy: pol, Logger: v.log})
 	// A reload that takes people's roles away kicks their sessions (in the

@@ -27,6 +27,14 @@ func (s *Service) Regroup(ctx context.Context, id string, change func(groups []s
 	if err != nil {
 		return 0, fmt.Errorf("regroup %s: %w", id, err)
 	}
+	return s.Regrouped(ctx, before, after, actor)
+}
+
+// Regrouped kicks what a change of a person's groups, from before to after
+// (written already: a regroup, or a login whose ID token listed others),
+// took away; see Regroup.
+func (s *Service) Regrouped(ctx context.Context, before, after *record.Person, actor string) (int, error) {
+	id := after.ID
 	if slices.Equal(before.Groups, after.Groups) {
 		return 0, nil
 	}

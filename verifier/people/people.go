@@ -34,6 +34,10 @@ type Config struct {
 	// refresh tokens are not kept, and the periodic re-check has nothing to
 	// spend).
 	Sealer *Sealer
+	// GroupsChanged, if set, is told when a login changed an existing
+	// person's groups (the ID token lists others than the record held):
+	// the offboarding step kicks the sessions whose roles it took away.
+	GroupsChanged func(ctx context.Context, before, after *record.Person)
 }
 
 // Service records logins and issues and redeems login grants.
@@ -72,7 +76,7 @@ func (s *Service) Login(ctx context.Context, id Identity, flow, clientAddr strin
 	ev := audit.Deny("person.login")
 	ev.Person, ev.ClientAddr, ev.Actor = record.PersonID(id.IdP, id.Subject), clientAddr, "person"
 	ev.Reason = fmt.Sprintf("%s login at %s as %q", flow, id.IdP, display(id))
-	p, err := s.upsert(ctx, id)
+	p, prev, err := s.upsert(ctx, id)
 	if err != nil {
 		ev.Reason += ": " + err.Error()
 		s.cfg.Trail.RecordNow(ctx, ev)
@@ -86,7 +90,16 @@ func (s *Service) Login(ctx context.Context, id Identity, flow, clientAddr strin
 		return nil, fmt.Errorf("%w: person.login of %s: %w", ErrAudit, p.ID, err)
 	}
 	s.cfg.Logger.Info("person logged in", keyPerson, p.ID, keyIdP, p.IdP, keyFlow, flow)
+	if prev != nil && !sameGroups(prev.Groups, p.Groups) && s.cfg.GroupsChanged != nil {
+		s.cfg.GroupsChanged(ctx, prev, p)
+	}
 	return p, nil
+}
+
+// sameGroups compares two group lists as sets.
+func sameGroups(a, b []string) bool {
+	norm := func(g []string) []string { return slices.Compact(slices.Sorted(slices.Values(g))) }
+	return slices.Equal(norm(a), norm(b))
 }
 
 // LoginFailed audits a login that failed before the IdP named anyone (a
@@ -112,10 +125,12 @@ func display(id Identity) string {
 	}
 }
 
-func (s *Service) upsert(ctx context.Context, id Identity) (*record.Person, error) {
+// upsert creates or refreshes the person of a login; for an existing one it
+// also returns the record as it was (prev), nil for a new one.
+func (s *Service) upsert(ctx context.Context, id Identity) (p, prev *record.Person, err error) {
 	now := s.cfg.Now().UTC()
 	key := record.PersonID(id.IdP, id.Subject)
-	p := &record.Person{V: record.Version, ID: key, IdP: id.IdP, Subject: id.Subject, Issuer: id.Issuer,
+	p = &record.Person{V: record.Version, ID: key, IdP: id.IdP, Subject: id.Subject, Issuer: id.Issuer,
 		SubjectClaim: id.SubjectClaim, Created: now}
 	refresh := func(p *record.Person) error {
 		// Checked first: another issuer's user must not learn (nor change)
@@ -127,6 +142,9 @@ func (s *Service) upsert(ctx context.Context, id Identity) (*record.Person, erro
 		if !p.Disabled.IsZero() {
 			return fmt.Errorf("%w: %s since %s (%s)", ErrDisabled, p.ID, p.Disabled.Format(time.RFC3339), p.DisabledReason)
 		}
+		was := *p // as stored (the Create path resets it: nothing was)
+		was.Groups = slices.Clone(p.Groups)
+		prev = &was
 		p.Name, p.Email, p.Groups = id.Name, id.Email, slices.Clone(id.Groups)
 		p.LastLogin, p.LastCheck = now, now
 		// The token of an older login goes: the IdP's latest is the one a
@@ -138,20 +156,21 @@ func (s *Service) upsert(ctx context.Context, id Identity) (*record.Person, erro
 		return nil
 	}
 	if err := refresh(p); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	err := store.Create(ctx, s.cfg.Store.People, key, p)
+	prev = nil // the new record, not a stored one
+	err = store.Create(ctx, s.cfg.Store.People, key, p)
 	if !errors.Is(err, api.ErrConflict) {
 		if err != nil {
-			return nil, fmt.Errorf("store person %s: %w", key, err)
+			return nil, nil, fmt.Errorf("store person %s: %w", key, err)
 		}
-		return p, nil
+		return p, nil, nil
 	}
 	p, _, err = store.Mutate(ctx, s.cfg.Store.People, key, refresh)
 	if err != nil {
-		return nil, fmt.Errorf("update person %s: %w", key, err)
+		return nil, nil, fmt.Errorf("update person %s: %w", key, err)
 	}
-	return p, nil
+	return p, prev, nil
 }
 
 // Person reads a person record (api.ErrNotFound if there is none).

@@ -287,12 +287,7 @@ func TestPersonCredentialEndsWithPerson(t *testing.T) {
 // connect again.
 func TestPolicyReloadKicksPeople(t *testing.T) {
 	requireRoot(t)
-	op := oidctest.Start(t, oidctest.User{ID: "u-dana", Username: "dana", Password: "pw", Name: "Dana Scully", Email: "dana.scully@example.com", Groups: []string{"developers"}})
-	f := peopleFleet(t, op)
-	h := f.NewHost(t)
-	if st, dev := personLoginAs(t, h, personUID, loginGrant(t, f, op, "dana", "pw").AccessToken); st != 200 {
-		t.Fatalf("person login at the agent: %d %v", st, dev)
-	}
+	_, f, h, _ := danaLoggedIn(t)
 	closed := personSession(t, f, h)
 
 	// The same policy without its people: section. A file's reload is
@@ -332,13 +327,7 @@ func TestPolicyReloadKicksPeople(t *testing.T) {
 // live sessions drop at once. Another host's agent cannot revoke it.
 func TestPersonLogoutRevokes(t *testing.T) {
 	requireRoot(t)
-	op := oidctest.Start(t, oidctest.User{ID: "u-dana", Username: "dana", Password: "pw", Name: "Dana Scully", Email: "dana.scully@example.com", Groups: []string{"developers"}})
-	f := peopleFleet(t, op)
-	h := f.NewHost(t)
-	st, dev := personLoginAs(t, h, personUID, loginGrant(t, f, op, "dana", "pw").AccessToken)
-	if st != 200 {
-		t.Fatalf("person login at the agent: %d %v", st, dev)
-	}
+	_, f, h, dev := danaLoggedIn(t)
 	credID := fmt.Sprint(dev["credential_id"])
 	// Another host's agent, on its own scope, naming this credential.
 	other, err := f.Enroll(t, fleettest.Authenticator(t, swtpmtest.New(t, swtpmtest.SameManufacturer(f.TPM))), f.Token(t, time.Hour))
@@ -373,6 +362,21 @@ func TestPersonLogoutRevokes(t *testing.T) {
 	}
 }
 
+// danaLoggedIn starts an IdP with dana (group developers), a people fleet
+// and a host, and logs dana in at its agent as uid personUID; it returns
+// the agent's answer.
+func danaLoggedIn(t *testing.T) (*oidctest.OP, *fleettest.Fleet, *fleettest.Host, map[string]any) {
+	t.Helper()
+	op := oidctest.Start(t, oidctest.User{ID: "u-dana", Username: "dana", Password: "pw", Name: "Dana Scully", Email: "dana.scully@example.com", Groups: []string{"developers"}})
+	f := peopleFleet(t, op)
+	h := f.NewHost(t)
+	st, dev := personLoginAs(t, h, personUID, loginGrant(t, f, op, "dana", "pw").AccessToken)
+	if st != 200 {
+		t.Fatalf("person login at the agent: %d %v", st, dev)
+	}
+	return op, f, h, dev
+}
+
 // personSession connects the person's program (uid personUID) and returns
 // a channel closed when the server ends its session.
 func personSession(t *testing.T, f *fleettest.Fleet, h *fleettest.Host) <-chan struct{} {
@@ -400,12 +404,7 @@ func personSessionOf(t *testing.T, f *fleettest.Fleet, h *fleettest.Host, uid ui
 // expired (the next re-check saw no change).
 func TestLoginWithFewerGroupsKicks(t *testing.T) {
 	requireRoot(t)
-	op := oidctest.Start(t, oidctest.User{ID: "u-dana", Username: "dana", Password: "pw", Name: "Dana Scully", Email: "dana.scully@example.com", Groups: []string{"developers"}})
-	f := peopleFleet(t, op)
-	h := f.NewHost(t)
-	if st, dev := personLoginAs(t, h, personUID, loginGrant(t, f, op, "dana", "pw").AccessToken); st != 200 {
-		t.Fatalf("person login at the agent: %d %v", st, dev)
-	}
+	op, f, h, _ := danaLoggedIn(t)
 	closed := personSession(t, f, h)
 	op.SetGroups("u-dana", "sales") // out of developers: role dev is gone
 	loginGrant(t, f, op, "dana", "pw")

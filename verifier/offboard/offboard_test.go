@@ -14,12 +14,10 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/store"
 )
 
-// TestRegroupKicksOnlyShrunk: a group whose role needs hardware is lost;
-// only the hardware credential loses a role (the software one never had
-// it), so only its sessions are kicked, and nobody is revoked.
-func TestRegroupKicksOnlyShrunk(t *testing.T) {
-	defer func(d time.Duration) { offboard.RegroupRace = d }(offboard.RegroupRace)
-	offboard.RegroupRace = time.Hour // the second kick is TestRegroupKicksAgain's
+// regroupEnv is a store, people and an offboarding service under a policy
+// where developers get dev, and ops get ops on hardware keys only.
+func regroupEnv(t *testing.T) (*testenv.Env, *people.Service, *testenv.Kicks, *testenv.Alerts, *offboard.Service) {
+	t.Helper()
 	env := testenv.New(t)
 	pol, err := policy.Parse([]byte(`
 roles:
@@ -38,6 +36,16 @@ people:
 	ppl := people.New(people.Config{Store: env.Store, Policy: polf, Trail: env.Trail})
 	k, a := &testenv.Kicks{}, &testenv.Alerts{}
 	ob := offboard.New(offboard.Config{People: ppl, Store: env.Store, Fleet: env.Fleet, Sessions: k, Alerts: a, Trail: env.Trail, Policy: polf})
+	return env, ppl, k, a, ob
+}
+
+// TestRegroupKicksOnlyShrunk: a group whose role needs hardware is lost;
+// only the hardware credential loses a role (the software one never had
+// it), so only its sessions are kicked, and nobody is revoked.
+func TestRegroupKicksOnlyShrunk(t *testing.T) {
+	defer func(d time.Duration) { offboard.RegroupRace = d }(offboard.RegroupRace)
+	offboard.RegroupRace = time.Hour // the second kick is TestRegroupKicksAgain's
+	env, ppl, k, a, ob := regroupEnv(t)
 	ctx := t.Context()
 	p := personWithTwoCredentials(t, env, ppl)
 	for _, tc := range []struct {
@@ -179,24 +187,7 @@ func personWithTwoCredentials(t *testing.T, env *testenv.Env, ppl *people.Servic
 func TestRegroupKicksAgain(t *testing.T) {
 	defer func(d time.Duration) { offboard.RegroupRace = d }(offboard.RegroupRace)
 	offboard.RegroupRace = 200 * time.Millisecond
-	env := testenv.New(t)
-	pol, err := policy.Parse([]byte(`
-roles:
-  dev: {publish: {allow: ["dev.>"]}}
-  ops: {publish: {allow: ["ops.>"]}}
-people:
-  idps: [{name: okta, issuer: "https://okta.example.com", client_id: c, client_secret_env: S}]
-  bindings:
-    - {groups: [developers], roles: [dev]}
-    - {groups: [ops], roles: [ops], require: {assurance: hardware}}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	polf := func() *policy.Policy { return pol }
-	ppl := people.New(people.Config{Store: env.Store, Policy: polf, Trail: env.Trail})
-	k := &testenv.Kicks{}
-	ob := offboard.New(offboard.Config{People: ppl, Store: env.Store, Fleet: env.Fleet, Sessions: k, Alerts: &testenv.Alerts{}, Trail: env.Trail, Policy: polf})
+	env, ppl, k, _, ob := regroupEnv(t)
 	p := personWithTwoCredentials(t, env, ppl)
 	if _, err := ob.Regroup(t.Context(), p.ID, func([]string) []string { return []string{"developers"} }, "test"); err != nil {
 		t.Fatal(err)

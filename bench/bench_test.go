@@ -38,7 +38,7 @@ func TestQuick(t *testing.T) {
 			t.Errorf("storm of %.1f s with no answered-per-second curve: %+v", s.ReauthS, s)
 		}
 	}
-	for _, line := range []string{"ratio_vs_noop_callout_min=", "ratio_vs_noop_callout_c1=", "ratio_vs_noop_callout_c16=", "storm_200_s=", "storm_busy_200_s="} {
+	for _, line := range []string{"ratio_vs_noop_callout_min=", "ratio_vs_noop_callout_c1=", "ratio_vs_noop_callout_c16=", "ratio_tcp_vs_noop_callout_min=", "storm_200_s=", "storm_busy_200_s="} {
 		if !strings.Contains(out.String(), line) {
 			t.Errorf("no summary line %s", line)
 		}

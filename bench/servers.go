@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -214,10 +215,17 @@ func startChild(exe string, args ...string) (cmd *exec.Cmd, stdin io.WriteCloser
 	return cmd, stdin, bufio.NewScanner(out), func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }, nil
 }
 
-// tpmauthnScenario runs the real verifier (embedded server, full
-// verification) with one fixture credential per worker.
-func tpmauthnScenario(dir string, workers int) (*scenario, error) {
-	srv, v, err := startTpmauthn(dir, "127.0.0.1:-1", 0)
+// tpmauthnScenario runs the real verifier (full verification) with one
+// fixture credential per worker. inProcess: it reaches its server in
+// memory, as the one-command deployment's embedded server is reached;
+// otherwise over TCP, as a verifier beside an existing cluster (named
+// tpmauthn-tcp).
+func tpmauthnScenario(dir string, workers int, inProcess bool) (*scenario, error) {
+	name := "tpmauthn"
+	if !inProcess {
+		name = "tpmauthn-tcp"
+	}
+	srv, v, err := startTpmauthnIn(dir, "127.0.0.1:-1", "", 0, inProcess)
 	if err != nil {
 		return nil, err
 	}
@@ -227,7 +235,7 @@ func tpmauthnScenario(dir string, workers int) (*scenario, error) {
 		stop()
 		return nil, err
 	}
-	return &scenario{name: "tpmauthn", url: srv.srv.ClientURL(), stop: stop,
+	return &scenario{name: name, url: srv.srv.ClientURL(), stop: stop,
 		options: func(w int) ([]nats.Option, error) {
 			return []nats.Option{creds[w%len(creds)].nkey()}, nil // one worker per credential
 		}}, nil
@@ -323,17 +331,30 @@ const benchRPID = "bench.example.com"
 // running both would; JetStream and keys live in dir. workers 0 is the
 // verifier's default.
 func startTpmauthn(dir, listen string, workers int) (*stormServer, *verifier.Verifier, error) {
-	return startTpmauthnExtra(dir, listen, "", workers)
+	return startTpmauthnIn(dir, listen, "", workers, false)
 }
 
 // startTpmauthnExtra is startTpmauthn with extra server configuration (a
 // cluster block).
 func startTpmauthnExtra(dir, listen, extra string, workers int) (*stormServer, *verifier.Verifier, error) {
+	return startTpmauthnIn(dir, listen, extra, workers, false)
+}
+
+// startTpmauthnIn is startTpmauthnExtra; inProcess has the verifier reach
+// the server in memory, as the one-command deployment (the embedded
+// server) does, instead of over TCP, as a verifier beside a cluster does.
+// The storms restart the server under a running verifier, which only the
+// latter deployment does, so they use TCP.
+func startTpmauthnIn(dir, listen, extra string, workers int, inProcess bool) (*stormServer, *verifier.Verifier, error) {
 	ss, _, policy, err := startTpmauthnServer(dir, listen, extra)
 	if err != nil {
 		return nil, nil, err
 	}
-	v, err := verifier.New(verifier.Config{DataDir: filepath.Join(dir, "verifier"), NATSURL: ss.srv.ClientURL(), PolicyFile: policy, RPID: benchRPID, Workers: workers, Logger: quietLog()})
+	cfg := verifier.Config{DataDir: filepath.Join(dir, "verifier"), NATSURL: ss.srv.ClientURL(), PolicyFile: policy, RPID: benchRPID, Workers: workers, Logger: quietLog()}
+	if inProcess {
+		cfg.NATSInProcess = serverPart{ss.srv}
+	}
+	v, err := verifier.New(cfg)
 	if err == nil {
 		inPart(partResponder, func() { err = v.Start(context.Background()) })
 	}
@@ -375,4 +396,21 @@ func quietLog() *slog.Logger {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
 	return slog.New(slog.DiscardHandler)
+}
+
+// serverPart hands out in-process connections whose server-side goroutines
+// are labelled as the server's part of the process, as the accepted TCP
+// connections' are.
+type serverPart struct{ srv *server.Server }
+
+func (p serverPart) InProcessConn() (c net.Conn, err error) {
+	// On a goroutine of its own: inPart would leave the caller's goroutine
+	// (the verifier's, labelled the responder's) with no label at all.
+	done := make(chan struct{})
+	go inPart(partServer, func() {
+		defer close(done)
+		c, err = p.srv.InProcessConn()
+	})
+	<-done
+	return c, err
 }

@@ -131,7 +131,7 @@ func (v *Verifier) clusterSize(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	kp := v.keys.Sys
-	nc, err := nats.Connect(v.url, append(opts, nats.Nkey(keys.Public(kp), kp.Sign), nats.MaxReconnects(0))...)
+	nc, err := nats.Connect(v.dialURL(), append(opts, nats.Nkey(keys.Public(kp), kp.Sign), nats.MaxReconnects(0))...)
 	if err != nil {
 		return 0, fmt.Errorf("ask the JetStream cluster's size (system account): %w", err)
 	}

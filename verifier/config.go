@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-webauthn/webauthn/protocol"
+	"github.com/nats-io/nats.go"
 	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/internal/natstls"
 	"github.com/tpmauthn/tpmauthn/verifier/auditlog"
@@ -34,6 +35,11 @@ type Config struct {
 
 	// NATSURL of an existing cluster; empty runs an embedded nats-server.
 	NATSURL string
+	// NATSInProcess, if set, is the nats-server at NATSURL running in this
+	// process: the verifier's own connections reach it through memory
+	// instead of TCP (a program that embeds both). The embedded server is
+	// always reached so.
+	NATSInProcess nats.InProcessConnProvider
 	// NATSSeed is the verifier's user seed on an existing cluster; empty
 	// uses DATA_DIR/verifier.nk (the user keys.ServerConfig declares).
 	NATSSeed string

@@ -2,10 +2,12 @@ package verifier
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"go.uber.org/goleak"
 )
 
@@ -59,5 +61,42 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 	bad.Close()
 	if err := goleak.Find(ignore); err != nil {
 		t.Fatalf("goroutines left after a failed Start: %v", err)
+	}
+}
+
+// The verifier reaches its embedded server in memory, not over TCP: its
+// connections have no remote address, and its server's INFO asks a TLS
+// verifier for no TLS (which in memory would protect nothing).
+func TestEmbeddedConnectionsInProcess(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a verifier with an embedded nats-server (skipped under -short)")
+	}
+	for _, mode := range []string{TLSOff, TLSOn} {
+		t.Run(mode, func(t *testing.T) {
+			v, err := New(Config{DataDir: t.TempDir(), NATSListen: "127.0.0.1:-1", NATSTLS: mode})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := v.Start(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			defer v.Close()
+			cz, err := v.srv.Connz(&server.ConnzOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			names := map[string]bool{}
+			for _, c := range cz.Conns {
+				if strings.HasPrefix(c.Name, "tpmauthn-verifier") {
+					names[c.Name] = true
+					if c.Port != 0 || c.TLSVersion != "" {
+						t.Errorf("%s: port %d, TLS %q: over the network", c.Name, c.Port, c.TLSVersion)
+					}
+				}
+			}
+			if !names["tpmauthn-verifier"] || !names["tpmauthn-verifier-sys"] {
+				t.Fatalf("the verifier's connections are not all there: %v", names)
+			}
+		})
 	}
 }

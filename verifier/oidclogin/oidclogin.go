@@ -73,6 +73,7 @@ type Handler struct {
 	states  *rate.Limiter // the global rate of state creation
 	mu      sync.Mutex
 	rps     map[string]*relyingParty // by IdP name; rebuilt when its config changes
+	rotated rotated                  // refresh tokens the IdPs rotated that the store has not taken yet
 }
 
 // New returns a Handler.

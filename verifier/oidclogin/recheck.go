@@ -42,6 +42,9 @@ func (h *Handler) Recheck(ctx context.Context) {
 	if pp == nil || h.cfg.Offboard == nil {
 		return
 	}
+	for _, err := range h.rotated.store(ctx, h.cfg.People) {
+		h.cfg.Logger.Warn("re-check: the store still refuses a refresh token the IdP rotated; held in memory, written again at the next pass", keyError, err)
+	}
 	all, err := h.cfg.People.List(ctx)
 	if err != nil {
 		h.cfg.Logger.Warn("re-check: cannot list people", keyError, err)
@@ -65,10 +68,11 @@ func (h *Handler) Recheck(ctx context.Context) {
 // recheck refreshes p's token at idp and acts on the answer.
 func (h *Handler) recheck(ctx context.Context, idp *policy.IdP, p *record.Person) error {
 	who := offboard.SourceRecheck + ":" + idp.Name
-	token, err := h.cfg.People.RefreshToken(p)
+	stored, err := h.cfg.People.RefreshToken(p)
 	if err != nil {
 		return err // our key, not the IdP's answer: never an offboarding
 	}
+	token := h.rotated.token(p.ID, stored)
 	id, next, err := h.refresh(ctx, idp, token)
 	if errors.Is(err, ErrRefreshRefused) {
 		_, oerr := h.cfg.Offboard.Offboard(ctx, p.ID, "refresh failed: "+err.Error(), who)
@@ -78,8 +82,9 @@ func (h *Handler) recheck(ctx context.Context, idp *policy.IdP, p *record.Person
 		return err
 	}
 	if next != "" && next != token {
-		if err := h.cfg.People.SetRefreshToken(ctx, p.ID, next); err != nil {
-			return err
+		// A token changed meanwhile (a newer login's) stays: ours is dropped.
+		if err := h.rotated.keep(ctx, h.cfg.People, p.ID, stored, next); !settled(err) {
+			return fmt.Errorf("the IdP rotated the refresh token and the store did not take the new one (held in memory, written again at the next pass): %w", err)
 		}
 	}
 	if id == nil {

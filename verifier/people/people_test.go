@@ -214,3 +214,44 @@ func TestGrantNeedsThePersonsIdP(t *testing.T) {
 		})
 	}
 }
+
+// The re-check stores a rotated refresh token only over the one it spent:
+// a newer login's token, or none after offboarding, stays (P-16a).
+func TestReplaceRefreshToken(t *testing.T) {
+	f := newFixture(t)
+	sealer, err := NewSealer(make([]byte, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.svc.cfg.Sealer = sealer
+	ctx := t.Context()
+	id := Identity{IdP: "okta", Issuer: oktaIssuer, SubjectClaim: "sub", Subject: "00u1", RefreshToken: "r1"}
+	p, err := f.svc.Login(ctx, id, record.FlowBrowser, "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := func() string {
+		t.Helper()
+		cur, err := f.svc.Person(ctx, p.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, err := f.svc.RefreshToken(cur)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	if err := f.svc.ReplaceRefreshToken(ctx, p.ID, "r1", "r2"); err != nil || stored() != "r2" {
+		t.Fatalf("replace r1: %v, stored %q", err, stored())
+	}
+	if err := f.svc.ReplaceRefreshToken(ctx, p.ID, "r1", "r3"); !errors.Is(err, ErrTokenChanged) || stored() != "r2" {
+		t.Fatalf("replace a token no longer stored: %v, stored %q", err, stored())
+	}
+	if err := f.svc.SetRefreshToken(ctx, p.ID, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.ReplaceRefreshToken(ctx, p.ID, "r2", "r3"); !errors.Is(err, ErrTokenChanged) || stored() != "" {
+		t.Fatalf("replace after the token was dropped: %v, stored %q", err, stored())
+	}
+}

@@ -132,6 +132,26 @@ func (s *Service) SetRefreshToken(ctx context.Context, id, token string) error {
 	return err
 }
 
+// ErrTokenChanged: the person's refresh token is no longer the one a
+// replacement expected (a new login stored another, or offboarding dropped
+// it).
+var ErrTokenChanged = errors.New("the person's refresh token changed meanwhile")
+
+// ReplaceRefreshToken keeps next as person id's refresh token if the one
+// stored is still old (ErrTokenChanged otherwise): what the re-check does
+// with a token the IdP rotated, which must neither undo a newer login's
+// token nor give an offboarded person one back.
+func (s *Service) ReplaceRefreshToken(ctx context.Context, id, old, next string) error {
+	_, _, err := store.Mutate(ctx, s.cfg.Store.People, id, func(p *record.Person) error {
+		if cur, err := s.RefreshToken(p); err != nil || cur != old || cur == "" {
+			return ErrTokenChanged
+		}
+		p.RefreshToken = s.cfg.Sealer.Seal(p.ID, next)
+		return nil
+	})
+	return err
+}
+
 // ClaimCheck takes person id's periodic re-check if it is due (LastCheck
 // at least interval ago, active, with a refresh token): one compare-and-
 // set, so that of several verifier instances one refreshes the token (a

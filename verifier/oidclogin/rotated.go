@@ -1,0 +1,100 @@
+package oidclogin
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"github.com/tpmauthn/tpmauthn/api"
+	"github.com/tpmauthn/tpmauthn/verifier/people"
+)
+
+// A refresh token the IdP rotated is spent: an IdP that detects reuse
+// (Okta, Auth0, Entra with rotation on) revokes the whole grant when the
+// old one comes back, and the next re-check would then offboard the person
+// (threat model P-16a). So a new token the store did not take is not
+// dropped: it is kept in memory and written again at every pass of the
+// re-check (every tenth of the interval, at most a minute apart), well
+// before the person's check is due again at any instance, and the re-check
+// spends it rather than the stored one meanwhile. A restart of this
+// process before the store takes it still loses it.
+
+// tokenKeeper stores a rotated refresh token over the one it replaces
+// (people.Service.ReplaceRefreshToken).
+type tokenKeeper interface {
+	ReplaceRefreshToken(ctx context.Context, id, old, next string) error
+}
+
+// rotation is a rotated refresh token still to store: next replaces old.
+type rotation struct{ old, next string }
+
+// rotated holds the rotations the store has not taken yet, by person.
+type rotated struct {
+	mu      sync.Mutex
+	pending map[string]rotation
+}
+
+// keep stores next over old for person id; if the store fails, the
+// rotation is held for store's next call.
+func (r *rotated) keep(ctx context.Context, k tokenKeeper, id, old, next string) error {
+	err := k.ReplaceRefreshToken(ctx, id, old, next)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if settled(err) {
+		delete(r.pending, id)
+		return err
+	}
+	if r.pending == nil {
+		r.pending = map[string]rotation{}
+	}
+	r.pending[id] = rotation{old, next}
+	return err
+}
+
+// settled: the store took the rotation, or it no longer applies.
+func settled(err error) bool {
+	return err == nil || errors.Is(err, people.ErrTokenChanged) || errors.Is(err, api.ErrNotFound)
+}
+
+// token is the refresh token to spend for person id: a held rotation's
+// new one if stored is the token it replaces, else stored.
+func (r *rotated) token(id, stored string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if p, ok := r.pending[id]; ok && p.old == stored {
+		return p.next
+	}
+	return stored
+}
+
+// store writes every held rotation again; a person whose token changed
+// meanwhile (a new login, offboarding) or who is gone loses theirs. It
+// returns the failures that remain.
+func (r *rotated) store(ctx context.Context, k tokenKeeper) []error {
+	r.mu.Lock()
+	held := make(map[string]rotation, len(r.pending))
+	for id, p := range r.pending {
+		held[id] = p
+	}
+	r.mu.Unlock()
+	var failed []error
+	for id, p := range held {
+		err := k.ReplaceRefreshToken(ctx, id, p.old, p.next)
+		r.mu.Lock()
+		if cur, ok := r.pending[id]; ok && cur == p && settled(err) {
+			delete(r.pending, id) // unless a newer rotation replaced it meanwhile
+		}
+		r.mu.Unlock()
+		if !settled(err) {
+			failed = append(failed, err)
+		}
+	}
+	return failed
+}
+
+// held is how many rotations are still to store.
+func (r *rotated) held() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.pending)
+}

@@ -24,6 +24,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/attestation"
 	"github.com/tpmauthn/tpmauthn/audit"
 	"github.com/tpmauthn/tpmauthn/internal/atomicfile"
+	"github.com/tpmauthn/tpmauthn/internal/memconn"
 	"github.com/tpmauthn/tpmauthn/internal/natstls"
 	"github.com/tpmauthn/tpmauthn/internal/promserve"
 	"github.com/tpmauthn/tpmauthn/verifier/admin"
@@ -604,10 +605,13 @@ func (v *Verifier) connOptions(name string) ([]nats.Option, error) {
 // append, their acks, the response, the disconnect events) is about ten
 // messages a connect.
 func (v *Verifier) inProcess() nats.InProcessConnProvider {
-	if v.srv != nil {
-		return v.srv
+	switch {
+	case v.srv != nil:
+		return memconn.Provider(v.srv)
+	case v.cfg.NATSInProcess != nil:
+		return memconn.Provider(v.cfg.NATSInProcess)
 	}
-	return v.cfg.NATSInProcess
+	return nil
 }
 
 // dialURL is v.url for the verifier's own connections: in memory, with no

@@ -38,7 +38,10 @@ type Config struct {
 	// NATSInProcess, if set, is the nats-server at NATSURL running in this
 	// process: the verifier's own connections reach it through memory
 	// instead of TCP (a program that embeds both). The embedded server is
-	// always reached so.
+	// always reached so. It names one server: after that server shuts
+	// down, the verifier's reconnects fail until the verifier is started
+	// again (a program that restarts its server under a running verifier
+	// leaves this unset).
 	NATSInProcess nats.InProcessConnProvider
 	// NATSSeed is the verifier's user seed on an existing cluster; empty
 	// uses DATA_DIR/verifier.nk (the user keys.ServerConfig declares).

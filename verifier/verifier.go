@@ -244,7 +244,7 @@ func (v *Verifier) connect(context.Context) error {
 	}
 	nc, err := nats.Connect(v.dialURL(), append(opts, nats.Nkey(keys.Public(kp), kp.Sign))...)
 	if err != nil {
-		return fmt.Errorf("connect to NATS at %s as the verifier user: %w", v.url, natstls.Explain(v.url, err))
+		return fmt.Errorf("connect to NATS at %s as the verifier user: %w", v.url, natstls.Explain(v.dialURL(), err))
 	}
 	if ver := nc.ConnectedServerVersion(); !versionAtLeast(ver, minServer) {
 		nc.Close()
@@ -615,12 +615,13 @@ func (v *Verifier) inProcess() nats.InProcessConnProvider {
 }
 
 // dialURL is v.url for the verifier's own connections: in memory, with no
-// TLS scheme (nats.go would start a handshake that protects nothing).
+// TLS or WebSocket scheme (nats.go would start a handshake that protects
+// nothing, or frame a pipe as a WebSocket).
 func (v *Verifier) dialURL() string {
 	if v.inProcess() == nil {
 		return v.url
 	}
-	return strings.ReplaceAll(v.url, "tls://", "nats://")
+	return strings.NewReplacer("tls://", "nats://", "wss://", "nats://", "ws://", "nats://").Replace(v.url)
 }
 
 // Run starts the verifier and serves until ctx is done.

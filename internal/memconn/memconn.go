@@ -10,13 +10,14 @@
 // them: measured, an in-process verifier then served fewer connects a
 // second than one over loopback TCP, whose kernel buffer lets the write
 // return at once. Here Write copies into a bounded buffer and returns; a
-// goroutine of the connection's own hands the buffer to the pipe.
+// goroutine hands the buffer to the pipe while there is something to send.
 package memconn
 
 import (
 	"errors"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -24,6 +25,11 @@ import (
 // MaxBuffered is how many bytes Write buffers before it waits for the
 // pipe, as a socket's send buffer does when the reader falls behind.
 const MaxBuffered = 4 << 20
+
+// CloseDrain bounds how long Close waits for what is queued to reach the
+// other end before it closes the pipe (a socket's close sends its unsent
+// data too; nats.go's Close flushes its last commands, then closes).
+const CloseDrain = time.Second
 
 // Provider wraps an in-process connection provider so that each
 // connection it makes is buffered (Conn).
@@ -43,17 +49,20 @@ func (p provider) InProcessConn() (net.Conn, error) {
 
 // Conn is a net.Conn whose writes are buffered: Write returns once its
 // bytes are queued, in order, for the underlying connection. Reads,
-// addresses and read deadlines are the underlying connection's. A write
-// that fails fails every later Write.
+// addresses and deadlines are the underlying connection's (a write
+// deadline bounds the queue's writes to it). A write the underlying
+// connection refuses closes it, so that the reader sees the failure as a
+// socket's would, and fails every later Write.
 type Conn struct {
 	net.Conn
 	mu      sync.Mutex
-	ready   sync.Cond // queued bytes to send, or closed
-	room    sync.Cond // room in the buffer, or closed
+	room    sync.Cond // room in the buffer, the queue sent, or the end
 	queued  []byte
+	spare   []byte // the last batch's buffer, for the next queue
+	sending bool   // a sender goroutine runs
 	closed  bool
 	err     error
-	flushed chan struct{} // closed when the sender returns
+	senders sync.WaitGroup
 }
 
 // ErrClosed: Write after Close.
@@ -61,9 +70,8 @@ var ErrClosed = errors.New("memconn: connection closed")
 
 // New buffers c's writes.
 func New(c net.Conn) *Conn {
-	b := &Conn{Conn: c, flushed: make(chan struct{})}
-	b.ready.L, b.room.L = &b.mu, &b.mu
-	go b.send()
+	b := &Conn{Conn: c}
+	b.room.L = &b.mu
 	return b
 }
 
@@ -82,51 +90,76 @@ func (b *Conn) Write(p []byte) (int, error) {
 		return 0, b.err
 	}
 	b.queued = append(b.queued, p...)
-	b.ready.Signal()
+	if !b.sending {
+		// A sender runs only while there is something to send: a
+		// connection nats.go drops without closing (a failed handshake)
+		// leaves no goroutine behind.
+		b.sending = true
+		b.senders.Add(1)
+		go b.send()
+	}
 	return len(p), nil
 }
 
 // send hands what is queued to the connection, in order, one batch at a
-// time; the two buffers take turns so that the steady state allocates
-// nothing.
+// time, until the queue is empty; two buffers take turns, so the steady
+// state allocates nothing.
 func (b *Conn) send() {
-	defer close(b.flushed)
-	var spare []byte
+	defer b.senders.Done()
 	for {
 		b.mu.Lock()
-		for len(b.queued) == 0 && !b.closed {
-			b.ready.Wait()
-		}
-		if len(b.queued) == 0 { // closed, and all of it sent
-			b.mu.Unlock()
-			return
-		}
-		batch := b.queued
-		b.queued = spare[:0]
-		b.room.Broadcast()
-		b.mu.Unlock()
-
-		_, err := b.Conn.Write(batch)
-		if err != nil {
-			b.mu.Lock()
-			b.err, b.queued = err, nil
+		if len(b.queued) == 0 || b.err != nil {
+			b.sending = false
 			b.room.Broadcast()
 			b.mu.Unlock()
 			return
 		}
-		spare = batch
+		batch := b.queued
+		b.queued = b.spare[:0]
+		b.room.Broadcast()
+		b.mu.Unlock()
+
+		if _, err := b.Conn.Write(batch); err != nil {
+			b.mu.Lock()
+			if b.err == nil {
+				b.err = err
+			}
+			b.queued = nil
+			b.room.Broadcast()
+			b.mu.Unlock()
+			// The pipe may hold part of a command now: end it, so that the
+			// reader fails too and nats.go reconnects, as after a socket's
+			// failed write.
+			_ = b.Conn.Close()
+			continue // ends the loop: err is set
+		}
+		b.mu.Lock()
+		b.spare = batch
+		b.mu.Unlock()
 	}
 }
 
-// Close closes the connection; bytes still queued are dropped, as a
-// socket's are when it is closed with unsent data.
+// Close refuses further writes, waits up to CloseDrain for what is queued
+// to be sent, and closes the connection.
 func (b *Conn) Close() error {
 	b.mu.Lock()
-	b.closed, b.queued = true, nil
-	b.ready.Broadcast()
-	b.room.Broadcast()
+	b.closed = true
+	b.room.Broadcast() // writers waiting for room give up
+	timer := time.AfterFunc(CloseDrain, func() {
+		b.mu.Lock()
+		b.queued = nil // the reader is gone or stuck: give up on the rest
+		b.mu.Unlock()
+		_ = b.Conn.Close() // unblocks the sender's write
+	})
+	for b.sending {
+		b.room.Wait()
+	}
 	b.mu.Unlock()
-	err := b.Conn.Close() // unblocks a Write to the pipe under way
-	<-b.flushed
+	timer.Stop()
+	err := b.Conn.Close()
+	b.senders.Wait()
+	if errors.Is(err, net.ErrClosed) {
+		err = nil // the drain timer closed it
+	}
 	return err
 }

@@ -7,6 +7,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // A write returns before the other end reads (a bare pipe's would not),
@@ -95,5 +97,62 @@ func TestWriteErrorSticks(t *testing.T) {
 			t.Fatal("writes to a closed pipe kept succeeding")
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// A write that fails (here its deadline passes with nobody reading) ends
+// the connection, so that its reader fails too and nats.go reconnects, as
+// after a socket's failed write; before, the connection looked alive.
+func TestFailedWriteEndsConnection(t *testing.T) {
+	a, _ := net.Pipe()
+	c := New(a)
+	defer c.Close()
+	if err := c.SetWriteDeadline(time.Now().Add(50 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("PUB x 1\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.ErrClosedPipe) {
+		t.Fatalf("read after the failed write: %v, want the connection closed", err)
+	}
+	if _, err := c.Write([]byte("y")); err == nil {
+		t.Fatal("write after the failed write succeeded")
+	}
+}
+
+// Close sends what is queued before it closes, as a socket's close does
+// (nats.go's Close flushes its last commands, then closes).
+func TestCloseSendsQueued(t *testing.T) {
+	a, z := net.Pipe()
+	c := New(a)
+	got := make(chan []byte)
+	go func() { b, _ := io.ReadAll(z); got <- b }()
+	if _, err := c.Write([]byte("UNSUB 1\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if b := <-got; string(b) != "UNSUB 1\r\n" {
+		t.Fatalf("the other end got %q", b)
+	}
+}
+
+// A connection with nothing to send has no goroutine: nats.go drops a
+// connection whose handshake failed without closing it.
+func TestIdleHasNoGoroutine(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	a, z := net.Pipe()
+	c := New(a)
+	if _, err := c.Write([]byte("CONNECT {}\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(z, make([]byte, len("CONNECT {}\r\n"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := goleak.Find(ignore); err != nil {
+		t.Fatalf("an idle connection kept a goroutine: %v", err)
 	}
 }

@@ -1,6 +1,7 @@
 package oidclogin
 
 import (
+	"context"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -67,13 +68,14 @@ type Config struct {
 
 // Handler serves the login endpoints.
 type Handler struct {
-	cfg     Config
-	csrfKey []byte
-	origin  string        // the public URL's origin: what a form's Origin must be
-	states  *rate.Limiter // the global rate of state creation
-	mu      sync.Mutex
-	rps     map[string]*relyingParty // by IdP name; rebuilt when its config changes
-	rotated rotated                  // refresh tokens the IdPs rotated that the store has not taken yet
+	cfg       Config
+	csrfKey   []byte
+	origin    string        // the public URL's origin: what a form's Origin must be
+	states    *rate.Limiter // the global rate of state creation
+	mu        sync.Mutex
+	rps       map[string]*relyingParty // by IdP name; rebuilt when its config changes
+	rotated   rotated                  // refresh tokens the IdPs rotated that the store has not taken yet
+	recheckMu sync.Mutex               // one re-check pass at a time
 }
 
 // New returns a Handler.
@@ -98,8 +100,14 @@ func New(cfg Config) *Handler {
 	if cfg.StateBurst <= 0 {
 		cfg.StateBurst = DefaultStateBurst
 	}
-	return &Handler{cfg: cfg, csrfKey: newCSRFKey(), origin: publicOrigin(cfg.PublicURL),
+	h := &Handler{cfg: cfg, csrfKey: newCSRFKey(), origin: publicOrigin(cfg.PublicURL),
 		states: rate.NewLimiter(rate.Limit(cfg.StateRate), cfg.StateBurst), rps: map[string]*relyingParty{}}
+	h.rotated.revoke = func(ctx context.Context, idp, token string) error {
+		err := h.RevokeRefresh(ctx, idp, token)
+		h.cfg.Logger.Info("re-check: a held refresh token no longer applies (a newer login, offboarding, or the person is gone): revoked at the IdP", keyIdP, idp, "revoke_error", err)
+		return err
+	}
+	return h
 }
 
 // Register adds the endpoints to mux.

@@ -42,6 +42,10 @@ func (h *Handler) Recheck(ctx context.Context) {
 	if pp == nil || h.cfg.Offboard == nil {
 		return
 	}
+	// One pass at a time (the ticker's, an operator's): a pass writing a
+	// held rotation while another spends it would drop the newer token.
+	h.recheckMu.Lock()
+	defer h.recheckMu.Unlock()
 	for _, err := range h.rotated.store(ctx, h.cfg.People) {
 		h.cfg.Logger.Warn("re-check: the store still refuses a refresh token the IdP rotated; held in memory, written again at the next pass", keyError, err)
 	}
@@ -81,20 +85,25 @@ func (h *Handler) recheck(ctx context.Context, idp *policy.IdP, p *record.Person
 	if err != nil {
 		return err
 	}
+	var kept error
 	if next != "" && next != token {
-		// A token changed meanwhile (a newer login's) stays: ours is dropped.
-		if err := h.rotated.keep(ctx, h.cfg.People, p.ID, stored, next); !settled(err) {
-			return fmt.Errorf("the IdP rotated the refresh token and the store did not take the new one (held in memory, written again at the next pass): %w", err)
+		// A token changed meanwhile (a newer login's) stays: ours is
+		// dropped, and revoked.
+		if err := h.rotated.keep(ctx, h.cfg.People, p.ID, rotation{idp.Name, stored, next}); !settled(err) {
+			kept = fmt.Errorf("the IdP rotated the refresh token and the store did not take the new one (held in memory, written again at the next pass): %w", err)
 		}
 	}
+	// The groups are acted on even if the token was not stored: the check
+	// is claimed for this interval, and a group the IdP took away must not
+	// wait for the next.
 	if id == nil {
-		return nil // no ID token on refresh: groups stay as the login said
+		return kept // no ID token on refresh: groups stay as the login said
 	}
 	if id.Subject != p.Subject {
-		return fmt.Errorf("%w: %s: the refreshed ID token names subject %q, not the person's", ErrClaims, idp.Name, id.Subject)
+		return errors.Join(kept, fmt.Errorf("%w: %s: the refreshed ID token names subject %q, not the person's", ErrClaims, idp.Name, id.Subject))
 	}
 	_, err = h.cfg.Offboard.Regroup(ctx, p.ID, func([]string) []string { return id.Groups }, who)
-	return err
+	return errors.Join(kept, err)
 }
 
 // refresh spends token at idp: the identity of the new ID token (nil

@@ -16,8 +16,10 @@ import (
 // dropped: it is kept in memory and written again at every pass of the
 // re-check (every tenth of the interval, at most a minute apart), well
 // before the person's check is due again at any instance, and the re-check
-// spends it rather than the stored one meanwhile. A restart of this
-// process before the store takes it still loses it.
+// spends it rather than the stored one meanwhile. A held token that no
+// longer applies (a newer login stored another, offboarding dropped the
+// person's, the person is gone) is revoked at the IdP: nobody spends it
+// again. A restart of this process before the store takes it loses it.
 
 // tokenKeeper stores a rotated refresh token over the one it replaces
 // (people.Service.ReplaceRefreshToken).
@@ -25,35 +27,48 @@ type tokenKeeper interface {
 	ReplaceRefreshToken(ctx context.Context, id, old, next string) error
 }
 
-// rotation is a rotated refresh token still to store: next replaces old.
-type rotation struct{ old, next string }
+// rotation is a rotated refresh token of IdP idp still to store: next
+// replaces old.
+type rotation struct{ idp, old, next string }
 
 // rotated holds the rotations the store has not taken yet, by person.
 type rotated struct {
+	// revoke revokes a token at its IdP (Handler.RevokeRefresh); its
+	// failures are the IdP's to expire.
+	revoke  func(ctx context.Context, idp, token string) error
 	mu      sync.Mutex
 	pending map[string]rotation
 }
 
-// keep stores next over old for person id; if the store fails, the
-// rotation is held for store's next call.
-func (r *rotated) keep(ctx context.Context, k tokenKeeper, id, old, next string) error {
-	err := k.ReplaceRefreshToken(ctx, id, old, next)
+// keep stores rot.next over rot.old for person id; if the store fails,
+// the rotation is held for store's next call. A rotation that no longer
+// applies is revoked.
+func (r *rotated) keep(ctx context.Context, k tokenKeeper, id string, rot rotation) error {
+	err := k.ReplaceRefreshToken(ctx, id, rot.old, rot.next)
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if settled(err) {
 		delete(r.pending, id)
-		return err
+	} else {
+		if r.pending == nil {
+			r.pending = map[string]rotation{}
+		}
+		r.pending[id] = rot
 	}
-	if r.pending == nil {
-		r.pending = map[string]rotation{}
-	}
-	r.pending[id] = rotation{old, next}
+	r.mu.Unlock()
+	r.dropped(ctx, rot, err)
 	return err
 }
 
 // settled: the store took the rotation, or it no longer applies.
 func settled(err error) bool {
 	return err == nil || errors.Is(err, people.ErrTokenChanged) || errors.Is(err, api.ErrNotFound)
+}
+
+// dropped revokes rot's token if err says it no longer applies.
+func (r *rotated) dropped(ctx context.Context, rot rotation, err error) {
+	if err != nil && settled(err) && r.revoke != nil {
+		_ = r.revoke(ctx, rot.idp, rot.next)
+	}
 }
 
 // token is the refresh token to spend for person id: a held rotation's
@@ -68,8 +83,8 @@ func (r *rotated) token(id, stored string) string {
 }
 
 // store writes every held rotation again; a person whose token changed
-// meanwhile (a new login, offboarding) or who is gone loses theirs. It
-// returns the failures that remain.
+// meanwhile (a new login, offboarding) or who is gone loses theirs, which
+// is revoked. It returns the failures that remain.
 func (r *rotated) store(ctx context.Context, k tokenKeeper) []error {
 	r.mu.Lock()
 	held := make(map[string]rotation, len(r.pending))
@@ -85,6 +100,7 @@ func (r *rotated) store(ctx context.Context, k tokenKeeper) []error {
 			delete(r.pending, id) // unless a newer rotation replaced it meanwhile
 		}
 		r.mu.Unlock()
+		r.dropped(ctx, p, err)
 		if !settled(err) {
 			failed = append(failed, err)
 		}

@@ -3,6 +3,7 @@ package oidclogin
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/tpmauthn/tpmauthn/api"
@@ -37,21 +38,25 @@ func (k *keeperStore) ReplaceRefreshToken(_ context.Context, id, old, next strin
 // spent twice, and never undoes a change made meanwhile.
 func TestRotatedTokenHeld(t *testing.T) {
 	for _, tc := range []struct {
-		name      string
-		meanwhile func(k *keeperStore) // while the store is down, after the rotation
-		want      string               // the stored token once the store is back
-		wantHeld  int
+		name        string
+		meanwhile   func(k *keeperStore) // while the store is down, after the rotation
+		want        string               // the stored token once the store is back
+		wantRevoked []string             // at the IdP
 	}{
-		{"storedOnceBack", func(*keeperStore) {}, "r2", 0},
-		{"newerLoginWins", func(k *keeperStore) { k.tokens["p"] = "login" }, "login", 0},
-		{"offboardedGetsNone", func(k *keeperStore) { k.tokens["p"] = "" }, "", 0},
-		{"personGone", func(k *keeperStore) { delete(k.tokens, "p") }, "", 0},
+		{"storedOnceBack", func(*keeperStore) {}, "r2", nil},
+		{"newerLoginWins", func(k *keeperStore) { k.tokens["p"] = "login" }, "login", []string{"okta:r2"}},
+		{"offboardedGetsNone", func(k *keeperStore) { k.tokens["p"] = "" }, "", []string{"okta:r2"}},
+		{"personGone", func(k *keeperStore) { delete(k.tokens, "p") }, "", []string{"okta:r2"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			k := &keeperStore{tokens: map[string]string{"p": "r1"}}
-			var r rotated
+			var revoked []string
+			r := rotated{revoke: func(_ context.Context, idp, token string) error {
+				revoked = append(revoked, idp+":"+token)
+				return nil
+			}}
 			k.down = true
-			if err := r.keep(t.Context(), k, "p", "r1", "r2"); !errors.Is(err, errStoreDown) {
+			if err := r.keep(t.Context(), k, "p", rotation{"okta", "r1", "r2"}); !errors.Is(err, errStoreDown) {
 				t.Fatalf("keep with the store down: %v", err)
 			}
 			// The next re-check spends the new token, not the spent one.
@@ -66,8 +71,8 @@ func TestRotatedTokenHeld(t *testing.T) {
 			if errs := r.store(t.Context(), k); len(errs) != 0 {
 				t.Fatalf("store once back: %v", errs)
 			}
-			if k.tokens["p"] != tc.want || r.held() != tc.wantHeld {
-				t.Fatalf("stored %q, held %d; want %q, %d", k.tokens["p"], r.held(), tc.want, tc.wantHeld)
+			if k.tokens["p"] != tc.want || r.held() != 0 || !slices.Equal(revoked, tc.wantRevoked) {
+				t.Fatalf("stored %q, held %d, revoked %v; want %q, 0, %v", k.tokens["p"], r.held(), revoked, tc.want, tc.wantRevoked)
 			}
 			// Nothing held: the stored token is the one to spend.
 			if got := r.token("p", k.tokens["p"]); got != k.tokens["p"] {
@@ -82,7 +87,7 @@ func TestRotatedTokenHeld(t *testing.T) {
 func TestRotatedTokenOnlyForItsPredecessor(t *testing.T) {
 	k := &keeperStore{tokens: map[string]string{"p": "r1"}, down: true}
 	var r rotated
-	_ = r.keep(t.Context(), k, "p", "r1", "r2")
+	_ = r.keep(t.Context(), k, "p", rotation{"okta", "r1", "r2"})
 	if got := r.token("p", "login"); got != "login" {
 		t.Fatalf("token to spend after a newer login: %q, want login", got)
 	}
@@ -91,7 +96,7 @@ func TestRotatedTokenOnlyForItsPredecessor(t *testing.T) {
 	}
 	// A second rotation of the held token replaces the first.
 	k.down = false
-	if err := r.keep(t.Context(), k, "p", "r1", "r3"); err != nil || k.tokens["p"] != "r3" || r.held() != 0 {
+	if err := r.keep(t.Context(), k, "p", rotation{"okta", "r1", "r3"}); err != nil || k.tokens["p"] != "r3" || r.held() != 0 {
 		t.Fatalf("second rotation: %v, stored %q, held %d", err, k.tokens["p"], r.held())
 	}
 }

@@ -248,6 +248,12 @@ func TestReplaceRefreshToken(t *testing.T) {
 	if err := f.svc.ReplaceRefreshToken(ctx, p.ID, "r1", "r3"); !errors.Is(err, ErrTokenChanged) || stored() != "r2" {
 		t.Fatalf("replace a token no longer stored: %v, stored %q", err, stored())
 	}
+	if err := f.svc.Disable(ctx, p.ID, "offboarded", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.ReplaceRefreshToken(ctx, p.ID, "r2", "r3"); !errors.Is(err, ErrTokenChanged) || stored() != "r2" {
+		t.Fatalf("replace for a disabled person: %v, stored %q", err, stored())
+	}
 	if err := f.svc.SetRefreshToken(ctx, p.ID, ""); err != nil {
 		t.Fatal(err)
 	}

@@ -138,13 +138,14 @@ func (s *Service) SetRefreshToken(ctx context.Context, id, token string) error {
 var ErrTokenChanged = errors.New("the person's refresh token changed meanwhile")
 
 // ReplaceRefreshToken keeps next as person id's refresh token if the one
-// stored is still old (ErrTokenChanged otherwise): what the re-check does
-// with a token the IdP rotated, which must neither undo a newer login's
-// token nor give an offboarded person one back.
+// stored is still old and the person is not disabled (ErrTokenChanged
+// otherwise): what the re-check does with a token the IdP rotated, which
+// must neither undo a newer login's token nor give an offboarded person
+// one back.
 func (s *Service) ReplaceRefreshToken(ctx context.Context, id, old, next string) error {
 	_, _, err := store.Mutate(ctx, s.cfg.Store.People, id, func(p *record.Person) error {
-		if cur, err := s.RefreshToken(p); err != nil || cur != old || cur == "" {
-			return ErrTokenChanged
+		if cur, err := s.RefreshToken(p); err != nil || cur != old || cur == "" || !p.Disabled.IsZero() {
+			return ErrTokenChanged // a disabled person gets no token back either
 		}
 		p.RefreshToken = s.cfg.Sealer.Seal(p.ID, next)
 		return nil

@@ -25,13 +25,21 @@ import (
 
 type ctxKey struct{}
 
+// peerConn is a connection to the socket and when it was accepted (boot
+// clock ticks): a caller must have started before it.
+type peerConn struct {
+	c        *net.UnixConn
+	accepted uint64
+}
+
 // connContext attaches the connection to each request's context, for the
 // peer lookup.
 func (a *Agent) connContext(ctx context.Context, c net.Conn) context.Context {
 	if u, ok := c.(interface{ Unwrap() net.Conn }); ok { // the per-uid cap's wrapper
 		c = u.Unwrap()
 	}
-	return context.WithValue(ctx, ctxKey{}, c)
+	uc, _ := c.(*net.UnixConn)
+	return context.WithValue(ctx, ctxKey{}, peerConn{uc, bootTicks()})
 }
 
 const maxRequestBody = 4096
@@ -84,12 +92,12 @@ func (a *Agent) withCallerFor(timeout time.Duration, h func(http.ResponseWriter,
 // whichever comes first.
 func (a *Agent) withPeer(timeout time.Duration, h func(http.ResponseWriter, *http.Request, *Peer)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		c, ok := r.Context().Value(ctxKey{}).(*net.UnixConn)
-		if !ok {
+		pc, ok := r.Context().Value(ctxKey{}).(peerConn)
+		if !ok || pc.c == nil {
 			writeErr(w, http.StatusForbidden, "not a Unix socket connection", "")
 			return
 		}
-		p, err := a.peers.identify(c)
+		p, err := a.peers.identify(pc.c, pc.accepted)
 		if err != nil {
 			a.log.Warn("caller not identified", "error", err)
 			writeErr(w, http.StatusForbidden, "cannot identify the calling process", err.Error())

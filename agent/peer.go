@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -66,12 +67,17 @@ func newPeerIdentifier() *peerIdentifier {
 	return &peerIdentifier{procRoot: "/proc", hashes: map[exeKey]string{}}
 }
 
-// identify names the process at the other end of c. PID reuse is guarded
+// identify names the process at the other end of c, a connection
+// accepted at boot-clock tick accepted (bootTicks). PID reuse is guarded
 // against with a pidfd (SO_PEERPIDFD where the kernel has it, which is
 // atomic with the connection; pidfd_open otherwise) that must still name a
-// live process after /proc was read, and with the process start time read
-// before and after.
-func (pi *peerIdentifier) identify(c *net.UnixConn) (*Peer, error) {
+// live process after /proc was read; with the process start time read
+// before and after; and with that start time no later than the
+// connection's accept. The last closes the gap pidfd_open leaves on
+// kernels before 6.5, and on a kept-alive connection whose connecting
+// process has exited: SO_PEERCRED still gives its PID, which a process
+// started since may hold now (found by review).
+func (pi *peerIdentifier) identify(c *net.UnixConn, accepted uint64) (*Peer, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return nil, err
@@ -84,8 +90,12 @@ func (pi *peerIdentifier) identify(c *net.UnixConn) (*Peer, error) {
 		if cerr != nil {
 			return
 		}
-		if pfd, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD); err == nil {
+		pfd, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD)
+		switch {
+		case err == nil:
 			pidfd = pfd
+		case !errors.Is(err, unix.ENOPROTOOPT): // a kernel that has it, and refused: the peer is gone
+			cerr = fmt.Errorf("%w: SO_PEERPIDFD: %w", ErrPeerGone, err)
 		}
 	})
 	if err == nil {
@@ -104,6 +114,9 @@ func (pi *peerIdentifier) identify(c *net.UnixConn) (*Peer, error) {
 	before, err := pi.startTime(p.PID)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrPeerGone, err)
+	}
+	if before > accepted {
+		return nil, fmt.Errorf("%w: PID %d is held by a process started after the connection", ErrPeerGone, p.PID)
 	}
 	pi.fill(p)
 	after, err := pi.startTime(p.PID)
@@ -166,6 +179,21 @@ func (pi *peerIdentifier) exeHash(path string) (string, error) {
 	pi.mu.Unlock()
 	return h, nil
 }
+
+// bootTicks is the boot clock (CLOCK_BOOTTIME, which counts suspend as
+// /proc's start times do) in the clock ticks of /proc/PID/stat (USER_HZ,
+// 100 a second on Linux).
+func bootTicks() uint64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0 // every peer then looks started after: refused, fail closed
+	}
+	return uint64(ts.Nano()) / (uint64(time.Second) / userHZ)
+}
+
+// userHZ is the unit of /proc's clock ticks: the kernel's USER_HZ, which
+// is 100 on every Linux architecture.
+const userHZ = 100
 
 // startTime is field 22 of the stat of the process's main thread
 // (/proc/PID/task/PID/stat: clock ticks since boot), which is the

@@ -35,7 +35,7 @@ func BenchmarkIdentify(b *testing.B) {
 	pi := newPeerIdentifier()
 	b.Run("Identify", func(b *testing.B) {
 		for b.Loop() {
-			if _, err := pi.identify(uc); err != nil {
+			if _, err := pi.identify(uc, bootTicks()); err != nil {
 				b.Fatal(err)
 			}
 		}

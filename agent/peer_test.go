@@ -167,3 +167,36 @@ func TestAttackIdleSocketConnections(t *testing.T) {
 		t.Fatalf("an idle connection after 5 s: %v, want closed by the server", err)
 	}
 }
+
+// Review finding: a connection's caller is the process that connected;
+// a process holding its PID now but started after the connection was
+// accepted (the connecting process exited, its PID was reused; pidfd_open
+// then names the new process) is refused.
+func TestAttackPIDReusedAfterAccept(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := net.Dial("unix", sock); err == nil {
+			defer c.Close()
+			_, _ = c.Read(make([]byte, 1))
+		}
+	}()
+	c, err := ln.AcceptUnix()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pi := newPeerIdentifier()
+	if _, err := pi.identify(c, bootTicks()); err != nil {
+		t.Fatalf("a caller started before the accept: %v", err)
+	}
+	// This process started after boot: as if the connection had been
+	// accepted then, and its PID had been taken by this process since.
+	if _, err := pi.identify(c, 0); !errors.Is(err, ErrPeerGone) {
+		t.Fatalf("a caller started after the accept: %v, want ErrPeerGone", err)
+	}
+}

@@ -1,8 +1,6 @@
 package agent
 
 import (
-	"net"
-	"path/filepath"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -13,25 +11,7 @@ import (
 // every request to the agent's socket does; the baseline is SO_PEERCRED
 // alone on the same connection.
 func BenchmarkIdentify(b *testing.B) {
-	path := filepath.Join(b.TempDir(), "s")
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		c, err := net.Dial("unix", path)
-		if err == nil {
-			defer c.Close()
-			_, _ = c.Read(make([]byte, 1))
-		}
-	}()
-	c, err := l.Accept()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	uc := c.(*net.UnixConn)
+	uc := selfConn(b)
 	pi := newPeerIdentifier()
 	b.Run("Identify", func(b *testing.B) {
 		for b.Loop() {

@@ -173,23 +173,7 @@ func TestAttackIdleSocketConnections(t *testing.T) {
 // accepted (the connecting process exited, its PID was reused; pidfd_open
 // then names the new process) is refused.
 func TestAttackPIDReusedAfterAccept(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "s.sock")
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		if c, err := net.Dial("unix", sock); err == nil {
-			defer c.Close()
-			_, _ = c.Read(make([]byte, 1))
-		}
-	}()
-	c, err := ln.AcceptUnix()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := selfConn(t)
 	pi := newPeerIdentifier()
 	if _, err := pi.identify(c, bootTicks()); err != nil {
 		t.Fatalf("a caller started before the accept: %v", err)
@@ -199,4 +183,28 @@ func TestAttackPIDReusedAfterAccept(t *testing.T) {
 	if _, err := pi.identify(c, 0); !errors.Is(err, ErrPeerGone) {
 		t.Fatalf("a caller started after the accept: %v, want ErrPeerGone", err)
 	}
+}
+
+// selfConn is the accepted end of a Unix socket connection this process
+// made to itself; both ends close with the test.
+func selfConn(tb testing.TB) *net.UnixConn {
+	tb.Helper()
+	sock := filepath.Join(tb.TempDir(), "s.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := net.Dial("unix", sock); err == nil {
+			defer c.Close()
+			_, _ = c.Read(make([]byte, 1)) // until the accepted end closes
+		}
+	}()
+	c, err := ln.AcceptUnix()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = c.Close() })
+	return c
 }

@@ -115,11 +115,18 @@ func (h *Handler) viewerOf(r *http.Request, op string) (*viewer, error) {
 }
 
 // page renders a console page for the viewer of op.
+// pageLoadTimeout bounds a page's reads of the store.
+const pageLoadTimeout = 10 * time.Second
+
 func (h *Handler) page(w http.ResponseWriter, r *http.Request, op, name, title string, load func(ctx context.Context, v *viewer) (map[string]any, error)) {
 	v, err := h.viewerOf(r, op)
 	if err == nil {
 		var data map[string]any
-		if data, err = load(r.Context(), v); err == nil {
+		// A page waits for the store at most this long, then says the
+		// store is unavailable rather than keep the browser waiting.
+		ctx, cancel := context.WithTimeout(r.Context(), pageLoadTimeout)
+		defer cancel()
+		if data, err = load(ctx, v); err == nil {
 			data["V"], data["Person"] = v, v.Person
 			passkey.RenderWith(w, pages, http.StatusOK, name, h.cfg.Passkeys.PageData(r, title, data), h.cfg.WebsocketURL)
 			return

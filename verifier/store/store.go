@@ -242,17 +242,21 @@ func Take(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64) er
 	return nil
 }
 
-// List reads every record of a bucket.
+// List reads every record of a bucket: all of them, or an error. It
+// watches the bucket itself rather than through nats.go's ListKeys, whose
+// key channel ends silently both at the end of the keys and when ctx is
+// done or the watch's subscription closes: a caller (a host's revocation)
+// would then act on part of the bucket as if it were all of it.
 func List[T any, P interface {
 	*T
 	record.Versioned
 }](ctx context.Context, kv jetstream.KeyValue) ([]P, error) {
-	lister, err := kv.ListKeys(ctx)
+	keys, err := listKeys(ctx, kv)
 	if err != nil {
-		return nil, unavailable(err, "%s list", kv.Bucket())
+		return nil, err
 	}
 	out := []P{} // JSON [] rather than null when empty
-	for key := range lister.Keys() {
+	for _, key := range keys {
 		v, _, err := Get[T, P](ctx, kv, key)
 		if errors.Is(err, api.ErrNotFound) {
 			continue // deleted meanwhile
@@ -263,6 +267,44 @@ func List[T any, P interface {
 		out = append(out, v)
 	}
 	return out, nil
+}
+
+// errWatchEnded: the watch's subscription closed before the bucket's
+// last key (the connection closed, or the consumer went away).
+var errWatchEnded = errors.New("the watch ended before the last key")
+
+// listKeys is every key of kv: all of them (the watch's end-of-initial-
+// values marker seen), or an error.
+func listKeys(ctx context.Context, kv jetstream.KeyValue) ([]string, error) {
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes(), jetstream.MetaOnly())
+	if err != nil {
+		return nil, unavailable(err, "%s list", kv.Bucket())
+	}
+	defer func() {
+		_ = w.Stop()
+		// The watch's callback holds its lock while it hands over an
+		// update, and the close of its channel waits for that lock: read
+		// what is left until the channel closes, or both wait for ever.
+		go func() {
+			for range w.Updates() {
+			}
+		}()
+	}()
+	var keys []string
+	for {
+		select {
+		case e, ok := <-w.Updates():
+			switch {
+			case !ok:
+				return nil, unavailable(errWatchEnded, "%s list", kv.Bucket())
+			case e == nil: // all the initial values are in
+				return keys, nil
+			}
+			keys = append(keys, e.Key())
+		case <-ctx.Done():
+			return nil, unavailable(ctx.Err(), "%s list", kv.Bucket())
+		}
+	}
 }
 
 // ErrFull: JetStream refused a write for want of space, the server's

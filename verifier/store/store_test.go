@@ -2,10 +2,12 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
@@ -163,5 +165,43 @@ func TestStoreFullIsUnavailable(t *testing.T) {
 	js.NC.Close()
 	if err := s.Probe(t.Context()); !errors.Is(err, api.ErrUnavailable) || errors.Is(err, ErrFull) {
 		t.Fatalf("closed connection: %v, want api.ErrUnavailable without ErrFull", err)
+	}
+}
+
+// List returns every record or an error, never a part: a deadline that
+// passes while it waits for the bucket's keys, or a connection lost meanwhile,
+// is an error. nats.go's ListKeys ends its key channel silently on either,
+// so a host revoke could have revoked some of its credentials and said
+// done.
+func TestListWholeOrError(t *testing.T) {
+	js := jstest.Start(t)
+	s, err := Open(t.Context(), js.NC, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 3000
+	for i := range n {
+		id := fmt.Sprintf("c%d", i)
+		if _, err := s.Credentials.Put(t.Context(), id, []byte(`{"v":1,"id":"`+id+`","status":"active"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	partial := 0
+	for i := range 40 {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Duration(1+i)*time.Millisecond)
+		got, err := List[record.Credential](ctx, s.Credentials)
+		cancel()
+		switch {
+		case err != nil && !errors.Is(err, api.ErrUnavailable):
+			t.Fatalf("deadline %d ms: %v, want ErrUnavailable", 1+i, err)
+		case err == nil && len(got) != n:
+			partial++
+		}
+	}
+	if partial > 0 {
+		t.Fatalf("%d of 40 lists under a deadline returned part of the bucket without an error", partial)
+	}
+	if got, err := List[record.Credential](t.Context(), s.Credentials); err != nil || len(got) != n {
+		t.Fatalf("without a deadline: %d records, %v", len(got), err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/audit"
 	"github.com/tpmauthn/tpmauthn/verifier/backup"
 	"github.com/tpmauthn/tpmauthn/verifier/natsapi"
+	"github.com/tpmauthn/tpmauthn/verifier/store"
 )
 
 // backupPageBytes bounds a backup page's data: base64 adds a third, and a
@@ -74,16 +75,11 @@ func (s *Service) bucket(name string) jetstream.KeyValue {
 // backupPageBytes. Each page lists the keys again: buckets hold thousands
 // of records, not millions.
 func readBucket(ctx context.Context, kv jetstream.KeyValue, after string) (*api.BackupPage, error) {
-	lister, err := kv.ListKeys(ctx)
+	all, err := store.Keys(ctx, kv)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s list: %w", api.ErrUnavailable, kv.Bucket(), err)
+		return nil, err
 	}
-	var keys []string
-	for k := range lister.Keys() {
-		if k > after {
-			keys = append(keys, k)
-		}
-	}
+	keys := slices.DeleteFunc(all, func(k string) bool { return k <= after })
 	slices.Sort(keys)
 	page := &api.BackupPage{Records: []api.BackupRecord{}}
 	size := 0

@@ -179,12 +179,12 @@ var errNotDue = errors.New("not due")
 // List reads every person record (the people bucket also holds SCIM
 // groups, whose keys have a '.', unlike a person's ID).
 func (s *Service) List(ctx context.Context) ([]*record.Person, error) {
-	lister, err := s.cfg.Store.People.ListKeys(ctx)
+	keys, err := store.Keys(ctx, s.cfg.Store.People)
 	if err != nil {
-		return nil, fmt.Errorf("%w: list people: %w", api.ErrUnavailable, err)
+		return nil, fmt.Errorf("list people: %w", err)
 	}
 	out := []*record.Person{}
-	for key := range lister.Keys() {
+	for _, key := range keys {
 		if strings.Contains(key, ".") {
 			continue
 		}

@@ -433,13 +433,13 @@ func (s *Service) CredentialStatus(ctx context.Context, body []byte) (any, error
 	if _, err := s.cfg.Fleet.ActiveHost(ctx, req.HostID); err != nil {
 		return nil, err
 	}
-	lister, err := s.cfg.Fleet.Store.Workloads.ListKeysFiltered(ctx, req.HostID+".*")
+	keys, err := store.Keys(ctx, s.cfg.Fleet.Store.Workloads, req.HostID+".*")
 	if err != nil {
 		return nil, err
 	}
 	out := []api.CredentialState{}
 	now := time.Now()
-	for key := range lister.Keys() {
+	for _, key := range keys {
 		idx, _, err := store.Get[record.WorkloadIndex](ctx, s.cfg.Fleet.Store.Workloads, key)
 		if err != nil {
 			continue

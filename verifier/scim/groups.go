@@ -68,13 +68,13 @@ func (g *groups) Get(r *http.Request, id string) (scim.Resource, error) {
 
 func (g *groups) GetAll(r *http.Request, params scim.ListRequestParams) (scim.Page, error) {
 	ctx, idp := r.Context(), idpOf(r)
-	lister, err := g.h.cfg.Store.People.ListKeys(ctx)
+	keys, err := store.Keys(ctx, g.h.cfg.Store.People)
 	if err != nil {
 		return scim.Page{}, storeError(err)
 	}
 	var rs []scim.Resource
 	prefix := record.SCIMGroupKey(idp.Name, "")
-	for key := range lister.Keys() {
+	for _, key := range keys {
 		id, ok := strings.CutPrefix(key, prefix)
 		if !ok {
 			continue

@@ -251,7 +251,7 @@ func List[T any, P interface {
 	*T
 	record.Versioned
 }](ctx context.Context, kv jetstream.KeyValue) ([]P, error) {
-	keys, err := listKeys(ctx, kv)
+	keys, err := Keys(ctx, kv)
 	if err != nil {
 		return nil, err
 	}
@@ -273,10 +273,19 @@ func List[T any, P interface {
 // last key (the connection closed, or the consumer went away).
 var errWatchEnded = errors.New("the watch ended before the last key")
 
-// listKeys is every key of kv: all of them (the watch's end-of-initial-
-// values marker seen), or an error.
-func listKeys(ctx context.Context, kv jetstream.KeyValue) ([]string, error) {
-	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes(), jetstream.MetaOnly())
+// Keys is every key of kv, or every key matching one of filters (NATS
+// subject wildcards): all of them (the watch's end-of-initial-values
+// marker seen), or an error (api.ErrUnavailable). Use it, never
+// kv.ListKeys, whose channel ends silently on a done context.
+func Keys(ctx context.Context, kv jetstream.KeyValue, filters ...string) ([]string, error) {
+	opts := []jetstream.WatchOpt{jetstream.IgnoreDeletes(), jetstream.MetaOnly()}
+	var w jetstream.KeyWatcher
+	var err error
+	if len(filters) == 0 {
+		w, err = kv.WatchAll(ctx, opts...)
+	} else {
+		w, err = kv.WatchFiltered(ctx, filters, opts...)
+	}
 	if err != nil {
 		return nil, unavailable(err, "%s list", kv.Bucket())
 	}

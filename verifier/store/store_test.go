@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -203,5 +204,27 @@ func TestListWholeOrError(t *testing.T) {
 	}
 	if got, err := List[record.Credential](t.Context(), s.Credentials); err != nil || len(got) != n {
 		t.Fatalf("without a deadline: %d records, %v", len(got), err)
+	}
+}
+
+// Keys with a filter lists the matching keys only (a host's workloads).
+func TestKeysFiltered(t *testing.T) {
+	js := jstest.Start(t)
+	s, err := Open(t.Context(), js.NC, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"h1.a", "h1.b", "h2.a"} {
+		if _, err := s.Workloads.Put(t.Context(), k, []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := Keys(t.Context(), s.Workloads, "h1.*")
+	slices.Sort(got)
+	if err != nil || !slices.Equal(got, []string{"h1.a", "h1.b"}) {
+		t.Fatalf("h1.*: %v, %v", got, err)
+	}
+	if got, err := Keys(t.Context(), s.Workloads, "h3.*"); err != nil || len(got) != 0 {
+		t.Fatalf("no match: %v, %v", got, err)
 	}
 }

@@ -270,7 +270,10 @@ func TestBrowserConsole(t *testing.T) {
 		load(alice, "/console/hosts/"+hostID, "#credentials")
 		sel := fmt.Sprintf(`button.act[data-op="credential.revoke"][data-id=%q]`, appCred)
 		start := time.Now()
-		alice.MustDo(chromedp.Evaluate[chromedp.Void](`document.querySelector(` + strconv.Quote(sel) + `).click()`))
+		// window.beforeReload marks this page: the page reloads itself
+		// 300 ms after a done action, and a navigation of the next subtest
+		// in that window would lose to the reload (it did, twice).
+		alice.MustDo(chromedp.Evaluate[chromedp.Void](`window.beforeReload = true; document.querySelector(` + strconv.Quote(sel) + `).click()`))
 		select {
 		case <-dropped:
 			t.Logf("revoked from the console: the workload's TCP session dropped %v after the click (passkey ceremony included)", time.Since(start))
@@ -289,6 +292,7 @@ func TestBrowserConsole(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
+		alice.MustDo(browsertest.Until(`!window.beforeReload && document.readyState == "complete"`, 5*time.Second))
 	})
 
 	t.Run("websocketOrigin", func(t *testing.T) {

@@ -114,10 +114,10 @@ func (h *Handler) viewerOf(r *http.Request, op string) (*viewer, error) {
 	return v, nil
 }
 
-// page renders a console page for the viewer of op.
 // pageLoadTimeout bounds a page's reads of the store.
 const pageLoadTimeout = 10 * time.Second
 
+// page renders a console page for the viewer of op.
 func (h *Handler) page(w http.ResponseWriter, r *http.Request, op, name, title string, load func(ctx context.Context, v *viewer) (map[string]any, error)) {
 	v, err := h.viewerOf(r, op)
 	if err == nil {

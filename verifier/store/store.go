@@ -15,6 +15,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -131,9 +133,41 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Store, error) {
 		if err != nil {
 			return nil, fmt.Errorf("KV bucket %s: %w (is JetStream enabled for the %s account?)", b.name, err, keys.AccountAuth)
 		}
-		*b.dst = kv
+		stream, err := js.Stream(ctx, "KV_"+b.name)
+		if err != nil {
+			return nil, fmt.Errorf("KV bucket %s: its stream: %w", b.name, err)
+		}
+		*b.dst = bucket{KeyValue: kv, stream: stream}
 	}
 	return &s, nil
+}
+
+// bucket is a KV bucket that knows its stream, which Keys asks for the
+// last sequence of the keys it lists.
+type bucket struct {
+	jetstream.KeyValue
+	stream jetstream.Stream
+}
+
+// lastSeq is the stream sequence of the last message (a put, or a delete
+// or purge marker) on any key matching filters (all keys if none), 0 if
+// there is none.
+func (b bucket) lastSeq(ctx context.Context, filters []string) (uint64, error) {
+	if len(filters) == 0 {
+		filters = []string{">"}
+	}
+	var last uint64
+	for _, f := range filters {
+		m, err := b.stream.GetLastMsgForSubject(ctx, "$KV."+b.Bucket()+"."+f)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		last = max(last, m.Sequence)
+	}
+	return last, nil
 }
 
 // Durable are the buckets whose records outlive a session, in the order a
@@ -274,46 +308,90 @@ func List[T any, P interface {
 var errWatchEnded = errors.New("the watch ended before the last key")
 
 // Keys is every key of kv, or every key matching one of filters (NATS
-// subject wildcards): all of them (the watch's end-of-initial-values
-// marker seen), or an error (api.ErrUnavailable). Use it, never
+// subject wildcards), sorted, each once: all of them, or an error
+// (api.ErrUnavailable). kv must be one of Store's buckets. Use it, never
 // kv.ListKeys, whose channel ends silently on a done context.
+//
+// It does not trust the watch's end-of-initial-values marker, nor the
+// pending count on each entry: both come from the server's count of what
+// the consumer has left, which is approximate while the bucket is written
+// (seen here: a listing of 2000 keys, some rewritten as it ran, ended with
+// 1996), and the credentials bucket is rewritten on every connect. Keys
+// instead reads the stream's last sequence on the listed keys once the
+// watch has begun, applies puts and deletes to a set in stream order, and
+// ends at the first entry at or past that sequence: every key that
+// existed then is in, or was deleted after. A message at that sequence
+// can only go undelivered by being replaced (a rewrite or a delete marker,
+// later on the same key, so delivered) or by expiring; an idle watch
+// reads the last sequence again for the latter.
 func Keys(ctx context.Context, kv jetstream.KeyValue, filters ...string) ([]string, error) {
-	opts := []jetstream.WatchOpt{jetstream.IgnoreDeletes(), jetstream.MetaOnly()}
+	b, ok := kv.(bucket)
+	if !ok {
+		return nil, fmt.Errorf("%w: %s list: not a bucket of the store", api.ErrUnavailable, kv.Bucket())
+	}
+	opts := []jetstream.WatchOpt{jetstream.MetaOnly()}
 	var w jetstream.KeyWatcher
 	var err error
 	if len(filters) == 0 {
 		w, err = kv.WatchAll(ctx, opts...)
 	} else {
-		w, err = kv.WatchFiltered(ctx, filters, opts...)
+		// WatchFiltered prefixes the caller's slice in place.
+		w, err = kv.WatchFiltered(ctx, slices.Clone(filters), opts...)
 	}
 	if err != nil {
 		return nil, unavailable(err, "%s list", kv.Bucket())
 	}
-	defer func() {
-		_ = w.Stop()
-		// The watch's callback holds its lock while it hands over an
-		// update, and the close of its channel waits for that lock: read
-		// what is left until the channel closes, or both wait for ever.
-		go func() {
-			for range w.Updates() {
-			}
-		}()
-	}()
-	var keys []string
-	for {
+	defer stopWatch(w)
+	end, err := b.lastSeq(ctx, filters)
+	if err != nil {
+		return nil, unavailable(err, "%s list: last sequence", kv.Bucket())
+	}
+	keys := map[string]struct{}{}
+	var seen uint64 // the last sequence delivered
+	idle := time.NewTimer(keysIdle)
+	defer idle.Stop()
+	for seen < end {
 		select {
 		case e, ok := <-w.Updates():
 			switch {
 			case !ok:
 				return nil, unavailable(errWatchEnded, "%s list", kv.Bucket())
-			case e == nil: // all the initial values are in
-				return keys, nil
+			case e == nil: // the watcher's marker, see above
+				continue
+			case e.Operation() == jetstream.KeyValuePut:
+				keys[e.Key()] = struct{}{}
+			default: // a delete or purge marker
+				delete(keys, e.Key())
 			}
-			keys = append(keys, e.Key())
+			seen = e.Revision()
+			idle.Reset(keysIdle)
+		case <-idle.C:
+			if end, err = b.lastSeq(ctx, filters); err != nil {
+				return nil, unavailable(err, "%s list: last sequence", kv.Bucket())
+			}
+			idle.Reset(keysIdle)
 		case <-ctx.Done():
 			return nil, unavailable(ctx.Err(), "%s list", kv.Bucket())
 		}
 	}
+	return slices.Sorted(maps.Keys(keys)), nil
+}
+
+// keysIdle is how long Keys waits for the watch before it reads the last
+// sequence again (the one it waits for may have expired).
+const keysIdle = 200 * time.Millisecond
+
+// stopWatch stops w without making its caller wait: Stop deletes the
+// consumer (a request to the server), and the watch's callback holds its
+// lock while it hands over an update, which the close of its channel
+// waits for. So the rest of the channel is read, until it closes, while
+// Stop runs.
+func stopWatch(w jetstream.KeyWatcher) {
+	go func() {
+		for range w.Updates() {
+		}
+	}()
+	go func() { _ = w.Stop() }()
 }
 
 // ErrFull: JetStream refused a write for want of space, the server's

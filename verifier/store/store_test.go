@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -226,5 +227,98 @@ func TestKeysFiltered(t *testing.T) {
 	}
 	if got, err := Keys(t.Context(), s.Workloads, "h3.*"); err != nil || len(got) != 0 {
 		t.Fatalf("no match: %v, %v", got, err)
+	}
+}
+
+// Keys lists every key while other writers rewrite them: the credentials
+// bucket keeps one revision a key, so a rewrite during a listing removes the
+// revision the watch was about to deliver, and a listing that trusted the
+// server's pending count ended before the last key (a host revoke that
+// missed a credential). Each key is listed once; keys deleted and made
+// again meanwhile may or may not be in, the others always are.
+func TestKeysWhileWritten(t *testing.T) {
+	js := jstest.Start(t)
+	s, err := Open(t.Context(), js.NC, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 2000
+	for i := range n {
+		if _, err := s.Credentials.Put(t.Context(), fmt.Sprintf("c%d", i), []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Workloads.Put(t.Context(), fmt.Sprintf("h%d.w%d", i%2, i), []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, stop := context.WithCancel(t.Context())
+	var writers sync.WaitGroup
+	for w := range 4 {
+		writers.Go(func() {
+			for i := w; ctx.Err() == nil; i += 4 {
+				_, _ = s.Credentials.Put(ctx, fmt.Sprintf("c%d", i%n), []byte(`{"n":1}`))
+				_, _ = s.Workloads.Put(ctx, fmt.Sprintf("h%d.w%d", i%2, i%n), []byte(`{"n":1}`))
+				// Churn: a key made and deleted, on and off.
+				_, _ = s.Credentials.Put(ctx, fmt.Sprintf("tmp%d", i%50), []byte(`{}`))
+				_ = s.Credentials.Delete(ctx, fmt.Sprintf("tmp%d", (i+25)%50))
+			}
+		})
+	}
+	defer func() { stop(); writers.Wait() }()
+	stable := func(prefix string) func(string) bool {
+		return func(k string) bool { return strings.HasPrefix(k, prefix) }
+	}
+	cases := []struct {
+		name   string
+		kv     jetstream.KeyValue
+		filter []string
+		want   int
+		keep   func(string) bool
+	}{
+		{"all", s.Credentials, nil, n, stable("c")},
+		{"filtered", s.Workloads, []string{"h1.*"}, n / 2, stable("h1.")},
+	}
+	for round := range 10 {
+		for _, c := range cases {
+			got, err := Keys(t.Context(), c.kv, c.filter...)
+			if err != nil {
+				t.Fatalf("%s round %d: %v", c.name, round, err)
+			}
+			if len(slices.Compact(slices.Clone(got))) != len(got) {
+				t.Fatalf("%s round %d: a key listed twice", c.name, round)
+			}
+			kept := 0
+			for _, k := range got {
+				if c.keep(k) {
+					kept++
+				} else if !strings.HasPrefix(k, "tmp") {
+					t.Fatalf("%s round %d: %s does not match %v", c.name, round, k, c.filter)
+				}
+			}
+			if kept != c.want {
+				t.Fatalf("%s round %d: %d of %d keys listed while they were rewritten", c.name, round, kept, c.want)
+			}
+		}
+	}
+}
+
+// Keys of an empty bucket, or with a filter nothing matches, is empty at
+// once; a KV bucket that is not the store's is refused, not listed with a
+// guess at where its end is.
+func TestKeysEmptyAndForeign(t *testing.T) {
+	js := jstest.Start(t)
+	s, err := Open(t.Context(), js.NC, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Keys(t.Context(), s.EKAllow); err != nil || len(got) != 0 {
+		t.Fatalf("empty bucket: %v, %v", got, err)
+	}
+	foreign, err := s.JS.CreateOrUpdateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: "foreign"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Keys(t.Context(), foreign); !errors.Is(err, api.ErrUnavailable) {
+		t.Fatalf("a foreign bucket: %v, want ErrUnavailable", err)
 	}
 }

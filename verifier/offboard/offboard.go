@@ -116,7 +116,7 @@ func (s *Service) Offboard(ctx context.Context, id, reason, actor string) (*Resu
 	}
 	res := &Result{Person: p}
 	why := "person " + id + " offboarded by " + actor + ": " + reason
-	revoked, kicked, cutErr := s.cut(ctx, p.Credentials, func(*record.Credential) action { return revokeAndKick }, why, actor)
+	revoked, kicked, cutErr := s.cut(ctx, p.Credentials, func(*record.Credential) action { return revokeAndKick }, 0, why, actor)
 	res.Revoked, res.Kicked = revoked, kicked
 	idpErr := s.revokeRefresh(ctx, p)
 	res.IdPRevoked = idpErr == nil && len(p.RefreshToken) > 0
@@ -173,6 +173,9 @@ func (s *Service) revokeRefresh(ctx context.Context, p *record.Person) error {
 	return err
 }
 
+// errFenced: the credential's fence is this regroup's or a later one's.
+var errFenced = errors.New("fenced already")
+
 // action is what cut does to one credential.
 type action int
 
@@ -185,7 +188,10 @@ const (
 // cut does to each credential of ids what act says (revoke it, kick its
 // sessions), all at once: each KickAll waits for every server's answer, so
 // one after another would add up past a second.
-func (s *Service) cut(ctx context.Context, ids []string, act func(*record.Credential) action, why, actor string) ([]string, int, error) {
+//
+// A fence (non-zero: a regroup's new Person.GroupsGen) is raised on each
+// credential kicked only, see cutOne.
+func (s *Service) cut(ctx context.Context, ids []string, act func(*record.Credential) action, fence uint64, why, actor string) ([]string, int, error) {
 	var (
 		mu      sync.Mutex
 		wg      sync.WaitGroup
@@ -197,7 +203,7 @@ func (s *Service) cut(ctx context.Context, ids []string, act func(*record.Creden
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, did, n, err := s.cutOne(ctx, cid, act, why, actor)
+			c, did, n, err := s.cutOne(ctx, cid, act, fence, why, actor)
 			mu.Lock()
 			defer mu.Unlock()
 			if did {
@@ -216,7 +222,15 @@ func (s *Service) cut(ctx context.Context, ids []string, act func(*record.Creden
 
 // cutOne does to credential id what act says: revoke it (unless it is
 // revoked already) and kick its sessions, or kick them only.
-func (s *Service) cutOne(ctx context.Context, id string, act func(*record.Credential) action, why, actor string) (*record.Credential, bool, int, error) {
+//
+// Kicking only, with a fence, it first raises the credential's GroupsGen
+// to fence, a compare-and-set, and kicks the sessions of the record it
+// wrote: a connect that read the person's old groups either committed
+// before (its session is in that record, kicked) or loses its
+// compare-and-set and decides again, with a person record of this
+// generation or later (verifier/authn/person). A connect that is granted
+// after the kick cannot hold the roles the regroup took away.
+func (s *Service) cutOne(ctx context.Context, id string, act func(*record.Credential) action, fence uint64, why, actor string) (*record.Credential, bool, int, error) {
 	c, _, err := store.Get[record.Credential](ctx, s.cfg.Store.Credentials, id)
 	if errors.Is(err, api.ErrNotFound) {
 		return nil, false, 0, nil // never stored, or removed: nothing to cut
@@ -227,6 +241,25 @@ func (s *Service) cutOne(ctx context.Context, id string, act func(*record.Creden
 	a := act(c)
 	if a == leave {
 		return c, false, 0, nil
+	}
+	if a == kickOnly && fence > 0 {
+		fenced, _, err := store.Mutate(ctx, s.cfg.Store.Credentials, id, func(c *record.Credential) error {
+			if c.GroupsGen >= fence {
+				return errFenced
+			}
+			c.GroupsGen = fence
+			return nil
+		})
+		switch {
+		case err == nil:
+			c = fenced
+		case errors.Is(err, errFenced):
+			// A later regroup's fence: connects since read newer groups.
+		case errors.Is(err, api.ErrNotFound):
+			return nil, false, 0, nil
+		default:
+			return c, false, 0, fmt.Errorf("fence the credential at groups generation %d: %w", fence, err)
+		}
 	}
 	did := false
 	if a == revokeAndKick && c.Status != api.CredentialRevoked {

@@ -1,6 +1,7 @@
 package offboard_test
 
 import (
+	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -43,8 +44,6 @@ people:
 // only the hardware credential loses a role (the software one never had
 // it), so only its sessions are kicked, and nobody is revoked.
 func TestRegroupKicksOnlyShrunk(t *testing.T) {
-	defer func(d time.Duration) { offboard.RegroupRace = d }(offboard.RegroupRace)
-	offboard.RegroupRace = time.Hour // the second kick is TestRegroupKicksAgain's
 	env, ppl, k, a, ob := regroupEnv(t)
 	ctx := t.Context()
 	p := personWithTwoCredentials(t, env, ppl)
@@ -180,36 +179,52 @@ func personWithTwoCredentials(t *testing.T, env *testenv.Env, ppl *people.Servic
 	return p
 }
 
-// TestRegroupKicksAgain: a connect that read the person's old groups can be
-// granted after the regroup's kick; the kick is repeated RegroupRace later
-// for the credentials that lost a role (their sessions then include any
-// such grant), and only for them.
-func TestRegroupKicksAgain(t *testing.T) {
-	defer func(d time.Duration) { offboard.RegroupRace = d }(offboard.RegroupRace)
-	offboard.RegroupRace = 200 * time.Millisecond
+// TestRegroupFencesOldGroups: a connect that read the person's old groups
+// must not be granted after the regroup's kick (P-16c). The regroup raises
+// the fence (GroupsGen) of each credential that loses a role, in a
+// compare-and-set, and kicks the sessions of the record it wrote: a
+// connect's commit at the revision it read before then fails, and it
+// decides again, against groups of the new generation
+// (verifier/authn/person, TestRolesNeedTheFencedGeneration).
+func TestRegroupFencesOldGroups(t *testing.T) {
 	env, ppl, k, _, ob := regroupEnv(t)
+	ctx := t.Context()
 	p := personWithTwoCredentials(t, env, ppl)
-	if _, err := ob.Regroup(t.Context(), p.ID, func([]string) []string { return []string{"developers"} }, "test"); err != nil {
+	// A connect on hw reads its credential, then commits a session.
+	racing, rev, err := store.Get[record.Credential](ctx, env.Store.Credentials, "hw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ob.Regroup(ctx, p.ID, func([]string) []string { return []string{"developers"} }, "test"); err != nil {
 		t.Fatal(err)
 	}
 	if got := k.List(); !slices.Equal(got, []string{"hw"}) {
-		t.Fatalf("first kick %v, want [hw]", got)
+		t.Fatalf("kicked %v, want [hw]", got)
 	}
-	k.Reset()
-	deadline := time.Now().Add(5 * time.Second)
-	for len(k.List()) == 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if got := k.List(); !slices.Equal(got, []string{"hw"}) {
-		t.Fatalf("second kick %v, want [hw] after RegroupRace", got)
-	}
-	// A regroup that takes nothing away kicks nothing, now or later.
-	k.Reset()
-	if _, err := ob.Regroup(t.Context(), p.ID, func([]string) []string { return []string{"developers", "sales"} }, "test"); err != nil {
+	after, err := ppl.Person(ctx, p.ID)
+	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(3 * offboard.RegroupRace)
+	if after.GroupsGen <= p.GroupsGen {
+		t.Fatalf("groups generation %d after the regroup, was %d", after.GroupsGen, p.GroupsGen)
+	}
+	hw, sw := env.Credential(t, "hw"), env.Credential(t, "sw")
+	if hw.GroupsGen != after.GroupsGen || sw.GroupsGen != 0 {
+		t.Fatalf("fences hw %d sw %d, want %d and 0 (sw lost nothing)", hw.GroupsGen, sw.GroupsGen, after.GroupsGen)
+	}
+	racing.Sessions = append(racing.Sessions, record.SessionRef{Server: "S", Client: 7, Expires: time.Now().Add(time.Hour)})
+	if _, err := store.Update(ctx, env.Store.Credentials, "hw", racing, rev); !errors.Is(err, api.ErrConflict) {
+		t.Fatalf("a commit read before the regroup: %v, want ErrConflict", err)
+	}
+	// A regroup that takes nothing away neither kicks nor fences.
+	k.Reset()
+	if _, err := ob.Regroup(ctx, p.ID, func([]string) []string { return []string{"developers", "sales"} }, "test"); err != nil {
+		t.Fatal(err)
+	}
 	if got := k.List(); len(got) != 0 {
 		t.Fatalf("kicks %v after a regroup that took nothing away", got)
+	}
+	if c := env.Credential(t, "hw"); c.GroupsGen != hw.GroupsGen {
+		t.Fatalf("hw fenced at %d by a regroup that took nothing from it", c.GroupsGen)
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/audit"
@@ -42,10 +41,7 @@ func (s *Service) Regrouped(ctx context.Context, before, after *record.Person, a
 	shrunk := func(c *record.Credential) []string {
 		return rolesLost(personRoles(pol, before, c), personRoles(pol, after, c))
 	}
-	lost, kicked, kickErr := s.kickShrunk(ctx, after.Credentials, shrunk, actor)
-	if len(lost) > 0 {
-		s.kickAgain(id, after.Credentials, shrunk, actor)
-	}
+	lost, kicked, kickErr := s.kickShrunk(ctx, after.Credentials, shrunk, after.GroupsGen, actor)
 	ev := audit.Event{Kind: "person.groups", Result: audit.OK, Person: id, Actor: actor,
 		Reason: fmt.Sprintf("groups %q → %q; %d sessions kicked", before.Groups, after.Groups, kicked) + lostReason(lost)}
 	if kickErr != nil {
@@ -56,34 +52,6 @@ func (s *Service) Regrouped(ctx context.Context, before, after *record.Person, a
 		return kicked, fmt.Errorf("%w: person %s: sessions whose roles shrank not all kicked (they end at their expiry): %w", api.ErrUnavailable, id, kickErr)
 	}
 	return kicked, nil
-}
-
-// RegroupRace is how long after a regroup its kick is repeated: a connect
-// that read the person's old groups (the verifier's cached record, before
-// the watch brought the new one) may be granted after the first kick, with
-// the roles the regroup took away. A decision ends within its client's
-// budget (about 2 s), so one that starts after the watch delivered the new
-// groups is the only kind left once this has passed.
-var RegroupRace = 5 * time.Second
-
-// kickAgain kicks, RegroupRace from now, the live sessions of the
-// credentials of ids whose roles shrank: those a racing connect was
-// granted. Sessions that reconnected meanwhile with the smaller roles are
-// kicked once more and come back with them (fail closed).
-func (s *Service) kickAgain(person string, ids []string, shrunk func(*record.Credential) []string, actor string) {
-	time.AfterFunc(RegroupRace, func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_, kicked, err := s.kickShrunk(ctx, ids, shrunk, actor)
-		if err != nil {
-			s.cfg.Logger.Warn("a regroup's second kick failed (sessions granted with the old groups end at their expiry)", "person", person, "error", err)
-			return
-		}
-		if kicked > 0 {
-			s.cfg.Trail.Record(audit.Event{Kind: "person.groups", Result: audit.OK, Person: person, Actor: actor,
-				Reason: fmt.Sprintf("%d sessions granted with the old groups while the regroup ran kicked", kicked)})
-		}
-	})
 }
 
 // Repolicy kicks the live sessions of every person whose roles a policy
@@ -105,7 +73,7 @@ func (s *Service) Repolicy(ctx context.Context, prev, next *policy.Policy) (int,
 		lost, kicked, kickErr := s.kickShrunk(ctx, p.Credentials, func(c *record.Credential) []string {
 			was := personRoles(prev, p, c)
 			return append(rolesLost(was, personRoles(next, p, c)), rolesChanged(prev, next, was)...)
-		}, actorPolicy)
+		}, 0, actorPolicy)
 		if len(lost) == 0 && kickErr == nil {
 			continue
 		}
@@ -128,8 +96,9 @@ func (s *Service) Repolicy(ctx context.Context, prev, next *policy.Policy) (int,
 const actorPolicy = "policy reload"
 
 // kickShrunk kicks the live sessions of each credential of ids (not
-// revoked) that lost returns roles for, and returns what each lost.
-func (s *Service) kickShrunk(ctx context.Context, ids []string, lost func(*record.Credential) []string, actor string) (map[string][]string, int, error) {
+// revoked) that lost returns roles for, behind fence (see cutOne; 0: none),
+// and returns what each lost.
+func (s *Service) kickShrunk(ctx context.Context, ids []string, lost func(*record.Credential) []string, fence uint64, actor string) (map[string][]string, int, error) {
 	var mu sync.Mutex
 	out := map[string][]string{}
 	_, kicked, err := s.cut(ctx, ids, func(c *record.Credential) action {
@@ -144,7 +113,7 @@ func (s *Service) kickShrunk(ctx context.Context, ids []string, lost func(*recor
 		out[c.ID] = gone
 		mu.Unlock()
 		return kickOnly
-	}, "", actor)
+	}, fence, "", actor)
 	return out, kicked, err
 }
 

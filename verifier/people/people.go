@@ -146,6 +146,9 @@ func (s *Service) upsert(ctx context.Context, id Identity) (p, prev *record.Pers
 		was.Groups = slices.Clone(p.Groups)
 		prev = &was
 		p.Name, p.Email, p.Groups = id.Name, id.Email, slices.Clone(id.Groups)
+		if !slices.Equal(was.Groups, p.Groups) {
+			p.GroupsGen++
+		}
 		p.LastLogin, p.LastCheck = now, now
 		// The token of an older login goes: the IdP's latest is the one a
 		// re-check spends (and an offboarding revokes).

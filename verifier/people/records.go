@@ -79,6 +79,9 @@ func (s *Service) UpdateGroups(ctx context.Context, id string, f func(groups []s
 		if len(b.Groups) == 0 {
 			b.Groups = nil
 		}
+		if !slices.Equal(b.Groups, p.Groups) {
+			p.GroupsGen++
+		}
 		return nil
 	})
 	return before, after, err

@@ -35,6 +35,11 @@ type Credential struct {
 	// grant, and is revoked when they are offboarded. Workload is then
 	// api.PersonWorkload(...) and Expires the end of the login.
 	Person string `json:"person,omitempty"`
+	// GroupsGen is, for a person's credential, the generation of the
+	// person's groups (Person.GroupsGen) a connect must have read at
+	// least: raised by a regroup that took a role from this credential,
+	// in the same compare-and-set that reads the sessions it kicks.
+	GroupsGen uint64 `json:"groups_gen,omitempty"`
 	// Expires is when the credential stops working (zero: never; a
 	// person's credential expires with their login).
 	Expires time.Time `json:"expires,omitzero"`

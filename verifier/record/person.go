@@ -26,7 +26,14 @@ type Person struct {
 	Name         string `json:"name,omitempty"`
 	Email        string `json:"email,omitempty"`
 	// Groups are the IdP's groups at the last login or check.
-	Groups    []string  `json:"groups,omitempty"`
+	Groups []string `json:"groups,omitempty"`
+	// GroupsGen counts the changes of Groups (a login, a re-check, SCIM).
+	// A regroup that takes a role from a credential raises the
+	// credential's GroupsGen to this before it kicks its sessions; a
+	// connect must then have read the person at this generation or later
+	// (verifier/authn/person), so no decision made with the old groups
+	// commits after the kick read the sessions.
+	GroupsGen uint64    `json:"groups_gen,omitempty"`
 	Created   time.Time `json:"created"`
 	LastLogin time.Time `json:"last_login"`
 	// LastCheck is when the IdP last vouched for the person (a login, or a

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -78,11 +79,44 @@ func (d *Directory) person(ctx context.Context, id string) (*record.Person, erro
 	return p, err
 }
 
-// Roles is nil error and the roles of cred's person now: active, their IdP
-// still the one in the policy, and their groups (as the IdP last said)
-// granting at least one role at cred's assurance. Anything else refuses.
-func (d *Directory) Roles(ctx context.Context, cred *record.Credential) ([]string, error) {
+// current is the person of cred as recent as cred needs: one that lists
+// cred (a record from before its registration does not, and may predate a
+// regroup that cred's registration came after) with groups of cred's
+// fence's generation or later (a regroup took a role from cred after this
+// instance's copy was made). The watch's copy when it will do, else KV.
+func (d *Directory) current(ctx context.Context, cred *record.Credential) (*record.Person, error) {
 	p, err := d.person(ctx, cred.Person)
+	if err != nil || recentFor(p, cred) {
+		return p, err
+	}
+	p, _, err = store.Get[record.Person](ctx, d.kv, cred.Person)
+	switch {
+	case errors.Is(err, api.ErrNotFound):
+		return nil, fmt.Errorf("%w: person %s is unknown", api.ErrRevoked, cred.Person)
+	case err != nil:
+		return nil, err
+	case !slices.Contains(p.Credentials, cred.ID):
+		// Offboarding revokes what the person lists: a credential it does
+		// not list would escape it.
+		return nil, fmt.Errorf("%w: person %s does not list credential %s", api.ErrRevoked, p.ID, cred.ID)
+	case p.GroupsGen < cred.GroupsGen:
+		// A replica behind the regroup's write: fail closed, the client
+		// retries.
+		return nil, fmt.Errorf("%w: person %s read at groups generation %d, credential %s needs %d", api.ErrUnavailable, p.ID, p.GroupsGen, cred.ID, cred.GroupsGen)
+	}
+	return p, nil
+}
+
+func recentFor(p *record.Person, cred *record.Credential) bool {
+	return p.GroupsGen >= cred.GroupsGen && slices.Contains(p.Credentials, cred.ID)
+}
+
+// Roles is nil error and the roles of cred's person now: active, their IdP
+// still the one in the policy, and their groups (as the IdP last said, at
+// the generation cred needs: see current) granting at least one role at
+// cred's assurance. Anything else refuses.
+func (d *Directory) Roles(ctx context.Context, cred *record.Credential) ([]string, error) {
+	p, err := d.current(ctx, cred)
 	if err != nil {
 		return nil, err
 	}

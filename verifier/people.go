@@ -77,6 +77,14 @@ func (v *Verifier) openPeople(context.Context) error {
 		reloads.Go(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
+			// A decision made with prev may still commit its session:
+			// the kick reads the sessions once they all have.
+			dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
+			err := v.policy.Drain(dctx, prev)
+			dcancel()
+			if err != nil {
+				v.log.Warn("policy reload: decisions with the previous policy still under way; kicking all the same", "error", err)
+			}
 			n, err := v.offboard.Repolicy(ctx, prev, next)
 			switch {
 			case err != nil:
@@ -86,7 +94,7 @@ func (v *Verifier) openPeople(context.Context) error {
 			}
 		})
 	})
-	dir, err := person.Start(context.Background(), v.st.People, pol)
+	dir, err := person.Start(context.Background(), v.st.People)
 	if err != nil {
 		return err
 	}

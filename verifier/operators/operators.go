@@ -34,7 +34,7 @@ type Config struct {
 	// Roles are the roles a person's credential has now, as at connect
 	// (verifier/authn/person: the person active, their IdP the policy's,
 	// their groups at the credential's assurance).
-	Roles  func(ctx context.Context, c *record.Credential) ([]string, error)
+	Roles  func(ctx context.Context, pol *policy.Policy, c *record.Credential) ([]string, error)
 	Alerts alerter
 	Trail  auditor
 	Logger *slog.Logger
@@ -157,7 +157,7 @@ func (g *Gate) personRoles(ctx context.Context, personID, credID, op string) ([]
 	case c.Assurance != policy.AssuranceHardware && !slices.Contains(api.AdminReadOps, op):
 		return nil, fmt.Errorf("%w: credential %s is not a hardware credential: %s takes one", api.ErrForbidden, credID, op)
 	}
-	roles, err := g.cfg.Roles(ctx, c)
+	roles, err := g.cfg.Roles(ctx, g.cfg.Policy(), c)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", api.ErrForbidden, err)
 	}

@@ -11,6 +11,7 @@ package policy
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -301,6 +302,8 @@ type Source struct {
 	lastErr error
 	// hooks are told of each policy loaded after the first (OnReload).
 	hooks []func(prev, p *Policy)
+	// inflight counts the decisions holding each policy (Acquire).
+	inflight map[*Policy]int
 }
 
 // OnReload has f told of each policy loaded after the first (a changed
@@ -375,6 +378,57 @@ func (ps *Source) State() (path string, modified time.Time, err error) {
 func (ps *Source) Current() *Policy {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
+	return ps.currentLocked()
+}
+
+// Acquire returns the policy in force and holds it until release, which
+// must be called once: a decision holds the policy it grants with until
+// its record is written, and a reload's kick waits for the decisions that
+// hold the policy it replaced (Drain), so none of them commits a grant
+// after the kick has read the sessions.
+func (ps *Source) Acquire() (p *Policy, release func()) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	p = ps.currentLocked()
+	if ps.inflight == nil {
+		ps.inflight = map[*Policy]int{}
+	}
+	ps.inflight[p]++
+	var once sync.Once
+	return p, func() {
+		once.Do(func() {
+			ps.mu.Lock()
+			defer ps.mu.Unlock()
+			if ps.inflight[p]--; ps.inflight[p] <= 0 {
+				delete(ps.inflight, p)
+			}
+		})
+	}
+}
+
+// drainPoll is how often Drain looks again.
+const drainPoll = 5 * time.Millisecond
+
+// Drain waits until no decision holds p (Acquire), or ctx ends. Once p is
+// replaced nothing acquires it again, so the wait is bounded by the
+// decisions under way (their callout's deadline, about 2 s).
+func (ps *Source) Drain(ctx context.Context, p *Policy) error {
+	for {
+		ps.mu.Lock()
+		n := ps.inflight[p]
+		ps.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("policy: %d decisions still hold the policy replaced: %w", n, ctx.Err())
+		case <-time.After(drainPoll):
+		}
+	}
+}
+
+func (ps *Source) currentLocked() *Policy {
 	if ps.path != "" && time.Now().After(ps.next) {
 		ps.next = time.Now().Add(time.Second)
 		err := ps.reload()

@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -167,5 +169,54 @@ func TestPolicyRefusesEveryInbox(t *testing.T) {
 				t.Fatalf("subscribe %q: %v, want ok=%v", tc.sub, err, tc.ok)
 			}
 		})
+	}
+}
+
+// TestDrainWaitsForHolders: a reload's kick must not read the sessions
+// while a decision that holds the replaced policy may still commit a grant
+// with it (P-16b). Drain waits for every holder of the old policy, and
+// only of it: holders of the new one do not hold it up.
+func TestDrainWaitsForHolders(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(path, []byte(testPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ps, err := NewSource(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, release := ps.Acquire()
+	_, releaseTwice := ps.Acquire()
+	releaseTwice()
+	releaseTwice() // a second call does nothing
+	changed := strings.Replace(testPolicy, "session_ttl: 2m", "session_ttl: 3m", 1)
+	if err := os.WriteFile(path, []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	future := time.Now().Add(time.Minute)
+	if err := os.Chtimes(path, future, future); err != nil {
+		t.Fatal(err)
+	}
+	ps.next = time.Time{}
+	next, releaseNext := ps.Acquire()
+	defer releaseNext()
+	if next == old {
+		t.Fatal("the policy was not reloaded")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	if err := ps.Drain(ctx, old); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("drain with a decision holding the old policy: %v, want it to wait", err)
+	}
+	drained := make(chan error, 1)
+	go func() { drained <- ps.Drain(t.Context(), old) }()
+	select {
+	case err := <-drained:
+		t.Fatalf("drain returned %v before the holder released", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	release()
+	if err := <-drained; err != nil {
+		t.Fatalf("drain after the release: %v", err)
 	}
 }

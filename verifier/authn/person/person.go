@@ -28,20 +28,19 @@ import (
 
 // Directory is the people as the connect path reads them.
 type Directory struct {
-	kv     jetstream.KeyValue
-	policy func() *policy.Policy
-	m      sync.Map // person ID -> *record.Person
-	w      jetstream.KeyWatcher
-	done   chan struct{}
+	kv   jetstream.KeyValue
+	m    sync.Map // person ID -> *record.Person
+	w    jetstream.KeyWatcher
+	done chan struct{}
 }
 
 // Start loads the people bucket and follows it until Close.
-func Start(ctx context.Context, kv jetstream.KeyValue, pol func() *policy.Policy) (*Directory, error) {
+func Start(ctx context.Context, kv jetstream.KeyValue) (*Directory, error) {
 	w, err := kv.WatchAll(context.WithoutCancel(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("watch %s: %w", kv.Bucket(), err)
 	}
-	d := &Directory{kv: kv, policy: pol, w: w, done: make(chan struct{})}
+	d := &Directory{kv: kv, w: w, done: make(chan struct{})}
 	go d.follow()
 	return d, nil
 }
@@ -115,7 +114,7 @@ func recentFor(p *record.Person, cred *record.Credential) bool {
 // still the one in the policy, and their groups (as the IdP last said, at
 // the generation cred needs: see current) granting at least one role at
 // cred's assurance. Anything else refuses.
-func (d *Directory) Roles(ctx context.Context, cred *record.Credential) ([]string, error) {
+func (d *Directory) Roles(ctx context.Context, pol *policy.Policy, cred *record.Credential) ([]string, error) {
 	p, err := d.current(ctx, cred)
 	if err != nil {
 		return nil, err
@@ -123,7 +122,6 @@ func (d *Directory) Roles(ctx context.Context, cred *record.Credential) ([]strin
 	if !p.Disabled.IsZero() {
 		return nil, fmt.Errorf("%w: person %s is disabled: %s", api.ErrRevoked, p.ID, p.DisabledReason)
 	}
-	pol := d.policy()
 	if err := people.CheckIdP(pol.People, p); err != nil {
 		return nil, fmt.Errorf("%w: %w", api.ErrRevoked, err)
 	}

@@ -46,7 +46,7 @@ people:
 	if err := store.Create(t.Context(), st.People, p.ID, p); err != nil {
 		t.Fatal(err)
 	}
-	d, err := Start(t.Context(), st.People, func() *policy.Policy { return pol })
+	d, err := Start(t.Context(), st.People)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +76,7 @@ people:
 		{"listed nowhere: refused", cred("c3", 0), nil, api.ErrRevoked},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := d.Roles(t.Context(), tc.cred)
+			got, err := d.Roles(t.Context(), pol, tc.cred)
 			if !errors.Is(err, tc.err) || !slices.Equal(got, tc.want) {
 				t.Fatalf("roles %v, %v; want %v, %v", got, err, tc.want, tc.err)
 			}

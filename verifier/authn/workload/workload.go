@@ -74,7 +74,7 @@ type browser interface {
 
 // people names the roles of a person's credential now, or refuses it.
 type people interface {
-	Roles(ctx context.Context, cred *record.Credential) ([]string, error)
+	Roles(ctx context.Context, pol *policy.Policy, cred *record.Credential) ([]string, error)
 }
 
 // Method authenticates workload credentials.
@@ -128,8 +128,12 @@ func (m *Method) Authorize(ctx context.Context, r *authn.Request) (*jwt.UserClai
 	// orders them against other verifier instances.
 	unlock := m.cfg.Fleet.Lock(credID)
 	defer unlock()
+	// The policy is held until the record is written: a reload's kick
+	// waits for the decisions made with the policy it replaced.
+	pol, release := m.cfg.Policy.Acquire()
+	defer release()
 	for range attempts {
-		uc, err := m.attempt(ctx, r, a, credID, nonce)
+		uc, err := m.attempt(ctx, pol, r, a, credID, nonce)
 		if !errors.Is(err, errRetry) {
 			return uc, err
 		}
@@ -139,7 +143,7 @@ func (m *Method) Authorize(ctx context.Context, r *authn.Request) (*jwt.UserClai
 
 // attempt decides once, against the credential as this instance knows it;
 // errRetry if it changed meanwhile.
-func (m *Method) attempt(ctx context.Context, r *authn.Request, a *attestation.Assertion, credID, nonce string) (*jwt.UserClaims, error) {
+func (m *Method) attempt(ctx context.Context, pol *policy.Policy, r *authn.Request, a *attestation.Assertion, credID, nonce string) (*jwt.UserClaims, error) {
 	cred, rev, err := m.credential(ctx, credID, r.Claims.ConnectOptions.Nkey)
 	if err != nil {
 		return nil, err
@@ -157,7 +161,7 @@ func (m *Method) attempt(ctx context.Context, r *authn.Request, a *attestation.A
 		return nil, err
 	}
 	r.Event.Person = cred.Person
-	uc, roles, err := m.userClaims(ctx, r.Claims, cred, h, api.InboxForCredential(r.Claims.ConnectOptions.Nkey))
+	uc, roles, err := m.userClaims(ctx, pol, r.Claims, cred, h, api.InboxForCredential(r.Claims.ConnectOptions.Nkey))
 	if err != nil {
 		return nil, err
 	}
@@ -339,8 +343,7 @@ func (m *Method) commit(ctx context.Context, rc *jwt.AuthorizationRequestClaims,
 // policy (or the agent's own, fixed ones). Its inbox is the session's inbox
 // prefix, from the CONNECT nkey (the credential's ID or lineage, which the
 // method checked).
-func (m *Method) userClaims(ctx context.Context, rc *jwt.AuthorizationRequestClaims, cred *record.Credential, h *record.Host, inbox string) (*jwt.UserClaims, []string, error) {
-	p := m.cfg.Policy.Current()
+func (m *Method) userClaims(ctx context.Context, p *policy.Policy, rc *jwt.AuthorizationRequestClaims, cred *record.Credential, h *record.Host, inbox string) (*jwt.UserClaims, []string, error) {
 	uc := jwt.NewUserClaims(rc.UserNkey)
 	uc.Audience = keys.AccountApp
 	uc.Name = sessions.UserName(cred.Workload, h.Hostname, rc.ConnectOptions.Nkey)
@@ -391,7 +394,7 @@ func (m *Method) roles(ctx context.Context, p *policy.Policy, cred *record.Crede
 		if m.cfg.People == nil {
 			return nil, fmt.Errorf("%w: credential %s is a person's, and this verifier has no people", api.ErrNoRoles, cred.ID)
 		}
-		return m.cfg.People.Roles(ctx, cred)
+		return m.cfg.People.Roles(ctx, p, cred)
 	}
 	roles := p.RolesFor(s)
 	if len(roles) == 0 {

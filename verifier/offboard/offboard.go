@@ -116,7 +116,7 @@ func (s *Service) Offboard(ctx context.Context, id, reason, actor string) (*Resu
 	}
 	res := &Result{Person: p}
 	why := "person " + id + " offboarded by " + actor + ": " + reason
-	revoked, kicked, cutErr := s.cut(ctx, p.Credentials, func(*record.Credential) action { return revokeAndKick }, 0, why, actor)
+	revoked, kicked, _, cutErr := s.cut(ctx, p.Credentials, func(*record.Credential) action { return revokeAndKick }, 0, why, actor)
 	res.Revoked, res.Kicked = revoked, kicked
 	idpErr := s.revokeRefresh(ctx, p)
 	res.IdPRevoked = idpErr == nil && len(p.RefreshToken) > 0
@@ -191,13 +191,11 @@ const (
 //
 // A fence (non-zero: a regroup's new Person.GroupsGen) is raised on each
 // credential kicked only, see cutOne.
-func (s *Service) cut(ctx context.Context, ids []string, act func(*record.Credential) action, fence uint64, why, actor string) ([]string, int, error) {
+func (s *Service) cut(ctx context.Context, ids []string, act func(*record.Credential) action, fence uint64, why, actor string) (revoked []string, kicked int, failed []string, err error) {
 	var (
-		mu      sync.Mutex
-		wg      sync.WaitGroup
-		revoked []string
-		kicked  int
-		errs    []error
+		mu   sync.Mutex
+		wg   sync.WaitGroup
+		errs []error
 	)
 	for _, cid := range slices.Compact(slices.Sorted(slices.Values(ids))) {
 		wg.Add(1)
@@ -211,13 +209,15 @@ func (s *Service) cut(ctx context.Context, ids []string, act func(*record.Creden
 			}
 			kicked += n
 			if err != nil {
+				failed = append(failed, cid)
 				errs = append(errs, fmt.Errorf("credential %s: %w", cid, err))
 			}
 		}()
 	}
 	wg.Wait()
 	slices.Sort(revoked)
-	return revoked, kicked, errors.Join(errs...)
+	slices.Sort(failed)
+	return revoked, kicked, failed, errors.Join(errs...)
 }
 
 // cutOne does to credential id what act says: revoke it (unless it is
@@ -258,7 +258,10 @@ func (s *Service) cutOne(ctx context.Context, id string, act func(*record.Creden
 		case errors.Is(err, api.ErrNotFound):
 			return nil, false, 0, nil
 		default:
-			return c, false, 0, fmt.Errorf("fence the credential at groups generation %d: %w", fence, err)
+			// Kick what the record held all the same (those sessions
+			// hold the role taken away); the fence is retried.
+			n, kerr := s.cfg.Sessions.KickAll(ctx, c)
+			return c, false, n, errors.Join(fmt.Errorf("fence the credential at groups generation %d: %w", fence, err), kerr)
 		}
 	}
 	did := false

@@ -228,3 +228,31 @@ func TestRegroupFencesOldGroups(t *testing.T) {
 		t.Fatalf("hw fenced at %d by a regroup that took nothing from it", c.GroupsGen)
 	}
 }
+
+// TestRegroupKickRetried: a regroup's kick that fails (a server did not
+// answer) is tried again in the background: the groups are written, so a
+// regroup asked again would see no change and kick nothing.
+func TestRegroupKickRetried(t *testing.T) {
+	defer func(d time.Duration) { offboard.KickRetry = d }(offboard.KickRetry)
+	offboard.KickRetry = 10 * time.Millisecond
+	env, ppl, k, _, ob := regroupEnv(t)
+	p := personWithTwoCredentials(t, env, ppl)
+	k.FailNext(2)
+	if _, err := ob.Regroup(t.Context(), p.ID, func([]string) []string { return []string{"developers"} }, "test"); !errors.Is(err, api.ErrUnavailable) {
+		t.Fatalf("regroup with its kick failing: %v, want ErrUnavailable", err)
+	}
+	if got := k.List(); len(got) != 0 {
+		t.Fatalf("kicked %v with the kicks failing", got)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(k.List()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := k.List(); !slices.Equal(got, []string{"hw"}) {
+		t.Fatalf("kicked %v after the retries, want [hw]", got)
+	}
+	time.Sleep(100 * time.Millisecond) // no retry once it succeeded
+	if got := k.List(); len(got) != 1 {
+		t.Fatalf("kicked %v: retried after it succeeded", got)
+	}
+}

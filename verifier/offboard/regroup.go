@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/audit"
@@ -41,7 +42,12 @@ func (s *Service) Regrouped(ctx context.Context, before, after *record.Person, a
 	shrunk := func(c *record.Credential) []string {
 		return rolesLost(personRoles(pol, before, c), personRoles(pol, after, c))
 	}
-	lost, kicked, kickErr := s.kickShrunk(ctx, after.Credentials, shrunk, after.GroupsGen, actor)
+	lost, kicked, failed, kickErr := s.kickShrunk(ctx, after.Credentials, shrunk, after.GroupsGen, actor)
+	if len(failed) > 0 {
+		// The groups are written: a regroup asked again sees no change,
+		// so the fence and the kick are retried here.
+		s.retryKick(id, failed, shrunk, after.GroupsGen, actor, KickRetry)
+	}
 	ev := audit.Event{Kind: "person.groups", Result: audit.OK, Person: id, Actor: actor,
 		Reason: fmt.Sprintf("groups %q → %q; %d sessions kicked", before.Groups, after.Groups, kicked) + lostReason(lost)}
 	if kickErr != nil {
@@ -70,7 +76,7 @@ func (s *Service) Repolicy(ctx context.Context, prev, next *policy.Policy) (int,
 		if !p.Disabled.IsZero() || len(p.Credentials) == 0 {
 			continue
 		}
-		lost, kicked, kickErr := s.kickShrunk(ctx, p.Credentials, func(c *record.Credential) []string {
+		lost, kicked, _, kickErr := s.kickShrunk(ctx, p.Credentials, func(c *record.Credential) []string {
 			was := personRoles(prev, p, c)
 			return append(rolesLost(was, personRoles(next, p, c)), rolesChanged(prev, next, was)...)
 		}, 0, actorPolicy)
@@ -98,10 +104,10 @@ const actorPolicy = "policy reload"
 // kickShrunk kicks the live sessions of each credential of ids (not
 // revoked) that lost returns roles for, behind fence (see cutOne; 0: none),
 // and returns what each lost.
-func (s *Service) kickShrunk(ctx context.Context, ids []string, lost func(*record.Credential) []string, fence uint64, actor string) (map[string][]string, int, error) {
+func (s *Service) kickShrunk(ctx context.Context, ids []string, lost func(*record.Credential) []string, fence uint64, actor string) (map[string][]string, int, []string, error) {
 	var mu sync.Mutex
 	out := map[string][]string{}
-	_, kicked, err := s.cut(ctx, ids, func(c *record.Credential) action {
+	_, kicked, failed, err := s.cut(ctx, ids, func(c *record.Credential) action {
 		if c.Status == api.CredentialRevoked {
 			return leave
 		}
@@ -114,7 +120,41 @@ func (s *Service) kickShrunk(ctx context.Context, ids []string, lost func(*recor
 		mu.Unlock()
 		return kickOnly
 	}, fence, "", actor)
-	return out, kicked, err
+	return out, kicked, failed, err
+}
+
+// KickRetry is the first wait before a failed regroup kick is tried again;
+// each wait doubles, kickRetries times (about two minutes in all).
+var KickRetry = time.Second
+
+const kickRetries = 7
+
+// retryKick fences and kicks again, after wait, the credentials of ids
+// whose regroup kick failed (the store or a server did not answer), until
+// none fails or the tries run out. A restart forgets it: those sessions
+// then keep the roles taken away until they expire (threat model P-16c).
+func (s *Service) retryKick(person string, ids []string, shrunk func(*record.Credential) []string, fence uint64, actor string, wait time.Duration) {
+	tries := 0
+	var try func()
+	try = func() {
+		tries++
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, kicked, failed, err := s.kickShrunk(ctx, ids, shrunk, fence, actor)
+		switch {
+		case len(failed) > 0 && tries < kickRetries:
+			ids, wait = failed, 2*wait
+			time.AfterFunc(wait, try)
+		case len(failed) > 0:
+			s.cfg.Logger.Error("a regroup's kick failed again and again: sessions keep the roles taken away until they expire", "person", person, "error", err)
+			s.cfg.Trail.Record(audit.Event{Kind: "person.groups", Result: audit.Error, Person: person, Actor: actor,
+				Reason: fmt.Sprintf("kick of the sessions whose roles shrank gave up after %d tries: %v", tries, err)})
+		default:
+			s.cfg.Trail.Record(audit.Event{Kind: "person.groups", Result: audit.OK, Person: person, Actor: actor,
+				Reason: fmt.Sprintf("kick of the sessions whose roles shrank done at retry %d; %d sessions kicked", tries, kicked)})
+		}
+	}
+	time.AfterFunc(wait, try)
 }
 
 // personRoles are the roles pol gives person p on credential c, as the

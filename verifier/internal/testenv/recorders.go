@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 
@@ -14,16 +15,29 @@ import (
 // black-box tests'). It reports no session kicked, as when the revocation
 // watch was first.
 type Kicks struct {
-	mu  sync.Mutex
-	ids []string
+	mu   sync.Mutex
+	ids  []string
+	fail int
 }
 
-// KickAll records c.
+// KickAll records c, or fails (see FailNext).
 func (k *Kicks) KickAll(_ context.Context, c *record.Credential) (int, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if k.fail > 0 {
+		k.fail--
+		return 0, errors.New("testenv: kick failed (FailNext)")
+	}
 	k.ids = append(k.ids, c.ID)
 	return 0, nil
+}
+
+// FailNext makes the next n kicks fail, unrecorded (a server that does
+// not answer).
+func (k *Kicks) FailNext(n int) {
+	k.mu.Lock()
+	k.fail = n
+	k.mu.Unlock()
 }
 
 // List is the credentials kicked so far, in order.

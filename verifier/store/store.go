@@ -15,7 +15,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"time"
 
@@ -147,6 +146,27 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Store, error) {
 type bucket struct {
 	jetstream.KeyValue
 	stream jetstream.Stream
+}
+
+// subjects is how many keys matching filters (all if none) have a message
+// in the stream, a put or a delete marker.
+func (b bucket) subjects(ctx context.Context, filters []string) (int, error) {
+	if len(filters) == 0 {
+		info, err := b.stream.Info(ctx)
+		if err != nil {
+			return 0, err
+		}
+		return int(info.State.NumSubjects), nil
+	}
+	n := 0
+	for _, f := range filters {
+		info, err := b.stream.Info(ctx, jetstream.WithSubjectFilter("$KV."+b.Bucket()+"."+f))
+		if err != nil {
+			return 0, err
+		}
+		n += len(info.State.Subjects)
+	}
+	return n, nil
 }
 
 // lastSeq is the stream sequence of the last message (a put, or a delete
@@ -317,13 +337,17 @@ var errWatchEnded = errors.New("the watch ended before the last key")
 // the consumer has left, which is approximate while the bucket is written
 // (seen here: a listing of 2000 keys, some rewritten as it ran, ended with
 // 1996), and the credentials bucket is rewritten on every connect. Keys
-// instead reads the stream's last sequence on the listed keys once the
-// watch has begun, applies puts and deletes to a set in stream order, and
-// ends at the first entry at or past that sequence: every key that
-// existed then is in, or was deleted after. A message at that sequence
-// can only go undelivered by being replaced (a rewrite or a delete marker,
-// later on the same key, so delivered) or by expiring; an idle watch
-// reads the last sequence again for the latter.
+// applies puts and deletes to a set in stream order and reads until it has
+// passed the stream's last sequence on the listed keys, read once the
+// watch has begun. That is not enough on its own: a key whose message was
+// still to come can be rewritten (the bucket keeps one revision, so the
+// message is gone) with a sequence past the end read, and the watch
+// delivers it only later. So at the end Keys asks again: if nothing was
+// written since (the last sequence is still the end), every key's latest
+// message is in; else if it holds as many keys (live or deleted) as the
+// stream has subjects on the listed keys, none is missing; else it reads
+// on to the new end. An idle watch reads the end again (the message it
+// waits for may have expired).
 func Keys(ctx context.Context, kv jetstream.KeyValue, filters ...string) ([]string, error) {
 	b, ok := kv.(bucket)
 	if !ok {
@@ -346,35 +370,74 @@ func Keys(ctx context.Context, kv jetstream.KeyValue, filters ...string) ([]stri
 	if err != nil {
 		return nil, unavailable(err, "%s list: last sequence", kv.Bucket())
 	}
-	keys := map[string]struct{}{}
-	var seen uint64 // the last sequence delivered
+	l := listing{keys: map[string]bool{}}
+	for {
+		if err := l.readTo(ctx, w, b, filters, &end); err != nil {
+			return nil, unavailable(err, "%s list", kv.Bucket())
+		}
+		last, err := b.lastSeq(ctx, filters)
+		if err != nil {
+			return nil, unavailable(err, "%s list: last sequence", kv.Bucket())
+		}
+		if last == end {
+			break
+		}
+		n, err := b.subjects(ctx, filters)
+		if err != nil {
+			return nil, unavailable(err, "%s list: subjects", kv.Bucket())
+		}
+		if len(l.keys) >= n {
+			break
+		}
+		end = last
+	}
+	var out []string
+	for k, live := range l.keys {
+		if live {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// listing is what a Keys watch has delivered: each key seen, live (its
+// last message a put) or not (a delete or purge marker), and the last
+// sequence.
+type listing struct {
+	keys map[string]bool
+	seen uint64
+}
+
+// readTo reads w until it has delivered *end, reading *end again when the
+// watch is idle.
+func (l *listing) readTo(ctx context.Context, w jetstream.KeyWatcher, b bucket, filters []string, end *uint64) error {
 	idle := time.NewTimer(keysIdle)
 	defer idle.Stop()
-	for seen < end {
+	for l.seen < *end {
 		select {
 		case e, ok := <-w.Updates():
 			switch {
 			case !ok:
-				return nil, unavailable(errWatchEnded, "%s list", kv.Bucket())
-			case e == nil: // the watcher's marker, see above
+				return errWatchEnded
+			case e == nil: // the watcher's marker, see Keys
 				continue
-			case e.Operation() == jetstream.KeyValuePut:
-				keys[e.Key()] = struct{}{}
-			default: // a delete or purge marker
-				delete(keys, e.Key())
 			}
-			seen = e.Revision()
+			l.keys[e.Key()] = e.Operation() == jetstream.KeyValuePut
+			l.seen = e.Revision()
 			idle.Reset(keysIdle)
 		case <-idle.C:
-			if end, err = b.lastSeq(ctx, filters); err != nil {
-				return nil, unavailable(err, "%s list: last sequence", kv.Bucket())
+			last, err := b.lastSeq(ctx, filters)
+			if err != nil {
+				return fmt.Errorf("last sequence: %w", err)
 			}
+			*end = last
 			idle.Reset(keysIdle)
 		case <-ctx.Done():
-			return nil, unavailable(ctx.Err(), "%s list", kv.Bucket())
+			return ctx.Err()
 		}
 	}
-	return slices.Sorted(maps.Keys(keys)), nil
+	return nil
 }
 
 // keysIdle is how long Keys waits for the watch before it reads the last

@@ -472,7 +472,9 @@ func (v *Verifier) serveEndpoints(context.Context) error {
 		Trail: v.trail, Metrics: v.metrics, Health: v.health, Logger: v.log})
 	v.onClose(v.adminAPI.Close)
 	credential := func(ctx context.Context, id string) (*record.Credential, error) {
-		c, _, err := store.Get[record.Credential](ctx, v.st.Credentials, id)
+		// From the leader: a replica behind a revocation or a regroup's
+		// fence must not let an operator act on what was taken away.
+		c, _, err := store.GetLatest[record.Credential](ctx, v.st.Credentials, id)
 		return c, err
 	}
 	gate := operators.New(operators.Config{Policy: func() *policy.Policy { return v.policy.Current() }, Credential: credential, Roles: v.personDir.Roles,

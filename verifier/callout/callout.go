@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -332,11 +333,19 @@ func (s *Server) open(data []byte, serverXKey string) (*jwt.AuthorizationRequest
 func (s *Server) decide(ctx context.Context, rc *jwt.AuthorizationRequestClaims, ev *audit.Event, serverXKey string) ([]byte, error) {
 	var pre *preparedGrant
 	var stored chan error // the allow event's append, once started
+	var storedEv audit.Event
 	user, err := s.cfg.Decider.Decide(ctx, &authn.Request{Claims: rc, Event: ev, Prepare: func(uc *jwt.UserClaims) {
 		pre = s.prepareGrant(rc, uc, serverXKey)
-		if stored == nil {
-			stored = s.storeGrant(ctx, *ev)
+		switch {
+		case stored == nil:
+		case slices.Equal(storedEv.Roles, ev.Roles):
+			return // the event stored says what this grant would
+		default:
+			// Decided again (the record changed: a regroup's fence) with
+			// other roles: the trail must not keep the first attempt's.
+			s.withdrawOnce(stored, storedEv, errDecidedAgain)
 		}
+		stored, storedEv = s.storeGrant(ctx, *ev), *ev
 	}})
 	if err != nil {
 		if stored != nil { // its allow event may land: say it never took effect
@@ -372,6 +381,19 @@ func (s *Server) storeGrant(ctx context.Context, ev audit.Event) chan error {
 	done := make(chan error, 1)
 	go func() { done <- s.cfg.Trail.RecordDurable(ctx, ev) }()
 	return done
+}
+
+// errDecidedAgain: a decision's last write was retried with other roles.
+var errDecidedAgain = errors.New("decided again with other roles")
+
+// withdrawOnce withdraws ev once its append (stored) has succeeded: an
+// allow event that never landed needs no withdrawal.
+func (s *Server) withdrawOnce(stored chan error, ev audit.Event, why error) {
+	go func() {
+		if <-stored == nil {
+			s.withdraw(ev, why)
+		}
+	}()
 }
 
 // withdraw records that a grant whose allow event may be in the trail was

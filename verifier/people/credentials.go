@@ -49,7 +49,9 @@ func (s *Service) link(ctx context.Context, cred *record.Credential) ([]string, 
 	dead := map[string]bool{}
 	now := s.cfg.Now()
 	for _, id := range p.Credentials {
-		c, _, err := store.Get[record.Credential](ctx, s.cfg.Store.Credentials, id)
+		// From the leader: a replica behind a just-registered credential
+		// would have it dropped from the list as gone.
+		c, _, err := store.GetLatest[record.Credential](ctx, s.cfg.Store.Credentials, id)
 		switch {
 		case errors.Is(err, api.ErrNotFound):
 			dead[id] = true

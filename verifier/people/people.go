@@ -82,6 +82,13 @@ func (s *Service) Login(ctx context.Context, id Identity, flow, clientAddr strin
 		s.cfg.Trail.RecordNow(ctx, ev)
 		return nil, err
 	}
+	if prev != nil && !sameGroups(prev.Groups, p.Groups) && s.cfg.GroupsChanged != nil {
+		// The groups are written: what they took away is kicked whatever
+		// happens to this login now (its audit fails, its browser goes).
+		gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		s.cfg.GroupsChanged(gctx, prev, p)
+		cancel()
+	}
 	ev.Result = audit.OK
 	ev.Reason += fmt.Sprintf(" (groups %q)", p.Groups)
 	// A login the trail does not hold did not happen: the durable path, as
@@ -90,9 +97,6 @@ func (s *Service) Login(ctx context.Context, id Identity, flow, clientAddr strin
 		return nil, fmt.Errorf("%w: person.login of %s: %w", ErrAudit, p.ID, err)
 	}
 	s.cfg.Logger.Info("person logged in", keyPerson, p.ID, keyIdP, p.IdP, keyFlow, flow)
-	if prev != nil && !sameGroups(prev.Groups, p.Groups) && s.cfg.GroupsChanged != nil {
-		s.cfg.GroupsChanged(ctx, prev, p)
-	}
 	return p, nil
 }
 
@@ -146,7 +150,7 @@ func (s *Service) upsert(ctx context.Context, id Identity) (p, prev *record.Pers
 		was.Groups = slices.Clone(p.Groups)
 		prev = &was
 		p.Name, p.Email, p.Groups = id.Name, id.Email, slices.Clone(id.Groups)
-		if !slices.Equal(was.Groups, p.Groups) {
+		if !sameGroups(was.Groups, p.Groups) {
 			p.GroupsGen++
 		}
 		p.LastLogin, p.LastCheck = now, now

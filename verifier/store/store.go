@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -136,7 +137,7 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Store, error) {
 		if err != nil {
 			return nil, fmt.Errorf("KV bucket %s: its stream: %w", b.name, err)
 		}
-		*b.dst = bucket{KeyValue: kv, stream: stream}
+		*b.dst = bucket{KeyValue: kv, stream: stream, nc: nc}
 	}
 	return &s, nil
 }
@@ -146,6 +147,53 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Store, error) {
 type bucket struct {
 	jetstream.KeyValue
 	stream jetstream.Stream
+	nc     *nats.Conn
+}
+
+// leaderMsg is a message as the stream's leader holds it (JetStream's
+// STREAM.MSG.GET). A KV bucket allows direct gets, which any replica
+// answers and a lagging one answers with an older message: a read that a
+// decision rests on (the last sequence Keys waits for, GetLatest) asks the
+// leader.
+type leaderMsg struct {
+	Sequence uint64 `json:"seq"`
+	Header   []byte `json:"hdrs"`
+	Data     []byte `json:"data"`
+}
+
+// errNoMsg: the leader holds no message on the subject.
+var errNoMsg = errors.New("no message")
+
+// JetStream's error code for a message get that found none.
+const errCodeNoMessageFound = 10037
+
+func (b bucket) leaderLast(ctx context.Context, subject string) (*leaderMsg, error) {
+	req, err := json.Marshal(struct {
+		LastFor string `json:"last_by_subj"`
+	}{subject})
+	if err != nil {
+		return nil, err
+	}
+	m, err := b.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET.KV_"+b.Bucket(), req)
+	if err != nil {
+		return nil, err
+	}
+	var resp struct {
+		Message *leaderMsg          `json:"message"`
+		Error   *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return nil, fmt.Errorf("message get: %w", err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.ErrorCode == errCodeNoMessageFound:
+		return nil, errNoMsg
+	case resp.Error != nil:
+		return nil, resp.Error
+	case resp.Message == nil:
+		return nil, jetstream.ErrInvalidJetStreamResponse
+	}
+	return resp.Message, nil
 }
 
 // subjects is how many keys matching filters (all if none) have a message
@@ -178,8 +226,8 @@ func (b bucket) lastSeq(ctx context.Context, filters []string) (uint64, error) {
 	}
 	var last uint64
 	for _, f := range filters {
-		m, err := b.stream.GetLastMsgForSubject(ctx, "$KV."+b.Bucket()+"."+f)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
+		m, err := b.leaderLast(ctx, "$KV."+b.Bucket()+"."+f)
+		if errors.Is(err, errNoMsg) {
 			continue
 		}
 		if err != nil {
@@ -218,6 +266,62 @@ func Get[T any, P interface {
 		return nil, 0, fmt.Errorf("%s/%s: record version %d, this verifier reads %d", kv.Bucket(), key, p.RecordVersion(), record.Version)
 	}
 	return p, e.Revision(), nil
+}
+
+// GetLatest is Get from the stream's leader, for a read a decision rests
+// on (a person's record as a fenced credential needs it, whether a
+// credential still exists): Get may be answered by a replica that has not
+// seen the last write yet. kv must be one of Store's buckets.
+func GetLatest[T any, P interface {
+	*T
+	record.Versioned
+}](ctx context.Context, kv jetstream.KeyValue, key string) (P, uint64, error) {
+	b, ok := kv.(bucket)
+	if !ok {
+		return nil, 0, fmt.Errorf("%w: %s get %s: not a bucket of the store", api.ErrUnavailable, kv.Bucket(), key)
+	}
+	if !jetstreamKey(key) {
+		return nil, 0, fmt.Errorf("%w: %s/%s", api.ErrNotFound, kv.Bucket(), key)
+	}
+	m, err := b.leaderLast(ctx, "$KV."+b.Bucket()+"."+key)
+	if errors.Is(err, errNoMsg) {
+		return nil, 0, fmt.Errorf("%w: %s/%s", api.ErrNotFound, kv.Bucket(), key)
+	}
+	if err != nil {
+		return nil, 0, unavailable(err, "%s get %s", kv.Bucket(), key)
+	}
+	if len(m.Header) > 0 {
+		h, err := nats.DecodeHeadersMsg(m.Header)
+		if err != nil {
+			return nil, 0, unavailable(err, "%s get %s: headers", kv.Bucket(), key)
+		}
+		if op := h.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
+			return nil, 0, fmt.Errorf("%w: %s/%s", api.ErrNotFound, kv.Bucket(), key)
+		}
+	}
+	var v T
+	p := P(&v)
+	if err := json.Unmarshal(m.Data, p); err != nil {
+		return nil, 0, fmt.Errorf("%s/%s: %w", kv.Bucket(), key, err)
+	}
+	if p.RecordVersion() != record.Version {
+		return nil, 0, fmt.Errorf("%s/%s: record version %d, this verifier reads %d", kv.Bucket(), key, p.RecordVersion(), record.Version)
+	}
+	return p, m.Sequence, nil
+}
+
+// jetstreamKey reports whether key is a valid KV key (what Get checks
+// before it asks): no wildcard may reach the leader's subject lookup.
+func jetstreamKey(key string) bool {
+	if key == "" || key[0] == '.' || key[len(key)-1] == '.' {
+		return false
+	}
+	for _, c := range key {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-/_=.", c)) {
+			return false
+		}
+	}
+	return !strings.Contains(key, "..")
 }
 
 // Create stores a new record; an existing key is api.ErrConflict.

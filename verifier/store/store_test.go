@@ -322,3 +322,43 @@ func TestKeysEmptyAndForeign(t *testing.T) {
 		t.Fatalf("a foreign bucket: %v, want ErrUnavailable", err)
 	}
 }
+
+// GetLatest reads the record as the stream's leader holds it: the value
+// and revision Get gives, deleted and purged keys as not found, and a key
+// that is no valid KV key (a wildcard) as not found, never as a match.
+func TestGetLatest(t *testing.T) {
+	js := jstest.Start(t)
+	s, err := Open(t.Context(), js.NC, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	for _, id := range []string{"a", "b", "c"} {
+		if err := Create(ctx, s.Credentials, id, &record.Credential{V: record.Version, ID: id, Status: api.CredentialActive}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Credentials.Delete(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Credentials.Purge(ctx, "c"); err != nil {
+		t.Fatal(err)
+	}
+	c, rev, err := GetLatest[record.Credential](ctx, s.Credentials, "a")
+	_, getRev, _ := Get[record.Credential](ctx, s.Credentials, "a")
+	if err != nil || c.ID != "a" || rev != getRev {
+		t.Fatalf("a: %+v rev %d (Get: %d), %v", c, rev, getRev, err)
+	}
+	for _, key := range []string{"b", "c", "missing", "a.*", ">", "", ".a"} {
+		if _, _, err := GetLatest[record.Credential](ctx, s.Credentials, key); !errors.Is(err, api.ErrNotFound) {
+			t.Errorf("%q: %v, want ErrNotFound", key, err)
+		}
+	}
+	foreign, err := s.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "foreign2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := GetLatest[record.Credential](ctx, foreign, "a"); !errors.Is(err, api.ErrUnavailable) {
+		t.Fatalf("a foreign bucket: %v, want ErrUnavailable", err)
+	}
+}

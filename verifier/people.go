@@ -94,6 +94,7 @@ func (v *Verifier) openPeople(context.Context) error {
 			}
 		})
 	})
+	v.startFenceSweep()
 	dir, err := person.Start(context.Background(), v.st.People)
 	if err != nil {
 		return err
@@ -213,6 +214,39 @@ func (v *Verifier) HTTPURL() string { return v.httpURL }
 
 // People is the verifier's people service (set by Start).
 func (v *Verifier) People() *people.Service { return v.people }
+
+// fenceSweepEvery is how often the verifier finishes regroups left
+// unfinished (offboard.FinishFences).
+const fenceSweepEvery = time.Minute
+
+// startFenceSweep runs offboard.FinishFences every fenceSweepEvery until
+// the verifier closes.
+func (v *Verifier) startFenceSweep() {
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(fenceSweepEvery)
+		defer t.Stop()
+		for {
+			select {
+			case now := <-t.C:
+				sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				n, err := v.offboard.FinishFences(sctx, now)
+				cancel()
+				switch {
+				case err != nil:
+					v.log.Warn("fence sweep: a regroup left unfinished is still not done", "kicked", n, "error", err)
+				case n > 0:
+					v.log.Info("fence sweep: finished a regroup left unfinished", "kicked", n)
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	v.onClose(func() { stop(); <-done })
+}
 
 // RecheckPeople runs one pass of the periodic re-check now (tests, and
 // an operator who does not want to wait); nothing without an HTTP

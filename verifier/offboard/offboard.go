@@ -61,6 +61,9 @@ type Service struct {
 	cfg Config
 	mu  sync.Mutex
 	rev Revoker
+	// pending is the unfinished regroups FinishFences has seen, by person.
+	pendingMu sync.Mutex
+	pending   map[string]pendingFence
 }
 
 // New returns a Service.

@@ -256,3 +256,44 @@ func TestRegroupKickRetried(t *testing.T) {
 		t.Fatalf("kicked %v: retried after it succeeded", got)
 	}
 }
+
+// TestFinishFences: a change of groups whose regroup never ran to its end
+// (here: written with no regroup at all, as when a verifier dies between
+// the two) is finished by the sweep once FenceGrace has passed since this
+// instance first saw it, from the groups of the last finished change; a
+// finished regroup leaves nothing to sweep.
+func TestFinishFences(t *testing.T) {
+	env, ppl, k, _, ob := regroupEnv(t)
+	ctx := t.Context()
+	p := personWithTwoCredentials(t, env, ppl)
+	if p.FencedGen != p.GroupsGen || p.GroupsGen == 0 {
+		t.Fatalf("a new person: fenced %d, groups generation %d", p.FencedGen, p.GroupsGen)
+	}
+	// Finished: a regroup records it.
+	if _, err := ob.Regroup(ctx, p.ID, func([]string) []string { return []string{"developers", "ops", "sales"} }, "test"); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := ppl.Person(ctx, p.ID)
+	if after.FencedGen != after.GroupsGen || !slices.Equal(after.FencedGroups, after.Groups) {
+		t.Fatalf("after a regroup: fenced %d %v, groups %d %v", after.FencedGen, after.FencedGroups, after.GroupsGen, after.Groups)
+	}
+	// Unfinished: the groups written, no regroup.
+	if _, _, err := ppl.UpdateGroups(ctx, p.ID, func([]string) []string { return []string{"developers"} }); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if n, err := ob.FinishFences(ctx, now); err != nil || n != 0 || len(k.List()) != 0 {
+		t.Fatalf("sweep within the grace: %d, %v, kicked %v", n, err, k.List())
+	}
+	if _, err := ob.FinishFences(ctx, now.Add(offboard.FenceGrace)); err != nil || !slices.Equal(k.List(), []string{"hw"}) {
+		t.Fatalf("sweep past the grace: %v, kicked %v, want [hw]", err, k.List())
+	}
+	done, _ := ppl.Person(ctx, p.ID)
+	if done.FencedGen != done.GroupsGen || env.Credential(t, "hw").GroupsGen != done.GroupsGen {
+		t.Fatalf("after the sweep: person fenced %d of %d, hw fenced %d", done.FencedGen, done.GroupsGen, env.Credential(t, "hw").GroupsGen)
+	}
+	k.Reset()
+	if _, err := ob.FinishFences(ctx, now.Add(2*offboard.FenceGrace)); err != nil || len(k.List()) != 0 {
+		t.Fatalf("a sweep with nothing unfinished: %v, kicked %v", err, k.List())
+	}
+}

@@ -33,10 +33,19 @@ func (s *Service) Regroup(ctx context.Context, id string, change func(groups []s
 // Regrouped kicks what a change of a person's groups, from before to after
 // (written already: a regroup, or a login whose ID token listed others),
 // took away; see Regroup.
+//
+// What is taken away is counted from the groups of the last change whose
+// kicks completed (after.FencedGroups), not only from before: a change
+// left unfinished (a verifier died in it) is finished with this one.
 func (s *Service) Regrouped(ctx context.Context, before, after *record.Person, actor string) (int, error) {
 	id := after.ID
+	if after.FencedGen > 0 {
+		b := *before
+		b.Groups = after.FencedGroups
+		before = &b
+	}
 	if slices.Equal(before.Groups, after.Groups) {
-		return 0, nil
+		return 0, s.fenced(ctx, after)
 	}
 	pol := s.cfg.Policy()
 	shrunk := func(c *record.Credential) []string {
@@ -45,8 +54,11 @@ func (s *Service) Regrouped(ctx context.Context, before, after *record.Person, a
 	lost, kicked, failed, kickErr := s.kickShrunk(ctx, after.Credentials, shrunk, after.GroupsGen, actor)
 	if len(failed) > 0 {
 		// The groups are written: a regroup asked again sees no change,
-		// so the fence and the kick are retried here.
-		s.retryKick(id, failed, shrunk, after.GroupsGen, actor, KickRetry)
+		// so the fence and the kick are retried here (and, should this
+		// process die first, by the sweep: FinishFences).
+		s.retryKick(after, failed, shrunk, actor, KickRetry)
+	} else if err := s.fenced(ctx, after); err != nil {
+		s.cfg.Logger.Warn("a regroup's kicks are done but not recorded as done; the sweep does them again", "person", id, "error", err)
 	}
 	ev := audit.Event{Kind: "person.groups", Result: audit.OK, Person: id, Actor: actor,
 		Reason: fmt.Sprintf("groups %q → %q; %d sessions kicked", before.Groups, after.Groups, kicked) + lostReason(lost)}
@@ -59,6 +71,70 @@ func (s *Service) Regrouped(ctx context.Context, before, after *record.Person, a
 	}
 	return kicked, nil
 }
+
+// fenced records that after's change has all its fences and kicks done.
+func (s *Service) fenced(ctx context.Context, after *record.Person) error {
+	if after.FencedGen >= after.GroupsGen {
+		return nil
+	}
+	return s.cfg.People.Fenced(ctx, after.ID, after.GroupsGen, after.Groups)
+}
+
+// FenceGrace is how long a person's change stays unfinished before the
+// sweep finishes it: longer than a regroup's own retries (about two
+// minutes), so that the sweep does not kick what a regroup under way is
+// about to.
+var FenceGrace = 3 * time.Minute
+
+// FinishFences finishes the regroups left unfinished (Person.FencedGen
+// below GroupsGen) for FenceGrace or more, as seen by this instance's
+// earlier calls: a verifier died between a change's write and its kicks,
+// or its retries ran out. The verifier calls it every minute. It returns
+// the sessions kicked.
+func (s *Service) FinishFences(ctx context.Context, now time.Time) (int, error) {
+	all, err := s.cfg.People.List(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("fence sweep: %w", err)
+	}
+	s.pendingMu.Lock()
+	due := []*record.Person{}
+	seen := map[string]pendingFence{}
+	for _, p := range all {
+		if p.FencedGen >= p.GroupsGen || !p.Disabled.IsZero() {
+			continue
+		}
+		was, ok := s.pending[p.ID]
+		if !ok || was.gen != p.GroupsGen {
+			was = pendingFence{gen: p.GroupsGen, since: now}
+		}
+		seen[p.ID] = was
+		if now.Sub(was.since) >= FenceGrace {
+			due = append(due, p)
+		}
+	}
+	s.pending = seen
+	s.pendingMu.Unlock()
+	total := 0
+	var errs []error
+	for _, p := range due {
+		n, err := s.Regrouped(ctx, p, p, actorSweep)
+		total += n
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return total, errors.Join(errs...)
+}
+
+// pendingFence is when this instance first saw a person's change
+// unfinished.
+type pendingFence struct {
+	gen   uint64
+	since time.Time
+}
+
+// actorSweep names the fence sweep in audit events.
+const actorSweep = "fence sweep"
 
 // Repolicy kicks the live sessions of every person whose roles a policy
 // reload took away (their IdP removed, a binding narrowed or gone): they
@@ -133,7 +209,8 @@ const kickRetries = 7
 // whose regroup kick failed (the store or a server did not answer), until
 // none fails or the tries run out. A restart forgets it: those sessions
 // then keep the roles taken away until they expire (threat model P-16c).
-func (s *Service) retryKick(person string, ids []string, shrunk func(*record.Credential) []string, fence uint64, actor string, wait time.Duration) {
+func (s *Service) retryKick(after *record.Person, ids []string, shrunk func(*record.Credential) []string, actor string, wait time.Duration) {
+	person, fence := after.ID, after.GroupsGen
 	tries := 0
 	var try func()
 	try = func() {
@@ -141,6 +218,11 @@ func (s *Service) retryKick(person string, ids []string, shrunk func(*record.Cre
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		_, kicked, failed, err := s.kickShrunk(ctx, ids, shrunk, fence, actor)
+		if len(failed) == 0 {
+			if ferr := s.fenced(ctx, after); ferr != nil {
+				s.cfg.Logger.Warn("a regroup's kicks are done but not recorded as done; the sweep does them again", "person", person, "error", ferr)
+			}
+		}
 		switch {
 		case len(failed) > 0 && tries < kickRetries:
 			ids, wait = failed, 2*wait

@@ -87,6 +87,19 @@ func (s *Service) UpdateGroups(ctx context.Context, id string, f func(groups []s
 	return before, after, err
 }
 
+// Fenced records that the change of person id's groups to generation gen
+// (groups) has all its fences and kicks done. A later change stays
+// unfinished until its own regroup says so.
+func (s *Service) Fenced(ctx context.Context, id string, gen uint64, groups []string) error {
+	_, _, err := store.Mutate(ctx, s.cfg.Store.People, id, func(p *record.Person) error {
+		if p.FencedGen < gen {
+			p.FencedGen, p.FencedGroups = gen, slices.Clone(groups)
+		}
+		return nil
+	})
+	return err
+}
+
 // DropSCIM forgets what SCIM said of the person (a SCIM DELETE): the
 // record stays, disabled, so that a later login is still refused.
 func (s *Service) DropSCIM(ctx context.Context, id string) error {

@@ -33,9 +33,16 @@ type Person struct {
 	// connect must then have read the person at this generation or later
 	// (verifier/authn/person), so no decision made with the old groups
 	// commits after the kick read the sessions.
-	GroupsGen uint64    `json:"groups_gen,omitempty"`
-	Created   time.Time `json:"created"`
-	LastLogin time.Time `json:"last_login"`
+	GroupsGen uint64 `json:"groups_gen,omitempty"`
+	// FencedGen and FencedGroups are the generation and the groups of the
+	// last change whose fences and kicks all completed: FencedGen below
+	// GroupsGen is a regroup unfinished (a verifier died, or the store or
+	// a server failed it for two minutes), which a sweep finishes
+	// (verifier/offboard), from FencedGroups to Groups.
+	FencedGen    uint64    `json:"fenced_gen,omitempty"`
+	FencedGroups []string  `json:"fenced_groups,omitempty"`
+	Created      time.Time `json:"created"`
+	LastLogin    time.Time `json:"last_login"`
 	// LastCheck is when the IdP last vouched for the person (a login, or a
 	// re-check).
 	LastCheck time.Time `json:"last_check"`

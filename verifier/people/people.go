@@ -165,7 +165,7 @@ func (s *Service) upsert(ctx context.Context, id Identity) (p, prev *record.Pers
 	if err := refresh(p); err != nil {
 		return nil, nil, err
 	}
-	prev = nil // the new record, not a stored one
+	prev = nil                                                        // the new record, not a stored one
 	p.FencedGen, p.FencedGroups = p.GroupsGen, slices.Clone(p.Groups) // nothing to take away yet
 	err = store.Create(ctx, s.cfg.Store.People, key, p)
 	if !errors.Is(err, api.ErrConflict) {

@@ -112,15 +112,7 @@ func TestPolicyReload(t *testing.T) {
 	if ps.Current().SessionTTL != 2*time.Minute {
 		t.Fatal("initial policy not loaded")
 	}
-	changed := strings.Replace(testPolicy, "session_ttl: 2m", "session_ttl: 3m", 1)
-	if err := os.WriteFile(path, []byte(changed), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	future := time.Now().Add(time.Minute)
-	if err := os.Chtimes(path, future, future); err != nil {
-		t.Fatal(err)
-	}
-	ps.next = time.Time{} // skip the once-a-second throttle
+	future := rewritePolicy(t, ps, strings.Replace(testPolicy, "session_ttl: 2m", "session_ttl: 3m", 1))
 	if got := ps.Current().SessionTTL; got != 3*time.Minute {
 		t.Fatalf("after the change: session_ttl %v, want 3m", got)
 	}
@@ -189,15 +181,7 @@ func TestDrainWaitsForHolders(t *testing.T) {
 	_, releaseTwice := ps.Acquire()
 	releaseTwice()
 	releaseTwice() // a second call does nothing
-	changed := strings.Replace(testPolicy, "session_ttl: 2m", "session_ttl: 3m", 1)
-	if err := os.WriteFile(path, []byte(changed), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	future := time.Now().Add(time.Minute)
-	if err := os.Chtimes(path, future, future); err != nil {
-		t.Fatal(err)
-	}
-	ps.next = time.Time{}
+	rewritePolicy(t, ps, strings.Replace(testPolicy, "session_ttl: 2m", "session_ttl: 3m", 1))
 	next, releaseNext := ps.Acquire()
 	defer releaseNext()
 	if next == old {
@@ -219,4 +203,20 @@ func TestDrainWaitsForHolders(t *testing.T) {
 	if err := <-drained; err != nil {
 		t.Fatalf("drain after the release: %v", err)
 	}
+}
+
+// rewritePolicy writes content to ps's file, dated a minute ahead (a
+// change the next Current sees), and skips the once-a-second throttle. It
+// returns the date.
+func rewritePolicy(t *testing.T, ps *Source, content string) time.Time {
+	t.Helper()
+	if err := os.WriteFile(ps.path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	future := time.Now().Add(time.Minute)
+	if err := os.Chtimes(ps.path, future, future); err != nil {
+		t.Fatal(err)
+	}
+	ps.next = time.Time{}
+	return future
 }

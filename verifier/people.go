@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -124,6 +125,10 @@ func (v *Verifier) listenHTTP(context.Context) error {
 	return nil
 }
 
+// heldTokensFile, in the data directory, keeps refresh tokens an IdP
+// rotated that the store has not taken yet (oidclogin.Config.HeldFile).
+const heldTokensFile = "held-refresh-tokens.json"
+
 // servePeople, with an HTTP listener, serves the people's logins
 // (verifier/oidclogin), the IdPs' SCIM (verifier/scim), passkeys and the
 // browser client (verifier/passkey) and the console (verifier/console) on
@@ -137,7 +142,8 @@ func (v *Verifier) servePeople(context.Context) error {
 	mux := http.NewServeMux()
 	var pk *passkey.Handler
 	login := oidclogin.New(oidclogin.Config{People: v.people, Store: v.st, Policy: pol, PublicURL: public, Secure: v.httpTLS,
-		DevicePoll: v.cfg.DevicePoll, OnBrowserLogin: v.browserLogin(&pk), Logger: v.log, Now: v.cfg.Clock, Offboard: v.offboard})
+		DevicePoll: v.cfg.DevicePoll, OnBrowserLogin: v.browserLogin(&pk), Logger: v.log, Now: v.cfg.Clock, Offboard: v.offboard,
+		HeldFile: filepath.Join(v.cfg.DataDir, heldTokensFile), Sealer: v.people.Sealer()})
 	if err := v.serveBrowsers(mux, login, &pk); err != nil {
 		login.Close()
 		return err

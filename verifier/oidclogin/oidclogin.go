@@ -64,6 +64,12 @@ type Config struct {
 	Now func() time.Time
 	// Offboard acts on the periodic re-check's answers (nil: no re-check).
 	Offboard offboarder
+	// HeldFile, with Sealer, is where refresh tokens an IdP rotated and the
+	// store refused are kept, sealed, until the store takes them (a file
+	// in the data directory): a restart does not lose them. Empty: memory
+	// only.
+	HeldFile string
+	Sealer   *people.Sealer
 }
 
 // Handler serves the login endpoints.
@@ -106,6 +112,16 @@ func New(cfg Config) *Handler {
 		err := h.RevokeRefresh(ctx, idp, token)
 		h.cfg.Logger.Info("re-check: a held refresh token no longer applies (a newer login, offboarding, or the person is gone): revoked at the IdP", keyIdP, idp, "revoke_error", err)
 		return err
+	}
+	h.rotated.warn = func(msg string, err error) { h.cfg.Logger.Warn(msg, keyError, err) }
+	if cfg.HeldFile != "" && cfg.Sealer != nil {
+		n, err := h.rotated.restore(&heldFile{path: cfg.HeldFile, sealer: cfg.Sealer}, cfg.Now())
+		if err != nil {
+			h.cfg.Logger.Error("re-check: some refresh tokens the IdPs rotated, held for the store, could not be read back; their people may have to log in again", keyError, err)
+		}
+		if n > 0 {
+			h.cfg.Logger.Info("re-check: refresh tokens the IdPs rotated, held for the store before a restart, read back; written at the next pass", "held", n)
+		}
 	}
 	return h
 }

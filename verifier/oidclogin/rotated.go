@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/verifier/people"
@@ -19,7 +20,8 @@ import (
 // spends it rather than the stored one meanwhile. A held token that no
 // longer applies (a newer login stored another, offboarding dropped the
 // person's, the person is gone) is revoked at the IdP: nobody spends it
-// again. A restart of this process before the store takes it loses it.
+// again. Held tokens are also kept, sealed, in a file of the data
+// directory (heldFile), which a restart reads back.
 
 // tokenKeeper stores a rotated refresh token over the one it replaces
 // (people.Service.ReplaceRefreshToken).
@@ -35,9 +37,42 @@ type rotation struct{ idp, old, next string }
 type rotated struct {
 	// revoke revokes a token at its IdP (Handler.RevokeRefresh); its
 	// failures are the IdP's to expire.
-	revoke  func(ctx context.Context, idp, token string) error
+	revoke func(ctx context.Context, idp, token string) error
+	// file keeps pending across restarts (nil: memory only); warn reports
+	// a failed write of it (the rotation stays held in memory).
+	file    *heldFile
+	warn    func(msg string, err error)
 	mu      sync.Mutex
 	pending map[string]rotation
+}
+
+// changed writes pending to the file after a change; r.mu is held, so
+// the file's writes follow the changes in order. They are rare: only a
+// store that refused a rotation, or took one it had refused, changes
+// pending.
+func (r *rotated) changed() {
+	if r.file == nil {
+		return
+	}
+	if err := r.file.save(r.pending); err != nil && r.warn != nil {
+		r.warn("re-check: cannot write the held refresh tokens to the data directory; held in memory only, a restart would lose them", err)
+	}
+}
+
+// restore keeps the held rotations in f from now on, starting with those
+// f holds (a restart's); it returns how many.
+func (r *rotated) restore(f *heldFile, now time.Time) (int, error) {
+	held, err := f.load(now)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.file = f
+	for id, rot := range held {
+		if r.pending == nil {
+			r.pending = map[string]rotation{}
+		}
+		r.pending[id] = rot
+	}
+	return len(held), err
 }
 
 // keep stores rot.next over rot.old for person id; if the store fails,
@@ -47,12 +82,16 @@ func (r *rotated) keep(ctx context.Context, k tokenKeeper, id string, rot rotati
 	err := k.ReplaceRefreshToken(ctx, id, rot.old, rot.next)
 	r.mu.Lock()
 	if settled(err) {
-		delete(r.pending, id)
+		if _, ok := r.pending[id]; ok {
+			delete(r.pending, id)
+			r.changed()
+		}
 	} else {
 		if r.pending == nil {
 			r.pending = map[string]rotation{}
 		}
 		r.pending[id] = rot
+		r.changed()
 	}
 	r.mu.Unlock()
 	r.dropped(ctx, rot, err)
@@ -98,6 +137,7 @@ func (r *rotated) store(ctx context.Context, k tokenKeeper) []error {
 		r.mu.Lock()
 		if cur, ok := r.pending[id]; ok && cur == p && settled(err) {
 			delete(r.pending, id) // unless a newer rotation replaced it meanwhile
+			r.changed()
 		}
 		r.mu.Unlock()
 		r.dropped(ctx, p, err)

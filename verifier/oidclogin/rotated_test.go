@@ -1,10 +1,16 @@
 package oidclogin
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/verifier/people"
@@ -98,5 +104,113 @@ func TestRotatedTokenOnlyForItsPredecessor(t *testing.T) {
 	k.down = false
 	if err := r.keep(t.Context(), k, "p", rotation{"okta", "r1", "r3"}); err != nil || k.tokens["p"] != "r3" || r.held() != 0 {
 		t.Fatalf("second rotation: %v, stored %q, held %d", err, k.tokens["p"], r.held())
+	}
+}
+
+func testSealer(t *testing.T, b byte) *people.Sealer {
+	t.Helper()
+	s, err := people.NewSealer(bytes.Repeat([]byte{b}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// P-16a's residual, closed: a rotated token the store refused survives a
+// restart of the verifier (the file in the data directory), sealed, and
+// the file goes once the store has taken it.
+func TestRotatedTokenHeldAcrossRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "held-refresh-tokens.json")
+	sealer := testSealer(t, 1)
+	k := &keeperStore{tokens: map[string]string{"p": "r1-stored", "q": "q1"}, down: true}
+	var before rotated
+	if _, err := before.restore(&heldFile{path: path, sealer: sealer}, time.Now()); err != nil {
+		t.Fatalf("restore without a file: %v", err)
+	}
+	_ = before.keep(t.Context(), k, "p", rotation{"okta", "r1-stored", "r2-rotated"})
+	_ = before.keep(t.Context(), k, "q", rotation{"entra", "q1", "q2-rotated"})
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("no file after the store refused: %v", err)
+	}
+	if st, _ := os.Stat(path); st.Mode().Perm() != 0o600 {
+		t.Fatalf("file mode %v, want 0600", st.Mode().Perm())
+	}
+	for _, secret := range []string{"r1-stored", "r2-rotated", "q2-rotated"} {
+		if bytes.Contains(raw, []byte(secret)) {
+			t.Fatalf("the file holds token %q in clear", secret)
+		}
+	}
+
+	// The restart: a new process reads them back.
+	var after rotated
+	if n, err := after.restore(&heldFile{path: path, sealer: sealer}, time.Now()); n != 2 || err != nil {
+		t.Fatalf("restore: %d, %v; want 2 held", n, err)
+	}
+	if got := after.token("p", "r1-stored"); got != "r2-rotated" {
+		t.Fatalf("token to spend after the restart: %q, want the rotated one", got)
+	}
+	k.down = false
+	if errs := after.store(t.Context(), k); len(errs) != 0 {
+		t.Fatalf("store once back: %v", errs)
+	}
+	if k.tokens["p"] != "r2-rotated" || k.tokens["q"] != "q2-rotated" {
+		t.Fatalf("stored %v", k.tokens)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the file stays once nothing is held: %v", err)
+	}
+}
+
+// A file the verifier cannot use loses nothing and grants nothing: an
+// entry sealed under another key (another fleet's) or for another person
+// is left out, and a file that does not parse is set aside, not
+// overwritten.
+func TestHeldFileRefusals(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "held.json")
+	mine, other := testSealer(t, 1), testSealer(t, 2)
+	if err := (&heldFile{path: path, sealer: other}).save(map[string]rotation{"p": {"okta", "a", "b"}}); err != nil {
+		t.Fatal(err)
+	}
+	var r rotated
+	if n, err := r.restore(&heldFile{path: path, sealer: mine}, time.Now()); n != 0 || !errors.Is(err, people.ErrSealed) {
+		t.Fatalf("another key's file: %d held, %v; want 0 and ErrSealed", n, err)
+	}
+
+	// An entry moved to another person's name does not open either.
+	var f heldFileJSON
+	if err := (&heldFile{path: path, sealer: mine}).save(map[string]rotation{"p": {"okta", "a", "b"}}); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(path)
+	if err := json.Unmarshal(b, &f); err != nil {
+		t.Fatal(err)
+	}
+	f.Held[0].Person = "mallory"
+	b, _ = json.Marshal(f)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := r.restore(&heldFile{path: path, sealer: mine}, time.Now()); n != 0 || !errors.Is(err, people.ErrSealed) {
+		t.Fatalf("entry moved to another person: %d held, %v", n, err)
+	}
+
+	for name, content := range map[string]string{"garbage": "{not json", "version": `{"version":9,"held":[]}`} {
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var r rotated
+		if n, err := r.restore(&heldFile{path: path, sealer: mine}, time.Now()); n != 0 || !errors.Is(err, errHeldFile) {
+			t.Fatalf("%s: %d held, %v; want errHeldFile", name, n, err)
+		}
+		aside, _ := filepath.Glob(path + ".unreadable-*")
+		if len(aside) != 1 {
+			t.Fatalf("%s: set aside as %v, want one file", name, aside)
+		}
+		if kept, _ := os.ReadFile(aside[0]); string(kept) != content {
+			t.Fatalf("%s: the set-aside file holds %q", name, kept)
+		}
+		os.Remove(aside[0])
 	}
 }

@@ -215,3 +215,7 @@ func (s *Service) List(ctx context.Context) ([]*record.Person, error) {
 	}
 	return out, nil
 }
+
+// Sealer is the sealer of refresh tokens at rest (nil without one), for
+// other stores of them (oidclogin's held rotations).
+func (s *Service) Sealer() *Sealer { return s.cfg.Sealer }

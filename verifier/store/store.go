@@ -196,25 +196,53 @@ func (b bucket) leaderLast(ctx context.Context, subject string) (*leaderMsg, err
 	return resp.Message, nil
 }
 
-// subjects is how many keys matching filters (all if none) have a message
-// in the stream, a put or a delete marker.
-func (b bucket) subjects(ctx context.Context, filters []string) (int, error) {
+// keysWithMessages are the keys matching filters (all if none) that have
+// a message in the stream, a put or a delete marker: the stream's subjects
+// (nats.go pages through them).
+func (b bucket) keysWithMessages(ctx context.Context, filters []string) ([]string, error) {
 	if len(filters) == 0 {
-		info, err := b.stream.Info(ctx)
-		if err != nil {
-			return 0, err
-		}
-		return int(info.State.NumSubjects), nil
+		filters = []string{">"}
 	}
-	n := 0
+	prefix := "$KV." + b.Bucket() + "."
+	var out []string
 	for _, f := range filters {
-		info, err := b.stream.Info(ctx, jetstream.WithSubjectFilter("$KV."+b.Bucket()+"."+f))
+		info, err := b.stream.Info(ctx, jetstream.WithSubjectFilter(prefix+f))
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
-		n += len(info.State.Subjects)
+		for subj := range info.State.Subjects {
+			if k, ok := strings.CutPrefix(subj, prefix); ok {
+				out = append(out, k)
+			}
+		}
 	}
-	return n, nil
+	return out, nil
+}
+
+// live reports whether key's last message, from the leader, is a put.
+func (b bucket) live(ctx context.Context, key string) (bool, error) {
+	m, err := b.leaderLast(ctx, "$KV."+b.Bucket()+"."+key)
+	if errors.Is(err, errNoMsg) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	del, err := deleteMarker(m)
+	return !del && err == nil, err
+}
+
+// deleteMarker reports whether m is a KV delete or purge marker.
+func deleteMarker(m *leaderMsg) (bool, error) {
+	if len(m.Header) == 0 {
+		return false, nil
+	}
+	h, err := nats.DecodeHeadersMsg(m.Header)
+	if err != nil {
+		return false, fmt.Errorf("headers: %w", err)
+	}
+	op := h.Get("KV-Operation")
+	return op == "DEL" || op == "PURGE", nil
 }
 
 // lastSeq is the stream sequence of the last message (a put, or a delete
@@ -290,14 +318,11 @@ func GetLatest[T any, P interface {
 	if err != nil {
 		return nil, 0, unavailable(err, "%s get %s", kv.Bucket(), key)
 	}
-	if len(m.Header) > 0 {
-		h, err := nats.DecodeHeadersMsg(m.Header)
-		if err != nil {
-			return nil, 0, unavailable(err, "%s get %s: headers", kv.Bucket(), key)
-		}
-		if op := h.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
-			return nil, 0, fmt.Errorf("%w: %s/%s", api.ErrNotFound, kv.Bucket(), key)
-		}
+	switch del, err := deleteMarker(m); {
+	case err != nil:
+		return nil, 0, unavailable(err, "%s get %s", kv.Bucket(), key)
+	case del:
+		return nil, 0, fmt.Errorf("%w: %s/%s", api.ErrNotFound, kv.Bucket(), key)
 	}
 	var v T
 	p := P(&v)
@@ -448,10 +473,11 @@ var errWatchEnded = errors.New("the watch ended before the last key")
 // message is gone) with a sequence past the end read, and the watch
 // delivers it only later. So at the end Keys asks again: if nothing was
 // written since (the last sequence is still the end), every key's latest
-// message is in; else if it holds as many keys (live or deleted) as the
-// stream has subjects on the listed keys, none is missing; else it reads
-// on to the new end. An idle watch reads the end again (the message it
-// waits for may have expired).
+// message is in; else it compares what it holds with the keys the stream
+// has messages on now (its subjects) and reads the few it lacks from the
+// leader (a key made since the end is in neither or in both), or, when
+// many are missing, reads on to the new end. An idle watch reads the end
+// again (the message it waits for may have expired).
 func Keys(ctx context.Context, kv jetstream.KeyValue, filters ...string) ([]string, error) {
 	b, ok := kv.(bucket)
 	if !ok {
@@ -486,11 +512,11 @@ func Keys(ctx context.Context, kv jetstream.KeyValue, filters ...string) ([]stri
 		if last == end {
 			break
 		}
-		n, err := b.subjects(ctx, filters)
+		whole, err := l.fillMissing(ctx, b, filters)
 		if err != nil {
-			return nil, unavailable(err, "%s list: subjects", kv.Bucket())
+			return nil, unavailable(err, "%s list", kv.Bucket())
 		}
-		if len(l.keys) >= n {
+		if whole {
 			break
 		}
 		end = last
@@ -543,6 +569,38 @@ func (l *listing) readTo(ctx context.Context, w jetstream.KeyWatcher, b bucket, 
 	}
 	return nil
 }
+
+// fillMissing compares the listing with the keys the stream has messages
+// on now: a key the watch has not delivered yet (rewritten past the end
+// it read to) is read from the leader, when there are few enough
+// (maxMissing); whole reports that no key is missing then. Keys the
+// listing holds that the stream no longer has (expired since) are kept
+// as they were seen.
+func (l *listing) fillMissing(ctx context.Context, b bucket, filters []string) (whole bool, err error) {
+	names, err := b.keysWithMessages(ctx, filters)
+	if err != nil {
+		return false, fmt.Errorf("subjects: %w", err)
+	}
+	var missing []string
+	for _, k := range names {
+		if _, ok := l.keys[k]; !ok {
+			if missing = append(missing, k); len(missing) > maxMissing {
+				return false, nil // read on: the watch brings them
+			}
+		}
+	}
+	for _, k := range missing {
+		live, err := b.live(ctx, k)
+		if err != nil {
+			return false, fmt.Errorf("%s: %w", k, err)
+		}
+		l.keys[k] = live
+	}
+	return true, nil
+}
+
+// maxMissing bounds the keys fillMissing reads one by one.
+const maxMissing = 64
 
 // keysIdle is how long Keys waits for the watch before it reads the last
 // sequence again (the one it waits for may have expired).

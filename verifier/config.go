@@ -121,6 +121,9 @@ type Config struct {
 	HTTPPublicURL string
 	// DevicePoll is the device flow's polling interval (5s).
 	DevicePoll time.Duration
+	// PeersEvery is how often the servers are asked for verifier instances
+	// of an older version (verifier/peers; a minute if 0).
+	PeersEvery time.Duration
 	// WebsocketListen adds a WebSocket listener to the embedded server
 	// (host:port) for browsers: people's passkeys sign its NATS connects
 	// and the console's pages use it. It needs HTTPListen: the pages'

@@ -45,6 +45,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/verifier/offboard"
 	"github.com/tpmauthn/tpmauthn/verifier/oidclogin"
 	"github.com/tpmauthn/tpmauthn/verifier/operators"
+	"github.com/tpmauthn/tpmauthn/verifier/peers"
 	"github.com/tpmauthn/tpmauthn/verifier/people"
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
@@ -125,7 +126,7 @@ func New(cfg Config) (*Verifier, error) {
 	}
 	v := &Verifier{cfg: cfg, keys: ks, log: cfg.Logger, metrics: metrics.New()}
 	v.metrics.KnownTamperKinds(append(slices.Clone(alert.Kinds), health.AlertStoreUnavailable, auditlog.AlertTruncated, auditlog.AlertRewritten,
-		auditlog.AlertCheckpointInvalid, auditlog.AlertNearLimit, auditlog.AlertAppendFailing)...)
+		auditlog.AlertCheckpointInvalid, auditlog.AlertNearLimit, auditlog.AlertAppendFailing, peers.AlertOlderVerifier)...)
 	if len(created) > 0 {
 		v.log.Info("created key material", "data_dir", cfg.DataDir, "files", created)
 	}
@@ -176,6 +177,7 @@ func (v *Verifier) Start(ctx context.Context) error {
 		{"fleet", v.startFleet},
 		{"sessions", v.startSessions},
 		{"health", v.startHealth},
+		{"peers", v.watchPeers},
 		{"people", v.openPeople},
 		{"endpoints", v.serveEndpoints},
 		{"callout", v.serveCallout},
@@ -238,7 +240,9 @@ func (v *Verifier) connect(context.Context) error {
 			return err
 		}
 	}
-	opts, err := v.connOptions("tpmauthn-verifier")
+	// The name says which record fields this version keeps: an instance
+	// of an older one drops some when it rewrites a record (verifier/peers).
+	opts, err := v.connOptions(peers.Name())
 	if err != nil {
 		return err
 	}
@@ -422,6 +426,16 @@ func (v *Verifier) startHealth(context.Context) error {
 	v.health = health.New(health.Config{Store: v.st, Alerts: alert.NewPublisher(v.nc, v.trail, v.metrics, v.log),
 		Trail: v.trail, Metrics: v.metrics, Audit: v.audit, Logger: v.log})
 	v.onClose(v.health.Close)
+	return nil
+}
+
+// watchPeers raises older_verifier while an instance of an older version
+// is connected to the fleet's servers (verifier/peers).
+func (v *Verifier) watchPeers(context.Context) error {
+	w := peers.New(peers.Config{Conns: v.sessions, Alerts: alert.NewPublisher(v.nc, v.trail, v.metrics, v.log),
+		Metrics: v.metrics, Logger: v.log, Every: v.cfg.PeersEvery})
+	w.Start()
+	v.onClose(w.Close)
 	return nil
 }
 

@@ -23,6 +23,7 @@ type Metrics struct {
 	shed          prometheus.Counter
 	storeUp       prometheus.Gauge
 	storeBehind   prometheus.Counter
+	olderPeers    prometheus.Gauge
 }
 
 // New makes the series and registers them with the Go and process
@@ -60,8 +61,12 @@ func New() *Metrics {
 			Name: "tpmauthn_store_write_failures_unconfirmed_total",
 			Help: "Grants whose store write failed while the verifier's own write succeeded within a second (the verifier behind, not the store down): no store_unavailable episode, each such grant denied.",
 		}),
+		olderPeers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tpmauthn_older_verifiers",
+			Help: "Verifier instances of an older version connected to the fleet's servers (verifier/peers): they drop record fields this version relies on.",
+		}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, m.enrollments, m.registrations, m.tamper, m.auditAppend, m.shed, m.storeUp, m.storeBehind,
+	m.reg.MustRegister(m.requests, m.latency, m.enrollments, m.registrations, m.tamper, m.auditAppend, m.shed, m.storeUp, m.storeBehind, m.olderPeers,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
@@ -104,6 +109,9 @@ func (m *Metrics) StoreAvailable(up bool) {
 // StoreWriteFailureUnconfirmed counts a grant's failed write that the
 // health monitor's own write did not confirm.
 func (m *Metrics) StoreWriteFailureUnconfirmed() { m.storeBehind.Inc() }
+
+// OlderVerifiers sets how many older verifier instances are connected.
+func (m *Metrics) OlderVerifiers(n int) { m.olderPeers.Set(float64(n)) }
 
 // Registry is where the series are registered (served at /metrics).
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }

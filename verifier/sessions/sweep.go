@@ -5,10 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
+	"github.com/tpmauthn/tpmauthn/verifier/peers"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
 )
 
@@ -102,39 +105,57 @@ func (s *Sessions) connsOf(user string) ([]serverConn, error) {
 		return nil, nil
 	default:
 	}
-	body, _ := json.Marshal(map[string]any{"user": user, "acc": keys.AccountApp, "auth": true, "limit": connzLimit})
 	var out []serverConn
-	answered, err := s.pingAll(context.Background(), "$SYS.REQ.SERVER.PING.CONNZ", body, func(id string, data []byte) (bool, error) {
+	err := s.connz(context.Background(), map[string]any{"user": user, "acc": keys.AccountApp, "auth": true}, "sessions of "+user, func(server string, c connzConn) {
+		if c.User == user { // the server filtered; check anyway
+			out = append(out, serverConn{server, c.CID})
+		}
+	})
+	return out, err
+}
+
+// connzConn is the part of a CONNZ connection used here.
+type connzConn struct {
+	CID  uint64 `json:"cid"`
+	User string `json:"authorized_user"`
+	Name string `json:"name"`
+	IP   string `json:"ip"`
+	Port int    `json:"port"`
+}
+
+// connz asks every server for the connections filter selects (CONNZ
+// options; limit is added) and hands each to each. Silence is not "no
+// connections", nor is a server with more than one lookup returns: both
+// are errors (fail closed).
+func (s *Sessions) connz(ctx context.Context, filter map[string]any, what string, each func(server string, c connzConn)) error {
+	filter["limit"] = connzLimit
+	body, _ := json.Marshal(filter)
+	answered, err := s.pingAll(ctx, "$SYS.REQ.SERVER.PING.CONNZ", body, func(id string, data []byte) (bool, error) {
 		var resp struct {
 			Data struct {
-				Total int `json:"total"`
-				Conns []struct {
-					CID  uint64 `json:"cid"`
-					User string `json:"authorized_user"`
-				} `json:"connections"`
+				Total int         `json:"total"`
+				Conns []connzConn `json:"connections"`
 			} `json:"data"`
 		}
 		if json.Unmarshal(data, &resp) != nil {
 			return false, nil // not an answer to use: the others may be
 		}
 		if resp.Data.Total > len(resp.Data.Conns) {
-			return false, fmt.Errorf("server %s has %d sessions of %s, more than one lookup returns (%d)", id, resp.Data.Total, user, connzLimit)
+			return false, fmt.Errorf("server %s has %d %s, more than one lookup returns (%d)", id, resp.Data.Total, what, connzLimit)
 		}
 		for _, c := range resp.Data.Conns {
-			if c.User == user { // the server filtered; check anyway
-				out = append(out, serverConn{id, c.CID})
-			}
+			each(id, c)
 		}
 		// A standalone server: it was the only one to ask.
 		return s.cfg.Only != "" && id == s.cfg.Only, nil
 	})
 	switch {
 	case err != nil:
-		return nil, err
-	case !answered: // silence is not "no sessions": fail closed
-		return nil, errors.New("no server answered the session lookup")
+		return err
+	case !answered:
+		return fmt.Errorf("no server answered the lookup of %s", what)
 	}
-	return out, nil
+	return nil
 }
 
 // kickOne kicks one connection; false if it had left already.
@@ -153,4 +174,14 @@ func (s *Sessions) kickOne(server string, cid uint64) (bool, error) {
 		return false, nil // no such client: it left already
 	}
 	return true, nil
+}
+
+// AccountConns lists the connections of the callout account (the
+// verifiers' own) on every server, for verifier/peers.
+func (s *Sessions) AccountConns(ctx context.Context) ([]peers.Conn, error) {
+	var out []peers.Conn
+	err := s.connz(ctx, map[string]any{"acc": keys.AccountAuth}, "connections in "+keys.AccountAuth, func(server string, c connzConn) {
+		out = append(out, peers.Conn{Server: server, CID: c.CID, Name: c.Name, Addr: net.JoinHostPort(c.IP, strconv.Itoa(c.Port))})
+	})
+	return out, err
 }

@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"go.uber.org/goleak"
+
+	"github.com/tpmauthn/tpmauthn/verifier/peers"
 )
 
 // Close waits for every goroutine the verifier started, the embedded
@@ -94,7 +96,7 @@ func TestEmbeddedConnectionsInProcess(t *testing.T) {
 					}
 				}
 			}
-			if !names["tpmauthn-verifier"] || !names["tpmauthn-verifier-sys"] {
+			if !names[peers.Name()] || !names["tpmauthn-verifier-sys"] {
 				t.Fatalf("the verifier's connections are not all there: %v", names)
 			}
 		})

@@ -137,7 +137,7 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Store, error) {
 		if err != nil {
 			return nil, fmt.Errorf("KV bucket %s: its stream: %w", b.name, err)
 		}
-		*b.dst = bucket{KeyValue: kv, stream: stream, nc: nc}
+		*b.dst = bucket{KeyValue: kv, stream: stream, nc: nc, replicated: o.Replicas > 1}
 	}
 	return &s, nil
 }
@@ -146,8 +146,9 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Store, error) {
 // last sequence of the keys it lists.
 type bucket struct {
 	jetstream.KeyValue
-	stream jetstream.Stream
-	nc     *nats.Conn
+	stream     jetstream.Stream
+	nc         *nats.Conn
+	replicated bool // more than one replica: a direct get may be behind
 }
 
 // leaderMsg is a message as the stream's leader holds it (JetStream's
@@ -279,7 +280,17 @@ func Get[T any, P interface {
 	record.Versioned
 }](ctx context.Context, kv jetstream.KeyValue, key string) (P, uint64, error) {
 	e, err := kv.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) || errors.Is(err, jetstream.ErrInvalidKey) {
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		if b, ok := kv.(bucket); ok && b.replicated {
+			// A replica may answer before it has the record: one another
+			// instance just made (a registration's challenge between begin
+			// and finish, a join token just created, a credential just
+			// registered). A miss is asked of the leader again.
+			return GetLatest[T, P](ctx, kv, key)
+		}
+		return nil, 0, fmt.Errorf("%w: %s/%s", api.ErrNotFound, kv.Bucket(), key)
+	}
+	if errors.Is(err, jetstream.ErrInvalidKey) {
 		return nil, 0, fmt.Errorf("%w: %s/%s", api.ErrNotFound, kv.Bucket(), key)
 	}
 	if err != nil {

@@ -409,3 +409,56 @@ func TestFillMissing(t *testing.T) {
 		t.Fatalf("with %d missing: whole %v, %d read, %v", maxMissing+1, whole, len(l.keys), err)
 	}
 }
+
+// A record one instance has just made is found by another at once, on
+// three replicas: a direct get answered by a replica that has not applied
+// the write yet was a miss (a registration's finish at one verifier
+// refused the challenge its begin had made at another: challenge_invalid,
+// seen in TestEmbeddedClusterHA). Get asks the leader before it says
+// "not found".
+func TestGetSeesAnotherInstancesWrite(t *testing.T) {
+	servers := jstest.Cluster(t, 3)
+	writer, err := Open(t.Context(), servers[0].NC, Options{Replicas: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader, err := Open(t.Context(), servers[2].NC, Options{Replicas: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 300
+	direct := 0 // misses of a plain direct get, for the log
+	for i := range n {
+		key := fmt.Sprintf("c%d", i)
+		if err := Create(t.Context(), writer.Challenges, key, &record.Challenge{V: record.Version, Host: "h"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := reader.Challenges.Get(t.Context(), key); err != nil {
+			direct++
+		}
+		if _, _, err := Get[record.Challenge](t.Context(), reader.Challenges, key); err != nil {
+			t.Fatalf("record %d made at one server, read at another: %v", i, err)
+		}
+	}
+	t.Logf("a plain direct get right after the write missed %d of %d", direct, n)
+
+	// The lag itself does not show on a quiet machine: a replica that has
+	// not applied the write is stood in for by one that misses every get.
+	lagging := reader.Challenges.(bucket)
+	lagging.KeyValue = missingKV{lagging.KeyValue}
+	if _, _, err := Get[record.Challenge](t.Context(), lagging, "c0"); err != nil {
+		t.Fatalf("a replica's miss was not asked of the leader: %v", err)
+	}
+	// A miss is still a miss, and says so.
+	if _, _, err := Get[record.Challenge](t.Context(), reader.Challenges, "never"); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("a key nobody made: %v, want ErrNotFound", err)
+	}
+}
+
+// missingKV is a bucket whose direct gets miss, as a replica's that has
+// not applied the last writes.
+type missingKV struct{ jetstream.KeyValue }
+
+func (missingKV) Get(context.Context, string) (jetstream.KeyValueEntry, error) {
+	return nil, jetstream.ErrKeyNotFound
+}

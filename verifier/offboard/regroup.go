@@ -15,6 +15,7 @@ import (
 	"github.com/tpmauthn/tpmauthn/audit"
 	"github.com/tpmauthn/tpmauthn/verifier/policy"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
+	"github.com/tpmauthn/tpmauthn/verifier/sessions"
 )
 
 // Regroup sets person id's groups to change(their groups now): what their
@@ -34,22 +35,27 @@ func (s *Service) Regroup(ctx context.Context, id string, change func(groups []s
 // (written already: a regroup, or a login whose ID token listed others),
 // took away; see Regroup.
 //
-// What is taken away is counted from the groups of the last change whose
-// kicks completed (after.FencedGroups), not only from before: a change
-// left unfinished (a verifier died in it) is finished with this one.
+// What is taken away is counted from before's groups when the change that
+// made them is finished (its fences and kicks done: after.FencedGen has
+// reached before.GroupsGen). Otherwise a session may hold roles of any
+// group list since the last finished change, which no record keeps (a
+// change that added a group and is still kicking, or died, then one that
+// takes it away): every session of the person's credentials is kicked and
+// fenced, and reconnects with what after gives. The sweep (FinishFences)
+// finishes a change the same way.
 func (s *Service) Regrouped(ctx context.Context, before, after *record.Person, actor string) (int, error) {
 	id := after.ID
-	if after.FencedGen > 0 {
-		b := *before
-		b.Groups = after.FencedGroups
-		before = &b
-	}
-	if slices.Equal(before.Groups, after.Groups) {
+	unfinished := after.FencedGen < before.GroupsGen
+	if !unfinished && slices.Equal(before.Groups, after.Groups) {
 		return 0, s.fenced(ctx, after)
 	}
 	pol := s.cfg.Policy()
 	shrunk := func(c *record.Credential) []string {
-		return rolesLost(personRoles(pol, before, c), personRoles(pol, after, c))
+		lost := rolesLost(personRoles(pol, before, c), personRoles(pol, after, c))
+		if unfinished && len(lost) == 0 {
+			lost = []string{unfinishedLoss}
+		}
+		return lost
 	}
 	lost, kicked, failed, kickErr := s.kickShrunk(ctx, after.Credentials, shrunk, after.GroupsGen, actor)
 	if len(failed) > 0 {
@@ -71,6 +77,10 @@ func (s *Service) Regrouped(ctx context.Context, before, after *record.Person, a
 	}
 	return kicked, nil
 }
+
+// unfinishedLoss stands, in audit events, for the roles of a change left
+// unfinished, which a kick of every session covers.
+const unfinishedLoss = "(any role of an unfinished earlier change of groups)"
 
 // fenced records that after's change has all its fences and kicks done.
 func (s *Service) fenced(ctx context.Context, after *record.Person) error {
@@ -224,6 +234,8 @@ func (s *Service) retryKick(after *record.Person, ids []string, shrunk func(*rec
 			}
 		}
 		switch {
+		case len(failed) > 0 && errors.Is(err, sessions.ErrClosing):
+			s.cfg.Logger.Warn("a regroup's kick is left unfinished at shutdown: another instance's sweep finishes it", "person", person)
 		case len(failed) > 0 && tries < kickRetries:
 			ids, wait = failed, 2*wait
 			time.AfterFunc(wait, try)

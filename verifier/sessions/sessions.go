@@ -133,6 +133,13 @@ func (s *Sessions) Live(refs []record.SessionRef, now time.Time) (live, ended []
 	return live, ended
 }
 
+// ErrClosing: this instance is shutting down (its system connection
+// drained) and kicks nothing. It is an error, not "nothing to kick": a
+// regroup then leaves its change unfinished, for another instance's sweep
+// (verifier/offboard), and a revocation says its kick did not happen
+// here (every other instance's revocation watch kicks as well).
+var ErrClosing = fmt.Errorf("%w: this verifier is shutting down and kicks nothing more", api.ErrUnavailable)
+
 // kickTimeout bounds one KICK request to a server.
 const kickTimeout = time.Second
 
@@ -141,8 +148,8 @@ const kickTimeout = time.Second
 // an error.
 func (s *Sessions) Kick(c *record.Credential) (int, error) {
 	select {
-	case <-s.done: // shutting down: the system connection is drained; other instances kick
-		return 0, nil
+	case <-s.done:
+		return 0, ErrClosing
 	default:
 	}
 	now := time.Now()

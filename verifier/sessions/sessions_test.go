@@ -230,3 +230,18 @@ func start(t *testing.T) (*testenv.Env, *Sessions) {
 	}
 	return e, s
 }
+
+// A closing instance kicks nothing and says so (found by review): it
+// returned "0 kicked, no error", and a regroup during shutdown recorded its
+// change as done with the sessions still up.
+func TestKickWhileClosingIsAnError(t *testing.T) {
+	_, s := start(t)
+	s.Close()
+	c := &record.Credential{ID: "c1", Sessions: []record.SessionRef{{Server: "S", Client: 1, Expires: time.Now().Add(time.Hour)}}}
+	if _, err := s.Kick(c); !errors.Is(err, ErrClosing) || !errors.Is(err, api.ErrUnavailable) {
+		t.Fatalf("Kick while closing: %v, want ErrClosing", err)
+	}
+	if _, err := s.KickUser("w@h/UX"); !errors.Is(err, ErrClosing) {
+		t.Fatalf("KickUser while closing: %v, want ErrClosing", err)
+	}
+}

@@ -102,7 +102,7 @@ type serverConn struct {
 func (s *Sessions) connsOf(user string) ([]serverConn, error) {
 	select {
 	case <-s.done:
-		return nil, nil
+		return nil, ErrClosing
 	default:
 	}
 	var out []serverConn

@@ -70,6 +70,10 @@ func (v *Verifier) openPeople(context.Context) error {
 		reloads.Wait()
 	})
 	v.policy.OnReload(func(prev, next *policy.Policy) {
+		// A regroup from now on counts prev's roles too, until the
+		// sessions it granted are over (the kick below reads groups
+		// a regroup may change meanwhile).
+		v.offboard.PolicyReplaced(prev, time.Now())
 		mu.Lock()
 		defer mu.Unlock()
 		if closed {

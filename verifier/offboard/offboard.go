@@ -61,6 +61,9 @@ type Service struct {
 	cfg Config
 	mu  sync.Mutex
 	rev Revoker
+	// prev is the policy a reload replaced, until prevUntil (PolicyReplaced).
+	prev      *policy.Policy
+	prevUntil time.Time
 	// pending is the unfinished regroups FinishFences has seen, by person.
 	pendingMu sync.Mutex
 	pending   map[string]pendingFence
@@ -176,9 +179,6 @@ func (s *Service) revokeRefresh(ctx context.Context, p *record.Person) error {
 	return err
 }
 
-// errFenced: the credential's fence is this regroup's or a later one's.
-var errFenced = errors.New("fenced already")
-
 // action is what cut does to one credential.
 type action int
 
@@ -226,9 +226,10 @@ func (s *Service) cut(ctx context.Context, ids []string, act func(*record.Creden
 // cutOne does to credential id what act says: revoke it (unless it is
 // revoked already) and kick its sessions, or kick them only.
 //
-// Kicking only, with a fence, it first raises the credential's GroupsGen
-// to fence, a compare-and-set, and kicks the sessions of the record it
-// wrote: a connect that read the person's old groups either committed
+// Kicking only, it first raises the credential's GroupsGen to fence (0:
+// none; a generation never goes down), in a compare-and-set that writes
+// the record even when nothing changes, and kicks the sessions of the
+// record it wrote: a connect that read the person's old groups either committed
 // before (its session is in that record, kicked) or loses its
 // compare-and-set and decides again, with a person record of this
 // generation or later (verifier/authn/person). A connect that is granted
@@ -245,19 +246,20 @@ func (s *Service) cutOne(ctx context.Context, id string, act func(*record.Creden
 	if a == leave {
 		return c, false, 0, nil
 	}
-	if a == kickOnly && fence > 0 {
+	if a == kickOnly {
+		// Always a write, even when the fence is there already (a later
+		// regroup's, or a generation an older verifier reset) or there is
+		// none (a policy reload): the compare-and-set makes any connect
+		// that read the record before commit again, and the sessions
+		// kicked are those of the record written, not of a read a lagging
+		// replica may have answered.
 		fenced, _, err := store.Mutate(ctx, s.cfg.Store.Credentials, id, func(c *record.Credential) error {
-			if c.GroupsGen >= fence {
-				return errFenced
-			}
-			c.GroupsGen = fence
+			c.GroupsGen = max(c.GroupsGen, fence)
 			return nil
 		})
 		switch {
 		case err == nil:
 			c = fenced
-		case errors.Is(err, errFenced):
-			// A later regroup's fence: connects since read newer groups.
 		case errors.Is(err, api.ErrNotFound):
 			return nil, false, 0, nil
 		default:

@@ -358,3 +358,76 @@ func TestFinishFencesLegacyRecord(t *testing.T) {
 		t.Fatalf("legacy record not recorded as finished: %d of %d", done.FencedGen, done.GroupsGen)
 	}
 }
+
+// A group and its binding retired together (found by review): the reload
+// swaps the policy, a regroup removes the group before the reload's own
+// kick runs. The regroup compared the group lists under the new policy
+// (nothing lost) and the reload's kick compared the policies over the new
+// groups (nothing lost): the session kept ops. The regroup now counts the
+// replaced policy's roles too.
+func TestRegroupDuringPolicyReload(t *testing.T) {
+	env := testenv.New(t)
+	parse := func(binding string) *policy.Policy {
+		p, err := policy.Parse([]byte(`
+roles:
+  dev: {publish: {allow: ["dev.>"]}}
+  ops: {publish: {allow: ["ops.>"]}}
+people:
+  idps: [{name: okta, issuer: "https://okta.example.com", client_id: c, client_secret_env: S}]
+  bindings:
+    - {groups: [developers], roles: [dev]}
+    - ` + binding + `
+`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	old, next := parse(`{groups: [ops], roles: [ops]}`), parse(`{groups: [sre], roles: [ops]}`)
+	cur := old
+	polf := func() *policy.Policy { return cur }
+	ppl := people.New(people.Config{Store: env.Store, Policy: polf, Trail: env.Trail})
+	k := &testenv.Kicks{}
+	ob := offboard.New(offboard.Config{People: ppl, Store: env.Store, Fleet: env.Fleet, Sessions: k, Alerts: &testenv.Alerts{}, Trail: env.Trail, Policy: polf})
+	p := personWithTwoCredentials(t, env, ppl)
+
+	cur = next // the swap; the reload's kick has not run yet
+	ob.PolicyReplaced(old, time.Now())
+	if _, err := ob.Regroup(t.Context(), p.ID, func([]string) []string { return []string{"developers"} }, "scim"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ob.Repolicy(t.Context(), old, next); err != nil {
+		t.Fatal(err)
+	}
+	if got := k.List(); !slices.Equal(got, []string{"hw", "sw"}) {
+		t.Fatalf("kicked %v, want [hw sw]: both held ops from the old policy and the old groups", got)
+	}
+}
+
+// A fence already at or above this regroup's (a later regroup's, or a
+// generation an older verifier reset) still writes the credential, so a
+// connect that read it before loses its compare-and-set (found by review).
+func TestFenceAlwaysWrites(t *testing.T) {
+	env, ppl, _, _, ob := regroupEnv(t)
+	ctx := t.Context()
+	p := personWithTwoCredentials(t, env, ppl)
+	if _, _, err := store.Mutate(ctx, env.Store.Credentials, "hw", func(c *record.Credential) error {
+		c.GroupsGen = 1000
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	racing, rev, err := store.Get[record.Credential](ctx, env.Store.Credentials, "hw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ob.Regroup(ctx, p.ID, func([]string) []string { return []string{"developers"} }, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Update(ctx, env.Store.Credentials, "hw", racing, rev); !errors.Is(err, api.ErrConflict) {
+		t.Fatalf("a commit at the revision read before the regroup: %v, want ErrConflict", err)
+	}
+	if got := env.Credential(t, "hw").GroupsGen; got != 1000 {
+		t.Fatalf("the fence went down to %d", got)
+	}
+}

@@ -49,9 +49,15 @@ func (s *Service) Regrouped(ctx context.Context, before, after *record.Person, a
 	if !unfinished && slices.Equal(before.Groups, after.Groups) {
 		return 0, s.fenced(ctx, after)
 	}
-	pol := s.cfg.Policy()
+	pol, prev := s.cfg.Policy(), s.replacedPolicy(time.Now())
 	shrunk := func(c *record.Credential) []string {
-		lost := rolesLost(personRoles(pol, before, c), personRoles(pol, after, c))
+		had := personRoles(pol, before, c)
+		if prev != nil {
+			// A session granted with the policy a reload replaced, whose
+			// own kick (Repolicy) reads the groups this change writes.
+			had = append(had, personRoles(prev, before, c)...)
+		}
+		lost := rolesLost(had, personRoles(pol, after, c))
 		if unfinished && len(lost) == 0 {
 			lost = []string{unfinishedLoss}
 		}
@@ -76,6 +82,31 @@ func (s *Service) Regrouped(ctx context.Context, before, after *record.Person, a
 		return kicked, fmt.Errorf("%w: person %s: sessions whose roles shrank not all kicked (they end at their expiry): %w", api.ErrUnavailable, id, kickErr)
 	}
 	return kicked, nil
+}
+
+// PolicyReplaced tells the Service that a reload replaced prev at now
+// (call it when the policy is swapped, before the reload's own kick). For
+// as long as a session granted with prev may last, a regroup counts the
+// roles prev gave too: the reload's kick (Repolicy) compares the two
+// policies over the person's groups when it runs, and a regroup between
+// the swap and then compares the two group lists under the new policy
+// alone, so a role both take away (a group and its binding retired
+// together) was kicked by neither (found by review).
+func (s *Service) PolicyReplaced(prev *policy.Policy, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.prev, s.prevUntil = prev, now.Add(prev.SessionTTL+time.Minute)
+}
+
+// replacedPolicy is the policy a reload replaced while its sessions may
+// still be live, or nil.
+func (s *Service) replacedPolicy(now time.Time) *policy.Policy {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.prev == nil || now.After(s.prevUntil) {
+		return nil
+	}
+	return s.prev
 }
 
 // unfinishedLoss stands, in audit events, for the roles of a change left

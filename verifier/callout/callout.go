@@ -389,11 +389,11 @@ var errDecidedAgain = errors.New("decided again with other roles")
 // withdrawOnce withdraws ev once its append (stored) has succeeded: an
 // allow event that never landed needs no withdrawal.
 func (s *Server) withdrawOnce(stored chan error, ev audit.Event, why error) {
-	go func() {
+	s.wg.Go(func() { // counted: Close waits for the withdrawal to be queued
 		if <-stored == nil {
 			s.withdraw(ev, why)
 		}
-	}()
+	})
 }
 
 // withdraw records that a grant whose allow event may be in the trail was

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"reflect"
 	"slices"
 	"strings"
@@ -44,6 +45,12 @@ func (s *Service) Regroup(ctx context.Context, id string, change func(groups []s
 // fenced, and reconnects with what after gives. The sweep (FinishFences)
 // finishes a change the same way.
 func (s *Service) Regrouped(ctx context.Context, before, after *record.Person, actor string) (int, error) {
+	return s.regrouped(ctx, before, after, actor, true)
+}
+
+// regrouped is Regrouped; retry says whether failed kicks are retried in
+// the background (not from the sweep, which comes back each minute).
+func (s *Service) regrouped(ctx context.Context, before, after *record.Person, actor string, retry bool) (int, error) {
 	id := after.ID
 	unfinished := after.FencedGen < before.GroupsGen
 	if !unfinished && slices.Equal(before.Groups, after.Groups) {
@@ -68,7 +75,9 @@ func (s *Service) Regrouped(ctx context.Context, before, after *record.Person, a
 		// The groups are written: a regroup asked again sees no change,
 		// so the fence and the kick are retried here (and, should this
 		// process die first, by the sweep: FinishFences).
-		s.retryKick(after, failed, shrunk, actor, KickRetry)
+		if retry {
+			s.retryKick(after, failed, shrunk, actor, KickRetry)
+		}
 	} else if err := s.fenced(ctx, after); err != nil {
 		s.cfg.Logger.Warn("a regroup's kicks are done but not recorded as done; the sweep does them again", "person", id, "error", err)
 	}
@@ -155,10 +164,19 @@ func (s *Service) FinishFences(ctx context.Context, now time.Time) (int, error) 
 	}
 	s.pending = seen
 	s.pendingMu.Unlock()
+	// In a random order, each with its own time: a person whose kicks
+	// keep failing must not starve the others.
+	rand.Shuffle(len(due), func(i, j int) { due[i], due[j] = due[j], due[i] })
 	total := 0
 	var errs []error
 	for _, p := range due {
-		n, err := s.Regrouped(ctx, p, p, actorSweep)
+		if ctx.Err() != nil {
+			errs = append(errs, fmt.Errorf("fence sweep: %d people left for the next pass: %w", len(due), ctx.Err()))
+			break
+		}
+		pctx, cancel := context.WithTimeout(ctx, sweepPerPerson)
+		n, err := s.regrouped(pctx, p, p, actorSweep, false)
+		cancel()
 		total += n
 		if err != nil {
 			errs = append(errs, err)
@@ -166,6 +184,9 @@ func (s *Service) FinishFences(ctx context.Context, now time.Time) (int, error) 
 	}
 	return total, errors.Join(errs...)
 }
+
+// sweepPerPerson bounds the sweep's time on one person.
+const sweepPerPerson = 10 * time.Second
 
 // pendingFence is when this instance first saw a person's change
 // unfinished.

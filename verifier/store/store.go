@@ -162,6 +162,10 @@ type leaderMsg struct {
 	Data     []byte `json:"data"`
 }
 
+// apiTimeout bounds a JetStream API request whose caller set no deadline
+// (nats.go's default for its own).
+const apiTimeout = 5 * time.Second
+
 // errNoMsg: the leader holds no message on the subject.
 var errNoMsg = errors.New("no message")
 
@@ -174,6 +178,14 @@ func (b bucket) leaderLast(ctx context.Context, subject string) (*leaderMsg, err
 	}{subject})
 	if err != nil {
 		return nil, err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		// As nats.go bounds its own API requests: a request the server
+		// dropped (its API queue full, a leader change) must not hang a
+		// caller without a deadline.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, apiTimeout)
+		defer cancel()
 	}
 	m, err := b.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET.KV_"+b.Bucket(), req)
 	if err != nil {

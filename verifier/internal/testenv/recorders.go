@@ -40,11 +40,11 @@ func (k *Kicks) FailNext(n int) {
 	k.mu.Unlock()
 }
 
-// List is the credentials kicked so far, in order.
+// List is the credentials kicked so far, sorted (kicks run concurrently).
 func (k *Kicks) List() []string {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return slices.Clone(k.ids)
+	return slices.Sorted(slices.Values(k.ids))
 }
 
 // Reset forgets them.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/tpmauthn/tpmauthn/api"
@@ -57,7 +58,13 @@ func (s *Service) link(ctx context.Context, cred *record.Credential) ([]string, 
 			dead[id] = true
 		case err != nil:
 			return nil, err
-		case c.Status == api.CredentialRevoked || c.Expired(now) || c.Retired(now):
+		case c.Status == api.CredentialRevoked:
+			dead[id] = true
+		case (c.Expired(now) || c.Retired(now)) && !liveSession(c, now):
+			// Not before its last session ends: one granted before the
+			// credential retired may last its session_ttl past that, and
+			// an offboarding or a regroup finds sessions through this
+			// list (found by review).
 			dead[id] = true
 		case cred.Host != "" && c.Host == cred.Host && c.Retires.IsZero():
 			replaced = append(replaced, id)
@@ -80,4 +87,9 @@ func (s *Service) link(ctx context.Context, cred *record.Credential) ([]string, 
 		return nil, fmt.Errorf("add credential %s to person %s: %w", cred.ID, p.ID, err)
 	}
 	return replaced, nil
+}
+
+// liveSession reports whether c names a session that has not expired.
+func liveSession(c *record.Credential, now time.Time) bool {
+	return slices.ContainsFunc(c.Sessions, func(r record.SessionRef) bool { return r.Expires.After(now) })
 }

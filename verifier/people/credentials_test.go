@@ -4,6 +4,7 @@ import (
 	"errors"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/verifier/record"
@@ -63,5 +64,53 @@ func TestAddCredential(t *testing.T) {
 	}
 	if _, _, err := store.Get[record.Credential](ctx, f.env.Store.Credentials, "pk3"); !errors.Is(err, api.ErrNotFound) {
 		t.Fatalf("the refused credential is kept: %v", err)
+	}
+}
+
+// A retired (or expired) credential stays on the person's list while a
+// session it was granted may still be live: offboarding and regroups find
+// sessions through the list (found by review). Once its sessions are
+// over, it goes.
+func TestRetiredCredentialKeptWhileSessionsLive(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	p, err := f.svc.Login(ctx, Identity{IdP: "okta", Issuer: oktaIssuer, SubjectClaim: "sub", Subject: "00u9", Groups: []string{"developers"}}, record.FlowBrowser, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	add := func(id string) {
+		t.Helper()
+		if _, err := f.svc.AddCredential(ctx, &record.Credential{V: record.Version, ID: id, Person: p.ID, Status: api.CredentialActive, Kind: record.KindPasskey}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add("old")
+	retire := func(sessionEnds time.Time) {
+		t.Helper()
+		if _, _, err := store.Mutate(ctx, f.env.Store.Credentials, "old", func(c *record.Credential) error {
+			c.Retires = now.Add(-time.Minute)
+			c.Sessions = []record.SessionRef{{Server: "S", Client: 1, Expires: sessionEnds}}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	listed := func() []string {
+		q, err := f.svc.Person(ctx, p.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return q.Credentials
+	}
+	retire(now.Add(5 * time.Minute)) // a session granted before it retired
+	add("new1")
+	if got := listed(); !slices.Contains(got, "old") {
+		t.Fatalf("credentials %v: the retired one dropped with a live session", got)
+	}
+	retire(now.Add(-time.Second)) // its last session is over
+	add("new2")
+	if got := listed(); slices.Contains(got, "old") {
+		t.Fatalf("credentials %v: the retired one kept with no live session", got)
 	}
 }

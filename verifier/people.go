@@ -56,6 +56,7 @@ func (v *Verifier) openPeople(context.Context) error {
 		}})
 	v.offboard = offboard.New(offboard.Config{People: v.people, Store: v.st, Fleet: v.fleet, Sessions: v.sessions,
 		Alerts: alert.NewPublisher(v.nc, v.trail, v.metrics, v.log), Trail: v.trail, Policy: pol, Logger: v.log})
+	v.onClose(v.offboard.Close)
 	// A reload that takes people's roles away kicks their sessions (in the
 	// background: the reload runs in a connect's call).
 	var (

@@ -58,9 +58,10 @@ type Config struct {
 
 // Service offboards people and narrows their sessions.
 type Service struct {
-	cfg Config
-	mu  sync.Mutex
-	rev Revoker
+	cfg    Config
+	mu     sync.Mutex
+	rev    Revoker
+	closed bool // Close: no more background retries
 	// prev is the policy a reload replaced, until prevUntil (PolicyReplaced).
 	prev      *policy.Policy
 	prevUntil time.Time
@@ -75,6 +76,21 @@ func New(cfg Config) *Service {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Service{cfg: cfg}
+}
+
+// Close stops the background retries of failed regroup kicks (a retry
+// due later does nothing): the changes they were for stay unfinished, for
+// another instance's sweep.
+func (s *Service) Close() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+}
+
+func (s *Service) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
 }
 
 // SetRevoker sets what revokes refresh tokens at the IdPs (the relying

@@ -276,6 +276,9 @@ func (s *Service) retryKick(after *record.Person, ids []string, shrunk func(*rec
 	tries := 0
 	var try func()
 	try = func() {
+		if s.isClosed() {
+			return // the sweep of another instance finishes the change
+		}
 		tries++
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()

@@ -20,7 +20,19 @@ import (
 func regroupEnv(t *testing.T) (*testenv.Env, *people.Service, *testenv.Kicks, *testenv.Alerts, *offboard.Service) {
 	t.Helper()
 	env := testenv.New(t)
-	pol, err := policy.Parse([]byte(`
+	pol := regroupPolicy(t, `{groups: [ops], roles: [ops], require: {assurance: hardware}}`)
+	polf := func() *policy.Policy { return pol }
+	ppl := people.New(people.Config{Store: env.Store, Policy: polf, Trail: env.Trail})
+	k, a := &testenv.Kicks{}, &testenv.Alerts{}
+	ob := offboard.New(offboard.Config{People: ppl, Store: env.Store, Fleet: env.Fleet, Sessions: k, Alerts: a, Trail: env.Trail, Policy: polf})
+	return env, ppl, k, a, ob
+}
+
+// regroupPolicy is the tests' policy: developers get dev, and binding
+// (a YAML flow mapping) gives ops.
+func regroupPolicy(t *testing.T, binding string) *policy.Policy {
+	t.Helper()
+	p, err := policy.Parse([]byte(`
 roles:
   dev: {publish: {allow: ["dev.>"]}}
   ops: {publish: {allow: ["ops.>"]}}
@@ -28,16 +40,12 @@ people:
   idps: [{name: okta, issuer: "https://okta.example.com", client_id: c, client_secret_env: S}]
   bindings:
     - {groups: [developers], roles: [dev]}
-    - {groups: [ops], roles: [ops], require: {assurance: hardware}}
+    - ` + binding + `
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
-	polf := func() *policy.Policy { return pol }
-	ppl := people.New(people.Config{Store: env.Store, Policy: polf, Trail: env.Trail})
-	k, a := &testenv.Kicks{}, &testenv.Alerts{}
-	ob := offboard.New(offboard.Config{People: ppl, Store: env.Store, Fleet: env.Fleet, Sessions: k, Alerts: a, Trail: env.Trail, Policy: polf})
-	return env, ppl, k, a, ob
+	return p
 }
 
 // TestRegroupKicksOnlyShrunk: a group whose role needs hardware is lost;
@@ -367,23 +375,7 @@ func TestFinishFencesLegacyRecord(t *testing.T) {
 // replaced policy's roles too.
 func TestRegroupDuringPolicyReload(t *testing.T) {
 	env := testenv.New(t)
-	parse := func(binding string) *policy.Policy {
-		p, err := policy.Parse([]byte(`
-roles:
-  dev: {publish: {allow: ["dev.>"]}}
-  ops: {publish: {allow: ["ops.>"]}}
-people:
-  idps: [{name: okta, issuer: "https://okta.example.com", client_id: c, client_secret_env: S}]
-  bindings:
-    - {groups: [developers], roles: [dev]}
-    - ` + binding + `
-`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	old, next := parse(`{groups: [ops], roles: [ops]}`), parse(`{groups: [sre], roles: [ops]}`)
+	old, next := regroupPolicy(t, `{groups: [ops], roles: [ops]}`), regroupPolicy(t, `{groups: [sre], roles: [ops]}`)
 	cur := old
 	polf := func() *policy.Policy { return cur }
 	ppl := people.New(people.Config{Store: env.Store, Policy: polf, Trail: env.Trail})

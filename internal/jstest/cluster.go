@@ -13,8 +13,8 @@ import (
 
 // Cluster starts n JetStream servers routed into one cluster (each on
 // free loopback ports, its store in a temporary directory) and waits
-// until JetStream has a meta leader, so that a replicated stream can be
-// made at once. Each Server's NC connects to that server only.
+// until JetStream's meta group has a leader that sees every peer current,
+// so that a replicated stream can be made at once. Each Server's NC connects to that server only.
 func Cluster(tb testing.TB, n int) []*Server {
 	tb.Helper()
 	if testing.Short() {
@@ -44,7 +44,7 @@ func Cluster(tb testing.TB, n int) []*Server {
 	for _, s := range out {
 		for !s.metaFormed(n) {
 			if time.Now().After(deadline) {
-				tb.Fatal("jstest: no JetStream meta leader within 20s")
+				tb.Fatal("jstest: JetStream's meta group not formed within 20s")
 			}
 			time.Sleep(50 * time.Millisecond)
 		}

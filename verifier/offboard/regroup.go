@@ -169,9 +169,9 @@ func (s *Service) FinishFences(ctx context.Context, now time.Time) (int, error) 
 	rand.Shuffle(len(due), func(i, j int) { due[i], due[j] = due[j], due[i] })
 	total := 0
 	var errs []error
-	for _, p := range due {
+	for i, p := range due {
 		if ctx.Err() != nil {
-			errs = append(errs, fmt.Errorf("fence sweep: %d people left for the next pass: %w", len(due), ctx.Err()))
+			errs = append(errs, fmt.Errorf("fence sweep: %d people left for the next pass: %w", len(due)-i, ctx.Err()))
 			break
 		}
 		pctx, cancel := context.WithTimeout(ctx, sweepPerPerson)

@@ -3,6 +3,7 @@ package oidclogin
 import (
 	"context"
 	"errors"
+	"maps"
 	"sync"
 	"time"
 
@@ -66,12 +67,10 @@ func (r *rotated) restore(f *heldFile, now time.Time) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.file = f
-	for id, rot := range held {
-		if r.pending == nil {
-			r.pending = map[string]rotation{}
-		}
-		r.pending[id] = rot
+	if r.pending == nil {
+		r.pending = map[string]rotation{}
 	}
+	maps.Copy(r.pending, held)
 	return len(held), err
 }
 

@@ -1,0 +1,64 @@
+package agent
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+// TestNameCache: a name is asked for once within nameTTL and again after
+// it; a failed or empty lookup is never remembered; the cache starts over
+// past maxNames instead of growing.
+func TestNameCache(t *testing.T) {
+	asked := map[uint32]int{}
+	failing := false
+	c := newNameCache(func(id uint32) (string, error) {
+		asked[id]++
+		switch {
+		case failing:
+			return "", errors.New("sssd did not answer")
+		case id == 7:
+			return "", nil // a bare uid
+		}
+		return "u" + string(rune('a'+id%26)), nil
+	})
+	now := time.Unix(1_000_000, 0)
+	c.now = func() time.Time { return now }
+
+	if got := c.name(1); got != "ub" {
+		t.Fatalf("name(1) = %q", got)
+	}
+	now = now.Add(nameTTL - time.Millisecond)
+	c.name(1)
+	if asked[1] != 1 {
+		t.Fatalf("asked %d times within the TTL, want 1", asked[1])
+	}
+	now = now.Add(time.Millisecond)
+	c.name(1)
+	if asked[1] != 2 {
+		t.Fatalf("asked %d times once the TTL passed, want 2", asked[1])
+	}
+
+	c.name(7)
+	c.name(7)
+	if asked[7] != 2 {
+		t.Fatalf("a bare uid was remembered: asked %d times, want 2", asked[7])
+	}
+
+	failing = true
+	now = now.Add(nameTTL)
+	if got := c.name(1); got != "" {
+		t.Fatalf("a failed lookup gave %q, want \"\"", got)
+	}
+	failing = false
+	if got := c.name(1); got != "ub" || asked[1] != 4 {
+		t.Fatalf("after a failure: %q, asked %d times; want ub, 4", got, asked[1])
+	}
+
+	for id := range uint32(maxNames + 10) {
+		c.name(100 + id)
+	}
+	if n := len(c.names); n > maxNames {
+		t.Fatalf("%d names cached, bound %d", n, maxNames)
+	}
+}

@@ -5,16 +5,19 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // nameTTL is how long a uid's or gid's name is trusted without asking the
-// name service again. Every request to the socket names its caller's user
-// and group, and the name service is a cgo call that reads /etc/passwd and
-// /etc/group (or asks sssd) each time: 30 µs of a 130 µs identification.
-// Changing what a uid is named takes root (or the directory's
-// administrator), and takes effect here within nameTTL: a person
-// credential made for a renamed or reused uid is still refused, up to
-// nameTTL later (docs/threat-model.md, H11).
+// name service again, as long as the local file (/etc/passwd, /etc/group)
+// has not changed either. Every request to the socket names its caller's
+// user and group, and the name service is a cgo call that reads those files
+// (or asks sssd) each time: 30 µs of a 130 µs identification. A change of
+// the local file (useradd, userdel, usermod rename) is seen at the next
+// request; one in a directory (LDAP through sssd, which caches for far
+// longer itself) within nameTTL. Either takes root or the directory's
+// administrator (docs/threat-model.md, "low: name cache").
 const nameTTL = 5 * time.Second
 
 // maxNames bounds a cache: a host's callers run as a handful of uids. Past
@@ -22,10 +25,12 @@ const nameTTL = 5 * time.Second
 // can run as.
 const maxNames = 1024
 
-// nameCache remembers the names a lookup gave, for nameTTL. Failures are
-// not remembered: a name service that did not answer is asked again.
+// nameCache remembers the names a lookup gave, for nameTTL and while the
+// local file they may come from is unchanged. Failures are not remembered:
+// a name service that did not answer is asked again.
 type nameCache struct {
 	lookup func(id uint32) (string, error)
+	file   string // /etc/passwd or /etc/group
 	now    func() time.Time
 	mu     sync.Mutex
 	names  map[uint32]cachedName
@@ -34,20 +39,37 @@ type nameCache struct {
 type cachedName struct {
 	name  string
 	until time.Time
+	file  fileStamp
 }
 
-func newNameCache(lookup func(uint32) (string, error)) *nameCache {
-	return &nameCache{lookup: lookup, now: time.Now, names: map[uint32]cachedName{}}
+// fileStamp names a file's content without reading it (as exeKey does);
+// the zero stamp is a file that could not be stat'ed, which never matches a
+// cached name's.
+type fileStamp struct {
+	dev, ino         uint64
+	size, mtim, ctim int64
+}
+
+func stampOf(path string) fileStamp {
+	var st unix.Stat_t
+	if path == "" || unix.Stat(path, &st) != nil {
+		return fileStamp{}
+	}
+	return fileStamp{dev: st.Dev, ino: st.Ino, size: st.Size, mtim: st.Mtim.Nano(), ctim: st.Ctim.Nano()}
+}
+
+func newNameCache(lookup func(uint32) (string, error), file string) *nameCache {
+	return &nameCache{lookup: lookup, file: file, now: time.Now, names: map[uint32]cachedName{}}
 }
 
 // name is id's name, "" when the name service gives none (a bare id, or a
 // lookup that failed: a selector by name then does not match).
 func (c *nameCache) name(id uint32) string {
-	now := c.now()
+	now, file := c.now(), stampOf(c.file)
 	c.mu.Lock()
 	e, ok := c.names[id]
 	c.mu.Unlock()
-	if ok && now.Before(e.until) {
+	if ok && now.Before(e.until) && file == e.file && file != (fileStamp{}) {
 		return e.name
 	}
 	name, err := c.lookup(id)
@@ -58,7 +80,7 @@ func (c *nameCache) name(id uint32) string {
 	if len(c.names) >= maxNames {
 		clear(c.names)
 	}
-	c.names[id] = cachedName{name: name, until: now.Add(nameTTL)}
+	c.names[id] = cachedName{name: name, until: now.Add(nameTTL), file: file}
 	c.mu.Unlock()
 	return name
 }

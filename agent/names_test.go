@@ -2,14 +2,21 @@ package agent
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 )
 
 // TestNameCache: a name is asked for once within nameTTL and again after
-// it; a failed or empty lookup is never remembered; the cache starts over
-// past maxNames instead of growing.
+// it, or as soon as the local file changes (useradd, userdel); a failed or
+// empty lookup is never remembered, nor anything while the file cannot be
+// stat'ed; the cache starts over past maxNames instead of growing.
 func TestNameCache(t *testing.T) {
+	passwd := filepath.Join(t.TempDir(), "passwd")
+	if err := os.WriteFile(passwd, []byte("root:x:0:0::/root:/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	asked := map[uint32]int{}
 	failing := false
 	c := newNameCache(func(id uint32) (string, error) {
@@ -21,7 +28,7 @@ func TestNameCache(t *testing.T) {
 			return "", nil // a bare uid
 		}
 		return "u" + string(rune('a'+id%26)), nil
-	})
+	}, passwd)
 	now := time.Unix(1_000_000, 0)
 	c.now = func() time.Time { return now }
 
@@ -53,6 +60,29 @@ func TestNameCache(t *testing.T) {
 	failing = false
 	if got := c.name(1); got != "ub" || asked[1] != 4 {
 		t.Fatalf("after a failure: %q, asked %d times; want ub, 4", got, asked[1])
+	}
+
+	// userdel rewrites the file: the next request asks again, TTL or not.
+	c.name(1)
+	n := asked[1]
+	if err := os.WriteFile(passwd, []byte("root:x:0:0::/root:/bin/sh\neve:x:1:1::/:/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.name(1)
+	if asked[1] != n+1 {
+		t.Fatalf("the file changed and the name was not asked for again (%d → %d)", n, asked[1])
+	}
+	// No file to watch: nothing is remembered.
+	if err := os.Remove(passwd); err != nil {
+		t.Fatal(err)
+	}
+	c.name(1)
+	c.name(1)
+	if asked[1] != n+3 {
+		t.Fatalf("a name was remembered with no file to watch: asked %d times, want %d", asked[1], n+3)
+	}
+	if err := os.WriteFile(passwd, nil, 0o644); err != nil {
+		t.Fatal(err)
 	}
 
 	for id := range uint32(maxNames + 10) {

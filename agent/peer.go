@@ -66,7 +66,7 @@ type exeKey struct {
 
 func newPeerIdentifier() *peerIdentifier {
 	return &peerIdentifier{procRoot: "/proc", hashes: map[exeKey]string{},
-		users: newNameCache(lookupUser), groups: newNameCache(lookupGroup)}
+		users: newNameCache(lookupUser, "/etc/passwd"), groups: newNameCache(lookupGroup, "/etc/group")}
 }
 
 // identify names the process at the other end of c, a connection

@@ -52,10 +52,11 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("POST "+api.AgentPathAssertion, a.withCaller(a.assertion))
 	mux.HandleFunc("POST "+api.AgentPathNATSSign, a.withCaller(a.natsSign))
 	mux.HandleFunc("POST "+api.AgentPathNATSTurn, a.withCallerFor(turnTimeout, a.natsTurn))
+	mux.HandleFunc("GET "+api.AgentPathPersonLogin, a.withPeer(a.cfg.RequestTimeout, a.personPlace))
 	mux.HandleFunc("POST "+api.AgentPathPersonLogin, a.withPeer(personTimeout, a.personLogin))
 	mux.HandleFunc("DELETE "+api.AgentPathPersonLogin, a.withPeer(a.cfg.RequestTimeout, a.personLogout))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeErr(w, http.StatusNotFound, "no such endpoint", "try GET /v1/whoami, POST /v1/assertion, POST /v1/nats/sign, POST /v1/nats/turn, POST|DELETE /v1/person/login, GET /healthz")
+		writeErr(w, http.StatusNotFound, "no such endpoint", "try GET /v1/whoami, POST /v1/assertion, POST /v1/nats/sign, POST /v1/nats/turn, GET|POST|DELETE /v1/person/login, GET /healthz")
 	})
 	return mux
 }

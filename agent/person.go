@@ -69,6 +69,18 @@ func (a *Authenticator) RegisterPerson(ctx context.Context, nc *nats.Conn, grant
 	return cred, &fin, nil
 }
 
+// personPlace tells a local user where a login on this host binds its
+// grant (api.PersonLoginPlace): this host, and the caller's uid as read off
+// its socket, which is what personLogin will present with the grant.
+func (a *Agent) personPlace(w http.ResponseWriter, _ *http.Request, p *Peer) {
+	host := a.hostID()
+	if host == "" {
+		writeErr(w, http.StatusServiceUnavailable, "this host is not enrolled yet", "wait for the agent to enroll (tpmauthn-agent doctor), then log in")
+		return
+	}
+	respondJSON(w, http.StatusOK, api.PersonLoginPlace{Host: host, UID: p.UID})
+}
+
 // personTimeout bounds a person's login at the agent (a key creation, a
 // certify and two verifier round trips, behind other TPM work).
 const personTimeout = 30 * time.Second

@@ -23,6 +23,9 @@ type checkRecord struct {
 func (a *Agent) hostID() string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.enroll == nil {
+		return ""
+	}
 	return a.enroll.HostID
 }
 

@@ -23,7 +23,8 @@ const (
 	// AgentPathPersonLogin (POST PersonLoginRequest: PersonLoginResponse)
 	// redeems a person's login grant for a TPM credential bound to the
 	// calling user (uid): the person's programs on this host then connect
-	// as the person. DELETE ends it (logout).
+	// as the person. DELETE ends it (logout). GET (PersonLoginPlace) says
+	// where a login should bind its grant (api.FormGrantHost).
 	AgentPathPersonLogin = "/v1/person/login"
 )
 

@@ -58,6 +58,24 @@ const (
 	GrantTypeDeviceCode = "urn:ietf:params:oauth:grant-type:device_code"
 )
 
+// Form fields of PathCLIToken and PathDeviceCode that bind the login grant
+// to the host's agent and the local user it is asked for on (both, or
+// neither): only that user's agent on that host may redeem it for a TPM
+// credential; a grant asked for without them only for a software key. The
+// host is the agent's host ID (AgentPathPersonLogin, GET).
+const (
+	FormGrantHost = "host"
+	FormGrantUID  = "uid"
+)
+
+// PersonLoginPlace (AgentPathPersonLogin, GET) is where a login on this
+// host binds its grant: the agent's host ID and the caller's uid as the
+// agent sees it.
+type PersonLoginPlace struct {
+	Host string `json:"host"`
+	UID  uint32 `json:"uid"`
+}
+
 // OAuth error codes (RFC 6749 §5.2, RFC 8628 §3.5) in OAuthError.Code.
 const (
 	OAuthInvalidRequest  = "invalid_request"

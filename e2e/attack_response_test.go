@@ -124,7 +124,7 @@ func TestAttackResponseActsAsOpsPerson(t *testing.T) {
 		`demo: {publish: {allow: ["demo.>"]}, subscribe: {allow: ["demo.>"]}, response: {max_msgs: 1, expires: 1m}}`, 1)
 	f := peopleFleetWith(t, op, policy)
 	h := f.NewHost(t)
-	st, olga := personLoginAs(t, h, opsUID, loginGrant(t, f, op, "olga", "pw").AccessToken)
+	st, olga := personLoginAs(t, h, opsUID, loginGrantAt(t, f, op, "olga", "pw", h, opsUID).AccessToken)
 	if st != 200 {
 		t.Fatalf("login: %d %v", st, olga)
 	}

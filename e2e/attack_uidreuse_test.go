@@ -28,7 +28,7 @@ func TestAttackReusedUID(t *testing.T) {
 	op := oidctest.Start(t, oidctest.User{ID: "u-dana", Username: "dana", Password: "pw", Name: "Dana Scully", Email: "dana.scully@example.com", Groups: []string{"developers"}})
 	f := peopleFleet(t, op)
 	h := f.NewHost(t)
-	st, dev := personLoginAs(t, h, uid, loginGrant(t, f, op, "dana", "pw").AccessToken)
+	st, dev := personLoginAs(t, h, uid, loginGrantAt(t, f, op, "dana", "pw", h, uid).AccessToken)
 	if st != http.StatusOK {
 		t.Fatalf("person login at the agent: %d %v", st, dev)
 	}
@@ -70,7 +70,7 @@ func TestAttackReusedUID(t *testing.T) {
 		t.Fatalf("the refused credential is %s at the verifier, want revoked", c.Status)
 	}
 	// Logging in again under the new account works, as that account.
-	op2 := loginGrant(t, f, op, "dana", "pw")
+	op2 := loginGrantAt(t, f, op, "dana", "pw", h, uid)
 	if st, dev := personLoginAs(t, h, uid, op2.AccessToken); st != http.StatusOK {
 		t.Fatalf("a new login under the uid's new account: %d %v", st, dev)
 	}
@@ -105,7 +105,7 @@ func TestReusedUIDSwept(t *testing.T) {
 	op := oidctest.Start(t, oidctest.User{ID: "u-sam", Username: "sam", Password: "pw", Name: "Sam Vimes", Email: "sam.vimes@example.com", Groups: []string{"developers"}})
 	f := peopleFleet(t, op)
 	h := f.NewHost(t, func(c *agent.Config) { c.RotationCheck = 200 * time.Millisecond })
-	st, dev := personLoginAs(t, h, uid, loginGrant(t, f, op, "sam", "pw").AccessToken)
+	st, dev := personLoginAs(t, h, uid, loginGrantAt(t, f, op, "sam", "pw", h, uid).AccessToken)
 	if st != http.StatusOK {
 		t.Fatalf("person login at the agent: %d %v", st, dev)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -40,7 +41,7 @@ func BenchmarkPeople(b *testing.B) {
 	var cred string
 	for range logins {
 		t0 := time.Now()
-		res := loginGrant(b, f, op, "dana", "pw")
+		res := loginGrantAt(b, f, op, "dana", "pw", h, uint32(os.Getuid()))
 		t1 := time.Now()
 		body, _ := json.Marshal(api.PersonLoginRequest{Grant: res.AccessToken})
 		resp, err := hc.Post("http://agent"+api.AgentPathPersonLogin, "application/json", bytes.NewReader(body))

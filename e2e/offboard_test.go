@@ -41,7 +41,7 @@ func TestPersonOffboardedBySCIM(t *testing.T) {
 				fleettest.NewHost(t, swtpmtest.New(t, swtpmtest.SameManufacturer(f.TPM)), f.URL(), f.Token(t, time.Hour, "demo"))}
 			var conns []*nats.Conn
 			for _, h := range hosts {
-				if st, body := personLoginAs(t, h, personUID, loginGrant(t, f, op, "dana", "pw").AccessToken); st != 200 {
+				if st, body := personLoginAs(t, h, personUID, loginGrantAt(t, f, op, "dana", "pw", h, personUID).AccessToken); st != 200 {
 					t.Fatalf("person login: %d %v", st, body)
 				}
 				nc, err := connectWorkload(t, f, h, personUID)

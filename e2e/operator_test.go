@@ -86,7 +86,7 @@ func TestOperatorsArePeople(t *testing.T) {
 	}
 	h := f.NewHost(t) // its join token: the operator key's first use
 	login := func(user string, uid uint32) map[string]any {
-		st, dev := personLoginAs(t, h, uid, loginGrant(t, f, op, user, "pw").AccessToken)
+		st, dev := personLoginAs(t, h, uid, loginGrantAt(t, f, op, user, "pw", h, uid).AccessToken)
 		if st != 200 {
 			t.Fatalf("login of %s: %d %v", user, st, dev)
 		}

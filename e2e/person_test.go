@@ -4,12 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -78,8 +80,21 @@ func peopleFleetWith(t testing.TB, op *oidctest.OP, policy string, opts ...fleet
 }
 
 // loginGrant logs username in at the IdP through the verifier, as
-// tpmauthnctl login does (loopback redirect, PKCE), and returns the login.
+// tpmauthnctl login --no-agent does (loopback redirect, PKCE), and returns
+// the login: its grant is a software key's.
 func loginGrant(t testing.TB, f *fleettest.Fleet, op *oidctest.OP, username, password string) api.LoginResult {
+	t.Helper()
+	return loginGrantFor(t, f, op, username, password, nil)
+}
+
+// loginGrantAt is loginGrant as tpmauthnctl login with an agent does it:
+// the grant is bound to host h's agent and local user uid.
+func loginGrantAt(t testing.TB, f *fleettest.Fleet, op *oidctest.OP, username, password string, h *fleettest.Host, uid uint32) api.LoginResult {
+	t.Helper()
+	return loginGrantFor(t, f, op, username, password, url.Values{api.FormGrantHost: {h.HostID(t)}, api.FormGrantUID: {strconv.FormatUint(uint64(uid), 10)}})
+}
+
+func loginGrantFor(t testing.TB, f *fleettest.Fleet, op *oidctest.OP, username, password string, bind url.Values) api.LoginResult {
 	t.Helper()
 	base := f.Verifier.HTTPURL()
 	b := oidctest.Browser(t)
@@ -101,7 +116,9 @@ func loginGrant(t testing.TB, f *fleettest.Fleet, op *oidctest.OP, username, pas
 	if err != nil {
 		t.Fatalf("callback: %s", resp.Status)
 	}
-	resp, err = http.PostForm(base+api.PathCLIToken, url.Values{"grant_type": {api.GrantTypeCode}, "code": {loc.Query().Get("code")}, "code_verifier": {pkce}})
+	form := url.Values{"grant_type": {api.GrantTypeCode}, "code": {loc.Query().Get("code")}, "code_verifier": {pkce}}
+	maps.Copy(form, bind)
+	resp, err = http.PostForm(base+api.PathCLIToken, form)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +157,7 @@ func TestPersonTPMCredential(t *testing.T) {
 	f := peopleFleet(t, op)
 	h := f.NewHost(t, fleettest.Workloads(fleettest.UIDWorkload("billing", billingUID)))
 
-	res := loginGrant(t, f, op, "dana", "pw")
+	res := loginGrantAt(t, f, op, "dana", "pw", h, personUID)
 	start := time.Now()
 	st, dev := personLoginAs(t, h, personUID, res.AccessToken)
 	took := time.Since(start)
@@ -232,12 +249,12 @@ func TestPersonCredentialEndsWithPerson(t *testing.T) {
 	f := peopleFleet(t, op)
 	h := f.NewHost(t)
 
-	first := loginGrant(t, f, op, "eve", "pw")
+	first := loginGrantAt(t, f, op, "eve", "pw", h, personUID)
 	if st, body := personLoginAs(t, h, personUID, first.AccessToken); st != 200 {
 		t.Fatalf("first login: %d %v", st, body)
 	}
 	_, who1 := curlAs(t, personUID, h.Socket, api.AgentPathWhoAmI)
-	second := loginGrant(t, f, op, "eve", "pw")
+	second := loginGrantAt(t, f, op, "eve", "pw", h, personUID)
 	st, dev := personLoginAs(t, h, personUID, second.AccessToken)
 	if st != 200 || dev["credential_id"] == who1["credential_id"] {
 		t.Fatalf("second login: %d %v (first credential %v)", st, dev, who1["credential_id"])
@@ -370,7 +387,7 @@ func danaLoggedIn(t *testing.T) (*oidctest.OP, *fleettest.Fleet, *fleettest.Host
 	op := oidctest.Start(t, oidctest.User{ID: "u-dana", Username: "dana", Password: "pw", Name: "Dana Scully", Email: "dana.scully@example.com", Groups: []string{"developers"}})
 	f := peopleFleet(t, op)
 	h := f.NewHost(t)
-	st, dev := personLoginAs(t, h, personUID, loginGrant(t, f, op, "dana", "pw").AccessToken)
+	st, dev := personLoginAs(t, h, personUID, loginGrantAt(t, f, op, "dana", "pw", h, personUID).AccessToken)
 	if st != 200 {
 		t.Fatalf("person login at the agent: %d %v", st, dev)
 	}

@@ -99,7 +99,7 @@ people:
 	if d := time.Until(res.LoginExpires); d < 4*time.Hour-time.Minute || d > 4*time.Hour {
 		t.Fatalf("login expires in %v, want the policy's 4h", d)
 	}
-	if _, p, err := v.People().Redeem(t.Context(), res.AccessToken); err != nil || p.Email != "dana@example.com" {
+	if _, p, err := v.People().Redeem(t.Context(), res.AccessToken, nil); err != nil || p.Email != "dana@example.com" {
 		t.Fatalf("redeem: %v %v", p, err)
 	}
 	b.CloseIdleConnections()

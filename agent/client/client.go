@@ -159,6 +159,17 @@ func (c *Client) PersonLogin(ctx context.Context, grant string) (*api.PersonLogi
 	return &out, nil
 }
 
+// PersonLoginPlace is where a login on this host should bind its grant
+// (api.FormGrantHost, FormGrantUID): this host's ID and the caller's uid as
+// the agent sees it. Only a grant bound so is redeemed by PersonLogin.
+func (c *Client) PersonLoginPlace(ctx context.Context) (*api.PersonLoginPlace, error) {
+	var out api.PersonLoginPlace
+	if err := c.do(ctx, http.MethodGet, api.AgentPathPersonLogin, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // PersonLogout deletes the calling user's person credential on this host.
 func (c *Client) PersonLogout(ctx context.Context) error {
 	return c.do(ctx, http.MethodDelete, api.AgentPathPersonLogin, nil, nil)

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -21,6 +22,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -115,7 +117,7 @@ func (a *app) login(ctx context.Context, ls loginSettings, tell io.Writer) error
 	if err != nil {
 		return err
 	}
-	client, err := a.loginClient(l.CA)
+	hc, err := a.loginClient(l.CA)
 	if err != nil {
 		return err
 	}
@@ -124,11 +126,27 @@ func (a *app) login(ctx context.Context, ls loginSettings, tell io.Writer) error
 	}
 	ctx, cancel := context.WithTimeout(ctx, l.Wait)
 	defer cancel()
+	// With an agent, the grant is bound to this host and this user before
+	// the login starts: a grant that leaks (a log, a terminal's scrollback)
+	// is refused at any other host's agent, or as a software key.
+	useAgent := false
+	if _, err := os.Stat(a.s.Agent.Socket); err == nil && !l.NoAgent {
+		useAgent = true
+	}
+	bind := url.Values{}
+	if useAgent {
+		place, err := client.New(a.s.Agent.Socket).PersonLoginPlace(ctx)
+		if err != nil {
+			return fmt.Errorf("the agent at %s cannot say which host this is: %w (or log in with a software key: --no-agent)", a.s.Agent.Socket, err)
+		}
+		bind.Set(api.FormGrantHost, place.Host)
+		bind.Set(api.FormGrantUID, strconv.FormatUint(uint64(place.UID), 10))
+	}
 	var res *api.LoginResult
 	if l.Device {
-		res, err = deviceLogin(ctx, client, base, tell)
+		res, err = deviceLogin(ctx, hc, base, bind, tell)
 	} else {
-		res, err = loopbackLogin(ctx, client, base, l.IdP, !l.NoBrowser, tell)
+		res, err = loopbackLogin(ctx, hc, base, l.IdP, !l.NoBrowser, bind, tell)
 	}
 	if err != nil {
 		return err
@@ -145,7 +163,7 @@ func (a *app) login(ctx context.Context, ls loginSettings, tell io.Writer) error
 		return err
 	}
 	saved := &savedLogin{LoginResult: *res}
-	if _, err := os.Stat(a.s.Agent.Socket); err == nil && !l.NoAgent {
+	if useAgent {
 		if saved.Device, err = a.agentLogin(ctx, a.s.Agent.Socket, res.AccessToken, tell); err != nil {
 			return err
 		}
@@ -153,7 +171,7 @@ func (a *app) login(ctx context.Context, ls loginSettings, tell io.Writer) error
 		if !l.NoAgent {
 			fmt.Fprintf(tell, "No tpmauthn agent at %s (--agent-socket): keeping a software key instead (roles that require hardware refuse it)\n", a.s.Agent.Socket)
 		}
-		if saved.Key, err = a.keyLogin(ctx, client, base, l.Key, res.AccessToken); err != nil {
+		if saved.Key, err = a.keyLogin(ctx, hc, base, l.Key, res.AccessToken); err != nil {
 			return err
 		}
 	}
@@ -239,7 +257,7 @@ func (a *app) loginClient(caFile string) (*http.Client, error) {
 
 // loopbackLogin is RFC 8252 §7.3: a listener on 127.0.0.1 receives the
 // verifier's one-time code, redeemed with this process's PKCE verifier.
-func loopbackLogin(ctx context.Context, client *http.Client, base, idp string, browser bool, tell io.Writer) (*api.LoginResult, error) {
+func loopbackLogin(ctx context.Context, client *http.Client, base, idp string, browser bool, bind url.Values, tell io.Writer) (*api.LoginResult, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("loopback listener: %w", err)
@@ -287,7 +305,9 @@ func loopbackLogin(ctx context.Context, client *http.Client, base, idp string, b
 	if q.Get("code") == "" {
 		return nil, fmt.Errorf("the login failed: %s", esc(q.Get("error")))
 	}
-	return tokenRequest(ctx, client, base+api.PathCLIToken, url.Values{"grant_type": {api.GrantTypeCode}, "code": {q.Get("code")}, "code_verifier": {verifier}})
+	form := url.Values{"grant_type": {api.GrantTypeCode}, "code": {q.Get("code")}, "code_verifier": {verifier}}
+	maps.Copy(form, bind)
+	return tokenRequest(ctx, client, base+api.PathCLIToken, form)
 }
 
 // lockedWriter serializes writes from the listener's goroutines and the
@@ -317,9 +337,11 @@ func peerIsMe(r *http.Request) error {
 
 // deviceLogin is RFC 8628: a code for the person to enter at the verifier
 // on another device, then polls until they have logged in.
-func deviceLogin(ctx context.Context, client *http.Client, base string, tell io.Writer) (*api.LoginResult, error) {
+func deviceLogin(ctx context.Context, client *http.Client, base string, bind url.Values, tell io.Writer) (*api.LoginResult, error) {
 	var da api.DeviceAuthResponse
-	if err := postForm(ctx, client, base+api.PathDeviceCode, url.Values{"client_id": {"tpmauthnctl"}}, &da, nil); err != nil {
+	form := url.Values{"client_id": {"tpmauthnctl"}}
+	maps.Copy(form, bind)
+	if err := postForm(ctx, client, base+api.PathDeviceCode, form, &da, nil); err != nil {
 		return nil, fmt.Errorf("device authorization: %w", err)
 	}
 	fmt.Fprintf(tell, "On a device with a browser, open\n  %s\nand enter the code %s\n", esc(da.VerificationURI), esc(da.UserCode))

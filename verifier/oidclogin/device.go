@@ -33,13 +33,20 @@ func (h *Handler) deviceCode(w http.ResponseWriter, r *http.Request) {
 		h.tokenFailed(w, r, err)
 		return
 	}
+	// Bound when the code is asked for, not when it is redeemed: whoever
+	// else learns the device code cannot have the grant bound elsewhere.
+	bound, err := grantBinding(r)
+	if err != nil {
+		h.tokenFailed(w, r, err)
+		return
+	}
 	now := h.cfg.Now().UTC()
 	deviceCode := randomToken()
 	devKey := "device." + record.SecretKey(deviceCode)
 	userCode, err := h.claimUserCode(r, devKey, now)
 	if err == nil {
 		d := &record.DeviceAuth{V: record.Version, UserCode: userCode, Status: record.DevicePending, Created: now,
-			Expires: now.Add(DeviceTTL), Interval: h.cfg.DevicePoll, ClientAddr: clientAddr(r)}
+			Expires: now.Add(DeviceTTL), Interval: h.cfg.DevicePoll, ClientAddr: clientAddr(r), Bound: bound}
 		err = store.Create(r.Context(), h.cfg.Store.Logins, devKey, d)
 	}
 	if err != nil {
@@ -153,7 +160,7 @@ func (h *Handler) redeemDevice(w http.ResponseWriter, r *http.Request, key strin
 		h.tokenFailed(w, r, err)
 		return
 	}
-	h.grant(w, r, d.Person, record.FlowDevice)
+	h.grant(w, r, d.Person, record.FlowDevice, d.Bound)
 }
 
 // devicePage asks for the user code. It is never filled in from the link
@@ -195,7 +202,7 @@ func (h *Handler) deviceSubmit(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.PostFormValue("idp") == "" {
 		render(w, http.StatusOK, pageDeviceConfirm, map[string]any{"IdPs": idpNames(h.people()), "UserCode": code[:4] + "-" + code[4:],
-			"CSRF": r.PostFormValue("csrf"), "Addr": cmp.Or(d.ClientAddr, "an unknown address"), "Age": age(now.Sub(d.Created))})
+			"CSRF": r.PostFormValue("csrf"), "Addr": cmp.Or(d.ClientAddr, "an unknown address"), "Age": age(now.Sub(d.Created)), "Bound": d.Bound})
 		return
 	}
 	h.redirectToIdP(w, r, r.PostFormValue("idp"), &record.LoginState{Flow: record.FlowDevice, Device: u.Device})

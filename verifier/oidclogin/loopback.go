@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 
 	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/verifier/people"
@@ -62,22 +63,56 @@ func (h *Handler) cliToken(w http.ResponseWriter, r *http.Request) {
 	if err == nil && subtle.ConstantTimeCompare([]byte(s256(verifier)), []byte(c.Challenge)) != 1 {
 		err = fmt.Errorf("%w: the code_verifier does not match the challenge", ErrCode)
 	}
+	var bound *record.GrantBinding
+	if err == nil {
+		bound, err = grantBinding(r)
+	}
 	if err != nil {
 		h.tokenFailed(w, r, err)
 		return
 	}
-	h.grant(w, r, c.Person, record.FlowLoopback)
+	h.grant(w, r, c.Person, record.FlowLoopback, bound)
 }
 
-// grant answers a token request with a login grant for the person.
-func (h *Handler) grant(w http.ResponseWriter, r *http.Request, personID, flow string) {
+// grantBinding is where a client asks its login grant to be redeemed
+// (api.FormGrantHost and FormGrantUID: both, or neither for a software
+// key).
+func grantBinding(r *http.Request) (*record.GrantBinding, error) {
+	host, uid := r.PostFormValue(api.FormGrantHost), r.PostFormValue(api.FormGrantUID)
+	if host == "" && uid == "" {
+		return nil, nil
+	}
+	n, err := strconv.ParseUint(uid, 10, 32)
+	if err != nil || !validHostID(host) {
+		return nil, fmt.Errorf("%w: %s and %s go together: a host ID and a decimal uid", ErrBadRequest, api.FormGrantHost, api.FormGrantUID)
+	}
+	return &record.GrantBinding{Host: host, UID: uint32(n)}, nil
+}
+
+// validHostID: what an enrollment names a host (h-<hex>), loosely: short,
+// and nothing a page or a log would have to escape.
+func validHostID(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// grant answers a token request with a login grant for the person, bound
+// where the client asked (nil: a software key's).
+func (h *Handler) grant(w http.ResponseWriter, r *http.Request, personID, flow string, bound *record.GrantBinding) {
 	p, err := h.cfg.People.Person(r.Context(), personID)
 	if err == nil && !p.Disabled.IsZero() {
 		err = fmt.Errorf("%w: %s", people.ErrDisabled, p.ID)
 	}
 	var res *api.LoginResult
 	if err == nil {
-		res, err = h.cfg.People.Grant(r.Context(), p, flow, clientAddr(r))
+		res, err = h.cfg.People.Grant(r.Context(), p, flow, clientAddr(r), bound)
 	}
 	if err != nil {
 		h.tokenFailed(w, r, err)
@@ -102,6 +137,8 @@ func (h *Handler) tokenFailed(w http.ResponseWriter, r *http.Request, err error)
 		oauthError(w, http.StatusForbidden, api.OAuthInvalidRequest, ErrCrossOrigin.Error())
 	case errors.Is(err, ErrCode), errors.Is(err, people.ErrGrantInvalid):
 		oauthError(w, http.StatusBadRequest, api.OAuthInvalidGrant, ErrCode.Error())
+	case errors.Is(err, ErrBadRequest):
+		oauthError(w, http.StatusBadRequest, api.OAuthInvalidRequest, err.Error())
 	default:
 		oauthError(w, http.StatusInternalServerError, api.OAuthInvalidRequest, "internal error")
 	}

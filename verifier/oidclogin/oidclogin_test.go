@@ -244,7 +244,7 @@ func TestLoopbackLogin(t *testing.T) {
 		t.Fatalf("login expires in %v, want the default 12h", d)
 	}
 	// The grant is what the device-credential step redeems: once.
-	if _, p, err := f.svc.Redeem(t.Context(), res.AccessToken); err != nil || p.ID != res.Person.ID {
+	if _, p, err := f.svc.Redeem(t.Context(), res.AccessToken, nil); err != nil || p.ID != res.Person.ID {
 		t.Fatalf("grant redeem: %v %v", p, err)
 	}
 	// The one-time code again: refused.
@@ -551,7 +551,7 @@ func TestDeviceFlow(t *testing.T) {
 	if person["id"] != record.PersonID("okta", alice.ID) {
 		t.Fatalf("token for %v", person)
 	}
-	if _, p, err := f.svc.Redeem(t.Context(), r.tok.AccessToken); err != nil || p.Subject != alice.ID {
+	if _, p, err := f.svc.Redeem(t.Context(), r.tok.AccessToken, nil); err != nil || p.Subject != alice.ID {
 		t.Fatalf("grant: %v %v", p, err)
 	}
 	// The device code was taken with the grant.

@@ -29,7 +29,7 @@ whoever gave you a code gets your login.</p>
 <p><label>Code <input name="user_code" autocomplete="off" autofocus></label></p>
 <p><button>Next</button></p></form></body></html>{{end}}
 {{define "deviceConfirm"}}{{template "head"}}<h1>Log in a device</h1>
-<p>The code {{.UserCode}} was asked for by a device at <b>{{.Addr}}</b>, {{.Age}}.
+<p>The code {{.UserCode}} was asked for by a device at <b>{{.Addr}}</b>, {{.Age}}{{with .Bound}}, for local user {{.UID}} on host <b>{{.Host}}</b> (as the device says){{end}}.
 <b>Continue only if that is your device and you started this login yourself</b>: whoever holds it gets your login.</p>
 <form method="post" action="/device"><input type="hidden" name="csrf" value="{{.CSRF}}"><input type="hidden" name="user_code" value="{{.UserCode}}">
 {{range .IdPs}}<p><button name="idp" value="{{.}}">Log in with {{.}}</button></p>{{else}}<p>No identity provider is configured.</p>{{end}}

@@ -1,6 +1,9 @@
 package people
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors (compare with errors.Is).
 var (
@@ -8,6 +11,11 @@ var (
 	ErrDisabled = errors.New("person disabled")
 	// ErrGrantInvalid: a login grant unknown, used or expired.
 	ErrGrantInvalid = errors.New("login grant unknown, used or expired")
+	// ErrGrantMisplaced (an ErrGrantInvalid): a login grant presented
+	// elsewhere than where it was asked for (another host, another local
+	// user, a software key for a host's grant). It is spent by that: a grant
+	// seen in the wrong place has leaked.
+	ErrGrantMisplaced = fmt.Errorf("%w: presented elsewhere than where the login was made, and spent by that", ErrGrantInvalid)
 	// ErrIdentity: the person's IdP is no longer in the policy, or the IdP
 	// of that name now has another issuer or subject claim than the one
 	// the person was created with: not the same person.

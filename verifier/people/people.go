@@ -210,8 +210,10 @@ func (s *Service) Disable(ctx context.Context, id, reason, actor string) error {
 }
 
 // Grant issues a login grant to p and returns it with the roles p's groups
-// grant now.
-func (s *Service) Grant(ctx context.Context, p *record.Person, flow, clientAddr string) (*api.LoginResult, error) {
+// grant now. bound, if not nil, is the host and local user the client
+// asked for it on: only that user's agent on that host may redeem it.
+// Without it, only a software key may.
+func (s *Service) Grant(ctx context.Context, p *record.Person, flow, clientAddr string, bound *record.GrantBinding) (*api.LoginResult, error) {
 	pol := s.cfg.Policy()
 	if pol.People == nil {
 		return nil, ErrNoPolicy
@@ -225,11 +227,14 @@ func (s *Service) Grant(ctx context.Context, p *record.Person, flow, clientAddr 
 	}
 	now := s.cfg.Now().UTC()
 	g := &record.LoginGrant{V: record.Version, Person: p.ID, Flow: flow, ClientAddr: clientAddr, Created: now,
-		Expires: now.Add(GrantTTL), LoginExpires: now.Add(pol.People.LoginTTL)}
+		Expires: now.Add(GrantTTL), LoginExpires: now.Add(pol.People.LoginTTL), Bound: bound}
 	// The event is stored before the grant exists: a grant is never issued
 	// without it (RecordDurable, as a NATS connect's grant).
 	ev := audit.Event{Kind: "person.grant", Result: audit.OK, Person: p.ID, ClientAddr: clientAddr, Actor: "person",
-		Reason: fmt.Sprintf("%s login grant, login until %s", flow, g.LoginExpires.Format(time.RFC3339))}
+		Reason: fmt.Sprintf("%s login grant for %s, login until %s", flow, bound, g.LoginExpires.Format(time.RFC3339))}
+	if bound != nil {
+		ev.Host = bound.Host
+	}
 	if err := s.cfg.Trail.RecordDurable(ctx, ev); err != nil {
 		return nil, fmt.Errorf("%w: person.grant of %s: %w", ErrAudit, p.ID, err)
 	}
@@ -259,7 +264,11 @@ func orEmpty(s []string) []string {
 
 // Redeem takes a login grant, once: the grant and its person, who must
 // still be active. A grant used, expired or unknown is ErrGrantInvalid.
-func (s *Service) Redeem(ctx context.Context, token string) (*record.LoginGrant, *record.Person, error) {
+// at is where it is presented: a host's agent for a local user, or nil for
+// a software key. It must be where the grant was asked for
+// (LoginGrant.Bound); elsewhere the grant is spent and refused
+// (ErrGrantMisplaced), and the attempt audited.
+func (s *Service) Redeem(ctx context.Context, token string, at *record.GrantBinding) (*record.LoginGrant, *record.Person, error) {
 	key := "grant." + record.SecretKey(token)
 	g, rev, err := store.Get[record.LoginGrant](ctx, s.cfg.Store.Logins, key)
 	if errors.Is(err, api.ErrNotFound) {
@@ -277,6 +286,18 @@ func (s *Service) Redeem(ctx context.Context, token string) (*record.LoginGrant,
 	if !s.cfg.Now().Before(g.Expires) {
 		return nil, nil, fmt.Errorf("%w: expired at %s", ErrGrantInvalid, g.Expires.Format(time.RFC3339))
 	}
+	if !sameBinding(g.Bound, at) {
+		ev := audit.Deny("person.grant.redeem")
+		ev.Person, ev.Actor = g.Person, "person"
+		ev.Reason = fmt.Sprintf("%s login grant for %s presented as %s: spent, refused (a leaked grant?)", g.Flow, g.Bound, at)
+		if at != nil {
+			ev.Host = at.Host
+		}
+		s.cfg.Trail.Record(ev)
+		s.cfg.Logger.Warn("a login grant was presented elsewhere than where it was asked for; spent and refused",
+			"person", g.Person, "bound", g.Bound.String(), "presented", at.String())
+		return nil, nil, fmt.Errorf("%w: asked for %s, presented as %s", ErrGrantMisplaced, g.Bound, at)
+	}
 	p, err := s.Person(ctx, g.Person)
 	if err != nil {
 		return nil, nil, err
@@ -292,6 +313,14 @@ func (s *Service) Redeem(ctx context.Context, token string) (*record.LoginGrant,
 		return nil, nil, fmt.Errorf("%w: person.grant.redeem of %s: %w", ErrAudit, p.ID, err)
 	}
 	return g, p, nil
+}
+
+// sameBinding: both nil (a software key's grant), or the same host and uid.
+func sameBinding(a, b *record.GrantBinding) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	return *a == *b
 }
 
 // CheckIdP is nil if p's IdP is in pp with the issuer and subject claim p

@@ -112,7 +112,7 @@ func TestDisabledPersonRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := f.svc.Grant(ctx, p, record.FlowLoopback, "")
+	res, err := f.svc.Grant(ctx, p, record.FlowLoopback, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestDisabledPersonRefused(t *testing.T) {
 	if ev.Kind != "person.login" || ev.Result != audit.DenyText || ev.Person != p.ID {
 		t.Fatalf("refusal audited as %+v", ev)
 	}
-	if _, _, err := f.svc.Redeem(ctx, res.AccessToken); !errors.Is(err, ErrDisabled) {
+	if _, _, err := f.svc.Redeem(ctx, res.AccessToken, nil); !errors.Is(err, ErrDisabled) {
 		t.Fatalf("redeem of a disabled person's grant: %v, want ErrDisabled", err)
 	}
 }
@@ -138,7 +138,7 @@ func TestGrantRedeemOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := f.svc.Grant(ctx, p, record.FlowDevice, "10.0.0.1")
+	res, err := f.svc.Grant(ctx, p, record.FlowDevice, "10.0.0.1", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,22 +148,22 @@ func TestGrantRedeemOnce(t *testing.T) {
 	if got := res.LoginExpires.Sub(*f.now.Load()); got < 8*time.Hour-time.Second || got > 8*time.Hour+time.Second {
 		t.Fatalf("login expires in %v, want the policy's 8h", got)
 	}
-	g, who, err := f.svc.Redeem(ctx, res.AccessToken)
+	g, who, err := f.svc.Redeem(ctx, res.AccessToken, nil)
 	if err != nil || who.ID != p.ID || g.Flow != record.FlowDevice || !g.LoginExpires.Equal(res.LoginExpires) {
 		t.Fatalf("redeem: %+v %+v %v", g, who, err)
 	}
-	if _, _, err := f.svc.Redeem(ctx, res.AccessToken); !errors.Is(err, ErrGrantInvalid) {
+	if _, _, err := f.svc.Redeem(ctx, res.AccessToken, nil); !errors.Is(err, ErrGrantInvalid) {
 		t.Fatalf("second redeem: %v, want ErrGrantInvalid", err)
 	}
-	if _, _, err := f.svc.Redeem(ctx, "made-up"); !errors.Is(err, ErrGrantInvalid) {
+	if _, _, err := f.svc.Redeem(ctx, "made-up", nil); !errors.Is(err, ErrGrantInvalid) {
 		t.Fatalf("unknown grant: %v, want ErrGrantInvalid", err)
 	}
-	res, err = f.svc.Grant(ctx, p, record.FlowDevice, "")
+	res, err = f.svc.Grant(ctx, p, record.FlowDevice, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.advance(GrantTTL + time.Second)
-	if _, _, err := f.svc.Redeem(ctx, res.AccessToken); !errors.Is(err, ErrGrantInvalid) {
+	if _, _, err := f.svc.Redeem(ctx, res.AccessToken, nil); !errors.Is(err, ErrGrantInvalid) {
 		t.Fatalf("expired grant: %v, want ErrGrantInvalid", err)
 	}
 }
@@ -208,7 +208,7 @@ func TestGrantNeedsThePersonsIdP(t *testing.T) {
 		{"otherIssuer", record.Person{ID: record.PersonID("okta", "s"), IdP: "okta", Issuer: "https://old.example.com", SubjectClaim: "sub"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := f.svc.Grant(t.Context(), &tc.p, record.FlowLoopback, ""); !errors.Is(err, ErrIdentity) {
+			if _, err := f.svc.Grant(t.Context(), &tc.p, record.FlowLoopback, "", nil); !errors.Is(err, ErrIdentity) {
 				t.Fatalf("grant: %v, want ErrIdentity", err)
 			}
 		})
@@ -259,5 +259,55 @@ func TestReplaceRefreshToken(t *testing.T) {
 	}
 	if err := f.svc.ReplaceRefreshToken(ctx, p.ID, "r2", "r3"); !errors.Is(err, ErrTokenChanged) || stored() != "" {
 		t.Fatalf("replace after the token was dropped: %v, stored %q", err, stored())
+	}
+}
+
+// TestGrantRedeemedWhereAskedFor (P-15): a login grant is redeemed only
+// where it was asked for — a host's agent for one local user, or a software
+// key. Presented anywhere else it is refused and spent (a grant seen in the
+// wrong place has leaked), and the attempt is audited.
+func TestGrantRedeemedWhereAskedFor(t *testing.T) {
+	here := &record.GrantBinding{Host: "h-0011223344556677", UID: 1003}
+	for _, tc := range []struct {
+		name      string
+		bound, at *record.GrantBinding
+		ok        bool
+	}{
+		{"same host and user", here, &record.GrantBinding{Host: here.Host, UID: 1003}, true},
+		{"software key's grant as a software key", nil, nil, true},
+		{"another local user", here, &record.GrantBinding{Host: here.Host, UID: 1004}, false},
+		{"another host", here, &record.GrantBinding{Host: "h-8899aabbccddeeff", UID: 1003}, false},
+		{"a host's grant as a software key", here, nil, false},
+		{"a software key's grant at an agent", nil, here, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			ctx := t.Context()
+			p, err := f.svc.Login(ctx, Identity{IdP: "okta", Issuer: oktaIssuer, SubjectClaim: "sub", Subject: "s", Groups: []string{"developers"}}, record.FlowLoopback, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := f.svc.Grant(ctx, p, record.FlowLoopback, "", tc.bound)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, who, err := f.svc.Redeem(ctx, res.AccessToken, tc.at)
+			if tc.ok {
+				if err != nil || who.ID != p.ID {
+					t.Fatalf("redeemed where asked for: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrGrantMisplaced) || !errors.Is(err, ErrGrantInvalid) {
+				t.Fatalf("redeemed as %s, bound to %s: %v, want ErrGrantMisplaced", tc.at, tc.bound, err)
+			}
+			ev, err := f.env.LastEvent(t)
+			if err != nil || ev.Kind != "person.grant.redeem" || ev.Result == audit.OK || ev.Person != p.ID || !strings.Contains(ev.Reason, "leaked") {
+				t.Fatalf("audit of the misplaced grant: %+v %v", ev, err)
+			}
+			if _, _, err := f.svc.Redeem(ctx, res.AccessToken, tc.bound); !errors.Is(err, ErrGrantInvalid) {
+				t.Fatalf("the grant, back where it was asked for after a misplaced try: %v, want spent", err)
+			}
+		})
 	}
 }

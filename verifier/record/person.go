@@ -3,6 +3,7 @@ package record
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"time"
 )
@@ -144,6 +145,9 @@ type DeviceAuth struct {
 	Interval time.Duration `json:"interval"`
 	// ClientAddr is who asked for the code, shown on the approval page.
 	ClientAddr string `json:"client_addr,omitempty"`
+	// Bound is where the device asked its grant to be redeemed (shown on
+	// the approval page too); nil: a software key.
+	Bound *GrantBinding `json:"bound,omitempty"`
 }
 
 // DeviceUserCode maps a user code to its device authorization (bucket
@@ -158,14 +162,31 @@ type DeviceUserCode struct {
 // "grant." + SecretKey(token)): a short-lived, one-time token bound to the
 // person, which the step that registers the person's device credential
 // redeems. LoginExpires is when the login ends, and with it that credential.
+// Bound, when set, is where it may be redeemed: the host's agent, for the
+// local user who logged in; a grant without it only for a software key.
 type LoginGrant struct {
-	V            int       `json:"v"`
-	Person       string    `json:"person"`
-	Flow         string    `json:"flow"`
-	ClientAddr   string    `json:"client_addr,omitempty"`
-	Created      time.Time `json:"created"`
-	Expires      time.Time `json:"expires"`
-	LoginExpires time.Time `json:"login_expires"`
+	V            int           `json:"v"`
+	Person       string        `json:"person"`
+	Flow         string        `json:"flow"`
+	ClientAddr   string        `json:"client_addr,omitempty"`
+	Created      time.Time     `json:"created"`
+	Expires      time.Time     `json:"expires"`
+	LoginExpires time.Time     `json:"login_expires"`
+	Bound        *GrantBinding `json:"bound,omitempty"`
+}
+
+// GrantBinding is a host and a local user of it: where a login grant was
+// asked for, and so where it may be redeemed.
+type GrantBinding struct {
+	Host string `json:"host"`
+	UID  uint32 `json:"uid"`
+}
+
+func (b *GrantBinding) String() string {
+	if b == nil {
+		return "a software key"
+	}
+	return fmt.Sprintf("uid %d on host %s", b.UID, b.Host)
 }
 
 // SecretKey is how a bearer secret (state, code, device code, grant) is

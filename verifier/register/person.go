@@ -19,9 +19,9 @@ import (
 )
 
 // persons is the people service as registration uses it: a login grant is
-// redeemed once, for the person it names.
+// redeemed once, for the person it names, where it was asked for.
 type persons interface {
-	Redeem(ctx context.Context, token string) (*record.LoginGrant, *record.Person, error)
+	Redeem(ctx context.Context, token string, at *record.GrantBinding) (*record.LoginGrant, *record.Person, error)
 	AddCredential(ctx context.Context, cred *record.Credential) (replaced []string, err error)
 }
 
@@ -42,7 +42,9 @@ func (s *Service) beginPerson(ctx context.Context, req *api.RegisterBeginRequest
 	if _, err := s.cfg.Fleet.ActiveHost(ctx, req.HostID); err != nil {
 		return nil, err
 	}
-	g, p, err := s.cfg.People.Redeem(ctx, req.Person.Grant)
+	// The host is the session's own (checked above), the uid the one the
+	// host's agent read off the caller's socket.
+	g, p, err := s.cfg.People.Redeem(ctx, req.Person.Grant, &record.GrantBinding{Host: req.HostID, UID: req.Person.UID})
 	if err != nil {
 		return nil, loginErr(err)
 	}

@@ -33,7 +33,7 @@ import (
 )
 
 type persons interface {
-	Redeem(ctx context.Context, token string) (*record.LoginGrant, *record.Person, error)
+	Redeem(ctx context.Context, token string, at *record.GrantBinding) (*record.LoginGrant, *record.Person, error)
 	AddCredential(ctx context.Context, cred *record.Credential) ([]string, error)
 }
 
@@ -126,7 +126,9 @@ func checkKey(req api.PersonKeyRequest, grant string) (*ecdsa.PublicKey, error) 
 }
 
 func (h *Handler) register(ctx context.Context, grant string, pub *ecdsa.PublicKey) (*api.PersonKeyResponse, error) {
-	g, p, err := h.cfg.People.Redeem(ctx, grant)
+	// A software key is nowhere: a grant asked for a host's agent is not
+	// redeemed here (people.ErrGrantMisplaced).
+	g, p, err := h.cfg.People.Redeem(ctx, grant, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -92,3 +92,26 @@ func TestNameCache(t *testing.T) {
 		t.Fatalf("%d names cached, bound %d", n, maxNames)
 	}
 }
+
+// TestReadProcLimit: readProc returns a file whole when it fits, and never
+// more than its limit when it does not.
+func TestReadProcLimit(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "stat")
+	content := make([]byte, 70_000)
+	for i := range content {
+		content[i] = byte('a' + i%26)
+	}
+	if err := os.WriteFile(path, content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, limit := range []int{1, 1000, 1024, 4096, 65536, 100_000} {
+		got, err := readProc(path, limit)
+		want := content[:min(limit, len(content))]
+		if err != nil || string(got) != string(want) {
+			t.Fatalf("limit %d: %d bytes, %v; want %d bytes", limit, len(got), err, len(want))
+		}
+	}
+	if _, err := readProc(filepath.Join(t.TempDir(), "gone"), 10); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a missing file: %v, want ErrNotExist", err)
+	}
+}

@@ -262,7 +262,7 @@ func readProc(path string, limit int) ([]byte, error) {
 		if len(buf) == cap(buf) {
 			buf = slices.Grow(buf, min(cap(buf), limit-len(buf)))
 		}
-		n, err := unix.Read(fd, buf[len(buf):cap(buf)])
+		n, err := unix.Read(fd, buf[len(buf):min(cap(buf), limit)])
 		switch {
 		case err == unix.EINTR:
 			continue

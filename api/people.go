@@ -58,14 +58,16 @@ const (
 	GrantTypeDeviceCode = "urn:ietf:params:oauth:grant-type:device_code"
 )
 
-// Form fields of PathCLIToken and PathDeviceCode that bind the login grant
-// to the host's agent and the local user it is asked for on (both, or
-// neither): only that user's agent on that host may redeem it for a TPM
-// credential; a grant asked for without them only for a software key. The
-// host is the agent's host ID (AgentPathPersonLogin, GET).
+// Fields of a CLI's login start (PathLogin's query, with cb and cc) and of
+// PathDeviceCode that bind the login's grant to where it will be redeemed:
+// host and uid (the host's agent, for that local user: the host is the
+// agent's host ID, AgentPathPersonLogin GET), or key (a software key's
+// personkey.Thumbprint). Exactly one of the two; the grant is redeemed
+// nowhere else.
 const (
 	FormGrantHost = "host"
 	FormGrantUID  = "uid"
+	FormGrantKey  = "key"
 )
 
 // PersonLoginPlace (AgentPathPersonLogin, GET) is where a login on this

@@ -74,7 +74,7 @@ func TestAttackLeakedGrantElsewhere(t *testing.T) {
 		t.Fatalf("a host's grant registered as a software key: %d, want a refusal", code)
 	}
 
-	// A software key's grant at an agent.
+	// A software key's grant (bound to a key) at an agent.
 	g = loginGrant(t, f, op, "dana", "pw").AccessToken
 	st, body = personLoginAs(t, h1, personUID, g)
 	refused("a software key's grant at an agent", st, body)
@@ -187,7 +187,7 @@ func TestCLILoginBindsItsGrant(t *testing.T) {
 	}
 	resp = oidctest.Submit(t, b, resp, url.Values{"user_code": {userCode}})
 	page, _ := io.ReadAll(resp.Body)
-	if want := "for local user " + strconv.Itoa(personUID) + " on host <b>" + h.HostID(t) + "</b>"; !strings.Contains(string(page), want) {
+	if want := "for <b>local user " + strconv.Itoa(personUID) + " on host host-under-test (" + h.HostID(t) + ")</b>"; !strings.Contains(string(page), want) {
 		t.Fatalf("the device page does not say where the login is for (want %q):\n%s", want, page)
 	}
 	resp.Body = io.NopCloser(bytes.NewReader(page))

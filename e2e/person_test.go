@@ -81,10 +81,10 @@ func peopleFleetWith(t testing.TB, op *oidctest.OP, policy string, opts ...fleet
 
 // loginGrant logs username in at the IdP through the verifier, as
 // tpmauthnctl login --no-agent does (loopback redirect, PKCE), and returns
-// the login: its grant is a software key's.
+// the login: its grant is bound to a software key no test holds.
 func loginGrant(t testing.TB, f *fleettest.Fleet, op *oidctest.OP, username, password string) api.LoginResult {
 	t.Helper()
-	return loginGrantFor(t, f, op, username, password, nil)
+	return loginGrantFor(t, f, op, username, password, url.Values{api.FormGrantKey: {strings.Repeat("5a", 32)}})
 }
 
 // loginGrantAt is loginGrant as tpmauthnctl login with an agent does it:
@@ -99,7 +99,9 @@ func loginGrantFor(t testing.TB, f *fleettest.Fleet, op *oidctest.OP, username, 
 	base := f.Verifier.HTTPURL()
 	b := oidctest.Browser(t)
 	pkce := oauth2.GenerateVerifier()
-	start := base + api.PathLogin + "okta?" + url.Values{"cb": {"http://127.0.0.1:9/cb"}, "cc": {oauth2.S256ChallengeFromVerifier(pkce)}}.Encode()
+	q := url.Values{"cb": {"http://127.0.0.1:9/cb"}, "cc": {oauth2.S256ChallengeFromVerifier(pkce)}}
+	maps.Copy(q, bind)
+	start := base + api.PathLogin + "okta?" + q.Encode()
 	resp, err := b.Get(start)
 	if err != nil {
 		t.Fatal(err)
@@ -116,9 +118,7 @@ func loginGrantFor(t testing.TB, f *fleettest.Fleet, op *oidctest.OP, username, 
 	if err != nil {
 		t.Fatalf("callback: %s", resp.Status)
 	}
-	form := url.Values{"grant_type": {api.GrantTypeCode}, "code": {loc.Query().Get("code")}, "code_verifier": {pkce}}
-	maps.Copy(form, bind)
-	resp, err = http.PostForm(base+api.PathCLIToken, form)
+	resp, err = http.PostForm(base+api.PathCLIToken, url.Values{"grant_type": {api.GrantTypeCode}, "code": {loc.Query().Get("code")}, "code_verifier": {pkce}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -54,6 +55,14 @@ type stored struct {
 // Generate makes a new private key (not yet registered).
 func Generate() (*ecdsa.PrivateKey, error) {
 	return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+}
+
+// Thumbprint names a public key (PKIX DER) in a login's binding
+// (api.FormGrantKey): the hex SHA-256 of its DER. A login made for a
+// software key is redeemed only with that key.
+func Thumbprint(pkixDER []byte) string {
+	h := sha256.Sum256(pkixDER)
+	return hex.EncodeToString(h[:])
 }
 
 // ProofDigest is what a registration's proof of possession signs: the

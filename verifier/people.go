@@ -148,7 +148,7 @@ func (v *Verifier) servePeople(context.Context) error {
 	var pk *passkey.Handler
 	login := oidclogin.New(oidclogin.Config{People: v.people, Store: v.st, Policy: pol, PublicURL: public, Secure: v.httpTLS,
 		DevicePoll: v.cfg.DevicePoll, OnBrowserLogin: v.browserLogin(&pk), Logger: v.log, Now: v.cfg.Clock, Offboard: v.offboard,
-		HeldFile: filepath.Join(v.cfg.DataDir, heldTokensFile), Sealer: v.people.Sealer()})
+		HeldFile: filepath.Join(v.cfg.DataDir, heldTokensFile), Sealer: v.people.Sealer(), HostName: v.activeHostName})
 	if err := v.serveBrowsers(mux, login, &pk); err != nil {
 		login.Close()
 		return err
@@ -266,4 +266,14 @@ func (v *Verifier) RecheckPeople(ctx context.Context) {
 	if v.login != nil {
 		v.login.Recheck(ctx)
 	}
+}
+
+// activeHostName is an active host's hostname, for the login pages: a
+// login bound to a host must name one of the fleet.
+func (v *Verifier) activeHostName(ctx context.Context, id string) (string, error) {
+	h, err := v.fleet.ActiveHost(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	return h.Hostname, nil
 }

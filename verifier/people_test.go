@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -66,7 +67,7 @@ people:
 	b := oidctest.Browser(t)
 	oidctest.SetTransport(b, &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}})
 	pkce := oauth2.GenerateVerifier()
-	start := v.HTTPURL() + api.PathLogin + "okta?" + url.Values{"cb": {"http://127.0.0.1:9/cb"}, "cc": {oauth2.S256ChallengeFromVerifier(pkce)}}.Encode()
+	start := v.HTTPURL() + api.PathLogin + "okta?" + url.Values{"key": {strings.Repeat("ab", 32)}, "cb": {"http://127.0.0.1:9/cb"}, "cc": {oauth2.S256ChallengeFromVerifier(pkce)}}.Encode()
 	resp, err := b.Get(start)
 	if err != nil {
 		t.Fatal(err)
@@ -99,7 +100,7 @@ people:
 	if d := time.Until(res.LoginExpires); d < 4*time.Hour-time.Minute || d > 4*time.Hour {
 		t.Fatalf("login expires in %v, want the policy's 4h", d)
 	}
-	if _, p, err := v.People().Redeem(t.Context(), res.AccessToken, nil); err != nil || p.Email != "dana@example.com" {
+	if _, p, err := v.People().Redeem(t.Context(), res.AccessToken, &record.GrantBinding{Key: strings.Repeat("ab", 32)}); err != nil || p.Email != "dana@example.com" {
 		t.Fatalf("redeem: %v %v", p, err)
 	}
 	b.CloseIdleConnections()

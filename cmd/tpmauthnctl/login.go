@@ -126,21 +126,17 @@ func (a *app) login(ctx context.Context, ls loginSettings, tell io.Writer) error
 	}
 	ctx, cancel := context.WithTimeout(ctx, l.Wait)
 	defer cancel()
-	// With an agent, the grant is bound to this host and this user before
-	// the login starts: a grant that leaks (a log, a terminal's scrollback)
-	// is refused at any other host's agent, or as a software key.
+	// The grant is bound before the login starts to where it will be
+	// redeemed: this host's agent for this user, or the software key made
+	// here now. A grant that leaks (a log, a terminal's scrollback) is
+	// refused, and spent, anywhere else.
 	useAgent := false
 	if _, err := os.Stat(a.s.Agent.Socket); err == nil && !l.NoAgent {
 		useAgent = true
 	}
-	bind := url.Values{}
-	if useAgent {
-		place, err := client.New(a.s.Agent.Socket).PersonLoginPlace(ctx)
-		if err != nil {
-			return fmt.Errorf("the agent at %s cannot say which host this is: %w (or log in with a software key: --no-agent)", a.s.Agent.Socket, err)
-		}
-		bind.Set(api.FormGrantHost, place.Host)
-		bind.Set(api.FormGrantUID, strconv.FormatUint(uint64(place.UID), 10))
+	bind, priv, err := a.loginPlace(ctx, useAgent, l.NoAgent, tell)
+	if err != nil {
+		return err
 	}
 	var res *api.LoginResult
 	if l.Device {
@@ -167,13 +163,8 @@ func (a *app) login(ctx context.Context, ls loginSettings, tell io.Writer) error
 		if saved.Device, err = a.agentLogin(ctx, a.s.Agent.Socket, res.AccessToken, tell); err != nil {
 			return err
 		}
-	} else {
-		if !l.NoAgent {
-			fmt.Fprintf(tell, "No tpmauthn agent at %s (--agent-socket): keeping a software key instead (roles that require hardware refuse it)\n", a.s.Agent.Socket)
-		}
-		if saved.Key, err = a.keyLogin(ctx, hc, base, l.Key, res.AccessToken); err != nil {
-			return err
-		}
+	} else if saved.Key, err = a.keyLogin(ctx, hc, base, l.Key, res.AccessToken, priv); err != nil {
+		return err
 	}
 	saved.AccessToken = "" // redeemed: worth nothing now
 	if err := saveLogin(out, saved); err != nil {
@@ -183,6 +174,35 @@ func (a *app) login(ctx context.Context, ls loginSettings, tell io.Writer) error
 		fmt.Fprintf(a.out, "Login kept in %s\n", out)
 	}
 	return nil
+}
+
+// loginPlace is where the login's grant is bound (api.FormGrantHost and
+// FormGrantUID, or FormGrantKey), and the software key it is bound to when
+// there is no agent.
+func (a *app) loginPlace(ctx context.Context, useAgent, noAgent bool, tell io.Writer) (url.Values, *ecdsa.PrivateKey, error) {
+	if useAgent {
+		place, err := client.New(a.s.Agent.Socket).PersonLoginPlace(ctx)
+		var ae *client.Error
+		switch {
+		case errors.As(err, &ae) && (ae.Status == http.StatusNotFound || ae.Status == http.StatusMethodNotAllowed):
+			return nil, nil, fmt.Errorf("the agent at %s is older than this tpmauthnctl: upgrade it (agents first, then tpmauthnctl, then the verifier), or log in with a software key: --no-agent", a.s.Agent.Socket)
+		case err != nil:
+			return nil, nil, fmt.Errorf("the agent at %s cannot say which host this is: %w (or log in with a software key: --no-agent)", a.s.Agent.Socket, err)
+		}
+		return url.Values{api.FormGrantHost: {place.Host}, api.FormGrantUID: {strconv.FormatUint(uint64(place.UID), 10)}}, nil, nil
+	}
+	if !noAgent {
+		fmt.Fprintf(tell, "No tpmauthn agent at %s (--agent-socket): keeping a software key instead (roles that require hardware refuse it)\n", a.s.Agent.Socket)
+	}
+	priv, err := personkey.Generate()
+	if err != nil {
+		return nil, nil, err
+	}
+	der, err := x509.MarshalPKIXPublicKey(&priv.PublicKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	return url.Values{api.FormGrantKey: {personkey.Thumbprint(der)}}, priv, nil
 }
 
 // savedLogin is login.json: the login, and the device credential the
@@ -288,8 +308,9 @@ func loopbackLogin(ctx context.Context, client *http.Client, base, idp string, b
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()
 	verifier := randomString()
-	loginURL := base + api.PathLogin + url.PathEscape(idp) + "?" + url.Values{
-		"cb": {"http://" + ln.Addr().String() + path}, "cc": {s256(verifier)}}.Encode()
+	start := url.Values{"cb": {"http://" + ln.Addr().String() + path}, "cc": {s256(verifier)}}
+	maps.Copy(start, bind)
+	loginURL := base + api.PathLogin + url.PathEscape(idp) + "?" + start.Encode()
 	fmt.Fprintf(tell, "Log in at:\n  %s\n", loginURL)
 	if browser {
 		if err := openBrowser(loginURL); err != nil {
@@ -305,9 +326,7 @@ func loopbackLogin(ctx context.Context, client *http.Client, base, idp string, b
 	if q.Get("code") == "" {
 		return nil, fmt.Errorf("the login failed: %s", esc(q.Get("error")))
 	}
-	form := url.Values{"grant_type": {api.GrantTypeCode}, "code": {q.Get("code")}, "code_verifier": {verifier}}
-	maps.Copy(form, bind)
-	return tokenRequest(ctx, client, base+api.PathCLIToken, form)
+	return tokenRequest(ctx, client, base+api.PathCLIToken, url.Values{"grant_type": {api.GrantTypeCode}, "code": {q.Get("code")}, "code_verifier": {verifier}})
 }
 
 // lockedWriter serializes writes from the listener's goroutines and the
@@ -468,16 +487,12 @@ func (a *app) printLogin(res *api.LoginResult) error {
 
 // keyLogin makes a software key (no TPM here), registers it with the
 // verifier by redeeming the grant, and keeps it in path (0600).
-func (a *app) keyLogin(ctx context.Context, hc *http.Client, base, path, grant string) (*savedKey, error) {
+func (a *app) keyLogin(ctx context.Context, hc *http.Client, base, path, grant string, priv *ecdsa.PrivateKey) (*savedKey, error) {
 	if path == "" {
 		var err error
 		if path, err = personkey.DefaultPath(); err != nil {
 			return nil, err
 		}
-	}
-	priv, err := personkey.Generate()
-	if err != nil {
-		return nil, err
 	}
 	der, err := x509.MarshalPKIXPublicKey(&priv.PublicKey)
 	if err != nil {

@@ -19,7 +19,8 @@ func FuzzLoginRequests(f *testing.F) {
 		method, target, body string
 	}{
 		{"GET", api.PathLogin + "okta", ""},
-		{"GET", api.PathLogin + "okta?cb=http%3A%2F%2F127.0.0.1%3A9%2Fcb&cc=" + strings.Repeat("A", 43), ""},
+		{"GET", api.PathLogin + "okta?cb=http%3A%2F%2F127.0.0.1%3A9%2Fcb&cc=" + strings.Repeat("A", 43) + "&key=" + testKeyBinding, ""},
+		{"GET", api.PathLogin + "okta?cb=http%3A%2F%2F127.0.0.1%3A9%2Fcb&cc=" + strings.Repeat("A", 43) + "&host=h-01&uid=1003", ""},
 		{"POST", api.PathLogin + "okta", "cb=http%3A%2F%2F127.0.0.1%3A9%2Fcb&csrf=x"},
 		{"GET", api.PathOIDCCallback + "?state=x&code=y", ""},
 		{"GET", api.PathOIDCCallback + "?error=%1b%5b31m", ""},

@@ -42,7 +42,7 @@ func TestConfirmRefusesOtherPortTakeover(t *testing.T) {
 	evil := attackerPage(t, "tpmauthn_login", known)
 	get(t, b, evil.URL) // the victim's browser visits the attacker's page
 	cc := oauth2.S256ChallengeFromVerifier(oauth2.GenerateVerifier())
-	form := url.Values{"cb": {"http://127.0.0.1:4711/cb"}, "cc": {cc}, "csrf": {record.SecretKey("csrf\x00" + known)}}
+	form := url.Values{"key": {testKeyBinding}, "cb": {"http://127.0.0.1:4711/cb"}, "cc": {cc}, "csrf": {record.SecretKey("csrf\x00" + known)}}
 	resp, err := noFollow(b).PostForm(f.srv.URL+api.PathLogin+"okta", form)
 	if err != nil {
 		t.Fatal(err)
@@ -59,7 +59,7 @@ func TestCSRFTokenIsKeyed(t *testing.T) {
 	f := newFixture(t)
 	b := oidctest.Browser(t)
 	cc := oauth2.S256ChallengeFromVerifier(oauth2.GenerateVerifier())
-	start := f.srv.URL + api.PathLogin + "okta?" + url.Values{"cb": {"http://127.0.0.1:4711/cb"}, "cc": {cc}}.Encode()
+	start := f.srv.URL + api.PathLogin + "okta?" + url.Values{"key": {testKeyBinding}, "cb": {"http://127.0.0.1:4711/cb"}, "cc": {cc}}.Encode()
 	get(t, b, start) // sets the cookie; its value is what an attacker who set it knows
 	u, _ := url.Parse(f.srv.URL)
 	var cookie string
@@ -71,7 +71,7 @@ func TestCSRFTokenIsKeyed(t *testing.T) {
 	if got := (&Handler{}).csrfToken(cookie); got == record.SecretKey("csrf\x00"+cookie) {
 		t.Fatal("the form token is an unkeyed hash of the cookie")
 	}
-	form := url.Values{"cb": {"http://127.0.0.1:4711/cb"}, "cc": {cc}, "csrf": {record.SecretKey("csrf\x00" + cookie)}}
+	form := url.Values{"key": {testKeyBinding}, "cb": {"http://127.0.0.1:4711/cb"}, "cc": {cc}, "csrf": {record.SecretKey("csrf\x00" + cookie)}}
 	resp, err := noFollow(b).PostForm(start, form)
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +89,7 @@ func TestFormsNeedSameOrigin(t *testing.T) {
 	f := newFixture(t)
 	b := oidctest.Browser(t)
 	start := f.srv.URL + api.PathLogin + "okta"
-	_, page := get(t, b, start+"?"+url.Values{"cb": {"http://127.0.0.1:4711/cb"}, "cc": {strings.Repeat("c", 43)}}.Encode())
+	_, page := get(t, b, start+"?"+url.Values{"key": {testKeyBinding}, "cb": {"http://127.0.0.1:4711/cb"}, "cc": {strings.Repeat("c", 43)}}.Encode())
 	csrf := csrfField.FindStringSubmatch(page)[1]
 	self := f.srv.URL
 	other := strings.Replace(self, ":"+mustPort(t, self), ":4712", 1)
@@ -107,7 +107,7 @@ func TestFormsNeedSameOrigin(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// A challenge of its own: each is taken by one login.
-			confirm := url.Values{"cb": {"http://127.0.0.1:4711/cb"}, "cc": {oauth2.S256ChallengeFromVerifier(oauth2.GenerateVerifier())}, "csrf": {csrf}}
+			confirm := url.Values{"key": {testKeyBinding}, "cb": {"http://127.0.0.1:4711/cb"}, "cc": {oauth2.S256ChallengeFromVerifier(oauth2.GenerateVerifier())}, "csrf": {csrf}}
 			req, _ := http.NewRequest(http.MethodPost, start, strings.NewReader(confirm.Encode()))
 			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 			setOrDel(req.Header, "Origin", tc.origin)
@@ -211,7 +211,7 @@ func TestLoopbackChallengeOneTime(t *testing.T) {
 	cc := oauth2.S256ChallengeFromVerifier(victim)
 	f.confirmLoopback(t, oidctest.Browser(t), "okta", cc) // the victim's own login, under way
 	b := oidctest.Browser(t)
-	start := f.srv.URL + api.PathLogin + "okta?" + url.Values{"cb": {"http://127.0.0.1:9/cb/x"}, "cc": {cc}}.Encode()
+	start := f.srv.URL + api.PathLogin + "okta?" + url.Values{"key": {testKeyBinding}, "cb": {"http://127.0.0.1:9/cb/x"}, "cc": {cc}}.Encode()
 	resp, err := b.Get(start)
 	if err != nil {
 		t.Fatal(err)
@@ -229,7 +229,7 @@ func TestLoopbackChallengeOneTime(t *testing.T) {
 // stopping at the redirect to the IdP.
 func (f *fixture) confirmLoopback(t *testing.T, b *http.Client, idp, cc string) {
 	t.Helper()
-	start := f.srv.URL + api.PathLogin + idp + "?" + url.Values{"cb": {"http://127.0.0.1:9/cb/x"}, "cc": {cc}}.Encode()
+	start := f.srv.URL + api.PathLogin + idp + "?" + url.Values{"key": {testKeyBinding}, "cb": {"http://127.0.0.1:9/cb/x"}, "cc": {cc}}.Encode()
 	resp, err := b.Get(start)
 	if err != nil {
 		t.Fatal(err)
@@ -247,7 +247,7 @@ func TestChooserLinksKeepTheCLIQuery(t *testing.T) {
 	f := newFixture(t)
 	b := oidctest.Browser(t)
 	cc := oauth2.S256ChallengeFromVerifier(oauth2.GenerateVerifier())
-	q := url.Values{"cb": {"http://127.0.0.1:4711/cb/x"}, "cc": {cc}}.Encode()
+	q := url.Values{"key": {testKeyBinding}, "cb": {"http://127.0.0.1:4711/cb/x"}, "cc": {cc}}.Encode()
 	_, page := get(t, b, f.srv.URL+api.PathLogin+"?"+q)
 	m := regexp.MustCompile(`href="([^"]*okta[^"]*)"`).FindStringSubmatch(page)
 	if m == nil {
@@ -261,7 +261,7 @@ func TestChooserLinksKeepTheCLIQuery(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp, body := get(t, noFollow(b), link.String())
-	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "port 4711") {
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "port 4711") || !strings.Contains(body, "for <b>a software key (SHA-256 "+testKeyBinding[:16]) {
 		t.Fatalf("the chooser's link %s: %s %s", m[1], resp.Status, body)
 	}
 }
@@ -302,7 +302,7 @@ func TestStateCreationGlobalCap(t *testing.T) {
 	f.handler.states.SetLimit(0)
 	var refused int
 	for range 5 {
-		resp, err := http.PostForm(f.srv.URL+api.PathDeviceCode, url.Values{"client_id": {"x"}})
+		resp, err := http.PostForm(f.srv.URL+api.PathDeviceCode, url.Values{"client_id": {"x"}, api.FormGrantKey: {testKeyBinding}})
 		if err != nil {
 			t.Fatal(err)
 		}

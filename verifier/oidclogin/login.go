@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"strconv"
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
@@ -24,7 +25,7 @@ import (
 )
 
 // chooser lists the IdPs, each linking to its login with a CLI's loopback
-// parameters (cb and cc) passed on. Each link is built here, with its
+// parameters (cb and cc, and the grant's binding) passed on. Each link is built here, with its
 // query encoded once: html/template would escape a query placed inside an
 // attribute again ("?cb%3dhttp%253A…").
 func (h *Handler) chooser(w http.ResponseWriter, r *http.Request) {
@@ -35,7 +36,15 @@ func (h *Handler) chooser(w http.ResponseWriter, r *http.Request) {
 			h.fail(w, r, err)
 			return
 		}
+		bound, err := h.grantBinding(r.Context(), q.Get)
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
 		pass = url.Values{"cb": {q.Get("cb")}, "cc": {q.Get("cc")}}
+		for k, v := range bindFields(bound) {
+			pass.Set(k, v)
+		}
 	}
 	type link struct{ Name, Href string }
 	var links []link
@@ -66,6 +75,11 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, fmt.Errorf("%w: %q", ErrUnknownIdP, r.PathValue("idp")))
 		return
 	}
+	bound, err := h.grantBinding(r.Context(), q.Get)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
 	// A link to this URL with another local user's loopback port would
 	// otherwise hand them the person's login without a click, whenever
 	// the IdP signs the person in silently: the person confirms that they
@@ -73,7 +87,7 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request) {
 	cookie := h.browserCookie(w, r)
 	cb, _ := url.Parse(q.Get("cb"))
 	render(w, http.StatusOK, pageConfirm, map[string]any{"IdP": r.PathValue("idp"), "CB": q.Get("cb"), "CC": q.Get("cc"),
-		"Port": cb.Port(), "CSRF": h.csrfToken(cookie)})
+		"Port": cb.Port(), "CSRF": h.csrfToken(cookie), "Where": h.describe(r.Context(), bound), "Bind": bindFields(bound)})
 }
 
 // confirm is the person's answer to start's question: the CLI's login
@@ -92,11 +106,24 @@ func (h *Handler) confirm(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
+	bound, err := h.grantBinding(r.Context(), r.PostFormValue)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
 	if err := h.claimChallenge(r, cc); err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	h.redirectToIdP(w, r, r.PathValue("idp"), &record.LoginState{Flow: record.FlowLoopback, Callback: cb, Challenge: cc})
+	h.redirectToIdP(w, r, r.PathValue("idp"), &record.LoginState{Flow: record.FlowLoopback, Callback: cb, Challenge: cc, Bound: bound})
+}
+
+// bindFields are a binding's form fields, for the confirm page to post.
+func bindFields(b *record.GrantBinding) map[string]string {
+	if b.Key != "" {
+		return map[string]string{api.FormGrantKey: b.Key}
+	}
+	return map[string]string{api.FormGrantHost: b.Host, api.FormGrantUID: strconv.FormatUint(uint64(b.UID), 10)}
 }
 
 // claimChallenge takes a CLI's PKCE challenge for one login. The challenge

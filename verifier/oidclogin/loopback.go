@@ -1,6 +1,7 @@
 package oidclogin
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
@@ -23,7 +24,7 @@ import (
 // without the CLI's verifier.
 func (h *Handler) finishLoopback(w http.ResponseWriter, r *http.Request, st *record.LoginState, p *record.Person) {
 	code := randomToken()
-	c := &record.LoginCode{V: record.Version, Person: p.ID, Challenge: st.Challenge, Expires: h.cfg.Now().UTC().Add(CodeTTL)}
+	c := &record.LoginCode{V: record.Version, Person: p.ID, Challenge: st.Challenge, Expires: h.cfg.Now().UTC().Add(CodeTTL), Bound: st.Bound}
 	if err := store.Create(r.Context(), h.cfg.Store.Logins, "code."+record.SecretKey(code), c); err != nil {
 		h.fail(w, r, fmt.Errorf("store login code: %w", err))
 		return
@@ -63,30 +64,57 @@ func (h *Handler) cliToken(w http.ResponseWriter, r *http.Request) {
 	if err == nil && subtle.ConstantTimeCompare([]byte(s256(verifier)), []byte(c.Challenge)) != 1 {
 		err = fmt.Errorf("%w: the code_verifier does not match the challenge", ErrCode)
 	}
-	var bound *record.GrantBinding
-	if err == nil {
-		bound, err = grantBinding(r)
-	}
 	if err != nil {
 		h.tokenFailed(w, r, err)
 		return
 	}
-	h.grant(w, r, c.Person, record.FlowLoopback, bound)
+	h.grant(w, r, c.Person, record.FlowLoopback, c.Bound)
 }
 
-// grantBinding is where a client asks its login grant to be redeemed
-// (api.FormGrantHost and FormGrantUID: both, or neither for a software
-// key).
-func grantBinding(r *http.Request) (*record.GrantBinding, error) {
-	host, uid := r.PostFormValue(api.FormGrantHost), r.PostFormValue(api.FormGrantUID)
-	if host == "" && uid == "" {
-		return nil, nil
+// grantBinding reads where a login's grant will be redeemed (get: the
+// query's or the form's fields): api.FormGrantHost and FormGrantUID, or
+// FormGrantKey, and nothing else. A host must be an active host of the
+// fleet (Config.HostName).
+func (h *Handler) grantBinding(ctx context.Context, get func(string) string) (*record.GrantBinding, error) {
+	host, uid, key := get(api.FormGrantHost), get(api.FormGrantUID), get(api.FormGrantKey)
+	switch {
+	case key != "" && host == "" && uid == "":
+		if !validThumbprint(key) {
+			return nil, fmt.Errorf("%w: %s: the hex SHA-256 of the software key's public key", ErrBadRequest, api.FormGrantKey)
+		}
+		return &record.GrantBinding{Key: key}, nil
+	case key == "" && host != "" && uid != "":
+		n, err := strconv.ParseUint(uid, 10, 32)
+		if err != nil || !validHostID(host) {
+			return nil, fmt.Errorf("%w: %s and %s: a host ID and a decimal uid", ErrBadRequest, api.FormGrantHost, api.FormGrantUID)
+		}
+		if h.cfg.HostName != nil {
+			if _, err := h.cfg.HostName(ctx, host); err != nil {
+				return nil, fmt.Errorf("%w: host %s: %w", ErrBadRequest, host, err)
+			}
+		}
+		return &record.GrantBinding{Host: host, UID: uint32(n)}, nil
 	}
-	n, err := strconv.ParseUint(uid, 10, 32)
-	if err != nil || !validHostID(host) {
-		return nil, fmt.Errorf("%w: %s and %s go together: a host ID and a decimal uid", ErrBadRequest, api.FormGrantHost, api.FormGrantUID)
+	return nil, fmt.Errorf("%w: say where the login will be used: %s and %s (a host's agent), or %s (a software key); a tpmauthnctl older than the verifier does not: upgrade it",
+		ErrBadRequest, api.FormGrantHost, api.FormGrantUID, api.FormGrantKey)
+}
+
+// describe says where a binding is, for a page: the host's name when the
+// fleet knows it.
+func (h *Handler) describe(ctx context.Context, b *record.GrantBinding) string {
+	switch {
+	case b == nil:
+		return "an unknown place"
+	case b.Key != "":
+		return "a software key (SHA-256 " + b.Key[:16] + "…)"
 	}
-	return &record.GrantBinding{Host: host, UID: uint32(n)}, nil
+	name := b.Host
+	if h.cfg.HostName != nil {
+		if n, err := h.cfg.HostName(ctx, b.Host); err == nil && n != "" {
+			name = n + " (" + b.Host + ")"
+		}
+	}
+	return fmt.Sprintf("local user %d on host %s", b.UID, name)
 }
 
 // validHostID: what an enrollment names a host (h-<hex>), loosely: short,
@@ -103,8 +131,21 @@ func validHostID(s string) bool {
 	return true
 }
 
+// validThumbprint: 64 lowercase hex digits.
+func validThumbprint(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // grant answers a token request with a login grant for the person, bound
-// where the client asked (nil: a software key's).
+// where the client said when the login started.
 func (h *Handler) grant(w http.ResponseWriter, r *http.Request, personID, flow string, bound *record.GrantBinding) {
 	p, err := h.cfg.People.Person(r.Context(), personID)
 	if err == nil && !p.Disabled.IsZero() {

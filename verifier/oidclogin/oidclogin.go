@@ -62,6 +62,10 @@ type Config struct {
 	Logger         *slog.Logger
 	// Now is the clock of states, codes and device codes (nil: time.Now).
 	Now func() time.Time
+	// HostName, if set, is an active host's hostname (an error for no such
+	// host, or one not active): a login bound to a host must name one, and
+	// the pages show its name. Nil: any well-formed host ID, shown as is.
+	HostName func(ctx context.Context, id string) (string, error)
 	// Offboard acts on the periodic re-check's answers (nil: no re-check).
 	Offboard offboarder
 	// HeldFile, with Sealer, is where refresh tokens an IdP rotated and the

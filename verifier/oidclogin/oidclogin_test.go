@@ -199,7 +199,7 @@ func TestEmailCollisionIsAnotherPerson(t *testing.T) {
 func (f *fixture) cliLogin(t testing.TB, idp string, u oidctest.User, challenge string) string {
 	t.Helper()
 	b := oidctest.Browser(t)
-	start := f.srv.URL + api.PathLogin + idp + "?" + url.Values{"cb": {"http://127.0.0.1:9/cb/x"}, "cc": {challenge}}.Encode()
+	start := f.srv.URL + api.PathLogin + idp + "?" + url.Values{"key": {testKeyBinding}, "cb": {"http://127.0.0.1:9/cb/x"}, "cc": {challenge}}.Encode()
 	resp, err := b.Get(start)
 	if err != nil {
 		t.Fatal(err)
@@ -244,7 +244,7 @@ func TestLoopbackLogin(t *testing.T) {
 		t.Fatalf("login expires in %v, want the default 12h", d)
 	}
 	// The grant is what the device-credential step redeems: once.
-	if _, p, err := f.svc.Redeem(t.Context(), res.AccessToken, nil); err != nil || p.ID != res.Person.ID {
+	if _, p, err := f.svc.Redeem(t.Context(), res.AccessToken, &record.GrantBinding{Key: testKeyBinding}); err != nil || p.ID != res.Person.ID {
 		t.Fatalf("grant redeem: %v %v", p, err)
 	}
 	// The one-time code again: refused.
@@ -276,7 +276,7 @@ func TestLoopbackNeedsConfirmation(t *testing.T) {
 	f := newFixture(t)
 	b := oidctest.Browser(t)
 	cc := oauth2.S256ChallengeFromVerifier(oauth2.GenerateVerifier())
-	start := f.srv.URL + api.PathLogin + "okta?" + url.Values{"cb": {"http://127.0.0.1:4711/cb"}, "cc": {cc}}.Encode()
+	start := f.srv.URL + api.PathLogin + "okta?" + url.Values{"key": {testKeyBinding}, "cb": {"http://127.0.0.1:4711/cb"}, "cc": {cc}}.Encode()
 	resp, body := get(t, noFollow(b), start)
 	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "port 4711") || !strings.Contains(body, "tpmauthnctl login") {
 		t.Fatalf("%s: %s", resp.Status, body)
@@ -286,9 +286,9 @@ func TestLoopbackNeedsConfirmation(t *testing.T) {
 		c    *http.Client
 		form url.Values
 	}{
-		{"noCSRF", b, url.Values{"cb": {"http://127.0.0.1:4711/cb"}, "cc": {cc}}},
-		{"otherBrowser", pageAt(t, f.srv.URL+api.PathLogin), url.Values{"cb": {"http://127.0.0.1:4711/cb"}, "cc": {cc}, "csrf": {csrfField.FindStringSubmatch(body)[1]}}},
-		{"remoteCallback", b, url.Values{"cb": {"http://evil.example.com:80/cb"}, "cc": {cc}, "csrf": {csrfField.FindStringSubmatch(body)[1]}}},
+		{"noCSRF", b, url.Values{"key": {testKeyBinding}, "cb": {"http://127.0.0.1:4711/cb"}, "cc": {cc}}},
+		{"otherBrowser", pageAt(t, f.srv.URL+api.PathLogin), url.Values{"key": {testKeyBinding}, "cb": {"http://127.0.0.1:4711/cb"}, "cc": {cc}, "csrf": {csrfField.FindStringSubmatch(body)[1]}}},
+		{"remoteCallback", b, url.Values{"key": {testKeyBinding}, "cb": {"http://evil.example.com:80/cb"}, "cc": {cc}, "csrf": {csrfField.FindStringSubmatch(body)[1]}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, err := noFollow(tc.c).PostForm(start, tc.form)
@@ -316,7 +316,7 @@ func TestLoopbackStartRefusesNonLoopback(t *testing.T) {
 		{"plainChallenge", "http://127.0.0.1:9/cb", "short"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			u := f.srv.URL + api.PathLogin + "okta?" + url.Values{"cb": {tc.cb}, "cc": {tc.cc}}.Encode()
+			u := f.srv.URL + api.PathLogin + "okta?" + url.Values{"key": {testKeyBinding}, "cb": {tc.cb}, "cc": {tc.cc}}.Encode()
 			if resp, _ := get(t, noFollow(oidctest.Browser(t)), u); resp.StatusCode != http.StatusBadRequest {
 				t.Fatalf("%s: %s", u, resp.Status)
 			}
@@ -524,7 +524,7 @@ func TestDeviceFlow(t *testing.T) {
 		TokenURL: f.srv.URL + api.PathDeviceToken, AuthStyle: oauth2.AuthStyleInParams}}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	da, err := cfg.DeviceAuth(ctx)
+	da, err := cfg.DeviceAuth(ctx, oauth2.SetAuthURLParam(api.FormGrantKey, testKeyBinding))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -551,7 +551,7 @@ func TestDeviceFlow(t *testing.T) {
 	if person["id"] != record.PersonID("okta", alice.ID) {
 		t.Fatalf("token for %v", person)
 	}
-	if _, p, err := f.svc.Redeem(t.Context(), r.tok.AccessToken, nil); err != nil || p.Subject != alice.ID {
+	if _, p, err := f.svc.Redeem(t.Context(), r.tok.AccessToken, &record.GrantBinding{Key: testKeyBinding}); err != nil || p.Subject != alice.ID {
 		t.Fatalf("grant: %v %v", p, err)
 	}
 	// The device code was taken with the grant.
@@ -581,7 +581,7 @@ func devicePoll(t *testing.T, f *fixture, deviceCode string) (int, api.OAuthErro
 
 func deviceAuth(t *testing.T, f *fixture) api.DeviceAuthResponse {
 	t.Helper()
-	resp, err := http.PostForm(f.srv.URL+api.PathDeviceCode, url.Values{"client_id": {"tpmauthnctl"}})
+	resp, err := http.PostForm(f.srv.URL+api.PathDeviceCode, url.Values{"client_id": {"tpmauthnctl"}, api.FormGrantKey: {testKeyBinding}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,9 +13,13 @@ var (
 	ErrGrantInvalid = errors.New("login grant unknown, used or expired")
 	// ErrGrantMisplaced (an ErrGrantInvalid): a login grant presented
 	// elsewhere than where it was asked for (another host, another local
-	// user, a software key for a host's grant). It is spent by that: a grant
-	// seen in the wrong place has leaked.
-	ErrGrantMisplaced = fmt.Errorf("%w: presented elsewhere than where the login was made, and spent by that", ErrGrantInvalid)
+	// user, another key). It is spent by that: a grant seen in the wrong
+	// place has leaked. The message does not say where it belonged.
+	ErrGrantMisplaced = fmt.Errorf("%w: not for this place, and spent by that", ErrGrantInvalid)
+	// ErrGrantUnbound (an ErrGrantInvalid): a grant of a login that did not
+	// say where it would be redeemed (an earlier client's): redeemed
+	// nowhere.
+	ErrGrantUnbound = fmt.Errorf("%w: the login did not say where it would be used (log in again with a current tpmauthnctl)", ErrGrantInvalid)
 	// ErrIdentity: the person's IdP is no longer in the policy, or the IdP
 	// of that name now has another issuer or subject claim than the one
 	// the person was created with: not the same person.

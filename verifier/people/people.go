@@ -210,9 +210,9 @@ func (s *Service) Disable(ctx context.Context, id, reason, actor string) error {
 }
 
 // Grant issues a login grant to p and returns it with the roles p's groups
-// grant now. bound, if not nil, is the host and local user the client
-// asked for it on: only that user's agent on that host may redeem it.
-// Without it, only a software key may.
+// grant now. bound is where the client said it would redeem it (the host
+// and local user whose agent registers a TPM credential, or a software
+// key): only there is it redeemed.
 func (s *Service) Grant(ctx context.Context, p *record.Person, flow, clientAddr string, bound *record.GrantBinding) (*api.LoginResult, error) {
 	pol := s.cfg.Policy()
 	if pol.People == nil {
@@ -264,10 +264,10 @@ func orEmpty(s []string) []string {
 
 // Redeem takes a login grant, once: the grant and its person, who must
 // still be active. A grant used, expired or unknown is ErrGrantInvalid.
-// at is where it is presented: a host's agent for a local user, or nil for
-// a software key. It must be where the grant was asked for
-// (LoginGrant.Bound); elsewhere the grant is spent and refused
-// (ErrGrantMisplaced), and the attempt audited.
+// at is where it is presented: a host's agent for a local user, or a
+// software key. It must be where the grant was asked for (LoginGrant.Bound);
+// elsewhere the grant is spent and refused (ErrGrantMisplaced; a grant
+// bound nowhere, ErrGrantUnbound), and the attempt audited.
 func (s *Service) Redeem(ctx context.Context, token string, at *record.GrantBinding) (*record.LoginGrant, *record.Person, error) {
 	key := "grant." + record.SecretKey(token)
 	g, rev, err := store.Get[record.LoginGrant](ctx, s.cfg.Store.Logins, key)
@@ -283,20 +283,12 @@ func (s *Service) Redeem(ctx context.Context, token string, at *record.GrantBind
 		}
 		return nil, nil, err
 	}
+	// Where before when: a leaked grant tried late is still worth telling.
+	if err := s.checkPlace(g, at); err != nil {
+		return nil, nil, err
+	}
 	if !s.cfg.Now().Before(g.Expires) {
 		return nil, nil, fmt.Errorf("%w: expired at %s", ErrGrantInvalid, g.Expires.Format(time.RFC3339))
-	}
-	if !sameBinding(g.Bound, at) {
-		ev := audit.Deny("person.grant.redeem")
-		ev.Person, ev.Actor = g.Person, "person"
-		ev.Reason = fmt.Sprintf("%s login grant for %s presented as %s: spent, refused (a leaked grant?)", g.Flow, g.Bound, at)
-		if at != nil {
-			ev.Host = at.Host
-		}
-		s.cfg.Trail.Record(ev)
-		s.cfg.Logger.Warn("a login grant was presented elsewhere than where it was asked for; spent and refused",
-			"person", g.Person, "bound", g.Bound.String(), "presented", at.String())
-		return nil, nil, fmt.Errorf("%w: asked for %s, presented as %s", ErrGrantMisplaced, g.Bound, at)
 	}
 	p, err := s.Person(ctx, g.Person)
 	if err != nil {
@@ -315,12 +307,28 @@ func (s *Service) Redeem(ctx context.Context, token string, at *record.GrantBind
 	return g, p, nil
 }
 
-// sameBinding: both nil (a software key's grant), or the same host and uid.
-func sameBinding(a, b *record.GrantBinding) bool {
-	if a == nil || b == nil {
-		return a == nil && b == nil
+// checkPlace refuses a grant presented elsewhere than where it was asked
+// for, or one bound nowhere, and audits it. What it was bound to stays in
+// the trail and the log: the presenter is not told where it would work.
+func (s *Service) checkPlace(g *record.LoginGrant, at *record.GrantBinding) error {
+	if g.Bound != nil && at != nil && *g.Bound == *at {
+		return nil
 	}
-	return *a == *b
+	ev := audit.Deny("person.grant.redeem")
+	ev.Person, ev.Actor = g.Person, "person"
+	if at != nil {
+		ev.Host = at.Host
+	}
+	if g.Bound == nil {
+		ev.Reason = fmt.Sprintf("%s login grant bound nowhere (an earlier client's login) presented at %s: spent, refused", g.Flow, at)
+		s.cfg.Trail.Record(ev)
+		return ErrGrantUnbound
+	}
+	ev.Reason = fmt.Sprintf("%s login grant for %s presented at %s: spent, refused (a leaked grant?)", g.Flow, g.Bound, at)
+	s.cfg.Trail.Record(ev)
+	s.cfg.Logger.Warn("a login grant was presented elsewhere than where it was asked for; spent and refused",
+		"person", g.Person, "bound", g.Bound.String(), "presented", at.String())
+	return ErrGrantMisplaced
 }
 
 // CheckIdP is nil if p's IdP is in pp with the issuer and subject claim p

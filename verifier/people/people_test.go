@@ -112,7 +112,7 @@ func TestDisabledPersonRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := f.svc.Grant(ctx, p, record.FlowLoopback, "", nil)
+	res, err := f.svc.Grant(ctx, p, record.FlowLoopback, "", keyHere)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestDisabledPersonRefused(t *testing.T) {
 	if ev.Kind != "person.login" || ev.Result != audit.DenyText || ev.Person != p.ID {
 		t.Fatalf("refusal audited as %+v", ev)
 	}
-	if _, _, err := f.svc.Redeem(ctx, res.AccessToken, nil); !errors.Is(err, ErrDisabled) {
+	if _, _, err := f.svc.Redeem(ctx, res.AccessToken, keyHere); !errors.Is(err, ErrDisabled) {
 		t.Fatalf("redeem of a disabled person's grant: %v, want ErrDisabled", err)
 	}
 }
@@ -138,7 +138,7 @@ func TestGrantRedeemOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := f.svc.Grant(ctx, p, record.FlowDevice, "10.0.0.1", nil)
+	res, err := f.svc.Grant(ctx, p, record.FlowDevice, "10.0.0.1", keyHere)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,22 +148,22 @@ func TestGrantRedeemOnce(t *testing.T) {
 	if got := res.LoginExpires.Sub(*f.now.Load()); got < 8*time.Hour-time.Second || got > 8*time.Hour+time.Second {
 		t.Fatalf("login expires in %v, want the policy's 8h", got)
 	}
-	g, who, err := f.svc.Redeem(ctx, res.AccessToken, nil)
+	g, who, err := f.svc.Redeem(ctx, res.AccessToken, keyHere)
 	if err != nil || who.ID != p.ID || g.Flow != record.FlowDevice || !g.LoginExpires.Equal(res.LoginExpires) {
 		t.Fatalf("redeem: %+v %+v %v", g, who, err)
 	}
-	if _, _, err := f.svc.Redeem(ctx, res.AccessToken, nil); !errors.Is(err, ErrGrantInvalid) {
+	if _, _, err := f.svc.Redeem(ctx, res.AccessToken, keyHere); !errors.Is(err, ErrGrantInvalid) {
 		t.Fatalf("second redeem: %v, want ErrGrantInvalid", err)
 	}
-	if _, _, err := f.svc.Redeem(ctx, "made-up", nil); !errors.Is(err, ErrGrantInvalid) {
+	if _, _, err := f.svc.Redeem(ctx, "made-up", keyHere); !errors.Is(err, ErrGrantInvalid) {
 		t.Fatalf("unknown grant: %v, want ErrGrantInvalid", err)
 	}
-	res, err = f.svc.Grant(ctx, p, record.FlowDevice, "", nil)
+	res, err = f.svc.Grant(ctx, p, record.FlowDevice, "", keyHere)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.advance(GrantTTL + time.Second)
-	if _, _, err := f.svc.Redeem(ctx, res.AccessToken, nil); !errors.Is(err, ErrGrantInvalid) {
+	if _, _, err := f.svc.Redeem(ctx, res.AccessToken, keyHere); !errors.Is(err, ErrGrantInvalid) {
 		t.Fatalf("expired grant: %v, want ErrGrantInvalid", err)
 	}
 }
@@ -208,7 +208,7 @@ func TestGrantNeedsThePersonsIdP(t *testing.T) {
 		{"otherIssuer", record.Person{ID: record.PersonID("okta", "s"), IdP: "okta", Issuer: "https://old.example.com", SubjectClaim: "sub"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := f.svc.Grant(t.Context(), &tc.p, record.FlowLoopback, "", nil); !errors.Is(err, ErrIdentity) {
+			if _, err := f.svc.Grant(t.Context(), &tc.p, record.FlowLoopback, "", keyHere); !errors.Is(err, ErrIdentity) {
 				t.Fatalf("grant: %v, want ErrIdentity", err)
 			}
 		})
@@ -274,11 +274,12 @@ func TestGrantRedeemedWhereAskedFor(t *testing.T) {
 		ok        bool
 	}{
 		{"same host and user", here, &record.GrantBinding{Host: here.Host, UID: 1003}, true},
-		{"software key's grant as a software key", nil, nil, true},
+		{"software key's grant with its key", keyHere, &record.GrantBinding{Key: keyHere.Key}, true},
+		{"software key's grant with another key", keyHere, &record.GrantBinding{Key: strings.Repeat("ef", 32)}, false},
 		{"another local user", here, &record.GrantBinding{Host: here.Host, UID: 1004}, false},
 		{"another host", here, &record.GrantBinding{Host: "h-8899aabbccddeeff", UID: 1003}, false},
-		{"a host's grant as a software key", here, nil, false},
-		{"a software key's grant at an agent", nil, here, false},
+		{"a host's grant as a software key", here, keyHere, false},
+		{"a software key's grant at an agent", keyHere, here, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t)
@@ -311,3 +312,34 @@ func TestGrantRedeemedWhereAskedFor(t *testing.T) {
 		})
 	}
 }
+
+// TestUnboundGrantRedeemedNowhere: a grant of a login that said nowhere
+// (an earlier version's) is refused at an agent and as a software key,
+// spent, and audited as such, not as a leak.
+func TestUnboundGrantRedeemedNowhere(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	p, err := f.svc.Login(ctx, Identity{IdP: "okta", Issuer: oktaIssuer, SubjectClaim: "sub", Subject: "s", Groups: []string{"developers"}}, record.FlowLoopback, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, at := range []*record.GrantBinding{{Host: "h-0011223344556677", UID: 1003}, keyHere} {
+		res, err := f.svc.Grant(ctx, p, record.FlowLoopback, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := f.svc.Redeem(ctx, res.AccessToken, at); !errors.Is(err, ErrGrantUnbound) || !errors.Is(err, ErrGrantInvalid) {
+			t.Fatalf("an unbound grant at %s: %v, want ErrGrantUnbound", at, err)
+		}
+		ev, err := f.env.LastEvent(t)
+		if err != nil || ev.Kind != "person.grant.redeem" || ev.Result == audit.OK || !strings.Contains(ev.Reason, "bound nowhere") {
+			t.Fatalf("audit of the unbound grant: %+v %v", ev, err)
+		}
+		if _, _, err := f.svc.Redeem(ctx, res.AccessToken, at); !errors.Is(err, ErrGrantInvalid) {
+			t.Fatalf("the unbound grant again: %v, want spent", err)
+		}
+	}
+}
+
+// keyHere binds the tests' grants to a software key.
+var keyHere = &record.GrantBinding{Key: strings.Repeat("cd", 32)}

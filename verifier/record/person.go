@@ -99,19 +99,23 @@ type LoginState struct {
 	Challenge string `json:"challenge,omitempty"`
 	// Device (FlowDevice) is the key of the device authorization approved
 	// by this login.
-	Device  string    `json:"device,omitempty"`
-	Created time.Time `json:"created"`
-	Expires time.Time `json:"expires"`
+	Device string `json:"device,omitempty"`
+	// Bound (FlowLoopback) is where the CLI's grant may be redeemed, as it
+	// said when the login started and the person confirmed.
+	Bound   *GrantBinding `json:"bound,omitempty"`
+	Created time.Time     `json:"created"`
+	Expires time.Time     `json:"expires"`
 }
 
 // LoginCode is the one-time code a loopback login ends with (bucket logins,
 // key "code." + SecretKey(code)), redeemed once with the PKCE verifier of
 // Challenge.
 type LoginCode struct {
-	V         int       `json:"v"`
-	Person    string    `json:"person"`
-	Challenge string    `json:"challenge"`
-	Expires   time.Time `json:"expires"`
+	V         int           `json:"v"`
+	Person    string        `json:"person"`
+	Challenge string        `json:"challenge"`
+	Expires   time.Time     `json:"expires"`
+	Bound     *GrantBinding `json:"bound,omitempty"` // the login's (LoginState.Bound)
 }
 
 // UsedChallenge marks a CLI's PKCE challenge as taken by a login (bucket
@@ -162,8 +166,9 @@ type DeviceUserCode struct {
 // "grant." + SecretKey(token)): a short-lived, one-time token bound to the
 // person, which the step that registers the person's device credential
 // redeems. LoginExpires is when the login ends, and with it that credential.
-// Bound, when set, is where it may be redeemed: the host's agent, for the
-// local user who logged in; a grant without it only for a software key.
+// Bound is where it may be redeemed: the host's agent, for the local user
+// who logged in, or the software key the client made before it logged in.
+// A grant without it (an earlier version's) is redeemed nowhere.
 type LoginGrant struct {
 	V            int           `json:"v"`
 	Person       string        `json:"person"`
@@ -175,16 +180,21 @@ type LoginGrant struct {
 	Bound        *GrantBinding `json:"bound,omitempty"`
 }
 
-// GrantBinding is a host and a local user of it: where a login grant was
-// asked for, and so where it may be redeemed.
+// GrantBinding is where a login grant was asked for, and so where it may be
+// redeemed: a host and a local user of it (its agent registers a TPM
+// credential), or a software key's public key (Key: personkey.Thumbprint).
 type GrantBinding struct {
-	Host string `json:"host"`
-	UID  uint32 `json:"uid"`
+	Host string `json:"host,omitempty"`
+	UID  uint32 `json:"uid,omitempty"`
+	Key  string `json:"key,omitempty"`
 }
 
 func (b *GrantBinding) String() string {
-	if b == nil {
-		return "a software key"
+	switch {
+	case b == nil:
+		return "nowhere (an earlier client's login)"
+	case b.Key != "":
+		return "software key " + b.Key[:min(len(b.Key), 16)]
 	}
 	return fmt.Sprintf("uid %d on host %s", b.UID, b.Host)
 }

@@ -93,7 +93,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	res, err := h.register(r.Context(), grant, pub)
+	res, err := h.register(r.Context(), grant, pub, personkey.Thumbprint(req.PublicKey))
 	switch {
 	case errors.Is(err, people.ErrGrantInvalid), errors.Is(err, people.ErrDisabled), errors.Is(err, people.ErrIdentity):
 		fail(w, http.StatusForbidden, err.Error())
@@ -125,10 +125,10 @@ func checkKey(req api.PersonKeyRequest, grant string) (*ecdsa.PublicKey, error) 
 	return pub, nil
 }
 
-func (h *Handler) register(ctx context.Context, grant string, pub *ecdsa.PublicKey) (*api.PersonKeyResponse, error) {
-	// A software key is nowhere: a grant asked for a host's agent is not
-	// redeemed here (people.ErrGrantMisplaced).
-	g, p, err := h.cfg.People.Redeem(ctx, grant, nil)
+func (h *Handler) register(ctx context.Context, grant string, pub *ecdsa.PublicKey, thumbprint string) (*api.PersonKeyResponse, error) {
+	// Only the key the login was made for (its proof of possession was
+	// checked above); a host's grant is not redeemed here.
+	g, p, err := h.cfg.People.Redeem(ctx, grant, &record.GrantBinding{Key: thumbprint})
 	if err != nil {
 		return nil, err
 	}

@@ -42,12 +42,18 @@ type cachedName struct {
 	file  fileStamp
 }
 
-// fileStamp names a file's content without reading it (as exeKey does);
-// the zero stamp is a file that could not be stat'ed, which never matches a
-// cached name's.
+// fileStamp names a file's content without reading it (the executables'
+// hashes and the name caches are keyed by it). The mtime alone would not
+// do: the file's owner can set it back after changing the file; the ctime
+// changes with every write and cannot be set. The zero stamp is a file
+// that could not be stat'ed, which never matches a cached name's.
 type fileStamp struct {
 	dev, ino         uint64
 	size, mtim, ctim int64
+}
+
+func stampFromStat(st *unix.Stat_t) fileStamp {
+	return fileStamp{dev: st.Dev, ino: st.Ino, size: st.Size, mtim: st.Mtim.Nano(), ctim: st.Ctim.Nano()}
 }
 
 func stampOf(path string) fileStamp {
@@ -55,7 +61,7 @@ func stampOf(path string) fileStamp {
 	if path == "" || unix.Stat(path, &st) != nil {
 		return fileStamp{}
 	}
-	return fileStamp{dev: st.Dev, ino: st.Ino, size: st.Size, mtim: st.Mtim.Nano(), ctim: st.Ctim.Nano()}
+	return stampFromStat(&st)
 }
 
 func newNameCache(lookup func(uint32) (string, error), file string) *nameCache {

@@ -46,26 +46,18 @@ func orDash(s string) string {
 var ErrPeerGone = errors.New("agent: caller exited during identification")
 
 // peerIdentifier reads /proc (procRoot in tests) and caches executable
-// hashes by (device, inode, size, mtime, ctime), and for a few seconds the
+// hashes by fileStamp, and for a few seconds the
 // names the name service gives uids and gids.
 type peerIdentifier struct {
 	procRoot string
 	mu       sync.Mutex
-	hashes   map[exeKey]string
+	hashes   map[fileStamp]string
 	users    *nameCache
 	groups   *nameCache
 }
 
-// exeKey names a file's content without reading it. The mtime alone would
-// not do: the file's owner can set it back after changing the file; the
-// ctime changes with every write and cannot be set.
-type exeKey struct {
-	dev, ino         uint64
-	size, mtim, ctim int64
-}
-
 func newPeerIdentifier() *peerIdentifier {
-	return &peerIdentifier{procRoot: "/proc", hashes: map[exeKey]string{},
+	return &peerIdentifier{procRoot: "/proc", hashes: map[fileStamp]string{},
 		users: newNameCache(lookupUser, "/etc/passwd"), groups: newNameCache(lookupGroup, "/etc/group")}
 }
 
@@ -159,7 +151,7 @@ func (pi *peerIdentifier) exeHash(path string) (string, error) {
 		unix.Close(fd)
 		return "", &os.PathError{Op: "fstat", Path: path, Err: err}
 	}
-	key := exeKey{dev: st.Dev, ino: st.Ino, size: st.Size, mtim: st.Mtim.Nano(), ctim: st.Ctim.Nano()}
+	key := stampFromStat(&st)
 	pi.mu.Lock()
 	h, ok := pi.hashes[key]
 	pi.mu.Unlock()

@@ -187,8 +187,12 @@ func TestCLILoginBindsItsGrant(t *testing.T) {
 	}
 	resp = oidctest.Submit(t, b, resp, url.Values{"user_code": {userCode}})
 	page, _ := io.ReadAll(resp.Body)
-	if want := "for <b>local user " + strconv.Itoa(personUID) + " on host host-under-test (" + h.HostID(t) + ")</b>"; !strings.Contains(string(page), want) {
+	if want := "for <b>local user " + strconv.Itoa(personUID) + " on host " + h.HostID(t) + " (hostname host-under-test)</b>"; !strings.Contains(string(page), want) {
 		t.Fatalf("the device page does not say where the login is for (want %q):\n%s", want, page)
+	}
+	// The person compares the page with what their terminal said.
+	if want := "This login is for local user " + strconv.Itoa(personUID) + " on host " + h.HostID(t) + ":"; !strings.Contains(told.String(), want) {
+		t.Fatalf("tpmauthnctl login did not say where the login is for (want %q):\n%s", want, told.String())
 	}
 	resp.Body = io.NopCloser(bytes.NewReader(page))
 	resp = oidctest.Submit(t, b, resp, url.Values{"idp": {"okta"}})

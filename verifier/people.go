@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -13,8 +14,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tpmauthn/tpmauthn/api"
 	"github.com/tpmauthn/tpmauthn/verifier/alert"
 	"github.com/tpmauthn/tpmauthn/verifier/authn/person"
+	"github.com/tpmauthn/tpmauthn/verifier/fleet"
 	"github.com/tpmauthn/tpmauthn/verifier/httpapi"
 	"github.com/tpmauthn/tpmauthn/verifier/keys"
 	"github.com/tpmauthn/tpmauthn/verifier/offboard"
@@ -269,9 +272,17 @@ func (v *Verifier) RecheckPeople(ctx context.Context) {
 }
 
 // activeHostName is an active host's hostname, for the login pages: a
-// login bound to a host must name one of the fleet.
+// login bound to a host must name one of the fleet. The pages ask before
+// anyone has logged in, so a host ID found in vain is remembered for a
+// while (fleet.Misses): probing made-up IDs costs the store nothing.
 func (v *Verifier) activeHostName(ctx context.Context, id string) (string, error) {
+	if v.fleet.Misses.Missed(fleet.HostMiss(id)) {
+		return "", fmt.Errorf("%w: host %q (looked up in vain just now)", api.ErrNotFound, id)
+	}
 	h, err := v.fleet.ActiveHost(ctx, id)
+	if errors.Is(err, api.ErrNotFound) {
+		v.fleet.Misses.Miss(fleet.HostMiss(id))
+	}
 	if err != nil {
 		return "", err
 	}

@@ -189,6 +189,7 @@ func (a *app) loginPlace(ctx context.Context, useAgent, noAgent bool, tell io.Wr
 		case err != nil:
 			return nil, nil, fmt.Errorf("the agent at %s cannot say which host this is: %w (or log in with a software key: --no-agent)", a.s.Agent.Socket, err)
 		}
+		fmt.Fprintf(tell, "This login is for local user %d on host %s: confirm it only on a verifier page that says so.\n", place.UID, esc(place.Host))
 		return url.Values{api.FormGrantHost: {place.Host}, api.FormGrantUID: {strconv.FormatUint(uint64(place.UID), 10)}}, nil, nil
 	}
 	if !noAgent {
@@ -202,7 +203,9 @@ func (a *app) loginPlace(ctx context.Context, useAgent, noAgent bool, tell io.Wr
 	if err != nil {
 		return nil, nil, err
 	}
-	return url.Values{api.FormGrantKey: {personkey.Thumbprint(der)}}, priv, nil
+	thumb := personkey.Thumbprint(der)
+	fmt.Fprintf(tell, "This login is for a software key (SHA-256 %s…): confirm it only on a verifier page that says so.\n", thumb[:16])
+	return url.Values{api.FormGrantKey: {thumb}}, priv, nil
 }
 
 // savedLogin is login.json: the login, and the device credential the

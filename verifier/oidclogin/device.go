@@ -35,7 +35,7 @@ func (h *Handler) deviceCode(w http.ResponseWriter, r *http.Request) {
 	}
 	// Bound when the code is asked for, not when it is redeemed: whoever
 	// else learns the device code cannot have the grant bound elsewhere.
-	bound, err := h.grantBinding(r.Context(), r.PostFormValue)
+	bound, _, err := h.grantBinding(r.Context(), r.PostFormValue)
 	if err != nil {
 		h.tokenFailed(w, r, err)
 		return
@@ -202,7 +202,7 @@ func (h *Handler) deviceSubmit(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.PostFormValue("idp") == "" {
 		render(w, http.StatusOK, pageDeviceConfirm, map[string]any{"IdPs": idpNames(h.people()), "UserCode": code[:4] + "-" + code[4:],
-			"CSRF": r.PostFormValue("csrf"), "Addr": cmp.Or(d.ClientAddr, "an unknown address"), "Age": age(now.Sub(d.Created)), "Where": h.describe(r.Context(), d.Bound)})
+			"CSRF": r.PostFormValue("csrf"), "Addr": cmp.Or(d.ClientAddr, "an unknown address"), "Age": age(now.Sub(d.Created)), "Where": h.describeNow(r.Context(), d.Bound)})
 		return
 	}
 	h.redirectToIdP(w, r, r.PostFormValue("idp"), &record.LoginState{Flow: record.FlowDevice, Device: u.Device})

@@ -1,6 +1,9 @@
 package oidclogin
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors (compare with errors.Is).
 var (
@@ -27,6 +30,14 @@ var (
 	ErrBusy = errors.New("too many logins being started; retry in a moment")
 	// ErrBadRequest: a request this endpoint cannot take.
 	ErrBadRequest = errors.New("bad request")
+	// ErrUnbound: a login that does not say where its grant will be
+	// redeemed (a host's agent, or a software key): a tpmauthnctl older
+	// than the verifier. Wraps ErrBadRequest.
+	ErrUnbound = fmt.Errorf("%w: the login does not say where it will be used (a tpmauthnctl older than the verifier): upgrade tpmauthnctl", ErrBadRequest)
+	// ErrNotInFleet: a login bound to a host the fleet does not have
+	// active (no such host, or one pending or revoked: not said which).
+	// Wraps ErrBadRequest.
+	ErrNotInFleet = fmt.Errorf("%w: the login names a host that is not an active host of this fleet", ErrBadRequest)
 )
 
 // Errors of the periodic re-check and of revocation (recheck.go).

@@ -36,7 +36,7 @@ func (h *Handler) chooser(w http.ResponseWriter, r *http.Request) {
 			h.fail(w, r, err)
 			return
 		}
-		bound, err := h.grantBinding(r.Context(), q.Get)
+		bound, _, err := h.grantBinding(r.Context(), q.Get)
 		if err != nil {
 			h.fail(w, r, err)
 			return
@@ -75,7 +75,7 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, fmt.Errorf("%w: %q", ErrUnknownIdP, r.PathValue("idp")))
 		return
 	}
-	bound, err := h.grantBinding(r.Context(), q.Get)
+	bound, where, err := h.grantBinding(r.Context(), q.Get)
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -87,7 +87,7 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request) {
 	cookie := h.browserCookie(w, r)
 	cb, _ := url.Parse(q.Get("cb"))
 	render(w, http.StatusOK, pageConfirm, map[string]any{"IdP": r.PathValue("idp"), "CB": q.Get("cb"), "CC": q.Get("cc"),
-		"Port": cb.Port(), "CSRF": h.csrfToken(cookie), "Where": h.describe(r.Context(), bound), "Bind": bindFields(bound)})
+		"Port": cb.Port(), "CSRF": h.csrfToken(cookie), "Where": where, "Bind": bindFields(bound)})
 }
 
 // confirm is the person's answer to start's question: the CLI's login
@@ -106,7 +106,7 @@ func (h *Handler) confirm(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	bound, err := h.grantBinding(r.Context(), r.PostFormValue)
+	bound, _, err := h.grantBinding(r.Context(), r.PostFormValue)
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -344,7 +344,8 @@ func status(err error) (int, string) {
 		err  error
 		code int
 	}{
-		{ErrUnknownIdP, http.StatusNotFound}, {ErrState, http.StatusBadRequest}, {ErrBadRequest, http.StatusBadRequest},
+		{ErrUnknownIdP, http.StatusNotFound}, {ErrState, http.StatusBadRequest}, {ErrUnbound, http.StatusBadRequest},
+		{ErrNotInFleet, http.StatusBadRequest}, {ErrBadRequest, http.StatusBadRequest},
 		{ErrNonce, http.StatusBadRequest}, {ErrClaims, http.StatusBadRequest}, {ErrCode, http.StatusBadRequest},
 		{ErrIdP, http.StatusBadGateway}, {people.ErrDisabled, http.StatusForbidden},
 		{people.ErrIdentity, http.StatusForbidden}, {ErrCrossOrigin, http.StatusForbidden},

@@ -74,47 +74,75 @@ func (h *Handler) cliToken(w http.ResponseWriter, r *http.Request) {
 // grantBinding reads where a login's grant will be redeemed (get: the
 // query's or the form's fields): api.FormGrantHost and FormGrantUID, or
 // FormGrantKey, and nothing else. A host must be an active host of the
-// fleet (Config.HostName).
-func (h *Handler) grantBinding(ctx context.Context, get func(string) string) (*record.GrantBinding, error) {
+// fleet (Config.HostName), looked up once: where is the binding as the
+// pages name it. Whoever asks learns no more than that a host is not an
+// active one (not whether it exists, nor its status: the detail is logged).
+func (h *Handler) grantBinding(ctx context.Context, get func(string) string) (bound *record.GrantBinding, where string, err error) {
 	host, uid, key := get(api.FormGrantHost), get(api.FormGrantUID), get(api.FormGrantKey)
 	switch {
 	case key != "" && host == "" && uid == "":
 		if !validThumbprint(key) {
-			return nil, fmt.Errorf("%w: %s: the hex SHA-256 of the software key's public key", ErrBadRequest, api.FormGrantKey)
+			return nil, "", fmt.Errorf("%w: %s: the hex SHA-256 of the software key's public key", ErrBadRequest, api.FormGrantKey)
 		}
-		return &record.GrantBinding{Key: key}, nil
+		b := &record.GrantBinding{Key: key}
+		return b, describe(b, ""), nil
 	case key == "" && host != "" && uid != "":
 		n, err := strconv.ParseUint(uid, 10, 32)
 		if err != nil || !validHostID(host) {
-			return nil, fmt.Errorf("%w: %s and %s: a host ID and a decimal uid", ErrBadRequest, api.FormGrantHost, api.FormGrantUID)
+			return nil, "", fmt.Errorf("%w: %s and %s: a host ID and a decimal uid", ErrBadRequest, api.FormGrantHost, api.FormGrantUID)
 		}
-		if h.cfg.HostName != nil {
-			if _, err := h.cfg.HostName(ctx, host); err != nil {
-				return nil, fmt.Errorf("%w: host %s: %w", ErrBadRequest, host, err)
-			}
+		name, err := h.activeHostName(ctx, host)
+		if err != nil {
+			return nil, "", err
 		}
-		return &record.GrantBinding{Host: host, UID: uint32(n)}, nil
+		b := &record.GrantBinding{Host: host, UID: uint32(n)}
+		return b, describe(b, name), nil
 	}
-	return nil, fmt.Errorf("%w: say where the login will be used: %s and %s (a host's agent), or %s (a software key); a tpmauthnctl older than the verifier does not: upgrade it",
-		ErrBadRequest, api.FormGrantHost, api.FormGrantUID, api.FormGrantKey)
+	return nil, "", ErrUnbound
 }
 
-// describe says where a binding is, for a page: the host's name when the
-// fleet knows it.
-func (h *Handler) describe(ctx context.Context, b *record.GrantBinding) string {
+// activeHostName is the hostname of an active host of the fleet ("" when
+// the Handler has no way to look hosts up). A host the fleet does not have,
+// or has but not active, is ErrNotInFleet, with no more said; a store that
+// cannot answer is its own error (a 503, not the client's fault).
+func (h *Handler) activeHostName(ctx context.Context, host string) (string, error) {
+	if h.cfg.HostName == nil {
+		return "", nil
+	}
+	name, err := h.cfg.HostName(ctx, host)
+	switch {
+	case errors.Is(err, api.ErrNotFound), errors.Is(err, api.ErrHostNotActive):
+		h.cfg.Logger.Info("login names a host not active in the fleet", keyError, err)
+		return "", ErrNotInFleet
+	case err != nil:
+		return "", fmt.Errorf("looking up host %s: %w", host, err)
+	}
+	return name, nil
+}
+
+// describe says where a binding is, for a page: the host's ID first (the
+// fleet's own name for it), then the hostname it reported at enrollment
+// when the fleet knows it (the host chose that one).
+func describe(b *record.GrantBinding, hostName string) string {
 	switch {
 	case b == nil:
 		return "an unknown place"
 	case b.Key != "":
 		return "a software key (SHA-256 " + b.Key[:16] + "…)"
+	case hostName != "":
+		return fmt.Sprintf("local user %d on host %s (hostname %s)", b.UID, b.Host, hostName)
 	}
-	name := b.Host
-	if h.cfg.HostName != nil {
-		if n, err := h.cfg.HostName(ctx, b.Host); err == nil && n != "" {
-			name = n + " (" + b.Host + ")"
-		}
+	return fmt.Sprintf("local user %d on host %s", b.UID, b.Host)
+}
+
+// describeNow is describe with the host's name looked up now (a host since
+// revoked is named by its ID alone).
+func (h *Handler) describeNow(ctx context.Context, b *record.GrantBinding) string {
+	name := ""
+	if b != nil && b.Host != "" {
+		name, _ = h.activeHostName(ctx, b.Host)
 	}
-	return fmt.Sprintf("local user %d on host %s", b.UID, name)
+	return describe(b, name)
 }
 
 // validHostID: what an enrollment names a host (h-<hex>), loosely: short,

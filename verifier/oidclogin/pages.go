@@ -16,7 +16,7 @@ var pages = template.Must(template.New("").Parse(`
 </body></html>{{end}}
 {{define "confirm"}}{{template "head"}}<h1>Log in a program</h1>
 <p>A program on this computer (listening on port {{.Port}}) asks to log in as you with {{.IdP}}, for <b>{{.Where}}</b>.
-<b>Continue only if you just ran <code>tpmauthnctl login</code> yourself, as that user</b>: the program gets your login.</p>
+<b>Continue only if you just ran <code>tpmauthnctl login</code> yourself, as that user, and it named the same place</b>: the program gets your login.</p>
 <form method="post"><input type="hidden" name="csrf" value="{{.CSRF}}"><input type="hidden" name="cb" value="{{.CB}}">
 <input type="hidden" name="cc" value="{{.CC}}">{{range $k, $v := .Bind}}<input type="hidden" name="{{$k}}" value="{{$v}}">{{end}}<button>Continue with {{.IdP}}</button></form></body></html>{{end}}
 {{define "loggedIn"}}{{template "head"}}<h1>Logged in</h1>
@@ -30,7 +30,7 @@ whoever gave you a code gets your login.</p>
 <p><button>Next</button></p></form></body></html>{{end}}
 {{define "deviceConfirm"}}{{template "head"}}<h1>Log in a device</h1>
 <p>The code {{.UserCode}} was asked for by a device at <b>{{.Addr}}</b>, {{.Age}}, for <b>{{.Where}}</b> (as the device says).
-<b>Continue only if that is your device and you started this login yourself</b>: whoever holds it gets your login.</p>
+<b>Continue only if that is your device, you started this login yourself, and it named the same place</b>: whoever holds it gets your login.</p>
 <form method="post" action="/device"><input type="hidden" name="csrf" value="{{.CSRF}}"><input type="hidden" name="user_code" value="{{.UserCode}}">
 {{range .IdPs}}<p><button name="idp" value="{{.}}">Log in with {{.}}</button></p>{{else}}<p>No identity provider is configured.</p>{{end}}
 </form></body></html>{{end}}
